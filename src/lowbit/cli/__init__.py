@@ -1,0 +1,1 @@
+"""The ``lowbit`` command line (thin wrappers over the library)."""

@@ -1,0 +1,145 @@
+"""``lowbit <command>``: run ``lowbit --help`` or ``lowbit <command> --help``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from lowbit import __version__
+
+ZOO_NAMES = ("mlp", "cnn", "resnet")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from lowbit import main_job
+
+    print(f"lowbit {__version__}: shipped models on the Fashion-MNIST test set (10,000 images)\n")
+    table = main_job.run(models=args.models, data_root=args.data_dir)
+    print(table.render())
+    print(f"\n({table.seconds:.1f} s)")
+    return 0
+
+
+def _cmd_zoo_list(args: argparse.Namespace) -> int:
+    from lowbit import zoo
+
+    for name, e in zoo.ZOO.items():
+        try:
+            acc = f"{100 * zoo.shipped_accuracy(name):.2f}%"
+        except Exception as exc:  # noqa: BLE001 - listing must not fail on one bad file
+            acc = f"unavailable ({exc})"
+        n_params = sum(p.numel() for p in e.build().parameters())
+        print(f"{name:8} {n_params:>9,} params  test acc {acc:>8}  {e.description}")
+    return 0
+
+
+def _cmd_zoo_train(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from lowbit import zoo
+
+    recipe = zoo.entry(args.name).recipe
+    if args.epochs is not None:
+        recipe = dataclasses.replace(recipe, epochs=args.epochs)
+    if args.seed is not None:
+        recipe = dataclasses.replace(recipe, seed=args.seed)
+    _, acc = zoo.train_and_save(args.name, args.out, data_root=args.data_dir, recipe=recipe)
+    print(f"{args.name}: test accuracy {100 * acc:.2f}%  -> {zoo.weights_path(args.name, args.out)}")
+    return 0
+
+
+def _cmd_zoo_eval(args: argparse.Namespace) -> int:
+    from lowbit import zoo
+    from lowbit.data import fashion_mnist
+
+    model = zoo.pretrained(args.name, args.weights_dir)
+    acc = zoo.evaluate(model, fashion_mnist("test", root=args.data_dir))
+    recorded = zoo.shipped_accuracy(args.name, args.weights_dir)
+    print(f"{args.name}: test accuracy {100 * acc:.2f}% (recorded {100 * recorded:.2f}%)")
+    return 0
+
+
+def _cmd_data_check(args: argparse.Namespace) -> int:
+    from lowbit.data import load
+    from lowbit.errors import LowbitError
+
+    status = 0
+    for name in ("fashion-mnist", "mnist5k", "digits"):
+        try:
+            split = load(name, "test", root=args.data_dir if name == "fashion-mnist" else None)
+            print(f"{name:14} ok       test split: {len(split)} images {tuple(split.x.shape[1:])}")
+        except LowbitError as exc:
+            print(f"{name:14} MISSING  {exc}")
+            status = 1
+    return status
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lowbit",
+        description="Take trained networks to low precision, run them in integer arithmetic, measure the savings.",
+    )
+    parser.add_argument("--version", action="version", version=f"lowbit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("run", help="the main job: shipped models, float vs quantized accuracy table",
+                       description="Evaluate the shipped reference models on the Fashion-MNIST test set, "
+                                   "in float and with each lowbit method, and print one table.")
+    p.add_argument("--models", nargs="+", default=list(ZOO_NAMES), choices=ZOO_NAMES, help="zoo models to evaluate")
+    p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST idx files "
+                   "(default /usr/share/datasets/fashion-mnist)")
+    p.set_defaults(func=_cmd_run)
+
+    zp = sub.add_parser("zoo", help="reference models: list, train, evaluate",
+                        description="The reference models shipped with lowbit.")
+    zsub = zp.add_subparsers(dest="zoo_command", metavar="ZOO_COMMAND")
+    zl = zsub.add_parser("list", help="list the models and their recorded test accuracy",
+                         description="List the zoo models, their size and recorded test accuracy.")
+    zl.set_defaults(func=_cmd_zoo_list)
+    zt = zsub.add_parser("train", help="train a model with its recipe (seeded) and save the weights",
+                         description="Train a zoo model on the Fashion-MNIST train split with its recipe, "
+                                     "evaluate on the test split and write NAME.npz + NAME.json to --out.")
+    zt.add_argument("name", choices=ZOO_NAMES)
+    zt.add_argument("--out", default="zoo-weights", help="output folder (default ./zoo-weights)")
+    zt.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
+    zt.add_argument("--seed", type=int, default=None, help="override the recipe's seed")
+    zt.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST idx files")
+    zt.set_defaults(func=_cmd_zoo_train)
+    ze = zsub.add_parser("eval", help="evaluate a model's weights on the test set",
+                         description="Evaluate shipped (or --weights-dir) weights on the Fashion-MNIST test set.")
+    ze.add_argument("name", choices=ZOO_NAMES)
+    ze.add_argument("--weights-dir", default=None, help="folder with NAME.npz/NAME.json (default: shipped)")
+    ze.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST idx files")
+    ze.set_defaults(func=_cmd_zoo_eval)
+    zp.set_defaults(func=lambda a: (zp.print_help(), 0)[1])
+
+    dp = sub.add_parser("data", help="data sets: check which are installed",
+                        description="Data sets lowbit loads without downloading.")
+    dsub = dp.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
+    dc = dsub.add_parser("check", help="check that the data sets load",
+                         description="Try to load every data set and say how to install a missing one.")
+    dc.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST idx files")
+    dc.set_defaults(func=_cmd_data_check)
+    dp.set_defaults(func=lambda a: (dp.print_help(), 0)[1])
+
+    parser.set_defaults(func=lambda a: (parser.print_help(), 0)[1])
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from lowbit.errors import LowbitError
+
+    try:
+        return int(args.func(args))
+    except LowbitError as exc:
+        print(f"lowbit: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lowbit: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

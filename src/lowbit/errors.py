@@ -1,0 +1,29 @@
+"""Exceptions that name the problem and the fix.
+
+Every error lowbit raises on bad input derives from :class:`LowbitError`, so a
+caller (and the CLI) can tell a user mistake from a bug. Each one also derives
+from the builtin it refines (``ValueError``, ``FileNotFoundError``), so code that
+catches the builtin keeps working.
+"""
+
+from __future__ import annotations
+
+
+class LowbitError(Exception):
+    """Base class of all user-facing lowbit errors."""
+
+
+class ConfigError(LowbitError, ValueError):
+    """A configuration value is out of range or of the wrong kind."""
+
+
+class DataError(LowbitError, ValueError):
+    """Input data are unusable: NaN/inf, empty, or of the wrong shape."""
+
+
+class DatasetNotFoundError(LowbitError, FileNotFoundError):
+    """A data set is not installed; the message names the command that installs it."""
+
+
+class CheckpointError(LowbitError, ValueError):
+    """A weights or checkpoint file is missing, corrupt, truncated or foreign."""

@@ -1,0 +1,79 @@
+"""Learned Step Size Quantization (Esser et al., ICLR 2020, arXiv:1902.08153).
+
+Quantizer with a learnable step size ``s``:
+
+    v_bar = round(clamp(v / s, -Q_N, Q_P)),      v_hat = v_bar * s
+    unsigned (post-ReLU activations):  Q_N = 0,          Q_P = 2^b - 1
+    signed   (weights):                Q_N = 2^(b-1),    Q_P = 2^(b-1) - 1
+
+Gradients (straight-through estimator through ``round``):
+
+    d v_hat / d v = 1 if -Q_N < v/s < Q_P else 0
+    d v_hat / d s = -v/s + round(v/s)   if -Q_N < v/s < Q_P
+                  = -Q_N                 if v/s <= -Q_N
+                  =  Q_P                 if v/s >=  Q_P
+
+The step's gradient is multiplied by ``g = 1 / sqrt(N * Q_P)`` (``N`` = number of
+weights of the layer, or of features of the activation; see
+:func:`lsq_grad_scale` for the convention), and the step is initialised as
+``s = 2 * mean(|v|) / sqrt(Q_P)``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+
+from lowbit.errors import ConfigError
+from lowbit.formats import IntFormat
+from lowbit.functional._checks import check_tensor
+from lowbit.functional.rounding import round_ste
+
+
+def lsq_bounds(fmt: IntFormat) -> tuple[int, int]:
+    """``(Q_N, Q_P)`` of the paper for a format: signed ``(2^(b-1), 2^(b-1)-1)``, unsigned ``(0, 2^b-1)``."""
+    return -fmt.qmin, fmt.qmax
+
+
+def grad_scale(x: torch.Tensor, g: float) -> torch.Tensor:
+    """Value ``x`` in the forward pass, gradient multiplied by ``g`` in the backward pass."""
+    return (x - x * g).detach() + x * g
+
+
+def lsq_grad_scale(v: torch.Tensor, q_p: int, convention: Literal["numel", "features", "paper"] = "paper",
+                   is_activation: bool = False) -> float:
+    """``g = 1 / sqrt(N * Q_P)``.
+
+    ``N`` by ``convention``: ``"numel"`` counts every element of ``v`` (many
+    reimplementations, batch included); ``"features"`` counts one sample's
+    elements (``v[0].numel()``); ``"paper"`` is ``numel`` for weights and
+    ``features`` for activations, as the paper words it.
+    """
+    if convention not in ("numel", "features", "paper"):
+        raise ConfigError(f"LSQ gradient-scale convention must be numel, features or paper, got {convention!r}")
+    per_sample = convention == "features" or (convention == "paper" and is_activation)
+    n = v[0].numel() if (per_sample and v.ndim > 1) else v.numel()
+    return 1.0 / math.sqrt(n * q_p)
+
+
+def lsq_init_step(v: torch.Tensor, q_p: int) -> torch.Tensor:
+    """The paper's initial step ``2 * mean(|v|) / sqrt(Q_P)`` (a 0-dim tensor)."""
+    check_tensor(v)
+    return (2.0 * v.detach().abs().mean() / math.sqrt(q_p)).clamp_min(torch.finfo(torch.float32).eps)
+
+
+def lsq_quantize(v: torch.Tensor, step: torch.Tensor, q_n: int, q_p: int, g: float = 1.0) -> torch.Tensor:
+    """Fake-quantize ``v`` with learnable ``step`` (broadcastable: per tensor or per channel).
+
+    Autograd yields exactly the gradients of the module docstring; ``g`` scales
+    the step's gradient only.
+    """
+    s = grad_scale(step, g)
+    return round_ste(torch.clamp(v / s, -q_n, q_p)) * s
+
+
+def lsq_quantize_int(v: torch.Tensor, step: torch.Tensor, q_n: int, q_p: int) -> torch.Tensor:
+    """The integer codes ``v_bar`` (int32), for the integer execution path."""
+    return torch.round(torch.clamp(v / step, -q_n, q_p)).to(torch.int32)

@@ -1,0 +1,1 @@
+"""Small helpers shared across lowbit (progress display, atomic file writes)."""

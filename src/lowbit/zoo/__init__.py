@@ -1,0 +1,100 @@
+"""Reference models for Fashion-MNIST, their training recipes and shipped weights.
+
+>>> from lowbit import zoo
+>>> model = zoo.pretrained("cnn")          # eval mode, weights from the package
+>>> zoo.shipped_accuracy("cnn")            # test accuracy the shipped weights reached
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lowbit.data import fashion_mnist
+from lowbit.errors import ConfigError
+from lowbit.zoo.models import MLP, BasicBlock, LeNetBN, ResNet
+from lowbit.zoo.recipes import Recipe, evaluate, train
+from lowbit.zoo.weights_io import load_weights, read_meta, save_weights
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """A reference model: how to build it and how its shipped weights were trained."""
+
+    name: str
+    build: Callable[[], nn.Module]
+    recipe: Recipe
+    description: str
+
+
+ZOO: dict[str, ZooEntry] = {
+    e.name: e
+    for e in (
+        ZooEntry("mlp", MLP, Recipe(epochs=20, lr=0.05, seed=1), "MLP 784-256-256-10, ReLU"),
+        ZooEntry("cnn", LeNetBN, Recipe(epochs=12, lr=0.05, augment=True, seed=2),
+                 "LeNet-style CNN: 2x (conv5x5-BN-ReLU-maxpool), FC 3136-128-10"),
+        ZooEntry("resnet", ResNet, Recipe(epochs=18, lr=0.1, augment=True, seed=3),
+                 "ResNet-14: 3x3 stem, 3 stages x 2 BasicBlocks (16/32/64 ch), GAP, FC"),
+    )
+}
+
+
+def entry(name: str) -> ZooEntry:
+    """The zoo entry called ``name`` (clear error listing the choices otherwise)."""
+    if name not in ZOO:
+        raise ConfigError(f"unknown zoo model {name!r}; choose one of {sorted(ZOO)}")
+    return ZOO[name]
+
+
+def build(name: str) -> nn.Module:
+    """A freshly initialised (untrained) model."""
+    return entry(name).build()
+
+
+def weights_path(name: str, weights_dir: str | Path | None = None) -> Path:
+    return Path(weights_dir or WEIGHTS_DIR) / f"{entry(name).name}.npz"
+
+
+def pretrained(name: str, weights_dir: str | Path | None = None) -> nn.Module:
+    """The model with its shipped (or ``weights_dir``'s) weights, in eval mode."""
+    return load_weights(build(name), weights_path(name, weights_dir)).eval()
+
+
+def shipped_accuracy(name: str, weights_dir: str | Path | None = None) -> float:
+    """Fashion-MNIST test accuracy recorded when the weights were made."""
+    return float(read_meta(weights_path(name, weights_dir))["test_accuracy"])
+
+
+def train_and_save(name: str, out_dir: str | Path, data_root: str | Path | None = None,
+                   recipe: Recipe | None = None, progress: bool = True) -> tuple[nn.Module, float]:
+    """Run the model's recipe on the Fashion-MNIST train split, evaluate on test, save."""
+    e = entry(name)
+    recipe = recipe or e.recipe
+    train_set = fashion_mnist("train", root=data_root)
+    val_set = fashion_mnist("val", root=data_root)
+    test_set = fashion_mnist("test", root=data_root)
+    torch.manual_seed(recipe.seed)
+    model = e.build()
+    start = time.time()
+    train(model, recipe, train_set, val_set, progress=progress)
+    acc = evaluate(model, test_set)
+    meta = {
+        "model": name, "description": e.description, "test_accuracy": acc,
+        "dataset": "fashion-mnist", "train_split": "train (55000)", "recipe": asdict(recipe),
+        "train_seconds": round(time.time() - start, 1), "torch": torch.__version__,
+        "machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+    }
+    save_weights(model, weights_path(name, out_dir), meta)
+    return model, acc
+
+
+__all__ = ["ZOO", "BasicBlock", "LeNetBN", "MLP", "Recipe", "ResNet", "ZooEntry", "build", "entry",
+           "evaluate", "pretrained", "shipped_accuracy", "train", "train_and_save"]

@@ -1,0 +1,81 @@
+"""Reading and writing zoo weights without pickle.
+
+A model's weights are an ``.npz`` archive of its ``state_dict`` (read with
+``allow_pickle=False``, so loading never executes code) beside a ``.json`` file
+with the format version, the recipe and the accuracy the weights reached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from lowbit.errors import CheckpointError
+from lowbit.utils.files import atomic_write, atomic_write_text
+
+FORMAT_VERSION = 1
+
+
+def save_weights(model: nn.Module, npz_path: str | Path, meta: dict) -> None:
+    """Write ``model.state_dict()`` to ``npz_path`` and ``meta`` (+ format, sha256) beside it."""
+    arrays = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    data = buf.getvalue()
+    atomic_write(npz_path, lambda f: f.write(data))
+    meta = {**meta, "format_version": FORMAT_VERSION, "sha256": hashlib.sha256(data).hexdigest()}
+    atomic_write_text(Path(npz_path).with_suffix(".json"), json.dumps(meta, indent=2) + "\n")
+
+
+def read_meta(npz_path: str | Path) -> dict:
+    """The JSON metadata that sits beside a weights file."""
+    path = Path(npz_path).with_suffix(".json")
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"no metadata file {path}; re-create it with 'lowbit zoo train'") from exc
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"metadata file {path} is corrupt ({exc}); re-create it with 'lowbit zoo train'") from exc
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has format_version {meta.get('format_version')!r}; this lowbit reads {FORMAT_VERSION}"
+        )
+    return meta
+
+
+def load_weights(model: nn.Module, npz_path: str | Path) -> nn.Module:
+    """Load weights written by :func:`save_weights` into ``model`` (strict keys and shapes)."""
+    path = Path(npz_path)
+    meta = read_meta(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"weights file {path} not found") from exc
+    if hashlib.sha256(data).hexdigest() != meta.get("sha256"):
+        raise CheckpointError(f"{path} does not match the checksum in its metadata: the file is corrupt or was replaced")
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+            arrays = {k: archive[k] for k in archive.files}
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise CheckpointError(f"{path} is not a readable weights archive: {exc}") from exc
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(arrays))
+    unexpected = sorted(set(arrays) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path} does not fit {type(model).__name__}: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    state = {}
+    for key, ref in expected.items():
+        if tuple(arrays[key].shape) != tuple(ref.shape):
+            raise CheckpointError(f"{path}: '{key}' has shape {arrays[key].shape}, the model needs {tuple(ref.shape)}")
+        state[key] = torch.from_numpy(arrays[key]).to(ref.dtype)
+    model.load_state_dict(state)
+    return model

@@ -1,0 +1,87 @@
+"""LSQ outputs and both gradients against the paper's formulas (Esser et al. 2020)."""
+
+import math
+
+import pytest
+import torch
+
+from lowbit.errors import ConfigError
+from lowbit.formats import IntFormat
+from lowbit.functional import grad_scale, lsq_bounds, lsq_grad_scale, lsq_init_step, lsq_quantize, lsq_quantize_int
+
+
+def paper_forward(v, s, qn, qp):
+    return torch.round(torch.clamp(v / s, -qn, qp)) * s
+
+
+def paper_grad_s(v, s, qn, qp):
+    r = v / s
+    inside = -r + torch.round(r)
+    return torch.where(r <= -qn, torch.full_like(r, -qn), torch.where(r >= qp, torch.full_like(r, qp), inside))
+
+
+def paper_grad_v(v, s, qn, qp):
+    r = v / s
+    return ((r > -qn) & (r < qp)).to(v.dtype)
+
+
+@pytest.mark.parametrize("bits,signed", [(2, True), (3, True), (4, True), (8, True), (2, False), (4, False)])
+def test_forward_and_gradients_match_paper(bits, signed):
+    qn, qp = lsq_bounds(IntFormat(bits, signed))
+    assert (qn, qp) == ((2 ** (bits - 1), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1))
+    gen = torch.Generator().manual_seed(bits)
+    v = (torch.randn(5000, generator=gen, dtype=torch.float64) * 2)
+    v = v if signed else v.abs()
+    s0 = 0.37
+    v.requires_grad_()
+    s = torch.tensor(s0, dtype=torch.float64, requires_grad=True)
+    g = 0.01
+    out = lsq_quantize(v, s, qn, qp, g)
+    assert torch.equal(out.detach(), paper_forward(v.detach(), torch.tensor(s0, dtype=torch.float64), qn, qp))
+    upstream = torch.randn(5000, generator=gen, dtype=torch.float64)
+    out.backward(upstream)
+    vd = v.detach()
+    assert torch.allclose(v.grad, upstream * paper_grad_v(vd, s0, qn, qp))
+    expected_s = g * (upstream * paper_grad_s(vd, torch.tensor(s0, dtype=torch.float64), qn, qp)).sum()
+    assert torch.allclose(s.grad, expected_s, rtol=1e-10)
+
+
+def test_per_channel_step_gradient():
+    qn, qp = lsq_bounds(IntFormat(4))
+    w = torch.randn(3, 50, dtype=torch.float64)
+    s = torch.tensor([[0.1], [0.2], [0.3]], dtype=torch.float64, requires_grad=True)
+    lsq_quantize(w, s, qn, qp).sum().backward()
+    expected = paper_grad_s(w, s.detach(), qn, qp).sum(dim=1, keepdim=True)
+    assert torch.allclose(s.grad, expected)
+
+
+def test_grad_scale_keeps_value_scales_gradient():
+    x = torch.tensor(3.0, requires_grad=True)
+    y = grad_scale(x, 0.25)
+    assert float(y.detach()) == 3.0
+    y.backward()
+    assert float(x.grad) == 0.25
+
+
+def test_grad_scale_conventions():
+    w = torch.randn(16, 8, 3, 3)
+    a = torch.randn(32, 8, 5, 5)
+    assert lsq_grad_scale(w, 7) == pytest.approx(1 / math.sqrt(w.numel() * 7))
+    assert lsq_grad_scale(a, 15, "paper", is_activation=True) == pytest.approx(1 / math.sqrt(8 * 25 * 15))
+    assert lsq_grad_scale(a, 15, "numel", is_activation=True) == pytest.approx(1 / math.sqrt(a.numel() * 15))
+    assert lsq_grad_scale(a, 15, "features") == pytest.approx(1 / math.sqrt(8 * 25 * 15))
+    with pytest.raises(ConfigError, match="convention"):
+        lsq_grad_scale(a, 15, "batch")  # type: ignore[arg-type]
+
+
+def test_init_step_is_paper_formula():
+    v = torch.randn(1000)
+    assert float(lsq_init_step(v, 7)) == pytest.approx(float(2 * v.abs().mean() / math.sqrt(7)))
+
+
+def test_integer_codes():
+    qn, qp = lsq_bounds(IntFormat(3))
+    v = torch.linspace(-3, 3, 101)
+    q = lsq_quantize_int(v, torch.tensor(0.5), qn, qp)
+    assert q.dtype == torch.int32 and int(q.min()) == -4 and int(q.max()) == 3
+    assert torch.equal(q.float() * 0.5, lsq_quantize(v, torch.tensor(0.5), qn, qp))
