@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from lowbit.functional._checks import check_tensor
+from lowbit.functional.rounding import ste
 
 
 def hard_sigmoid(x: torch.Tensor) -> torch.Tensor:
@@ -24,7 +25,7 @@ def hard_sigmoid(x: torch.Tensor) -> torch.Tensor:
 def _ste_hardtanh(x: torch.Tensor, forward_value: torch.Tensor) -> torch.Tensor:
     """``forward_value`` forward; gradient of ``hardtanh(x)`` backward."""
     clipped = x.clamp(-1.0, 1.0)
-    return clipped + (forward_value - clipped).detach()
+    return ste(clipped, forward_value)
 
 
 def binarize(x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:

@@ -39,7 +39,8 @@ def lsq_bounds(fmt: IntFormat) -> tuple[int, int]:
 
 def grad_scale(x: torch.Tensor, g: float) -> torch.Tensor:
     """Value ``x`` in the forward pass, gradient multiplied by ``g`` in the backward pass."""
-    return (x - x * g).detach() + x * g
+    scaled = x * g
+    return x.detach() + (scaled - scaled.detach())
 
 
 def lsq_grad_scale(v: torch.Tensor, q_p: int, convention: Literal["numel", "features", "paper"] = "paper",

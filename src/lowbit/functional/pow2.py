@@ -8,10 +8,11 @@ the levels are ``alpha * {0, +-2^-(n-1), ..., +-1/2, +-1}``; the nearest level t
     3/4 * 2^-k <= m < 3/2 * 2^-k    -> 2^-k        (midpoints between neighbours)
     m < 2^-n                        -> 0           (midpoint between 0 and 2^-(n-1))
 
-The scale ``alpha`` is fitted by alternating the projection ``Q = P(w; alpha)``
-and the least-squares update ``alpha = <w, Q~> / ||Q~||^2`` (``Q~ = Q / alpha``),
-which never increases ``||w - Q||^2`` (our implementable reading of the paper's
-semi-analytical scheme; see ``shared/research/papers.md`` K).
+The scale ``alpha`` minimises ``||w - Q||^2``: a grid search over
+``alpha = c * max|w|``, ``c in [1/4, 1]``, then the least-squares fixed point
+``alpha = <|w|, L> / ||L||^2`` (``L`` the chosen levels), keeping the best
+(our implementable reading of the paper's semi-analytical scheme with its one
+free parameter; see ``shared/research/papers.md`` K).
 
 Log2 quantization (Miyashita, Lee, Murmann 2016): ``sign(x) * 2^round(log2|x|)``
 with the exponent clipped to ``[e_max - m + 1, e_max]``, ``m = 2^(b-1) - 1``, and
@@ -29,6 +30,7 @@ import torch
 from lowbit.errors import ConfigError
 from lowbit.formats import DynamicFixedPoint, Log2, PowerOfTwo
 from lowbit.functional._checks import check_tensor
+from lowbit.functional.rounding import ste
 from lowbit.functional.ternary import ternarize
 from lowbit.granularity import Granularity, PerTensor, broadcast, rows, unrows
 
@@ -43,7 +45,7 @@ def pow2_project(m: torch.Tensor, n_exponents: int) -> torch.Tensor:
 
 
 def pow2_quantize(w: torch.Tensor, fmt: PowerOfTwo, granularity: Granularity = PerTensor(),
-                  iters: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+                  grid: int = 64, iters: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
     """Power-of-two weights: ``(levels, alpha)`` with ``w ~ alpha[row] * levels``.
 
     ``levels`` holds signed values of ``{0, +-2^-k}``; ``alpha`` one scale per row.
@@ -57,18 +59,27 @@ def pow2_quantize(w: torch.Tensor, fmt: PowerOfTwo, granularity: Granularity = P
         return tern.codes.to(torch.float32), tern.alpha_pos
     r = rows(w.detach().to(torch.float32), granularity)
     sign, mag = torch.sign(r), r.abs()
-    # start from the largest magnitude so that no weight saturates
-    alpha = mag.amax(dim=1).clamp_min(torch.finfo(torch.float32).tiny)
-    best_err = torch.full_like(alpha, float("inf"))
-    best_alpha = alpha.clone()
+    amax = mag.amax(dim=1).clamp_min(torch.finfo(torch.float32).tiny)
+
+    def sq_error(alpha: torch.Tensor) -> torch.Tensor:
+        levels = pow2_project(mag / alpha[:, None], fmt.n_exponents)
+        return ((mag - alpha[:, None] * levels) ** 2).sum(dim=1)
+
+    # the objective is piecewise and has local minima in alpha: a coarse grid first ...
+    best_alpha, best_err = amax.clone(), sq_error(amax)
+    for c in torch.linspace(0.25, 1.0, grid)[:-1]:
+        err = sq_error(amax * c)
+        better = err < best_err
+        best_err, best_alpha = torch.where(better, err, best_err), torch.where(better, amax * c, best_alpha)
+    # ... then the least-squares fixed point alpha = <|w|, L> / ||L||^2 from the best grid point
+    alpha = best_alpha
     for _ in range(iters):
         levels = pow2_project(mag / alpha[:, None], fmt.n_exponents)
-        err = ((mag - alpha[:, None] * levels) ** 2).sum(dim=1)
-        better = err < best_err
-        best_err = torch.where(better, err, best_err)
-        best_alpha = torch.where(better, alpha, best_alpha)
         denom = (levels**2).sum(dim=1)
         alpha = torch.where(denom > 0, (mag * levels).sum(dim=1) / denom.clamp_min(1e-30), alpha)
+        err = sq_error(alpha)
+        better = err < best_err
+        best_err, best_alpha = torch.where(better, err, best_err), torch.where(better, alpha, best_alpha)
     levels = sign * pow2_project(mag / best_alpha[:, None], fmt.n_exponents)
     return unrows(levels, granularity, w.shape), best_alpha
 
@@ -77,7 +88,7 @@ def pow2_fake_quant(w: torch.Tensor, fmt: PowerOfTwo, granularity: Granularity =
     """``alpha * levels`` with a straight-through gradient."""
     levels, alpha = pow2_quantize(w, fmt, granularity)
     q = (levels * broadcast(alpha, granularity, w.shape)).to(w.dtype)
-    return w + (q - w).detach()
+    return ste(w, q)
 
 
 def log2_quantize(x: torch.Tensor, fmt: Log2, e_max: int | None = None,
@@ -101,7 +112,7 @@ def log2_quantize(x: torch.Tensor, fmt: Log2, e_max: int | None = None,
     q = torch.sign(r) * torch.exp2(torch.minimum(torch.maximum(e, bottom), top))
     q = torch.where(torch.log2(mag.clamp_min(tiny)) < bottom - 0.5, torch.zeros_like(q), q)
     q = unrows(q, granularity, x.shape).to(x.dtype)
-    return x + (q - x).detach()
+    return ste(x, q)
 
 
 def frac_length(x: torch.Tensor, bits: int, granularity: Granularity = PerTensor()) -> torch.Tensor:
@@ -124,7 +135,7 @@ def dynamic_fixed_point(x: torch.Tensor, fmt: DynamicFixedPoint, frac_len: torch
     step = broadcast(torch.exp2(-f.to(torch.float32)), granularity, x.shape)
     qmin, qmax = fmt.int_format.qmin, fmt.int_format.qmax
     q = torch.clamp(torch.round(x.detach() / step), qmin, qmax) * step
-    return x + (q.to(x.dtype) - x).detach(), f
+    return ste(x, q.to(x.dtype)), f
 
 
 def pow2_scale(scale: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 Straight-through estimator (STE, Bengio et al. 2013; used by BNN, LSQ, FAQ):
 the forward pass rounds, the backward pass treats rounding as the identity,
-``d round(x)/dx := 1``. Written as ``x + (round(x) - x).detach()``.
+``d round(x)/dx := 1`` (see :func:`ste`).
 
 Stochastic rounding (Gupta et al. 2015): ``SR(x) = floor(x) + [u < x - floor(x)]``
 with ``u ~ U[0, 1)``, so ``E[SR(x)] = x`` (unbiased).
@@ -10,7 +10,9 @@ with ``u ~ U[0, 1)``, so ``E[SR(x)] = x`` (unbiased).
 Hardware-style stochastic rounding compares the first ``k`` fractional bits of
 ``x`` with a ``k``-bit pseudo-random integer ``r`` (from an LFSR, as a circuit
 would): round up iff ``r < frac_k(x)``; it is unbiased for values with at most
-``k`` fractional bits and biased by less than ``2^-k`` otherwise.
+``k`` fractional bits: a ``k``-bit LFSR visits ``2^k - 1`` states, so the
+probability of rounding up is ``frac_k / (2^k - 1)`` instead of ``frac_k / 2^k``,
+a bias of at most ``2^-k``, plus the truncation of ``frac`` to ``k`` bits.
 """
 
 from __future__ import annotations
@@ -27,20 +29,30 @@ _LFSR_TAPS = {
 }
 
 
+def ste(x: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """``value`` in the forward pass (bit for bit), gradient of the identity in ``x`` backward.
+
+    Written ``value + (x - x.detach())``: the bracket is exactly zero, so the
+    forward result is exactly ``value``; the common ``x + (value - x).detach()``
+    can be off by one float ulp.
+    """
+    return value.detach() + (x - x.detach())
+
+
 def round_ste(x: torch.Tensor) -> torch.Tensor:
     """Round half to even in the forward pass, identity gradient in the backward pass."""
-    return x + (torch.round(x) - x).detach()
+    return ste(x, torch.round(x))
 
 
 def floor_ste(x: torch.Tensor) -> torch.Tensor:
     """Floor in the forward pass, identity gradient in the backward pass."""
-    return x + (torch.floor(x) - x).detach()
+    return ste(x, torch.floor(x))
 
 
 def stochastic_round(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Unbiased stochastic rounding ``floor(x + u)``, ``u ~ U[0,1)``, with an STE gradient."""
     u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-    return x + (torch.floor(x + u) - x).detach()
+    return ste(x, torch.floor(x + u))
 
 
 def lfsr_sequence(n: int, bits: int, seed: int = 1) -> torch.Tensor:
@@ -68,13 +80,12 @@ def lfsr_sequence(n: int, bits: int, seed: int = 1) -> torch.Tensor:
 def hw_stochastic_round(x: torch.Tensor, rng_bits: int = 4, seed: int = 1) -> torch.Tensor:
     """Stochastic rounding against a ``rng_bits``-bit LFSR number, as a hardware rounder does.
 
-    ``q = floor(x) + [r < floor(frac(x) * 2^k)]`` with ``r`` the LFSR state minus one
-    (uniform over ``0..2^k-2`` over a period, plus the all-ones code appearing once
-    less; the bias this adds is below ``2^-k``). STE gradient.
+    ``q = floor(x) + [r < floor(frac(x) * 2^k)]`` with ``r`` the LFSR state minus one,
+    uniform over ``0..2^k-2`` within a period. STE gradient.
     """
     k = rng_bits
     fl = torch.floor(x)
     frac_k = torch.floor((x - fl) * (1 << k)).to(torch.int64)  # 0 .. 2^k - 1
     r = (lfsr_sequence(x.numel(), k, seed) - 1).reshape(x.shape).to(x.device)
     up = (r < frac_k).to(x.dtype)
-    return x + (fl + up - x).detach()
+    return ste(x, fl + up)

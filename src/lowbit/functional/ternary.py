@@ -28,6 +28,7 @@ import torch
 
 from lowbit.errors import ConfigError
 from lowbit.functional._checks import check_tensor
+from lowbit.functional.rounding import ste
 from lowbit.granularity import Granularity, PerTensor, broadcast, rows, unrows
 
 Scaling = Literal["lbw", "tnt", "norm"]
@@ -92,4 +93,4 @@ def ternarize(w: torch.Tensor, granularity: Granularity = PerTensor(), scaling: 
 def ternary_fake_quant(w: torch.Tensor, granularity: Granularity = PerTensor(), scaling: Scaling = "lbw") -> torch.Tensor:
     """Ternarized ``w`` (float) with a straight-through gradient (BinaryConnect-style training)."""
     q = ternarize(w, granularity, scaling).dequantize().to(w.dtype)
-    return w + (q - w).detach()
+    return ste(w, q)

@@ -1,0 +1,62 @@
+import subprocess
+import sys
+import time
+
+import pytest
+
+from lowbit.cli.main import build_parser, main
+
+OPTIONAL = ("sklearn", "mlxtend", "onnx", "onnxruntime", "matplotlib", "scipy", "pandas", "hypothesis", "numba")
+
+
+def test_import_is_light_and_fast():
+    code = (
+        "import sys, time; t = time.perf_counter(); import lowbit; dt = time.perf_counter() - t; "
+        f"bad = [m for m in {OPTIONAL!r} + ('torch',) if m in sys.modules]; print(dt, bad)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split(maxsplit=1)
+    assert float(out[0]) < 1.5
+    assert out[1].strip() == "[]"
+
+
+def test_lazy_attributes():
+    import lowbit
+
+    assert lowbit.IntFormat(3).qmax == 3
+    with pytest.raises(AttributeError):
+        lowbit.not_a_thing  # noqa: B018
+
+
+@pytest.mark.parametrize("argv", [[], ["run"], ["zoo"], ["zoo", "list"], ["zoo", "train"], ["zoo", "eval"],
+                                  ["data"], ["data", "check"]])
+def test_help_everywhere(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args([*argv, "--help"])
+    assert exc.value.code == 0
+    assert "usage: lowbit" in capsys.readouterr().out
+
+
+def test_main_job_table(capsys):
+    assert main(["run", "--models", "mlp"]) == 0
+    out = capsys.readouterr().out
+    assert "float32" in out and "W4 per-channel" in out and "recorded" in out
+
+
+def test_zoo_list_and_eval(capsys):
+    assert main(["zoo", "list"]) == 0
+    assert "resnet" in capsys.readouterr().out
+    assert main(["zoo", "eval", "mlp"]) == 0
+    assert "recorded" in capsys.readouterr().out
+
+
+def test_clear_errors_not_tracebacks(tmp_path, capsys):
+    assert main(["zoo", "eval", "mlp", "--weights-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lowbit: error:") and "lowbit zoo train" in err
+    assert main(["run", "--models", "mlp", "--data-dir", str(tmp_path)]) == 2
+    assert "apt-get install -y dataset-fashion-mnist" in capsys.readouterr().err
+
+
+def test_console_script_runs():
+    exe = [sys.executable, "-m", "lowbit.cli.main", "--version"]
+    assert subprocess.run(exe, capture_output=True, text=True, check=True).stdout.startswith("lowbit 0.1.0")
