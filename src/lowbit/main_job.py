@@ -15,6 +15,7 @@ from torch import nn
 
 from lowbit import zoo
 from lowbit.data import Split, fashion_mnist
+from lowbit.ptq import PTQConfig, quantize
 from lowbit.formats import IntFormat, PowerOfTwo, Ternary
 from lowbit.granularity import PerChannel
 from lowbit.weight_only import WeightOnlyConfig, quantize_weights
@@ -33,7 +34,16 @@ def _weights(fmt, label: str) -> Method:
     return Method(label, lambda m: quantize_weights(m, WeightOnlyConfig(fmt, PerChannel(0))))
 
 
-def default_methods() -> list[Method]:
+CALIBRATION_IMAGES = 32
+
+
+def _ptq(config: PTQConfig, label: str, calibration: Split) -> Method:
+    return Method(label, lambda m: quantize(m, [calibration.x], config))
+
+
+def default_methods(calibration: Split | None = None, data_root=None) -> list[Method]:
+    """The rows of the main table; PTQ rows calibrate on the first 32 training images."""
+    calibration = calibration if calibration is not None else fashion_mnist("train", root=data_root).take(CALIBRATION_IMAGES)
     return [
         Method("float32", lambda m: m),
         _weights(IntFormat(8), "W8 per-channel (weights only)"),
@@ -41,6 +51,9 @@ def default_methods() -> list[Method]:
         _weights(IntFormat(2), "W2 per-channel (weights only)"),
         _weights(Ternary(), "ternary, exact per-channel (weights only)"),
         _weights(PowerOfTwo(4), "power-of-two 4-bit per-channel (weights only)"),
+        _ptq(PTQConfig(), f"PTQ W8A8 per-channel, {CALIBRATION_IMAGES} calib images", calibration),
+        _ptq(PTQConfig(weight_bits=4), f"PTQ W4A8 per-channel, {CALIBRATION_IMAGES} calib images", calibration),
+        _ptq(PTQConfig(pow2_scales=True), "PTQ W8A8, power-of-two scales (shift-only)", calibration),
     ]
 
 
@@ -67,7 +80,7 @@ def run(models: Sequence[str] = ("mlp", "cnn", "resnet"), test_set: Split | None
     """Evaluate every method on every model; returns the accuracy table."""
     start = time.perf_counter()
     test_set = test_set if test_set is not None else fashion_mnist("test", root=data_root)
-    methods = list(methods) if methods is not None else default_methods()
+    methods = list(methods) if methods is not None else default_methods(data_root=data_root)
     floats = {name: zoo.pretrained(name) for name in models}
     rows = [(m.label, [evaluate(m.apply(floats[name]), test_set) for name in models]) for m in methods]
     recorded = [zoo.shipped_accuracy(name) for name in models]

@@ -214,10 +214,11 @@ class PercentileObserver(_ReservoirObserver):
 
 
 class MSEObserver(_ReservoirObserver):
-    """Symmetric clipping ``c * max|x|`` minimising ``||x - Q(x)||^2`` over ``c`` in a grid.
+    """Clipping range ``c * [min, max]`` (or ``c * [-max|x|, max|x|]``) minimising ``||x - Q(x)||^2``.
 
-    The error is measured on the reservoir with the target format, so the
-    chosen range depends on the bit width: call :meth:`qparams` with the format.
+    ``c`` runs over a grid in ``[min_ratio, 1]``; the error is measured on the
+    reservoir with the target format, so the chosen range depends on the bit
+    width: call :meth:`qparams` with the format.
     """
 
     def __init__(self, granularity: Granularity = PerTensor(), grid: int = 100, min_ratio: float = 0.2,
@@ -226,32 +227,66 @@ class MSEObserver(_ReservoirObserver):
         if grid < 2 or not 0.0 < min_ratio < 1.0:
             raise ConfigError("MSEObserver needs grid >= 2 and 0 < min_ratio < 1")
         self.ratios = torch.linspace(min_ratio, 1.0, grid)
-        self._fmt: IntFormat = IntFormat(8)
+        self.register_buffer("lo", torch.empty(0))
+        self.register_buffer("hi", torch.empty(0))
 
-    def search(self, fmt: IntFormat) -> torch.Tensor:
-        """Best clipping magnitude per row for ``fmt``."""
+    def observe(self, r: torch.Tensor) -> None:
+        super().observe(r)
+        lo, hi = r.amin(dim=1), r.amax(dim=1)
+        first = self.lo.numel() == 0
+        self.lo = lo if first else torch.minimum(self.lo, lo)
+        self.hi = hi if first else torch.maximum(self.hi, hi)
+
+    def sync(self, group=None) -> None:
+        super().sync(group)
+        dist = _dist()
+        dist.all_reduce(self.lo, op=dist.ReduceOp.MIN, group=group)
+        dist.all_reduce(self.hi, op=dist.ReduceOp.MAX, group=group)
+
+    def search(self, fmt: IntFormat, symmetric: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Best ``(lo, hi)`` per row for ``fmt``."""
         self._check_seen()
         x = self.samples
+        if symmetric:
+            lo0, hi0 = -self.absmax, self.absmax
+        else:
+            lo0, hi0 = torch.minimum(self.lo, torch.zeros(())), torch.maximum(self.hi, torch.zeros(()))
         best_err = torch.full((x.shape[0],), float("inf"))
-        best = self.absmax.clone()
+        best_lo, best_hi = lo0.clone(), hi0.clone()
         for c in self.ratios:
-            amax = (self.absmax * c).clamp_min(1e-12)
-            lo = -amax if fmt.signed else torch.zeros_like(amax)
-            scale, zp = qparams_from_range(lo, amax, fmt, symmetric=fmt.signed)  # unsigned: [0, amax]
+            lo, hi = lo0 * c, hi0 * c
+            scale, zp = qparams_from_range(lo, hi, fmt, symmetric)
             err = ((fake_quant_affine(x, scale, zp, fmt, axis=0) - x) ** 2).sum(dim=1)
             better = err < best_err
-            best_err, best = torch.where(better, err, best_err), torch.where(better, amax, best)
-        return best
+            best_err = torch.where(better, err, best_err)
+            best_lo, best_hi = torch.where(better, lo, best_lo), torch.where(better, hi, best_hi)
+        return best_lo, best_hi
 
     def qparams(self, fmt: IntFormat, symmetric: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        amax = self.search(fmt)
-        lo = -amax if fmt.signed else torch.zeros_like(amax)
-        return qparams_from_range(lo, amax, fmt, symmetric and fmt.signed)
+        return qparams_from_range(*self.search(fmt, symmetric), fmt, symmetric)
 
     def range(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The range of the 8-bit search (use :meth:`qparams` for another width)."""
-        amax = self.search(self._fmt)
-        return -amax, amax
+        """The range of an 8-bit asymmetric search (use :meth:`qparams` for another format)."""
+        return self.search(IntFormat(8, signed=False), symmetric=False)
 
 
-__all__ = ["MSEObserver", "MinMaxObserver", "MovingAverageMinMaxObserver", "Observer", "PercentileObserver"]
+class ChannelPercentileObserver(PercentileObserver):
+    """Channel-level statistics for one per-tensor range (our reading of method A, Lee et al. 2018).
+
+    Each channel (``axis``, 1 for NCHW and (N, F) activations) gets its own
+    ``percentile`` range from its own samples; the layer's range is the widest
+    of the channel ranges: ``hi = max_c P_p(x_c)``, ``lo = min_c P_(100-p)(x_c)``.
+    Rare outliers are clipped within each channel, but no channel's bulk is
+    clipped because it is a small share of the layer's values, which a
+    layer-wide percentile would do to a narrow-but-large channel.
+    """
+
+    def __init__(self, axis: int = 1, percentile: float = 99.99, max_samples: int = 1 << 12, seed: int = 0) -> None:
+        super().__init__(PerChannel(axis), percentile, False, max_samples, seed)
+
+    def range(self) -> tuple[torch.Tensor, torch.Tensor]:
+        lo, hi = super().range()
+        return lo.amin().reshape(1), hi.amax().reshape(1)
+
+
+__all__ = ["ChannelPercentileObserver", "MSEObserver", "MinMaxObserver", "MovingAverageMinMaxObserver", "Observer", "PercentileObserver"]

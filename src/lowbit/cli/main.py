@@ -114,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     ze.set_defaults(func=_cmd_zoo_eval)
     zp.set_defaults(func=lambda a: (zp.print_help(), 0)[1])
 
+    from lowbit.cli import ptq_cmd
+
+    ptq_cmd.add_parser(sub)
+
     dp = sub.add_parser("data", help="data sets: check which are installed",
                         description="Data sets lowbit loads without downloading.")
     dsub = dp.add_subparsers(dest="data_command", metavar="DATA_COMMAND")

@@ -1,0 +1,215 @@
+"""torch.fx passes: trace, fold BatchNorm, fuse into unified modules, insert input quantizers.
+
+The passes work on a ``GraphModule`` in eval mode and keep its function: after
+:func:`fold_batchnorm` and :func:`fuse_unified` (with quantizers off) the module
+computes what the float model computed, up to float rounding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import fx, nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
+
+from lowbit.errors import LowbitError
+from lowbit.graph.nodes import (
+    AVG_POOLS,
+    activation_of,
+    add_operands,
+    is_batchnorm,
+    is_compute,
+    is_passthrough,
+    module_of,
+)
+from lowbit.nn.quantizers import ActQuantizer, TensorSpec
+from lowbit.nn.unified import QAvgPool, UnifiedConv, UnifiedLinear, _Unified
+
+SpecFor = Callable[[str], tuple[TensorSpec | None, TensorSpec | None]]  # layer name -> (weight, output)
+
+
+class TraceFailed(LowbitError):
+    """torch.fx could not trace the model (dynamic control flow, unsupported Python)."""
+
+
+@dataclass
+class FusionPlan:
+    """What the passes did: the unified modules and what each absorbed, what stayed float."""
+
+    folded_bn: list[str] = field(default_factory=list)
+    unified: dict[str, list[str]] = field(default_factory=dict)  # module name -> absorbed node names
+    float_ops: list[str] = field(default_factory=list)
+    input_quantizers: list[str] = field(default_factory=list)
+
+
+def trace(model: nn.Module) -> fx.GraphModule:
+    """``torch.fx.symbolic_trace`` with a clear error."""
+    try:
+        return fx.symbolic_trace(model)
+    except Exception as exc:  # noqa: BLE001 - fx raises many kinds
+        raise TraceFailed(f"torch.fx cannot trace {type(model).__name__}: {type(exc).__name__}: {exc}") from exc
+
+
+def _calls_per_target(gm: fx.GraphModule) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            counts[node.target] = counts.get(node.target, 0) + 1
+    return counts
+
+
+def fold_batchnorm(gm: fx.GraphModule, plan: FusionPlan) -> None:
+    """Fold every BatchNorm that directly follows a conv/linear used once into its weight and bias.
+
+    ``w' = w * gamma / sqrt(var + eps)``, ``b' = (b - mean) * gamma / sqrt(var + eps) + beta``.
+    """
+    calls = _calls_per_target(gm)
+    for node in list(gm.graph.nodes):
+        if not is_batchnorm(gm, node):
+            continue
+        src = node.args[0]
+        if not (isinstance(src, fx.Node) and is_compute(gm, src) and len(src.users) == 1 and calls[src.target] == 1):
+            continue
+        layer, bn = module_of(gm, src), module_of(gm, node)
+        fold = fuse_linear_bn_eval if isinstance(layer, nn.Linear) else fuse_conv_bn_eval
+        _set_module(gm, src.target, fold(layer.eval(), bn.eval()))
+        node.replace_all_uses_with(src)
+        gm.graph.erase_node(node)
+        plan.folded_bn.append(str(node.target))
+    gm.graph.lint()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+
+
+def _set_module(gm: fx.GraphModule, target: str, module: nn.Module) -> None:
+    parent_name, _, attr = target.rpartition(".")
+    parent = gm.get_submodule(parent_name) if parent_name else gm
+    setattr(parent, attr, module)
+
+
+def _chain(gm: fx.GraphModule, node: fx.Node) -> tuple[list[fx.Node], fx.Node | None, nn.Module]:
+    """``node`` [-> add(residual)] [-> activation]: the nodes to absorb, the residual, the activation."""
+    chain, residual, act = [node], None, nn.Identity()
+    users = list(node.users)
+    if len(users) == 1 and (ops := add_operands(users[0])) is not None and ops[0] is not ops[1]:
+        residual = ops[1] if ops[0] is node else ops[0]
+        chain.append(users[0])
+    users = list(chain[-1].users)
+    if len(users) == 1 and (a := activation_of(gm, users[0])) is not None:
+        act = a
+        chain.append(users[0])
+    return chain, residual, act
+
+
+def fuse_unified(gm: fx.GraphModule, spec_for: SpecFor, plan: FusionPlan) -> None:
+    """Replace each conv/linear [+add] [+activation] chain by one unified module; wrap average pools."""
+    calls = _calls_per_target(gm)
+    for node in list(gm.graph.nodes):
+        if not is_compute(gm, node) or calls[node.target] != 1:
+            continue
+        chain, residual, act = _chain(gm, node)
+        layer = module_of(gm, node)
+        w_spec, out_spec = spec_for(str(node.target))
+        cls = UnifiedLinear if isinstance(layer, nn.Linear) else UnifiedConv
+        _set_module(gm, node.target, cls(layer, act, residual is not None, w_spec, out_spec))
+        with gm.graph.inserting_after(chain[-1]):
+            args = (node.args[0],) + ((residual,) if residual is not None else ())
+            new = gm.graph.call_module(node.target, args=args)
+        chain[-1].replace_all_uses_with(new)
+        for old in reversed(chain):
+            gm.graph.erase_node(old)
+        plan.unified[str(node.target)] = [n.name for n in chain]
+    for node in gm.graph.nodes:
+        pool = module_of(gm, node)
+        if isinstance(pool, AVG_POOLS):
+            _, out_spec = spec_for(str(node.target))
+            if out_spec is not None:
+                _set_module(gm, node.target, QAvgPool(pool, out_spec))
+    gm.graph.lint()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+
+
+def _is_quantized(gm: fx.GraphModule, node: fx.Node) -> bool:
+    m = module_of(gm, node)
+    if isinstance(m, _Unified):
+        return m.quantized
+    if isinstance(m, (QAvgPool, ActQuantizer)):
+        return True
+    if is_passthrough(gm, node) and node.args and isinstance(node.args[0], fx.Node):
+        return _is_quantized(gm, node.args[0])
+    return False
+
+
+def insert_input_quantizers(gm: fx.GraphModule, spec_for_input: Callable[[str], TensorSpec], plan: FusionPlan) -> None:
+    """Give every quantized module whose input is not on a grid an input quantizer (one per producer)."""
+    made: dict[fx.Node, fx.Node] = {}
+    for node in list(gm.graph.nodes):
+        m = module_of(gm, node)
+        if not (isinstance(m, (_Unified, QAvgPool)) and getattr(m, "quantized", True)):
+            continue
+        for arg in [a for a in node.args if isinstance(a, fx.Node)]:
+            if _is_quantized(gm, arg):
+                continue
+            if arg not in made:
+                name = f"input_quant_{len(made)}"
+                gm.add_submodule(name, ActQuantizer(spec_for_input(str(node.target))))
+                with gm.graph.inserting_after(arg):
+                    made[arg] = gm.graph.call_module(name, args=(arg,))
+                plan.input_quantizers.append(f"{name} (before {node.target}, after {arg.name})")
+            node.replace_input_with(arg, made[arg])
+    plan.float_ops = [
+        n.name for n in gm.graph.nodes
+        if n.op in ("call_module", "call_function", "call_method")
+        and not isinstance(module_of(gm, n), (_Unified, QAvgPool, ActQuantizer)) and not is_passthrough(gm, n)
+    ]
+    gm.graph.lint()
+    gm.recompile()
+
+
+class _OutputCounter(fx.Interpreter):
+    """Runs a graph and counts, for each node kind, how many output elements it produces."""
+
+    def __init__(self, gm: fx.GraphModule, counted: Callable[[fx.Node], bool]) -> None:
+        super().__init__(gm)
+        self.counted = counted
+        self.ops = 0
+        self.elements = 0
+
+    def run_node(self, n: fx.Node):
+        out = super().run_node(n)
+        if self.counted(n) and isinstance(out, torch.Tensor):
+            self.ops += 1
+            self.elements += out[0].numel() if out.ndim > 0 else 1  # per sample
+        return out
+
+
+def count_primitive_quant_points(gm: fx.GraphModule, example_inputs: tuple) -> tuple[int, int]:
+    """(ops, elements per sample) if every primitive op's output were requantized (no fusion)."""
+
+    def counted(n: fx.Node) -> bool:
+        if n.op == "placeholder":
+            return True
+        if n.op not in ("call_module", "call_function", "call_method"):
+            return False
+        return not is_passthrough(gm, n)
+
+    counter = _OutputCounter(gm, counted)
+    with torch.no_grad():
+        counter.run(*example_inputs)
+    return counter.ops, counter.elements
+
+
+def count_fused_quant_points(gm: fx.GraphModule, example_inputs: tuple) -> tuple[int, int]:
+    """(ops, elements per sample) of the (re)quantizations the fused graph performs."""
+
+    def counted(n: fx.Node) -> bool:
+        m = module_of(gm, n)
+        return isinstance(m, (ActQuantizer, QAvgPool)) or (isinstance(m, _Unified) and m.quantized)
+
+    counter = _OutputCounter(gm, counted)
+    with torch.no_grad():
+        counter.run(*example_inputs)
+    return counter.ops, counter.elements

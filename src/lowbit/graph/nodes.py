@@ -1,0 +1,79 @@
+"""Classify torch.fx nodes: compute layers, BatchNorm, activations, adds, pass-through ops."""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+COMPUTE = (nn.Conv1d, nn.Conv2d, nn.Linear)
+BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d)
+ACT_MODULES = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.Identity)
+ACT_FUNCTIONS = {F.relu: (0.0, None), torch.relu: (0.0, None), F.relu6: (0.0, 6.0)}
+ADD_FUNCTIONS = (operator.add, torch.add)
+POOL_PASSTHROUGH = (nn.MaxPool1d, nn.MaxPool2d, nn.Dropout, nn.Flatten, nn.Identity)
+AVG_POOLS = (nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
+FUNC_PASSTHROUGH = (torch.flatten, F.max_pool2d, F.max_pool1d, F.dropout, torch.reshape, operator.getitem)
+METHOD_PASSTHROUGH = ("view", "reshape", "flatten", "contiguous", "squeeze", "unsqueeze", "permute",
+                      "transpose", "size", "dim")
+
+
+def module_of(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
+    return gm.get_submodule(node.target) if node.op == "call_module" else None
+
+
+def is_compute(gm: fx.GraphModule, node: fx.Node) -> bool:
+    m = module_of(gm, node)
+    return isinstance(m, COMPUTE) and not getattr(m, "padding_mode", "zeros") != "zeros"
+
+
+def is_batchnorm(gm: fx.GraphModule, node: fx.Node) -> bool:
+    return isinstance(module_of(gm, node), BATCHNORM)
+
+
+def activation_of(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
+    """An ``nn.Module`` equal to the activation ``node`` computes, or None."""
+    m = module_of(gm, node)
+    if isinstance(m, (nn.ReLU, nn.ReLU6, nn.Hardtanh)):
+        return m
+    if node.op == "call_function" and node.target in ACT_FUNCTIONS and len(node.args) == 1:
+        lo, hi = ACT_FUNCTIONS[node.target]
+        return nn.ReLU() if hi is None else nn.Hardtanh(lo, hi)
+    if node.op == "call_function" and node.target is F.hardtanh:
+        lo = node.args[1] if len(node.args) > 1 else node.kwargs.get("min_val", -1.0)
+        hi = node.args[2] if len(node.args) > 2 else node.kwargs.get("max_val", 1.0)
+        return nn.Hardtanh(float(lo), float(hi))
+    if node.op == "call_method" and node.target == "relu" and len(node.args) == 1:
+        return nn.ReLU()
+    if (node.op == "call_function" and node.target in (torch.clamp, torch.clip)) or (
+        node.op == "call_method" and node.target in ("clamp", "clip")
+    ):
+        lo = node.args[1] if len(node.args) > 1 else node.kwargs.get("min")
+        hi = node.args[2] if len(node.args) > 2 else node.kwargs.get("max")
+        if isinstance(lo, (int, float)) and isinstance(hi, (int, float)):
+            return nn.Hardtanh(float(lo), float(hi))
+    return None
+
+
+def add_operands(node: fx.Node) -> tuple[fx.Node, fx.Node] | None:
+    """The two tensor operands of an elementwise add node (``a + b``, ``torch.add``, ``a.add(b)``)."""
+    is_add = (node.op == "call_function" and node.target in ADD_FUNCTIONS) or (
+        node.op == "call_method" and node.target == "add"
+    )
+    if not is_add or len(node.args) != 2 or node.kwargs.get("alpha", 1) != 1:
+        return None
+    a, b = node.args
+    return (a, b) if isinstance(a, fx.Node) and isinstance(b, fx.Node) else None
+
+
+def is_passthrough(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """Ops whose output stays on the input's quantization grid (max-pool, reshape, dropout in eval)."""
+    if node.op == "call_module":
+        return isinstance(module_of(gm, node), POOL_PASSTHROUGH)
+    if node.op == "call_function":
+        return node.target in FUNC_PASSTHROUGH
+    if node.op == "call_method":
+        return node.target in METHOD_PASSTHROUGH
+    return False

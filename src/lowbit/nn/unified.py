@@ -1,0 +1,100 @@
+"""Unified modules (method H, Geng et al. 2019): compute, then requantize once.
+
+``UnifiedConv`` / ``UnifiedLinear`` = conv/linear (BatchNorm folded into weight
+and bias) [+ residual input] -> activation -> one output quantizer:
+
+    y = Q_out( act( W_q * x + b [+ r] ) )
+
+where ``x`` and ``r`` are already quantized tensors (outputs of other unified
+modules or of an input quantizer) and ``W_q`` is the fake-quantized weight. A
+framework that quantizes after every primitive op would requantize after the
+conv, the BatchNorm, the add and the activation: four quantization operations
+where this module has one.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lowbit.nn.quantizers import ActQuantizer, TensorSpec, WeightQuantizer
+
+
+class _Unified(nn.Module):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, act: nn.Module,
+                 has_residual: bool, w_spec: TensorSpec | None, out_spec: TensorSpec | None) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight.detach().clone())
+        self.bias = nn.Parameter(bias.detach().clone()) if bias is not None else None
+        self.act = act
+        self.has_residual = has_residual
+        self.weight_quant = WeightQuantizer(w_spec) if w_spec is not None else None
+        self.output_quant = ActQuantizer(out_spec) if out_spec is not None else None
+
+    @property
+    def quantized(self) -> bool:
+        """False for a layer kept in float by a rule (its output is not on a grid)."""
+        return self.output_quant is not None
+
+    def _compute(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        w = self.weight_quant(self.weight) if self.weight_quant is not None else self.weight
+        y = self._compute(x, w)
+        if residual is not None:
+            y = y + residual
+        y = self.act(y)
+        return self.output_quant(y) if self.output_quant is not None else y
+
+
+class UnifiedConv(_Unified):
+    """Conv1d/Conv2d + folded BN [+ residual] + activation, requantized once."""
+
+    def __init__(self, conv: nn.Conv1d | nn.Conv2d, act: nn.Module, has_residual: bool,
+                 w_spec: TensorSpec | None, out_spec: TensorSpec | None) -> None:
+        super().__init__(conv.weight, conv.bias, act, has_residual, w_spec, out_spec)
+        self.ndim = conv.weight.ndim - 2
+        self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
+        if conv.padding_mode != "zeros":
+            raise ValueError(f"padding_mode={conv.padding_mode!r} is not supported; use zero padding")
+
+    def _compute(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        conv = F.conv2d if self.ndim == 2 else F.conv1d
+        return conv(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def extra_repr(self) -> str:
+        o, i = self.weight.shape[:2]
+        return f"{i * self.groups}->{o}, kernel={tuple(self.weight.shape[2:])}, stride={self.stride}, groups={self.groups}, residual={self.has_residual}"
+
+
+class UnifiedLinear(_Unified):
+    """Linear + folded BN [+ residual] + activation, requantized once."""
+
+    def __init__(self, linear: nn.Linear, act: nn.Module, has_residual: bool,
+                 w_spec: TensorSpec | None, out_spec: TensorSpec | None) -> None:
+        super().__init__(linear.weight, linear.bias, act, has_residual, w_spec, out_spec)
+
+    def _compute(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, w, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[1]}->{self.weight.shape[0]}, residual={self.has_residual}"
+
+
+class QAvgPool(nn.Module):
+    """Average pooling followed by a requantization (an average of grid values is off the grid)."""
+
+    def __init__(self, pool: nn.Module, out_spec: TensorSpec) -> None:
+        super().__init__()
+        self.pool = pool
+        self.output_quant = ActQuantizer(out_spec)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.output_quant(self.pool(x))
+
+
+def unified_modules(model: nn.Module) -> list[tuple[str, _Unified]]:
+    """``(name, module)`` of every unified module, in registration order."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, _Unified)]

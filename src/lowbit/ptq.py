@@ -1,0 +1,286 @@
+"""Post-training quantization: ``prepare -> calibrate -> convert`` (or one call, :func:`quantize`).
+
+1. :func:`prepare` copies the model, traces it with torch.fx, folds BatchNorm,
+   fuses conv/linear [+ add] [+ ReLU/ReLU6/clamp] into unified modules that
+   requantize once at their output (method H), and puts observers on every
+   quantization point. Models fx cannot trace fall back to an eager module swap
+   (each conv/linear gets an input quantizer; BatchNorm is not folded).
+2. :func:`calibrate` runs a few batches through it (observers record ranges).
+3. :func:`convert` freezes scales and zero points: the result is the fake-quant
+   simulation of the integer model (per-channel symmetric weights, affine
+   unsigned activations; power-of-two scales on request, so that every
+   requantization is a shift).
+
+Method A (Lee et al. 2018, channel-wise PTQ with few images) is the
+``act_observer="channel"`` option and per-channel weights; method H (Geng et al.
+2019) is fusion plus ``pow2_scales=True``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import fnmatch
+import warnings
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import fx, nn
+
+from lowbit.errors import ConfigError, DataError
+from lowbit.formats import IntFormat, check_bits
+from lowbit.graph.fx_passes import (
+    FusionPlan,
+    TraceFailed,
+    count_fused_quant_points,
+    count_primitive_quant_points,
+    fold_batchnorm,
+    fuse_unified,
+    insert_input_quantizers,
+    trace,
+)
+from lowbit.graph.nodes import COMPUTE
+from lowbit.granularity import PerChannel, PerTensor
+from lowbit.nn.quantizers import ActQuantizer, ObserverName, TensorSpec, WeightQuantizer
+from lowbit.nn.unified import UnifiedConv, UnifiedLinear, _Unified
+from lowbit.utils.progress import Progress
+
+_ACT_OBSERVERS = ("minmax", "moving_average", "percentile", "mse", "channel")
+
+
+@dataclass(frozen=True)
+class LayerRule:
+    """Per-layer override for modules whose name matches ``pattern`` (fnmatch, e.g. ``"layers.0.*"``)."""
+
+    pattern: str
+    weight_bits: int | None = None
+    act_bits: int | None = None
+    keep_float: bool = False
+
+    def __post_init__(self) -> None:
+        if self.weight_bits is not None:
+            check_bits(self.weight_bits, "LayerRule.weight_bits", low=2)
+        if self.act_bits is not None:
+            check_bits(self.act_bits, "LayerRule.act_bits", low=2)
+
+
+@dataclass(frozen=True)
+class PTQConfig:
+    """Post-training quantization settings (validated on construction)."""
+
+    weight_bits: int = 8
+    act_bits: int = 8
+    weight_granularity: Literal["channel", "tensor"] = "channel"
+    weight_observer: Literal["minmax", "mse"] = "minmax"
+    act_observer: ObserverName = "minmax"
+    act_percentile: float = 99.99
+    pow2_scales: bool = False
+    first_last_bits: int | None = 8
+    rules: tuple[LayerRule, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        check_bits(self.weight_bits, "PTQConfig.weight_bits", low=2)
+        check_bits(self.act_bits, "PTQConfig.act_bits", low=2)
+        if self.first_last_bits is not None:
+            check_bits(self.first_last_bits, "PTQConfig.first_last_bits", low=2)
+        if self.weight_granularity not in ("channel", "tensor"):
+            raise ConfigError(f"PTQConfig.weight_granularity must be 'channel' or 'tensor', got {self.weight_granularity!r}")
+        if self.weight_observer not in ("minmax", "mse"):
+            raise ConfigError(f"PTQConfig.weight_observer must be 'minmax' or 'mse', got {self.weight_observer!r}")
+        if self.act_observer not in _ACT_OBSERVERS:
+            raise ConfigError(f"PTQConfig.act_observer must be one of {_ACT_OBSERVERS}, got {self.act_observer!r}")
+        if not all(isinstance(r, LayerRule) for r in self.rules):
+            raise ConfigError("PTQConfig.rules must be a tuple of LayerRule")
+
+    def weight_spec(self, bits: int) -> TensorSpec:
+        g = PerChannel(0) if self.weight_granularity == "channel" else PerTensor()
+        return TensorSpec(IntFormat(bits, signed=True, narrow=True), g, True, self.weight_observer,
+                          pow2_scale=self.pow2_scales)
+
+    def act_spec(self, bits: int) -> TensorSpec:
+        return TensorSpec(IntFormat(bits, signed=False), PerTensor(), False, self.act_observer,
+                          self.act_percentile, self.pow2_scales)
+
+
+def _check_inputs(model: nn.Module, example_inputs: tuple) -> None:
+    if not isinstance(example_inputs, tuple) or not all(isinstance(t, torch.Tensor) for t in example_inputs):
+        raise DataError("example_inputs must be a tuple of tensors, e.g. (torch.randn(1, 1, 28, 28),)")
+    for t in example_inputs:
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise DataError("example_inputs hold NaN or inf values")
+    try:
+        with torch.no_grad():
+            model(*example_inputs)
+    except Exception as exc:  # noqa: BLE001 - any failure means the inputs do not fit
+        shapes = [tuple(t.shape) for t in example_inputs]
+        raise DataError(f"example_inputs of shapes {shapes} do not fit {type(model).__name__}: "
+                        f"{type(exc).__name__}: {exc}") from exc
+
+
+class _Specs:
+    """Maps a layer name to its (weight, output) specs: config, first/last layer, rules."""
+
+    def __init__(self, config: PTQConfig, order: list[str]) -> None:
+        self.config = config
+        self.edges = {order[0], order[-1]} if order else set()
+        self.first = order[0] if order else None
+        self.last = order[-1] if order else None
+
+    def _rule(self, name: str) -> LayerRule | None:
+        for rule in self.config.rules:
+            if fnmatch.fnmatchcase(name, rule.pattern):
+                return rule
+        return None
+
+    def _bits(self, name: str) -> tuple[int, int] | None:
+        c, rule = self.config, self._rule(name)
+        if rule is not None and rule.keep_float:
+            return None
+        w_bits, a_bits = c.weight_bits, c.act_bits
+        if c.first_last_bits is not None and name in self.edges:
+            w_bits = c.first_last_bits
+            a_bits = c.first_last_bits if name == self.last else a_bits
+        if rule is not None:
+            w_bits, a_bits = rule.weight_bits or w_bits, rule.act_bits or a_bits
+        return w_bits, a_bits
+
+    def layer(self, name: str) -> tuple[TensorSpec | None, TensorSpec | None]:
+        bits = self._bits(name)
+        if bits is None:
+            return None, None
+        return self.config.weight_spec(bits[0]), self.config.act_spec(bits[1])
+
+    def input_for(self, consumer: str) -> TensorSpec:
+        bits = self._bits(consumer)
+        a_bits = bits[1] if bits else self.config.act_bits
+        if consumer == self.first and self.config.first_last_bits is not None:
+            a_bits = self.config.first_last_bits
+        return self.config.act_spec(a_bits)
+
+
+def _compute_order(gm: fx.GraphModule) -> list[str]:
+    return [str(n.target) for n in gm.graph.nodes
+            if n.op == "call_module" and isinstance(gm.get_submodule(n.target), COMPUTE)]
+
+
+def _eager_swap(model: nn.Module, specs: _Specs, plan: FusionPlan) -> nn.Module:
+    """Fallback for untraceable models: each conv/linear gets an input quantizer and weight quantizer."""
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            full = f"{name}.{child_name}" if name else child_name
+            if isinstance(child, COMPUTE):
+                w_spec, _ = specs.layer(full)
+                if w_spec is None:
+                    continue
+                cls = UnifiedLinear if isinstance(child, nn.Linear) else UnifiedConv
+                setattr(module, child_name, nn.Sequential(ActQuantizer(specs.input_for(full)),
+                                                         cls(child, nn.Identity(), False, w_spec, None)))
+                plan.unified[full] = [full]
+            elif not isinstance(child, (nn.Sequential, nn.ModuleList, nn.ModuleDict)) and not list(child.children()):
+                plan.float_ops.append(full)
+    return model
+
+
+def prepare(model: nn.Module, config: PTQConfig = PTQConfig(), example_inputs: tuple | None = None) -> nn.Module:
+    """A quantization-ready copy of ``model`` with observers on every quantization point."""
+    if not isinstance(config, PTQConfig):
+        raise ConfigError(f"config must be a PTQConfig, got {type(config).__name__}")
+    if example_inputs is None:
+        raise DataError("prepare needs example_inputs, e.g. (torch.randn(1, 1, 28, 28),)")
+    _check_inputs(model, example_inputs)
+    m = copy.deepcopy(model).eval()
+    plan = FusionPlan()
+    try:
+        gm = trace(m)
+    except TraceFailed as exc:
+        warnings.warn(f"lowbit: {exc}; falling back to eager module swap (BatchNorm not folded, "
+                      "one quantizer per layer input)", stacklevel=2)
+        order = [n for n, mod in m.named_modules() if isinstance(mod, COMPUTE)]
+        out = _eager_swap(m, _Specs(config, order), plan)
+        out.lowbit_plan, out.lowbit_graph = plan, False  # type: ignore[attr-defined]
+        return out
+    specs = _Specs(config, _compute_order(gm))
+    unfused = count_primitive_quant_points(gm, example_inputs)
+    fold_batchnorm(gm, plan)
+    fuse_unified(gm, specs.layer, plan)
+    insert_input_quantizers(gm, specs.input_for, plan)
+    if not plan.unified:
+        raise ConfigError(f"{type(model).__name__} has no Conv or Linear layer to quantize")
+    skipped = [n for n in plan.float_ops]
+    if skipped:
+        warnings.warn(f"lowbit: {len(skipped)} operation(s) stay in float: {', '.join(skipped[:10])}", stacklevel=2)
+    gm.lowbit_plan, gm.lowbit_graph = plan, True  # type: ignore[attr-defined]
+    with quantizers_off(gm):  # counting runs the graph: the observers must not see the example inputs
+        fused = count_fused_quant_points(gm, example_inputs)
+    gm.lowbit_quant_ops = {"unfused": unfused, "fused": fused}  # type: ignore[attr-defined]
+    return gm
+
+
+def act_quantizers(model: nn.Module) -> list[ActQuantizer]:
+    return [m for m in model.modules() if isinstance(m, ActQuantizer)]
+
+
+def _batches(data) -> Iterator[torch.Tensor]:
+    for item in data:
+        yield item[0] if isinstance(item, (tuple, list)) else item
+
+
+def calibrate(model: nn.Module, data: Iterable, progress: bool = True) -> int:
+    """Run calibration batches (tensors, or ``(x, y)`` pairs) through a prepared model; returns the count."""
+    quantizers = act_quantizers(model)
+    if not quantizers:
+        raise ConfigError("the model has no quantizers: call lowbit.ptq.prepare first")
+    for q in quantizers:
+        q.mode = "observe"
+    n = 0
+    with torch.no_grad():
+        for i, x in enumerate(Progress(_batches(data), desc="calibrate", enabled=progress)):
+            if not isinstance(x, torch.Tensor) or x.numel() == 0:
+                raise DataError(f"calibration batch {i} is empty or not a tensor")
+            if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+                raise DataError(f"calibration batch {i} holds NaN or inf values: clean the data first")
+            model(x)
+            n += 1
+    if n == 0:
+        raise DataError("no calibration batches: pass at least one batch of representative inputs")
+    return n
+
+
+def convert(model: nn.Module) -> nn.Module:
+    """Freeze every quantizer's scale and zero point; the model becomes the fake-quant simulation."""
+    for q in act_quantizers(model):
+        q.freeze()
+    for m in model.modules():
+        if isinstance(m, _Unified) and m.weight_quant is not None:
+            m.weight_quant.freeze(m.weight)
+    return model
+
+
+def quantize(model: nn.Module, calibration_data: Iterable, config: PTQConfig = PTQConfig(),
+             example_inputs: tuple | None = None, progress: bool = False) -> nn.Module:
+    """``prepare`` + ``calibrate`` + ``convert`` in one call (``example_inputs`` default: first batch)."""
+    data = list(_batches(calibration_data))
+    if not data:
+        raise DataError("no calibration batches: pass at least one batch of representative inputs")
+    example_inputs = example_inputs if example_inputs is not None else (data[0][:1],)
+    prepared = prepare(model, config, example_inputs)
+    calibrate(prepared, data, progress=progress)
+    return convert(prepared)
+
+
+@contextlib.contextmanager
+def quantizers_off(model: nn.Module, keep: Iterable[nn.Module] = ()) -> Iterator[nn.Module]:
+    """Temporarily turn every quantizer off (except those inside ``keep``): the model runs in float."""
+    keep_ids = {id(q) for k in keep for q in k.modules()}
+    saved = []
+    for q in model.modules():
+        if isinstance(q, (ActQuantizer, WeightQuantizer)) and id(q) not in keep_ids:
+            saved.append((q, q.mode))
+            q.mode = "off"
+    try:
+        yield model
+    finally:
+        for q, mode in saved:
+            q.mode = mode

@@ -1,0 +1,191 @@
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lowbit import zoo
+from lowbit.data import fashion_mnist
+from lowbit.errors import ConfigError, DataError
+from lowbit.nn import ActQuantizer, UnifiedConv, UnifiedLinear, unified_modules
+from lowbit.ptq import LayerRule, PTQConfig, calibrate, convert, prepare, quantize, quantizers_off
+from lowbit.zoo.recipes import evaluate
+
+X = (torch.randn(2, 1, 28, 28),)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return fashion_mnist("train").take(32), fashion_mnist("test")
+
+
+def _randomise_bn(model):
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn", "resnet"])
+def test_folded_and_fused_graph_computes_the_float_function(name):
+    model = _randomise_bn(zoo.build(name))
+    prepared = prepare(model, PTQConfig(), X)
+    x = torch.randn(4, 1, 28, 28)
+    with quantizers_off(prepared):
+        assert torch.allclose(prepared(x), model(x), atol=1e-4, rtol=1e-4)
+
+
+def test_resnet_fusion_structure():
+    prepared = prepare(zoo.build("resnet").eval(), PTQConfig(), X)
+    mods = dict(unified_modules(prepared))
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in prepared.modules())  # all folded
+    assert mods["layers.0.conv2"].has_residual and isinstance(mods["layers.0.conv2"].act, nn.ReLU)
+    assert not mods["layers.0.conv1"].has_residual and isinstance(mods["layers.0.conv1"].act, nn.ReLU)
+    assert "layers.2.shortcut.0" in mods and isinstance(mods["layers.2.shortcut.0"].act, nn.Identity)
+    (u_ops, u_el), (f_ops, f_el) = prepared.lowbit_quant_ops["unfused"], prepared.lowbit_quant_ops["fused"]
+    assert f_ops < u_ops / 2 and f_el < u_el / 2
+    # exactly one input quantizer: the network input
+    assert len(prepared.lowbit_plan.input_quantizers) == 1
+
+
+class Functional(nn.Module):
+    """Functional activations and adds, as users write them."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(1, 4, 3, padding=1)
+        self.b = nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 28 * 28, 10)
+
+    def forward(self, x):
+        h = F.relu(self.a(x))
+        h = torch.add(self.b(h), h).clamp(0.0, 6.0)
+        return self.fc(torch.flatten(h, 1))
+
+
+def test_functional_ops_fuse():
+    prepared = prepare(Functional().eval(), PTQConfig(), X)
+    mods = dict(unified_modules(prepared))
+    assert isinstance(mods["a"].act, nn.ReLU)
+    assert mods["b"].has_residual and isinstance(mods["b"].act, nn.Hardtanh) and mods["b"].act.max_val == 6.0
+    assert prepared.lowbit_plan.float_ops == []
+
+
+def test_unified_output_equals_torch_fake_quant_oracle(data):
+    calib, _ = data
+    q = quantize(zoo.pretrained("cnn"), [calib.x], PTQConfig(weight_bits=4, first_last_bits=None))
+    conv1 = q.conv1
+    x = q.input_quant_0(calib.x[:3])
+    wq = torch.fake_quantize_per_channel_affine(conv1.weight, conv1.weight_quant.scale,
+                                                conv1.weight_quant.zero_point, 0, -7, 7)
+    y = F.relu(F.conv2d(x, wq, conv1.bias, padding=2))
+    oq = conv1.output_quant
+    ref = torch.fake_quantize_per_tensor_affine(y, float(oq.scale), int(oq.zero_point), 0, 255)
+    assert torch.equal(conv1(x), ref)
+    assert conv1.weight_quant.spec.fmt.bits == 4 and len(conv1.weight_quant.scale) == 32
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_w8a8_within_0p2_points_of_float_with_32_images(name, data):
+    calib, test = data
+    model = zoo.pretrained(name)
+    q = quantize(model, [calib.x], PTQConfig())
+    assert evaluate(q, test) >= evaluate(model, test) - 0.002
+
+
+def test_pow2_scales_are_powers_of_two(data):
+    calib, _ = data
+    q = quantize(zoo.pretrained("cnn"), [calib.x], PTQConfig(pow2_scales=True))
+    scales = [m.scale for m in q.modules() if isinstance(m, ActQuantizer)]
+    scales += [m.weight_quant.scale for _, m in unified_modules(q)]
+    for s in scales:
+        assert torch.equal(torch.exp2(torch.round(torch.log2(s))), s)
+
+
+def test_rules_first_last_and_keep_float(data):
+    calib, _ = data
+    cfg = PTQConfig(weight_bits=4, rules=(LayerRule("conv2", keep_float=True),))
+    q = quantize(zoo.pretrained("cnn"), [calib.x], cfg)
+    mods = dict(unified_modules(q))
+    assert mods["conv1"].weight_quant.spec.fmt.bits == 8 and mods["fc2"].weight_quant.spec.fmt.bits == 8
+    assert mods["fc2"].output_quant.spec.fmt.bits == 8
+    assert mods["fc1"].weight_quant.spec.fmt.bits == 4
+    assert mods["conv2"].weight_quant is None and mods["conv2"].output_quant is None
+    # fc1's input comes from the float conv2 (through a max-pool): it gets its own input quantizer
+    assert any("before fc1" in s for s in q.lowbit_plan.input_quantizers)
+
+
+@pytest.mark.parametrize("observer", ["channel", "percentile", "moving_average", "mse"])
+def test_activation_observer_options(observer, data):
+    calib, test = data
+    model = zoo.pretrained("mlp")
+    q = quantize(model, [calib.x], PTQConfig(act_observer=observer))
+    assert evaluate(q, test) >= evaluate(model, test) - 0.003
+
+
+class Untraceable(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(784, 32), nn.Linear(32, 10)
+
+    def forward(self, x):
+        h = torch.relu(self.fc1(x.flatten(1)))
+        if h.sum() > 0:  # data-dependent control flow: fx cannot trace it
+            h = h * 1.0
+        return self.fc2(h)
+
+
+def test_untraceable_model_falls_back_to_eager_swap_with_a_warning(data):
+    calib, _ = data
+    with pytest.warns(UserWarning, match="eager module swap"):
+        q = quantize(Untraceable().eval(), [calib.x], PTQConfig())
+    assert isinstance(q.fc1[1], UnifiedLinear) and isinstance(q.fc1[0], ActQuantizer)
+    assert q(calib.x).shape == (32, 10)
+
+
+class WithSigmoid(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3)
+        self.fc = nn.Linear(2 * 26 * 26, 10)
+
+    def forward(self, x):
+        return self.fc(torch.sigmoid(self.conv(x)).flatten(1))
+
+
+def test_unsupported_ops_stay_float_and_are_listed(data):
+    calib, _ = data
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        q = quantize(WithSigmoid().eval(), [calib.x], PTQConfig())
+    assert any("stay in float: sigmoid" in str(w.message) for w in caught)
+    assert isinstance(q.conv, UnifiedConv)
+    assert q(calib.x).shape == (32, 10)
+
+
+def test_bad_input(data):
+    calib, _ = data
+    model = zoo.pretrained("mlp")
+    bad = calib.x.clone()
+    bad[5, 0, 0, 0] = float("nan")  # not in the first image, which serves as example input
+    with pytest.raises(DataError, match="calibration batch 0 holds NaN"):
+        quantize(model, [bad], PTQConfig())
+    with pytest.raises(DataError, match="no calibration batches"):
+        quantize(model, [], PTQConfig())
+    with pytest.raises(DataError, match="do not fit MLP"):
+        prepare(model, PTQConfig(), (torch.randn(1, 3, 32, 32),))
+    with pytest.raises(DataError, match="example_inputs"):
+        prepare(model, PTQConfig())
+    for kwargs in ({"weight_bits": 1}, {"act_bits": 17}, {"weight_granularity": "group"}, {"act_observer": "max"}):
+        with pytest.raises(ConfigError):
+            PTQConfig(**kwargs)
+    with pytest.raises(ConfigError, match="prepare"):
+        calibrate(model, [calib.x])
+    with pytest.raises(ConfigError, match="no Conv or Linear"):
+        prepare(nn.Sequential(nn.ReLU()), PTQConfig(), X)
+    with pytest.raises(DataError, match="no data"):
+        convert(prepare(model, PTQConfig(), X))  # convert before calibration
