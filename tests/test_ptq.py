@@ -189,3 +189,24 @@ def test_bad_input(data):
         prepare(nn.Sequential(nn.ReLU()), PTQConfig(), X)
     with pytest.raises(DataError, match="no data"):
         convert(prepare(model, PTQConfig(), X))  # convert before calibration
+
+
+def test_bias_correction_removes_the_mean_shift_of_weight_rounding(data):
+    calib, _ = data
+    model = zoo.pretrained("cnn")
+    plain = quantize(model, [calib.x], PTQConfig(weight_bits=4, bias_correction=False))
+    corrected = quantize(model, [calib.x], PTQConfig(weight_bits=4))
+
+    captured = {}
+    hook = plain.conv2.register_forward_pre_hook(lambda m, args: captured.__setitem__("x", args[0]))
+    with quantizers_off(plain):  # the float network: what the correction was measured on
+        plain(calib.x)
+    hook.remove()
+    x2, conv = captured["x"], plain.conv2
+    ref = conv._compute(x2, conv.weight, conv.bias)
+    before = conv._compute(x2, conv.weight_quant.fake(conv.weight), conv.bias) - ref
+    c2 = corrected.conv2
+    after = c2._compute(x2, c2.weight_quant.fake(c2.weight), c2.bias) - ref
+    per_channel = lambda e: e.mean(dim=(0, 2, 3)).abs().mean()  # noqa: E731
+    assert float(per_channel(before)) > 1e-4
+    assert float(per_channel(after)) < 1e-3 * float(per_channel(before)) + 1e-6

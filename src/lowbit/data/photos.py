@@ -8,14 +8,15 @@ bundled with scikit-image are used: loaders that would fetch a file with pooch
 network. Grey-level images and the RGBA ``logo`` are left out; ``cat`` is the
 same file as ``chelsea`` and is counted once.
 
-The two splits are disjoint in two ways:
-
-* **different photos**: ``"calib"`` crops come only from astronaut, hubble deep
-  field, immunohistochemistry and the two motorcycle stereo views (one scene,
-  so kept together); ``"eval"`` crops come only from chelsea, coffee, rocket,
-  retina and colorwheel. No pixel of an eval photo is ever seen in calibration.
-* **different random streams**: each split draws from its own generator, seeded
-  from ``crc32("lowbit.photos:<split>:<seed>")``.
+The two splits are different crops: each split draws from its own random
+stream, seeded from ``crc32("lowbit.photos:<split>:<seed>")``. By default both
+draw from all ten photos (calibration and evaluation data from one
+distribution, as PTQ assumes). With ``disjoint_photos=True`` they also use
+different photos: ``"calib"`` crops come only from astronaut, hubble deep
+field, immunohistochemistry and the two motorcycle stereo views (one scene,
+so kept together); ``"eval"`` crops only from chelsea, coffee, rocket, retina
+and colorwheel. That is a deliberate distribution shift (the colour wheel's
+saturated colours, for one, exceed every calibrated range), a harder test.
 
 Crops are deterministic for a given ``(split, seed, size)``, and prefix-stable:
 ``photo_crops(100, s)`` equals ``photo_crops(600, s)[:100]``.
@@ -102,14 +103,14 @@ def _load_rgb(data, photo: Photo):
     return image
 
 
-@functools.lru_cache(maxsize=len(SPLITS))
-def split_photos(split: str) -> tuple[tuple[str, torch.Tensor], ...]:
-    """The ``(name, (3, H, W) uint8 tensor)`` pairs of a split (cached; do not modify)."""
+@functools.lru_cache(maxsize=2 * len(SPLITS))
+def split_photos(split: str, disjoint_photos: bool = False) -> tuple[tuple[str, torch.Tensor], ...]:
+    """The ``(name, (3, H, W) uint8 tensor)`` pairs a split draws from (cached; do not modify)."""
     _check_split(split)
     data = _skimage_data()
     out = []
     for photo in PHOTOS:
-        if photo.split != split:
+        if disjoint_photos and photo.split != split:
             continue
         image = _load_rgb(data, photo)
         if image is not None:
@@ -162,7 +163,7 @@ def _crop_resize(image: torch.Tensor, u: torch.Tensor, size: int, cfg: CropConfi
     return out[0]
 
 
-def photo_crops(n: int, split: str, size: int = 224, seed: int = 0) -> torch.Tensor:
+def photo_crops(n: int, split: str, size: int = 224, seed: int = 0, disjoint_photos: bool = False) -> torch.Tensor:
     """``n`` random square crops of the split's photos, (n, 3, size, size) float32.
 
     Crop ``i`` comes from photo ``i mod k`` of the split (so every photo is used
@@ -178,7 +179,7 @@ def photo_crops(n: int, split: str, size: int = 224, seed: int = 0) -> torch.Ten
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ConfigError(f"size must be a positive int, got {size!r}")
     _check_split(split)
-    photos = split_photos(split)
+    photos = split_photos(split, disjoint_photos)
     uniforms = torch.rand((n, 4), generator=_generator(split, int(seed)))
     out = torch.empty((n, 3, size, size), dtype=torch.float32)
     with _one_thread():

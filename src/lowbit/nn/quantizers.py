@@ -144,10 +144,12 @@ class WeightQuantizer(nn.Module):
         errs = [((fake_quant_affine(r, s, zp, self.spec.fmt, axis=0) - r) ** 2).sum(dim=1) for s in (down, 2 * down)]
         return torch.where(errs[0] <= errs[1], down, 2 * down)
 
-    def forward(self, w: torch.Tensor) -> torch.Tensor:
-        if self.mode != "quantize":
-            return w
+    def fake(self, w: torch.Tensor) -> torch.Tensor:
+        """``w`` fake-quantized with the frozen scales, whatever the mode."""
         return fake_quant_affine(w, self.scale, self.zero_point, self.spec.fmt, self.spec.axis)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return self.fake(w) if self.mode == "quantize" else w
 
     def extra_repr(self) -> str:
         return f"int{self.spec.fmt.bits}, {type(self.spec.granularity).__name__}, mode={self.mode}"

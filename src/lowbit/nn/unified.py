@@ -37,12 +37,18 @@ class _Unified(nn.Module):
         """False for a layer kept in float by a rule (its output is not on a grid)."""
         return self.output_quant is not None
 
-    def _compute(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+    def _compute(self, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
+
+    def weight_error_shift(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean output shift per channel caused by weight quantization: ``mean(conv(x, Q(W) - W))``."""
+        eps = self.weight_quant.fake(self.weight) - self.weight
+        y = self._compute(x, eps, None)
+        return y.transpose(0, 1).reshape(y.shape[1], -1).mean(dim=1)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         w = self.weight_quant(self.weight) if self.weight_quant is not None else self.weight
-        y = self._compute(x, w)
+        y = self._compute(x, w, self.bias)
         if residual is not None:
             y = y + residual
         y = self.act(y)
@@ -60,9 +66,9 @@ class UnifiedConv(_Unified):
         if conv.padding_mode != "zeros":
             raise ValueError(f"padding_mode={conv.padding_mode!r} is not supported; use zero padding")
 
-    def _compute(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    def _compute(self, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         conv = F.conv2d if self.ndim == 2 else F.conv1d
-        return conv(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        return conv(x, w, bias, self.stride, self.padding, self.dilation, self.groups)
 
     def extra_repr(self) -> str:
         o, i = self.weight.shape[:2]
@@ -76,8 +82,8 @@ class UnifiedLinear(_Unified):
                  w_spec: TensorSpec | None, out_spec: TensorSpec | None) -> None:
         super().__init__(linear.weight, linear.bias, act, has_residual, w_spec, out_spec)
 
-    def _compute(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, w, self.bias)
+    def _compute(self, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return F.linear(x, w, bias)
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[1]}->{self.weight.shape[0]}, residual={self.has_residual}"

@@ -1,0 +1,94 @@
+"""EfficientNet-Lite0 (ImageNet) PTQ: agreement with the float model, lowbit vs peers.
+
+No ImageNet data ships here, so the measure is agreement with the float model on
+random crops of the scikit-image photos (``lowbit.data.photos``): calibration on
+``--calib`` crops of the "calib" stream, evaluation on ``--eval`` other crops.
+Metrics: top-1 agreement, top-5 overlap (mean |top5 n top5_float| / 5), mean
+KL(float || quantized) of the softmax, and the logits' SQNR. Also the wall time
+of prepare+calibrate+convert (lowbit includes bias correction).
+
+    python benchmarks/bench_effnet.py                    # lowbit + torchao + onnxruntime
+    python benchmarks/bench_effnet.py --no-peers --eval 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from _common import write_result
+from lowbit.data.photos import photo_crops
+from lowbit.diagnostics import sqnr_db
+from lowbit.ptq import PTQConfig, quantize
+from lowbit.zoo.efficientnet import efficientnet_lite0, with_plain_convs
+
+
+def logits_of(fn, x: torch.Tensor, batch: int = 64) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([fn(x[i:i + batch]) for i in range(0, len(x), batch)])
+
+
+def metrics(ref: torch.Tensor, out: torch.Tensor) -> dict[str, float]:
+    top1 = float((ref.argmax(1) == out.argmax(1)).float().mean())
+    r5, o5 = ref.topk(5, 1).indices, out.topk(5, 1).indices
+    overlap = float((r5[:, :, None] == o5[:, None, :]).any(2).float().mean())
+    p, q = ref.log_softmax(1), out.log_softmax(1)
+    kl = float((p.exp() * (p - q)).sum(1).mean())
+    confident = ref.softmax(1).amax(1) > 0.5
+    top1_conf = float((ref.argmax(1) == out.argmax(1))[confident].float().mean()) if confident.any() else float("nan")
+    return {"top1": top1, "top5": overlap, "kl": kl, "sqnr": sqnr_db(ref, out), "top1_conf": top1_conf,
+            "n_conf": int(confident.sum())}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calib", type=int, default=64)
+    parser.add_argument("--eval", type=int, default=512)
+    parser.add_argument("--no-peers", action="store_true")
+    args = parser.parse_args()
+    model = with_plain_convs(efficientnet_lite0()).eval()  # stock nn.Conv2d, so every tool sees the same graph
+    calib = photo_crops(args.calib, "calib")
+    evals = photo_crops(args.eval, "eval")
+    calib_batches = [calib[i:i + 32] for i in range(0, len(calib), 32)]
+    example = (calib[:1],)
+    ref = logits_of(model, evals)
+    confidence = ref.softmax(1).amax(1)
+    rows = []
+    runs = [
+        ("lowbit W8A8 per-channel", lambda: quantize(model, calib_batches, PTQConfig(), example)),
+        ("lowbit W8A8 per-channel, no bias correction",
+         lambda: quantize(model, calib_batches, PTQConfig(bias_correction=False), example)),
+        ("lowbit W8A8 per-tensor weights", lambda: quantize(model, calib_batches, PTQConfig(weight_granularity="tensor"), example)),
+        ("lowbit W8A16 per-channel (activation error removed)", lambda: quantize(model, calib_batches, PTQConfig(act_bits=16), example)),
+    ]
+    for label, make in runs:
+        t = time.perf_counter()
+        q = make()
+        seconds = time.perf_counter() - t
+        rows.append((label, seconds, metrics(ref, logits_of(q, evals))))
+        print(rows[-1], flush=True)
+    if not args.no_peers:
+        from peers import ort_quantize_static, torchao_pt2e
+
+        for label, fn in (("torchao PT2E X86Inductor W8A8", lambda: torchao_pt2e(model, example, calib_batches)),
+                          ("onnxruntime quantize_static QDQ W8A8 per-channel",
+                           lambda: ort_quantize_static(model, example, calib_batches, per_channel=True)),
+                          ("onnxruntime quantize_static QDQ W8A8 per-tensor",
+                           lambda: ort_quantize_static(model, example, calib_batches, per_channel=False))):
+            q, seconds = fn()
+            rows.append((label, seconds, metrics(ref, logits_of(q, evals))))
+            print(rows[-1], flush=True)
+    lines = [f"{args.eval} evaluation crops, {args.calib} calibration crops; float top-1 confidence: median "
+             f"{float(confidence.median()):.2f}, {int((confidence > 0.5).sum())} crops above 0.5.", "",
+             "| method | prepare+calibrate+convert s | top-1 agreement % | top-1 agreement, float p>0.5 % | top-5 overlap % | mean KL | logits SQNR dB |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for label, seconds, m in rows:
+        lines.append(f"| {label} | {seconds:.1f} | {100 * m['top1']:.1f} | {100 * m['top1_conf']:.1f} | "
+                     f"{100 * m['top5']:.1f} | {m['kl']:.4f} | {m['sqnr']:.1f} |")
+    write_result("ptq_efficientnet", "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
