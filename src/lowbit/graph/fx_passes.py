@@ -112,6 +112,8 @@ def fuse_unified(gm: fx.GraphModule, spec_for: SpecFor, plan: FusionPlan) -> Non
         chain, residual, act = _chain(gm, node)
         layer = module_of(gm, node)
         w_spec, out_spec = spec_for(str(node.target))
+        if any(u.op == "output" for u in chain[-1].users):
+            out_spec = None  # the network output: its int32 accumulator is dequantized, not requantized
         cls = UnifiedLinear if isinstance(layer, nn.Linear) else UnifiedConv
         _set_module(gm, node.target, cls(layer, act, residual is not None, w_spec, out_spec))
         with gm.graph.inserting_after(chain[-1]):

@@ -34,7 +34,8 @@ class _Unified(nn.Module):
 
     @property
     def quantized(self) -> bool:
-        """False for a layer kept in float by a rule (its output is not on a grid)."""
+        """True when the output is requantized (on a grid); False for a layer kept in float
+        by a rule, and for the network's last layer, whose accumulator is dequantized."""
         return self.output_quant is not None
 
     def _compute(self, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:  # pragma: no cover
