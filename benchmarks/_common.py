@@ -28,7 +28,8 @@ def machine() -> str:
 def write_result(name: str, body: str) -> Path:
     """Write ``results/<name>.md`` with the command that produced it and the machine."""
     RESULTS.mkdir(exist_ok=True)
-    command = "python " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
+    script = os.path.relpath(os.path.abspath(sys.argv[0]), Path(__file__).parent.parent)
+    command = ".venv/bin/python " + " ".join([script] + sys.argv[1:]) + "   (from the repository root)"
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     text = f"# {name}\n\n- command: `{command}`\n- machine: {machine()}\n- date: {stamp}\n\n{body.rstrip()}\n"
     path = RESULTS / f"{name}.md"

@@ -23,6 +23,7 @@ def test_lazy_attributes():
     import lowbit
 
     assert lowbit.IntFormat(3).qmax == 3
+    assert lowbit.quantize is __import__("lowbit.ptq", fromlist=["quantize"]).quantize
     with pytest.raises(AttributeError):
         lowbit.not_a_thing  # noqa: B018
 

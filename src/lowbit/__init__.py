@@ -8,7 +8,12 @@ Formats and granularity::
     lowbit.IntFormat(4), lowbit.PowerOfTwo(4), lowbit.Ternary(), lowbit.Binary(), lowbit.Log2(4)
     lowbit.PerTensor(), lowbit.PerChannel(0), lowbit.PerGroup(32), lowbit.PerKernel()
 
+One call for post-training quantization::
+
+    qmodel = lowbit.quantize(model, calibration_batches, lowbit.PTQConfig(weight_bits=4))
+
 Subpackages: ``lowbit.functional`` (pure quantizer maths), ``lowbit.observers``,
+``lowbit.ptq``, ``lowbit.nn``, ``lowbit.graph``, ``lowbit.diagnostics``,
 ``lowbit.data``, ``lowbit.zoo``, ``lowbit.cli``.
 """
 
@@ -26,8 +31,10 @@ _LAZY = {
     "LowbitError": "lowbit.errors", "ConfigError": "lowbit.errors", "DataError": "lowbit.errors",
     "DatasetNotFoundError": "lowbit.errors", "CheckpointError": "lowbit.errors",
     "quantize_weights": "lowbit.weight_only", "WeightOnlyConfig": "lowbit.weight_only",
+    "quantize": "lowbit.ptq", "PTQConfig": "lowbit.ptq", "LayerRule": "lowbit.ptq",
 }
-_SUBMODULES = {"functional", "observers", "data", "zoo", "cli", "formats", "granularity", "errors", "weight_only"}
+_SUBMODULES = {"functional", "observers", "data", "zoo", "cli", "formats", "granularity", "errors", "weight_only",
+               "ptq", "nn", "graph", "diagnostics"}
 
 
 def __getattr__(name: str):

@@ -46,7 +46,7 @@ from lowbit.graph.fx_passes import (
 from lowbit.graph.nodes import COMPUTE
 from lowbit.granularity import PerChannel, PerTensor
 from lowbit.nn.quantizers import ActQuantizer, ObserverName, TensorSpec, WeightQuantizer
-from lowbit.nn.unified import UnifiedConv, UnifiedLinear, _Unified
+from lowbit.nn.unified import UnifiedConv, UnifiedLinear, _Unified, unified_modules
 from lowbit.utils.progress import Progress
 
 _ACT_OBSERVERS = ("minmax", "moving_average", "percentile", "mse", "channel")
@@ -211,9 +211,9 @@ def prepare(model: nn.Module, config: PTQConfig = PTQConfig(), example_inputs: t
     insert_input_quantizers(gm, specs.input_for, plan)
     if not plan.unified:
         raise ConfigError(f"{type(model).__name__} has no Conv or Linear layer to quantize")
-    skipped = [n for n in plan.float_ops]
-    if skipped:
-        warnings.warn(f"lowbit: {len(skipped)} operation(s) stay in float: {', '.join(skipped[:10])}", stacklevel=2)
+    if plan.float_ops:
+        warnings.warn(f"lowbit: {len(plan.float_ops)} operation(s) stay in float: "
+                      f"{', '.join(plan.float_ops[:10])}", stacklevel=2)
     gm.lowbit_plan, gm.lowbit_graph = plan, True  # type: ignore[attr-defined]
     with quantizers_off(gm):  # counting runs the graph: the observers must not see the example inputs
         fused = count_fused_quant_points(gm, example_inputs)
@@ -271,7 +271,7 @@ def correct_bias(model: nn.Module, data: Iterable) -> None:
     measures it on calibration data (float activations) and subtracts it from
     the bias: ``b <- b - E[conv(x, Q(W) - W)]``. Call it after :func:`convert`.
     """
-    layers = [(n, m) for n, m in unified_modules_of(model)
+    layers = [(n, m) for n, m in unified_modules(model)
               if m.weight_quant is not None and m.weight_quant.mode == "quantize"]
     if not layers:
         raise ConfigError("correct_bias needs a converted model (call convert first)")
@@ -300,10 +300,6 @@ def correct_bias(model: nn.Module, data: Iterable) -> None:
         if m.bias is None:
             m.bias = nn.Parameter(torch.zeros_like(shift))
         m.bias -= shift
-
-
-def unified_modules_of(model: nn.Module) -> list[tuple[str, _Unified]]:
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, _Unified)]
 
 
 def quantize(model: nn.Module, calibration_data: Iterable, config: PTQConfig = PTQConfig(),

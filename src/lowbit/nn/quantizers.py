@@ -22,7 +22,7 @@ from torch import nn
 
 from lowbit.errors import ConfigError
 from lowbit.formats import IntFormat
-from lowbit.functional.affine import fake_quant_affine, qparams_from_range
+from lowbit.functional.affine import fake_quant_affine
 from lowbit.granularity import Granularity, PerChannel, PerTensor, rows
 from lowbit.observers import (
     ChannelPercentileObserver,
@@ -155,4 +155,4 @@ class WeightQuantizer(nn.Module):
         return f"int{self.spec.fmt.bits}, {type(self.spec.granularity).__name__}, mode={self.mode}"
 
 
-__all__ = ["ActQuantizer", "TensorSpec", "WeightQuantizer", "make_observer", "qparams_from_range"]
+__all__ = ["ActQuantizer", "TensorSpec", "WeightQuantizer", "make_observer"]
