@@ -56,6 +56,10 @@ def test_clear_errors_not_tracebacks(tmp_path, capsys):
     assert err.startswith("lowbit: error:") and "lowbit zoo train" in err
     assert main(["run", "--models", "mlp", "--data-dir", str(tmp_path)]) == 2
     assert "apt-get install -y dataset-fashion-mnist" in capsys.readouterr().err
+    assert main(["ptq", "--model", "mlp", "--calib", "0"]) == 2
+    assert "--calib must be at least 1" in capsys.readouterr().err
+    assert main(["ptq", "--model", "mlp", "--weight-bits", "17"]) == 2
+    assert "weight_bits=17 is out of range" in capsys.readouterr().err
 
 
 def test_console_script_runs():

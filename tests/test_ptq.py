@@ -176,6 +176,10 @@ def test_bad_input(data):
         quantize(model, [bad], PTQConfig())
     with pytest.raises(DataError, match="no calibration batches"):
         quantize(model, [], PTQConfig())
+    with pytest.raises(DataError, match="no calibration batches"):
+        quantize(model, [calib.x[:0]], PTQConfig())
+    with pytest.raises(DataError, match="empty"):
+        prepare(model, PTQConfig(), (calib.x[:0],))
     with pytest.raises(DataError, match="do not fit MLP"):
         prepare(model, PTQConfig(), (torch.randn(1, 3, 32, 32),))
     with pytest.raises(DataError, match="example_inputs"):

@@ -111,6 +111,8 @@ def _check_inputs(model: nn.Module, example_inputs: tuple) -> None:
     if not isinstance(example_inputs, tuple) or not all(isinstance(t, torch.Tensor) for t in example_inputs):
         raise DataError("example_inputs must be a tuple of tensors, e.g. (torch.randn(1, 1, 28, 28),)")
     for t in example_inputs:
+        if t.numel() == 0:
+            raise DataError(f"example_inputs hold an empty tensor of shape {tuple(t.shape)}: pass at least one sample")
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise DataError("example_inputs hold NaN or inf values")
     try:
@@ -305,9 +307,12 @@ def correct_bias(model: nn.Module, data: Iterable) -> None:
 def quantize(model: nn.Module, calibration_data: Iterable, config: PTQConfig = PTQConfig(),
              example_inputs: tuple | None = None, progress: bool = False) -> nn.Module:
     """``prepare`` + ``calibrate`` + ``convert`` in one call (``example_inputs`` default: first batch)."""
-    data = list(_batches(calibration_data))
-    if not data:
+    data = [x for x in _batches(calibration_data)]
+    if not data or all(isinstance(x, torch.Tensor) and x.numel() == 0 for x in data):
         raise DataError("no calibration batches: pass at least one batch of representative inputs")
+    for i, x in enumerate(data):
+        if not isinstance(x, torch.Tensor) or x.numel() == 0:
+            raise DataError(f"calibration batch {i} is empty or not a tensor")
     example_inputs = example_inputs if example_inputs is not None else (data[0][:1],)
     prepared = prepare(model, config, example_inputs)
     calibrate(prepared, data, progress=progress)

@@ -140,6 +140,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LowbitError as exc:
         print(f"lowbit: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # unwritable output folder, full disk, ...
+        print(f"lowbit: error: {exc.strerror or exc}: {exc.filename or ''}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("lowbit: interrupted", file=sys.stderr)
         return 130

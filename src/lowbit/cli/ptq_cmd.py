@@ -35,10 +35,13 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from lowbit import diagnostics, zoo
     from lowbit.data import fashion_mnist
+    from lowbit.errors import ConfigError
     from lowbit.ptq import LayerRule, PTQConfig, quantize
     from lowbit.utils.files import atomic_write_text
     from lowbit.zoo.recipes import evaluate
 
+    if args.calib < 1:
+        raise ConfigError(f"--calib must be at least 1 image, got {args.calib}")
     config = PTQConfig(
         weight_bits=args.weight_bits, act_bits=args.act_bits, weight_granularity=args.granularity,
         weight_observer=args.weight_observer, act_observer=args.observer, pow2_scales=args.pow2,
