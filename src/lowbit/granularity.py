@@ -8,6 +8,7 @@ and never special-case the granularity.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -93,7 +94,5 @@ def unrows(r: torch.Tensor, g: Granularity, shape: torch.Size | tuple[int, ...])
 def broadcast(per_row: torch.Tensor, g: Granularity, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
     """Expand one value per row (shape ``(R,)``) to a full tensor of ``shape``."""
     n_rows = per_row.numel()
-    numel = 1
-    for s in shape:
-        numel *= s
+    numel = math.prod(shape)
     return unrows(per_row.reshape(n_rows, 1).expand(n_rows, numel // n_rows), g, shape)

@@ -129,7 +129,6 @@ class _Specs:
 
     def __init__(self, config: PTQConfig, order: list[str]) -> None:
         self.config = config
-        self.edges = {order[0], order[-1]} if order else set()
         self.first = order[0] if order else None
         self.last = order[-1] if order else None
 
@@ -144,7 +143,7 @@ class _Specs:
         if rule is not None and rule.keep_float:
             return None
         w_bits, a_bits = c.weight_bits, c.act_bits
-        if c.first_last_bits is not None and name in self.edges:
+        if c.first_last_bits is not None and name in (self.first, self.last):
             w_bits = c.first_last_bits
             a_bits = c.first_last_bits if name == self.last else a_bits
         if rule is not None:
@@ -310,9 +309,8 @@ def quantize(model: nn.Module, calibration_data: Iterable, config: PTQConfig = P
     data = [x for x in _batches(calibration_data)]
     if not data or all(isinstance(x, torch.Tensor) and x.numel() == 0 for x in data):
         raise DataError("no calibration batches: pass at least one batch of representative inputs")
-    for i, x in enumerate(data):
-        if not isinstance(x, torch.Tensor) or x.numel() == 0:
-            raise DataError(f"calibration batch {i} is empty or not a tensor")
+    if not isinstance(data[0], torch.Tensor) or data[0].numel() == 0:  # prepare needs it; calibrate checks the rest
+        raise DataError("calibration batch 0 is empty or not a tensor")
     example_inputs = example_inputs if example_inputs is not None else (data[0][:1],)
     prepared = prepare(model, config, example_inputs)
     calibrate(prepared, data, progress=progress)
