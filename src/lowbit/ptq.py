@@ -36,6 +36,7 @@ from lowbit.formats import IntFormat, check_bits
 from lowbit.graph.fx_passes import (
     FusionPlan,
     TraceFailed,
+    attach_input_qparams,
     count_fused_quant_points,
     count_primitive_quant_points,
     fold_batchnorm,
@@ -253,12 +254,18 @@ def calibrate(model: nn.Module, data: Iterable, progress: bool = True) -> int:
 
 
 def convert(model: nn.Module) -> nn.Module:
-    """Freeze every quantizer's scale and zero point; the model becomes the fake-quant simulation."""
+    """Freeze every quantizer's scale and zero point; the model becomes the fake-quant simulation.
+
+    In a traced model each unified module also learns its input grids, so its
+    forward runs the integer model's exact arithmetic (:mod:`lowbit.nn.exact`).
+    """
     for q in act_quantizers(model):
         q.freeze()
     for m in model.modules():
         if isinstance(m, _Unified) and m.weight_quant is not None:
             m.weight_quant.freeze(m.weight)
+    if isinstance(model, fx.GraphModule):
+        attach_input_qparams(model)
     return model
 
 

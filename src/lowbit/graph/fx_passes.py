@@ -171,6 +171,29 @@ def insert_input_quantizers(gm: fx.GraphModule, spec_for_input: Callable[[str], 
     gm.recompile()
 
 
+def producer_qparams(gm: fx.GraphModule, node: fx.Node):
+    """The grid of the tensor ``node`` produces (through pass-through ops), or None if it is float."""
+    m = module_of(gm, node)
+    if isinstance(m, ActQuantizer) and m.mode == "quantize":
+        return m.qparams()
+    if isinstance(m, (_Unified, QAvgPool)) and m.output_quant is not None and m.output_quant.mode == "quantize":
+        return m.output_quant.qparams()
+    if is_passthrough(gm, node) and node.args and isinstance(node.args[0], fx.Node):
+        return producer_qparams(gm, node.args[0])
+    return None
+
+
+def attach_input_qparams(gm: fx.GraphModule) -> None:
+    """Tell each unified module and average pool the grids of its inputs (after the quantizers froze)."""
+    for node in gm.graph.nodes:
+        m = module_of(gm, node)
+        if isinstance(m, (_Unified, QAvgPool)):
+            args = [a for a in node.args if isinstance(a, fx.Node)]
+            m.input_qparams = producer_qparams(gm, args[0]) if args else None
+            if isinstance(m, _Unified) and len(args) > 1:
+                m.residual_qparams = producer_qparams(gm, args[1])
+
+
 class _OutputCounter(fx.Interpreter):
     """Runs a graph and counts, for each node kind, how many output elements it produces."""
 

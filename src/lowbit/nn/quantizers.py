@@ -24,6 +24,7 @@ from lowbit.errors import ConfigError
 from lowbit.formats import IntFormat
 from lowbit.functional.affine import fake_quant_affine
 from lowbit.granularity import Granularity, PerChannel, PerTensor, rows
+from lowbit.nn.qparams import QParams
 from lowbit.observers import (
     ChannelPercentileObserver,
     MinMaxObserver,
@@ -105,6 +106,12 @@ class ActQuantizer(nn.Module):
         """Scale and zero point from the observed statistics; switch to ``quantize``."""
         self.scale, self.zero_point = _qparams(self.observer, self.spec)
         self.mode = "quantize"
+
+    def qparams(self) -> QParams:
+        """The frozen per-tensor grid (call after :meth:`freeze`)."""
+        if self.scale.numel() != 1:
+            raise ConfigError("qparams() is for per-tensor activation quantizers")
+        return QParams(float(self.scale.reshape(())), int(self.zero_point.reshape(())), self.spec.fmt)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "observe":

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lowbit.nn.exact import exact_forward, pool_exact_forward
+from lowbit.nn.qparams import QParams
 from lowbit.nn.quantizers import ActQuantizer, TensorSpec, WeightQuantizer
 
 
@@ -31,6 +33,21 @@ class _Unified(nn.Module):
         self.has_residual = has_residual
         self.weight_quant = WeightQuantizer(w_spec) if w_spec is not None else None
         self.output_quant = ActQuantizer(out_spec) if out_spec is not None else None
+        # set by lowbit.ptq.convert: the grids of the inputs; with them the forward is exact integer arithmetic
+        self.input_qparams: QParams | None = None
+        self.residual_qparams: QParams | None = None
+
+    @property
+    def output_qparams(self) -> QParams | None:
+        return self.output_quant.qparams() if self.output_quant is not None else None
+
+    @property
+    def exact(self) -> bool:
+        """True when the forward runs the integer model's arithmetic (converted, quantizers on, eval)."""
+        return (self.input_qparams is not None and not self.training
+                and (self.residual_qparams is not None or not self.has_residual)
+                and self.weight_quant is not None and self.weight_quant.mode == "quantize"
+                and (self.output_quant is None or self.output_quant.mode == "quantize"))
 
     @property
     def quantized(self) -> bool:
@@ -48,6 +65,8 @@ class _Unified(nn.Module):
         return y.transpose(0, 1).reshape(y.shape[1], -1).mean(dim=1)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        if self.exact:
+            return exact_forward(self, x, residual)
         w = self.weight_quant(self.weight) if self.weight_quant is not None else self.weight
         y = self._compute(x, w, self.bias)
         if residual is not None:
@@ -97,8 +116,19 @@ class QAvgPool(nn.Module):
         super().__init__()
         self.pool = pool
         self.output_quant = ActQuantizer(out_spec)
+        self.input_qparams: QParams | None = None  # set by lowbit.ptq.convert
+
+    @property
+    def output_qparams(self) -> QParams:
+        return self.output_quant.qparams()
+
+    @property
+    def exact(self) -> bool:
+        return self.input_qparams is not None and self.output_quant.mode == "quantize" and not self.training
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.exact:
+            return pool_exact_forward(self, x)
         return self.output_quant(self.pool(x))
 
 

@@ -1,0 +1,277 @@
+"""Lower a converted (fake-quant) model to an :class:`IntegerModel`.
+
+Walks the torch.fx graph of :func:`lowbit.ptq.convert`'s output: input
+quantizers become ``quantize``, unified modules ``linear``/``conv2d`` with int8
+weights, int32 bias and integer multipliers (:func:`lowbit.nn.exact.layer_params`,
+the same numbers the simulation uses), average pools ``avgpool2d``, and the
+grid-preserving ops (flatten, max-pool, zero padding, dropout) their integer
+forms. Anything else is refused with the list of offending nodes.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from lowbit.errors import ConfigError
+from lowbit.integer.model import IntegerModel, Node, make_op
+from lowbit.nn.exact import layer_params, pool_params, pool_window
+from lowbit.nn.qparams import QParams
+from lowbit.nn.quantizers import ActQuantizer
+from lowbit.nn.unified import QAvgPool, UnifiedConv, UnifiedLinear, _Unified
+
+_SKIP_MODULES = (nn.Dropout, nn.Identity)
+_SKIP_METHODS = ("contiguous",)
+
+
+def offset(q: QParams) -> int:
+    """Stored int8 = code - offset: unsigned codes are shifted down by 128."""
+    if q.fmt.bits > 8:
+        raise ConfigError(f"the integer model stores int8: {q.fmt.bits}-bit activations do not fit "
+                          "(use act_bits <= 8)")
+    return 0 if q.fmt.signed else 128
+
+
+def grid(q: QParams) -> dict:
+    return {"scale": q.scale, "zero_point": q.zero_point - offset(q), "bits": q.fmt.bits, "signed": q.fmt.signed}
+
+
+class _Lowering:
+    def __init__(self, gm: fx.GraphModule) -> None:
+        self.gm = gm
+        self.nodes: list[Node] = []
+        self.grids: dict[str, QParams | None] = {}  # IR tensor name -> grid (None: float)
+        self.names: dict[fx.Node, str] = {}
+        self.unsupported: list[str] = []
+
+    def emit(self, kind: str, inputs: list[str], out: str, attrs: dict, tensors: dict | None,
+             q: QParams | None, source: str) -> None:
+        self.nodes.append(Node(make_op(kind, attrs, tensors), inputs, out, grid(q) if q else None, source))
+        self.names_out = out
+        self.grids[out] = q
+
+    def arg(self, node: fx.Node, i: int = 0) -> str:
+        return self.names[node.args[i]]
+
+    def run(self) -> IntegerModel:
+        inputs = [n for n in self.gm.graph.nodes if n.op == "placeholder"]
+        if len(inputs) != 1:
+            raise ConfigError(f"the integer model takes one input tensor; the model has {len(inputs)}")
+        for node in self.gm.graph.nodes:
+            self.visit(node)
+        if self.unsupported:
+            raise ConfigError("cannot lower to integers: " + "; ".join(self.unsupported))
+        return IntegerModel(self.nodes, self.names[inputs[0]], self.output)
+
+    def visit(self, node: fx.Node) -> None:
+        if node.op == "placeholder":
+            self.names[node] = node.name
+            self.grids[node.name] = None
+        elif node.op == "output":
+            self.finish(node)
+        elif node.op == "call_module":
+            self.module(node, self.gm.get_submodule(node.target))
+        elif node.op in ("call_function", "call_method"):
+            self.function(node)
+        elif node.op != "get_attr":
+            self.unsupported.append(f"{node.name} ({node.op})")
+
+    def alias(self, node: fx.Node) -> None:
+        self.names[node] = self.arg(node)
+
+    def module(self, node: fx.Node, m: nn.Module) -> None:
+        if isinstance(m, ActQuantizer):
+            self.quantize(node, m)
+        elif isinstance(m, _Unified):
+            self.layer(node, m)
+        elif isinstance(m, QAvgPool):
+            self.avgpool(node, m)
+        elif isinstance(m, _SKIP_MODULES):
+            self.alias(node)
+        elif isinstance(m, nn.Flatten):
+            self.simple(node, "flatten", {"start_dim": m.start_dim, "end_dim": m.end_dim})
+        elif isinstance(m, nn.MaxPool2d):
+            self.maxpool(node, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode)
+        elif isinstance(m, nn.ZeroPad2d):
+            self.pad(node, list(m.padding))
+        else:
+            self.unsupported.append(f"{node.target} ({type(m).__name__})")
+
+    def function(self, node: fx.Node) -> None:
+        t = node.target
+        if node.op == "call_method" and t in _SKIP_METHODS or t is F.dropout:
+            self.alias(node)
+        elif t is torch.flatten or (node.op == "call_method" and t == "flatten"):
+            start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
+            end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
+            self.simple(node, "flatten", {"start_dim": start, "end_dim": end})
+        elif node.op == "call_method" and t in ("view", "reshape") and self._is_batch_flatten(node):
+            self.simple(node, "flatten", {"start_dim": 1, "end_dim": -1})
+        elif node.op == "call_method" and t == "size" or t is operator.getitem and self._is_size(node.args[0]):
+            pass  # shape arithmetic for a flatten; consumed by _is_batch_flatten
+        elif t is F.max_pool2d:
+            a = list(node.args[1:]) + [None] * 5
+            kw = node.kwargs
+            k = a[0] if a[0] is not None else kw["kernel_size"]
+            self.maxpool(node, k, a[1] or kw.get("stride") or k, a[2] or kw.get("padding", 0),
+                         a[3] or kw.get("dilation", 1), bool(a[4] or kw.get("ceil_mode", False)))
+        elif t is F.pad:
+            self.pad(node, list(node.args[1] if len(node.args) > 1 else node.kwargs["pad"]))
+        else:
+            self.unsupported.append(f"{node.name} ({getattr(t, '__name__', t)})")
+
+    def _is_size(self, n) -> bool:
+        return isinstance(n, fx.Node) and n.op == "call_method" and n.target == "size"
+
+    def _is_batch_flatten(self, node: fx.Node) -> bool:
+        shape = node.args[1:]
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = tuple(shape[0])
+        if len(shape) != 2 or shape[1] != -1:
+            return False
+        b = shape[0]
+        return isinstance(b, fx.Node) and (
+            (b.op == "call_method" and b.target == "size" and b.args[1:] == (0,))
+            or (b.target is operator.getitem and self._is_size(b.args[0]) and b.args[1] == 0))
+
+    def simple(self, node: fx.Node, kind: str, attrs: dict) -> None:
+        src = self.arg(node)
+        self.emit(kind, [src], node.name, attrs, None, self.grids[src], node.name)
+        self.names[node] = node.name
+
+    def maxpool(self, node: fx.Node, k, s, p, d, ceil: bool) -> None:
+        two = lambda v: list(v) if isinstance(v, (tuple, list)) else [v, v]  # noqa: E731
+        self.simple(node, "maxpool2d", {"kernel_size": two(k), "stride": two(s if s is not None else k),
+                                        "padding": two(p), "dilation": two(d), "ceil_mode": ceil})
+
+    def pad(self, node: fx.Node, pad: list[int]) -> None:
+        q = self.grids[self.arg(node)]
+        self.simple(node, "pad", {"pad": pad, "value": 0 if q is None else q.zero_point - offset(q)})
+
+    def quantize(self, node: fx.Node, m: ActQuantizer) -> None:
+        src = self.arg(node)
+        if self.grids[src] is not None:
+            self.unsupported.append(f"{node.target} re-quantizes an integer tensor")
+            return
+        q = m.qparams()
+        off = offset(q)
+        attrs = {"scale": q.scale, "zero_point": q.zero_point - off, "lo": q.fmt.qmin - off, "hi": q.fmt.qmax - off}
+        self.emit("quantize", [src], node.name, attrs, None, q, node.name)
+        self.names[node] = node.name
+
+    def layer(self, node: fx.Node, m: _Unified) -> None:
+        if not m.exact:
+            self.unsupported.append(f"{node.target} is not a converted quantized layer (kept float, or its "
+                                    "input is not quantized)")
+            return
+        ins = [self.names[a] for a in node.args if isinstance(a, fx.Node)]
+        p = layer_params(m)
+        if any(self.grids[i] is None for i in ins[:1]):
+            self.unsupported.append(f"{node.target} receives a float tensor")
+            return
+        in_off = offset(p.input)
+        attrs: dict = {"input_zero_point": p.input.zero_point - in_off}
+        tensors = {"weight": p.weight.to(torch.int8), "bias": p.bias.to(torch.int32)}
+        if p.output is None:
+            tensors["acc_scale"] = p.acc_scale
+            attrs.update(_float_act(m.act))
+        else:
+            off = offset(p.output)
+            attrs.update(zero_point=p.output.zero_point - off, lo=p.lo - off, hi=p.hi - off)
+            tensors.update(m=p.m, n=p.n)
+            if p.residual is not None:
+                tensors["m2"] = p.m2
+                attrs["residual_zero_point"] = p.residual.zero_point - offset(p.residual)
+        if p.weight.abs().max() > 127:
+            raise ConfigError(f"{node.target}: weights wider than 8 bits do not fit the int8 kernels")
+        if isinstance(m, UnifiedConv):
+            if m.ndim != 2:
+                self.unsupported.append(f"{node.target} (Conv1d: only 2-d convolutions have integer kernels)")
+                return
+            attrs.update(stride=list(m.stride), padding=list(m.padding), dilation=list(m.dilation), groups=m.groups)
+        kind = "linear" if isinstance(m, UnifiedLinear) else "conv2d"
+        self.emit(kind, ins, node.name, attrs, tensors, p.output, str(node.target))
+        self.names[node] = node.name
+
+    def avgpool(self, node: fx.Node, m: QAvgPool) -> None:
+        if not m.exact:
+            self.unsupported.append(f"{node.target} (average pool on a float input)")
+            return
+        src = self.arg(node)
+        pool = m.pool
+        if isinstance(pool, (nn.AdaptiveAvgPool2d, nn.AvgPool2d)) is False:
+            self.unsupported.append(f"{node.target} ({type(pool).__name__})")
+            return
+        probe = torch.zeros(1, 1, *self._spatial(node))
+        try:
+            window, mm, n = pool_params(m, probe)
+        except TypeError as exc:
+            self.unsupported.append(f"{node.target}: {exc}")
+            return
+        inp, out = m.input_qparams, m.output_qparams
+        k = None if isinstance(pool, nn.AdaptiveAvgPool2d) else _two(pool.kernel_size)
+        attrs = {"kernel_size": k, "stride": None if k is None else _two(pool.stride or pool.kernel_size),
+                 "window": window, "input_zero_point": inp.zero_point - offset(inp),
+                 "zero_point": out.zero_point - offset(out), "lo": out.fmt.qmin - offset(out),
+                 "hi": out.fmt.qmax - offset(out)}
+        self.emit("avgpool2d", [src], node.name, attrs, {"m": mm, "n": n}, out, str(node.target))
+        self.names[node] = node.name
+
+    def _spatial(self, node: fx.Node) -> tuple[int, int]:
+        meta = node.args[0].meta.get("lowbit_shape")
+        if meta is None:
+            raise ConfigError("to_integer needs example_inputs to know pooling window sizes")
+        return tuple(meta[2:])
+
+    def finish(self, node: fx.Node) -> None:
+        out = node.args[0]
+        if not isinstance(out, fx.Node):
+            self.unsupported.append("the model must return a single tensor")
+            return
+        name = self.names[out]
+        q = self.grids[name]
+        if q is not None:
+            self.emit("dequantize", [name], "output", {"scale": q.scale, "zero_point": q.zero_point - offset(q)},
+                      None, None, "output")
+            name = "output"
+        self.output = name
+
+
+def _two(v) -> list[int]:
+    return list(v) if isinstance(v, (tuple, list)) else [v, v]
+
+
+def _float_act(act: nn.Module) -> dict:
+    if isinstance(act, nn.ReLU):
+        return {"act": "relu"}
+    if isinstance(act, nn.Hardtanh):
+        return {"act": "hardtanh", "act_lo": float(act.min_val), "act_hi": float(act.max_val)}
+    return {"act": "none"}
+
+
+def _record_shapes(gm: fx.GraphModule, example: torch.Tensor) -> None:
+    class Shapes(fx.Interpreter):
+        def run_node(self, n):
+            out = super().run_node(n)
+            if isinstance(out, torch.Tensor):
+                n.meta["lowbit_shape"] = tuple(out.shape)
+            return out
+
+    with torch.no_grad():
+        Shapes(gm).run(example)
+
+
+def to_integer(model: nn.Module, example_inputs: tuple) -> IntegerModel:
+    """The integer-only form of a model returned by :func:`lowbit.ptq.convert` / :func:`lowbit.quantize`."""
+    if not isinstance(model, fx.GraphModule) or not getattr(model, "lowbit_graph", False):
+        raise ConfigError("to_integer needs a model from lowbit.quantize / ptq.convert that torch.fx traced "
+                          "(the eager fallback has no graph to lower)")
+    model.eval()
+    _record_shapes(model, example_inputs[0])
+    return _Lowering(model).run()
+
+
+__all__ = ["to_integer"]

@@ -1,0 +1,137 @@
+"""The converted model's exact arithmetic: what the integer model computes, emulated on float tensors.
+
+After :func:`lowbit.ptq.convert`, every unified module knows the quantization
+parameters of its input (and residual). Its forward then computes
+
+    acc = conv(q_x - z_x, q_w) + q_b          (float64: exact for integer operands below 2^53)
+    q_y = requantize(acc, m, n, ...)          (int64: the integer model's own function)
+    y   = (q_y - z_y) s_y                     (float32: the fake-quant value downstream ops see)
+
+so the simulation and :mod:`lowbit.integer` agree bit for bit, and the accuracy
+measured on the simulation is the deployed model's. The bias is quantized on the
+accumulator grid ``s_x s_w`` and clipped to int32, exactly as deployed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from lowbit.formats import IntFormat
+from lowbit.functional.affine import quantize_affine
+from lowbit.integer.arith import dequantize_acc, fixed_point, requantize
+from lowbit.nn.qparams import QParams
+
+INT32 = (-(2**31), 2**31 - 1)
+
+
+@dataclass(frozen=True)
+class LayerParams:
+    """Everything the integer model needs for one unified layer (per output channel where 1-D)."""
+
+    weight: torch.Tensor  # int32 codes, symmetric (zero point 0)
+    bias: torch.Tensor  # int64 on the accumulator grid s_x * s_w
+    acc_scale: torch.Tensor  # float64, s_x * s_w per channel
+    input: QParams
+    residual: QParams | None
+    output: QParams | None  # None: the accumulator is dequantized (network output)
+    m: torch.Tensor | None = None
+    n: torch.Tensor | None = None
+    m2: torch.Tensor | None = None
+    lo: int = 0
+    hi: int = 0
+
+
+def _act_bounds(act: torch.nn.Module, out: QParams) -> tuple[int, int]:
+    lo, hi = out.fmt.qmin, out.fmt.qmax
+    if isinstance(act, torch.nn.ReLU):
+        return max(lo, out.zero_point), hi
+    if isinstance(act, torch.nn.Hardtanh):  # ReLU6 is a Hardtanh(0, 6)
+        a, b = (int(out.codes(torch.tensor([v]))) for v in (act.min_val, act.max_val))
+        return max(lo, a), min(hi, b)
+    if isinstance(act, torch.nn.Identity):
+        return lo, hi
+    raise TypeError(f"activation {type(act).__name__} cannot be folded into requantization")
+
+
+def layer_params(module) -> LayerParams:
+    """Integer weights, bias, multipliers and bounds of a converted unified module."""
+    wq, inp = module.weight_quant, module.input_qparams
+    w_scale = wq.scale.to(torch.float64).reshape(-1).expand(module.weight.shape[0])
+    weight = quantize_affine(module.weight.detach(), wq.scale, wq.zero_point, wq.spec.fmt, wq.spec.axis)
+    acc_scale = inp.scale * w_scale
+    bias = torch.zeros(weight.shape[0], dtype=torch.int64)
+    if module.bias is not None:
+        bias = torch.round(module.bias.detach().to(torch.float64) / acc_scale).clamp(*INT32).to(torch.int64)
+    res, out = module.residual_qparams, module.output_qparams
+    p = LayerParams(weight, bias, acc_scale, inp, res, out)
+    if out is None:
+        return p
+    m, n = fixed_point(acc_scale / out.scale)
+    m2 = None
+    if res is not None:
+        m2 = torch.round(torch.ldexp(torch.full_like(acc_scale, res.scale / out.scale), n)).to(torch.int64)
+    lo, hi = _act_bounds(module.act, out)
+    return LayerParams(weight, bias, acc_scale, inp, res, out, m, n, m2, lo, hi)
+
+
+def _channels(t: torch.Tensor, y: torch.Tensor, axis: int) -> torch.Tensor:
+    shape = [1] * y.ndim
+    shape[axis] = -1
+    return t.reshape(shape)
+
+
+def exact_forward(module, x: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+    """Forward of a converted unified module in the integer model's arithmetic (see module docstring)."""
+    p = layer_params(module)
+    axis = 1 if module.weight.ndim > 2 else -1
+    xc = (p.input.codes(x) - p.input.zero_point).to(torch.float64)
+    acc = module._compute(xc, p.weight.to(torch.float64), None).round().to(torch.int64)
+    acc = acc + _channels(p.bias, acc, axis)
+    if p.output is None:  # dequantize the accumulator: the network's float output
+        y = dequantize_acc(acc, _channels(p.acc_scale, acc, axis))
+        if residual is not None:
+            y = y + residual
+        return module.act(y)
+    res = None
+    if residual is not None:
+        res = p.residual.codes(residual).to(torch.int64) - p.residual.zero_point
+    q = requantize(acc, _channels(p.m, acc, axis), _channels(p.n, acc, axis), p.output.zero_point, p.lo, p.hi,
+                   res, None if p.m2 is None else _channels(p.m2, acc, axis))
+    return (q - p.output.zero_point).to(torch.float32) * torch.tensor(p.output.scale, dtype=torch.float32)
+
+
+def pool_window(pool: torch.nn.Module, x: torch.Tensor) -> int:
+    """Elements averaged per output of a supported average pool (global, or no padding)."""
+    if isinstance(pool, (torch.nn.AdaptiveAvgPool1d, torch.nn.AdaptiveAvgPool2d)):
+        size = pool.output_size if isinstance(pool.output_size, tuple) else (pool.output_size,)
+        if any(s not in (1, None) for s in size):
+            raise TypeError(f"{pool} is not a global pool; only output_size 1 has an integer form here")
+        return math.prod(x.shape[2:])
+    k = pool.kernel_size if isinstance(pool.kernel_size, tuple) else (pool.kernel_size,) * (x.ndim - 2)
+    pad = pool.padding if isinstance(pool.padding, tuple) else (pool.padding,)
+    if any(pad) or pool.ceil_mode or getattr(pool, "divisor_override", None):
+        raise TypeError(f"{pool}: only unpadded average pools without ceil_mode have an integer form here")
+    return math.prod(k)
+
+
+def pool_params(module, x: torch.Tensor) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """``(window, m, n)`` of a converted ``QAvgPool``: ``q_y = z_y + rshift_round(sum(q_x - z_x) m, n)``."""
+    window = pool_window(module.pool, x)
+    m, n = fixed_point(torch.tensor([module.input_qparams.scale / (window * module.output_qparams.scale)]))
+    return window, m, n
+
+
+def pool_exact_forward(module, x: torch.Tensor) -> torch.Tensor:
+    """Average pool in integer arithmetic: window sum of centred codes, then requantize."""
+    inp, out = module.input_qparams, module.output_qparams
+    window, m, n = pool_params(module, x)
+    xc = (inp.codes(x) - inp.zero_point).to(torch.float64)
+    s = (module.pool(xc) * window).round().to(torch.int64)  # float64 mean * window: exact sum
+    q = requantize(s, m, n, out.zero_point, out.fmt.qmin, out.fmt.qmax)
+    return (q - out.zero_point).to(torch.float32) * torch.tensor(out.scale, dtype=torch.float32)
+
+
+__all__ = ["LayerParams", "exact_forward", "layer_params", "pool_exact_forward", "pool_params", "pool_window"]
