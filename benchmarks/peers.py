@@ -137,10 +137,10 @@ def _onnx_export(model: nn.Module, example_inputs: tuple, path: Path) -> tuple[l
     return names, "logits"
 
 
-def _session_options(ort):
-    """CPU session options: 2 intra-op threads (spinning left on), errors-only log."""
+def _session_options(ort, threads: int = ORT_THREADS):
+    """CPU session options: ``threads`` intra-op threads (spinning left on), errors-only log."""
     options = ort.SessionOptions()
-    options.intra_op_num_threads = ORT_THREADS
+    options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
     return options
@@ -167,6 +167,7 @@ def ort_quantize_static(
     calib_batches: list[torch.Tensor],
     per_channel: bool = True,
     preprocess: bool = True,
+    threads: int = ORT_THREADS,
 ) -> tuple[QuantizedCallable, float]:
     """onnxruntime ``quantize_static``: QDQ format, int8 weights, uint8 activations, MinMax.
 
@@ -203,7 +204,8 @@ def ort_quantize_static(
                 activation_type=ort_quant.QuantType.QUInt8, weight_type=ort_quant.QuantType.QInt8,
                 calibrate_method=ort_quant.CalibrationMethod.MinMax,
             )
-            session = ort.InferenceSession(str(quant_path), _session_options(ort), providers=["CPUExecutionProvider"])
+            session = ort.InferenceSession(str(quant_path), _session_options(ort, threads),
+                                           providers=["CPUExecutionProvider"])
     finally:
         ort.set_default_logger_severity(2)
     seconds = time.perf_counter() - start
@@ -216,3 +218,17 @@ def ort_quantize_static(
 
 
 __all__ = ["QuantizedCallable", "ort_quantize_static", "torchao_pt2e"]
+
+
+def ort_float(model: nn.Module, example_inputs: tuple, threads: int = ORT_THREADS) -> QuantizedCallable:
+    """The float model exported to ONNX and run by onnxruntime (often the fastest fp32 CPU path)."""
+    ort = _require("onnxruntime")
+    with tempfile.TemporaryDirectory(prefix="lowbit-ort-") as tmp:
+        path = Path(tmp) / "float.onnx"
+        names, output = _onnx_export(model, example_inputs, path)
+        session = ort.InferenceSession(str(path), _session_options(ort, threads), providers=["CPUExecutionProvider"])
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(session.run([output], {names[0]: x.numpy()})[0])
+
+    return run

@@ -11,9 +11,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from lowbit import zoo
+from lowbit.bench.latency import interleaved, torch_threads
+from lowbit.integer.lower import to_integer
 from lowbit.data import Split, fashion_mnist
 from lowbit.ptq import PTQConfig, quantize
 from lowbit.formats import IntFormat, PowerOfTwo, Ternary
@@ -54,7 +57,34 @@ def default_methods(calibration: Split | None = None, data_root=None) -> list[Me
         _ptq(PTQConfig(), f"PTQ W8A8 per-channel, {CALIBRATION_IMAGES} calib images", calibration),
         _ptq(PTQConfig(weight_bits=4), f"PTQ W4A8 per-channel, {CALIBRATION_IMAGES} calib images", calibration),
         _ptq(PTQConfig(pow2_scales=True), "PTQ W8A8, power-of-two scales (shift-only)", calibration),
+        Method("PTQ W8A8 as integer-only model (int8 kernels)",
+               lambda m: to_integer(quantize(m, [calibration.x], PTQConfig()), (calibration.x[:2],))),
     ]
+
+
+def measure_latency(models: Sequence[str], calibration: Split, test_set: Split, batches=(1, 64),
+                    rounds: int = 20) -> tuple[Latency, ...]:
+    """Float eager vs the W8A8 integer model, interleaved, 1 thread."""
+    out = []
+    for name in models:
+        model = zoo.pretrained(name)
+        im = to_integer(quantize(model, [calibration.x], PTQConfig()), (calibration.x[:2],))
+        for b in batches:
+            x = test_set.x[:b]
+            with torch_threads(1), torch.no_grad():
+                t = interleaved({"float": lambda: model(x), "int": lambda: im(x)}, rounds)
+            out.append(Latency(name, b, t["float"].best_us, t["int"].best_us))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Measured latency (best of interleaved rounds, 1 thread) of float eager and the integer model."""
+
+    model: str
+    batch: int
+    float_us: float
+    integer_us: float
 
 
 @dataclass(frozen=True)
@@ -63,6 +93,7 @@ class Table:
     rows: list[tuple[str, list[float]]]  # label, accuracy per model
     recorded: list[float]  # shipped accuracy per model
     seconds: float
+    latency: tuple[Latency, ...] = ()
 
     def render(self) -> str:
         width = max(len(label) for label, _ in self.rows) + 2
@@ -72,16 +103,25 @@ class Table:
             lines.append(label.ljust(width) + "".join(f"{100 * a:>9.2f}%" for a in accs))
         lines.append("-" * len(head))
         lines.append("recorded".ljust(width) + "".join(f"{100 * a:>9.2f}%" for a in self.recorded))
+        if self.latency:
+            lines += ["", "latency, 1 thread, best of interleaved rounds (us)",
+                      f"{'model':<8}{'batch':>6}{'float32 eager':>15}{'lowbit int8':>13}{'speed-up':>10}"]
+            for r in self.latency:
+                lines.append(f"{r.model:<8}{r.batch:>6}{r.float_us:>15.0f}{r.integer_us:>13.0f}"
+                             f"{r.float_us / r.integer_us:>9.2f}x")
         return "\n".join(lines)
 
 
 def run(models: Sequence[str] = ("mlp", "cnn", "resnet"), test_set: Split | None = None,
-        methods: Sequence[Method] | None = None, data_root=None) -> Table:
-    """Evaluate every method on every model; returns the accuracy table."""
+        methods: Sequence[Method] | None = None, data_root=None, latency: bool = True) -> Table:
+    """Evaluate every method on every model, and time float vs integer; returns the table."""
     start = time.perf_counter()
     test_set = test_set if test_set is not None else fashion_mnist("test", root=data_root)
     methods = list(methods) if methods is not None else default_methods(data_root=data_root)
     floats = {name: zoo.pretrained(name) for name in models}
     rows = [(m.label, [evaluate(m.apply(floats[name]), test_set) for name in models]) for m in methods]
     recorded = [zoo.shipped_accuracy(name) for name in models]
-    return Table(list(models), rows, recorded, time.perf_counter() - start)
+    lat = ()
+    if latency:
+        lat = measure_latency(models, fashion_mnist("train", root=data_root).take(CALIBRATION_IMAGES), test_set)
+    return Table(list(models), rows, recorded, time.perf_counter() - start, lat)

@@ -117,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     from lowbit.cli import ptq_cmd
 
     ptq_cmd.add_parser(sub)
+    from lowbit.cli import deploy_cmd
+
+    deploy_cmd.add_parsers(sub)
 
     dp = sub.add_parser("data", help="data sets: check which are installed",
                         description="Data sets lowbit loads without downloading.")

@@ -18,11 +18,20 @@ import torch.nn.functional as F
 from lowbit.integer.arith import requantize
 
 
-def linear_acc(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """int32 ``x @ weight.T + bias`` for int8 ``x`` (..., K) and ``weight`` (O, K)."""
-    lead = x.shape[:-1]
-    acc = torch._int_mm(x.reshape(-1, x.shape[-1]), weight.t())
-    return acc.add_(bias).reshape(*lead, weight.shape[0])
+def int_mm(a: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """int32 ``a @ weight.T`` for int8 ``a`` (M, K), ``weight`` (N, K): ``torch._int_mm``.
+
+    ``torch._int_mm`` on CPU returns garbage for K == 1 with N > 1 (torch 2.13);
+    that case is an outer product in int32.
+    """
+    if a.shape[1] == 1:
+        return a.to(torch.int32) * weight.to(torch.int32).t()
+    return torch._int_mm(a.contiguous(), weight.t())
+
+
+def linear_acc(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """int32 (rows, O) ``x @ weight.T`` for int8 ``x`` (..., K) and ``weight`` (O, K)."""
+    return int_mm(x.reshape(-1, x.shape[-1]), weight)
 
 
 def _pairs(v, ndim: int = 2) -> tuple[int, ...]:
@@ -31,31 +40,53 @@ def _pairs(v, ndim: int = 2) -> tuple[int, ...]:
 
 def im2col(x: torch.Tensor, kernel: tuple[int, int], stride, padding, dilation,
            pad_value: int) -> tuple[torch.Tensor, tuple[int, int, int]]:
-    """(N*Ho*Wo, kh*kw*C) patches of NCHW ``x``, ordered to match ``weight.permute(0, 2, 3, 1)``."""
-    ph, pw = _pairs(padding)
-    if ph or pw:
-        x = F.pad(x, (pw, pw, ph, ph), value=pad_value)
-    (kh, kw), (sh, sw), (dh, dw) = kernel, _pairs(stride), _pairs(dilation)
+    """(N*Ho*Wo, kh*kw*C) patches of ``x`` (N, C, H, W), ordered to match ``weight.permute(0, 2, 3, 1)``.
+
+    Works on the channels-last (NHWC) layout, where a patch row is kh*kw runs of
+    C contiguous bytes; the conv outputs of the integer model are channels-last.
+    """
+    (kh, kw), (sh, sw), (dh, dw), (ph, pw) = kernel, _pairs(stride), _pairs(dilation), _pairs(padding)
     n, c, h, w = x.shape
+    xh = x.permute(0, 2, 3, 1)
+    if ph or pw:
+        buf = torch.full((n, h + 2 * ph, w + 2 * pw, c), pad_value, dtype=x.dtype)
+        buf[:, ph:ph + h, pw:pw + w, :] = xh
+        xh, h, w = buf, h + 2 * ph, w + 2 * pw
     ho, wo = (h - dh * (kh - 1) - 1) // sh + 1, (w - dw * (kw - 1) - 1) // sw + 1
-    xs = x.stride()
-    patches = x.as_strided((n, ho, wo, kh, kw, c), (xs[0], xs[2] * sh, xs[3] * sw, xs[2] * dh, xs[3] * dw, xs[1]))
+    if (kh, kw, sh, sw) == (1, 1, 1, 1):
+        return xh.reshape(n * h * w, c), (n, ho, wo)
+    s = xh.stride()
+    patches = xh.as_strided((n, ho, wo, kh, kw, c), (s[0], s[1] * sh, s[2] * sw, s[1] * dh, s[2] * dw, s[3]))
     return patches.reshape(n * ho * wo, kh * kw * c), (n, ho, wo)
 
 
-def conv2d_acc(x: torch.Tensor, weight_mat: torch.Tensor, kernel: tuple[int, int], bias: torch.Tensor,
-               stride, padding, dilation, pad_value: int) -> tuple[torch.Tensor, tuple[int, int, int]]:
-    """int32 accumulators (N*Ho*Wo, O) of a dense conv; ``weight_mat`` is (O, kh*kw*C) int8."""
+def max_pool2d(x: torch.Tensor, kernel, stride, padding) -> torch.Tensor:
+    """Max pooling as an elementwise maximum of kh*kw strided views (any layout, any integer dtype)."""
+    (kh, kw), (sh, sw), (ph, pw) = _pairs(kernel), _pairs(stride), _pairs(padding)
+    if ph or pw:
+        x = F.pad(x, (pw, pw, ph, ph), value=torch.iinfo(x.dtype).min)
+    h, w = x.shape[2:]
+    ho, wo = (h - kh) // sh + 1, (w - kw) // sw + 1
+    out = None
+    for i in range(kh):
+        for j in range(kw):
+            v = x[:, :, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw]
+            out = v.clone() if out is None else torch.maximum(out, v, out=out)
+    return out
+
+
+def conv2d_acc(x: torch.Tensor, weight_mat: torch.Tensor, kernel: tuple[int, int], stride, padding, dilation,
+               pad_value: int) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """int32 accumulators (N*Ho*Wo, O) of a dense conv, bias not added; ``weight_mat`` is (O, kh*kw*C) int8."""
     cols, shape = im2col(x, kernel, stride, padding, dilation, pad_value)
-    return torch._int_mm(cols, weight_mat.t()).add_(bias), shape
+    return int_mm(cols, weight_mat), shape
 
 
-def grouped_conv2d_acc(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride, padding, dilation,
-                       groups: int, zero_point: int) -> torch.Tensor:
-    """int32 accumulators (N, O, Ho, Wo) of a grouped/depthwise conv on zero-point-centred inputs."""
+def grouped_conv2d_acc(x: torch.Tensor, weight: torch.Tensor, stride, padding, dilation, groups: int,
+                       zero_point: int) -> torch.Tensor:
+    """int32 accumulators (N, O, Ho, Wo) of a grouped/depthwise conv on zero-point-centred inputs, no bias."""
     xc = x.to(torch.int32) - zero_point
-    acc = F.conv2d(xc, weight.to(torch.int32), None, stride, padding, dilation, groups)
-    return acc.add_(bias.reshape(1, -1, 1, 1))
+    return F.conv2d(xc, weight.to(torch.int32), None, stride, padding, dilation, groups)
 
 
 def requant_int8(acc: torch.Tensor, m: torch.Tensor, n: torch.Tensor, zero_point: int, lo: int, hi: int,

@@ -50,7 +50,6 @@ class _Lowering:
     def emit(self, kind: str, inputs: list[str], out: str, attrs: dict, tensors: dict | None,
              q: QParams | None, source: str) -> None:
         self.nodes.append(Node(make_op(kind, attrs, tensors), inputs, out, grid(q) if q else None, source))
-        self.names_out = out
         self.grids[out] = q
 
     def arg(self, node: fx.Node, i: int = 0) -> str:
@@ -78,6 +77,9 @@ class _Lowering:
             self.function(node)
         elif node.op != "get_attr":
             self.unsupported.append(f"{node.name} ({node.op})")
+        if node.op != "output" and node not in self.names:  # refused: keep walking to list every problem
+            self.names[node] = node.name
+            self.grids.setdefault(node.name, None)
 
     def alias(self, node: fx.Node) -> None:
         self.names[node] = self.arg(node)
@@ -173,7 +175,7 @@ class _Lowering:
             self.unsupported.append(f"{node.target} receives a float tensor")
             return
         in_off = offset(p.input)
-        attrs: dict = {"input_zero_point": p.input.zero_point - in_off}
+        attrs: dict = {"input_zero_point": p.input.zero_point - in_off, "weight_bits": m.weight_quant.spec.fmt.bits}
         tensors = {"weight": p.weight.to(torch.int8), "bias": p.bias.to(torch.int32)}
         if p.output is None:
             tensors["acc_scale"] = p.acc_scale

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import math
-
 import torch
 import torch.nn.functional as F
 
-from lowbit.integer import kernels
+from lowbit.integer import cext, kernels
 from lowbit.integer.arith import dequantize_acc
 
 Attrs = dict[str, Any]
@@ -56,7 +54,12 @@ class Dequantize(Op):
 
 
 class _Layer(Op):
-    """Shared by Linear and Conv2d: the zero-point-folded bias and the output stage."""
+    """Shared by Linear and Conv2d: the zero-point-folded bias and the output stage.
+
+    The output stage is the fused C epilogue (:mod:`lowbit.integer.cext`) when it
+    is available, else the PyTorch reference (:func:`lowbit.integer.arith.requantize`):
+    the two give identical codes.
+    """
 
     def __init__(self, attrs: Attrs, tensors: Tensors | None = None) -> None:
         super().__init__(attrs, tensors)
@@ -65,25 +68,31 @@ class _Layer(Op):
         rowsum = w.reshape(w.shape[0], -1).sum(dim=1)
         self.bias_folded = (t["bias"].to(torch.int64) - attrs["input_zero_point"] * rowsum).to(torch.int32)
         self.dequant = "acc_scale" in t
+        self.fast = cext.library() is not None and not self.dequant
+        self.use_cext = True
 
-    def _finish(self, acc: torch.Tensor, residual: torch.Tensor | None, chan) -> torch.Tensor:
-        """``acc`` has channels along a dim ``chan`` reshapes the per-channel tensors for."""
-        a, t = self.attrs, self.tensors
-        if self.dequant:
-            y = dequantize_acc(acc, chan(t["acc_scale"]))
-            if residual is not None:
-                y = y + residual
-            act = a.get("act", "none")
-            if act == "relu":
-                y = torch.relu(y)
-            elif act == "hardtanh":
-                y = y.clamp(a["act_lo"], a["act_hi"])
-            return y
-        res = None
+    def _dequantize(self, acc: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor | None, chan) -> torch.Tensor:
+        a = self.attrs
+        y = dequantize_acc(acc + chan(bias), chan(self.tensors["acc_scale"]))
         if residual is not None:
-            res = residual.to(torch.int64) - a["residual_zero_point"]
+            y = y + residual
+        act = a.get("act", "none")
+        if act == "relu":
+            y = torch.relu(y)
+        elif act == "hardtanh":
+            y = y.clamp(a["act_lo"], a["act_hi"])
+        return y
+
+    def _requant(self, acc: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor | None, chan) -> torch.Tensor:
+        """int8 codes from int32 ``acc`` (bias not yet added); ``chan`` shapes per-channel tensors for ``acc``."""
+        a, t = self.attrs, self.tensors
+        if self.fast and self.use_cext:
+            return cext.requant(acc, bias, t["m"], t["n"], a["zero_point"], a["lo"], a["hi"], residual,
+                                a.get("residual_zero_point", 0), t.get("m2"))
+        res = None if residual is None else residual.to(torch.int64) - a["residual_zero_point"]
         m2 = chan(t["m2"]) if "m2" in t else None
-        return kernels.requant_int8(acc, chan(t["m"]), chan(t["n"]), a["zero_point"], a["lo"], a["hi"], res, m2)
+        return kernels.requant_int8(acc + chan(bias), chan(t["m"]), chan(t["n"]), a["zero_point"], a["lo"], a["hi"],
+                                    res, m2)
 
 
 class Linear(_Layer):
@@ -92,12 +101,19 @@ class Linear(_Layer):
     kind = "linear"
 
     def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        acc = kernels.linear_acc(x, self.tensors["weight"], self.bias_folded)
-        return self._finish(acc, residual, lambda v: v)
+        lead, o = x.shape[:-1], self.tensors["weight"].shape[0]
+        acc = kernels.linear_acc(x, self.tensors["weight"])
+        if residual is not None:
+            residual = residual.reshape(-1, o)
+        if self.dequant:
+            y = self._dequantize(acc, self.bias_folded, residual, lambda v: v)
+        else:
+            y = self._requant(acc, self.bias_folded, residual, lambda v: v)
+        return y.reshape(*lead, o)
 
 
 class Conv2d(_Layer):
-    """Dense conv as im2col + int8 GEMM (channels last), grouped/depthwise as an int32 conv."""
+    """Dense conv as im2col + int8 GEMM, grouped/depthwise as an int32 conv; outputs NCHW."""
 
     kind = "conv2d"
 
@@ -110,33 +126,34 @@ class Conv2d(_Layer):
     def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         a, o = self.attrs, self.tensors["weight"].shape[0]
         conv = (a["stride"], a["padding"], a["dilation"])
-        if a["groups"] == 1:
-            acc, (n, ho, wo) = kernels.conv2d_acc(x, self.weight_mat, self.kernel, self.bias_folded, *conv,
-                                                  a["input_zero_point"])
-            if residual is not None:
-                residual = residual.permute(0, 2, 3, 1).reshape(-1, o)
-            y = self._finish(acc, residual, lambda v: v)
-            return y.reshape(n, ho, wo, o).permute(0, 3, 1, 2)
-        acc = kernels.grouped_conv2d_acc(x, self.tensors["weight"], self.tensors["bias"].to(torch.int32), *conv,
-                                         a["groups"], a["input_zero_point"])
-        return self._finish(acc, residual, lambda v: v.reshape(1, -1, 1, 1))
+        if a["groups"] != 1:
+            acc = kernels.grouped_conv2d_acc(x, self.tensors["weight"], *conv, a["groups"], a["input_zero_point"])
+            chan = lambda v: v.reshape(1, -1, 1, 1)  # noqa: E731
+            bias = self.tensors["bias"].to(torch.int32)
+            if self.dequant:
+                return self._dequantize(acc, bias, residual, chan)
+            return self._requant(acc, bias, residual, chan)
+        acc, (n, ho, wo) = kernels.conv2d_acc(x, self.weight_mat, self.kernel, *conv, a["input_zero_point"])
+        if residual is not None:  # a view when the residual is channels-last, as conv outputs are
+            residual = residual.permute(0, 2, 3, 1).reshape(-1, o)
+        if self.dequant:
+            y = self._dequantize(acc, self.bias_folded, residual, lambda v: v)
+        else:
+            y = self._requant(acc, self.bias_folded, residual, lambda v: v)
+        return y.reshape(n, ho, wo, o).permute(0, 3, 1, 2)  # NCHW shape, channels-last memory
 
 
 class MaxPool2d(Op):
-    """Max pooling; on channels-last int8 (where PyTorch's kernel refuses) as a window view + amax."""
+    """Max pooling (an integer tensor keeps its grid): a maximum of strided views, any memory layout."""
 
     kind = "maxpool2d"
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         a = self.attrs
-        simple = a["dilation"] == [1, 1] and not a["ceil_mode"]
-        if x.is_contiguous() or not simple:
+        if x.is_floating_point() or a["dilation"] != [1, 1] or a["ceil_mode"]:
             return F.max_pool2d(x.contiguous(), a["kernel_size"], a["stride"], a["padding"], a["dilation"],
                                 a["ceil_mode"])
-        (kh, kw), (sh, sw), (ph, pw) = a["kernel_size"], a["stride"], a["padding"]
-        if ph or pw:
-            x = F.pad(x, (pw, pw, ph, ph), value=torch.iinfo(x.dtype).min if not x.is_floating_point() else -math.inf)
-        return x.unfold(2, kh, sh).unfold(3, kw, sw).amax(dim=(-1, -2))
+        return kernels.max_pool2d(x, a["kernel_size"], a["stride"], a["padding"])
 
 
 class AvgPool2d(Op):

@@ -3,7 +3,7 @@
 After :func:`lowbit.ptq.convert`, every unified module knows the quantization
 parameters of its input (and residual). Its forward then computes
 
-    acc = conv(q_x - z_x, q_w) + q_b          (float64: exact for integer operands below 2^53)
+    acc = conv(q_x - z_x, q_w) + q_b          (float convs on integers, exact: see exact_accumulator)
     q_y = requantize(acc, m, n, ...)          (int64: the integer model's own function)
     y   = (q_y - z_y) s_y                     (float32: the fake-quant value downstream ops see)
 
@@ -83,12 +83,37 @@ def _channels(t: torch.Tensor, y: torch.Tensor, axis: int) -> torch.Tensor:
     return t.reshape(shape)
 
 
+_EXACT_F32 = 2**24  # float32 adds integers exactly while every partial sum stays below this
+
+
+def exact_accumulator(module, xc: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """int64 ``conv(xc, w)`` for integer-valued ``xc`` and integer ``w``, computed exactly but fast.
+
+    If ``K max|x| max|w| < 2^24`` (K = terms per output) one float32 conv is
+    exact whatever the summation order; else ``w = 16 w_hi + w_lo`` with
+    ``|w_hi|, |w_lo| <= 8`` gives two exact float32 convs when ``8 K max|x| < 2^24``;
+    else float64 (exact below 2^53).
+    """
+    k = w[0].numel()
+    bx = float(xc.abs().max()) if xc.numel() else 0.0
+    bw = float(w.abs().max()) if w.numel() else 0.0
+    if k * bx * bw < _EXACT_F32:
+        return module._compute(xc.float(), w.float(), None).round().to(torch.int64)
+    if 8 * k * bx < _EXACT_F32:
+        hi = torch.round(w / 16.0)
+        lo = w - 16 * hi
+        xf = xc.float()
+        acc_hi = module._compute(xf, hi.float(), None).round().to(torch.int64)
+        return 16 * acc_hi + module._compute(xf, lo.float(), None).round().to(torch.int64)
+    return module._compute(xc.double(), w.double(), None).round().to(torch.int64)
+
+
 def exact_forward(module, x: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
     """Forward of a converted unified module in the integer model's arithmetic (see module docstring)."""
     p = layer_params(module)
     axis = 1 if module.weight.ndim > 2 else -1
-    xc = (p.input.codes(x) - p.input.zero_point).to(torch.float64)
-    acc = module._compute(xc, p.weight.to(torch.float64), None).round().to(torch.int64)
+    xc = (p.input.codes(x) - p.input.zero_point).to(torch.float32)
+    acc = exact_accumulator(module, xc, p.weight.to(torch.float32))
     acc = acc + _channels(p.bias, acc, axis)
     if p.output is None:  # dequantize the accumulator: the network's float output
         y = dequantize_acc(acc, _channels(p.acc_scale, acc, axis))

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 import torch
 
 from lowbit.formats import IntFormat
-from lowbit.functional.affine import quantize_affine
 
 
 @dataclass(frozen=True)
@@ -19,8 +18,11 @@ class QParams:
     fmt: IntFormat
 
     def codes(self, x: torch.Tensor) -> torch.Tensor:
-        """Integer codes (int32) of a tensor that lies on this grid (or is to be quantized onto it)."""
-        return quantize_affine(x, torch.tensor([self.scale]), torch.tensor([self.zero_point]), self.fmt)
+        """Integer codes (int32) of a tensor on this grid (or to be quantized onto it): PyTorch's arithmetic,
+        ``clamp(round(x * (1/s)) + z)`` with the reciprocal in float32, as :func:`quantize_affine`."""
+        inv = torch.reciprocal(torch.tensor(self.scale, dtype=torch.float32))
+        q = torch.round(x * inv) + self.zero_point
+        return q.clamp_(self.fmt.qmin, self.fmt.qmax).to(torch.int32)
 
 
 __all__ = ["QParams"]

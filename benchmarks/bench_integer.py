@@ -1,0 +1,184 @@
+"""Integer execution: latency of float vs lowbit integer vs ONNX paths, int8 GEMM throughput, saved size.
+
+Models: the Fashion-MNIST CNN (shipped), an MLP 784-1024-1024-1024-10 (trained
+here for one seeded epoch) and, with ``--effnet``, EfficientNet-Lite0 at 224x224.
+For each batch size and thread count, every path runs once per round in a
+rotating order (``lowbit.bench.latency.interleaved``); the table gives the best
+and median over ``--rounds`` rounds and the speed-up of each path's best time
+over float eager's and over the strongest float path's.
+
+Paths: float32 PyTorch eager; float32 in onnxruntime (the strongest float path
+here); lowbit integer (int8 ``torch._int_mm`` + C epilogue, in process);
+lowbit's QDQ ONNX in onnxruntime; onnxruntime's own ``quantize_static`` model
+(QDQ, per-channel, 32 calibration images); with ``--torchao``, torchao PT2E
+int8 under ``torch.compile`` (freezing on).
+
+    python benchmarks/bench_integer.py                         # CNN + MLP, batch 1/64, threads 1/2
+    python benchmarks/bench_integer.py --effnet --rounds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from _common import write_result
+from lowbit import zoo
+from lowbit.bench.latency import interleaved, ort_session, torch_threads
+from lowbit.data import fashion_mnist
+from lowbit.integer.io import save_integer
+from lowbit.integer.lower import to_integer
+from lowbit.ptq import PTQConfig, quantize
+from lowbit.utils.tensorfile import save_tensors
+from lowbit.zoo.recipes import evaluate
+
+sys.path.insert(0, os.path.dirname(__file__))
+import peers  # noqa: E402
+
+
+def big_mlp(train) -> nn.Module:
+    """MLP 784-1024-1024-1024-10, one seeded epoch of Adam on Fashion-MNIST (for a meaningful accuracy)."""
+    torch.manual_seed(0)
+    layers = [nn.Flatten()]
+    for a, b in ((784, 1024), (1024, 1024), (1024, 1024)):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    model = nn.Sequential(*layers, nn.Linear(1024, 10))
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    perm = torch.randperm(len(train.y))
+    for i in range(0, len(perm), 128):
+        idx = perm[i:i + 128]
+        loss = nn.functional.cross_entropy(model(train.x[idx]), train.y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+def gemm_throughput(rounds: int) -> str:
+    """int8 GEMM 1024^3 through lowbit's kernel vs fp32 torch.mm, 1 thread."""
+    from lowbit.integer.kernels import int_mm
+
+    a = torch.randint(-128, 128, (1024, 1024), dtype=torch.int8)
+    w = torch.randint(-127, 128, (1024, 1024), dtype=torch.int8)
+    af, wf = a.float(), w.float()
+    with torch_threads(1):
+        t = interleaved({"int8 (lowbit int_mm)": lambda: int_mm(a, w), "fp32 torch.mm": lambda: af @ wf.t()}, rounds)
+    ops = 2 * 1024**3
+    lines = ["| GEMM 1024x1024x1024, 1 thread | best us | GOP/s |", "|---|---:|---:|"]
+    for name, tm in t.items():
+        lines.append(f"| {name} | {tm.best_us:.0f} | {ops / tm.best_us / 1e3:.0f} |")
+    return "\n".join(lines)
+
+
+def size_row(name: str, model: nn.Module, im, tmp: Path) -> str:
+    fp = save_tensors(tmp / f"{name}-float.safetensors", {k: v.contiguous() for k, v in model.state_dict().items()})
+    ip = save_integer(im, tmp / f"{name}-int8.safetensors")
+    f, i = fp.stat().st_size, ip.stat().st_size
+    return f"| {name} | {f:,} | {i:,} | {i / f:.3f}x |"
+
+
+def paths_for(model, im, onnx_lowbit, ort_float_fn, ort_q_fn, threads):
+    sess = ort_session(onnx_lowbit, threads)
+    name = sess.get_inputs()[0].name
+    return {
+        "float32 eager": lambda x: model(x),
+        "float32 onnxruntime": ort_float_fn,
+        "lowbit integer": lambda x: im(x),
+        "lowbit ONNX (ort)": lambda x: sess.run(None, {name: x.numpy()}),
+        "ort quantize_static": ort_q_fn,
+    }
+
+
+def bench_model(label, model, calib, test, batches, threads_list, rounds, torchao: bool, tmp: Path) -> tuple[str, str]:
+    from lowbit.export.onnx_qdq import export_onnx
+
+    sim = quantize(model, [calib], PTQConfig())
+    im = to_integer(sim, (calib[:2],))
+    onnx_path = export_onnx(im, tmp / f"{label}.onnx", tuple(calib[:1].shape))
+    acc_rows = []
+    lines = [f"### {label}", "", "| batch | threads | path | best us | median us | vs float eager | vs best float |",
+             "|---:|---:|---|---:|---:|---:|---:|"]
+    for threads in threads_list:
+        ort_f = peers.ort_float(model, (calib[:2],), threads)
+        ort_q, _ = peers.ort_quantize_static(model, (calib[:2],), [calib], threads=threads)
+        paths = paths_for(model, im, onnx_path, ort_f, ort_q, threads)
+        if torchao:
+            paths["torchao PT2E + compile"] = _torchao(model, calib)
+        if threads == threads_list[0] and test is not None:
+            acc_rows = [(n, evaluate(_module(fn), test)) for n, fn in paths.items()]
+        for batch in batches:
+            x = test.x[:batch] if test is not None else calib[:1].expand(batch, *calib.shape[1:]).contiguous()
+            with torch_threads(threads), torch.no_grad():
+                t = interleaved({n: (lambda fn=fn: fn(x)) for n, fn in paths.items()}, rounds)
+            eager = t["float32 eager"].best_us
+            best_float = min(eager, t["float32 onnxruntime"].best_us)
+            for n, tm in t.items():
+                lines.append(f"| {batch} | {threads} | {n} | {tm.best_us:.0f} | {tm.median_us:.0f} | "
+                             f"{eager / tm.best_us:.2f}x | {best_float / tm.best_us:.2f}x |")
+    acc = ""
+    if acc_rows:
+        acc = "\n".join([f"| {label} path | test accuracy |", "|---|---:|"] +
+                        [f"| {n} | {100 * a:.2f}% |" for n, a in acc_rows])
+    return "\n".join(lines), acc
+
+
+class _module(nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        out = self.fn(x)
+        return torch.as_tensor(out[0] if isinstance(out, list) else out)
+
+
+def _torchao(model, calib):
+    import torch._inductor.config as cfg
+
+    cfg.freezing = True
+    run, _ = peers.torchao_pt2e(model, (calib[:2],), [calib])
+    compiled = torch.compile(run)
+    return lambda x: compiled(x)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 64])
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--models", nargs="+", default=["cnn", "mlp1024"], choices=["cnn", "mlp1024", "resnet"])
+    ap.add_argument("--effnet", action="store_true", help="also EfficientNet-Lite0 (224x224; slow)")
+    ap.add_argument("--torchao", action="store_true", help="also torchao PT2E int8 under torch.compile")
+    args = ap.parse_args()
+    os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
+    train, test = fashion_mnist("train"), fashion_mnist("test")
+    calib = train.x[:32]
+    tmp = Path(tempfile.mkdtemp(prefix="lowbit-bench-"))
+    sections, sizes = [gemm_throughput(args.rounds)], ["| model | float32 bytes | lowbit int8 bytes | ratio |",
+                                                      "|---|---:|---:|---:|"]
+    for name in args.models:
+        model = big_mlp(train) if name == "mlp1024" else zoo.pretrained(name)
+        table, acc = bench_model(name, model, calib, test, args.batch, args.threads, args.rounds, args.torchao, tmp)
+        sections += [table, acc]
+        sizes.append(size_row(name, model, to_integer(quantize(model, [calib], PTQConfig()), (calib[:2],)), tmp))
+    if args.effnet:
+        from lowbit.data.photos import photo_crops
+        from lowbit.zoo.efficientnet import efficientnet_lite0, with_plain_convs
+
+        model = with_plain_convs(efficientnet_lite0()).eval()
+        crops = photo_crops(32, "calib")
+        table, _ = bench_model("efficientnet-lite0", model, crops, None, args.batch, args.threads, args.rounds,
+                               False, tmp)
+        sections.append(table)
+    sections.append("\n".join(sizes))
+    write_result("integer_latency", "\n\n".join(s for s in sections if s))
+
+
+if __name__ == "__main__":
+    main()

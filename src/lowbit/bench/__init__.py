@@ -1,0 +1,1 @@
+"""Latency measurement: interleaved rounds of competing paths, best and median times."""

@@ -1,0 +1,127 @@
+"""``lowbit export`` and ``lowbit bench``: the integer model on disk, and how fast it runs."""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+ZOO_NAMES = ("mlp", "cnn", "resnet")
+
+
+def _ptq_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="cnn", choices=ZOO_NAMES, help="zoo model (default cnn)")
+    p.add_argument("--weight-bits", type=int, default=8, help="weight bits, 2..8 (<= 4 is saved packed; default 8)")
+    p.add_argument("--act-bits", type=int, default=8, help="activation bits, 2..8 (default 8)")
+    p.add_argument("--pow2", action="store_true", help="power-of-two scales: requantization by shift only")
+    p.add_argument("--calib", type=int, default=32, help="calibration images (default 32)")
+    p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST idx files")
+
+
+def add_parsers(sub) -> None:
+    e = sub.add_parser("export", help="quantize a zoo model and save its integer form (safetensors, ONNX)",
+                       description="Post-training quantize a shipped model, lower it to integer-only ops, check "
+                                   "that the integer model equals the simulation on the test set, and save it as "
+                                   "safetensors (+ JSON metadata) and optionally as a QDQ ONNX model.")
+    _ptq_args(e)
+    e.add_argument("--out", default="export", help="output folder (default ./export)")
+    e.add_argument("--onnx", action="store_true", help="also write MODEL.onnx (QDQ, needs the onnx package)")
+    e.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    e.set_defaults(func=run_export)
+    b = sub.add_parser("bench", help="latency: float PyTorch vs lowbit integer vs its ONNX in onnxruntime",
+                       description="Measure latency with the paths interleaved in one run (best and median of "
+                                   "--rounds). The integer model is quantized on the fly, or loaded with --load.")
+    _ptq_args(b)
+    b.add_argument("--load", default=None, metavar="PATH", help="a saved integer model (.safetensors)")
+    b.add_argument("--batch", type=int, nargs="+", default=[1, 64], help="batch sizes (default 1 64)")
+    b.add_argument("--threads", type=int, nargs="+", default=[1], help="thread counts (default 1)")
+    b.add_argument("--rounds", type=int, default=20, help="timed rounds per path (default 20)")
+    b.add_argument("--onnx", action="store_true", help="also time lowbit's ONNX export in onnxruntime")
+    b.set_defaults(func=run_bench)
+
+
+def _check(args) -> None:
+    from lowbit.errors import ConfigError
+
+    if args.calib < 1:
+        raise ConfigError(f"--calib must be at least 1 image, got {args.calib}")
+    for name in ("weight_bits", "act_bits"):
+        if not 2 <= getattr(args, name) <= 8:
+            raise ConfigError(f"--{name.replace('_', '-')} must be 2..8 for the int8 integer model, "
+                              f"got {getattr(args, name)}")
+
+
+def _build(args):
+    from lowbit import zoo
+    from lowbit.data import fashion_mnist
+    from lowbit.integer import to_integer
+    from lowbit.ptq import PTQConfig, quantize
+
+    _check(args)
+    calib = fashion_mnist("train", root=args.data_dir).take(args.calib)
+    model = zoo.pretrained(args.model)
+    sim = quantize(model, [calib.x], PTQConfig(args.weight_bits, args.act_bits, pow2_scales=args.pow2))
+    return model, sim, to_integer(sim, (calib.x[:2],))
+
+
+def run_export(args: argparse.Namespace) -> int:
+    import torch
+
+    from lowbit.data import fashion_mnist
+    from lowbit.integer.io import save_integer
+    from lowbit.zoo.recipes import evaluate
+
+    model, sim, im = _build(args)
+    test = fashion_mnist("test", root=args.data_dir)
+    with torch.no_grad():
+        same = all(torch.equal(sim(test.x[i:i + 2000]), im(test.x[i:i + 2000])) for i in range(0, 10000, 2000))
+    out = Path(args.out)
+    path = save_integer(im, out / f"{args.model}.safetensors")
+    float_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    print(f"{args.model}: W{args.weight_bits}A{args.act_bits}{' pow2' if args.pow2 else ''}")
+    print(f"  float accuracy    {100 * evaluate(model, test):.2f}%")
+    print(f"  integer accuracy  {100 * evaluate(im, test):.2f}%  (equal to the simulation on all 10000: {same})")
+    print(f"  wrote {path}: {path.stat().st_size:,} bytes = {path.stat().st_size / float_bytes:.3f}x "
+          f"the float weights ({float_bytes:,} bytes)")
+    if args.onnx:
+        from lowbit.export.onnx_qdq import export_onnx
+
+        onnx_path = export_onnx(im, out / f"{args.model}.onnx", (1, 1, 28, 28), opset=args.opset)
+        print(f"  wrote {onnx_path}: {onnx_path.stat().st_size:,} bytes")
+    return 0 if same else 1
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from lowbit.bench.latency import interleaved, ort_session, torch_threads
+    from lowbit.data import fashion_mnist
+
+    model, _, im = _build(args)
+    if args.load:
+        from lowbit.integer.io import load_integer
+
+        im = load_integer(args.load)
+    x_all = fashion_mnist("test", root=args.data_dir).x
+    onnx_path = None
+    if args.onnx:
+        from lowbit.export.onnx_qdq import export_onnx
+
+        onnx_path = export_onnx(im, Path(tempfile.mkdtemp()) / "model.onnx", (1, 1, 28, 28))
+    print(f"{args.model}: latency in microseconds, best / median of {args.rounds} interleaved rounds")
+    print(f"{'batch':>5} {'threads':>7} {'path':<22} {'best':>10} {'median':>10} {'speed-up':>9}")
+    for threads in args.threads:
+        sess = ort_session(onnx_path, threads) if onnx_path else None
+        for batch in args.batch:
+            x = x_all[:batch]
+            paths = {"float32 eager": lambda: model(x), "lowbit integer": lambda: im(x)}
+            if sess is not None:
+                feed = {sess.get_inputs()[0].name: x.numpy()}
+                paths["lowbit ONNX (ort)"] = lambda: sess.run(None, feed)
+            with torch_threads(threads), torch.no_grad():
+                t = interleaved(paths, args.rounds)
+            base = t["float32 eager"].best_us
+            for name, timing in t.items():
+                print(f"{batch:>5} {threads:>7} {name:<22} {timing.best_us:>10.0f} {timing.median_us:>10.0f} "
+                      f"{base / timing.best_us:>8.2f}x")
+    return 0

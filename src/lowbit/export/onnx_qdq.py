@@ -1,0 +1,549 @@
+"""Write an :class:`~lowbit.integer.model.IntegerModel` as a standard QDQ ONNX graph.
+
+Every int8 tensor of the integer model becomes a ``QuantizeLinear`` output
+(uint8 for an unsigned grid, whose zero point is the stored one + 128, as
+onnxruntime's x86 kernels want; int8 for a signed grid) followed by one
+``DequantizeLinear``. Every layer reads ``DequantizeLinear`` outputs of its int8
+weights (per output channel, zero point 0) and of its int32 bias (on the
+accumulator grid ``s_x s_w``, zero point 0), so a runtime that understands QDQ
+fuses ``DQ -> Conv -> Q`` into an integer convolution (onnxruntime:
+``QLinearConv``, ``QGemm``, ``QLinearGlobalAveragePool``) on the very integers
+of the integer model:
+
+* ``linear`` -> ``Gemm(transB=1)`` (``MatMul`` + ``Add`` for inputs of rank > 2),
+  ``conv2d`` -> ``Conv``; a residual input is an ``Add`` of its dequantized
+  value before the output ``QuantizeLinear``. onnxruntime has no integer
+  convolution with a summand, so it runs those layers as float convolutions
+  (``FusedConv``) whose outputs are quantized on the integer model's grid;
+* the requantization multiplier ``M = m / 2^n`` (24 bits: a float32) is carried
+  by the weight scales: ``s_w[c]`` is the float32 near ``M[c] s_y / s_x`` for
+  which onnxruntime's own multiplier ``float32(float32(s_x s_w[c]) / s_y)`` is
+  closest to ``M[c]`` (:func:`fit_weight_scales`: equal for about 4 channels in
+  5, one float32 ulp off for the rest); a dequantizing output layer gets
+  ``float32(s_x s_w[c])`` closest to ``acc_scale[c]``. onnxruntime requantizes
+  in float32 (``float32(acc) * M``, rounded half to even), which differs from
+  the integer ``rshift_round(acc m, n)`` only within about ``2^-24 |q|`` of a
+  half: about one code in a million;
+* saturation bounds ``lo``/``hi`` narrower than the 8-bit range (a ReLU whose
+  output grid has its zero point above the minimum code, ReLU6 below the grid's
+  top, activations of fewer than 8 bits) become a ``Relu``/``Clip`` on the
+  dequantized output and a second ``QuantizeLinear`` on the same grid: for a
+  monotone rounding ``Q(clip(v, (lo - z) s, (hi - z) s)) = clamp(Q(v), lo, hi)``,
+  and the layer's own ``DQ -> Conv -> Q`` stays fusable (a ``Relu``/``Clip``
+  between ``Conv`` and ``Q`` would keep the convolution in float);
+* ``maxpool2d``, ``flatten`` and ``pad`` (constant 0.0, which lies on the grid)
+  run between a ``DequantizeLinear`` and a ``QuantizeLinear`` on the same grid
+  (exact; onnxruntime runs ``MaxPool`` and ``Flatten`` on the codes);
+  ``avgpool2d`` is ``GlobalAveragePool``/``AveragePool`` followed by a
+  ``QuantizeLinear`` on its output grid (onnxruntime's ``QLinearAveragePool``
+  divides in float: it can round an exact tie of a multiplier with few
+  significant bits the other way, which a calibrated scale does not produce);
+* the network input is quantized by ``QuantizeLinear`` (after a ``Clip`` when
+  its bounds are narrower than 8 bits). ONNX divides by the scale where lowbit
+  multiplies by its float32 reciprocal: one float input in about 500,000 lands
+  on the other side of a half (none of the Fashion-MNIST or photo inputs do).
+
+A bias that lowbit clipped to int32 (a channel whose weights quantize to about
+zero) would wrap around in onnxruntime's int32 accumulators; such a channel's
+output is saturated for every input, and it gets the smallest bias that
+saturates the same way (:func:`_safe_bias`). A dequantizing output layer with a
+residual adds the residual's dequantized value, as the converted model does.
+
+The graph's input is ``"input"`` (float32) and its output ``"output"``
+(float32), with a dynamic batch dimension ``"batch"``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from lowbit.errors import ConfigError
+from lowbit.utils.files import atomic_write
+
+if TYPE_CHECKING:  # pragma: no cover
+    from lowbit.integer.model import IntegerModel, Node
+
+INSTALL_HINT = "pip install onnx"
+MIN_OPSET = 13  # per-axis QuantizeLinear / DequantizeLinear
+INPUT_NAME, OUTPUT_NAME, BATCH = "input", "output", "batch"
+CODES_KEY = "lowbit.codes"  # metadata: {graph output: integer-model tensor} when codes are exposed
+_ULPS = 16  # how far the weight-scale search looks on either side of the nearest float32
+
+
+def _import_onnx():
+    try:
+        import onnx
+        import onnx.checker
+        import onnx.helper
+        import onnx.numpy_helper
+    except ImportError as exc:
+        raise ConfigError(f"exporting to ONNX needs the 'onnx' package: {INSTALL_HINT}") from exc
+    return onnx
+
+
+@dataclass(frozen=True)
+class _Grid:
+    """An int8 grid in ONNX terms: float32 scale, zero point in the ONNX type's domain, uint8 or int8."""
+
+    scale: np.float32
+    zero_point: int
+    signed: bool
+
+    @classmethod
+    def of(cls, grid: dict[str, Any]) -> _Grid:
+        if grid["bits"] > 8:
+            raise ConfigError(f"ONNX QDQ export supports grids of at most 8 bits, not {grid['bits']}")
+        return cls(np.float32(grid["scale"]), cls.code(grid["zero_point"], grid["signed"]), bool(grid["signed"]))
+
+    @staticmethod
+    def code(stored: int, signed: bool) -> int:
+        """ONNX code of an int8 stored value: unsigned codes are stored shifted down by 128."""
+        return int(stored) + (0 if signed else 128)
+
+    @property
+    def qmin(self) -> int:
+        return -128 if self.signed else 0
+
+    @property
+    def qmax(self) -> int:
+        return 127 if self.signed else 255
+
+    @property
+    def dtype(self) -> type:
+        return np.int8 if self.signed else np.uint8
+
+    def value(self, code: int) -> np.float32:
+        """Float32 value of a code: ``(code - z) s``, which quantizes back to ``code`` exactly."""
+        return np.float32(code - self.zero_point) * self.scale
+
+
+@dataclass(frozen=True)
+class _Value:
+    """One tensor of the integer model in the graph: its float32 form and, if integer, its codes and grid."""
+
+    float_name: str
+    codes: str | None = None
+    grid: _Grid | None = None
+
+
+def fit_weight_scales(s_in: float, target: np.ndarray, s_out: float | None = None) -> np.ndarray:
+    """Float32 per-channel ``s_w`` for which onnxruntime's multiplier is closest to ``target``.
+
+    onnxruntime's ``QLinearConv``/``QGemm`` compute the requantization multiplier
+    as ``float32(float32(s_in * s_w) / s_out)`` (``float32(s_in * s_w)`` when the
+    output is float, ``s_out`` None). The float32 values within ``_ULPS`` ulps of
+    ``target * s_out / s_in`` are tried; the closest result wins (the nearest
+    candidate among equals). Double rounding leaves some float32 multipliers
+    unreachable: then the result is one ulp off.
+    """
+    s_in32 = np.float32(s_in)
+    target = np.asarray(target, dtype=np.float64)
+    base = (target * (1.0 if s_out is None else float(np.float32(s_out))) / float(s_in32)).astype(np.float32)
+    steps = np.array([0] + [s * k for k in range(1, _ULPS + 1) for s in (-1, 1)], dtype=np.int64)
+    bits = base.view(np.int32).astype(np.int64)[:, None] + steps[None, :]
+    cand = bits.clip(1, np.iinfo(np.int32).max).astype(np.int32).view(np.float32)
+    got = cand * s_in32
+    if s_out is not None:
+        got = got / np.float32(s_out)
+    err = np.abs(got.astype(np.float64) - target[:, None])
+    return cand[np.arange(len(cand)), err.argmin(axis=1)].astype(np.float32)
+
+
+INT32_MAX = 2**31 - 1
+
+
+def _safe_bias(bias: np.ndarray, w: np.ndarray, x: _Grid, y: _Grid, mult: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """The int32 bias, with biases that can overflow an int32 accumulator replaced by equivalent small ones.
+
+    A channel whose weights quantize to (nearly) zero gets a bias that lowbit
+    clips to int32 (:func:`lowbit.nn.exact.layer_params`); added to the products
+    (and to the zero-point corrections a runtime folds into it: at most
+    ``510 sum|w|`` either way) it wraps around in onnxruntime's int32 kernels.
+    Such a channel's output is constant (saturated at ``lo`` or ``hi`` for every
+    input); it gets the smallest bias that saturates the same way.
+    """
+    wsum = np.abs(w.reshape(w.shape[0], -1).astype(np.int64)).sum(axis=1)
+    risky = np.abs(bias) + 510 * wsum > INT32_MAX
+    if not risky.any():
+        return bias
+    bias = bias.copy()
+    reach = wsum * max(x.zero_point - x.qmin, x.qmax - x.zero_point)  # |sum (q - z) w| <= reach
+    for c in np.flatnonzero(risky):
+        m = float(mult[c])
+        ends = [min(max(int(np.rint(float(v) * m)) + y.zero_point, lo), hi) for v in (bias[c] - reach[c],
+                                                                                      bias[c] + reach[c])]
+        if ends[0] != ends[1] or ends[0] not in (lo, hi):
+            continue  # not a saturated channel: keep it (it may still wrap in the runtime)
+        if ends[0] == lo:  # (new + reach) m + z <= lo - 1
+            new = int(np.floor((lo - y.zero_point - 1) / m)) - int(reach[c]) - 1
+        else:  # (new - reach) m + z >= hi + 1
+            new = int(np.ceil((hi - y.zero_point + 1) / m)) + int(reach[c]) + 1
+        if abs(new) + 510 * int(wsum[c]) <= INT32_MAX:
+            bias[c] = new
+    return bias
+
+
+class _Builder:
+    """Accumulates nodes and initializers with unique names."""
+
+    def __init__(self, onnx, shapes: dict[str, tuple[int, ...]], expose_codes: bool) -> None:
+        self.onnx, self.h, self.nh = onnx, onnx.helper, onnx.numpy_helper
+        self.shapes, self.expose_codes = shapes, expose_codes
+        self.nodes: list = []
+        self.inits: list = []
+        self.used: set[str] = {INPUT_NAME, OUTPUT_NAME}
+        self.values: dict[str, _Value] = {}
+        self.codes_outputs: list = []
+        self.codes_map: dict[str, str] = {}
+        self._qparams: dict[tuple, tuple[str, str]] = {}
+
+    def fresh(self, base: str) -> str:
+        base = base or "t"
+        name, i = base, 1
+        while name in self.used:
+            name, i = f"{base}_{i}", i + 1
+        self.used.add(name)
+        return name
+
+    def const(self, base: str, array: np.ndarray) -> str:
+        name = self.fresh(base)
+        self.inits.append(self.nh.from_array(np.asarray(array), name))
+        return name
+
+    def add(self, op: str, inputs: list[str], out: str, **attrs) -> str:
+        out = self.fresh(out)
+        self.nodes.append(self.h.make_node(op, inputs, [out], name=self.fresh(f"{out}/{op}"), **attrs))
+        return out
+
+    def qparams(self, grid: _Grid, base: str) -> tuple[str, str]:
+        key = (float(grid.scale), grid.zero_point, grid.signed)
+        if key not in self._qparams:
+            self._qparams[key] = (self.const(f"{base}_scale", np.array(grid.scale, dtype=np.float32)),
+                                  self.const(f"{base}_zero_point", np.array(grid.zero_point, dtype=grid.dtype)))
+        return self._qparams[key]
+
+    # -- quantized tensors ---------------------------------------------------------------------------
+
+    def clamp(self, x: str, grid: _Grid, lo: int, hi: int, base: str) -> str:
+        """``Relu``/``Clip`` of a float tensor to the values of codes ``[lo, hi]`` (nothing when 8-bit wide)."""
+        if lo > hi:
+            raise ConfigError(f"{base}: empty saturation range [{lo}, {hi}]")
+        low, high = lo > grid.qmin, hi < grid.qmax
+        if not (low or high):
+            return x
+        if low and not high and lo == grid.zero_point:
+            return self.add("Relu", [x], f"{base}_relu")
+        lo_name = self.const(f"{base}_clip_min", np.array(grid.value(lo), dtype=np.float32)) if low else ""
+        hi_name = self.const(f"{base}_clip_max", np.array(grid.value(hi), dtype=np.float32)) if high else ""
+        return self.add("Clip", [x, lo_name, hi_name] if high else [x, lo_name], f"{base}_clip")
+
+    def quantize(self, x: str, grid: _Grid, name: str, lo: int | None = None, hi: int | None = None,
+                 clamp_first: bool = False) -> _Value:
+        """``Q -> DQ`` of float ``x`` on ``grid``, saturating to codes ``[lo, hi]``; records tensor ``name``.
+
+        Narrow bounds are applied after a first ``Q -> DQ`` (keeping ``DQ -> op -> Q`` fusable) or, with
+        ``clamp_first``, before the only ``Q`` (the network input).
+        """
+        lo = grid.qmin if lo is None else lo
+        hi = grid.qmax if hi is None else hi
+        s, z = self.qparams(grid, name)
+        narrow = lo > grid.qmin or hi < grid.qmax
+        if narrow and clamp_first:
+            x = self.clamp(x, grid, lo, hi, name)
+        elif narrow:
+            pre = self.add("QuantizeLinear", [x, s, z], f"{name}_unclamped")
+            pre_f = self.add("DequantizeLinear", [pre, s, z], f"{name}_unclamped_dq")
+            x = self.clamp(pre_f, grid, lo, hi, name)
+        codes = self.add("QuantizeLinear", [x, s, z], name)
+        value = _Value(self.add("DequantizeLinear", [codes, s, z], f"{name}_dq"), codes, grid)
+        if self.expose_codes:
+            shape = [BATCH, *self.shapes[name][1:]]
+            elem = self.onnx.TensorProto.INT8 if grid.signed else self.onnx.TensorProto.UINT8
+            self.codes_outputs.append(self.h.make_tensor_value_info(codes, elem, shape))
+            self.codes_map[codes] = name
+        self.values[name] = value
+        return value
+
+    def integer_input(self, node: Node, i: int = 0) -> _Value:
+        v = self.values[node.inputs[i]]
+        if v.grid is None:
+            raise ConfigError(f"{node.output} ({node.kind}) reads the float tensor {node.inputs[i]!r}; "
+                              "the QDQ export needs it quantized")
+        return v
+
+    # -- operations --------------------------------------------------------------------------------
+
+    def emit(self, node: Node) -> None:
+        getattr(self, f"op_{node.kind}")(node)  # kinds were checked by _check_kinds
+
+    def op_quantize(self, node: Node) -> None:
+        a = node.op.attrs
+        x = self.values[node.inputs[0]]
+        if x.grid is not None:
+            raise ConfigError(f"{node.output}: quantize reads the integer tensor {node.inputs[0]!r}")
+        if node.grid is None:
+            raise ConfigError(f"{node.output}: a quantize node needs its output grid")
+        signed = bool(node.grid["signed"])
+        grid = _Grid(np.float32(a["scale"]), _Grid.code(a["zero_point"], signed), signed)
+        self.quantize(x.float_name, grid, node.output, _Grid.code(a["lo"], signed), _Grid.code(a["hi"], signed),
+                      clamp_first=True)
+
+    def op_dequantize(self, node: Node) -> None:
+        a = node.op.attrs
+        x = self.integer_input(node)
+        grid = _Grid(np.float32(a["scale"]), _Grid.code(a["zero_point"], x.grid.signed), x.grid.signed)
+        s, z = self.qparams(grid, node.output)
+        self.values[node.output] = _Value(self.add("DequantizeLinear", [x.codes, s, z], node.output))
+
+    def op_linear(self, node: Node) -> None:
+        self._layer(node, conv=False)
+
+    def op_conv2d(self, node: Node) -> None:
+        self._layer(node, conv=True)
+
+    def _layer(self, node: Node, conv: bool) -> None:
+        op, name = node.op, node.output
+        a, t = op.attrs, op.tensors
+        x = self.integer_input(node)
+        if _Grid.code(a["input_zero_point"], x.grid.signed) != x.grid.zero_point:
+            raise ConfigError(f"{name}: input zero point {a['input_zero_point']} differs from the grid of "
+                              f"{node.inputs[0]!r}")
+        if t["weight"].dtype != torch.int8:
+            raise ConfigError(f"{name}: weights must be int8, not {t['weight'].dtype}")
+        w = t["weight"].detach().cpu().numpy()
+        bias = t["bias"].detach().cpu().to(torch.int64).numpy()
+        s_in, out_ch = x.grid.scale, w.shape[0]
+        dequant = "acc_scale" in t
+        if dequant:  # float32(s_in s_w) = acc_scale
+            s_w = fit_weight_scales(s_in, t["acc_scale"].double().numpy())
+        else:  # float32(float32(s_in s_w) / s_out) = m / 2^n
+            out_grid = _Grid.of(node.grid)
+            if _Grid.code(a["zero_point"], out_grid.signed) != out_grid.zero_point:
+                raise ConfigError(f"{name}: output zero point {a['zero_point']} differs from its grid")
+            lo, hi = _Grid.code(a["lo"], out_grid.signed), _Grid.code(a["hi"], out_grid.signed)
+            mult = torch.ldexp(t["m"].double(), -t["n"].double()).numpy()
+            s_w = fit_weight_scales(s_in, mult, out_grid.scale)
+            if len(node.inputs) == 1:  # (a residual layer stays a float conv in onnxruntime: no int32 sum)
+                bias = _safe_bias(bias, w, x.grid, out_grid, mult, lo, hi)
+        matmul = not conv and len(self.shapes[node.inputs[0]]) != 2
+        w_dq = self.add("DequantizeLinear",
+                        [self.const(f"{name}_weight", np.ascontiguousarray(w.T) if matmul else w),
+                         self.const(f"{name}_weight_scale", s_w),
+                         self.const(f"{name}_weight_zero_point", np.zeros(out_ch, np.int8))],
+                        f"{name}_weight_dq", axis=1 if matmul else 0)  # MatMul wants (K, O)
+        b_dq = self.add("DequantizeLinear", [self.const(f"{name}_bias", bias.astype(np.int32)),
+                                             self.const(f"{name}_bias_scale", (s_w * s_in).astype(np.float32)),
+                                             self.const(f"{name}_bias_zero_point", np.zeros(out_ch, np.int32))],
+                        f"{name}_bias_dq", axis=0)
+        if conv:
+            ph, pw = a["padding"]
+            y = self.add("Conv", [x.float_name, w_dq, b_dq], f"{name}_conv", kernel_shape=list(w.shape[2:]),
+                         pads=[ph, pw, ph, pw], strides=list(a["stride"]), dilations=list(a["dilation"]),
+                         group=int(a["groups"]))
+        elif matmul:
+            y = self.add("Add", [self.add("MatMul", [x.float_name, w_dq], f"{name}_matmul"), b_dq], f"{name}_add")
+        else:
+            y = self.add("Gemm", [x.float_name, w_dq, b_dq], f"{name}_gemm", transB=1)
+        if len(node.inputs) > 1:  # the residual's value, on the output's float scale
+            y = self.add("Add", [y, self.values[node.inputs[1]].float_name], f"{name}_residual")
+        if not dequant:
+            self.quantize(y, out_grid, name, lo, hi)
+            return
+        act = a.get("act", "none")
+        if act == "relu":
+            y = self.add("Relu", [y], f"{name}_relu")
+        elif act == "hardtanh":
+            y = self.add("Clip", [y, self.const(f"{name}_act_min", np.array(a["act_lo"], np.float32)),
+                                  self.const(f"{name}_act_max", np.array(a["act_hi"], np.float32))], f"{name}_clip")
+        elif act != "none":
+            raise ConfigError(f"{name}: float activation {act!r} has no ONNX form here")
+        self.values[name] = _Value(y)
+
+    def _same_grid(self, node: Node, y: str, x: _Value) -> None:
+        """Record float ``y`` computed from ``x`` without changing values: re-quantized on ``x``'s grid."""
+        if x.grid is None:
+            self.values[node.output] = _Value(y)
+        else:
+            self.quantize(y, x.grid, node.output)
+
+    def op_maxpool2d(self, node: Node) -> None:
+        a = node.op.attrs
+        x = self.values[node.inputs[0]]
+        ph, pw = a["padding"]
+        y = self.add("MaxPool", [x.float_name], f"{node.output}_pool", kernel_shape=list(a["kernel_size"]),
+                     strides=list(a["stride"]), pads=[ph, pw, ph, pw], dilations=list(a["dilation"]),
+                     ceil_mode=int(bool(a["ceil_mode"])))
+        self._same_grid(node, y, x)
+
+    def op_flatten(self, node: Node) -> None:
+        x = self.values[node.inputs[0]]
+        self._same_grid(node, self.add("Flatten", [x.float_name], f"{node.output}_flatten", axis=1), x)
+
+    def op_pad(self, node: Node) -> None:
+        a = node.op.attrs
+        x = self.values[node.inputs[0]]
+        rank = len(self.shapes[node.inputs[0]])
+        pad = list(a["pad"])  # (left, right) pairs from the last dim, as F.pad; checked by _node_shape
+        begins, ends = [0] * rank, [0] * rank
+        for i in range(len(pad) // 2):
+            begins[rank - 1 - i], ends[rank - 1 - i] = pad[2 * i], pad[2 * i + 1]
+        value = np.float32(0.0)
+        if x.grid is not None:
+            value = x.grid.value(_Grid.code(a["value"], x.grid.signed))
+            if not x.grid.qmin <= _Grid.code(a["value"], x.grid.signed) <= x.grid.qmax:
+                raise ConfigError(f"{node.output}: pad value {a['value']} is outside the int8 range")
+        y = self.add("Pad", [x.float_name, self.const(f"{node.output}_pads", np.array(begins + ends, np.int64)),
+                             self.const(f"{node.output}_value", np.array(value, np.float32))],
+                     f"{node.output}_pad", mode="constant")
+        self._same_grid(node, y, x)
+
+    def op_avgpool2d(self, node: Node) -> None:
+        a = node.op.attrs
+        x = self.integer_input(node)
+        if _Grid.code(a["input_zero_point"], x.grid.signed) != x.grid.zero_point:
+            raise ConfigError(f"{node.output}: input zero point differs from the grid of {node.inputs[0]!r}")
+        if a["kernel_size"] is None:
+            y = self.add("GlobalAveragePool", [x.float_name], f"{node.output}_pool")
+        else:
+            y = self.add("AveragePool", [x.float_name], f"{node.output}_pool", kernel_shape=list(a["kernel_size"]),
+                         strides=list(a["stride"]))
+        grid = _Grid.of(node.grid)
+        self.quantize(y, grid, node.output, _Grid.code(a["lo"], grid.signed), _Grid.code(a["hi"], grid.signed))
+
+
+def _out_size(size: int, k: int, s: int, p: int, d: int, ceil: bool = False) -> int:
+    span = size + 2 * p - d * (k - 1) - 1
+    out = (-(-span // s) if ceil else span // s) + 1
+    if ceil and (out - 1) * s >= size + p:  # PyTorch's rule: the last window starts inside the input
+        out -= 1
+    return out
+
+
+def _node_shape(node: Node, x: tuple[int, ...]) -> tuple[int, ...]:
+    a, kind = node.op.attrs, node.kind
+    if kind in ("quantize", "dequantize"):
+        return x
+    if kind == "linear":
+        w = node.op.tensors["weight"]
+        if x[-1] != w.shape[1]:
+            raise ConfigError(f"{node.output}: linear expects {w.shape[1]} input features, the input has {x[-1]}")
+        return (*x[:-1], w.shape[0])
+    if kind in ("conv2d", "maxpool2d", "avgpool2d") and len(x) != 4:
+        raise ConfigError(f"{node.output}: {kind} needs an (N, C, H, W) input, not rank {len(x)}")
+    if kind == "conv2d":
+        w = node.op.tensors["weight"]
+        if x[1] != w.shape[1] * a["groups"]:
+            raise ConfigError(f"{node.output}: conv2d expects {w.shape[1] * a['groups']} input channels, not {x[1]}")
+        return (x[0], w.shape[0], *(_out_size(x[2 + i], w.shape[2 + i], a["stride"][i], a["padding"][i],
+                                              a["dilation"][i]) for i in range(2)))
+    if kind == "maxpool2d":
+        return (*x[:2], *(_out_size(x[2 + i], a["kernel_size"][i], a["stride"][i], a["padding"][i],
+                                    a["dilation"][i], bool(a["ceil_mode"])) for i in range(2)))
+    if kind == "avgpool2d":
+        if a["kernel_size"] is None:
+            return (*x[:2], 1, 1)
+        return (*x[:2], *(_out_size(x[2 + i], a["kernel_size"][i], a["stride"][i], 0, 1) for i in range(2)))
+    if kind == "flatten":
+        if a["start_dim"] % len(x) != 1 or a["end_dim"] % len(x) != len(x) - 1:
+            raise ConfigError(f"{node.output}: only flatten(start_dim=1, end_dim=-1) has an ONNX form here, not "
+                              f"start_dim={a['start_dim']}, end_dim={a['end_dim']}")
+        return (x[0], math.prod(x[1:]))
+    if kind == "pad":
+        pad, y = list(a["pad"]), list(x)
+        if len(pad) % 2 or len(pad) // 2 > len(x):
+            raise ConfigError(f"{node.output}: bad padding {pad} for a rank-{len(x)} tensor")
+        for i in range(len(pad) // 2):
+            y[len(x) - 1 - i] += pad[2 * i] + pad[2 * i + 1]
+        return tuple(y)
+    raise AssertionError(kind)  # pragma: no cover (kinds were checked by _check_kinds)
+
+
+def _shapes(model: IntegerModel, input_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+    """Every tensor's shape for a batch of one (from the ops' attributes; nothing is run)."""
+    if (not isinstance(input_shape, (tuple, list)) or len(input_shape) < 2
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in input_shape)):
+        raise ConfigError(f"input_shape must be the input's shape, batch first (e.g. (1, 1, 28, 28)), not "
+                          f"{input_shape!r}")
+    shapes = {model.input_name: (1, *input_shape[1:])}
+    for node in model.nodes:
+        y = _node_shape(node, shapes[node.inputs[0]])
+        if any(d <= 0 for d in y):
+            raise ConfigError(f"input_shape {tuple(input_shape)} is too small for {node.output!r}: shape {y}")
+        if len(node.inputs) > 1 and shapes[node.inputs[1]] != y:
+            raise ConfigError(f"{node.output}: residual {node.inputs[1]!r} has shape {shapes[node.inputs[1]]}, "
+                              f"the output {y}")
+        shapes[node.output] = y
+    return shapes
+
+
+def _check_kinds(model: IntegerModel) -> None:
+    supported = sorted(k[3:] for k in dir(_Builder) if k.startswith("op_"))
+    for node in model.nodes:
+        if not hasattr(_Builder, f"op_{node.kind}"):
+            raise ConfigError(f"cannot export {node.output!r}: op kind {node.kind!r} has no ONNX QDQ form "
+                              f"(supported: {', '.join(supported)})")
+
+
+def to_onnx_model(model: IntegerModel, input_shape: tuple[int, ...], opset: int = 17, expose_codes: bool = False):
+    """The QDQ ``onnx.ModelProto`` of ``model`` (see the module docstring); not checked, not saved.
+
+    ``expose_codes`` also makes every int8 tensor's ``QuantizeLinear`` output a
+    graph output (for parity checks against :meth:`IntegerModel.run`); the
+    metadata entry ``lowbit.codes`` maps those outputs to the integer model's names.
+    """
+    onnx = _import_onnx()
+    if not isinstance(opset, int) or opset < MIN_OPSET:
+        raise ConfigError(f"opset must be >= {MIN_OPSET} (per-channel QuantizeLinear), not {opset!r}")
+    _check_kinds(model)
+    shapes = _shapes(model, tuple(input_shape))
+    b = _Builder(onnx, shapes, expose_codes)
+    b.values[model.input_name] = _Value(INPUT_NAME)
+    for node in model.nodes:
+        b.emit(node)
+    out = b.values[model.output_name]
+    if out.grid is not None:  # an integer output: dequantize it
+        out = _Value(out.float_name)
+    if out.float_name == INPUT_NAME:
+        b.nodes.append(b.h.make_node("Identity", [INPUT_NAME], [OUTPUT_NAME], name=b.fresh("output/Identity")))
+    else:
+        for n in b.nodes:  # the producer of the final float tensor writes "output"
+            for i, o in enumerate(n.output):
+                if o == out.float_name:
+                    n.output[i] = OUTPUT_NAME
+            for i, o in enumerate(n.input):
+                if o == out.float_name:
+                    n.input[i] = OUTPUT_NAME
+    tp = onnx.TensorProto
+    graph_in = b.h.make_tensor_value_info(INPUT_NAME, tp.FLOAT, [BATCH, *input_shape[1:]])
+    graph_out = b.h.make_tensor_value_info(OUTPUT_NAME, tp.FLOAT, [BATCH, *shapes[model.output_name][1:]])
+    graph = b.h.make_graph(b.nodes, "lowbit_integer_model", [graph_in], [graph_out, *b.codes_outputs],
+                           initializer=b.inits)
+    opsets = [b.h.make_opsetid("", opset)]
+    proto = b.h.make_model(graph, opset_imports=opsets, producer_name="lowbit",
+                           ir_version=b.h.find_min_ir_version_for(opsets))
+    if expose_codes:
+        b.h.set_model_props(proto, {CODES_KEY: json.dumps(b.codes_map)})
+    return proto
+
+
+def export_onnx(model: IntegerModel, path: str | Path, input_shape: tuple[int, ...], opset: int = 17) -> Path:
+    """Write ``model`` to ``path`` as a QDQ ONNX model (checked by ``onnx.checker``); returns the path.
+
+    ``input_shape`` is the input's shape with the batch first (its size is
+    ignored: the batch dimension is dynamic). Needs the ``onnx`` package.
+    """
+    onnx = _import_onnx()
+    proto = to_onnx_model(model, input_shape, opset)
+    onnx.checker.check_model(proto, full_check=True)
+    data = proto.SerializeToString()
+    return atomic_write(path, lambda f: f.write(data))
+
+
+__all__ = ["export_onnx", "fit_weight_scales", "to_onnx_model"]

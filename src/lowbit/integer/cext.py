@@ -1,0 +1,100 @@
+"""The C epilogue kernel (``csrc/requant.c``), compiled on first use and loaded with ctypes.
+
+PyTorch has no fused integer requantization: as separate int64 tensor ops it
+costs more than the int8 GEMM it follows. The C kernel does bias, multiply,
+rounding shift, zero point, clamp and the int8 store in one pass. It is built
+with the system C compiler into a per-user cache (``$LOWBIT_CACHE`` or
+``~/.cache/lowbit``), once per source and CPU; without a compiler lowbit falls
+back to the PyTorch reference (same results, slower) and says so once.
+Set ``LOWBIT_NO_CEXT=1`` to force the fallback.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import warnings
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("csrc") / "requant.c"
+FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-std=c11"]
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("LOWBIT_CACHE", Path.home() / ".cache" / "lowbit"))
+
+
+def _cpu_key() -> str:
+    try:
+        flags = next((ln for ln in open("/proc/cpuinfo") if ln.startswith("flags")), "")
+    except OSError:
+        flags = ""
+    return platform.machine() + flags
+
+
+def _build(src: Path, out: Path) -> None:
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        raise OSError("no C compiler (install gcc: apt-get install gcc)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+    os.close(fd)
+    try:
+        subprocess.run([cc, *FLAGS, str(src), "-o", tmp], check=True, capture_output=True, timeout=120)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@lru_cache(maxsize=1)
+def library() -> ctypes.CDLL | None:
+    """The compiled kernel library, or None (fallback) when disabled or no compiler works."""
+    if os.environ.get("LOWBIT_NO_CEXT"):
+        return None
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode() + _cpu_key().encode()).hexdigest()[:16]
+    path = _cache_dir() / f"requant-{key}.so"
+    try:
+        if not path.exists():
+            _build(SOURCE, path)
+        lib = ctypes.CDLL(str(path))
+    except (OSError, subprocess.SubprocessError) as exc:
+        warnings.warn(f"lowbit: C requantization kernel unavailable ({exc}); using the slower PyTorch path",
+                      stacklevel=2)
+        return None
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    lib.lowbit_requant.argtypes = [ptr, i64, i64, i64, ctypes.c_int, ptr, ptr, ptr, ptr, i64, ptr, i64, i64, i64, ptr]
+    lib.lowbit_requant.restype = None
+    return lib
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def requant(acc: torch.Tensor, bias: torch.Tensor | None, m: torch.Tensor, n: torch.Tensor, zp: int, lo: int,
+            hi: int, residual: torch.Tensor | None = None, res_zp: int = 0,
+            m2: torch.Tensor | None = None) -> torch.Tensor:
+    """Fused epilogue: int32 ``acc`` (rows, C) or (N, C, H, W) -> int8 of the same shape; residual likewise."""
+    lib = library()
+    assert lib is not None
+    acc = acc.contiguous()
+    nchw_in = acc.ndim == 4
+    rows, C = acc.shape[:2]
+    hw = acc.shape[2] * acc.shape[3] if nchw_in else 0
+    out = torch.empty(acc.shape, dtype=torch.int8)
+    res = residual.contiguous() if residual is not None else None
+    lib.lowbit_requant(acc.data_ptr(), rows, C, hw, int(nchw_in), _ptr(bias), m.data_ptr(), n.data_ptr(),
+                       _ptr(res), res_zp, _ptr(m2), zp, lo, hi, out.data_ptr())
+    return out
+
+
+__all__ = ["library", "requant"]
