@@ -73,11 +73,12 @@ def test_im2col_int_mm_conv_equals_int32_conv(n, c, o, size, k, stride, pad, dil
     x = torch.randint(-128, 128, (n, c, size, size), generator=g, dtype=torch.int8)
     w = torch.randint(-127, 128, (o, c, k, k), generator=g, dtype=torch.int8)
     wmat = w.permute(0, 2, 3, 1).reshape(o, -1).contiguous()
-    acc, (nn_, ho, wo) = kernels.conv2d_acc(x, wmat, (k, k), stride, pad, dil, zp)
-    got = acc.reshape(nn_, ho, wo, o).permute(0, 3, 1, 2)
     xp = F.pad(x.double(), (pad,) * 4, value=zp)
     want = F.conv2d(xp, w.double(), None, stride, 0, dil)  # float64: exact for these integers
-    assert torch.equal(got.double(), want)
+    for use_c in (True, False):  # the C im2col and the strided-view one
+        acc, (nn_, ho, wo) = kernels.conv2d_acc(x, wmat, (k, k), stride, pad, dil, zp, use_c)
+        got = acc.reshape(nn_, ho, wo, o).permute(0, 3, 1, 2)
+        assert torch.equal(got.double(), want)
 
 
 @pytest.mark.parametrize("k,s,p", [(2, 2, 0), (3, 2, 1), (3, 1, 1), (2, 1, 0)])

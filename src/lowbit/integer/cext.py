@@ -1,4 +1,4 @@
-"""The C epilogue kernel (``csrc/requant.c``), compiled on first use and loaded with ctypes.
+"""The C kernels (``csrc/requant.c``: requantization epilogue, NHWC im2col), compiled on first use.
 
 PyTorch has no fused integer requantization: as separate int64 tensor ops it
 costs more than the int8 GEMM it follows. The C kernel does bias, multiply,
@@ -71,9 +71,24 @@ def library() -> ctypes.CDLL | None:
                       stacklevel=2)
         return None
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    lib.lowbit_requant.argtypes = [ptr, i64, i64, i64, ctypes.c_int, ptr, ptr, ptr, ptr, i64, ptr, i64, i64, i64, ptr]
+    lib.lowbit_requant.argtypes = [ptr, i64, i64, i64, ctypes.c_int, ptr, ptr, ptr, ptr, ptr, i64, ptr, i64, i64, i64, ptr]
     lib.lowbit_requant.restype = None
+    lib.lowbit_im2col_nhwc.argtypes = [ptr] + [i64] * 12 + [ctypes.c_int8, i64, i64, ptr]
+    lib.lowbit_im2col_nhwc.restype = None
     return lib
+
+
+def im2col_nhwc(x: torch.Tensor, kernel, stride, padding, dilation, pad_value: int, out_hw) -> torch.Tensor:
+    """(N*Ho*Wo, kh*kw*C) int8 patches of ``x`` (N, C, H, W) stored channels-last (copied if it is not)."""
+    lib = library()
+    assert lib is not None
+    xh = x.permute(0, 2, 3, 1).contiguous()
+    n, h, w, c = xh.shape
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw), (ho, wo) = kernel, stride, padding, dilation, out_hw
+    out = torch.empty((n * ho * wo, kh * kw * c), dtype=torch.int8)
+    lib.lowbit_im2col_nhwc(xh.data_ptr(), n, h, w, c, kh, kw, sh, sw, ph, pw, dh, dw, pad_value, ho, wo,
+                           out.data_ptr())
+    return out
 
 
 def _ptr(t: torch.Tensor | None) -> int | None:
@@ -82,19 +97,22 @@ def _ptr(t: torch.Tensor | None) -> int | None:
 
 def requant(acc: torch.Tensor, bias: torch.Tensor | None, m: torch.Tensor, n: torch.Tensor, zp: int, lo: int,
             hi: int, residual: torch.Tensor | None = None, res_zp: int = 0,
-            m2: torch.Tensor | None = None) -> torch.Tensor:
+            m2: torch.Tensor | None = None, half: torch.Tensor | None = None) -> torch.Tensor:
     """Fused epilogue: int32 ``acc`` (rows, C) or (N, C, H, W) -> int8 of the same shape; residual likewise."""
     lib = library()
     assert lib is not None
+    if bias is None:
+        bias = torch.zeros(acc.shape[1], dtype=torch.int32)
     acc = acc.contiguous()
     nchw_in = acc.ndim == 4
     rows, C = acc.shape[:2]
     hw = acc.shape[2] * acc.shape[3] if nchw_in else 0
     out = torch.empty(acc.shape, dtype=torch.int8)
     res = residual.contiguous() if residual is not None else None
+    half = (torch.ones_like(n) << n) >> 1 if half is None else half  # 2^(n-1), 0 where n = 0
     lib.lowbit_requant(acc.data_ptr(), rows, C, hw, int(nchw_in), _ptr(bias), m.data_ptr(), n.data_ptr(),
-                       _ptr(res), res_zp, _ptr(m2), zp, lo, hi, out.data_ptr())
+                       half.data_ptr(), _ptr(res), res_zp, _ptr(m2), zp, lo, hi, out.data_ptr())
     return out
 
 
-__all__ = ["library", "requant"]
+__all__ = ["im2col_nhwc", "library", "requant"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from lowbit.integer import cext
 from lowbit.integer.arith import requantize
 
 
@@ -38,8 +39,8 @@ def _pairs(v, ndim: int = 2) -> tuple[int, ...]:
     return tuple(v) if isinstance(v, (tuple, list)) else (v,) * ndim
 
 
-def im2col(x: torch.Tensor, kernel: tuple[int, int], stride, padding, dilation,
-           pad_value: int) -> tuple[torch.Tensor, tuple[int, int, int]]:
+def im2col(x: torch.Tensor, kernel: tuple[int, int], stride, padding, dilation, pad_value: int,
+           use_c: bool = True) -> tuple[torch.Tensor, tuple[int, int, int]]:
     """(N*Ho*Wo, kh*kw*C) patches of ``x`` (N, C, H, W), ordered to match ``weight.permute(0, 2, 3, 1)``.
 
     Works on the channels-last (NHWC) layout, where a patch row is kh*kw runs of
@@ -47,6 +48,10 @@ def im2col(x: torch.Tensor, kernel: tuple[int, int], stride, padding, dilation,
     """
     (kh, kw), (sh, sw), (dh, dw), (ph, pw) = kernel, _pairs(stride), _pairs(dilation), _pairs(padding)
     n, c, h, w = x.shape
+    if use_c and cext.library() is not None and (kh, kw, sh, sw, ph, pw) != (1, 1, 1, 1, 0, 0):
+        ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+        wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+        return cext.im2col_nhwc(x, (kh, kw), (sh, sw), (ph, pw), (dh, dw), pad_value, (ho, wo)), (n, ho, wo)
     xh = x.permute(0, 2, 3, 1)
     if ph or pw:
         buf = torch.full((n, h + 2 * ph, w + 2 * pw, c), pad_value, dtype=x.dtype)
@@ -76,9 +81,9 @@ def max_pool2d(x: torch.Tensor, kernel, stride, padding) -> torch.Tensor:
 
 
 def conv2d_acc(x: torch.Tensor, weight_mat: torch.Tensor, kernel: tuple[int, int], stride, padding, dilation,
-               pad_value: int) -> tuple[torch.Tensor, tuple[int, int, int]]:
+               pad_value: int, use_c: bool = True) -> tuple[torch.Tensor, tuple[int, int, int]]:
     """int32 accumulators (N*Ho*Wo, O) of a dense conv, bias not added; ``weight_mat`` is (O, kh*kw*C) int8."""
-    cols, shape = im2col(x, kernel, stride, padding, dilation, pad_value)
+    cols, shape = im2col(x, kernel, stride, padding, dilation, pad_value, use_c)
     return int_mm(cols, weight_mat), shape
 
 

@@ -70,6 +70,7 @@ class _Layer(Op):
         self.dequant = "acc_scale" in t
         self.fast = cext.library() is not None and not self.dequant
         self.use_cext = True
+        self.half = None if self.dequant else (torch.ones_like(t["n"]) << t["n"]) >> 1
 
     def _dequantize(self, acc: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor | None, chan) -> torch.Tensor:
         a = self.attrs
@@ -88,7 +89,7 @@ class _Layer(Op):
         a, t = self.attrs, self.tensors
         if self.fast and self.use_cext:
             return cext.requant(acc, bias, t["m"], t["n"], a["zero_point"], a["lo"], a["hi"], residual,
-                                a.get("residual_zero_point", 0), t.get("m2"))
+                                a.get("residual_zero_point", 0), t.get("m2"), self.half)
         res = None if residual is None else residual.to(torch.int64) - a["residual_zero_point"]
         m2 = chan(t["m2"]) if "m2" in t else None
         return kernels.requant_int8(acc + chan(bias), chan(t["m"]), chan(t["n"]), a["zero_point"], a["lo"], a["hi"],
@@ -133,7 +134,8 @@ class Conv2d(_Layer):
             if self.dequant:
                 return self._dequantize(acc, bias, residual, chan)
             return self._requant(acc, bias, residual, chan)
-        acc, (n, ho, wo) = kernels.conv2d_acc(x, self.weight_mat, self.kernel, *conv, a["input_zero_point"])
+        acc, (n, ho, wo) = kernels.conv2d_acc(x, self.weight_mat, self.kernel, *conv, a["input_zero_point"],
+                                              self.use_cext)
         if residual is not None:  # a view when the residual is channels-last, as conv outputs are
             residual = residual.permute(0, 2, 3, 1).reshape(-1, o)
         if self.dequant:
