@@ -11,6 +11,7 @@ venv=".venv"
 
 need_deb=()
 dpkg -s dataset-fashion-mnist >/dev/null 2>&1 || need_deb+=(dataset-fashion-mnist)
+command -v cc >/dev/null 2>&1 || need_deb+=(gcc)   # lowbit's C kernels are compiled on first use
 if [ ${#need_deb[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "[setup] installing Debian packages: ${need_deb[*]}"

@@ -321,3 +321,24 @@ def test_interrupted_save_keeps_the_old_file(fmnist, tmp_path, monkeypatch):
         save_integer(im, path)
     assert path.read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["m.safetensors"]
+
+
+def test_residual_on_the_output_layer_is_dequantized_exactly(fmnist):
+    calib, test = fmnist
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.c1 = nn.Conv2d(1, 4, 3, padding=1)
+            self.c2 = nn.Conv2d(4, 4, 3, padding=1)
+
+        def forward(self, x):
+            h = torch.relu(self.c1(x))
+            return self.c2(h) + h
+
+    sim = quantize(Net().eval(), [calib.x], PTQConfig())
+    im = to_integer(sim, (calib.x[:2],))
+    assert any(n.kind == "conv2d" and "acc_scale" in n.op.tensors and len(n.inputs) == 2 for n in im.nodes)
+    with torch.no_grad():
+        assert torch.equal(sim(test.x[:100]), im(test.x[:100]))

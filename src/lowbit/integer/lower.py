@@ -180,6 +180,9 @@ class _Lowering:
         if p.output is None:
             tensors["acc_scale"] = p.acc_scale
             attrs.update(_float_act(m.act))
+            if p.residual is not None:  # added in float, as the simulation does
+                attrs.update(residual_scale=p.residual.scale,
+                             residual_zero_point=p.residual.zero_point - offset(p.residual))
         else:
             off = offset(p.output)
             attrs.update(zero_point=p.output.zero_point - off, lo=p.lo - off, hi=p.hi - off)

@@ -66,7 +66,10 @@ class _Layer(Op):
         t = self.tensors
         w = t["weight"].to(torch.int32)
         rowsum = w.reshape(w.shape[0], -1).sum(dim=1)
-        self.bias_folded = (t["bias"].to(torch.int64) - attrs["input_zero_point"] * rowsum).to(torch.int32)
+        folded = t["bias"].to(torch.int64) - attrs["input_zero_point"] * rowsum
+        if bool((folded.abs() >= 2**31).any()):
+            raise ValueError("bias out of range: |bias - z sum(w)| must stay below 2^31")
+        self.bias_folded = folded.to(torch.int32)
         self.dequant = "acc_scale" in t
         self.fast = cext.library() is not None and not self.dequant
         self.use_cext = True
@@ -75,8 +78,9 @@ class _Layer(Op):
     def _dequantize(self, acc: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor | None, chan) -> torch.Tensor:
         a = self.attrs
         y = dequantize_acc(acc + chan(bias), chan(self.tensors["acc_scale"]))
-        if residual is not None:
-            y = y + residual
+        if residual is not None:  # dequantized like the Dequantize op: (q - z) * s in float32
+            scale = torch.tensor(a["residual_scale"], dtype=torch.float32)
+            y = y + (residual.to(torch.float32) - a["residual_zero_point"]) * scale
         act = a.get("act", "none")
         if act == "relu":
             y = torch.relu(y)

@@ -24,7 +24,10 @@ from lowbit.functional.affine import quantize_affine
 from lowbit.integer.arith import dequantize_acc, fixed_point, requantize
 from lowbit.nn.qparams import QParams
 
-INT32 = (-(2**31), 2**31 - 1)
+# The bias is clipped to +-2^30 (not the int32 limits): a bias that large saturates its channel for
+# every input (|x w| sums stay far below 2^30), and the integer model's zero-point-folded bias
+# ``b - z_x sum(w)`` then still fits int32 without wrapping.
+BIAS_LIMIT = (-(2**30), 2**30)
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,7 @@ def layer_params(module) -> LayerParams:
     acc_scale = inp.scale * w_scale
     bias = torch.zeros(weight.shape[0], dtype=torch.int64)
     if module.bias is not None:
-        bias = torch.round(module.bias.detach().to(torch.float64) / acc_scale).clamp(*INT32).to(torch.int64)
+        bias = torch.round(module.bias.detach().to(torch.float64) / acc_scale).clamp(*BIAS_LIMIT).to(torch.int64)
     res, out = module.residual_qparams, module.output_qparams
     p = LayerParams(weight, bias, acc_scale, inp, res, out)
     if out is None:
