@@ -41,6 +41,7 @@ def test_main_job_table(capsys):
     assert main(["run", "--models", "mlp"]) == 0
     out = capsys.readouterr().out
     assert "float32" in out and "W4 per-channel" in out and "recorded" in out
+    assert "integer-only model" in out and "latency, 1 thread" in out
 
 
 def test_zoo_list_and_eval(capsys):
@@ -65,3 +66,19 @@ def test_clear_errors_not_tracebacks(tmp_path, capsys):
 def test_console_script_runs():
     exe = [sys.executable, "-m", "lowbit.cli.main", "--version"]
     assert subprocess.run(exe, capture_output=True, text=True, check=True).stdout.startswith("lowbit 0.1.0")
+
+
+def test_export_and_bench_commands(tmp_path, capsys):
+    assert main(["export", "--model", "mlp", "--out", str(tmp_path), "--onnx"]) == 0
+    out = capsys.readouterr().out
+    assert "equal to the simulation on all 10000: True" in out
+    assert (tmp_path / "mlp.safetensors").exists() and (tmp_path / "mlp.onnx").exists()
+    assert main(["bench", "--model", "mlp", "--load", str(tmp_path / "mlp.safetensors"), "--batch", "2",
+                 "--rounds", "2", "--onnx"]) == 0
+    out = capsys.readouterr().out
+    assert "lowbit integer" in out and "lowbit ONNX (ort)" in out and "float32 eager" in out
+    assert main(["export", "--model", "mlp", "--act-bits", "12"]) == 2
+    assert "--act-bits must be 2..8" in capsys.readouterr().err
+    (tmp_path / "junk.safetensors").write_bytes(b"not a model")
+    assert main(["bench", "--model", "mlp", "--load", str(tmp_path / "junk.safetensors"), "--rounds", "1"]) == 2
+    assert "not a safetensors file" in capsys.readouterr().err

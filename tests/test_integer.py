@@ -342,3 +342,20 @@ def test_residual_on_the_output_layer_is_dequantized_exactly(fmnist):
     assert any(n.kind == "conv2d" and "acc_scale" in n.op.tensors and len(n.inputs) == 2 for n in im.nodes)
     with torch.no_grad():
         assert torch.equal(sim(test.x[:100]), im(test.x[:100]))
+
+
+@needs_cext
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 2), st.integers(1, 6), st.integers(3, 12), st.sampled_from([1, 3, 5]), st.integers(1, 2),
+       st.integers(0, 2), st.integers(1, 2), st.integers(-128, 127), st.booleans())
+def test_depthwise_c_kernel_equals_float64_conv(n, c, size, k, stride, pad, dil, zp, channels_last):
+    if size + 2 * pad < dil * (k - 1) + 1:
+        return
+    g = torch.Generator().manual_seed(n * 100 + c * 10 + size)
+    x = torch.randint(-128, 128, (n, c, size, size), generator=g, dtype=torch.int8)
+    w = torch.randint(-127, 128, (c, 1, k, k), generator=g, dtype=torch.int8)
+    xin = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    want = F.conv2d(x.double() - zp, w.double(), None, stride, pad, dil, c)
+    acc, (nn_, ho, wo) = kernels.depthwise_acc(xin, w[:, 0].permute(1, 2, 0).contiguous(), stride, pad, dil, zp)
+    assert torch.equal(acc.reshape(nn_, ho, wo, c).permute(0, 3, 1, 2).double(), want)
+    assert torch.equal(kernels.grouped_conv2d_acc(x, w, stride, pad, dil, c, zp).double(), want)

@@ -24,7 +24,7 @@ class Timing:
     rounds: int
 
 
-def interleaved(paths: dict[str, Callable[[], object]], rounds: int = 20, warmup: int = 3) -> dict[str, Timing]:
+def interleaved(paths: dict[str, Callable[[], object]], rounds: int = 20, warmup: int = 5) -> dict[str, Timing]:
     """Time each zero-argument callable; every round calls each path once, order rotating."""
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")

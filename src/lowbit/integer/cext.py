@@ -1,4 +1,4 @@
-"""The C kernels (``csrc/requant.c``: requantization epilogue, NHWC im2col), compiled on first use.
+"""The C kernels (``csrc/requant.c``: requantization epilogue, NHWC im2col, depthwise conv), compiled on first use.
 
 PyTorch has no fused integer requantization: as separate int64 tensor ops it
 costs more than the int8 GEMM it follows. The C kernel does bias, multiply,
@@ -75,6 +75,8 @@ def library() -> ctypes.CDLL | None:
     lib.lowbit_requant.restype = None
     lib.lowbit_im2col_nhwc.argtypes = [ptr] + [i64] * 12 + [ctypes.c_int8, i64, i64, ptr]
     lib.lowbit_im2col_nhwc.restype = None
+    lib.lowbit_depthwise_nhwc.argtypes = [ptr, i64, i64, i64, i64, ptr] + [i64] * 8 + [ctypes.c_int32, i64, i64, ptr]
+    lib.lowbit_depthwise_nhwc.restype = None
     return lib
 
 
@@ -88,6 +90,22 @@ def im2col_nhwc(x: torch.Tensor, kernel, stride, padding, dilation, pad_value: i
     out = torch.empty((n * ho * wo, kh * kw * c), dtype=torch.int8)
     lib.lowbit_im2col_nhwc(xh.data_ptr(), n, h, w, c, kh, kw, sh, sw, ph, pw, dh, dw, pad_value, ho, wo,
                            out.data_ptr())
+    return out
+
+
+def depthwise_nhwc(x: torch.Tensor, weight_hwc: torch.Tensor, stride, padding, dilation, zero_point: int,
+                   out_hw) -> torch.Tensor:
+    """int32 (N*Ho*Wo, C) depthwise conv of int8 ``x`` (N, C, H, W; channels-last avoids a copy) on
+    zero-point-centred values; ``weight_hwc`` is (kh, kw, C) int8."""
+    lib = library()
+    assert lib is not None
+    xh = x.permute(0, 2, 3, 1).contiguous()
+    n, h, wd, c = xh.shape
+    kh, kw = weight_hwc.shape[:2]
+    (sh, sw), (ph, pw), (dh, dw), (ho, wo) = stride, padding, dilation, out_hw
+    out = torch.empty((n * ho * wo, c), dtype=torch.int32)
+    lib.lowbit_depthwise_nhwc(xh.data_ptr(), n, h, wd, c, weight_hwc.data_ptr(), kh, kw, sh, sw, ph, pw, dh, dw,
+                              zero_point, ho, wo, out.data_ptr())
     return out
 
 
@@ -115,4 +133,4 @@ def requant(acc: torch.Tensor, bias: torch.Tensor | None, m: torch.Tensor, n: to
     return out
 
 
-__all__ = ["im2col_nhwc", "library", "requant"]
+__all__ = ["depthwise_nhwc", "im2col_nhwc", "library", "requant"]

@@ -87,11 +87,25 @@ def conv2d_acc(x: torch.Tensor, weight_mat: torch.Tensor, kernel: tuple[int, int
     return int_mm(cols, weight_mat), shape
 
 
+def depthwise_acc(x: torch.Tensor, weight_hwc: torch.Tensor, stride, padding, dilation,
+                  zero_point: int) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """int32 (N*Ho*Wo, C) depthwise conv (C kernel, channels last) on zero-point-centred inputs, no bias."""
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = weight_hwc.shape[:2], _pairs(stride), _pairs(padding), _pairs(dilation)
+    n, _, h, w = x.shape
+    ho, wo = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    return cext.depthwise_nhwc(x, weight_hwc, (sh, sw), (ph, pw), (dh, dw), zero_point, (ho, wo)), (n, ho, wo)
+
+
 def grouped_conv2d_acc(x: torch.Tensor, weight: torch.Tensor, stride, padding, dilation, groups: int,
                        zero_point: int) -> torch.Tensor:
-    """int32 accumulators (N, O, Ho, Wo) of a grouped/depthwise conv on zero-point-centred inputs, no bias."""
-    xc = x.to(torch.int32) - zero_point
-    return F.conv2d(xc, weight.to(torch.int32), None, stride, padding, dilation, groups)
+    """int32 accumulators (N, O, Ho, Wo) of a grouped conv on zero-point-centred inputs, no bias.
+
+    The fallback for groupings without a C kernel: a float64 conv of integer values (exact below
+    2^53; PyTorch has no integer grouped/dilated conv on CPU), rounded back to int32.
+    """
+    xc = x.to(torch.float64) - zero_point
+    acc = F.conv2d(xc, weight.to(torch.float64), None, stride, padding, dilation, groups)
+    return acc.round().to(torch.int32)
 
 
 def requant_int8(acc: torch.Tensor, m: torch.Tensor, n: torch.Tensor, zero_point: int, lo: int, hi: int,

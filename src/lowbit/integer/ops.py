@@ -127,10 +127,15 @@ class Conv2d(_Layer):
         w = self.tensors["weight"]
         self.kernel = tuple(w.shape[2:])
         self.weight_mat = w.permute(0, 2, 3, 1).reshape(w.shape[0], -1).contiguous()
+        self.depthwise = attrs["groups"] > 1 and w.shape[1] == 1 and attrs["groups"] == w.shape[0]
+        self.weight_hwc = w[:, 0].permute(1, 2, 0).contiguous() if self.depthwise else None
 
     def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         a, o = self.attrs, self.tensors["weight"].shape[0]
         conv = (a["stride"], a["padding"], a["dilation"])
+        if self.depthwise and self.use_cext and cext.library() is not None:
+            acc, (n, ho, wo) = kernels.depthwise_acc(x, self.weight_hwc, *conv, a["input_zero_point"])
+            return self._rows_out(acc, residual, n, ho, wo, o, zero_bias=True)
         if a["groups"] != 1:
             acc = kernels.grouped_conv2d_acc(x, self.tensors["weight"], *conv, a["groups"], a["input_zero_point"])
             chan = lambda v: v.reshape(1, -1, 1, 1)  # noqa: E731
@@ -140,12 +145,17 @@ class Conv2d(_Layer):
             return self._requant(acc, bias, residual, chan)
         acc, (n, ho, wo) = kernels.conv2d_acc(x, self.weight_mat, self.kernel, *conv, a["input_zero_point"],
                                               self.use_cext)
+        return self._rows_out(acc, residual, n, ho, wo, o)
+
+    def _rows_out(self, acc, residual, n, ho, wo, o, zero_bias: bool = False) -> torch.Tensor:
+        """Output stage for (N*Ho*Wo, O) accumulators; ``zero_bias``: inputs were centred, use the raw bias."""
+        bias = self.tensors["bias"].to(torch.int32) if zero_bias else self.bias_folded
         if residual is not None:  # a view when the residual is channels-last, as conv outputs are
             residual = residual.permute(0, 2, 3, 1).reshape(-1, o)
         if self.dequant:
-            y = self._dequantize(acc, self.bias_folded, residual, lambda v: v)
+            y = self._dequantize(acc, bias, residual, lambda v: v)
         else:
-            y = self._requant(acc, self.bias_folded, residual, lambda v: v)
+            y = self._requant(acc, bias, residual, lambda v: v)
         return y.reshape(n, ho, wo, o).permute(0, 3, 1, 2)  # NCHW shape, channels-last memory
 
 

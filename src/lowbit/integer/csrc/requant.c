@@ -93,3 +93,28 @@ void lowbit_im2col_nhwc(const int8_t *x, int64_t N, int64_t H, int64_t W, int64_
                 }
             }
 }
+
+/* Depthwise conv (groups = channels, one filter each) on NHWC int8, zero-point-centred, int32 out (N*Ho*Wo, C):
+ * out[(b*Ho+i)*Wo+j][c] = sum_{p,q inside} (x[b][i*sh-ph+p*dh][j*sw-pw+q*dw][c] - zp) * w[p][q][c]
+ * Taps in the padding contribute (zp - zp) * w = 0 and are skipped. The inner loop runs over channels. */
+void lowbit_depthwise_nhwc(const int8_t *x, int64_t N, int64_t H, int64_t W, int64_t C, const int8_t *w,
+                           int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
+                           int64_t dh, int64_t dw, int32_t zp, int64_t Ho, int64_t Wo, int32_t *out) {
+    for (int64_t b = 0; b < N; b++)
+        for (int64_t i = 0; i < Ho; i++)
+            for (int64_t j = 0; j < Wo; j++) {
+                int32_t *restrict o = out + ((b * Ho + i) * Wo + j) * C;
+                for (int64_t c = 0; c < C; c++) o[c] = 0;
+                for (int64_t p = 0; p < kh; p++) {
+                    int64_t y = i * sh - ph + p * dh;
+                    if (y < 0 || y >= H) continue;
+                    for (int64_t q = 0; q < kw; q++) {
+                        int64_t xx = j * sw - pw + q * dw;
+                        if (xx < 0 || xx >= W) continue;
+                        const int8_t *restrict xr = x + ((b * H + y) * W + xx) * C;
+                        const int8_t *restrict wr = w + (p * kw + q) * C;
+                        for (int64_t c = 0; c < C; c++) o[c] += ((int32_t)xr[c] - zp) * (int32_t)wr[c];
+                    }
+                }
+            }
+}
