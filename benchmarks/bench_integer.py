@@ -152,7 +152,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 64])
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--models", nargs="+", default=["cnn", "mlp1024"], choices=["cnn", "mlp1024", "resnet"])
+    ap.add_argument("--models", nargs="*", default=["cnn", "mlp1024"], choices=["cnn", "mlp1024", "resnet"])
+    ap.add_argument("--out", default="integer_latency", help="results file name (benchmarks/results/OUT.md)")
     ap.add_argument("--effnet", action="store_true", help="also EfficientNet-Lite0 (224x224; slow)")
     ap.add_argument("--torchao", action="store_true", help="also torchao PT2E int8 under torch.compile")
     args = ap.parse_args()
@@ -160,8 +161,8 @@ def main() -> None:
     train, test = fashion_mnist("train"), fashion_mnist("test")
     calib = train.x[:32]
     tmp = Path(tempfile.mkdtemp(prefix="lowbit-bench-"))
-    sections, sizes = [gemm_throughput(args.rounds)], ["| model | float32 bytes | lowbit int8 bytes | ratio |",
-                                                      "|---|---:|---:|---:|"]
+    sections = [gemm_throughput(args.rounds)] if args.models else []
+    sizes = ["| model | float32 bytes | lowbit int8 bytes | ratio |", "|---|---:|---:|---:|"]
     for name in args.models:
         model = big_mlp(train) if name == "mlp1024" else zoo.pretrained(name)
         table, acc = bench_model(name, model, calib, test, args.batch, args.threads, args.rounds, args.torchao, tmp)
@@ -176,8 +177,10 @@ def main() -> None:
         table, _ = bench_model("efficientnet-lite0", model, crops, None, args.batch, args.threads, args.rounds,
                                False, tmp)
         sections.append(table)
+        sizes.append(size_row("efficientnet-lite0", model,
+                              to_integer(quantize(model, [crops], PTQConfig(), (crops[:2],)), (crops[:2],)), tmp))
     sections.append("\n".join(sizes))
-    write_result("integer_latency", "\n\n".join(s for s in sections if s))
+    write_result(args.out, "\n\n".join(s for s in sections if s))
 
 
 if __name__ == "__main__":

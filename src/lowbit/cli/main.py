@@ -18,6 +18,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     table = main_job.run(models=args.models, data_root=args.data_dir)
     print(table.render())
     print(f"\n({table.seconds:.1f} s)")
+    if args.report_dir:
+        from lowbit.cli.report_cmd import write_reports
+
+        write_reports(args.models, args.report_dir, args.data_dir)
     return 0
 
 
@@ -89,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", nargs="+", default=list(ZOO_NAMES), choices=ZOO_NAMES, help="zoo models to evaluate")
     p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST idx files "
                    "(default /usr/share/datasets/fashion-mnist)")
+    p.add_argument("--report-dir", default="report", help="where the cost report is written, one folder per "
+                   "model (default ./report; '' for none)")
     p.set_defaults(func=_cmd_run)
 
     zp = sub.add_parser("zoo", help="reference models: list, train, evaluate",
@@ -117,9 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     from lowbit.cli import ptq_cmd
 
     ptq_cmd.add_parser(sub)
-    from lowbit.cli import deploy_cmd
+    from lowbit.cli import deploy_cmd, report_cmd
 
     deploy_cmd.add_parsers(sub)
+    report_cmd.add_parser(sub)
 
     dp = sub.add_parser("data", help="data sets: check which are installed",
                         description="Data sets lowbit loads without downloading.")

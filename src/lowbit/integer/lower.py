@@ -18,7 +18,7 @@ from torch import fx, nn
 
 from lowbit.errors import ConfigError
 from lowbit.integer.model import IntegerModel, Node, make_op
-from lowbit.nn.exact import layer_params, pool_params, pool_window
+from lowbit.nn.exact import layer_params, pool_params
 from lowbit.nn.qparams import QParams
 from lowbit.nn.quantizers import ActQuantizer
 from lowbit.nn.unified import QAvgPool, UnifiedConv, UnifiedLinear, _Unified
@@ -207,7 +207,7 @@ class _Lowering:
             return
         src = self.arg(node)
         pool = m.pool
-        if isinstance(pool, (nn.AdaptiveAvgPool2d, nn.AvgPool2d)) is False:
+        if not isinstance(pool, (nn.AdaptiveAvgPool2d, nn.AvgPool2d)):
             self.unsupported.append(f"{node.target} ({type(pool).__name__})")
             return
         probe = torch.zeros(1, 1, *self._spatial(node))

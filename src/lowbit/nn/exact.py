@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 import torch
 
-from lowbit.formats import IntFormat
 from lowbit.functional.affine import quantize_affine
 from lowbit.integer.arith import dequantize_acc, fixed_point, requantize
 from lowbit.nn.qparams import QParams

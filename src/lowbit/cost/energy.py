@@ -1,0 +1,97 @@
+"""Energy per inference from a profile and a per-operation table (a JSON data file with its source).
+
+Model (every choice here is a knob of :func:`energy`):
+
+- compute: an integer layer does ``MACs`` multiplies of ``b_w x b_a`` bits, costed as
+  ``int8_mult * b_w b_a / 64`` (array multipliers scale with the product of the widths; 32 x 32
+  gives 3.2 pJ against the table's 3.1), plus ``MACs`` int32 accumulations (``int32_add``).
+  A float layer does fp32 multiplies and adds.
+- weights: read once per inference, from SRAM (1 MB row) when all weights fit in ``sram_bytes``,
+  else from DRAM.
+- activations: every layer output written once and read once from a 32 KB SRAM.
+- requantization per output element: ``"multiplier"`` = int32 multiply + 2 int32 adds (rounding,
+  shift); ``"shift"`` = 2 int32 adds (method H: the multiply is gone); ``"dequantize"`` = one fp32
+  multiply.
+
+Users pass their own table (same keys) with ``table=EnergyTable.load(path)``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from lowbit.cost.profile import LayerCost
+from lowbit.errors import ConfigError
+
+DEFAULT_TABLE = Path(__file__).parent / "tables" / "horowitz45nm.json"
+_KEYS = ("int32_add", "fp32_add", "int8_mult", "fp32_mult", "sram_32kb_64bit", "sram_1mb_64bit", "dram_64bit")
+
+
+@dataclass(frozen=True)
+class EnergyTable:
+    name: str
+    source: str
+    energy: dict[str, float]
+
+    @classmethod
+    def load(cls, path: str | Path = DEFAULT_TABLE) -> EnergyTable:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"cannot read energy table {path}: {exc}") from None
+        missing = [k for k in _KEYS if k not in data.get("energy", {})]
+        if missing or "source" not in data:
+            raise ConfigError(f"energy table {path} lacks {missing or ['source']}; see {DEFAULT_TABLE} for the keys")
+        return cls(data.get("name", str(path)), data["source"], {k: float(v) for k, v in data["energy"].items()})
+
+    def per_byte(self, key: str) -> float:
+        return self.energy[key] / 8
+
+
+@dataclass(frozen=True)
+class Energy:
+    """pJ per inference, by component."""
+
+    compute: float
+    weights: float
+    activations: float
+    requant: float
+
+    @property
+    def total(self) -> float:
+        return self.compute + self.weights + self.activations + self.requant
+
+    def to_dict(self) -> dict[str, float]:
+        return {"compute_pJ": self.compute, "weights_pJ": self.weights, "activations_pJ": self.activations,
+                "requant_pJ": self.requant, "total_pJ": self.total}
+
+
+def mac_energy(w_bits: float, a_bits: float, table: EnergyTable) -> float:
+    """pJ of one multiply-accumulate at these widths (fp32 when either is 32-bit float)."""
+    e = table.energy
+    if w_bits >= 32 and a_bits >= 32:
+        return e["fp32_mult"] + e["fp32_add"]
+    return e["int8_mult"] * w_bits * a_bits / 64 + e["int32_add"]
+
+
+def requant_energy(kind: str, table: EnergyTable) -> float:
+    e = table.energy
+    return {"multiplier": e.get("int32_mult", 3.1) + 2 * e["int32_add"], "shift": 2 * e["int32_add"],
+            "dequantize": e["fp32_mult"], "none": 0.0}[kind]
+
+
+def energy(rows: list[LayerCost], table: EnergyTable | None = None, sram_bytes: int = 1 << 20) -> Energy:
+    """Energy per inference (pJ) of a :func:`lowbit.cost.profile.profile`."""
+    table = table or EnergyTable.load()
+    weight_bytes = sum(r.weight_bytes for r in rows)
+    mem = "sram_1mb_64bit" if weight_bytes <= sram_bytes else "dram_64bit"
+    compute = sum(r.macs * mac_energy(r.weight_bits, r.act_bits, table) for r in rows)
+    weights = weight_bytes * table.per_byte(mem)
+    acts = sum(2 * r.act_bytes for r in rows) * table.per_byte("sram_32kb_64bit")
+    requant = sum(r.requant_ops * requant_energy(r.requant, table) for r in rows)
+    return Energy(compute, weights, acts, requant)
+
+
+__all__ = ["DEFAULT_TABLE", "Energy", "EnergyTable", "energy", "mac_energy", "requant_energy"]

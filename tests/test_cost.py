@@ -1,0 +1,103 @@
+"""Cost model: MACs and BOPs against hand computation, energy, the report files."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from lowbit import zoo
+from lowbit.cost import report as rep
+from lowbit.cost.energy import DEFAULT_TABLE, EnergyTable, energy, mac_energy, requant_energy
+from lowbit.cost.profile import profile, totals
+from lowbit.cost.speed import warnings_for
+from lowbit.data import fashion_mnist
+from lowbit.errors import ConfigError, DataError
+from lowbit.ptq import PTQConfig, quantize
+
+X = (torch.randn(2, 1, 28, 28),)
+
+# hand computation, per sample
+CNN_MACS = {"conv1": 28 * 28 * 32 * 25, "conv2": 14 * 14 * 64 * 32 * 25, "fc1": 128 * 3136, "fc2": 10 * 128}
+MLP_MACS = {"fc1": 256 * 784, "fc2": 256 * 256, "fc3": 10 * 256}
+
+
+@pytest.mark.parametrize("name,macs", [("cnn", CNN_MACS), ("mlp", MLP_MACS)])
+def test_float_macs_and_bops_equal_hand_computation(name, macs):
+    rows = profile(zoo.pretrained(name), X)
+    assert {r.name: r.macs for r in rows} == macs
+    assert all(r.bops == r.macs * 32 * 32 for r in rows)
+    assert totals(rows).params == sum(p.numel() for n, p in zoo.pretrained(name).named_parameters() if "bn" not in n)
+
+
+def test_quantized_profile_reports_widths_and_requantizations():
+    calib = fashion_mnist("train").take(32).x
+    sim = quantize(zoo.pretrained("cnn"), [calib], PTQConfig(weight_bits=4))
+    rows = {r.name: r for r in profile(sim, X)}
+    assert {n: r.macs for n, r in rows.items()} == CNN_MACS  # fusion keeps the arithmetic
+    assert (rows["conv1"].weight_bits, rows["conv2"].weight_bits, rows["fc2"].weight_bits) == (8, 4, 8)
+    assert rows["conv2"].bops == CNN_MACS["conv2"] * 4 * 8
+    assert rows["conv2"].requant == "multiplier" and rows["conv2"].requant_ops == 14 * 14 * 64
+    assert rows["fc2"].requant == "dequantize"
+    pow2 = {r.name: r for r in profile(quantize(zoo.pretrained("cnn"), [calib], PTQConfig(pow2_scales=True)), X)}
+    assert pow2["conv2"].requant == "shift"
+    assert rows["conv2"].weight_bytes == (64 * 32 * 25 * 4 + 64 * 32) / 8
+
+
+def test_hand_made_binary_ternary_pow2_layers_and_event_counts():
+    layer = nn.Sequential(nn.Linear(100, 10))
+    x = torch.randn(4, 100)
+    x[:, ::2] = 0  # half the inputs are zero: half the events
+    for bits, want in [((1, 1), 1000), ((2, 8), 16000), ((4, 8), 32000)]:  # binary, ternary, 4-bit pow2
+        (r,) = profile(layer, (x,), widths={"0": bits})
+        assert r.macs == 1000 and r.bops == want
+        assert r.weight_bytes == (1000 * bits[0] + 10 * 32) / 8
+        assert r.events == pytest.approx(0.5)
+
+
+def test_energy_model_orders_versions_and_shift_is_cheaper_than_multiplier():
+    t = EnergyTable.load()
+    assert mac_energy(8, 8, t) < mac_energy(4, 8, t) * 2.01 and mac_energy(32, 32, t) == 3.7 + 0.9
+    assert requant_energy("shift", t) < requant_energy("multiplier", t)
+    calib = fashion_mnist("train").take(32).x
+    model = zoo.pretrained("cnn")
+    e32 = energy(profile(model, X), t)
+    e8 = energy(profile(quantize(model, [calib], PTQConfig()), X), t)
+    e4 = energy(profile(quantize(model, [calib], PTQConfig(weight_bits=4)), X), t)
+    assert e32.total > 5 * e8.total > 5 * 0.5 * e4.total
+    assert e8.compute == pytest.approx(sum(CNN_MACS.values()) * (0.2 + 0.1), rel=1e-9)
+
+
+def test_user_energy_table_and_bad_table(tmp_path):
+    good = json.loads(DEFAULT_TABLE.read_text())
+    good["energy"]["int8_mult"] = 0.1
+    (tmp_path / "t.json").write_text(json.dumps(good))
+    assert EnergyTable.load(tmp_path / "t.json").energy["int8_mult"] == 0.1
+    (tmp_path / "bad.json").write_text('{"energy": {}}')
+    with pytest.raises(ConfigError, match="lacks"):
+        EnergyTable.load(tmp_path / "bad.json")
+    with pytest.raises(ConfigError, match="cannot read"):
+        EnergyTable.load(tmp_path / "missing.json")
+    with pytest.raises(DataError):
+        profile(zoo.pretrained("mlp"), [torch.randn(1, 784)])
+
+
+def test_missing_instructions_are_named():
+    assert warnings_for(["int8"], {"avx2"}) and "vnni" in warnings_for(["int8"], {"avx2"})[0]
+    assert warnings_for(["int8", "binary"], {"avx512_vnni", "avx512_vpopcntdq"}) == []
+
+
+def test_report_files_are_written_and_consistent(tmp_path):
+    model = zoo.pretrained("mlp")
+    rows = profile(model, X)
+    v = rep.Version("float32", 32, 0.9, rows, energy(rows), {"batch 1": 120.0})
+    r = rep.Report("test report", [v, rep.Version("W8A8", 8, 0.89, rows, energy(rows), {"batch 1": 60.0})],
+                   "machine", ["a warning"], [(1, 0.8), (4, 0.85)], [("fc1", 0.3)], ["a note"])
+    paths = rep.write(r, tmp_path)
+    html = paths["html"].read_text()
+    assert html.startswith("<!DOCTYPE html>") and "<script" not in html and "http" not in html.replace(
+        'xmlns="http://www.w3.org/2000/svg"', "")
+    assert html.count("<svg") >= 5 and "a warning" in html
+    data = json.loads(paths["json"].read_text())
+    assert data["versions"][0]["totals"]["macs"] == sum(MLP_MACS.values())
+    assert "| W8A8 |" in paths["md"].read_text()
