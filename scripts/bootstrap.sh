@@ -12,10 +12,12 @@ venv=".venv"
 need_deb=()
 dpkg -s dataset-fashion-mnist >/dev/null 2>&1 || need_deb+=(dataset-fashion-mnist)
 command -v cc >/dev/null 2>&1 || need_deb+=(gcc)   # lowbit's C kernels are compiled on first use
+command -v chromium >/dev/null 2>&1 || need_deb+=(chromium)   # the HTML report is checked in a real browser
 if [ ${#need_deb[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "[setup] installing Debian packages: ${need_deb[*]}"
-    (apt-get install -y -q "${need_deb[@]}" >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q "${need_deb[@]}" >/dev/null; })
+    (apt-get install -y -q "${need_deb[@]}" >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q "${need_deb[@]}" >/dev/null; }) \
+      || echo "[setup] apt-get could not install ${need_deb[*]}; what needs them will say so" >&2
   else
     echo "[setup] missing Debian packages; run:  sudo apt-get update && sudo apt-get install -y ${need_deb[*]}" >&2
   fi

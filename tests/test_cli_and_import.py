@@ -37,9 +37,10 @@ def test_help_everywhere(argv, capsys):
     assert "usage: lowbit" in capsys.readouterr().out
 
 
-def test_main_job_table(capsys):
-    assert main(["run", "--models", "mlp"]) == 0
+def test_main_job_table(capsys, tmp_path):
+    assert main(["run", "--models", "mlp", "--report-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
+    assert (tmp_path / "mlp" / "report.html").exists() and (tmp_path / "mlp" / "report.json").exists()
     assert "float32" in out and "W4 per-channel" in out and "recorded" in out
     assert "integer-only model" in out and "latency, 1 thread" in out
 
@@ -55,7 +56,7 @@ def test_clear_errors_not_tracebacks(tmp_path, capsys):
     assert main(["zoo", "eval", "mlp", "--weights-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("lowbit: error:") and "lowbit zoo train" in err
-    assert main(["run", "--models", "mlp", "--data-dir", str(tmp_path)]) == 2
+    assert main(["run", "--models", "mlp", "--data-dir", str(tmp_path), "--report-dir", ""]) == 2
     assert "apt-get install -y dataset-fashion-mnist" in capsys.readouterr().err
     assert main(["ptq", "--model", "mlp", "--calib", "0"]) == 2
     assert "--calib must be at least 1" in capsys.readouterr().err
