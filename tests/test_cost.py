@@ -101,3 +101,22 @@ def test_report_files_are_written_and_consistent(tmp_path):
     data = json.loads(paths["json"].read_text())
     assert data["versions"][0]["totals"]["macs"] == sum(MLP_MACS.values())
     assert "| W8A8 |" in paths["md"].read_text()
+
+
+def test_mac_area_scales_with_widths():
+    from lowbit.cost.energy import mac_area
+
+    t = EnergyTable.load()
+    assert mac_area(8, 8, t) == 282 + 137
+    assert mac_area(32, 32, t) == 7700 + 4184
+    assert mac_area(4, 8, t) < mac_area(8, 8, t) < mac_area(32, 32, t)
+
+
+def test_report_shows_predicted_next_to_measured_speedup():
+    rows = profile(zoo.pretrained("mlp"), X)
+    calib = fashion_mnist("train").take(32).x
+    q_rows = profile(quantize(zoo.pretrained("mlp"), [calib], PTQConfig()), X)
+    r = rep.Report("r", [rep.Version("float32", 32, 0.9, rows, energy(rows), {"batch 1": 100.0}),
+                         rep.Version("W8A8", 8, 0.9, q_rows, energy(q_rows), {"batch 1": 50.0})])
+    md = rep.to_markdown(r)
+    assert "16.0x / batch 1: 2.00x" in md  # 32x32 / 8x8 bit-operations; 100 us / 50 us measured

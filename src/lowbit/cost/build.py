@@ -15,7 +15,7 @@ import torch
 
 from lowbit import zoo
 from lowbit.bench.latency import interleaved, torch_threads
-from lowbit.cost.energy import EnergyTable, energy
+from lowbit.cost.energy import EnergyTable, energy, mac_area
 from lowbit.cost.profile import profile
 from lowbit.cost.report import Report, Version
 from lowbit.cost.speed import warnings_for
@@ -54,6 +54,9 @@ def model_report(name: str, calib: Split, test: Split, latency_rounds: int = 10,
         runners[label] = im
     for v in versions:
         v.energy = energy(v.rows, table)
+        macs = sum(r.macs for r in v.rows)
+        if table.area and macs:
+            v.mac_area_um2 = sum(r.macs * mac_area(r.weight_bits, r.act_bits, table) for r in v.rows) / macs
     if latency_rounds:
         for batch in (1, 64):
             x = test.x[:batch]
@@ -73,7 +76,8 @@ def model_report(name: str, calib: Split, test: Split, latency_rounds: int = 10,
         for d in layer_diagnostics(sim, calib.x, lambda m: evaluate(m, subset)):
             report.sensitivity.append((d.name, 100 * (base - d.sensitivity)))
     report.notes += [
-        f"energy: {table.name}; {table.source}",
+        f"energy and area: {table.name}; {table.source}",
+        "MAC unit area: multiplier + accumulator at each layer's widths, averaged over the MACs",
         "quantized versions: PTQ with 32 calibration images, first/last layer 8-bit; accuracy measured on "
         "lowbit's integer-only model (bit-identical to its simulation)",
         "latency: best of interleaved rounds, 1 thread; float32 is PyTorch eager",

@@ -13,13 +13,15 @@ Model (every choice here is a knob of :func:`energy`):
   shift); ``"shift"`` = 2 int32 adds (method H: the multiply is gone); ``"dequantize"`` = one fp32
   multiply.
 
-Users pass their own table (same keys) with ``table=EnergyTable.load(path)``.
+Area: :func:`mac_area` gives the silicon area of one multiply-accumulate unit at a layer's widths
+(same scaling rule, from the table's ``area`` section). Users pass their own table (same keys)
+with ``table=EnergyTable.load(path)``.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lowbit.cost.profile import LayerCost
@@ -34,6 +36,7 @@ class EnergyTable:
     name: str
     source: str
     energy: dict[str, float]
+    area: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: str | Path = DEFAULT_TABLE) -> EnergyTable:
@@ -44,7 +47,8 @@ class EnergyTable:
         missing = [k for k in _KEYS if k not in data.get("energy", {})]
         if missing or "source" not in data:
             raise ConfigError(f"energy table {path} lacks {missing or ['source']}; see {DEFAULT_TABLE} for the keys")
-        return cls(data.get("name", str(path)), data["source"], {k: float(v) for k, v in data["energy"].items()})
+        return cls(data.get("name", str(path)), data["source"], {k: float(v) for k, v in data["energy"].items()},
+                   {k: float(v) for k, v in data.get("area", {}).items()})
 
     def per_byte(self, key: str) -> float:
         return self.energy[key] / 8
@@ -76,6 +80,17 @@ def mac_energy(w_bits: float, a_bits: float, table: EnergyTable) -> float:
     return e["int8_mult"] * w_bits * a_bits / 64 + e["int32_add"]
 
 
+def mac_area(w_bits: float, a_bits: float, table: EnergyTable) -> float:
+    """um^2 of one multiply-accumulate unit at these widths: multiplier (scaled as ``b_w b_a / 64`` from the
+    int8 multiplier) + 32-bit accumulator adder; fp32 multiplier + fp32 adder for float."""
+    a = table.area
+    if not a:
+        raise ConfigError(f"energy table {table.name!r} has no 'area' section")
+    if w_bits >= 32 and a_bits >= 32:
+        return a["fp32_mult"] + a["fp32_add"]
+    return a["int8_mult"] * w_bits * a_bits / 64 + a["int32_add"]
+
+
 def requant_energy(kind: str, table: EnergyTable) -> float:
     e = table.energy
     return {"multiplier": e.get("int32_mult", 3.1) + 2 * e["int32_add"], "shift": 2 * e["int32_add"],
@@ -94,4 +109,4 @@ def energy(rows: list[LayerCost], table: EnergyTable | None = None, sram_bytes: 
     return Energy(compute, weights, acts, requant)
 
 
-__all__ = ["DEFAULT_TABLE", "Energy", "EnergyTable", "energy", "mac_energy", "requant_energy"]
+__all__ = ["DEFAULT_TABLE", "Energy", "EnergyTable", "energy", "mac_area", "mac_energy", "requant_energy"]

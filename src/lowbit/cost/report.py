@@ -25,6 +25,7 @@ class Version:
     rows: list[LayerCost]
     energy: Energy
     latency_us: dict[str, float] = field(default_factory=dict)  # e.g. {"batch 1": 310.0}
+    mac_area_um2: float | None = None  # MAC-weighted mean area of one multiply-accumulate unit
 
 
 @dataclass
@@ -45,9 +46,17 @@ def to_dict(r: Report) -> dict:
         "sensitivity": [{"layer": n, "drop_points": d} for n, d in r.sensitivity],
         "versions": [{
             "name": v.name, "weight_bits": v.weight_bits, "accuracy": v.accuracy, "latency_us": v.latency_us,
+            "mac_area_um2": v.mac_area_um2,
             "energy": v.energy.to_dict(), "totals": vars(totals(v.rows)), "layers": [x.to_dict() for x in v.rows],
         } for v in r.versions],
     }
+
+
+def _speedups(base: Version, v: Version) -> str:
+    """Predicted (bit-operation ratio) next to measured (latency ratio) speed-up over the first version."""
+    b = totals(base.rows).bops / max(totals(v.rows).bops, 1)
+    meas = [f"{k}: {base.latency_us[k] / us:.2f}x" for k, us in v.latency_us.items() if k in base.latency_us]
+    return f"{b:.1f}x / " + (", ".join(meas) if meas else "-")
 
 
 def _summary_rows(r: Report) -> list[list[str]]:
@@ -58,11 +67,14 @@ def _summary_rows(r: Report) -> list[list[str]]:
         lat = ", ".join(f"{k}: {us:,.0f} us" for k, us in v.latency_us.items()) or "-"
         rows.append([v.name, f"{100 * v.accuracy:.2f}%", f"{t.weight_bytes / 1024:,.1f} KiB",
                      f"{t.macs:,}", f"{t.bops:,}", f"{v.energy.total / 1e6:,.3f} uJ",
-                     f"{base.energy.total / v.energy.total:.1f}x", lat])
+                     f"{base.energy.total / v.energy.total:.1f}x",
+                     "-" if v.mac_area_um2 is None else f"{v.mac_area_um2:,.0f} um2", lat, _speedups(base, v)])
     return rows
 
 
-_HEAD = ["version", "accuracy", "weights", "MACs", "BOPs", "energy/inference", "energy saving", "latency"]
+_HEAD = ["version", "accuracy", "weights", "MACs", "BOPs", "energy/inference", "energy saving", "MAC unit area",
+         "latency",
+         "speed-up: predicted (BOPs) / measured"]
 
 
 def to_markdown(r: Report) -> str:
