@@ -123,10 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     from lowbit.cli import ptq_cmd
 
     ptq_cmd.add_parser(sub)
-    from lowbit.cli import deploy_cmd, report_cmd
+    from lowbit.cli import deploy_cmd, qat_cmd, report_cmd
 
     deploy_cmd.add_parsers(sub)
     report_cmd.add_parser(sub)
+    qat_cmd.add_parser(sub)
 
     dp = sub.add_parser("data", help="data sets: check which are installed",
                         description="Data sets lowbit loads without downloading.")

@@ -1,0 +1,97 @@
+"""LSQ quantizer slots (Esser et al., ICLR 2020): the step size is a learned parameter.
+
+They subclass the PTQ slots so that everything downstream (``convert``, the exact
+simulation, :mod:`lowbit.integer`, ONNX export) works unchanged: in ``"lsq"`` mode
+the forward is :func:`lowbit.functional.lsq.lsq_quantize` with the paper's gradient
+scale; :meth:`freeze` turns the learned step into the slot's ``scale`` (zero point 0)
+and switches to ``"quantize"``.
+
+Activations are unsigned (``Q_N = 0``, ``Q_P = 2^b - 1``) when the first batch they see
+is non-negative (after ReLU), else signed; weights are signed two's complement
+(``-2^(b-1) .. 2^(b-1) - 1``), one step per output channel. Steps start at
+``2 mean|v| / sqrt(Q_P)`` on the first batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+from torch import nn
+
+from lowbit.formats import IntFormat
+from lowbit.functional.lsq import lsq_bounds, lsq_grad_scale, lsq_init_step, lsq_quantize
+from lowbit.granularity import rows
+from lowbit.nn.quantizers import ActQuantizer, TensorSpec, WeightQuantizer
+
+
+class LSQActQuantizer(ActQuantizer):
+    """Per-tensor activation quantizer with a learned step."""
+
+    def __init__(self, spec: TensorSpec, convention: str = "paper") -> None:
+        super().__init__(spec)
+        self.convention = convention
+        self.step = nn.Parameter(torch.ones(()))
+        self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
+        self.register_buffer("signed", torch.zeros((), dtype=torch.bool))
+        self.mode = "lsq"
+
+    def _fmt(self) -> IntFormat:
+        return IntFormat(self.spec.fmt.bits, signed=bool(self.signed))
+
+    @torch.no_grad()
+    def _init(self, x: torch.Tensor) -> None:
+        self.signed.fill_(bool((x < 0).any()))
+        self.spec = replace(self.spec, fmt=self._fmt())
+        self.step.copy_(lsq_init_step(x, lsq_bounds(self._fmt())[1]))
+        self.initialised.fill_(True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode != "lsq":
+            return super().forward(x)
+        if not bool(self.initialised):
+            self._init(x)
+        q_n, q_p = lsq_bounds(self._fmt())
+        g = lsq_grad_scale(x, q_p, self.convention, is_activation=True)
+        return lsq_quantize(x, self.step, q_n, q_p, g)
+
+    def freeze(self) -> None:
+        self.spec = replace(self.spec, fmt=self._fmt())
+        self.scale = self.step.detach().abs().reshape(1).clone()
+        self.zero_point = torch.zeros(1, dtype=torch.int32)
+        self.mode = "quantize"
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # the format follows the loaded sign
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self.spec = replace(self.spec, fmt=self._fmt())
+
+
+class LSQWeightQuantizer(WeightQuantizer):
+    """Signed weight quantizer with one learned step per output channel."""
+
+    def __init__(self, spec: TensorSpec, weight: torch.Tensor, convention: str = "paper") -> None:
+        spec = replace(spec, fmt=IntFormat(spec.fmt.bits, signed=True))
+        super().__init__(spec)
+        self.convention = convention
+        q_p = lsq_bounds(spec.fmt)[1]
+        r = rows(weight.detach(), spec.granularity)
+        self.step = nn.Parameter(torch.stack([lsq_init_step(row, q_p) for row in r]))
+        self.mode = "lsq"
+
+    def _step_view(self, w: torch.Tensor) -> torch.Tensor:
+        return self.step.reshape(-1, *([1] * (w.ndim - 1))) if self.step.numel() > 1 else self.step.reshape(())
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        if self.mode != "lsq":
+            return super().forward(w)
+        q_n, q_p = lsq_bounds(self.spec.fmt)
+        g = lsq_grad_scale(w, q_p, self.convention)
+        return lsq_quantize(w, self._step_view(w), q_n, q_p, g)
+
+    def freeze(self, weight: torch.Tensor) -> None:
+        self.scale = self.step.detach().abs().clone()
+        self.zero_point = torch.zeros_like(self.scale, dtype=torch.int32)
+        self.mode = "quantize"
+
+
+__all__ = ["LSQActQuantizer", "LSQWeightQuantizer"]

@@ -1,0 +1,153 @@
+"""QAT: LSQ/FAQ in the loop, training, checkpoints and resume, NaN stop, torchrun DDP = one process."""
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from lowbit import zoo
+from lowbit.cli.main import main
+from lowbit.data import fashion_mnist
+from lowbit.errors import CheckpointError, ConfigError, DataError
+from lowbit.integer import to_integer
+from lowbit.nn.lsq import LSQActQuantizer, LSQWeightQuantizer
+from lowbit.qat import QATConfig, TrainConfig, convert_qat, prepare_qat, train
+from lowbit.zoo.recipes import evaluate
+
+
+@pytest.fixture(scope="module")
+def data():
+    return fashion_mnist("train").take(1024), fashion_mnist("test").take(1000)
+
+
+def test_lsq_slots_are_in_the_loop_with_paper_init(data):
+    tr, _ = data
+    q = prepare_qat(zoo.pretrained("cnn"), QATConfig(4, 4), tr.x[:256])
+    acts = [m for m in q.modules() if isinstance(m, LSQActQuantizer)]
+    weights = [m for m in q.modules() if isinstance(m, LSQWeightQuantizer)]
+    assert len(acts) >= 4 and len(weights) == 4
+    assert all(bool(a.initialised) for a in acts)
+    assert bool(q.input_quant_0.signed) and not bool(q.conv1.output_quant.signed)  # input has negatives; ReLU not
+    w = q.conv2.weight.detach()
+    want = 2 * w.abs().flatten(1).mean(1) / 7**0.5  # 4-bit signed: Q_P = 7
+    assert torch.allclose(q.conv2.weight_quant.step.detach(), want)
+    assert q.conv1.weight_quant.spec.fmt.bits == 8 and q.conv2.weight_quant.spec.fmt.bits == 4  # first layer 8
+
+
+def test_lsq_training_recovers_accuracy_and_lowers_to_integers(data):
+    tr, te = data
+    q = prepare_qat(zoo.pretrained("cnn"), QATConfig(2, 2), tr.x[:256])
+    before = evaluate(q, te)
+    train(q, tr, TrainConfig(epochs=1, batch_size=64, lr=0.01), progress=False)
+    convert_qat(q)
+    im = to_integer(q, (te.x[:2],))
+    after = evaluate(im, te)
+    assert after > before + 0.05  # W2A2 LSQ learns within one short epoch
+    with torch.no_grad():
+        assert torch.equal(q(te.x[:200]), im(te.x[:200]))
+
+
+def test_step_gradients_flow_and_faq_keeps_fixed_steps(data):
+    tr, _ = data
+    q = prepare_qat(zoo.pretrained("mlp"), QATConfig(4, 4), tr.x[:128])
+    loss = torch.nn.functional.cross_entropy(q(tr.x[:64]), tr.y[:64])
+    loss.backward()
+    assert q.fc2.weight_quant.step.grad is not None and q.fc2.weight_quant.step.grad.abs().sum() > 0
+    f = prepare_qat(zoo.pretrained("mlp"), QATConfig(8, 8, method="faq"), tr.x[:128])
+    assert not [n for n, _ in f.named_parameters() if "step" in n]
+    scale = f.fc2.weight_quant.scale.clone()
+    train(f, tr.take(256), TrainConfig(epochs=1, batch_size=64, lr=1e-3), progress=False)
+    convert_qat(f)
+    assert torch.equal(f.fc2.weight_quant.scale, scale)
+
+
+def test_resume_is_bit_identical_to_an_uninterrupted_run(data, tmp_path):
+    tr, _ = data
+    cfg2 = TrainConfig(epochs=2, batch_size=64, lr=0.01)
+    a = prepare_qat(zoo.pretrained("mlp"), QATConfig(4, 4), tr.x[:128])
+    train(a, tr.take(512), cfg2, tmp_path / "a", progress=False)
+    # a 2-epoch run killed right after its first checkpoint; a new process resumes it
+    c = prepare_qat(zoo.pretrained("mlp"), QATConfig(4, 4), tr.x[:128])
+
+    class Kill(Exception):
+        pass
+
+    def killer(history):
+        raise Kill
+
+    with pytest.raises(Kill):
+        _train_then_kill(c, tr.take(512), cfg2, tmp_path / "c", killer)
+    assert torch.load(tmp_path / "c" / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    d = prepare_qat(zoo.pretrained("mlp"), QATConfig(4, 4), tr.x[:128])
+    train(d, tr.take(512), cfg2, tmp_path / "c", resume=True, progress=False)
+    for (k, va), (_, vd) in zip(a.state_dict().items(), d.state_dict().items()):
+        assert torch.equal(va, vd), k
+
+
+def _train_then_kill(model, data, cfg, out, killer):
+    """Run ``train`` and kill it right after the first checkpoint is written."""
+    import lowbit.qat as qat
+
+    original = qat.save_checkpoint
+
+    def save_and_die(*args, **kwargs):
+        original(*args, **kwargs)
+        killer(None)
+
+    qat.save_checkpoint = save_and_die
+    try:
+        train(model, data, cfg, out, progress=False)
+    finally:
+        qat.save_checkpoint = original
+
+
+def test_bad_inputs_and_nan_loss_stop_clearly(data, tmp_path):
+    tr, _ = data
+    with pytest.raises(ConfigError, match="weight_bits=1"):
+        QATConfig(1, 4)
+    with pytest.raises(ConfigError, match="method"):
+        QATConfig(4, 4, method="magic")
+    q = prepare_qat(zoo.pretrained("mlp"), QATConfig(4, 4), tr.x[:128])
+    bad = tr.take(256)
+    bad = type(bad)(bad.x.clone(), bad.y)
+    bad.x[100:] = float("nan")  # the loss turns NaN at once
+    with pytest.raises(DataError, match="loss became nan at epoch 1, step 1: lower --lr"):
+        train(q, bad, TrainConfig(epochs=1, batch_size=64, lr=0.01, augment=False), progress=False)
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        train(q, tr.take(256), TrainConfig(epochs=1), tmp_path / "none", resume=True, progress=False)
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "checkpoint.pt").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="not a readable"):
+        train(q, tr.take(256), TrainConfig(epochs=1), tmp_path / "junk", resume=True, progress=False)
+    other = prepare_qat(zoo.pretrained("cnn"), QATConfig(4, 4), tr.x[:128])
+    train(other, tr.take(128), TrainConfig(epochs=1, batch_size=64), tmp_path / "cnn", progress=False)
+    with pytest.raises(CheckpointError, match="another model"):
+        train(q, tr.take(256), TrainConfig(epochs=1, batch_size=64), tmp_path / "cnn", resume=True, progress=False)
+    with pytest.raises(DataError):
+        prepare_qat(zoo.pretrained("mlp"), QATConfig(4, 4), torch.empty(0))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_equal_one_process(tmp_path):
+    common = ["qat", "--model", "mlp", "--weight-bits", "4", "--act-bits", "4", "--epochs", "1", "--batch-size", "64",
+              "--train-size", "512"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+           "-m", "lowbit.cli.main", *common, "--out", str(tmp_path / "ddp")]
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert main([*common, "--out", str(tmp_path / "one")]) == 0
+    two = torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=True)["model"]
+    one = torch.load(tmp_path / "one" / "checkpoint.pt", weights_only=True)["model"]
+    assert two.keys() == one.keys()
+    for k in one:
+        assert torch.allclose(two[k].float(), one[k].float(), atol=1e-5, rtol=1e-4), k
