@@ -151,3 +151,19 @@ def test_torchrun_two_processes_equal_one_process(tmp_path):
     assert two.keys() == one.keys()
     for k in one:
         assert torch.allclose(two[k].float(), one[k].float(), atol=1e-5, rtol=1e-4), k
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    assert main(["qat", "--model", "mlp", "--weight-bits", "1", "--out", str(tmp_path)]) == 2
+    assert "weight_bits=1 is out of range" in capsys.readouterr().err
+    assert main(["qat", "--model", "mlp", "--resume", "--train-size", "64", "--out", str(tmp_path / "x")]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("key", ["resnet-lsq-w4a4", "resnet-lsq-w2a2"])
+def test_shipped_qat_weights_reproduce_recorded_accuracy(key):
+    from lowbit.zoo.qat_zoo import pretrained_qat, shipped_qat_accuracy
+
+    test = fashion_mnist("test")
+    im = to_integer(pretrained_qat(key), (test.x[:2],))
+    assert evaluate(im, test) == pytest.approx(shipped_qat_accuracy(key), abs=1e-9)

@@ -7,6 +7,7 @@ one table (methods x models). Later methods add rows here.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 
 from lowbit import zoo
+from lowbit.zoo.qat_zoo import SHIP, pretrained_qat, weights_path
 from lowbit.bench.latency import interleaved, torch_threads
 from lowbit.integer.lower import to_integer
 from lowbit.data import Split, fashion_mnist
@@ -31,6 +33,7 @@ class Method:
 
     label: str
     apply: Callable[[nn.Module], nn.Module]
+    only: str | None = None  # a row that exists for one model only (shipped QAT weights)
 
 
 def _weights(fmt, label: str) -> Method:
@@ -59,6 +62,9 @@ def default_methods(calibration: Split | None = None, data_root=None) -> list[Me
         _ptq(PTQConfig(pow2_scales=True), "PTQ W8A8, power-of-two scales (shift-only)", calibration),
         Method("PTQ W8A8 as integer-only model (int8 kernels)",
                lambda m: to_integer(quantize(m, [calibration.x], PTQConfig()), (calibration.x[:2],))),
+        *[Method(f"QAT {label}, shipped weights, integer-only model",
+                 lambda m, key=key: to_integer(pretrained_qat(key), (calibration.x[:2],)), only="resnet")
+          for label, key in SHIP.items() if weights_path(key).exists()],
     ]
 
 
@@ -100,7 +106,7 @@ class Table:
         head = "method".ljust(width) + "".join(f"{m:>10}" for m in self.models)
         lines = [head, "-" * len(head)]
         for label, accs in self.rows:
-            lines.append(label.ljust(width) + "".join(f"{100 * a:>9.2f}%" for a in accs))
+            lines.append(label.ljust(width) + "".join(f"{100 * a:>9.2f}%" if a == a else f"{'-':>10}" for a in accs))
         lines.append("-" * len(head))
         lines.append("recorded".ljust(width) + "".join(f"{100 * a:>9.2f}%" for a in self.recorded))
         if self.latency:
@@ -119,7 +125,8 @@ def run(models: Sequence[str] = ("mlp", "cnn", "resnet"), test_set: Split | None
     test_set = test_set if test_set is not None else fashion_mnist("test", root=data_root)
     methods = list(methods) if methods is not None else default_methods(data_root=data_root)
     floats = {name: zoo.pretrained(name) for name in models}
-    rows = [(m.label, [evaluate(m.apply(floats[name]), test_set) for name in models]) for m in methods]
+    rows = [(m.label, [evaluate(m.apply(floats[name]), test_set) if m.only in (None, name) else math.nan
+                       for name in models]) for m in methods]
     recorded = [zoo.shipped_accuracy(name) for name in models]
     lat = ()
     if latency:
