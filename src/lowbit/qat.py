@@ -239,7 +239,7 @@ def train(model: nn.Module, data: Split, cfg: TrainConfig = TrainConfig(), out_d
             logits = net(x)
             loss = _loss(logits, y, teacher, x, cfg)
             if not torch.isfinite(loss):
-                raise DataError(f"loss became {float(loss)} at epoch {epoch + 1}, step {i + 1}: lower --lr "
+                raise DataError(f"loss became {float(loss.detach())} at epoch {epoch + 1}, step {i + 1}: lower --lr "
                                 f"(now {cfg.lr}) or check the data")
             opt.zero_grad(set_to_none=True)
             loss.backward()
