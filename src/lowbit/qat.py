@@ -47,6 +47,7 @@ from lowbit.nn.unified import unified_modules
 from lowbit.ptq import PTQConfig, calibrate, convert, prepare
 from lowbit.utils.files import atomic_write
 from lowbit.utils.progress import Progress
+from lowbit.zoo.recipes import sgd_nesterov
 
 
 @dataclass(frozen=True)
@@ -178,13 +179,6 @@ def load_checkpoint(path: Path, fingerprint: str) -> dict:
 # ---------------------------------------------------------------- training
 
 
-def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1 and p.requires_grad]
-    rest = [p for n, p in model.named_parameters() if p.ndim <= 1 and p.requires_grad]
-    return torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}],
-                           lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
-
-
 def _loss(logits: torch.Tensor, y: torch.Tensor, teacher: nn.Module | None, x: torch.Tensor,
           cfg: TrainConfig) -> torch.Tensor:
     loss = nn.functional.cross_entropy(logits, y)
@@ -204,7 +198,7 @@ def train(model: nn.Module, data: Split, cfg: TrainConfig = TrainConfig(), out_d
     if cfg.batch_size % world:
         raise ConfigError(f"batch_size {cfg.batch_size} must divide evenly over {world} processes")
     fingerprint = _fingerprint(model, qcfg, cfg)
-    opt = _optimizer(model, cfg)
+    opt = sgd_nesterov(model, cfg.lr, cfg.momentum, cfg.weight_decay)
     ckpt = Path(out_dir) / "checkpoint.pt" if out_dir is not None else None
     history: list[dict] = []
     start = 0

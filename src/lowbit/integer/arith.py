@@ -79,9 +79,15 @@ def requantize(acc: torch.Tensor, m: torch.Tensor, n: torch.Tensor, zero_point: 
 
 
 
+def dequantize_codes(q: torch.Tensor, zero_point: int, scale: float) -> torch.Tensor:
+    """Float32 value of integer codes, ``(q - z) * s`` with ``s`` in float32: the one formula the
+    simulation, the integer model and its residual inputs share, so their floats agree bit for bit."""
+    return (q.to(torch.float32) - zero_point) * torch.tensor(scale, dtype=torch.float32)
+
+
 def dequantize_acc(acc: torch.Tensor, acc_scale: torch.Tensor) -> torch.Tensor:
     """Float32 value of an int accumulator: ``float32(acc * s_x s_w)`` computed in float64 (exact product)."""
     return (acc.to(torch.float64) * acc_scale).to(torch.float32)
 
 
-__all__ = ["MULTIPLIER_BITS", "dequantize_acc", "fixed_point", "requantize", "rshift_round"]
+__all__ = ["MULTIPLIER_BITS", "dequantize_acc", "dequantize_codes", "fixed_point", "requantize", "rshift_round"]

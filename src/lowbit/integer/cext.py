@@ -67,7 +67,7 @@ def library() -> ctypes.CDLL | None:
             _build(SOURCE, path)
         lib = ctypes.CDLL(str(path))
     except (OSError, subprocess.SubprocessError) as exc:
-        warnings.warn(f"lowbit: C requantization kernel unavailable ({exc}); using the slower PyTorch path",
+        warnings.warn(f"lowbit: C kernels unavailable ({exc}); using the slower PyTorch path (same results)",
                       stacklevel=2)
         return None
     i64, ptr = ctypes.c_int64, ctypes.c_void_p

@@ -1,9 +1,10 @@
 """Integer kernels: int8 x int8 -> int32 GEMM and convolution, requantization to int8.
 
 The GEMM is PyTorch's own ``torch._int_mm`` (VNNI ``vpdpbusd`` on AVX-512
-CPUs). A convolution with ``groups == 1`` is an im2col (a strided view, one
-copy) followed by that GEMM, with the output channels last; grouped and
-depthwise convolutions accumulate in int32 with ``F.conv2d``. Activations are
+CPUs). A convolution with ``groups == 1`` is an NHWC im2col (C kernel, or a
+strided view and one copy) followed by that GEMM, with the output channels last;
+depthwise convolutions run in a C kernel, other groupings as an exact float64
+conv of the integer values. Activations are
 stored as int8: an unsigned code ``q`` is stored as ``q - 128`` so that it fits
 the signed GEMM, and the zero point is folded into the bias:
 
@@ -39,6 +40,11 @@ def _pairs(v, ndim: int = 2) -> tuple[int, ...]:
     return tuple(v) if isinstance(v, (tuple, list)) else (v,) * ndim
 
 
+def _out_size(size: int, k: int, s: int, p: int, d: int) -> int:
+    """Output length of a convolution along one dimension."""
+    return (size + 2 * p - d * (k - 1) - 1) // s + 1
+
+
 def im2col(x: torch.Tensor, kernel: tuple[int, int], stride, padding, dilation, pad_value: int,
            use_c: bool = True) -> tuple[torch.Tensor, tuple[int, int, int]]:
     """(N*Ho*Wo, kh*kw*C) patches of ``x`` (N, C, H, W), ordered to match ``weight.permute(0, 2, 3, 1)``.
@@ -48,16 +54,14 @@ def im2col(x: torch.Tensor, kernel: tuple[int, int], stride, padding, dilation, 
     """
     (kh, kw), (sh, sw), (dh, dw), (ph, pw) = kernel, _pairs(stride), _pairs(dilation), _pairs(padding)
     n, c, h, w = x.shape
+    ho, wo = _out_size(h, kh, sh, ph, dh), _out_size(w, kw, sw, pw, dw)
     if use_c and cext.library() is not None and (kh, kw, sh, sw, ph, pw) != (1, 1, 1, 1, 0, 0):
-        ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-        wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
         return cext.im2col_nhwc(x, (kh, kw), (sh, sw), (ph, pw), (dh, dw), pad_value, (ho, wo)), (n, ho, wo)
     xh = x.permute(0, 2, 3, 1)
     if ph or pw:
         buf = torch.full((n, h + 2 * ph, w + 2 * pw, c), pad_value, dtype=x.dtype)
         buf[:, ph:ph + h, pw:pw + w, :] = xh
         xh, h, w = buf, h + 2 * ph, w + 2 * pw
-    ho, wo = (h - dh * (kh - 1) - 1) // sh + 1, (w - dw * (kw - 1) - 1) // sw + 1
     if (kh, kw, sh, sw) == (1, 1, 1, 1):
         return xh.reshape(n * h * w, c), (n, ho, wo)
     s = xh.stride()
@@ -92,7 +96,7 @@ def depthwise_acc(x: torch.Tensor, weight_hwc: torch.Tensor, stride, padding, di
     """int32 (N*Ho*Wo, C) depthwise conv (C kernel, channels last) on zero-point-centred inputs, no bias."""
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = weight_hwc.shape[:2], _pairs(stride), _pairs(padding), _pairs(dilation)
     n, _, h, w = x.shape
-    ho, wo = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    ho, wo = _out_size(h, kh, sh, ph, dh), _out_size(w, kw, sw, pw, dw)
     return cext.depthwise_nhwc(x, weight_hwc, (sh, sw), (ph, pw), (dh, dw), zero_point, (ho, wo)), (n, ho, wo)
 
 

@@ -35,8 +35,13 @@ def offset(q: QParams) -> int:
     return 0 if q.fmt.signed else 128
 
 
+def stored_zero_point(q: QParams) -> int:
+    """The zero point in the stored int8 domain."""
+    return q.zero_point - offset(q)
+
+
 def grid(q: QParams) -> dict:
-    return {"scale": q.scale, "zero_point": q.zero_point - offset(q), "bits": q.fmt.bits, "signed": q.fmt.signed}
+    return {"scale": q.scale, "zero_point": stored_zero_point(q), "bits": q.fmt.bits, "signed": q.fmt.signed}
 
 
 class _Lowering:
@@ -151,7 +156,7 @@ class _Lowering:
 
     def pad(self, node: fx.Node, pad: list[int]) -> None:
         q = self.grids[self.arg(node)]
-        self.simple(node, "pad", {"pad": pad, "value": 0 if q is None else q.zero_point - offset(q)})
+        self.simple(node, "pad", {"pad": pad, "value": 0 if q is None else stored_zero_point(q)})
 
     def quantize(self, node: fx.Node, m: ActQuantizer) -> None:
         src = self.arg(node)
@@ -160,7 +165,7 @@ class _Lowering:
             return
         q = m.qparams()
         off = offset(q)
-        attrs = {"scale": q.scale, "zero_point": q.zero_point - off, "lo": q.fmt.qmin - off, "hi": q.fmt.qmax - off}
+        attrs = {"scale": q.scale, "zero_point": stored_zero_point(q), "lo": q.fmt.qmin - off, "hi": q.fmt.qmax - off}
         self.emit("quantize", [src], node.name, attrs, None, q, node.name)
         self.names[node] = node.name
 
@@ -174,22 +179,21 @@ class _Lowering:
         if any(self.grids[i] is None for i in ins[:1]):
             self.unsupported.append(f"{node.target} receives a float tensor")
             return
-        in_off = offset(p.input)
-        attrs: dict = {"input_zero_point": p.input.zero_point - in_off, "weight_bits": m.weight_quant.spec.fmt.bits}
+        attrs: dict = {"input_zero_point": stored_zero_point(p.input), "weight_bits": m.weight_quant.spec.fmt.bits}
         tensors = {"weight": p.weight.to(torch.int8), "bias": p.bias.to(torch.int32)}
         if p.output is None:
             tensors["acc_scale"] = p.acc_scale
             attrs.update(_float_act(m.act))
             if p.residual is not None:  # added in float, as the simulation does
                 attrs.update(residual_scale=p.residual.scale,
-                             residual_zero_point=p.residual.zero_point - offset(p.residual))
+                             residual_zero_point=stored_zero_point(p.residual))
         else:
             off = offset(p.output)
-            attrs.update(zero_point=p.output.zero_point - off, lo=p.lo - off, hi=p.hi - off)
+            attrs.update(zero_point=stored_zero_point(p.output), lo=p.lo - off, hi=p.hi - off)
             tensors.update(m=p.m, n=p.n)
             if p.residual is not None:
                 tensors["m2"] = p.m2
-                attrs["residual_zero_point"] = p.residual.zero_point - offset(p.residual)
+                attrs["residual_zero_point"] = stored_zero_point(p.residual)
         if p.weight.abs().max() > 127:
             raise ConfigError(f"{node.target}: weights wider than 8 bits do not fit the int8 kernels")
         if isinstance(m, UnifiedConv):
@@ -219,8 +223,8 @@ class _Lowering:
         inp, out = m.input_qparams, m.output_qparams
         k = None if isinstance(pool, nn.AdaptiveAvgPool2d) else _two(pool.kernel_size)
         attrs = {"kernel_size": k, "stride": None if k is None else _two(pool.stride or pool.kernel_size),
-                 "window": window, "input_zero_point": inp.zero_point - offset(inp),
-                 "zero_point": out.zero_point - offset(out), "lo": out.fmt.qmin - offset(out),
+                 "window": window, "input_zero_point": stored_zero_point(inp),
+                 "zero_point": stored_zero_point(out), "lo": out.fmt.qmin - offset(out),
                  "hi": out.fmt.qmax - offset(out)}
         self.emit("avgpool2d", [src], node.name, attrs, {"m": mm, "n": n}, out, str(node.target))
         self.names[node] = node.name
@@ -239,7 +243,7 @@ class _Lowering:
         name = self.names[out]
         q = self.grids[name]
         if q is not None:
-            self.emit("dequantize", [name], "output", {"scale": q.scale, "zero_point": q.zero_point - offset(q)},
+            self.emit("dequantize", [name], "output", {"scale": q.scale, "zero_point": stored_zero_point(q)},
                       None, None, "output")
             name = "output"
         self.output = name

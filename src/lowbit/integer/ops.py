@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from lowbit.integer import cext, kernels
-from lowbit.integer.arith import dequantize_acc
+from lowbit.integer.arith import dequantize_acc, dequantize_codes
 
 Attrs = dict[str, Any]
 Tensors = dict[str, torch.Tensor]
@@ -49,8 +49,7 @@ class Dequantize(Op):
     kind = "dequantize"
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        a = self.attrs
-        return (x.to(torch.float32) - a["zero_point"]) * torch.tensor(a["scale"], dtype=torch.float32)
+        return dequantize_codes(x, self.attrs["zero_point"], self.attrs["scale"])
 
 
 class _Layer(Op):
@@ -71,16 +70,19 @@ class _Layer(Op):
             raise ValueError("bias out of range: |bias - z sum(w)| must stay below 2^31")
         self.bias_folded = folded.to(torch.int32)
         self.dequant = "acc_scale" in t
-        self.fast = cext.library() is not None and not self.dequant
-        self.use_cext = True
+        self.use_cext = True  # False forces the PyTorch reference (tests compare the two)
         self.half = None if self.dequant else (torch.ones_like(t["n"]) << t["n"]) >> 1
+
+    @property
+    def fast(self) -> bool:
+        """Use the C kernels: allowed and compiled."""
+        return self.use_cext and cext.library() is not None
 
     def _dequantize(self, acc: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor | None, chan) -> torch.Tensor:
         a = self.attrs
         y = dequantize_acc(acc + chan(bias), chan(self.tensors["acc_scale"]))
-        if residual is not None:  # dequantized like the Dequantize op: (q - z) * s in float32
-            scale = torch.tensor(a["residual_scale"], dtype=torch.float32)
-            y = y + (residual.to(torch.float32) - a["residual_zero_point"]) * scale
+        if residual is not None:  # dequantized like the Dequantize op
+            y = y + dequantize_codes(residual, a["residual_zero_point"], a["residual_scale"])
         act = a.get("act", "none")
         if act == "relu":
             y = torch.relu(y)
@@ -91,7 +93,7 @@ class _Layer(Op):
     def _requant(self, acc: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor | None, chan) -> torch.Tensor:
         """int8 codes from int32 ``acc`` (bias not yet added); ``chan`` shapes per-channel tensors for ``acc``."""
         a, t = self.attrs, self.tensors
-        if self.fast and self.use_cext:
+        if self.fast:
             return cext.requant(acc, bias, t["m"], t["n"], a["zero_point"], a["lo"], a["hi"], residual,
                                 a.get("residual_zero_point", 0), t.get("m2"), self.half)
         res = None if residual is None else residual.to(torch.int64) - a["residual_zero_point"]
@@ -133,7 +135,7 @@ class Conv2d(_Layer):
     def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         a, o = self.attrs, self.tensors["weight"].shape[0]
         conv = (a["stride"], a["padding"], a["dilation"])
-        if self.depthwise and self.use_cext and cext.library() is not None:
+        if self.depthwise and self.fast:
             acc, (n, ho, wo) = kernels.depthwise_acc(x, self.weight_hwc, *conv, a["input_zero_point"])
             return self._rows_out(acc, residual, n, ho, wo, o, zero_bias=True)
         if a["groups"] != 1:
@@ -144,7 +146,7 @@ class Conv2d(_Layer):
                 return self._dequantize(acc, bias, residual, chan)
             return self._requant(acc, bias, residual, chan)
         acc, (n, ho, wo) = kernels.conv2d_acc(x, self.weight_mat, self.kernel, *conv, a["input_zero_point"],
-                                              self.use_cext)
+                                              self.fast)
         return self._rows_out(acc, residual, n, ho, wo, o)
 
     def _rows_out(self, acc, residual, n, ho, wo, o, zero_bias: bool = False) -> torch.Tensor:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from lowbit.functional.affine import quantize_affine
-from lowbit.integer.arith import dequantize_acc, fixed_point, requantize
+from lowbit.integer.arith import dequantize_acc, dequantize_codes, fixed_point, requantize
 from lowbit.nn.qparams import QParams
 
 # The bias is clipped to +-2^30 (not the int32 limits): a bias that large saturates its channel for
@@ -127,7 +127,7 @@ def exact_forward(module, x: torch.Tensor, residual: torch.Tensor | None) -> tor
         res = p.residual.codes(residual).to(torch.int64) - p.residual.zero_point
     q = requantize(acc, _channels(p.m, acc, axis), _channels(p.n, acc, axis), p.output.zero_point, p.lo, p.hi,
                    res, None if p.m2 is None else _channels(p.m2, acc, axis))
-    return (q - p.output.zero_point).to(torch.float32) * torch.tensor(p.output.scale, dtype=torch.float32)
+    return dequantize_codes(q, p.output.zero_point, p.output.scale)
 
 
 def pool_window(pool: torch.nn.Module, x: torch.Tensor) -> int:
@@ -158,7 +158,7 @@ def pool_exact_forward(module, x: torch.Tensor) -> torch.Tensor:
     xc = (inp.codes(x) - inp.zero_point).to(torch.float64)
     s = (module.pool(xc) * window).round().to(torch.int64)  # float64 mean * window: exact sum
     q = requantize(s, m, n, out.zero_point, out.fmt.qmin, out.fmt.qmax)
-    return (q - out.zero_point).to(torch.float32) * torch.tensor(out.scale, dtype=torch.float32)
+    return dequantize_codes(q, out.zero_point, out.scale)
 
 
 __all__ = ["LayerParams", "exact_forward", "layer_params", "pool_exact_forward", "pool_params", "pool_window"]

@@ -35,6 +35,15 @@ class Recipe:
             raise ConfigError(f"Recipe.lr must be > 0, got {self.lr}")
 
 
+def sgd_nesterov(model: nn.Module, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
+    """SGD with Nesterov momentum; weight decay on weight matrices and kernels only (not biases, steps, BN)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim > 1]
+    rest = [p for p in params if p.ndim <= 1]
+    return torch.optim.SGD([{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}],
+                           lr=lr, momentum=momentum, nesterov=True)
+
+
 def lr_at(recipe: Recipe, step: int, total: int, steps_per_epoch: int) -> float:
     """Learning rate at optimizer step ``step`` of ``total``."""
     warm = max(1, int(recipe.warmup_epochs * steps_per_epoch))
@@ -61,12 +70,7 @@ def train(model: nn.Module, recipe: Recipe, train_set: Split, val_set: Split | N
     """Train ``model`` in place with ``recipe``; returns it in eval mode."""
     torch.manual_seed(recipe.seed)
     gen = torch.Generator().manual_seed(recipe.seed)
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
-    opt = torch.optim.SGD(
-        [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=recipe.lr, momentum=recipe.momentum, nesterov=True,
-    )
+    opt = sgd_nesterov(model, recipe.lr, recipe.momentum, recipe.weight_decay)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     steps_per_epoch = math.ceil(len(train_set) / recipe.batch_size)
     total, step = recipe.epochs * steps_per_epoch, 0
