@@ -9,6 +9,7 @@ of prepare+calibrate+convert (lowbit includes bias correction).
 
     python benchmarks/bench_effnet.py                    # lowbit + torchao + onnxruntime
     python benchmarks/bench_effnet.py --no-peers --eval 256
+    python benchmarks/bench_effnet.py --min-scale 0.5 --name ptq_efficientnet_large_crops
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import time
 import torch
 
 from _common import write_result
-from lowbit.data.photos import photo_crops
+from lowbit.data.photos import CropConfig, photo_crops
 from lowbit.diagnostics import sqnr_db
 from lowbit.ptq import PTQConfig, quantize
 from lowbit.zoo.efficientnet import efficientnet_lite0, with_plain_convs
@@ -47,16 +48,23 @@ def main() -> None:
     parser.add_argument("--calib", type=int, default=64)
     parser.add_argument("--eval", type=int, default=512)
     parser.add_argument("--no-peers", action="store_true")
+    parser.add_argument("--min-scale", type=float, default=0.1,
+                        help="smallest crop side as a fraction of the photo's shorter side (default 0.1)")
+    parser.add_argument("--name", default="ptq_efficientnet", help="result file name under benchmarks/results/")
     args = parser.parse_args()
     model = with_plain_convs(efficientnet_lite0()).eval()  # stock nn.Conv2d, so every tool sees the same graph
-    calib = photo_crops(args.calib, "calib")
-    evals = photo_crops(args.eval, "eval")
+    crops = CropConfig(min_scale=args.min_scale)
+    calib = photo_crops(args.calib, "calib", crops=crops)
+    evals = photo_crops(args.eval, "eval", crops=crops)
     calib_batches = [calib[i:i + 32] for i in range(0, len(calib), 32)]
     example = (calib[:2],)  # batch 2: torch.export (torchao) specialises a batch of 1
     ref = logits_of(model, evals)
     confidence = ref.softmax(1).amax(1)
     rows = []
     runs = [
+        ("lowbit W8A8 per-channel, GPTQ rounding", lambda: quantize(model, calib_batches, PTQConfig(rounding="gptq"), example)),
+        ("lowbit W8A8 per-channel, GPTQ, MSE activation ranges",
+         lambda: quantize(model, calib_batches, PTQConfig(rounding="gptq", act_observer="mse"), example)),
         ("lowbit W8A8 per-channel", lambda: quantize(model, calib_batches, PTQConfig(), example)),
         ("lowbit W8A8 per-channel, no bias correction",
          lambda: quantize(model, calib_batches, PTQConfig(bias_correction=False), example)),
@@ -80,14 +88,15 @@ def main() -> None:
             q, seconds = fn()
             rows.append((label, seconds, metrics(ref, logits_of(q, evals))))
             print(rows[-1], flush=True)
-    lines = [f"{args.eval} evaluation crops, {args.calib} calibration crops; float top-1 confidence: median "
+    lines = [f"{args.eval} evaluation crops, {args.calib} calibration crops, crop side {args.min_scale:.0%}..100% of "
+             f"the photo's shorter side; float top-1 confidence: median "
              f"{float(confidence.median()):.2f}, {int((confidence > 0.5).sum())} crops above 0.5.", "",
              "| method | prepare+calibrate+convert s | top-1 agreement % | top-1 agreement, float p>0.5 % | top-5 overlap % | mean KL | logits SQNR dB |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for label, seconds, m in rows:
         lines.append(f"| {label} | {seconds:.1f} | {100 * m['top1']:.1f} | {100 * m['top1_conf']:.1f} | "
                      f"{100 * m['top5']:.1f} | {m['kl']:.4f} | {m['sqnr']:.1f} |")
-    write_result("ptq_efficientnet", "\n".join(lines))
+    write_result(args.name, "\n".join(lines))
 
 
 if __name__ == "__main__":

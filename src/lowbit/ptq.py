@@ -71,7 +71,12 @@ class LayerRule:
 
 @dataclass(frozen=True)
 class PTQConfig:
-    """Post-training quantization settings (validated on construction)."""
+    """Post-training quantization settings (validated on construction).
+
+    ``rounding="gptq"`` rounds the weights with GPTQ error compensation on the calibration
+    data (:mod:`lowbit.rounding`), which includes bias correction; ``"nearest"`` rounds each
+    weight to its nearest grid point, then corrects the bias if ``bias_correction``.
+    """
 
     weight_bits: int = 8
     act_bits: int = 8
@@ -82,6 +87,7 @@ class PTQConfig:
     pow2_scales: bool = False
     first_last_bits: int | None = 8
     bias_correction: bool = True
+    rounding: Literal["nearest", "gptq"] = "nearest"
     rules: tuple[LayerRule, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
@@ -95,6 +101,8 @@ class PTQConfig:
             raise ConfigError(f"PTQConfig.weight_observer must be 'minmax' or 'mse', got {self.weight_observer!r}")
         if self.act_observer not in _ACT_OBSERVERS:
             raise ConfigError(f"PTQConfig.act_observer must be one of {_ACT_OBSERVERS}, got {self.act_observer!r}")
+        if self.rounding not in ("nearest", "gptq"):
+            raise ConfigError(f"PTQConfig.rounding must be 'nearest' or 'gptq', got {self.rounding!r}")
         if not all(isinstance(r, LayerRule) for r in self.rules):
             raise ConfigError("PTQConfig.rules must be a tuple of LayerRule")
 
@@ -322,7 +330,11 @@ def quantize(model: nn.Module, calibration_data: Iterable, config: PTQConfig = P
     prepared = prepare(model, config, example_inputs)
     calibrate(prepared, data, progress=progress)
     convert(prepared)
-    if config.bias_correction:
+    if config.rounding == "gptq":  # GPTQ corrects the bias of the layers it rounds itself
+        from lowbit.rounding import gptq_round
+
+        gptq_round(prepared, data)
+    elif config.bias_correction:
         correct_bias(prepared, data)
     return prepared
 

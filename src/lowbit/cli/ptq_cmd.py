@@ -23,6 +23,8 @@ def add_parser(sub) -> None:
     p.add_argument("--observer", choices=("minmax", "moving_average", "percentile", "mse", "channel"),
                    default="minmax", help="activation range rule (channel = method A channel statistics)")
     p.add_argument("--weight-observer", choices=("minmax", "mse"), default="minmax")
+    p.add_argument("--rounding", choices=("nearest", "gptq"), default="nearest",
+                   help="weight rounding: nearest, or GPTQ error compensation on calibration data (Frantar et al. 2023)")
     p.add_argument("--pow2", action="store_true", help="power-of-two scales: requantization by shift (method H)")
     p.add_argument("--first-last-bits", type=int, default=8, help="bits of the first and last layer (0 = same)")
     p.add_argument("--keep-float", nargs="*", default=[], metavar="PATTERN", help="layer name patterns left in float")
@@ -45,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
     config = PTQConfig(
         weight_bits=args.weight_bits, act_bits=args.act_bits, weight_granularity=args.granularity,
         weight_observer=args.weight_observer, act_observer=args.observer, pow2_scales=args.pow2,
+        rounding=args.rounding,
         first_last_bits=args.first_last_bits or None,
         rules=tuple(LayerRule(p, keep_float=True) for p in args.keep_float),
     )

@@ -163,11 +163,13 @@ def _crop_resize(image: torch.Tensor, u: torch.Tensor, size: int, cfg: CropConfi
     return out[0]
 
 
-def photo_crops(n: int, split: str, size: int = 224, seed: int = 0, disjoint_photos: bool = False) -> torch.Tensor:
+def photo_crops(n: int, split: str, size: int = 224, seed: int = 0, disjoint_photos: bool = False,
+                crops: CropConfig = DEFAULT_CROPS) -> torch.Tensor:
     """``n`` random square crops of the split's photos, (n, 3, size, size) float32.
 
     Crop ``i`` comes from photo ``i mod k`` of the split (so every photo is used
-    equally); its side is uniform in 10%..100% of that photo's shorter side, its
+    equally); its side is uniform in 10%..100% of that photo's shorter side
+    (``crops.min_scale``..``crops.max_scale``), its
     position uniform, and it is flipped left-right with probability 1/2. It is
     resized with bilinear antialiased interpolation and normalised as
     EfficientNet-Lite expects: ``(x / 255 - 0.5) / 0.5``, i.e. values in [-1, 1].
@@ -179,12 +181,14 @@ def photo_crops(n: int, split: str, size: int = 224, seed: int = 0, disjoint_pho
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ConfigError(f"size must be a positive int, got {size!r}")
     _check_split(split)
+    if not 0 < crops.min_scale <= crops.max_scale <= 1:
+        raise ConfigError(f"crop scales must satisfy 0 < min_scale <= max_scale <= 1, got {crops}")
     photos = split_photos(split, disjoint_photos)
     uniforms = torch.rand((n, 4), generator=_generator(split, int(seed)))
     out = torch.empty((n, 3, size, size), dtype=torch.float32)
     with _one_thread():
         for i in range(n):
-            out[i] = _crop_resize(photos[i % len(photos)][1], uniforms[i], size, DEFAULT_CROPS)
+            out[i] = _crop_resize(photos[i % len(photos)][1], uniforms[i], size, crops)
     return out.clamp_(0.0, 255.0).div_(127.5).sub_(1.0)
 
 
