@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import torch
 from _common import write_result
@@ -86,6 +86,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--faq-lr", type=float, default=1e-4)
+    ap.add_argument("--init", choices=["lsq", "mse"], default="lsq", help="lowbit's LSQ step initialisation")
     ap.add_argument("--distill", type=float, default=0.0, help="weight of the KL to the float model (both tools)")
     ap.add_argument("--only", default="", help="comma-separated run labels, e.g. W4A4,W2A2 (default: all)")
     ap.add_argument("--peer", choices=["none", "brevitas"], default="none",
@@ -103,11 +104,12 @@ def main() -> None:
     teacher = base if args.distill > 0 else None
     f_acc = evaluate(base, test)
     peer = args.peer == "brevitas"
-    lines = [f"ResNet-14 float32: {100 * f_acc:.2f}%; distillation weight {args.distill}", "",
+    lines = [f"ResNet-14 float32: {100 * f_acc:.2f}%; distillation weight {args.distill}; LSQ step init {args.init}", "",
              "| run | epochs | lowbit (integer model) | vs float | target | met | train time |"
              + (" brevitas (fake-quant) | brevitas train time | lowbit - brevitas |" if peer else ""),
              "|---|---:|---:|---:|---|---|---:|" + ("---:|---:|---:|" if peer else "")]
     for label, config, target in runs:
+        config = replace(config, init=args.init) if config.method == "lsq" else config
         epochs = 1 if config.method == "faq" else args.epochs
         tcfg = TrainConfig(epochs=epochs, lr=args.faq_lr if config.method == "faq" else args.lr, distill=args.distill)
         model, acc, seconds = lowbit_run(config, train_set, test, tcfg, teacher)

@@ -85,3 +85,19 @@ def test_integer_codes():
     q = lsq_quantize_int(v, torch.tensor(0.5), qn, qp)
     assert q.dtype == torch.int32 and int(q.min()) == -4 and int(q.max()) == 3
     assert torch.equal(q.float() * 0.5, lsq_quantize(v, torch.tensor(0.5), qn, qp))
+
+
+@pytest.mark.parametrize("bits,signed", [(2, True), (4, True), (3, False), (8, False)])
+def test_mse_init_step_is_the_least_squares_step_on_its_grid(bits, signed):
+    from lowbit.functional.lsq import mse_init_step
+
+    gen = torch.Generator().manual_seed(bits)
+    v = torch.randn(4000, generator=gen)
+    v = v if signed else v.relu()
+    q_n, q_p = lsq_bounds(IntFormat(bits, signed=signed))
+    err = lambda s: float(((torch.clamp(torch.round(v / s), -q_n, q_p) * s - v) ** 2).sum())  # noqa: E731
+    best = mse_init_step(v, q_n, q_p)
+    fine = torch.linspace(1 / 640, 1.0, 640) * float(v.abs().max()) / q_p  # a 10x finer brute-force search
+    assert err(best) <= min(err(float(s)) for s in fine) * 1.02
+    assert err(best) <= err(lsq_init_step(v, q_p)) + 1e-6
+    assert err(best) <= err(float(v.abs().max()) / q_p) + 1e-6

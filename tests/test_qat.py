@@ -37,6 +37,19 @@ def test_lsq_slots_are_in_the_loop_with_paper_init(data):
     assert q.conv1.weight_quant.spec.fmt.bits == 8 and q.conv2.weight_quant.spec.fmt.bits == 4  # first layer 8
 
 
+@torch.no_grad()
+def test_mse_init_starts_from_the_least_squares_steps(data):
+    from lowbit.functional.lsq import lsq_bounds, mse_init_step
+
+    tr, te = data
+    paper = prepare_qat(zoo.pretrained("cnn"), QATConfig(3, 3), tr.x[:256]).eval()
+    mse = prepare_qat(zoo.pretrained("cnn"), QATConfig(3, 3, init="mse"), tr.x[:256]).eval()
+    w = mse.conv2.weight.detach()
+    q_n, q_p = lsq_bounds(mse.conv2.weight_quant.spec.fmt)
+    assert torch.allclose(mse.conv2.weight_quant.step[5], mse_init_step(w[5], q_n, q_p))
+    assert evaluate(mse, te) >= evaluate(paper, te)  # training starts from the better quantizer
+
+
 def test_lsq_training_recovers_accuracy_and_lowers_to_integers(data):
     tr, te = data
     q = prepare_qat(zoo.pretrained("cnn"), QATConfig(2, 2), tr.x[:256])

@@ -5,7 +5,8 @@
 
    - ``method="lsq"``: every weight and activation slot gets a learned step (per output
      channel for weights), initialised ``2 mean|v| / sqrt(Q_P)`` on a calibration batch,
-     gradient scale ``1 / sqrt(N Q_P)`` (``convention`` picks N);
+     gradient scale ``1 / sqrt(N Q_P)`` (``convention`` picks N); ``init="mse"`` starts each
+     step at its least-squares value instead;
    - ``method="faq"``: fixed steps from percentile calibration (99.99th), straight-through
      rounding; only the weights train.
 
@@ -59,6 +60,7 @@ class QATConfig:
     method: Literal["lsq", "faq"] = "lsq"
     first_last_bits: int | None = 8
     convention: Literal["paper", "numel", "features"] = "paper"
+    init: Literal["lsq", "mse"] = "lsq"
 
     def __post_init__(self) -> None:
         check_bits(self.weight_bits, "QATConfig.weight_bits", low=2, high=8)
@@ -69,6 +71,8 @@ class QATConfig:
             raise ConfigError(f"QATConfig.method must be 'lsq' or 'faq', got {self.method!r}")
         if self.convention not in ("paper", "numel", "features"):
             raise ConfigError(f"QATConfig.convention must be paper, numel or features, got {self.convention!r}")
+        if self.init not in ("lsq", "mse"):
+            raise ConfigError(f"QATConfig.init must be 'lsq' or 'mse', got {self.init!r}")
 
     def ptq(self) -> PTQConfig:
         observer = "percentile" if self.method == "faq" else "minmax"
@@ -101,10 +105,10 @@ def _swap_lsq(gm: nn.Module, config: QATConfig) -> None:
     for name, m in list(gm.named_modules()):
         for child_name, child in list(m.named_children()):
             if type(child) is ActQuantizer:
-                setattr(m, child_name, LSQActQuantizer(child.spec, config.convention))
+                setattr(m, child_name, LSQActQuantizer(child.spec, config.convention, config.init))
     for _, u in unified_modules(gm):
         if u.weight_quant is not None:
-            u.weight_quant = LSQWeightQuantizer(u.weight_quant.spec, u.weight, config.convention)
+            u.weight_quant = LSQWeightQuantizer(u.weight_quant.spec, u.weight, config.convention, config.init)
 
 
 def prepare_qat(model: nn.Module, config: QATConfig, calibration: torch.Tensor) -> nn.Module:

@@ -21,6 +21,8 @@ def add_parser(sub) -> None:
     p.add_argument("--weight-bits", type=int, default=4, help="weight bits, 2..8 (default 4)")
     p.add_argument("--act-bits", type=int, default=4, help="activation bits, 2..8 (default 4)")
     p.add_argument("--method", choices=("lsq", "faq"), default="lsq", help="lsq (learned steps) or faq (fixed)")
+    p.add_argument("--init", choices=("lsq", "mse"), default="lsq",
+                   help="LSQ step initialisation: the paper's 2 mean|v|/sqrt(Q_P), or least squared error")
     p.add_argument("--epochs", type=int, default=3, help="training epochs (default 3)")
     p.add_argument("--batch-size", type=int, default=128, help="global batch size (default 128)")
     p.add_argument("--lr", type=float, default=0.01, help="peak learning rate, cosine decay (default 0.01)")
@@ -44,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from lowbit.zoo.recipes import evaluate
 
     rank, world = init_distributed()
-    config = QATConfig(args.weight_bits, args.act_bits, args.method)
+    config = QATConfig(args.weight_bits, args.act_bits, args.method, init=args.init)
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, distill=args.distill,
                       augment=not args.no_augment, seed=args.seed)
     data = fashion_mnist("train", root=args.data_dir)

@@ -65,6 +65,30 @@ def lsq_init_step(v: torch.Tensor, q_p: int) -> torch.Tensor:
     return (2.0 * v.detach().abs().mean() / math.sqrt(q_p)).clamp_min(torch.finfo(torch.float32).eps)
 
 
+def mse_init_step(v: torch.Tensor, q_n: int, q_p: int, candidates: int = 64) -> torch.Tensor:
+    """The step that minimises ``||v - s clamp(round(v / s), -Q_N, Q_P)||^2`` (a 0-dim tensor).
+
+    Searched over ``s = a * max|v| / Q_P`` for ``a`` in ``(0, 1]`` (``candidates`` values), then
+    refined between the neighbours of the best. At
+    few bits the paper's ``2 mean|v| / sqrt(Q_P)`` can start far from this; starting at the
+    MSE step, training begins from the best post-training quantizer instead of relearning it.
+    """
+    check_tensor(v)
+    x = v.detach().reshape(-1).float()
+    top = float(x.abs().max())
+    if top == 0:
+        return torch.tensor(torch.finfo(torch.float32).eps)
+    coarse = torch.linspace(1.0 / candidates, 1.0, candidates) * top / q_p
+    best = _least_error(x, coarse, q_n, q_p)
+    fine = best + torch.linspace(-1.0, 1.0, 2 * candidates + 1)[1:-1] * top / (q_p * candidates)  # refine around it
+    return _least_error(x, torch.cat([best.reshape(1), fine[fine > 0]]), q_n, q_p)
+
+
+def _least_error(x: torch.Tensor, steps: torch.Tensor, q_n: int, q_p: int) -> torch.Tensor:
+    errs = torch.stack([((torch.clamp(torch.round(x / st), -q_n, q_p) * st - x) ** 2).sum() for st in steps])
+    return steps[int(errs.argmin())]
+
+
 def lsq_quantize(v: torch.Tensor, step: torch.Tensor, q_n: int, q_p: int, g: float = 1.0) -> torch.Tensor:
     """Fake-quantize ``v`` with learnable ``step`` (broadcastable: per tensor or per channel).
 

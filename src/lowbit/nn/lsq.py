@@ -9,7 +9,8 @@ and switches to ``"quantize"``.
 Activations are unsigned (``Q_N = 0``, ``Q_P = 2^b - 1``) when the first batch they see
 is non-negative (after ReLU), else signed; weights are signed two's complement
 (``-2^(b-1) .. 2^(b-1) - 1``), one step per output channel. Steps start at
-``2 mean|v| / sqrt(Q_P)`` on the first batch.
+``2 mean|v| / sqrt(Q_P)`` on the first batch, or (``init="mse"``) at the step of least
+quantization error (:func:`lowbit.functional.lsq.mse_init_step`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 from torch import nn
 
 from lowbit.formats import IntFormat
-from lowbit.functional.lsq import lsq_bounds, lsq_grad_scale, lsq_init_step, lsq_quantize
+from lowbit.functional.lsq import lsq_bounds, lsq_grad_scale, lsq_init_step, lsq_quantize, mse_init_step
 from lowbit.granularity import rows
 from lowbit.nn.quantizers import ActQuantizer, TensorSpec, WeightQuantizer
 
@@ -28,9 +29,10 @@ from lowbit.nn.quantizers import ActQuantizer, TensorSpec, WeightQuantizer
 class LSQActQuantizer(ActQuantizer):
     """Per-tensor activation quantizer with a learned step."""
 
-    def __init__(self, spec: TensorSpec, convention: str = "paper") -> None:
+    def __init__(self, spec: TensorSpec, convention: str = "paper", init: str = "lsq") -> None:
         super().__init__(spec)
         self.convention = convention
+        self.init = init
         self.step = nn.Parameter(torch.ones(()))
         self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
         self.register_buffer("signed", torch.zeros((), dtype=torch.bool))
@@ -43,7 +45,8 @@ class LSQActQuantizer(ActQuantizer):
     def _init(self, x: torch.Tensor) -> None:
         self.signed.fill_(bool((x < 0).any()))
         self.spec = replace(self.spec, fmt=self._fmt())
-        self.step.copy_(lsq_init_step(x, lsq_bounds(self._fmt())[1]))
+        q_n, q_p = lsq_bounds(self._fmt())
+        self.step.copy_(mse_init_step(x, q_n, q_p) if self.init == "mse" else lsq_init_step(x, q_p))
         self.initialised.fill_(True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -69,13 +72,14 @@ class LSQActQuantizer(ActQuantizer):
 class LSQWeightQuantizer(WeightQuantizer):
     """Signed weight quantizer with one learned step per output channel."""
 
-    def __init__(self, spec: TensorSpec, weight: torch.Tensor, convention: str = "paper") -> None:
+    def __init__(self, spec: TensorSpec, weight: torch.Tensor, convention: str = "paper", init: str = "lsq") -> None:
         spec = replace(spec, fmt=IntFormat(spec.fmt.bits, signed=True))
         super().__init__(spec)
         self.convention = convention
-        q_p = lsq_bounds(spec.fmt)[1]
+        q_n, q_p = lsq_bounds(spec.fmt)
         r = rows(weight.detach(), spec.granularity)
-        self.step = nn.Parameter(torch.stack([lsq_init_step(row, q_p) for row in r]))
+        first = (lambda row: mse_init_step(row, q_n, q_p)) if init == "mse" else (lambda row: lsq_init_step(row, q_p))
+        self.step = nn.Parameter(torch.stack([first(row) for row in r]))
         self.mode = "lsq"
 
     def _step_view(self, w: torch.Tensor) -> torch.Tensor:
