@@ -36,11 +36,11 @@ RUNS = [("LSQ W4A4", QATConfig(4, 4), "float - 0.3"), ("LSQ W3A3", QATConfig(3, 
 BREVITAS_NOTE = (
     "Definitions. lowbit: b-bit weights -2^(b-1)..2^(b-1)-1 per output channel with learned LSQ steps "
     "(2 bits: {-2,-1,0,1}); activations 0..2^b-1 with a learned step; integer-only model, int32 biases, "
-    "8-bit logits. brevitas 0.13.4: Int8WeightPerChannelFloat at b bits, narrow range -(2^(b-1)-1)..2^(b-1)-1 "
+    "logits = dequantized int32 accumulators. brevitas 0.13.4: Int8WeightPerChannelFloat at b bits, narrow range -(2^(b-1)-1)..2^(b-1)-1 "
     "(2 bits: {-1,0,+1}), scale from the per-channel max; QuantReLU 0..2^b-1 with a learned scale "
     "initialised by brevitas' calibration_mode on the same 256 images; float biases and logits; "
-    "fake-quant model (`benchmarks/peers_qat.py`). Both: BatchNorm folded before training, input, "
-    "stem and classifier at 8 bits, the same training loop (`lowbit.qat.train`: data order, "
+    "fake-quant model (`benchmarks/peers_qat.py`). Both: BatchNorm folded before training; the input, "
+    "the stem and the classifier (weights and input) at 8 bits; the same training loop (`lowbit.qat.train`: data order, "
     "augmentation, SGD Nesterov, cosine, batch 128, weight decay 5e-5).")
 MARGIN = {"LSQ W4A4": 0.3, "LSQ W3A3": 1.0, "LSQ W2A2": 2.5, "FAQ W8A8": 0.1}
 

@@ -215,3 +215,13 @@ def test_bias_correction_removes_the_mean_shift_of_weight_rounding(data):
     per_channel = lambda e: e.mean(dim=(0, 2, 3)).abs().mean()  # noqa: E731
     assert float(per_channel(before)) > 1e-4
     assert float(per_channel(after)) < 1e-3 * float(per_channel(before)) + 1e-6
+
+
+@pytest.mark.parametrize("name,producer", [("mlp", "fc2"), ("cnn", "fc1"), ("resnet", "pool")])
+def test_last_layer_input_is_at_first_last_bits(name, producer):
+    q = prepare(zoo.build(name).eval(), PTQConfig(weight_bits=4, act_bits=4), X)
+    assert q.get_submodule(producer).output_quant.spec.fmt.bits == 8  # feeds the last layer: 8 bits
+    others = [m.output_quant.spec.fmt.bits for n, m in unified_modules(q) if n != producer and m.output_quant]
+    assert others and set(others) == {4}
+    same = prepare(zoo.build(name).eval(), PTQConfig(weight_bits=4, act_bits=4, first_last_bits=None), X)
+    assert same.get_submodule(producer).output_quant.spec.fmt.bits == 4

@@ -162,8 +162,8 @@ def test_torchrun_two_processes_equal_one_process(tmp_path):
     two = torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=True)["model"]
     one = torch.load(tmp_path / "one" / "checkpoint.pt", weights_only=True)["model"]
     assert two.keys() == one.keys()
-    for k in one:
-        assert torch.allclose(two[k].float(), one[k].float(), atol=1e-5, rtol=1e-4), k
+    for k in one:  # equal up to the summation order of the gradient all-reduce (a wrong shard or mean: ~1e-2)
+        assert torch.allclose(two[k].float(), one[k].float(), atol=1e-4, rtol=1e-4), k
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):

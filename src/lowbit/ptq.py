@@ -43,6 +43,7 @@ from lowbit.graph.fx_passes import (
     fuse_unified,
     insert_input_quantizers,
     trace,
+    widen_last_input,
 )
 from lowbit.graph.nodes import COMPUTE
 from lowbit.granularity import PerChannel, PerTensor
@@ -219,6 +220,8 @@ def prepare(model: nn.Module, config: PTQConfig = PTQConfig(), example_inputs: t
     fold_batchnorm(gm, plan)
     fuse_unified(gm, specs.layer, plan)
     insert_input_quantizers(gm, specs.input_for, plan)
+    if config.first_last_bits is not None and specs.last is not None and specs.layer(specs.last)[0] is not None:
+        widen_last_input(gm, specs.last, specs.input_for(specs.last))
     if not plan.unified:
         raise ConfigError(f"{type(model).__name__} has no Conv or Linear layer to quantize")
     if plan.float_ops:

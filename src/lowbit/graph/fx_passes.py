@@ -171,6 +171,26 @@ def insert_input_quantizers(gm: fx.GraphModule, spec_for_input: Callable[[str], 
     gm.recompile()
 
 
+def widen_last_input(gm: fx.GraphModule, last: str, spec: TensorSpec) -> str | None:
+    """Requantize the input of the last layer ``last`` on ``spec`` (its own input width).
+
+    "First and last layer at 8 bits" means their inputs too (Esser et al. 2020, sec. 3): the
+    module that produces the last layer's input (a unified layer or an average pool, through
+    flatten-like ops, used by nothing else) gets an output quantizer of ``spec``. Returns its name.
+    """
+    node = next((n for n in gm.graph.nodes if n.op == "call_module" and n.target == last), None)
+    arg = node.args[0] if node is not None and node.args else None
+    while isinstance(arg, fx.Node) and is_passthrough(gm, arg) and len(arg.users) == 1 and arg.args:
+        arg = arg.args[0]
+    if not isinstance(arg, fx.Node) or len(arg.users) != 1:
+        return None
+    m = module_of(gm, arg)
+    if not isinstance(m, (_Unified, QAvgPool)) or m.output_quant is None:
+        return None
+    m.output_quant = ActQuantizer(spec)
+    return str(arg.target)
+
+
 def producer_qparams(gm: fx.GraphModule, node: fx.Node):
     """The grid of the tensor ``node`` produces (through pass-through ops), or None if it is float."""
     m = module_of(gm, node)
