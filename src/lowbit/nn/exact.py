@@ -88,8 +88,9 @@ def _channels(t: torch.Tensor, y: torch.Tensor, axis: int) -> torch.Tensor:
 _EXACT_F32 = 2**24  # float32 adds integers exactly while every partial sum stays below this
 
 
-def exact_accumulator(module, xc: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """int64 ``conv(xc, w)`` for integer-valued ``xc`` and integer ``w``, computed exactly but fast.
+def exact_accumulator(module, xc: torch.Tensor, w: torch.Tensor, small: torch.dtype = torch.int64) -> torch.Tensor:
+    """int64 ``conv(xc, w)`` for integer-valued ``xc`` and integer ``w``, computed exactly but fast
+    (``small``: the dtype returned when every sum is below 2^24, e.g. int32 for the C epilogue).
 
     If ``K max|x| max|w| < 2^24`` (K = terms per output) one float32 conv is
     exact whatever the summation order; else ``w = 16 w_hi + w_lo`` with
@@ -100,7 +101,7 @@ def exact_accumulator(module, xc: torch.Tensor, w: torch.Tensor) -> torch.Tensor
     bx = float(xc.abs().max()) if xc.numel() else 0.0
     bw = float(w.abs().max()) if w.numel() else 0.0
     if k * bx * bw < _EXACT_F32:
-        return module._compute(xc.float(), w.float(), None).round().to(torch.int64)
+        return module._compute(xc.float(), w.float(), None).round().to(small)
     if 8 * k * bx < _EXACT_F32:
         hi = torch.round(w / 16.0)
         lo = w - 16 * hi
@@ -110,13 +111,39 @@ def exact_accumulator(module, xc: torch.Tensor, w: torch.Tensor) -> torch.Tensor
     return module._compute(xc.double(), w.double(), None).round().to(torch.int64)
 
 
+def _stored_offset(q: QParams) -> int:
+    return 0 if q.fmt.signed else 128  # the integer model stores unsigned codes as code - 128 in int8
+
+
+def _requantize_c(p: LayerParams, acc: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor | None:
+    """Output codes by the integer model's own C epilogue (same function, many times faster than int64
+    PyTorch ops), or None where it does not apply: > 8-bit grids, accumulators past int32, other layouts."""
+    from lowbit.integer import cext
+
+    out, res = p.output, p.residual
+    if out.fmt.bits > 8 or (res is not None and res.fmt.bits > 8) or acc.ndim not in (2, 4) or acc.numel() == 0:
+        return None
+    if cext.library() is None or (acc.dtype != torch.int32 and float(acc.abs().max()) >= 2**31):
+        return None
+    off = _stored_offset(out)
+    r, r_zp = None, 0
+    if residual is not None:
+        r_off = _stored_offset(res)
+        r, r_zp = (res.codes(residual) - r_off).to(torch.int8), res.zero_point - r_off
+    q = cext.requant(acc.to(torch.int32), p.bias.to(torch.int32), p.m.contiguous(), p.n.contiguous(),
+                     out.zero_point - off, p.lo - off, p.hi - off, r, r_zp, p.m2)
+    return q.to(torch.int32) + off
+
+
 def exact_forward(module, x: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
     """Forward of a converted unified module in the integer model's arithmetic (see module docstring)."""
     p = layer_params(module)
     axis = 1 if module.weight.ndim > 2 else -1
     xc = (p.input.codes(x) - p.input.zero_point).to(torch.float32)
-    acc = exact_accumulator(module, xc, p.weight.to(torch.float32))
-    acc = acc + _channels(p.bias, acc, axis)
+    acc = exact_accumulator(module, xc, p.weight.to(torch.float32), torch.int32)
+    if p.output is not None and (q := _requantize_c(p, acc, residual)) is not None:
+        return dequantize_codes(q, p.output.zero_point, p.output.scale)
+    acc = acc.to(torch.int64) + _channels(p.bias, acc, axis)
     if p.output is None:  # dequantize the accumulator: the network's float output
         y = dequantize_acc(acc, _channels(p.acc_scale, acc, axis))
         if residual is not None:
