@@ -297,3 +297,25 @@ def test_unsupported_ops_and_bad_arguments_are_refused(exported, tmp_path):
     with pytest.raises(ConfigError, match="start_dim=1, end_dim=-1"):
         export_onnx(IntegerModel(nodes, flat.input_name, flat.output_name), tmp_path / "m.onnx", (1, 1, 28, 28))
     assert list(tmp_path.iterdir()) == []  # nothing written, no temporary left behind
+
+
+@pytest.mark.parametrize("opset", [17, 21])
+def test_int4_weights_at_opset_21(fmnist, tmp_path, opset):
+    x, y, calib = fmnist
+    im = to_integer(quantize(zoo.pretrained("cnn"), [calib], PTQConfig(weight_bits=4)), (calib[:2],))
+    path = export_onnx(im, tmp_path / "cnn.onnx", (1, 1, 28, 28), opset=opset)
+    model = onnx.load(path)
+    kinds = {i.name: i.data_type for i in model.graph.initializer if i.name.endswith("_weight")}
+    four = [n for n, dt in kinds.items() if dt == onnx.TensorProto.INT4]
+    # first and last layers stay 8-bit (int8); the two 4-bit middle layers are INT4 from opset 21
+    assert len(four) == (2 if opset >= 21 else 0) and len(kinds) == 4
+    inits = {i.name: i for i in model.graph.initializer}
+    layers = [n for n in im.nodes if "weight" in n.op.tensors]
+    for name, node in zip(sorted(kinds), sorted(layers, key=lambda n: n.output)):
+        codes = onnx.numpy_helper.to_array(inits[name]).astype(np.int8)  # INT4 unpacked
+        assert np.array_equal(codes, node.op.tensors["weight"].numpy()), name  # the integer model's codes
+    out = _session(model).run(["output"], {"input": x.numpy()})[0]
+    ref = im(x).numpy()
+    lsb = float(np.abs(ref).max()) / 100
+    assert np.mean(np.abs(out - ref) <= lsb) >= 0.999
+    assert (out.argmax(1) == y).mean() == pytest.approx((ref.argmax(1) == y).mean(), abs=0.002)

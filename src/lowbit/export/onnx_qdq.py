@@ -4,7 +4,8 @@ Every int8 tensor of the integer model becomes a ``QuantizeLinear`` output
 (uint8 for an unsigned grid, whose zero point is the stored one + 128, as
 onnxruntime's x86 kernels want; int8 for a signed grid) followed by one
 ``DequantizeLinear``. Every layer reads ``DequantizeLinear`` outputs of its int8
-weights (per output channel, zero point 0) and of its int32 bias (on the
+weights (per output channel, zero point 0; from opset 21, weights of 4 bits or fewer are INT4
+initializers, half the bytes - onnxruntime then runs that layer as a float convolution) and of its int32 bias (on the
 accumulator grid ``s_x s_w``, zero point 0), so a runtime that understands QDQ
 fuses ``DQ -> Conv -> Q`` into an integer convolution (onnxruntime:
 ``QLinearConv``, ``QGemm``, ``QLinearGlobalAveragePool``) on the very integers
@@ -74,6 +75,7 @@ INSTALL_HINT = "pip install onnx"
 MIN_OPSET = 13  # per-axis QuantizeLinear / DequantizeLinear
 INPUT_NAME, OUTPUT_NAME, BATCH = "input", "output", "batch"
 CODES_KEY = "lowbit.codes"  # metadata: {graph output: integer-model tensor} when codes are exposed
+INT4_OPSET = 21  # DequantizeLinear reads INT4 from opset 21: <= 4-bit weights are stored as INT4 there
 _ULPS = 16  # how far the weight-scale search looks on either side of the nearest float32
 
 
@@ -193,9 +195,9 @@ def _safe_bias(bias: np.ndarray, w: np.ndarray, x: _Grid, y: _Grid, mult: np.nda
 class _Builder:
     """Accumulates nodes and initializers with unique names."""
 
-    def __init__(self, onnx, shapes: dict[str, tuple[int, ...]], expose_codes: bool) -> None:
+    def __init__(self, onnx, shapes: dict[str, tuple[int, ...]], expose_codes: bool, opset: int = MIN_OPSET) -> None:
         self.onnx, self.h, self.nh = onnx, onnx.helper, onnx.numpy_helper
-        self.shapes, self.expose_codes = shapes, expose_codes
+        self.shapes, self.expose_codes, self.opset = shapes, expose_codes, opset
         self.nodes: list = []
         self.inits: list = []
         self.used: set[str] = {INPUT_NAME, OUTPUT_NAME}
@@ -215,6 +217,13 @@ class _Builder:
     def const(self, base: str, array: np.ndarray) -> str:
         name = self.fresh(base)
         self.inits.append(self.nh.from_array(np.asarray(array), name))
+        return name
+
+    def const_int4(self, base: str, array: np.ndarray) -> str:
+        """An INT4 initializer (ONNX opset >= 21; packed two per byte by onnx.helper)."""
+        name = self.fresh(base)
+        flat = np.asarray(array, dtype=np.int8).reshape(-1).tolist()
+        self.inits.append(self.h.make_tensor(name, self.onnx.TensorProto.INT4, list(np.shape(array)), flat))
         return name
 
     def add(self, op: str, inputs: list[str], out: str, **attrs) -> str:
@@ -333,11 +342,13 @@ class _Builder:
             if len(node.inputs) == 1:  # (a residual layer stays a float conv in onnxruntime: no int32 sum)
                 bias = _safe_bias(bias, w, x.grid, out_grid, mult, lo, hi)
         matmul = not conv and len(self.shapes[node.inputs[0]]) != 2
+        w_arr = np.ascontiguousarray(w.T) if matmul else w  # MatMul wants (K, O)
+        int4 = self.opset >= INT4_OPSET and a.get("weight_bits", 8) <= 4 and w.min() >= -8 and w.max() <= 7
+        const = self.const_int4 if int4 else self.const
         w_dq = self.add("DequantizeLinear",
-                        [self.const(f"{name}_weight", np.ascontiguousarray(w.T) if matmul else w),
-                         self.const(f"{name}_weight_scale", s_w),
-                         self.const(f"{name}_weight_zero_point", np.zeros(out_ch, np.int8))],
-                        f"{name}_weight_dq", axis=1 if matmul else 0)  # MatMul wants (K, O)
+                        [const(f"{name}_weight", w_arr), self.const(f"{name}_weight_scale", s_w),
+                         const(f"{name}_weight_zero_point", np.zeros(out_ch, np.int8))],
+                        f"{name}_weight_dq", axis=1 if matmul else 0)
         b_dq = self.add("DequantizeLinear", [self.const(f"{name}_bias", bias.astype(np.int32)),
                                              self.const(f"{name}_bias_scale", (s_w * s_in).astype(np.float32)),
                                              self.const(f"{name}_bias_zero_point", np.zeros(out_ch, np.int32))],
@@ -503,7 +514,7 @@ def to_onnx_model(model: IntegerModel, input_shape: tuple[int, ...], opset: int 
         raise ConfigError(f"opset must be >= {MIN_OPSET} (per-channel QuantizeLinear), not {opset!r}")
     _check_kinds(model)
     shapes = _shapes(model, tuple(input_shape))
-    b = _Builder(onnx, shapes, expose_codes)
+    b = _Builder(onnx, shapes, expose_codes, opset)
     b.values[model.input_name] = _Value(INPUT_NAME)
     for node in model.nodes:
         b.emit(node)
