@@ -24,7 +24,7 @@ import contextlib
 import copy
 import fnmatch
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -33,6 +33,7 @@ from torch import fx, nn
 
 from lowbit.errors import ConfigError, DataError
 from lowbit.formats import IntFormat, check_bits
+from lowbit.granularity import PerChannel, PerTensor
 from lowbit.graph.fx_passes import (
     FusionPlan,
     TraceFailed,
@@ -46,7 +47,6 @@ from lowbit.graph.fx_passes import (
     widen_last_input,
 )
 from lowbit.graph.nodes import COMPUTE
-from lowbit.granularity import PerChannel, PerTensor
 from lowbit.nn.quantizers import ActQuantizer, ObserverName, TensorSpec, WeightQuantizer
 from lowbit.nn.unified import UnifiedConv, UnifiedLinear, _Unified, unified_modules
 from lowbit.utils.progress import Progress
@@ -281,6 +281,24 @@ def convert(model: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
+def run_float_inputs(model: nn.Module, layers: list[tuple[str, nn.Module]], data: Iterable,
+                     visit: Callable[[str, nn.Module, torch.Tensor], None]) -> int:
+    """Run the batches of ``data`` through ``model`` in float (every quantizer off) and call
+    ``visit(name, module, input)`` on the input of each of ``layers``; returns the batch count."""
+    handles = [m.register_forward_pre_hook(lambda mod, args, n=n: visit(n, mod, args[0])) for n, m in layers]
+    count = 0
+    try:
+        with quantizers_off(model):
+            for x in _batches(data):
+                model(x)
+                count += 1
+    finally:
+        for h in handles:
+            h.remove()
+    return count
+
+
+@torch.no_grad()
 def correct_bias(model: nn.Module, data: Iterable) -> None:
     """Empirical bias correction (Nagel et al., "Data-Free Quantization", ICCV 2019, sec. 4.2).
 
@@ -295,23 +313,12 @@ def correct_bias(model: nn.Module, data: Iterable) -> None:
     if not layers:
         raise ConfigError("correct_bias needs a converted model (call convert first)")
     sums: dict[str, torch.Tensor] = {}
-    count = 0
 
-    def hook(name: str):
-        def pre(module: _Unified, args) -> None:
-            shift = module.weight_error_shift(args[0])
-            sums[name] = sums[name] + shift if name in sums else shift
-        return pre
+    def add(name: str, module: _Unified, x: torch.Tensor) -> None:
+        shift = module.weight_error_shift(x)
+        sums[name] = sums[name] + shift if name in sums else shift
 
-    handles = [m.register_forward_pre_hook(hook(n)) for n, m in layers]
-    try:
-        with quantizers_off(model):  # float activations: the shift of each layer's own weight error
-            for x in _batches(data):
-                model(x)
-                count += 1
-    finally:
-        for h in handles:
-            h.remove()
+    count = run_float_inputs(model, layers, data, add)  # the shift of each layer's own weight error
     if count == 0:
         raise DataError("no calibration batches for bias correction")
     for name, m in layers:

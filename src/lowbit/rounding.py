@@ -90,28 +90,15 @@ def gptq_round(model: nn.Module, data: Iterable, damp: float = 0.01) -> list[str
     Call after :func:`lowbit.ptq.convert` (the weight grids must be frozen). ``data``: the
     calibration batches (tensors or ``(x, y)`` pairs).
     """
-    from lowbit.ptq import _batches, quantizers_off
+    from lowbit.ptq import run_float_inputs
 
     layers = [(n, m) for n, m in unified_modules(model) if _eligible(m)]
     if not layers:
         raise ConfigError("gptq_round needs a converted model with per-channel or per-tensor integer weights")
     stats = {n: _Moments() for n, _ in layers}
 
-    def hook(name: str):
-        def pre(module: _Unified, args) -> None:
-            stats[name].add(*patch_moments(module, args[0].detach().float()))
-        return pre
-
-    handles = [m.register_forward_pre_hook(hook(n)) for n, m in layers]
-    try:
-        count = 0
-        with quantizers_off(model):
-            for x in _batches(data):
-                model(x)
-                count += 1
-    finally:
-        for h in handles:
-            h.remove()
+    count = run_float_inputs(model, layers, data,
+                             lambda name, m, x: stats[name].add(*patch_moments(m, x.detach().float())))
     if count == 0:
         raise DataError("no calibration batches for GPTQ rounding")
     for name, m in layers:
