@@ -50,6 +50,18 @@ def test_mse_init_starts_from_the_least_squares_steps(data):
     assert evaluate(mse, te) >= evaluate(paper, te)  # training starts from the better quantizer
 
 
+@torch.no_grad()
+def test_weight_code_minus_128_lowers_exactly(data):
+    tr, te = data
+    q = prepare_qat(zoo.pretrained("cnn"), QATConfig(4, 4), tr.x[:256])
+    step = q.conv1.weight_quant.step  # the 8-bit first layer: two's complement -128..127
+    q.conv1.weight[0, 0, 0, 0] = -200 * step[0]
+    convert_qat(q)
+    im = to_integer(q, (te.x[:2],))
+    assert int(im.nodes[1].op.tensors["weight"].min()) == -128
+    assert torch.equal(im(te.x[:64]), q(te.x[:64]))
+
+
 def test_lsq_training_recovers_accuracy_and_lowers_to_integers(data):
     tr, te = data
     q = prepare_qat(zoo.pretrained("cnn"), QATConfig(2, 2), tr.x[:256])

@@ -194,7 +194,7 @@ class _Lowering:
             if p.residual is not None:
                 tensors["m2"] = p.m2
                 attrs["residual_zero_point"] = stored_zero_point(p.residual)
-        if p.weight.abs().max() > 127:
+        if p.weight.min() < -128 or p.weight.max() > 127:
             raise ConfigError(f"{node.target}: weights wider than 8 bits do not fit the int8 kernels")
         if isinstance(m, UnifiedConv):
             if m.ndim != 2:
