@@ -15,6 +15,7 @@ same loop, and ``--distill`` mixes the KL to the float model into both tools' lo
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from dataclasses import asdict, replace
 
@@ -116,7 +117,7 @@ def main() -> None:
         if args.save and label in SHIP:
             save_weights(model, weights_path(SHIP[label]), {
                 "model": SHIP[label], "base": "resnet", "config": asdict(config), "test_accuracy": acc,
-                "train": asdict(tcfg), "command": "benchmarks/bench_qat.py --save"})
+                "train": asdict(tcfg), "command": " ".join(["benchmarks/bench_qat.py", *sys.argv[1:]])})
         delta = 100 * (acc - f_acc)
         line = (f"| {label} | {epochs} | {100 * acc:.2f}% | {delta:+.2f} | {target} | "
                 f"{'yes' if delta >= -MARGIN[label] else 'no'} | {seconds:.0f} s |")

@@ -62,6 +62,29 @@ def test_weight_code_minus_128_lowers_exactly(data):
     assert torch.equal(im(te.x[:64]), q(te.x[:64]))
 
 
+@pytest.mark.parametrize("method", ["lsq", "faq"])
+def test_unfolded_batchnorm_trains_then_freezes_then_folds(data, method):
+    from lowbit.qat import fold_trained_bn
+
+    tr, te = data
+    base = zoo.pretrained("cnn")
+    q = prepare_qat(base, QATConfig(4, 4, method=method, bn_freeze_steps=4), tr.x[:256])
+    assert q.conv1.bn is not None and q.conv2.bn is not None  # conv -> BN kept inside the unified module
+    before = int(q.conv2.bn.num_batches_tracked)
+    train(q, tr.take(256), TrainConfig(epochs=1, batch_size=32, lr=1e-3), progress=False)  # 8 steps
+    assert not torch.equal(q.conv2.bn.running_mean, base.bn2.running_mean)  # statistics trained ...
+    assert int(q.conv2.bn.num_batches_tracked) - before == 4  # ... for 4 steps, then frozen
+    assert not q.conv2.bn.training
+    q.eval()
+    with torch.no_grad():
+        unfolded = q(te.x)
+        assert fold_trained_bn(q) == ["conv1", "conv2"]
+        convert_qat(q)
+        folded = q(te.x)
+    assert q.conv2.exact and (unfolded.argmax(1) == folded.argmax(1)).float().mean() > 0.98
+    assert torch.equal(to_integer(q, (te.x[:2],))(te.x[:64]), folded[:64])  # and the integer model is exact
+
+
 def test_lsq_training_recovers_accuracy_and_lowers_to_integers(data):
     tr, te = data
     q = prepare_qat(zoo.pretrained("cnn"), QATConfig(2, 2), tr.x[:256])

@@ -197,8 +197,13 @@ def _eager_swap(model: nn.Module, specs: _Specs, plan: FusionPlan) -> nn.Module:
     return model
 
 
-def prepare(model: nn.Module, config: PTQConfig = PTQConfig(), example_inputs: tuple | None = None) -> nn.Module:
-    """A quantization-ready copy of ``model`` with observers on every quantization point."""
+def prepare(model: nn.Module, config: PTQConfig = PTQConfig(), example_inputs: tuple | None = None,
+            fold_bn: bool = True) -> nn.Module:
+    """A quantization-ready copy of ``model`` with observers on every quantization point.
+
+    ``fold_bn=False`` keeps each BatchNorm that follows a conv/linear inside its unified module,
+    unfolded (for QAT that trains BatchNorm statistics); such a model runs fake-quant only until
+    the BatchNorms are folded (:func:`lowbit.qat.fold_trained_bn`)."""
     if not isinstance(config, PTQConfig):
         raise ConfigError(f"config must be a PTQConfig, got {type(config).__name__}")
     if example_inputs is None:
@@ -217,7 +222,8 @@ def prepare(model: nn.Module, config: PTQConfig = PTQConfig(), example_inputs: t
         return out
     specs = _Specs(config, _compute_order(gm))
     unfused = count_primitive_quant_points(gm, example_inputs)
-    fold_batchnorm(gm, plan)
+    if fold_bn:
+        fold_batchnorm(gm, plan)
     fuse_unified(gm, specs.layer, plan)
     insert_input_quantizers(gm, specs.input_for, plan)
     if config.first_last_bits is not None and specs.last is not None and specs.layer(specs.last)[0] is not None:

@@ -10,8 +10,12 @@
    - ``method="faq"``: fixed steps from percentile calibration (99.99th), straight-through
      rounding; only the weights train.
 
-   BatchNorm is folded into the weights before training (its statistics frozen). First and
-   last layers stay at ``first_last_bits`` (8).
+   BatchNorm is folded into the weights before training (its statistics frozen), or, with
+   ``bn_freeze_steps=N``, kept after its quantized conv: it normalises with batch statistics and
+   updates its running ones for the first N optimizer steps, then uses the frozen running ones
+   (Jacob et al., CVPR 2018, sec. 3.2; Krishnamoorthi 2018); :func:`convert_qat` folds it into the
+   weights and scales each channel's step by ``|gamma / sigma|``. First and last layers stay at
+   ``first_last_bits`` (8).
 2. :func:`train` runs SGD with Nesterov momentum and a cosine decay, optionally distilling from
    the float model, with a progress bar, an atomic checkpoint per epoch and ``resume``.
    Under ``torchrun`` it uses DistributedDataParallel over gloo (CPU) or nccl (GPU): each rank
@@ -61,6 +65,7 @@ class QATConfig:
     first_last_bits: int | None = 8
     convention: Literal["paper", "numel", "features"] = "paper"
     init: Literal["lsq", "mse"] = "lsq"
+    bn_freeze_steps: int | None = None
 
     def __post_init__(self) -> None:
         check_bits(self.weight_bits, "QATConfig.weight_bits", low=2, high=8)
@@ -71,6 +76,10 @@ class QATConfig:
             raise ConfigError(f"QATConfig.method must be 'lsq' or 'faq', got {self.method!r}")
         if self.convention not in ("paper", "numel", "features"):
             raise ConfigError(f"QATConfig.convention must be paper, numel or features, got {self.convention!r}")
+        if self.bn_freeze_steps is not None and (isinstance(self.bn_freeze_steps, bool)
+                                                 or not isinstance(self.bn_freeze_steps, int) or self.bn_freeze_steps < 0):
+            raise ConfigError(f"QATConfig.bn_freeze_steps must be None (fold before training) or an int >= 0, "
+                              f"got {self.bn_freeze_steps!r}")
         if self.init not in ("lsq", "mse"):
             raise ConfigError(f"QATConfig.init must be 'lsq' or 'mse', got {self.init!r}")
 
@@ -117,7 +126,7 @@ def prepare_qat(model: nn.Module, config: QATConfig, calibration: torch.Tensor) 
         raise ConfigError(f"config must be a QATConfig, got {type(config).__name__}")
     if not isinstance(calibration, torch.Tensor) or calibration.numel() == 0:
         raise DataError("prepare_qat needs a non-empty calibration batch (a tensor of inputs)")
-    gm = prepare(model, config.ptq(), (calibration[:2],))
+    gm = prepare(model, config.ptq(), (calibration[:2],), fold_bn=config.bn_freeze_steps is None)
     if not isinstance(gm, fx.GraphModule):
         raise ConfigError("QAT needs a model torch.fx can trace")
     if config.method == "lsq":
@@ -221,6 +230,7 @@ def train(model: nn.Module, data: Split, cfg: TrainConfig = TrainConfig(), out_d
         gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)  # the data order depends on the epoch only
         order = torch.randperm(len(data), generator=gen)
         net.train()
+        freeze_bn(model, qcfg.bn_freeze_steps, epoch * steps_per_epoch)
         seen = correct = 0
         loss_sum = 0.0
         bar = Progress(range(steps_per_epoch), steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}",
@@ -242,6 +252,7 @@ def train(model: nn.Module, data: Split, cfg: TrainConfig = TrainConfig(), out_d
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            freeze_bn(model, qcfg.bn_freeze_steps, epoch * steps_per_epoch + i + 1)
             loss_sum += float(loss.detach()) * len(y)
             seen += len(y)
             correct += int((logits.argmax(1) == y).sum())
@@ -253,8 +264,48 @@ def train(model: nn.Module, data: Split, cfg: TrainConfig = TrainConfig(), out_d
     return history
 
 
+def freeze_bn(model: nn.Module, freeze_steps: int | None, step: int) -> None:
+    """From optimizer step ``freeze_steps`` on, unfolded BatchNorms use (and keep) their running statistics."""
+    if freeze_steps is None or step < freeze_steps:
+        return
+    for _, u in unified_modules(model):
+        if u.bn is not None:
+            u.bn.eval()
+
+
+@torch.no_grad()
+def fold_trained_bn(model: nn.Module) -> list[str]:
+    """Fold every unfolded BatchNorm into its unified layer; returns the layers folded.
+
+    ``w' = g w``, ``b' = g (b - mu) + beta`` with ``g = gamma / sqrt(var + eps)`` per channel, and the
+    channel's weight step (or fixed scale) becomes ``|g| s``: the codes stay ``round(w / s)``, their
+    sign flipped where ``g < 0`` (a code of -2^(b-1) there saturates at 2^(b-1) - 1).
+    """
+    done = []
+    for name, u in unified_modules(model):
+        if u.bn is None:
+            continue
+        bn, wq = u.bn, u.weight_quant
+        g = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        shape = (-1, *[1] * (u.weight.ndim - 1))
+        u.weight.mul_(g.reshape(shape))
+        bias = u.bias if u.bias is not None else torch.zeros_like(g)
+        u.bias = nn.Parameter(g * (bias - bn.running_mean) + bn.bias)
+        if wq is not None:
+            steps = wq.step if hasattr(wq, "step") else wq.scale
+            if steps.numel() != g.numel():
+                raise ConfigError(f"{name}: folding a trained BatchNorm needs per-channel weight steps")
+            steps.mul_(g.abs().reshape(steps.shape))
+        u.bn = None
+        done.append(name)
+    return done
+
+
 def convert_qat(model: nn.Module) -> nn.Module:
-    """Freeze a trained QAT model: LSQ steps become scales; FAQ keeps its fixed scales. Returns it in eval mode."""
+    """Freeze a trained QAT model: LSQ steps become scales; FAQ keeps its fixed scales. Returns it in eval mode.
+
+    BatchNorms kept unfolded for training (``bn_freeze_steps``) are folded first."""
+    fold_trained_bn(model)
     method = getattr(model, "lowbit_qat", {}).get("method", "lsq")
     if method == "lsq":
         convert(model)
@@ -265,4 +316,5 @@ def convert_qat(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
-__all__ = ["QATConfig", "TrainConfig", "convert_qat", "init_distributed", "load_checkpoint", "prepare_qat", "train"]
+__all__ = ["QATConfig", "TrainConfig", "convert_qat", "fold_trained_bn", "freeze_bn", "init_distributed",
+           "load_checkpoint", "prepare_qat", "train"]

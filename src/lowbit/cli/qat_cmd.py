@@ -23,6 +23,9 @@ def add_parser(sub) -> None:
     p.add_argument("--method", choices=("lsq", "faq"), default="lsq", help="lsq (learned steps) or faq (fixed)")
     p.add_argument("--init", choices=("lsq", "mse"), default="lsq",
                    help="LSQ step initialisation: the paper's 2 mean|v|/sqrt(Q_P), or least squared error")
+    p.add_argument("--bn-freeze-steps", type=int, default=None, metavar="N",
+                   help="keep BatchNorm unfolded, training its statistics for N steps, then frozen "
+                        "(default: folded before training)")
     p.add_argument("--epochs", type=int, default=3, help="training epochs (default 3)")
     p.add_argument("--batch-size", type=int, default=128, help="global batch size (default 128)")
     p.add_argument("--lr", type=float, default=0.01, help="peak learning rate, cosine decay (default 0.01)")
@@ -46,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
     from lowbit.zoo.recipes import evaluate
 
     rank, world = init_distributed()
-    config = QATConfig(args.weight_bits, args.act_bits, args.method, init=args.init)
+    config = QATConfig(args.weight_bits, args.act_bits, args.method, init=args.init,
+                       bn_freeze_steps=args.bn_freeze_steps)
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, distill=args.distill,
                       augment=not args.no_augment, seed=args.seed)
     data = fashion_mnist("train", root=args.data_dir)

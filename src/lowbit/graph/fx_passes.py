@@ -89,18 +89,24 @@ def _set_module(gm: fx.GraphModule, target: str, module: nn.Module) -> None:
     setattr(parent, attr, module)
 
 
-def _chain(gm: fx.GraphModule, node: fx.Node) -> tuple[list[fx.Node], fx.Node | None, nn.Module]:
-    """``node`` [-> add(residual)] [-> activation]: the nodes to absorb, the residual, the activation."""
-    chain, residual, act = [node], None, nn.Identity()
+def _chain(gm: fx.GraphModule, node: fx.Node) -> tuple[list[fx.Node], fx.Node | None, nn.Module, nn.Module | None]:
+    """``node`` [-> BatchNorm] [-> add(residual)] [-> activation]: the nodes to absorb, the residual,
+    the activation and the BatchNorm (only found here when it was not folded)."""
+    chain, residual, act, bn = [node], None, nn.Identity(), None
     users = list(node.users)
+    if len(users) == 1 and is_batchnorm(gm, users[0]):
+        bn = module_of(gm, users[0])
+        chain.append(users[0])
+    tail = chain[-1]
+    users = list(tail.users)
     if len(users) == 1 and (ops := add_operands(users[0])) is not None and ops[0] is not ops[1]:
-        residual = ops[1] if ops[0] is node else ops[0]
+        residual = ops[1] if ops[0] is tail else ops[0]
         chain.append(users[0])
     users = list(chain[-1].users)
     if len(users) == 1 and (a := activation_of(gm, users[0])) is not None:
         act = a
         chain.append(users[0])
-    return chain, residual, act
+    return chain, residual, act, bn
 
 
 def fuse_unified(gm: fx.GraphModule, spec_for: SpecFor, plan: FusionPlan) -> None:
@@ -109,13 +115,15 @@ def fuse_unified(gm: fx.GraphModule, spec_for: SpecFor, plan: FusionPlan) -> Non
     for node in list(gm.graph.nodes):
         if not is_compute(gm, node) or calls[node.target] != 1:
             continue
-        chain, residual, act = _chain(gm, node)
+        chain, residual, act, bn = _chain(gm, node)
         layer = module_of(gm, node)
         w_spec, out_spec = spec_for(str(node.target))
         if any(u.op == "output" for u in chain[-1].users):
             out_spec = None  # the network output: its int32 accumulator is dequantized, not requantized
         cls = UnifiedLinear if isinstance(layer, nn.Linear) else UnifiedConv
-        _set_module(gm, node.target, cls(layer, act, residual is not None, w_spec, out_spec))
+        unified = cls(layer, act, residual is not None, w_spec, out_spec)
+        unified.bn = bn
+        _set_module(gm, node.target, unified)
         with gm.graph.inserting_after(chain[-1]):
             args = (node.args[0],) + ((residual,) if residual is not None else ())
             new = gm.graph.call_module(node.target, args=args)

@@ -33,6 +33,8 @@ class _Unified(nn.Module):
         self.has_residual = has_residual
         self.weight_quant = WeightQuantizer(w_spec) if w_spec is not None else None
         self.output_quant = ActQuantizer(out_spec) if out_spec is not None else None
+        # a BatchNorm kept unfolded for QAT (QATConfig.bn_freeze_steps); lowbit.qat.fold_trained_bn folds it
+        self.bn: nn.Module | None = None
         # set by lowbit.ptq.convert: the grids of the inputs; with them the forward is exact integer arithmetic
         self.input_qparams: QParams | None = None
         self.residual_qparams: QParams | None = None
@@ -44,7 +46,7 @@ class _Unified(nn.Module):
     @property
     def exact(self) -> bool:
         """True when the forward runs the integer model's arithmetic (converted, quantizers on, eval)."""
-        return (self.input_qparams is not None and not self.training
+        return (self.input_qparams is not None and not self.training and self.bn is None
                 and (self.residual_qparams is not None or not self.has_residual)
                 and self.weight_quant is not None and self.weight_quant.mode == "quantize"
                 and (self.output_quant is None or self.output_quant.mode == "quantize"))
@@ -69,6 +71,8 @@ class _Unified(nn.Module):
             return exact_forward(self, x, residual)
         w = self.weight_quant(self.weight) if self.weight_quant is not None else self.weight
         y = self._compute(x, w, self.bias)
+        if self.bn is not None:
+            y = self.bn(y)
         if residual is not None:
             y = y + residual
         y = self.act(y)
