@@ -225,3 +225,66 @@ def test_last_layer_input_is_at_first_last_bits(name, producer):
     assert others and set(others) == {4}
     same = prepare(zoo.build(name).eval(), PTQConfig(weight_bits=4, act_bits=4, first_last_bits=None), X)
     assert same.get_submodule(producer).output_quant.spec.fmt.bits == 4
+
+
+class ShapeBranch(nn.Module):
+    """Python control flow on a shape: torch.fx fails, torch.export specialises it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(8)
+        self.act = nn.ReLU6()
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.pool = nn.MaxPool2d(2)
+        self.head = nn.Linear(8 * 14 * 14, 10)
+
+    def forward(self, x):
+        if x.shape[-1] == 28:
+            x = self.act(self.bn(self.conv(x)))
+        x = torch.relu(self.dw(x) + x)
+        return self.head(torch.flatten(self.pool(x), 1))
+
+
+@pytest.mark.parametrize("name", ["resnet", "cnn"])
+def test_export_lifting_computes_the_same_function(name):
+    from lowbit.graph.export_lift import export_graph
+
+    model = _randomise_bn(zoo.build(name))
+    gm = export_graph(model, X)
+    x = torch.randn(5, 1, 28, 28)  # another batch size: the batch is dynamic
+    assert torch.allclose(gm(x), model(x), atol=1e-5)
+    kinds = {type(m).__name__ for m in gm.modules()}
+    assert {"Conv2d", "BatchNorm2d", "Linear"} <= kinds
+    assert any(n == "layers.0.conv1" for n, _ in gm.named_modules()) or name == "cnn"  # the model's own names
+
+
+@pytest.mark.parametrize("name", ["resnet", "cnn"])
+def test_export_path_quantizes_exactly_like_the_fx_path(data, name):
+    from lowbit.graph.export_lift import export_graph
+
+    calib, test = data
+    model = zoo.pretrained(name)
+    via_fx = quantize(model, [calib.x], PTQConfig(weight_bits=4))
+    via_export = quantize(export_graph(model, X), [calib.x], PTQConfig(weight_bits=4))
+    assert torch.equal(via_export.eval()(test.x[:500]), via_fx.eval()(test.x[:500]))
+
+
+def test_untraceable_by_fx_is_captured_by_torch_export(data):
+    from lowbit.integer import to_integer
+
+    calib, test = data
+    model = _randomise_bn(ShapeBranch())
+    with pytest.raises(Exception):
+        torch.fx.symbolic_trace(model)
+    with pytest.warns(UserWarning, match="captured with torch.export"):
+        q = quantize(model, [calib.x], PTQConfig())
+    mods = dict(unified_modules(q))
+    assert set(mods) == {"conv", "dw", "head"}
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in q.modules())  # folded
+    assert isinstance(mods["conv"].act, nn.Hardtanh) and mods["dw"].has_residual
+    x = test.x[:256]
+    with torch.no_grad():
+        ref, out = model(x), q.eval()(x)
+    assert (ref.argmax(1) == out.argmax(1)).float().mean() > 0.95
+    assert torch.equal(to_integer(q, (calib.x[:2],))(x), out)  # lowers to integers like a traced model

@@ -213,9 +213,17 @@ def prepare(model: nn.Module, config: PTQConfig = PTQConfig(), example_inputs: t
     plan = FusionPlan()
     try:
         gm = trace(m)
-    except TraceFailed as exc:
-        warnings.warn(f"lowbit: {exc}; falling back to eager module swap (BatchNorm not folded, "
-                      "one quantizer per layer input)", stacklevel=2)
+    except TraceFailed as fx_exc:
+        from lowbit.graph.export_lift import ExportFailed, export_graph
+
+        try:
+            gm = export_graph(m, example_inputs)
+            warnings.warn(f"lowbit: {fx_exc}; captured with torch.export instead", stacklevel=2)
+        except ExportFailed as exc:
+            gm = None
+            warnings.warn(f"lowbit: {fx_exc}; {exc}; falling back to eager module swap (BatchNorm not "
+                          "folded, one quantizer per layer input)", stacklevel=2)
+    if gm is None:
         order = [n for n, mod in m.named_modules() if isinstance(mod, COMPUTE)]
         out = _eager_swap(m, _Specs(config, order), plan)
         out.lowbit_plan, out.lowbit_graph = plan, False  # type: ignore[attr-defined]
