@@ -156,17 +156,20 @@ def main() -> None:
     ap.add_argument("--out", default="integer_latency", help="results file name (benchmarks/results/OUT.md)")
     ap.add_argument("--effnet", action="store_true", help="also EfficientNet-Lite0 (224x224; slow)")
     ap.add_argument("--torchao", action="store_true", help="also torchao PT2E int8 under torch.compile")
+    ap.add_argument("--sizes-only", action="store_true", help="only the saved-size table (no latency)")
     args = ap.parse_args()
     os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
     train, test = fashion_mnist("train"), fashion_mnist("test")
     calib = train.x[:32]
     tmp = Path(tempfile.mkdtemp(prefix="lowbit-bench-"))
-    sections = [gemm_throughput(args.rounds)] if args.models else []
+    sections = [gemm_throughput(args.rounds)] if args.models and not args.sizes_only else []
     sizes = ["| model | float32 bytes | lowbit int8 bytes | ratio |", "|---|---:|---:|---:|"]
     for name in args.models:
         model = big_mlp(train) if name == "mlp1024" else zoo.pretrained(name)
-        table, acc = bench_model(name, model, calib, test, args.batch, args.threads, args.rounds, args.torchao, tmp)
-        sections += [table, acc]
+        if not args.sizes_only:
+            table, acc = bench_model(name, model, calib, test, args.batch, args.threads, args.rounds, args.torchao,
+                                     tmp)
+            sections += [table, acc]
         sizes.append(size_row(name, model, to_integer(quantize(model, [calib], PTQConfig()), (calib[:2],)), tmp))
     if args.effnet:
         from lowbit.data.photos import photo_crops
@@ -174,9 +177,10 @@ def main() -> None:
 
         model = with_plain_convs(efficientnet_lite0()).eval()
         crops = photo_crops(32, "calib")
-        table, _ = bench_model("efficientnet-lite0", model, crops, None, args.batch, args.threads, args.rounds,
-                               False, tmp)
-        sections.append(table)
+        if not args.sizes_only:
+            table, _ = bench_model("efficientnet-lite0", model, crops, None, args.batch, args.threads, args.rounds,
+                                   False, tmp)
+            sections.append(table)
         sizes.append(size_row("efficientnet-lite0", model,
                               to_integer(quantize(model, [crops], PTQConfig(), (crops[:2],)), (crops[:2],)), tmp))
     sections.append("\n".join(sizes))

@@ -297,7 +297,7 @@ def test_bad_model_files_give_clear_errors(fmnist, tmp_path):
     with pytest.raises(CheckpointError):
         load_integer(tmp_path / "missing.safetensors")
     tensors, meta = load_tensors(good)
-    save_tensors(tmp_path / "v9.safetensors", tensors, {"lowbit": meta["lowbit"].replace('"version": 1', '"version": 9')})
+    save_tensors(tmp_path / "v9.safetensors", tensors, {"lowbit": meta["lowbit"].replace('"version": 2', '"version": 9')})
     with pytest.raises(CheckpointError, match="version 9"):
         load_integer(tmp_path / "v9.safetensors")
     del tensors[next(k for k in tensors if k.endswith(".weight"))]

@@ -3,10 +3,12 @@
 The file holds every op's tensors (``"<index>.<name>"``) and, in the
 safetensors header's ``__metadata__``, a JSON description of the graph:
 
-    {"format": "lowbit-integer", "version": 1, "input": ..., "output": ...,
+    {"format": "lowbit-integer", "version": 2, "input": ..., "output": ...,
      "nodes": [{"kind", "inputs", "output", "attrs", "grid", "source"}, ...]}
 
-Weights of 4 bits or fewer are packed two to a byte (low nibble first). Loading
+Weights of 4 bits or fewer are packed two to a byte (low nibble first); per-channel
+multipliers are stored as int32 and shifts as int8 (version 2; loading widens them
+back to int64 and still reads version 1 files). Loading
 reads no pickle, checks the format name, version, op kinds and every tensor an
 op needs, and raises :class:`~lowbit.errors.CheckpointError` naming the
 problem. Saving writes a temporary file and renames it.
@@ -24,7 +26,9 @@ from lowbit.integer.model import IntegerModel, Node, make_op
 from lowbit.integer.ops import OPS
 from lowbit.utils.tensorfile import load_tensors, save_tensors
 
-FORMAT, VERSION = "lowbit-integer", 1
+FORMAT, VERSION = "lowbit-integer", 2
+READS = (1, 2)  # version 2 stores per-channel multipliers and shifts in the narrowest exact integer type
+_NARROW = {"m": torch.int32, "m2": torch.int32, "n": torch.int8}
 _REQUIRED = {"linear": ("weight", "bias"), "conv2d": ("weight", "bias"), "avgpool2d": ("m", "n")}
 
 
@@ -47,6 +51,11 @@ def unpack_int4(packed: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     return nib[:n].to(torch.int8).reshape(shape)
 
 
+def _fits(t: torch.Tensor, dtype: torch.dtype) -> bool:
+    info = torch.iinfo(dtype)
+    return t.numel() == 0 or (int(t.min()) >= info.min and int(t.max()) <= info.max)
+
+
 def save_integer(model: IntegerModel, path: str | Path) -> Path:
     """Write ``model`` to ``path`` (``.safetensors``), atomically."""
     tensors: dict[str, torch.Tensor] = {}
@@ -57,6 +66,9 @@ def save_integer(model: IntegerModel, path: str | Path) -> Path:
             if name == "weight" and attrs.get("weight_bits", 8) <= 4:
                 attrs["weight_shape"] = list(t.shape)
                 t = pack_int4(t)
+            elif name in _NARROW and t.dtype == torch.int64 and _fits(t, _NARROW[name]):
+                attrs.setdefault("widen", []).append(name)  # loading restores int64
+                t = t.to(_NARROW[name])
             tensors[f"{i}.{name}"] = t
         nodes.append({"kind": node.kind, "inputs": node.inputs, "output": node.output, "attrs": attrs,
                       "grid": node.grid, "source": node.source, "tensors": sorted(node.op.tensors)})
@@ -79,8 +91,8 @@ def _header(path: Path, metadata: dict[str, str]) -> dict:
         raise _fail(path, f"its metadata is not JSON ({exc})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise _fail(path, f"format {meta.get('format') if isinstance(meta, dict) else meta!r}, expected {FORMAT!r}")
-    if meta.get("version") != VERSION:
-        raise _fail(path, f"format version {meta.get('version')!r}; this lowbit reads version {VERSION}: "
+    if meta.get("version") not in READS:
+        raise _fail(path, f"format version {meta.get('version')!r}; this lowbit reads versions {READS}: "
                           "re-export the model with this version")
     if not isinstance(meta.get("nodes"), list):
         raise _fail(path, "no node list")
@@ -103,6 +115,10 @@ def _node(path: Path, i: int, spec: dict, tensors: dict[str, torch.Tensor]) -> N
     own = {n: tensors[f"{i}.{n}"] for n in names}
     if "weight_shape" in attrs:
         own["weight"] = unpack_int4(own["weight"], tuple(attrs.pop("weight_shape")))
+    for name in attrs.pop("widen", []):
+        if name not in own or own[name].dtype not in _NARROW.values():
+            raise _fail(path, f"node {i} ({kind}): tensor {name!r} is marked narrowed but is not")
+        own[name] = own[name].to(torch.int64)
     try:
         op = make_op(kind, attrs, own)
     except (KeyError, RuntimeError, ValueError, TypeError) as exc:
