@@ -22,7 +22,7 @@ import torch
 from _common import write_result
 from lowbit.data.photos import CropConfig, photo_crops
 from lowbit.diagnostics import sqnr_db
-from lowbit.ptq import PTQConfig, quantize
+from lowbit.ptq import LayerRule, PTQConfig, quantize
 from lowbit.zoo.efficientnet import efficientnet_lite0, with_plain_convs
 
 
@@ -69,7 +69,10 @@ def main() -> None:
         ("lowbit W8A8 per-channel, no bias correction",
          lambda: quantize(model, calib_batches, PTQConfig(bias_correction=False), example)),
         ("lowbit W8A8 per-tensor weights", lambda: quantize(model, calib_batches, PTQConfig(weight_granularity="tensor"), example)),
-        ("lowbit W8A16 per-channel (activation error removed)", lambda: quantize(model, calib_batches, PTQConfig(act_bits=16), example)),
+        ("lowbit W8A16 per-channel, GPTQ, input and classifier at 16 bits (only the 8-bit weights' error left)",
+         lambda: quantize(model, calib_batches, PTQConfig(act_bits=16, first_last_bits=16, rounding="gptq",
+                                                          rules=(LayerRule("_conv_stem*", weight_bits=8),
+                                                                 LayerRule("_fc*", weight_bits=8))), example)),
     ]
     for label, make in runs:
         t = time.perf_counter()
