@@ -4,7 +4,7 @@
    then puts quantizers in the loop:
 
    - ``method="lsq"``: every weight and activation slot gets a learned step (per output
-     channel for weights), initialised ``2 mean|v| / sqrt(Q_P)`` on a calibration batch,
+     channel for weights, or one per tensor with ``weight_granularity="tensor"``), initialised ``2 mean|v| / sqrt(Q_P)`` on a calibration batch,
      gradient scale ``1 / sqrt(N Q_P)`` (``convention`` picks N); ``init="mse"`` starts each
      step at its least-squares value instead;
    - ``method="faq"``: fixed steps from percentile calibration (99.99th), straight-through
@@ -66,6 +66,7 @@ class QATConfig:
     convention: Literal["paper", "numel", "features"] = "paper"
     init: Literal["lsq", "mse"] = "lsq"
     bn_freeze_steps: int | None = None
+    weight_granularity: Literal["channel", "tensor"] = "channel"
 
     def __post_init__(self) -> None:
         check_bits(self.weight_bits, "QATConfig.weight_bits", low=2, high=8)
@@ -80,13 +81,15 @@ class QATConfig:
                                                  or not isinstance(self.bn_freeze_steps, int) or self.bn_freeze_steps < 0):
             raise ConfigError(f"QATConfig.bn_freeze_steps must be None (fold before training) or an int >= 0, "
                               f"got {self.bn_freeze_steps!r}")
+        if self.weight_granularity not in ("channel", "tensor"):
+            raise ConfigError(f"QATConfig.weight_granularity must be 'channel' or 'tensor', got {self.weight_granularity!r}")
         if self.init not in ("lsq", "mse"):
             raise ConfigError(f"QATConfig.init must be 'lsq' or 'mse', got {self.init!r}")
 
     def ptq(self) -> PTQConfig:
         observer = "percentile" if self.method == "faq" else "minmax"
-        return PTQConfig(self.weight_bits, self.act_bits, act_observer=observer, first_last_bits=self.first_last_bits,
-                         bias_correction=False)
+        return PTQConfig(self.weight_bits, self.act_bits, weight_granularity=self.weight_granularity,
+                         act_observer=observer, first_last_bits=self.first_last_bits, bias_correction=False)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,8 @@ def add_parser(sub) -> None:
     p.add_argument("--weight-bits", type=int, default=4, help="weight bits, 2..8 (default 4)")
     p.add_argument("--act-bits", type=int, default=4, help="activation bits, 2..8 (default 4)")
     p.add_argument("--method", choices=("lsq", "faq"), default="lsq", help="lsq (learned steps) or faq (fixed)")
+    p.add_argument("--granularity", choices=("channel", "tensor"), default="channel",
+                   help="one weight step per output channel (default) or per tensor")
     p.add_argument("--init", choices=("lsq", "mse"), default="lsq",
                    help="LSQ step initialisation: the paper's 2 mean|v|/sqrt(Q_P), or least squared error")
     p.add_argument("--bn-freeze-steps", type=int, default=None, metavar="N",
@@ -50,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
 
     rank, world = init_distributed()
     config = QATConfig(args.weight_bits, args.act_bits, args.method, init=args.init,
-                       bn_freeze_steps=args.bn_freeze_steps)
+                       bn_freeze_steps=args.bn_freeze_steps, weight_granularity=args.granularity)
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, distill=args.distill,
                       augment=not args.no_augment, seed=args.seed)
     data = fashion_mnist("train", root=args.data_dir)
