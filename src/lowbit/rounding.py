@@ -19,21 +19,28 @@ from torch import nn
 
 from lowbit.errors import ConfigError, DataError
 from lowbit.functional.gptq import gptq_codes
+from lowbit.granularity import PerChannel, PerTensor
 from lowbit.nn.unified import UnifiedConv, UnifiedLinear, _Unified, unified_modules
 
 
-def input_patches(m: _Unified, x: torch.Tensor) -> torch.Tensor:
-    """The rows the layer multiplies its weight with: ``(G, K, L)`` (G groups, K = inputs per output)."""
-    if isinstance(m, UnifiedLinear):
-        return x.reshape(-1, x.shape[-1]).t().unsqueeze(0)
-    if m.ndim == 1:  # a Conv1d as a 2-d convolution of height 1
+def _im2col(m: UnifiedConv, x: torch.Tensor) -> torch.Tensor:
+    """``F.unfold`` of the layer's input with its own kernel, stride, padding and dilation: ``(N, C*k, L)``
+    (a Conv1d as a 2-d convolution of height 1)."""
+    if m.ndim == 1:
         x = x.unsqueeze(2)
         kernel, dil, pad, stride = (1, *m.weight.shape[2:]), (1, *m.dilation), (0, *m.padding), (1, *m.stride)
     else:
         kernel, dil, pad, stride = m.weight.shape[2:], m.dilation, m.padding, m.stride
     if isinstance(pad, str):
         raise ConfigError(f"GPTQ rounding needs numeric conv padding, got padding={pad!r}")
-    p = F.unfold(x, tuple(kernel), dilation=dil, padding=pad, stride=stride)  # (N, C*k, L)
+    return F.unfold(x, tuple(kernel), dilation=dil, padding=pad, stride=stride)
+
+
+def input_patches(m: _Unified, x: torch.Tensor) -> torch.Tensor:
+    """The rows the layer multiplies its weight with: ``(G, K, L)`` (G groups, K = inputs per output)."""
+    if isinstance(m, UnifiedLinear):
+        return x.reshape(-1, x.shape[-1]).t().unsqueeze(0)
+    p = _im2col(m, x)
     n, ck, length = p.shape
     return p.reshape(n, m.groups, ck // m.groups, length).permute(1, 2, 0, 3).reshape(m.groups, ck // m.groups, -1)
 
@@ -64,22 +71,17 @@ def patch_moments(m: _Unified, x: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
         f = x.flatten(2)  # (N, C, HW)
         return torch.bmm(f, f.transpose(1, 2)).sum(0, keepdim=True), f.sum((0, 2))[None], f.shape[0] * f.shape[2]
     if isinstance(m, UnifiedConv) and m.ndim == 2 and m.groups == x.shape[1] and m.groups > 1:
-        p = input_patches_nc(m, x)  # (N, C, k*k, L)
+        p = _im2col(m, x)
+        p = p.reshape(x.shape[0], x.shape[1], -1, p.shape[2])  # (N, C, k*k, L): a view, no copy
         return torch.matmul(p, p.transpose(-1, -2)).sum(0), p.sum((0, 3)), p.shape[0] * p.shape[3]
     p = input_patches(m, x)
     return torch.bmm(p, p.transpose(1, 2)), p.sum(2), p.shape[2]
 
 
-def input_patches_nc(m: UnifiedConv, x: torch.Tensor) -> torch.Tensor:
-    """Depthwise patches ``(N, C, k*k, L)`` (a view of im2col's output, no copy)."""
-    p = F.unfold(x, tuple(m.weight.shape[2:]), dilation=m.dilation, padding=m.padding, stride=m.stride)
-    return p.reshape(x.shape[0], x.shape[1], -1, p.shape[2])
-
-
 def _eligible(m: _Unified) -> bool:
     q = m.weight_quant
     return (q is not None and q.mode == "quantize" and isinstance(m, (UnifiedConv, UnifiedLinear))
-            and q.spec.granularity.__class__.__name__ in ("PerChannel", "PerTensor")
+            and isinstance(q.spec.granularity, (PerChannel, PerTensor))
             and (q.scale.numel() == 1 or q.spec.axis == 0))
 
 

@@ -19,25 +19,12 @@ from torch import fx, nn
 from lowbit.errors import ConfigError
 from lowbit.integer.model import IntegerModel, Node, make_op
 from lowbit.nn.exact import layer_params, pool_params
-from lowbit.nn.qparams import QParams
+from lowbit.nn.qparams import QParams, offset, stored_zero_point
 from lowbit.nn.quantizers import ActQuantizer
 from lowbit.nn.unified import QAvgPool, UnifiedConv, UnifiedLinear, _Unified
 
 _SKIP_MODULES = (nn.Dropout, nn.Identity)
 _SKIP_METHODS = ("contiguous",)
-
-
-def offset(q: QParams) -> int:
-    """Stored int8 = code - offset: unsigned codes are shifted down by 128."""
-    if q.fmt.bits > 8:
-        raise ConfigError(f"the integer model stores int8: {q.fmt.bits}-bit activations do not fit "
-                          "(use act_bits <= 8)")
-    return 0 if q.fmt.signed else 128
-
-
-def stored_zero_point(q: QParams) -> int:
-    """The zero point in the stored int8 domain."""
-    return q.zero_point - offset(q)
 
 
 def grid(q: QParams) -> dict:

@@ -21,7 +21,7 @@ import torch
 
 from lowbit.functional.affine import quantize_affine
 from lowbit.integer.arith import dequantize_acc, dequantize_codes, fixed_point, requantize
-from lowbit.nn.qparams import QParams
+from lowbit.nn.qparams import QParams, offset
 
 # The bias is clipped to +-2^30 (not the int32 limits): a bias that large saturates its channel for
 # every input (|x w| sums stay far below 2^30), and the integer model's zero-point-folded bias
@@ -111,10 +111,6 @@ def exact_accumulator(module, xc: torch.Tensor, w: torch.Tensor, small: torch.dt
     return module._compute(xc.double(), w.double(), None).round().to(torch.int64)
 
 
-def _stored_offset(q: QParams) -> int:
-    return 0 if q.fmt.signed else 128  # the integer model stores unsigned codes as code - 128 in int8
-
-
 def _requantize_c(p: LayerParams, acc: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor | None:
     """Output codes by the integer model's own C epilogue (same function, many times faster than int64
     PyTorch ops), or None where it does not apply: > 8-bit grids, accumulators past int32, other layouts."""
@@ -125,10 +121,10 @@ def _requantize_c(p: LayerParams, acc: torch.Tensor, residual: torch.Tensor | No
         return None
     if cext.library() is None or (acc.dtype != torch.int32 and float(acc.abs().max()) >= 2**31):
         return None
-    off = _stored_offset(out)
+    off = offset(out)
     r, r_zp = None, 0
     if residual is not None:
-        r_off = _stored_offset(res)
+        r_off = offset(res)
         r, r_zp = (res.codes(residual) - r_off).to(torch.int8), res.zero_point - r_off
     q = cext.requant(acc.to(torch.int32), p.bias.to(torch.int32), p.m.contiguous(), p.n.contiguous(),
                      out.zero_point - off, p.lo - off, p.hi - off, r, r_zp, p.m2)

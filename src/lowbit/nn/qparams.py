@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lowbit.errors import ConfigError
 from lowbit.formats import IntFormat
 
 
@@ -25,4 +26,17 @@ class QParams:
         return q.clamp_(self.fmt.qmin, self.fmt.qmax).to(torch.int32)
 
 
-__all__ = ["QParams"]
+def offset(q: QParams) -> int:
+    """Stored int8 = code - offset: unsigned codes are shifted down by 128."""
+    if q.fmt.bits > 8:
+        raise ConfigError(f"the integer model stores int8: {q.fmt.bits}-bit activations do not fit "
+                          "(use act_bits <= 8)")
+    return 0 if q.fmt.signed else 128
+
+
+def stored_zero_point(q: QParams) -> int:
+    """The zero point in the stored int8 domain."""
+    return q.zero_point - offset(q)
+
+
+__all__ = ["QParams", "offset", "stored_zero_point"]
