@@ -14,7 +14,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from lowbit import zoo
 from lowbit.data import fashion_mnist
 from lowbit.errors import CheckpointError, ConfigError
-from lowbit.integer import cext, kernels
+from lowbit.integer import cext, kernels, vnni
 from lowbit.integer.arith import fixed_point, requantize, rshift_round
 from lowbit.integer.io import load_integer, pack_int4, save_integer, unpack_int4
 from lowbit.integer.lower import to_integer
@@ -216,13 +216,22 @@ class _FloatOps(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def test_integer_path_runs_no_float_matmul(fmnist):
+@pytest.mark.parametrize("use_vnni", [False, True])
+def test_integer_path_runs_no_float_matmul(fmnist, use_vnni):
+    """With ``torch._int_mm``, every matmul is an int8 one; with the VNNI GEMM (C, invisible to the
+    dispatcher), no PyTorch matmul or conv runs at all. Either way floats appear only at the edges."""
     calib, test = fmnist
     im = to_integer(quantize(zoo.pretrained("cnn"), [calib.x], PTQConfig()), (calib.x[:2],))
+    for node in im.nodes:
+        node.op.use_vnni = use_vnni
     with _FloatOps() as mode:
         im(test.x[:4])
     heavy = [c for c in mode.calls if any(k in c[0] for k in ("mm", "conv", "linear", "addmm", "bmm"))]
-    assert heavy and all(c[0].startswith("aten._int_mm") for c in heavy), heavy
+    if use_vnni and vnni.available():
+        assert heavy == [], heavy
+        assert any(getattr(n.op, "_packed", None) is not None for n in im.nodes)
+    else:
+        assert heavy and all(c[0].startswith("aten._int_mm") for c in heavy), heavy
     float_ops = [c for c in mode.calls if any(d.is_floating_point for d in c[1])]
     # floats only at the edges: the input quantization and the output dequantization
     assert len(float_ops) <= 12, float_ops

@@ -1,4 +1,5 @@
-"""The C kernels (``csrc/requant.c``: requantization epilogue, NHWC im2col, depthwise conv), compiled on first use.
+"""The C kernels, compiled on first use: ``csrc/requant.c`` (requantization epilogue, NHWC im2col,
+depthwise conv) and ``csrc/gemm.c`` (prepacked int8 GEMM on AVX-512 VNNI with the epilogue fused).
 
 PyTorch has no fused integer requantization: as separate int64 tensor ops it
 costs more than the int8 GEMM it follows. The C kernel does bias, multiply,
@@ -24,8 +25,8 @@ from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).with_name("csrc") / "requant.c"
-FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-std=c11"]
+SOURCES = tuple(Path(__file__).with_name("csrc") / f for f in ("requant.c", "gemm.c"))
+FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-std=c11", "-fopenmp"]
 
 
 def _cache_dir() -> Path:
@@ -40,7 +41,7 @@ def _cpu_key() -> str:
     return platform.machine() + flags
 
 
-def _build(src: Path, out: Path) -> None:
+def _build(srcs: tuple[Path, ...], out: Path) -> None:
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         raise OSError("no C compiler (install gcc: apt-get install gcc)")
@@ -48,7 +49,7 @@ def _build(src: Path, out: Path) -> None:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
     os.close(fd)
     try:
-        subprocess.run([cc, *FLAGS, str(src), "-o", tmp], check=True, capture_output=True, timeout=120)
+        subprocess.run([cc, *FLAGS, *map(str, srcs), "-o", tmp], check=True, capture_output=True, timeout=120)
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):
@@ -60,11 +61,12 @@ def library() -> ctypes.CDLL | None:
     """The compiled kernel library, or None (fallback) when disabled or no compiler works."""
     if os.environ.get("LOWBIT_NO_CEXT"):
         return None
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode() + _cpu_key().encode()).hexdigest()[:16]
+    src = b"".join(f.read_bytes() for f in SOURCES)
+    key = hashlib.sha256(src + " ".join(FLAGS).encode() + _cpu_key().encode()).hexdigest()[:16]
     path = _cache_dir() / f"requant-{key}.so"
     try:
         if not path.exists():
-            _build(SOURCE, path)
+            _build(SOURCES, path)
         lib = ctypes.CDLL(str(path))
     except (OSError, subprocess.SubprocessError) as exc:
         warnings.warn(f"lowbit: C kernels unavailable ({exc}); using the slower PyTorch path (same results)",
@@ -77,6 +79,14 @@ def library() -> ctypes.CDLL | None:
     lib.lowbit_im2col_nhwc.restype = None
     lib.lowbit_depthwise_nhwc.argtypes = [ptr, i64, i64, i64, i64, ptr] + [i64] * 8 + [ctypes.c_int32, i64, i64, ptr]
     lib.lowbit_depthwise_nhwc.restype = None
+    lib.lowbit_has_vnni.restype = ctypes.c_int
+    lib.lowbit_pack_a.argtypes = [ptr, i64, i64, i64, ptr]
+    lib.lowbit_pack_w.argtypes = [ptr, i64, i64, i64, ptr]
+    lib.lowbit_im2col_u8.argtypes = [ptr] + [i64] * 12 + [ctypes.c_int8, i64, i64, i64, ptr]
+    lib.lowbit_gemm_u8s8.argtypes = [ptr, i64, i64, ptr, i64, ptr, ctypes.c_int, ptr, ptr, ptr, ptr, i64, ptr,
+                                     i64, i64, i64, ptr, ctypes.c_int]
+    for f in (lib.lowbit_pack_a, lib.lowbit_pack_w, lib.lowbit_im2col_u8, lib.lowbit_gemm_u8s8):
+        f.restype = None
     return lib
 
 

@@ -36,11 +36,11 @@ def linear_acc(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return int_mm(x.reshape(-1, x.shape[-1]), weight)
 
 
-def _pairs(v, ndim: int = 2) -> tuple[int, ...]:
+def pairs(v, ndim: int = 2) -> tuple[int, ...]:
     return tuple(v) if isinstance(v, (tuple, list)) else (v,) * ndim
 
 
-def _out_size(size: int, k: int, s: int, p: int, d: int) -> int:
+def out_size(size: int, k: int, s: int, p: int, d: int) -> int:
     """Output length of a convolution along one dimension."""
     return (size + 2 * p - d * (k - 1) - 1) // s + 1
 
@@ -52,9 +52,9 @@ def im2col(x: torch.Tensor, kernel: tuple[int, int], stride, padding, dilation, 
     Works on the channels-last (NHWC) layout, where a patch row is kh*kw runs of
     C contiguous bytes; the conv outputs of the integer model are channels-last.
     """
-    (kh, kw), (sh, sw), (dh, dw), (ph, pw) = kernel, _pairs(stride), _pairs(dilation), _pairs(padding)
+    (kh, kw), (sh, sw), (dh, dw), (ph, pw) = kernel, pairs(stride), pairs(dilation), pairs(padding)
     n, c, h, w = x.shape
-    ho, wo = _out_size(h, kh, sh, ph, dh), _out_size(w, kw, sw, pw, dw)
+    ho, wo = out_size(h, kh, sh, ph, dh), out_size(w, kw, sw, pw, dw)
     if use_c and cext.library() is not None and (kh, kw, sh, sw, ph, pw) != (1, 1, 1, 1, 0, 0):
         return cext.im2col_nhwc(x, (kh, kw), (sh, sw), (ph, pw), (dh, dw), pad_value, (ho, wo)), (n, ho, wo)
     xh = x.permute(0, 2, 3, 1)
@@ -71,7 +71,7 @@ def im2col(x: torch.Tensor, kernel: tuple[int, int], stride, padding, dilation, 
 
 def max_pool2d(x: torch.Tensor, kernel, stride, padding) -> torch.Tensor:
     """Max pooling as an elementwise maximum of kh*kw strided views (any layout, any integer dtype)."""
-    (kh, kw), (sh, sw), (ph, pw) = _pairs(kernel), _pairs(stride), _pairs(padding)
+    (kh, kw), (sh, sw), (ph, pw) = pairs(kernel), pairs(stride), pairs(padding)
     if ph or pw:
         x = F.pad(x, (pw, pw, ph, ph), value=torch.iinfo(x.dtype).min)
     h, w = x.shape[2:]
@@ -94,9 +94,9 @@ def conv2d_acc(x: torch.Tensor, weight_mat: torch.Tensor, kernel: tuple[int, int
 def depthwise_acc(x: torch.Tensor, weight_hwc: torch.Tensor, stride, padding, dilation,
                   zero_point: int) -> tuple[torch.Tensor, tuple[int, int, int]]:
     """int32 (N*Ho*Wo, C) depthwise conv (C kernel, channels last) on zero-point-centred inputs, no bias."""
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = weight_hwc.shape[:2], _pairs(stride), _pairs(padding), _pairs(dilation)
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = weight_hwc.shape[:2], pairs(stride), pairs(padding), pairs(dilation)
     n, _, h, w = x.shape
-    ho, wo = _out_size(h, kh, sh, ph, dh), _out_size(w, kw, sw, pw, dw)
+    ho, wo = out_size(h, kh, sh, ph, dh), out_size(w, kw, sw, pw, dw)
     return cext.depthwise_nhwc(x, weight_hwc, (sh, sw), (ph, pw), (dh, dw), zero_point, (ho, wo)), (n, ho, wo)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from lowbit.integer import cext, kernels
+from lowbit.integer import cext, kernels, vnni
 from lowbit.integer.arith import dequantize_acc, dequantize_codes
 
 Attrs = dict[str, Any]
@@ -55,9 +55,10 @@ class Dequantize(Op):
 class _Layer(Op):
     """Shared by Linear and Conv2d: the zero-point-folded bias and the output stage.
 
-    The output stage is the fused C epilogue (:mod:`lowbit.integer.cext`) when it
-    is available, else the PyTorch reference (:func:`lowbit.integer.arith.requantize`):
-    the two give identical codes.
+    The GEMM is the prepacked VNNI kernel with the epilogue fused (:mod:`lowbit.integer.vnni`) on
+    CPUs that have it; else ``torch._int_mm`` followed by the C epilogue
+    (:mod:`lowbit.integer.cext`); else the PyTorch reference
+    (:func:`lowbit.integer.arith.requantize`). All three give identical codes.
     """
 
     def __init__(self, attrs: Attrs, tensors: Tensors | None = None) -> None:
@@ -70,13 +71,35 @@ class _Layer(Op):
             raise ValueError("bias out of range: |bias - z sum(w)| must stay below 2^31")
         self.bias_folded = folded.to(torch.int32)
         self.dequant = "acc_scale" in t
-        self.use_cext = True  # False forces the PyTorch reference (tests compare the two)
+        self.use_cext = True  # False forces the PyTorch reference (tests compare the paths)
+        self.use_vnni = True  # False keeps torch._int_mm with the C epilogue
         self.half = None if self.dequant else (torch.ones_like(t["n"]) << t["n"]) >> 1
+        self._packed: tuple[vnni.PackedWeight, torch.Tensor] | None = None
 
     @property
     def fast(self) -> bool:
         """Use the C kernels: allowed and compiled."""
         return self.use_cext and cext.library() is not None
+
+    def packed(self, weight_mat: torch.Tensor) -> tuple[vnni.PackedWeight, torch.Tensor] | None:
+        """The VNNI-packed weight and the per-column term added to its accumulators (packed on first
+        use); None where the VNNI GEMM is off or unavailable."""
+        if not (self.fast and self.use_vnni and vnni.available() and weight_mat.shape[1] < vnni.MAX_K):
+            return None
+        if self._packed is None:
+            w = vnni.pack_weight(weight_mat)
+            self._packed = (w, w.correction if self.dequant else (self.bias_folded + w.correction))
+        return self._packed
+
+    def _gemm_out(self, rows: torch.Tensor, packed, residual: torch.Tensor | None) -> torch.Tensor:
+        """Output (rows, O) from VNNI rows: int8 codes through the fused epilogue, or dequantized floats."""
+        w, col_add = packed
+        a, t = self.attrs, self.tensors
+        if self.dequant:
+            return self._dequantize(vnni.gemm(rows, w, col_add), self.bias_folded, residual, lambda v: v)
+        return vnni.gemm(rows, w, col_add, dict(m=t["m"], n=t["n"], half=self.half, zp=a["zero_point"], lo=a["lo"],
+                                                hi=a["hi"], residual=residual, res_zp=a.get("residual_zero_point", 0),
+                                                m2=t.get("m2")))
 
     def _dequantize(self, acc: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor | None, chan) -> torch.Tensor:
         a = self.attrs
@@ -109,9 +132,13 @@ class Linear(_Layer):
 
     def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         lead, o = x.shape[:-1], self.tensors["weight"].shape[0]
-        acc = kernels.linear_acc(x, self.tensors["weight"])
         if residual is not None:
             residual = residual.reshape(-1, o)
+        packed = self.packed(self.tensors["weight"])
+        if packed is not None:
+            rows = vnni.pack_rows(x.reshape(-1, x.shape[-1]), packed[0].kp)
+            return self._gemm_out(rows, packed, residual).reshape(*lead, o)
+        acc = kernels.linear_acc(x, self.tensors["weight"])
         if self.dequant:
             y = self._dequantize(acc, self.bias_folded, residual, lambda v: v)
         else:
@@ -145,15 +172,28 @@ class Conv2d(_Layer):
             if self.dequant:
                 return self._dequantize(acc, bias, residual, chan)
             return self._requant(acc, bias, residual, chan)
+        packed = self.packed(self.weight_mat)
+        if packed is not None:
+            n, _, h, w = x.shape
+            (sh, sw), (ph, pw), (dh, dw) = (kernels.pairs(v) for v in conv)
+            ho, wo = (kernels.out_size(h, self.kernel[0], sh, ph, dh), kernels.out_size(w, self.kernel[1], sw, pw, dw))
+            rows = vnni.im2col(x, self.kernel, (sh, sw), (ph, pw), (dh, dw), a["input_zero_point"], (ho, wo),
+                               packed[0].kp)
+            y = self._gemm_out(rows, packed, self._residual_rows(residual, o))
+            return y.reshape(n, ho, wo, o).permute(0, 3, 1, 2)
         acc, (n, ho, wo) = kernels.conv2d_acc(x, self.weight_mat, self.kernel, *conv, a["input_zero_point"],
                                               self.fast)
         return self._rows_out(acc, residual, n, ho, wo, o)
 
+    @staticmethod
+    def _residual_rows(residual: torch.Tensor | None, o: int) -> torch.Tensor | None:
+        """(N*H*W, O) rows of an NCHW residual: a view when it is channels-last, as conv outputs are."""
+        return None if residual is None else residual.permute(0, 2, 3, 1).reshape(-1, o)
+
     def _rows_out(self, acc, residual, n, ho, wo, o, zero_bias: bool = False) -> torch.Tensor:
         """Output stage for (N*Ho*Wo, O) accumulators; ``zero_bias``: inputs were centred, use the raw bias."""
         bias = self.tensors["bias"].to(torch.int32) if zero_bias else self.bias_folded
-        if residual is not None:  # a view when the residual is channels-last, as conv outputs are
-            residual = residual.permute(0, 2, 3, 1).reshape(-1, o)
+        residual = self._residual_rows(residual, o)
         if self.dequant:
             y = self._dequantize(acc, bias, residual, lambda v: v)
         else:

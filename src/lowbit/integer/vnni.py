@@ -1,0 +1,114 @@
+"""Prepacked int8 GEMM on AVX-512 VNNI (``csrc/gemm.c``), with the requantization epilogue fused.
+
+``torch._int_mm`` reorders its weight operand on every call and returns int32
+that a second pass requantizes. Here the weight is packed once, when the layer is
+built, into 16-column panels of 4-byte k groups (one ``vpdpbusd`` per 64-byte
+load), and each 6 x 64 block of accumulators is requantized to int8 while it is
+still in registers' reach (L1). The result is the same integers:
+
+    C = A W^T  (int8 A stored as s = q - 128, int8 W)
+
+computed as ``sum (s + 128) w - 128 sum w``, since ``vpdpbusd`` multiplies
+unsigned by signed bytes. Exact: every product and the sum fit int32 for
+K < 2^16 (checked).
+
+Used when the C library is built for a CPU with AVX512-VNNI; otherwise the
+layers keep ``torch._int_mm`` (see :mod:`lowbit.integer.kernels`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from lowbit.integer import cext
+
+MAX_K = 1 << 16
+
+
+def available() -> bool:
+    """True when the compiled library has the VNNI GEMM (an AVX512-VNNI CPU and a compiler)."""
+    lib = cext.library()
+    return lib is not None and bool(lib.lowbit_has_vnni())
+
+
+@dataclass(frozen=True)
+class PackedWeight:
+    """A weight matrix (N, K) in VNNI panels, and ``-128 * sum_k W[j, k]`` per column (the flip's correction)."""
+
+    panels: torch.Tensor
+    n: int
+    k: int
+    kp: int
+    correction: torch.Tensor
+
+
+def _kp(k: int) -> int:
+    return (k + 3) // 4 * 4
+
+
+def pack_weight(w: torch.Tensor) -> PackedWeight:
+    """Pack an int8 (N, K) weight matrix (K < 2^16) once, for :func:`gemm`."""
+    if w.dtype != torch.int8 or w.ndim != 2:
+        raise ValueError(f"pack_weight needs an int8 (N, K) matrix, got {w.dtype} {tuple(w.shape)}")
+    n, k = w.shape
+    if k >= MAX_K:
+        raise ValueError(f"K = {k} is too long for the int32 accumulator of the VNNI GEMM (K < {MAX_K})")
+    kp, w = _kp(k), w.contiguous()
+    panels = torch.empty(((n + 15) // 16) * kp * 16, dtype=torch.int8)
+    cext.library().lowbit_pack_w(w.data_ptr(), n, k, kp, panels.data_ptr())
+    correction = (-128 * w.to(torch.int32).sum(dim=1)).to(torch.int32)
+    return PackedWeight(panels, n, k, kp, correction)
+
+
+def pack_rows(x: torch.Tensor, kp: int) -> torch.Tensor:
+    """int8 (M, K) stored activations -> uint8 (M, kp) rows (top bit flipped, zero padded)."""
+    x = x.contiguous()
+    m, k = x.shape
+    out = torch.empty((m, kp), dtype=torch.uint8)
+    cext.library().lowbit_pack_a(x.data_ptr(), m, k, kp, out.data_ptr())
+    return out
+
+
+def im2col(x: torch.Tensor, kernel, stride, padding, dilation, pad_value: int, out_hw, kp: int) -> torch.Tensor:
+    """uint8 (N*Ho*Wo, kp) patch rows of int8 ``x`` (N, C, H, W), flipped and padded for :func:`gemm`."""
+    xh = x.permute(0, 2, 3, 1).contiguous()
+    n, h, w, c = xh.shape
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw), (ho, wo) = kernel, stride, padding, dilation, out_hw
+    out = torch.empty((n * ho * wo, kp), dtype=torch.uint8)
+    cext.library().lowbit_im2col_u8(xh.data_ptr(), n, h, w, c, kh, kw, sh, sw, ph, pw, dh, dw, pad_value, ho, wo,
+                                    kp, out.data_ptr())
+    return out
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def gemm(a: torch.Tensor, w: PackedWeight, col_add: torch.Tensor, requant: dict | None = None) -> torch.Tensor:
+    """``a`` uint8 (M, kp) from :func:`pack_rows`/:func:`im2col`; returns int32 ``A W^T + col_add`` (M, N),
+    or with ``requant`` (keys m, n, half, zp, lo, hi and optionally residual, res_zp, m2) its int8 codes.
+
+    ``col_add`` must include ``w.correction``.
+    """
+    if a.dtype != torch.uint8 or a.ndim != 2 or a.shape[1] != w.kp or not a.is_contiguous():
+        raise ValueError(f"gemm needs contiguous uint8 (M, {w.kp}) rows, got {a.dtype} {tuple(a.shape)}")
+    mrows, threads = a.shape[0], torch.get_num_threads()
+    lib = cext.library()
+    if requant is None:
+        out = torch.empty((mrows, w.n), dtype=torch.int32)
+        lib.lowbit_gemm_u8s8(a.data_ptr(), mrows, w.kp, w.panels.data_ptr(), w.n, col_add.data_ptr(), 0,
+                             None, None, None, None, 0, None, 0, 0, 0, out.data_ptr(), threads)
+        return out
+    r = requant
+    out = torch.empty((mrows, w.n), dtype=torch.int8)
+    res = r.get("residual")
+    res = None if res is None else res.contiguous()
+    lib.lowbit_gemm_u8s8(a.data_ptr(), mrows, w.kp, w.panels.data_ptr(), w.n, col_add.data_ptr(), 1,
+                         r["m"].data_ptr(), r["n"].data_ptr(), r["half"].data_ptr(), _ptr(res), r.get("res_zp", 0),
+                         _ptr(r.get("m2")), r["zp"], r["lo"], r["hi"], out.data_ptr(), threads)
+    return out
+
+
+__all__ = ["PackedWeight", "available", "gemm", "im2col", "pack_rows", "pack_weight"]

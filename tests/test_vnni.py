@@ -1,0 +1,93 @@
+"""The prepacked VNNI GEMM (csrc/gemm.c) against int64 matmul, the C epilogue and the torch._int_mm path."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lowbit import zoo
+from lowbit.data import fashion_mnist
+from lowbit.integer import cext, kernels, vnni
+from lowbit.integer.lower import to_integer
+from lowbit.ptq import PTQConfig, quantize
+
+pytestmark = pytest.mark.skipif(not vnni.available(), reason="needs an AVX512-VNNI CPU and a C compiler")
+
+
+def _rand(shape, gen, lo=-128, hi=128):
+    return torch.randint(lo, hi, shape, dtype=torch.int8, generator=gen)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 150), st.integers(1, 300), st.integers(1, 2), st.integers(0, 2**31 - 1))
+def test_gemm_equals_int64_matmul(m, n, k, threads, seed):
+    g = torch.Generator().manual_seed(seed)
+    a, w = _rand((m, k), g), _rand((n, k), g)
+    packed = vnni.pack_weight(w)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = vnni.gemm(vnni.pack_rows(a, packed.kp), packed, packed.correction)
+    finally:
+        torch.set_num_threads(before)
+    assert out.dtype == torch.int32
+    assert torch.equal(out.to(torch.int64), a.to(torch.int64) @ w.to(torch.int64).T)
+
+
+def test_gemm_extremes_do_not_overflow():
+    """All -128 activations (flipped to 0) and all 127 (flipped to 255) against +-128/127 weights, long K."""
+    k = 4096
+    for av in (-128, 127):
+        for wv in (-128, 127):
+            a, w = torch.full((7, k), av, dtype=torch.int8), torch.full((19, k), wv, dtype=torch.int8)
+            p = vnni.pack_weight(w)
+            out = vnni.gemm(vnni.pack_rows(a, p.kp), p, p.correction)
+            assert bool((out == av * wv * k).all())
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 30), st.integers(1, 100), st.integers(1, 200), st.booleans(), st.integers(0, 2**31 - 1))
+def test_fused_epilogue_equals_int_mm_then_c_epilogue(m, n, k, with_residual, seed):
+    g = torch.Generator().manual_seed(seed)
+    a, w = _rand((m, k), g), _rand((n, k), g)
+    bias = torch.randint(-(2**20), 2**20, (n,), dtype=torch.int32, generator=g)
+    mult = torch.randint(1, 2**24, (n,), generator=g)
+    shift = torch.randint(10, 40, (n,), generator=g)
+    half = (torch.ones_like(shift) << shift) >> 1
+    res = _rand((m, n), g) if with_residual else None
+    m2 = torch.randint(1, 2**24, (n,), generator=g) if with_residual else None
+    ref = cext.requant(kernels.int_mm(a, w), bias, mult, shift, -3, -128, 100, res, 5, m2, half)
+    p = vnni.pack_weight(w)
+    out = vnni.gemm(vnni.pack_rows(a, p.kp), p, bias + p.correction,
+                    dict(m=mult, n=shift, half=half, zp=-3, lo=-128, hi=100, residual=res, res_zp=5, m2=m2))
+    assert torch.equal(out, ref)
+
+
+def test_im2col_rows_match_the_int8_im2col():
+    g = torch.Generator().manual_seed(0)
+    x = _rand((2, 5, 9, 7), g)
+    cols, _ = kernels.im2col(x, (3, 3), (2, 1), (1, 2), (1, 1), -7, use_c=False)
+    rows = vnni.im2col(x, (3, 3), (2, 1), (1, 2), (1, 1), -7, (5, 9), 48)
+    assert rows.shape == (cols.shape[0], 48)
+    assert torch.equal(rows[:, :45], (cols.to(torch.int16) + 128).to(torch.uint8))
+    assert bool((rows[:, 45:] == 0).all())
+
+
+def test_pack_weight_rejects_bad_input():
+    with pytest.raises(ValueError, match="int8"):
+        vnni.pack_weight(torch.zeros(3, 4))
+    with pytest.raises(ValueError, match="K = 65536"):
+        vnni.pack_weight(torch.zeros(1, 65536, dtype=torch.int8))
+
+
+@pytest.mark.parametrize("name", ["cnn", "mlp", "resnet"])
+def test_models_equal_with_and_without_vnni(name):
+    calib, test = fashion_mnist("train").take(32), fashion_mnist("test")
+    im = to_integer(quantize(zoo.pretrained(name), [calib.x], PTQConfig()), (calib.x[:2],))
+    env_fast = im.run(test.x[:300])
+    for node in im.nodes:
+        node.op.use_vnni = False
+    env_int_mm = im.run(test.x[:300])
+    assert any(getattr(n.op, "_packed", None) is not None for n in im.nodes)
+    for key, value in env_fast.items():
+        assert torch.equal(value, env_int_mm[key]), key
