@@ -24,6 +24,9 @@ void lowbit_requant(const int32_t *acc, int64_t rows, int64_t C, int64_t hw, int
                     const int32_t *bias, const int64_t *m, const int64_t *n, const int64_t *h,
                     const int8_t *res, int64_t res_zp, const int64_t *m2,
                     int64_t zp, int64_t lo, int64_t hi, int8_t *out);
+void lowbit_requant_block(const int32_t *acc, int64_t lda, int64_t rows, int64_t cols, const int32_t *bias,
+                          const int64_t *m, const int64_t *n, const int64_t *h, const int8_t *res, int64_t res_zp,
+                          const int64_t *m2, int64_t zp, int64_t lo, int64_t hi, int8_t *out, int64_t ldo);
 
 #define MR 6
 #define NR 64
@@ -39,12 +42,40 @@ void lowbit_pack_a(const int8_t *x, int64_t M, int64_t K, int64_t Kp, uint8_t *o
     }
 }
 
+/* im2col of a single-channel image: one byte per tap */
+static void im2col_c1(const int8_t *x, int64_t N, int64_t H, int64_t W, int64_t kh, int64_t kw, int64_t sh,
+                      int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, uint8_t pad, int64_t Ho, int64_t Wo,
+                      int64_t Kp, uint8_t *out) {
+    for (int64_t b = 0; b < N; b++)
+        for (int64_t i = 0; i < Ho; i++)
+            for (int64_t j = 0; j < Wo; j++) {
+                uint8_t *restrict o = out + ((b * Ho + i) * Wo + j) * Kp;
+                for (int64_t p = 0; p < kh; p++) {
+                    const int64_t y = i * sh - ph + p * dh;
+                    if (y < 0 || y >= H) {
+                        for (int64_t q = 0; q < kw; q++) *o++ = pad;
+                        continue;
+                    }
+                    const int8_t *restrict xr = x + (b * H + y) * W;
+                    for (int64_t q = 0; q < kw; q++) {
+                        const int64_t xx = j * sw - pw + q * dw;
+                        *o++ = (xx >= 0 && xx < W) ? ((uint8_t)xr[xx] ^ 0x80u) : pad;
+                    }
+                }
+                for (int64_t k = kh * kw; k < Kp; k++) *o++ = 0;
+            }
+}
+
 /* im2col of NHWC int8 into flipped u8 rows of Kp bytes (kh*kw*C taps, then zeros) */
 void lowbit_im2col_u8(const int8_t *x, int64_t N, int64_t H, int64_t W, int64_t C, int64_t kh, int64_t kw,
                       int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, int8_t pad_value,
                       int64_t Ho, int64_t Wo, int64_t Kp, uint8_t *out) {
     const uint8_t pad = (uint8_t)pad_value ^ 0x80u;
     const int64_t K = kh * kw * C;
+    if (C == 1) {
+        im2col_c1(x, N, H, W, kh, kw, sh, sw, ph, pw, dh, dw, pad, Ho, Wo, Kp, out);
+        return;
+    }
     for (int64_t b = 0; b < N; b++)
         for (int64_t i = 0; i < Ho; i++)
             for (int64_t j = 0; j < Wo; j++) {
@@ -152,16 +183,15 @@ void lowbit_gemm_u8s8(const uint8_t *a, int64_t M, int64_t Kp, const int8_t *wp,
         for (int64_t r0 = (t / nblocks) * MC; r0 < row_end; r0 += MR) {
             const int rows = row_end - r0 < MR ? (int)(row_end - r0) : MR;
             block(rows, nb, a + r0 * Kp, Kp, b, tile);
+            if (requant) {
+                lowbit_requant_block(tile, NR, rows, cols, col_add + col0, m + col0, n + col0, h + col0,
+                                     res ? res + r0 * N + col0 : 0, res_zp, m2 ? m2 + col0 : 0, zp, lo, hi,
+                                     (int8_t *)out + r0 * N + col0, N);
+                continue;
+            }
             for (int r = 0; r < rows; r++) {
-                const int64_t row = r0 + r;
-                if (requant) {
-                    lowbit_requant(tile + r * NR, 1, cols, 0, 0, col_add + col0, m + col0, n + col0, h + col0,
-                                   res ? res + row * N + col0 : 0, res_zp, m2 ? m2 + col0 : 0, zp, lo, hi,
-                                   (int8_t *)out + row * N + col0);
-                } else {
-                    int32_t *restrict o = (int32_t *)out + row * N + col0;
-                    for (int64_t c = 0; c < cols; c++) o[c] = tile[r * NR + c] + col_add[col0 + c];
-                }
+                int32_t *restrict o = (int32_t *)out + (r0 + r) * N + col0;
+                for (int64_t c = 0; c < cols; c++) o[c] = tile[r * NR + c] + col_add[col0 + c];
             }
         }
     }

@@ -10,13 +10,12 @@
 
 static inline int8_t rq(int64_t v, int64_t n, int64_t h, int64_t zp, int64_t lo, int64_t hi) {
     /* h = 2^(n-1) (0 for n = 0), passed in: gcc 12 does not vectorize 1 << n for a vector n.
-     * Branch-free with same-width conditionals, so that the loops below vectorize (AVX-512). */
-    int64_t q = v >> n;
-    int64_t r = v - (q << n);
-    int64_t odd = q & 1;
-    int64_t up = r > h ? 1 : 0;
-    int64_t tie = (r == h && h > 0) ? odd : 0;
-    q += up + tie + zp;
+     * Round half to even of v / 2^n as one biased shift: with v = q 2^n + r, adding h - 1 + (q & 1)
+     * carries into q exactly when r > h, or r == h and q is odd. For n = 0 (h = 0) nothing is added.
+     * Branch-free, so that the loops below vectorize (AVX-512). */
+    int64_t pos = h > 0;
+    int64_t q = (v + (h - pos) + ((v >> n) & pos)) >> n;
+    q += zp;
     q = q < lo ? lo : q;
     q = q > hi ? hi : q;
     return (int8_t)q;
@@ -49,6 +48,60 @@ __attribute__((noinline)) static void row_const(const int32_t *restrict a, const
     }
 }
 
+#if defined(__AVX512F__) && defined(__AVX512DQ__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#include <immintrin.h>
+
+/* 8 int64 lanes of rq(): the same biased shift, with lanes where n = 0 adding nothing */
+static inline __m512i rq8(__m512i v, __m512i n, __m512i h, __m512i zp, __m512i lo, __m512i hi) {
+    const __m512i one = _mm512_set1_epi64(1);
+    __mmask8 pos = _mm512_cmpgt_epi64_mask(h, _mm512_setzero_si512());
+    __m512i bias = _mm512_mask_sub_epi64(h, pos, h, one);
+    __m512i odd = _mm512_maskz_and_epi64(pos, _mm512_srav_epi64(v, n), one);
+    __m512i q = _mm512_srav_epi64(_mm512_add_epi64(v, _mm512_add_epi64(bias, odd)), n);
+    return _mm512_min_epi64(_mm512_max_epi64(_mm512_add_epi64(q, zp), lo), hi);
+}
+
+/* (rows, cols) block: acc rows of stride lda, residual/out rows of stride ldo; per-column arrays from column 0.
+ * Column groups of 16 outermost so that the per-column vectors are loaded once per group. */
+void lowbit_requant_block(const int32_t *acc, int64_t lda, int64_t rows, int64_t cols, const int32_t *bias,
+                          const int64_t *m, const int64_t *n, const int64_t *h, const int8_t *res, int64_t res_zp,
+                          const int64_t *m2, int64_t zp, int64_t lo, int64_t hi, int8_t *out, int64_t ldo) {
+    const __m512i vzp = _mm512_set1_epi64(zp), vlo = _mm512_set1_epi64(lo), vhi = _mm512_set1_epi64(hi);
+    const __m512i vrz = _mm512_set1_epi64(res_zp);
+    for (int64_t j = 0; j < cols; j += 16) {
+        const int64_t left = cols - j;
+        const __mmask16 k = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+        const __mmask8 k0 = (__mmask8)(k & 0xFF), k1 = (__mmask8)(k >> 8);
+        const __m512i b = _mm512_maskz_loadu_epi32(k, bias + j);
+        const __m512i b0 = _mm512_cvtepi32_epi64(_mm512_castsi512_si256(b));
+        const __m512i b1 = _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(b, 1));
+        const __m512i m0 = _mm512_maskz_loadu_epi64(k0, m + j), m1 = _mm512_maskz_loadu_epi64(k1, m + j + 8);
+        const __m512i n0 = _mm512_maskz_loadu_epi64(k0, n + j), n1 = _mm512_maskz_loadu_epi64(k1, n + j + 8);
+        const __m512i h0 = _mm512_maskz_loadu_epi64(k0, h + j), h1 = _mm512_maskz_loadu_epi64(k1, h + j + 8);
+        __m512i r0 = _mm512_setzero_si512(), r1 = r0;
+        if (res) {
+            r0 = _mm512_maskz_loadu_epi64(k0, m2 + j);
+            r1 = _mm512_maskz_loadu_epi64(k1, m2 + j + 8);
+        }
+        for (int64_t r = 0; r < rows; r++) {
+            const __m512i a = _mm512_maskz_loadu_epi32(k, acc + r * lda + j);
+            __m512i v0 = _mm512_mullo_epi64(_mm512_add_epi64(_mm512_cvtepi32_epi64(_mm512_castsi512_si256(a)), b0), m0);
+            __m512i v1 = _mm512_mullo_epi64(_mm512_add_epi64(_mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(a, 1)), b1), m1);
+            if (res) {
+                const __m128i rr = _mm_maskz_loadu_epi8(k, res + r * ldo + j);
+                v0 = _mm512_add_epi64(v0, _mm512_mullo_epi64(_mm512_sub_epi64(_mm512_cvtepi8_epi64(rr), vrz), r0));
+                v1 = _mm512_add_epi64(v1, _mm512_mullo_epi64(
+                                              _mm512_sub_epi64(_mm512_cvtepi8_epi64(_mm_srli_si128(rr, 8)), vrz), r1));
+            }
+            const __m128i q0 = _mm512_cvtepi64_epi8(rq8(v0, n0, h0, vzp, vlo, vhi));
+            const __m128i q1 = _mm512_cvtepi64_epi8(rq8(v1, n1, h1, vzp, vlo, vhi));
+            _mm_mask_storeu_epi8(out + r * ldo + j, k, _mm_unpacklo_epi64(q0, q1));
+        }
+    }
+}
+#define HAVE_BLOCK 1
+#endif
+
 void lowbit_requant(const int32_t *acc, int64_t rows, int64_t C, int64_t hw, int acc_nchw,
                     const int32_t *bias, const int64_t *m, const int64_t *n, const int64_t *h,
                     const int8_t *res, int64_t res_zp, const int64_t *m2,
@@ -62,6 +115,12 @@ void lowbit_requant(const int32_t *acc, int64_t rows, int64_t C, int64_t hw, int
             }
         return;
     }
+#ifdef HAVE_BLOCK
+    if (C >= 8) {  /* narrower rows waste most of each 16-lane step */
+        lowbit_requant_block(acc, C, rows, C, bias, m, n, h, res, res_zp, m2, zp, lo, hi, out, C);
+        return;
+    }
+#endif
     for (int64_t r = 0; r < rows; r++)
         row_cl(acc + r * C, res ? res + r * C : 0, C, bias, m, n, h, res_zp, m2, zp, lo, hi, out + r * C);
 }
