@@ -8,7 +8,9 @@ and median over ``--rounds`` rounds and the speed-up of each path's best time
 over float eager's and over the strongest float path's.
 
 Paths: float32 PyTorch eager; float32 in onnxruntime (the strongest float path
-here); lowbit integer (int8 ``torch._int_mm`` + C epilogue, in process);
+here); lowbit integer (in process: the prepacked VNNI int8 GEMM with the requantization fused,
+``lowbit.integer.vnni``); the same integer model on ``torch._int_mm`` + the C epilogue (the
+previous kernel, for contrast);
 lowbit's QDQ ONNX in onnxruntime; onnxruntime's own ``quantize_static`` model
 (QDQ, per-channel, 32 calibration images); with ``--torchao``, torchao PT2E
 int8 under ``torch.compile`` (freezing on).
@@ -61,18 +63,26 @@ def big_mlp(train) -> nn.Module:
 
 
 def gemm_throughput(rounds: int) -> str:
-    """int8 GEMM 1024^3 through lowbit's kernel vs fp32 torch.mm, 1 thread."""
+    """int8 GEMM through lowbit's VNNI kernel and torch._int_mm vs fp32 torch.mm, 1 thread, two shapes."""
+    from lowbit.integer import vnni
     from lowbit.integer.kernels import int_mm
 
-    a = torch.randint(-128, 128, (1024, 1024), dtype=torch.int8)
-    w = torch.randint(-127, 128, (1024, 1024), dtype=torch.int8)
-    af, wf = a.float(), w.float()
-    with torch_threads(1):
-        t = interleaved({"int8 (lowbit int_mm)": lambda: int_mm(a, w), "fp32 torch.mm": lambda: af @ wf.t()}, rounds)
-    ops = 2 * 1024**3
-    lines = ["| GEMM 1024x1024x1024, 1 thread | best us | GOP/s |", "|---|---:|---:|"]
-    for name, tm in t.items():
-        lines.append(f"| {name} | {tm.best_us:.0f} | {ops / tm.best_us / 1e3:.0f} |")
+    lines = ["| GEMM (M x N x K), 1 thread | best us | GOP/s | vs fp32 torch.mm |", "|---|---:|---:|---:|"]
+    for m, n, k in ((1024, 1024, 1024), (64, 1024, 1024)):
+        a = torch.randint(-128, 128, (m, k), dtype=torch.int8)
+        w = torch.randint(-128, 128, (n, k), dtype=torch.int8)
+        af, wf = a.float(), w.float()
+        paths = {"fp32 torch.mm": lambda: af @ wf.t(), "int8 torch._int_mm": lambda: int_mm(a, w)}
+        if vnni.available():
+            pw = vnni.pack_weight(w)
+            paths["int8 lowbit VNNI (rows packed in the loop)"] = lambda: vnni.gemm(
+                vnni.pack_rows(a, pw.kp), pw, pw.correction)
+        with torch_threads(1):
+            t = interleaved(paths, rounds)
+        ops, base = 2 * m * n * k, t["fp32 torch.mm"].best_us
+        for name, tm in t.items():
+            lines.append(f"| {name}, {m}x{n}x{k} | {tm.best_us:.0f} | {ops / tm.best_us / 1e3:.0f} | "
+                         f"{base / tm.best_us:.1f}x |")
     return "\n".join(lines)
 
 
@@ -83,13 +93,14 @@ def size_row(name: str, model: nn.Module, im, tmp: Path) -> str:
     return f"| {name} | {f:,} | {i:,} | {i / f:.3f}x |"
 
 
-def paths_for(model, im, onnx_lowbit, ort_float_fn, ort_q_fn, threads):
+def paths_for(model, im, im_int_mm, onnx_lowbit, ort_float_fn, ort_q_fn, threads):
     sess = ort_session(onnx_lowbit, threads)
     name = sess.get_inputs()[0].name
     return {
         "float32 eager": lambda x: model(x),
         "float32 onnxruntime": ort_float_fn,
         "lowbit integer": lambda x: im(x),
+        "lowbit integer (torch._int_mm)": lambda x: im_int_mm(x),
         "lowbit ONNX (ort)": lambda x: sess.run(None, {name: x.numpy()}),
         "ort quantize_static": ort_q_fn,
     }
@@ -99,7 +110,9 @@ def bench_model(label, model, calib, test, batches, threads_list, rounds, torcha
     from lowbit.export.onnx_qdq import export_onnx
 
     sim = quantize(model, [calib], PTQConfig())
-    im = to_integer(sim, (calib[:2],))
+    im, im_int_mm = to_integer(sim, (calib[:2],)), to_integer(sim, (calib[:2],))
+    for node in im_int_mm.nodes:
+        node.op.use_vnni = False
     onnx_path = export_onnx(im, tmp / f"{label}.onnx", tuple(calib[:1].shape))
     acc_rows = []
     lines = [f"### {label}", "", "| batch | threads | path | best us | median us | vs float eager | vs best float |",
@@ -107,7 +120,7 @@ def bench_model(label, model, calib, test, batches, threads_list, rounds, torcha
     for threads in threads_list:
         ort_f = peers.ort_float(model, (calib[:2],), threads)
         ort_q, _ = peers.ort_quantize_static(model, (calib[:2],), [calib], threads=threads)
-        paths = paths_for(model, im, onnx_path, ort_f, ort_q, threads)
+        paths = paths_for(model, im, im_int_mm, onnx_path, ort_f, ort_q, threads)
         if torchao:
             paths["torchao PT2E + compile"] = _torchao(model, calib)
         if threads == threads_list[0] and test is not None:

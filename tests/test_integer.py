@@ -87,6 +87,10 @@ def test_int8_max_pool_equals_float_max_pool(k, s, p):
     for t in (x, x.contiguous(memory_format=torch.channels_last)):
         got = kernels.max_pool2d(t, k, s, p)
         assert torch.equal(got.float(), F.max_pool2d(x.float(), k, s, p))
+        if cext.library() is not None:  # the C kernel (NHWC), from either layout
+            ho, wo = F.max_pool2d(x.float(), k, s, p).shape[2:]
+            got = cext.maxpool_nhwc(t, (k, k), (s, s), (p, p), (ho, wo))
+            assert torch.equal(got.float(), F.max_pool2d(x.float(), k, s, p))
 
 
 needs_cext = pytest.mark.skipif(cext.library() is None, reason="no C compiler")

@@ -79,6 +79,8 @@ def library() -> ctypes.CDLL | None:
     lib.lowbit_im2col_nhwc.restype = None
     lib.lowbit_depthwise_nhwc.argtypes = [ptr, i64, i64, i64, i64, ptr] + [i64] * 8 + [ctypes.c_int32, i64, i64, ptr]
     lib.lowbit_depthwise_nhwc.restype = None
+    lib.lowbit_maxpool_nhwc.argtypes = [ptr] + [i64] * 12 + [ptr]
+    lib.lowbit_maxpool_nhwc.restype = None
     lib.lowbit_has_vnni.restype = ctypes.c_int
     lib.lowbit_pack_a.argtypes = [ptr, i64, i64, i64, ptr]
     lib.lowbit_pack_w.argtypes = [ptr, i64, i64, i64, ptr]
@@ -119,6 +121,19 @@ def depthwise_nhwc(x: torch.Tensor, weight_hwc: torch.Tensor, stride, padding, d
     return out
 
 
+def maxpool_nhwc(x: torch.Tensor, kernel, stride, padding, out_hw) -> torch.Tensor:
+    """Max pooling of int8 ``x`` (N, C, H, W; channels-last memory avoids a copy), no dilation; the result
+    is (N, C, Ho, Wo) with channels-last memory."""
+    lib = library()
+    assert lib is not None
+    xh = x.permute(0, 2, 3, 1).contiguous()
+    n, h, w, c = xh.shape
+    (kh, kw), (sh, sw), (ph, pw), (ho, wo) = kernel, stride, padding, out_hw
+    out = torch.empty((n, ho, wo, c), dtype=torch.int8)
+    lib.lowbit_maxpool_nhwc(xh.data_ptr(), n, h, w, c, kh, kw, sh, sw, ph, pw, ho, wo, out.data_ptr())
+    return out.permute(0, 3, 1, 2)
+
+
 def _ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
@@ -143,4 +158,4 @@ def requant(acc: torch.Tensor, bias: torch.Tensor | None, m: torch.Tensor, n: to
     return out
 
 
-__all__ = ["depthwise_nhwc", "im2col_nhwc", "library", "requant"]
+__all__ = ["depthwise_nhwc", "im2col_nhwc", "library", "maxpool_nhwc", "requant"]

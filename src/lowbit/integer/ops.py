@@ -211,6 +211,10 @@ class MaxPool2d(Op):
         if x.is_floating_point() or a["dilation"] != [1, 1] or a["ceil_mode"]:
             return F.max_pool2d(x.contiguous(), a["kernel_size"], a["stride"], a["padding"], a["dilation"],
                                 a["ceil_mode"])
+        if x.dtype == torch.int8 and cext.library() is not None:
+            (kh, kw), (sh, sw), (ph, pw) = (kernels.pairs(a[k]) for k in ("kernel_size", "stride", "padding"))
+            ho, wo = (kernels.out_size(x.shape[2], kh, sh, ph, 1), kernels.out_size(x.shape[3], kw, sw, pw, 1))
+            return cext.maxpool_nhwc(x, (kh, kw), (sh, sw), (ph, pw), (ho, wo))
         return kernels.max_pool2d(x, a["kernel_size"], a["stride"], a["padding"])
 
 

@@ -177,3 +177,25 @@ void lowbit_depthwise_nhwc(const int8_t *x, int64_t N, int64_t H, int64_t W, int
                 }
             }
 }
+
+/* Max pooling of NHWC int8 (no dilation): out[b][i][j][c] = max over the window inside the image of x[...][c].
+ * Taps outside the image are skipped (as padding with -inf would). The inner loop over channels vectorizes. */
+void lowbit_maxpool_nhwc(const int8_t *x, int64_t N, int64_t H, int64_t W, int64_t C, int64_t kh, int64_t kw,
+                         int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t Ho, int64_t Wo, int8_t *out) {
+    for (int64_t b = 0; b < N; b++)
+        for (int64_t i = 0; i < Ho; i++)
+            for (int64_t j = 0; j < Wo; j++) {
+                int8_t *restrict o = out + ((b * Ho + i) * Wo + j) * C;
+                for (int64_t c = 0; c < C; c++) o[c] = -128;
+                for (int64_t p = 0; p < kh; p++) {
+                    int64_t y = i * sh - ph + p;
+                    if (y < 0 || y >= H) continue;
+                    for (int64_t q = 0; q < kw; q++) {
+                        int64_t xx = j * sw - pw + q;
+                        if (xx < 0 || xx >= W) continue;
+                        const int8_t *restrict s = x + ((b * H + y) * W + xx) * C;
+                        for (int64_t c = 0; c < C; c++) o[c] = s[c] > o[c] ? s[c] : o[c];
+                    }
+                }
+            }
+}
