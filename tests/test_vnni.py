@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -73,6 +74,30 @@ def test_im2col_rows_match_the_int8_im2col():
     assert bool((rows[:, 45:] == 0).all())
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 3), st.sampled_from([4, 8, 12, 32]), st.integers(3, 12), st.integers(3, 12), st.integers(1, 70),
+       st.integers(1, 5), st.integers(1, 3), st.integers(0, 2), st.integers(1, 2), st.integers(0, 2**31 - 1))
+def test_implicit_conv_equals_float64_conv(n, c, h, w, o, k, s, p, d, seed):
+    """The implicit-GEMM conv (no im2col buffer) against an exact float64 conv with zero-point padding."""
+    if (h + 2 * p - d * (k - 1) - 1) < 0 or (w + 2 * p - d * (k - 1) - 1) < 0:
+        return
+    g = torch.Generator().manual_seed(seed)
+    x, wt = _rand((n, c, h, w), g), _rand((o, c, k, k), g)
+    zp = int(torch.randint(-128, 128, (1,), generator=g))
+    want = F.conv2d(x.double() - zp, wt.double(), None, s, p, d) + zp * wt.double().sum((1, 2, 3)).view(1, -1, 1, 1)
+    ho, wo = want.shape[2:]
+    packed = vnni.pack_weight(wt.permute(0, 2, 3, 1).reshape(o, -1).contiguous())
+    got = vnni.conv(x, packed, (k, k), (s, s), (p, p), (d, d), zp, (ho, wo), packed.correction)
+    assert torch.equal(got.reshape(n, ho, wo, o).permute(0, 3, 1, 2).double(), want)
+
+
+def test_implicit_conv_refuses_channels_not_a_multiple_of_4():
+    packed = vnni.pack_weight(torch.zeros(2, 27, dtype=torch.int8))
+    with pytest.raises(ValueError, match="C % 4"):
+        vnni.conv(torch.zeros(1, 3, 5, 5, dtype=torch.int8), packed, (3, 3), (1, 1), (1, 1), (1, 1), 0, (5, 5),
+                  packed.correction)
+
+
 def test_pack_weight_rejects_bad_input():
     with pytest.raises(ValueError, match="int8"):
         vnni.pack_weight(torch.zeros(3, 4))
@@ -85,9 +110,13 @@ def test_models_equal_with_and_without_vnni(name):
     calib, test = fashion_mnist("train").take(32), fashion_mnist("test")
     im = to_integer(quantize(zoo.pretrained(name), [calib.x], PTQConfig()), (calib.x[:2],))
     env_fast = im.run(test.x[:300])
+    assert any(getattr(n.op, "_packed", None) is not None for n in im.nodes)
+    for node in im.nodes:  # the VNNI GEMM on an im2col buffer
+        node.op.use_implicit = False
+    env_im2col = im.run(test.x[:300])
     for node in im.nodes:
         node.op.use_vnni = False
     env_int_mm = im.run(test.x[:300])
-    assert any(getattr(n.op, "_packed", None) is not None for n in im.nodes)
     for key, value in env_fast.items():
         assert torch.equal(value, env_int_mm[key]), key
+        assert torch.equal(env_im2col[key], env_int_mm[key]), key

@@ -87,7 +87,11 @@ def library() -> ctypes.CDLL | None:
     lib.lowbit_im2col_u8.argtypes = [ptr] + [i64] * 12 + [ctypes.c_int8, i64, i64, i64, ptr]
     lib.lowbit_gemm_u8s8.argtypes = [ptr, i64, i64, ptr, i64, ptr, ctypes.c_int, ptr, ptr, ptr, ptr, i64, ptr,
                                      i64, i64, i64, ptr, ctypes.c_int]
-    for f in (lib.lowbit_pack_a, lib.lowbit_pack_w, lib.lowbit_im2col_u8, lib.lowbit_gemm_u8s8):
+    lib.lowbit_pad_flip_nhwc.argtypes = [ptr] + [i64] * 6 + [ctypes.c_int8, ptr]
+    lib.lowbit_conv_u8s8.argtypes = [ptr] + [i64] * 12 + [ptr, i64, ptr, ctypes.c_int, ptr, ptr, ptr, ptr, i64, ptr,
+                                                         i64, i64, i64, ptr, ctypes.c_int]
+    for f in (lib.lowbit_pack_a, lib.lowbit_pack_w, lib.lowbit_im2col_u8, lib.lowbit_gemm_u8s8,
+              lib.lowbit_pad_flip_nhwc, lib.lowbit_conv_u8s8):
         f.restype = None
     return lib
 

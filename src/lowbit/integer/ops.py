@@ -73,6 +73,7 @@ class _Layer(Op):
         self.dequant = "acc_scale" in t
         self.use_cext = True  # False forces the PyTorch reference (tests compare the paths)
         self.use_vnni = True  # False keeps torch._int_mm with the C epilogue
+        self.use_implicit = True  # convs: False builds the im2col buffer for the VNNI GEMM
         self.half = None if self.dequant else (torch.ones_like(t["n"]) << t["n"]) >> 1
         self._packed: tuple[vnni.PackedWeight, torch.Tensor] | None = None
 
@@ -91,15 +92,21 @@ class _Layer(Op):
             self._packed = (w, w.correction if self.dequant else (self.bias_folded + w.correction))
         return self._packed
 
-    def _gemm_out(self, rows: torch.Tensor, packed, residual: torch.Tensor | None) -> torch.Tensor:
-        """Output (rows, O) from VNNI rows: int8 codes through the fused epilogue, or dequantized floats."""
+    def _gemm_out(self, rows: torch.Tensor | None, packed, residual: torch.Tensor | None,
+                  conv: tuple | None = None) -> torch.Tensor:
+        """Output (rows, O) of the VNNI GEMM on ``rows`` (or the implicit conv ``conv``): int8 codes through the
+        fused epilogue, or dequantized floats."""
         w, col_add = packed
         a, t = self.attrs, self.tensors
-        if self.dequant:
-            return self._dequantize(vnni.gemm(rows, w, col_add), self.bias_folded, residual, lambda v: v)
-        return vnni.gemm(rows, w, col_add, dict(m=t["m"], n=t["n"], half=self.half, zp=a["zero_point"], lo=a["lo"],
-                                                hi=a["hi"], residual=residual, res_zp=a.get("residual_zero_point", 0),
-                                                m2=t.get("m2")))
+        requant = None if self.dequant else dict(
+            m=t["m"], n=t["n"], half=self.half, zp=a["zero_point"], lo=a["lo"], hi=a["hi"], residual=residual,
+            res_zp=a.get("residual_zero_point", 0), m2=t.get("m2"))
+        if conv is None:
+            y = vnni.gemm(rows, w, col_add, requant)
+        else:
+            x, kernel, stride, padding, dilation, pad_value, out_hw = conv
+            y = vnni.conv(x, w, kernel, stride, padding, dilation, pad_value, out_hw, col_add, requant)
+        return self._dequantize(y, self.bias_folded, residual, lambda v: v) if self.dequant else y
 
     def _dequantize(self, acc: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor | None, chan) -> torch.Tensor:
         a = self.attrs
@@ -174,12 +181,16 @@ class Conv2d(_Layer):
             return self._requant(acc, bias, residual, chan)
         packed = self.packed(self.weight_mat)
         if packed is not None:
-            n, _, h, w = x.shape
-            (sh, sw), (ph, pw), (dh, dw) = (kernels.pairs(v) for v in conv)
+            n, c, h, w = x.shape
+            geo = tuple(kernels.pairs(v) for v in conv)
+            (sh, sw), (ph, pw), (dh, dw) = geo
             ho, wo = (kernels.out_size(h, self.kernel[0], sh, ph, dh), kernels.out_size(w, self.kernel[1], sw, pw, dw))
-            rows = vnni.im2col(x, self.kernel, (sh, sw), (ph, pw), (dh, dw), a["input_zero_point"], (ho, wo),
-                               packed[0].kp)
-            y = self._gemm_out(rows, packed, self._residual_rows(residual, o))
+            if self.use_implicit and vnni.implicit_conv_ok(c, self.kernel):
+                y = self._gemm_out(None, packed, self._residual_rows(residual, o),
+                                   conv=(x, self.kernel, *geo, a["input_zero_point"], (ho, wo)))
+            else:
+                rows = vnni.im2col(x, self.kernel, *geo, a["input_zero_point"], (ho, wo), packed[0].kp)
+                y = self._gemm_out(rows, packed, self._residual_rows(residual, o))
             return y.reshape(n, ho, wo, o).permute(0, 3, 1, 2)
         acc, (n, ho, wo) = kernels.conv2d_acc(x, self.weight_mat, self.kernel, *conv, a["input_zero_point"],
                                               self.fast)

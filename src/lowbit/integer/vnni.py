@@ -86,6 +86,18 @@ def _ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
+def _epilogue(requant: dict | None, rows: int, n: int) -> tuple[torch.Tensor, list]:
+    """The output tensor and the epilogue arguments of the C entry points (raw int32, or int8 codes)."""
+    if requant is None:
+        return torch.empty((rows, n), dtype=torch.int32), [0, None, None, None, None, 0, None, 0, 0, 0]
+    r = requant
+    res = r.get("residual")
+    res = None if res is None else res.contiguous()
+    return torch.empty((rows, n), dtype=torch.int8), [
+        1, r["m"].data_ptr(), r["n"].data_ptr(), r["half"].data_ptr(), _ptr(res), r.get("res_zp", 0),
+        _ptr(r.get("m2")), r["zp"], r["lo"], r["hi"]]
+
+
 def gemm(a: torch.Tensor, w: PackedWeight, col_add: torch.Tensor, requant: dict | None = None) -> torch.Tensor:
     """``a`` uint8 (M, kp) from :func:`pack_rows`/:func:`im2col`; returns int32 ``A W^T + col_add`` (M, N),
     or with ``requant`` (keys m, n, half, zp, lo, hi and optionally residual, res_zp, m2) its int8 codes.
@@ -94,21 +106,35 @@ def gemm(a: torch.Tensor, w: PackedWeight, col_add: torch.Tensor, requant: dict 
     """
     if a.dtype != torch.uint8 or a.ndim != 2 or a.shape[1] != w.kp or not a.is_contiguous():
         raise ValueError(f"gemm needs contiguous uint8 (M, {w.kp}) rows, got {a.dtype} {tuple(a.shape)}")
-    mrows, threads = a.shape[0], torch.get_num_threads()
-    lib = cext.library()
-    if requant is None:
-        out = torch.empty((mrows, w.n), dtype=torch.int32)
-        lib.lowbit_gemm_u8s8(a.data_ptr(), mrows, w.kp, w.panels.data_ptr(), w.n, col_add.data_ptr(), 0,
-                             None, None, None, None, 0, None, 0, 0, 0, out.data_ptr(), threads)
-        return out
-    r = requant
-    out = torch.empty((mrows, w.n), dtype=torch.int8)
-    res = r.get("residual")
-    res = None if res is None else res.contiguous()
-    lib.lowbit_gemm_u8s8(a.data_ptr(), mrows, w.kp, w.panels.data_ptr(), w.n, col_add.data_ptr(), 1,
-                         r["m"].data_ptr(), r["n"].data_ptr(), r["half"].data_ptr(), _ptr(res), r.get("res_zp", 0),
-                         _ptr(r.get("m2")), r["zp"], r["lo"], r["hi"], out.data_ptr(), threads)
+    out, epi = _epilogue(requant, a.shape[0], w.n)
+    cext.library().lowbit_gemm_u8s8(a.data_ptr(), a.shape[0], w.kp, w.panels.data_ptr(), w.n, col_add.data_ptr(),
+                                    *epi, out.data_ptr(), torch.get_num_threads())
     return out
 
 
-__all__ = ["PackedWeight", "available", "gemm", "im2col", "pack_rows", "pack_weight"]
+def implicit_conv_ok(channels: int, kernel: tuple[int, int]) -> bool:
+    """:func:`conv` reads 4 channels at a time from the image: it needs C % 4 == 0 (and at most 256 taps)."""
+    return channels % 4 == 0 and kernel[0] * kernel[1] <= 256
+
+
+def conv(x: torch.Tensor, w: PackedWeight, kernel, stride, padding, dilation, pad_value: int, out_hw,
+         col_add: torch.Tensor, requant: dict | None = None) -> torch.Tensor:
+    """Dense conv of int8 ``x`` (N, C, H, W) as an implicit GEMM: no im2col buffer, the micro-kernel reads
+    each tap from a padded, flipped NHWC copy of the image. Returns (N*Ho*Wo, O) like :func:`gemm`;
+    ``w`` packed from the (O, kh*kw*C) matrix in (kh, kw, C) order."""
+    n, c, h, wd = x.shape
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw), (ho, wo) = kernel, stride, padding, dilation, out_hw
+    if not implicit_conv_ok(c, (kh, kw)) or w.kp != kh * kw * c:
+        raise ValueError(f"implicit conv needs C % 4 == 0 and a (O, {kh * kw * c}) packed weight")
+    lib = cext.library()
+    xh = x.permute(0, 2, 3, 1).contiguous()
+    hp, wp = h + 2 * ph, wd + 2 * pw
+    padded = torch.empty((n, hp, wp, c), dtype=torch.uint8)
+    lib.lowbit_pad_flip_nhwc(xh.data_ptr(), n, h, wd, c, ph, pw, pad_value, padded.data_ptr())
+    out, epi = _epilogue(requant, n * ho * wo, w.n)
+    lib.lowbit_conv_u8s8(padded.data_ptr(), n, hp, wp, c, kh, kw, sh, sw, dh, dw, ho, wo, w.panels.data_ptr(), w.n,
+                         col_add.data_ptr(), *epi, out.data_ptr(), torch.get_num_threads())
+    return out
+
+
+__all__ = ["PackedWeight", "available", "conv", "gemm", "im2col", "implicit_conv_ok", "pack_rows", "pack_weight"]

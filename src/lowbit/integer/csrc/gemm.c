@@ -96,6 +96,25 @@ void lowbit_im2col_u8(const int8_t *x, int64_t N, int64_t H, int64_t W, int64_t 
             }
 }
 
+/* NHWC int8 (N, H, W, C) -> flipped u8 (N, H + 2 ph, W + 2 pw, C), the border filled with the flipped pad value */
+void lowbit_pad_flip_nhwc(const int8_t *x, int64_t N, int64_t H, int64_t W, int64_t C, int64_t ph, int64_t pw,
+                          int8_t pad_value, uint8_t *out) {
+    const uint8_t pad = (uint8_t)pad_value ^ 0x80u;
+    const int64_t Hp = H + 2 * ph, Wp = W + 2 * pw;
+    for (int64_t b = 0; b < N; b++)
+        for (int64_t y = 0; y < Hp; y++) {
+            uint8_t *restrict o = out + (b * Hp + y) * Wp * C;
+            if (y < ph || y >= ph + H) {
+                memset(o, pad, (size_t)(Wp * C));
+                continue;
+            }
+            const int8_t *restrict s = x + (b * H + y - ph) * W * C;
+            memset(o, pad, (size_t)(pw * C));
+            for (int64_t k = 0; k < W * C; k++) o[pw * C + k] = (uint8_t)s[k] ^ 0x80u;
+            memset(o + (pw + W) * C, pad, (size_t)(pw * C));
+        }
+}
+
 /* W (N, K) int8 -> panels (see top); `out` has ceil(N/16) * Kp * 16 bytes */
 void lowbit_pack_w(const int8_t *w, int64_t N, int64_t K, int64_t Kp, int8_t *out) {
     int64_t panels = (N + 15) / 16;
@@ -112,33 +131,36 @@ int lowbit_has_vnni(void) { return 1; }
 
 #define ALWAYS static inline __attribute__((always_inline))
 
-/* rows x (16 nb) block of C into tile (MR x NR int32); a: `rows` rows of stride Kp; b: first panel */
-ALWAYS void kernel(const int rows, const int nb, const uint8_t *a, int64_t Kp, const int8_t *b, int32_t *tile) {
+/* rows x (16 nb) block of C into tile (MR x NR int32). Row r of A is read at base[r] + tap_off[t] + k for
+ * taps t and 0 <= k < C (a dense matrix: one tap, C = Kp); b: first panel, k groups in (tap, k) order. */
+ALWAYS void kernel(const int rows, const int nb, const uint8_t *const *base, const int64_t *tap_off, int64_t taps,
+                   int64_t C, const int8_t *b, int64_t Kp, int32_t *tile) {
     __m512i c[MR][4];
     const uint8_t *ar[MR];
-    const int8_t *bp[4];
-#pragma GCC unroll 6
-    for (int r = 0; r < rows; r++) ar[r] = a + r * Kp;
-#pragma GCC unroll 4
-    for (int j = 0; j < nb; j++) bp[j] = b + j * Kp * 16;
+    const int64_t panel = Kp * 16;
 #pragma GCC unroll 6
     for (int r = 0; r < rows; r++)
 #pragma GCC unroll 4
         for (int j = 0; j < nb; j++) c[r][j] = _mm512_setzero_si512();
-    for (int64_t k = 0; k < Kp; k += 4) {
-        __m512i bv[4];
-#pragma GCC unroll 4
-        for (int j = 0; j < nb; j++) {
-            bv[j] = _mm512_loadu_si512((const void *)(bp[j] + k * 16));
-            __asm__("" : "+v"(bv[j]));  /* keep the panel in a register: one load feeds `rows` vpdpbusd */
-        }
+    const int8_t *bk = b;
+    for (int64_t t = 0; t < taps; t++) {
 #pragma GCC unroll 6
-        for (int r = 0; r < rows; r++) {
-            int32_t word;
-            memcpy(&word, ar[r] + k, 4);
-            __m512i av = _mm512_set1_epi32(word);
+        for (int r = 0; r < rows; r++) ar[r] = base[r] + tap_off[t];
+        for (int64_t k = 0; k < C; k += 4, bk += 64) {
+            __m512i bv[4];
 #pragma GCC unroll 4
-            for (int j = 0; j < nb; j++) c[r][j] = _mm512_dpbusd_epi32(c[r][j], av, bv[j]);
+            for (int j = 0; j < nb; j++) {
+                bv[j] = _mm512_loadu_si512((const void *)(bk + j * panel));
+                __asm__("" : "+v"(bv[j])); /* keep the panel in a register: one load feeds `rows` vpdpbusd */
+            }
+#pragma GCC unroll 6
+            for (int r = 0; r < rows; r++) {
+                int32_t word;
+                memcpy(&word, ar[r] + k, 4);
+                __m512i av = _mm512_set1_epi32(word);
+#pragma GCC unroll 4
+                for (int j = 0; j < nb; j++) c[r][j] = _mm512_dpbusd_epi32(c[r][j], av, bv[j]);
+            }
         }
     }
 #pragma GCC unroll 6
@@ -147,15 +169,16 @@ ALWAYS void kernel(const int rows, const int nb, const uint8_t *a, int64_t Kp, c
         for (int j = 0; j < nb; j++) _mm512_storeu_si512((void *)(tile + r * NR + j * 16), c[r][j]);
 }
 
-#define K_ROWS(R)                                                   \
-    switch (nb) {                                                   \
-    case 1: kernel(R, 1, a, Kp, b, tile); break;                    \
-    case 2: kernel(R, 2, a, Kp, b, tile); break;                    \
-    case 3: kernel(R, 3, a, Kp, b, tile); break;                    \
-    default: kernel(R, 4, a, Kp, b, tile); break;                   \
+#define K_ROWS(R)                                                            \
+    switch (nb) {                                                            \
+    case 1: kernel(R, 1, base, tap_off, taps, C, b, Kp, tile); break;        \
+    case 2: kernel(R, 2, base, tap_off, taps, C, b, Kp, tile); break;        \
+    case 3: kernel(R, 3, base, tap_off, taps, C, b, Kp, tile); break;        \
+    default: kernel(R, 4, base, tap_off, taps, C, b, Kp, tile); break;       \
     }
 
-static void block(int rows, int nb, const uint8_t *a, int64_t Kp, const int8_t *b, int32_t *tile) {
+static void block(int rows, int nb, const uint8_t *const *base, const int64_t *tap_off, int64_t taps, int64_t C,
+                  const int8_t *b, int64_t Kp, int32_t *tile) {
     switch (rows) {
     case 1: K_ROWS(1); break;
     case 2: K_ROWS(2); break;
@@ -166,23 +189,40 @@ static void block(int rows, int nb, const uint8_t *a, int64_t Kp, const int8_t *
     }
 }
 
+/* Where the rows of A are: a dense (M, lda) matrix, or (conv) the implicit im2col of a padded, flipped NHWC
+ * image (Hp, Wp, C), row i = output pixel (b, y, x) of an Ho x Wo grid, strides sh, sw. */
+typedef struct {
+    const uint8_t *x;
+    int64_t lda;
+    int conv;
+    int64_t Hp, Wp, C, sh, sw, Ho, Wo;
+} rows_src;
+
+static inline const uint8_t *row_base(const rows_src *s, int64_t i) {
+    if (!s->conv) return s->x + i * s->lda;
+    const int64_t x = i % s->Wo, t = i / s->Wo, y = t % s->Ho, b = t / s->Ho;
+    return s->x + ((b * s->Hp + y * s->sh) * s->Wp + x * s->sw) * s->C;
+}
+
 /* C = A W^T, then per column: out32 = C + col_add (requant == 0), or
  * out8 = requant(C + col_add; m, n, h, residual, m2, zp, lo, hi) (requant == 1), both (M, N) row-major. */
-void lowbit_gemm_u8s8(const uint8_t *a, int64_t M, int64_t Kp, const int8_t *wp, int64_t N,
-                      const int32_t *col_add, int requant, const int64_t *m, const int64_t *n, const int64_t *h,
-                      const int8_t *res, int64_t res_zp, const int64_t *m2, int64_t zp, int64_t lo, int64_t hi,
-                      void *out, int threads) {
+static void run(const rows_src *src, const int64_t *tap_off, int64_t taps, int64_t C, int64_t M, int64_t Kp,
+                const int8_t *wp, int64_t N, const int32_t *col_add, int requant, const int64_t *m, const int64_t *n,
+                const int64_t *h, const int8_t *res, int64_t res_zp, const int64_t *m2, int64_t zp, int64_t lo,
+                int64_t hi, void *out, int threads) {
     const int64_t mblocks = (M + MC - 1) / MC, nblocks = (N + NR - 1) / NR, tasks = mblocks * nblocks;
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && tasks > 1)
     for (int64_t t = 0; t < tasks; t++) {
         int32_t tile[MR * NR] __attribute__((aligned(64)));
+        const uint8_t *base[MR];
         const int64_t col0 = (t % nblocks) * NR, row_end = (t / nblocks + 1) * MC < M ? (t / nblocks + 1) * MC : M;
         const int64_t cols = N - col0 < NR ? N - col0 : NR;
         const int nb = (int)((cols + 15) / 16);
         const int8_t *b = wp + (col0 / 16) * Kp * 16;
         for (int64_t r0 = (t / nblocks) * MC; r0 < row_end; r0 += MR) {
             const int rows = row_end - r0 < MR ? (int)(row_end - r0) : MR;
-            block(rows, nb, a + r0 * Kp, Kp, b, tile);
+            for (int r = 0; r < rows; r++) base[r] = row_base(src, r0 + r);
+            block(rows, nb, base, tap_off, taps, C, b, Kp, tile);
             if (requant) {
                 lowbit_requant_block(tile, NR, rows, cols, col_add + col0, m + col0, n + col0, h + col0,
                                      res ? res + r0 * N + col0 : 0, res_zp, m2 ? m2 + col0 : 0, zp, lo, hi,
@@ -197,6 +237,32 @@ void lowbit_gemm_u8s8(const uint8_t *a, int64_t M, int64_t Kp, const int8_t *wp,
     }
 }
 
+void lowbit_gemm_u8s8(const uint8_t *a, int64_t M, int64_t Kp, const int8_t *wp, int64_t N,
+                      const int32_t *col_add, int requant, const int64_t *m, const int64_t *n, const int64_t *h,
+                      const int8_t *res, int64_t res_zp, const int64_t *m2, int64_t zp, int64_t lo, int64_t hi,
+                      void *out, int threads) {
+    const rows_src src = {a, Kp, 0, 0, 0, 0, 0, 0, 0, 0};
+    const int64_t zero = 0;
+    run(&src, &zero, 1, Kp, M, Kp, wp, N, col_add, requant, m, n, h, res, res_zp, m2, zp, lo, hi, out, threads);
+}
+
+/* Dense convolution without an im2col buffer: xp is the padded, flipped NHWC image (lowbit_pad_flip_nhwc),
+ * C a multiple of 4, the weight packed with K in (kh, kw, C) order; out as lowbit_gemm_u8s8 with
+ * M = N Ho Wo rows (channels-last). */
+void lowbit_conv_u8s8(const uint8_t *xp, int64_t Nb, int64_t Hp, int64_t Wp, int64_t C, int64_t kh, int64_t kw,
+                      int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t Ho, int64_t Wo, const int8_t *wp,
+                      int64_t N, const int32_t *col_add, int requant, const int64_t *m, const int64_t *n,
+                      const int64_t *h, const int8_t *res, int64_t res_zp, const int64_t *m2, int64_t zp, int64_t lo,
+                      int64_t hi, void *out, int threads) {
+    int64_t tap_off[256];
+    if (kh * kw > 256 || C % 4) return; /* refused by the caller */
+    for (int64_t p = 0; p < kh; p++)
+        for (int64_t q = 0; q < kw; q++) tap_off[p * kw + q] = (p * dh * Wp + q * dw) * C;
+    const rows_src src = {xp, 0, 1, Hp, Wp, C, sh, sw, Ho, Wo};
+    run(&src, tap_off, kh * kw, C, Nb * Ho * Wo, kh * kw * C, wp, N, col_add, requant, m, n, h, res, res_zp, m2,
+        zp, lo, hi, out, threads);
+}
+
 #else
 int lowbit_has_vnni(void) { return 0; }
 
@@ -206,5 +272,15 @@ void lowbit_gemm_u8s8(const uint8_t *a, int64_t M, int64_t Kp, const int8_t *wp,
                       void *out, int threads) {
     (void)a; (void)M; (void)Kp; (void)wp; (void)N; (void)col_add; (void)requant; (void)m; (void)n; (void)h;
     (void)res; (void)res_zp; (void)m2; (void)zp; (void)lo; (void)hi; (void)out; (void)threads;
+}
+
+void lowbit_conv_u8s8(const uint8_t *xp, int64_t Nb, int64_t Hp, int64_t Wp, int64_t C, int64_t kh, int64_t kw,
+                      int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t Ho, int64_t Wo, const int8_t *wp,
+                      int64_t N, const int32_t *col_add, int requant, const int64_t *m, const int64_t *n,
+                      const int64_t *h, const int8_t *res, int64_t res_zp, const int64_t *m2, int64_t zp, int64_t lo,
+                      int64_t hi, void *out, int threads) {
+    (void)xp; (void)Nb; (void)Hp; (void)Wp; (void)C; (void)kh; (void)kw; (void)sh; (void)sw; (void)dh; (void)dw;
+    (void)Ho; (void)Wo; (void)wp; (void)N; (void)col_add; (void)requant; (void)m; (void)n; (void)h; (void)res;
+    (void)res_zp; (void)m2; (void)zp; (void)lo; (void)hi; (void)out; (void)threads;
 }
 #endif
