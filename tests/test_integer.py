@@ -372,3 +372,24 @@ def test_depthwise_c_kernel_equals_float64_conv(n, c, size, k, stride, pad, dil,
     acc, (nn_, ho, wo) = kernels.depthwise_acc(xin, w[:, 0].permute(1, 2, 0).contiguous(), stride, pad, dil, zp)
     assert torch.equal(acc.reshape(nn_, ho, wo, c).permute(0, 3, 1, 2).double(), want)
     assert torch.equal(kernels.grouped_conv2d_acc(x, w, stride, pad, dil, c, zp).double(), want)
+
+
+# ---------------------------------------------------------------- small C kernels against PyTorch
+
+
+@needs_cext
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(-1e4, 1e4, allow_nan=False, width=32) | st.sampled_from([0.5, -0.5, 1.5, 2.5, -2.5]),
+                min_size=1, max_size=300),
+       st.floats(1e-4, 10.0), st.integers(-128, 127))
+def test_c_input_quantize_equals_torch(values, scale, zp):
+    x = torch.tensor(values, dtype=torch.float32)
+    inv = torch.reciprocal(torch.tensor(scale, dtype=torch.float32))
+    want = (torch.round(x * inv) + zp).clamp_(-128, 127).to(torch.int8)
+    assert torch.equal(cext.quantize_f32(x, inv, zp, -128, 127), want)
+
+
+@needs_cext
+def test_c_flatten_of_channels_last_equals_torch_flatten():
+    x = torch.randint(-128, 128, (3, 64, 7, 5), dtype=torch.int8).contiguous(memory_format=torch.channels_last)
+    assert torch.equal(cext.flatten_channels_last(x), torch.flatten(x, 1))

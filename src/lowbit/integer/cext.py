@@ -81,6 +81,11 @@ def library() -> ctypes.CDLL | None:
     lib.lowbit_depthwise_nhwc.restype = None
     lib.lowbit_maxpool_nhwc.argtypes = [ptr] + [i64] * 12 + [ptr]
     lib.lowbit_maxpool_nhwc.restype = None
+    f32 = ctypes.c_float
+    lib.lowbit_quantize_f32.argtypes = [ptr, i64, f32, f32, f32, f32, ptr]
+    lib.lowbit_quantize_f32.restype = None
+    lib.lowbit_nhwc_to_nchw.argtypes = [ptr, i64, i64, i64, ptr]
+    lib.lowbit_nhwc_to_nchw.restype = None
     lib.lowbit_has_vnni.restype = ctypes.c_int
     lib.lowbit_pack_a.argtypes = [ptr, i64, i64, i64, ptr]
     lib.lowbit_pack_w.argtypes = [ptr, i64, i64, i64, ptr]
@@ -138,6 +143,26 @@ def maxpool_nhwc(x: torch.Tensor, kernel, stride, padding, out_hw) -> torch.Tens
     return out.permute(0, 3, 1, 2)
 
 
+def quantize_f32(x: torch.Tensor, inv: torch.Tensor, zp: int, lo: int, hi: int) -> torch.Tensor:
+    """int8 ``clamp(round(x * inv) + zp, lo, hi)`` of finite float32 ``x``, as PyTorch's ops compute it."""
+    lib = library()
+    assert lib is not None
+    x = x.contiguous()
+    out = torch.empty(x.shape, dtype=torch.int8)
+    lib.lowbit_quantize_f32(x.data_ptr(), x.numel(), float(inv), float(zp), float(lo), float(hi), out.data_ptr())
+    return out
+
+
+def flatten_channels_last(x: torch.Tensor) -> torch.Tensor:
+    """``torch.flatten(x, 1)`` of an int8 (N, C, H, W) tensor with channels-last memory, in one C pass."""
+    lib = library()
+    assert lib is not None
+    n, c, h, w = x.shape
+    out = torch.empty((n, c * h * w), dtype=torch.int8)
+    lib.lowbit_nhwc_to_nchw(x.permute(0, 2, 3, 1).contiguous().data_ptr(), n, h * w, c, out.data_ptr())
+    return out
+
+
 def _ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
@@ -162,4 +187,5 @@ def requant(acc: torch.Tensor, bias: torch.Tensor | None, m: torch.Tensor, n: to
     return out
 
 
-__all__ = ["depthwise_nhwc", "im2col_nhwc", "library", "maxpool_nhwc", "requant"]
+__all__ = ["depthwise_nhwc", "flatten_channels_last", "im2col_nhwc", "library", "maxpool_nhwc", "quantize_f32",
+           "requant"]

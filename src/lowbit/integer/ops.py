@@ -40,6 +40,8 @@ class Quantize(Op):
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         a = self.attrs
         inv = torch.reciprocal(torch.tensor(a["scale"], dtype=torch.float32))
+        if x.dtype == torch.float32 and cext.library() is not None and bool(torch.isfinite(x).all()):
+            return cext.quantize_f32(x, inv, a["zero_point"], a["lo"], a["hi"])  # one pass, same float32 ops
         return (torch.round(x * inv) + a["zero_point"]).clamp_(a["lo"], a["hi"]).to(torch.int8)
 
 
@@ -250,7 +252,11 @@ class Flatten(Op):
     kind = "flatten"
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.flatten(x, self.attrs["start_dim"], self.attrs["end_dim"])
+        a = self.attrs
+        if (x.dtype == torch.int8 and x.ndim == 4 and a["start_dim"] == 1 and a["end_dim"] in (-1, 3)
+                and not x.is_contiguous() and x.permute(0, 2, 3, 1).is_contiguous() and cext.library() is not None):
+            return cext.flatten_channels_last(x)  # a conv output (channels-last) in NCHW order, one C pass
+        return torch.flatten(x, a["start_dim"], a["end_dim"])
 
 
 class Pad(Op):

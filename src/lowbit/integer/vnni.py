@@ -19,6 +19,7 @@ layers keep ``torch._int_mm`` (see :mod:`lowbit.integer.kernels`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 
@@ -27,6 +28,7 @@ from lowbit.integer import cext
 MAX_K = 1 << 16
 
 
+@lru_cache(maxsize=1)
 def available() -> bool:
     """True when the compiled library has the VNNI GEMM (an AVX512-VNNI CPU and a compiler)."""
     lib = cext.library()

@@ -199,3 +199,25 @@ void lowbit_maxpool_nhwc(const int8_t *x, int64_t N, int64_t H, int64_t W, int64
                 }
             }
 }
+
+/* The network input's quantization, as PyTorch computes it: q = clamp(rint(x * inv) + zp, lo, hi) in float32
+ * (rint rounds half to even in the default rounding mode), then int8. NaN inputs are the caller's to refuse. */
+#include <math.h>
+void lowbit_quantize_f32(const float *x, int64_t count, float inv, float zp, float lo, float hi, int8_t *out) {
+    for (int64_t i = 0; i < count; i++) {
+        float v = rintf(x[i] * inv) + zp;
+        v = v < lo ? lo : v;
+        v = v > hi ? hi : v;
+        out[i] = (int8_t)v;
+    }
+}
+
+/* (N, HW, C) int8 -> (N, C, HW): a channels-last activation flattened in NCHW order */
+void lowbit_nhwc_to_nchw(const int8_t *x, int64_t N, int64_t HW, int64_t C, int8_t *out) {
+    for (int64_t b = 0; b < N; b++) {
+        const int8_t *restrict s = x + b * HW * C;
+        int8_t *restrict o = out + b * HW * C;
+        for (int64_t c = 0; c < C; c++)
+            for (int64_t p = 0; p < HW; p++) o[c * HW + p] = s[p * C + c];
+    }
+}
