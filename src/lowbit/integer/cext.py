@@ -86,6 +86,8 @@ def library() -> ctypes.CDLL | None:
     lib.lowbit_quantize_f32.restype = None
     lib.lowbit_nhwc_to_nchw.argtypes = [ptr, i64, i64, i64, ptr]
     lib.lowbit_nhwc_to_nchw.restype = None
+    lib.lowbit_dequant_rows.argtypes = [ptr, i64, i64, ptr, ptr, ptr]
+    lib.lowbit_dequant_rows.restype = None
     lib.lowbit_has_vnni.restype = ctypes.c_int
     lib.lowbit_pack_a.argtypes = [ptr, i64, i64, i64, ptr]
     lib.lowbit_pack_w.argtypes = [ptr, i64, i64, i64, ptr]
@@ -163,6 +165,17 @@ def flatten_channels_last(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def dequant_rows(acc: torch.Tensor, bias: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """float32 ``(acc + bias) * scale`` of int32 (rows, C) accumulators, the product in float64 (float64 ``scale``)."""
+    lib = library()
+    assert lib is not None
+    acc = acc.contiguous()
+    out = torch.empty(acc.shape, dtype=torch.float32)
+    lib.lowbit_dequant_rows(acc.data_ptr(), acc.shape[0], acc.shape[1], bias.data_ptr(), scale.data_ptr(),
+                            out.data_ptr())
+    return out
+
+
 def _ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
@@ -187,5 +200,5 @@ def requant(acc: torch.Tensor, bias: torch.Tensor | None, m: torch.Tensor, n: to
     return out
 
 
-__all__ = ["depthwise_nhwc", "flatten_channels_last", "im2col_nhwc", "library", "maxpool_nhwc", "quantize_f32",
+__all__ = ["depthwise_nhwc", "dequant_rows", "flatten_channels_last", "im2col_nhwc", "library", "maxpool_nhwc", "quantize_f32",
            "requant"]

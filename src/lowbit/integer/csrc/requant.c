@@ -221,3 +221,12 @@ void lowbit_nhwc_to_nchw(const int8_t *x, int64_t N, int64_t HW, int64_t C, int8
             for (int64_t p = 0; p < HW; p++) o[c * HW + p] = s[p * C + c];
     }
 }
+
+/* An output layer's floats: out[r][c] = (float)((double)(acc[r][c] + bias[c]) * scale[c]), the float64 product
+ * rounded once to float32, exactly as lowbit.integer.arith.dequantize_acc computes it. */
+void lowbit_dequant_rows(const int32_t *acc, int64_t rows, int64_t C, const int32_t *bias, const double *scale,
+                         float *out) {
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t c = 0; c < C; c++)
+            out[r * C + c] = (float)((double)((int64_t)acc[r * C + c] + bias[c]) * scale[c]);
+}
