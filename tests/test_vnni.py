@@ -33,6 +33,11 @@ def test_gemm_equals_int64_matmul(m, n, k, threads, seed):
         torch.set_num_threads(before)
     assert out.dtype == torch.int32
     assert torch.equal(out.to(torch.int64), a.to(torch.int64) @ w.to(torch.int64).T)
+    if k % 4 == 0:  # int8 rows, flipped by the kernel
+        assert torch.equal(vnni.gemm(a, packed, packed.correction), out)
+    else:
+        with pytest.raises(ValueError, match="K % 4"):
+            vnni.gemm(a, packed, packed.correction)
 
 
 def test_gemm_extremes_do_not_overflow():

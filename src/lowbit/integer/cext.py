@@ -92,7 +92,7 @@ def library() -> ctypes.CDLL | None:
     lib.lowbit_pack_a.argtypes = [ptr, i64, i64, i64, ptr]
     lib.lowbit_pack_w.argtypes = [ptr, i64, i64, i64, ptr]
     lib.lowbit_im2col_u8.argtypes = [ptr] + [i64] * 12 + [ctypes.c_int8, i64, i64, i64, ptr]
-    lib.lowbit_gemm_u8s8.argtypes = [ptr, i64, i64, ptr, i64, ptr, ctypes.c_int, ptr, ptr, ptr, ptr, i64, ptr,
+    lib.lowbit_gemm_u8s8.argtypes = [ptr, i64, i64, ctypes.c_int, ptr, i64, ptr, ctypes.c_int, ptr, ptr, ptr, ptr, i64, ptr,
                                      i64, i64, i64, ptr, ctypes.c_int]
     lib.lowbit_pad_flip_nhwc.argtypes = [ptr] + [i64] * 6 + [ctypes.c_int8, ptr]
     lib.lowbit_conv_u8s8.argtypes = [ptr] + [i64] * 12 + [ptr, i64, ptr, ctypes.c_int, ptr, ptr, ptr, ptr, i64, ptr,

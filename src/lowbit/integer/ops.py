@@ -152,7 +152,9 @@ class Linear(_Layer):
             residual = residual.reshape(-1, o)
         packed = self.packed(self.tensors["weight"])
         if packed is not None:
-            rows = vnni.pack_rows(x.reshape(-1, x.shape[-1]), packed[0].kp)
+            rows = x.reshape(-1, x.shape[-1]).contiguous()  # int8 rows go straight in when K % 4 == 0
+            if packed[0].k != packed[0].kp:
+                rows = vnni.pack_rows(rows, packed[0].kp)
             return self._gemm_out(rows, packed, residual).reshape(*lead, o)
         acc = kernels.linear_acc(x, self.tensors["weight"])
         if self.dequant:

@@ -101,16 +101,18 @@ def _epilogue(requant: dict | None, rows: int, n: int) -> tuple[torch.Tensor, li
 
 
 def gemm(a: torch.Tensor, w: PackedWeight, col_add: torch.Tensor, requant: dict | None = None) -> torch.Tensor:
-    """``a`` uint8 (M, kp) from :func:`pack_rows`/:func:`im2col`; returns int32 ``A W^T + col_add`` (M, N),
-    or with ``requant`` (keys m, n, half, zp, lo, hi and optionally residual, res_zp, m2) its int8 codes.
-
+    """int32 ``A W^T + col_add`` (M, N), or with ``requant`` (keys m, n, half, zp, lo, hi and optionally
+    residual, res_zp, m2) its int8 codes. ``a`` is uint8 (M, kp) rows from :func:`pack_rows` /
+    :func:`im2col`, or, when K % 4 == 0, the int8 (M, K) stored codes themselves (flipped in the kernel).
     ``col_add`` must include ``w.correction``.
     """
-    if a.dtype != torch.uint8 or a.ndim != 2 or a.shape[1] != w.kp or not a.is_contiguous():
-        raise ValueError(f"gemm needs contiguous uint8 (M, {w.kp}) rows, got {a.dtype} {tuple(a.shape)}")
+    flip = a.dtype == torch.int8 and w.k == w.kp
+    if not (flip or a.dtype == torch.uint8) or a.ndim != 2 or a.shape[1] != w.kp or not a.is_contiguous():
+        raise ValueError(f"gemm needs contiguous uint8 (M, {w.kp}) rows (or int8 when K % 4 == 0), "
+                         f"got {a.dtype} {tuple(a.shape)}")
     out, epi = _epilogue(requant, a.shape[0], w.n)
-    cext.library().lowbit_gemm_u8s8(a.data_ptr(), a.shape[0], w.kp, w.panels.data_ptr(), w.n, col_add.data_ptr(),
-                                    *epi, out.data_ptr(), torch.get_num_threads())
+    cext.library().lowbit_gemm_u8s8(a.data_ptr(), a.shape[0], w.kp, int(flip), w.panels.data_ptr(), w.n,
+                                    col_add.data_ptr(), *epi, out.data_ptr(), torch.get_num_threads())
     return out
 
 

@@ -9,7 +9,8 @@
  * for K < 2^16.
  *
  * Layouts:
- *   A_u8: (M, Kp) row-major, Kp = K rounded up to 4, already flipped (lowbit_pack_a or lowbit_im2col_u8);
+ *   A: (M, Kp) row-major, Kp = K rounded up to 4, already flipped (lowbit_pack_a or lowbit_im2col_u8), or
+ *   int8 stored codes with K % 4 == 0, flipped by the kernel as it broadcasts them (flip = 1);
  *   W packed (lowbit_pack_w): panels of 16 columns; panel p holds, for each group of 4 k, 16 x 4 bytes
  *   (column j's 4 consecutive k), so one 64-byte load feeds one vpdpbusd. Padding columns and k are 0.
  *
@@ -133,8 +134,8 @@ int lowbit_has_vnni(void) { return 1; }
 
 /* rows x (16 nb) block of C into tile (MR x NR int32). Row r of A is read at base[r] + tap_off[t] + k for
  * taps t and 0 <= k < C (a dense matrix: one tap, C = Kp); b: first panel, k groups in (tap, k) order. */
-ALWAYS void kernel(const int rows, const int nb, const uint8_t *const *base, const int64_t *tap_off, int64_t taps,
-                   int64_t C, const int8_t *b, int64_t Kp, int32_t *tile) {
+ALWAYS void kernel(const int rows, const int nb, const int flip, const uint8_t *const *base, const int64_t *tap_off,
+                   int64_t taps, int64_t C, const int8_t *b, int64_t Kp, int32_t *tile) {
     __m512i c[MR][4];
     const uint8_t *ar[MR];
     const int64_t panel = Kp * 16;
@@ -158,6 +159,7 @@ ALWAYS void kernel(const int rows, const int nb, const uint8_t *const *base, con
                 int32_t word;
                 memcpy(&word, ar[r] + k, 4);
                 __m512i av = _mm512_set1_epi32(word);
+                if (flip) av = _mm512_xor_si512(av, _mm512_set1_epi32((int32_t)0x80808080u)); /* int8 rows */
 #pragma GCC unroll 4
                 for (int j = 0; j < nb; j++) c[r][j] = _mm512_dpbusd_epi32(c[r][j], av, bv[j]);
             }
@@ -169,16 +171,22 @@ ALWAYS void kernel(const int rows, const int nb, const uint8_t *const *base, con
         for (int j = 0; j < nb; j++) _mm512_storeu_si512((void *)(tile + r * NR + j * 16), c[r][j]);
 }
 
-#define K_ROWS(R)                                                            \
-    switch (nb) {                                                            \
-    case 1: kernel(R, 1, base, tap_off, taps, C, b, Kp, tile); break;        \
-    case 2: kernel(R, 2, base, tap_off, taps, C, b, Kp, tile); break;        \
-    case 3: kernel(R, 3, base, tap_off, taps, C, b, Kp, tile); break;        \
-    default: kernel(R, 4, base, tap_off, taps, C, b, Kp, tile); break;       \
+#define K_NB(R, F)                                                              \
+    switch (nb) {                                                               \
+    case 1: kernel(R, 1, F, base, tap_off, taps, C, b, Kp, tile); break;        \
+    case 2: kernel(R, 2, F, base, tap_off, taps, C, b, Kp, tile); break;        \
+    case 3: kernel(R, 3, F, base, tap_off, taps, C, b, Kp, tile); break;        \
+    default: kernel(R, 4, F, base, tap_off, taps, C, b, Kp, tile); break;       \
+    }
+#define K_ROWS(R)        \
+    if (flip) {          \
+        K_NB(R, 1);      \
+    } else {             \
+        K_NB(R, 0);      \
     }
 
-static void block(int rows, int nb, const uint8_t *const *base, const int64_t *tap_off, int64_t taps, int64_t C,
-                  const int8_t *b, int64_t Kp, int32_t *tile) {
+static void block(int rows, int nb, int flip, const uint8_t *const *base, const int64_t *tap_off, int64_t taps,
+                  int64_t C, const int8_t *b, int64_t Kp, int32_t *tile) {
     switch (rows) {
     case 1: K_ROWS(1); break;
     case 2: K_ROWS(2); break;
@@ -194,6 +202,7 @@ static void block(int rows, int nb, const uint8_t *const *base, const int64_t *t
 typedef struct {
     const uint8_t *x;
     int64_t lda;
+    int flip; /* the rows are int8 stored codes, flipped in the kernel */
     int conv;
     int64_t Hp, Wp, C, sh, sw, Ho, Wo;
 } rows_src;
@@ -222,7 +231,7 @@ static void run(const rows_src *src, const int64_t *tap_off, int64_t taps, int64
         for (int64_t r0 = (t / nblocks) * MC; r0 < row_end; r0 += MR) {
             const int rows = row_end - r0 < MR ? (int)(row_end - r0) : MR;
             for (int r = 0; r < rows; r++) base[r] = row_base(src, r0 + r);
-            block(rows, nb, base, tap_off, taps, C, b, Kp, tile);
+            block(rows, nb, src->flip, base, tap_off, taps, C, b, Kp, tile);
             if (requant) {
                 lowbit_requant_block(tile, NR, rows, cols, col_add + col0, m + col0, n + col0, h + col0,
                                      res ? res + r0 * N + col0 : 0, res_zp, m2 ? m2 + col0 : 0, zp, lo, hi,
@@ -237,11 +246,11 @@ static void run(const rows_src *src, const int64_t *tap_off, int64_t taps, int64
     }
 }
 
-void lowbit_gemm_u8s8(const uint8_t *a, int64_t M, int64_t Kp, const int8_t *wp, int64_t N,
+void lowbit_gemm_u8s8(const uint8_t *a, int64_t M, int64_t Kp, int flip, const int8_t *wp, int64_t N,
                       const int32_t *col_add, int requant, const int64_t *m, const int64_t *n, const int64_t *h,
                       const int8_t *res, int64_t res_zp, const int64_t *m2, int64_t zp, int64_t lo, int64_t hi,
                       void *out, int threads) {
-    const rows_src src = {a, Kp, 0, 0, 0, 0, 0, 0, 0, 0};
+    const rows_src src = {a, Kp, flip, 0, 0, 0, 0, 0, 0, 0, 0};
     const int64_t zero = 0;
     run(&src, &zero, 1, Kp, M, Kp, wp, N, col_add, requant, m, n, h, res, res_zp, m2, zp, lo, hi, out, threads);
 }
@@ -258,7 +267,7 @@ void lowbit_conv_u8s8(const uint8_t *xp, int64_t Nb, int64_t Hp, int64_t Wp, int
     if (kh * kw > 256 || C % 4) return; /* refused by the caller */
     for (int64_t p = 0; p < kh; p++)
         for (int64_t q = 0; q < kw; q++) tap_off[p * kw + q] = (p * dh * Wp + q * dw) * C;
-    const rows_src src = {xp, 0, 1, Hp, Wp, C, sh, sw, Ho, Wo};
+    const rows_src src = {xp, 0, 0, 1, Hp, Wp, C, sh, sw, Ho, Wo};
     run(&src, tap_off, kh * kw, C, Nb * Ho * Wo, kh * kw * C, wp, N, col_add, requant, m, n, h, res, res_zp, m2,
         zp, lo, hi, out, threads);
 }
@@ -266,11 +275,11 @@ void lowbit_conv_u8s8(const uint8_t *xp, int64_t Nb, int64_t Hp, int64_t Wp, int
 #else
 int lowbit_has_vnni(void) { return 0; }
 
-void lowbit_gemm_u8s8(const uint8_t *a, int64_t M, int64_t Kp, const int8_t *wp, int64_t N,
+void lowbit_gemm_u8s8(const uint8_t *a, int64_t M, int64_t Kp, int flip, const int8_t *wp, int64_t N,
                       const int32_t *col_add, int requant, const int64_t *m, const int64_t *n, const int64_t *h,
                       const int8_t *res, int64_t res_zp, const int64_t *m2, int64_t zp, int64_t lo, int64_t hi,
                       void *out, int threads) {
-    (void)a; (void)M; (void)Kp; (void)wp; (void)N; (void)col_add; (void)requant; (void)m; (void)n; (void)h;
+    (void)a; (void)M; (void)Kp; (void)flip; (void)wp; (void)N; (void)col_add; (void)requant; (void)m; (void)n; (void)h;
     (void)res; (void)res_zp; (void)m2; (void)zp; (void)lo; (void)hi; (void)out; (void)threads;
 }
 
