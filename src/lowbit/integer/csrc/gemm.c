@@ -47,6 +47,7 @@ void lowbit_pack_a(const int8_t *x, int64_t M, int64_t K, int64_t Kp, uint8_t *o
 static void im2col_c1(const int8_t *x, int64_t N, int64_t H, int64_t W, int64_t kh, int64_t kw, int64_t sh,
                       int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, uint8_t pad, int64_t Ho, int64_t Wo,
                       int64_t Kp, uint8_t *out) {
+#pragma omp parallel for collapse(2) if (N * Ho * Wo * Kp > (1 << 17))
     for (int64_t b = 0; b < N; b++)
         for (int64_t i = 0; i < Ho; i++)
             for (int64_t j = 0; j < Wo; j++) {
@@ -77,6 +78,7 @@ void lowbit_im2col_u8(const int8_t *x, int64_t N, int64_t H, int64_t W, int64_t 
         im2col_c1(x, N, H, W, kh, kw, sh, sw, ph, pw, dh, dw, pad, Ho, Wo, Kp, out);
         return;
     }
+#pragma omp parallel for collapse(2) if (N * Ho * Wo * Kp > (1 << 17))
     for (int64_t b = 0; b < N; b++)
         for (int64_t i = 0; i < Ho; i++)
             for (int64_t j = 0; j < Wo; j++) {
@@ -102,6 +104,7 @@ void lowbit_pad_flip_nhwc(const int8_t *x, int64_t N, int64_t H, int64_t W, int6
                           int8_t pad_value, uint8_t *out) {
     const uint8_t pad = (uint8_t)pad_value ^ 0x80u;
     const int64_t Hp = H + 2 * ph, Wp = W + 2 * pw;
+#pragma omp parallel for collapse(2) if (N * Hp * Wp * C > (1 << 17))
     for (int64_t b = 0; b < N; b++)
         for (int64_t y = 0; y < Hp; y++) {
             uint8_t *restrict o = out + (b * Hp + y) * Wp * C;

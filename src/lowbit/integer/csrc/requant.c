@@ -117,7 +117,11 @@ void lowbit_requant(const int32_t *acc, int64_t rows, int64_t C, int64_t hw, int
     }
 #ifdef HAVE_BLOCK
     if (C >= 8) {  /* narrower rows waste most of each 16-lane step */
-        lowbit_requant_block(acc, C, rows, C, bias, m, n, h, res, res_zp, m2, zp, lo, hi, out, C);
+        const int64_t chunk = 256;
+#pragma omp parallel for if (rows * C > (1 << 17))
+        for (int64_t r = 0; r < rows; r += chunk)
+            lowbit_requant_block(acc + r * C, C, rows - r < chunk ? rows - r : chunk, C, bias, m, n, h,
+                                 res ? res + r * C : 0, res_zp, m2, zp, lo, hi, out + r * C, C);
         return;
     }
 #endif
@@ -159,6 +163,7 @@ void lowbit_im2col_nhwc(const int8_t *x, int64_t N, int64_t H, int64_t W, int64_
 void lowbit_depthwise_nhwc(const int8_t *x, int64_t N, int64_t H, int64_t W, int64_t C, const int8_t *w,
                            int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
                            int64_t dh, int64_t dw, int32_t zp, int64_t Ho, int64_t Wo, int32_t *out) {
+#pragma omp parallel for collapse(2) if (N * Ho * Wo * C * kh * kw > (1 << 17))
     for (int64_t b = 0; b < N; b++)
         for (int64_t i = 0; i < Ho; i++)
             for (int64_t j = 0; j < Wo; j++) {
@@ -182,6 +187,7 @@ void lowbit_depthwise_nhwc(const int8_t *x, int64_t N, int64_t H, int64_t W, int
  * Taps outside the image are skipped (as padding with -inf would). The inner loop over channels vectorizes. */
 void lowbit_maxpool_nhwc(const int8_t *x, int64_t N, int64_t H, int64_t W, int64_t C, int64_t kh, int64_t kw,
                          int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t Ho, int64_t Wo, int8_t *out) {
+#pragma omp parallel for collapse(2) if (N * Ho * Wo * C * kh * kw > (1 << 17))
     for (int64_t b = 0; b < N; b++)
         for (int64_t i = 0; i < Ho; i++)
             for (int64_t j = 0; j < Wo; j++) {
