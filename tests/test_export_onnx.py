@@ -7,6 +7,7 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -124,17 +125,75 @@ def test_onnxruntime_reproduces_the_integer_model(case, exported, fmnist):
         assert exact >= 0.99999 and (out_lsb <= 1).mean() >= 0.999
 
 
+def _pointwise(node: Node) -> bool:
+    """A 1x1, stride-1, unpadded, ungrouped conv (the exporter writes it with a residual as a GEMM on rows)."""
+    a = node.op.attrs
+    return (tuple(node.op.tensors["weight"].shape[2:]) == (1, 1) and list(a["stride"]) == [1, 1]
+            and list(a["padding"]) == [0, 0] and a["groups"] == 1)
+
+
+def _expected_kernels(im: IntegerModel) -> dict[str, int]:
+    """onnxruntime kernels of the optimized graph: a residual 1x1 conv is a QGemm on NHWC rows, another residual
+    conv stays a float conv (FusedConv: no integer conv with a summand), every other layer is an integer kernel."""
+    convs = [n for n in im.nodes if n.kind == "conv2d"]
+    residual = [n for n in convs if len(n.inputs) > 1]
+    rows = sum(_pointwise(n) for n in residual)
+    return {"QLinearConv": len(convs) - len(residual), "QGemm": sum(n.kind == "linear" for n in im.nodes) + rows,
+            "float conv": len(residual) - rows}
+
+
 def test_onnxruntime_fuses_into_integer_kernels(exported):
     for case in CASES:
         r, im = exported[case], exported[case]["im"]
-        convs = [n for n in im.nodes if n.kind == "conv2d"]
-        plain = sum(len(n.inputs) == 1 for n in convs)
-        ops = r["ops"]
-        assert ops["QLinearConv"] == plain, (case, ops)  # a residual conv stays a float conv (FusedConv)
-        assert ops["FusedConv"] + ops["Conv"] == len(convs) - plain, (case, ops)
-        assert ops["QGemm"] == sum(n.kind == "linear" for n in im.nodes), (case, ops)
+        ops, want = r["ops"], _expected_kernels(im)
+        assert ops["QLinearConv"] == want["QLinearConv"] and ops["QGemm"] == want["QGemm"], (case, ops)
+        assert ops["FusedConv"] + ops["Conv"] == want["float conv"], (case, ops)
         assert ops["Gemm"] == 0 and ops["MatMul"] == 0, (case, ops)
     assert exported["resnet"]["ops"]["QLinearGlobalAveragePool"] == 1
+
+
+class _MBBlock(nn.Module):
+    """EfficientNet-Lite's block: 1x1 expansion, depthwise 3x3 after a ZeroPad2d, 1x1 projection + the input."""
+
+    def __init__(self, c: int, e: int) -> None:
+        super().__init__()
+        self.expand = nn.Sequential(nn.Conv2d(c, e, 1, bias=False), nn.BatchNorm2d(e), nn.ReLU6())
+        self.dw = nn.Sequential(nn.ZeroPad2d(1), nn.Conv2d(e, e, 3, groups=e, bias=False), nn.BatchNorm2d(e),
+                                nn.ReLU6())
+        self.project = nn.Sequential(nn.Conv2d(e, c, 1, bias=False), nn.BatchNorm2d(c))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.project(self.dw(self.expand(x)))
+
+
+def _tiny_efficientnet() -> nn.Module:
+    """A TF-"same" padded stride-2 stem (ZeroPad2d before the conv), two residual MBConv blocks, pool, linear."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(1, 8, 3, stride=2), nn.BatchNorm2d(8), nn.ReLU6(),
+                          _MBBlock(8, 16), _MBBlock(8, 16), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):  # not the identity: folded scales and shifts of some size
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def test_efficientnet_style_graph_runs_no_float_conv(fmnist, tmp_path):
+    """Pads fold into the convolutions and residual projections become QGemms: after onnxruntime's graph
+    optimisation no float Conv, Pad or stray layout Transpose is left, and the codes are the integer model's."""
+    x, _, calib = fmnist
+    im = to_integer(quantize(_tiny_efficientnet(), [calib], PTQConfig()), (calib[:2],))
+    assert Counter(n.kind for n in im.nodes)["pad"] == 3 and sum(len(n.inputs) > 1 for n in im.nodes) == 2
+    r = _run(im, x[:300], (1, 1, 28, 28), tmp_path, "tiny_efficientnet")
+    ops, want = r["ops"], _expected_kernels(im)
+    assert want == {"QLinearConv": 5, "QGemm": 3, "float conv": 0}
+    assert ops["QLinearConv"] == want["QLinearConv"] and ops["QGemm"] == want["QGemm"], ops
+    assert ops["Conv"] == ops["FusedConv"] == ops["Pad"] == 0, ops
+    assert ops["Transpose"] <= 2, ops  # into NHWC at the input, out of it after the pool: the rest cancel
+    for name, d in r["code_diff"].items():
+        assert (d <= 1).mean() >= 0.999 and (d == 0).mean() >= 0.99, name
+    assert (np.abs(r["out"] - r["ref"]) / r["lsb"] <= 1).mean() >= 0.999
 
 
 def test_batch_dimension_is_dynamic(exported, fmnist):
@@ -223,8 +282,10 @@ def test_every_op_and_bound_matches(make, shape, tmp_path):
     model = onnx.load(r["path"])
     ops = Counter(n.op_type for n in model.graph.node)
     if make is _synthetic:
-        assert ops["Relu"] == 1 and ops["Clip"] == 2 and ops["Pad"] == 2 and ops["AveragePool"] == 1
-        assert r["ops"]["QLinearConv"] == 1
+        # the float pad before the input quantization folds into the grouped conv; the max pool's pad stays
+        assert ops["Relu"] == 1 and ops["Clip"] == 2 and ops["Pad"] == 1 and ops["AveragePool"] == 1
+        assert r["ops"]["QLinearConv"] == 1 and r["ops"]["QGemm"] == 2  # the 1x1 residual conv is a QGemm
+        assert r["ops"]["Conv"] == r["ops"]["FusedConv"] == 0
     else:
         assert ops["MatMul"] == 2 and ops["Relu"] == 2
     for name, d in r["code_diff"].items():

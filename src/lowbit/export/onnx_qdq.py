@@ -13,9 +13,15 @@ of the integer model:
 
 * ``linear`` -> ``Gemm(transB=1)`` (``MatMul`` + ``Add`` for inputs of rank > 2),
   ``conv2d`` -> ``Conv``; a residual input is an ``Add`` of its dequantized
-  value before the output ``QuantizeLinear``. onnxruntime has no integer
-  convolution with a summand, so it runs those layers as float convolutions
-  (``FusedConv``) whose outputs are quantized on the integer model's grid;
+  value before the output ``QuantizeLinear``: the sum is rounded once, as
+  lowbit's ``(acc m + r m2) / 2^n`` is. onnxruntime has no integer convolution
+  with a summand (``QLinearConv`` then ``QLinearAdd`` would round twice), so a
+  1x1 convolution with a residual (the projections of EfficientNet and
+  MobileNet blocks) is a ``Gemm`` on NHWC rows, which onnxruntime runs as
+  ``QGemm`` with a float output before the ``Add`` (the ``Transpose`` and
+  ``Reshape`` move codes and cancel against onnxruntime's own NHWC layout);
+  any other residual convolution runs as a float convolution (``FusedConv``)
+  whose outputs are quantized on the integer model's grid;
 * the requantization multiplier ``M = m / 2^n`` (24 bits: a float32) is carried
   by the weight scales: ``s_w[c]`` is the float32 near ``M[c] s_y / s_x`` for
   which onnxruntime's own multiplier ``float32(float32(s_x s_w[c]) / s_y)`` is
@@ -34,7 +40,11 @@ of the integer model:
   between ``Conv`` and ``Q`` would keep the convolution in float);
 * ``maxpool2d``, ``flatten`` and ``pad`` (constant 0.0, which lies on the grid)
   run between a ``DequantizeLinear`` and a ``QuantizeLinear`` on the same grid
-  (exact; onnxruntime runs ``MaxPool`` and ``Flatten`` on the codes);
+  (exact; onnxruntime runs ``MaxPool`` and ``Flatten`` on the codes), except a
+  ``pad`` of H and W with the zero point read only by convolutions (TF-style
+  "same" padding; also a float pad of 0.0 before the input quantization): it
+  becomes their ``pads`` (``QLinearConv`` pads with the zero point), which
+  keeps them fusable;
   ``avgpool2d`` is ``GlobalAveragePool``/``AveragePool`` followed by a
   ``QuantizeLinear`` on its output grid (onnxruntime's ``QLinearAveragePool``
   divides in float: it can round an exact tie of a multiplier with few
@@ -161,7 +171,8 @@ def fit_weight_scales(s_in: float, target: np.ndarray, s_out: float | None = Non
 INT32_MAX = 2**31 - 1
 
 
-def _safe_bias(bias: np.ndarray, w: np.ndarray, x: _Grid, y: _Grid, mult: np.ndarray, lo: int, hi: int) -> np.ndarray:
+def _safe_bias(bias: np.ndarray, w: np.ndarray, x: _Grid, y: _Grid, mult: np.ndarray, lo: int, hi: int,
+               spread: np.ndarray | None = None) -> np.ndarray:
     """The int32 bias, with biases that can overflow an int32 accumulator replaced by equivalent small ones.
 
     A channel whose weights quantize to (nearly) zero gets a bias that lowbit
@@ -169,7 +180,8 @@ def _safe_bias(bias: np.ndarray, w: np.ndarray, x: _Grid, y: _Grid, mult: np.nda
     (and to the zero-point corrections a runtime folds into it: at most
     ``510 sum|w|`` either way) it wraps around in onnxruntime's int32 kernels.
     Such a channel's output is constant (saturated at ``lo`` or ``hi`` for every
-    input); it gets the smallest bias that saturates the same way.
+    input); it gets the smallest bias that saturates the same way. ``spread``:
+    per channel, how far a residual can move the output, in output codes.
     """
     wsum = np.abs(w.reshape(w.shape[0], -1).astype(np.int64)).sum(axis=1)
     risky = np.abs(bias) + 510 * wsum > INT32_MAX
@@ -177,16 +189,17 @@ def _safe_bias(bias: np.ndarray, w: np.ndarray, x: _Grid, y: _Grid, mult: np.nda
         return bias
     bias = bias.copy()
     reach = wsum * max(x.zero_point - x.qmin, x.qmax - x.zero_point)  # |sum (q - z) w| <= reach
+    spread = np.zeros(len(bias)) if spread is None else spread
     for c in np.flatnonzero(risky):
-        m = float(mult[c])
-        ends = [min(max(int(np.rint(float(v) * m)) + y.zero_point, lo), hi) for v in (bias[c] - reach[c],
-                                                                                      bias[c] + reach[c])]
+        m, r = float(mult[c]), float(spread[c])
+        ends = [min(max(int(np.rint(float(bias[c] + k * reach[c]) * m + k * r)) + y.zero_point, lo), hi)
+                for k in (-1, 1)]
         if ends[0] != ends[1] or ends[0] not in (lo, hi):
             continue  # not a saturated channel: keep it (it may still wrap in the runtime)
-        if ends[0] == lo:  # (new + reach) m + z <= lo - 1
-            new = int(np.floor((lo - y.zero_point - 1) / m)) - int(reach[c]) - 1
-        else:  # (new - reach) m + z >= hi + 1
-            new = int(np.ceil((hi - y.zero_point + 1) / m)) + int(reach[c]) + 1
+        if ends[0] == lo:  # (new + reach) m + r + z <= lo - 1
+            new = int(np.floor((lo - y.zero_point - 1 - r) / m)) - int(reach[c]) - 1
+        else:  # (new - reach) m - r + z >= hi + 1
+            new = int(np.ceil((hi - y.zero_point + 1 + r) / m)) + int(reach[c]) + 1
         if abs(new) + 510 * int(wsum[c]) <= INT32_MAX:
             bias[c] = new
     return bias
@@ -195,9 +208,12 @@ def _safe_bias(bias: np.ndarray, w: np.ndarray, x: _Grid, y: _Grid, mult: np.nda
 class _Builder:
     """Accumulates nodes and initializers with unique names."""
 
-    def __init__(self, onnx, shapes: dict[str, tuple[int, ...]], expose_codes: bool, opset: int = MIN_OPSET) -> None:
+    def __init__(self, onnx, shapes: dict[str, tuple[int, ...]], expose_codes: bool, opset: int = MIN_OPSET,
+                 folds: _PadFolds | None = None) -> None:
         self.onnx, self.h, self.nh = onnx, onnx.helper, onnx.numpy_helper
         self.shapes, self.expose_codes, self.opset = shapes, expose_codes, opset
+        self.folds = folds or _PadFolds({}, frozenset())
+        self.rows: dict[str, str] = {}  # tensor -> float name of its (N*H*W, C) rows (see to_rows)
         self.nodes: list = []
         self.inits: list = []
         self.used: set[str] = {INPUT_NAME, OUTPUT_NAME}
@@ -267,18 +283,45 @@ class _Builder:
         if narrow and clamp_first:
             x = self.clamp(x, grid, lo, hi, name)
         elif narrow:
-            pre = self.add("QuantizeLinear", [x, s, z], f"{name}_unclamped")
-            pre_f = self.add("DequantizeLinear", [pre, s, z], f"{name}_unclamped_dq")
-            x = self.clamp(pre_f, grid, lo, hi, name)
+            x = self.clamp(self.qdq(x, grid, f"{name}_unclamped"), grid, lo, hi, name)
         codes = self.add("QuantizeLinear", [x, s, z], name)
         value = _Value(self.add("DequantizeLinear", [codes, s, z], f"{name}_dq"), codes, grid)
-        if self.expose_codes:
+        if self.expose_codes and name not in self.folds.conv_pads:  # (a folded pad's tensor is unpadded here)
             shape = [BATCH, *self.shapes[name][1:]]
             elem = self.onnx.TensorProto.INT8 if grid.signed else self.onnx.TensorProto.UINT8
             self.codes_outputs.append(self.h.make_tensor_value_info(codes, elem, shape))
             self.codes_map[codes] = name
         self.values[name] = value
         return value
+
+    def qdq(self, x: str, grid: _Grid, base: str) -> str:
+        """Float ``DQ(Q(x))`` on ``grid``: codes between two operations, not a tensor of the integer model."""
+        s, z = self.qparams(grid, base)
+        return self.add("DequantizeLinear", [self.add("QuantizeLinear", [x, s, z], base), s, z], f"{base}_dq")
+
+    def move(self, op: str, x: str, grid: _Grid | None, base: str, *inputs: str, **attrs) -> str:
+        """A data-movement ``op`` (Transpose, Reshape) of float ``x``, re-quantized on ``grid`` if any.
+
+        ``DQ -> op -> Q`` on one grid is exact; onnxruntime drops the pair and moves the codes.
+        """
+        y = self.add(op, [x, *inputs], base, **attrs)
+        return y if grid is None else self.qdq(y, grid, f"{base}_q")
+
+    def to_rows(self, tensor: str, base: str) -> str:
+        """The ``(N*H*W, C)`` rows (channels last) of NCHW ``tensor``, on its grid; made once per tensor."""
+        if tensor not in self.rows:
+            v, channels = self.values[tensor], int(self.shapes[tensor][1])
+            t = self.move("Transpose", v.float_name, v.grid, f"{base}_nhwc", perm=[0, 2, 3, 1])
+            self.rows[tensor] = self.move("Reshape", t, v.grid, base,
+                                          self.const(f"{base}_shape", np.array([-1, channels], np.int64)))
+        return self.rows[tensor]
+
+    def from_rows(self, x: str, grid: _Grid | None, shape: tuple[int, ...], base: str) -> str:
+        """The NCHW tensor of ``shape`` (any batch) whose ``(N*H*W, C)`` rows are ``x``: undoes :meth:`to_rows`."""
+        _, c, h, w = shape
+        nhwc = self.const(f"{base}_shape", np.array([-1, h, w, c], np.int64))
+        t = self.move("Reshape", x, grid, f"{base}_nhwc", nhwc)
+        return self.move("Transpose", t, grid, base, perm=[0, 3, 1, 2])
 
     def integer_input(self, node: Node, i: int = 0) -> _Value:
         v = self.values[node.inputs[i]]
@@ -339,10 +382,11 @@ class _Builder:
             lo, hi = _Grid.code(a["lo"], out_grid.signed), _Grid.code(a["hi"], out_grid.signed)
             mult = torch.ldexp(t["m"].double(), -t["n"].double()).numpy()
             s_w = fit_weight_scales(s_in, mult, out_grid.scale)
-            if len(node.inputs) == 1:  # (a residual layer stays a float conv in onnxruntime: no int32 sum)
-                bias = _safe_bias(bias, w, x.grid, out_grid, mult, lo, hi)
+        rows = conv and not dequant and len(node.inputs) > 1 and self._pointwise(node)
+        if not dequant and (len(node.inputs) == 1 or rows):  # (other residual convs run in float: no int32 sum)
+            bias = _safe_bias(bias, w, x.grid, out_grid, mult, lo, hi, self._residual_spread(node) if rows else None)
         matmul = not conv and len(self.shapes[node.inputs[0]]) != 2
-        w_arr = np.ascontiguousarray(w.T) if matmul else w  # MatMul wants (K, O)
+        w_arr = np.ascontiguousarray(w.T) if matmul else w.reshape(out_ch, -1) if rows else w  # MatMul wants (K, O)
         int4 = self.opset >= INT4_OPSET and a.get("weight_bits", 8) <= 4 and w.min() >= -8 and w.max() <= 7
         const = self.const_int4 if int4 else self.const
         w_dq = self.add("DequantizeLinear",
@@ -353,10 +397,12 @@ class _Builder:
                                              self.const(f"{name}_bias_scale", (s_w * s_in).astype(np.float32)),
                                              self.const(f"{name}_bias_zero_point", np.zeros(out_ch, np.int32))],
                         f"{name}_bias_dq", axis=0)
+        if rows:
+            self._pointwise_residual(node, w_dq, b_dq, out_grid, lo, hi)
+            return
         if conv:
-            ph, pw = a["padding"]
             y = self.add("Conv", [x.float_name, w_dq, b_dq], f"{name}_conv", kernel_shape=list(w.shape[2:]),
-                         pads=[ph, pw, ph, pw], strides=list(a["stride"]), dilations=list(a["dilation"]),
+                         pads=self._conv_pads(node), strides=list(a["stride"]), dilations=list(a["dilation"]),
                          group=int(a["groups"]))
         elif matmul:
             y = self.add("Add", [self.add("MatMul", [x.float_name, w_dq], f"{name}_matmul"), b_dq], f"{name}_add")
@@ -376,6 +422,46 @@ class _Builder:
         elif act != "none":
             raise ConfigError(f"{name}: float activation {act!r} has no ONNX form here")
         self.values[name] = _Value(y)
+
+    def _pointwise(self, node: Node) -> bool:
+        """Whether conv ``node`` is a 1x1, stride-1, unpadded, ungrouped convolution (a GEMM on NHWC rows) with
+        an integer residual."""
+        a = node.op.attrs
+        return (tuple(node.op.tensors["weight"].shape[2:]) == (1, 1) and list(a["stride"]) == [1, 1]
+                and list(a["padding"]) == [0, 0] and int(a["groups"]) == 1
+                and node.inputs[0] not in self.folds.conv_pads and self.values[node.inputs[-1]].grid is not None)
+
+    def _residual_spread(self, node: Node) -> np.ndarray:
+        """Per output channel, how far the integer residual moves the output: ``max |r - z_r| m2 / 2^n`` codes."""
+        g, t = self.values[node.inputs[1]].grid, node.op.tensors
+        m2 = torch.ldexp(t["m2"].double(), -t["n"].double()).numpy()
+        return max(g.zero_point - g.qmin, g.qmax - g.zero_point) * m2
+
+    def _pointwise_residual(self, node: Node, w_dq: str, b_dq: str, grid: _Grid, lo: int, hi: int) -> None:
+        """A 1x1 convolution with a residual as ``DQ -> Gemm -> Add -> Q`` on NHWC rows.
+
+        onnxruntime has no integer convolution with a summand: ``DQ -> Conv ->
+        Add -> Q`` runs as a float convolution. On rows, ``Gemm`` with no
+        ``QuantizeLinear`` after it becomes ``QGemm`` with a float output, the
+        int32 accumulator (bias included) times ``float32(s_x s_w)``; the
+        residual's dequantized value is added and the sum rounded once by the
+        output ``QuantizeLinear``, as lowbit's ``(acc m + r m2) / 2^n`` is (a
+        ``QLinearConv`` then ``QLinearAdd`` would round twice). The transposes
+        move codes, and cancel against onnxruntime's own NHWC layout.
+        """
+        name = node.output
+        y = self.add("Gemm", [self.to_rows(node.inputs[0], f"{name}_rows"), w_dq, b_dq], f"{name}_gemm", transB=1)
+        y = self.add("Add", [y, self.to_rows(node.inputs[1], f"{name}_residual_rows")], f"{name}_residual")
+        y = self.qdq(y, grid, f"{name}_unclamped")
+        clamped = self.clamp(y, grid, lo, hi, name)
+        self.rows[name] = y if clamped == y else self.qdq(clamped, grid, f"{name}_rows")  # DQ outputs, for a Gemm
+        self.quantize(self.from_rows(self.rows[name], grid, self.shapes[name], f"{name}_nchw"), grid, name)
+
+    def _conv_pads(self, node: Node) -> list[int]:
+        """ONNX ``pads`` (top, left, bottom, right) of a conv: its own padding plus a folded ``pad`` before it."""
+        ph, pw = node.op.attrs["padding"]
+        top, left, bottom, right = self.folds.conv_pads.get(node.inputs[0], (0, 0, 0, 0))
+        return [ph + top, pw + left, ph + bottom, pw + right]
 
     def _same_grid(self, node: Node, y: str, x: _Value) -> None:
         """Record float ``y`` computed from ``x`` without changing values: re-quantized on ``x``'s grid."""
@@ -400,6 +486,9 @@ class _Builder:
     def op_pad(self, node: Node) -> None:
         a = node.op.attrs
         x = self.values[node.inputs[0]]
+        if node.output in self.folds.skipped:  # the convolutions reading it pad with the zero point themselves
+            self.values[node.output] = x
+            return
         rank = len(self.shapes[node.inputs[0]])
         pad = list(a["pad"])  # (left, right) pairs from the last dim, as F.pad; checked by _node_shape
         begins, ends = [0] * rank, [0] * rank
@@ -494,6 +583,76 @@ def _shapes(model: IntegerModel, input_shape: tuple[int, ...]) -> dict[str, tupl
     return shapes
 
 
+@dataclass(frozen=True)
+class _PadFolds:
+    """Pads folded into convolutions: ``conv_pads`` maps a convolution input to its extra (top, left, bottom,
+    right) padding; the ``pad`` nodes whose outputs are in ``skipped`` pass their input through."""
+
+    conv_pads: dict[str, tuple[int, int, int, int]]
+    skipped: frozenset[str]
+
+
+def _spatial_pad(node: Node, rank: int) -> tuple[int, int, int, int] | None:
+    """``(top, left, bottom, right)`` of a ``pad`` node that pads only H and W of an NCHW tensor, else None."""
+    pad = list(node.op.attrs["pad"]) + [0] * (2 * rank - len(node.op.attrs["pad"]))
+    if rank != 4 or any(pad[4:]) or min(pad) < 0:
+        return None
+    left, right, top, bottom = pad[:4]
+    return top, left, bottom, right
+
+
+def _conv_readers_only(readers: dict[str, list[tuple[Node, int]]], name: str, zero_point: int) -> bool:
+    """Whether ``name`` is read, and only as the input of convolutions whose input zero point is ``zero_point``."""
+    users = readers.get(name, [])
+    return bool(users) and all(user.kind == "conv2d" and i == 0 and user.op.attrs["input_zero_point"] == zero_point
+                               for user, i in users)
+
+
+def _padded_target(node: Node, readers: dict[str, list[tuple[Node, int]]], output: str) -> tuple[str, int] | None:
+    """``(tensor the convolutions read, its padding code)`` for ``pad`` node ``node``, or None.
+
+    An integer pad: its own output and value. A float pad of 0.0 read only by a
+    ``quantize`` (the network input): that quantization's output and zero point,
+    the code of 0.0 when the zero point lies within its bounds.
+    """
+    a = node.op.attrs
+    if node.grid is not None:
+        return node.output, a["value"]
+    users = readers.get(node.output, [])
+    if a["value"] != 0 or len(users) != 1 or users[0][0].kind != "quantize" or users[0][0].output == output:
+        return None
+    q = users[0][0].op.attrs
+    return (users[0][0].output, q["zero_point"]) if q["lo"] <= q["zero_point"] <= q["hi"] else None
+
+
+def _foldable_pads(model: IntegerModel, shapes: dict[str, tuple[int, ...]]) -> _PadFolds:
+    """The ``pad`` nodes that become the ``pads`` of the convolutions after them.
+
+    A pad of H and W with the code ``z`` before convolutions whose input zero
+    point is ``z`` changes nothing when it moves into their ``pads``
+    (onnxruntime's ``QLinearConv`` pads with the input zero point; ONNX ``Conv``
+    pads the dequantized input with 0.0, the value of ``z``). Folded, the graph
+    keeps every convolution fusable, where ``DQ -> Pad -> Q -> DQ -> Conv``
+    costs a float pad, a quantization and layout transposes per convolution (the
+    EfficientNets' TF-style "same" padding). Folded when every reader of the
+    padded tensor is such a convolution's first input.
+    """
+    readers: dict[str, list[tuple[Node, int]]] = {}
+    for node in model.nodes:
+        for i, name in enumerate(node.inputs):
+            readers.setdefault(name, []).append((node, i))
+    conv_pads, skipped = {}, set()
+    for node in model.nodes:
+        if node.kind != "pad" or node.output == model.output_name:
+            continue
+        sides = _spatial_pad(node, len(shapes[node.inputs[0]]))
+        target = None if sides is None else _padded_target(node, readers, model.output_name)
+        if target is not None and _conv_readers_only(readers, *target):
+            conv_pads[target[0]] = sides
+            skipped.add(node.output)
+    return _PadFolds(conv_pads, frozenset(skipped))
+
+
 def _check_kinds(model: IntegerModel) -> None:
     supported = sorted(k[3:] for k in dir(_Builder) if k.startswith("op_"))
     for node in model.nodes:
@@ -514,7 +673,7 @@ def to_onnx_model(model: IntegerModel, input_shape: tuple[int, ...], opset: int 
         raise ConfigError(f"opset must be >= {MIN_OPSET} (per-channel QuantizeLinear), not {opset!r}")
     _check_kinds(model)
     shapes = _shapes(model, tuple(input_shape))
-    b = _Builder(onnx, shapes, expose_codes, opset)
+    b = _Builder(onnx, shapes, expose_codes, opset, _foldable_pads(model, shapes))
     b.values[model.input_name] = _Value(INPUT_NAME)
     for node in model.nodes:
         b.emit(node)
