@@ -89,6 +89,8 @@ def library() -> ctypes.CDLL | None:
     lib.lowbit_dequant_rows.argtypes = [ptr, i64, i64, ptr, ptr, ptr]
     lib.lowbit_dequant_rows.restype = None
     lib.lowbit_has_vnni.restype = ctypes.c_int
+    lib.lowbit_vnni_peak.argtypes = [i64]
+    lib.lowbit_vnni_peak.restype = ctypes.c_int
     lib.lowbit_pack_a.argtypes = [ptr, i64, i64, i64, ptr]
     lib.lowbit_pack_w.argtypes = [ptr, i64, i64, i64, ptr]
     lib.lowbit_im2col_u8.argtypes = [ptr] + [i64] * 12 + [ctypes.c_int8, i64, i64, i64, ptr]
