@@ -87,6 +87,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--faq-lr", type=float, default=1e-4)
+    ap.add_argument("--weight-decay", type=float, default=5e-5, help="on weights only (the LSQ paper: 1e-4 at 2 bits)")
     ap.add_argument("--init", choices=["lsq", "mse"], default="lsq", help="lowbit's LSQ step initialisation")
     ap.add_argument("--distill", type=float, default=0.0, help="weight of the KL to the float model (both tools)")
     ap.add_argument("--only", default="", help="comma-separated run labels, e.g. W4A4,W2A2 (default: all)")
@@ -105,14 +106,16 @@ def main() -> None:
     teacher = base if args.distill > 0 else None
     f_acc = evaluate(base, test)
     peer = args.peer == "brevitas"
-    lines = [f"ResNet-14 float32: {100 * f_acc:.2f}%; distillation weight {args.distill}; LSQ step init {args.init}", "",
+    lines = [f"ResNet-14 float32: {100 * f_acc:.2f}%; distillation weight {args.distill}; LSQ step init {args.init}; "
+             f"weight decay {args.weight_decay}", "",
              "| run | epochs | lowbit (integer model) | vs float | target | met | train time |"
              + (" brevitas (fake-quant) | brevitas train time | lowbit - brevitas |" if peer else ""),
              "|---|---:|---:|---:|---|---|---:|" + ("---:|---:|---:|" if peer else "")]
     for label, config, target in runs:
         config = replace(config, init=args.init) if config.method == "lsq" else config
         epochs = 1 if config.method == "faq" else args.epochs
-        tcfg = TrainConfig(epochs=epochs, lr=args.faq_lr if config.method == "faq" else args.lr, distill=args.distill)
+        tcfg = TrainConfig(epochs=epochs, lr=args.faq_lr if config.method == "faq" else args.lr, distill=args.distill,
+                           weight_decay=args.weight_decay)
         model, acc, seconds = lowbit_run(config, train_set, test, tcfg, teacher)
         if args.save and label in SHIP:
             save_weights(model, weights_path(SHIP[label]), {

@@ -387,6 +387,8 @@ def test_c_input_quantize_equals_torch(values, scale, zp):
     inv = torch.reciprocal(torch.tensor(scale, dtype=torch.float32))
     want = (torch.round(x * inv) + zp).clamp_(-128, 127).to(torch.int8)
     assert torch.equal(cext.quantize_f32(x, inv, zp, -128, 127), want)
+    x[0] = float("nan")
+    assert cext.quantize_f32(x, inv, zp, -128, 127) is None  # the op falls back to PyTorch's ops
 
 
 @needs_cext

@@ -103,6 +103,22 @@ def test_implicit_conv_refuses_channels_not_a_multiple_of_4():
                   packed.correction)
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 3), st.integers(1, 9), st.integers(1, 9), st.integers(1, 6), st.integers(1, 6), st.integers(1, 3),
+       st.integers(0, 3), st.integers(1, 2), st.integers(0, 2**31 - 1))
+def test_single_channel_im2col_matches_the_int8_im2col(n, h, w, kh, kw, s, p, d, seed):
+    """The first-layer (C = 1) im2col, with its 8-byte copies, against the strided-view im2col."""
+    ho, wo = (h + 2 * p - d * (kh - 1) - 1) // s + 1, (w + 2 * p - d * (kw - 1) - 1) // s + 1
+    if ho < 1 or wo < 1:
+        return
+    x = _rand((n, 1, h, w), torch.Generator().manual_seed(seed))
+    cols, _ = kernels.im2col(x, (kh, kw), (s, s), (p, p), (d, d), 5, use_c=False)
+    kp = (kh * kw + 3) // 4 * 4
+    rows = vnni.im2col(x, (kh, kw), (s, s), (p, p), (d, d), 5, (ho, wo), kp)
+    assert torch.equal(rows[:, :kh * kw], (cols.to(torch.int16) + 128).to(torch.uint8))
+    assert bool((rows[:, kh * kw:] == 0).all())
+
+
 def test_pack_weight_rejects_bad_input():
     with pytest.raises(ValueError, match="int8"):
         vnni.pack_weight(torch.zeros(3, 4))

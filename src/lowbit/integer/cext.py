@@ -83,7 +83,7 @@ def library() -> ctypes.CDLL | None:
     lib.lowbit_maxpool_nhwc.restype = None
     f32 = ctypes.c_float
     lib.lowbit_quantize_f32.argtypes = [ptr, i64, f32, f32, f32, f32, ptr]
-    lib.lowbit_quantize_f32.restype = None
+    lib.lowbit_quantize_f32.restype = i64
     lib.lowbit_nhwc_to_nchw.argtypes = [ptr, i64, i64, i64, ptr]
     lib.lowbit_nhwc_to_nchw.restype = None
     lib.lowbit_dequant_rows.argtypes = [ptr, i64, i64, ptr, ptr, ptr]
@@ -147,14 +147,16 @@ def maxpool_nhwc(x: torch.Tensor, kernel, stride, padding, out_hw) -> torch.Tens
     return out.permute(0, 3, 1, 2)
 
 
-def quantize_f32(x: torch.Tensor, inv: torch.Tensor, zp: int, lo: int, hi: int) -> torch.Tensor:
-    """int8 ``clamp(round(x * inv) + zp, lo, hi)`` of finite float32 ``x``, as PyTorch's ops compute it."""
+def quantize_f32(x: torch.Tensor, inv: torch.Tensor, zp: int, lo: int, hi: int) -> torch.Tensor | None:
+    """int8 ``clamp(round(x * inv) + zp, lo, hi)`` of float32 ``x``, as PyTorch's ops compute it; None when
+    ``x`` holds a NaN or an infinity (the caller then uses PyTorch's own ops, whose handling of those it keeps)."""
     lib = library()
     assert lib is not None
     x = x.contiguous()
     out = torch.empty(x.shape, dtype=torch.int8)
-    lib.lowbit_quantize_f32(x.data_ptr(), x.numel(), float(inv), float(zp), float(lo), float(hi), out.data_ptr())
-    return out
+    bad = lib.lowbit_quantize_f32(x.data_ptr(), x.numel(), float(inv), float(zp), float(lo), float(hi),
+                                  out.data_ptr())
+    return None if bad else out
 
 
 def flatten_channels_last(x: torch.Tensor) -> torch.Tensor:

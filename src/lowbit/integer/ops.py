@@ -44,8 +44,10 @@ class Quantize(Op):
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         a = self.attrs
         inv = self.inv
-        if x.dtype == torch.float32 and cext.library() is not None and bool(torch.isfinite(x).all()):
-            return cext.quantize_f32(x, inv, a["zero_point"], a["lo"], a["hi"])  # one pass, same float32 ops
+        if x.dtype == torch.float32 and cext.library() is not None:
+            q = cext.quantize_f32(x, inv, a["zero_point"], a["lo"], a["hi"])  # one pass, same float32 ops
+            if q is not None:
+                return q
         return (torch.round(x * inv) + a["zero_point"]).clamp_(a["lo"], a["hi"]).to(torch.int8)
 
 

@@ -19,6 +19,7 @@
  * The 6 x 64 tile then goes through lowbit_requant (requant.c) row by row while it is in L1.
  */
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 void lowbit_requant(const int32_t *acc, int64_t rows, int64_t C, int64_t hw, int acc_nchw,
@@ -43,29 +44,37 @@ void lowbit_pack_a(const int8_t *x, int64_t M, int64_t K, int64_t Kp, uint8_t *o
     }
 }
 
-/* im2col of a single-channel image: one byte per tap */
+/* im2col of a single-channel image (the first layer of a grey-image net). The image is padded and flipped once,
+ * then each kernel row of a patch is a run of kw bytes (dw = 1), copied 8 bytes at a time: a copy may run past
+ * its kw bytes into the next kernel rows, which the next copies overwrite; copies that would run past the
+ * patch's last tap go byte by byte. */
 static void im2col_c1(const int8_t *x, int64_t N, int64_t H, int64_t W, int64_t kh, int64_t kw, int64_t sh,
                       int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, uint8_t pad, int64_t Ho, int64_t Wo,
                       int64_t Kp, uint8_t *out) {
+    const int64_t Hp = H + 2 * ph, Wp = W + 2 * pw;
+    uint8_t *img = malloc((size_t)(N * Hp * Wp + 8));
+    if (!img) return;
+    memset(img, pad, (size_t)(N * Hp * Wp + 8));
+    for (int64_t b = 0; b < N; b++)
+        for (int64_t y = 0; y < H; y++)
+            for (int64_t q = 0; q < W; q++) img[(b * Hp + y + ph) * Wp + q + pw] = (uint8_t)x[(b * H + y) * W + q] ^ 0x80u;
+    const int wide = dw == 1 && kw <= 8;
 #pragma omp parallel for collapse(2) if (N * Ho * Wo * Kp > (1 << 17))
     for (int64_t b = 0; b < N; b++)
         for (int64_t i = 0; i < Ho; i++)
             for (int64_t j = 0; j < Wo; j++) {
                 uint8_t *restrict o = out + ((b * Ho + i) * Wo + j) * Kp;
                 for (int64_t p = 0; p < kh; p++) {
-                    const int64_t y = i * sh - ph + p * dh;
-                    if (y < 0 || y >= H) {
-                        for (int64_t q = 0; q < kw; q++) *o++ = pad;
+                    const uint8_t *src = img + (b * Hp + i * sh + p * dh) * Wp + j * sw;
+                    if (wide && p * kw + 8 <= kh * kw) { /* stays inside this patch's taps */
+                        memcpy(o + p * kw, src, 8);
                         continue;
                     }
-                    const int8_t *restrict xr = x + (b * H + y) * W;
-                    for (int64_t q = 0; q < kw; q++) {
-                        const int64_t xx = j * sw - pw + q * dw;
-                        *o++ = (xx >= 0 && xx < W) ? ((uint8_t)xr[xx] ^ 0x80u) : pad;
-                    }
+                    for (int64_t q = 0; q < kw; q++) o[p * kw + q] = src[q * dw];
                 }
-                for (int64_t k = kh * kw; k < Kp; k++) *o++ = 0;
+                for (int64_t k = kh * kw; k < Kp; k++) o[k] = 0;
             }
+    free(img);
 }
 
 /* im2col of NHWC int8 into flipped u8 rows of Kp bytes (kh*kw*C taps, then zeros) */

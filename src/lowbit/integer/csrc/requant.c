@@ -207,15 +207,18 @@ void lowbit_maxpool_nhwc(const int8_t *x, int64_t N, int64_t H, int64_t W, int64
 }
 
 /* The network input's quantization, as PyTorch computes it: q = clamp(rint(x * inv) + zp, lo, hi) in float32
- * (rint rounds half to even in the default rounding mode), then int8. NaN inputs are the caller's to refuse. */
+ * (rint rounds half to even in the default rounding mode), then int8. Returns the number of non-finite inputs. */
 #include <math.h>
-void lowbit_quantize_f32(const float *x, int64_t count, float inv, float zp, float lo, float hi, int8_t *out) {
+int64_t lowbit_quantize_f32(const float *x, int64_t count, float inv, float zp, float lo, float hi, int8_t *out) {
+    int64_t bad = 0; /* non-finite inputs: counted, and the caller falls back to PyTorch's semantics */
     for (int64_t i = 0; i < count; i++) {
+        bad += !(fabsf(x[i]) <= 3.402823466e38f);
         float v = rintf(x[i] * inv) + zp;
         v = v < lo ? lo : v;
         v = v > hi ? hi : v;
         out[i] = (int8_t)v;
     }
+    return bad;
 }
 
 /* (N, HW, C) int8 -> (N, C, HW): a channels-last activation flattened in NCHW order */
