@@ -44,70 +44,6 @@ void lowbit_pack_a(const int8_t *x, int64_t M, int64_t K, int64_t Kp, uint8_t *o
     }
 }
 
-/* im2col of a single-channel image (the first layer of a grey-image net). The image is padded and flipped once,
- * then each kernel row of a patch is a run of kw bytes (dw = 1), copied 8 bytes at a time: a copy may run past
- * its kw bytes into the next kernel rows, which the next copies overwrite; copies that would run past the
- * patch's last tap go byte by byte. */
-static void im2col_c1(const int8_t *x, int64_t N, int64_t H, int64_t W, int64_t kh, int64_t kw, int64_t sh,
-                      int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, uint8_t pad, int64_t Ho, int64_t Wo,
-                      int64_t Kp, uint8_t *out) {
-    const int64_t Hp = H + 2 * ph, Wp = W + 2 * pw;
-    uint8_t *img = malloc((size_t)(N * Hp * Wp + 8));
-    if (!img) return;
-    memset(img, pad, (size_t)(N * Hp * Wp + 8));
-    for (int64_t b = 0; b < N; b++)
-        for (int64_t y = 0; y < H; y++)
-            for (int64_t q = 0; q < W; q++) img[(b * Hp + y + ph) * Wp + q + pw] = (uint8_t)x[(b * H + y) * W + q] ^ 0x80u;
-    const int wide = dw == 1 && kw <= 8;
-#pragma omp parallel for collapse(2) if (N * Ho * Wo * Kp > (1 << 17))
-    for (int64_t b = 0; b < N; b++)
-        for (int64_t i = 0; i < Ho; i++)
-            for (int64_t j = 0; j < Wo; j++) {
-                uint8_t *restrict o = out + ((b * Ho + i) * Wo + j) * Kp;
-                for (int64_t p = 0; p < kh; p++) {
-                    const uint8_t *src = img + (b * Hp + i * sh + p * dh) * Wp + j * sw;
-                    if (wide && p * kw + 8 <= kh * kw) { /* stays inside this patch's taps */
-                        memcpy(o + p * kw, src, 8);
-                        continue;
-                    }
-                    for (int64_t q = 0; q < kw; q++) o[p * kw + q] = src[q * dw];
-                }
-                for (int64_t k = kh * kw; k < Kp; k++) o[k] = 0;
-            }
-    free(img);
-}
-
-/* im2col of NHWC int8 into flipped u8 rows of Kp bytes (kh*kw*C taps, then zeros) */
-void lowbit_im2col_u8(const int8_t *x, int64_t N, int64_t H, int64_t W, int64_t C, int64_t kh, int64_t kw,
-                      int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, int8_t pad_value,
-                      int64_t Ho, int64_t Wo, int64_t Kp, uint8_t *out) {
-    const uint8_t pad = (uint8_t)pad_value ^ 0x80u;
-    const int64_t K = kh * kw * C;
-    if (C == 1) {
-        im2col_c1(x, N, H, W, kh, kw, sh, sw, ph, pw, dh, dw, pad, Ho, Wo, Kp, out);
-        return;
-    }
-#pragma omp parallel for collapse(2) if (N * Ho * Wo * Kp > (1 << 17))
-    for (int64_t b = 0; b < N; b++)
-        for (int64_t i = 0; i < Ho; i++)
-            for (int64_t j = 0; j < Wo; j++) {
-                uint8_t *restrict o = out + ((b * Ho + i) * Wo + j) * Kp;
-                for (int64_t p = 0; p < kh; p++) {
-                    int64_t y = i * sh - ph + p * dh;
-                    for (int64_t q = 0; q < kw; q++, o += C) {
-                        int64_t xx = j * sw - pw + q * dw;
-                        if (y < 0 || y >= H || xx < 0 || xx >= W) {
-                            memset(o, pad, (size_t)C);
-                            continue;
-                        }
-                        const int8_t *restrict s = x + ((b * H + y) * W + xx) * C;
-                        for (int64_t c = 0; c < C; c++) o[c] = (uint8_t)s[c] ^ 0x80u;
-                    }
-                }
-                for (int64_t k = K; k < Kp; k++) *o++ = 0;
-            }
-}
-
 /* NHWC int8 (N, H, W, C) -> flipped u8 (N, H + 2 ph, W + 2 pw, C), the border filled with the flipped pad value */
 void lowbit_pad_flip_nhwc(const int8_t *x, int64_t N, int64_t H, int64_t W, int64_t C, int64_t ph, int64_t pw,
                           int8_t pad_value, uint8_t *out) {
@@ -126,6 +62,39 @@ void lowbit_pad_flip_nhwc(const int8_t *x, int64_t N, int64_t H, int64_t W, int6
             for (int64_t k = 0; k < W * C; k++) o[pw * C + k] = (uint8_t)s[k] ^ 0x80u;
             memset(o + (pw + W) * C, pad, (size_t)(pw * C));
         }
+}
+
+/* copy len bytes, 8 at a time while the 8 written bytes stay within `room` (later copies overwrite the excess) */
+static inline void copy_run(uint8_t *restrict o, const uint8_t *restrict s, int64_t len, int64_t room) {
+    int64_t t = 0;
+    for (; t < len && t + 8 <= room; t += 8) memcpy(o + t, s + t, 8);
+    for (; t < len; t++) o[t] = s[t];
+}
+
+/* im2col of NHWC int8 into flipped u8 rows of Kp bytes (kh*kw*C taps, then zeros), for convs the implicit GEMM
+ * does not take (C % 4 != 0: a grey or RGB input layer). The image is padded and flipped once; a kernel row of
+ * a patch is then kw*C contiguous bytes (dw = 1) or kw runs of C bytes. */
+void lowbit_im2col_u8(const int8_t *x, int64_t N, int64_t H, int64_t W, int64_t C, int64_t kh, int64_t kw,
+                      int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, int8_t pad_value,
+                      int64_t Ho, int64_t Wo, int64_t Kp, uint8_t *out) {
+    const int64_t Hp = H + 2 * ph, Wp = W + 2 * pw, K = kh * kw * C, run = dw == 1 ? kw * C : C;
+    uint8_t *img = malloc((size_t)(N * Hp * Wp * C + 8)); /* + 8: the last 8-byte read stays inside */
+    if (!img) return;
+    lowbit_pad_flip_nhwc(x, N, H, W, C, ph, pw, pad_value, img);
+#pragma omp parallel for collapse(2) if (N * Ho * Wo * Kp > (1 << 17))
+    for (int64_t b = 0; b < N; b++)
+        for (int64_t i = 0; i < Ho; i++)
+            for (int64_t j = 0; j < Wo; j++) {
+                uint8_t *restrict o = out + ((b * Ho + i) * Wo + j) * Kp;
+                int64_t at = 0;
+                for (int64_t p = 0; p < kh; p++) {
+                    const uint8_t *row = img + ((b * Hp + i * sh + p * dh) * Wp + j * sw) * C;
+                    for (int64_t q = 0; q < kw; q += run / C, at += run)
+                        copy_run(o + at, row + q * dw * C, run, K - at);
+                }
+                for (int64_t k = K; k < Kp; k++) o[k] = 0;
+            }
+    free(img);
 }
 
 /* W (N, K) int8 -> panels (see top); `out` has ceil(N/16) * Kp * 16 bytes */
