@@ -112,6 +112,8 @@ class TrainConfig:
             raise ConfigError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
         if not self.lr > 0 or not 0 <= self.distill <= 1:
             raise ConfigError(f"lr must be > 0 and distill in [0, 1], got {self.lr}, {self.distill}")
+        if not self.weight_decay >= 0:
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
 
 
 def _swap_lsq(gm: nn.Module, config: QATConfig) -> None:

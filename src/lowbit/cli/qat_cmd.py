@@ -31,6 +31,8 @@ def add_parser(sub) -> None:
     p.add_argument("--epochs", type=int, default=3, help="training epochs (default 3)")
     p.add_argument("--batch-size", type=int, default=128, help="global batch size (default 128)")
     p.add_argument("--lr", type=float, default=0.01, help="peak learning rate, cosine decay (default 0.01)")
+    p.add_argument("--weight-decay", type=float, default=5e-5,
+                   help="on weights only (default 5e-5; the LSQ paper uses 1e-4 at 2 bits, as the shipped W2A2 does)")
     p.add_argument("--distill", type=float, default=0.0, help="weight of distillation from the float model, 0..1")
     p.add_argument("--train-size", type=int, default=None, help="use the first N training images (default all)")
     p.add_argument("--no-augment", action="store_true", help="no random shifts and flips")
@@ -54,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     config = QATConfig(args.weight_bits, args.act_bits, args.method, init=args.init,
                        bn_freeze_steps=args.bn_freeze_steps, weight_granularity=args.granularity)
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, distill=args.distill,
-                      augment=not args.no_augment, seed=args.seed)
+                      weight_decay=args.weight_decay, augment=not args.no_augment, seed=args.seed)
     data = fashion_mnist("train", root=args.data_dir)
     if args.train_size:
         data = data.take(args.train_size)
