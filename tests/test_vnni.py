@@ -65,7 +65,7 @@ def test_fused_epilogue_equals_int_mm_then_c_epilogue(m, n, k, with_residual, se
     ref = cext.requant(kernels.int_mm(a, w), bias, mult, shift, -3, -128, 100, res, 5, m2, half)
     p = vnni.pack_weight(w)
     out = vnni.gemm(vnni.pack_rows(a, p.kp), p, bias + p.correction,
-                    dict(m=mult, n=shift, half=half, zp=-3, lo=-128, hi=100, residual=res, res_zp=5, m2=m2))
+                    vnni.Requant(mult, shift, half, -3, -128, 100, m2, 5), res)
     assert torch.equal(out, ref)
 
 

@@ -85,6 +85,7 @@ class _Layer(Op):
         self.use_implicit = True  # convs: False builds the im2col buffer for the VNNI GEMM
         self.half = None if self.dequant else (torch.ones_like(t["n"]) << t["n"]) >> 1
         self._packed: tuple[vnni.PackedWeight, torch.Tensor] | None = None
+        self._requant_spec: vnni.Requant | None = None
 
     @property
     def fast(self) -> bool:
@@ -99,6 +100,10 @@ class _Layer(Op):
         if self._packed is None:
             w = vnni.pack_weight(weight_mat)
             self._packed = (w, w.correction if self.dequant else (self.bias_folded + w.correction))
+            a, t = self.attrs, self.tensors
+            self._requant_spec = None if self.dequant else vnni.Requant(
+                t["m"], t["n"], self.half, a["zero_point"], a["lo"], a["hi"], t.get("m2"),
+                a.get("residual_zero_point", 0))
         return self._packed
 
     def _gemm_out(self, rows: torch.Tensor | None, packed, residual: torch.Tensor | None,
@@ -106,15 +111,12 @@ class _Layer(Op):
         """Output (rows, O) of the VNNI GEMM on ``rows`` (or the implicit conv ``conv``): int8 codes through the
         fused epilogue, or dequantized floats."""
         w, col_add = packed
-        a, t = self.attrs, self.tensors
-        requant = None if self.dequant else dict(
-            m=t["m"], n=t["n"], half=self.half, zp=a["zero_point"], lo=a["lo"], hi=a["hi"], residual=residual,
-            res_zp=a.get("residual_zero_point", 0), m2=t.get("m2"))
+        res = None if self.dequant or residual is None else residual.contiguous()
         if conv is None:
-            y = vnni.gemm(rows, w, col_add, requant)
+            y = vnni.gemm(rows, w, col_add, self._requant_spec, res)
         else:
             x, kernel, stride, padding, dilation, pad_value, out_hw = conv
-            y = vnni.conv(x, w, kernel, stride, padding, dilation, pad_value, out_hw, col_add, requant)
+            y = vnni.conv(x, w, kernel, stride, padding, dilation, pad_value, out_hw, col_add, self._requant_spec, res)
         return self._dequantize(y, self.bias_folded, residual, lambda v: v) if self.dequant else y
 
     def _dequantize(self, acc: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor | None, chan) -> torch.Tensor:
@@ -178,6 +180,7 @@ class Conv2d(_Layer):
         self.weight_mat = w.permute(0, 2, 3, 1).reshape(w.shape[0], -1).contiguous()
         self.depthwise = attrs["groups"] > 1 and w.shape[1] == 1 and attrs["groups"] == w.shape[0]
         self.weight_hwc = w[:, 0].permute(1, 2, 0).contiguous() if self.depthwise else None
+        self._geometry: dict[tuple[int, int], tuple] = {}  # output geometry per input size
 
     def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         a, o = self.attrs, self.tensors["weight"].shape[0]
@@ -195,9 +198,7 @@ class Conv2d(_Layer):
         packed = self.packed(self.weight_mat)
         if packed is not None:
             n, c, h, w = x.shape
-            geo = tuple(kernels.pairs(v) for v in conv)
-            (sh, sw), (ph, pw), (dh, dw) = geo
-            ho, wo = (kernels.out_size(h, self.kernel[0], sh, ph, dh), kernels.out_size(w, self.kernel[1], sw, pw, dw))
+            geo, (ho, wo) = self._conv_geometry(h, w)
             if self.use_implicit and vnni.implicit_conv_ok(c, self.kernel):
                 y = self._gemm_out(None, packed, self._residual_rows(residual, o),
                                    conv=(x, self.kernel, *geo, a["input_zero_point"], (ho, wo)))
@@ -208,6 +209,16 @@ class Conv2d(_Layer):
         acc, (n, ho, wo) = kernels.conv2d_acc(x, self.weight_mat, self.kernel, *conv, a["input_zero_point"],
                                               self.fast)
         return self._rows_out(acc, residual, n, ho, wo, o)
+
+    def _conv_geometry(self, h: int, w: int) -> tuple[tuple, tuple[int, int]]:
+        """((stride, padding, dilation) pairs, (Ho, Wo)) for an H x W input, computed once per size."""
+        if (h, w) not in self._geometry:
+            a = self.attrs
+            geo = tuple(kernels.pairs(a[k]) for k in ("stride", "padding", "dilation"))
+            (sh, sw), (ph, pw), (dh, dw) = geo
+            out = (kernels.out_size(h, self.kernel[0], sh, ph, dh), kernels.out_size(w, self.kernel[1], sw, pw, dw))
+            self._geometry[(h, w)] = (geo, out)
+        return self._geometry[(h, w)]
 
     @staticmethod
     def _residual_rows(residual: torch.Tensor | None, o: int) -> torch.Tensor | None:
@@ -226,9 +237,21 @@ class Conv2d(_Layer):
 
 
 class MaxPool2d(Op):
-    """Max pooling (an integer tensor keeps its grid): a maximum of strided views, any memory layout."""
+    """Max pooling (an integer tensor keeps its grid): a C kernel on NHWC int8, or a maximum of strided views."""
 
     kind = "maxpool2d"
+
+    def __init__(self, attrs: Attrs, tensors: Tensors | None = None) -> None:
+        super().__init__(attrs, tensors)
+        self._sizes: dict[tuple[int, int], tuple] = {}
+
+    def _geometry(self, h: int, w: int) -> tuple:
+        """(kernel, stride, padding, (Ho, Wo)) pairs for an H x W input, computed once per size."""
+        if (h, w) not in self._sizes:
+            (kh, kw), (sh, sw), (ph, pw) = (kernels.pairs(self.attrs[k]) for k in ("kernel_size", "stride", "padding"))
+            out = (kernels.out_size(h, kh, sh, ph, 1), kernels.out_size(w, kw, sw, pw, 1))
+            self._sizes[(h, w)] = ((kh, kw), (sh, sw), (ph, pw), out)
+        return self._sizes[(h, w)]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         a = self.attrs
@@ -236,9 +259,7 @@ class MaxPool2d(Op):
             return F.max_pool2d(x.contiguous(), a["kernel_size"], a["stride"], a["padding"], a["dilation"],
                                 a["ceil_mode"])
         if x.dtype == torch.int8 and cext.library() is not None:
-            (kh, kw), (sh, sw), (ph, pw) = (kernels.pairs(a[k]) for k in ("kernel_size", "stride", "padding"))
-            ho, wo = (kernels.out_size(x.shape[2], kh, sh, ph, 1), kernels.out_size(x.shape[3], kw, sw, pw, 1))
-            return cext.maxpool_nhwc(x, (kh, kw), (sh, sw), (ph, pw), (ho, wo))
+            return cext.maxpool_nhwc(x, *self._geometry(x.shape[2], x.shape[3]))
         return kernels.max_pool2d(x, a["kernel_size"], a["stride"], a["padding"])
 
 

@@ -19,7 +19,7 @@ layers keep ``torch._int_mm`` (see :mod:`lowbit.integer.kernels`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import torch
 
@@ -97,21 +97,44 @@ def _ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
-def _epilogue(requant: dict | None, rows: int, n: int) -> tuple[torch.Tensor, list]:
+@dataclass(frozen=True)
+class Requant:
+    """A layer's requantization (see :mod:`lowbit.integer.arith`): per-column int64 ``m``, ``n`` and
+    ``half = 2^(n-1)``, output zero point and bounds, and for a residual input its multiplier ``m2`` and
+    zero point. Built once per layer; :meth:`args` gives the C entry points' epilogue arguments."""
+
+    m: torch.Tensor
+    n: torch.Tensor
+    half: torch.Tensor
+    zp: int
+    lo: int
+    hi: int
+    m2: torch.Tensor | None = None
+    res_zp: int = 0
+
+    @cached_property
+    def _pointers(self) -> tuple[int, int, int, int | None]:
+        return self.m.data_ptr(), self.n.data_ptr(), self.half.data_ptr(), _ptr(self.m2)
+
+    def args(self, residual: torch.Tensor | None) -> list:
+        m, n, half, m2 = self._pointers
+        return [1, m, n, half, _ptr(residual), self.res_zp, m2, self.zp, self.lo, self.hi]
+
+
+RAW_ARGS = [0, None, None, None, None, 0, None, 0, 0, 0]  # no requantization: int32 out
+
+
+def _epilogue(requant: Requant | None, residual: torch.Tensor | None, rows: int, n: int) -> tuple[torch.Tensor, list]:
     """The output tensor and the epilogue arguments of the C entry points (raw int32, or int8 codes)."""
     if requant is None:
-        return torch.empty((rows, n), dtype=torch.int32), [0, None, None, None, None, 0, None, 0, 0, 0]
-    r = requant
-    res = r.get("residual")
-    res = None if res is None else res.contiguous()
-    return torch.empty((rows, n), dtype=torch.int8), [
-        1, r["m"].data_ptr(), r["n"].data_ptr(), r["half"].data_ptr(), _ptr(res), r.get("res_zp", 0),
-        _ptr(r.get("m2")), r["zp"], r["lo"], r["hi"]]
+        return torch.empty((rows, n), dtype=torch.int32), RAW_ARGS
+    return torch.empty((rows, n), dtype=torch.int8), requant.args(residual)
 
 
-def gemm(a: torch.Tensor, w: PackedWeight, col_add: torch.Tensor, requant: dict | None = None) -> torch.Tensor:
-    """int32 ``A W^T + col_add`` (M, N), or with ``requant`` (keys m, n, half, zp, lo, hi and optionally
-    residual, res_zp, m2) its int8 codes. ``a`` is uint8 (M, kp) rows from :func:`pack_rows` /
+def gemm(a: torch.Tensor, w: PackedWeight, col_add: torch.Tensor, requant: Requant | None = None,
+         residual: torch.Tensor | None = None) -> torch.Tensor:
+    """int32 ``A W^T + col_add`` (M, N), or with ``requant`` its int8 codes (plus the contiguous int8
+    (M, N) ``residual`` when the layer has one). ``a`` is uint8 (M, kp) rows from :func:`pack_rows` /
     :func:`im2col`, or, when K % 4 == 0, the int8 (M, K) stored codes themselves (flipped in the kernel).
     ``col_add`` must include ``w.correction``.
     """
@@ -119,7 +142,7 @@ def gemm(a: torch.Tensor, w: PackedWeight, col_add: torch.Tensor, requant: dict 
     if not (flip or a.dtype == torch.uint8) or a.ndim != 2 or a.shape[1] != w.kp or not a.is_contiguous():
         raise ValueError(f"gemm needs contiguous uint8 (M, {w.kp}) rows (or int8 when K % 4 == 0), "
                          f"got {a.dtype} {tuple(a.shape)}")
-    out, epi = _epilogue(requant, a.shape[0], w.n)
+    out, epi = _epilogue(requant, residual, a.shape[0], w.n)
     cext.library().lowbit_gemm_u8s8(a.data_ptr(), a.shape[0], w.kp, int(flip), w.panels.data_ptr(), w.n,
                                     col_add.data_ptr(), *epi, out.data_ptr(), torch.get_num_threads())
     return out
@@ -131,7 +154,7 @@ def implicit_conv_ok(channels: int, kernel: tuple[int, int]) -> bool:
 
 
 def conv(x: torch.Tensor, w: PackedWeight, kernel, stride, padding, dilation, pad_value: int, out_hw,
-         col_add: torch.Tensor, requant: dict | None = None) -> torch.Tensor:
+         col_add: torch.Tensor, requant: Requant | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:
     """Dense conv of int8 ``x`` (N, C, H, W) as an implicit GEMM: no im2col buffer, the micro-kernel reads
     each tap from a padded, flipped NHWC copy of the image. Returns (N*Ho*Wo, O) like :func:`gemm`;
     ``w`` packed from the (O, kh*kw*C) matrix in (kh, kw, C) order."""
@@ -144,10 +167,11 @@ def conv(x: torch.Tensor, w: PackedWeight, kernel, stride, padding, dilation, pa
     hp, wp = h + 2 * ph, wd + 2 * pw
     padded = torch.empty((n, hp, wp, c), dtype=torch.uint8)
     lib.lowbit_pad_flip_nhwc(xh.data_ptr(), n, h, wd, c, ph, pw, pad_value, padded.data_ptr())
-    out, epi = _epilogue(requant, n * ho * wo, w.n)
+    out, epi = _epilogue(requant, residual, n * ho * wo, w.n)
     lib.lowbit_conv_u8s8(padded.data_ptr(), n, hp, wp, c, kh, kw, sh, sw, dh, dw, ho, wo, w.panels.data_ptr(), w.n,
                          col_add.data_ptr(), *epi, out.data_ptr(), torch.get_num_threads())
     return out
 
 
-__all__ = ["PackedWeight", "available", "peak_gops", "conv", "gemm", "im2col", "implicit_conv_ok", "pack_rows", "pack_weight"]
+__all__ = ["PackedWeight", "Requant", "available", "conv", "gemm", "im2col", "implicit_conv_ok", "pack_rows",
+           "pack_weight", "peak_gops"]
