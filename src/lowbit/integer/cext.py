@@ -99,8 +99,9 @@ def library() -> ctypes.CDLL | None:
     lib.lowbit_pad_flip_nhwc.argtypes = [ptr] + [i64] * 6 + [ctypes.c_int8, ptr]
     lib.lowbit_conv_u8s8.argtypes = [ptr] + [i64] * 12 + [ptr, i64, ptr, ctypes.c_int, ptr, ptr, ptr, ptr, i64, ptr,
                                                          i64, i64, i64, ptr, ctypes.c_int]
-    for f in (lib.lowbit_pack_a, lib.lowbit_pack_w, lib.lowbit_im2col_u8, lib.lowbit_gemm_u8s8,
-              lib.lowbit_pad_flip_nhwc, lib.lowbit_conv_u8s8):
+    lib.lowbit_im2col_u8.restype = ctypes.c_int
+    for f in (lib.lowbit_pack_a, lib.lowbit_pack_w, lib.lowbit_gemm_u8s8, lib.lowbit_pad_flip_nhwc,
+              lib.lowbit_conv_u8s8):
         f.restype = None
     return lib
 
@@ -180,7 +181,8 @@ def dequant_rows(acc: torch.Tensor, bias: torch.Tensor, scale: torch.Tensor) -> 
     return out
 
 
-def _ptr(t: torch.Tensor | None) -> int | None:
+def ptr(t: torch.Tensor | None) -> int | None:
+    """A tensor's data pointer for ctypes, or None (NULL) for no tensor."""
     return None if t is None else t.data_ptr()
 
 
@@ -199,10 +201,10 @@ def requant(acc: torch.Tensor, bias: torch.Tensor | None, m: torch.Tensor, n: to
     out = torch.empty(acc.shape, dtype=torch.int8)
     res = residual.contiguous() if residual is not None else None
     half = (torch.ones_like(n) << n) >> 1 if half is None else half  # 2^(n-1), 0 where n = 0
-    lib.lowbit_requant(acc.data_ptr(), rows, C, hw, int(nchw_in), _ptr(bias), m.data_ptr(), n.data_ptr(),
-                       half.data_ptr(), _ptr(res), res_zp, _ptr(m2), zp, lo, hi, out.data_ptr())
+    lib.lowbit_requant(acc.data_ptr(), rows, C, hw, int(nchw_in), ptr(bias), m.data_ptr(), n.data_ptr(),
+                       half.data_ptr(), ptr(res), res_zp, ptr(m2), zp, lo, hi, out.data_ptr())
     return out
 
 
-__all__ = ["depthwise_nhwc", "dequant_rows", "flatten_channels_last", "im2col_nhwc", "library", "maxpool_nhwc", "quantize_f32",
-           "requant"]
+__all__ = ["depthwise_nhwc", "dequant_rows", "flatten_channels_last", "im2col_nhwc", "library", "maxpool_nhwc", "ptr",
+           "quantize_f32", "requant"]

@@ -88,13 +88,10 @@ def im2col(x: torch.Tensor, kernel, stride, padding, dilation, pad_value: int, o
     n, h, w, c = xh.shape
     (kh, kw), (sh, sw), (ph, pw), (dh, dw), (ho, wo) = kernel, stride, padding, dilation, out_hw
     out = torch.empty((n * ho * wo, kp), dtype=torch.uint8)
-    cext.library().lowbit_im2col_u8(xh.data_ptr(), n, h, w, c, kh, kw, sh, sw, ph, pw, dh, dw, pad_value, ho, wo,
-                                    kp, out.data_ptr())
+    if cext.library().lowbit_im2col_u8(xh.data_ptr(), n, h, w, c, kh, kw, sh, sw, ph, pw, dh, dw, pad_value, ho, wo,
+                                       kp, out.data_ptr()):
+        raise MemoryError(f"im2col: no memory for a padded copy of a {tuple(x.shape)} image")
     return out
-
-
-def _ptr(t: torch.Tensor | None) -> int | None:
-    return None if t is None else t.data_ptr()
 
 
 @dataclass(frozen=True)
@@ -114,11 +111,11 @@ class Requant:
 
     @cached_property
     def _pointers(self) -> tuple[int, int, int, int | None]:
-        return self.m.data_ptr(), self.n.data_ptr(), self.half.data_ptr(), _ptr(self.m2)
+        return self.m.data_ptr(), self.n.data_ptr(), self.half.data_ptr(), cext.ptr(self.m2)
 
     def args(self, residual: torch.Tensor | None) -> list:
         m, n, half, m2 = self._pointers
-        return [1, m, n, half, _ptr(residual), self.res_zp, m2, self.zp, self.lo, self.hi]
+        return [1, m, n, half, cext.ptr(residual), self.res_zp, m2, self.zp, self.lo, self.hi]
 
 
 RAW_ARGS = [0, None, None, None, None, 0, None, 0, 0, 0]  # no requantization: int32 out

@@ -16,16 +16,12 @@
  *
  * Blocking: a micro-kernel keeps MR x (16 NB) int32 accumulators in registers (MR <= 6, NB <= 4: 24
  * zmm) and runs the whole K. Work is split into tasks of MC rows x 64 columns over OpenMP threads.
- * The 6 x 64 tile then goes through lowbit_requant (requant.c) row by row while it is in L1.
+ * The 6 x 64 tile then goes through lowbit_requant_block (requant.c) while it is in L1.
  */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-void lowbit_requant(const int32_t *acc, int64_t rows, int64_t C, int64_t hw, int acc_nchw,
-                    const int32_t *bias, const int64_t *m, const int64_t *n, const int64_t *h,
-                    const int8_t *res, int64_t res_zp, const int64_t *m2,
-                    int64_t zp, int64_t lo, int64_t hi, int8_t *out);
 void lowbit_requant_block(const int32_t *acc, int64_t lda, int64_t rows, int64_t cols, const int32_t *bias,
                           const int64_t *m, const int64_t *n, const int64_t *h, const int8_t *res, int64_t res_zp,
                           const int64_t *m2, int64_t zp, int64_t lo, int64_t hi, int8_t *out, int64_t ldo);
@@ -74,12 +70,12 @@ static inline void copy_run(uint8_t *restrict o, const uint8_t *restrict s, int6
 /* im2col of NHWC int8 into flipped u8 rows of Kp bytes (kh*kw*C taps, then zeros), for convs the implicit GEMM
  * does not take (C % 4 != 0: a grey or RGB input layer). The image is padded and flipped once; a kernel row of
  * a patch is then kw*C contiguous bytes (dw = 1) or kw runs of C bytes. */
-void lowbit_im2col_u8(const int8_t *x, int64_t N, int64_t H, int64_t W, int64_t C, int64_t kh, int64_t kw,
-                      int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, int8_t pad_value,
-                      int64_t Ho, int64_t Wo, int64_t Kp, uint8_t *out) {
+int lowbit_im2col_u8(const int8_t *x, int64_t N, int64_t H, int64_t W, int64_t C, int64_t kh, int64_t kw,
+                     int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, int8_t pad_value,
+                     int64_t Ho, int64_t Wo, int64_t Kp, uint8_t *out) {
     const int64_t Hp = H + 2 * ph, Wp = W + 2 * pw, K = kh * kw * C, run = dw == 1 ? kw * C : C;
     uint8_t *img = malloc((size_t)(N * Hp * Wp * C + 8)); /* + 8: the last 8-byte read stays inside */
-    if (!img) return;
+    if (!img) return -1; /* out of memory: the caller raises */
     lowbit_pad_flip_nhwc(x, N, H, W, C, ph, pw, pad_value, img);
 #pragma omp parallel for collapse(2) if (N * Ho * Wo * Kp > (1 << 17))
     for (int64_t b = 0; b < N; b++)
@@ -95,6 +91,7 @@ void lowbit_im2col_u8(const int8_t *x, int64_t N, int64_t H, int64_t W, int64_t 
                 for (int64_t k = K; k < Kp; k++) o[k] = 0;
             }
     free(img);
+    return 0;
 }
 
 /* W (N, K) int8 -> panels (see top); `out` has ceil(N/16) * Kp * 16 bytes */
@@ -106,7 +103,9 @@ void lowbit_pack_w(const int8_t *w, int64_t N, int64_t K, int64_t Kp, int8_t *ou
             out[(j / 16) * Kp * 16 + (k / 4) * 64 + (j % 16) * 4 + (k % 4)] = w[j * K + k];
 }
 
-#if defined(__AVX512VNNI__) && defined(__AVX512F__)
+/* the VNNI GEMM needs lowbit_requant_block, built in requant.c under the same AVX-512 subsets */
+#if defined(__AVX512VNNI__) && defined(__AVX512F__) && defined(__AVX512DQ__) && defined(__AVX512BW__) && \
+    defined(__AVX512VL__)
 #include <immintrin.h>
 
 int lowbit_has_vnni(void) { return 1; }
