@@ -89,6 +89,8 @@ class PTQConfig:
     first_last_bits: int | None = 8
     bias_correction: bool = True
     rounding: Literal["nearest", "gptq"] = "nearest"
+    equalize: bool = False
+    equalize_alpha: float = 0.5
     rules: tuple[LayerRule, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
@@ -104,6 +106,8 @@ class PTQConfig:
             raise ConfigError(f"PTQConfig.act_observer must be one of {_ACT_OBSERVERS}, got {self.act_observer!r}")
         if self.rounding not in ("nearest", "gptq"):
             raise ConfigError(f"PTQConfig.rounding must be 'nearest' or 'gptq', got {self.rounding!r}")
+        if not 0.0 <= self.equalize_alpha <= 1.0:
+            raise ConfigError(f"PTQConfig.equalize_alpha must be in [0, 1], got {self.equalize_alpha}")
         if not all(isinstance(r, LayerRule) for r in self.rules):
             raise ConfigError("PTQConfig.rules must be a tuple of LayerRule")
 
@@ -342,6 +346,24 @@ def correct_bias(model: nn.Module, data: Iterable) -> None:
         m.bias -= shift
 
 
+@torch.no_grad()
+def equalize_channels(model: nn.Module, data: Iterable, alpha: float = 0.5) -> int:
+    """Channel equalization of a prepared model's activations on calibration ``data`` (call it before
+    :func:`calibrate`); returns the number of layer pairs rescaled. See :mod:`lowbit.graph.equalize`.
+
+    A model prepared by eager module swap (not traced) has no graph to follow: it is left as it is,
+    with a warning."""
+    from lowbit.graph.equalize import equalize
+
+    if not getattr(model, "lowbit_graph", False):
+        if not any(isinstance(m, _Unified) for m in model.modules()):
+            raise ConfigError("equalize_channels needs a prepared model: call lowbit.ptq.prepare first")
+        warnings.warn("lowbit: channel equalization needs a traced graph; this model was prepared by "
+                      "module swap and is left unequalized", stacklevel=2)
+        return 0
+    return len(equalize(model, _batches(data), alpha))
+
+
 def quantize(model: nn.Module, calibration_data: Iterable, config: PTQConfig = PTQConfig(),
              example_inputs: tuple | None = None, progress: bool = False) -> nn.Module:
     """``prepare`` + ``calibrate`` + ``convert`` in one call (``example_inputs`` default: first batch)."""
@@ -352,6 +374,8 @@ def quantize(model: nn.Module, calibration_data: Iterable, config: PTQConfig = P
         raise DataError("calibration batch 0 is empty or not a tensor")
     example_inputs = example_inputs if example_inputs is not None else (data[0][:1],)
     prepared = prepare(model, config, example_inputs)
+    if config.equalize:
+        equalize_channels(prepared, data, config.equalize_alpha)
     calibrate(prepared, data, progress=progress)
     convert(prepared)
     if config.rounding == "gptq":  # GPTQ corrects the bias of the layers it rounds itself

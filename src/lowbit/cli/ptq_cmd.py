@@ -25,6 +25,9 @@ def add_parser(sub) -> None:
     p.add_argument("--weight-observer", choices=("minmax", "mse"), default="minmax")
     p.add_argument("--rounding", choices=("nearest", "gptq"), default="nearest",
                    help="weight rounding: nearest, or GPTQ error compensation on calibration data (Frantar et al. 2023)")
+    p.add_argument("--equalize", nargs="?", type=float, const=0.5, default=None, metavar="ALPHA",
+                   help="channel equalization of activations before calibration (method A; ALPHA in [0, 1] "
+                        "for dense consumers, default 0.5; depthwise consumers always take 1)")
     p.add_argument("--pow2", action="store_true", help="power-of-two scales: requantization by shift (method H)")
     p.add_argument("--first-last-bits", type=int, default=8, help="bits of the first and last layer (0 = same)")
     p.add_argument("--keep-float", nargs="*", default=[], metavar="PATTERN", help="layer name patterns left in float")
@@ -47,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
     config = PTQConfig(
         weight_bits=args.weight_bits, act_bits=args.act_bits, weight_granularity=args.granularity,
         weight_observer=args.weight_observer, act_observer=args.observer, pow2_scales=args.pow2,
-        rounding=args.rounding,
+        rounding=args.rounding, equalize=args.equalize is not None,
+        equalize_alpha=0.5 if args.equalize is None else args.equalize,
         first_last_bits=args.first_last_bits or None,
         rules=tuple(LayerRule(p, keep_float=True) for p in args.keep_float),
     )
