@@ -23,7 +23,11 @@ class MBConv(nn.Module):
     def __init__(self, spread: float = 2.0, act=F.relu6, seed: int = 0, block_only: bool = False) -> None:
         super().__init__()
         self.block_only = block_only  # output the project conv's (no skip, no head): its error is the block's
-        g = torch.Generator().manual_seed(seed)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            self._build(spread, act)
+
+    def _build(self, spread: float, act) -> None:
         self.stem, self.bn0 = nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
         self.expand, self.bn1 = nn.Conv2d(8, 24, 1, bias=False), nn.BatchNorm2d(24)
         self.dw, self.bn2 = nn.Conv2d(24, 24, 3, groups=24, bias=False), nn.BatchNorm2d(24)
@@ -31,14 +35,14 @@ class MBConv(nn.Module):
         self.pool, self.head = nn.AdaptiveAvgPool2d(1), nn.Linear(8, 5)
         self.act = act
         for bn in (self.bn0, self.bn1, self.bn2, self.bn3):
-            bn.weight.data = 10 ** (spread * (torch.rand(bn.num_features, generator=g) - 0.8))
+            bn.weight.data = 10 ** (spread * (torch.rand(bn.num_features) - 0.8))
         # the next layer undoes the gains: every channel matters, whatever its range (as after training)
         self.dw.weight.data /= self.bn1.weight.data.reshape(-1, 1, 1, 1)
         self.project.weight.data /= self.bn2.weight.data.reshape(1, -1, 1, 1)
         for bn in (self.bn0, self.bn1, self.bn2, self.bn3):
-            bn.bias.data = 0.1 * torch.randn(bn.num_features, generator=g)
-            bn.running_mean.uniform_(-0.2, 0.2, generator=g)
-            bn.running_var.uniform_(0.5, 2.0, generator=g)
+            bn.bias.data = 0.1 * torch.randn(bn.num_features)
+            bn.running_mean.uniform_(-0.2, 0.2)
+            bn.running_var.uniform_(0.5, 2.0)
         self.eval()
 
     def forward(self, x):
@@ -94,9 +98,9 @@ def test_equalization_lowers_the_quantization_error():
         plain = quantize(model, [x], PTQConfig(bias_correction=False))(test)
         half = quantize(model, [x], PTQConfig(bias_correction=False, equalize=True))(test)
         full = quantize(model, [x], PTQConfig(bias_correction=False, equalize=True, equalize_alpha=1.0))(test)
-    # alpha = 1 undoes this model's ill-conditioning exactly (about +10 dB); alpha = 0.5 half-way (about +2.7)
-    assert sqnr_db(ref, full) > sqnr_db(ref, plain) + 6.0
-    assert sqnr_db(ref, half) > sqnr_db(ref, plain) + 1.0
+    # seeds 0..7 gain +18 to +28 dB (alpha 1) and +10 to +23 dB (alpha 0.5) over about 20-30 dB
+    assert sqnr_db(ref, full) > sqnr_db(ref, plain) + 10.0
+    assert sqnr_db(ref, half) > sqnr_db(ref, plain) + 8.0
 
 
 def test_equalized_model_lowers_to_a_bit_exact_integer_model():
