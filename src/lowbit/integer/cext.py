@@ -93,6 +93,8 @@ def library() -> ctypes.CDLL | None:
     lib.lowbit_vnni_peak.restype = ctypes.c_int
     lib.lowbit_pack_a.argtypes = [ptr, i64, i64, i64, ptr]
     lib.lowbit_pack_w.argtypes = [ptr, i64, i64, i64, ptr]
+    lib.lowbit_im2col_u8_into.argtypes = [ptr] + [i64] * 12 + [ctypes.c_int8, i64, i64, i64, ptr, ptr]
+    lib.lowbit_im2col_u8_into.restype = None
     lib.lowbit_im2col_u8.argtypes = [ptr] + [i64] * 12 + [ctypes.c_int8, i64, i64, i64, ptr]
     lib.lowbit_gemm_u8s8.argtypes = [ptr, i64, i64, ctypes.c_int, ptr, i64, ptr, ctypes.c_int, ptr, ptr, ptr, ptr, i64, ptr,
                                      i64, i64, i64, ptr, ctypes.c_int]
