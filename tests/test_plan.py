@@ -114,6 +114,14 @@ def test_unsupported_ops_fall_back(data):
         assert torch.equal(im(x), _op_by_op(im, x))
 
 
+def test_an_input_the_model_rejects_gets_the_op_by_op_error(zoo_models):
+    im = zoo_models["cnn"]
+    x = torch.zeros(1, 1, 20, 20)  # flattens to 1600 features; fc1 takes 3136
+    assert _plan_of(im, x) is None
+    with pytest.raises(ValueError, match="3136"):
+        im(x)
+
+
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
 def test_non_finite_input_falls_back(zoo_models, data, bad):
     im = zoo_models["cnn"]

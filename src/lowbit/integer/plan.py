@@ -156,7 +156,7 @@ class PlanCache:
         if entry is None or entry[0] != nodes:  # other nodes (not equal node for node): a new plan
             try:
                 plan = Plan(model, key[0], threads, model.plan_max_bytes)
-            except Unsupported:
+            except Exception:  # noqa: BLE001 - Unsupported, or an input the ops reject: they say why, op by op
                 plan = None
             entry = self._plans[key] = (nodes, plan)
             while len(self._plans) > self.SIZE:
