@@ -119,6 +119,26 @@ def test_single_channel_im2col_matches_the_int8_im2col(n, h, w, kh, kw, s, p, d,
     assert bool((rows[:, kh * kw:] == 0).all())
 
 
+@settings(max_examples=150, deadline=None)
+@given(st.integers(1, 3), st.integers(1, 3), st.integers(1, 10), st.integers(1, 10), st.integers(1, 7),
+       st.integers(1, 7), st.integers(1, 3), st.integers(1, 3), st.integers(0, 3), st.integers(0, 3), st.integers(1, 3),
+       st.integers(1, 3), st.integers(0, 2**31 - 1))
+def test_narrow_channel_im2col_matches_the_int8_im2col(n, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, seed):
+    """C in {1, 2, 3} (runs of 1..21 bytes, copied 8 or 4 bytes at a time within the row) against the
+    strided-view im2col, for every kernel size 1..7, stride, padding and dilation; the K..Kp tail is zero."""
+    ho, wo = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    if ho < 1 or wo < 1:
+        return
+    x = _rand((n, c, h, w), torch.Generator().manual_seed(seed))
+    cols, _ = kernels.im2col(x, (kh, kw), (sh, sw), (ph, pw), (dh, dw), -9, use_c=False)
+    k = kh * kw * c
+    kp = (k + 3) // 4 * 4
+    rows = vnni.im2col(x, (kh, kw), (sh, sw), (ph, pw), (dh, dw), -9, (ho, wo), kp)
+    assert rows.shape == (n * ho * wo, kp)
+    assert torch.equal(rows[:, :k], (cols.to(torch.int16) + 128).to(torch.uint8))
+    assert bool((rows[:, k:] == 0).all())
+
+
 def test_pack_weight_rejects_bad_input():
     with pytest.raises(ValueError, match="int8"):
         vnni.pack_weight(torch.zeros(3, 4))

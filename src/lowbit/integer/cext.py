@@ -1,5 +1,6 @@
 """The C kernels, compiled on first use: ``csrc/requant.c`` (requantization epilogue, NHWC im2col,
-depthwise conv) and ``csrc/gemm.c`` (prepacked int8 GEMM on AVX-512 VNNI with the epilogue fused).
+depthwise conv), ``csrc/gemm.c`` (prepacked int8 GEMM on AVX-512 VNNI with the epilogue fused) and
+``csrc/plan.c`` (a whole model's kernels in one call, :mod:`lowbit.integer.plan`).
 
 PyTorch has no fused integer requantization: as separate int64 tensor ops it
 costs more than the int8 GEMM it follows. The C kernel does bias, multiply,
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-SOURCES = tuple(Path(__file__).with_name("csrc") / f for f in ("requant.c", "gemm.c"))
+SOURCES = tuple(Path(__file__).with_name("csrc") / f for f in ("requant.c", "gemm.c", "plan.c"))
 FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-std=c11", "-fopenmp"]
 
 
@@ -93,6 +94,8 @@ def library() -> ctypes.CDLL | None:
     lib.lowbit_vnni_peak.restype = ctypes.c_int
     lib.lowbit_pack_a.argtypes = [ptr, i64, i64, i64, ptr]
     lib.lowbit_pack_w.argtypes = [ptr, i64, i64, i64, ptr]
+    lib.lowbit_im2col_u8_into.argtypes = [ptr] + [i64] * 12 + [ctypes.c_int8, i64, i64, i64, ptr, ptr]
+    lib.lowbit_im2col_u8_into.restype = None
     lib.lowbit_im2col_u8.argtypes = [ptr] + [i64] * 12 + [ctypes.c_int8, i64, i64, i64, ptr]
     lib.lowbit_gemm_u8s8.argtypes = [ptr, i64, i64, ctypes.c_int, ptr, i64, ptr, ctypes.c_int, ptr, ptr, ptr, ptr, i64, ptr,
                                      i64, i64, i64, ptr, ctypes.c_int]
@@ -100,6 +103,9 @@ def library() -> ctypes.CDLL | None:
     lib.lowbit_conv_u8s8.argtypes = [ptr] + [i64] * 12 + [ptr, i64, ptr, ctypes.c_int, ptr, ptr, ptr, ptr, i64, ptr,
                                                          i64, i64, i64, ptr, ctypes.c_int]
     lib.lowbit_im2col_u8.restype = ctypes.c_int
+    lib.lowbit_run_plan.argtypes = [ptr, i64, ptr, ctypes.c_int]
+    lib.lowbit_run_plan.restype = ctypes.c_int
+    lib.lowbit_plan_step_size.restype = i64
     for f in (lib.lowbit_pack_a, lib.lowbit_pack_w, lib.lowbit_gemm_u8s8, lib.lowbit_pad_flip_nhwc,
               lib.lowbit_conv_u8s8):
         f.restype = None

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from lowbit.integer.ops import OPS, Op, tensor_bytes
+from lowbit.integer.plan import PlanCache
 
 
 @dataclass
@@ -33,11 +34,19 @@ class Node:
 
 
 class IntegerModel(nn.Module):
-    """Runs :class:`Node` s in order on one input tensor; ``forward`` returns the float output."""
+    """Runs :class:`Node` s in order on one input tensor; ``forward`` returns the float output.
+
+    ``forward`` runs the whole model in one C call where it can (:mod:`lowbit.integer.plan`: the same kernels
+    and results, without the Python between the layers); :meth:`run` always goes op by op.
+    """
+
+    use_plan = True  # False: forward goes op by op (tests compare the two)
+    plan_max_bytes = 32 << 20  # buffers of one plan (when it is built); larger batches go op by op
 
     def __init__(self, nodes: list[Node], input_name: str = "input", output_name: str = "output") -> None:
         super().__init__()
         self.nodes, self.input_name, self.output_name = nodes, input_name, output_name
+        self.plans = PlanCache()
 
     @torch.no_grad()
     def run(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -48,6 +57,10 @@ class IntegerModel(nn.Module):
         return env
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.use_plan:
+            y = self.plans.run(self, x)
+            if y is not None:
+                return y
         return self.run(x)[self.output_name]
 
     def weight_bytes(self) -> int:

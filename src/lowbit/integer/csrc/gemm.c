@@ -60,36 +60,91 @@ void lowbit_pad_flip_nhwc(const int8_t *x, int64_t N, int64_t H, int64_t W, int6
         }
 }
 
-/* copy len bytes, 8 at a time while the 8 written bytes stay within `room` (later copies overwrite the excess) */
+/* copy a run of len bytes into an output row that has `room` >= len bytes left. 8 to 16 bytes: two 8-byte
+ * copies, overlapping; longer: memcpy. A run shorter than 8 bytes is one 8-byte (or two 4-byte) copies when the
+ * row has room, the bytes written past `len` being overwritten by the next run or by the row's zero tail; it is
+ * then read up to 7 bytes past its end: the padded image has 8 bytes of slack after it. */
 static inline void copy_run(uint8_t *restrict o, const uint8_t *restrict s, int64_t len, int64_t room) {
-    int64_t t = 0;
-    for (; t < len && t + 8 <= room; t += 8) memcpy(o + t, s + t, 8);
-    for (; t < len; t++) o[t] = s[t];
+    if (len > 16) {
+        memcpy(o, s, (size_t)len);
+    } else if (len >= 8) {
+        memcpy(o, s, 8);
+        memcpy(o + len - 8, s + len - 8, 8);
+    } else if (room >= 8) {
+        memcpy(o, s, 8);
+    } else if (len >= 4) {
+        memcpy(o, s, 4);
+        memcpy(o + len - 4, s + len - 4, 4);
+    } else if (room >= 4) {
+        memcpy(o, s, 4);
+    } else {
+        for (int64_t t = 0; t < len; t++) o[t] = s[t];
+    }
+}
+
+/* The same run (same kernel tap, same offset in the row) for the `count` patches of one output row: patch j is
+ * written at o + j Kp and read at s + j step. The common short run (the first conv of a grey image: C = 1,
+ * kw = 5) gets a loop of single 8-byte copies. */
+static void copy_runs(uint8_t *restrict o, int64_t Kp, const uint8_t *restrict s, int64_t step, int64_t count,
+                      int64_t len, int64_t room) {
+    if (len <= 8 && room >= 8) {
+        for (int64_t j = 0; j < count; j++) memcpy(o + j * Kp, s + j * step, 8);
+        return;
+    }
+    for (int64_t j = 0; j < count; j++) copy_run(o + j * Kp, s + j * step, len, room);
+}
+
+/* zero bytes K..Kp of `count` rows of Kp bytes; the usual 1..3 bytes (Kp = K rounded up to 4) by masking the
+ * row's last 4-byte word rather than by a memset call per row */
+static void zero_tails(uint8_t *o, int64_t Kp, int64_t K, int64_t count) {
+    const int64_t tail = Kp - K;
+    if (tail == 0) return;
+    if (tail > 3 || Kp < 4) {
+        for (int64_t j = 0; j < count; j++) memset(o + j * Kp + K, 0, (size_t)tail);
+        return;
+    }
+    const uint8_t keep_bytes[4] = {0xFF, tail < 3 ? 0xFF : 0, tail < 2 ? 0xFF : 0, 0};
+    uint32_t keep, w;
+    memcpy(&keep, keep_bytes, 4);
+    for (int64_t j = 0; j < count; j++) {
+        memcpy(&w, o + j * Kp + Kp - 4, 4);
+        w &= keep;
+        memcpy(o + j * Kp + Kp - 4, &w, 4);
+    }
 }
 
 /* im2col of NHWC int8 into flipped u8 rows of Kp bytes (kh*kw*C taps, then zeros), for convs the implicit GEMM
- * does not take (C % 4 != 0: a grey or RGB input layer). The image is padded and flipped once; a kernel row of
- * a patch is then kw*C contiguous bytes (dw = 1) or kw runs of C bytes. */
-int lowbit_im2col_u8(const int8_t *x, int64_t N, int64_t H, int64_t W, int64_t C, int64_t kh, int64_t kw,
-                     int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, int8_t pad_value,
-                     int64_t Ho, int64_t Wo, int64_t Kp, uint8_t *out) {
+ * does not take (C % 4 != 0: a grey or RGB input layer). The image is padded and flipped once into `img`
+ * (N (H + 2 ph) (W + 2 pw) C + 8 bytes); a kernel row of a patch is then kw*C contiguous bytes (dw = 1) or kw
+ * runs of C bytes. Each run is copied for a whole output row of patches at once; the runs of a patch are copied
+ * in increasing order, so a short run may write up to 8 bytes: the excess lands where the next run or the zeroed
+ * K..Kp tail goes, always inside the patch's Kp bytes. */
+void lowbit_im2col_u8_into(const int8_t *x, int64_t N, int64_t H, int64_t W, int64_t C, int64_t kh, int64_t kw,
+                           int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, int8_t pad_value,
+                           int64_t Ho, int64_t Wo, int64_t Kp, uint8_t *out, uint8_t *img) {
     const int64_t Hp = H + 2 * ph, Wp = W + 2 * pw, K = kh * kw * C, run = dw == 1 ? kw * C : C;
-    uint8_t *img = malloc((size_t)(N * Hp * Wp * C + 8)); /* + 8: the last 8-byte read stays inside */
-    if (!img) return -1; /* out of memory: the caller raises */
     lowbit_pad_flip_nhwc(x, N, H, W, C, ph, pw, pad_value, img);
 #pragma omp parallel for collapse(2) if (N * Ho * Wo * Kp > (1 << 17))
     for (int64_t b = 0; b < N; b++)
-        for (int64_t i = 0; i < Ho; i++)
-            for (int64_t j = 0; j < Wo; j++) {
-                uint8_t *restrict o = out + ((b * Ho + i) * Wo + j) * Kp;
-                int64_t at = 0;
-                for (int64_t p = 0; p < kh; p++) {
-                    const uint8_t *row = img + ((b * Hp + i * sh + p * dh) * Wp + j * sw) * C;
-                    for (int64_t q = 0; q < kw; q += run / C, at += run)
-                        copy_run(o + at, row + q * dw * C, run, K - at);
-                }
-                for (int64_t k = K; k < Kp; k++) o[k] = 0;
+        for (int64_t i = 0; i < Ho; i++) {
+            uint8_t *restrict o = out + (b * Ho + i) * Wo * Kp;
+            int64_t at = 0;
+            for (int64_t p = 0; p < kh; p++) {
+                const uint8_t *row = img + (b * Hp + i * sh + p * dh) * Wp * C;
+                for (int64_t q = 0; q < kw; q += run / C, at += run)
+                    copy_runs(o + at, Kp, row + q * dw * C, sw * C, Wo, run, Kp - at);
             }
+            zero_tails(o, Kp, K, Wo);
+        }
+}
+
+/* lowbit_im2col_u8_into with the padded image allocated here; -1 when there is no memory for it */
+int lowbit_im2col_u8(const int8_t *x, int64_t N, int64_t H, int64_t W, int64_t C, int64_t kh, int64_t kw,
+                     int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, int8_t pad_value,
+                     int64_t Ho, int64_t Wo, int64_t Kp, uint8_t *out) {
+    uint8_t *img = malloc((size_t)(N * (H + 2 * ph) * (W + 2 * pw) * C + 8)); /* + 8: see copy_run */
+    if (!img) return -1; /* out of memory: the caller raises */
+    lowbit_im2col_u8_into(x, N, H, W, C, kh, kw, sh, sw, ph, pw, dh, dw, pad_value, Ho, Wo, Kp, out, img);
     free(img);
     return 0;
 }

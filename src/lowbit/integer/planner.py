@@ -1,0 +1,329 @@
+"""How each op of an :class:`~lowbit.integer.model.IntegerModel` becomes steps of a compiled plan
+(:mod:`lowbit.integer.plan`, ``csrc/plan.c``).
+
+Every function below mirrors one op's fast path in :mod:`lowbit.integer.ops`: the same C kernel, the same
+arguments, the same memory layout of its output (conv and pool outputs channels-last, everything else in
+logical order), so that the plan's results are the op-by-op path's bytes. Where an op would take another
+path (another dtype, a layout it copies in PyTorch, a kernel the plan lacks) the function raises
+:class:`Unsupported` and the model keeps the op-by-op path.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import IntEnum
+
+import torch
+
+from lowbit.integer import kernels, ops, vnni
+
+INPUT = 0  # slot of the model input; -1 is a NULL pointer
+
+
+class Kind(IntEnum):
+    """Step kinds, numbered as in ``csrc/plan.c`` (which lists each one's buffers and arguments)."""
+
+    QUANTIZE = 1
+    TRANSPOSE = 2
+    PAD_FLIP = 3
+    CONV = 4
+    IM2COL = 5
+    PACK_A = 6
+    GEMM = 7
+    MAXPOOL = 8
+    DEQUANT_ROWS = 9
+    REQUANT = 10
+    SUM_HW = 11
+    DEPTHWISE = 12
+    DEQUANT_CODES = 13
+
+
+class Unsupported(Exception):
+    """An op, dtype or layout a plan does not run: the model keeps the op-by-op path."""
+
+
+@dataclass(frozen=True)
+class Value:
+    """A tensor of the graph as a plan holds it: its buffer slot, logical shape and dtype, and whether a 4-D
+    tensor is stored channels-last (NHWC, as conv and pool outputs are) rather than in logical order."""
+
+    slot: int
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    channels_last: bool = False
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    def order_free(self) -> bool:
+        """NCHW and NHWC order are the same bytes: a 4-D tensor of one channel or one pixel."""
+        return len(self.shape) == 4 and (self.shape[1] == 1 or self.shape[2] * self.shape[3] == 1)
+
+    def logical_order(self) -> bool:
+        """Stored in logical (row-major) order: a flat view of the buffer is the tensor."""
+        return not self.channels_last or self.order_free()
+
+
+class Builder:
+    """Collects the steps and the buffers (scratch, weights) of a plan, one op at a time."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.steps: list[tuple[Kind, list[int], list[int], float]] = []
+        self.buffers: list[torch.Tensor | None] = [None]  # slot 0: the input, set per call
+        self.scratch_bytes, self.max_bytes = 0, max_bytes
+        self._transposed: dict[tuple[int, bool], int] = {}
+
+    def scratch(self, numel: int, dtype: torch.dtype) -> int:
+        """A new buffer slot of ``numel`` elements."""
+        t = torch.empty(max(numel, 1), dtype=dtype)
+        self.scratch_bytes += t.numel() * t.element_size()
+        if self.scratch_bytes > self.max_bytes:
+            raise Unsupported(f"buffers over {self.max_bytes} bytes (a large batch gains nothing from a plan)")
+        self.buffers.append(t)
+        return len(self.buffers) - 1
+
+    def const(self, t: torch.Tensor | None) -> int:
+        """The slot of a weight tensor (kept alive by the plan); -1 (NULL) for None."""
+        if t is None:
+            return -1
+        self.buffers.append(t.contiguous())
+        return len(self.buffers) - 1
+
+    def value(self, shape, dtype: torch.dtype, channels_last: bool = False) -> Value:
+        """A new tensor with its own buffer."""
+        shape = tuple(shape)
+        return Value(self.scratch(math.prod(shape), dtype), shape, dtype, channels_last)
+
+    def step(self, kind: Kind, bufs: list[int], args: list[int] = (), real: float = 0.0) -> None:
+        self.steps.append((kind, list(bufs), [int(a) for a in args], real))
+
+    def nhwc(self, v: Value) -> int:
+        """The slot holding a 4-D tensor's bytes in NHWC order (a transposed copy when it is stored NCHW)."""
+        if len(v.shape) != 4:
+            raise Unsupported(f"a 4-D input was expected, got shape {v.shape}")
+        n, c, h, w = v.shape
+        return v.slot if v.channels_last or v.order_free() else self._transpose(v, n, c, h * w, True)
+
+    def rows(self, v: Value) -> int:
+        """The slot holding a tensor's bytes in logical (row-major) order."""
+        if v.logical_order():
+            return v.slot
+        n, c, h, w = v.shape
+        return self._transpose(v, n, h * w, c, False)
+
+    def _transpose(self, v: Value, n: int, a: int, b: int, to_nhwc: bool) -> int:
+        """(n, a, b) -> (n, b, a) bytes of ``v`` into a new slot, once per value and direction."""
+        if v.dtype != torch.int8:
+            raise Unsupported(f"relayout of a {v.dtype} tensor")
+        key = (v.slot, to_nhwc)
+        if key not in self._transposed:
+            out = self.scratch(v.numel, torch.int8)
+            self.step(Kind.TRANSPOSE, [v.slot, out], [n, a, b])
+            self._transposed[key] = out
+        return self._transposed[key]
+
+
+# ---------------------------------------------------------------- one function per op kind
+
+
+def _int8(v: Value, ndim: int | None = None) -> None:
+    if v.dtype != torch.int8 or (ndim is not None and len(v.shape) != ndim):
+        raise Unsupported(f"an int8{'' if ndim is None else f' {ndim}-D'} input was expected, got {v.dtype} {v.shape}")
+
+
+def _quantize(b: Builder, op: ops.Quantize, x: Value) -> Value:
+    """float32 -> int8 codes, as the op's C path (lowbit_quantize_f32) computes them."""
+    if x.dtype != torch.float32:
+        raise Unsupported(f"quantize of {x.dtype}")
+    a, out = op.attrs, b.value(x.shape, torch.int8)
+    b.step(Kind.QUANTIZE, [b.rows(x), out.slot], [x.numel, a["zero_point"], a["lo"], a["hi"]], real=float(op.inv))
+    return out
+
+
+def _dequantize(b: Builder, op: ops.Dequantize, x: Value) -> Value:
+    """int8 codes -> float32 ``(q - z) * s``, elementwise (so in the input's layout)."""
+    _int8(x)
+    out = Value(b.scratch(x.numel, torch.float32), x.shape, torch.float32, x.channels_last)
+    scale = float(torch.tensor(op.attrs["scale"], dtype=torch.float32))
+    b.step(Kind.DEQUANT_CODES, [x.slot, out.slot], [x.numel, op.attrs["zero_point"]], real=scale)
+    return out
+
+
+def _output_stage(b: Builder, op: ops._Layer, residual: int) -> tuple[list[int], list[int]]:
+    """The epilogue buffers (m, n, half, residual, m2) and arguments (requant, res_zp, zp, lo, hi) of a GEMM or
+    implicit conv step: fused requantization, or raw int32 for a dequantizing layer."""
+    if op.dequant:
+        return [-1, -1, -1, -1, -1], [0, 0, 0, 0, 0]
+    r = op._requant_spec
+    return ([b.const(r.m), b.const(r.n), b.const(r.half), residual, b.const(r.m2)],
+            [1, r.res_zp, r.zp, r.lo, r.hi])
+
+
+def _dequant_out(b: Builder, op: ops._Layer, shape, channels_last: bool, residual: Value | None) -> Value:
+    """The float32 output of a dequantizing layer; only the one C pass the op uses (no residual, no activation)."""
+    if residual is not None or op.attrs.get("act", "none") != "none":
+        raise Unsupported("an output layer with a residual or an activation dequantizes in PyTorch")
+    return b.value(shape, torch.float32, channels_last)
+
+
+def _layer_out(b: Builder, op: ops._Layer, shape, rows: int, o: int, channels_last: bool,
+               residual: Value | None) -> tuple[Value, int]:
+    """A layer's output value and the slot its GEMM writes: int8 codes, or for a dequantizing layer int32
+    accumulators that :func:`_finish_dequant` turns into floats."""
+    if not op.dequant:
+        out = b.value(shape, torch.int8, channels_last)
+        return out, out.slot
+    out = _dequant_out(b, op, shape, channels_last, residual)
+    return out, b.scratch(rows * o, torch.int32)
+
+
+def _finish_dequant(b: Builder, op: ops._Layer, acc: int, out: Value, bias: torch.Tensor, rows: int,
+                    o: int) -> None:
+    """float32 ``(acc + bias) * acc_scale`` (lowbit_dequant_rows) for a dequantizing layer; nothing otherwise."""
+    if op.dequant:
+        b.step(Kind.DEQUANT_ROWS, [acc, b.const(bias), b.const(op.acc_scale64), out.slot], [rows, o])
+
+
+def _linear(b: Builder, op: ops.Linear, x: Value, residual: Value | None = None) -> Value:
+    """The VNNI GEMM on the input rows (int8 when K % 4 == 0, else packed), the epilogue fused."""
+    _int8(x)
+    packed = op.packed(op.tensors["weight"])
+    if packed is None or x.shape[-1] != packed[0].k:
+        raise Unsupported("linear without the VNNI GEMM")
+    w, col_add = packed
+    rows, o = x.numel // w.k, w.n
+    a, flip = b.rows(x), 1
+    if w.k != w.kp:
+        a, flip = b.scratch(rows * w.kp, torch.uint8), 0
+        b.step(Kind.PACK_A, [b.rows(x), a], [rows, w.k, w.kp])
+    res = -1
+    if residual is not None and not op.dequant:
+        _int8(residual)
+        if residual.numel != rows * o:
+            raise Unsupported("residual of another size")
+        res = b.rows(residual)
+    out, dst = _layer_out(b, op, (*x.shape[:-1], o), rows, o, False, residual)
+    epi_bufs, epi_args = _output_stage(b, op, res)
+    b.step(Kind.GEMM, [a, b.const(w.panels), b.const(col_add), *epi_bufs, dst], [rows, w.kp, flip, o, *epi_args])
+    _finish_dequant(b, op, dst, out, op.bias_folded, rows, o)
+    return out
+
+
+def _conv_residual(b: Builder, residual: Value | None, shape, dequant: bool) -> int:
+    """The NHWC slot of a conv's residual input (it is added in the conv's channels-last rows)."""
+    if residual is None or dequant:
+        return -1
+    _int8(residual, 4)
+    if residual.shape != tuple(shape):
+        raise Unsupported("residual of another shape")
+    return b.nhwc(residual)
+
+
+def _conv2d(b: Builder, op: ops.Conv2d, x: Value, residual: Value | None = None) -> Value:
+    """Dense conv as the implicit-GEMM VNNI kernel (C % 4 == 0) or im2col + VNNI GEMM; depthwise in C."""
+    _int8(x, 4)
+    if op.depthwise:
+        return _depthwise(b, op, x, residual)
+    packed = op.packed(op.weight_mat) if op.attrs["groups"] == 1 else None
+    if packed is None:
+        raise Unsupported("conv without the VNNI GEMM")
+    w, col_add = packed
+    n, c, h, wd = x.shape
+    geo, (ho, wo) = op._conv_geometry(h, wd)
+    (sh, sw), (ph, pw), (dh, dw) = geo
+    (kh, kw), o, rows, pad = op.kernel, w.n, n * ho * wo, op.attrs["input_zero_point"]
+    res = _conv_residual(b, residual, (n, o, ho, wo), op.dequant)
+    out, dst = _layer_out(b, op, (n, o, ho, wo), rows, o, True, residual)
+    epi_bufs, epi_args = _output_stage(b, op, res)
+    hp, wp, src = h + 2 * ph, wd + 2 * pw, b.nhwc(x)
+    if op.use_implicit and vnni.implicit_conv_ok(c, op.kernel):
+        padded = b.scratch(n * hp * wp * c, torch.uint8)
+        b.step(Kind.PAD_FLIP, [src, padded], [n, h, wd, c, ph, pw, pad])
+        b.step(Kind.CONV, [padded, b.const(w.panels), b.const(col_add), *epi_bufs, dst],
+               [n, hp, wp, c, kh, kw, sh, sw, dh, dw, ho, wo, o, *epi_args])
+    else:
+        cols, img = b.scratch(rows * w.kp, torch.uint8), b.scratch(n * hp * wp * c + 8, torch.uint8)
+        b.step(Kind.IM2COL, [src, cols, img], [n, h, wd, c, kh, kw, sh, sw, ph, pw, dh, dw, pad, ho, wo, w.kp])
+        b.step(Kind.GEMM, [cols, b.const(w.panels), b.const(col_add), *epi_bufs, dst], [rows, w.kp, 0, o, *epi_args])
+    _finish_dequant(b, op, dst, out, op.bias_folded, rows, o)
+    return out
+
+
+def _depthwise(b: Builder, op: ops.Conv2d, x: Value, residual: Value | None) -> Value:
+    """Depthwise conv (C kernel, int32 rows) then the C epilogue, as the op's depthwise path."""
+    a, t = op.attrs, op.tensors
+    n, c, h, wd = x.shape
+    if c != a["groups"]:
+        raise Unsupported("depthwise conv on another channel count")
+    (kh, kw), (sh, sw) = op.weight_hwc.shape[:2], kernels.pairs(a["stride"])
+    (ph, pw), (dh, dw) = kernels.pairs(a["padding"]), kernels.pairs(a["dilation"])
+    ho, wo = kernels.out_size(h, kh, sh, ph, dh), kernels.out_size(wd, kw, sw, pw, dw)
+    rows, bias = n * ho * wo, t["bias"].to(torch.int32)
+    res = _conv_residual(b, residual, (n, c, ho, wo), op.dequant)
+    acc = b.scratch(rows * c, torch.int32)
+    b.step(Kind.DEPTHWISE, [b.nhwc(x), b.const(op.weight_hwc), acc],
+           [n, h, wd, c, kh, kw, sh, sw, ph, pw, dh, dw, a["input_zero_point"], ho, wo])
+    if op.dequant:
+        out = _dequant_out(b, op, (n, c, ho, wo), True, residual)
+        _finish_dequant(b, op, acc, out, bias, rows, c)
+        return out
+    out = b.value((n, c, ho, wo), torch.int8, True)
+    b.step(Kind.REQUANT, [acc, b.const(bias), b.const(t["m"]), b.const(t["n"]), b.const(op.half), res,
+                          b.const(t.get("m2")), out.slot],
+           [rows, c, a.get("residual_zero_point", 0), a["zero_point"], a["lo"], a["hi"]])
+    return out
+
+
+def _maxpool2d(b: Builder, op: ops.MaxPool2d, x: Value) -> Value:
+    """The op's C path: NHWC int8, no dilation, no ceil mode."""
+    a = op.attrs
+    _int8(x, 4)
+    if a["dilation"] != [1, 1] or a["ceil_mode"]:
+        raise Unsupported("max pool with dilation or ceil mode")
+    n, c, h, w = x.shape
+    (kh, kw), (sh, sw), (ph, pw), (ho, wo) = op._geometry(h, w)
+    out = b.value((n, c, ho, wo), torch.int8, True)
+    b.step(Kind.MAXPOOL, [b.nhwc(x), out.slot], [n, h, w, c, kh, kw, sh, sw, ph, pw, ho, wo])
+    return out
+
+
+def _avgpool2d(b: Builder, op: ops.AvgPool2d, x: Value) -> Value:
+    """Global average pool: int32 window sums, then the C epilogue with bias ``-window * z`` and the pool's
+    multiplier for every channel (the op's PyTorch arithmetic, element for element)."""
+    a, t = op.attrs, op.tensors
+    _int8(x, 4)
+    n, c, h, w = x.shape
+    if a["kernel_size"] is not None or t["m"].numel() != 1 or t["n"].numel() != 1:
+        raise Unsupported("average pool with a window")
+    sums = b.scratch(n * c, torch.int32)
+    b.step(Kind.SUM_HW, [b.nhwc(x), sums], [n, h * w, c])
+    m, shift = t["m"].reshape(1).expand(c), t["n"].reshape(1).expand(c)
+    half = (torch.ones_like(shift) << shift) >> 1
+    bias = torch.full((c,), -a["window"] * a["input_zero_point"], dtype=torch.int32)
+    out = b.value((n, c, 1, 1), torch.int8)
+    b.step(Kind.REQUANT, [sums, b.const(bias), b.const(m), b.const(shift), b.const(half), -1, -1, out.slot],
+           [n, c, 0, a["zero_point"], a["lo"], a["hi"]])
+    return out
+
+
+def _flatten(b: Builder, op: ops.Flatten, x: Value) -> Value:
+    """A view of a tensor in logical order; a channels-last int8 conv output is transposed, as the op's C path."""
+    a = op.attrs
+    shape = tuple(torch.empty(x.shape, device="meta").flatten(a["start_dim"], a["end_dim"]).shape)
+    if x.logical_order():
+        return Value(x.slot, shape, x.dtype)
+    if not (x.dtype == torch.int8 and a["start_dim"] == 1 and a["end_dim"] in (-1, 3)):
+        raise Unsupported("partial flatten of a channels-last tensor")
+    return Value(b.rows(x), shape, x.dtype)
+
+
+HANDLERS: dict[str, Callable[..., Value]] = {
+    "quantize": _quantize, "dequantize": _dequantize, "linear": _linear, "conv2d": _conv2d,
+    "maxpool2d": _maxpool2d, "avgpool2d": _avgpool2d, "flatten": _flatten,
+}
+
+
+__all__ = ["HANDLERS", "INPUT", "Builder", "Kind", "Unsupported", "Value"]
