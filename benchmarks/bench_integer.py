@@ -8,9 +8,10 @@ and median over ``--rounds`` rounds and the speed-up of each path's best time
 over float eager's and over the strongest float path's.
 
 Paths: float32 PyTorch eager; float32 in onnxruntime (the strongest float path
-here); lowbit integer (in process: the prepacked VNNI int8 GEMM with the requantization fused,
-``lowbit.integer.vnni``); the same integer model on ``torch._int_mm`` + the C epilogue (the
-previous kernel, for contrast);
+here); lowbit integer (in process: the whole model in one C call, ``lowbit.integer.plan``, over
+the prepacked VNNI int8 GEMM with the requantization fused, ``lowbit.integer.vnni``); the same
+kernels called op by op from Python (``IntegerModel.use_plan = False``); the same integer model
+on ``torch._int_mm`` + the C epilogue (the previous kernel, for contrast);
 lowbit's QDQ ONNX in onnxruntime; onnxruntime's own ``quantize_static`` model
 (QDQ, per-channel, 32 calibration images); with ``--torchao``, torchao PT2E
 int8 under ``torch.compile`` (freezing on).
@@ -96,13 +97,14 @@ def size_row(name: str, model: nn.Module, im, tmp: Path) -> str:
     return f"| {name} | {f:,} | {i:,} | {i / f:.3f}x |"
 
 
-def paths_for(model, im, im_int_mm, onnx_lowbit, ort_float_fn, ort_q_fn, threads):
+def paths_for(model, im, im_op, im_int_mm, onnx_lowbit, ort_float_fn, ort_q_fn, threads):
     sess = ort_session(onnx_lowbit, threads)
     name = sess.get_inputs()[0].name
     return {
         "float32 eager": lambda x: model(x),
         "float32 onnxruntime": ort_float_fn,
         "lowbit integer": lambda x: im(x),
+        "lowbit integer (op by op)": lambda x: im_op(x),
         "lowbit integer (torch._int_mm)": lambda x: im_int_mm(x),
         "lowbit ONNX (ort)": lambda x: sess.run(None, {name: x.numpy()}),
         "ort quantize_static": ort_q_fn,
@@ -113,7 +115,8 @@ def bench_model(label, model, calib, test, batches, threads_list, rounds, torcha
     from lowbit.export.onnx_qdq import export_onnx
 
     sim = quantize(model, [calib], PTQConfig())
-    im, im_int_mm = to_integer(sim, (calib[:2],)), to_integer(sim, (calib[:2],))
+    im, im_op, im_int_mm = (to_integer(sim, (calib[:2],)) for _ in range(3))
+    im_op.use_plan = False  # the same kernels called from Python one op at a time
     for node in im_int_mm.nodes:
         node.op.use_vnni = False
     onnx_path = export_onnx(im, tmp / f"{label}.onnx", tuple(calib[:1].shape))
@@ -123,7 +126,7 @@ def bench_model(label, model, calib, test, batches, threads_list, rounds, torcha
     for threads in threads_list:
         ort_f = peers.ort_float(model, (calib[:2],), threads)
         ort_q, _ = peers.ort_quantize_static(model, (calib[:2],), [calib], threads=threads)
-        paths = paths_for(model, im, im_int_mm, onnx_path, ort_f, ort_q, threads)
+        paths = paths_for(model, im, im_op, im_int_mm, onnx_path, ort_f, ort_q, threads)
         if torchao:
             paths["torchao PT2E + compile"] = _torchao(model, calib)
         if threads == threads_list[0] and test is not None:
