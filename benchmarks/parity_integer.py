@@ -2,8 +2,9 @@
 
 For each shipped model and PTQ setting: the simulation (``lowbit.quantize``)
 and its integer-only form (``lowbit.integer.to_integer``) run on all 10,000
-test images; the table gives the fraction of output elements that are
-bit-identical, the largest difference, and both accuracies.
+test images, in batches of 100; the table gives the fraction of output elements
+that are bit-identical, the largest difference, both accuracies, and the integer
+path (the whole-model plan of ``lowbit.integer.plan``, or op by op).
 
     python benchmarks/parity_integer.py
 """
@@ -20,21 +21,23 @@ from lowbit.ptq import PTQConfig, quantize
 
 CONFIGS = {"W8A8": PTQConfig(), "W8A8 pow2 (shift-only)": PTQConfig(pow2_scales=True),
            "W4A8": PTQConfig(weight_bits=4)}
+BATCH = 100
 
 
 def main() -> None:
     calib, test = fashion_mnist("train").take(32), fashion_mnist("test")
-    lines = ["| model | config | identical outputs | max abs diff | simulation acc | integer acc |",
-             "|---|---|---:|---:|---:|---:|"]
+    lines = ["| model | config | integer path | identical outputs | max abs diff | simulation acc | integer acc |",
+             "|---|---|---|---:|---:|---:|---:|"]
     for name in ("mlp", "cnn", "resnet"):
         for label, config in CONFIGS.items():
             sim = quantize(zoo.pretrained(name), [calib.x], config)
             im = to_integer(sim, (calib.x[:2],))
+            planned = im.plans.get(im, (BATCH, *test.x.shape[1:]), torch.get_num_threads()) is not None
             same = total = c_sim = c_int = 0
             diff = 0.0
             with torch.no_grad():
-                for i in range(0, len(test.y), 1000):
-                    x, y = test.x[i:i + 1000], test.y[i:i + 1000]
+                for i in range(0, len(test.y), BATCH):
+                    x, y = test.x[i:i + BATCH], test.y[i:i + BATCH]
                     a, b = sim(x), im(x)
                     same += int((a == b).sum())
                     total += a.numel()
@@ -42,7 +45,8 @@ def main() -> None:
                     c_sim += int((a.argmax(1) == y).sum())
                     c_int += int((b.argmax(1) == y).sum())
             n = len(test.y)
-            lines.append(f"| {name} | {label} | {same}/{total} | {diff:g} | {100 * c_sim / n:.2f}% | "
+            path = "plan" if planned else "op by op"
+            lines.append(f"| {name} | {label} | {path} | {same}/{total} | {diff:g} | {100 * c_sim / n:.2f}% | "
                          f"{100 * c_int / n:.2f}% |")
             print(lines[-1], flush=True)
     write_result("integer_parity", "\n".join(lines))
