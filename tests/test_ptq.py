@@ -1,6 +1,8 @@
 import warnings
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -288,3 +290,24 @@ def test_untraceable_by_fx_is_captured_by_torch_export(data):
         ref, out = model(x), q.eval()(x)
     assert (ref.argmax(1) == out.argmax(1)).float().mean() > 0.95
     assert torch.equal(to_integer(q, (calib.x[:2],))(x), out)  # lowers to integers like a traced model
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 3), st.sampled_from([1, 2, 4]), st.integers(1, 4), st.integers(1, 5), st.integers(1, 3),
+       st.integers(0, 3), st.integers(1, 2), st.booleans(), st.integers(0, 10_000))
+def test_weight_error_shift_equals_the_mean_of_the_error_conv(n, groups, per_group, k, stride, pad, dil, one_d, seed):
+    """The closed form (Q(W) - W) mean_patch(x) against the mean of conv(x, Q(W) - W) in float64."""
+    g = torch.Generator().manual_seed(seed)
+    c = groups * per_group
+    conv = (nn.Conv1d if one_d else nn.Conv2d)(c, 2 * groups, k, stride, pad, dil, groups)
+    size = (k - 1) * dil + 1 + int(torch.randint(0, 6, (1,), generator=g))
+    x = torch.rand((n, c, size) if one_d else (n, c, size, size + 1), generator=g) * 3
+    m = UnifiedConv(conv, nn.Identity(), False, PTQConfig(weight_bits=3).weight_spec(3), None)
+    m.weight_quant.freeze(m.weight)
+    eps = (m.weight_quant.fake(m.weight) - m.weight).detach().double()
+    f = F.conv1d if one_d else F.conv2d
+    ref = f(x.double(), eps, None, m.stride, m.padding, m.dilation, m.groups)
+    ref = ref.transpose(0, 1).reshape(ref.shape[1], -1).mean(dim=1)
+    assert torch.allclose(m.weight_error_shift(x).double(), ref, rtol=1e-5, atol=1e-6)
+    if not one_d:  # the conv-based mean patch ("same"/"valid" padding) agrees with the closed form
+        assert torch.allclose(m._mean_patch_by_conv(x), m.mean_patch(x), rtol=1e-9, atol=1e-9)

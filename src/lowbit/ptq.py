@@ -316,31 +316,65 @@ def run_float_inputs(model: nn.Module, layers: list[tuple[str, nn.Module]], data
     return count
 
 
+class MeanPatches:
+    """Per layer, the mean input patch (:meth:`~lowbit.nn.unified._Unified.mean_patch`) averaged over the
+    batches that pass while :meth:`watch` is active: all bias correction needs from the data. Watching
+    the calibration pass (float activations, observers only) saves bias correction a pass of its own."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
+
+    @contextlib.contextmanager
+    def watch(self, layers: list[tuple[str, _Unified]]) -> Iterator[MeanPatches]:
+        def add(name: str, module: _Unified, x: torch.Tensor) -> None:
+            mean = module.mean_patch(x.detach())
+            self.sums[name] = self.sums[name] + mean if name in self.sums else mean
+            self.counts[name] = self.counts.get(name, 0) + 1
+
+        handles = [m.register_forward_pre_hook(lambda mod, args, n=n: add(n, mod, args[0])) for n, m in layers]
+        try:
+            yield self
+        finally:
+            for h in handles:
+                h.remove()
+
+    def mean(self, name: str) -> torch.Tensor | None:
+        return self.sums[name] / self.counts[name] if name in self.sums else None
+
+
+def _weight_layers(model: nn.Module) -> list[tuple[str, _Unified]]:
+    return [(n, m) for n, m in unified_modules(model) if m.weight_quant is not None]
+
+
 @torch.no_grad()
-def correct_bias(model: nn.Module, data: Iterable) -> None:
+def correct_bias(model: nn.Module, data: Iterable | None = None, means: MeanPatches | None = None) -> None:
     """Empirical bias correction (Nagel et al., "Data-Free Quantization", ICCV 2019, sec. 4.2).
 
     Rounding the weights changes each output channel's mean by
     ``E[(Q(W) - W) x]``; with inputs of nonzero mean (after ReLU) and BatchNorm
     folded in, the shift is systematic and large for depthwise layers. This
     measures it on calibration data (float activations) and subtracts it from
-    the bias: ``b <- b - E[conv(x, Q(W) - W)]``. Call it after :func:`convert`.
+    the bias: ``b <- b - (Q(W) - W) E[x]``, with ``E[x]`` the layer's mean input
+    patch (the conv is linear in its input, so this is ``E[conv(x, Q(W) - W)]``).
+    Call it after :func:`convert`, with ``data`` (one float pass over it) or with the
+    ``means`` a :class:`MeanPatches` collected while calibrating.
     """
-    layers = [(n, m) for n, m in unified_modules(model)
-              if m.weight_quant is not None and m.weight_quant.mode == "quantize"]
+    layers = [(n, m) for n, m in _weight_layers(model) if m.weight_quant.mode == "quantize"]
     if not layers:
         raise ConfigError("correct_bias needs a converted model (call convert first)")
-    sums: dict[str, torch.Tensor] = {}
-
-    def add(name: str, module: _Unified, x: torch.Tensor) -> None:
-        shift = module.weight_error_shift(x)
-        sums[name] = sums[name] + shift if name in sums else shift
-
-    count = run_float_inputs(model, layers, data, add)  # the shift of each layer's own weight error
-    if count == 0:
-        raise DataError("no calibration batches for bias correction")
+    if means is None:
+        if data is None:
+            raise DataError("correct_bias needs calibration data (or the mean patches of a calibration pass)")
+        means = MeanPatches()
+        with means.watch(layers):
+            run_float_inputs(model, [], data, lambda *_: None)
     for name, m in layers:
-        shift = sums[name] / count
+        mean = means.mean(name)
+        if mean is None:
+            raise DataError(f"no calibration batches reached layer {name} for bias correction")
+        eps = (m.weight_quant.fake(m.weight) - m.weight).double()
+        shift = m.shift_of(eps, mean)
         if m.bias is None:
             m.bias = nn.Parameter(torch.zeros_like(shift))
         m.bias -= shift
@@ -376,14 +410,17 @@ def quantize(model: nn.Module, calibration_data: Iterable, config: PTQConfig = P
     prepared = prepare(model, config, example_inputs)
     if config.equalize:
         equalize_channels(prepared, data, config.equalize_alpha)
-    calibrate(prepared, data, progress=progress)
+    means = MeanPatches()
+    watch = config.bias_correction and config.rounding == "nearest"
+    with means.watch(_weight_layers(prepared) if watch else []):  # the calibration pass runs float activations
+        calibrate(prepared, data, progress=progress)
     convert(prepared)
     if config.rounding == "gptq":  # GPTQ corrects the bias of the layers it rounds itself
         from lowbit.rounding import gptq_round
 
         gptq_round(prepared, data)
     elif config.bias_correction:
-        correct_bias(prepared, data)
+        correct_bias(prepared, means=means)
     return prepared
 
 

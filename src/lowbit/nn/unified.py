@@ -60,11 +60,22 @@ class _Unified(nn.Module):
     def _compute(self, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
+    def mean_patch(self, x: torch.Tensor) -> torch.Tensor:
+        """``(G, K)``: the mean, over samples and output positions, of the input rows each group's weight
+        multiplies (``K`` inputs per output, in the weight's flattening order)."""
+        return x.reshape(-1, x.shape[-1]).mean(dim=0, dtype=torch.float64).unsqueeze(0)
+
     def weight_error_shift(self, x: torch.Tensor) -> torch.Tensor:
-        """Mean output shift per channel caused by weight quantization: ``mean(conv(x, Q(W) - W))``."""
-        eps = self.weight_quant.fake(self.weight) - self.weight
-        y = self._compute(x, eps, None)
-        return y.transpose(0, 1).reshape(y.shape[1], -1).mean(dim=1)
+        """Mean output shift per channel caused by weight quantization: ``mean(conv(x, Q(W) - W))``,
+        computed as ``(Q(W) - W) mean_patch(x)`` (the conv is linear in its input), in float64."""
+        eps = (self.weight_quant.fake(self.weight) - self.weight).detach().double()
+        return self.shift_of(eps, self.mean_patch(x))
+
+    @staticmethod
+    def shift_of(eps: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+        """``eps (O, ...)`` applied to per-group mean rows ``(G, K)``: the per-channel mean of its output."""
+        g = mean.shape[0]
+        return torch.einsum("gok,gk->go", eps.reshape(g, eps.shape[0] // g, -1), mean).reshape(-1).float()
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         if self.exact:
@@ -93,6 +104,30 @@ class UnifiedConv(_Unified):
     def _compute(self, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         conv = F.conv2d if self.ndim == 2 else F.conv1d
         return conv(x, w, bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def mean_patch(self, x: torch.Tensor) -> torch.Tensor:
+        """``(G, K)`` mean input patch: for each tap, the mean of the (zero-padded) input over the positions
+        that tap visits; ``K = C/G * taps`` in the weight's ``(C/G, kh, kw)`` order."""
+        if isinstance(self.padding, str):  # "same"/"valid": no closed form here; take it from the conv itself
+            return self._mean_patch_by_conv(x)
+        kernel, stride, dil, pad = tuple(self.weight.shape[2:]), self.stride, self.dilation, tuple(self.padding)
+        if self.ndim == 1:  # as a 2-d conv of height 1
+            x, kernel, stride, dil, pad = x.unsqueeze(2), (1, *kernel), (1, *stride), (1, *dil), (0, *pad)
+        (kh, kw), (sh, sw), (dh, dw), (ph, pw) = kernel, stride, dil, pad
+        xs = F.pad(x.sum(dim=0, dtype=torch.float64), (pw, pw, ph, ph))  # (C, Hp, Wp): the batch summed once
+        ho = (xs.shape[1] - dh * (kh - 1) - 1) // sh + 1
+        wo = (xs.shape[2] - dw * (kw - 1) - 1) // sw + 1
+        rows = [xs[:, i * dh:i * dh + sh * (ho - 1) + 1:sh].sum(dim=1) for i in range(kh)]  # (C, Wp) per kernel row
+        taps = [r[:, j * dw:j * dw + sw * (wo - 1) + 1:sw].sum(dim=1) for r in rows for j in range(kw)]
+        c = x.shape[1]
+        return (torch.stack(taps, dim=1) / (x.shape[0] * ho * wo)).reshape(self.groups, (c // self.groups) * kh * kw)
+
+    def _mean_patch_by_conv(self, x: torch.Tensor) -> torch.Tensor:
+        k = self.weight[0].numel()
+        eye = torch.eye(k, dtype=x.dtype).reshape(k, *self.weight.shape[1:]).repeat(self.groups, 1, *[1] * self.ndim)
+        conv = F.conv2d if self.ndim == 2 else F.conv1d
+        y = conv(x, eye, None, self.stride, self.padding, self.dilation, self.groups)
+        return y.transpose(0, 1).reshape(self.groups, k, -1).mean(dim=2, dtype=torch.float64)
 
     def extra_repr(self) -> str:
         o, i = self.weight.shape[:2]
