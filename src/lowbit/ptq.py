@@ -373,8 +373,7 @@ def correct_bias(model: nn.Module, data: Iterable | None = None, means: MeanPatc
         mean = means.mean(name)
         if mean is None:
             raise DataError(f"no calibration batches reached layer {name} for bias correction")
-        eps = (m.weight_quant.fake(m.weight) - m.weight).double()
-        shift = m.shift_of(eps, mean)
+        shift = m.mean_shift(mean)
         if m.bias is None:
             m.bias = nn.Parameter(torch.zeros_like(shift))
         m.bias -= shift

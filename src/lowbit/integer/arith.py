@@ -58,11 +58,16 @@ def _strip_trailing_zeros(m: torch.Tensor, n: torch.Tensor) -> tuple[torch.Tenso
     return m, n
 
 
+def half_of(n: torch.Tensor) -> torch.Tensor:
+    """``2^(n-1)`` for integer shifts ``n >= 0``, and 0 where ``n = 0``: half a step of a right shift by ``n``."""
+    return (torch.ones_like(n) << n) >> 1
+
+
 def rshift_round(v: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
     """``round(v / 2^n)``, ties to even, in integer arithmetic (``v``, ``n`` int64, ``n >= 0``)."""
     q = v >> n
     r = v - (q << n)  # 0 <= r < 2^n
-    half = (torch.ones_like(n) << n) >> 1
+    half = half_of(n)
     up = (r > half) | ((r == half) & (n > 0) & ((q & 1) == 1))
     return q + up.to(q.dtype)
 

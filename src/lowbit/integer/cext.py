@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from lowbit.integer.arith import half_of
+
 SOURCES = tuple(Path(__file__).with_name("csrc") / f for f in ("requant.c", "gemm.c", "plan.c"))
 FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-std=c11", "-fopenmp"]
 
@@ -206,7 +208,7 @@ def requant(acc: torch.Tensor, bias: torch.Tensor | None, m: torch.Tensor, n: to
     hw = acc.shape[2] * acc.shape[3] if nchw_in else 0
     out = torch.empty(acc.shape, dtype=torch.int8)
     res = residual.contiguous() if residual is not None else None
-    half = (torch.ones_like(n) << n) >> 1 if half is None else half  # 2^(n-1), 0 where n = 0
+    half = half_of(n) if half is None else half
     lib.lowbit_requant(acc.data_ptr(), rows, C, hw, int(nchw_in), ptr(bias), m.data_ptr(), n.data_ptr(),
                        half.data_ptr(), ptr(res), res_zp, ptr(m2), zp, lo, hi, out.data_ptr())
     return out

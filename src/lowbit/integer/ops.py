@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from lowbit.integer import cext, kernels, vnni
-from lowbit.integer.arith import dequantize_acc, dequantize_codes
+from lowbit.integer.arith import dequantize_acc, dequantize_codes, half_of
 
 Attrs = dict[str, Any]
 Tensors = dict[str, torch.Tensor]
@@ -83,7 +83,7 @@ class _Layer(Op):
         self.use_cext = True  # False forces the PyTorch reference (tests compare the paths)
         self.use_vnni = True  # False keeps torch._int_mm with the C epilogue
         self.use_implicit = True  # convs: False builds the im2col buffer for the VNNI GEMM
-        self.half = None if self.dequant else (torch.ones_like(t["n"]) << t["n"]) >> 1
+        self.half = None if self.dequant else half_of(t["n"])
         self._packed: tuple[vnni.PackedWeight, torch.Tensor] | None = None
         self._requant_spec: vnni.Requant | None = None
 

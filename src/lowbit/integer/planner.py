@@ -17,7 +17,8 @@ from enum import IntEnum
 
 import torch
 
-from lowbit.integer import kernels, ops, vnni
+from lowbit.integer import ops, vnni
+from lowbit.integer.arith import half_of
 
 INPUT = 0  # slot of the model input; -1 is a NULL pointer
 
@@ -258,9 +259,8 @@ def _depthwise(b: Builder, op: ops.Conv2d, x: Value, residual: Value | None) -> 
     n, c, h, wd = x.shape
     if c != a["groups"]:
         raise Unsupported("depthwise conv on another channel count")
-    (kh, kw), (sh, sw) = op.weight_hwc.shape[:2], kernels.pairs(a["stride"])
-    (ph, pw), (dh, dw) = kernels.pairs(a["padding"]), kernels.pairs(a["dilation"])
-    ho, wo = kernels.out_size(h, kh, sh, ph, dh), kernels.out_size(wd, kw, sw, pw, dw)
+    ((sh, sw), (ph, pw), (dh, dw)), (ho, wo) = op._conv_geometry(h, wd)
+    kh, kw = op.kernel
     rows, bias = n * ho * wo, t["bias"].to(torch.int32)
     res = _conv_residual(b, residual, (n, c, ho, wo), op.dequant)
     acc = b.scratch(rows * c, torch.int32)
@@ -301,7 +301,7 @@ def _avgpool2d(b: Builder, op: ops.AvgPool2d, x: Value) -> Value:
     sums = b.scratch(n * c, torch.int32)
     b.step(Kind.SUM_HW, [b.nhwc(x), sums], [n, h * w, c])
     m, shift = t["m"].reshape(1).expand(c), t["n"].reshape(1).expand(c)
-    half = (torch.ones_like(shift) << shift) >> 1
+    half = half_of(shift)
     bias = torch.full((c,), -a["window"] * a["input_zero_point"], dtype=torch.int32)
     out = b.value((n, c, 1, 1), torch.int8)
     b.step(Kind.REQUANT, [sums, b.const(bias), b.const(m), b.const(shift), b.const(half), -1, -1, out.slot],

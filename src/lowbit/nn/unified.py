@@ -68,12 +68,12 @@ class _Unified(nn.Module):
     def weight_error_shift(self, x: torch.Tensor) -> torch.Tensor:
         """Mean output shift per channel caused by weight quantization: ``mean(conv(x, Q(W) - W))``,
         computed as ``(Q(W) - W) mean_patch(x)`` (the conv is linear in its input), in float64."""
-        eps = (self.weight_quant.fake(self.weight) - self.weight).detach().double()
-        return self.shift_of(eps, self.mean_patch(x))
+        return self.mean_shift(self.mean_patch(x))
 
-    @staticmethod
-    def shift_of(eps: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
-        """``eps (O, ...)`` applied to per-group mean rows ``(G, K)``: the per-channel mean of its output."""
+    def mean_shift(self, mean: torch.Tensor) -> torch.Tensor:
+        """The weight error ``Q(W) - W`` applied to per-group mean input rows ``(G, K)`` (:meth:`mean_patch`):
+        the shift of each output channel's mean, in float64, returned as float32."""
+        eps = (self.weight_quant.fake(self.weight) - self.weight).detach().double()
         g = mean.shape[0]
         return torch.einsum("gok,gk->go", eps.reshape(g, eps.shape[0] // g, -1), mean).reshape(-1).float()
 
