@@ -7,6 +7,12 @@ Metrics: top-1 agreement, top-5 overlap (mean |top5 n top5_float| / 5), mean
 KL(float || quantized) of the softmax, and the logits' SQNR. Also the wall time
 of prepare+calibrate+convert (lowbit includes bias correction).
 
+A second table (``--no-floor`` skips it) measures the same metrics for the float
+model against itself under changes that are not quantization of the model: the
+crop stored as an 8-bit image, +-half an 8-bit level of noise on each input
+pixel, bfloat16 inference, float16-rounded weights, a left-right flip. They show
+how far near-tied crops limit top-1 agreement on these photos.
+
     python benchmarks/bench_effnet.py                    # lowbit + torchao + onnxruntime
     python benchmarks/bench_effnet.py --no-peers --eval 256
     python benchmarks/bench_effnet.py --min-scale 0.5 --name ptq_efficientnet_large_crops
@@ -15,6 +21,7 @@ of prepare+calibrate+convert (lowbit includes bias correction).
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 
 import torch
@@ -43,6 +50,37 @@ def metrics(ref: torch.Tensor, out: torch.Tensor) -> dict[str, float]:
             "n_conf": int(confident.sum())}
 
 
+def as_8bit_image(x: torch.Tensor) -> torch.Tensor:
+    """The crop as an 8-bit image would hold it: each value rounded to one of the 256 pixel levels."""
+    return ((x + 1) * 127.5).round().div(127.5).sub(1)
+
+
+def floor_rows(model: torch.nn.Module, evals: torch.Tensor, ref: torch.Tensor) -> list[tuple[str, dict]]:
+    """The float model against itself under changes that are not quantization of the model."""
+    half_level = (torch.rand(evals.shape, generator=torch.Generator().manual_seed(0)) * 2 - 1) / 255
+    bf16 = copy.deepcopy(model).to(torch.bfloat16)
+    fp16_weights = copy.deepcopy(model).half().float()
+    cases = [
+        ("crop stored as an 8-bit image (each value rounded to a pixel level)", lambda: logits_of(model, as_8bit_image(evals))),
+        ("uniform noise of +-half a pixel level on each input value", lambda: logits_of(model, evals + half_level)),
+        ("bfloat16 inference (weights and activations)", lambda: logits_of(lambda x: bf16(x.bfloat16()).float(), evals)),
+        ("weights rounded to float16, float32 inference", lambda: logits_of(fp16_weights, evals)),
+        ("left-right flip of the crop", lambda: logits_of(model, evals.flip(3))),
+    ]
+    return [(label, metrics(ref, run())) for label, run in cases]
+
+
+def table(rows: list[tuple], first: str, timed: bool) -> list[str]:
+    head = f"| {first} |" + (" prepare+calibrate+convert s |" if timed else "")
+    lines = [head + " top-1 agreement % | top-1 agreement, float p>0.5 % | top-5 overlap % | mean KL | logits SQNR dB |",
+             "|---|" + ("---:|" if timed else "") + "---:|---:|---:|---:|---:|"]
+    for label, seconds, m in rows:
+        time_cell = f" {seconds:.1f} |" if timed else ""
+        lines.append(f"| {label} |{time_cell} {100 * m['top1']:.1f} | {100 * m['top1_conf']:.1f} | "
+                     f"{100 * m['top5']:.1f} | {m['kl']:.4f} | {m['sqnr']:.1f} |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calib", type=int, default=64)
@@ -50,6 +88,7 @@ def main() -> None:
     parser.add_argument("--no-peers", action="store_true")
     parser.add_argument("--min-scale", type=float, default=0.1,
                         help="smallest crop side as a fraction of the photo's shorter side (default 0.1)")
+    parser.add_argument("--no-floor", action="store_true", help="skip the float model's own agreement floor")
     parser.add_argument("--name", default="ptq_efficientnet", help="result file name under benchmarks/results/")
     args = parser.parse_args()
     model = with_plain_convs(efficientnet_lite0()).eval()  # stock nn.Conv2d, so every tool sees the same graph
@@ -73,6 +112,10 @@ def main() -> None:
         ("lowbit W8A8 per-channel, no bias correction",
          lambda: quantize(model, calib_batches, PTQConfig(bias_correction=False), example)),
         ("lowbit W8A8 per-tensor weights", lambda: quantize(model, calib_batches, PTQConfig(weight_granularity="tensor"), example)),
+        ("lowbit W8A8 per-channel, GPTQ, MSE activation ranges, model input at 16 bits (the input crop not rounded to 8 bits)",
+         lambda: quantize(model, calib_batches, PTQConfig(rounding="gptq", act_observer="mse", first_last_bits=16,
+                                                          rules=(LayerRule("_conv_stem*", weight_bits=8),
+                                                                 LayerRule("_fc*", weight_bits=8, act_bits=8))), example)),
         ("lowbit W8A16 per-channel, GPTQ, input and classifier at 16 bits (only the 8-bit weights' error left)",
          lambda: quantize(model, calib_batches, PTQConfig(act_bits=16, first_last_bits=16, rounding="gptq",
                                                           rules=(LayerRule("_conv_stem*", weight_bits=8),
@@ -97,12 +140,14 @@ def main() -> None:
             print(rows[-1], flush=True)
     lines = [f"{args.eval} evaluation crops, {args.calib} calibration crops, crop side {args.min_scale:.0%}..100% of "
              f"the photo's shorter side; float top-1 confidence: median "
-             f"{float(confidence.median()):.2f}, {int((confidence > 0.5).sum())} crops above 0.5.", "",
-             "| method | prepare+calibrate+convert s | top-1 agreement % | top-1 agreement, float p>0.5 % | top-5 overlap % | mean KL | logits SQNR dB |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    for label, seconds, m in rows:
-        lines.append(f"| {label} | {seconds:.1f} | {100 * m['top1']:.1f} | {100 * m['top1_conf']:.1f} | "
-                     f"{100 * m['top5']:.1f} | {m['kl']:.4f} | {m['sqnr']:.1f} |")
+             f"{float(confidence.median()):.2f}, {int((confidence > 0.5).sum())} crops above 0.5.", ""]
+    lines += table(rows, "method", timed=True)
+    if not args.no_floor:
+        floor = floor_rows(model, evals, ref)
+        for row in floor:
+            print(row, flush=True)
+        lines += ["", "The float model against itself (no quantized model involved):", ""]
+        lines += table([(label, 0.0, m) for label, m in floor], "change to the float model or its input", timed=False)
     write_result(args.name, "\n".join(lines))
 
 
