@@ -55,7 +55,7 @@ def as_8bit_image(x: torch.Tensor) -> torch.Tensor:
     return ((x + 1) * 127.5).round().div(127.5).sub(1)
 
 
-def floor_rows(model: torch.nn.Module, evals: torch.Tensor, ref: torch.Tensor) -> list[tuple[str, dict]]:
+def floor_rows(model: torch.nn.Module, evals: torch.Tensor, ref: torch.Tensor) -> list[tuple[str, None, dict]]:
     """The float model against itself under changes that are not quantization of the model."""
     half_level = (torch.rand(evals.shape, generator=torch.Generator().manual_seed(0)) * 2 - 1) / 255
     bf16 = copy.deepcopy(model).to(torch.bfloat16)
@@ -67,10 +67,12 @@ def floor_rows(model: torch.nn.Module, evals: torch.Tensor, ref: torch.Tensor) -
         ("weights rounded to float16, float32 inference", lambda: logits_of(fp16_weights, evals)),
         ("left-right flip of the crop", lambda: logits_of(model, evals.flip(3))),
     ]
-    return [(label, metrics(ref, run())) for label, run in cases]
+    return [(label, None, metrics(ref, run())) for label, run in cases]
 
 
-def table(rows: list[tuple], first: str, timed: bool) -> list[str]:
+def table(rows: list[tuple], first: str) -> list[str]:
+    """Markdown rows of ``(label, seconds or None, metrics)``; the time column only where rows are timed."""
+    timed = any(seconds is not None for _, seconds, _ in rows)
     head = f"| {first} |" + (" prepare+calibrate+convert s |" if timed else "")
     lines = [head + " top-1 agreement % | top-1 agreement, float p>0.5 % | top-5 overlap % | mean KL | logits SQNR dB |",
              "|---|" + ("---:|" if timed else "") + "---:|---:|---:|---:|---:|"]
@@ -141,13 +143,13 @@ def main() -> None:
     lines = [f"{args.eval} evaluation crops, {args.calib} calibration crops, crop side {args.min_scale:.0%}..100% of "
              f"the photo's shorter side; float top-1 confidence: median "
              f"{float(confidence.median()):.2f}, {int((confidence > 0.5).sum())} crops above 0.5.", ""]
-    lines += table(rows, "method", timed=True)
+    lines += table(rows, "method")
     if not args.no_floor:
         floor = floor_rows(model, evals, ref)
         for row in floor:
             print(row, flush=True)
         lines += ["", "The float model against itself (no quantized model involved):", ""]
-        lines += table([(label, 0.0, m) for label, m in floor], "change to the float model or its input", timed=False)
+        lines += table(floor, "change to the float model or its input")
     write_result(args.name, "\n".join(lines))
 
 
