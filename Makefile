@@ -10,6 +10,7 @@ run:
 
 test:
 	@bash scripts/bootstrap.sh test
+	@$(PY) -m ruff check src tests benchmarks
 	@$(PY) -m pytest
 
 setup:

@@ -3,6 +3,7 @@
 >>> from lowbit import zoo
 >>> model = zoo.pretrained("cnn")          # eval mode, weights from the package
 >>> zoo.shipped_accuracy("cnn")            # test accuracy the shipped weights reached
+0.9243
 """
 
 from __future__ import annotations
