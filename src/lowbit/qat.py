@@ -46,8 +46,16 @@ from lowbit.nn.lsq import LSQActQuantizer, LSQWeightQuantizer
 from lowbit.nn.quantizers import ActQuantizer
 from lowbit.nn.unified import unified_modules
 from lowbit.ptq import PTQConfig, calibrate, convert, prepare
-from lowbit.train import (Cosine, CrossEntropy, Hooks, LoopConfig, SGDNesterov, Shuffled, init_distributed,
-                          load_checkpoint)
+from lowbit.train import (
+    Cosine,
+    CrossEntropy,
+    Hooks,
+    LoopConfig,
+    SGDNesterov,
+    Shuffled,
+    init_distributed,
+    load_checkpoint,
+)
 from lowbit.train import train as train_loop
 
 

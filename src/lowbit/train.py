@@ -366,9 +366,10 @@ def _check_same_run(path: Path, saved: object, now: dict) -> None:
         raise CheckpointError(f"{path} is not a lowbit training checkpoint (no run record)")
     if saved["shapes"] != now["shapes"]:
         old, new = saved["shapes"], now["shapes"]
-        diff = next((k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)))
+        diff = next(k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
         raise CheckpointError(f"{path} was written for another model ({diff}: {old.get(diff, 'absent')} there, "
-                              f"{new.get(diff, 'absent')} here); use the same model and options, or a new output folder")
+                              f"{new.get(diff, 'absent')} here); use the same model and options, or a new "
+                              "output folder")
     for section in ("options", "config", "optimizer", "training"):
         old, new = _flat(saved[section]), _flat(now[section])
         keys = [k for k in sorted(set(old) | set(new)) if old.get(k, "absent") != new.get(k, "absent")]
@@ -436,7 +437,8 @@ def _make_optimizer(model: nn.Module, optimizer: Optimizer | Callable | None) ->
         raise ConfigError("the model has no trainable parameters")
     opt = (optimizer or SGDNesterov())(params) if not isinstance(optimizer, Optimizer) else optimizer
     if not isinstance(opt, Optimizer):
-        raise ConfigError(f"optimizer must be a torch.optim.Optimizer or a factory returning one, got {type(opt).__name__}")
+        raise ConfigError("optimizer must be a torch.optim.Optimizer or a factory returning one, "
+                          f"got {type(opt).__name__}")
     own = {id(p) for p in model.parameters()}
     if any(id(p) not in own for g in opt.param_groups for p in g["params"]):
         raise ConfigError("the optimizer holds parameters that are not the model's: build it from model.parameters()")
