@@ -307,3 +307,18 @@ def test_two_processes_report_the_loss_of_one(tmp_path):
     two = load_checkpoint(tmp_path / "checkpoint.pt")["model"]
     for k, v in one.state_dict().items():
         assert torch.allclose(two[k], v, atol=1e-5), k
+
+
+def test_cli_resume_with_other_epochs_is_one_line_and_result_reports_the_epochs(tmp_path, capsys):
+    import json
+
+    from lowbit.cli.main import main
+
+    common = ["qat", "--model", "mlp", "--train-size", "128", "--batch-size", "64", "--out", str(tmp_path)]
+    assert main([*common, "--epochs", "1"]) == 0
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["epochs"] == len(result["history"]) == 1
+    capsys.readouterr()
+    assert main([*common, "--epochs", "2", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "train.epochs=1" in err and "train.epochs=2" in err
