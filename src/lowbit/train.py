@@ -24,7 +24,8 @@ What is an argument, and why:
   temporal changes), at each epoch's end (printing a validation accuracy).
 
 Under ``torchrun`` (see :func:`init_distributed`) the model is wrapped in DistributedDataParallel and
-every rank takes its share ``x[rank::world]`` of every global batch; its loss is weighted by
+every rank takes its share ``x[rank::world]`` of every global batch (so every rank must be given the same
+global batches, as a function of seed and epoch is); its loss is weighted by
 ``world * n_rank / n_global`` so that DDP's gradient mean is the mean over the global batch even when the
 shares are uneven: N processes compute what one process computes, up to the all-reduce's summation
 order. The history's loss and accuracy are all-reduced (sums of ``loss * count`` and counts).
