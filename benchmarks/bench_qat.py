@@ -63,13 +63,14 @@ def step_time(model, qat, x, y, rounds: int) -> tuple[float, float]:
     return t["float"].best_us, t["qat"].best_us
 
 
-def lowbit_run(config: QATConfig, train_set, test, tcfg: TrainConfig, teacher) -> tuple[nn.Module, float, float]:
+def lowbit_run(config: QATConfig, train_set, test, tcfg: TrainConfig, teacher) -> tuple[nn.Module, float, float, int]:
+    """The converted model, its integer model's test accuracy, training seconds and epochs trained."""
     model = prepare_qat(zoo.pretrained("resnet"), config, train_set.x[:256])
     start = time.perf_counter()
-    train(model, train_set, tcfg, teacher=teacher, progress=False)
+    history = train(model, train_set, tcfg, teacher=teacher, progress=False)
     seconds = time.perf_counter() - start
     convert_qat(model)
-    return model, evaluate(to_integer(model, (test.x[:2],)), test), seconds
+    return model, evaluate(to_integer(model, (test.x[:2],)), test), seconds, len(history)
 
 
 def brevitas_run(bits: int, train_set, test, tcfg: TrainConfig, teacher) -> tuple[float, float]:
@@ -113,14 +114,15 @@ def main() -> None:
              "|---|---:|---:|---:|---|---|---:|" + ("---:|---:|---:|" if peer else "")]
     for label, config, target in runs:
         config = replace(config, init=args.init) if config.method == "lsq" else config
-        epochs = 1 if config.method == "faq" else args.epochs
-        tcfg = TrainConfig(epochs=epochs, lr=args.faq_lr if config.method == "faq" else args.lr, distill=args.distill,
+        tcfg = TrainConfig(epochs=1 if config.method == "faq" else args.epochs,  # FAQ: one epoch whatever --epochs
+                           lr=args.faq_lr if config.method == "faq" else args.lr, distill=args.distill,
                            weight_decay=args.weight_decay)
-        model, acc, seconds = lowbit_run(config, train_set, test, tcfg, teacher)
+        model, acc, seconds, epochs = lowbit_run(config, train_set, test, tcfg, teacher)  # epochs actually trained
         if args.save and label in SHIP:
             save_weights(model, weights_path(SHIP[label]), {
                 "model": SHIP[label], "base": "resnet", "config": asdict(config), "test_accuracy": acc,
-                "train": asdict(tcfg), "command": " ".join(["benchmarks/bench_qat.py", *sys.argv[1:]])})
+                "train": asdict(tcfg), "epochs": epochs,
+                "command": " ".join(["benchmarks/bench_qat.py", *sys.argv[1:]])})
         delta = 100 * (acc - f_acc)
         line = (f"| {label} | {epochs} | {100 * acc:.2f}% | {delta:+.2f} | {target} | "
                 f"{'yes' if delta >= -MARGIN[label] else 'no'} | {seconds:.0f} s |")

@@ -1,5 +1,6 @@
 """QAT: LSQ/FAQ in the loop, training, checkpoints and resume, NaN stop, torchrun DDP = one process."""
 
+import json
 import os
 import socket
 import subprocess
@@ -15,6 +16,7 @@ from lowbit.errors import CheckpointError, ConfigError, DataError
 from lowbit.integer import to_integer
 from lowbit.nn.lsq import LSQActQuantizer, LSQWeightQuantizer
 from lowbit.qat import QATConfig, TrainConfig, convert_qat, prepare_qat, train
+from lowbit.train import load_checkpoint
 from lowbit.zoo.recipes import evaluate
 
 
@@ -149,7 +151,7 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(data, tmp_path):
 
     with pytest.raises(Kill):
         _train_then_kill(c, tr.take(512), cfg2, tmp_path / "c", killer)
-    assert torch.load(tmp_path / "c" / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    assert load_checkpoint(tmp_path / "c" / "checkpoint.pt")["epoch"] == 1
     d = prepare_qat(zoo.pretrained("mlp"), QATConfig(4, 4), tr.x[:128])
     train(d, tr.take(512), cfg2, tmp_path / "c", resume=True, progress=False)
     for (k, va), (_, vd) in zip(a.state_dict().items(), d.state_dict().items()):
@@ -158,19 +160,19 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(data, tmp_path):
 
 def _train_then_kill(model, data, cfg, out, killer):
     """Run ``train`` and kill it right after the first checkpoint is written."""
-    import lowbit.qat as qat
+    import lowbit.train as loop
 
-    original = qat.save_checkpoint
+    original = loop.save_checkpoint
 
     def save_and_die(*args, **kwargs):
         original(*args, **kwargs)
         killer(None)
 
-    qat.save_checkpoint = save_and_die
+    loop.save_checkpoint = save_and_die
     try:
         train(model, data, cfg, out, progress=False)
     finally:
-        qat.save_checkpoint = original
+        loop.save_checkpoint = original
 
 
 def test_bad_inputs_and_nan_loss_stop_clearly(data, tmp_path):
@@ -183,7 +185,7 @@ def test_bad_inputs_and_nan_loss_stop_clearly(data, tmp_path):
     bad = tr.take(256)
     bad = type(bad)(bad.x.clone(), bad.y)
     bad.x[100:] = float("nan")  # the loss turns NaN at once
-    with pytest.raises(DataError, match="loss became nan at epoch 1, step 1: lower --lr"):
+    with pytest.raises(DataError, match="loss became nan at epoch 1, step 1: lower the learning rate"):
         train(q, bad, TrainConfig(epochs=1, batch_size=64, lr=0.01, augment=False), progress=False)
     with pytest.raises(CheckpointError, match="no checkpoint"):
         train(q, tr.take(256), TrainConfig(epochs=1), tmp_path / "none", resume=True, progress=False)
@@ -215,11 +217,13 @@ def test_torchrun_two_processes_equal_one_process(tmp_path):
     run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     assert main([*common, "--out", str(tmp_path / "one")]) == 0
-    two = torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=True)["model"]
-    one = torch.load(tmp_path / "one" / "checkpoint.pt", weights_only=True)["model"]
+    two = load_checkpoint(tmp_path / "ddp" / "checkpoint.pt")["model"]
+    one = load_checkpoint(tmp_path / "one" / "checkpoint.pt")["model"]
     assert two.keys() == one.keys()
     for k in one:  # equal up to the summation order of the gradient all-reduce (a wrong shard or mean: ~1e-2)
         assert torch.allclose(two[k].float(), one[k].float(), atol=1e-4, rtol=1e-4), k
+    h2, h1 = (json.loads((tmp_path / d / "result.json").read_text())["history"] for d in ("ddp", "one"))
+    assert h2[0]["loss"] == pytest.approx(h1[0]["loss"], rel=1e-5)  # all ranks' shares, not rank 0's
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):

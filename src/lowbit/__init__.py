@@ -12,8 +12,12 @@ One call for post-training quantization::
 
     qmodel = lowbit.quantize(model, calibration_batches, lowbit.PTQConfig(weight_bits=4))
 
+One training loop (zoo recipes, QAT, the method families)::
+
+    history = lowbit.train.train(model, batches, lowbit.train.LoopConfig(epochs=3), optimizer=..., loss=...)
+
 Subpackages: ``lowbit.functional`` (pure quantizer maths), ``lowbit.observers``,
-``lowbit.ptq``, ``lowbit.nn``, ``lowbit.graph``, ``lowbit.diagnostics``,
+``lowbit.ptq``, ``lowbit.train``, ``lowbit.nn``, ``lowbit.graph``, ``lowbit.diagnostics``,
 ``lowbit.data``, ``lowbit.zoo``, ``lowbit.cli``.
 """
 
@@ -33,8 +37,10 @@ _LAZY = {
     "quantize_weights": "lowbit.weight_only", "WeightOnlyConfig": "lowbit.weight_only",
     "quantize": "lowbit.ptq", "PTQConfig": "lowbit.ptq", "LayerRule": "lowbit.ptq",
 }
+# ``lowbit.train`` is the training-loop module (``lowbit.train.train(model, batches, cfg, ...)``): a function of
+# that name would be replaced by the submodule as soon as anything imports ``lowbit.train``.
 _SUBMODULES = {"functional", "observers", "data", "zoo", "cli", "formats", "granularity", "errors", "weight_only",
-               "ptq", "nn", "graph", "diagnostics"}
+               "ptq", "nn", "graph", "diagnostics", "train"}
 
 
 def __getattr__(name: str):

@@ -17,11 +17,11 @@
    (Jacob et al., CVPR 2018, sec. 3.2; Krishnamoorthi 2018); :func:`convert_qat` folds it into the
    weights and scales each channel's step by ``|gamma / sigma|``. First and last layers stay at
    ``first_last_bits`` (8).
-2. :func:`train` runs SGD with Nesterov momentum and a cosine decay, optionally distilling from
-   the float model, with a progress bar, an atomic checkpoint per epoch and ``resume``.
-   Under ``torchrun`` it uses DistributedDataParallel over gloo (CPU) or nccl (GPU): each rank
-   takes its share of every global batch, so N processes compute what one process computes
-   with the same global batch.
+2. :func:`train` runs the one training loop (:func:`lowbit.train.train`) with SGD + Nesterov
+   momentum and a cosine decay, optionally distilling from the float model (:class:`Distill`),
+   with a progress bar, an atomic checksummed checkpoint per epoch and ``resume``. Under
+   ``torchrun`` it uses DistributedDataParallel over gloo: each rank takes its share of every
+   global batch, so N processes compute what one process computes with the same global batch.
 3. :func:`convert_qat` freezes the learned steps: the model runs the exact integer
    arithmetic and lowers with :func:`lowbit.integer.to_integer`.
 
@@ -32,28 +32,31 @@ Bit widths, as the papers define them: ``b``-bit weights are two's complement
 
 from __future__ import annotations
 
-import hashlib
-import math
-import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import torch
-import torch.distributed as dist
 from torch import fx, nn
 
 from lowbit.data import Split
-from lowbit.data.batches import random_shift_flip
-from lowbit.errors import CheckpointError, ConfigError, DataError
+from lowbit.errors import ConfigError, DataError
 from lowbit.formats import check_bits
 from lowbit.nn.lsq import LSQActQuantizer, LSQWeightQuantizer
 from lowbit.nn.quantizers import ActQuantizer
 from lowbit.nn.unified import unified_modules
 from lowbit.ptq import PTQConfig, calibrate, convert, prepare
-from lowbit.utils.files import atomic_write
-from lowbit.utils.progress import Progress
-from lowbit.zoo.recipes import sgd_nesterov
+from lowbit.train import (
+    Cosine,
+    CrossEntropy,
+    Hooks,
+    LoopConfig,
+    SGDNesterov,
+    Shuffled,
+    init_distributed,
+    load_checkpoint,
+)
+from lowbit.train import train as train_loop
 
 
 @dataclass(frozen=True)
@@ -146,128 +149,51 @@ def prepare_qat(model: nn.Module, config: QATConfig, calibration: torch.Tensor) 
     return gm.train()
 
 
-# ---------------------------------------------------------------- distributed helpers
-
-
-def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def init_distributed() -> tuple[int, int]:
-    """Join the process group when launched by torchrun (``WORLD_SIZE`` set); gloo on CPU, nccl on GPU."""
-    if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return _world()
-
-
-# ---------------------------------------------------------------- checkpoints
-
-
-def _fingerprint(model: nn.Module, config: QATConfig, train_cfg: TrainConfig) -> str:
-    shapes = ";".join(f"{k}:{tuple(v.shape)}" for k, v in model.state_dict().items())
-    text = shapes + repr(asdict(config)) + repr({k: v for k, v in asdict(train_cfg).items() if k != "epochs"})
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, epoch: int, fingerprint: str,
-                    history: list) -> None:
-    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "fingerprint": fingerprint,
-             "history": history, "rng": torch.get_rng_state(), "format": "lowbit-qat-checkpoint-1"}
-    atomic_write(path, lambda f: torch.save(state, f))
-
-
-def load_checkpoint(path: Path, fingerprint: str) -> dict:
-    """Read a checkpoint without executing pickled code (``weights_only``) and check it fits this run."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"no checkpoint at {path}: run without --resume first") from None
-    except Exception as exc:  # noqa: BLE001 - torch raises many kinds for corrupt files
-        raise CheckpointError(f"{path} is not a readable lowbit QAT checkpoint ({type(exc).__name__}: "
-                              f"{str(exc)[:200]})") from None
-    if not isinstance(state, dict) or state.get("format") != "lowbit-qat-checkpoint-1":
-        raise CheckpointError(f"{path} is not a lowbit QAT checkpoint")
-    if state.get("fingerprint") != fingerprint:
-        raise CheckpointError(f"{path} was written for another model or configuration; "
-                              "use the same --model, bits, method and training options, or a new --out")
-    return state
-
-
 # ---------------------------------------------------------------- training
 
 
-def _loss(logits: torch.Tensor, y: torch.Tensor, teacher: nn.Module | None, x: torch.Tensor,
-          cfg: TrainConfig) -> torch.Tensor:
-    loss = nn.functional.cross_entropy(logits, y)
-    if teacher is None or cfg.distill == 0:
-        return loss
-    with torch.no_grad():
-        t = nn.functional.softmax(teacher(x) / cfg.temperature, dim=1)
-    kl = nn.functional.kl_div(nn.functional.log_softmax(logits / cfg.temperature, 1), t, reduction="batchmean")
-    return (1 - cfg.distill) * loss + cfg.distill * cfg.temperature**2 * kl
+@dataclass(frozen=True)
+class Distill:
+    """``(1 - w) CE(z, y) + w T^2 KL(softmax(t / T) || softmax(z / T))`` with teacher logits ``t``.
+
+    Hinton et al. 2015; the ``T^2`` keeps the soft term's gradient scale independent of ``T``.
+    """
+
+    teacher: nn.Module = field(repr=False, compare=False)
+    weight: float = 0.5
+    temperature: float = 2.0
+
+    def __call__(self, logits: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        loss = nn.functional.cross_entropy(logits, y)
+        with torch.no_grad():
+            t = nn.functional.softmax(self.teacher(x) / self.temperature, dim=1)
+        kl = nn.functional.kl_div(nn.functional.log_softmax(logits / self.temperature, 1), t, reduction="batchmean")
+        return (1 - self.weight) * loss + self.weight * self.temperature**2 * kl
+
+
+@dataclass(frozen=True)
+class FreezeBN:
+    """Step hook: from optimizer step ``steps`` on, unfolded BatchNorms use (and keep) their running statistics."""
+
+    steps: int
+
+    def __call__(self, model: nn.Module, step: int) -> None:
+        freeze_bn(model, self.steps, step)
 
 
 def train(model: nn.Module, data: Split, cfg: TrainConfig = TrainConfig(), out_dir: str | Path | None = None,
           resume: bool = False, teacher: nn.Module | None = None, progress: bool = True) -> list[dict]:
-    """Train a :func:`prepare_qat` model in place; returns per-epoch ``{"epoch", "loss", "accuracy"}``."""
+    """Train a :func:`prepare_qat` model in place with :func:`lowbit.train.train`; returns per-epoch
+    ``{"epoch", "loss", "accuracy"}`` (over all processes under torchrun)."""
     qcfg = QATConfig(**getattr(model, "lowbit_qat", {}))
-    rank, world = _world()
-    if cfg.batch_size % world:
-        raise ConfigError(f"batch_size {cfg.batch_size} must divide evenly over {world} processes")
-    fingerprint = _fingerprint(model, qcfg, cfg)
-    opt = sgd_nesterov(model, cfg.lr, cfg.momentum, cfg.weight_decay)
-    ckpt = Path(out_dir) / "checkpoint.pt" if out_dir is not None else None
-    history: list[dict] = []
-    start = 0
-    if resume:
-        if ckpt is None:
-            raise ConfigError("resume needs an output folder with a checkpoint")
-        state = load_checkpoint(ckpt, fingerprint)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"])
-        start, history = state["epoch"], list(state["history"])
-    net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
-    total = cfg.epochs * steps_per_epoch
-    for epoch in range(start, cfg.epochs):
-        gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)  # the data order depends on the epoch only
-        order = torch.randperm(len(data), generator=gen)
-        net.train()
-        freeze_bn(model, qcfg.bn_freeze_steps, epoch * steps_per_epoch)
-        seen = correct = 0
-        loss_sum = 0.0
-        bar = Progress(range(steps_per_epoch), steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}",
-                       enabled=progress and rank == 0)
-        for i in bar:
-            idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-            x, y = data.x[idx], data.y[idx]
-            if cfg.augment:  # on the global batch, so that every rank count gives the same samples
-                x = random_shift_flip(x, gen)
-            x, y = x[rank::world], y[rank::world]  # this rank's share of the global batch
-            lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * (epoch * steps_per_epoch + i) / total))
-            for group in opt.param_groups:
-                group["lr"] = lr
-            logits = net(x)
-            loss = _loss(logits, y, teacher, x, cfg)
-            if not torch.isfinite(loss):
-                raise DataError(f"loss became {float(loss.detach())} at epoch {epoch + 1}, step {i + 1}: lower --lr "
-                                f"(now {cfg.lr}) or check the data")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            freeze_bn(model, qcfg.bn_freeze_steps, epoch * steps_per_epoch + i + 1)
-            loss_sum += float(loss.detach()) * len(y)
-            seen += len(y)
-            correct += int((logits.argmax(1) == y).sum())
-        history.append({"epoch": epoch + 1, "loss": loss_sum / seen, "accuracy": correct / seen})
-        if ckpt is not None and rank == 0:
-            save_checkpoint(ckpt, model, opt, epoch + 1, fingerprint, history)
-        if world > 1:
-            dist.barrier()
-    return history
+    batches = Shuffled(data, cfg.batch_size, cfg.seed, augment=cfg.augment)
+    loss = Distill(teacher, cfg.distill, cfg.temperature) if teacher is not None and cfg.distill > 0 else CrossEntropy()
+    freeze = (FreezeBN(qcfg.bn_freeze_steps),) if qcfg.bn_freeze_steps is not None else ()
+    options = {"qat": asdict(qcfg), "train": asdict(cfg), "train_size": len(data), "teacher": teacher is not None}
+    return train_loop(model, batches, LoopConfig(cfg.epochs, cfg.batch_size, cfg.seed),
+                      optimizer=SGDNesterov(cfg.lr, cfg.momentum, cfg.weight_decay), loss=loss, schedule=Cosine(),
+                      hooks=Hooks(epoch_start=freeze, after_step=freeze), out_dir=out_dir, resume=resume,
+                      options=options, progress=progress)
 
 
 def freeze_bn(model: nn.Module, freeze_steps: int | None, step: int) -> None:
@@ -322,5 +248,5 @@ def convert_qat(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
-__all__ = ["QATConfig", "TrainConfig", "convert_qat", "fold_trained_bn", "freeze_bn", "init_distributed",
-           "load_checkpoint", "prepare_qat", "train"]
+__all__ = ["Distill", "FreezeBN", "QATConfig", "TrainConfig", "convert_qat", "fold_trained_bn", "freeze_bn",
+           "init_distributed", "load_checkpoint", "prepare_qat", "train"]

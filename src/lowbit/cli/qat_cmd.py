@@ -70,10 +70,12 @@ def run(args: argparse.Namespace) -> int:
     im = to_integer(model, (test.x[:2],))
     f_acc, q_acc = evaluate(float_model, test), evaluate(im, test)
     save_integer(im, Path(args.out) / "model.safetensors")
-    result = {"model": args.model, "config": asdict(config), "train": asdict(cfg),
+    # epochs: the epochs the history holds (a resumed run continues the checkpoint's own, equal, count);
+    # history: loss and accuracy over every process's share, all-reduced by the loop
+    result = {"model": args.model, "config": asdict(config), "train": asdict(cfg), "epochs": len(history),
               "processes": world, "float_accuracy": f_acc, "accuracy": q_acc, "history": history}
     atomic_write_text(Path(args.out) / "result.json", json.dumps(result, indent=2, default=str) + "\n")
-    print(f"{args.model} {args.method.upper()} W{args.weight_bits}A{args.act_bits}, {args.epochs} epochs on "
+    print(f"{args.model} {args.method.upper()} W{args.weight_bits}A{args.act_bits}, {len(history)} epochs on "
           f"{world} process(es): float {100 * f_acc:.2f}% -> integer model {100 * q_acc:.2f}% "
           f"({100 * (q_acc - f_acc):+.2f} points); wrote {args.out}/model.safetensors")
     return 0
