@@ -50,7 +50,7 @@ def train_data(n: int = 203):
 
 def train_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     """Train ``tiny_mlp`` with the loop on this rank's share of every global batch; save the history."""
-    from lowbit.train import LoopConfig, SGDNesterov, Shuffled, train
+    from lowbit.training import LoopConfig, SGDNesterov, Shuffled, train
 
     torch.set_num_threads(1)
     os.environ["MASTER_ADDR"] = "127.0.0.1"

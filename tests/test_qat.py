@@ -16,7 +16,7 @@ from lowbit.errors import CheckpointError, ConfigError, DataError
 from lowbit.integer import to_integer
 from lowbit.nn.lsq import LSQActQuantizer, LSQWeightQuantizer
 from lowbit.qat import QATConfig, TrainConfig, convert_qat, prepare_qat, train
-from lowbit.train import load_checkpoint
+from lowbit.training import load_checkpoint
 from lowbit.zoo.recipes import evaluate
 
 
@@ -160,7 +160,7 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(data, tmp_path):
 
 def _train_then_kill(model, data, cfg, out, killer):
     """Run ``train`` and kill it right after the first checkpoint is written."""
-    import lowbit.train as loop
+    import lowbit.training as loop
 
     original = loop.save_checkpoint
 

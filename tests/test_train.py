@@ -10,7 +10,7 @@ from torch import nn
 
 from lowbit.data import Split, batches, fashion_mnist, random_shift_flip
 from lowbit.errors import CheckpointError, ConfigError, DataError
-from lowbit.train import (
+from lowbit.training import (
     Cosine,
     CrossEntropy,
     Hooks,

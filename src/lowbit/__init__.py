@@ -14,10 +14,10 @@ One call for post-training quantization::
 
 One training loop (zoo recipes, QAT, the method families)::
 
-    history = lowbit.train.train(model, batches, lowbit.train.LoopConfig(epochs=3), optimizer=..., loss=...)
+    history = lowbit.train(model, batches, lowbit.LoopConfig(epochs=3), optimizer=..., loss=...)
 
 Subpackages: ``lowbit.functional`` (pure quantizer maths), ``lowbit.observers``,
-``lowbit.ptq``, ``lowbit.train``, ``lowbit.nn``, ``lowbit.graph``, ``lowbit.diagnostics``,
+``lowbit.ptq``, ``lowbit.training``, ``lowbit.nn``, ``lowbit.graph``, ``lowbit.diagnostics``,
 ``lowbit.data``, ``lowbit.zoo``, ``lowbit.cli``.
 """
 
@@ -36,11 +36,10 @@ _LAZY = {
     "DatasetNotFoundError": "lowbit.errors", "CheckpointError": "lowbit.errors",
     "quantize_weights": "lowbit.weight_only", "WeightOnlyConfig": "lowbit.weight_only",
     "quantize": "lowbit.ptq", "PTQConfig": "lowbit.ptq", "LayerRule": "lowbit.ptq",
+    "train": "lowbit.training", "LoopConfig": "lowbit.training",
 }
-# ``lowbit.train`` is the training-loop module (``lowbit.train.train(model, batches, cfg, ...)``): a function of
-# that name would be replaced by the submodule as soon as anything imports ``lowbit.train``.
 _SUBMODULES = {"functional", "observers", "data", "zoo", "cli", "formats", "granularity", "errors", "weight_only",
-               "ptq", "nn", "graph", "diagnostics", "train"}
+               "ptq", "nn", "graph", "diagnostics", "training"}
 
 
 def __getattr__(name: str):

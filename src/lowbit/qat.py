@@ -17,7 +17,7 @@
    (Jacob et al., CVPR 2018, sec. 3.2; Krishnamoorthi 2018); :func:`convert_qat` folds it into the
    weights and scales each channel's step by ``|gamma / sigma|``. First and last layers stay at
    ``first_last_bits`` (8).
-2. :func:`train` runs the one training loop (:func:`lowbit.train.train`) with SGD + Nesterov
+2. :func:`train` runs the one training loop (:func:`lowbit.train`) with SGD + Nesterov
    momentum and a cosine decay, optionally distilling from the float model (:class:`Distill`),
    with a progress bar, an atomic checksummed checkpoint per epoch and ``resume``. Under
    ``torchrun`` it uses DistributedDataParallel over gloo: each rank takes its share of every
@@ -46,7 +46,7 @@ from lowbit.nn.lsq import LSQActQuantizer, LSQWeightQuantizer
 from lowbit.nn.quantizers import ActQuantizer
 from lowbit.nn.unified import unified_modules
 from lowbit.ptq import PTQConfig, calibrate, convert, prepare
-from lowbit.train import (
+from lowbit.training import (
     Cosine,
     CrossEntropy,
     Hooks,
@@ -56,7 +56,7 @@ from lowbit.train import (
     init_distributed,
     load_checkpoint,
 )
-from lowbit.train import train as train_loop
+from lowbit.training import train as train_loop
 
 
 @dataclass(frozen=True)
@@ -183,7 +183,7 @@ class FreezeBN:
 
 def train(model: nn.Module, data: Split, cfg: TrainConfig = TrainConfig(), out_dir: str | Path | None = None,
           resume: bool = False, teacher: nn.Module | None = None, progress: bool = True) -> list[dict]:
-    """Train a :func:`prepare_qat` model in place with :func:`lowbit.train.train`; returns per-epoch
+    """Train a :func:`prepare_qat` model in place with :func:`lowbit.train`; returns per-epoch
     ``{"epoch", "loss", "accuracy"}`` (over all processes under torchrun)."""
     qcfg = QATConfig(**getattr(model, "lowbit_qat", {}))
     batches = Shuffled(data, cfg.batch_size, cfg.seed, augment=cfg.augment)

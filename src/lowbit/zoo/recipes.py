@@ -1,4 +1,4 @@
-"""Training recipes for the zoo, run by the one training loop (:mod:`lowbit.train`)."""
+"""Training recipes for the zoo, run by the one training loop (:func:`lowbit.train`, module :mod:`lowbit.training`)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from torch import nn
 
 from lowbit.data import Split, batches
 from lowbit.errors import ConfigError
-from lowbit.train import Cosine, CrossEntropy, Hooks, LoopConfig, SGDNesterov, Shuffled
-from lowbit.train import train as train_loop
+from lowbit.training import Cosine, CrossEntropy, Hooks, LoopConfig, SGDNesterov, Shuffled
+from lowbit.training import train as train_loop
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ def evaluate(model: nn.Module, split: Split, batch_size: int = 1000) -> float:
 
 def train(model: nn.Module, recipe: Recipe, train_set: Split, val_set: Split | None = None,
           progress: bool = True, out_dir: str | Path | None = None, resume: bool = False) -> nn.Module:
-    """Train ``model`` in place with ``recipe`` through :func:`lowbit.train.train`; returns it in eval mode.
+    """Train ``model`` in place with ``recipe`` through :func:`lowbit.train`; returns it in eval mode.
 
     The data order is one generator seeded ``recipe.seed`` running through all epochs (``stream=True``),
     the schedule a linear warm-up over ``warmup_epochs`` then a cosine: the trajectory of the shipped weights.
