@@ -1,11 +1,15 @@
 """Integer execution: latency of float vs lowbit integer vs ONNX paths, int8 GEMM throughput, saved size.
 
-Models: the Fashion-MNIST CNN (shipped), an MLP 784-1024-1024-1024-10 (trained
-here for one seeded epoch) and, with ``--effnet``, EfficientNet-Lite0 at 224x224.
-For each batch size and thread count, every path runs once per round in a
-rotating order (``lowbit.bench.latency.interleaved``); the table gives the best
+Models: the Fashion-MNIST CNN and ResNet (shipped), an MLP 784-1024-1024-1024-10
+(trained here for one seeded epoch) and, with ``--effnet``, EfficientNet-Lite0 at
+224x224. For each batch size and thread count, every path runs once per round in
+a rotating order (``lowbit.bench.latency.interleaved``); the table gives the best
 and median over ``--rounds`` rounds and the speed-up of each path's best time
-over float eager's and over the strongest float path's.
+over float eager's and over the strongest float path's; a second table gives,
+per batch and thread count, lowbit's ONNX over onnxruntime's own int8 model
+(best times). Every latency row is also written to ``results/OUT.json`` beside
+the Markdown: a list of ``{"model", "batch", "threads", "path", "best_us",
+"median_us"}``.
 
 Paths: float32 PyTorch eager; float32 in onnxruntime (the strongest float path
 here); lowbit integer (in process: the whole model in one C call, ``lowbit.integer.plan``, over
@@ -16,13 +20,14 @@ lowbit's QDQ ONNX in onnxruntime; onnxruntime's own ``quantize_static`` model
 (QDQ, per-channel, 32 calibration images); with ``--torchao``, torchao PT2E
 int8 under ``torch.compile`` (freezing on).
 
-    python benchmarks/bench_integer.py                         # CNN + MLP, batch 1/64, threads 1/2
-    python benchmarks/bench_integer.py --effnet --rounds 5
+    python benchmarks/bench_integer.py                         # CNN, MLP, ResNet; batch 1/64, threads 1/2
+    python benchmarks/bench_integer.py --models --effnet --threads 1 --rounds 3 --out integer_latency_effnet
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -31,13 +36,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from _common import write_result
+from _common import RESULTS, write_result
 from lowbit import zoo
 from lowbit.bench.latency import interleaved, ort_session, torch_threads
 from lowbit.data import fashion_mnist
 from lowbit.integer.io import save_integer
 from lowbit.integer.lower import to_integer
 from lowbit.ptq import PTQConfig, quantize
+from lowbit.utils.files import atomic_write_text
 from lowbit.utils.tensorfile import save_tensors
 from lowbit.zoo.recipes import evaluate
 
@@ -111,7 +117,23 @@ def paths_for(model, im, im_op, im_int_mm, onnx_lowbit, ort_float_fn, ort_q_fn, 
     }
 
 
-def bench_model(label, model, calib, test, batches, threads_list, rounds, torchao: bool, tmp: Path) -> tuple[str, str]:
+ONNX_PATH, ORT_PATH = "lowbit ONNX (ort)", "ort quantize_static"
+
+
+def onnx_ratio_table(rows: list[dict]) -> str:
+    """Per batch and thread count: lowbit's ONNX over onnxruntime's own int8 model, best and median times."""
+    by = {(r["batch"], r["threads"], r["path"]): r for r in rows}
+    lines = [f"| batch | threads | {ONNX_PATH} / {ORT_PATH}, best | median |", "|---:|---:|---:|---:|"]
+    for batch, threads in dict.fromkeys((r["batch"], r["threads"]) for r in rows):
+        ours, theirs = by[batch, threads, ONNX_PATH], by[batch, threads, ORT_PATH]
+        lines.append(f"| {batch} | {threads} | {ours['best_us'] / theirs['best_us']:.2f}x | "
+                     f"{ours['median_us'] / theirs['median_us']:.2f}x |")
+    return "\n".join(lines)
+
+
+def bench_model(label, model, calib, test, batches, threads_list, rounds, torchao: bool,
+                tmp: Path) -> tuple[str, str, list[dict]]:
+    """The latency table (Markdown), the accuracy table (or "") and the latency rows of one model."""
     from lowbit.export.onnx_qdq import export_onnx
 
     sim = quantize(model, [calib], PTQConfig())
@@ -120,7 +142,7 @@ def bench_model(label, model, calib, test, batches, threads_list, rounds, torcha
     for node in im_int_mm.nodes:
         node.op.use_vnni = False
     onnx_path = export_onnx(im, tmp / f"{label}.onnx", tuple(calib[:1].shape))
-    acc_rows = []
+    acc_rows, rows = [], []
     lines = [f"### {label}", "", "| batch | threads | path | best us | median us | vs float eager | vs best float |",
              "|---:|---:|---|---:|---:|---:|---:|"]
     for threads in threads_list:
@@ -138,13 +160,15 @@ def bench_model(label, model, calib, test, batches, threads_list, rounds, torcha
             eager = t["float32 eager"].best_us
             best_float = min(eager, t["float32 onnxruntime"].best_us)
             for n, tm in t.items():
+                rows.append({"model": label, "batch": batch, "threads": threads, "path": n,
+                             "best_us": round(tm.best_us, 1), "median_us": round(tm.median_us, 1)})
                 lines.append(f"| {batch} | {threads} | {n} | {tm.best_us:.0f} | {tm.median_us:.0f} | "
                              f"{eager / tm.best_us:.2f}x | {best_float / tm.best_us:.2f}x |")
     acc = ""
     if acc_rows:
         acc = "\n".join([f"| {label} path | test accuracy |", "|---|---:|"] +
                         [f"| {n} | {100 * a:.2f}% |" for n, a in acc_rows])
-    return "\n".join(lines), acc
+    return "\n".join(lines) + "\n\n" + onnx_ratio_table(rows), acc, rows
 
 
 class _module(nn.Module):
@@ -171,8 +195,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 64])
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--models", nargs="*", default=["cnn", "mlp1024"], choices=["cnn", "mlp1024", "resnet"])
-    ap.add_argument("--out", default="integer_latency", help="results file name (benchmarks/results/OUT.md)")
+    ap.add_argument("--models", nargs="*", default=["cnn", "mlp1024", "resnet"], choices=["cnn", "mlp1024", "resnet"])
+    ap.add_argument("--out", default="integer_latency",
+                    help="results file name (benchmarks/results/OUT.md and, with latency rows, OUT.json)")
     ap.add_argument("--effnet", action="store_true", help="also EfficientNet-Lite0 (224x224; slow)")
     ap.add_argument("--torchao", action="store_true", help="also torchao PT2E int8 under torch.compile")
     ap.add_argument("--sizes-only", action="store_true", help="only the saved-size table (no latency)")
@@ -183,12 +208,14 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="lowbit-bench-"))
     sections = [gemm_throughput(args.rounds)] if args.models and not args.sizes_only else []
     sizes = ["| model | float32 bytes | lowbit int8 bytes | ratio |", "|---|---:|---:|---:|"]
+    rows: list[dict] = []
     for name in args.models:
         model = big_mlp(train) if name == "mlp1024" else zoo.pretrained(name)
         if not args.sizes_only:
-            table, acc = bench_model(name, model, calib, test, args.batch, args.threads, args.rounds, args.torchao,
-                                     tmp)
+            table, acc, model_rows = bench_model(name, model, calib, test, args.batch, args.threads, args.rounds,
+                                                 args.torchao, tmp)
             sections += [table, acc]
+            rows += model_rows
         sizes.append(size_row(name, model, to_integer(quantize(model, [calib], PTQConfig()), (calib[:2],)), tmp))
     if args.effnet:
         from lowbit.data.photos import photo_crops
@@ -197,13 +224,16 @@ def main() -> None:
         model = with_plain_convs(efficientnet_lite0()).eval()
         crops = photo_crops(32, "calib")
         if not args.sizes_only:
-            table, _ = bench_model("efficientnet-lite0", model, crops, None, args.batch, args.threads, args.rounds,
-                                   False, tmp)
+            table, _, model_rows = bench_model("efficientnet-lite0", model, crops, None, args.batch, args.threads,
+                                               args.rounds, False, tmp)
             sections.append(table)
+            rows += model_rows
         sizes.append(size_row("efficientnet-lite0", model,
                               to_integer(quantize(model, [crops], PTQConfig(), (crops[:2],)), (crops[:2],)), tmp))
     sections.append("\n".join(sizes))
     write_result(args.out, "\n\n".join(s for s in sections if s))
+    if rows:  # (a sizes-only run leaves the latency rows of the last full run)
+        atomic_write_text(RESULTS / f"{args.out}.json", "[\n" + ",\n".join(json.dumps(r) for r in rows) + "\n]\n")
 
 
 if __name__ == "__main__":

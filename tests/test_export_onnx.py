@@ -96,7 +96,8 @@ def test_export_is_a_checked_qdq_graph_with_dynamic_batch(case, exported):
     ops = Counter(n.op_type for n in graph.node)
     assert ops["QuantizeLinear"] >= 1 and ops["DequantizeLinear"] >= 2
     assert set(ops) <= {"QuantizeLinear", "DequantizeLinear", "Conv", "Gemm", "MatMul", "Add", "Relu", "Clip",
-                        "MaxPool", "GlobalAveragePool", "AveragePool", "Flatten", "Pad"}
+                        "MaxPool", "GlobalAveragePool", "AveragePool", "Flatten", "Pad",
+                        "Slice", "Concat", "Transpose", "Reshape"}  # (im2col rows of a residual conv)
     weights = [i for i in graph.initializer if i.name.endswith("_weight")]
     assert weights and all(w.data_type == onnx.TensorProto.INT8 for w in weights)
     acts = [i for i in graph.initializer if i.name.endswith("_zero_point") and not i.name.endswith(
@@ -125,19 +126,13 @@ def test_onnxruntime_reproduces_the_integer_model(case, exported, fmnist):
         assert exact >= 0.99999 and (out_lsb <= 1).mean() >= 0.999
 
 
-def _pointwise(node: Node) -> bool:
-    """A 1x1, stride-1, unpadded, ungrouped conv (the exporter writes it with a residual as a GEMM on rows)."""
-    a = node.op.attrs
-    return (tuple(node.op.tensors["weight"].shape[2:]) == (1, 1) and list(a["stride"]) == [1, 1]
-            and list(a["padding"]) == [0, 0] and a["groups"] == 1)
-
-
 def _expected_kernels(im: IntegerModel) -> dict[str, int]:
-    """onnxruntime kernels of the optimized graph: a residual 1x1 conv is a QGemm on NHWC rows, another residual
-    conv stays a float conv (FusedConv: no integer conv with a summand), every other layer is an integer kernel."""
+    """onnxruntime kernels of the optimized graph: a residual conv of one group is a QGemm on NHWC (im2col) rows,
+    a grouped residual conv stays a float conv (FusedConv: no integer conv with a summand), every other layer is
+    an integer kernel."""
     convs = [n for n in im.nodes if n.kind == "conv2d"]
     residual = [n for n in convs if len(n.inputs) > 1]
-    rows = sum(_pointwise(n) for n in residual)
+    rows = sum(n.op.attrs["groups"] == 1 for n in residual)
     return {"QLinearConv": len(convs) - len(residual), "QGemm": sum(n.kind == "linear" for n in im.nodes) + rows,
             "float conv": len(residual) - rows}
 
@@ -150,6 +145,27 @@ def test_onnxruntime_fuses_into_integer_kernels(exported):
         assert ops["FusedConv"] + ops["Conv"] == want["float conv"], (case, ops)
         assert ops["Gemm"] == 0 and ops["MatMul"] == 0, (case, ops)
     assert exported["resnet"]["ops"]["QLinearGlobalAveragePool"] == 1
+
+
+@pytest.mark.parametrize("case", ["resnet", "resnet-pow2"])
+def test_resnet_runs_no_float_conv_in_onnxruntime(case, exported):
+    """Structural, not timed: after onnxruntime's graph optimisation every convolution of the ResNet, the 3x3
+    ones closing a residual block included, is an integer kernel (QLinearConv, or QGemm on im2col rows); no float
+    Conv/FusedConv/Gemm/MatMul and no float Pad is left, and the only Transposes are the two at the NHWC borders."""
+    r, im = exported[case], exported[case]["im"]
+    convs = sum(n.kind == "conv2d" for n in im.nodes)
+    residual_3x3 = [n for n in im.nodes if len(n.inputs) > 1 and tuple(n.op.tensors["weight"].shape[2:]) == (3, 3)]
+    assert len(residual_3x3) == 6  # the second conv of each of the six BasicBlocks
+    ops = r["ops"]
+    assert ops["Conv"] == ops["FusedConv"] == ops["ConvInteger"] == 0, ops
+    assert ops["Gemm"] == ops["MatMul"] == 0 and ops["Pad"] == len(residual_3x3), ops  # each Pad is on codes
+    assert ops["QLinearConv"] + ops["QGemm"] == convs + 1, ops  # + the classifier
+    assert ops["QGemm"] == len(residual_3x3) + 1, ops
+    assert ops["Transpose"] <= 2, ops
+    opt = onnx.load(r["path"].with_suffix(".opt.onnx"))
+    inits = {i.name: i.data_type for i in opt.graph.initializer}
+    pads = [n for n in opt.graph.node if n.op_type == "Pad"]  # its value has the data's type: it pads codes
+    assert all(inits.get(n.input[2]) in (onnx.TensorProto.UINT8, onnx.TensorProto.INT8) for n in pads)
 
 
 class _MBBlock(nn.Module):
@@ -272,6 +288,66 @@ def _linear3d() -> IntegerModel:
                       "bias": torch.zeros(3, dtype=torch.int32), "acc_scale": s1 * sw2}), ["h"], "y"),
     ]
     return IntegerModel(nodes, "x", "y")
+
+
+def _residual_convs() -> IntegerModel:
+    """Residual convolutions of every geometry the im2col rows handle: 3x3 stride 2 padded (its residual a strided
+    1x1 conv), a 2x3 dilated kernel reading a folded integer pad, a 3x3 with a narrow signed output; then a grouped
+    3x3 with a residual (kept as a float conv), flatten and a dequantizing linear."""
+    g = torch.Generator().manual_seed(3)
+    w = lambda *s: torch.randint(-127, 128, s, generator=g, dtype=torch.int8)  # noqa: E731
+    b = lambda o: torch.randint(-3000, 3000, (o,), generator=g, dtype=torch.int32)  # noqa: E731
+    sw = lambda o: torch.rand(o, generator=g, dtype=torch.float64) * 0.004 + 0.001  # noqa: E731
+    s0, s1, s2, s3, s4 = 0.05, 0.0371, 0.0423, 0.0567, 0.0611
+    geo = lambda stride, pad, dil=(1, 1), groups=1: {"stride": list(stride), "padding": list(pad),  # noqa: E731
+                                                      "dilation": list(dil), "groups": groups}
+
+    def conv(inputs, out, zp_in, grid, weight, s_in, lo=-128, hi=127, res=None, **g_):
+        o = weight.shape[0]
+        m, n = _mult(s_in, sw(o), grid["scale"])
+        attrs = {"input_zero_point": zp_in, "zero_point": grid["zero_point"], "lo": lo, "hi": hi, **geo(**g_)}
+        tensors = {"weight": weight, "bias": b(o), "m": m, "n": n}
+        if res is not None:  # (residual tensor's zero point, its scale)
+            attrs["residual_zero_point"] = res[0]
+            tensors["m2"] = torch.round(torch.ldexp(torch.full((o,), res[1] / grid["scale"], dtype=torch.float64),
+                                                    n)).long()
+        return Node(make_op("conv2d", attrs, tensors), inputs, out, grid)
+
+    g1, g2, g3, g4 = _grid(s1, -20, False), _grid(s2, -90, False), _grid(s3, 4, False), _grid(s4, -128, False)
+    nodes = [
+        Node(make_op("quantize", {"scale": s0, "zero_point": 3, "lo": -128, "hi": 127}), ["x"], "q",
+             _grid(s0, 3, False)),
+        conv(["q"], "c1", 3, g1, w(4, 2, 1, 1), s0, stride=(2, 2), pad=(0, 0)),
+        conv(["q", "c1"], "c2", 3, g2, w(4, 2, 3, 3), s0, lo=-90, res=(-20, s1), stride=(2, 2), pad=(1, 1)),
+        Node(make_op("pad", {"pad": [1, 1, 1, 1], "value": -90}), ["c2"], "p2", g2),
+        conv(["p2", "c2"], "c3", -90, g3, w(4, 4, 2, 3), s2, hi=60, res=(-90, s2), stride=(1, 1), pad=(0, 0),
+             dil=(2, 1)),
+        conv(["c3", "c2"], "c4", 4, g4, w(4, 4, 3, 3), s3, res=(-90, s2), stride=(1, 1), pad=(1, 1)),
+        conv(["c4", "c3"], "c5", -128, g1, w(4, 2, 3, 3), s4, res=(4, s3), stride=(1, 1), pad=(1, 1), groups=2),
+        Node(make_op("flatten", {"start_dim": 1, "end_dim": -1}), ["c5"], "fl", g1),
+        Node(make_op("linear", {"input_zero_point": -20, "act": "none"},
+                     {"weight": w(3, 100), "bias": b(3), "acc_scale": s1 * sw(3)}), ["fl"], "out"),
+    ]
+    return IntegerModel(nodes, "x", "out")
+
+
+def test_residual_convs_of_any_geometry_are_integer_gemms(tmp_path):
+    """Strided, padded (own and folded pads), dilated and non-square residual convolutions become QGemms on
+    im2col rows with the integer model's codes; a grouped one stays a float convolution."""
+    im = _residual_convs()
+    assert [n.output for n in im.nodes if len(n.inputs) > 1] == ["c2", "c3", "c4", "c5"]
+    x = torch.randn((300, 2, 9, 9), generator=torch.Generator().manual_seed(4)) * 2
+    r = _run(im, x, (1, 2, 9, 9), tmp_path, "residual_convs")
+    assert _expected_kernels(im) == {"QLinearConv": 1, "QGemm": 4, "float conv": 1}
+    ops = r["ops"]
+    assert ops["QLinearConv"] == 1 and ops["QGemm"] == 4 and ops["Conv"] + ops["FusedConv"] == 1, ops
+    pads = [n for n in onnx.load(r["path"]).graph.node if n.op_type == "Pad"]
+    assert [n.name.split("_")[0] for n in pads] == ["c2", "c3", "c4"]  # the im2col pads (p2 is folded into c3's)
+    for name, d in r["code_diff"].items():
+        assert (d <= 1).mean() >= 0.999 and (d == 0).mean() >= 0.99, name
+    for name in ("c2", "c3", "c4"):  # exact int32 accumulators: at most a float32 tie flips a code
+        assert (r["code_diff"][name] == 0).mean() >= 0.9999, name
+    assert (np.abs(r["probe_out"] - r["own"]) / r["lsb"]).max() <= 1
 
 
 @pytest.mark.parametrize("make,shape", [(_synthetic, (1, 2, 9, 9)), (_linear3d, (1, 3, 8))])

@@ -15,13 +15,21 @@ of the integer model:
   ``conv2d`` -> ``Conv``; a residual input is an ``Add`` of its dequantized
   value before the output ``QuantizeLinear``: the sum is rounded once, as
   lowbit's ``(acc m + r m2) / 2^n`` is. onnxruntime has no integer convolution
-  with a summand (``QLinearConv`` then ``QLinearAdd`` would round twice), so a
-  1x1 convolution with a residual (the projections of EfficientNet and
-  MobileNet blocks) is a ``Gemm`` on NHWC rows, which onnxruntime runs as
-  ``QGemm`` with a float output before the ``Add`` (the ``Transpose`` and
-  ``Reshape`` move codes and cancel against onnxruntime's own NHWC layout);
-  any other residual convolution runs as a float convolution (``FusedConv``)
-  whose outputs are quantized on the integer model's grid;
+  with a summand (``QLinearConv`` then ``QLinearAdd`` would round twice, and
+  ``DQ -> Conv -> Add -> Q`` runs as a float convolution), so a convolution
+  with a residual is a ``Gemm`` on NHWC rows, which onnxruntime runs as
+  ``QGemm`` with a float output (the exact int32 accumulator times one float32
+  scale) before the ``Add``: the rows are the input's pixels for a 1x1,
+  stride-1 convolution (the projections of EfficientNet and MobileNet blocks)
+  and its im2col patches otherwise (the 3x3 convolutions closing ResNet
+  blocks: a ``Pad`` of the codes with their zero point, one strided ``Slice``
+  per kernel tap, a ``Concat`` on the channels). The ``Transpose``,
+  ``Reshape``, ``Slice`` and ``Concat`` move codes on one grid and run on
+  onnxruntime's own NHWC layout; only a grouped convolution with a residual
+  still runs as a float convolution (``FusedConv``) whose outputs are
+  quantized on the integer model's grid. The im2col copies cost: onnxruntime
+  runs the exported ResNet about 1.7x slower than its own ``quantize_static``
+  model, which rounds twice (``benchmarks/results/integer_latency.md``);
 * the requantization multiplier ``M = m / 2^n`` (24 bits: a float32) is carried
   by the weight scales: ``s_w[c]`` is the float32 near ``M[c] s_y / s_x`` for
   which onnxruntime's own multiplier ``float32(float32(s_x s_w[c]) / s_y)`` is
@@ -316,6 +324,45 @@ class _Builder:
                                           self.const(f"{base}_shape", np.array([-1, channels], np.int64)))
         return self.rows[tensor]
 
+    def patch_rows(self, node: Node) -> str:
+        """The ``(N*Ho*Wo, kh*kw*C)`` im2col rows of conv ``node``'s input, on the input's grid.
+
+        Row ``(n, i, j)`` holds, tap by tap (``(di, dj)`` outer, channels inner),
+        the codes the convolution's window at output pixel ``(i, j)`` reads:
+        the input padded with its zero point (the code of 0.0, as ``Conv`` and
+        ``QLinearConv`` pad) is cut into ``kh*kw`` strided ``Slice``s, one per
+        tap, concatenated on the channels and laid out as rows. Every step moves
+        codes on one grid (exact). A 1x1, stride-1, unpadded convolution reads
+        its input's own rows (:meth:`to_rows`).
+        """
+        a, name, src = node.op.attrs, node.output, node.inputs[0]
+        kh, kw = node.op.tensors["weight"].shape[2:]
+        pads, stride, dil = self._conv_pads(node), list(a["stride"]), list(a["dilation"])
+        if (kh, kw) == (1, 1) and stride == [1, 1] and not any(pads):
+            return self.to_rows(src, f"{name}_rows")
+        v, (s, z) = self.values[src], self.qparams(self.values[src].grid, name)
+        x = v.codes
+        if any(pads):  # on the codes (a Pad between DQ and Q would run on floats)
+            top, left, bottom, right = pads
+            x = self.add("Pad", [x, self.const(f"{name}_pads", np.array([0, 0, top, left, 0, 0, bottom, right],
+                                                                            np.int64)), z], f"{name}_pad",
+                         mode="constant")
+        x = self.add("DequantizeLinear", [x, s, z], f"{name}_padded_dq")
+        _, _, ho, wo = self.shapes[name]
+        axes = self.const(f"{name}_tap_axes", np.array([2, 3], np.int64))
+        steps = self.const(f"{name}_tap_steps", np.array(stride, np.int64))
+        taps = []
+        for di in range(kh):
+            for dj in range(kw):
+                start = np.array([di * dil[0], dj * dil[1]], np.int64)
+                end = start + np.array([(ho - 1) * stride[0] + 1, (wo - 1) * stride[1] + 1], np.int64)
+                taps.append(self.move("Slice", x, v.grid, f"{name}_tap{di}{dj}", self.const(
+                    f"{name}_tap{di}{dj}_start", start), self.const(f"{name}_tap{di}{dj}_end", end), axes, steps))
+        patches = self.qdq(self.add("Concat", taps, f"{name}_patches", axis=1), v.grid, f"{name}_patches_q")
+        nhwc = self.move("Transpose", patches, v.grid, f"{name}_patches_nhwc", perm=[0, 2, 3, 1])
+        shape = np.array([-1, kh * kw * int(self.shapes[src][1])], np.int64)
+        return self.move("Reshape", nhwc, v.grid, f"{name}_patch_rows", self.const(f"{name}_patch_rows_shape", shape))
+
     def from_rows(self, x: str, grid: _Grid | None, shape: tuple[int, ...], base: str) -> str:
         """The NCHW tensor of ``shape`` (any batch) whose ``(N*H*W, C)`` rows are ``x``: undoes :meth:`to_rows`."""
         _, c, h, w = shape
@@ -382,11 +429,16 @@ class _Builder:
             lo, hi = _Grid.code(a["lo"], out_grid.signed), _Grid.code(a["hi"], out_grid.signed)
             mult = torch.ldexp(t["m"].double(), -t["n"].double()).numpy()
             s_w = fit_weight_scales(s_in, mult, out_grid.scale)
-        rows = conv and not dequant and len(node.inputs) > 1 and self._pointwise(node)
-        if not dequant and (len(node.inputs) == 1 or rows):  # (other residual convs run in float: no int32 sum)
+        rows = conv and not dequant and len(node.inputs) > 1 and self._gemm_residual(node)
+        if not dequant and (len(node.inputs) == 1 or rows):  # (a grouped residual conv runs in float: no int32 sum)
             bias = _safe_bias(bias, w, x.grid, out_grid, mult, lo, hi, self._residual_spread(node) if rows else None)
         matmul = not conv and len(self.shapes[node.inputs[0]]) != 2
-        w_arr = np.ascontiguousarray(w.T) if matmul else w.reshape(out_ch, -1) if rows else w  # MatMul wants (K, O)
+        if matmul:  # MatMul wants (K, O)
+            w_arr = np.ascontiguousarray(w.T)
+        elif rows:  # (O, kh*kw*C): taps outer, channels inner, as the patch rows of patch_rows
+            w_arr = np.ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(out_ch, -1)
+        else:
+            w_arr = w
         int4 = self.opset >= INT4_OPSET and a.get("weight_bits", 8) <= 4 and w.min() >= -8 and w.max() <= 7
         const = self.const_int4 if int4 else self.const
         w_dq = self.add("DequantizeLinear",
@@ -398,7 +450,7 @@ class _Builder:
                                              self.const(f"{name}_bias_zero_point", np.zeros(out_ch, np.int32))],
                         f"{name}_bias_dq", axis=0)
         if rows:
-            self._pointwise_residual(node, w_dq, b_dq, out_grid, lo, hi)
+            self._residual_rows(node, w_dq, b_dq, out_grid, lo, hi)
             return
         if conv:
             y = self.add("Conv", [x.float_name, w_dq, b_dq], f"{name}_conv", kernel_shape=list(w.shape[2:]),
@@ -423,13 +475,9 @@ class _Builder:
             raise ConfigError(f"{name}: float activation {act!r} has no ONNX form here")
         self.values[name] = _Value(y)
 
-    def _pointwise(self, node: Node) -> bool:
-        """Whether conv ``node`` is a 1x1, stride-1, unpadded, ungrouped convolution (a GEMM on NHWC rows) with
-        an integer residual."""
-        a = node.op.attrs
-        return (tuple(node.op.tensors["weight"].shape[2:]) == (1, 1) and list(a["stride"]) == [1, 1]
-                and list(a["padding"]) == [0, 0] and int(a["groups"]) == 1
-                and node.inputs[0] not in self.folds.conv_pads and self.values[node.inputs[-1]].grid is not None)
+    def _gemm_residual(self, node: Node) -> bool:
+        """Whether conv ``node`` has an integer residual and one group: a GEMM on patch rows (see _residual_rows)."""
+        return int(node.op.attrs["groups"]) == 1 and self.values[node.inputs[-1]].grid is not None
 
     def _residual_spread(self, node: Node) -> np.ndarray:
         """Per output channel, how far the integer residual moves the output: ``max |r - z_r| m2 / 2^n`` codes."""
@@ -437,20 +485,22 @@ class _Builder:
         m2 = torch.ldexp(t["m2"].double(), -t["n"].double()).numpy()
         return max(g.zero_point - g.qmin, g.qmax - g.zero_point) * m2
 
-    def _pointwise_residual(self, node: Node, w_dq: str, b_dq: str, grid: _Grid, lo: int, hi: int) -> None:
-        """A 1x1 convolution with a residual as ``DQ -> Gemm -> Add -> Q`` on NHWC rows.
+    def _residual_rows(self, node: Node, w_dq: str, b_dq: str, grid: _Grid, lo: int, hi: int) -> None:
+        """A convolution with a residual as ``DQ -> Gemm -> Add -> Q`` on NHWC (patch) rows.
 
         onnxruntime has no integer convolution with a summand: ``DQ -> Conv ->
-        Add -> Q`` runs as a float convolution. On rows, ``Gemm`` with no
-        ``QuantizeLinear`` after it becomes ``QGemm`` with a float output, the
-        int32 accumulator (bias included) times ``float32(s_x s_w)``; the
-        residual's dequantized value is added and the sum rounded once by the
-        output ``QuantizeLinear``, as lowbit's ``(acc m + r m2) / 2^n`` is (a
-        ``QLinearConv`` then ``QLinearAdd`` would round twice). The transposes
-        move codes, and cancel against onnxruntime's own NHWC layout.
+        Add -> Q`` runs as a float convolution, and ``QLinearConv`` then
+        ``QLinearAdd`` would round twice where lowbit's ``(acc m + r m2) / 2^n``
+        rounds once. On rows, ``Gemm`` with no ``QuantizeLinear`` after it
+        becomes ``QGemm`` with a float output, the int32 accumulator (bias
+        included) times ``float32(s_x s_w)``; the residual's dequantized value is
+        added and the sum rounded once by the output ``QuantizeLinear``. The
+        rows of a 1x1, stride-1, unpadded convolution are its input's pixels;
+        any other convolution reads the im2col patches of :meth:`patch_rows`.
+        The transposes move codes, and cancel against onnxruntime's own NHWC layout.
         """
         name = node.output
-        y = self.add("Gemm", [self.to_rows(node.inputs[0], f"{name}_rows"), w_dq, b_dq], f"{name}_gemm", transB=1)
+        y = self.add("Gemm", [self.patch_rows(node), w_dq, b_dq], f"{name}_gemm", transB=1)
         y = self.add("Add", [y, self.to_rows(node.inputs[1], f"{name}_residual_rows")], f"{name}_residual")
         y = self.qdq(y, grid, f"{name}_unclamped")
         clamped = self.clamp(y, grid, lo, hi, name)
@@ -653,6 +703,17 @@ def _foldable_pads(model: IntegerModel, shapes: dict[str, tuple[int, ...]]) -> _
     return _PadFolds(conv_pads, frozenset(skipped))
 
 
+def _live(nodes: list, outputs: set[str]) -> list:
+    """``nodes`` (in order) less those none of whose outputs reaches ``outputs``: e.g. the dequantization of a
+    tensor read only as codes (onnxruntime would still run it)."""
+    needed, keep = set(outputs), []
+    for node in reversed(nodes):
+        if any(o in needed for o in node.output):
+            keep.append(node)
+            needed.update(node.input)
+    return keep[::-1]
+
+
 def _check_kinds(model: IntegerModel) -> None:
     supported = sorted(k[3:] for k in dir(_Builder) if k.startswith("op_"))
     for node in model.nodes:
@@ -693,8 +754,10 @@ def to_onnx_model(model: IntegerModel, input_shape: tuple[int, ...], opset: int 
     tp = onnx.TensorProto
     graph_in = b.h.make_tensor_value_info(INPUT_NAME, tp.FLOAT, [BATCH, *input_shape[1:]])
     graph_out = b.h.make_tensor_value_info(OUTPUT_NAME, tp.FLOAT, [BATCH, *shapes[model.output_name][1:]])
-    graph = b.h.make_graph(b.nodes, "lowbit_integer_model", [graph_in], [graph_out, *b.codes_outputs],
-                           initializer=b.inits)
+    live = _live(b.nodes, {OUTPUT_NAME, *(v.name for v in b.codes_outputs)})
+    used = {i for n in live for i in n.input}
+    graph = b.h.make_graph(live, "lowbit_integer_model", [graph_in], [graph_out, *b.codes_outputs],
+                           initializer=[i for i in b.inits if i.name in used])
     opsets = [b.h.make_opsetid("", opset)]
     proto = b.h.make_model(graph, opset_imports=opsets, producer_name="lowbit",
                            ir_version=b.h.find_min_ir_version_for(opsets))
