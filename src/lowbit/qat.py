@@ -50,7 +50,7 @@ from lowbit.formats import check_bits
 from lowbit.nn.lsq import LSQActQuantizer, LSQWeightQuantizer
 from lowbit.nn.quantizers import ActQuantizer
 from lowbit.nn.unified import unified_modules
-from lowbit.ptq import PTQConfig, calibrate, convert, prepare
+from lowbit.ptq import PTQConfig, calibrate, check_model, convert, prepare
 from lowbit.utils.files import atomic_write
 from lowbit.utils.progress import Progress
 from lowbit.zoo.recipes import sgd_nesterov
@@ -130,11 +130,16 @@ def prepare_qat(model: nn.Module, config: QATConfig, calibration: torch.Tensor) 
     """A training-ready copy of ``model`` with quantizers in the loop (see the module docstring)."""
     if not isinstance(config, QATConfig):
         raise ConfigError(f"config must be a QATConfig, got {type(config).__name__}")
+    check_model(model, "lowbit.qat.prepare_qat")
     if not isinstance(calibration, torch.Tensor) or calibration.numel() == 0:
         raise DataError("prepare_qat needs a non-empty calibration batch (a tensor of inputs)")
+    if calibration.is_floating_point() and not bool(torch.isfinite(calibration).all()):
+        raise DataError("prepare_qat's calibration batch holds NaN or inf values: clean the data first")
     gm = prepare(model, config.ptq(), (calibration[:2],), fold_bn=config.bn_freeze_steps is None)
     if not isinstance(gm, fx.GraphModule):
-        raise ConfigError("QAT needs a model torch.fx can trace")
+        raise ConfigError(f"lowbit QAT needs a graph of {type(model).__name__}, and neither torch.fx nor torch.export "
+                          "could capture one (data-dependent control flow?); post-training quantization "
+                          "(lowbit.ptq.quantize) works on it by module swap")
     if config.method == "lsq":
         _swap_lsq(gm, config)
         with torch.no_grad():
