@@ -86,6 +86,12 @@ class QATConfig:
             raise ConfigError(f"QATConfig.weight_granularity must be 'channel' or 'tensor', got {self.weight_granularity!r}")
         if self.init not in ("lsq", "mse"):
             raise ConfigError(f"QATConfig.init must be 'lsq' or 'mse', got {self.init!r}")
+        if self.bn_freeze_steps is not None and self.weight_granularity == "tensor":
+            # folding a trained BatchNorm scales each output channel's weight step by |gamma / sigma|:
+            # one step per tensor cannot hold per-channel factors
+            raise ConfigError("QATConfig.bn_freeze_steps (BatchNorm trained unfolded) needs per-channel weight "
+                              "steps: use weight_granularity='channel' (CLI: --granularity channel), or drop "
+                              "bn_freeze_steps to fold BatchNorm before training")
 
     def ptq(self) -> PTQConfig:
         observer = "percentile" if self.method == "faq" else "minmax"
