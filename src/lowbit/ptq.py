@@ -255,10 +255,12 @@ def unused_requests(config: PTQConfig, order: list[str]) -> list[str]:
     for what, asked, used in (("weight_bits", config.weight_bits, w_used), ("act_bits", config.act_bits, a_used)):
         others = [n for n in order if bits[n] is None or (what == "weight_bits" and bits[n][0] != asked)]
         if order and asked not in used:
+            named = (others or order)[:6]
+            edge = any(specs._rule(n) is None and n in (specs.first, specs.last) for n in named)
             hint = ("; pass first_last_bits=None (CLI: --first-last-bits 0) to quantize the first and last layers "
-                    "at it too" if config.first_last_bits is not None else "")
+                    "at it too" if edge and config.first_last_bits is not None else "")
             notes.append(f"{what}={asked} was asked but no layer gets it: "
-                         f"{'; '.join(specs.fate(n) for n in (others or order)[:6])}{hint}")
+                         f"{'; '.join(specs.fate(n) for n in named)}{hint}")
     return notes
 
 

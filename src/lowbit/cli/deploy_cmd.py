@@ -16,7 +16,7 @@ def _ptq_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-bits", type=int, default=8, help="weight bits, 2..8 (<= 4 is saved packed; default 8)")
     p.add_argument("--act-bits", type=int, default=8, help="activation bits, 2..8 (default 8)")
     p.add_argument("--pow2", action="store_true", help="power-of-two scales: requantization by shift only")
-    p.add_argument("--calib", type=int_range(1), default=32, help="calibration images, 1..55000 (default 32)")
+    p.add_argument("--calib", type=int, default=32, help="calibration images, 1..55000 (default 32)")
     p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST idx files")
 
 

@@ -94,7 +94,7 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
 class _Parser(argparse.ArgumentParser):
     """argparse with its usage errors on one line (the subcommand parsers inherit it)."""
 
-    def error(self, message: str):  # noqa: D401 - argparse's hook
+    def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
@@ -162,7 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # a usage error (printed on one line): its status; --help and --version exit 0
+        if exc.code in (0, None):
+            raise
+        return int(exc.code)
     from lowbit.errors import LowbitError
 
     try:

@@ -7,7 +7,7 @@ import json
 import time
 import warnings
 
-from lowbit.cli.args import at_most, data_dir, float_range, int_range, writable_file
+from lowbit.cli.args import at_most, data_dir, float_range, writable_file
 
 ZOO_NAMES = ("mlp", "cnn", "resnet")
 
@@ -20,7 +20,7 @@ def add_parser(sub) -> None:
     p.add_argument("--model", default="cnn", choices=ZOO_NAMES, help="zoo model (default cnn)")
     p.add_argument("--weight-bits", type=int, default=8, help="weight bit width, 2..16 (default 8)")
     p.add_argument("--act-bits", type=int, default=8, help="activation bit width, 2..16 (default 8)")
-    p.add_argument("--calib", type=int_range(1), default=32,
+    p.add_argument("--calib", type=int, default=32,
                    help="number of calibration images, 1..55000 (default 32)")
     p.add_argument("--granularity", choices=("channel", "tensor"), default="channel", help="weight scales")
     p.add_argument("--observer", choices=("minmax", "moving_average", "percentile", "mse", "channel"),

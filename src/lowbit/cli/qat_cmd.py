@@ -66,11 +66,6 @@ def run(args: argparse.Namespace) -> int:
     if args.train_size is not None:
         at_most(args.train_size, len(data), "--train-size", "the Fashion-MNIST train split")
         data = data.take(args.train_size)
-    if args.batch_size > len(data):
-        from lowbit.errors import ConfigError
-
-        raise ConfigError(f"--batch-size {args.batch_size} is more than the {len(data)} training images: "
-                          "pass a smaller --batch-size or a larger --train-size")
     test = fashion_mnist("test", root=args.data_dir)
     float_model = zoo.pretrained(args.model)
     model = prepare_qat(float_model, config, data.x[:256])
