@@ -27,3 +27,8 @@ class DatasetNotFoundError(LowbitError, FileNotFoundError):
 
 class CheckpointError(LowbitError, ValueError):
     """A weights or checkpoint file is missing, corrupt, truncated or foreign."""
+
+
+class LowbitWarning(UserWarning):
+    """A request that had no effect, or less than asked (a rule that matches no layer, an equalization
+    that found no pair, a bit width no layer gets); the message names what was asked and what happened."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import fnmatch
+import inspect
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from typing import Literal
 import torch
 from torch import fx, nn
 
-from lowbit.errors import ConfigError, DataError
+from lowbit.errors import ConfigError, DataError, LowbitWarning
 from lowbit.formats import IntFormat, check_bits
 from lowbit.granularity import PerChannel, PerTensor
 from lowbit.graph.fx_passes import (
@@ -64,6 +65,14 @@ class LayerRule:
     keep_float: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.pattern, str) or not self.pattern:
+            raise ConfigError(f"LayerRule.pattern must be a non-empty layer name pattern (a str such as 'fc2' or "
+                              f"'layers.0.*'), got {self.pattern!r}")
+        if not isinstance(self.keep_float, bool):
+            raise ConfigError(f"LayerRule.keep_float must be True or False, got {self.keep_float!r}")
+        if self.keep_float and (self.weight_bits is not None or self.act_bits is not None):
+            raise ConfigError(f"LayerRule({self.pattern!r}) asks for keep_float and for bit widths: a layer kept in "
+                              "float has none; drop weight_bits/act_bits or keep_float")
         if self.weight_bits is not None:
             check_bits(self.weight_bits, "LayerRule.weight_bits", low=2)
         if self.act_bits is not None:
@@ -108,7 +117,7 @@ class PTQConfig:
             raise ConfigError(f"PTQConfig.rounding must be 'nearest' or 'gptq', got {self.rounding!r}")
         if not 0.0 <= self.equalize_alpha <= 1.0:
             raise ConfigError(f"PTQConfig.equalize_alpha must be in [0, 1], got {self.equalize_alpha}")
-        if not all(isinstance(r, LayerRule) for r in self.rules):
+        if not isinstance(self.rules, (tuple, list)) or not all(isinstance(r, LayerRule) for r in self.rules):
             raise ConfigError("PTQConfig.rules must be a tuple of LayerRule")
 
     def weight_spec(self, bits: int) -> TensorSpec:
@@ -121,9 +130,43 @@ class PTQConfig:
                           self.act_percentile, self.pow2_scales)
 
 
+def check_model(model: object, who: str, single_input: bool = True) -> None:
+    """Refuse what lowbit cannot quantize before touching it: a non-module, a TorchScript module
+    (its Python code is gone: neither torch.fx nor a module swap can see its layers), a model whose
+    ``forward`` needs more than one input (calibration feeds one tensor per batch)."""
+    if isinstance(model, (torch.jit.ScriptModule, torch.jit.ScriptFunction)):
+        raise ConfigError(f"{who} got a TorchScript module ({type(model).__name__}, the output of torch.jit.script "
+                          "or torch.jit.trace): TorchScript is not accepted; pass the eager nn.Module it was made from")
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"{who} needs a torch.nn.Module, got {type(model).__name__}")
+    names = _required_inputs(model) if single_input else None
+    if names is not None and len(names) > 1:
+        raise ConfigError(f"{type(model).__name__}.forward takes {len(names)} inputs ({', '.join(names)}); {who} feeds "
+                          "one tensor per batch: multi-input models are not supported yet (wrap the model in a "
+                          "module whose forward takes one tensor)")
+
+
+def _required_inputs(model: nn.Module) -> list[str] | None:
+    """Names of the positional parameters of ``model.forward`` without a default (None if ``*args``)."""
+    try:
+        params = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    names = []
+    for p in params:
+        if p.kind is p.VAR_POSITIONAL:
+            return None
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty:
+            names.append(p.name)
+    return names
+
+
 def _check_inputs(model: nn.Module, example_inputs: tuple) -> None:
     if not isinstance(example_inputs, tuple) or not all(isinstance(t, torch.Tensor) for t in example_inputs):
         raise DataError("example_inputs must be a tuple of tensors, e.g. (torch.randn(1, 1, 28, 28),)")
+    if len(example_inputs) != 1:
+        raise DataError(f"example_inputs hold {len(example_inputs)} tensors; lowbit quantizes models that take one "
+                        "input tensor: pass a 1-tuple such as (x[:1],)")
     for t in example_inputs:
         if t.numel() == 0:
             raise DataError(f"example_inputs hold an empty tensor of shape {tuple(t.shape)}: pass at least one sample")
@@ -135,7 +178,12 @@ def _check_inputs(model: nn.Module, example_inputs: tuple) -> None:
     except Exception as exc:  # noqa: BLE001 - any failure means the inputs do not fit
         shapes = [tuple(t.shape) for t in example_inputs]
         raise DataError(f"example_inputs of shapes {shapes} do not fit {type(model).__name__}: "
-                        f"{type(exc).__name__}: {exc}") from exc
+                        f"{type(exc).__name__}: {_first_line(exc)}") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
 
 
 class _Specs:
@@ -170,12 +218,55 @@ class _Specs:
             return None, None
         return self.config.weight_spec(bits[0]), self.config.act_spec(bits[1])
 
+    def fate(self, name: str) -> str:
+        """Why layer ``name`` does not take the config's own widths (for warnings)."""
+        rule = self._rule(name)
+        if rule is not None and rule.keep_float:
+            return f"{name!r} kept in float by LayerRule({rule.pattern!r})"
+        if rule is not None and (rule.weight_bits or rule.act_bits):
+            return f"{name!r} set by LayerRule({rule.pattern!r})"
+        role = "first and last" if self.first == self.last else ("first" if name == self.first else "last")
+        return f"{name!r} ({role} layer) stays at first_last_bits={self.config.first_last_bits}"
+
     def input_for(self, consumer: str) -> TensorSpec:
         bits = self._bits(consumer)
         a_bits = bits[1] if bits else self.config.act_bits
         if consumer == self.first and self.config.first_last_bits is not None:
             a_bits = self.config.first_last_bits
         return self.config.act_spec(a_bits)
+
+
+def unused_requests(config: PTQConfig, order: list[str]) -> list[str]:
+    """What ``config`` asks for that no layer of ``order`` (the conv/linear names) gets: rules that match
+    no layer (or only layers an earlier rule already took), bit widths that every layer overrides."""
+    specs, notes = _Specs(config, order), []
+    listed = ", ".join(order[:12]) + (", ..." if len(order) > 12 else "")
+    for rule in config.rules:
+        if not any(fnmatch.fnmatchcase(n, rule.pattern) for n in order):
+            notes.append(f"LayerRule pattern {rule.pattern!r} matches no Conv/Linear layer, so it was ignored "
+                         f"(the layers are: {listed or 'none'})")
+        elif not any(specs._rule(n) is rule for n in order):
+            notes.append(f"LayerRule pattern {rule.pattern!r} was ignored: every layer it matches is taken by an "
+                         "earlier rule (the first matching rule wins)")
+    bits = {n: specs._bits(n) for n in order}
+    took = [n for n in order if bits[n] is not None]
+    w_used = {bits[n][0] for n in took}
+    a_used = {bits[n][1] for n in took} | {specs.input_for(n).fmt.bits for n in took}
+    for what, asked, used in (("weight_bits", config.weight_bits, w_used), ("act_bits", config.act_bits, a_used)):
+        others = [n for n in order if bits[n] is None or (what == "weight_bits" and bits[n][0] != asked)]
+        if order and asked not in used:
+            named = (others or order)[:6]
+            edge = any(specs._rule(n) is None and n in (specs.first, specs.last) for n in named)
+            hint = ("; pass first_last_bits=None (CLI: --first-last-bits 0) to quantize the first and last layers "
+                    "at it too" if edge and config.first_last_bits is not None else "")
+            notes.append(f"{what}={asked} was asked but no layer gets it: "
+                         f"{'; '.join(specs.fate(n) for n in named)}{hint}")
+    return notes
+
+
+def _warn_unused(config: PTQConfig, order: list[str]) -> None:
+    for note in unused_requests(config, order):
+        warnings.warn(f"lowbit: {note}", LowbitWarning, stacklevel=3)
 
 
 def _compute_order(gm: fx.GraphModule) -> list[str]:
@@ -210,10 +301,11 @@ def prepare(model: nn.Module, config: PTQConfig = PTQConfig(), example_inputs: t
     the BatchNorms are folded (:func:`lowbit.qat.fold_trained_bn`)."""
     if not isinstance(config, PTQConfig):
         raise ConfigError(f"config must be a PTQConfig, got {type(config).__name__}")
+    check_model(model, "lowbit.ptq.prepare")
     if example_inputs is None:
         raise DataError("prepare needs example_inputs, e.g. (torch.randn(1, 1, 28, 28),)")
-    _check_inputs(model, example_inputs)
-    m = copy.deepcopy(model).eval()
+    m = copy.deepcopy(model).eval()  # the caller's model is never touched, not even its BatchNorm statistics
+    _check_inputs(m, example_inputs)
     plan = FusionPlan()
     try:
         gm = trace(m)
@@ -229,10 +321,15 @@ def prepare(model: nn.Module, config: PTQConfig = PTQConfig(), example_inputs: t
                           "folded, one quantizer per layer input)", stacklevel=2)
     if gm is None:
         order = [n for n, mod in m.named_modules() if isinstance(mod, COMPUTE)]
+        _no_layer(model, order)
+        _warn_unused(config, order)
         out = _eager_swap(m, _Specs(config, order), plan)
         out.lowbit_plan, out.lowbit_graph = plan, False  # type: ignore[attr-defined]
         return out
-    specs = _Specs(config, _compute_order(gm))
+    order = _compute_order(gm)
+    _no_layer(model, order)
+    _warn_unused(config, order)
+    specs = _Specs(config, order)
     unfused = count_primitive_quant_points(gm, example_inputs)
     if fold_bn:
         fold_batchnorm(gm, plan)
@@ -241,7 +338,7 @@ def prepare(model: nn.Module, config: PTQConfig = PTQConfig(), example_inputs: t
     if config.first_last_bits is not None and specs.last is not None and specs.layer(specs.last)[0] is not None:
         widen_last_input(gm, specs.last, specs.input_for(specs.last))
     if not plan.unified:
-        raise ConfigError(f"{type(model).__name__} has no Conv or Linear layer to quantize")
+        _no_layer(model, [])
     if plan.float_ops:
         warnings.warn(f"lowbit: {len(plan.float_ops)} operation(s) stay in float: "
                       f"{', '.join(plan.float_ops[:10])}", stacklevel=2)
@@ -250,6 +347,16 @@ def prepare(model: nn.Module, config: PTQConfig = PTQConfig(), example_inputs: t
         fused = count_fused_quant_points(gm, example_inputs)
     gm.lowbit_quant_ops = {"unfused": unfused, "fused": fused}  # type: ignore[attr-defined]
     return gm
+
+
+def _no_layer(model: nn.Module, order: list[str]) -> None:
+    """Raise when there is nothing to quantize, naming the layers lowbit does not quantize."""
+    if order:
+        return
+    kinds = sorted({type(m).__name__ for m in model.modules() if not list(m.children())} - {"Identity"})
+    held = f" (it holds {', '.join(kinds[:8])}, which lowbit does not quantize yet)" if kinds else ""
+    raise ConfigError(f"lowbit found no Conv or Linear layer it can quantize in {type(model).__name__}{held}: "
+                      "lowbit quantizes nn.Conv1d, nn.Conv2d and nn.Linear")
 
 
 def act_quantizers(model: nn.Module) -> list[ActQuantizer]:
@@ -268,18 +375,60 @@ def calibrate(model: nn.Module, data: Iterable, progress: bool = True) -> int:
         raise ConfigError("the model has no quantizers: call lowbit.ptq.prepare first")
     for q in quantizers:
         q.mode = "observe"
-    n = 0
+    n, first = 0, None
     with torch.no_grad():
         for i, x in enumerate(Progress(_batches(data), desc="calibrate", enabled=progress)):
-            if not isinstance(x, torch.Tensor) or x.numel() == 0:
-                raise DataError(f"calibration batch {i} is empty or not a tensor")
-            if x.is_floating_point() and not bool(torch.isfinite(x).all()):
-                raise DataError(f"calibration batch {i} holds NaN or inf values: clean the data first")
-            model(x)
+            check_batch(x, i, first)
+            first = first if first is not None else tuple(x.shape)
+            run_batch(model, x, i, first)
             n += 1
     if n == 0:
         raise DataError("no calibration batches: pass at least one batch of representative inputs")
+    _check_reached(model, "calibration")
     return n
+
+
+def check_batch(x: object, i: int, first: tuple | None) -> None:
+    """Batch ``i`` is a non-empty finite tensor of the same kind as batch 0 (shape ``first``)."""
+    if not isinstance(x, torch.Tensor) or x.numel() == 0:
+        raise DataError(f"calibration batch {i} is empty or not a tensor")
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        raise DataError(f"calibration batch {i} holds NaN or inf values: clean the data first")
+    if first is not None and x.ndim != len(first):
+        raise DataError(f"calibration batch {i} has shape {tuple(x.shape)} but batch 0 had {first}: every batch "
+                        "must hold samples of the same shape")
+
+
+def run_batch(model: nn.Module, x: torch.Tensor, i: int, first: tuple) -> torch.Tensor:
+    """``model(x)`` for calibration batch ``i``; a batch the model cannot take becomes a DataError naming it."""
+    try:
+        return model(x)
+    except (RuntimeError, ValueError, IndexError) as exc:
+        if isinstance(exc, DataError):
+            raise
+        other = f" (batch 0 had shape {first})" if tuple(x.shape[1:]) != first[1:] else ""
+        raise DataError(f"calibration batch {i} of shape {tuple(x.shape)} does not fit the model{other}: "
+                        f"{type(exc).__name__}: {_first_line(exc)}") from exc
+
+
+def _quantizer_place(name: str) -> str:
+    """A quantizer's module path as the layer it serves: ``fc1.output_quant`` -> ``fc1 (output)``,
+    ``fc1.0`` (module swap: quantizer, then layer) -> ``fc1 (input)``."""
+    if name.endswith(".output_quant"):
+        return f"{name[:-len('.output_quant')]} (output)"
+    if name.endswith(".0"):
+        return f"{name[:-2]} (input)"
+    return name
+
+
+def _check_reached(model: nn.Module, what: str) -> None:
+    """Every activation quantizer must have seen data; name the layers a pass never reached."""
+    unseen = [_quantizer_place(name) for name, q in model.named_modules()
+              if isinstance(q, ActQuantizer) and q.mode == "observe" and int(getattr(q.observer, "n_batches", 1)) == 0]
+    if unseen:
+        raise DataError(f"the activation quantizers of {', '.join(unseen[:6])} saw no data in {what}: no batch reached them "
+                        "(a data-dependent branch the batches never take?). Calibrate with batches that reach "
+                        "every layer, or keep those layers in float with LayerRule(pattern, keep_float=True)")
 
 
 def convert(model: nn.Module) -> nn.Module:
@@ -288,6 +437,7 @@ def convert(model: nn.Module) -> nn.Module:
     In a traced model each unified module also learns its input grids, so its
     forward runs the integer model's exact arithmetic (:mod:`lowbit.nn.exact`).
     """
+    _check_reached(model, "calibration (call calibrate before convert)")
     for q in act_quantizers(model):
         q.freeze()
     for m in model.modules():
@@ -394,12 +544,20 @@ def equalize_channels(model: nn.Module, data: Iterable, alpha: float = 0.5) -> i
         warnings.warn("lowbit: channel equalization needs a traced graph; this model was prepared by "
                       "module swap and is left unequalized", stacklevel=2)
         return 0
-    return len(equalize(model, _batches(data), alpha))
+    pairs = equalize(model, _batches(data), alpha)
+    if not pairs:
+        warnings.warn("lowbit: channel equalization was asked but found no layer pair to rescale (a conv/linear "
+                      "with ReLU, clamp(0, hi) or no activation, per-channel weights, feeding only one conv/linear); "
+                      "the model is left unequalized", LowbitWarning, stacklevel=2)
+    return len(pairs)
 
 
 def quantize(model: nn.Module, calibration_data: Iterable, config: PTQConfig = PTQConfig(),
              example_inputs: tuple | None = None, progress: bool = False) -> nn.Module:
     """``prepare`` + ``calibrate`` + ``convert`` in one call (``example_inputs`` default: first batch)."""
+    check_model(model, "lowbit.ptq.quantize")
+    if isinstance(calibration_data, torch.Tensor):
+        raise DataError("calibration_data must be an iterable of batches, e.g. [x] for one batch tensor x")
     data = [x for x in _batches(calibration_data)]
     if not data or all(isinstance(x, torch.Tensor) and x.numel() == 0 for x in data):
         raise DataError("no calibration batches: pass at least one batch of representative inputs")

@@ -45,7 +45,7 @@ from lowbit.formats import check_bits
 from lowbit.nn.lsq import LSQActQuantizer, LSQWeightQuantizer
 from lowbit.nn.quantizers import ActQuantizer
 from lowbit.nn.unified import unified_modules
-from lowbit.ptq import PTQConfig, calibrate, convert, prepare
+from lowbit.ptq import PTQConfig, calibrate, check_model, convert, prepare
 from lowbit.training import (
     Cosine,
     CrossEntropy,
@@ -89,6 +89,12 @@ class QATConfig:
             raise ConfigError(f"QATConfig.weight_granularity must be 'channel' or 'tensor', got {self.weight_granularity!r}")
         if self.init not in ("lsq", "mse"):
             raise ConfigError(f"QATConfig.init must be 'lsq' or 'mse', got {self.init!r}")
+        if self.bn_freeze_steps is not None and self.weight_granularity == "tensor":
+            # folding a trained BatchNorm scales each output channel's weight step by |gamma / sigma|:
+            # one step per tensor cannot hold per-channel factors
+            raise ConfigError("QATConfig.bn_freeze_steps (BatchNorm trained unfolded) needs per-channel weight "
+                              "steps: use weight_granularity='channel' (CLI: --granularity channel), or drop "
+                              "bn_freeze_steps to fold BatchNorm before training")
 
     def ptq(self) -> PTQConfig:
         observer = "percentile" if self.method == "faq" else "minmax"
@@ -120,7 +126,7 @@ class TrainConfig:
 
 
 def _swap_lsq(gm: nn.Module, config: QATConfig) -> None:
-    for name, m in list(gm.named_modules()):
+    for _, m in list(gm.named_modules()):
         for child_name, child in list(m.named_children()):
             if type(child) is ActQuantizer:
                 setattr(m, child_name, LSQActQuantizer(child.spec, config.convention, config.init))
@@ -133,11 +139,16 @@ def prepare_qat(model: nn.Module, config: QATConfig, calibration: torch.Tensor) 
     """A training-ready copy of ``model`` with quantizers in the loop (see the module docstring)."""
     if not isinstance(config, QATConfig):
         raise ConfigError(f"config must be a QATConfig, got {type(config).__name__}")
+    check_model(model, "lowbit.qat.prepare_qat")
     if not isinstance(calibration, torch.Tensor) or calibration.numel() == 0:
         raise DataError("prepare_qat needs a non-empty calibration batch (a tensor of inputs)")
+    if calibration.is_floating_point() and not bool(torch.isfinite(calibration).all()):
+        raise DataError("prepare_qat's calibration batch holds NaN or inf values: clean the data first")
     gm = prepare(model, config.ptq(), (calibration[:2],), fold_bn=config.bn_freeze_steps is None)
     if not isinstance(gm, fx.GraphModule):
-        raise ConfigError("QAT needs a model torch.fx can trace")
+        raise ConfigError(f"lowbit QAT needs a graph of {type(model).__name__}, and neither torch.fx nor torch.export "
+                          "could capture one (data-dependent control flow?); post-training quantization "
+                          "(lowbit.ptq.quantize) works on it by module swap")
     if config.method == "lsq":
         _swap_lsq(gm, config)
         with torch.no_grad():

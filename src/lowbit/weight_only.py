@@ -75,6 +75,11 @@ def weight_fake_quant(w: torch.Tensor, fmt: Format, granularity: Granularity, sy
 def quantize_weights(model: nn.Module, config: WeightOnlyConfig = WeightOnlyConfig(),
                      inplace: bool = False) -> nn.Module:
     """A copy of ``model`` (or ``model`` itself) with every conv/linear weight quantized."""
+    from lowbit.ptq import check_model
+
+    check_model(model, "lowbit.weight_only.quantize_weights", single_input=False)
+    if not isinstance(config, WeightOnlyConfig):
+        raise ConfigError(f"config must be a WeightOnlyConfig, got {type(config).__name__}")
     out = model if inplace else copy.deepcopy(model)
     n = 0
     for module in out.modules():

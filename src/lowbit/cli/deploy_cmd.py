@@ -6,6 +6,8 @@ import argparse
 import tempfile
 from pathlib import Path
 
+from lowbit.cli.args import at_most, data_dir, int_range, writable_dir
+
 ZOO_NAMES = ("mlp", "cnn", "resnet")
 
 
@@ -14,7 +16,7 @@ def _ptq_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-bits", type=int, default=8, help="weight bits, 2..8 (<= 4 is saved packed; default 8)")
     p.add_argument("--act-bits", type=int, default=8, help="activation bits, 2..8 (default 8)")
     p.add_argument("--pow2", action="store_true", help="power-of-two scales: requantization by shift only")
-    p.add_argument("--calib", type=int, default=32, help="calibration images (default 32)")
+    p.add_argument("--calib", type=int, default=32, help="calibration images, 1..55000 (default 32)")
     p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST idx files")
 
 
@@ -26,29 +28,53 @@ def add_parsers(sub) -> None:
     _ptq_args(e)
     e.add_argument("--out", default="export", help="output folder (default ./export)")
     e.add_argument("--onnx", action="store_true", help="also write MODEL.onnx (QDQ, needs the onnx package)")
-    e.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    e.add_argument("--opset", type=int_range(1), default=None,
+                   help="ONNX opset with --onnx, 13 .. the installed onnx package's newest (default 17)")
     e.set_defaults(func=run_export)
     b = sub.add_parser("bench", help="latency: float PyTorch vs lowbit integer vs its ONNX in onnxruntime",
                        description="Measure latency with the paths interleaved in one run (best and median of "
                                    "--rounds). The integer model is quantized on the fly, or loaded with --load.")
     _ptq_args(b)
     b.add_argument("--load", default=None, metavar="PATH", help="a saved integer model (.safetensors)")
-    b.add_argument("--batch", type=int, nargs="+", default=[1, 64], help="batch sizes (default 1 64)")
-    b.add_argument("--threads", type=int, nargs="+", default=[1], help="thread counts (default 1)")
-    b.add_argument("--rounds", type=int, default=20, help="timed rounds per path (default 20)")
+    b.add_argument("--batch", type=int_range(1), nargs="+", default=[1, 64],
+                   help="batch sizes, 1..10000 (the test set; default 1 64)")
+    b.add_argument("--threads", type=int_range(1, 1024), nargs="+", default=[1], help="thread counts (default 1)")
+    b.add_argument("--rounds", type=int_range(1), default=20, help="timed rounds per path (default 20)")
     b.add_argument("--onnx", action="store_true", help="also time lowbit's ONNX export in onnxruntime")
     b.set_defaults(func=run_bench)
 
 
 def _check(args) -> None:
+    """Every argument checked before any work: numbers in range, paths usable."""
     from lowbit.errors import ConfigError
 
     if args.calib < 1:
         raise ConfigError(f"--calib must be at least 1 image, got {args.calib}")
+    data_dir(args.data_dir)
+    if getattr(args, "opset", None) is not None:
+        if not args.onnx:
+            raise ConfigError("--opset sets the ONNX opset of --onnx: add --onnx, or drop --opset")
+        _check_opset(args.opset)
+    if getattr(args, "out", None) is not None:
+        writable_dir(args.out, "--out")
     for name in ("weight_bits", "act_bits"):
         if not 2 <= getattr(args, name) <= 8:
             raise ConfigError(f"--{name.replace('_', '-')} must be 2..8 for the int8 integer model, "
                               f"got {getattr(args, name)}")
+
+
+def _check_opset(opset: int) -> None:
+    from lowbit.errors import ConfigError
+    from lowbit.export.onnx_qdq import MIN_OPSET
+
+    try:
+        import onnx
+    except ImportError:
+        raise ConfigError("--onnx needs the onnx package: pip install onnx") from None
+    newest = onnx.defs.onnx_opset_version()
+    if not MIN_OPSET <= opset <= newest:
+        raise ConfigError(f"--opset must be {MIN_OPSET}..{newest} (per-channel QuantizeLinear needs {MIN_OPSET}; "
+                          f"the installed onnx {onnx.__version__} knows up to {newest}), got {opset}")
 
 
 def _build(args):
@@ -58,7 +84,9 @@ def _build(args):
     from lowbit.ptq import PTQConfig, quantize
 
     _check(args)
-    calib = fashion_mnist("train", root=args.data_dir).take(args.calib)
+    train = fashion_mnist("train", root=args.data_dir)
+    at_most(args.calib, len(train), "--calib", "the Fashion-MNIST train split")
+    calib = train.take(args.calib)
     model = zoo.pretrained(args.model)
     sim = quantize(model, [calib.x], PTQConfig(args.weight_bits, args.act_bits, pow2_scales=args.pow2))
     return model, sim, to_integer(sim, (calib.x[:2],))
@@ -86,7 +114,7 @@ def run_export(args: argparse.Namespace) -> int:
     if args.onnx:
         from lowbit.export.onnx_qdq import export_onnx
 
-        onnx_path = export_onnx(im, out / f"{args.model}.onnx", (1, 1, 28, 28), opset=args.opset)
+        onnx_path = export_onnx(im, out / f"{args.model}.onnx", (1, 1, 28, 28), opset=args.opset or 17)
         print(f"  wrote {onnx_path}: {onnx_path.stat().st_size:,} bytes")
     return 0 if same else 1
 
@@ -97,12 +125,15 @@ def run_bench(args: argparse.Namespace) -> int:
     from lowbit.bench.latency import interleaved, ort_session, torch_threads
     from lowbit.data import fashion_mnist
 
+    _check(args)  # before loading anything (the --load file itself is checked by load_integer)
+    x_all = fashion_mnist("test", root=args.data_dir).x
+    for batch in args.batch:
+        at_most(batch, len(x_all), "--batch", "the Fashion-MNIST test set")
     model, _, im = _build(args)
     if args.load:
         from lowbit.integer.io import load_integer
 
         im = load_integer(args.load)
-    x_all = fashion_mnist("test", root=args.data_dir).x
     onnx_path = None
     if args.onnx:
         from lowbit.export.onnx_qdq import export_onnx

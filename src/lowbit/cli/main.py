@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from lowbit import __version__
+from lowbit.cli.args import data_dir, int_range, writable_dir
 
 ZOO_NAMES = ("mlp", "cnn", "resnet")
 
@@ -14,6 +16,9 @@ ZOO_NAMES = ("mlp", "cnn", "resnet")
 def _cmd_run(args: argparse.Namespace) -> int:
     from lowbit import main_job
 
+    data_dir(args.data_dir)
+    if args.report_dir:
+        writable_dir(args.report_dir, "--report-dir")
     print(f"lowbit {__version__}: shipped models on the Fashion-MNIST test set (10,000 images)\n")
     table = main_job.run(models=args.models, data_root=args.data_dir)
     print(table.render())
@@ -43,6 +48,8 @@ def _cmd_zoo_train(args: argparse.Namespace) -> int:
 
     from lowbit import zoo
 
+    data_dir(args.data_dir)
+    writable_dir(args.out, "--out")  # before training, not after it
     recipe = zoo.entry(args.name).recipe
     if args.epochs is not None:
         recipe = dataclasses.replace(recipe, epochs=args.epochs)
@@ -56,7 +63,12 @@ def _cmd_zoo_train(args: argparse.Namespace) -> int:
 def _cmd_zoo_eval(args: argparse.Namespace) -> int:
     from lowbit import zoo
     from lowbit.data import fashion_mnist
+    from lowbit.errors import ConfigError
 
+    data_dir(args.data_dir)
+    if args.weights_dir is not None and Path(args.weights_dir).is_file():
+        raise ConfigError(f"--weights-dir {args.weights_dir} is a file: pass the folder that holds "
+                          f"{args.name}.npz and {args.name}.json")
     model = zoo.pretrained(args.name, args.weights_dir)
     acc = zoo.evaluate(model, fashion_mnist("test", root=args.data_dir))
     recorded = zoo.shipped_accuracy(args.name, args.weights_dir)
@@ -79,8 +91,15 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
     return status
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its usage errors on one line (the subcommand parsers inherit it)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="lowbit",
         description="Take trained networks to low precision, run them in integer arithmetic, measure the savings.",
     )
@@ -108,8 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "evaluate on the test split and write NAME.npz + NAME.json to --out.")
     zt.add_argument("name", choices=ZOO_NAMES)
     zt.add_argument("--out", default="zoo-weights", help="output folder (default ./zoo-weights)")
-    zt.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
-    zt.add_argument("--seed", type=int, default=None, help="override the recipe's seed")
+    zt.add_argument("--epochs", type=int_range(1), default=None, help="override the recipe's epochs")
+    zt.add_argument("--seed", type=int_range(0, 2**63 - 1), default=None, help="override the recipe's seed")
     zt.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST idx files")
     zt.set_defaults(func=_cmd_zoo_train)
     ze = zsub.add_parser("eval", help="evaluate a model's weights on the test set",
@@ -143,7 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # a usage error (printed on one line): its status; --help and --version exit 0
+        if exc.code in (0, None):
+            raise
+        return int(exc.code)
     from lowbit.errors import LowbitError
 
     try:

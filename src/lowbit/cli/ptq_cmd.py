@@ -7,6 +7,8 @@ import json
 import time
 import warnings
 
+from lowbit.cli.args import at_most, data_dir, float_range, writable_file
+
 ZOO_NAMES = ("mlp", "cnn", "resnet")
 
 
@@ -18,18 +20,20 @@ def add_parser(sub) -> None:
     p.add_argument("--model", default="cnn", choices=ZOO_NAMES, help="zoo model (default cnn)")
     p.add_argument("--weight-bits", type=int, default=8, help="weight bit width, 2..16 (default 8)")
     p.add_argument("--act-bits", type=int, default=8, help="activation bit width, 2..16 (default 8)")
-    p.add_argument("--calib", type=int, default=32, help="number of calibration images (default 32)")
+    p.add_argument("--calib", type=int, default=32,
+                   help="number of calibration images, 1..55000 (default 32)")
     p.add_argument("--granularity", choices=("channel", "tensor"), default="channel", help="weight scales")
     p.add_argument("--observer", choices=("minmax", "moving_average", "percentile", "mse", "channel"),
                    default="minmax", help="activation range rule (channel = method A channel statistics)")
     p.add_argument("--weight-observer", choices=("minmax", "mse"), default="minmax")
     p.add_argument("--rounding", choices=("nearest", "gptq"), default="nearest",
                    help="weight rounding: nearest, or GPTQ error compensation on calibration data (Frantar et al. 2023)")
-    p.add_argument("--equalize", nargs="?", type=float, const=0.5, default=None, metavar="ALPHA",
+    p.add_argument("--equalize", nargs="?", type=float_range(0.0, 1.0), const=0.5, default=None, metavar="ALPHA",
                    help="channel equalization of activations before calibration (method A; ALPHA in [0, 1] "
                         "for dense consumers, default 0.5; depthwise consumers always take 1)")
     p.add_argument("--pow2", action="store_true", help="power-of-two scales: requantization by shift (method H)")
-    p.add_argument("--first-last-bits", type=int, default=8, help="bits of the first and last layer (0 = same)")
+    p.add_argument("--first-last-bits", type=int, default=8,
+                   help="bits of the first and last layer, 2..16 (0 = the same as the others)")
     p.add_argument("--keep-float", nargs="*", default=[], metavar="PATTERN", help="layer name patterns left in float")
     p.add_argument("--diagnostics", action="store_true", help="per-layer SQNR, cosine and sensitivity table")
     p.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON")
@@ -47,6 +51,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.calib < 1:
         raise ConfigError(f"--calib must be at least 1 image, got {args.calib}")
+    data_dir(args.data_dir)
+    if args.json:
+        writable_file(args.json, "--json")
     config = PTQConfig(
         weight_bits=args.weight_bits, act_bits=args.act_bits, weight_granularity=args.granularity,
         weight_observer=args.weight_observer, act_observer=args.observer, pow2_scales=args.pow2,
@@ -56,7 +63,9 @@ def run(args: argparse.Namespace) -> int:
         rules=tuple(LayerRule(p, keep_float=True) for p in args.keep_float),
     )
     test = fashion_mnist("test", root=args.data_dir)
-    calib = fashion_mnist("train", root=args.data_dir).take(args.calib)
+    train = fashion_mnist("train", root=args.data_dir)
+    at_most(args.calib, len(train), "--calib", "the Fashion-MNIST train split")
+    calib = train.take(args.calib)
     model = zoo.pretrained(args.model)
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:

@@ -7,6 +7,8 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from lowbit.cli.args import at_most, data_dir, float_range, int_range, writable_dir
+
 ZOO_NAMES = ("mlp", "cnn", "resnet")
 
 
@@ -25,16 +27,17 @@ def add_parser(sub) -> None:
                    help="one weight step per output channel (default) or per tensor")
     p.add_argument("--init", choices=("lsq", "mse"), default="lsq",
                    help="LSQ step initialisation: the paper's 2 mean|v|/sqrt(Q_P), or least squared error")
-    p.add_argument("--bn-freeze-steps", type=int, default=None, metavar="N",
+    p.add_argument("--bn-freeze-steps", type=int_range(0), default=None, metavar="N",
                    help="keep BatchNorm unfolded, training its statistics for N steps, then frozen "
                         "(default: folded before training)")
-    p.add_argument("--epochs", type=int, default=3, help="training epochs (default 3)")
-    p.add_argument("--batch-size", type=int, default=128, help="global batch size (default 128)")
-    p.add_argument("--lr", type=float, default=0.01, help="peak learning rate, cosine decay (default 0.01)")
-    p.add_argument("--weight-decay", type=float, default=5e-5,
+    p.add_argument("--epochs", type=int_range(1), default=3, help="training epochs (default 3)")
+    p.add_argument("--batch-size", type=int_range(1), default=128, help="global batch size (default 128)")
+    p.add_argument("--lr", type=float_range(0.0, low_open=True), default=0.01, help="peak learning rate, cosine decay (default 0.01)")
+    p.add_argument("--weight-decay", type=float_range(0.0), default=5e-5,
                    help="on weights only (default 5e-5; the LSQ paper uses 1e-4 at 2 bits, as the shipped W2A2 does)")
-    p.add_argument("--distill", type=float, default=0.0, help="weight of distillation from the float model, 0..1")
-    p.add_argument("--train-size", type=int, default=None, help="use the first N training images (default all)")
+    p.add_argument("--distill", type=float_range(0.0, 1.0), default=0.0, help="weight of distillation from the float model, 0..1")
+    p.add_argument("--train-size", type=int_range(1), default=None,
+                   help="use the first N training images, 1..55000 (default all)")
     p.add_argument("--no-augment", action="store_true", help="no random shifts and flips")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="qat-out", help="output folder (default ./qat-out)")
@@ -52,13 +55,16 @@ def run(args: argparse.Namespace) -> int:
     from lowbit.utils.files import atomic_write_text
     from lowbit.zoo.recipes import evaluate
 
+    data_dir(args.data_dir)
+    writable_dir(args.out, "--out")  # before training, not after the first epoch
     rank, world = init_distributed()
     config = QATConfig(args.weight_bits, args.act_bits, args.method, init=args.init,
                        bn_freeze_steps=args.bn_freeze_steps, weight_granularity=args.granularity)
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, distill=args.distill,
                       weight_decay=args.weight_decay, augment=not args.no_augment, seed=args.seed)
     data = fashion_mnist("train", root=args.data_dir)
-    if args.train_size:
+    if args.train_size is not None:
+        at_most(args.train_size, len(data), "--train-size", "the Fashion-MNIST train split")
         data = data.take(args.train_size)
     test = fashion_mnist("test", root=args.data_dir)
     float_model = zoo.pretrained(args.model)

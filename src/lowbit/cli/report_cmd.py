@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from lowbit.cli.args import data_dir, existing_file, int_range, writable_dir
+
 ZOO_NAMES = ("mlp", "cnn", "resnet")
 
 
@@ -17,18 +19,33 @@ def add_parser(sub) -> None:
     p.add_argument("--model", nargs="+", default=["cnn"], choices=ZOO_NAMES, help="zoo models (default cnn)")
     p.add_argument("--out", default="report", help="output folder (default ./report; one subfolder per model)")
     p.add_argument("--energy-table", default=None, metavar="JSON", help="your own per-operation energy table")
-    p.add_argument("--rounds", type=int, default=10, help="latency rounds (0: do not measure)")
+    p.add_argument("--rounds", type=int_range(0), default=10, help="latency rounds (0: do not measure)")
     p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST idx files")
     p.set_defaults(func=run)
+
+
+def _energy_table(path):
+    """The energy table at ``path`` (the shipped one if None); a file of another shape is a ConfigError."""
+    from lowbit.cost.energy import EnergyTable
+    from lowbit.errors import ConfigError, LowbitError
+
+    if path is None:
+        return EnergyTable.load()
+    try:
+        return EnergyTable.load(path)
+    except LowbitError:
+        raise
+    except (AttributeError, TypeError, KeyError, ValueError) as exc:  # a JSON file of another shape
+        raise ConfigError(f"--energy-table {path} is not a lowbit energy table (a JSON object of operation "
+                          f"-> picojoules): {type(exc).__name__}: {exc}") from None
 
 
 def write_reports(models, out: str | Path, data_dir=None, table_path=None, rounds: int = 10) -> list[Path]:
     from lowbit.cost import report
     from lowbit.cost.build import model_report
-    from lowbit.cost.energy import EnergyTable
     from lowbit.data import fashion_mnist
 
-    table = EnergyTable.load(table_path) if table_path else EnergyTable.load()
+    table = _energy_table(table_path)
     calib = fashion_mnist("train", root=data_dir).take(64)
     test = fashion_mnist("test", root=data_dir)
     written = []
@@ -47,5 +64,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.rounds < 0:
         raise ConfigError(f"--rounds must be >= 0, got {args.rounds}")
+    data_dir(args.data_dir)
+    writable_dir(args.out, "--out")
+    if args.energy_table:
+        existing_file(args.energy_table, "--energy-table", ".json")
+        _energy_table(args.energy_table)  # a foreign table is refused before the models are quantized
     write_reports(args.model, args.out, args.data_dir, args.energy_table, args.rounds)
     return 0

@@ -28,7 +28,11 @@ rules and the first/last-layer choice see the same names as with ``torch.fx``. A
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import operator
+from collections.abc import Iterator
 
 import torch
 from torch import fx, nn
@@ -105,16 +109,33 @@ def _keeps_batch_flat(node: fx.Node) -> bool:
             and str(out.shape[0]) == str(src.shape[0]))
 
 
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Keep torch.export's diagnostics (log warnings, graph dumps on stderr) off the user's terminal:
+    a failed capture is reported by lowbit in one line, and lowbit then falls back to a module swap."""
+    loggers = [logging.getLogger(n) for n in list(logging.root.manager.loggerDict) if n.startswith("torch")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
 def _export(model: nn.Module, example_inputs: tuple):
     dynamic = tuple({0: torch.export.Dim.AUTO} for _ in example_inputs)
-    try:
-        return torch.export.export(model, tuple(example_inputs), dynamic_shapes=dynamic)
-    except Exception:  # noqa: BLE001 - a batch-dependent model: try with the example's batch fixed
+    with _quiet():
         try:
-            return torch.export.export(model, tuple(example_inputs))
-        except Exception as exc:  # noqa: BLE001 - export raises many kinds
-            raise ExportFailed(f"torch.export cannot capture {type(model).__name__}: {type(exc).__name__}: "
-                               f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
+            return torch.export.export(model, tuple(example_inputs), dynamic_shapes=dynamic)
+        except Exception:  # noqa: BLE001 - a batch-dependent model: try with the example's batch fixed
+            try:
+                return torch.export.export(model, tuple(example_inputs))
+            except Exception as exc:  # noqa: BLE001 - export raises many kinds
+                raise ExportFailed(f"torch.export cannot capture {type(model).__name__}: {type(exc).__name__}: "
+                                   f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
 
 
 class _Lifter:

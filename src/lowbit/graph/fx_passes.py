@@ -158,7 +158,9 @@ def insert_input_quantizers(gm: fx.GraphModule, spec_for_input: Callable[[str], 
     made: dict[fx.Node, fx.Node] = {}
     for node in list(gm.graph.nodes):
         m = module_of(gm, node)
-        if not (isinstance(m, (_Unified, QAvgPool)) and getattr(m, "quantized", True)):
+        # a layer with quantized weights needs its input on a grid even when its own output is not
+        # requantized (the network's output layer after a float op: LSTM, attention, a mean)
+        if not (isinstance(m, QAvgPool) or (isinstance(m, _Unified) and (m.quantized or m.weight_quant is not None))):
             continue
         for arg in [a for a in node.args if isinstance(a, fx.Node)]:
             if _is_quantized(gm, arg):

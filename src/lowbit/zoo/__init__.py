@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from lowbit.data import fashion_mnist
-from lowbit.errors import ConfigError
+from lowbit.errors import CheckpointError, ConfigError
 from lowbit.zoo.models import MLP, BasicBlock, LeNetBN, ResNet
 from lowbit.zoo.recipes import Recipe, evaluate, train
 from lowbit.zoo.weights_io import load_weights, read_meta, save_weights
@@ -71,7 +71,12 @@ def pretrained(name: str, weights_dir: str | Path | None = None) -> nn.Module:
 
 def shipped_accuracy(name: str, weights_dir: str | Path | None = None) -> float:
     """Fashion-MNIST test accuracy recorded when the weights were made."""
-    return float(read_meta(weights_path(name, weights_dir))["test_accuracy"])
+    meta = read_meta(weights_path(name, weights_dir))
+    acc = meta.get("test_accuracy")
+    if isinstance(acc, bool) or not isinstance(acc, (int, float)) or not 0.0 <= acc <= 1.0:
+        raise CheckpointError(f"the metadata of {weights_path(name, weights_dir)} has no test_accuracy in [0, 1] "
+                              f"(found {acc!r}); re-create it with 'lowbit zoo train'")
+    return float(acc)
 
 
 def train_and_save(name: str, out_dir: str | Path, data_root: str | Path | None = None,

@@ -43,6 +43,12 @@ def read_meta(npz_path: str | Path) -> dict:
         raise CheckpointError(f"no metadata file {path}; re-create it with 'lowbit zoo train'") from exc
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"metadata file {path} is corrupt ({exc}); re-create it with 'lowbit zoo train'") from exc
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"metadata file {path} cannot be read ({type(exc).__name__}); "
+                              "re-create it with 'lowbit zoo train'") from exc
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"metadata file {path} holds a JSON {type(meta).__name__}, not the object lowbit "
+                              "writes; re-create it with 'lowbit zoo train'")
     if meta.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(
             f"{path} has format_version {meta.get('format_version')!r}; this lowbit reads {FORMAT_VERSION}"
@@ -58,6 +64,8 @@ def load_weights(model: nn.Module, npz_path: str | Path) -> nn.Module:
         data = path.read_bytes()
     except FileNotFoundError as exc:
         raise CheckpointError(f"weights file {path} not found") from exc
+    except (IsADirectoryError, PermissionError) as exc:
+        raise CheckpointError(f"weights file {path} cannot be read ({type(exc).__name__})") from exc
     if hashlib.sha256(data).hexdigest() != meta.get("sha256"):
         raise CheckpointError(f"{path} does not match the checksum in its metadata: the file is corrupt or was replaced")
     try:
