@@ -27,3 +27,8 @@ class DatasetNotFoundError(LowbitError, FileNotFoundError):
 
 class CheckpointError(LowbitError, ValueError):
     """A weights or checkpoint file is missing, corrupt, truncated or foreign."""
+
+
+class ShapeError(LowbitError, ValueError):
+    """A tensor's shape does not fit what a model or kernel was built for; the message names the layer or
+    input, the expected and the received shape."""
