@@ -66,11 +66,11 @@ class Plan:
         self.layers = [n.op for n in model.nodes if isinstance(n.op, ops._Layer)]
         self.shape = torch.Size(shape)
         b, out = self._build(model, shape, max_bytes)
-        self.buffers = b.buffers
-        self._set_output(out)
-        check_steps(b.steps, self.buffers, guard.Buf(torch.float32, math.prod(shape)), out.slot,
+        check_steps(b.steps, b.buffers, guard.Buf(torch.float32, math.prod(shape)), out.slot,
                     guard.Buf(out.dtype, math.prod(out.shape)), threads)
         self._set_steps(b.steps)
+        self.buffers = b.buffers
+        self._set_output(out)
         self._threads, self._run = threads, lib.lowbit_run_plan
 
     @staticmethod

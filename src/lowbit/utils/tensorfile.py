@@ -43,7 +43,7 @@ import torch
 from lowbit.errors import CheckpointError
 from lowbit.utils.files import atomic_write
 
-__all__ = ["save_tensors", "load_tensors", "CHECKSUM_KEY", "DTYPES"]
+__all__ = ["save_tensors", "load_tensors", "read_metadata", "CHECKSUM_KEY", "DTYPES"]
 
 #: safetensors dtype name -> torch dtype, for every dtype this module supports.
 DTYPES: dict[str, torch.dtype] = {
@@ -263,6 +263,16 @@ def load_tensors(path: str | Path, require_checksum: bool = False) -> tuple[dict
     _verify_checksum(path, entries, metadata, raw, require_checksum)
     tensors = {e.name: _as_tensor(raw[e.name], e) for e in entries}
     return tensors, {k: v for k, v in metadata.items() if k != CHECKSUM_KEY}
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata of a safetensors file as its header states it (the checksum entry included, nothing
+    verified, no tensor read): to decide how to load it with :func:`load_tensors`."""
+    path = Path(path)
+    with _open(path) as f:
+        size = os.fstat(f.fileno()).st_size
+        header = _parse_header(path, f.read(_read_header_length(path, f, size)))
+    return _parse_metadata(path, header.get(METADATA_KEY))
 
 
 def _verify_checksum(path: Path, entries: list[_Entry], metadata: dict[str, str], raw: dict[str, bytearray],
