@@ -36,7 +36,8 @@ from lowbit.integer.arith import half_of
 
 SOURCES = tuple(Path(__file__).with_name("csrc") / f for f in ("requant.c", "gemm.c", "plan.c"))
 FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-std=c11", "-fopenmp"]
-SANITIZE_FLAGS = ["-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g"]
+SANITIZE_FLAGS = ["-O1", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g"]  # -O1: a quicker build,
+# every access checked one by one (the intrinsic kernels are the same code at any level)
 
 
 def flags(sanitize: str = "") -> list[str]:
@@ -77,16 +78,22 @@ def build(srcs: tuple[Path, ...], out: Path, flag_list: list[str]) -> None:
             os.unlink(tmp)
 
 
+def library_path(flag_list: list[str], cache: Path | None = None) -> Path:
+    """Where the library built from :data:`SOURCES` with ``flag_list`` for this CPU is cached (in ``cache``,
+    by default ``$LOWBIT_CACHE`` or ``~/.cache/lowbit``)."""
+    src = b"".join(f.read_bytes() for f in SOURCES)
+    key = hashlib.sha256(src + " ".join(flag_list).encode() + _cpu_key().encode()).hexdigest()[:16]
+    return (_cache_dir() if cache is None else Path(cache)) / f"requant-{key}.so"
+
+
 @lru_cache(maxsize=1)
 def library() -> ctypes.CDLL | None:
     """The compiled kernel library, or None (fallback) when disabled or no compiler works."""
     if os.environ.get("LOWBIT_NO_CEXT"):
         return None
-    src = b"".join(f.read_bytes() for f in SOURCES)
     try:
         flag_list = flags(os.environ.get("LOWBIT_CEXT_SANITIZE", ""))
-        key = hashlib.sha256(src + " ".join(flag_list).encode() + _cpu_key().encode()).hexdigest()[:16]
-        path = _cache_dir() / f"requant-{key}.so"
+        path = library_path(flag_list)
         if not path.exists():
             build(SOURCES, path, flag_list)
         lib = ctypes.CDLL(str(path))
@@ -276,5 +283,5 @@ def requant(acc: torch.Tensor, bias: torch.Tensor | None, m: torch.Tensor, n: to
     return out
 
 
-__all__ = ["build", "depthwise_nhwc", "dequant_rows", "flags", "flatten_channels_last", "im2col_nhwc", "library",
+__all__ = ["build", "library_path", "depthwise_nhwc", "dequant_rows", "flags", "flatten_channels_last", "im2col_nhwc", "library",
            "maxpool_nhwc", "nhwc", "ptr", "quantize_f32", "requant"]

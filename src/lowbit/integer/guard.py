@@ -365,6 +365,31 @@ def dequant_codes(x: Buf, count, zp, scale, out: Buf) -> None:
     _need(k, "out", out, (torch.float32,), count)
 
 
-__all__ = ["Buf", "buf", "conv_u8s8", "depthwise_nhwc", "dequant_codes", "dequant_rows", "gemm_u8s8",
+#: Every exported function of csrc/ and what checks its calls: a function here, the plan's step checker, or
+#: why nothing needs checking (a test keeps this in step with the C sources).
+ENTRY_POINTS: dict[str, str] = {
+    "lowbit_requant": "lowbit.integer.guard.requant",
+    "lowbit_requant_block": "called from C only (lowbit_gemm_u8s8, lowbit_conv_u8s8, lowbit_requant)",
+    "lowbit_im2col_nhwc": "lowbit.integer.guard.im2col_nhwc",
+    "lowbit_depthwise_nhwc": "lowbit.integer.guard.depthwise_nhwc",
+    "lowbit_maxpool_nhwc": "lowbit.integer.guard.maxpool_nhwc",
+    "lowbit_quantize_f32": "lowbit.integer.guard.quantize_f32",
+    "lowbit_nhwc_to_nchw": "lowbit.integer.guard.nhwc_to_nchw",
+    "lowbit_dequant_rows": "lowbit.integer.guard.dequant_rows",
+    "lowbit_pack_a": "lowbit.integer.guard.pack_a",
+    "lowbit_pack_w": "lowbit.integer.guard.pack_w",
+    "lowbit_pad_flip_nhwc": "lowbit.integer.guard.pad_flip_nhwc",
+    "lowbit_im2col_u8": "lowbit.integer.guard.im2col_u8",
+    "lowbit_im2col_u8_into": "lowbit.integer.guard.im2col_u8",
+    "lowbit_gemm_u8s8": "lowbit.integer.guard.gemm_u8s8",
+    "lowbit_conv_u8s8": "lowbit.integer.guard.conv_u8s8",
+    "lowbit_vnni_peak": "lowbit.integer.guard.vnni_peak",
+    "lowbit_run_plan": "lowbit.integer.plan.check_steps",
+    "lowbit_has_vnni": "no arguments",
+    "lowbit_plan_step_size": "no arguments",
+}
+
+
+__all__ = ["ENTRY_POINTS", "Buf", "buf", "conv_u8s8", "depthwise_nhwc", "dequant_codes", "dequant_rows", "gemm_u8s8",
            "im2col_nhwc", "im2col_u8", "maxpool_nhwc", "nhwc_to_nchw", "out_size", "pack_a", "pack_w",
            "pad_flip_nhwc", "quantize_f32", "requant", "requant_values", "sum_hw", "vnni_peak"]

@@ -524,10 +524,9 @@ def check_structure(nodes: Sequence[NodeView], input_name: object, output_name: 
         raise Invalid(f"the output {output_name!r} is not defined by any node")
 
 
-def propagate(nodes: Sequence[NodeView], input_name: str, output_name: str, x: Spec,
-              stop_at_unknown: bool = False) -> Spec | None:
-    """The per-sample spec of the output for an input of spec ``x``, every node's inputs checked on the way;
-    None when ``stop_at_unknown`` and a node of a kind without checks (a test's own op) comes first."""
+def specs(nodes: Sequence[NodeView], input_name: str, x: Spec, stop_at_unknown: bool = False) -> dict[str, Spec]:
+    """The per-sample :class:`Spec` of every tensor for an input of spec ``x``, every node's inputs checked on
+    the way; with ``stop_at_unknown``, those before the first node of a kind without checks (a test's own op)."""
     if math.prod(x.shape) > MAX_SAMPLE:
         raise Invalid(f"the input has {math.prod(x.shape)} elements per sample; allowed: at most {MAX_SAMPLE}")
     env = {input_name: x}
@@ -535,14 +534,21 @@ def propagate(nodes: Sequence[NodeView], input_name: str, output_name: str, x: S
         check = CHECKS.get(node.kind)
         if check is None:
             if stop_at_unknown:
-                return None
+                return env
             raise Invalid(f"{_where(i, node)}: unknown op kind; allowed: {sorted(CHECKS)}")
         try:
             env[node.output] = check.shape(node.attrs, node.tensors, [env[n] for n in node.inputs])
         except Invalid as exc:
             names = ", ".join(f"{n!r} {env[n].shape}" for n in node.inputs if n in env)
             raise Invalid(f"{_where(i, node)} (inputs {names}): {exc}") from None
-    return env[output_name]
+    return env
+
+
+def propagate(nodes: Sequence[NodeView], input_name: str, output_name: str, x: Spec,
+              stop_at_unknown: bool = False) -> Spec | None:
+    """The per-sample spec of the output for an input of spec ``x`` (:func:`specs`); None when
+    ``stop_at_unknown`` stopped before the output."""
+    return specs(nodes, input_name, x, stop_at_unknown).get(output_name)
 
 
 def input_spec(shape: object, dtype: object) -> Spec:
@@ -573,4 +579,4 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 
 __all__ = ["CHECKS", "Invalid", "KindCheck", "MAX_SAMPLE", "NodeView", "Spec", "check_model", "check_structure",
-           "dtype_name", "input_spec", "propagate", "views", "weight_range"]
+           "dtype_name", "input_spec", "propagate", "specs", "views", "weight_range"]
