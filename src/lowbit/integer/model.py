@@ -51,6 +51,8 @@ class IntegerModel(nn.Module):
     """
 
     use_plan = True  # False: forward goes op by op (tests compare the two)
+    input_shape: tuple[int, ...] | None = None  # class defaults: what a model pickled before they existed has
+    input_dtype: torch.dtype | None = None
     plan_max_bytes = 32 << 20  # buffers of one plan (when it is built); larger batches go op by op
 
     def __init__(self, nodes: list[Node], input_name: str = "input", output_name: str = "output",

@@ -37,6 +37,8 @@ MAX_SAMPLE = 1 << 28  # elements of any tensor or kernel workspace, per sample
 MAX_GEOM = 1 << 16  # kernel sizes, strides, paddings, dilations
 MAX_WINDOW = (1 << 23) - 1  # an average pool's window: 255 * window < 2^31 (int32 window sums)
 ACC_LIMIT = (1 << 31) - 1  # 256 sum |w_j| + |b_j| must stay below this (int32 accumulators)
+SCALE_RANGE = (1e-30, 1e30)  # quantization scales (float32 numbers whose reciprocals are too)
+MAX_ACC_SCALE = 1e28  # |acc| < 2^32 times this stays a finite float32
 INPUT_DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
                 "bfloat16": torch.bfloat16}
 
@@ -93,6 +95,17 @@ def _real(a: dict, name: str, positive: bool = False) -> float:
     ok = isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v) and (not positive or v > 0)
     if not ok:
         raise Invalid(f"attribute {name!r} = {v!r:.80}; allowed: a finite number{' > 0' if positive else ''}")
+    return float(v)
+
+
+def _scale(a: dict, name: str) -> float:
+    """A quantization scale: finite in float32 both ways, ``1e-30 .. 1e30`` (so that ``x / s`` and ``(q - z) s``
+    of any int8 code or float32 input are float32 numbers or saturate, never NaN)."""
+    v = a.get(name)
+    ok = isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v) and SCALE_RANGE[0] <= v <= SCALE_RANGE[1]
+    if not ok:
+        raise Invalid(f"attribute {name!r} = {v!r:.80}; allowed: a finite number > 0 in "
+                      f"{SCALE_RANGE[0]:g}..{SCALE_RANGE[1]:g}")
     return float(v)
 
 
@@ -195,11 +208,7 @@ def _quantize_attrs(a: dict, t: dict, n_in: int) -> None:
     """float -> int8: a positive scale whose float32 reciprocal is finite, int8 zero point and bounds."""
     _known(a, {"scale", "zero_point", "lo", "hi"})
     _tensor_names(t, set())
-    scale = _real(a, "scale", positive=True)
-    f32 = torch.tensor(scale, dtype=torch.float32)
-    if not float(f32) > 0 or not math.isfinite(float(torch.reciprocal(f32))):
-        raise Invalid(f"attribute 'scale' = {scale!r} has no finite float32 reciprocal; allowed: "
-                      "1e-37..3e38")
+    _scale(a, "scale")
     _bounds(a)
 
 
@@ -211,7 +220,7 @@ def _quantize_shape(a: dict, t: dict, ins: list[Spec]) -> Spec:
 def _dequantize_attrs(a: dict, t: dict, n_in: int) -> None:
     _known(a, {"scale", "zero_point"})
     _tensor_names(t, set())
-    _real(a, "scale", positive=True)
+    _scale(a, "scale")
     _int(a, "zero_point", *INT8)
 
 
@@ -231,8 +240,9 @@ def _output_stage(a: dict, t: dict, o: int, n_in: int) -> None:
     dequantizing (``acc_scale``, a float activation; the residual's scale and zero point)."""
     if "acc_scale" in t:
         _tensor_names(t, {"weight", "bias", "acc_scale"})
-        _tensor(t, "acc_scale", torch.float64, (o,))
-        _values(t, "acc_scale", 0.0, 1e300)
+        s = _tensor(t, "acc_scale", torch.float64, (o,))
+        if not bool(torch.isfinite(s).all()) or not bool((s > 0).all()) or float(s.max()) > MAX_ACC_SCALE:
+            raise Invalid(f"tensor 'acc_scale' holds values outside (0, {MAX_ACC_SCALE:g}] (or non-finite ones)")
         _absent(a, ("zero_point", "lo", "hi"), "on a dequantizing layer (one with 'acc_scale')")
         act = a.get("act", "none")
         if act not in ("none", "relu", "hardtanh"):
@@ -243,7 +253,7 @@ def _output_stage(a: dict, t: dict, o: int, n_in: int) -> None:
         else:
             _absent(a, ("act_lo", "act_hi"), f"with act {act!r}")
         if n_in == 2:
-            _real(a, "residual_scale", positive=True)
+            _scale(a, "residual_scale")
             _int(a, "residual_zero_point", *INT8)
         else:
             _absent(a, ("residual_scale", "residual_zero_point"), "without a residual input")
@@ -384,7 +394,10 @@ def _maxpool2d_shape(a: dict, t: dict, ins: list[Spec]) -> Spec:
 def _avgpool2d_attrs(a: dict, t: dict, n_in: int) -> None:
     _known(a, {"kernel_size", "stride", "window", "input_zero_point", "zero_point", "lo", "hi"})
     _tensor_names(t, {"m", "n"})
-    if a.get("kernel_size") is None:
+    missing = [k for k in ("kernel_size", "stride") if k not in a]
+    if missing:
+        raise Invalid(f"attributes {missing} are missing (null for a global pool)")
+    if a["kernel_size"] is None:
         if a.get("stride") is not None:
             raise Invalid(f"attribute 'stride' = {a['stride']!r:.80} on a global pool (kernel_size null); "
                           "allowed: null")
