@@ -2,6 +2,7 @@
 
 import copy
 import dataclasses
+import math
 import pickle
 import threading
 
@@ -129,7 +130,7 @@ def test_non_finite_input_raises_the_simulations_error_on_both_paths(zoo_models,
     im = zoo_models["cnn"]
     x = data[1][:3].clone()
     x[1, 0, 5, 7] = bad
-    words = "holds 1 NaN and 0 inf" if bad != bad else "holds 0 NaN and 1 inf"
+    words = "holds 1 NaN and 0 inf" if math.isnan(bad) else "holds 0 NaN and 1 inf"
     with pytest.raises(DataError, match=words):
         _plan_of(im, x).run(x)  # the C quantizer reports it
     with pytest.raises(DataError, match=words):

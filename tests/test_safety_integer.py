@@ -12,7 +12,6 @@ import os
 import select
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
@@ -417,29 +416,29 @@ _GUARD_CASES = [  # (python run in the worker, error kind, words)
      "ShapeError", ["output size Ho = 9", "gives 5"]),
     ("cext.maxpool_nhwc(torch.zeros(1, 2, 5, 5, dtype=torch.int8), (2, 2), (1, 1), (-1, -1), (2, 2))",
      "ConfigError", ["ph = -1"]),
-    ("cext.requant(torch.zeros(4, 3, dtype=torch.int32), None, torch.ones(3, dtype=torch.int64), "
-     "torch.full((3,), 64), 0, -128, 127)", "ConfigError", ["n (shift)", "0..62"]),
-    ("cext.requant(torch.zeros(4, 3, dtype=torch.int32), torch.zeros(2, dtype=torch.int32), "
-     "torch.ones(3, dtype=torch.int64), torch.ones(3, dtype=torch.int64), 0, -128, 127)",
+    (("cext.requant(torch.zeros(4, 3, dtype=torch.int32), None, torch.ones(3, dtype=torch.int64), "
+      "torch.full((3,), 64), 0, -128, 127)"), "ConfigError", ["n (shift)", "0..62"]),
+    (("cext.requant(torch.zeros(4, 3, dtype=torch.int32), torch.zeros(2, dtype=torch.int32), "
+      "torch.ones(3, dtype=torch.int64), torch.ones(3, dtype=torch.int64), 0, -128, 127)"),
      "ShapeError", ["buffer 'bias' holds 2 elements", "touches 3"]),
-    ("cext.requant(torch.zeros(4, 3, dtype=torch.int32), None, torch.ones(6, dtype=torch.int64)[::2], "
-     "torch.ones(3, dtype=torch.int64), 0, -128, 127)", "ShapeError", ["'m'", "not contiguous"]),
-    ("cext.depthwise_nhwc(torch.zeros(1, 4, 5, 5, dtype=torch.int8), torch.zeros(3, 3, 2, dtype=torch.int8), "
-     "(1, 1), (1, 1), (1, 1), 0, (5, 5))", "ShapeError", ["input of 4 channels"]),
+    (("cext.requant(torch.zeros(4, 3, dtype=torch.int32), None, torch.ones(6, dtype=torch.int64)[::2], "
+      "torch.ones(3, dtype=torch.int64), 0, -128, 127)"), "ShapeError", ["'m'", "not contiguous"]),
+    (("cext.depthwise_nhwc(torch.zeros(1, 4, 5, 5, dtype=torch.int8), torch.zeros(3, 3, 2, dtype=torch.int8), "
+      "(1, 1), (1, 1), (1, 1), 0, (5, 5))"), "ShapeError", ["input of 4 channels"]),
     ("cext.quantize_f32(torch.zeros(4), torch.tensor(1.0), 0, -200, 127)", "ConfigError", ["lo = -200"]),
     ("cext.quantize_f32(torch.empty(4, device='meta'), torch.tensor(1.0), 0, -128, 127)", "ShapeError",
      ["is on meta", "CPU"]),
     ("cext.flatten_channels_last(torch.zeros(2, 3, 4, dtype=torch.int8))", "ShapeError", ["4-D"]),
-    ("w = vnni.pack_weight(torch.ones(8, 16, dtype=torch.int8)); "
-     "r = vnni.Requant(torch.ones(8, dtype=torch.int64), torch.ones(8, dtype=torch.int64), "
-     "torch.ones(8, dtype=torch.int64), 0, -128, 127, torch.ones(8, dtype=torch.int64)); "
-     "vnni.gemm(torch.zeros(5, 16, dtype=torch.int8), w, w.correction, r, torch.zeros(3, 8, dtype=torch.int8))",
+    (("w = vnni.pack_weight(torch.ones(8, 16, dtype=torch.int8)); "
+      "r = vnni.Requant(torch.ones(8, dtype=torch.int64), torch.ones(8, dtype=torch.int64), "
+      "torch.ones(8, dtype=torch.int64), 0, -128, 127, torch.ones(8, dtype=torch.int64)); "
+      "vnni.gemm(torch.zeros(5, 16, dtype=torch.int8), w, w.correction, r, torch.zeros(3, 8, dtype=torch.int8))"),
      "ShapeError", ["buffer 'residual' holds 24 elements", "touches 40"]),
-    ("w = vnni.pack_weight(torch.ones(8, 36, dtype=torch.int8)); "
-     "vnni.conv(torch.zeros(1, 4, 6, 6, dtype=torch.int8), w, (3, 3), (1, 1), (0, 0), (1, 1), 0, (6, 6), "
-     "w.correction)", "ShapeError", ["output size Ho = 6", "reaches past the padded input of 6"]),
-    ("vnni.Requant(torch.full((4,), 2**40), torch.ones(4, dtype=torch.int64), torch.ones(4, dtype=torch.int64), "
-     "0, -128, 127)", "ConfigError", ["m (multiplier)"]),
+    (("w = vnni.pack_weight(torch.ones(8, 36, dtype=torch.int8)); "
+      "vnni.conv(torch.zeros(1, 4, 6, 6, dtype=torch.int8), w, (3, 3), (1, 1), (0, 0), (1, 1), 0, (6, 6), "
+      "w.correction)"), "ShapeError", ["output size Ho = 6", "reaches past the padded input of 6"]),
+    (("vnni.Requant(torch.full((4,), 2**40), torch.ones(4, dtype=torch.int64), torch.ones(4, dtype=torch.int64), "
+      "0, -128, 127)"), "ConfigError", ["m (multiplier)"]),
     ("vnni.im2col(torch.zeros(1, 3, 5, 5, dtype=torch.int8), (3, 3), (1, 1), (1, 1), (1, 1), 0, (5, 5), 12)",
      "ConfigError", ["Kp = 12", "27..65536"]),
 ]
@@ -483,7 +482,7 @@ def test_every_c_entry_point_and_plan_step_has_a_check():
 
     exported = set()
     for src in cext.SOURCES:
-        exported |= set(re.findall(r"^(?:void|int|int64_t)\s+(lowbit_\w+)\s*\(", src.read_text(), re.M))
+        exported |= set(re.findall(r"^(?:void|int|int64_t)\s+(lowbit_\w+)\s*\(", src.read_text(), re.MULTILINE))
     assert exported == set(guard.ENTRY_POINTS)
     for target in guard.ENTRY_POINTS.values():
         if target.startswith("lowbit."):
@@ -602,7 +601,7 @@ def test_fuzz_crafted_json_attributes(worker, saved, tmp_path_factory, data, nam
     """A file whose description was changed (and its checksum rewritten, as a crafter would) either fails to
     load with a CheckpointError, or runs: to the original outputs, or to other outputs that the loaded model's
     own PyTorch-reference ops confirm (a different but valid model). Never a crash or an unclear error."""
-    path, tensors, meta = _original(saved, name)
+    _, tensors, meta = _original(saved, name)
     meta = copy.deepcopy(meta)
     what = []
     for _ in range(data.draw(st.integers(1, 3), label="mutations")):
@@ -627,7 +626,7 @@ def test_fuzz_crafted_json_attributes(worker, saved, tmp_path_factory, data, nam
 @settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(data=st.data(), name=st.sampled_from(["cnn", "resnet", "mlp"]))
 def test_fuzz_crafted_tensors(worker, saved, tmp_path_factory, data, name):
-    path, tensors, meta = _original(saved, name)
+    _, tensors, meta = _original(saved, name)
     what, edit = data.draw(tensor_mutation(tensors))
     tensors = dict(tensors)
     edit(tensors)

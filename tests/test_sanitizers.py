@@ -27,7 +27,8 @@ SANITIZE = "address,undefined"
 def _asan_runtime(cc: str) -> str | None:
     """The path of gcc's shared ASan runtime, or None when the compiler has none."""
     try:
-        out = subprocess.run([cc, "-print-file-name=libasan.so"], capture_output=True, text=True, timeout=60).stdout
+        out = subprocess.run([cc, "-print-file-name=libasan.so"], capture_output=True, text=True, timeout=60,
+                             check=False).stdout
     except (OSError, subprocess.SubprocessError):
         return None
     path = out.strip()
@@ -64,14 +65,14 @@ def test_integer_tests_pass_with_the_kernels_under_asan_and_ubsan(tmp_path):
                UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1")
     root = Path(__file__).parents[1]
     probe = subprocess.run([sys.executable, "-c", "from lowbit.integer import cext; print(cext.library()._name)"],
-                           env=env, cwd=root, capture_output=True, text=True, timeout=300)
+                           env=env, cwd=root, capture_output=True, text=True, timeout=300, check=False)
     assert probe.returncode == 0 and probe.stdout.strip() == str(path), probe.stderr[-2000:]
     control = subprocess.run([sys.executable, "-c", _OVERFLOW], env=env, cwd=root, capture_output=True, text=True,
-                             timeout=300)
+                             timeout=300, check=False)
     assert control.returncode != 0 and "heap-buffer-overflow" in control.stderr, control.stderr[-2000:]
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-m", "not slow",
                           "-k", "not worker_reports_a_crash", *TESTS], env=env, cwd=root, capture_output=True,
-                         text=True, timeout=900)
+                         text=True, timeout=900, check=False)
     tail = (run.stdout + run.stderr)[-4000:]
     assert run.returncode == 0, tail
     assert "passed" in run.stdout and "ERROR: AddressSanitizer" not in tail and "runtime error" not in tail, tail

@@ -283,5 +283,5 @@ def requant(acc: torch.Tensor, bias: torch.Tensor | None, m: torch.Tensor, n: to
     return out
 
 
-__all__ = ["build", "library_path", "depthwise_nhwc", "dequant_rows", "flags", "flatten_channels_last", "im2col_nhwc", "library",
-           "maxpool_nhwc", "nhwc", "ptr", "quantize_f32", "requant"]
+__all__ = ["build", "depthwise_nhwc", "dequant_rows", "flags", "flatten_channels_last", "im2col_nhwc", "library",
+           "library_path", "maxpool_nhwc", "nhwc", "ptr", "quantize_f32", "requant"]

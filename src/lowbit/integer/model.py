@@ -82,10 +82,13 @@ class IntegerModel(nn.Module):
                 want = ", ".join(map(str, ("N", *self.input_shape)))
                 raise ShapeError(f"IntegerModel input {name!r}: expected shape ({want}) for a batch of any size "
                                  f"N (the shape it was built for), got {tuple(x.shape)}")
-        elif x.ndim >= 1:
+        elif x.ndim == 0:
+            raise ShapeError(f"IntegerModel input {name!r}: expected a batch of shape (N, ...), got a 0-dimensional "
+                             "tensor")
+        else:
             self._check_shape_through_nodes(x)
-        if x.ndim == 0 or x.numel() == 0:
-            check_tensor(x.reshape(-1)[:0] if x.ndim == 0 else x, "input")
+        if x.numel() == 0:
+            check_tensor(x, "input")  # the simulation's error
 
     def _check_shape_through_nodes(self, x: torch.Tensor) -> None:
         """No recorded input shape: every node's shapes for this input (ShapeError naming the first misfit)."""

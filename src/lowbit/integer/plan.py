@@ -167,7 +167,7 @@ def check_steps(steps: list, buffers: list, input_buf: guard.Buf, out_slot: int,
     for kind, bufs, args, real in steps:
         slots = list(bufs) + [-1] * (STEP_BUFS - len(bufs))
 
-        def B(i: int, slots=slots):  # noqa: N802 - as in plan.c
+        def B(i: int, slots=slots):  # as in plan.c
             s = slots[i]
             if s < 0:
                 return None

@@ -168,7 +168,7 @@ def _tensor(t: dict, name: str, dtype: torch.dtype, shape: tuple[int, ...] | Non
     return v
 
 
-def _values(t: dict, name: str, lo: int | float, hi: int | float) -> None:
+def _values(t: dict, name: str, lo: float, hi: float) -> None:
     v = t[name]
     if v.numel() == 0:
         return
@@ -591,5 +591,5 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-__all__ = ["CHECKS", "Invalid", "KindCheck", "MAX_SAMPLE", "NodeView", "Spec", "check_model", "check_structure",
+__all__ = ["CHECKS", "MAX_SAMPLE", "Invalid", "KindCheck", "NodeView", "Spec", "check_model", "check_structure",
            "dtype_name", "input_spec", "propagate", "specs", "views", "weight_range"]

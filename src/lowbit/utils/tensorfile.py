@@ -43,7 +43,7 @@ import torch
 from lowbit.errors import CheckpointError
 from lowbit.utils.files import atomic_write
 
-__all__ = ["save_tensors", "load_tensors", "read_metadata", "CHECKSUM_KEY", "DTYPES"]
+__all__ = ["CHECKSUM_KEY", "DTYPES", "load_tensors", "read_metadata", "save_tensors"]
 
 #: safetensors dtype name -> torch dtype, for every dtype this module supports.
 DTYPES: dict[str, torch.dtype] = {
