@@ -159,7 +159,16 @@ def do_exec(req: dict, models: dict, images: torch.Tensor) -> dict:
 
 
 def main() -> None:
-    folder = Path(tempfile.mkdtemp(prefix="lowbit-worker-"))
+    """Arguments: the folder for the model files (a temporary one if none), ``--bare`` for no models."""
+    args = [a for a in sys.argv[1:] if a != "--bare"]
+    if args:
+        serve(Path(args[0]))
+        return
+    with tempfile.TemporaryDirectory(prefix="lowbit-worker-") as folder:
+        serve(Path(folder))
+
+
+def serve(folder: Path) -> None:
     bare = "--bare" in sys.argv[1:]  # no models: for the test of the harness itself
     models, paths, images = ({}, {}, None) if bare else build(folder)
     out = sys.stdout

@@ -47,7 +47,7 @@ class Worker:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(lowbit.__file__).parents[1]),
                                                            os.environ.get("PYTHONPATH", "")]))
         self.stderr = open(self.tmp / "worker-stderr.txt", "w+")  # noqa: SIM115 - read back after a crash
-        self.proc = subprocess.Popen([sys.executable, str(WORKER), *(["--bare"] if self.bare else [])], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        self.proc = subprocess.Popen([sys.executable, str(WORKER), str(self.tmp), *(["--bare"] if self.bare else [])], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self.stderr, text=True, env=env)
         self.paths = self._read(600)["paths"]
 
