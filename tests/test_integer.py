@@ -309,11 +309,16 @@ def test_bad_model_files_give_clear_errors(fmnist, tmp_path):
     with pytest.raises(CheckpointError):
         load_integer(tmp_path / "missing.safetensors")
     tensors, meta = load_tensors(good)
-    save_tensors(tmp_path / "v9.safetensors", tensors, {"lowbit": meta["lowbit"].replace('"version": 2', '"version": 9')})
+    assert '"version": 3' in meta["lowbit"]
+    save_tensors(tmp_path / "v9.safetensors", tensors, {"lowbit": meta["lowbit"].replace('"version": 3', '"version": 9')},
+                 checksum=True)
     with pytest.raises(CheckpointError, match="version 9"):
         load_integer(tmp_path / "v9.safetensors")
+    save_tensors(tmp_path / "no_sum.safetensors", tensors, meta)  # version 3 needs its checksum
+    with pytest.raises(CheckpointError, match="no checksum"):
+        load_integer(tmp_path / "no_sum.safetensors")
     del tensors[next(k for k in tensors if k.endswith(".weight"))]
-    save_tensors(tmp_path / "missing_t.safetensors", tensors, meta)
+    save_tensors(tmp_path / "missing_t.safetensors", tensors, meta, checksum=True)
     with pytest.raises(CheckpointError, match="misses tensors"):
         load_integer(tmp_path / "missing_t.safetensors")
 

@@ -2,6 +2,7 @@
 
 import copy
 import dataclasses
+import math
 import pickle
 import threading
 
@@ -12,6 +13,7 @@ from torch import nn
 from lowbit import zoo
 from lowbit.bench.latency import torch_threads
 from lowbit.data import fashion_mnist
+from lowbit.errors import DataError, ShapeError
 from lowbit.integer import plan, vnni
 from lowbit.integer.lower import to_integer
 from lowbit.integer.model import make_op
@@ -114,21 +116,27 @@ def test_unsupported_ops_fall_back(data):
         assert torch.equal(im(x), _op_by_op(im, x))
 
 
-def test_an_input_the_model_rejects_gets_the_op_by_op_error(zoo_models):
+def test_an_input_the_model_rejects_is_refused_before_any_kernel(zoo_models):
     im = zoo_models["cnn"]
     x = torch.zeros(1, 1, 20, 20)  # flattens to 1600 features; fc1 takes 3136
     assert _plan_of(im, x) is None
-    with pytest.raises(ValueError, match="3136"):
-        im(x)
+    for run in (im, lambda x: _op_by_op(im, x)):
+        with pytest.raises(ShapeError, match=r"expected shape \(N, 1, 28, 28\).*got \(1, 1, 20, 20\)"):
+            run(x)
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
-def test_non_finite_input_falls_back(zoo_models, data, bad):
+def test_non_finite_input_raises_the_simulations_error_on_both_paths(zoo_models, data, bad):
     im = zoo_models["cnn"]
     x = data[1][:3].clone()
     x[1, 0, 5, 7] = bad
-    assert _plan_of(im, x).run(x) is None  # the C quantizer reports it
-    torch.testing.assert_close(im(x), _op_by_op(im, x), rtol=0, atol=0, equal_nan=True)
+    words = "holds 1 NaN and 0 inf" if math.isnan(bad) else "holds 0 NaN and 1 inf"
+    with pytest.raises(DataError, match=words):
+        _plan_of(im, x).run(x)  # the C quantizer reports it
+    with pytest.raises(DataError, match=words):
+        im(x)
+    with pytest.raises(DataError, match=words):
+        _op_by_op(im, x)
 
 
 def test_output_is_not_overwritten_by_the_next_call(zoo_models, data):
@@ -231,6 +239,7 @@ def test_large_batches_and_other_inputs_go_op_by_op(zoo_models, data):
     finally:
         del im.plan_max_bytes
         im.plans.clear()
-    xd = x.double()  # only float32 inputs have a plan
+    xd = x.double()  # only float32 inputs have a plan; the model, built for float32, refuses others
     assert im.plans.run(im, xd) is None
-    assert torch.equal(im(xd), _op_by_op(im, xd))
+    with pytest.raises(DataError, match="expected dtype torch.float32"):
+        im(xd)

@@ -29,6 +29,11 @@ class CheckpointError(LowbitError, ValueError):
     """A weights or checkpoint file is missing, corrupt, truncated or foreign."""
 
 
+class ShapeError(LowbitError, ValueError):
+    """A tensor's shape does not fit what a model or kernel was built for; the message names the layer or
+    input, the expected and the received shape."""
+
+
 class LowbitWarning(UserWarning):
     """A request that had no effect, or less than asked (a rule that matches no layer, an equalization
     that found no pair, a bit width no layer gets); the message names what was asked and what happened."""

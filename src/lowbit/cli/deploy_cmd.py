@@ -119,6 +119,32 @@ def run_export(args: argparse.Namespace) -> int:
     return 0 if same else 1
 
 
+def _load_checked(path: str, x, baseline, baseline_name: str):
+    """``bench --load``: the saved integer model, validated completely by ``load_integer`` (checksum, every
+    attribute against its tensors and neighbours), and refused (ShapeError) unless it takes the Fashion-MNIST
+    images bench feeds it and gives the output shape of the zoo float model it is compared with."""
+    import torch
+
+    from lowbit.errors import ShapeError
+    from lowbit.integer.io import load_integer
+
+    im = load_integer(path)
+    what = f"bench feeds Fashion-MNIST images of shape (N, {', '.join(map(str, x.shape[1:]))}) {x.dtype}"
+    if im.input_shape is not None and (im.input_shape != tuple(x.shape[1:]) or im.input_dtype != x.dtype):
+        raise ShapeError(f"--load {path}: the model takes inputs of shape (N, {', '.join(map(str, im.input_shape))}) "
+                         f"{im.input_dtype}, but {what}; bench a model built for those images")
+    try:
+        im.check_input(x[:1])  # a file without a recorded input shape: the images through every node
+        with torch.no_grad():
+            got, want = tuple(im(x[:1]).shape), tuple(baseline(x[:1]).shape)
+    except ShapeError as exc:
+        raise ShapeError(f"--load {path}: {what}, which the model does not take: {exc}") from None
+    if got != want:
+        raise ShapeError(f"--load {path}: the model's output has shape {got}, the zoo {baseline_name!r} float "
+                         f"model's {want}: bench compares the two; pick the matching --model")
+    return im
+
+
 def run_bench(args: argparse.Namespace) -> int:
     import torch
 
@@ -131,9 +157,7 @@ def run_bench(args: argparse.Namespace) -> int:
         at_most(batch, len(x_all), "--batch", "the Fashion-MNIST test set")
     model, _, im = _build(args)
     if args.load:
-        from lowbit.integer.io import load_integer
-
-        im = load_integer(args.load)
+        im = _load_checked(args.load, x_all, model, args.model)
     onnx_path = None
     if args.onnx:
         from lowbit.export.onnx_qdq import export_onnx

@@ -8,7 +8,11 @@ rounding shift, zero point, clamp and the int8 store in one pass. It is built
 with the system C compiler into a per-user cache (``$LOWBIT_CACHE`` or
 ``~/.cache/lowbit``), once per source and CPU; without a compiler lowbit falls
 back to the PyTorch reference (same results, slower) and says so once.
-Set ``LOWBIT_NO_CEXT=1`` to force the fallback.
+Set ``LOWBIT_NO_CEXT=1`` to force the fallback, and ``LOWBIT_CEXT_SANITIZE=address,undefined`` to build
+(into its own cache entry) with those sanitizers, for the test that runs the integer tests under them (the
+process must then preload the sanitizer runtime). Both are read when the library is first built or loaded.
+
+Every wrapper checks its arguments with :mod:`lowbit.integer.guard` before the call: the kernels trust them.
 """
 
 from __future__ import annotations
@@ -26,10 +30,24 @@ from pathlib import Path
 
 import torch
 
+from lowbit.errors import ShapeError
+from lowbit.integer import guard
 from lowbit.integer.arith import half_of
 
 SOURCES = tuple(Path(__file__).with_name("csrc") / f for f in ("requant.c", "gemm.c", "plan.c"))
 FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-std=c11", "-fopenmp"]
+SANITIZE_FLAGS = ["-O1", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g"]  # -O1: a quicker build,
+# every access checked one by one (the intrinsic kernels are the same code at any level)
+
+
+def flags(sanitize: str = "") -> list[str]:
+    """The compiler flags: :data:`FLAGS`, plus ``-fsanitize=<sanitize>`` (e.g. ``"address,undefined"``) and
+    :data:`SANITIZE_FLAGS` when ``sanitize`` is not empty (a sanitized build stops at the first error)."""
+    if not sanitize:
+        return list(FLAGS)
+    if not all(part.isalpha() for part in sanitize.split(",")):
+        raise ValueError(f"LOWBIT_CEXT_SANITIZE={sanitize!r}: expected sanitizer names such as address,undefined")
+    return [*FLAGS, f"-fsanitize={sanitize}", *SANITIZE_FLAGS]
 
 
 def _cache_dir() -> Path:
@@ -44,7 +62,8 @@ def _cpu_key() -> str:
     return platform.machine() + flags
 
 
-def _build(srcs: tuple[Path, ...], out: Path) -> None:
+def build(srcs: tuple[Path, ...], out: Path, flag_list: list[str]) -> None:
+    """Compile ``srcs`` into the shared library ``out`` (written atomically) with ``flag_list``."""
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         raise OSError("no C compiler (install gcc: apt-get install gcc)")
@@ -52,11 +71,19 @@ def _build(srcs: tuple[Path, ...], out: Path) -> None:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
     os.close(fd)
     try:
-        subprocess.run([cc, *FLAGS, *map(str, srcs), "-o", tmp], check=True, capture_output=True, timeout=120)
+        subprocess.run([cc, *flag_list, *map(str, srcs), "-o", tmp], check=True, capture_output=True, timeout=120)
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def library_path(flag_list: list[str], cache: Path | None = None) -> Path:
+    """Where the library built from :data:`SOURCES` with ``flag_list`` for this CPU is cached (in ``cache``,
+    by default ``$LOWBIT_CACHE`` or ``~/.cache/lowbit``)."""
+    src = b"".join(f.read_bytes() for f in SOURCES)
+    key = hashlib.sha256(src + " ".join(flag_list).encode() + _cpu_key().encode()).hexdigest()[:16]
+    return (_cache_dir() if cache is None else Path(cache)) / f"requant-{key}.so"
 
 
 @lru_cache(maxsize=1)
@@ -64,14 +91,13 @@ def library() -> ctypes.CDLL | None:
     """The compiled kernel library, or None (fallback) when disabled or no compiler works."""
     if os.environ.get("LOWBIT_NO_CEXT"):
         return None
-    src = b"".join(f.read_bytes() for f in SOURCES)
-    key = hashlib.sha256(src + " ".join(FLAGS).encode() + _cpu_key().encode()).hexdigest()[:16]
-    path = _cache_dir() / f"requant-{key}.so"
     try:
+        flag_list = flags(os.environ.get("LOWBIT_CEXT_SANITIZE", ""))
+        path = library_path(flag_list)
         if not path.exists():
-            _build(SOURCES, path)
+            build(SOURCES, path, flag_list)
         lib = ctypes.CDLL(str(path))
-    except (OSError, subprocess.SubprocessError) as exc:
+    except (OSError, ValueError, subprocess.SubprocessError) as exc:
         warnings.warn(f"lowbit: C kernels unavailable ({exc}); using the slower PyTorch path (same results)",
                       stacklevel=2)
         return None
@@ -114,13 +140,35 @@ def library() -> ctypes.CDLL | None:
     return lib
 
 
+def _lib() -> ctypes.CDLL:
+    lib = library()
+    if lib is None:
+        raise RuntimeError("the C kernels are not available (LOWBIT_NO_CEXT, or no C compiler)")
+    return lib
+
+
+def nhwc(x: torch.Tensor, kernel: str, dtype: torch.dtype = torch.int8) -> torch.Tensor:
+    """The channels-last (NHWC) bytes of a 4-D ``dtype`` CPU tensor (N, C, H, W): a view when its memory is
+    channels-last, else a copy."""
+    if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.dtype != dtype:
+        got = f"{x.dtype} {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ShapeError(f"{kernel}: expected a 4-D {dtype} tensor (N, C, H, W), got {got}")
+    return x.permute(0, 2, 3, 1).contiguous()
+
+
+def _b(t: torch.Tensor | None, kernel: str, name: str) -> guard.Buf | None:
+    return guard.buf(t, kernel, name)
+
+
 def im2col_nhwc(x: torch.Tensor, kernel, stride, padding, dilation, pad_value: int, out_hw) -> torch.Tensor:
     """(N*Ho*Wo, kh*kw*C) int8 patches of ``x`` (N, C, H, W) stored channels-last (copied if it is not)."""
-    lib = library()
-    assert lib is not None
-    xh = x.permute(0, 2, 3, 1).contiguous()
+    k = "lowbit_im2col_nhwc"
+    lib = _lib()
+    xh = nhwc(x, k)
     n, h, w, c = xh.shape
     (kh, kw), (sh, sw), (ph, pw), (dh, dw), (ho, wo) = kernel, stride, padding, dilation, out_hw
+    guard.im2col_nhwc(_b(xh, k, "x"), n, h, w, c, kh, kw, sh, sw, ph, pw, dh, dw, pad_value, ho, wo,
+                      guard.Buf(torch.int8, n * ho * wo * kh * kw * c))
     out = torch.empty((n * ho * wo, kh * kw * c), dtype=torch.int8)
     lib.lowbit_im2col_nhwc(xh.data_ptr(), n, h, w, c, kh, kw, sh, sw, ph, pw, dh, dw, pad_value, ho, wo,
                            out.data_ptr())
@@ -131,12 +179,17 @@ def depthwise_nhwc(x: torch.Tensor, weight_hwc: torch.Tensor, stride, padding, d
                    out_hw) -> torch.Tensor:
     """int32 (N*Ho*Wo, C) depthwise conv of int8 ``x`` (N, C, H, W; channels-last avoids a copy) on
     zero-point-centred values; ``weight_hwc`` is (kh, kw, C) int8."""
-    lib = library()
-    assert lib is not None
-    xh = x.permute(0, 2, 3, 1).contiguous()
+    k = "lowbit_depthwise_nhwc"
+    lib = _lib()
+    xh = nhwc(x, k)
     n, h, wd, c = xh.shape
+    if weight_hwc.ndim != 3 or weight_hwc.shape[2] != c:
+        raise ShapeError(f"{k}: weight of shape {tuple(weight_hwc.shape)} for an input of {c} channels; "
+                         f"expected (kh, kw, {c})")
     kh, kw = weight_hwc.shape[:2]
     (sh, sw), (ph, pw), (dh, dw), (ho, wo) = stride, padding, dilation, out_hw
+    guard.depthwise_nhwc(_b(xh, k, "x"), n, h, wd, c, _b(weight_hwc, k, "weight"), kh, kw, sh, sw, ph, pw, dh, dw,
+                         zero_point, ho, wo, guard.Buf(torch.int32, n * ho * wo * c))
     out = torch.empty((n * ho * wo, c), dtype=torch.int32)
     lib.lowbit_depthwise_nhwc(xh.data_ptr(), n, h, wd, c, weight_hwc.data_ptr(), kh, kw, sh, sw, ph, pw, dh, dw,
                               zero_point, ho, wo, out.data_ptr())
@@ -146,11 +199,12 @@ def depthwise_nhwc(x: torch.Tensor, weight_hwc: torch.Tensor, stride, padding, d
 def maxpool_nhwc(x: torch.Tensor, kernel, stride, padding, out_hw) -> torch.Tensor:
     """Max pooling of int8 ``x`` (N, C, H, W; channels-last memory avoids a copy), no dilation; the result
     is (N, C, Ho, Wo) with channels-last memory."""
-    lib = library()
-    assert lib is not None
-    xh = x.permute(0, 2, 3, 1).contiguous()
+    k = "lowbit_maxpool_nhwc"
+    lib = _lib()
+    xh = nhwc(x, k)
     n, h, w, c = xh.shape
     (kh, kw), (sh, sw), (ph, pw), (ho, wo) = kernel, stride, padding, out_hw
+    guard.maxpool_nhwc(_b(xh, k, "x"), n, h, w, c, kh, kw, sh, sw, ph, pw, ho, wo, guard.Buf(torch.int8, n * ho * wo * c))
     out = torch.empty((n, ho, wo, c), dtype=torch.int8)
     lib.lowbit_maxpool_nhwc(xh.data_ptr(), n, h, w, c, kh, kw, sh, sw, ph, pw, ho, wo, out.data_ptr())
     return out.permute(0, 3, 1, 2)
@@ -158,10 +212,11 @@ def maxpool_nhwc(x: torch.Tensor, kernel, stride, padding, out_hw) -> torch.Tens
 
 def quantize_f32(x: torch.Tensor, inv: torch.Tensor, zp: int, lo: int, hi: int) -> torch.Tensor | None:
     """int8 ``clamp(round(x * inv) + zp, lo, hi)`` of float32 ``x``, as PyTorch's ops compute it; None when
-    ``x`` holds a NaN or an infinity (the caller then uses PyTorch's own ops, whose handling of those it keeps)."""
-    lib = library()
-    assert lib is not None
+    ``x`` holds a NaN or an infinity (the caller raises the error the simulation raises)."""
+    k = "lowbit_quantize_f32"
+    lib = _lib()
     x = x.contiguous()
+    guard.quantize_f32(_b(x, k, "x"), x.numel(), float(inv), zp, lo, hi, guard.Buf(torch.int8, x.numel()))
     out = torch.empty(x.shape, dtype=torch.int8)
     bad = lib.lowbit_quantize_f32(x.data_ptr(), x.numel(), float(inv), float(zp), float(lo), float(hi),
                                   out.data_ptr())
@@ -170,22 +225,28 @@ def quantize_f32(x: torch.Tensor, inv: torch.Tensor, zp: int, lo: int, hi: int) 
 
 def flatten_channels_last(x: torch.Tensor) -> torch.Tensor:
     """``torch.flatten(x, 1)`` of an int8 (N, C, H, W) tensor with channels-last memory, in one C pass."""
-    lib = library()
-    assert lib is not None
-    n, c, h, w = x.shape
+    k = "lowbit_nhwc_to_nchw"
+    lib = _lib()
+    xh = nhwc(x, k)
+    n, h, w, c = xh.shape
+    guard.nhwc_to_nchw(_b(xh, k, "x"), n, h * w, c, guard.Buf(torch.int8, n * c * h * w))
     out = torch.empty((n, c * h * w), dtype=torch.int8)
-    lib.lowbit_nhwc_to_nchw(x.permute(0, 2, 3, 1).contiguous().data_ptr(), n, h * w, c, out.data_ptr())
+    lib.lowbit_nhwc_to_nchw(xh.data_ptr(), n, h * w, c, out.data_ptr())
     return out
 
 
 def dequant_rows(acc: torch.Tensor, bias: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """float32 ``(acc + bias) * scale`` of int32 (rows, C) accumulators, the product in float64 (float64 ``scale``)."""
-    lib = library()
-    assert lib is not None
+    k = "lowbit_dequant_rows"
+    lib = _lib()
     acc = acc.contiguous()
+    if acc.ndim != 2:
+        raise ShapeError(f"{k}: expected (rows, C) accumulators, got shape {tuple(acc.shape)}")
+    rows, c = acc.shape
+    guard.dequant_rows(_b(acc, k, "acc"), rows, c, _b(bias, k, "bias"), _b(scale, k, "scale"),
+                       guard.Buf(torch.float32, rows * c))
     out = torch.empty(acc.shape, dtype=torch.float32)
-    lib.lowbit_dequant_rows(acc.data_ptr(), acc.shape[0], acc.shape[1], bias.data_ptr(), scale.data_ptr(),
-                            out.data_ptr())
+    lib.lowbit_dequant_rows(acc.data_ptr(), rows, c, bias.data_ptr(), scale.data_ptr(), out.data_ptr())
     return out
 
 
@@ -198,21 +259,29 @@ def requant(acc: torch.Tensor, bias: torch.Tensor | None, m: torch.Tensor, n: to
             hi: int, residual: torch.Tensor | None = None, res_zp: int = 0,
             m2: torch.Tensor | None = None, half: torch.Tensor | None = None) -> torch.Tensor:
     """Fused epilogue: int32 ``acc`` (rows, C) or (N, C, H, W) -> int8 of the same shape; residual likewise."""
-    lib = library()
-    assert lib is not None
+    k = "lowbit_requant"
+    lib = _lib()
+    acc = acc.contiguous()
+    if acc.ndim not in (2, 4):
+        raise ShapeError(f"{k}: expected (rows, C) or (N, C, H, W) accumulators, got shape {tuple(acc.shape)}")
     if bias is None:
         bias = torch.zeros(acc.shape[1], dtype=torch.int32)
-    acc = acc.contiguous()
     nchw_in = acc.ndim == 4
     rows, C = acc.shape[:2]
     hw = acc.shape[2] * acc.shape[3] if nchw_in else 0
-    out = torch.empty(acc.shape, dtype=torch.int8)
     res = residual.contiguous() if residual is not None else None
+    if res is not None and res.shape != acc.shape:
+        raise ShapeError(f"{k}: residual of shape {tuple(res.shape)} for accumulators of shape {tuple(acc.shape)}")
     half = half_of(n) if half is None else half
+    guard.requant(_b(acc, k, "acc"), rows, C, hw, int(nchw_in), _b(bias, k, "bias"), _b(m, k, "m"), _b(n, k, "n"),
+                  _b(half, k, "h"), _b(res, k, "residual"), res_zp, _b(m2, k, "m2"), zp, lo, hi,
+                  guard.Buf(torch.int8, acc.numel()))
+    guard.requant_values(k, m, n, half, m2)
+    out = torch.empty(acc.shape, dtype=torch.int8)
     lib.lowbit_requant(acc.data_ptr(), rows, C, hw, int(nchw_in), ptr(bias), m.data_ptr(), n.data_ptr(),
                        half.data_ptr(), ptr(res), res_zp, ptr(m2), zp, lo, hi, out.data_ptr())
     return out
 
 
-__all__ = ["depthwise_nhwc", "dequant_rows", "flatten_channels_last", "im2col_nhwc", "library", "maxpool_nhwc", "ptr",
-           "quantize_f32", "requant"]
+__all__ = ["build", "depthwise_nhwc", "dequant_rows", "flags", "flatten_channels_last", "im2col_nhwc", "library",
+           "library_path", "maxpool_nhwc", "nhwc", "ptr", "quantize_f32", "requant"]

@@ -3,33 +3,40 @@
 The file holds every op's tensors (``"<index>.<name>"``) and, in the
 safetensors header's ``__metadata__``, a JSON description of the graph:
 
-    {"format": "lowbit-integer", "version": 2, "input": ..., "output": ...,
-     "nodes": [{"kind", "inputs", "output", "attrs", "grid", "source"}, ...]}
+    {"format": "lowbit-integer", "version": 3, "input": ..., "output": ...,
+     "input_shape": [1, 28, 28], "input_dtype": "float32",
+     "nodes": [{"kind", "inputs", "output", "attrs", "grid", "source", "tensors"}, ...]}
 
+and the SHA-256 of the whole content (:data:`lowbit.utils.tensorfile.CHECKSUM_KEY`).
 Weights of 4 bits or fewer are packed two to a byte (low nibble first); per-channel
-multipliers are stored as int32 and shifts as int8 (version 2; loading widens them
-back to int64 and still reads version 1 files). Loading
-reads no pickle, checks the format name, version, op kinds and every tensor an
-op needs, and raises :class:`~lowbit.errors.CheckpointError` naming the
-problem. Saving writes a temporary file and renames it.
+multipliers are stored as int32 and shifts as int8 (loading widens them back to int64).
+
+A model file is untrusted input. Loading reads no pickle, verifies the checksum,
+parses every field, then validates the whole graph (:mod:`lowbit.integer.validate`:
+every attribute against its tensors, its neighbours and the recorded input shape)
+before it builds a single op, and raises :class:`~lowbit.errors.CheckpointError`
+naming the node, the attribute and what is allowed. Versions 1 and 2 (no checksum,
+no input shape) still load, with a warning. Saving writes a temporary file and renames it.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import warnings
 from pathlib import Path
 
 import torch
 
 from lowbit.errors import CheckpointError
+from lowbit.integer import validate
 from lowbit.integer.model import IntegerModel, Node, make_op
-from lowbit.integer.ops import OPS
-from lowbit.utils.tensorfile import load_tensors, save_tensors
+from lowbit.utils.tensorfile import load_tensors, read_metadata, save_tensors
 
-FORMAT, VERSION = "lowbit-integer", 2
-READS = (1, 2)  # version 2 stores per-channel multipliers and shifts in the narrowest exact integer type
+FORMAT, VERSION = "lowbit-integer", 3
+# 2: per-channel multipliers and shifts in the narrowest exact integer type; 3: a checksum and the input's shape
+READS = (1, 2, 3)
 _NARROW = {"m": torch.int32, "m2": torch.int32, "n": torch.int8}
-_REQUIRED = {"linear": ("weight", "bias"), "conv2d": ("weight", "bias"), "avgpool2d": ("m", "n")}
 
 
 def pack_int4(w: torch.Tensor) -> torch.Tensor:
@@ -57,7 +64,7 @@ def _fits(t: torch.Tensor, dtype: torch.dtype) -> bool:
 
 
 def save_integer(model: IntegerModel, path: str | Path) -> Path:
-    """Write ``model`` to ``path`` (``.safetensors``), atomically."""
+    """Write ``model`` to ``path`` (``.safetensors``), atomically, with a checksum of its content."""
     tensors: dict[str, torch.Tensor] = {}
     nodes = []
     for i, node in enumerate(model.nodes):
@@ -72,9 +79,11 @@ def save_integer(model: IntegerModel, path: str | Path) -> Path:
             tensors[f"{i}.{name}"] = t
         nodes.append({"kind": node.kind, "inputs": node.inputs, "output": node.output, "attrs": attrs,
                       "grid": node.grid, "source": node.source, "tensors": sorted(node.op.tensors)})
+    shape, dtype = model.input_shape, model.input_dtype
     meta = {"format": FORMAT, "version": VERSION, "input": model.input_name, "output": model.output_name,
-            "nodes": nodes}
-    return save_tensors(path, tensors, {"lowbit": json.dumps(meta)})
+            "input_shape": None if shape is None else list(shape),
+            "input_dtype": None if dtype is None else validate.dtype_name(dtype), "nodes": nodes}
+    return save_tensors(path, tensors, {"lowbit": json.dumps(meta)}, checksum=True)
 
 
 def _fail(path: Path, what: str) -> CheckpointError:
@@ -87,59 +96,112 @@ def _header(path: Path, metadata: dict[str, str]) -> dict:
                           "save one with lowbit.integer.save_integer or `lowbit export`")
     try:
         meta = json.loads(metadata["lowbit"])
-    except json.JSONDecodeError as exc:
+    except (ValueError, RecursionError) as exc:
         raise _fail(path, f"its metadata is not JSON ({exc})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise _fail(path, f"format {meta.get('format') if isinstance(meta, dict) else meta!r}, expected {FORMAT!r}")
-    if meta.get("version") not in READS:
-        raise _fail(path, f"format version {meta.get('version')!r}; this lowbit reads versions {READS}: "
+        raise _fail(path, f"format {meta.get('format') if isinstance(meta, dict) else meta!r:.80}, "
+                          f"expected {FORMAT!r}")
+    version = meta.get("version")
+    if isinstance(version, bool) or version not in READS:
+        raise _fail(path, f"format version {version!r:.40}; this lowbit reads versions {READS}: "
                           "re-export the model with this version")
     if not isinstance(meta.get("nodes"), list):
         raise _fail(path, "no node list")
     return meta
 
 
-def _node(path: Path, i: int, spec: dict, tensors: dict[str, torch.Tensor]) -> Node:
-    try:
-        kind, attrs = spec["kind"], dict(spec["attrs"])
-        names = list(spec["tensors"])
-        inputs, output = list(spec["inputs"]), str(spec["output"])
-    except (KeyError, TypeError) as exc:
-        raise _fail(path, f"node {i} lacks {exc}") from None
-    if kind not in OPS:
-        raise _fail(path, f"node {i} has unknown op {kind!r}; known: {sorted(OPS)}")
-    missing = [n for n in names if f"{i}.{n}" not in tensors] + [
-        n for n in _REQUIRED.get(kind, ()) if n not in names]
+def _own_tensors(path: Path, i: int, kind: str, names: list, attrs: dict,
+                 tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Node ``i``'s tensors, int4 weights unpacked and narrowed ones widened, each step checked first."""
+    where = f"node {i} ({kind})"
+    if not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
+        raise _fail(path, f"{where}: tensor names {names!r:.80} must be distinct strings")
+    missing = [n for n in names if f"{i}.{n}" not in tensors]
     if missing:
-        raise _fail(path, f"node {i} ({kind}) misses tensors {missing}")
+        raise _fail(path, f"{where} misses tensors {missing}")
     own = {n: tensors[f"{i}.{n}"] for n in names}
     if "weight_shape" in attrs:
-        own["weight"] = unpack_int4(own["weight"], tuple(attrs.pop("weight_shape")))
-    for name in attrs.pop("widen", []):
-        if name not in own or own[name].dtype not in _NARROW.values():
-            raise _fail(path, f"node {i} ({kind}): tensor {name!r} is marked narrowed but is not")
+        shape, packed = attrs.pop("weight_shape"), own.get("weight")
+        ok = (isinstance(shape, list) and 1 <= len(shape) <= 8
+              and all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= validate.MAX_SAMPLE for d in shape))
+        if not ok or packed is None or packed.dtype != torch.uint8 or packed.ndim != 1 \
+                or packed.numel() != (math.prod(shape) + 1) // 2:
+            raise _fail(path, f"{where}: attribute 'weight_shape' = {shape!r:.80} does not describe its packed "
+                              f"int4 'weight' ({'none' if packed is None else f'{packed.dtype} {tuple(packed.shape)}'})"
+                              "; allowed: a list of sizes whose product, halved and rounded up, is the byte count")
+        own["weight"] = unpack_int4(packed, tuple(shape))
+    widen = attrs.pop("widen", [])
+    if not isinstance(widen, list):
+        raise _fail(path, f"{where}: attribute 'widen' = {widen!r:.80}; allowed: a list of tensor names")
+    for name in widen:
+        if name not in _NARROW or name not in own or own[name].dtype != _NARROW[name]:
+            raise _fail(path, f"{where}: tensor {name!r:.40} is marked narrowed but is not")
         own[name] = own[name].to(torch.int64)
+    return own
+
+
+def _parse_node(path: Path, i: int, spec: object, tensors: dict[str, torch.Tensor]) -> validate.NodeView:
+    """One node's fields, typed; its tensors as the op will hold them. Nothing is built yet."""
+    if not isinstance(spec, dict):
+        raise _fail(path, f"node {i} is a {type(spec).__name__}, not a JSON object")
     try:
-        op = make_op(kind, attrs, own)
-    except (KeyError, RuntimeError, ValueError, TypeError) as exc:
-        raise _fail(path, f"node {i} ({kind}) is inconsistent: {type(exc).__name__}: {exc}") from None
-    return Node(op, inputs, output, spec.get("grid"), spec.get("source", ""))
+        kind, attrs, names = spec["kind"], spec["attrs"], spec["tensors"]
+        inputs, output = spec["inputs"], spec["output"]
+    except KeyError as exc:
+        raise _fail(path, f"node {i} lacks {exc}") from None
+    if not isinstance(kind, str) or kind not in validate.CHECKS:
+        raise _fail(path, f"node {i} has unknown op {kind!r:.40}; known: {sorted(validate.CHECKS)}")
+    if not isinstance(attrs, dict) or not isinstance(names, list):
+        raise _fail(path, f"node {i} ({kind}): 'attrs' must be a JSON object and 'tensors' a list of names")
+    if not isinstance(spec.get("source", ""), str):
+        raise _fail(path, f"node {i} ({kind}): 'source' must be a string")
+    attrs = dict(attrs)
+    own = _own_tensors(path, i, kind, names, attrs, tensors)
+    return validate.NodeView(kind, attrs, own, inputs, output, spec.get("grid"))
+
+
+def _input_spec(path: Path, meta: dict) -> validate.Spec | None:
+    """The recorded input (version 3; a model saved without one has null); None before version 3."""
+    if meta["version"] < 3:
+        warnings.warn(f"{path} is a lowbit integer model of format version {meta['version']}: it has no checksum "
+                      "and no recorded input shape, so its integrity cannot be verified and each new input shape is "
+                      "checked through its nodes; re-save it with lowbit.integer.save_integer", UserWarning,
+                      stacklevel=3)
+        return None
+    if meta.get("input_shape") is None and meta.get("input_dtype") is None:
+        return None
+    try:
+        return validate.input_spec(meta.get("input_shape"), meta.get("input_dtype"))
+    except validate.Invalid as exc:
+        raise _fail(path, str(exc)) from None
 
 
 def load_integer(path: str | Path) -> IntegerModel:
-    """Read a model written by :func:`save_integer` (no pickle; every field checked)."""
+    """Read a model written by :func:`save_integer`: no pickle, the checksum verified, the whole graph
+    validated (:mod:`lowbit.integer.validate`) before any op is built."""
     path = Path(path)
-    tensors, metadata = load_tensors(path)
-    meta = _header(path, metadata)
-    nodes = [_node(path, i, spec, tensors) for i, spec in enumerate(meta["nodes"])]
-    known = {meta.get("input")} | {n.output for n in nodes}
-    for i, n in enumerate(nodes):
-        unknown = [x for x in n.inputs if x not in known]
-        if unknown:
-            raise _fail(path, f"node {i} reads undefined tensors {unknown}")
-    if meta.get("output") not in known:
-        raise _fail(path, f"output {meta.get('output')!r} is not produced by any node")
-    return IntegerModel(nodes, meta["input"], meta["output"])
+    version = _header(path, read_metadata(path))["version"]
+    tensors, metadata = load_tensors(path, require_checksum=version >= 3)
+    meta = _header(path, metadata)  # as verified
+    x = _input_spec(path, meta)
+    views = [_parse_node(path, i, spec, tensors) for i, spec in enumerate(meta["nodes"])]
+    used = {f"{i}.{n}" for i, spec in enumerate(meta["nodes"]) for n in spec["tensors"]}
+    unused = sorted(set(tensors) - used)
+    if unused:
+        raise _fail(path, f"tensors {unused[:5]} belong to no node")
+    try:
+        validate.check_model(views, meta.get("input"), meta.get("output"), x)
+    except validate.Invalid as exc:
+        raise _fail(path, str(exc)) from None
+    nodes = []
+    for i, v in enumerate(views):
+        try:
+            op = make_op(v.kind, v.attrs, v.tensors)
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+            raise _fail(path, f"node {i} ({v.kind}) is inconsistent: {type(exc).__name__}: {exc}") from None
+        nodes.append(Node(op, v.inputs, v.output, v.grid, meta["nodes"][i].get("source", "")))
+    return IntegerModel(nodes, meta["input"], meta["output"], None if x is None else x.shape,
+                        None if x is None else x.dtype)
 
 
 __all__ = ["load_integer", "pack_int4", "save_integer", "unpack_int4"]

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from lowbit.errors import ConfigError
+from lowbit.integer import validate
 from lowbit.integer.model import IntegerModel, Node, make_op
 from lowbit.nn.exact import layer_params, pool_params
 from lowbit.nn.qparams import QParams, offset, stored_zero_point
@@ -266,8 +267,16 @@ def to_integer(model: nn.Module, example_inputs: tuple) -> IntegerModel:
         raise ConfigError("to_integer needs a model from lowbit.quantize / ptq.convert that torch.fx traced "
                           "(the eager fallback has no graph to lower)")
     model.eval()
-    _record_shapes(model, example_inputs[0])
-    return _Lowering(model).run()
+    example = example_inputs[0]
+    _record_shapes(model, example)
+    im = _Lowering(model).run()
+    im.input_shape, im.input_dtype = tuple(example.shape[1:]), example.dtype  # what every call is checked against
+    try:  # the checks a loaded model file passes (lowbit.integer.validate), on what was lowered
+        validate.check_model(validate.views(im.nodes), im.input_name, im.output_name,
+                             validate.input_spec(list(im.input_shape), validate.dtype_name(example.dtype)))
+    except validate.Invalid as exc:
+        raise ConfigError(f"cannot lower to integers: {exc}") from None
+    return im
 
 
 __all__ = ["to_integer"]

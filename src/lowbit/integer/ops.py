@@ -13,6 +13,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from lowbit.functional._checks import check_tensor
 from lowbit.integer import cext, kernels, vnni
 from lowbit.integer.arith import dequantize_acc, dequantize_codes, half_of
 
@@ -42,12 +43,14 @@ class Quantize(Op):
         self.inv = torch.reciprocal(torch.tensor(attrs["scale"], dtype=torch.float32))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """A NaN or an infinity raises the DataError the simulation's quantizer raises."""
         a = self.attrs
         inv = self.inv
         if x.dtype == torch.float32 and cext.library() is not None:
             q = cext.quantize_f32(x, inv, a["zero_point"], a["lo"], a["hi"])  # one pass, same float32 ops
             if q is not None:
                 return q
+        check_tensor(x, "input")
         return (torch.round(x * inv) + a["zero_point"]).clamp_(a["lo"], a["hi"]).to(torch.int8)
 
 

@@ -15,13 +15,19 @@ VNNI path only: input quantization of float32, dense convs
 pooling, flatten, linear layers (requantizing, with a residual input, or
 dequantizing the output) and the output dequantization. A model with anything
 else, or with a layer switched off the default kernels (``use_cext``,
-``use_vnni``, ``use_implicit``), keeps the op-by-op path; so does an input with
-a NaN or an infinity (the C quantizer reports it; PyTorch's ops handle it).
+``use_vnni``, ``use_implicit``), keeps the op-by-op path. An input with a NaN
+or an infinity raises the :class:`~lowbit.errors.DataError` the simulation
+raises (the C quantizer counts them).
+
+Every step's buffers and arguments are checked when the plan is built, by the
+same functions that check the op-by-op calls (:mod:`lowbit.integer.guard`), so
+``lowbit_run_plan`` never sees a buffer too small for what a step touches.
 """
 
 from __future__ import annotations
 
 import ctypes
+import math
 import threading
 from collections import OrderedDict
 from operator import attrgetter
@@ -29,8 +35,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from lowbit.integer import cext, ops, vnni
-from lowbit.integer.planner import HANDLERS, INPUT, Builder, Unsupported, Value
+from lowbit.errors import ShapeError
+from lowbit.functional._checks import check_tensor
+from lowbit.integer import cext, guard, ops, vnni
+from lowbit.integer.planner import HANDLERS, INPUT, Builder, Kind, Unsupported, Value
 
 if TYPE_CHECKING:
     from lowbit.integer.model import IntegerModel
@@ -47,8 +55,7 @@ class Step(ctypes.Structure):
 
 class Plan:
     """An IntegerModel's steps for one input shape and thread count, with every buffer but the output allocated.
-    :meth:`run` returns the model's output, or None where the op-by-op path must run (a NaN or an infinity in
-    the input). Not thread-safe: :class:`PlanCache` serializes the calls."""
+    :meth:`run` returns the model's output. Not thread-safe: :class:`PlanCache` serializes the calls."""
 
     def __init__(self, model: IntegerModel, shape: tuple[int, ...], threads: int, max_bytes: int) -> None:
         lib = cext.library()
@@ -57,7 +64,10 @@ class Plan:
         if lib.lowbit_plan_step_size() != ctypes.sizeof(Step):
             raise Unsupported("step layout differs from csrc/plan.c")
         self.layers = [n.op for n in model.nodes if isinstance(n.op, ops._Layer)]
+        self.shape = torch.Size(shape)
         b, out = self._build(model, shape, max_bytes)
+        check_steps(b.steps, b.buffers, guard.Buf(torch.float32, math.prod(shape)), out.slot,
+                    guard.Buf(out.dtype, math.prod(out.shape)), threads)
         self._set_steps(b.steps)
         self.buffers = b.buffers
         self._set_output(out)
@@ -102,17 +112,76 @@ class Plan:
         """Every layer on its default kernels (tests switch layers to other paths to compare them)."""
         return all(op.use_cext and op.use_vnni and op.use_implicit for op in self.layers)
 
-    def run(self, x: torch.Tensor) -> torch.Tensor | None:
-        """The output for float32 ``x`` of the plan's shape, in a new tensor; None for a non-finite input."""
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        """The output for float32 ``x`` of the plan's shape, in a new tensor; a NaN or an infinity in ``x``
+        raises the simulation's :class:`~lowbit.errors.DataError`."""
         x = x.contiguous()
+        if x.shape != self.shape or x.dtype != torch.float32 or x.device.type != "cpu":
+            raise ShapeError(f"this plan runs float32 CPU inputs of shape {self.shape}, got {x.dtype} "
+                             f"{tuple(x.shape)} on {x.device}")
         out = torch.empty(self.out_shape, dtype=self.out_dtype)
         self.bufs[INPUT], self.bufs[self.out_slot] = x.data_ptr(), out.data_ptr()
         rc = self._run(self.steps_addr, self.n_steps, self.bufs_addr, self._threads)
         if rc < 0:
             raise RuntimeError(f"lowbit_run_plan: bad step ({rc})")
-        if rc:
-            return None  # a NaN or an infinity in the input
+        if rc:  # a NaN or an infinity in the input: the simulation's error
+            check_tensor(x, "input")
+            raise RuntimeError("lowbit_run_plan reported a non-finite input that PyTorch finds finite")
         return out.permute(self.out_perm) if self.out_perm else out
+
+
+def _step_checks() -> dict:
+    """Per step kind, the :mod:`lowbit.integer.guard` call for its buffers ``B(i)`` and arguments ``a``, in
+    the order ``csrc/plan.c`` passes them to the kernel."""
+    g = guard
+    return {
+        Kind.QUANTIZE: lambda B, a, r, t: g.quantize_f32(B(0), a[0], r, a[1], a[2], a[3], B(1)),
+        Kind.TRANSPOSE: lambda B, a, r, t: g.nhwc_to_nchw(B(0), a[0], a[1], a[2], B(1)),
+        Kind.PAD_FLIP: lambda B, a, r, t: g.pad_flip_nhwc(B(0), *a[:7], B(1)),
+        Kind.CONV: lambda B, a, r, t: g.conv_u8s8(B(0), *a[:12], B(1), a[12], B(2), a[13], B(3), B(4), B(5), B(6),
+                                                  a[14], B(7), a[15], a[16], a[17], B(8), t),
+        Kind.IM2COL: lambda B, a, r, t: g.im2col_u8(B(0), *a[:16], B(1), B(2)),
+        Kind.PACK_A: lambda B, a, r, t: g.pack_a(B(0), a[0], a[1], a[2], B(1)),
+        Kind.GEMM: lambda B, a, r, t: g.gemm_u8s8(B(0), a[0], a[1], a[2], B(1), a[3], B(2), a[4], B(3), B(4), B(5),
+                                                  B(6), a[5], B(7), a[6], a[7], a[8], B(8), t),
+        Kind.MAXPOOL: lambda B, a, r, t: g.maxpool_nhwc(B(0), *a[:12], B(1)),
+        Kind.DEQUANT_ROWS: lambda B, a, r, t: g.dequant_rows(B(0), a[0], a[1], B(1), B(2), B(3)),
+        Kind.REQUANT: lambda B, a, r, t: g.requant(B(0), a[0], a[1], 0, 0, B(1), B(2), B(3), B(4), B(5), a[2], B(6),
+                                                   a[3], a[4], a[5], B(7)),
+        Kind.SUM_HW: lambda B, a, r, t: g.sum_hw(B(0), a[0], a[1], a[2], B(1)),
+        Kind.DEPTHWISE: lambda B, a, r, t: g.depthwise_nhwc(B(0), *a[:4], B(1), *a[4:15], B(2)),
+        Kind.DEQUANT_CODES: lambda B, a, r, t: g.dequant_codes(B(0), a[0], a[1], r, B(1)),
+    }
+
+
+STEP_CHECKS = _step_checks()
+_REQUANT_BUFS = {Kind.CONV: (3, 13), Kind.GEMM: (3, 4), Kind.REQUANT: (2, None)}  # first of m, n, half, res, m2;
+# the argument that switches the requantization on (None: always on)
+
+
+def check_steps(steps: list, buffers: list, input_buf: guard.Buf, out_slot: int, out_buf: guard.Buf,
+                threads: int) -> None:
+    """Check every step against what its kernel touches (:mod:`lowbit.integer.guard`): slot 0 is the input,
+    ``out_slot`` the output (both given per call, described by ``input_buf``, ``out_buf``), other slots the
+    plan's own tensors, whose requantization values are checked too."""
+    for kind, bufs, args, real in steps:
+        slots = list(bufs) + [-1] * (STEP_BUFS - len(bufs))
+
+        def B(i: int, slots=slots):  # as in plan.c
+            s = slots[i]
+            if s < 0:
+                return None
+            return input_buf if s == INPUT else out_buf if s == out_slot else guard.buf(buffers[s])
+
+        check = STEP_CHECKS.get(kind)
+        if check is None:
+            raise Unsupported(f"no check for step kind {kind}")
+        check(B, list(args) + [0] * (STEP_ARGS - len(args)), real, threads)
+        if kind in _REQUANT_BUFS:
+            first, switch = _REQUANT_BUFS[kind]
+            if switch is None or args[switch]:
+                t = [None if slots[first + j] < 0 else buffers[slots[first + j]] for j in (0, 1, 2, 4)]
+                guard.requant_values(f"plan step {kind.name}", t[0], t[1], t[2], t[3])
 
 
 _OP = attrgetter("op")
@@ -138,7 +207,7 @@ class PlanCache:
 
     def run(self, model: IntegerModel, x: torch.Tensor) -> torch.Tensor | None:
         """The model's output through its plan, or None: no plan for this model or input, a layer off its
-        default kernels, a NaN or infinity in the input, or another call running."""
+        default kernels, or another call running. A NaN or an infinity in ``x`` raises a DataError."""
         if x.dtype != torch.float32 or x.device.type != "cpu" or not self._lock.acquire(blocking=False):
             return None
         try:

@@ -13,7 +13,8 @@ unsigned by signed bytes. Exact: every product and the sum fit int32 for
 K < 2^16 (checked).
 
 Used when the C library is built for a CPU with AVX512-VNNI; otherwise the
-layers keep ``torch._int_mm`` (see :mod:`lowbit.integer.kernels`).
+layers keep ``torch._int_mm`` (see :mod:`lowbit.integer.kernels`). Every call's
+arguments are checked first (:mod:`lowbit.integer.guard`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from functools import cached_property, lru_cache
 
 import torch
 
-from lowbit.integer import cext
+from lowbit.errors import ShapeError
+from lowbit.integer import cext, guard
 
 MAX_K = 1 << 16
 
@@ -50,6 +52,7 @@ def peak_gops(iters: int = 20_000_000) -> float:
     """Measured int8 peak of one core, GOP/s: a register-only loop of independent ``vpdpbusd`` (no memory)."""
     import time
 
+    guard.vnni_peak(iters)
     start = time.perf_counter()
     cext.library().lowbit_vnni_peak(iters)
     return iters * 12 * 64 * 2 / (time.perf_counter() - start) / 1e9
@@ -68,6 +71,7 @@ def pack_weight(w: torch.Tensor) -> PackedWeight:
         raise ValueError(f"K = {k} is too long for the int32 accumulator of the VNNI GEMM (K < {MAX_K})")
     kp, w = _kp(k), w.contiguous()
     panels = torch.empty(((n + 15) // 16) * kp * 16, dtype=torch.int8)
+    guard.pack_w(guard.buf(w, "lowbit_pack_w", "w"), n, k, kp, guard.buf(panels))
     cext.library().lowbit_pack_w(w.data_ptr(), n, k, kp, panels.data_ptr())
     correction = (-128 * w.to(torch.int32).sum(dim=1)).to(torch.int32)
     return PackedWeight(panels, n, k, kp, correction)
@@ -76,17 +80,22 @@ def pack_weight(w: torch.Tensor) -> PackedWeight:
 def pack_rows(x: torch.Tensor, kp: int) -> torch.Tensor:
     """int8 (M, K) stored activations -> uint8 (M, kp) rows (top bit flipped, zero padded)."""
     x = x.contiguous()
+    if x.ndim != 2:
+        raise ShapeError(f"lowbit_pack_a: expected int8 (M, K) rows, got shape {tuple(x.shape)}")
     m, k = x.shape
     out = torch.empty((m, kp), dtype=torch.uint8)
+    guard.pack_a(guard.buf(x, "lowbit_pack_a", "x"), m, k, kp, guard.buf(out))
     cext.library().lowbit_pack_a(x.data_ptr(), m, k, kp, out.data_ptr())
     return out
 
 
 def im2col(x: torch.Tensor, kernel, stride, padding, dilation, pad_value: int, out_hw, kp: int) -> torch.Tensor:
     """uint8 (N*Ho*Wo, kp) patch rows of int8 ``x`` (N, C, H, W), flipped and padded for :func:`gemm`."""
-    xh = x.permute(0, 2, 3, 1).contiguous()
+    xh = cext.nhwc(x, "lowbit_im2col_u8")
     n, h, w, c = xh.shape
     (kh, kw), (sh, sw), (ph, pw), (dh, dw), (ho, wo) = kernel, stride, padding, dilation, out_hw
+    guard.im2col_u8(guard.buf(xh, "lowbit_im2col_u8", "x"), n, h, w, c, kh, kw, sh, sw, ph, pw, dh, dw, pad_value,
+                    ho, wo, kp, guard.Buf(torch.uint8, n * ho * wo * kp))
     out = torch.empty((n * ho * wo, kp), dtype=torch.uint8)
     if cext.library().lowbit_im2col_u8(xh.data_ptr(), n, h, w, c, kh, kw, sh, sw, ph, pw, dh, dw, pad_value, ho, wo,
                                        kp, out.data_ptr()):
@@ -109,6 +118,15 @@ class Requant:
     m2: torch.Tensor | None = None
     res_zp: int = 0
 
+    def __post_init__(self) -> None:
+        guard.requant_values("Requant", self.m, self.n, self.half, self.m2)
+
+    def bufs(self, residual: torch.Tensor | None, kernel: str) -> list:
+        """The epilogue's buffers and arguments as :mod:`lowbit.integer.guard` takes them."""
+        b = guard.buf
+        return [1, b(self.m, kernel, "m"), b(self.n, kernel, "n"), b(self.half, kernel, "h"),
+                b(residual, kernel, "residual"), self.res_zp, b(self.m2, kernel, "m2"), self.zp, self.lo, self.hi]
+
     @cached_property
     def _pointers(self) -> tuple[int, int, int, int | None]:
         return self.m.data_ptr(), self.n.data_ptr(), self.half.data_ptr(), cext.ptr(self.m2)
@@ -119,6 +137,10 @@ class Requant:
 
 
 RAW_ARGS = [0, None, None, None, None, 0, None, 0, 0, 0]  # no requantization: int32 out
+
+
+def _guard_epilogue(requant: Requant | None, residual: torch.Tensor | None, kernel: str) -> list:
+    return RAW_ARGS if requant is None else requant.bufs(residual, kernel)
 
 
 def _epilogue(requant: Requant | None, residual: torch.Tensor | None, rows: int, n: int) -> tuple[torch.Tensor, list]:
@@ -139,6 +161,11 @@ def gemm(a: torch.Tensor, w: PackedWeight, col_add: torch.Tensor, requant: Requa
     if not (flip or a.dtype == torch.uint8) or a.ndim != 2 or a.shape[1] != w.kp or not a.is_contiguous():
         raise ValueError(f"gemm needs contiguous uint8 (M, {w.kp}) rows (or int8 when K % 4 == 0), "
                          f"got {a.dtype} {tuple(a.shape)}")
+    k = "lowbit_gemm_u8s8"
+    guard.gemm_u8s8(guard.buf(a, k, "a"), a.shape[0], w.kp, int(flip), guard.buf(w.panels), w.n,
+                    guard.buf(col_add, k, "col_add"), *_guard_epilogue(requant, residual, k),
+                    guard.Buf(torch.int32 if requant is None else torch.int8, a.shape[0] * w.n),
+                    torch.get_num_threads())
     out, epi = _epilogue(requant, residual, a.shape[0], w.n)
     cext.library().lowbit_gemm_u8s8(a.data_ptr(), a.shape[0], w.kp, int(flip), w.panels.data_ptr(), w.n,
                                     col_add.data_ptr(), *epi, out.data_ptr(), torch.get_num_threads())
@@ -155,13 +182,20 @@ def conv(x: torch.Tensor, w: PackedWeight, kernel, stride, padding, dilation, pa
     """Dense conv of int8 ``x`` (N, C, H, W) as an implicit GEMM: no im2col buffer, the micro-kernel reads
     each tap from a padded, flipped NHWC copy of the image. Returns (N*Ho*Wo, O) like :func:`gemm`;
     ``w`` packed from the (O, kh*kw*C) matrix in (kh, kw, C) order."""
-    n, c, h, wd = x.shape
+    xh = cext.nhwc(x, "lowbit_conv_u8s8")
+    n, h, wd, c = xh.shape
     (kh, kw), (sh, sw), (ph, pw), (dh, dw), (ho, wo) = kernel, stride, padding, dilation, out_hw
     if not implicit_conv_ok(c, (kh, kw)) or w.kp != kh * kw * c:
         raise ValueError(f"implicit conv needs C % 4 == 0 and a (O, {kh * kw * c}) packed weight")
     lib = cext.library()
-    xh = x.permute(0, 2, 3, 1).contiguous()
     hp, wp = h + 2 * ph, wd + 2 * pw
+    k = "lowbit_conv_u8s8"
+    guard.pad_flip_nhwc(guard.buf(xh, "lowbit_pad_flip_nhwc", "x"), n, h, wd, c, ph, pw, pad_value,
+                        guard.Buf(torch.uint8, n * hp * wp * c))
+    guard.conv_u8s8(guard.Buf(torch.uint8, n * hp * wp * c), n, hp, wp, c, kh, kw, sh, sw, dh, dw, ho, wo,
+                    guard.buf(w.panels), w.n, guard.buf(col_add, k, "col_add"), *_guard_epilogue(requant, residual, k),
+                    guard.Buf(torch.int32 if requant is None else torch.int8, n * ho * wo * w.n),
+                    torch.get_num_threads())
     padded = torch.empty((n, hp, wp, c), dtype=torch.uint8)
     lib.lowbit_pad_flip_nhwc(xh.data_ptr(), n, h, wd, c, ph, pw, pad_value, padded.data_ptr())
     out, epi = _epilogue(requant, residual, n * ho * wo, w.n)

@@ -15,10 +15,20 @@ Loading never executes code from the file (unlike ``torch.load`` of a pickle) an
 checks every field before it allocates memory, so a corrupt, truncated or foreign
 file gives a :class:`~lowbit.errors.CheckpointError` that names the file and the
 problem. The files are interchangeable with those of the ``safetensors`` package.
+
+Integrity: ``save_tensors(..., checksum=True)`` stores in the metadata, under
+:data:`CHECKSUM_KEY`, the SHA-256 of the file's content: a canonical JSON of
+every tensor's name, dtype, shape and offsets and of the other metadata, then the
+byte buffer. :func:`load_tensors` verifies it whenever it is present (and, with
+``require_checksum=True``, refuses a file without one), so one changed byte in
+the tensors or the header is a :class:`~lowbit.errors.CheckpointError`, not a
+model that loads and computes something else. It detects corruption, not
+tampering: whoever rewrites the file can rewrite the digest.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -33,7 +43,7 @@ import torch
 from lowbit.errors import CheckpointError
 from lowbit.utils.files import atomic_write
 
-__all__ = ["save_tensors", "load_tensors", "DTYPES"]
+__all__ = ["CHECKSUM_KEY", "DTYPES", "load_tensors", "read_metadata", "save_tensors"]
 
 #: safetensors dtype name -> torch dtype, for every dtype this module supports.
 DTYPES: dict[str, torch.dtype] = {
@@ -51,6 +61,7 @@ DTYPES: dict[str, torch.dtype] = {
 _NAMES: dict[torch.dtype, str] = {dtype: name for name, dtype in DTYPES.items()}
 
 METADATA_KEY = "__metadata__"
+CHECKSUM_KEY = "lowbit.sha256"  # metadata key of the content digest (see the module docstring)
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # a header this large is corruption, not a model
 _LEN_BYTES = 8
 _ALIGN = 8
@@ -74,16 +85,21 @@ def save_tensors(
     path: str | Path,
     tensors: Mapping[str, torch.Tensor],
     metadata: Mapping[str, str] | None = None,
+    checksum: bool = False,
 ) -> Path:
     """Write ``tensors`` (and optional string ``metadata``) to ``path`` atomically.
 
     Tensors are moved to the CPU and made contiguous; their dtype and shape are kept
     exactly. Either the whole file is written or ``path`` keeps its old content.
+    ``checksum``: also store the SHA-256 of the content, which :func:`load_tensors` verifies.
     """
     path = Path(path)
     prepared = _prepare_tensors(path, tensors)
     _check_metadata_to_save(path, metadata)
     entries = _layout(prepared)
+    if checksum:
+        digest = _digest(entries, metadata or {}, (_tensor_bytes(prepared[e.name]) for e in entries))
+        metadata = {**(metadata or {}), CHECKSUM_KEY: digest}
     header = _encode_header(entries, metadata)
 
     def write(f: IO[bytes]) -> None:
@@ -154,6 +170,25 @@ def _check_metadata_to_save(path: Path, metadata: object) -> None:
                 f"cannot save {path}: metadata entry {key!r}: {value!r} is not str -> str; "
                 "convert keys and values to strings (e.g. with json.dumps)"
             )
+    if CHECKSUM_KEY in metadata:
+        raise CheckpointError(
+            f"cannot save {path}: metadata key {CHECKSUM_KEY!r} is reserved for the checksum; "
+            "pass checksum=True to store one"
+        )
+
+
+def _digest(entries: list[_Entry], metadata: Mapping[str, str], chunks) -> str:
+    """SHA-256 (hex) of the canonical description of the tensors and metadata, then of the data ``chunks``
+    (the tensors' bytes in buffer order)."""
+    described = {
+        "metadata": {k: v for k, v in metadata.items() if k != CHECKSUM_KEY},
+        "tensors": {e.name: [_NAMES[e.dtype], list(e.shape), e.begin, e.end] for e in entries},
+    }
+    text = json.dumps(described, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    h = hashlib.sha256(len(text).to_bytes(8, "little") + text)
+    for chunk in chunks:
+        h.update(chunk)
+    return h.hexdigest()
 
 
 def _layout(tensors: Mapping[str, torch.Tensor]) -> list[_Entry]:
@@ -205,12 +240,14 @@ def _swap_bytes(raw: torch.Tensor, itemsize: int) -> torch.Tensor:
 # --------------------------------------------------------------------------- load
 
 
-def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def load_tensors(path: str | Path, require_checksum: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Read a safetensors file; return ``(tensors, metadata)``.
 
     Every tensor owns its memory and has the dtype and shape stored in the file.
     Raises :class:`CheckpointError` naming the file and the problem if the file is
-    missing, truncated, corrupt or not a safetensors file.
+    missing, truncated, corrupt or not a safetensors file, or if its stored checksum
+    (:data:`CHECKSUM_KEY`, verified whenever present and then left out of the returned
+    metadata) does not match its content; with ``require_checksum`` also if it has none.
     """
     path = Path(path)
     with _open(path) as f:
@@ -221,8 +258,39 @@ def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, s
         entries = [_parse_entry(path, name, info) for name, info in header.items()]
         _check_offsets(path, entries, size - _LEN_BYTES - header_len)
         start = _LEN_BYTES + header_len
-        tensors = {e.name: _read_tensor(path, f, start, e) for e in entries}
-    return tensors, metadata
+        entries.sort(key=lambda e: (e.begin, e.end))  # buffer order, as the digest reads the bytes
+        raw = {e.name: _read_raw(path, f, start, e) for e in entries}
+    _verify_checksum(path, entries, metadata, raw, require_checksum)
+    tensors = {e.name: _as_tensor(raw[e.name], e) for e in entries}
+    return tensors, {k: v for k, v in metadata.items() if k != CHECKSUM_KEY}
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata of a safetensors file as its header states it (the checksum entry included, nothing
+    verified, no tensor read): to decide how to load it with :func:`load_tensors`."""
+    path = Path(path)
+    with _open(path) as f:
+        size = os.fstat(f.fileno()).st_size
+        header = _parse_header(path, f.read(_read_header_length(path, f, size)))
+    return _parse_metadata(path, header.get(METADATA_KEY))
+
+
+def _verify_checksum(path: Path, entries: list[_Entry], metadata: dict[str, str], raw: dict[str, bytearray],
+                     required: bool) -> None:
+    stored = metadata.get(CHECKSUM_KEY)
+    if stored is None:
+        if required:
+            raise CheckpointError(
+                f"{path} has no checksum ({CHECKSUM_KEY!r} in its metadata), so its content cannot be "
+                "verified; re-save it with this lowbit"
+            )
+        return
+    actual = _digest(entries, metadata, (raw[e.name] for e in entries))
+    if stored != actual:
+        raise CheckpointError(
+            f"{path} is corrupt: the SHA-256 of its content is {actual[:16]}..., but the file records "
+            f"{stored[:16]}...; it was changed or damaged after it was written: re-save or re-download it"
+        )
 
 
 def _open(path: Path) -> IO[bytes]:
@@ -391,15 +459,22 @@ def _check_offsets(path: Path, entries: list[_Entry], buffer_len: int) -> None:
         )
 
 
-def _read_tensor(path: Path, f: IO[bytes], start: int, e: _Entry) -> torch.Tensor:
-    """Copy one tensor out of the file into memory it owns."""
+def _read_raw(path: Path, f: IO[bytes], start: int, e: _Entry) -> bytearray:
+    """One tensor's bytes, copied out of the file."""
     size = e.end - e.begin
-    if size == 0:
-        return torch.empty(e.shape, dtype=e.dtype)
     buffer = bytearray(size)
+    if size == 0:
+        return buffer
     f.seek(start + e.begin)
     if f.readinto(buffer) != size:
         raise CheckpointError(f"{path} is truncated: tensor {e.name!r} is cut short")
+    return buffer
+
+
+def _as_tensor(buffer: bytearray, e: _Entry) -> torch.Tensor:
+    """The tensor of one entry over its bytes (the tensor owns that memory)."""
+    if len(buffer) == 0:
+        return torch.empty(e.shape, dtype=e.dtype)
     raw = torch.frombuffer(buffer, dtype=torch.uint8)
     if sys.byteorder != "little":
         raw = _swap_bytes(raw, e.dtype.itemsize)

@@ -1,0 +1,395 @@
+"""What every C entry point of ``csrc/`` reads and writes, checked before the call: the one place that does.
+
+A C kernel trusts its arguments: a wrong channel count or a negative padding makes it read or write outside
+its buffers (heap corruption, a crash later), and a shift of 64 or more is undefined behaviour. So each entry
+point has one function here that takes the integer arguments exactly as the kernel receives them and the
+buffers it is given (:class:`Buf`: dtype and element count), and checks
+
+* every size and geometry argument against its range, and output sizes against the convolution formula
+  ``Ho = (H + 2 p - d (k - 1) - 1) // s + 1`` (so that every tap a kernel visits lies in its buffer);
+* every buffer against the dtype the kernel casts it to and the number of elements it touches;
+* zero points and clamping bounds against int8, shifts against ``0..62``, multipliers against the bounds
+  that keep ``(acc + bias) m + (r - z_r) m2 + 2^(n-1)`` inside int64 (:func:`requant_values`).
+
+The wrappers in :mod:`lowbit.integer.cext` and :mod:`lowbit.integer.vnni` call these with tensors
+(:func:`buf` also checks that a tensor is a contiguous CPU tensor); :mod:`lowbit.integer.plan` calls them
+for every step of a plan, with the plan's buffers, when it builds the plan. A failed check raises
+:class:`~lowbit.errors.ShapeError` (a buffer of the wrong size, dtype or layout) or
+:class:`~lowbit.errors.ConfigError` (an argument out of range) naming the kernel and the argument.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from numbers import Integral, Real
+
+import torch
+
+from lowbit.errors import ConfigError, ShapeError
+
+INT8 = (-128, 127)
+MAX_SHIFT = 62  # lowbit.integer.arith.MAX_SHIFT: a shift of 64 or more is undefined in C
+MAX_M = (1 << 31) - 1  # |acc + bias| < 2^31, so (acc + bias) m < 2^62
+MAX_M2 = (1 << 53) - 1  # |r - z_r| <= 255 < 2^8, so (r - z_r) m2 < 2^61; with 2^(n-1) <= 2^61 the sum < 2^63
+MAX_K = 1 << 16  # the VNNI GEMM's int32 accumulator is exact for K <= 2^16 (lowbit.integer.vnni.MAX_K)
+MAX_TAPS = 256  # the implicit conv keeps one offset per tap on the stack (csrc/gemm.c)
+MAX_DIM = 1 << 40  # no size or geometry argument is larger (keeps every product of two far inside int64)
+
+
+@dataclass(frozen=True)
+class Buf:
+    """What a kernel is handed in one pointer argument: the element type and how many elements there are."""
+
+    dtype: torch.dtype
+    numel: int
+
+
+def buf(t: torch.Tensor | None, kernel: str = "", name: str = "") -> Buf | None:
+    """The :class:`Buf` of a tensor passed by its data pointer: it must live on the CPU and be contiguous
+    (the kernels index it as a dense array). None for None (a NULL pointer)."""
+    if t is None:
+        return None
+    if not isinstance(t, torch.Tensor):
+        raise ShapeError(f"{kernel}: buffer {name!r} is a {type(t).__name__}, not a torch.Tensor")
+    if t.device.type != "cpu":
+        raise ShapeError(f"{kernel}: buffer {name!r} is on {t.device}; the C kernels run on the CPU: "
+                         "move the tensor with .cpu()")
+    if not t.is_contiguous():
+        raise ShapeError(f"{kernel}: buffer {name!r} of shape {tuple(t.shape)} is not contiguous; "
+                         "pass .contiguous()")
+    return Buf(t.dtype, t.numel())
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _int(kernel: str, name: str, value: object, lo: int, hi: int = MAX_DIM) -> int:
+    """``value`` is an integer in ``lo..hi``."""
+    if isinstance(value, bool) or not isinstance(value, Integral) or not lo <= value <= hi:
+        raise ConfigError(f"{kernel}: argument {name} = {value!r}; allowed: an integer in {lo}..{hi}")
+    return int(value)
+
+
+def _flag(kernel: str, name: str, value: object) -> int:
+    return _int(kernel, name, value, 0, 1)
+
+
+def _real(kernel: str, name: str, value: object, positive: bool = False) -> float:
+    """``value`` is a finite number (and > 0 where ``positive``)."""
+    ok = isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or (positive and value <= 0):
+        raise ConfigError(f"{kernel}: argument {name} = {value!r}; allowed: a finite number{' > 0' if positive else ''}")
+    return float(value)
+
+
+def _bounds(kernel: str, zp: object, lo: object, hi: object) -> None:
+    """An output zero point and clamping bounds of int8 codes: all in int8, ``lo <= hi``."""
+    _int(kernel, "zp", zp, *INT8)
+    lo, hi = _int(kernel, "lo", lo, *INT8), _int(kernel, "hi", hi, *INT8)
+    if lo > hi:
+        raise ConfigError(f"{kernel}: clamping bounds lo = {lo} > hi = {hi}; allowed: lo <= hi")
+
+
+def _need(kernel: str, name: str, b: Buf | None, dtypes: tuple[torch.dtype, ...], numel: int) -> None:
+    """Buffer ``name`` exists, has one of ``dtypes`` and at least ``numel`` elements."""
+    if b is None:
+        raise ShapeError(f"{kernel}: buffer {name!r} is missing (NULL)")
+    if b.dtype not in dtypes:
+        want = " or ".join(str(d) for d in dtypes)
+        raise ShapeError(f"{kernel}: buffer {name!r} is {b.dtype}; the kernel reads it as {want}")
+    if b.numel < numel:
+        raise ShapeError(f"{kernel}: buffer {name!r} holds {b.numel} elements; the call touches {numel}")
+
+
+def out_size(size: int, k: int, s: int, p: int, d: int) -> int:
+    """Output length of a convolution or pooling along one dimension."""
+    return (size + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+def _geometry(kernel: str, n, h, w, c, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo) -> None:
+    """A convolution's sizes: every tap of every output pixel then lies in the padded image."""
+    _int(kernel, "N", n, 0)
+    for name, v in (("H", h), ("W", w), ("C", c), ("kh", kh), ("kw", kw), ("sh", sh), ("sw", sw), ("dh", dh),
+                    ("dw", dw)):
+        _int(kernel, name, v, 1)
+    _int(kernel, "ph", ph, 0)
+    _int(kernel, "pw", pw, 0)
+    for name, v, size, k, s, p, d in (("Ho", ho, h, kh, sh, ph, dh), ("Wo", wo, w, kw, sw, pw, dw)):
+        want = out_size(size, k, s, p, d)
+        if want < 1 or v != want:
+            raise ShapeError(f"{kernel}: output size {name} = {v!r}, but an input of {size} with kernel {k}, "
+                             f"stride {s}, padding {p} and dilation {d} gives {want}"
+                             + ("" if want >= 1 else " (the kernel is larger than the padded input)"))
+
+
+def _panels(n: int, kp: int) -> int:
+    """Bytes of a weight matrix (N, K) packed in 16-column VNNI panels of Kp rows (csrc/gemm.c)."""
+    return (n + 15) // 16 * kp * 16
+
+
+# ---------------------------------------------------------------- requant.c
+
+
+def requant_values(kernel: str, m: torch.Tensor, n: torch.Tensor, h: torch.Tensor | None = None,
+                   m2: torch.Tensor | None = None) -> None:
+    """Value ranges of a requantization's per-channel int64 tensors: ``0 <= n <= 62`` (a shift of 64 or more
+    is undefined), ``h = 2^(n-1)`` (0 for n = 0), ``0 <= m < 2^31`` and ``0 <= m2 < 2^53``: with
+    ``|acc + bias| < 2^31`` and ``|r - z_r| <= 255`` the sum ``(acc + bias) m + (r - z_r) m2 + h`` stays
+    below 2^63."""
+    def rng(name: str, t: torch.Tensor | None, lo: int, hi: int) -> None:
+        if t is not None and t.numel() and (int(t.min()) < lo or int(t.max()) > hi):
+            raise ConfigError(f"{kernel}: {name} holds values in {int(t.min())}..{int(t.max())}; "
+                              f"allowed: {lo}..{hi}")
+
+    rng("n (shift)", n, 0, MAX_SHIFT)
+    rng("m (multiplier)", m, 0, MAX_M)
+    rng("m2 (residual multiplier)", m2, 0, MAX_M2)
+    if h is not None and h.shape == n.shape and not torch.equal(h, (torch.ones_like(n) << n) >> 1):
+        raise ConfigError(f"{kernel}: h must be 2^(n-1) (0 where n = 0), the rounding half of each shift")
+
+
+def requant(acc: Buf, rows, C, hw, nchw, bias: Buf, m: Buf, n: Buf, h: Buf, res: Buf | None, res_zp,
+            m2: Buf | None, zp, lo, hi, out: Buf, kernel: str = "lowbit_requant") -> None:
+    """``lowbit_requant``: int32 acc (rows, C) or (rows, C, hw) -> int8 of the same shape."""
+    _int(kernel, "rows", rows, 0)
+    _int(kernel, "C", C, 1)
+    nchw = _flag(kernel, "acc_nchw", nchw)
+    _int(kernel, "hw", hw, 1 if nchw else 0)
+    count = rows * C * (hw if nchw else 1)
+    _epilogue(kernel, True, C, count, m, n, h, res, res_zp, m2, zp, lo, hi)
+    _need(kernel, "acc", acc, (torch.int32,), count)
+    _need(kernel, "bias", bias, (torch.int32,), C)
+    _need(kernel, "out", out, (torch.int8,), count)
+
+
+def _epilogue(kernel: str, requant_on: int, cols: int, count: int, m: Buf | None, n: Buf | None,
+              h: Buf | None, res: Buf | None, res_zp, m2: Buf | None, zp, lo, hi) -> None:
+    """The fused requantization arguments of a GEMM, conv or requant call with ``cols`` output channels and
+    ``count`` outputs; nothing is read when ``requant_on`` is 0."""
+    if not requant_on:
+        return
+    for name, b in (("m", m), ("n", n), ("h", h)):
+        _need(kernel, name, b, (torch.int64,), cols)
+    _int(kernel, "res_zp", res_zp, *INT8)
+    _bounds(kernel, zp, lo, hi)
+    if res is not None:
+        _need(kernel, "residual", res, (torch.int8,), count)
+        _need(kernel, "m2", m2, (torch.int64,), cols)  # read for every column when there is a residual
+
+
+def im2col_nhwc(x: Buf, N, H, W, C, kh, kw, sh, sw, ph, pw, dh, dw, pad_value, Ho, Wo, out: Buf) -> None:
+    """``lowbit_im2col_nhwc``: int8 NHWC (N, H, W, C) -> int8 rows (N Ho Wo, kh kw C)."""
+    k = "lowbit_im2col_nhwc"
+    _geometry(k, N, H, W, C, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo)
+    _int(k, "pad_value", pad_value, *INT8)
+    _need(k, "x", x, (torch.int8,), N * H * W * C)
+    _need(k, "out", out, (torch.int8,), N * Ho * Wo * kh * kw * C)
+
+
+def depthwise_nhwc(x: Buf, N, H, W, C, w: Buf, kh, kw, sh, sw, ph, pw, dh, dw, zp, Ho, Wo, out: Buf) -> None:
+    """``lowbit_depthwise_nhwc``: int8 NHWC x, int8 (kh, kw, C) weight -> int32 (N Ho Wo, C)."""
+    k = "lowbit_depthwise_nhwc"
+    _geometry(k, N, H, W, C, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo)
+    _int(k, "zp", zp, *INT8)
+    _need(k, "x", x, (torch.int8,), N * H * W * C)
+    _need(k, "weight", w, (torch.int8,), kh * kw * C)
+    _need(k, "out", out, (torch.int32,), N * Ho * Wo * C)
+
+
+def maxpool_nhwc(x: Buf, N, H, W, C, kh, kw, sh, sw, ph, pw, Ho, Wo, out: Buf) -> None:
+    """``lowbit_maxpool_nhwc``: int8 NHWC (N, H, W, C) -> int8 NHWC (N, Ho, Wo, C), no dilation."""
+    k = "lowbit_maxpool_nhwc"
+    _geometry(k, N, H, W, C, kh, kw, sh, sw, ph, pw, 1, 1, Ho, Wo)
+    _need(k, "x", x, (torch.int8,), N * H * W * C)
+    _need(k, "out", out, (torch.int8,), N * Ho * Wo * C)
+
+
+def quantize_f32(x: Buf, count, inv, zp, lo, hi, out: Buf) -> None:
+    """``lowbit_quantize_f32``: float32 -> int8 ``clamp(rint(x inv) + zp, lo, hi)``."""
+    k = "lowbit_quantize_f32"
+    _int(k, "count", count, 0)
+    _real(k, "inv", inv, positive=True)
+    _bounds(k, zp, lo, hi)
+    _need(k, "x", x, (torch.float32,), count)
+    _need(k, "out", out, (torch.int8,), count)
+
+
+def nhwc_to_nchw(x: Buf, N, HW, C, out: Buf) -> None:
+    """``lowbit_nhwc_to_nchw``: (N, HW, C) bytes -> (N, C, HW)."""
+    k = "lowbit_nhwc_to_nchw"
+    for name, v in (("N", N), ("HW", HW), ("C", C)):
+        _int(k, name, v, 0)
+    _need(k, "x", x, (torch.int8,), N * HW * C)
+    _need(k, "out", out, (torch.int8,), N * HW * C)
+
+
+def dequant_rows(acc: Buf, rows, C, bias: Buf, scale: Buf, out: Buf) -> None:
+    """``lowbit_dequant_rows``: float32 ``(acc + bias) scale`` of int32 (rows, C)."""
+    k = "lowbit_dequant_rows"
+    _int(k, "rows", rows, 0)
+    _int(k, "C", C, 1)
+    _need(k, "acc", acc, (torch.int32,), rows * C)
+    _need(k, "bias", bias, (torch.int32,), C)
+    _need(k, "scale", scale, (torch.float64,), C)
+    _need(k, "out", out, (torch.float32,), rows * C)
+
+
+# ---------------------------------------------------------------- gemm.c
+
+
+def pack_a(x: Buf, M, K, Kp, out: Buf) -> None:
+    """``lowbit_pack_a``: int8 (M, K) -> flipped uint8 (M, Kp), zero padded."""
+    k = "lowbit_pack_a"
+    _int(k, "M", M, 0)
+    _int(k, "K", K, 1)
+    _int(k, "Kp", Kp, K)
+    _need(k, "x", x, (torch.int8,), M * K)
+    _need(k, "out", out, (torch.uint8,), M * Kp)
+
+
+def pack_w(w: Buf, N, K, Kp, out: Buf) -> None:
+    """``lowbit_pack_w``: int8 (N, K) -> VNNI panels of Kp (a multiple of 4, >= K) rows."""
+    k = "lowbit_pack_w"
+    _int(k, "N", N, 1)
+    _int(k, "K", K, 1, MAX_K - 1)
+    _kp(k, Kp, K)
+    _need(k, "w", w, (torch.int8,), N * K)
+    _need(k, "out", out, (torch.int8,), _panels(N, Kp))
+
+
+def _kp(kernel: str, Kp, K: int) -> None:
+    """The GEMM reads rows 4 bytes at a time: ``Kp`` is a multiple of 4 covering ``K``, at most 2^16."""
+    _int(kernel, "Kp", Kp, max(K, 1), MAX_K)
+    if Kp % 4:
+        raise ConfigError(f"{kernel}: argument Kp = {Kp}; allowed: a multiple of 4")
+
+
+def pad_flip_nhwc(x: Buf, N, H, W, C, ph, pw, pad_value, out: Buf) -> None:
+    """``lowbit_pad_flip_nhwc``: int8 NHWC -> flipped uint8 NHWC (N, H + 2 ph, W + 2 pw, C)."""
+    k = "lowbit_pad_flip_nhwc"
+    _int(k, "N", N, 0)
+    for name, v in (("H", H), ("W", W), ("C", C)):
+        _int(k, name, v, 1)
+    _int(k, "ph", ph, 0)
+    _int(k, "pw", pw, 0)
+    _int(k, "pad_value", pad_value, *INT8)
+    _need(k, "x", x, (torch.int8,), N * H * W * C)
+    _need(k, "out", out, (torch.uint8,), N * (H + 2 * ph) * (W + 2 * pw) * C)
+
+
+def im2col_u8(x: Buf, N, H, W, C, kh, kw, sh, sw, ph, pw, dh, dw, pad_value, Ho, Wo, Kp, out: Buf,
+              img: Buf | None = None) -> None:
+    """``lowbit_im2col_u8`` (``img`` None: the kernel allocates it) and ``lowbit_im2col_u8_into``: flipped
+    uint8 patch rows (N Ho Wo, Kp); ``img`` holds the padded image and 8 bytes of slack (csrc/gemm.c)."""
+    k = "lowbit_im2col_u8"
+    _geometry(k, N, H, W, C, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo)
+    _int(k, "pad_value", pad_value, *INT8)
+    _kp(k, Kp, kh * kw * C)
+    _need(k, "x", x, (torch.int8,), N * H * W * C)
+    _need(k, "out", out, (torch.uint8,), N * Ho * Wo * Kp)
+    if img is not None:
+        _need(k, "img", img, (torch.uint8,), N * (H + 2 * ph) * (W + 2 * pw) * C + 8)
+
+
+def gemm_u8s8(a: Buf, M, Kp, flip, wp: Buf, N, col_add: Buf, requant_on, m: Buf | None, n: Buf | None,
+              h: Buf | None, res: Buf | None, res_zp, m2: Buf | None, zp, lo, hi, out: Buf, threads) -> None:
+    """``lowbit_gemm_u8s8``: (M, Kp) rows times the packed (N, Kp) weight, int32 out or int8 with the
+    fused requantization."""
+    k = "lowbit_gemm_u8s8"
+    _int(k, "M", M, 0)
+    _kp(k, Kp, 1)
+    flip = _flag(k, "flip", flip)
+    _int(k, "N", N, 1)
+    requant_on = _flag(k, "requant", requant_on)
+    _int(k, "threads", threads, 1, 4096)
+    _need(k, "a", a, (torch.int8,) if flip else (torch.uint8,), M * Kp)
+    _need(k, "panels", wp, (torch.int8,), _panels(N, Kp))
+    _need(k, "col_add", col_add, (torch.int32,), N)
+    _epilogue(k, requant_on, N, M * N, m, n, h, res, res_zp, m2, zp, lo, hi)
+    _need(k, "out", out, (torch.int8,) if requant_on else (torch.int32,), M * N)
+
+
+def conv_u8s8(xp: Buf, Nb, Hp, Wp, C, kh, kw, sh, sw, dh, dw, Ho, Wo, wp: Buf, N, col_add: Buf, requant_on,
+              m: Buf | None, n: Buf | None, h: Buf | None, res: Buf | None, res_zp, m2: Buf | None, zp, lo, hi,
+              out: Buf, threads) -> None:
+    """``lowbit_conv_u8s8``: the implicit-GEMM conv on a padded, flipped NHWC image (Nb, Hp, Wp, C)."""
+    k = "lowbit_conv_u8s8"
+    _int(k, "Nb", Nb, 0)
+    for name, v in (("Hp", Hp), ("Wp", Wp), ("kh", kh), ("kw", kw), ("sh", sh), ("sw", sw), ("dh", dh),
+                    ("dw", dw), ("Ho", Ho), ("Wo", Wo), ("N", N)):
+        _int(k, name, v, 1)
+    _int(k, "C", C, 4)
+    if C % 4 or kh * kw > MAX_TAPS:
+        raise ConfigError(f"{k}: C = {C}, kh x kw = {kh * kw}; allowed: C a multiple of 4, at most "
+                          f"{MAX_TAPS} taps")
+    for name, o, s, kk, d, size in (("Ho", Ho, sh, kh, dh, Hp), ("Wo", Wo, sw, kw, dw, Wp)):
+        if (o - 1) * s + (kk - 1) * d + 1 > size:
+            raise ShapeError(f"{k}: output size {name} = {o} reaches past the padded input of {size} "
+                             f"(kernel {kk}, stride {s}, dilation {d})")
+    _kp(k, kh * kw * C, 1)
+    _int(k, "threads", threads, 1, 4096)
+    requant_on = _flag(k, "requant", requant_on)
+    M = Nb * Ho * Wo
+    _need(k, "padded", xp, (torch.uint8,), Nb * Hp * Wp * C)
+    _need(k, "panels", wp, (torch.int8,), _panels(N, kh * kw * C))
+    _need(k, "col_add", col_add, (torch.int32,), N)
+    _epilogue(k, requant_on, N, M * N, m, n, h, res, res_zp, m2, zp, lo, hi)
+    _need(k, "out", out, (torch.int8,) if requant_on else (torch.int32,), M * N)
+
+
+def vnni_peak(iters) -> None:
+    _int("lowbit_vnni_peak", "iters", iters, 0)
+
+
+# ---------------------------------------------------------------- plan.c's own steps
+
+
+def sum_hw(x: Buf, N, HW, C, out: Buf) -> None:
+    """The plan's global sum pool: int8 NHWC (N, HW, C) -> int32 (N, C), exact for HW < 2^24."""
+    k = "sum_hw_nhwc"
+    _int(k, "N", N, 0)
+    _int(k, "HW", HW, 1, (1 << 24) - 1)
+    _int(k, "C", C, 1)
+    _need(k, "x", x, (torch.int8,), N * HW * C)
+    _need(k, "out", out, (torch.int32,), N * C)
+
+
+def dequant_codes(x: Buf, count, zp, scale, out: Buf) -> None:
+    """The plan's output dequantization: float32 ``(q - z) s`` of int8 codes."""
+    k = "dequant_codes"
+    _int(k, "count", count, 0)
+    _int(k, "zp", zp, *INT8)
+    _real(k, "scale", scale)
+    _need(k, "x", x, (torch.int8,), count)
+    _need(k, "out", out, (torch.float32,), count)
+
+
+#: Every exported function of csrc/ and what checks its calls: a function here, the plan's step checker, or
+#: why nothing needs checking (a test keeps this in step with the C sources).
+ENTRY_POINTS: dict[str, str] = {
+    "lowbit_requant": "lowbit.integer.guard.requant",
+    "lowbit_requant_block": "called from C only (lowbit_gemm_u8s8, lowbit_conv_u8s8, lowbit_requant)",
+    "lowbit_im2col_nhwc": "lowbit.integer.guard.im2col_nhwc",
+    "lowbit_depthwise_nhwc": "lowbit.integer.guard.depthwise_nhwc",
+    "lowbit_maxpool_nhwc": "lowbit.integer.guard.maxpool_nhwc",
+    "lowbit_quantize_f32": "lowbit.integer.guard.quantize_f32",
+    "lowbit_nhwc_to_nchw": "lowbit.integer.guard.nhwc_to_nchw",
+    "lowbit_dequant_rows": "lowbit.integer.guard.dequant_rows",
+    "lowbit_pack_a": "lowbit.integer.guard.pack_a",
+    "lowbit_pack_w": "lowbit.integer.guard.pack_w",
+    "lowbit_pad_flip_nhwc": "lowbit.integer.guard.pad_flip_nhwc",
+    "lowbit_im2col_u8": "lowbit.integer.guard.im2col_u8",
+    "lowbit_im2col_u8_into": "lowbit.integer.guard.im2col_u8",
+    "lowbit_gemm_u8s8": "lowbit.integer.guard.gemm_u8s8",
+    "lowbit_conv_u8s8": "lowbit.integer.guard.conv_u8s8",
+    "lowbit_vnni_peak": "lowbit.integer.guard.vnni_peak",
+    "lowbit_run_plan": "lowbit.integer.plan.check_steps",
+    "lowbit_has_vnni": "no arguments",
+    "lowbit_plan_step_size": "no arguments",
+}
+
+
+__all__ = ["ENTRY_POINTS", "Buf", "buf", "conv_u8s8", "depthwise_nhwc", "dequant_codes", "dequant_rows", "gemm_u8s8",
+           "im2col_nhwc", "im2col_u8", "maxpool_nhwc", "nhwc_to_nchw", "out_size", "pack_a", "pack_w",
+           "pad_flip_nhwc", "quantize_f32", "requant", "requant_values", "sum_hw", "vnni_peak"]

@@ -1,0 +1,595 @@
+"""Complete validation of an integer model's graph: every op's attributes and tensors, alone, against each
+other and against the tensors that flow into it, before any kernel sees them.
+
+A model file is untrusted input. :func:`lowbit.integer.io.load_integer` runs :func:`check_model` on the nodes it
+read (before it builds a single op), :func:`lowbit.integer.to_integer` on what it lowered; a model
+whose input shape is not recorded (a file of format version 1 or 2) runs :func:`propagate` on the shape of
+each input it is called on. One pair of functions per op kind, in :data:`CHECKS`:
+
+* ``attrs(a, t, n_inputs)`` checks the attributes ``a`` (types, ranges, the attributes a kind has) and the
+  tensors ``t`` (names, dtypes, shapes, value ranges) of one node against each other;
+* ``shape(a, t, inputs)`` takes the per-sample :class:`Spec` (shape without the batch dimension, dtype) of
+  each input, checks them against the node (a conv's input channels against its weight, a residual against
+  the output, ...) and returns the output's.
+
+The ranges are those the kernels and the integer arithmetic rely on (:mod:`lowbit.integer.guard`,
+:mod:`lowbit.integer.arith`): int8 zero points and bounds, shifts ``0..62``, multipliers below ``2^31``
+(``2^53`` for residual ones), weight codes within ``weight_bits``, and for each output channel ``j``
+``256 sum_k |w_jk| + |b_j| < 2^31`` (every int32 the GEMM forms, the flip's correction included, is exact). Every
+tensor and every kernel workspace holds at most :data:`MAX_SAMPLE` elements per sample, so no attribute
+can ask for an absurd allocation. A failure raises :class:`Invalid` naming the node index, its kind, the
+attribute and what is allowed; the callers turn it into a CheckpointError, ConfigError or ShapeError.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from numbers import Integral, Real
+from typing import Any
+
+import torch
+
+from lowbit.integer.guard import INT8, MAX_M, MAX_M2, MAX_SHIFT, out_size
+
+MAX_SAMPLE = 1 << 28  # elements of any tensor or kernel workspace, per sample
+MAX_GEOM = 1 << 16  # kernel sizes, strides, paddings, dilations
+MAX_WINDOW = (1 << 23) - 1  # an average pool's window: 255 * window < 2^31 (int32 window sums)
+ACC_LIMIT = (1 << 31) - 1  # 256 sum |w_j| + |b_j| must stay below this (int32 accumulators)
+SCALE_RANGE = (1e-30, 1e30)  # quantization scales (float32 numbers whose reciprocals are too)
+MAX_ACC_SCALE = 1e28  # |acc| < 2^32 times this stays a finite float32
+INPUT_DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
+                "bfloat16": torch.bfloat16}
+
+
+class Invalid(ValueError):
+    """A node (or the graph) breaks a rule; ``str()`` names the node, its kind, the attribute and the range."""
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A tensor between ops, per sample: its shape without the batch dimension, and its dtype."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+
+@dataclass(frozen=True)
+class KindCheck:
+    attrs: Callable[[dict, dict, int], None]
+    shape: Callable[[dict, dict, list[Spec]], Spec]
+    inputs: tuple[int, int]  # fewest and most inputs
+
+
+@dataclass(frozen=True)
+class NodeView:
+    """What the checks read of a node, whether it is a loaded node's raw fields or a built op's."""
+
+    kind: str
+    attrs: dict[str, Any]
+    tensors: dict[str, torch.Tensor]
+    inputs: list[str]
+    output: str
+    grid: Any = None
+
+
+# ---------------------------------------------------------------- attribute helpers
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, Integral) and not isinstance(v, bool)
+
+
+def _int(a: dict, name: str, lo: int, hi: int) -> int:
+    if name not in a:
+        raise Invalid(f"attribute {name!r} is missing; allowed: an integer in {lo}..{hi}")
+    v = a[name]
+    if not _is_int(v) or not lo <= v <= hi:
+        raise Invalid(f"attribute {name!r} = {v!r:.80}; allowed: an integer in {lo}..{hi}")
+    return int(v)
+
+
+def _real(a: dict, name: str, positive: bool = False) -> float:
+    v = a.get(name)
+    ok = isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v) and (not positive or v > 0)
+    if not ok:
+        raise Invalid(f"attribute {name!r} = {v!r:.80}; allowed: a finite number{' > 0' if positive else ''}")
+    return float(v)
+
+
+def _scale(a: dict, name: str) -> float:
+    """A quantization scale: finite in float32 both ways, ``1e-30 .. 1e30`` (so that ``x / s`` and ``(q - z) s``
+    of any int8 code or float32 input are float32 numbers or saturate, never NaN)."""
+    v = a.get(name)
+    ok = isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v) and SCALE_RANGE[0] <= v <= SCALE_RANGE[1]
+    if not ok:
+        raise Invalid(f"attribute {name!r} = {v!r:.80}; allowed: a finite number > 0 in "
+                      f"{SCALE_RANGE[0]:g}..{SCALE_RANGE[1]:g}")
+    return float(v)
+
+
+def _pair(a: dict, name: str, lo: int, hi: int) -> tuple[int, int]:
+    v = a.get(name)
+    if not isinstance(v, (list, tuple)) or len(v) != 2 or not all(_is_int(x) and lo <= x <= hi for x in v):
+        raise Invalid(f"attribute {name!r} = {v!r:.80}; allowed: a list of 2 integers in {lo}..{hi}")
+    return int(v[0]), int(v[1])
+
+
+def _bool(a: dict, name: str) -> bool:
+    v = a.get(name)
+    if not isinstance(v, bool):
+        raise Invalid(f"attribute {name!r} = {v!r:.80}; allowed: true or false")
+    return v
+
+
+def _bounds(a: dict, prefix: str = "") -> None:
+    """An int8 zero point and clamping bounds ``lo <= hi``."""
+    _int(a, prefix + "zero_point", *INT8)
+    lo, hi = _int(a, "lo", *INT8), _int(a, "hi", *INT8)
+    if lo > hi:
+        raise Invalid(f"attributes 'lo' = {lo} > 'hi' = {hi}; allowed: lo <= hi")
+
+
+def _known(a: dict, allowed: set[str]) -> None:
+    if not isinstance(a, dict):
+        raise Invalid(f"attributes are a {type(a).__name__}; allowed: a JSON object")
+    extra = sorted(set(a) - allowed)
+    if extra:
+        raise Invalid(f"unknown attributes {extra}; allowed: {sorted(allowed)}")
+
+
+def _absent(a: dict, names: Sequence[str], why: str) -> None:
+    present = [n for n in names if n in a]
+    if present:
+        raise Invalid(f"attributes {present} are not allowed {why}")
+
+
+def _tensor_names(t: dict, required: set[str], optional: set[str] = frozenset()) -> None:
+    missing, extra = sorted(required - set(t)), sorted(set(t) - required - optional)
+    if missing:
+        raise Invalid(f"tensors {missing} are missing")
+    if extra:
+        raise Invalid(f"unknown tensors {extra}; allowed: {sorted(required | optional)}")
+
+
+def _tensor(t: dict, name: str, dtype: torch.dtype, shape: tuple[int, ...] | None = None,
+            ndim: int | None = None) -> torch.Tensor:
+    v = t[name]
+    if not isinstance(v, torch.Tensor) or v.dtype != dtype or v.layout != torch.strided or v.device.type != "cpu":
+        got = f"{v.dtype} on {v.device}" if isinstance(v, torch.Tensor) else type(v).__name__
+        raise Invalid(f"tensor {name!r} is {got}; allowed: a {dtype} CPU tensor")
+    if shape is not None and tuple(v.shape) != shape:
+        raise Invalid(f"tensor {name!r} has shape {tuple(v.shape)}; allowed: {shape}")
+    if ndim is not None and v.ndim != ndim:
+        raise Invalid(f"tensor {name!r} has shape {tuple(v.shape)}; allowed: {ndim} dimensions")
+    if v.numel() > MAX_SAMPLE:
+        raise Invalid(f"tensor {name!r} has {v.numel()} elements; allowed: at most {MAX_SAMPLE}")
+    return v
+
+
+def _values(t: dict, name: str, lo: float, hi: float) -> None:
+    v = t[name]
+    if v.numel() == 0:
+        return
+    if v.is_floating_point():
+        if not bool(torch.isfinite(v).all()) or float(v.min()) < lo or float(v.max()) > hi:
+            raise Invalid(f"tensor {name!r} holds values outside {lo}..{hi} (or non-finite ones)")
+        return
+    vmin, vmax = int(v.min()), int(v.max())
+    if vmin < lo or vmax > hi:
+        raise Invalid(f"tensor {name!r} holds values in {vmin}..{vmax}; allowed: {lo}..{hi}")
+
+
+def weight_range(bits: int) -> tuple[int, int]:
+    """The codes a ``bits``-bit signed weight may take: ``-2^(b-1)..2^(b-1)-1``; binary weights (1 bit) are +-1
+    (and 0)."""
+    return (-1, 1) if bits == 1 else (-(1 << (bits - 1)), (1 << (bits - 1)) - 1)
+
+
+def _size(what: str, numel: int) -> None:
+    if numel > MAX_SAMPLE:
+        raise Invalid(f"{what} would hold {numel} elements per sample; allowed: at most {MAX_SAMPLE}")
+
+
+def _expect(ins: Sequence[Spec], i: int, dtypes: tuple[torch.dtype, ...], ndim: int | None = None,
+            what: str = "input") -> Spec:
+    s = ins[i]
+    if s.dtype not in dtypes or (ndim is not None and len(s.shape) != ndim):
+        want = " or ".join(str(d) for d in dtypes) + ("" if ndim is None else f" with {ndim} dimensions per sample")
+        raise Invalid(f"{what} is {s.dtype} of per-sample shape {s.shape}; expected {want}")
+    return s
+
+
+# ---------------------------------------------------------------- quantize / dequantize
+
+
+def _quantize_attrs(a: dict, t: dict, n_in: int) -> None:
+    """float -> int8: a positive scale whose float32 reciprocal is finite, int8 zero point and bounds."""
+    _known(a, {"scale", "zero_point", "lo", "hi"})
+    _tensor_names(t, set())
+    _scale(a, "scale")
+    _bounds(a)
+
+
+def _quantize_shape(a: dict, t: dict, ins: list[Spec]) -> Spec:
+    x = _expect(ins, 0, tuple(INPUT_DTYPES.values()))
+    return Spec(x.shape, torch.int8)
+
+
+def _dequantize_attrs(a: dict, t: dict, n_in: int) -> None:
+    _known(a, {"scale", "zero_point"})
+    _tensor_names(t, set())
+    _scale(a, "scale")
+    _int(a, "zero_point", *INT8)
+
+
+def _dequantize_shape(a: dict, t: dict, ins: list[Spec]) -> Spec:
+    return Spec(_expect(ins, 0, (torch.int8,)).shape, torch.float32)
+
+
+# ---------------------------------------------------------------- linear / conv2d
+
+
+_LAYER_ATTRS = {"input_zero_point", "weight_bits", "zero_point", "lo", "hi", "residual_zero_point", "act",
+                "act_lo", "act_hi", "residual_scale"}
+
+
+def _output_stage(a: dict, t: dict, o: int, n_in: int) -> None:
+    """Requantizing (``m``, ``n``, int8 bounds; ``m2`` and the residual's zero point for a second input) or
+    dequantizing (``acc_scale``, a float activation; the residual's scale and zero point)."""
+    if "acc_scale" in t:
+        _tensor_names(t, {"weight", "bias", "acc_scale"})
+        s = _tensor(t, "acc_scale", torch.float64, (o,))
+        if not bool(torch.isfinite(s).all()) or not bool((s > 0).all()) or float(s.max()) > MAX_ACC_SCALE:
+            raise Invalid(f"tensor 'acc_scale' holds values outside (0, {MAX_ACC_SCALE:g}] (or non-finite ones)")
+        _absent(a, ("zero_point", "lo", "hi"), "on a dequantizing layer (one with 'acc_scale')")
+        act = a.get("act", "none")
+        if act not in ("none", "relu", "hardtanh"):
+            raise Invalid(f"attribute 'act' = {act!r:.80}; allowed: 'none', 'relu', 'hardtanh'")
+        if act == "hardtanh":
+            if _real(a, "act_lo") > _real(a, "act_hi"):
+                raise Invalid("attributes 'act_lo' > 'act_hi'; allowed: act_lo <= act_hi")
+        else:
+            _absent(a, ("act_lo", "act_hi"), f"with act {act!r}")
+        if n_in == 2:
+            _scale(a, "residual_scale")
+            _int(a, "residual_zero_point", *INT8)
+        else:
+            _absent(a, ("residual_scale", "residual_zero_point"), "without a residual input")
+        return
+    _tensor_names(t, {"weight", "bias", "m", "n"}, {"m2"} if n_in == 2 else set())
+    _tensor(t, "m", torch.int64, (o,))
+    _tensor(t, "n", torch.int64, (o,))
+    _values(t, "m", 0, MAX_M)
+    _values(t, "n", 0, MAX_SHIFT)
+    _bounds(a)
+    _absent(a, ("act", "act_lo", "act_hi", "residual_scale"), "on a requantizing layer (the activation is in "
+                                                              "'lo'/'hi')")
+    if n_in == 2:
+        if "m2" not in t:
+            raise Invalid("tensor 'm2' is missing; a requantizing layer with a residual input needs it")
+        _tensor(t, "m2", torch.int64, (o,))
+        _values(t, "m2", 0, MAX_M2)
+        _int(a, "residual_zero_point", *INT8)
+    else:
+        _absent(a, ("residual_zero_point",), "without a residual input")
+
+
+def _weights(a: dict, t: dict, ndim: int) -> torch.Tensor:
+    """The int8 weight (codes within ``weight_bits``), the int32 bias, the accumulator bound per channel."""
+    w = _tensor(t, "weight", torch.int8, ndim=ndim)
+    if w.numel() == 0:
+        raise Invalid(f"tensor 'weight' has shape {tuple(w.shape)}; allowed: no zero dimension")
+    o = w.shape[0]
+    b = _tensor(t, "bias", torch.int32, (o,))
+    bits = _int(a, "weight_bits", 1, 8)
+    _values(t, "weight", *weight_range(bits))
+    _int(a, "input_zero_point", *INT8)
+    worst = 256 * w.reshape(o, -1).to(torch.int64).abs().sum(dim=1) + b.to(torch.int64).abs()
+    if bool((worst > ACC_LIMIT).any()):
+        j = int(worst.argmax())
+        raise Invalid(f"output channel {j}: 256 sum|weight| + |bias| = {int(worst[j])}; allowed: at most "
+                      f"{ACC_LIMIT} (the int32 accumulator must be exact)")
+    return w
+
+
+def _linear_attrs(a: dict, t: dict, n_in: int) -> None:
+    _known(a, _LAYER_ATTRS)
+    _tensor_names(t, {"weight", "bias"}, {"acc_scale", "m", "n", "m2"})
+    w = _weights(a, t, 2)
+    _output_stage(a, t, w.shape[0], n_in)
+
+
+def _residual(a: dict, t: dict, ins: list[Spec], out: Spec) -> None:
+    if len(ins) == 2:
+        r = _expect(ins, 1, (torch.int8,), what="the residual input")
+        if r.shape != out.shape:
+            raise Invalid(f"the residual input has per-sample shape {r.shape}; expected the output's {out.shape}")
+
+
+def _out_dtype(t: dict) -> torch.dtype:
+    return torch.float32 if "acc_scale" in t else torch.int8
+
+
+def _linear_shape(a: dict, t: dict, ins: list[Spec]) -> Spec:
+    x = _expect(ins, 0, (torch.int8,))
+    o, k = t["weight"].shape
+    if len(x.shape) < 1 or x.shape[-1] != k:
+        raise Invalid(f"the weight takes {k} input features, but the input has per-sample shape {x.shape}")
+    out = Spec((*x.shape[:-1], o), _out_dtype(t))
+    _size("the output", math.prod(out.shape))
+    _residual(a, t, ins, out)
+    return out
+
+
+def _conv2d_attrs(a: dict, t: dict, n_in: int) -> None:
+    _known(a, _LAYER_ATTRS | {"stride", "padding", "dilation", "groups"})
+    _tensor_names(t, {"weight", "bias"}, {"acc_scale", "m", "n", "m2"})
+    w = _weights(a, t, 4)
+    _pair(a, "stride", 1, MAX_GEOM)
+    _pair(a, "padding", 0, MAX_GEOM)
+    _pair(a, "dilation", 1, MAX_GEOM)
+    g = _int(a, "groups", 1, MAX_GEOM)
+    if w.shape[0] % g:
+        raise Invalid(f"attribute 'groups' = {g} does not divide the {w.shape[0]} output channels")
+    if max(w.shape[2:]) > MAX_GEOM:
+        raise Invalid(f"tensor 'weight' has a {tuple(w.shape[2:])} kernel; allowed: at most {MAX_GEOM}")
+    _output_stage(a, t, w.shape[0], n_in)
+
+
+def _conv2d_shape(a: dict, t: dict, ins: list[Spec]) -> Spec:
+    x = _expect(ins, 0, (torch.int8,), 3)
+    c, h, w = x.shape
+    o, cg, kh, kw = t["weight"].shape
+    g = a["groups"]
+    if cg * g != c:
+        raise Invalid(f"the weight takes {cg} input channels x {g} groups = {cg * g}, but the input has {c} "
+                      f"channels (per-sample shape {x.shape})")
+    (sh, sw), (ph, pw), (dh, dw) = (_pair(a, k, lo, MAX_GEOM) for k, lo in (("stride", 1), ("padding", 0),
+                                                                            ("dilation", 1)))
+    ho, wo = out_size(h, kh, sh, ph, dh), out_size(w, kw, sw, pw, dw)
+    if ho < 1 or wo < 1:
+        raise Invalid(f"a {kh}x{kw} kernel with dilation {[dh, dw]} is larger than the padded {h}x{w} input "
+                      f"(padding {[ph, pw]})")
+    _size("the padded input", (h + 2 * ph) * (w + 2 * pw) * c)
+    _size("the im2col rows", ho * wo * (kh * kw * c + 3))
+    out = Spec((o, ho, wo), _out_dtype(t))
+    _size("the output", o * ho * wo)
+    _residual(a, t, ins, out)
+    return out
+
+
+# ---------------------------------------------------------------- pooling, flatten, pad
+
+
+def _maxpool2d_attrs(a: dict, t: dict, n_in: int) -> None:
+    _known(a, {"kernel_size", "stride", "padding", "dilation", "ceil_mode"})
+    _tensor_names(t, set())
+    k = _pair(a, "kernel_size", 1, MAX_GEOM)
+    _pair(a, "stride", 1, MAX_GEOM)
+    p = _pair(a, "padding", 0, MAX_GEOM)
+    _pair(a, "dilation", 1, MAX_GEOM)
+    _bool(a, "ceil_mode")
+    if any(2 * pi > ki for pi, ki in zip(p, k)):
+        raise Invalid(f"attribute 'padding' = {list(p)}; allowed: at most half the kernel {list(k)} (as in "
+                      "PyTorch)")
+
+
+def _maxpool2d_shape(a: dict, t: dict, ins: list[Spec]) -> Spec:
+    x = _expect(ins, 0, (torch.int8, *INPUT_DTYPES.values()), 3)
+    k, s, p, d = (_pair(a, n, lo, MAX_GEOM) for n, lo in (("kernel_size", 1), ("stride", 1), ("padding", 0),
+                                                          ("dilation", 1)))
+    try:  # PyTorch's own output-size rule (ceil mode included), on a shape-only tensor
+        y = torch.nn.functional.max_pool2d(torch.empty((1, *x.shape), device="meta"), k, s, p, d,
+                                           _bool(a, "ceil_mode"))
+    except RuntimeError as exc:
+        raise Invalid(f"max pool of kernel {list(k)} on a per-sample input of {x.shape}: {exc}") from None
+    out = Spec(tuple(y.shape[1:]), x.dtype)
+    if min(out.shape) < 1:
+        raise Invalid(f"max pool of kernel {list(k)} on a per-sample input of {x.shape} has an empty output")
+    return out
+
+
+def _avgpool2d_attrs(a: dict, t: dict, n_in: int) -> None:
+    _known(a, {"kernel_size", "stride", "window", "input_zero_point", "zero_point", "lo", "hi"})
+    _tensor_names(t, {"m", "n"})
+    missing = [k for k in ("kernel_size", "stride") if k not in a]
+    if missing:
+        raise Invalid(f"attributes {missing} are missing (null for a global pool)")
+    if a["kernel_size"] is None:
+        if a.get("stride") is not None:
+            raise Invalid(f"attribute 'stride' = {a['stride']!r:.80} on a global pool (kernel_size null); "
+                          "allowed: null")
+    else:
+        k = _pair(a, "kernel_size", 1, MAX_GEOM)
+        _pair(a, "stride", 1, MAX_GEOM)
+        if _int(a, "window", 1, MAX_WINDOW) != k[0] * k[1]:
+            raise Invalid(f"attribute 'window' = {a['window']}; allowed: the kernel's {k[0]} x {k[1]} = "
+                          f"{k[0] * k[1]}")
+    _int(a, "window", 1, MAX_WINDOW)
+    _int(a, "input_zero_point", *INT8)
+    _bounds(a)
+    _tensor(t, "m", torch.int64, (1,))
+    _tensor(t, "n", torch.int64, (1,))
+    _values(t, "m", 0, MAX_M)
+    _values(t, "n", 0, MAX_SHIFT)
+
+
+def _avgpool2d_shape(a: dict, t: dict, ins: list[Spec]) -> Spec:
+    x = _expect(ins, 0, (torch.int8,), 3)
+    c, h, w = x.shape
+    if a["kernel_size"] is None:
+        if a["window"] != h * w:
+            raise Invalid(f"attribute 'window' = {a['window']}, but the global pool's input is {h} x {w} = "
+                          f"{h * w} pixels")
+        return Spec((c, 1, 1), torch.int8)
+    (kh, kw), (sh, sw) = _pair(a, "kernel_size", 1, MAX_GEOM), _pair(a, "stride", 1, MAX_GEOM)
+    if kh > h or kw > w:
+        raise Invalid(f"attribute 'kernel_size' = {[kh, kw]} is larger than the {h} x {w} input")
+    return Spec((c, (h - kh) // sh + 1, (w - kw) // sw + 1), torch.int8)
+
+
+def _flatten_attrs(a: dict, t: dict, n_in: int) -> None:
+    _known(a, {"start_dim", "end_dim"})
+    _tensor_names(t, set())
+    _int(a, "start_dim", -8, 8)
+    _int(a, "end_dim", -8, 8)
+
+
+def _flatten_shape(a: dict, t: dict, ins: list[Spec]) -> Spec:
+    x = ins[0]
+    nd = len(x.shape) + 1  # with the batch dimension
+    start, end = a["start_dim"], a["end_dim"]
+    s, e = (start + nd if start < 0 else start), (end + nd if end < 0 else end)
+    if not 1 <= s <= e < nd:
+        raise Invalid(f"attributes 'start_dim' = {start}, 'end_dim' = {end} on a {nd}-D input (batch included); "
+                      "allowed: 1 <= start <= end < ndim after counting negative ones from the end (the batch "
+                      "dimension stays)")
+    return Spec((*x.shape[:s - 1], math.prod(x.shape[s - 1:e]), *x.shape[e:]), x.dtype)
+
+
+def _pad_attrs(a: dict, t: dict, n_in: int) -> None:
+    _known(a, {"pad", "value"})
+    _tensor_names(t, set())
+    p = a.get("pad")
+    if (not isinstance(p, (list, tuple)) or len(p) not in (2, 4, 6)
+            or not all(_is_int(v) and 0 <= v <= MAX_GEOM for v in p)):
+        raise Invalid(f"attribute 'pad' = {p!r:.80}; allowed: a list of 2, 4 or 6 integers in 0..{MAX_GEOM}")
+    _int(a, "value", *INT8)
+
+
+def _pad_shape(a: dict, t: dict, ins: list[Spec]) -> Spec:
+    x = ins[0]
+    p = a["pad"]
+    if len(p) // 2 > len(x.shape):
+        raise Invalid(f"attribute 'pad' = {list(p)} pads {len(p) // 2} dimensions of a per-sample input of "
+                      f"{len(x.shape)}")
+    shape = list(x.shape)
+    for i in range(len(p) // 2):
+        shape[-1 - i] += p[2 * i] + p[2 * i + 1]
+    _size("the padded output", math.prod(shape))
+    return Spec(tuple(shape), x.dtype)
+
+
+CHECKS: dict[str, KindCheck] = {
+    "quantize": KindCheck(_quantize_attrs, _quantize_shape, (1, 1)),
+    "dequantize": KindCheck(_dequantize_attrs, _dequantize_shape, (1, 1)),
+    "linear": KindCheck(_linear_attrs, _linear_shape, (1, 2)),
+    "conv2d": KindCheck(_conv2d_attrs, _conv2d_shape, (1, 2)),
+    "maxpool2d": KindCheck(_maxpool2d_attrs, _maxpool2d_shape, (1, 1)),
+    "avgpool2d": KindCheck(_avgpool2d_attrs, _avgpool2d_shape, (1, 1)),
+    "flatten": KindCheck(_flatten_attrs, _flatten_shape, (1, 1)),
+    "pad": KindCheck(_pad_attrs, _pad_shape, (1, 1)),
+}
+
+
+# ---------------------------------------------------------------- the graph
+
+
+def _where(i: int, node: NodeView) -> str:
+    return f"node {i} ({node.kind!s:.40})"
+
+
+def _check_grid(grid: Any) -> None:
+    """A node's output grid (read by the ONNX export and parity checks): None or scale, zero point, bits, sign."""
+    if grid is None:
+        return
+    if not isinstance(grid, dict) or set(grid) != {"scale", "zero_point", "bits", "signed"}:
+        raise Invalid(f"grid = {grid!r:.80}; allowed: null or {{scale, zero_point, bits, signed}}")
+    _real(grid, "scale", positive=True)
+    _int(grid, "zero_point", -(1 << 31), (1 << 31) - 1)
+    _int(grid, "bits", 1, 32)
+    _bool(grid, "signed")
+
+
+def check_structure(nodes: Sequence[NodeView], input_name: object, output_name: object) -> None:
+    """Kinds, names and every node's attributes and tensors (no shapes): each node reads tensors defined
+    before it, defines a new one, and the output is one of them."""
+    if not isinstance(input_name, str) or not isinstance(output_name, str):
+        raise Invalid(f"input {input_name!r:.40} and output {output_name!r:.40} must be tensor names (strings)")
+    if not nodes:
+        raise Invalid("the model has no nodes")
+    defined = {input_name}
+    for i, node in enumerate(nodes):
+        where = _where(i, node)
+        check = CHECKS.get(node.kind) if isinstance(node.kind, str) else None
+        if check is None:
+            raise Invalid(f"{where}: unknown op kind; allowed: {sorted(CHECKS)}")
+        ins, out = node.inputs, node.output
+        if not isinstance(ins, list) or not all(isinstance(n, str) for n in ins) or not isinstance(out, str):
+            raise Invalid(f"{where}: inputs {ins!r:.60} and output {out!r:.40} must be tensor names (strings)")
+        lo, hi = check.inputs
+        if not lo <= len(ins) <= hi:
+            raise Invalid(f"{where}: {len(ins)} inputs; allowed: {lo}..{hi}")
+        undefined = [n for n in ins if n not in defined]
+        if undefined:
+            raise Invalid(f"{where}: reads {undefined}, which no earlier node defines")
+        if out in defined:
+            raise Invalid(f"{where}: output {out!r} is already defined; every node defines a new tensor")
+        defined.add(out)
+        try:
+            check.attrs(node.attrs, node.tensors, len(ins))
+            _check_grid(node.grid)
+        except Invalid as exc:
+            raise Invalid(f"{where}: {exc}") from None
+    if output_name not in defined or output_name == input_name:
+        raise Invalid(f"the output {output_name!r} is not defined by any node")
+
+
+def specs(nodes: Sequence[NodeView], input_name: str, x: Spec, stop_at_unknown: bool = False) -> dict[str, Spec]:
+    """The per-sample :class:`Spec` of every tensor for an input of spec ``x``, every node's inputs checked on
+    the way; with ``stop_at_unknown``, those before the first node of a kind without checks (a test's own op)."""
+    if math.prod(x.shape) > MAX_SAMPLE:
+        raise Invalid(f"the input has {math.prod(x.shape)} elements per sample; allowed: at most {MAX_SAMPLE}")
+    env = {input_name: x}
+    for i, node in enumerate(nodes):
+        check = CHECKS.get(node.kind)
+        if check is None:
+            if stop_at_unknown:
+                return env
+            raise Invalid(f"{_where(i, node)}: unknown op kind; allowed: {sorted(CHECKS)}")
+        try:
+            env[node.output] = check.shape(node.attrs, node.tensors, [env[n] for n in node.inputs])
+        except Invalid as exc:
+            names = ", ".join(f"{n!r} {env[n].shape}" for n in node.inputs if n in env)
+            raise Invalid(f"{_where(i, node)} (inputs {names}): {exc}") from None
+    return env
+
+
+def propagate(nodes: Sequence[NodeView], input_name: str, output_name: str, x: Spec,
+              stop_at_unknown: bool = False) -> Spec | None:
+    """The per-sample spec of the output for an input of spec ``x`` (:func:`specs`); None when
+    ``stop_at_unknown`` stopped before the output."""
+    return specs(nodes, input_name, x, stop_at_unknown).get(output_name)
+
+
+def input_spec(shape: object, dtype: object) -> Spec:
+    """The recorded per-sample input shape (a list of 1 to 6 positive integers) and dtype name."""
+    if (not isinstance(shape, (list, tuple)) or not 1 <= len(shape) <= 6
+            or not all(_is_int(d) and 1 <= d <= MAX_SAMPLE for d in shape)):
+        raise Invalid(f"input_shape = {shape!r:.80}; allowed: a list of 1 to 6 integers in 1..{MAX_SAMPLE}")
+    if dtype not in INPUT_DTYPES:
+        raise Invalid(f"input_dtype = {dtype!r:.40}; allowed: {sorted(INPUT_DTYPES)}")
+    return Spec(tuple(int(d) for d in shape), INPUT_DTYPES[dtype])
+
+
+def check_model(nodes: Sequence[NodeView], input_name: str, output_name: str, x: Spec | None) -> None:
+    """Everything: structure, attributes and tensors, then (when the input spec ``x`` is known) shapes."""
+    check_structure(nodes, input_name, output_name)
+    if x is not None:
+        propagate(nodes, input_name, output_name, x)
+
+
+def views(nodes) -> list[NodeView]:
+    """The :class:`NodeView` s of built :class:`~lowbit.integer.model.Node` s."""
+    return [NodeView(n.kind, n.op.attrs, n.op.tensors, n.inputs, n.output, n.grid) for n in nodes]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.float32`` -> ``"float32"`` (the name a model file records)."""
+    return str(dtype).removeprefix("torch.")
+
+
+__all__ = ["CHECKS", "MAX_SAMPLE", "Invalid", "KindCheck", "NodeView", "Spec", "check_model", "check_structure",
+           "dtype_name", "input_spec", "propagate", "specs", "views", "weight_range"]
