@@ -81,6 +81,8 @@ def classify_cli(case: Case, r: CliResult) -> tuple[str, str]:
     one_line = r.rc == 2 and len(lines) == 1 and not tb
     note = f" ({r.note})" if r.note else ""
     if case.expect in ("error", "any") and one_line:
+        if case.misleading and re.search(case.misleading, lines[0]):
+            return "unclear", "misleading: " + lines[0] + note
         return "clear_error", lines[0] + note
     if r.rc == 0:
         if case.expect in ("valid", "any"):
@@ -93,7 +95,8 @@ def classify_cli(case: Case, r: CliResult) -> tuple[str, str]:
         return "silent_wrong", "exit 0: " + (r.note or _first_line(r.out.splitlines()[-1] if r.out.strip() else ""))
     what = "traceback" if tb else f"{len(lines)} stderr lines"
     last = _first_line(lines[-1]) if lines else _first_line(r.out)
-    return "unclear", f"exit {r.rc}, {what}: {last}{note}"
+    first = f" (first line: {_first_line(lines[0], 80)})" if len(lines) > 1 and not tb else ""
+    return "unclear", f"exit {r.rc}, {what}: {last}{first}{note}"
 
 
 def classify(case: Case) -> tuple[str, str]:
@@ -121,14 +124,14 @@ def classify(case: Case) -> tuple[str, str]:
     if isinstance(value, CliResult):
         return classify_cli(case, value)
     if case.expect in ("valid", "any"):
-        return "valid", str(value) if value else "ok"
+        return "valid", _first_line(value) if value else "ok"
     ours = [w for w in caught if _lowbit_warning(w)]
     if case.warn:
         hits = [w for w in ours if re.search(case.warn, str(w.message))]
         if hits:
             return "clear_error", "warning: " + _first_line(hits[0].message)
     note = f"; warnings: {_first_line(ours[0].message)}" if ours else ""
-    return "silent_wrong", (str(value) if value else "accepted without error") + note
+    return "silent_wrong", (_first_line(value) if value else "accepted without error") + note
 
 
 # ----------------------------------------------------------------------------- one process per case

@@ -13,8 +13,9 @@ from bad_inputs_cases import touch, CliResult, Wrong, add, case, cli, fixtures, 
 CAT = "cli"
 
 
-def c(name: str, *args, expect: str = "error", warn: str | None = None, timeout: float = 300):
-    add(CAT, name, expect, lambda: cli(*args), warn=warn, timeout=timeout)
+def c(name: str, *args, expect: str = "error", warn: str | None = None, timeout: float = 300,
+      misleading: str | None = None):
+    add(CAT, name, expect, lambda: cli(*args), warn=warn, timeout=timeout, misleading=misleading)
 
 
 # top level
@@ -70,7 +71,7 @@ for flag, v in (("--weight-bits", "0"), ("--weight-bits", "1"), ("--weight-bits"
     c(f"ptq{flag.replace('-', '_')}_{v.replace('/', '_')}", *PTQ, flag, v)
 c("ptq_calib_10000000", *PTQ[:3], "--calib", "10000000")
 c("ptq_keep_float_matching_nothing", *PTQ, "--keep-float", "layer.fc2", warn=r"layer\.fc2")
-c("ptq_keep_float_everything", *PTQ, "--keep-float", "*")
+c("ptq_keep_float_everything", *PTQ, "--keep-float", "*", misleading=r"call lowbit\.ptq\.prepare first")
 add(CAT, "ptq_json_is_a_directory", "error", lambda: cli(*PTQ, "--json", workdir()))
 
 
@@ -194,7 +195,8 @@ for flag, v in (("--weight-bits", "1"), ("--weight-bits", "9"), ("--act-bits", "
                 ("--train-size", "-5"), ("--bn-freeze-steps", "-1"), ("--seed", "x"), ("--method", "x"),
                 ("--out", "/proc/lowbit_nope"), ("--model", "vgg"), ("--data-dir", "/nonexistent/fm")):
     c(f"qat{flag.replace('-', '_')}_{v.replace('/', '_')}", *QAT, flag, v)
-c("qat_train_size_10000000", *QAT[:3], "--train-size", "10000000", "--epochs", "0")
+c("qat_train_size_10000000", *QAT[:3], "--train-size", "10000000", "--epochs", "1", "--batch-size", "512",
+  "--no-augment", timeout=400)
 c("qat_resume_without_checkpoint", *QAT, "--resume", "--out", "none")
 c("qat_tensor_granularity_with_bn_freeze_steps", "qat", "--model", "cnn", "--train-size", "128", "--batch-size", "64",
   "--epochs", "1", "--no-augment", "--granularity", "tensor", "--bn-freeze-steps", "1", "--out", "q")
