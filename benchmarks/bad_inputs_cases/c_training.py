@@ -285,9 +285,15 @@ def kill9_during_first_checkpoint_write_then_resume():
 
 
 @case(CAT, "any", timeout=400)
-def kill9_before_any_checkpoint_then_resume():
-    """Killed during the first epoch: --resume must say there is no checkpoint (or start over equal)."""
-    return _killed_then_resumed(lambda out: out.exists(), what="killed before the first checkpoint")
+def kill9_during_startup_then_resume():
+    """Killed 1.5 s after the start (imports, data): --resume must say there is no checkpoint (or start over equal)."""
+    started: list[float] = []  # the clock starts at the first poll, right after the process is started
+
+    def after_1_5_s(out) -> bool:
+        started.append(time.time())
+        return started[-1] - started[0] > 1.5
+
+    return _killed_then_resumed(after_1_5_s, what="killed during start-up")
 
 
 @case(CAT, "any", timeout=400)
