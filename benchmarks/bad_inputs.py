@@ -50,7 +50,7 @@ sys.path.insert(0, str(REPO / "src"))  # this checkout's lowbit, not an installe
 sys.path.insert(0, str(HERE))
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from bad_inputs_cases import Case, CliResult, Wrong, load_all  # noqa: E402
+from bad_inputs_cases import Case, CliResult, Wrong, load_all
 
 OUTCOMES = ("clear_error", "valid", "unclear", "silent_wrong", "crash")
 BAD = ("crash", "silent_wrong", "unclear")
@@ -282,7 +282,7 @@ def render_md(records: list[dict], command: str, seconds: float, jobs: int) -> s
     cats = list(dict.fromkeys(r["category"] for r in records))
     lines = ["# Bad inputs and faults: what lowbit does with them", "",
              f"Command: `{command}`  ", f"Machine: {_machine()}; {jobs} case(s) at a time; {seconds:.0f} s in all  ",
-             f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; commit {_commit()}", "",
+             f"Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; commit {_commit()}", "",
              "Outcomes: `clear_error` (a bad input refused with a lowbit error; on the CLI exit status 2 and one "
              "stderr line; or the lowbit warning the issue asks for where the input is a silent no-op), "
              "`valid` (a legitimate input, result checked against a reference), `unclear` (another exception, a "

@@ -120,7 +120,8 @@ def cli(*args: str, timeout: float = 300, cwd: Path | None = None) -> CliResult:
 
 
 def run_cmd(cmd: list[str], timeout: float = 300, cwd: Path | None = None) -> CliResult:
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env(), cwd=cwd or workdir(), timeout=timeout)
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env(), cwd=cwd or workdir(), timeout=timeout,
+                       check=False)
     return CliResult(p.returncode, p.stdout, p.stderr)
 
 

@@ -8,7 +8,17 @@ import re
 
 import torch
 
-from bad_inputs_cases import touch, CliResult, Wrong, add, case, cli, fixtures, sfile, workdir
+from bad_inputs_cases import (
+    CliResult,
+    Wrong,
+    add,
+    case,
+    cli,
+    fixtures,
+    sfile,
+    touch,
+    workdir,
+)
 
 CAT = "cli"
 
@@ -42,6 +52,7 @@ c("zoo_train_missing_data_dir", "zoo", "train", "mlp", "--data-dir", "/nonexiste
 
 def _weights_dir(edit):
     import shutil
+
     from lowbit import zoo
     d = workdir() / "w"
     d.mkdir(exist_ok=True)

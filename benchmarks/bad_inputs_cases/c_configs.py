@@ -133,17 +133,17 @@ add(CAT, "WeightOnlyConfig_symmetric_str", "error", lambda: _wo(symmetric="no"))
 
 @case(CAT, "error")
 def quantize_weights_with_unfit_granularity_axis():
+    from bad_inputs_cases import fixtures
     from lowbit.granularity import PerChannel
     from lowbit.weight_only import WeightOnlyConfig, quantize_weights
-    from bad_inputs_cases import fixtures
     quantize_weights(fixtures.model("mlp"), WeightOnlyConfig(granularity=PerChannel(7)))
 
 
 @case(CAT, "error")
 def quantize_weights_pergroup_not_dividing():
+    from bad_inputs_cases import fixtures
     from lowbit.granularity import PerGroup
     from lowbit.weight_only import WeightOnlyConfig, quantize_weights
-    from bad_inputs_cases import fixtures
     quantize_weights(fixtures.model("cnn"), WeightOnlyConfig(granularity=PerGroup(7)))
 
 
@@ -175,21 +175,21 @@ for name, a, tag in (("PerGroup", (0,), "0"), ("PerGroup", (-1,), "-1"), ("PerGr
 @case(CAT, "error")
 def quantize_with_percentile_150_in_use():
     """A percentile of 150 passes construction unless validated; in use it must not calibrate silently."""
-    from lowbit.ptq import PTQConfig, quantize
     from bad_inputs_cases import fixtures
+    from lowbit.ptq import PTQConfig, quantize
     quantize(fixtures.model("mlp"), [fixtures.calib(8)], PTQConfig(act_observer="percentile", act_percentile=150.0))
 
 
 @case(CAT, "error")
 def quantize_with_a_QATConfig():
+    from bad_inputs_cases import fixtures
     from lowbit.ptq import quantize
     from lowbit.qat import QATConfig
-    from bad_inputs_cases import fixtures
     quantize(fixtures.model("mlp"), [fixtures.calib(8)], QATConfig())
 
 
 @case(CAT, "error")
 def quantize_with_config_dict():
-    from lowbit.ptq import quantize
     from bad_inputs_cases import fixtures
+    from lowbit.ptq import quantize
     quantize(fixtures.model("mlp"), [fixtures.calib(8)], {"weight_bits": 4})

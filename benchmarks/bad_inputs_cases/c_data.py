@@ -221,6 +221,7 @@ def _fake_root(images: bytes, labels: bytes | None = None):
     (root / "t10k-images-idx3-ubyte").write_bytes(images)
     src = fixtures.shared_dir()  # labels: a valid file unless given
     import gzip
+
     from lowbit.data import FASHION_MNIST_DIR
     lab = FASHION_MNIST_DIR / "t10k-labels-idx1-ubyte.gz"
     raw = gzip.decompress(lab.read_bytes()) if lab.exists() else (FASHION_MNIST_DIR / "t10k-labels-idx1-ubyte").read_bytes()
@@ -231,6 +232,7 @@ def _fake_root(images: bytes, labels: bytes | None = None):
 
 def _images_raw() -> bytes:
     import gzip
+
     from lowbit.data import FASHION_MNIST_DIR
     p = FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz"
     return gzip.decompress(p.read_bytes()) if p.exists() else (FASHION_MNIST_DIR / "t10k-images-idx3-ubyte").read_bytes()
@@ -256,8 +258,9 @@ def fashion_mnist_empty_idx():
 
 @case(CAT, "error")
 def fashion_mnist_labels_count_differs():
-    from lowbit.data import fashion_mnist
     import struct
+
+    from lowbit.data import fashion_mnist
     labels = struct.pack(">HBBI", 0, 8, 1, 5000) + bytes(5000)
     fashion_mnist("test", root=_fake_root(_images_raw(), labels))
 
@@ -265,15 +268,17 @@ def fashion_mnist_labels_count_differs():
 @case(CAT, "error")
 def fashion_mnist_images_wrong_rank():
     """An idx file that declares 1 dimension (labels) given as the images."""
-    from lowbit.data import fashion_mnist
     import struct
+
+    from lowbit.data import fashion_mnist
     fashion_mnist("test", root=_fake_root(struct.pack(">HBBI", 0, 8, 1, 10000) + bytes(10000)))
 
 
 @case(CAT, "error")
 def fashion_mnist_labels_out_of_range():
-    from lowbit.data import fashion_mnist
     import struct
+
+    from lowbit.data import fashion_mnist
     labels = struct.pack(">HBBI", 0, 8, 1, 10000) + bytes([200]) * 10000
     fashion_mnist("test", root=_fake_root(_images_raw(), labels))
 

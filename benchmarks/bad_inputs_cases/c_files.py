@@ -3,11 +3,8 @@ safetensors headers broken field by field; QAT checkpoints that are corrupt, hos
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import shutil
-import struct
 
 import torch
 

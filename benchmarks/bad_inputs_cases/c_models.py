@@ -238,14 +238,14 @@ def quantize_float64_model():
 def quantize_W4_model_whose_only_layer_is_first_and_last():
     """A W4 request on a one-layer model gives W8 (first/last rule): the issue asks for a warning."""
     from lowbit.ptq import PTQConfig, quantize
-    q = quantize(_seeded(OneLinear), [_calib()], PTQConfig(weight_bits=4))
+    quantize(_seeded(OneLinear), [_calib()], PTQConfig(weight_bits=4))
     return "returned a model at 8 bits for a W4 request, no warning"
 
 
 @case(CAT, "error", warn=r"layer\.fc2")
 def LayerRule_matching_no_layer():
     from lowbit.ptq import LayerRule, PTQConfig, quantize
-    q = quantize(fixtures.model("mlp"), [_calib()], PTQConfig(rules=(LayerRule("layer.fc2", weight_bits=4),)))
+    quantize(fixtures.model("mlp"), [_calib()], PTQConfig(rules=(LayerRule("layer.fc2", weight_bits=4),)))
     return "rule 'layer.fc2' matched nothing; fc2 stays at 8 bits"
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from bad_inputs_cases import touch, Wrong, add, case, fixtures, workdir
+from bad_inputs_cases import Wrong, add, case, fixtures, touch, workdir
 
 CAT = "onnx"
 
@@ -67,6 +67,7 @@ def valid_export_w4_opset21_ort():
 def export_crafted_model_bad_padding():
     """A model with a negative padding (from a crafted file) must not be exported."""
     import json
+
     from lowbit.integer import load_integer
     from lowbit.utils.tensorfile import load_tensors, save_tensors
     t, md = load_tensors(fixtures.saved("cnn"))

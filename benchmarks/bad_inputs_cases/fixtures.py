@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+
 @functools.cache
 def shared_dir() -> Path:
     root = Path(os.environ.get("BAD_INPUTS_SHARED") or tempfile.mkdtemp(prefix="bad_inputs_shared_"))
