@@ -50,7 +50,7 @@ sys.path.insert(0, str(REPO / "src"))  # this checkout's lowbit, not an installe
 sys.path.insert(0, str(HERE))
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from bad_inputs_cases import Case, CliResult, Wrong, load_all
+from bad_inputs_cases import Case, CliResult, Wrong, load_all  # noqa: E402 - after the sys.path entry above
 
 OUTCOMES = ("clear_error", "valid", "unclear", "silent_wrong", "crash")
 BAD = ("crash", "silent_wrong", "unclear")

@@ -1,4 +1,3 @@
-import itertools
 
 import pytest
 import torch
@@ -15,7 +14,7 @@ from lowbit.functional import (
     pow2_scale,
     ternarize,
 )
-from lowbit.granularity import PerChannel, PerTensor
+from lowbit.granularity import PerChannel
 
 
 @pytest.mark.parametrize("bits", [3, 4, 5])

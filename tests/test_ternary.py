@@ -32,7 +32,7 @@ def brute_force_residual(w):
 @pytest.mark.parametrize("n", range(1, 13))
 def test_equals_brute_force_for_every_n_up_to_12(n):
     gen = torch.Generator().manual_seed(n)
-    for trial in range(3 if n > 9 else 10):
+    for _trial in range(3 if n > 9 else 10):
         w = torch.randn(n, generator=gen, dtype=torch.float64)
         res = ternarize(w, PerTensor(), "lbw")
         q = res.dequantize().to(torch.float64)

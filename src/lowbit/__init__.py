@@ -54,4 +54,4 @@ def __dir__() -> list[str]:
     return sorted([*_LAZY, *_SUBMODULES, "__version__"])
 
 
-__all__ = sorted(_LAZY)
+__all__ = sorted(_LAZY)  # noqa: PLE0605 - the lazy names are the public API

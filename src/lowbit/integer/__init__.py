@@ -18,4 +18,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'lowbit.integer' has no attribute {name!r}")
 
 
-__all__ = sorted(_LAZY)
+__all__ = sorted(_LAZY)  # noqa: PLE0605 - the lazy names are the public API
