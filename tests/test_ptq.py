@@ -277,7 +277,7 @@ def test_untraceable_by_fx_is_captured_by_torch_export(data):
 
     calib, test = data
     model = _randomise_bn(ShapeBranch())
-    with pytest.raises(Exception)  # noqa: B017 - fx raises several kinds on data-dependent control flow:
+    with pytest.raises(Exception):  # noqa: B017 - fx raises several kinds on data-dependent control flow
         torch.fx.symbolic_trace(model)
     with pytest.warns(UserWarning, match="captured with torch.export"):
         q = quantize(model, [calib.x], PTQConfig())
