@@ -223,7 +223,7 @@ def test_torchrun_two_processes_equal_one_process(tmp_path):
     for k in one:  # equal up to the summation order of the gradient all-reduce (a wrong shard or mean: ~1e-2)
         assert torch.allclose(two[k].float(), one[k].float(), atol=1e-4, rtol=1e-4), k
     h2, h1 = (json.loads((tmp_path / d / "result.json").read_text())["history"] for d in ("ddp", "one"))
-    assert h2[0]["loss"] == pytest.approx(h1[0]["loss"], rel=1e-5)  # all ranks' shares, not rank 0's
+    assert h2[0]["loss"] == pytest.approx(h1[0]["loss"], rel=1e-4)  # all ranks' shares, not rank 0's
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):

@@ -302,7 +302,7 @@ def test_two_processes_report_the_loss_of_one(tmp_path):
     for rank in (0, 1):
         h2 = torch.load(tmp_path / f"history{rank}.pt")
         for r1, r2 in zip(h1, h2, strict=True):
-            assert r2["loss"] == pytest.approx(r1["loss"], rel=1e-5)
+            assert r2["loss"] == pytest.approx(r1["loss"], rel=1e-4)
             assert r2["accuracy"] == pytest.approx(r1["accuracy"], abs=2 / 203)  # an argmax tie may flip
     two = load_checkpoint(tmp_path / "checkpoint.pt")["model"]
     for k, v in one.state_dict().items():
