@@ -27,6 +27,11 @@ class PerChannel:
 
     axis: int = 0
 
+    def __post_init__(self) -> None:
+        if isinstance(self.axis, bool) or not isinstance(self.axis, int):
+            raise ConfigError(f"PerChannel.axis must be an integer (0: weight output channel, 1: NCHW channel), "
+                              f"got {self.axis!r}")
+
 
 @dataclass(frozen=True)
 class PerGroup:

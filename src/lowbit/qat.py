@@ -32,6 +32,8 @@ Bit widths, as the papers define them: ``b``-bit weights are two's complement
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -117,8 +119,18 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ConfigError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
+        for name in ("epochs", "batch_size", "seed"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "seed" else 1):
+                raise ConfigError(f"TrainConfig.{name} must be an integer >= {0 if name == 'seed' else 1}, got {v!r}")
+        for name in ("lr", "momentum", "weight_decay", "distill", "temperature"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ConfigError(f"TrainConfig.{name} must be a finite number, got {v!r}")
+        if not isinstance(self.augment, bool):
+            raise ConfigError(f"TrainConfig.augment must be True or False, got {self.augment!r}")
+        if not 0 <= self.momentum < 1 or not self.temperature > 0:
+            raise ConfigError(f"momentum must be in [0, 1) and temperature > 0, got {self.momentum}, {self.temperature}")
         if not self.lr > 0 or not 0 <= self.distill <= 1:
             raise ConfigError(f"lr must be > 0 and distill in [0, 1], got {self.lr}, {self.distill}")
         if not self.weight_decay >= 0:

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lowbit.errors import DataError, DatasetNotFoundError
+from lowbit.errors import ConfigError, DataError, DatasetNotFoundError
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MEAN, FASHION_STD = 0.2860, 0.3530
@@ -46,7 +46,9 @@ class Split:
         return int(self.y.shape[0])
 
     def take(self, n: int) -> "Split":
-        """The first ``n`` examples (a deterministic subset)."""
+        """The first ``n`` examples (a deterministic subset), 1 <= n <= len(self)."""
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(self.y):
+            raise ConfigError(f"take({n!r}): pass an integer from 1 to the split's {len(self.y)} examples")
         return Split(self.x[:n], self.y[:n])
 
 

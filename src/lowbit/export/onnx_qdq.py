@@ -722,6 +722,14 @@ def _check_kinds(model: IntegerModel) -> None:
                               f"(supported: {', '.join(supported)})")
 
 
+def _require_integer_model(model) -> None:
+    from lowbit.integer.model import IntegerModel
+
+    if not isinstance(model, IntegerModel):
+        raise ConfigError(f"export needs an IntegerModel, got {type(model).__name__}: quantize the model "
+                          "(lowbit.quantize) and lower it with lowbit.integer.to_integer first")
+
+
 def to_onnx_model(model: IntegerModel, input_shape: tuple[int, ...], opset: int = 17, expose_codes: bool = False):
     """The QDQ ``onnx.ModelProto`` of ``model`` (see the module docstring); not checked, not saved.
 
@@ -730,8 +738,11 @@ def to_onnx_model(model: IntegerModel, input_shape: tuple[int, ...], opset: int 
     metadata entry ``lowbit.codes`` maps those outputs to the integer model's names.
     """
     onnx = _import_onnx()
-    if not isinstance(opset, int) or opset < MIN_OPSET:
-        raise ConfigError(f"opset must be >= {MIN_OPSET} (per-channel QuantizeLinear), not {opset!r}")
+    newest = onnx.defs.onnx_opset_version()
+    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= newest:
+        raise ConfigError(f"opset must be {MIN_OPSET}..{newest} (per-channel QuantizeLinear; the installed onnx's "
+                          f"newest), not {opset!r}")
+    _require_integer_model(model)
     _check_kinds(model)
     shapes = _shapes(model, tuple(input_shape))
     b = _Builder(onnx, shapes, expose_codes, opset, _foldable_pads(model, shapes))

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from lowbit.errors import CheckpointError
+from lowbit.errors import CheckpointError, ConfigError
 from lowbit.integer import validate
 from lowbit.integer.model import IntegerModel, Node, make_op
 from lowbit.utils.tensorfile import load_tensors, read_metadata, save_tensors
@@ -65,6 +65,9 @@ def _fits(t: torch.Tensor, dtype: torch.dtype) -> bool:
 
 def save_integer(model: IntegerModel, path: str | Path) -> Path:
     """Write ``model`` to ``path`` (``.safetensors``), atomically, with a checksum of its content."""
+    if not isinstance(model, IntegerModel):
+        raise ConfigError(f"save_integer needs an IntegerModel, got {type(model).__name__}: quantize the model "
+                          "(lowbit.quantize) and lower it with lowbit.integer.to_integer first")
     tensors: dict[str, torch.Tensor] = {}
     nodes = []
     for i, node in enumerate(model.nodes):

@@ -12,12 +12,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
+from lowbit.errors import ConfigError
+
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
     """Call ``write(f)`` on a temporary file next to ``path``, fsync, then rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder: pass a file name inside it")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path} ({exc.strerror or exc}): pass a path in a writable folder") from None
     try:
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; a saved model is an ordinary file
         with os.fdopen(fd, "wb") as f:
