@@ -54,8 +54,9 @@ def torchrun_two_processes_equal_one_process():
     one = cli(*QAT, "--batch-size", "64", "--out", workdir() / "one")
     if one.rc != 0:
         raise RuntimeError(one.err[-300:])
-    a = torch.load(workdir() / "ddp" / "checkpoint.pt", weights_only=True)["model"]
-    b = torch.load(workdir() / "one" / "checkpoint.pt", weights_only=True)["model"]
+    from lowbit.training import load_checkpoint
+    a = load_checkpoint(workdir() / "ddp" / "checkpoint.pt")["model"]
+    b = load_checkpoint(workdir() / "one" / "checkpoint.pt")["model"]
     for k in b:
         if not torch.allclose(a[k].float(), b[k].float(), atol=1e-4, rtol=1e-4):
             raise Wrong(f"two-process weights differ from one process ({k})")
@@ -72,9 +73,14 @@ def torchrun_two_processes_equal_one_process():
     return r
 
 
-@case(CAT, "error", timeout=400)
+@case(CAT, "valid", timeout=400)
 def torchrun_batch_size_not_divisible_by_world():
-    return _errors(torchrun(*QAT, "--batch-size", "63", "--out", workdir() / "odd"))
+    """Valid since the one training loop weights each rank's share (32 + 31 images give one process's gradient;
+    tests/test_train.py compares it with one process)."""
+    r = torchrun(*QAT, "--batch-size", "63", "--out", workdir() / "odd")
+    if r.rc != 0:
+        raise RuntimeError(r.err[-300:])
+    return "trained on uneven shares"
 
 
 @case(CAT, "error", timeout=400)
