@@ -260,20 +260,7 @@ def _ckpt_case(name: str, mutate, expect="error"):
     add(CAT, f"checkpoint_{name}", expect, fn)
 
 
-def _overwrite(p, at=0.5, n=200):
-    b = bytearray(p.read_bytes())
-    i = int(len(b) * at)
-    b[i:i + n] = os.urandom(n)
-    p.write_bytes(bytes(b))
-
-
-def _resave(edit):
-    def m(p):
-        from lowbit.training import load_checkpoint, save_checkpoint
-        s = load_checkpoint(p)  # a re-signed edit: the checksum holds, the content must still be checked
-        edit(s)
-        save_checkpoint(p, s)
-    return m
+_overwrite, _resave = fixtures.overwrite, fixtures.resave
 
 
 class _Evil:

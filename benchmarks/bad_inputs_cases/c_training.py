@@ -5,7 +5,6 @@ uninterrupted run, or the resume must fail clearly)."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -100,20 +99,7 @@ add(CAT, "resume_without_checkpoint", "error", lambda: _train(_prep(), _data(), 
 add(CAT, "resume_without_out_dir", "error", lambda: _train(_prep(), _data(), _cfg(), None, True))
 
 
-def _overwrite(p, n=200, at=0.5):
-    b = bytearray(p.read_bytes())
-    i = int(len(b) * at)
-    b[i:i + n] = os.urandom(n)
-    p.write_bytes(bytes(b))
-
-
-def _resave(edit):
-    def m(p):
-        from lowbit.training import load_checkpoint, save_checkpoint
-        s = load_checkpoint(p)  # a re-signed edit: the checksum holds, the content must still be checked
-        edit(s)
-        save_checkpoint(p, s)
-    return m
+_overwrite, _resave = fixtures.overwrite, fixtures.resave
 
 
 def _wrong_shape(s):

@@ -84,3 +84,24 @@ def prewarm() -> None:
     for name in ("mlp", "cnn", "resnet"):
         saved(name), sim_out(name)
     integer("cnn")(xs(2))  # compiles / loads the C kernels once
+
+
+def overwrite(p, at: float = 0.5, n: int = 200) -> None:
+    """Overwrite ``n`` bytes of file ``p`` at fraction ``at`` of its length with random bytes."""
+    import os
+
+    b = bytearray(p.read_bytes())
+    i = int(len(b) * at)
+    b[i:i + n] = os.urandom(n)
+    p.write_bytes(bytes(b))
+
+
+def resave(edit):
+    """A mutation that edits a checkpoint's content and re-signs it: the checksum holds, the content must still be
+    checked."""
+    def m(p):
+        from lowbit.training import load_checkpoint, save_checkpoint
+        s = load_checkpoint(p)
+        edit(s)
+        save_checkpoint(p, s)
+    return m
