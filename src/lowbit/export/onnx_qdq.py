@@ -722,14 +722,6 @@ def _check_kinds(model: IntegerModel) -> None:
                               f"(supported: {', '.join(supported)})")
 
 
-def _require_integer_model(model) -> None:
-    from lowbit.integer.model import IntegerModel
-
-    if not isinstance(model, IntegerModel):
-        raise ConfigError(f"export needs an IntegerModel, got {type(model).__name__}: quantize the model "
-                          "(lowbit.quantize) and lower it with lowbit.integer.to_integer first")
-
-
 def to_onnx_model(model: IntegerModel, input_shape: tuple[int, ...], opset: int = 17, expose_codes: bool = False):
     """The QDQ ``onnx.ModelProto`` of ``model`` (see the module docstring); not checked, not saved.
 
@@ -742,7 +734,9 @@ def to_onnx_model(model: IntegerModel, input_shape: tuple[int, ...], opset: int 
     if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= newest:
         raise ConfigError(f"opset must be {MIN_OPSET}..{newest} (per-channel QuantizeLinear; the installed onnx's "
                           f"newest), not {opset!r}")
-    _require_integer_model(model)
+    from lowbit.integer.model import require_integer_model
+
+    require_integer_model(model, "export")
     _check_kinds(model)
     shapes = _shapes(model, tuple(input_shape))
     b = _Builder(onnx, shapes, expose_codes, opset, _foldable_pads(model, shapes))

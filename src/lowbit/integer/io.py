@@ -28,9 +28,9 @@ from pathlib import Path
 
 import torch
 
-from lowbit.errors import CheckpointError, ConfigError
+from lowbit.errors import CheckpointError
 from lowbit.integer import validate
-from lowbit.integer.model import IntegerModel, Node, make_op
+from lowbit.integer.model import IntegerModel, Node, make_op, require_integer_model
 from lowbit.utils.tensorfile import load_tensors, read_metadata, save_tensors
 
 FORMAT, VERSION = "lowbit-integer", 3
@@ -65,9 +65,7 @@ def _fits(t: torch.Tensor, dtype: torch.dtype) -> bool:
 
 def save_integer(model: IntegerModel, path: str | Path) -> Path:
     """Write ``model`` to ``path`` (``.safetensors``), atomically, with a checksum of its content."""
-    if not isinstance(model, IntegerModel):
-        raise ConfigError(f"save_integer needs an IntegerModel, got {type(model).__name__}: quantize the model "
-                          "(lowbit.quantize) and lower it with lowbit.integer.to_integer first")
+    require_integer_model(model, "save_integer")
     tensors: dict[str, torch.Tensor] = {}
     nodes = []
     for i, node in enumerate(model.nodes):

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lowbit.errors import DataError, ShapeError
+from lowbit.errors import ConfigError, DataError, ShapeError
 from lowbit.functional._checks import check_tensor
 from lowbit.integer import validate
 from lowbit.integer.ops import OPS, Op, tensor_bytes
@@ -130,6 +130,13 @@ class IntegerModel(nn.Module):
             shapes = {k: tuple(v.shape) for k, v in n.op.tensors.items() if k == "weight"}
             lines.append(f"  {n.output} = {n.kind}({', '.join(n.inputs)}) {shapes.get('weight', '')}")
         return "\n".join(lines)
+
+
+def require_integer_model(model, what: str) -> None:
+    """Refuse (ConfigError) anything but an :class:`IntegerModel` where ``what`` (a function name) needs one."""
+    if not isinstance(model, IntegerModel):
+        raise ConfigError(f"{what} needs an IntegerModel, got {type(model).__name__}: quantize the model "
+                          "(lowbit.quantize) and lower it with lowbit.integer.to_integer first")
 
 
 def make_op(kind: str, attrs: dict[str, Any], tensors: dict[str, torch.Tensor] | None = None) -> Op:
