@@ -29,8 +29,12 @@ import torch
 from _common import write_result
 from lowbit.data.photos import CropConfig, photo_crops
 from lowbit.diagnostics import sqnr_db
-from lowbit.ptq import LayerRule, PTQConfig, quantize
+from lowbit.formats import IntFormat
+from lowbit.granularity import PerTensor
+from lowbit.ptq import LayerRule, PTQConfig, int_weight, quantize, uint_act
+from lowbit.spec import MSE, QuantSpec
 from lowbit.zoo.efficientnet import efficientnet_lite0, with_plain_convs
+MSE_ACT8 = QuantSpec(IntFormat(8, signed=False), observer=MSE())  # uint8 activations, least-error ranges
 
 
 def logits_of(fn, x: torch.Tensor, batch: int = 64) -> torch.Tensor:
@@ -105,7 +109,7 @@ def main() -> None:
     runs = [
         ("lowbit W8A8 per-channel, GPTQ rounding", lambda: quantize(model, calib_batches, PTQConfig(rounding="gptq"), example)),
         ("lowbit W8A8 per-channel, GPTQ, MSE activation ranges",
-         lambda: quantize(model, calib_batches, PTQConfig(rounding="gptq", act_observer="mse"), example)),
+         lambda: quantize(model, calib_batches, PTQConfig(act=MSE_ACT8, rounding="gptq"), example)),
         ("lowbit W8A8 per-channel, GPTQ, channel equalization",
          lambda: quantize(model, calib_batches, PTQConfig(rounding="gptq", equalize=True), example)),
         ("lowbit W8A8 per-channel", lambda: quantize(model, calib_batches, PTQConfig(), example)),
@@ -113,15 +117,15 @@ def main() -> None:
          lambda: quantize(model, calib_batches, PTQConfig(equalize=True), example)),
         ("lowbit W8A8 per-channel, no bias correction",
          lambda: quantize(model, calib_batches, PTQConfig(bias_correction=False), example)),
-        ("lowbit W8A8 per-tensor weights", lambda: quantize(model, calib_batches, PTQConfig(weight_granularity="tensor"), example)),
+        ("lowbit W8A8 per-tensor weights", lambda: quantize(model, calib_batches, PTQConfig(QuantSpec(IntFormat(8, narrow=True), PerTensor())), example)),
         ("lowbit W8A8 per-channel, GPTQ, MSE activation ranges, model input at 16 bits (the input crop not rounded to 8 bits)",
-         lambda: quantize(model, calib_batches, PTQConfig(rounding="gptq", act_observer="mse", first_last_bits=16,
-                                                          rules=(LayerRule("_conv_stem*", weight_bits=8),
-                                                                 LayerRule("_fc*", weight_bits=8, act_bits=8))), example)),
+         lambda: quantize(model, calib_batches, PTQConfig(act=MSE_ACT8, rounding="gptq", first_last_bits=16,
+                                                          rules=(LayerRule("_conv_stem*", weight=int_weight(8)),
+                                                                 LayerRule("_fc*", int_weight(8), MSE_ACT8))), example)),
         ("lowbit W8A16 per-channel, GPTQ, input and classifier at 16 bits (only the 8-bit weights' error left)",
-         lambda: quantize(model, calib_batches, PTQConfig(act_bits=16, first_last_bits=16, rounding="gptq",
-                                                          rules=(LayerRule("_conv_stem*", weight_bits=8),
-                                                                 LayerRule("_fc*", weight_bits=8))), example)),
+         lambda: quantize(model, calib_batches, PTQConfig(act=uint_act(16), first_last_bits=16, rounding="gptq",
+                                                          rules=(LayerRule("_conv_stem*", weight=int_weight(8)),
+                                                                 LayerRule("_fc*", weight=int_weight(8)))), example)),
     ]
     for label, make in runs:
         t = time.perf_counter()

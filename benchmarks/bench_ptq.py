@@ -23,16 +23,20 @@ import torch
 from _common import write_result
 from lowbit import zoo
 from lowbit.data import fashion_mnist
-from lowbit.ptq import PTQConfig, quantize
+from lowbit.formats import IntFormat
+from lowbit.granularity import PerChannel, PerTensor
+from lowbit.ptq import PTQConfig, int_weight, quantize, uint_act, with_pow2_scales
+from lowbit.spec import MSE, ChannelPercentile, QuantSpec
 from lowbit.zoo.recipes import evaluate
 
 CONFIGS = {
     "W8A8 per-channel": PTQConfig(),
-    "W8A8 per-tensor": PTQConfig(weight_granularity="tensor"),
-    "W8A8 per-channel, pow2 scales": PTQConfig(pow2_scales=True),
-    "W8A8 per-channel, channel-stat activations (A)": PTQConfig(act_observer="channel"),
-    "W4A8 per-channel": PTQConfig(weight_bits=4),
-    "W4A8 per-channel, MSE weights": PTQConfig(weight_bits=4, weight_observer="mse"),
+    "W8A8 per-tensor": PTQConfig(QuantSpec(IntFormat(8, narrow=True), PerTensor())),
+    "W8A8 per-channel, pow2 scales": with_pow2_scales(PTQConfig()),
+    "W8A8 per-channel, channel-stat activations (A)": PTQConfig(act=QuantSpec(uint_act(8).format,
+                                                                             observer=ChannelPercentile())),
+    "W4A8 per-channel": PTQConfig(int_weight(4)),
+    "W4A8 per-channel, MSE weights": PTQConfig(QuantSpec(IntFormat(4, narrow=True), PerChannel(0), MSE())),
 }
 
 
@@ -103,7 +107,7 @@ def curve(models: list[str]) -> None:
     for name in models:
         model = zoo.pretrained(name)
         f_acc = evaluate(model, test)
-        for label, config in (("W8A8", PTQConfig()), ("W4A8", PTQConfig(weight_bits=4))):
+        for label, config in (("W8A8", PTQConfig()), ("W4A8", PTQConfig(int_weight(4)))):
             accs = []
             for n in sizes:
                 calib = train.take(n)

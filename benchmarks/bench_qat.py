@@ -27,13 +27,24 @@ from lowbit import zoo
 from lowbit.bench.latency import interleaved
 from lowbit.data import fashion_mnist
 from lowbit.integer import to_integer
+from lowbit.formats import IntFormat
+from lowbit.granularity import PerChannel
 from lowbit.qat import QATConfig, TrainConfig, convert_qat, prepare_qat, train
+from lowbit.spec import QuantSpec
 from lowbit.zoo.qat_zoo import SHIP, weights_path
 from lowbit.zoo.recipes import evaluate
 from lowbit.zoo.weights_io import save_weights
 
-RUNS = [("LSQ W4A4", QATConfig(4, 4), "float - 0.3"), ("LSQ W3A3", QATConfig(3, 3), "float - 1.0"),
-        ("LSQ W2A2", QATConfig(2, 2), "float - 2.5"), ("FAQ W8A8", QATConfig(8, 8, method="faq"), "float - 0.1")]
+
+
+def _specs(w: int, a: int, narrow: bool = False) -> tuple[QuantSpec, QuantSpec]:
+    """``w``-bit weights per output channel (two's complement for LSQ, narrow for FAQ), ``a``-bit activations."""
+    return QuantSpec(IntFormat(w, narrow=narrow), PerChannel(0)), QuantSpec(IntFormat(a, signed=False))
+
+
+RUNS = [("LSQ W4A4", QATConfig(*_specs(4, 4)), "float - 0.3"), ("LSQ W3A3", QATConfig(*_specs(3, 3)), "float - 1.0"),
+        ("LSQ W2A2", QATConfig(*_specs(2, 2)), "float - 2.5"),
+        ("FAQ W8A8", QATConfig(*_specs(8, 8, narrow=True), method="faq"), "float - 0.1")]
 BREVITAS_NOTE = (
     "Definitions. lowbit: b-bit weights -2^(b-1)..2^(b-1)-1 per output channel with learned LSQ steps "
     "(2 bits: {-2,-1,0,1}); activations 0..2^b-1 with a learned step; integer-only model, int32 biases, "
@@ -120,21 +131,21 @@ def main() -> None:
         model, acc, seconds, epochs = lowbit_run(config, train_set, test, tcfg, teacher)  # epochs actually trained
         if args.save and label in SHIP:
             save_weights(model, weights_path(SHIP[label]), {
-                "model": SHIP[label], "base": "resnet", "config": asdict(config), "test_accuracy": acc,
+                "model": SHIP[label], "base": "resnet", "config": repr(config), "test_accuracy": acc,
                 "train": asdict(tcfg), "epochs": epochs,
                 "command": " ".join(["benchmarks/bench_qat.py", *sys.argv[1:]])})
         delta = 100 * (acc - f_acc)
         line = (f"| {label} | {epochs} | {100 * acc:.2f}% | {delta:+.2f} | {target} | "
                 f"{'yes' if delta >= -MARGIN[label] else 'no'} | {seconds:.0f} s |")
         if peer and config.method == "lsq":
-            b_acc, b_sec = brevitas_run(config.weight_bits, train_set, test, tcfg, teacher)
+            b_acc, b_sec = brevitas_run(config.weight.format.bits, train_set, test, tcfg, teacher)
             line += f" {100 * b_acc:.2f}% | {b_sec:.0f} s | {100 * (acc - b_acc):+.2f} |"
         elif peer:
             line += " - | - | - |"
         lines.append(line)
         print(line, flush=True)
     x, y = train_set.x[:128], train_set.y[:128]
-    q = prepare_qat(zoo.pretrained("resnet"), QATConfig(4, 4), train_set.x[:256])
+    q = prepare_qat(zoo.pretrained("resnet"), QATConfig(*_specs(4, 4)), train_set.x[:256])
     f_us, q_us = step_time(zoo.pretrained("resnet"), q, x, y, 10)
     lines += ["", (f"One training step, batch 128, best of 10 interleaved: float {f_us / 1e3:.1f} ms, "
                    f"LSQ W4A4 {q_us / 1e3:.1f} ms ({q_us / f_us:.2f}x; target <= 1.6x)")]

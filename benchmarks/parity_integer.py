@@ -17,10 +17,10 @@ from _common import write_result
 from lowbit import zoo
 from lowbit.data import fashion_mnist
 from lowbit.integer.lower import to_integer
-from lowbit.ptq import PTQConfig, quantize
+from lowbit.ptq import PTQConfig, int_weight, quantize, with_pow2_scales
 
-CONFIGS = {"W8A8": PTQConfig(), "W8A8 pow2 (shift-only)": PTQConfig(pow2_scales=True),
-           "W4A8": PTQConfig(weight_bits=4)}
+CONFIGS = {"W8A8": PTQConfig(), "W8A8 pow2 (shift-only)": with_pow2_scales(PTQConfig()),
+           "W4A8": PTQConfig(int_weight(4))}
 BATCH = 100
 
 

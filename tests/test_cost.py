@@ -13,7 +13,7 @@ from lowbit.cost.profile import profile, totals
 from lowbit.cost.speed import warnings_for
 from lowbit.data import fashion_mnist
 from lowbit.errors import ConfigError, DataError
-from lowbit.ptq import PTQConfig, quantize
+from lowbit.ptq import PTQConfig, int_weight, quantize, with_pow2_scales
 
 X = (torch.randn(2, 1, 28, 28),)
 
@@ -32,14 +32,14 @@ def test_float_macs_and_bops_equal_hand_computation(name, macs):
 
 def test_quantized_profile_reports_widths_and_requantizations():
     calib = fashion_mnist("train").take(32).x
-    sim = quantize(zoo.pretrained("cnn"), [calib], PTQConfig(weight_bits=4))
+    sim = quantize(zoo.pretrained("cnn"), [calib], PTQConfig(int_weight(4)))
     rows = {r.name: r for r in profile(sim, X)}
     assert {n: r.macs for n, r in rows.items()} == CNN_MACS  # fusion keeps the arithmetic
     assert (rows["conv1"].weight_bits, rows["conv2"].weight_bits, rows["fc2"].weight_bits) == (8, 4, 8)
     assert rows["conv2"].bops == CNN_MACS["conv2"] * 4 * 8
     assert rows["conv2"].requant == "multiplier" and rows["conv2"].requant_ops == 14 * 14 * 64
     assert rows["fc2"].requant == "dequantize"
-    pow2 = {r.name: r for r in profile(quantize(zoo.pretrained("cnn"), [calib], PTQConfig(pow2_scales=True)), X)}
+    pow2 = {r.name: r for r in profile(quantize(zoo.pretrained("cnn"), [calib], with_pow2_scales(PTQConfig())), X)}
     assert pow2["conv2"].requant == "shift"
     assert rows["conv2"].weight_bytes == (64 * 32 * 25 * 4 + 64 * 32) / 8
 
@@ -63,7 +63,7 @@ def test_energy_model_orders_versions_and_shift_is_cheaper_than_multiplier():
     model = zoo.pretrained("cnn")
     e32 = energy(profile(model, X), t)
     e8 = energy(profile(quantize(model, [calib], PTQConfig()), X), t)
-    e4 = energy(profile(quantize(model, [calib], PTQConfig(weight_bits=4)), X), t)
+    e4 = energy(profile(quantize(model, [calib], PTQConfig(int_weight(4))), X), t)
     assert e32.total > 5 * e8.total > 5 * 0.5 * e4.total
     assert e8.compute == pytest.approx(sum(CNN_MACS.values()) * (0.2 + 0.1), rel=1e-9)
 

@@ -20,15 +20,15 @@ from lowbit.integer.arith import fixed_point  # noqa: E402
 from lowbit.integer.lower import to_integer  # noqa: E402
 from lowbit.integer.model import IntegerModel, Node, make_op  # noqa: E402
 from lowbit.integer.ops import Op  # noqa: E402
-from lowbit.ptq import PTQConfig, quantize  # noqa: E402
+from lowbit.ptq import PTQConfig, int_weight, quantize, uint_act, with_pow2_scales  # noqa: E402
 
 N_IMAGES = 1000
 CASES = {
     "mlp": ("mlp", PTQConfig()),
     "cnn": ("cnn", PTQConfig()),
     "resnet": ("resnet", PTQConfig()),
-    "resnet-pow2": ("resnet", PTQConfig(pow2_scales=True)),
-    "mlp-a4": ("mlp", PTQConfig(act_bits=4)),  # 4-bit activations: saturation narrower than uint8
+    "resnet-pow2": ("resnet", with_pow2_scales(PTQConfig())),
+    "mlp-a4": ("mlp", PTQConfig(act=uint_act(4))),  # 4-bit activations: saturation narrower than uint8
 }
 
 
@@ -439,7 +439,7 @@ def test_unsupported_ops_and_bad_arguments_are_refused(exported, tmp_path):
 @pytest.mark.parametrize("opset", [17, 21])
 def test_int4_weights_at_opset_21(fmnist, tmp_path, opset):
     x, y, calib = fmnist
-    im = to_integer(quantize(zoo.pretrained("cnn"), [calib], PTQConfig(weight_bits=4)), (calib[:2],))
+    im = to_integer(quantize(zoo.pretrained("cnn"), [calib], PTQConfig(int_weight(4))), (calib[:2],))
     path = export_onnx(im, tmp_path / "cnn.onnx", (1, 1, 28, 28), opset=opset)
     model = onnx.load(path)
     kinds = {i.name: i.data_type for i in model.graph.initializer if i.name.endswith("_weight")}

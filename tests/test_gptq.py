@@ -12,7 +12,7 @@ from lowbit.errors import ConfigError
 from lowbit.functional.gptq import gptq_codes
 from lowbit.integer import to_integer
 from lowbit.nn import UnifiedConv, unified_modules
-from lowbit.ptq import PTQConfig, quantize, quantizers_off
+from lowbit.ptq import PTQConfig, int_weight, quantize, quantizers_off, uint_act
 from lowbit.rounding import input_patches, patch_moments
 from lowbit.zoo.recipes import evaluate
 
@@ -102,7 +102,7 @@ def fashion():
 def test_gptq_ptq_is_on_the_grid_unbiased_and_integer_exact(fashion):
     calib, test = fashion
     model = zoo.pretrained("cnn")
-    q = quantize(model, [calib.x], PTQConfig(weight_bits=4, rounding="gptq"))
+    q = quantize(model, [calib.x], PTQConfig(int_weight(4), rounding="gptq"))
     for _, m in unified_modules(q):
         codes = m.weight / m.weight_quant.scale.view(-1, *[1] * (m.weight.ndim - 1))
         assert torch.allclose(codes, codes.round(), atol=1e-4)  # the weight is its own quantized value
@@ -113,7 +113,7 @@ def test_gptq_ptq_is_on_the_grid_unbiased_and_integer_exact(fashion):
     with quantizers_off(q):
         q(calib.x)
     hook.remove()
-    plain = quantize(model, [calib.x], PTQConfig(weight_bits=4, bias_correction=False)).conv2
+    plain = quantize(model, [calib.x], PTQConfig(int_weight(4), bias_correction=False)).conv2
     mean = lambda y: y.mean(dim=(0, 2, 3))  # noqa: E731
     x2 = captured["x"]
     ref = mean(plain._compute(x2, plain.weight, plain.bias))  # the float layer
@@ -129,7 +129,7 @@ def test_gptq_ptq_is_on_the_grid_unbiased_and_integer_exact(fashion):
 def test_gptq_is_at_least_as_accurate_as_nearest_at_4_bits(fashion):
     calib, test = fashion
     model = zoo.pretrained("cnn")
-    accs = {r: evaluate(quantize(model, [calib.x], PTQConfig(weight_bits=4, act_bits=4, rounding=r)), test)
+    accs = {r: evaluate(quantize(model, [calib.x], PTQConfig(int_weight(4), uint_act(4), rounding=r)), test)
             for r in ("nearest", "gptq")}
     assert accs["gptq"] >= accs["nearest"] - 0.005, accs
 

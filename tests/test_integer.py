@@ -19,7 +19,7 @@ from lowbit.integer.arith import fixed_point, requantize, rshift_round
 from lowbit.integer.io import load_integer, pack_int4, save_integer, unpack_int4
 from lowbit.integer.lower import to_integer
 from lowbit.nn import unified_modules
-from lowbit.ptq import LayerRule, PTQConfig, quantize
+from lowbit.ptq import LayerRule, PTQConfig, int_weight, quantize, uint_act, with_pow2_scales
 from lowbit.utils.tensorfile import load_tensors, save_tensors
 
 # ---------------------------------------------------------------- arithmetic
@@ -155,7 +155,7 @@ def _check_parity(sim, im, x):
 @pytest.mark.slow
 @pytest.mark.parametrize("name,config,n", [
     ("mlp", PTQConfig(), 10000), ("cnn", PTQConfig(), 2000), ("resnet", PTQConfig(), 1000),
-    ("cnn", PTQConfig(weight_bits=4), 1000), ("resnet", PTQConfig(pow2_scales=True), 1000),
+    ("cnn", PTQConfig(int_weight(4)), 1000), ("resnet", with_pow2_scales(PTQConfig()), 1000),
 ])
 def test_integer_model_is_bit_exact_with_simulation(name, config, n, fmnist):
     """Every intermediate code and the output equal; the full test set: benchmarks/parity_integer.py."""
@@ -178,7 +178,7 @@ def test_integer_model_is_bit_exact_with_simulation(name, config, n, fmnist):
 
 def test_pow2_model_requantizes_by_shifts_only(fmnist):
     calib, _ = fmnist
-    im = to_integer(quantize(zoo.pretrained("resnet"), [calib.x], PTQConfig(pow2_scales=True)), (calib.x[:2],))
+    im = to_integer(quantize(zoo.pretrained("resnet"), [calib.x], with_pow2_scales(PTQConfig())), (calib.x[:2],))
     # every layer multiplier is a power of two; the global average pool also divides by its window (7x7 = 49)
     mults = [t for n in im.nodes if n.kind != "avgpool2d" for k, t in n.op.tensors.items() if k in ("m", "m2")]
     assert len(mults) > 10 and all(((t & (t - 1)) == 0).all() for t in mults)
@@ -251,7 +251,7 @@ def test_refuses_models_it_cannot_lower(fmnist):
     with pytest.raises(ConfigError, match="fc1"):
         to_integer(sim, (calib.x[:2],))
     with pytest.raises(ConfigError, match="int8"):
-        to_integer(quantize(zoo.pretrained("mlp"), [calib.x], PTQConfig(act_bits=12)), (calib.x[:2],))
+        to_integer(quantize(zoo.pretrained("mlp"), [calib.x], PTQConfig(act=uint_act(12))), (calib.x[:2],))
 
     class Sig(nn.Module):
         def __init__(self):
@@ -274,7 +274,7 @@ def test_refuses_models_it_cannot_lower(fmnist):
 @pytest.mark.parametrize("bits", [8, 4])
 def test_save_load_reproduces_outputs_exactly(bits, fmnist, tmp_path):
     calib, test = fmnist
-    im = to_integer(quantize(zoo.pretrained("cnn"), [calib.x], PTQConfig(weight_bits=bits)), (calib.x[:2],))
+    im = to_integer(quantize(zoo.pretrained("cnn"), [calib.x], PTQConfig(int_weight(bits))), (calib.x[:2],))
     path = save_integer(im, tmp_path / "m.safetensors")
     back = load_integer(path)
     assert torch.equal(im(test.x[:300]), back(test.x[:300]))

@@ -1,17 +1,31 @@
 import warnings
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from lowbit import zoo
 from lowbit.data import fashion_mnist
 from lowbit.errors import ConfigError, DataError
+from lowbit.formats import IntFormat
+from lowbit.granularity import PerGroup
 from lowbit.nn import ActQuantizer, UnifiedConv, UnifiedLinear, unified_modules
-from lowbit.ptq import LayerRule, PTQConfig, calibrate, convert, prepare, quantize, quantizers_off
+from lowbit.ptq import (
+    LayerRule,
+    PTQConfig,
+    calibrate,
+    convert,
+    int_weight,
+    prepare,
+    quantize,
+    quantizers_off,
+    uint_act,
+    with_pow2_scales,
+)
+from lowbit.spec import QuantSpec, observer_named
 from lowbit.zoo.recipes import evaluate
 
 X = (torch.randn(2, 1, 28, 28),)
@@ -79,7 +93,7 @@ def test_functional_ops_fuse():
 
 def test_unified_output_equals_torch_fake_quant_oracle(data):
     calib, _ = data
-    q = quantize(zoo.pretrained("cnn"), [calib.x], PTQConfig(weight_bits=4, first_last_bits=None))
+    q = quantize(zoo.pretrained("cnn"), [calib.x], PTQConfig(int_weight(4), first_last_bits=None))
     conv1 = q.conv1
     x = q.input_quant_0(calib.x[:3])
     wq = torch.fake_quantize_per_channel_affine(conv1.weight, conv1.weight_quant.scale,
@@ -88,7 +102,7 @@ def test_unified_output_equals_torch_fake_quant_oracle(data):
     oq = conv1.output_quant
     ref = torch.fake_quantize_per_tensor_affine(y, float(oq.scale), int(oq.zero_point), 0, 255)
     assert torch.equal(conv1(x), ref)
-    assert conv1.weight_quant.spec.fmt.bits == 4 and len(conv1.weight_quant.scale) == 32
+    assert conv1.weight_quant.spec.format.bits == 4 and len(conv1.weight_quant.scale) == 32
 
 
 @pytest.mark.parametrize("name", ["mlp", "cnn"])
@@ -101,7 +115,7 @@ def test_w8a8_within_0p2_points_of_float_with_32_images(name, data):
 
 def test_pow2_scales_are_powers_of_two(data):
     calib, _ = data
-    q = quantize(zoo.pretrained("cnn"), [calib.x], PTQConfig(pow2_scales=True))
+    q = quantize(zoo.pretrained("cnn"), [calib.x], with_pow2_scales(PTQConfig()))
     scales = [m.scale for m in q.modules() if isinstance(m, ActQuantizer)]
     scales += [m.weight_quant.scale for _, m in unified_modules(q)]
     for s in scales:
@@ -110,12 +124,12 @@ def test_pow2_scales_are_powers_of_two(data):
 
 def test_rules_first_last_and_keep_float(data):
     calib, _ = data
-    cfg = PTQConfig(weight_bits=4, rules=(LayerRule("conv2", keep_float=True),))
+    cfg = PTQConfig(int_weight(4), rules=(LayerRule("conv2", keep_float=True),))
     q = quantize(zoo.pretrained("cnn"), [calib.x], cfg)
     mods = dict(unified_modules(q))
-    assert mods["conv1"].weight_quant.spec.fmt.bits == 8 and mods["fc2"].weight_quant.spec.fmt.bits == 8
+    assert mods["conv1"].weight_quant.spec.format.bits == 8 and mods["fc2"].weight_quant.spec.format.bits == 8
     assert mods["fc2"].output_quant is None  # the network output is dequantized, not requantized
-    assert mods["fc1"].weight_quant.spec.fmt.bits == 4
+    assert mods["fc1"].weight_quant.spec.format.bits == 4
     assert mods["conv2"].weight_quant is None and mods["conv2"].output_quant is None
     # fc1's input comes from the float conv2 (through a max-pool): it gets its own input quantizer
     assert any("before fc1" in s for s in q.lowbit_plan.input_quantizers)
@@ -125,7 +139,7 @@ def test_rules_first_last_and_keep_float(data):
 def test_activation_observer_options(observer, data):
     calib, test = data
     model = zoo.pretrained("mlp")
-    q = quantize(model, [calib.x], PTQConfig(act_observer=observer))
+    q = quantize(model, [calib.x], PTQConfig(act=QuantSpec(uint_act(8).format, observer=observer_named(observer))))
     assert evaluate(q, test) >= evaluate(model, test) - 0.003
 
 
@@ -186,9 +200,12 @@ def test_bad_input(data):
         prepare(model, PTQConfig(), (torch.randn(1, 3, 32, 32),))
     with pytest.raises(DataError, match="example_inputs"):
         prepare(model, PTQConfig())
-    for kwargs in ({"weight_bits": 1}, {"act_bits": 17}, {"weight_granularity": "group"}, {"act_observer": "max"}):
+    for kwargs in ({"weight": "int8"}, {"act": QuantSpec(IntFormat(1, signed=False))},
+                   {"weight": QuantSpec(IntFormat(4), PerGroup(8))}, {"rounding": "best"}):
         with pytest.raises(ConfigError):
             PTQConfig(**kwargs)
+    with pytest.raises(ConfigError, match="unknown observer 'max'"):
+        observer_named("max")
     with pytest.raises(ConfigError, match="prepare"):
         calibrate(model, [calib.x])
     with pytest.raises(ConfigError, match="no Conv or Linear"):
@@ -201,8 +218,8 @@ def test_bad_input(data):
 def test_bias_correction_removes_the_mean_shift_of_weight_rounding(data):
     calib, _ = data
     model = zoo.pretrained("cnn")
-    plain = quantize(model, [calib.x], PTQConfig(weight_bits=4, bias_correction=False))
-    corrected = quantize(model, [calib.x], PTQConfig(weight_bits=4))
+    plain = quantize(model, [calib.x], PTQConfig(int_weight(4), bias_correction=False))
+    corrected = quantize(model, [calib.x], PTQConfig(int_weight(4)))
 
     captured = {}
     hook = plain.conv2.register_forward_pre_hook(lambda m, args: captured.__setitem__("x", args[0]))
@@ -221,12 +238,12 @@ def test_bias_correction_removes_the_mean_shift_of_weight_rounding(data):
 
 @pytest.mark.parametrize("name,producer", [("mlp", "fc2"), ("cnn", "fc1"), ("resnet", "pool")])
 def test_last_layer_input_is_at_first_last_bits(name, producer):
-    q = prepare(zoo.build(name).eval(), PTQConfig(weight_bits=4, act_bits=4), X)
-    assert q.get_submodule(producer).output_quant.spec.fmt.bits == 8  # feeds the last layer: 8 bits
-    others = [m.output_quant.spec.fmt.bits for n, m in unified_modules(q) if n != producer and m.output_quant]
+    q = prepare(zoo.build(name).eval(), PTQConfig(int_weight(4), uint_act(4)), X)
+    assert q.get_submodule(producer).output_quant.spec.format.bits == 8  # feeds the last layer: 8 bits
+    others = [m.output_quant.spec.format.bits for n, m in unified_modules(q) if n != producer and m.output_quant]
     assert others and set(others) == {4}
-    same = prepare(zoo.build(name).eval(), PTQConfig(weight_bits=4, act_bits=4, first_last_bits=None), X)
-    assert same.get_submodule(producer).output_quant.spec.fmt.bits == 4
+    same = prepare(zoo.build(name).eval(), PTQConfig(int_weight(4), uint_act(4), first_last_bits=None), X)
+    assert same.get_submodule(producer).output_quant.spec.format.bits == 4
 
 
 class ShapeBranch(nn.Module):
@@ -267,8 +284,8 @@ def test_export_path_quantizes_exactly_like_the_fx_path(data, name):
 
     calib, test = data
     model = zoo.pretrained(name)
-    via_fx = quantize(model, [calib.x], PTQConfig(weight_bits=4))
-    via_export = quantize(export_graph(model, X), [calib.x], PTQConfig(weight_bits=4))
+    via_fx = quantize(model, [calib.x], PTQConfig(int_weight(4)))
+    via_export = quantize(export_graph(model, X), [calib.x], PTQConfig(int_weight(4)))
     assert torch.equal(via_export.eval()(test.x[:500]), via_fx.eval()(test.x[:500]))
 
 
@@ -302,7 +319,7 @@ def test_weight_error_shift_equals_the_mean_of_the_error_conv(n, groups, per_gro
     conv = (nn.Conv1d if one_d else nn.Conv2d)(c, 2 * groups, k, stride, pad, dil, groups)
     size = (k - 1) * dil + 1 + int(torch.randint(0, 6, (1,), generator=g))
     x = torch.rand((n, c, size) if one_d else (n, c, size, size + 1), generator=g) * 3
-    m = UnifiedConv(conv, nn.Identity(), False, PTQConfig(weight_bits=3).weight_spec(3), None)
+    m = UnifiedConv(conv, nn.Identity(), False, int_weight(3), None)
     m.weight_quant.freeze(m.weight)
     eps = (m.weight_quant.fake(m.weight) - m.weight).detach().double()
     f = F.conv1d if one_d else F.conv2d

@@ -13,11 +13,19 @@ from lowbit import zoo
 from lowbit.cli.main import main
 from lowbit.data import fashion_mnist
 from lowbit.errors import CheckpointError, ConfigError, DataError
+from lowbit.formats import IntFormat
+from lowbit.granularity import PerChannel, PerTensor
 from lowbit.integer import to_integer
 from lowbit.nn.lsq import LSQActQuantizer, LSQWeightQuantizer
 from lowbit.qat import QATConfig, TrainConfig, convert_qat, prepare_qat, train
 from lowbit.training import load_checkpoint
+from lowbit.spec import QuantSpec
 from lowbit.zoo.recipes import evaluate
+
+
+def _specs(w: int, a: int) -> tuple[QuantSpec, QuantSpec]:
+    """LSQ's integer specs: ``w``-bit weights per channel, ``a``-bit activations."""
+    return QuantSpec(IntFormat(w), PerChannel(0)), QuantSpec(IntFormat(a, signed=False))
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +35,7 @@ def data():
 
 def test_lsq_slots_are_in_the_loop_with_paper_init(data):
     tr, _ = data
-    q = prepare_qat(zoo.pretrained("cnn"), QATConfig(4, 4), tr.x[:256])
+    q = prepare_qat(zoo.pretrained("cnn"), QATConfig(), tr.x[:256])
     acts = [m for m in q.modules() if isinstance(m, LSQActQuantizer)]
     weights = [m for m in q.modules() if isinstance(m, LSQWeightQuantizer)]
     assert len(acts) >= 4 and len(weights) == 4
@@ -36,7 +44,7 @@ def test_lsq_slots_are_in_the_loop_with_paper_init(data):
     w = q.conv2.weight.detach()
     want = 2 * w.abs().flatten(1).mean(1) / 7**0.5  # 4-bit signed: Q_P = 7
     assert torch.allclose(q.conv2.weight_quant.step.detach(), want)
-    assert q.conv1.weight_quant.spec.fmt.bits == 8 and q.conv2.weight_quant.spec.fmt.bits == 4  # first layer 8
+    assert q.conv1.weight_quant.spec.format.bits == 8 and q.conv2.weight_quant.spec.format.bits == 4  # first layer 8
 
 
 @torch.no_grad()
@@ -44,10 +52,10 @@ def test_mse_init_starts_from_the_least_squares_steps(data):
     from lowbit.functional.lsq import lsq_bounds, mse_init_step
 
     tr, te = data
-    paper = prepare_qat(zoo.pretrained("cnn"), QATConfig(3, 3), tr.x[:256]).eval()
-    mse = prepare_qat(zoo.pretrained("cnn"), QATConfig(3, 3, init="mse"), tr.x[:256]).eval()
+    paper = prepare_qat(zoo.pretrained("cnn"), QATConfig(*_specs(3, 3)), tr.x[:256]).eval()
+    mse = prepare_qat(zoo.pretrained("cnn"), QATConfig(*_specs(3, 3), init="mse"), tr.x[:256]).eval()
     w = mse.conv2.weight.detach()
-    q_n, q_p = lsq_bounds(mse.conv2.weight_quant.spec.fmt)
+    q_n, q_p = lsq_bounds(mse.conv2.weight_quant.spec.format)
     assert torch.allclose(mse.conv2.weight_quant.step[5], mse_init_step(w[5], q_n, q_p))
     assert evaluate(mse, te) >= evaluate(paper, te)  # training starts from the better quantizer
 
@@ -58,7 +66,7 @@ def test_per_tensor_weight_steps_train_and_export_to_onnx_with_the_same_accuracy
     from lowbit.export.onnx_qdq import export_onnx
 
     tr, te = data
-    q = prepare_qat(zoo.pretrained("cnn"), QATConfig(4, 4, weight_granularity="tensor"), tr.x[:256])
+    q = prepare_qat(zoo.pretrained("cnn"), QATConfig(QuantSpec(IntFormat(4), PerTensor())), tr.x[:256])
     assert q.conv2.weight_quant.step.numel() == 1
     train(q, tr, TrainConfig(epochs=1, batch_size=64), progress=False)
     convert_qat(q)
@@ -76,7 +84,7 @@ def test_per_tensor_weight_steps_train_and_export_to_onnx_with_the_same_accuracy
 @torch.no_grad()
 def test_weight_code_minus_128_lowers_exactly(data):
     tr, te = data
-    q = prepare_qat(zoo.pretrained("cnn"), QATConfig(4, 4), tr.x[:256])
+    q = prepare_qat(zoo.pretrained("cnn"), QATConfig(), tr.x[:256])
     step = q.conv1.weight_quant.step  # the 8-bit first layer: two's complement -128..127
     q.conv1.weight[0, 0, 0, 0] = -200 * step[0]
     convert_qat(q)
@@ -91,7 +99,7 @@ def test_unfolded_batchnorm_trains_then_freezes_then_folds(data, method):
 
     tr, te = data
     base = zoo.pretrained("cnn")
-    q = prepare_qat(base, QATConfig(4, 4, method=method, bn_freeze_steps=4), tr.x[:256])
+    q = prepare_qat(base, QATConfig(*_specs(4, 4), method=method, bn_freeze_steps=4), tr.x[:256])
     assert q.conv1.bn is not None and q.conv2.bn is not None  # conv -> BN kept inside the unified module
     before = int(q.conv2.bn.num_batches_tracked)
     train(q, tr.take(256), TrainConfig(epochs=1, batch_size=32, lr=1e-3), progress=False)  # 8 steps
@@ -110,7 +118,7 @@ def test_unfolded_batchnorm_trains_then_freezes_then_folds(data, method):
 
 def test_lsq_training_recovers_accuracy_and_lowers_to_integers(data):
     tr, te = data
-    q = prepare_qat(zoo.pretrained("cnn"), QATConfig(2, 2), tr.x[:256])
+    q = prepare_qat(zoo.pretrained("cnn"), QATConfig(*_specs(2, 2)), tr.x[:256])
     before = evaluate(q, te)
     train(q, tr, TrainConfig(epochs=1, batch_size=64, lr=0.01), progress=False)
     convert_qat(q)
@@ -123,11 +131,13 @@ def test_lsq_training_recovers_accuracy_and_lowers_to_integers(data):
 
 def test_step_gradients_flow_and_faq_keeps_fixed_steps(data):
     tr, _ = data
-    q = prepare_qat(zoo.pretrained("mlp"), QATConfig(4, 4), tr.x[:128])
+    q = prepare_qat(zoo.pretrained("mlp"), QATConfig(), tr.x[:128])
     loss = torch.nn.functional.cross_entropy(q(tr.x[:64]), tr.y[:64])
     loss.backward()
     assert q.fc2.weight_quant.step.grad is not None and q.fc2.weight_quant.step.grad.abs().sum() > 0
-    f = prepare_qat(zoo.pretrained("mlp"), QATConfig(8, 8, method="faq"), tr.x[:128])
+    faq = QATConfig(QuantSpec(IntFormat(8, narrow=True), PerChannel(0)), QuantSpec(IntFormat(8, signed=False)),
+                    method="faq")
+    f = prepare_qat(zoo.pretrained("mlp"), faq, tr.x[:128])
     assert not [n for n, _ in f.named_parameters() if "step" in n]
     scale = f.fc2.weight_quant.scale.clone()
     train(f, tr.take(256), TrainConfig(epochs=1, batch_size=64, lr=1e-3), progress=False)
@@ -138,10 +148,10 @@ def test_step_gradients_flow_and_faq_keeps_fixed_steps(data):
 def test_resume_is_bit_identical_to_an_uninterrupted_run(data, tmp_path):
     tr, _ = data
     cfg2 = TrainConfig(epochs=2, batch_size=64, lr=0.01)
-    a = prepare_qat(zoo.pretrained("mlp"), QATConfig(4, 4), tr.x[:128])
+    a = prepare_qat(zoo.pretrained("mlp"), QATConfig(), tr.x[:128])
     train(a, tr.take(512), cfg2, tmp_path / "a", progress=False)
     # a 2-epoch run killed right after its first checkpoint; a new process resumes it
-    c = prepare_qat(zoo.pretrained("mlp"), QATConfig(4, 4), tr.x[:128])
+    c = prepare_qat(zoo.pretrained("mlp"), QATConfig(), tr.x[:128])
 
     class Kill(Exception):
         pass
@@ -152,7 +162,7 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(data, tmp_path):
     with pytest.raises(Kill):
         _train_then_kill(c, tr.take(512), cfg2, tmp_path / "c", killer)
     assert load_checkpoint(tmp_path / "c" / "checkpoint.pt")["epoch"] == 1
-    d = prepare_qat(zoo.pretrained("mlp"), QATConfig(4, 4), tr.x[:128])
+    d = prepare_qat(zoo.pretrained("mlp"), QATConfig(), tr.x[:128])
     train(d, tr.take(512), cfg2, tmp_path / "c", resume=True, progress=False)
     for (k, va), (_, vd) in zip(a.state_dict().items(), d.state_dict().items()):
         assert torch.equal(va, vd), k
@@ -177,11 +187,11 @@ def _train_then_kill(model, data, cfg, out, killer):
 
 def test_bad_inputs_and_nan_loss_stop_clearly(data, tmp_path):
     tr, _ = data
-    with pytest.raises(ConfigError, match="weight_bits=1"):
-        QATConfig(1, 4)
+    with pytest.raises(ConfigError, match=r"QAT cannot run IntFormat\(bits=1.*weights"):
+        QATConfig(QuantSpec(IntFormat(1)))
     with pytest.raises(ConfigError, match="method"):
-        QATConfig(4, 4, method="magic")
-    q = prepare_qat(zoo.pretrained("mlp"), QATConfig(4, 4), tr.x[:128])
+        QATConfig(method="magic")
+    q = prepare_qat(zoo.pretrained("mlp"), QATConfig(), tr.x[:128])
     bad = tr.take(256)
     bad = type(bad)(bad.x.clone(), bad.y)
     bad.x[100:] = float("nan")  # the loss turns NaN at once
@@ -193,12 +203,12 @@ def test_bad_inputs_and_nan_loss_stop_clearly(data, tmp_path):
     (tmp_path / "junk" / "checkpoint.pt").write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="not a readable"):
         train(q, tr.take(256), TrainConfig(epochs=1), tmp_path / "junk", resume=True, progress=False)
-    other = prepare_qat(zoo.pretrained("cnn"), QATConfig(4, 4), tr.x[:128])
+    other = prepare_qat(zoo.pretrained("cnn"), QATConfig(), tr.x[:128])
     train(other, tr.take(128), TrainConfig(epochs=1, batch_size=64), tmp_path / "cnn", progress=False)
     with pytest.raises(CheckpointError, match="another model"):
         train(q, tr.take(256), TrainConfig(epochs=1, batch_size=64), tmp_path / "cnn", resume=True, progress=False)
     with pytest.raises(DataError):
-        prepare_qat(zoo.pretrained("mlp"), QATConfig(4, 4), torch.empty(0))
+        prepare_qat(zoo.pretrained("mlp"), QATConfig(), torch.empty(0))
 
 
 def _free_port() -> int:

@@ -17,10 +17,13 @@ from torch import nn
 
 from lowbit import zoo
 from lowbit.cli.main import main
+from lowbit.formats import IntFormat
+from lowbit.granularity import PerChannel, PerTensor
 from lowbit.errors import CheckpointError, ConfigError, DataError, LowbitWarning
 from lowbit.graph.equalize import find_pairs
-from lowbit.ptq import LayerRule, PTQConfig, calibrate, equalize_channels, prepare, quantize
+from lowbit.ptq import LayerRule, PTQConfig, calibrate, equalize_channels, int_weight, prepare, quantize, uint_act
 from lowbit.qat import QATConfig, prepare_qat
+from lowbit.spec import QuantSpec
 from lowbit.weight_only import quantize_weights
 
 
@@ -91,7 +94,7 @@ def test_a_rule_that_matches_no_layer_warns_and_names_the_layers():
 
 
 def test_a_rule_shadowed_by_an_earlier_one_warns():
-    rules = (LayerRule("fc*", weight_bits=6), LayerRule("fc2", keep_float=True))
+    rules = (LayerRule("fc*", weight=int_weight(6)), LayerRule("fc2", keep_float=True))
     with pytest.warns(LowbitWarning, match=r"'fc2' was ignored: every layer it matches is taken by an earlier rule"):
         prepare(zoo.pretrained("mlp"), PTQConfig(rules=rules), (_images(1),))
 
@@ -118,20 +121,20 @@ def test_equalize_without_any_pair_warns():
 
 def test_w4_on_a_model_whose_only_layer_is_first_and_last_warns():
     model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
-    with pytest.warns(LowbitWarning, match=r"weight_bits=4 was asked but no layer gets it: '1' \(first and last "
+    with pytest.warns(LowbitWarning, match=r"weight=int4 was asked but no layer gets it: '1' \(first and last "
                                            r"layer\) stays at first_last_bits=8; pass first_last_bits=None"):
-        q = quantize(model, [_images()], PTQConfig(weight_bits=4))
-    assert q.get_submodule("1").weight_quant.spec.fmt.bits == 8  # what the warning says happened
+        q = quantize(model, [_images()], PTQConfig(int_weight(4)))
+    assert q.get_submodule("1").weight_quant.spec.format.bits == 8  # what the warning says happened
     with warnings.catch_warnings():
         warnings.simplefilter("error", LowbitWarning)
-        q = quantize(model, [_images()], PTQConfig(weight_bits=4, first_last_bits=None))
-    assert q.get_submodule("1").weight_quant.spec.fmt.bits == 4
+        q = quantize(model, [_images()], PTQConfig(int_weight(4), first_last_bits=None))
+    assert q.get_submodule("1").weight_quant.spec.format.bits == 4
 
 
 def test_w4_on_a_deeper_model_does_not_warn():
     with warnings.catch_warnings():
         warnings.simplefilter("error", LowbitWarning)
-        prepare(zoo.pretrained("cnn"), PTQConfig(weight_bits=4, act_bits=4), (_images(1),))
+        prepare(zoo.pretrained("cnn"), PTQConfig(int_weight(4), uint_act(4)), (_images(1),))
 
 
 @pytest.mark.parametrize("pattern", [5, None, "", b"fc1"])
@@ -141,8 +144,8 @@ def test_layer_rule_pattern_must_be_a_string(pattern):
 
 
 def test_layer_rule_keep_float_with_bits_is_refused():
-    with pytest.raises(ConfigError, match="keep_float and for bit widths"):
-        LayerRule("fc1", weight_bits=4, keep_float=True)
+    with pytest.raises(ConfigError, match="keep_float and for weight/act specs"):
+        LayerRule("fc1", weight=int_weight(4), keep_float=True)
 
 
 # ---------------------------------------------------------------- item 8: errors that name the problem
@@ -376,5 +379,5 @@ def test_cli_refuses_bad_paths_before_any_work(tmp_path, capsys):
 
 def test_qat_config_clash_is_refused_at_configuration():
     with pytest.raises(ConfigError, match="needs per-channel weight steps"):
-        QATConfig(weight_granularity="tensor", bn_freeze_steps=0)
-    assert QATConfig(weight_granularity="channel", bn_freeze_steps=0).bn_freeze_steps == 0
+        QATConfig(QuantSpec(IntFormat(4), PerTensor()), bn_freeze_steps=0)
+    assert QATConfig(QuantSpec(IntFormat(4), PerChannel(0)), bn_freeze_steps=0).bn_freeze_steps == 0

@@ -3,14 +3,15 @@
 ``import lowbit`` is light: it loads neither torch nor any optional package.
 The public names below are imported on first use (PEP 562).
 
-Formats and granularity::
+Formats, granularity and the spec that combines them with an observer::
 
     lowbit.IntFormat(4), lowbit.PowerOfTwo(4), lowbit.Ternary(), lowbit.Binary(), lowbit.Log2(4)
     lowbit.PerTensor(), lowbit.PerChannel(0), lowbit.PerGroup(32), lowbit.PerKernel()
+    lowbit.QuantSpec(lowbit.IntFormat(8, signed=False), observer=lowbit.Percentile(99.99))
 
 One call for post-training quantization::
 
-    qmodel = lowbit.quantize(model, calibration_batches, lowbit.PTQConfig(weight_bits=4))
+    qmodel = lowbit.quantize(model, calibration_batches, lowbit.PTQConfig(weight=lowbit.QuantSpec(lowbit.Ternary(), lowbit.PerChannel(0))))
 
 One training loop (zoo recipes, QAT, the method families)::
 
@@ -35,11 +36,13 @@ _LAZY = {
     "LowbitError": "lowbit.errors", "ConfigError": "lowbit.errors", "DataError": "lowbit.errors",
     "DatasetNotFoundError": "lowbit.errors", "CheckpointError": "lowbit.errors",
     "quantize_weights": "lowbit.weight_only", "WeightOnlyConfig": "lowbit.weight_only",
+    "QuantSpec": "lowbit.spec", "MinMax": "lowbit.spec", "MovingAverage": "lowbit.spec",
+    "Percentile": "lowbit.spec", "MSE": "lowbit.spec", "ChannelPercentile": "lowbit.spec",
     "quantize": "lowbit.ptq", "PTQConfig": "lowbit.ptq", "LayerRule": "lowbit.ptq",
     "train": "lowbit.training", "LoopConfig": "lowbit.training",
 }
 _SUBMODULES = {"functional", "observers", "data", "zoo", "cli", "formats", "granularity", "errors", "weight_only",
-               "ptq", "nn", "graph", "diagnostics", "training"}
+               "spec", "ptq", "nn", "graph", "diagnostics", "training"}
 
 
 def __getattr__(name: str):

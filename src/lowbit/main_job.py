@@ -2,7 +2,8 @@
 
 ``lowbit run`` loads the shipped zoo models, evaluates them on the Fashion-MNIST
 test set in float and after each method of :func:`default_methods`, and prints
-one table (methods x models). Later methods add rows here.
+one table (methods x models). Later methods add rows here. Ternary QAT has no shipped
+weights (the job trains nothing): its rows are in ``benchmarks/bench_formats.py``.
 """
 
 from __future__ import annotations
@@ -16,14 +17,15 @@ import torch
 from torch import nn
 
 from lowbit import zoo
-from lowbit.zoo.qat_zoo import SHIP, pretrained_qat, weights_path
 from lowbit.bench.latency import interleaved, torch_threads
-from lowbit.integer.lower import to_integer
 from lowbit.data import Split, fashion_mnist
-from lowbit.ptq import PTQConfig, quantize
 from lowbit.formats import IntFormat, PowerOfTwo, Ternary
 from lowbit.granularity import PerChannel
+from lowbit.integer.lower import to_integer
+from lowbit.ptq import PTQConfig, int_weight, quantize, with_pow2_scales
+from lowbit.spec import QuantSpec
 from lowbit.weight_only import WeightOnlyConfig, quantize_weights
+from lowbit.zoo.qat_zoo import SHIP, pretrained_qat, weights_path
 from lowbit.zoo.recipes import evaluate
 
 
@@ -37,7 +39,7 @@ class Method:
 
 
 def _weights(fmt, label: str) -> Method:
-    return Method(label, lambda m: quantize_weights(m, WeightOnlyConfig(fmt, PerChannel(0))))
+    return Method(label, lambda m: quantize_weights(m, WeightOnlyConfig(QuantSpec(fmt, PerChannel(0)))))
 
 
 CALIBRATION_IMAGES = 32
@@ -58,8 +60,11 @@ def default_methods(calibration: Split | None = None, data_root=None) -> list[Me
         _weights(Ternary(), "ternary, exact per-channel (weights only)"),
         _weights(PowerOfTwo(4), "power-of-two 4-bit per-channel (weights only)"),
         _ptq(PTQConfig(), f"PTQ W8A8 per-channel, {CALIBRATION_IMAGES} calib images", calibration),
-        _ptq(PTQConfig(weight_bits=4), f"PTQ W4A8 per-channel, {CALIBRATION_IMAGES} calib images", calibration),
-        _ptq(PTQConfig(pow2_scales=True), "PTQ W8A8, power-of-two scales (shift-only)", calibration),
+        _ptq(PTQConfig(int_weight(4)), f"PTQ W4A8 per-channel, {CALIBRATION_IMAGES} calib images", calibration),
+        _ptq(with_pow2_scales(PTQConfig()), "PTQ W8A8, power-of-two scales (shift-only)", calibration),
+        Method("PTQ W-ternary (exact, per-channel) A8, integer-only model",
+               lambda m: to_integer(quantize(m, [calibration.x], PTQConfig(QuantSpec(Ternary(), PerChannel(0)))),
+                                    (calibration.x[:2],))),
         Method("PTQ W8A8 as integer-only model (int8 kernels)",
                lambda m: to_integer(quantize(m, [calibration.x], PTQConfig()), (calibration.x[:2],))),
         *[Method(f"QAT {label}, shipped weights, integer-only model",

@@ -14,8 +14,8 @@
    output shift that weight rounding causes (Nagel et al. 2019).
 
 Method A (Lee et al. 2018, channel-wise PTQ with few images) is the
-``act_observer="channel"`` option and per-channel weights; method H (Geng et al.
-2019) is fusion plus ``pow2_scales=True``.
+``act=QuantSpec(IntFormat(8, signed=False), observer=ChannelPercentile())`` option and
+per-channel weights; method H (Geng et al. 2019) is fusion plus ``pow2_scale=True`` specs.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import fnmatch
 import inspect
 import warnings
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import torch
@@ -34,7 +34,7 @@ from torch import fx, nn
 
 from lowbit.errors import ConfigError, DataError, LowbitWarning
 from lowbit.formats import IntFormat, check_bits
-from lowbit.granularity import PerChannel, PerTensor
+from lowbit.granularity import PerChannel
 from lowbit.graph.fx_passes import (
     FusionPlan,
     TraceFailed,
@@ -48,20 +48,47 @@ from lowbit.graph.fx_passes import (
     widen_last_input,
 )
 from lowbit.graph.nodes import COMPUTE
-from lowbit.nn.quantizers import ActQuantizer, ObserverName, TensorSpec, WeightQuantizer
+from lowbit.nn.quantizers import ActQuantizer, WeightQuantizer
 from lowbit.nn.unified import UnifiedConv, UnifiedLinear, _Unified, unified_modules
+from lowbit.spec import QuantSpec, check_runs
 from lowbit.utils.progress import Progress
 
-_ACT_OBSERVERS = ("minmax", "moving_average", "percentile", "mse", "channel")
+
+def int_weight(bits: int, pow2_scale: bool = False) -> QuantSpec:
+    """Symmetric narrow ``bits``-bit integer weights, one scale per output channel (PTQ's default family)."""
+    return QuantSpec(IntFormat(bits, signed=True, narrow=True), PerChannel(0), pow2_scale=pow2_scale)
+
+
+def uint_act(bits: int, pow2_scale: bool = False) -> QuantSpec:
+    """Affine unsigned ``bits``-bit activations, one grid per tensor, min/max range."""
+    return QuantSpec(IntFormat(bits, signed=False), pow2_scale=pow2_scale)
+
+
+INT8_WEIGHT = int_weight(8)  # PTQConfig's default weights
+UINT8_ACT = uint_act(8)  # and activations
+
+
+def _int_weight(spec: QuantSpec, bits: int) -> QuantSpec:
+    """``spec`` at ``bits`` (first/last layers): an integer spec keeps its options; a ternary or
+    power-of-two one becomes symmetric narrow int-``bits`` at the same granularity."""
+    f = spec.format
+    if isinstance(f, IntFormat):
+        return replace(spec, format=replace(f, bits=bits))
+    return QuantSpec(IntFormat(bits, signed=True, narrow=True), spec.granularity)
+
+
+def _act_bits(spec: QuantSpec, bits: int) -> QuantSpec:
+    return replace(spec, format=replace(spec.format, bits=bits))
 
 
 @dataclass(frozen=True)
 class LayerRule:
-    """Per-layer override for modules whose name matches ``pattern`` (fnmatch, e.g. ``"layers.0.*"``)."""
+    """Per-layer override for modules whose name matches ``pattern`` (fnmatch, e.g. ``"layers.0.*"``):
+    other weight / activation specs, or ``keep_float``."""
 
     pattern: str
-    weight_bits: int | None = None
-    act_bits: int | None = None
+    weight: QuantSpec | None = None
+    act: QuantSpec | None = None
     keep_float: bool = False
 
     def __post_init__(self) -> None:
@@ -70,31 +97,32 @@ class LayerRule:
                               f"'layers.0.*'), got {self.pattern!r}")
         if not isinstance(self.keep_float, bool):
             raise ConfigError(f"LayerRule.keep_float must be True or False, got {self.keep_float!r}")
-        if self.keep_float and (self.weight_bits is not None or self.act_bits is not None):
-            raise ConfigError(f"LayerRule({self.pattern!r}) asks for keep_float and for bit widths: a layer kept in "
-                              "float has none; drop weight_bits/act_bits or keep_float")
-        if self.weight_bits is not None:
-            check_bits(self.weight_bits, "LayerRule.weight_bits", low=2)
-        if self.act_bits is not None:
-            check_bits(self.act_bits, "LayerRule.act_bits", low=2)
+        for name in ("weight", "act"):
+            v = getattr(self, name)
+            if v is not None and not isinstance(v, QuantSpec):
+                raise ConfigError(f"LayerRule.{name} must be a QuantSpec or None, got {v!r}")
+        if self.keep_float and (self.weight is not None or self.act is not None):
+            raise ConfigError(f"LayerRule({self.pattern!r}) asks for keep_float and for weight/act specs: a layer "
+                              "kept in float has none; drop weight/act or keep_float")
 
 
 @dataclass(frozen=True)
 class PTQConfig:
     """Post-training quantization settings (validated on construction).
 
-    ``rounding="gptq"`` rounds the weights with GPTQ error compensation on the calibration
+    ``weight`` and ``act`` are :class:`~lowbit.spec.QuantSpec` values: by default symmetric
+    narrow int8 weights per output channel and affine uint8 activations per tensor, min/max
+    ranges. Weights may be ``IntFormat(2..16)``, ``Ternary()`` (exact or TWN) or
+    ``PowerOfTwo(2..4)`` (all of them integer codes times a per-channel scale, so the integer
+    engine runs them); anything else is refused here, naming what would work.
+    ``pow2_scale`` on both specs makes every requantization a shift (method H).
+    ``rounding="gptq"`` rounds integer weights with GPTQ error compensation on the calibration
     data (:mod:`lowbit.rounding`), which includes bias correction; ``"nearest"`` rounds each
     weight to its nearest grid point, then corrects the bias if ``bias_correction``.
     """
 
-    weight_bits: int = 8
-    act_bits: int = 8
-    weight_granularity: Literal["channel", "tensor"] = "channel"
-    weight_observer: Literal["minmax", "mse"] = "minmax"
-    act_observer: ObserverName = "minmax"
-    act_percentile: float = 99.99
-    pow2_scales: bool = False
+    weight: QuantSpec = INT8_WEIGHT
+    act: QuantSpec = UINT8_ACT
     first_last_bits: int | None = 8
     bias_correction: bool = True
     rounding: Literal["nearest", "gptq"] = "nearest"
@@ -103,31 +131,35 @@ class PTQConfig:
     rules: tuple[LayerRule, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
-        check_bits(self.weight_bits, "PTQConfig.weight_bits", low=2)
-        check_bits(self.act_bits, "PTQConfig.act_bits", low=2)
+        check_runs(self.weight, "weight", "PTQ")
+        check_runs(self.act, "act", "PTQ")
         if self.first_last_bits is not None:
             check_bits(self.first_last_bits, "PTQConfig.first_last_bits", low=2)
-        if self.weight_granularity not in ("channel", "tensor"):
-            raise ConfigError(f"PTQConfig.weight_granularity must be 'channel' or 'tensor', got {self.weight_granularity!r}")
-        if self.weight_observer not in ("minmax", "mse"):
-            raise ConfigError(f"PTQConfig.weight_observer must be 'minmax' or 'mse', got {self.weight_observer!r}")
-        if self.act_observer not in _ACT_OBSERVERS:
-            raise ConfigError(f"PTQConfig.act_observer must be one of {_ACT_OBSERVERS}, got {self.act_observer!r}")
         if self.rounding not in ("nearest", "gptq"):
             raise ConfigError(f"PTQConfig.rounding must be 'nearest' or 'gptq', got {self.rounding!r}")
         if not 0.0 <= self.equalize_alpha <= 1.0:
             raise ConfigError(f"PTQConfig.equalize_alpha must be in [0, 1], got {self.equalize_alpha}")
         if not isinstance(self.rules, (tuple, list)) or not all(isinstance(r, LayerRule) for r in self.rules):
             raise ConfigError("PTQConfig.rules must be a tuple of LayerRule")
+        for r in self.rules:
+            if r.weight is not None:
+                check_runs(r.weight, "weight", f"PTQ (rule {r.pattern!r})")
+            if r.act is not None:
+                check_runs(r.act, "act", f"PTQ (rule {r.pattern!r})")
+        if self.rounding == "gptq":
+            for w in (self.weight, *(r.weight for r in self.rules if r.weight is not None)):
+                if not isinstance(w.format, IntFormat):
+                    raise ConfigError(f"PTQ rounding='gptq' rounds to an integer grid; {w.format!r} weights "
+                                      "take rounding='nearest' (their solver picks the codes)")
 
-    def weight_spec(self, bits: int) -> TensorSpec:
-        g = PerChannel(0) if self.weight_granularity == "channel" else PerTensor()
-        return TensorSpec(IntFormat(bits, signed=True, narrow=True), g, True, self.weight_observer,
-                          pow2_scale=self.pow2_scales)
 
-    def act_spec(self, bits: int) -> TensorSpec:
-        return TensorSpec(IntFormat(bits, signed=False), PerTensor(), False, self.act_observer,
-                          self.act_percentile, self.pow2_scales)
+def with_pow2_scales(config: PTQConfig) -> PTQConfig:
+    """``config`` with every integer scale a power of two (method H: each requantization is a shift)."""
+    def p2(spec: QuantSpec | None) -> QuantSpec | None:
+        return replace(spec, pow2_scale=True) if spec is not None and isinstance(spec.format, IntFormat) else spec
+
+    rules = tuple(replace(r, weight=p2(r.weight), act=p2(r.act)) for r in config.rules)
+    return replace(config, weight=p2(config.weight), act=p2(config.act), rules=rules)
 
 
 def check_model(model: object, who: str, single_input: bool = True) -> None:
@@ -200,40 +232,40 @@ class _Specs:
                 return rule
         return None
 
-    def _bits(self, name: str) -> tuple[int, int] | None:
+    def _specs(self, name: str) -> tuple[QuantSpec, QuantSpec] | None:
+        """(weight, output) specs of layer ``name``: the config's, first/last layer at
+        ``first_last_bits``, then a matching rule's; None for a layer kept float."""
         c, rule = self.config, self._rule(name)
         if rule is not None and rule.keep_float:
             return None
-        w_bits, a_bits = c.weight_bits, c.act_bits
+        w, a = c.weight, c.act
         if c.first_last_bits is not None and name in (self.first, self.last):
-            w_bits = c.first_last_bits
-            a_bits = c.first_last_bits if name == self.last else a_bits
+            w = _int_weight(w, c.first_last_bits)
+            a = _act_bits(a, c.first_last_bits) if name == self.last else a
         if rule is not None:
-            w_bits, a_bits = rule.weight_bits or w_bits, rule.act_bits or a_bits
-        return w_bits, a_bits
+            w, a = rule.weight or w, rule.act or a
+        return w, a
 
-    def layer(self, name: str) -> tuple[TensorSpec | None, TensorSpec | None]:
-        bits = self._bits(name)
-        if bits is None:
-            return None, None
-        return self.config.weight_spec(bits[0]), self.config.act_spec(bits[1])
+    def layer(self, name: str) -> tuple[QuantSpec | None, QuantSpec | None]:
+        specs = self._specs(name)
+        return (None, None) if specs is None else specs
 
     def fate(self, name: str) -> str:
-        """Why layer ``name`` does not take the config's own widths (for warnings)."""
+        """Why layer ``name`` does not take the config's own specs (for warnings)."""
         rule = self._rule(name)
         if rule is not None and rule.keep_float:
             return f"{name!r} kept in float by LayerRule({rule.pattern!r})"
-        if rule is not None and (rule.weight_bits or rule.act_bits):
+        if rule is not None and (rule.weight is not None or rule.act is not None):
             return f"{name!r} set by LayerRule({rule.pattern!r})"
         role = "first and last" if self.first == self.last else ("first" if name == self.first else "last")
         return f"{name!r} ({role} layer) stays at first_last_bits={self.config.first_last_bits}"
 
-    def input_for(self, consumer: str) -> TensorSpec:
-        bits = self._bits(consumer)
-        a_bits = bits[1] if bits else self.config.act_bits
+    def input_for(self, consumer: str) -> QuantSpec:
+        specs = self._specs(consumer)
+        a = specs[1] if specs else self.config.act
         if consumer == self.first and self.config.first_last_bits is not None:
-            a_bits = self.config.first_last_bits
-        return self.config.act_spec(a_bits)
+            a = _act_bits(a, self.config.first_last_bits)
+        return a
 
 
 def unused_requests(config: PTQConfig, order: list[str]) -> list[str]:
@@ -248,18 +280,18 @@ def unused_requests(config: PTQConfig, order: list[str]) -> list[str]:
         elif not any(specs._rule(n) is rule for n in order):
             notes.append(f"LayerRule pattern {rule.pattern!r} was ignored: every layer it matches is taken by an "
                          "earlier rule (the first matching rule wins)")
-    bits = {n: specs._bits(n) for n in order}
-    took = [n for n in order if bits[n] is not None]
-    w_used = {bits[n][0] for n in took}
-    a_used = {bits[n][1] for n in took} | {specs.input_for(n).fmt.bits for n in took}
-    for what, asked, used in (("weight_bits", config.weight_bits, w_used), ("act_bits", config.act_bits, a_used)):
-        others = [n for n in order if bits[n] is None or (what == "weight_bits" and bits[n][0] != asked)]
+    layers = {n: specs._specs(n) for n in order}
+    took = [n for n in order if layers[n] is not None]
+    w_used = {layers[n][0] for n in took}
+    a_used = {layers[n][1] for n in took} | {specs.input_for(n) for n in took}
+    for what, asked, used in (("weight", config.weight, w_used), ("act", config.act, a_used)):
+        others = [n for n in order if layers[n] is None or (what == "weight" and layers[n][0] != asked)]
         if order and asked not in used:
             named = (others or order)[:6]
             edge = any(specs._rule(n) is None and n in (specs.first, specs.last) for n in named)
             hint = ("; pass first_last_bits=None (CLI: --first-last-bits 0) to quantize the first and last layers "
-                    "at it too" if edge and config.first_last_bits is not None else "")
-            notes.append(f"{what}={asked} was asked but no layer gets it: "
+                    "with it too" if edge and config.first_last_bits is not None else "")
+            notes.append(f"{what}={asked.label()} was asked but no layer gets it: "
                          f"{'; '.join(specs.fate(n) for n in named)}{hint}")
     return notes
 

@@ -4,7 +4,7 @@
    then puts quantizers in the loop:
 
    - ``method="lsq"``: every weight and activation slot gets a learned step (per output
-     channel for weights, or one per tensor with ``weight_granularity="tensor"``), initialised ``2 mean|v| / sqrt(Q_P)`` on a calibration batch,
+     channel for weights, or one per tensor with a ``PerTensor()`` weight spec), initialised ``2 mean|v| / sqrt(Q_P)`` on a calibration batch,
      gradient scale ``1 / sqrt(N Q_P)`` (``convention`` picks N); ``init="mse"`` starts each
      step at its least-squares value instead (better at 4 bits; at 2 bits it collapsed to chance
      on the zoo ResNet, where the paper's initialisation reaches 91%);
@@ -33,8 +33,7 @@ Bit widths, as the papers define them: ``b``-bit weights are two's complement
 from __future__ import annotations
 
 import math
-
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -43,11 +42,13 @@ from torch import fx, nn
 
 from lowbit.data import Split
 from lowbit.errors import ConfigError, DataError
-from lowbit.formats import check_bits
+from lowbit.formats import IntFormat, check_bits
+from lowbit.granularity import PerChannel
 from lowbit.nn.lsq import LSQActQuantizer, LSQWeightQuantizer
 from lowbit.nn.quantizers import ActQuantizer
 from lowbit.nn.unified import unified_modules
 from lowbit.ptq import PTQConfig, calibrate, check_model, convert, prepare
+from lowbit.spec import Percentile, QuantSpec, check_runs
 from lowbit.training import (
     Cosine,
     CrossEntropy,
@@ -63,20 +64,23 @@ from lowbit.training import train as train_loop
 
 @dataclass(frozen=True)
 class QATConfig:
-    """What to train: widths, method, LSQ gradient-scale convention."""
+    """What to train: weight and activation specs, method, LSQ gradient-scale convention.
 
-    weight_bits: int = 4
-    act_bits: int = 4
+    ``weight`` may be ``IntFormat(2..8)`` (LSQ trains two's complement codes), ``Ternary()``
+    (exact or TWN start) or ``PowerOfTwo(2..4)``, per output channel or per tensor;
+    ``act`` is ``IntFormat(2..8)`` per tensor (LSQ picks the sign from the first batch)."""
+
+    weight: QuantSpec = field(default_factory=lambda: QuantSpec(IntFormat(4), PerChannel(0)))
+    act: QuantSpec = field(default_factory=lambda: QuantSpec(IntFormat(4, signed=False)))
     method: Literal["lsq", "faq"] = "lsq"
     first_last_bits: int | None = 8
     convention: Literal["paper", "numel", "features"] = "paper"
     init: Literal["lsq", "mse"] = "lsq"
     bn_freeze_steps: int | None = None
-    weight_granularity: Literal["channel", "tensor"] = "channel"
 
     def __post_init__(self) -> None:
-        check_bits(self.weight_bits, "QATConfig.weight_bits", low=2, high=8)
-        check_bits(self.act_bits, "QATConfig.act_bits", low=2, high=8)
+        check_runs(self.weight, "weight", "QAT", max_bits=8)
+        check_runs(self.act, "act", "QAT", max_bits=8)
         if self.first_last_bits is not None:
             check_bits(self.first_last_bits, "QATConfig.first_last_bits", low=2, high=8)
         if self.method not in ("lsq", "faq"):
@@ -87,21 +91,18 @@ class QATConfig:
                                                  or not isinstance(self.bn_freeze_steps, int) or self.bn_freeze_steps < 0):
             raise ConfigError(f"QATConfig.bn_freeze_steps must be None (fold before training) or an int >= 0, "
                               f"got {self.bn_freeze_steps!r}")
-        if self.weight_granularity not in ("channel", "tensor"):
-            raise ConfigError(f"QATConfig.weight_granularity must be 'channel' or 'tensor', got {self.weight_granularity!r}")
         if self.init not in ("lsq", "mse"):
             raise ConfigError(f"QATConfig.init must be 'lsq' or 'mse', got {self.init!r}")
-        if self.bn_freeze_steps is not None and self.weight_granularity == "tensor":
+        if self.bn_freeze_steps is not None and not isinstance(self.weight.granularity, PerChannel):
             # folding a trained BatchNorm scales each output channel's weight step by |gamma / sigma|:
             # one step per tensor cannot hold per-channel factors
             raise ConfigError("QATConfig.bn_freeze_steps (BatchNorm trained unfolded) needs per-channel weight "
-                              "steps: use weight_granularity='channel' (CLI: --granularity channel), or drop "
+                              "steps: use a weight spec with PerChannel(0) (CLI: --granularity channel), or drop "
                               "bn_freeze_steps to fold BatchNorm before training")
 
     def ptq(self) -> PTQConfig:
-        observer = "percentile" if self.method == "faq" else "minmax"
-        return PTQConfig(self.weight_bits, self.act_bits, weight_granularity=self.weight_granularity,
-                         act_observer=observer, first_last_bits=self.first_last_bits, bias_correction=False)
+        act = replace(self.act, observer=Percentile()) if self.method == "faq" else self.act
+        return PTQConfig(self.weight, act, first_last_bits=self.first_last_bits, bias_correction=False)
 
 
 @dataclass(frozen=True)
@@ -168,7 +169,7 @@ def prepare_qat(model: nn.Module, config: QATConfig, calibration: torch.Tensor) 
     else:
         calibrate(gm, [calibration], progress=False)
         convert(gm)  # fixed steps; the weights (and biases) train through straight-through rounding
-    gm.lowbit_qat = asdict(config)  # type: ignore[attr-defined]
+    gm.lowbit_qat = config  # type: ignore[attr-defined]
     return gm.train()
 
 
@@ -208,11 +209,11 @@ def train(model: nn.Module, data: Split, cfg: TrainConfig = TrainConfig(), out_d
           resume: bool = False, teacher: nn.Module | None = None, progress: bool = True) -> list[dict]:
     """Train a :func:`prepare_qat` model in place with :func:`lowbit.train`; returns per-epoch
     ``{"epoch", "loss", "accuracy"}`` (over all processes under torchrun)."""
-    qcfg = QATConfig(**getattr(model, "lowbit_qat", {}))
+    qcfg = getattr(model, "lowbit_qat", None) or QATConfig()
     batches = Shuffled(data, cfg.batch_size, cfg.seed, augment=cfg.augment)
     loss = Distill(teacher, cfg.distill, cfg.temperature) if teacher is not None and cfg.distill > 0 else CrossEntropy()
     freeze = (FreezeBN(qcfg.bn_freeze_steps),) if qcfg.bn_freeze_steps is not None else ()
-    options = {"qat": asdict(qcfg), "train": asdict(cfg), "train_size": len(data), "teacher": teacher is not None}
+    options = {"qat": repr(qcfg), "train": asdict(cfg), "train_size": len(data), "teacher": teacher is not None}
     return train_loop(model, batches, LoopConfig(cfg.epochs, cfg.batch_size, cfg.seed),
                       optimizer=SGDNesterov(cfg.lr, cfg.momentum, cfg.weight_decay), loss=loss, schedule=Cosine(),
                       hooks=Hooks(epoch_start=freeze, after_step=freeze), out_dir=out_dir, resume=resume,
@@ -251,6 +252,8 @@ def fold_trained_bn(model: nn.Module) -> list[str]:
             if steps.numel() != g.numel():
                 raise ConfigError(f"{name}: folding a trained BatchNorm needs per-channel weight steps")
             steps.mul_(g.abs().reshape(steps.shape))
+            if wq.ternary and wq.threshold.numel() == g.numel():  # a frozen support |w| > t scales with w
+                wq.threshold.mul_(g.abs().reshape(wq.threshold.shape))
         u.bn = None
         done.append(name)
     return done
@@ -261,7 +264,7 @@ def convert_qat(model: nn.Module) -> nn.Module:
 
     BatchNorms kept unfolded for training (``bn_freeze_steps``) are folded first."""
     fold_trained_bn(model)
-    method = getattr(model, "lowbit_qat", {}).get("method", "lsq")
+    method = getattr(getattr(model, "lowbit_qat", None), "method", "lsq")
     if method == "lsq":
         convert(model)
     else:

@@ -118,7 +118,7 @@ def _round_layer(m: _Unified, st: _Moments, damp: float) -> None:
     zp = q.zero_point.reshape(-1).float()
     shape = (groups, out // groups, 1) if scale.numel() > 1 else (1, 1, 1)
     s, z = scale.reshape(shape), zp.reshape(shape)
-    codes = gptq_codes(wg, st.h / st.n, s, z, q.spec.fmt.qmin, q.spec.fmt.qmax, damp)
+    codes = gptq_codes(wg, st.h / st.n, s, z, q.spec.format.qmin, q.spec.format.qmax, damp)
     new = (s * (codes - z)).to(w.dtype)
     mu = (st.s / st.n).to(w.dtype)  # (G, K)
     shift = torch.einsum("grk,gk->gr", new - wg, mu).reshape(out)

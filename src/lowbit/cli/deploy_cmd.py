@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 
 from lowbit.cli.args import at_most, data_dir, int_range, writable_dir
+from lowbit.cli.ptq_cmd import act_spec, add_weight_format_args, weight_spec
 
 ZOO_NAMES = ("mlp", "cnn", "resnet")
 
@@ -16,6 +17,7 @@ def _ptq_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-bits", type=int, default=8, help="weight bits, 2..8 (<= 4 is saved packed; default 8)")
     p.add_argument("--act-bits", type=int, default=8, help="activation bits, 2..8 (default 8)")
     p.add_argument("--pow2", action="store_true", help="power-of-two scales: requantization by shift only")
+    add_weight_format_args(p)
     p.add_argument("--calib", type=int, default=32, help="calibration images, 1..55000 (default 32)")
     p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST idx files")
 
@@ -88,7 +90,7 @@ def _build(args):
     at_most(args.calib, len(train), "--calib", "the Fashion-MNIST train split")
     calib = train.take(args.calib)
     model = zoo.pretrained(args.model)
-    sim = quantize(model, [calib.x], PTQConfig(args.weight_bits, args.act_bits, pow2_scales=args.pow2))
+    sim = quantize(model, [calib.x], PTQConfig(weight_spec(args), act_spec(args)))
     return model, sim, to_integer(sim, (calib.x[:2],))
 
 
@@ -106,7 +108,7 @@ def run_export(args: argparse.Namespace) -> int:
     out = Path(args.out)
     path = save_integer(im, out / f"{args.model}.safetensors")
     float_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-    print(f"{args.model}: W{args.weight_bits}A{args.act_bits}{' pow2' if args.pow2 else ''}")
+    print(f"{args.model}: W {weight_spec(args).label()} A{args.act_bits}{' pow2' if args.pow2 else ''}")
     print(f"  float accuracy    {100 * evaluate(model, test):.2f}%")
     print(f"  integer accuracy  {100 * evaluate(im, test):.2f}%  (equal to the simulation on all 10000: {same})")
     print(f"  wrote {path}: {path.stat().st_size:,} bytes = {path.stat().st_size / float_bytes:.3f}x "

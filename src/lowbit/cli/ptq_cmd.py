@@ -10,6 +10,46 @@ import warnings
 from lowbit.cli.args import at_most, data_dir, float_range, writable_file
 
 ZOO_NAMES = ("mlp", "cnn", "resnet")
+WEIGHT_FORMATS = ("int", "ternary", "pow2")
+
+
+def add_weight_format_args(p: argparse.ArgumentParser) -> None:
+    """``--weight-format`` and ``--ternary``, shared by every command that quantizes weights."""
+    p.add_argument("--weight-format", choices=WEIGHT_FORMATS, default="int",
+                   help="weight codes: int (--weight-bits), ternary {-1,0,1}, or pow2 (power-of-two, "
+                        "--weight-bits 2..4) (default int)")
+    p.add_argument("--ternary", choices=("exact", "twn"), default="exact",
+                   help="ternary solver: exact optimal support, or TWN's threshold 0.7 mean|W| (default exact)")
+
+
+def weight_spec(args: argparse.Namespace, narrow: bool = True):
+    """The weight QuantSpec the short flags name (``--weight-format``, ``--weight-bits``, ``--granularity``,
+    ``--weight-observer``, ``--pow2``, ``--ternary``); out-of-range values raise ConfigError."""
+    from lowbit.formats import IntFormat, PowerOfTwo, Ternary, check_bits
+    from lowbit.granularity import PerChannel, PerTensor
+    from lowbit.spec import QuantSpec, observer_named
+
+    g = PerTensor() if getattr(args, "granularity", "channel") == "tensor" else PerChannel(0)
+    fmt_name = getattr(args, "weight_format", "int")
+    if fmt_name == "ternary":
+        return QuantSpec(Ternary(), g, ternary=args.ternary)
+    if fmt_name == "pow2":
+        return QuantSpec(PowerOfTwo(check_bits(args.weight_bits, "weight_bits", low=2, high=4)), g)
+    bits = check_bits(args.weight_bits, "weight_bits", low=2)
+    return QuantSpec(IntFormat(bits, signed=True, narrow=narrow), g,
+                     observer_named(getattr(args, "weight_observer", "minmax")),
+                     pow2_scale=bool(getattr(args, "pow2", False)))
+
+
+def act_spec(args: argparse.Namespace, percentile: float = 99.99):
+    """The activation QuantSpec of ``--act-bits``, ``--observer`` and ``--pow2``."""
+    from lowbit.formats import IntFormat, check_bits
+    from lowbit.spec import QuantSpec, observer_named
+
+    bits = check_bits(args.act_bits, "act_bits", low=2)
+    return QuantSpec(IntFormat(bits, signed=False), observer=observer_named(getattr(args, "observer", "minmax"),
+                                                                            percentile),
+                     pow2_scale=bool(getattr(args, "pow2", False)))
 
 
 def add_parser(sub) -> None:
@@ -20,12 +60,14 @@ def add_parser(sub) -> None:
     p.add_argument("--model", default="cnn", choices=ZOO_NAMES, help="zoo model (default cnn)")
     p.add_argument("--weight-bits", type=int, default=8, help="weight bit width, 2..16 (default 8)")
     p.add_argument("--act-bits", type=int, default=8, help="activation bit width, 2..16 (default 8)")
+    add_weight_format_args(p)
     p.add_argument("--calib", type=int, default=32,
                    help="number of calibration images, 1..55000 (default 32)")
     p.add_argument("--granularity", choices=("channel", "tensor"), default="channel", help="weight scales")
-    p.add_argument("--observer", choices=("minmax", "moving_average", "percentile", "mse", "channel"),
-                   default="minmax", help="activation range rule (channel = method A channel statistics)")
-    p.add_argument("--weight-observer", choices=("minmax", "mse"), default="minmax")
+    p.add_argument("--observer", default="minmax", metavar="NAME",
+                   help="activation range rule: a name of lowbit.spec.OBSERVER_NAMES (minmax, moving_average, "
+                        "percentile, mse, channel = method A channel statistics; default minmax)")
+    p.add_argument("--weight-observer", choices=("minmax", "mse"), default="minmax", help="integer weight range rule")
     p.add_argument("--rounding", choices=("nearest", "gptq"), default="nearest",
                    help="weight rounding: nearest, or GPTQ error compensation on calibration data (Frantar et al. 2023)")
     p.add_argument("--equalize", nargs="?", type=float_range(0.0, 1.0), const=0.5, default=None, metavar="ALPHA",
@@ -55,9 +97,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         writable_file(args.json, "--json")
     config = PTQConfig(
-        weight_bits=args.weight_bits, act_bits=args.act_bits, weight_granularity=args.granularity,
-        weight_observer=args.weight_observer, act_observer=args.observer, pow2_scales=args.pow2,
-        rounding=args.rounding, equalize=args.equalize is not None,
+        weight_spec(args), act_spec(args), rounding=args.rounding, equalize=args.equalize is not None,
         equalize_alpha=0.5 if args.equalize is None else args.equalize,
         first_last_bits=args.first_last_bits or None,
         rules=tuple(LayerRule(p, keep_float=True) for p in args.keep_float),
@@ -76,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"warning: {w.message}")
     f_acc, q_acc = evaluate(model, test), evaluate(q, test)
     ops = getattr(q, "lowbit_quant_ops", None)
-    print(f"{args.model}: W{args.weight_bits}A{args.act_bits} {args.granularity}, {args.calib} calibration images, "
+    print(f"{args.model}: W {config.weight.label()} A{args.act_bits} {args.granularity}, {args.calib} calibration images, "
           f"{'pow2' if args.pow2 else 'float'} scales")
     print(f"  float     {100 * f_acc:.2f}%")
     print(f"  quantized {100 * q_acc:.2f}%  ({100 * (q_acc - f_acc):+.2f} points)")

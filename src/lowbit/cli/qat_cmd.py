@@ -8,6 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from lowbit.cli.args import at_most, data_dir, float_range, int_range, writable_dir
+from lowbit.cli.ptq_cmd import act_spec, add_weight_format_args, weight_spec
 
 ZOO_NAMES = ("mlp", "cnn", "resnet")
 
@@ -22,6 +23,7 @@ def add_parser(sub) -> None:
     p.add_argument("--model", default="resnet", choices=ZOO_NAMES, help="zoo model (default resnet)")
     p.add_argument("--weight-bits", type=int, default=4, help="weight bits, 2..8 (default 4)")
     p.add_argument("--act-bits", type=int, default=4, help="activation bits, 2..8 (default 4)")
+    add_weight_format_args(p)
     p.add_argument("--method", choices=("lsq", "faq"), default="lsq", help="lsq (learned steps) or faq (fixed)")
     p.add_argument("--granularity", choices=("channel", "tensor"), default="channel",
                    help="one weight step per output channel (default) or per tensor")
@@ -58,8 +60,9 @@ def run(args: argparse.Namespace) -> int:
     data_dir(args.data_dir)
     writable_dir(args.out, "--out")  # before training, not after the first epoch
     rank, world = init_distributed()
-    config = QATConfig(args.weight_bits, args.act_bits, args.method, init=args.init,
-                       bn_freeze_steps=args.bn_freeze_steps, weight_granularity=args.granularity)
+    # LSQ trains two's complement weights (the paper's range); FAQ's fixed scales keep them narrow
+    config = QATConfig(weight_spec(args, narrow=args.method == "faq"), act_spec(args), args.method, init=args.init,
+                       bn_freeze_steps=args.bn_freeze_steps)
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, distill=args.distill,
                       weight_decay=args.weight_decay, augment=not args.no_augment, seed=args.seed)
     data = fashion_mnist("train", root=args.data_dir)
@@ -81,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     result = {"model": args.model, "config": asdict(config), "train": asdict(cfg), "epochs": len(history),
               "processes": world, "float_accuracy": f_acc, "accuracy": q_acc, "history": history}
     atomic_write_text(Path(args.out) / "result.json", json.dumps(result, indent=2, default=str) + "\n")
-    print(f"{args.model} {args.method.upper()} W{args.weight_bits}A{args.act_bits}, {len(history)} epochs on "
+    print(f"{args.model} {args.method.upper()} W {config.weight.label()} A{args.act_bits}, {len(history)} epochs on "
           f"{world} process(es): float {100 * f_acc:.2f}% -> integer model {100 * q_acc:.2f}% "
           f"({100 * (q_acc - f_acc):+.2f} points); wrote {args.out}/model.safetensors")
     return 0

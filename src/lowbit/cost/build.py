@@ -22,10 +22,10 @@ from lowbit.cost.speed import warnings_for
 from lowbit.data import Split
 from lowbit.diagnostics import layer_diagnostics
 from lowbit.integer.lower import to_integer
-from lowbit.ptq import PTQConfig, quantize
+from lowbit.ptq import PTQConfig, int_weight, quantize, with_pow2_scales
 from lowbit.zoo.recipes import evaluate
 
-VERSIONS = {"W8A8": PTQConfig(), "W8A8 pow2 (shift)": PTQConfig(pow2_scales=True), "W4A8": PTQConfig(weight_bits=4)}
+VERSIONS = {"W8A8": PTQConfig(), "W8A8 pow2 (shift)": with_pow2_scales(PTQConfig()), "W4A8": PTQConfig(int_weight(4))}
 
 
 def _machine() -> str:
@@ -70,7 +70,7 @@ def model_report(name: str, calib: Split, test: Split, latency_rounds: int = 10,
             im = to_integer(quantize(model, [calib.x[:n]], PTQConfig()), example)
             report.curve.append((n, evaluate(im, test)))
     if sensitivity:
-        sim = quantize(model, [calib.x[:32]], PTQConfig(weight_bits=4))
+        sim = quantize(model, [calib.x[:32]], PTQConfig(int_weight(4)))
         subset = Split(test.x[:2000], test.y[:2000])
         base = evaluate(model, subset)
         for d in layer_diagnostics(sim, calib.x, lambda m: evaluate(m, subset)):

@@ -50,12 +50,12 @@ class LayerCost:
 
 def _unified_widths(m) -> tuple[float, float, float, str]:
     wq = m.weight_quant
-    w_bits = wq.spec.fmt.bits if wq is not None and wq.mode == "quantize" else 32
+    w_bits = wq.spec.format.bits if wq is not None and wq.mode == "quantize" else 32
     a_bits = m.input_qparams.fmt.bits if m.input_qparams is not None else 32
     if m.output_quant is None or m.output_quant.mode != "quantize":
         return w_bits, a_bits, 32, ("dequantize" if wq is not None and a_bits < 32 else "none")
     pow2 = m.output_quant.spec.pow2_scale and wq is not None and wq.spec.pow2_scale
-    return w_bits, a_bits, m.output_quant.spec.fmt.bits, "shift" if pow2 else "multiplier"
+    return w_bits, a_bits, m.output_quant.spec.format.bits, "shift" if pow2 else "multiplier"
 
 
 def _terms_per_output(m: nn.Module) -> int:

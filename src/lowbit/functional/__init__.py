@@ -10,15 +10,25 @@ from lowbit.functional.pow2 import (
     pow2_fake_quant,
     pow2_project,
     pow2_quantize,
+    pow2_round,
+    pow2_round_ste,
     pow2_scale,
 )
 from lowbit.functional.rounding import floor_ste, hw_stochastic_round, lfsr_sequence, round_ste, ste, stochastic_round
-from lowbit.functional.ternary import TernaryResult, ternarize, ternary_fake_quant, ternary_support
+from lowbit.functional.ternary import (
+    TernaryResult,
+    ternarize,
+    ternarize_twn,
+    ternary_codes,
+    ternary_fake_quant,
+    ternary_support,
+)
 
 __all__ = [
     "TernaryResult", "binarize", "binarize_stochastic", "dequantize_affine", "dynamic_fixed_point",
     "fake_quant_affine", "floor_ste", "frac_length", "grad_scale", "hard_sigmoid", "hw_stochastic_round",
     "lfsr_sequence", "log2_quantize", "lsq_bounds", "lsq_grad_scale", "lsq_init_step", "lsq_quantize",
-    "lsq_quantize_int", "pow2_fake_quant", "pow2_project", "pow2_quantize", "pow2_scale", "qparams_from_range",
-    "quantize_affine", "round_ste", "ste", "stochastic_round", "ternarize", "ternary_fake_quant", "ternary_support",
+    "lsq_quantize_int", "pow2_fake_quant", "pow2_project", "pow2_quantize", "pow2_round", "pow2_round_ste", "pow2_scale", "qparams_from_range",
+    "quantize_affine", "round_ste", "ste", "stochastic_round", "ternarize", "ternarize_twn", "ternary_codes", "ternary_fake_quant",
+    "ternary_support",
 ]

@@ -44,6 +44,22 @@ def pow2_project(m: torch.Tensor, n_exponents: int) -> torch.Tensor:
     return torch.where(m < 2.0 ** (-n_exponents), torch.zeros_like(m), level)
 
 
+def pow2_round(x: torch.Tensor, n_exponents: int) -> torch.Tensor:
+    """Nearest of the integers ``{0, +-1, +-2, +-4, ..., +-2^(n-1)}`` to ``x`` (clipped at ``2^(n-1)``).
+
+    The power-of-two levels on an integer grid: ``alpha * 2^-k = s * 2^(n-1-k)`` with
+    ``s = alpha / 2^(n-1)``, so a ``b``-bit power-of-two weight is an integer code of at
+    most ``2^(n-1)`` times a scale (``b = 4``: ``n = 7``, codes up to 64, an int8).
+    """
+    top = 2.0 ** (n_exponents - 1)
+    return torch.sign(x) * top * pow2_project(x.abs() / top, n_exponents)
+
+
+def pow2_round_ste(x: torch.Tensor, n_exponents: int) -> torch.Tensor:
+    """:func:`pow2_round` with a straight-through gradient (LSQ with power-of-two levels)."""
+    return ste(x, pow2_round(x.detach(), n_exponents))
+
+
 def pow2_quantize(w: torch.Tensor, fmt: PowerOfTwo, granularity: Granularity = PerTensor(),
                   grid: int = 64, iters: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
     """Power-of-two weights: ``(levels, alpha)`` with ``w ~ alpha[row] * levels``.
@@ -144,4 +160,4 @@ def pow2_scale(scale: torch.Tensor) -> torch.Tensor:
 
 
 __all__ = ["dynamic_fixed_point", "frac_length", "log2_quantize", "pow2_fake_quant", "pow2_project",
-           "pow2_quantize", "pow2_scale"]
+           "pow2_quantize", "pow2_round", "pow2_round_ste", "pow2_scale"]

@@ -12,6 +12,15 @@ objectives reduce to the same score:
 ``||w||^2 - (sum_S |w|)^2 / |S|``; and ``cos = sum_S |w| / (sqrt(|S|) ||w||)``).
 One sort, a cumulative sum and an argmax: O(N log N).
 
+TWN (Li & Liu 2016, "Ternary Weight Networks") replaces the search by a rule of thumb:
+the support is ``|w| > Delta`` with ``Delta = 0.7 mean|w|`` (:func:`ternarize_twn`), the
+scale the mean of the selected magnitudes.
+
+Every result also carries a per-row ``threshold``: the support is exactly ``|w| > threshold``
+(for the exact solver the largest magnitude left out, -1 when none is: at the optimum every
+selected magnitude exceeds ``alpha/2`` and every other one stays below it, so the two never
+tie). With it a frozen quantizer recomputes the same codes from the weight.
+
 Scaling rules:
     ``"lbw"``: one scale ``alpha = mean_S |w|`` (least squares, LBW-Net);
     ``"tnt"``: two scales, ``alpha+ = mean`` of the selected positive weights and
@@ -42,6 +51,7 @@ class TernaryResult:
     alpha_pos: torch.Tensor  # (R,)
     alpha_neg: torch.Tensor  # (R,)
     granularity: Granularity
+    threshold: torch.Tensor | None = None  # (R,): the support is |w| > threshold
 
     def dequantize(self) -> torch.Tensor:
         """``alpha+ * [t = +1] - alpha- * [t = -1]`` as float32 in the weight's shape."""
@@ -87,7 +97,36 @@ def ternarize(w: torch.Tensor, granularity: Granularity = PerTensor(), scaling: 
         alpha = r.norm(dim=1) / mask.sum(dim=1).clamp_min(1).sqrt()
         a_pos = a_neg = alpha
     codes = unrows(signs.to(torch.int8), granularity, w.shape)
-    return TernaryResult(codes, a_pos, a_neg, granularity)
+    return TernaryResult(codes, a_pos, a_neg, granularity, _threshold(r.abs(), mask))
+
+
+def _threshold(mags: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per row, the largest magnitude outside the support (-1 if the support is the whole row)."""
+    return torch.where(mask, torch.full_like(mags, -1.0), mags).amax(dim=1)
+
+
+def ternary_codes(w: torch.Tensor, threshold: torch.Tensor, granularity: Granularity = PerTensor()) -> torch.Tensor:
+    """``sign(w) [|w| > threshold]`` per row of ``granularity`` (sign(0) = +1), as float32 in ``w``'s shape."""
+    r = rows(w.detach().to(torch.float32), granularity)
+    t = torch.where(r >= 0, 1.0, -1.0) * (r.abs() > threshold.reshape(-1, 1))
+    return unrows(t, granularity, w.shape)
+
+
+def ternarize_twn(w: torch.Tensor, granularity: Granularity = PerTensor(), ratio: float = 0.7) -> TernaryResult:
+    """Ternary Weight Networks (Li & Liu 2016): support ``|w| > ratio * mean|w|``, scale ``mean`` of it.
+
+    The paper's ``Delta = 0.7 E|W|`` approximates the optimal threshold for Gaussian or
+    uniform weights; :func:`ternarize` finds the optimum itself.
+    """
+    check_tensor(w, "weights")
+    if not 0.0 < ratio < 1.0:
+        raise ConfigError(f"TWN threshold ratio must be in (0, 1), got {ratio}")
+    r = rows(w.detach().to(torch.float32), granularity)
+    threshold = ratio * r.abs().mean(dim=1)
+    mask = r.abs() > threshold[:, None]
+    alpha = _row_mean(r.abs(), mask)
+    codes = unrows((torch.where(r >= 0, 1, -1) * mask).to(torch.int8), granularity, w.shape)
+    return TernaryResult(codes, alpha, alpha, granularity, threshold)
 
 
 def ternary_fake_quant(w: torch.Tensor, granularity: Granularity = PerTensor(), scaling: Scaling = "lbw") -> torch.Tensor:

@@ -24,10 +24,11 @@ from lowbit.graph.nodes import (
     is_passthrough,
     module_of,
 )
-from lowbit.nn.quantizers import ActQuantizer, TensorSpec
+from lowbit.nn.quantizers import ActQuantizer
+from lowbit.spec import QuantSpec
 from lowbit.nn.unified import QAvgPool, UnifiedConv, UnifiedLinear, _Unified
 
-SpecFor = Callable[[str], tuple[TensorSpec | None, TensorSpec | None]]  # layer name -> (weight, output)
+SpecFor = Callable[[str], tuple[QuantSpec | None, QuantSpec | None]]  # layer name -> (weight, output)
 
 
 class TraceFailed(LowbitError):
@@ -153,7 +154,7 @@ def _is_quantized(gm: fx.GraphModule, node: fx.Node) -> bool:
     return False
 
 
-def insert_input_quantizers(gm: fx.GraphModule, spec_for_input: Callable[[str], TensorSpec], plan: FusionPlan) -> None:
+def insert_input_quantizers(gm: fx.GraphModule, spec_for_input: Callable[[str], QuantSpec], plan: FusionPlan) -> None:
     """Give every quantized module whose input is not on a grid an input quantizer (one per producer)."""
     made: dict[fx.Node, fx.Node] = {}
     for node in list(gm.graph.nodes):
@@ -181,7 +182,7 @@ def insert_input_quantizers(gm: fx.GraphModule, spec_for_input: Callable[[str], 
     gm.recompile()
 
 
-def widen_last_input(gm: fx.GraphModule, last: str, spec: TensorSpec) -> str | None:
+def widen_last_input(gm: fx.GraphModule, last: str, spec: QuantSpec) -> str | None:
     """Requantize the input of the last layer ``last`` on ``spec`` (its own input width).
 
     "First and last layer at 8 bits" means their inputs too (Esser et al. 2020, sec. 3): the

@@ -8,7 +8,10 @@ safetensors header's ``__metadata__``, a JSON description of the graph:
      "nodes": [{"kind", "inputs", "output", "attrs", "grid", "source", "tensors"}, ...]}
 
 and the SHA-256 of the whole content (:data:`lowbit.utils.tensorfile.CHECKSUM_KEY`).
-Weights of 4 bits or fewer are packed two to a byte (low nibble first); per-channel
+Weights of 4 bits or fewer are packed two to a byte (low nibble first); ternary weights
+(``weight_codes: "ternary"``) 2 bits each and ``b``-bit power-of-two weights
+(``weight_codes: "pow2"``) ``b`` bits each (sign bit and exponent index, see
+:func:`pack_pow2`), in a little-endian bit stream; per-channel
 multipliers are stored as int32 and shifts as int8 (loading widens them back to int64).
 
 A model file is untrusted input. Loading reads no pickle, verifies the checksum,
@@ -58,6 +61,81 @@ def unpack_int4(packed: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     return nib[:n].to(torch.int8).reshape(shape)
 
 
+def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Unsigned ``bits``-bit codes (``0 <= c < 2^bits``) -> uint8 bit stream, least significant bit first,
+    the last byte padded with zeros."""
+    flat = codes.reshape(-1).to(torch.int64)
+    planes = (flat[:, None] >> torch.arange(bits)) & 1  # (N, bits), bit i of each code
+    stream = planes.reshape(-1)
+    stream = torch.cat([stream, stream.new_zeros(-stream.numel() % 8)])
+    return (stream.reshape(-1, 8) << torch.arange(8)).sum(dim=1).to(torch.uint8)
+
+
+def unpack_bits(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
+    """Inverse of :func:`pack_bits`: the first ``n`` codes (int64)."""
+    stream = ((packed.to(torch.int64)[:, None] >> torch.arange(8)) & 1).reshape(-1)
+    if stream.numel() < n * bits:
+        raise ValueError(f"{packed.numel()} bytes hold fewer than {n} codes of {bits} bits")
+    return (stream[: n * bits].reshape(n, bits) << torch.arange(bits)).sum(dim=1)
+
+
+def pack_ternary(w: torch.Tensor) -> torch.Tensor:
+    """Ternary codes {-1, 0, 1} -> 2 bits each (two's complement: 0 -> 00, 1 -> 01, -1 -> 11)."""
+    return pack_bits(w.to(torch.int64) & 3, 2)
+
+
+def unpack_ternary(packed: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """Inverse of :func:`pack_ternary` (int8 of ``shape``); the unused code 10 raises ``ValueError``."""
+    c = unpack_bits(packed, 2, math.prod(shape))
+    if bool((c == 2).any()):
+        raise ValueError("a ternary weight holds the unused 2-bit code 10")
+    return torch.where(c == 3, -1, c).to(torch.int8).reshape(shape)
+
+
+def pack_pow2(w: torch.Tensor, bits: int) -> torch.Tensor:
+    """Power-of-two codes ``{0, +-2^k}``, ``0 <= k < 2^(bits-1) - 1`` -> ``bits`` bits each: the top bit is the
+    sign, the others ``k + 1`` (0 for zero)."""
+    v = w.to(torch.int64)
+    mag = v.abs()
+    index = torch.where(mag > 0, torch.log2(mag.clamp_min(1).double()).round().to(torch.int64) + 1, 0)
+    if bool((index >= 2 ** (bits - 1)).any()) or not torch.equal(torch.where(mag > 0, 2 ** (index - 1), 0), mag):
+        raise ValueError(f"weights are not {bits}-bit power-of-two codes")
+    return pack_bits(index | ((v < 0).to(torch.int64) << (bits - 1)), bits)
+
+
+def unpack_pow2(packed: torch.Tensor, bits: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """Inverse of :func:`pack_pow2` (int8 of ``shape``)."""
+    c = unpack_bits(packed, bits, math.prod(shape))
+    index, negative = c & (2 ** (bits - 1) - 1), (c >> (bits - 1)) == 1
+    mag = torch.where(index > 0, 2 ** (index - 1).clamp_min(0), 0)
+    return torch.where(negative, -mag, mag).to(torch.int8).reshape(shape)
+
+
+def _pack_weight(t: torch.Tensor, attrs: dict) -> torch.Tensor | None:
+    """The packed form of a weight and its shape in ``attrs``, or None to store it as it is."""
+    codes = attrs.get("weight_codes", "int")
+    if codes == "ternary":
+        packed = pack_ternary(t)
+    elif codes == "pow2":
+        packed = pack_pow2(t, attrs["weight_bits"])
+    elif attrs.get("weight_bits", 8) <= 4:
+        packed = pack_int4(t)
+    else:
+        return None
+    attrs["weight_shape"] = list(t.shape)
+    return packed
+
+
+def _unpack_weight(packed: torch.Tensor, shape: tuple[int, ...], codes: object, width: int) -> torch.Tensor:
+    if codes == "ternary":
+        return unpack_ternary(packed, shape)
+    if codes == "pow2":
+        return unpack_pow2(packed, width, shape)
+    if codes != "int":
+        raise ValueError(f"unknown weight_codes {codes!r:.40}; allowed: 'int', 'ternary', 'pow2'")
+    return unpack_int4(packed, shape)
+
+
 def _fits(t: torch.Tensor, dtype: torch.dtype) -> bool:
     info = torch.iinfo(dtype)
     return t.numel() == 0 or (int(t.min()) >= info.min and int(t.max()) <= info.max)
@@ -71,9 +149,8 @@ def save_integer(model: IntegerModel, path: str | Path) -> Path:
     for i, node in enumerate(model.nodes):
         attrs = dict(node.op.attrs)
         for name, t in node.op.tensors.items():
-            if name == "weight" and attrs.get("weight_bits", 8) <= 4:
-                attrs["weight_shape"] = list(t.shape)
-                t = pack_int4(t)
+            if name == "weight" and (packed := _pack_weight(t, attrs)) is not None:
+                t = packed
             elif name in _NARROW and t.dtype == torch.int64 and _fits(t, _NARROW[name]):
                 attrs.setdefault("widen", []).append(name)  # loading restores int64
                 t = t.to(_NARROW[name])
@@ -123,14 +200,21 @@ def _own_tensors(path: Path, i: int, kind: str, names: list, attrs: dict,
     own = {n: tensors[f"{i}.{n}"] for n in names}
     if "weight_shape" in attrs:
         shape, packed = attrs.pop("weight_shape"), own.get("weight")
+        codes = attrs.get("weight_codes", "int")
+        width = {"int": 4, "ternary": 2}.get(codes, attrs.get("weight_bits"))
         ok = (isinstance(shape, list) and 1 <= len(shape) <= 8
-              and all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= validate.MAX_SAMPLE for d in shape))
+              and all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= validate.MAX_SAMPLE for d in shape)
+              and isinstance(width, int) and not isinstance(width, bool) and 1 <= width <= 8)
         if not ok or packed is None or packed.dtype != torch.uint8 or packed.ndim != 1 \
-                or packed.numel() != (math.prod(shape) + 1) // 2:
+                or packed.numel() != (math.prod(shape) * width + 7) // 8:
             raise _fail(path, f"{where}: attribute 'weight_shape' = {shape!r:.80} does not describe its packed "
-                              f"int4 'weight' ({'none' if packed is None else f'{packed.dtype} {tuple(packed.shape)}'})"
-                              "; allowed: a list of sizes whose product, halved and rounded up, is the byte count")
-        own["weight"] = unpack_int4(packed, tuple(shape))
+                              f"{codes!r:.20} 'weight' ({'none' if packed is None else f'{packed.dtype} {tuple(packed.shape)}'})"
+                              "; allowed: a list of sizes whose product times the code width, in bytes rounded up, "
+                              "is the byte count")
+        try:
+            own["weight"] = _unpack_weight(packed, tuple(shape), codes, width)
+        except ValueError as exc:
+            raise _fail(path, f"{where}: packed weights unreadable ({exc})") from None
     widen = attrs.pop("widen", [])
     if not isinstance(widen, list):
         raise _fail(path, f"{where}: attribute 'widen' = {widen!r:.80}; allowed: a list of tensor names")
@@ -205,4 +289,5 @@ def load_integer(path: str | Path) -> IntegerModel:
                         None if x is None else x.dtype)
 
 
-__all__ = ["load_integer", "pack_int4", "save_integer", "unpack_int4"]
+__all__ = ["load_integer", "pack_bits", "pack_int4", "pack_pow2", "pack_ternary", "save_integer", "unpack_bits",
+           "unpack_int4", "unpack_pow2", "unpack_ternary"]

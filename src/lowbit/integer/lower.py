@@ -2,7 +2,9 @@
 
 Walks the torch.fx graph of :func:`lowbit.ptq.convert`'s output: input
 quantizers become ``quantize``, unified modules ``linear``/``conv2d`` with int8
-weights, int32 bias and integer multipliers (:func:`lowbit.nn.exact.layer_params`,
+weights (integer, ternary ``{-1, 0, 1}`` or power-of-two ``{0, +-2^k}`` codes times a
+per-channel scale: the same int8 kernels run all three; ``weight_codes`` tells the file
+format how to pack the last two), int32 bias and integer multipliers (:func:`lowbit.nn.exact.layer_params`,
 the same numbers the simulation uses), average pools ``avgpool2d``, and the
 grid-preserving ops (flatten, max-pool, zero padding, dropout) their integer
 forms. Anything else is refused with the list of offending nodes.
@@ -18,6 +20,7 @@ from torch import fx, nn
 
 from lowbit.errors import ConfigError
 from lowbit.integer import validate
+from lowbit.formats import IntFormat
 from lowbit.integer.model import IntegerModel, Node, make_op
 from lowbit.nn.exact import layer_params, pool_params
 from lowbit.nn.qparams import QParams, offset, stored_zero_point
@@ -167,7 +170,10 @@ class _Lowering:
         if any(self.grids[i] is None for i in ins[:1]):
             self.unsupported.append(f"{node.target} receives a float tensor")
             return
-        attrs: dict = {"input_zero_point": stored_zero_point(p.input), "weight_bits": m.weight_quant.spec.fmt.bits}
+        fmt = m.weight_quant.spec.format
+        attrs: dict = {"input_zero_point": stored_zero_point(p.input), "weight_bits": fmt.bits}
+        if not isinstance(fmt, IntFormat):  # ternary / power-of-two codes: stored packed at their own width
+            attrs["weight_codes"] = "ternary" if m.weight_quant.ternary else "pow2"
         tensors = {"weight": p.weight.to(torch.int8), "bias": p.bias.to(torch.int32)}
         if p.output is None:
             tensors["acc_scale"] = p.acc_scale

@@ -231,7 +231,7 @@ def _dequantize_shape(a: dict, t: dict, ins: list[Spec]) -> Spec:
 # ---------------------------------------------------------------- linear / conv2d
 
 
-_LAYER_ATTRS = {"input_zero_point", "weight_bits", "zero_point", "lo", "hi", "residual_zero_point", "act",
+_LAYER_ATTRS = {"input_zero_point", "weight_bits", "weight_codes", "zero_point", "lo", "hi", "residual_zero_point", "act",
                 "act_lo", "act_hi", "residual_scale"}
 
 
@@ -284,7 +284,7 @@ def _weights(a: dict, t: dict, ndim: int) -> torch.Tensor:
     o = w.shape[0]
     b = _tensor(t, "bias", torch.int32, (o,))
     bits = _int(a, "weight_bits", 1, 8)
-    _values(t, "weight", *weight_range(bits))
+    _weight_codes(a, w, bits)
     _int(a, "input_zero_point", *INT8)
     worst = 256 * w.reshape(o, -1).to(torch.int64).abs().sum(dim=1) + b.to(torch.int64).abs()
     if bool((worst > ACC_LIMIT).any()):
@@ -292,6 +292,29 @@ def _weights(a: dict, t: dict, ndim: int) -> torch.Tensor:
         raise Invalid(f"output channel {j}: 256 sum|weight| + |bias| = {int(worst[j])}; allowed: at most "
                       f"{ACC_LIMIT} (the int32 accumulator must be exact)")
     return w
+
+
+def _weight_codes(a: dict, w: torch.Tensor, bits: int) -> None:
+    """Integer codes within ``weight_bits``; ternary ones in {-1, 0, 1}; ``b``-bit power-of-two ones in
+    ``{0, +-2^k}``, ``0 <= k < 2^(b-1) - 1`` (and within int8: ``b <= 4``)."""
+    codes = a.get("weight_codes", "int")
+    if codes == "int":
+        lo, hi = weight_range(bits)
+        if bool((w < lo).any()) or bool((w > hi).any()):
+            raise Invalid(f"tensor 'weight' holds values outside [{lo}, {hi}] ({bits}-bit codes)")
+    elif codes == "ternary":
+        if bits != 2 or bool((w.abs() > 1).any()):
+            raise Invalid("ternary 'weight' (weight_codes 'ternary') must have weight_bits 2 and codes in {-1, 0, 1}")
+    elif codes == "pow2":
+        if not 2 <= bits <= 4:
+            raise Invalid(f"attribute 'weight_bits' = {bits} with weight_codes 'pow2'; allowed: 2..4 (int8 codes)")
+        mag = w.to(torch.int64).abs()
+        top = 2 ** (2 ** (bits - 1) - 2)
+        power = (mag & (mag - 1)) == 0
+        if bool((mag > top).any()) or not bool(power.all()):
+            raise Invalid(f"power-of-two 'weight' must hold 0 or +-2^k codes up to {top} ({bits} bits)")
+    else:
+        raise Invalid(f"attribute 'weight_codes' = {codes!r:.40}; allowed: 'int', 'ternary', 'pow2'")
 
 
 def _linear_attrs(a: dict, t: dict, n_in: int) -> None:

@@ -5,8 +5,7 @@ input, an activation, and a single requantization at its output. Quantizers
 have three modes: ``observe`` (calibration), ``quantize`` and ``off``.
 """
 
-from lowbit.nn.quantizers import ActQuantizer, TensorSpec, WeightQuantizer, make_observer
+from lowbit.nn.quantizers import ActQuantizer, WeightQuantizer
 from lowbit.nn.unified import QAvgPool, UnifiedConv, UnifiedLinear, unified_modules
 
-__all__ = ["ActQuantizer", "QAvgPool", "TensorSpec", "UnifiedConv", "UnifiedLinear", "WeightQuantizer",
-           "make_observer", "unified_modules"]
+__all__ = ["ActQuantizer", "QAvgPool", "UnifiedConv", "UnifiedLinear", "WeightQuantizer", "unified_modules"]

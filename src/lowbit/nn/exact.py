@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 import torch
 
-from lowbit.functional.affine import quantize_affine
 from lowbit.integer.arith import dequantize_acc, dequantize_codes, fixed_point, requantize
 from lowbit.nn.qparams import QParams, offset
 
@@ -33,7 +32,7 @@ BIAS_LIMIT = (-(2**30), 2**30)
 class LayerParams:
     """Everything the integer model needs for one unified layer (per output channel where 1-D)."""
 
-    weight: torch.Tensor  # int32 codes, symmetric (zero point 0)
+    weight: torch.Tensor  # int32 codes, symmetric (zero point 0): integer, ternary or power-of-two
     bias: torch.Tensor  # int64 on the accumulator grid s_x * s_w
     acc_scale: torch.Tensor  # float64, s_x * s_w per channel
     input: QParams
@@ -62,7 +61,7 @@ def layer_params(module) -> LayerParams:
     """Integer weights, bias, multipliers and bounds of a converted unified module."""
     wq, inp = module.weight_quant, module.input_qparams
     w_scale = wq.scale.to(torch.float64).reshape(-1).expand(module.weight.shape[0])
-    weight = quantize_affine(module.weight.detach(), wq.scale, wq.zero_point, wq.spec.fmt, wq.spec.axis)
+    weight = wq.codes(module.weight.detach()).to(torch.int32)  # the spec's own codes: integer, ternary, power of two
     acc_scale = inp.scale * w_scale
     bias = torch.zeros(weight.shape[0], dtype=torch.int64)
     if module.bias is not None:

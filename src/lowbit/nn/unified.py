@@ -20,12 +20,13 @@ from torch import nn
 
 from lowbit.nn.exact import exact_forward, pool_exact_forward
 from lowbit.nn.qparams import QParams
-from lowbit.nn.quantizers import ActQuantizer, TensorSpec, WeightQuantizer
+from lowbit.nn.quantizers import ActQuantizer, WeightQuantizer
+from lowbit.spec import QuantSpec
 
 
 class _Unified(nn.Module):
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, act: nn.Module,
-                 has_residual: bool, w_spec: TensorSpec | None, out_spec: TensorSpec | None) -> None:
+                 has_residual: bool, w_spec: QuantSpec | None, out_spec: QuantSpec | None) -> None:
         super().__init__()
         self.weight = nn.Parameter(weight.detach().clone())
         self.bias = nn.Parameter(bias.detach().clone()) if bias is not None else None
@@ -94,7 +95,7 @@ class UnifiedConv(_Unified):
     """Conv1d/Conv2d + folded BN [+ residual] + activation, requantized once."""
 
     def __init__(self, conv: nn.Conv1d | nn.Conv2d, act: nn.Module, has_residual: bool,
-                 w_spec: TensorSpec | None, out_spec: TensorSpec | None) -> None:
+                 w_spec: QuantSpec | None, out_spec: QuantSpec | None) -> None:
         super().__init__(conv.weight, conv.bias, act, has_residual, w_spec, out_spec)
         self.ndim = conv.weight.ndim - 2
         self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
@@ -138,7 +139,7 @@ class UnifiedLinear(_Unified):
     """Linear + folded BN [+ residual] + activation, requantized once."""
 
     def __init__(self, linear: nn.Linear, act: nn.Module, has_residual: bool,
-                 w_spec: TensorSpec | None, out_spec: TensorSpec | None) -> None:
+                 w_spec: QuantSpec | None, out_spec: QuantSpec | None) -> None:
         super().__init__(linear.weight, linear.bias, act, has_residual, w_spec, out_spec)
 
     def _compute(self, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -151,7 +152,7 @@ class UnifiedLinear(_Unified):
 class QAvgPool(nn.Module):
     """Average pooling followed by a requantization (an average of grid values is off the grid)."""
 
-    def __init__(self, pool: nn.Module, out_spec: TensorSpec) -> None:
+    def __init__(self, pool: nn.Module, out_spec: QuantSpec) -> None:
         super().__init__()
         self.pool = pool
         self.output_quant = ActQuantizer(out_spec)

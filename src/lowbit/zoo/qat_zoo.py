@@ -26,12 +26,16 @@ def weights_path(key: str) -> Path:
 def pretrained_qat(key: str) -> nn.Module:
     """The converted (integer-exact) QAT model ``key``, in eval mode."""
     from lowbit import zoo
+    from lowbit.formats import IntFormat
+    from lowbit.granularity import PerChannel
     from lowbit.qat import QATConfig, convert_qat, prepare_qat
+    from lowbit.spec import QuantSpec
 
     if key not in CONFIGS:
         raise CheckpointError(f"no shipped QAT model {key!r}; known: {sorted(CONFIGS)}")
     w, a = CONFIGS[key]
-    model = convert_qat(prepare_qat(zoo.pretrained("resnet"), QATConfig(w, a), torch.zeros(4, 1, 28, 28)))
+    config = QATConfig(QuantSpec(IntFormat(w), PerChannel(0)), QuantSpec(IntFormat(a, signed=False)))
+    model = convert_qat(prepare_qat(zoo.pretrained("resnet"), config, torch.zeros(4, 1, 28, 28)))
     load_weights(model, weights_path(key))  # the shapes of a converted model, then its values
     return convert_qat(model)  # scales and input grids from the loaded steps
 
