@@ -299,9 +299,7 @@ def _weight_codes(a: dict, w: torch.Tensor, bits: int) -> None:
     ``{0, +-2^k}``, ``0 <= k < 2^(b-1) - 1`` (and within int8: ``b <= 4``)."""
     codes = a.get("weight_codes", "int")
     if codes == "int":
-        lo, hi = weight_range(bits)
-        if bool((w < lo).any()) or bool((w > hi).any()):
-            raise Invalid(f"tensor 'weight' holds values outside [{lo}, {hi}] ({bits}-bit codes)")
+        _values({"weight": w}, "weight", *weight_range(bits))
     elif codes == "ternary":
         if bits != 2 or bool((w.abs() > 1).any()):
             raise Invalid("ternary 'weight' (weight_codes 'ternary') must have weight_bits 2 and codes in {-1, 0, 1}")
