@@ -58,3 +58,26 @@ def test_atomic_write_to_a_folder_or_an_unwritable_place(tmp_path):
     with pytest.raises(ConfigError, match="cannot write"):
         atomic_write_text("/proc/lowbit-nope/x", "x")
     assert not list(tmp_path.iterdir())  # nothing half-written left behind
+
+
+@pytest.mark.parametrize("make,words", [
+    (lambda: __import__("lowbit.ptq", fromlist=["x"]).PTQConfig(weight_bit=4), ["no field 'weight_bit'", "did you mean 'weight'"]),
+    (lambda: __import__("lowbit.ptq", fromlist=["x"]).PTQConfig(weight_bits=4), ["no field 'weight_bits'", "int_weight(4)"]),
+    (lambda: __import__("lowbit.qat", fromlist=["x"]).QATConfig(act_bits=2), ["QATConfig has no field 'act_bits'", "uint_act"]),
+    (lambda: __import__("lowbit.weight_only", fromlist=["x"]).WeightOnlyConfig(fmt=8), ["one QuantSpec now"]),
+    (lambda: __import__("lowbit.spec", fromlist=["x"]).QuantSpec(bits=4), ["QuantSpec has no field 'bits'", "format"]),
+    (lambda: __import__("lowbit.ptq", fromlist=["x"]).PTQConfig(*range(9)), ["at most 8 positional arguments"]),
+])
+def test_config_classes_refuse_unknown_keywords_naming_the_fields(make, words):
+    """A dataclass would raise a bare TypeError; lowbit names the field, the closest one and the new spelling."""
+    with pytest.raises(ConfigError) as info:
+        make()
+    for w in words:
+        assert w in str(info.value)
+
+
+def test_ptq_config_takes_a_rule_list_and_stays_hashable():
+    from lowbit.ptq import LayerRule, PTQConfig, int_weight
+    c = PTQConfig(rules=[LayerRule("fc1", weight=int_weight(4))])
+    assert c.rules == (LayerRule("fc1", weight=int_weight(4)),)
+    assert hash(c) == hash(PTQConfig(rules=(LayerRule("fc1", weight=int_weight(4)),)))

@@ -64,9 +64,10 @@ class Craft:
 
 
 def _w4():
+    from lowbit.ptq import int_weight
     from lowbit.integer import save_integer, to_integer
     from lowbit.ptq import PTQConfig, quantize
-    q = quantize(fixtures.model("cnn"), [fixtures.calib()], PTQConfig(weight_bits=4))
+    q = quantize(fixtures.model("cnn"), [fixtures.calib()], PTQConfig(int_weight(4)))
     return save_integer(to_integer(q, (fixtures.calib(2),)), workdir() / "w4.safetensors")
 
 

@@ -159,26 +159,30 @@ def convert_before_calibrate():
 
 @case(CAT, "error")
 def prepare_qat_calibration_nan():
+    from lowbit.ptq import int_weight, uint_act
     from lowbit.qat import QATConfig, prepare_qat
-    prepare_qat(fixtures.model("mlp"), QATConfig(4, 4), _nan_batch())
+    prepare_qat(fixtures.model("mlp"), QATConfig(int_weight(4), uint_act(4)), _nan_batch())
 
 
 @case(CAT, "error")
 def prepare_qat_calibration_empty():
+    from lowbit.ptq import int_weight, uint_act
     from lowbit.qat import QATConfig, prepare_qat
-    prepare_qat(fixtures.model("mlp"), QATConfig(4, 4), torch.empty(0, 1, 28, 28))
+    prepare_qat(fixtures.model("mlp"), QATConfig(int_weight(4), uint_act(4)), torch.empty(0, 1, 28, 28))
 
 
 @case(CAT, "error")
 def prepare_qat_calibration_wrong_shape():
+    from lowbit.ptq import int_weight, uint_act
     from lowbit.qat import QATConfig, prepare_qat
-    prepare_qat(fixtures.model("cnn"), QATConfig(4, 4), torch.randn(8, 3, 28, 28))
+    prepare_qat(fixtures.model("cnn"), QATConfig(int_weight(4), uint_act(4)), torch.randn(8, 3, 28, 28))
 
 
 @case(CAT, "error")
 def prepare_qat_calibration_list():
+    from lowbit.ptq import int_weight, uint_act
     from lowbit.qat import QATConfig, prepare_qat
-    prepare_qat(fixtures.model("cnn"), QATConfig(4, 4), [fixtures.calib(8)])
+    prepare_qat(fixtures.model("cnn"), QATConfig(int_weight(4), uint_act(4)), [fixtures.calib(8)])
 
 
 # ----------------------------------------------------------------------------- data sets

@@ -241,10 +241,11 @@ def load_integer_read_only_file():
 # --- QAT checkpoints read directly
 def _fp_and_ckpt():
     """A real 1-epoch MLP checkpoint and the fingerprint of a run that would resume it."""
+    from lowbit.ptq import int_weight, uint_act
     from lowbit.qat import QATConfig, TrainConfig, prepare_qat, train
     tr = fixtures.train().take(256)
     cfg = TrainConfig(epochs=1, batch_size=64)
-    m = prepare_qat(fixtures.model("mlp"), QATConfig(4, 4), tr.x[:64])
+    m = prepare_qat(fixtures.model("mlp"), QATConfig(int_weight(4), uint_act(4)), tr.x[:64])
     out = workdir() / "run"
     train(m, tr, cfg, out, progress=False)
     return None, out / "checkpoint.pt"

@@ -237,15 +237,17 @@ def quantize_float64_model():
 @case(CAT, "error", warn=r"(?i)first|last|fc|8 bits|W4|4")
 def quantize_W4_model_whose_only_layer_is_first_and_last():
     """A W4 request on a one-layer model gives W8 (first/last rule): the issue asks for a warning."""
+    from lowbit.ptq import int_weight
     from lowbit.ptq import PTQConfig, quantize
-    quantize(_seeded(OneLinear), [_calib()], PTQConfig(weight_bits=4))
+    quantize(_seeded(OneLinear), [_calib()], PTQConfig(int_weight(4)))
     return "returned a model at 8 bits for a W4 request, no warning"
 
 
 @case(CAT, "error", warn=r"layer\.fc2")
 def LayerRule_matching_no_layer():
+    from lowbit.ptq import int_weight
     from lowbit.ptq import LayerRule, PTQConfig, quantize
-    quantize(fixtures.model("mlp"), [_calib()], PTQConfig(rules=(LayerRule("layer.fc2", weight_bits=4),)))
+    quantize(fixtures.model("mlp"), [_calib()], PTQConfig(rules=(LayerRule("layer.fc2", weight=int_weight(4)),)))
     return "rule 'layer.fc2' matched nothing; fc2 stays at 8 bits"
 
 
@@ -346,8 +348,9 @@ def _prep(m):
 
 
 def _pqat(m):
+    from lowbit.ptq import int_weight, uint_act
     from lowbit.qat import QATConfig, prepare_qat
-    prepare_qat(m, QATConfig(4, 4), _calib(64))
+    prepare_qat(m, QATConfig(int_weight(4), uint_act(4)), _calib(64))
 
 
 def _pqat_bn(m):

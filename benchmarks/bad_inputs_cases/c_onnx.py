@@ -57,9 +57,10 @@ for m in ("mlp", "cnn", "resnet"):
 
 @case(CAT, "valid")
 def valid_export_w4_opset21_ort():
+    from lowbit.ptq import int_weight
     from lowbit.integer import to_integer
     from lowbit.ptq import PTQConfig, quantize
-    q = quantize(fixtures.model("cnn"), [fixtures.calib()], PTQConfig(weight_bits=4))
+    q = quantize(fixtures.model("cnn"), [fixtures.calib()], PTQConfig(int_weight(4)))
     return _ort_equal("cnn_w4", 21, to_integer(q, (fixtures.calib(2),)))
 
 

@@ -18,8 +18,9 @@ CAT = "training"
 
 
 def _prep(model="mlp", **kw):
+    from lowbit.ptq import int_weight, uint_act
     from lowbit.qat import QATConfig, prepare_qat
-    return prepare_qat(fixtures.model(model), QATConfig(4, 4, **kw), fixtures.calib(64))
+    return prepare_qat(fixtures.model(model), QATConfig(int_weight(4), uint_act(4), **kw), fixtures.calib(64))
 
 
 def _cfg(**kw):
@@ -79,10 +80,11 @@ add(CAT, "resume_with_other_batch_size", "error", lambda: _ckpt_then_resume(lamb
 
 @case(CAT, "error")
 def resume_with_other_bits():
+    from lowbit.ptq import int_weight, uint_act
     out = workdir() / "run"
     _train(_prep(), _data(), _cfg(), out)
     from lowbit.qat import QATConfig, prepare_qat
-    m = prepare_qat(fixtures.model("mlp"), QATConfig(2, 2), fixtures.calib(64))
+    m = prepare_qat(fixtures.model("mlp"), QATConfig(int_weight(2), uint_act(2)), fixtures.calib(64))
     _train(m, _data(), _cfg(epochs=2), out, resume=True)
 
 
@@ -179,8 +181,12 @@ def train_a_float_model():
 
 @case(CAT, "error")
 def train_with_tensor_granularity_and_bn_freeze():
+    from lowbit.ptq import uint_act
+    from lowbit.spec import QuantSpec
+    from lowbit.granularity import PerTensor
+    from lowbit.formats import IntFormat
     from lowbit.qat import QATConfig, convert_qat, prepare_qat
-    m = prepare_qat(fixtures.model("cnn"), QATConfig(4, 4, bn_freeze_steps=2, weight_granularity="tensor"),
+    m = prepare_qat(fixtures.model("cnn"), QATConfig(QuantSpec(IntFormat(4), PerTensor()), uint_act(4), bn_freeze_steps=2),
                     fixtures.calib(64))
     _train(m, _data(128), _cfg())
     convert_qat(m)

@@ -52,6 +52,7 @@ from lowbit.nn.quantizers import ActQuantizer, WeightQuantizer
 from lowbit.nn.unified import UnifiedConv, UnifiedLinear, _Unified, unified_modules
 from lowbit.spec import QuantSpec, check_runs
 from lowbit.utils.progress import Progress
+from lowbit.utils.fields import checked_init
 
 
 def int_weight(bits: int, pow2_scale: bool = False) -> QuantSpec:
@@ -81,6 +82,12 @@ def _act_bits(spec: QuantSpec, bits: int) -> QuantSpec:
     return replace(spec, format=replace(spec.format, bits=bits))
 
 
+_OLD = {k: "bit widths, granularity, observers and pow2 scales are QuantSpec values now: weight=int_weight(4) or QuantSpec(IntFormat(4), PerChannel(0)), act=uint_act(8) or QuantSpec(IntFormat(8, signed=False), observer=Percentile(99.99), pow2_scale=True)"
+        for k in ("weight_bits", "act_bits", "weight_granularity", "weight_observer", "act_observer", "act_percentile",
+                  "pow2_scales")}
+
+
+@checked_init(_OLD)
 @dataclass(frozen=True)
 class LayerRule:
     """Per-layer override for modules whose name matches ``pattern`` (fnmatch, e.g. ``"layers.0.*"``):
@@ -106,6 +113,7 @@ class LayerRule:
                               "kept in float has none; drop weight/act or keep_float")
 
 
+@checked_init(_OLD)
 @dataclass(frozen=True)
 class PTQConfig:
     """Post-training quantization settings (validated on construction).
@@ -137,10 +145,15 @@ class PTQConfig:
             check_bits(self.first_last_bits, "PTQConfig.first_last_bits", low=2)
         if self.rounding not in ("nearest", "gptq"):
             raise ConfigError(f"PTQConfig.rounding must be 'nearest' or 'gptq', got {self.rounding!r}")
-        if not 0.0 <= self.equalize_alpha <= 1.0:
+        if isinstance(self.equalize_alpha, bool) or not isinstance(self.equalize_alpha, (int, float)) \
+                or not 0.0 <= self.equalize_alpha <= 1.0:
             raise ConfigError(f"PTQConfig.equalize_alpha must be in [0, 1], got {self.equalize_alpha}")
+        for name in ("bias_correction", "equalize"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"PTQConfig.{name} must be True or False, got {getattr(self, name)!r}")
         if not isinstance(self.rules, (tuple, list)) or not all(isinstance(r, LayerRule) for r in self.rules):
             raise ConfigError("PTQConfig.rules must be a tuple of LayerRule")
+        object.__setattr__(self, "rules", tuple(self.rules))  # a list is taken; the config stays hashable
         for r in self.rules:
             if r.weight is not None:
                 check_runs(r.weight, "weight", f"PTQ (rule {r.pattern!r})")

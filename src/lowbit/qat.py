@@ -60,8 +60,15 @@ from lowbit.training import (
     load_checkpoint,
 )
 from lowbit.training import train as train_loop
+from lowbit.utils.fields import checked_init
 
 
+_OLD = {k: "bit widths, granularity, observers and pow2 scales are QuantSpec values now: weight=int_weight(4) or QuantSpec(IntFormat(4), PerChannel(0)), act=uint_act(8) or QuantSpec(IntFormat(8, signed=False), observer=Percentile(99.99), pow2_scale=True)"
+        for k in ("weight_bits", "act_bits", "weight_granularity", "weight_observer", "act_observer", "act_percentile",
+                  "pow2_scales")}
+
+
+@checked_init(_OLD)
 @dataclass(frozen=True)
 class QATConfig:
     """What to train: weight and activation specs, method, LSQ gradient-scale convention.
@@ -105,6 +112,7 @@ class QATConfig:
         return PTQConfig(self.weight, act, first_last_bits=self.first_last_bits, bias_correction=False)
 
 
+@checked_init()
 @dataclass(frozen=True)
 class TrainConfig:
     """SGD + Nesterov momentum, cosine decay to zero; ``distill`` > 0 mixes in KL to the float model."""

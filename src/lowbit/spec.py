@@ -53,6 +53,7 @@ from lowbit.functional.pow2 import dynamic_fixed_point, log2_quantize, pow2_quan
 from lowbit.functional.rounding import ste
 from lowbit.functional.ternary import TernaryResult, ternarize, ternarize_twn, ternary_codes
 from lowbit.granularity import Granularity, PerChannel, PerGroup, PerKernel, PerTensor, broadcast, rows, unrows
+from lowbit.utils.fields import checked_init
 
 FORMATS = (IntFormat, PowerOfTwo, Ternary, Binary, Log2, DynamicFixedPoint)
 GRANULARITIES = (PerTensor, PerChannel, PerGroup, PerKernel)
@@ -129,6 +130,7 @@ def observer_named(name: str, percentile: float = 99.99) -> Observer:
 # ---------------------------------------------------------------- the spec
 
 
+@checked_init()
 @dataclass(frozen=True)
 class QuantSpec:
     """How one tensor is quantized (validated on construction; see the module docstring).

@@ -59,6 +59,7 @@ from lowbit.data.datasets import Split
 from lowbit.errors import CheckpointError, ConfigError, DataError
 from lowbit.utils.files import atomic_write
 from lowbit.utils.progress import Progress
+from lowbit.utils.fields import checked_init
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 Optimizer = torch.optim.Optimizer
@@ -69,6 +70,7 @@ def _int_at_least(value: object, low: int, name: str) -> None:
         raise ConfigError(f"{name} must be an int >= {low}, got {value!r}")
 
 
+@checked_init()
 @dataclass(frozen=True)
 class LoopConfig:
     """How long to train and with which seed; ``batch_size`` is the global batch when ``batches`` is a Split."""

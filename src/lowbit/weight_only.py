@@ -20,10 +20,12 @@ from lowbit.errors import ConfigError
 from lowbit.formats import IntFormat
 from lowbit.granularity import PerChannel
 from lowbit.spec import QuantSpec, fake_quant
+from lowbit.utils.fields import checked_init
 
 QUANTIZABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
+@checked_init({"fmt": "the format and granularity are one QuantSpec now: WeightOnlyConfig(QuantSpec(IntFormat(4), PerChannel(0)))", "granularity": "the format and granularity are one QuantSpec now: WeightOnlyConfig(QuantSpec(IntFormat(4), PerChannel(0)))"})
 @dataclass(frozen=True)
 class WeightOnlyConfig:
     """The spec every conv/linear weight is quantized with (default: int8, one scale per output channel)."""
