@@ -14,7 +14,7 @@ the Markdown: a list of ``{"model", "batch", "threads", "path", "best_us",
 Paths: float32 PyTorch eager; float32 in onnxruntime (the strongest float path
 here); lowbit integer (in process: the whole model in one C call, ``lowbit.integer.plan``, over
 the prepacked VNNI int8 GEMM with the requantization fused, ``lowbit.integer.vnni``); the same
-kernels called op by op from Python (``IntegerModel.use_plan = False``); the same integer model
+kernels called op by op from Python (``Kernels.VNNI``); the same integer model
 on ``torch._int_mm`` + the C epilogue (the previous kernel, for contrast);
 lowbit's QDQ ONNX in onnxruntime; onnxruntime's own ``quantize_static`` model
 (QDQ, per-channel, 32 calibration images); with ``--torchao``, torchao PT2E
@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from _common import RESULTS, write_result
+from lowbit.integer.backend import Kernels
 from lowbit import zoo
 from lowbit.bench.latency import interleaved, ort_session, torch_threads
 from lowbit.data import fashion_mnist
@@ -137,10 +138,9 @@ def bench_model(label, model, calib, test, batches, threads_list, rounds, torcha
     from lowbit.export.onnx_qdq import export_onnx
 
     sim = quantize(model, [calib], PTQConfig())
-    im, im_op, im_int_mm = (to_integer(sim, (calib[:2],)) for _ in range(3))
-    im_op.use_plan = False  # the same kernels called from Python one op at a time
-    for node in im_int_mm.nodes:
-        node.op.use_vnni = False
+    im = to_integer(sim, (calib[:2],))
+    im_op = im.with_kernels(Kernels.VNNI)  # the same kernels called from Python one op at a time
+    im_int_mm = im.with_kernels(Kernels.INT_MM)
     onnx_path = export_onnx(im, tmp / f"{label}.onnx", tuple(calib[:1].shape))
     acc_rows, rows = [], []
     lines = [f"### {label}", "", "| batch | threads | path | best us | median us | vs float eager | vs best float |",

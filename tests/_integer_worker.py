@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from lowbit.integer.backend import Kernels
 from lowbit import zoo
 from lowbit.data import fashion_mnist
 from lowbit.errors import CheckpointError, LowbitError
@@ -87,16 +88,7 @@ def same(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 def reference(im, x: torch.Tensor) -> torch.Tensor:
     """The output through the PyTorch reference of every layer (no plan, no C GEMM or epilogue)."""
-    layers = [n.op for n in im.nodes if hasattr(n.op, "use_cext")]
-    im.use_plan = False
-    for op in layers:
-        op.use_cext = False
-    try:
-        return im(x)
-    finally:
-        del im.use_plan
-        for op in layers:
-            op.use_cext = True
+    return im.with_kernels(Kernels.REFERENCE)(x)
 
 
 def failure(exc: BaseException, clear: type = LowbitError) -> dict:
@@ -111,14 +103,11 @@ def do_call(req: dict, models: dict, images: torch.Tensor) -> dict:
     if req.get("layout") == "transposed" and x.ndim >= 2:
         x = x.transpose(-1, -2).contiguous().transpose(-1, -2)
     if not req.get("plan", True):
-        im.use_plan = False
+        im = im.with_kernels(Kernels.VNNI)
     try:
         y = im(x)
     except Exception as exc:  # noqa: BLE001 - the outcome is reported, not raised
         return failure(exc)
-    finally:
-        if not req.get("plan", True):
-            del im.use_plan
     try:
         want = models[req["model"]]["memory"](x.contiguous())
         equal = same(y, want)

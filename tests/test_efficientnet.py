@@ -6,6 +6,7 @@ import torch
 from lowbit.data.photos import photo_crops
 from lowbit.errors import DataError
 from lowbit.nn import UnifiedConv, unified_modules
+from lowbit.prepared import record_of
 from lowbit.ptq import PTQConfig, prepare, quantizers_off
 from lowbit.zoo.efficientnet import efficientnet_lite0, with_plain_convs
 
@@ -38,12 +39,12 @@ def test_fuses_into_unified_modules_with_one_input_quantizer(model):
     x = photo_crops(2, "calib")
     prepared = prepare(model, PTQConfig(), (x[:1],))
     mods = dict(unified_modules(prepared))
-    assert len(mods) == 50 and prepared.lowbit_plan.float_ops == []
-    assert len(prepared.lowbit_plan.input_quantizers) == 1
+    assert len(mods) == 50 and record_of(prepared).plan.float_ops == []
+    assert len(record_of(prepared).plan.input_quantizers) == 1
     depthwise = [m for m in mods.values() if isinstance(m, UnifiedConv) and m.groups > 1]
     assert len(depthwise) == 16 and all(isinstance(m.act, torch.nn.Hardtanh) for m in depthwise)
     assert sum(m.has_residual for m in mods.values()) == 9
-    (u_ops, _), (f_ops, _) = prepared.lowbit_quant_ops["unfused"], prepared.lowbit_quant_ops["fused"]
+    (u_ops, _), (f_ops, _) = record_of(prepared).quant_ops.unfused, record_of(prepared).quant_ops.fused
     assert f_ops < u_ops / 2
     with quantizers_off(prepared), torch.no_grad():
         assert torch.allclose(prepared(x), model(x), atol=1e-3)

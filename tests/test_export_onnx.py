@@ -16,7 +16,7 @@ from lowbit import zoo  # noqa: E402
 from lowbit.data import datasets  # noqa: E402
 from lowbit.errors import ConfigError  # noqa: E402
 from lowbit.export.onnx_qdq import CODES_KEY, export_onnx, fit_weight_scales, to_onnx_model  # noqa: E402
-from lowbit.integer.arith import fixed_point  # noqa: E402
+from lowbit.functional.requant import fixed_point  # noqa: E402
 from lowbit.integer.lower import to_integer  # noqa: E402
 from lowbit.integer.model import IntegerModel, Node, make_op  # noqa: E402
 from lowbit.integer.ops import Op  # noqa: E402

@@ -11,11 +11,13 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from lowbit.integer.backend import Kernels
 from lowbit import zoo
 from lowbit.data import fashion_mnist
 from lowbit.errors import CheckpointError, ConfigError
-from lowbit.integer import cext, kernels, vnni
-from lowbit.integer.arith import fixed_point, requantize, rshift_round
+from lowbit.native import cext
+from lowbit.integer import kernels, vnni
+from lowbit.functional.requant import fixed_point, requantize, rshift_round
 from lowbit.integer.io import load_integer, pack_int4, save_integer, unpack_int4
 from lowbit.integer.lower import to_integer
 from lowbit.nn import unified_modules
@@ -188,9 +190,7 @@ def test_fallback_path_equals_c_path(fmnist):
     calib, test = fmnist
     im = to_integer(quantize(zoo.pretrained("resnet"), [calib.x], PTQConfig()), (calib.x[:2],))
     a = im(test.x[:200])
-    for n in im.nodes:
-        n.op.use_cext = False
-    assert torch.equal(a, im(test.x[:200]))
+    assert torch.equal(a, im.with_kernels(Kernels.REFERENCE)(test.x[:200]))
 
 
 def test_exact_simulation_agrees_with_float_fake_quant(fmnist):
@@ -219,14 +219,13 @@ class _FloatOps(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("use_vnni", [False, True])
-def test_integer_path_runs_no_float_matmul(fmnist, use_vnni):
+@pytest.mark.parametrize("kernels", [Kernels.INT_MM, Kernels.VNNI])
+def test_integer_path_runs_no_float_matmul(fmnist, kernels):
     """With ``torch._int_mm``, every matmul is an int8 one; with the VNNI GEMM (C, invisible to the
     dispatcher), no PyTorch matmul or conv runs at all. Either way floats appear only at the edges."""
     calib, test = fmnist
-    im = to_integer(quantize(zoo.pretrained("cnn"), [calib.x], PTQConfig()), (calib.x[:2],))
-    for node in im.nodes:
-        node.op.use_vnni = use_vnni
+    im = to_integer(quantize(zoo.pretrained("cnn"), [calib.x], PTQConfig()), (calib.x[:2],)).with_kernels(kernels)
+    use_vnni = kernels.vnni
     with _FloatOps() as mode:
         im(test.x[:4])
     heavy = [c for c in mode.calls if any(k in c[0] for k in ("mm", "conv", "linear", "addmm", "bmm"))]

@@ -10,11 +10,12 @@ import pytest
 import torch
 from torch import nn
 
+from lowbit.integer.backend import Kernels
 from lowbit import zoo
 from lowbit.bench.latency import torch_threads
 from lowbit.data import fashion_mnist
 from lowbit.errors import DataError, ShapeError
-from lowbit.integer import plan, vnni
+from lowbit.integer import plan, planner, vnni
 from lowbit.integer.lower import to_integer
 from lowbit.integer.model import make_op
 from lowbit.ptq import PTQConfig, quantize
@@ -149,8 +150,8 @@ def test_output_is_not_overwritten_by_the_next_call(zoo_models, data):
         assert y1.data_ptr() != y2.data_ptr()
 
 
-def test_layer_switches_and_use_plan_turn_the_plan_off(zoo_models, data, monkeypatch):
-    """A layer off its default kernels (tests compare paths that way) or use_plan = False: op by op."""
+def test_only_plan_kernels_run_the_plan_and_every_choice_gives_the_same_output(zoo_models, data, monkeypatch):
+    """Kernels.PLAN runs the plan; every other choice goes op by op, to the same bytes."""
     im = zoo_models["cnn"]
     x = data[1][:3]
     want = im(x)
@@ -159,19 +160,39 @@ def test_layer_switches_and_use_plan_turn_the_plan_off(zoo_models, data, monkeyp
         raise AssertionError("the plan ran")
 
     monkeypatch.setattr(plan.Plan, "run", boom)
-    for switch in ("use_cext", "use_vnni", "use_implicit"):
-        setattr(im.nodes[1].op, switch, False)
-        try:
-            assert torch.equal(im(x), want)
-        finally:
-            setattr(im.nodes[1].op, switch, True)
-    im.use_plan = False
-    try:
-        assert torch.equal(im(x), want)
-    finally:
-        del im.use_plan
+    for kernels in Kernels:
+        if kernels is not Kernels.PLAN:
+            assert torch.equal(im.with_kernels(kernels)(x), want), kernels
     with pytest.raises(AssertionError, match="the plan ran"):
         im(x)
+
+
+def test_the_plan_cache_turns_only_unsupported_into_no_plan(zoo_models, data, monkeypatch):
+    """A planner bug is not hidden as the slow path: only Unsupported means "no plan"."""
+    im = zoo_models["cnn"].with_kernels(Kernels.PLAN)
+    x = data[1][:2]
+
+    def bug(*args, **kwargs):
+        raise KeyError("a planner bug")
+
+    monkeypatch.setattr(plan.Plan, "__init__", bug)
+    with pytest.raises(KeyError, match="a planner bug"):
+        im(x)
+
+    def unsupported(*args, **kwargs):
+        raise planner.Unsupported("not covered")
+
+    monkeypatch.setattr(plan.Plan, "__init__", unsupported)
+    assert torch.equal(im(x), zoo_models["cnn"].with_kernels(Kernels.VNNI)(x))
+
+
+def test_kernels_by_name_and_a_bad_name():
+    from lowbit.errors import ConfigError
+    from lowbit.integer.backend import as_kernels
+
+    assert as_kernels("reference") is Kernels.REFERENCE
+    with pytest.raises(ConfigError, match="kernels must be one of"):
+        as_kernels("fast")
 
 
 def test_a_busy_plan_sends_the_call_op_by_op(zoo_models, data, monkeypatch):

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from lowbit import zoo
+from lowbit.prepared import record_of
 from lowbit.data import fashion_mnist
 from lowbit.errors import ConfigError, DataError
 from lowbit.formats import IntFormat
@@ -62,10 +63,10 @@ def test_resnet_fusion_structure():
     assert mods["layers.0.conv2"].has_residual and isinstance(mods["layers.0.conv2"].act, nn.ReLU)
     assert not mods["layers.0.conv1"].has_residual and isinstance(mods["layers.0.conv1"].act, nn.ReLU)
     assert "layers.2.shortcut.0" in mods and isinstance(mods["layers.2.shortcut.0"].act, nn.Identity)
-    (u_ops, u_el), (f_ops, f_el) = prepared.lowbit_quant_ops["unfused"], prepared.lowbit_quant_ops["fused"]
+    (u_ops, u_el), (f_ops, f_el) = record_of(prepared).quant_ops.unfused, record_of(prepared).quant_ops.fused
     assert f_ops < u_ops / 2 and f_el < u_el / 2
     # exactly one input quantizer: the network input
-    assert len(prepared.lowbit_plan.input_quantizers) == 1
+    assert len(record_of(prepared).plan.input_quantizers) == 1
 
 
 class Functional(nn.Module):
@@ -88,7 +89,7 @@ def test_functional_ops_fuse():
     mods = dict(unified_modules(prepared))
     assert isinstance(mods["a"].act, nn.ReLU)
     assert mods["b"].has_residual and isinstance(mods["b"].act, nn.Hardtanh) and mods["b"].act.max_val == 6.0
-    assert prepared.lowbit_plan.float_ops == []
+    assert record_of(prepared).plan.float_ops == []
 
 
 def test_unified_output_equals_torch_fake_quant_oracle(data):
@@ -132,7 +133,7 @@ def test_rules_first_last_and_keep_float(data):
     assert mods["fc1"].weight_quant.spec.format.bits == 4
     assert mods["conv2"].weight_quant is None and mods["conv2"].output_quant is None
     # fc1's input comes from the float conv2 (through a max-pool): it gets its own input quantizer
-    assert any("before fc1" in s for s in q.lowbit_plan.input_quantizers)
+    assert any("before fc1" in s for s in record_of(q).plan.input_quantizers)
 
 
 @pytest.mark.parametrize("observer", ["channel", "percentile", "moving_average", "mse"])

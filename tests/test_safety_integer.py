@@ -21,11 +21,13 @@ from hypothesis import strategies as st
 from torch import nn
 
 import lowbit
+from lowbit.integer.backend import Kernels
 from lowbit import zoo
 from lowbit.cli.main import main as cli_main
 from lowbit.data import fashion_mnist
 from lowbit.errors import CheckpointError, DataError, ShapeError
-from lowbit.integer import cext, guard, ops, plan, planner, to_integer, validate, vnni
+from lowbit.native import cext, guard
+from lowbit.integer import ops, plan, planner, to_integer, validate, vnni
 from lowbit.integer.io import VERSION, load_integer, save_integer
 from lowbit.ptq import PTQConfig, quantize
 from lowbit.utils.tensorfile import load_tensors, save_tensors
@@ -397,14 +399,8 @@ def test_non_finite_input_raises_the_simulations_error_on_every_path(saved, cali
         with pytest.raises(DataError) as got:
             run()
         assert str(got.value) == str(want.value), name
-    for node in im.nodes:  # the PyTorch reference path of the quantizer
-        node.op.use_cext = False
-    try:
-        with pytest.raises(DataError) as got:
-            im.run(x)
-    finally:
-        for node in im.nodes:
-            node.op.use_cext = True
+    with pytest.raises(DataError) as got:  # the PyTorch reference path of the quantizer
+        im.run(x, Kernels.REFERENCE)
     assert str(got.value) == str(want.value)
 
 
@@ -449,7 +445,7 @@ _GUARD_CASES = [  # (python run in the worker, error kind, words)
 def test_every_kernel_wrapper_checks_its_arguments_first(worker, code, kind, words):
     if "vnni." in code and not vnni.available():
         pytest.skip("needs the VNNI kernels")
-    answer = worker.ask(op="exec", code="from lowbit.integer import cext, vnni\n" + code)
+    answer = worker.ask(op="exec", code="from lowbit.native import cext\nfrom lowbit.integer import vnni\n" + code)
     assert answer["outcome"] == "clear_error" and answer["type"] == kind, answer
     for w in words:
         assert w in answer["message"], (w, answer["message"])

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import lowbit
-from lowbit.integer import cext
+from lowbit.native import cext
 
 TESTS = ["tests/test_integer.py", "tests/test_plan.py", "tests/test_vnni.py", "tests/test_safety_integer.py"]
 SANITIZE = "address,undefined"
@@ -38,7 +38,7 @@ def _asan_runtime(cc: str) -> str | None:
 # the positive control: a kernel called directly (no guard) with an output 16 bytes short must be caught
 _OVERFLOW = """
 import torch
-from lowbit.integer import cext
+from lowbit.native import cext
 x, out = torch.zeros(64, dtype=torch.int8), torch.zeros(48, dtype=torch.int8)
 cext.library().lowbit_nhwc_to_nchw(x.data_ptr(), 1, 16, 4, out.data_ptr())
 """
@@ -64,7 +64,7 @@ def test_integer_tests_pass_with_the_kernels_under_asan_and_ubsan(tmp_path):
     env.update(LD_PRELOAD=runtime, ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:allocator_may_return_null=1",
                UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1")
     root = Path(__file__).parents[1]
-    probe = subprocess.run([sys.executable, "-c", "from lowbit.integer import cext; print(cext.library()._name)"],
+    probe = subprocess.run([sys.executable, "-c", "from lowbit.native import cext; print(cext.library()._name)"],
                            env=env, cwd=root, capture_output=True, text=True, timeout=300, check=False)
     assert probe.returncode == 0 and probe.stdout.strip() == str(path), probe.stderr[-2000:]
     control = subprocess.run([sys.executable, "-c", _OVERFLOW], env=env, cwd=root, capture_output=True, text=True,

@@ -6,9 +6,11 @@ import torch.nn.functional as F
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from lowbit.integer.backend import Kernels
 from lowbit import zoo
 from lowbit.data import fashion_mnist
-from lowbit.integer import cext, kernels, vnni
+from lowbit.native import cext
+from lowbit.integer import kernels, vnni
 from lowbit.integer.lower import to_integer
 from lowbit.ptq import PTQConfig, quantize
 
@@ -149,12 +151,8 @@ def test_models_equal_with_and_without_vnni(name):
     im = to_integer(quantize(zoo.pretrained(name), [calib.x], PTQConfig()), (calib.x[:2],))
     env_fast = im.run(test.x[:300])
     assert any(getattr(n.op, "_packed", None) is not None for n in im.nodes)
-    for node in im.nodes:  # the VNNI GEMM on an im2col buffer
-        node.op.use_implicit = False
-    env_im2col = im.run(test.x[:300])
-    for node in im.nodes:
-        node.op.use_vnni = False
-    env_int_mm = im.run(test.x[:300])
+    env_im2col = im.run(test.x[:300], Kernels.VNNI_IM2COL)  # the VNNI GEMM on an im2col buffer
+    env_int_mm = im.run(test.x[:300], Kernels.INT_MM)
     for key, value in env_fast.items():
         assert torch.equal(value, env_int_mm[key]), key
         assert torch.equal(env_im2col[key], env_int_mm[key]), key

@@ -17,9 +17,9 @@ def _model(name: str, path: str):
     if path == "loaded":
         from lowbit.integer import load_integer
         return load_integer(fixtures.saved(name))
+    from lowbit.integer.backend import Kernels
     im = fixtures.integer(name)
-    im.use_plan = path != "opbyop"
-    return im
+    return im.with_kernels(Kernels.VNNI) if path == "opbyop" else im
 
 
 def _call(name: str, path: str, x: torch.Tensor) -> str:

@@ -20,12 +20,11 @@ per-channel weights; method H (Geng et al. 2019) is fusion plus ``pow2_scale=Tru
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import fnmatch
 import inspect
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -48,10 +47,19 @@ from lowbit.graph.fx_passes import (
     widen_last_input,
 )
 from lowbit.graph.nodes import COMPUTE
-from lowbit.nn.quantizers import ActQuantizer, WeightQuantizer
+from lowbit.nn.quantizers import ActQuantizer
 from lowbit.nn.unified import UnifiedConv, UnifiedLinear, _Unified, unified_modules
+from lowbit.calibration import (
+    MeanPatches,
+    act_quantizers,
+    batches,
+    calibrate,
+    check_reached,
+    quantizers_off,
+    run_float_inputs,
+)
+from lowbit.prepared import Prepared, QuantOps, attach, record_of
 from lowbit.spec import QuantSpec, check_runs
-from lowbit.utils.progress import Progress
 from lowbit.utils.fields import checked_init
 
 
@@ -369,8 +377,7 @@ def prepare(model: nn.Module, config: PTQConfig = PTQConfig(), example_inputs: t
         _no_layer(model, order)
         _warn_unused(config, order)
         out = _eager_swap(m, _Specs(config, order), plan)
-        out.lowbit_plan, out.lowbit_graph = plan, False  # type: ignore[attr-defined]
-        return out
+        return attach(out, Prepared(config, plan, traced=False))
     order = _compute_order(gm)
     _no_layer(model, order)
     _warn_unused(config, order)
@@ -387,11 +394,9 @@ def prepare(model: nn.Module, config: PTQConfig = PTQConfig(), example_inputs: t
     if plan.float_ops:
         warnings.warn(f"lowbit: {len(plan.float_ops)} operation(s) stay in float: "
                       f"{', '.join(plan.float_ops[:10])}", stacklevel=2)
-    gm.lowbit_plan, gm.lowbit_graph = plan, True  # type: ignore[attr-defined]
     with quantizers_off(gm):  # counting runs the graph: the observers must not see the example inputs
         fused = count_fused_quant_points(gm, example_inputs)
-    gm.lowbit_quant_ops = {"unfused": unfused, "fused": fused}  # type: ignore[attr-defined]
-    return gm
+    return attach(gm, Prepared(config, plan, traced=True, quant_ops=QuantOps(unfused, fused)))
 
 
 def _no_layer(model: nn.Module, order: list[str]) -> None:
@@ -404,85 +409,13 @@ def _no_layer(model: nn.Module, order: list[str]) -> None:
                       "lowbit quantizes nn.Conv1d, nn.Conv2d and nn.Linear")
 
 
-def act_quantizers(model: nn.Module) -> list[ActQuantizer]:
-    return [m for m in model.modules() if isinstance(m, ActQuantizer)]
-
-
-def _batches(data) -> Iterator[torch.Tensor]:
-    for item in data:
-        yield item[0] if isinstance(item, (tuple, list)) else item
-
-
-def calibrate(model: nn.Module, data: Iterable, progress: bool = True) -> int:
-    """Run calibration batches (tensors, or ``(x, y)`` pairs) through a prepared model; returns the count."""
-    quantizers = act_quantizers(model)
-    if not quantizers:
-        raise ConfigError("the model has no quantizers: call lowbit.ptq.prepare first")
-    for q in quantizers:
-        q.mode = "observe"
-    n, first = 0, None
-    with torch.no_grad():
-        for i, x in enumerate(Progress(_batches(data), desc="calibrate", enabled=progress)):
-            check_batch(x, i, first)
-            first = first if first is not None else tuple(x.shape)
-            run_batch(model, x, i, first)
-            n += 1
-    if n == 0:
-        raise DataError("no calibration batches: pass at least one batch of representative inputs")
-    _check_reached(model, "calibration")
-    return n
-
-
-def check_batch(x: object, i: int, first: tuple | None) -> None:
-    """Batch ``i`` is a non-empty finite tensor of the same kind as batch 0 (shape ``first``)."""
-    if not isinstance(x, torch.Tensor) or x.numel() == 0:
-        raise DataError(f"calibration batch {i} is empty or not a tensor")
-    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
-        raise DataError(f"calibration batch {i} holds NaN or inf values: clean the data first")
-    if first is not None and x.ndim != len(first):
-        raise DataError(f"calibration batch {i} has shape {tuple(x.shape)} but batch 0 had {first}: every batch "
-                        "must hold samples of the same shape")
-
-
-def run_batch(model: nn.Module, x: torch.Tensor, i: int, first: tuple) -> torch.Tensor:
-    """``model(x)`` for calibration batch ``i``; a batch the model cannot take becomes a DataError naming it."""
-    try:
-        return model(x)
-    except (RuntimeError, ValueError, IndexError) as exc:
-        if isinstance(exc, DataError):
-            raise
-        other = f" (batch 0 had shape {first})" if tuple(x.shape[1:]) != first[1:] else ""
-        raise DataError(f"calibration batch {i} of shape {tuple(x.shape)} does not fit the model{other}: "
-                        f"{type(exc).__name__}: {_first_line(exc)}") from exc
-
-
-def _quantizer_place(name: str) -> str:
-    """A quantizer's module path as the layer it serves: ``fc1.output_quant`` -> ``fc1 (output)``,
-    ``fc1.0`` (module swap: quantizer, then layer) -> ``fc1 (input)``."""
-    if name.endswith(".output_quant"):
-        return f"{name[:-len('.output_quant')]} (output)"
-    if name.endswith(".0"):
-        return f"{name[:-2]} (input)"
-    return name
-
-
-def _check_reached(model: nn.Module, what: str) -> None:
-    """Every activation quantizer must have seen data; name the layers a pass never reached."""
-    unseen = [_quantizer_place(name) for name, q in model.named_modules()
-              if isinstance(q, ActQuantizer) and q.mode == "observe" and int(getattr(q.observer, "n_batches", 1)) == 0]
-    if unseen:
-        raise DataError(f"the activation quantizers of {', '.join(unseen[:6])} saw no data in {what}: no batch reached them "
-                        "(a data-dependent branch the batches never take?). Calibrate with batches that reach "
-                        "every layer, or keep those layers in float with LayerRule(pattern, keep_float=True)")
-
-
 def convert(model: nn.Module) -> nn.Module:
     """Freeze every quantizer's scale and zero point; the model becomes the fake-quant simulation.
 
     In a traced model each unified module also learns its input grids, so its
     forward runs the integer model's exact arithmetic (:mod:`lowbit.nn.exact`).
     """
-    _check_reached(model, "calibration (call calibrate before convert)")
+    check_reached(model, "calibration (call calibrate before convert)")
     for q in act_quantizers(model):
         q.freeze()
     for m in model.modules():
@@ -491,51 +424,6 @@ def convert(model: nn.Module) -> nn.Module:
     if isinstance(model, fx.GraphModule):
         attach_input_qparams(model)
     return model
-
-
-@torch.no_grad()
-def run_float_inputs(model: nn.Module, layers: list[tuple[str, nn.Module]], data: Iterable,
-                     visit: Callable[[str, nn.Module, torch.Tensor], None]) -> int:
-    """Run the batches of ``data`` through ``model`` in float (every quantizer off) and call
-    ``visit(name, module, input)`` on the input of each of ``layers``; returns the batch count."""
-    handles = [m.register_forward_pre_hook(lambda mod, args, n=n: visit(n, mod, args[0])) for n, m in layers]
-    count = 0
-    try:
-        with quantizers_off(model):
-            for x in _batches(data):
-                model(x)
-                count += 1
-    finally:
-        for h in handles:
-            h.remove()
-    return count
-
-
-class MeanPatches:
-    """Per layer, the mean input patch (:meth:`~lowbit.nn.unified._Unified.mean_patch`) averaged over the
-    batches that pass while :meth:`watch` is active: all bias correction needs from the data. Watching
-    the calibration pass (float activations, observers only) saves bias correction a pass of its own."""
-
-    def __init__(self) -> None:
-        self.sums: dict[str, torch.Tensor] = {}
-        self.counts: dict[str, int] = {}
-
-    @contextlib.contextmanager
-    def watch(self, layers: list[tuple[str, _Unified]]) -> Iterator[MeanPatches]:
-        def add(name: str, module: _Unified, x: torch.Tensor) -> None:
-            mean = module.mean_patch(x.detach())
-            self.sums[name] = self.sums[name] + mean if name in self.sums else mean
-            self.counts[name] = self.counts.get(name, 0) + 1
-
-        handles = [m.register_forward_pre_hook(lambda mod, args, n=n: add(n, mod, args[0])) for n, m in layers]
-        try:
-            yield self
-        finally:
-            for h in handles:
-                h.remove()
-
-    def mean(self, name: str) -> torch.Tensor | None:
-        return self.sums[name] / self.counts[name] if name in self.sums else None
 
 
 def _weight_layers(model: nn.Module) -> list[tuple[str, _Unified]]:
@@ -583,13 +471,14 @@ def equalize_channels(model: nn.Module, data: Iterable, alpha: float = 0.5) -> i
     with a warning."""
     from lowbit.graph.equalize import equalize
 
-    if not getattr(model, "lowbit_graph", False):
+    record = record_of(model)
+    if record is None or not record.traced:
         if not any(isinstance(m, _Unified) for m in model.modules()):
             raise ConfigError("equalize_channels needs a prepared model: call lowbit.ptq.prepare first")
         warnings.warn("lowbit: channel equalization needs a traced graph; this model was prepared by "
                       "module swap and is left unequalized", stacklevel=2)
         return 0
-    pairs = equalize(model, _batches(data), alpha)
+    pairs = equalize(model, batches(data), alpha)
     if not pairs:
         warnings.warn("lowbit: channel equalization was asked but found no layer pair to rescale (a conv/linear "
                       "with ReLU, clamp(0, hi) or no activation, per-channel weights, feeding only one conv/linear); "
@@ -603,7 +492,7 @@ def quantize(model: nn.Module, calibration_data: Iterable, config: PTQConfig = P
     check_model(model, "lowbit.ptq.quantize")
     if isinstance(calibration_data, torch.Tensor):
         raise DataError("calibration_data must be an iterable of batches, e.g. [x] for one batch tensor x")
-    data = [x for x in _batches(calibration_data)]
+    data = [x for x in batches(calibration_data)]
     if not data or all(isinstance(x, torch.Tensor) and x.numel() == 0 for x in data):
         raise DataError("no calibration batches: pass at least one batch of representative inputs")
     if not isinstance(data[0], torch.Tensor) or data[0].numel() == 0:  # prepare needs it; calibrate checks the rest
@@ -626,17 +515,3 @@ def quantize(model: nn.Module, calibration_data: Iterable, config: PTQConfig = P
     return prepared
 
 
-@contextlib.contextmanager
-def quantizers_off(model: nn.Module, keep: Iterable[nn.Module] = ()) -> Iterator[nn.Module]:
-    """Temporarily turn every quantizer off (except those inside ``keep``): the model runs in float."""
-    keep_ids = {id(q) for k in keep for q in k.modules()}
-    saved = []
-    for q in model.modules():
-        if isinstance(q, (ActQuantizer, WeightQuantizer)) and id(q) not in keep_ids:
-            saved.append((q, q.mode))
-            q.mode = "off"
-    try:
-        yield model
-    finally:
-        for q, mode in saved:
-            q.mode = mode

@@ -48,6 +48,7 @@ from lowbit.nn.lsq import LSQActQuantizer, LSQWeightQuantizer
 from lowbit.nn.quantizers import ActQuantizer
 from lowbit.nn.unified import unified_modules
 from lowbit.ptq import PTQConfig, calibrate, check_model, convert, prepare
+from lowbit.prepared import attach, record_of, require_record
 from lowbit.spec import Percentile, QuantSpec, check_runs
 from lowbit.training import (
     Cosine,
@@ -177,7 +178,7 @@ def prepare_qat(model: nn.Module, config: QATConfig, calibration: torch.Tensor) 
     else:
         calibrate(gm, [calibration], progress=False)
         convert(gm)  # fixed steps; the weights (and biases) train through straight-through rounding
-    gm.lowbit_qat = config  # type: ignore[attr-defined]
+    attach(gm, replace(require_record(gm, "prepare_qat"), qat=config))
     return gm.train()
 
 
@@ -217,7 +218,10 @@ def train(model: nn.Module, data: Split, cfg: TrainConfig = TrainConfig(), out_d
           resume: bool = False, teacher: nn.Module | None = None, progress: bool = True) -> list[dict]:
     """Train a :func:`prepare_qat` model in place with :func:`lowbit.train`; returns per-epoch
     ``{"epoch", "loss", "accuracy"}`` (over all processes under torchrun)."""
-    qcfg = getattr(model, "lowbit_qat", None) or QATConfig()
+    qcfg = require_record(model, "lowbit.qat.train", "lowbit.qat.prepare_qat").qat
+    if qcfg is None:
+        raise ConfigError("lowbit.qat.train needs a model returned by lowbit.qat.prepare_qat; this one was prepared "
+                          "for post-training quantization (lowbit.ptq.prepare), not for training")
     batches = Shuffled(data, cfg.batch_size, cfg.seed, augment=cfg.augment)
     loss = Distill(teacher, cfg.distill, cfg.temperature) if teacher is not None and cfg.distill > 0 else CrossEntropy()
     freeze = (FreezeBN(qcfg.bn_freeze_steps),) if qcfg.bn_freeze_steps is not None else ()
@@ -272,7 +276,8 @@ def convert_qat(model: nn.Module) -> nn.Module:
 
     BatchNorms kept unfolded for training (``bn_freeze_steps``) are folded first."""
     fold_trained_bn(model)
-    method = getattr(getattr(model, "lowbit_qat", None), "method", "lsq")
+    record = record_of(model)
+    method = record.qat.method if record is not None and record.qat is not None else "lsq"
     if method == "lsq":
         convert(model)
     else:

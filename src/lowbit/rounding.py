@@ -92,7 +92,7 @@ def gptq_round(model: nn.Module, data: Iterable, damp: float = 0.01) -> list[str
     Call after :func:`lowbit.ptq.convert` (the weight grids must be frozen). ``data``: the
     calibration batches (tensors or ``(x, y)`` pairs).
     """
-    from lowbit.ptq import run_float_inputs
+    from lowbit.calibration import run_float_inputs
 
     layers = [(n, m) for n, m in unified_modules(model) if _eligible(m)]
     if not layers:

@@ -86,6 +86,7 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from lowbit import diagnostics, zoo
     from lowbit.data import fashion_mnist
+    from lowbit.prepared import record_of
     from lowbit.errors import ConfigError
     from lowbit.ptq import LayerRule, PTQConfig, quantize
     from lowbit.utils.files import atomic_write_text
@@ -115,14 +116,15 @@ def run(args: argparse.Namespace) -> int:
     for w in caught:
         print(f"warning: {w.message}")
     f_acc, q_acc = evaluate(model, test), evaluate(q, test)
-    ops = getattr(q, "lowbit_quant_ops", None)
+    record = record_of(q)
+    ops = record.quant_ops if record is not None else None
     print(f"{args.model}: W {config.weight.label()} A{args.act_bits} {args.granularity}, {args.calib} calibration images, "
           f"{'pow2' if args.pow2 else 'float'} scales")
     print(f"  float     {100 * f_acc:.2f}%")
     print(f"  quantized {100 * q_acc:.2f}%  ({100 * (q_acc - f_acc):+.2f} points)")
     print(f"  prepare+calibrate+convert {seconds:.2f} s")
     if ops:
-        (u_ops, u_el), (f_ops, f_el) = ops["unfused"], ops["fused"]
+        (u_ops, u_el), (f_ops, f_el) = ops.unfused, ops.fused
         print(f"  quantization ops per inference: {u_ops} -> {f_ops} after fusion "
               f"({u_el:,} -> {f_el:,} elements per sample)")
     rows = []

@@ -117,7 +117,7 @@ def _in_channels(m: _Unified) -> int:
 @torch.no_grad()
 def channel_ranges(gm: fx.GraphModule, names: Iterable[str], data: Iterable[torch.Tensor]) -> dict[str, torch.Tensor]:
     """``max |y_c|`` over ``data`` of the float output (quantizers off) of each named unified module."""
-    from lowbit.ptq import quantizers_off
+    from lowbit.calibration import quantizers_off
 
     ranges: dict[str, torch.Tensor] = {}
 

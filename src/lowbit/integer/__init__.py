@@ -1,6 +1,6 @@
 """Integer-only execution: int8 weights and activations, int32 accumulators, multiplier-and-shift requantization.
 
-``to_integer`` and ``IntegerModel`` load lazily: :mod:`lowbit.integer.arith` is
+``to_integer`` and ``IntegerModel`` load lazily: :mod:`lowbit.functional.requant` is
 imported by the simulation itself, which the lowering in turn imports.
 """
 
@@ -9,7 +9,8 @@ from __future__ import annotations
 import importlib
 
 _LAZY = {"to_integer": "lowbit.integer.lower", "IntegerModel": "lowbit.integer.model",
-         "save_integer": "lowbit.integer.io", "load_integer": "lowbit.integer.io"}
+         "save_integer": "lowbit.integer.io", "load_integer": "lowbit.integer.io",
+         "Kernels": "lowbit.integer.backend"}
 
 
 def __getattr__(name: str):

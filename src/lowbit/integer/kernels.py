@@ -16,8 +16,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from lowbit.integer import cext
-from lowbit.integer.arith import requantize
+from lowbit.native import cext
+from lowbit.functional.requant import requantize
 
 
 def int_mm(a: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -114,5 +114,5 @@ def grouped_conv2d_acc(x: torch.Tensor, weight: torch.Tensor, stride, padding, d
 
 def requant_int8(acc: torch.Tensor, m: torch.Tensor, n: torch.Tensor, zero_point: int, lo: int, hi: int,
                  residual: torch.Tensor | None = None, m2: torch.Tensor | None = None) -> torch.Tensor:
-    """:func:`lowbit.integer.arith.requantize` to int8 (stored-domain zero point and bounds)."""
+    """:func:`lowbit.functional.requant.requantize` to int8 (stored-domain zero point and bounds)."""
     return requantize(acc, m, n, zero_point, lo, hi, residual, m2).to(torch.int8)

@@ -22,6 +22,7 @@ from lowbit.errors import ConfigError
 from lowbit.integer import validate
 from lowbit.formats import IntFormat
 from lowbit.integer.model import IntegerModel, Node, make_op
+from lowbit.prepared import record_of
 from lowbit.nn.exact import layer_params, pool_params
 from lowbit.nn.qparams import QParams, offset, stored_zero_point
 from lowbit.nn.quantizers import ActQuantizer
@@ -269,7 +270,8 @@ def _record_shapes(gm: fx.GraphModule, example: torch.Tensor) -> None:
 
 def to_integer(model: nn.Module, example_inputs: tuple) -> IntegerModel:
     """The integer-only form of a model returned by :func:`lowbit.ptq.convert` / :func:`lowbit.quantize`."""
-    if not isinstance(model, fx.GraphModule) or not getattr(model, "lowbit_graph", False):
+    record = record_of(model)
+    if not isinstance(model, fx.GraphModule) or record is None or not record.traced:
         raise ConfigError("to_integer needs a model from lowbit.quantize / ptq.convert that torch.fx traced "
                           "(the eager fallback has no graph to lower)")
     model.eval()

@@ -24,6 +24,7 @@ from torch import nn
 from lowbit.errors import ConfigError, DataError, ShapeError
 from lowbit.functional._checks import check_tensor
 from lowbit.integer import validate
+from lowbit.integer.backend import Kernels, as_kernels
 from lowbit.integer.ops import OPS, Op, tensor_bytes
 from lowbit.integer.plan import PlanCache
 
@@ -46,20 +47,22 @@ class Node:
 class IntegerModel(nn.Module):
     """Runs :class:`Node` s in order on one input tensor; ``forward`` returns the float output.
 
+    ``kernels`` (:class:`~lowbit.integer.backend.Kernels`) picks the kernels; with the default ``PLAN``,
     ``forward`` runs the whole model in one C call where it can (:mod:`lowbit.integer.plan`: the same kernels
-    and results, without the Python between the layers); :meth:`run` always goes op by op.
+    and results, without the Python between the layers). :meth:`run` always goes op by op.
     """
 
-    use_plan = True  # False: forward goes op by op (tests compare the two)
     input_shape: tuple[int, ...] | None = None  # class defaults: what a model pickled before they existed has
     input_dtype: torch.dtype | None = None
     plan_max_bytes = 32 << 20  # buffers of one plan (when it is built); larger batches go op by op
 
     def __init__(self, nodes: list[Node], input_name: str = "input", output_name: str = "output",
-                 input_shape: tuple[int, ...] | None = None, input_dtype: torch.dtype | None = None) -> None:
+                 input_shape: tuple[int, ...] | None = None, input_dtype: torch.dtype | None = None,
+                 kernels: Kernels = Kernels.PLAN) -> None:
         """``input_shape``: the input's shape without the batch dimension (None: not recorded; each input shape
         is then checked through the nodes); ``input_dtype`` its dtype (float32 when only the shape is given)."""
         super().__init__()
+        self.kernels = as_kernels(kernels)
         self.nodes, self.input_name, self.output_name = nodes, input_name, output_name
         self.input_shape = None if input_shape is None else tuple(int(d) for d in input_shape)
         self.input_dtype = torch.float32 if input_dtype is None and input_shape is not None else input_dtype
@@ -101,25 +104,30 @@ class IntegerModel(nn.Module):
                              f"model: {exc}") from None
 
     @torch.no_grad()
-    def run(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Every named tensor of one forward pass (for parity checks and debugging)."""
+    def run(self, x: torch.Tensor, kernels: Kernels | None = None) -> dict[str, torch.Tensor]:
+        """Every named tensor of one forward pass, op by op on ``kernels`` (default: the model's own; for
+        parity checks and debugging)."""
         self.check_input(x)
-        return self._run(x)
+        return self._run(x, as_kernels(self.kernels if kernels is None else kernels))
 
-    def _run(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _run(self, x: torch.Tensor, kernels: Kernels) -> dict[str, torch.Tensor]:
         env = {self.input_name: x}
         for node in self.nodes:
-            env[node.output] = node.op(*(env[i] for i in node.inputs))
+            env[node.output] = node.op(*(env[i] for i in node.inputs), kernels=kernels)
         return env
+
+    def with_kernels(self, kernels: Kernels) -> IntegerModel:
+        """The same model (the same nodes and tensors, shared) running on ``kernels``."""
+        return IntegerModel(self.nodes, self.input_name, self.output_name, self.input_shape, self.input_dtype, kernels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        if self.use_plan:
+        if self.kernels is Kernels.PLAN:
             y = self.plans.run(self, x)
             if y is not None:
                 return y
         with torch.no_grad():
-            return self._run(x)[self.output_name]
+            return self._run(x, self.kernels)[self.output_name]
 
     def weight_bytes(self) -> int:
         return sum(tensor_bytes(n.op) for n in self.nodes)

@@ -14,23 +14,32 @@ import torch
 import torch.nn.functional as F
 
 from lowbit.functional._checks import check_tensor
-from lowbit.integer import cext, kernels, vnni
-from lowbit.integer.arith import dequantize_acc, dequantize_codes, half_of
+from lowbit.integer.backend import Kernels
+from lowbit.native import cext
+from lowbit.integer import kernels as torch_kernels
+from lowbit.integer import vnni
+from lowbit.functional.requant import dequantize_acc, dequantize_codes, half_of
 
 Attrs = dict[str, Any]
 Tensors = dict[str, torch.Tensor]
 
 
 class Op:
-    """Base: ``attrs`` (JSON-able) and ``tensors`` are what is saved; ``__call__`` runs it."""
+    """Base: ``attrs`` (JSON-able) and ``tensors`` are what is saved; ``__call__(*inputs, kernels=...)`` runs
+    it on the kernels of :class:`~lowbit.integer.backend.Kernels` (all give the same codes)."""
 
     kind = ""
 
     def __init__(self, attrs: Attrs, tensors: Tensors | None = None) -> None:
         self.attrs, self.tensors = attrs, tensors or {}
 
-    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+    def __call__(self, *inputs: torch.Tensor, kernels: Kernels = Kernels.VNNI) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
+
+
+def _c(kernels: Kernels) -> bool:
+    """The C kernels are chosen and compiled."""
+    return kernels.c and cext.library() is not None
 
 
 class Quantize(Op):
@@ -42,11 +51,11 @@ class Quantize(Op):
         super().__init__(attrs, tensors)
         self.inv = torch.reciprocal(torch.tensor(attrs["scale"], dtype=torch.float32))
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, kernels: Kernels = Kernels.VNNI) -> torch.Tensor:
         """A NaN or an infinity raises the DataError the simulation's quantizer raises."""
         a = self.attrs
         inv = self.inv
-        if x.dtype == torch.float32 and cext.library() is not None:
+        if x.dtype == torch.float32 and _c(kernels):
             q = cext.quantize_f32(x, inv, a["zero_point"], a["lo"], a["hi"])  # one pass, same float32 ops
             if q is not None:
                 return q
@@ -59,7 +68,7 @@ class Dequantize(Op):
 
     kind = "dequantize"
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, kernels: Kernels = Kernels.VNNI) -> torch.Tensor:
         return dequantize_codes(x, self.attrs["zero_point"], self.attrs["scale"])
 
 
@@ -68,8 +77,8 @@ class _Layer(Op):
 
     The GEMM is the prepacked VNNI kernel with the epilogue fused (:mod:`lowbit.integer.vnni`) on
     CPUs that have it; else ``torch._int_mm`` followed by the C epilogue
-    (:mod:`lowbit.integer.cext`); else the PyTorch reference
-    (:func:`lowbit.integer.arith.requantize`). All three give identical codes.
+    (:mod:`lowbit.native.cext`); else the PyTorch reference
+    (:func:`lowbit.functional.requant.requantize`). All three give identical codes.
     """
 
     def __init__(self, attrs: Attrs, tensors: Tensors | None = None) -> None:
@@ -83,28 +92,20 @@ class _Layer(Op):
         self.bias_folded = folded.to(torch.int32)
         self.dequant = "acc_scale" in t
         self.acc_scale64 = t["acc_scale"].to(torch.float64).contiguous() if self.dequant else None
-        self.use_cext = True  # False forces the PyTorch reference (tests compare the paths)
-        self.use_vnni = True  # False keeps torch._int_mm with the C epilogue
-        self.use_implicit = True  # convs: False builds the im2col buffer for the VNNI GEMM
         self.half = None if self.dequant else half_of(t["n"])
         self._packed: tuple[vnni.PackedWeight, torch.Tensor] | None = None
-        self._requant_spec: vnni.Requant | None = None
+        self.requant_spec: vnni.Requant | None = None  # the VNNI epilogue's arguments, set when packed
 
-    @property
-    def fast(self) -> bool:
-        """Use the C kernels: allowed and compiled."""
-        return self.use_cext and cext.library() is not None
-
-    def packed(self, weight_mat: torch.Tensor) -> tuple[vnni.PackedWeight, torch.Tensor] | None:
+    def packed(self, weight_mat: torch.Tensor, kernels: Kernels) -> tuple[vnni.PackedWeight, torch.Tensor] | None:
         """The VNNI-packed weight and the per-column term added to its accumulators (packed on first
-        use); None where the VNNI GEMM is off or unavailable."""
-        if not (self.fast and self.use_vnni and vnni.available() and weight_mat.shape[1] < vnni.MAX_K):
+        use); None where ``kernels`` do not use the VNNI GEMM or it is unavailable."""
+        if not (kernels.vnni and _c(kernels) and vnni.available() and weight_mat.shape[1] < vnni.MAX_K):
             return None
         if self._packed is None:
             w = vnni.pack_weight(weight_mat)
             self._packed = (w, w.correction if self.dequant else (self.bias_folded + w.correction))
             a, t = self.attrs, self.tensors
-            self._requant_spec = None if self.dequant else vnni.Requant(
+            self.requant_spec = None if self.dequant else vnni.Requant(
                 t["m"], t["n"], self.half, a["zero_point"], a["lo"], a["hi"], t.get("m2"),
                 a.get("residual_zero_point", 0))
         return self._packed
@@ -116,16 +117,17 @@ class _Layer(Op):
         w, col_add = packed
         res = None if self.dequant or residual is None else residual.contiguous()
         if conv is None:
-            y = vnni.gemm(rows, w, col_add, self._requant_spec, res)
+            y = vnni.gemm(rows, w, col_add, self.requant_spec, res)
         else:
             x, kernel, stride, padding, dilation, pad_value, out_hw = conv
-            y = vnni.conv(x, w, kernel, stride, padding, dilation, pad_value, out_hw, col_add, self._requant_spec, res)
-        return self._dequantize(y, self.bias_folded, residual, lambda v: v) if self.dequant else y
+            y = vnni.conv(x, w, kernel, stride, padding, dilation, pad_value, out_hw, col_add, self.requant_spec, res)
+        return self._dequantize(y, self.bias_folded, residual, lambda v: v, Kernels.VNNI) if self.dequant else y
 
-    def _dequantize(self, acc: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor | None, chan) -> torch.Tensor:
+    def _dequantize(self, acc: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor | None, chan,
+                    kernels: Kernels) -> torch.Tensor:
         a = self.attrs
         act = a.get("act", "none")
-        if self.fast and residual is None and act == "none" and acc.ndim == 2:  # the usual classifier: one C pass
+        if _c(kernels) and residual is None and act == "none" and acc.ndim == 2:  # the usual classifier: one C pass
             return cext.dequant_rows(acc, bias, self.acc_scale64)
         y = dequantize_acc(acc + chan(bias), chan(self.tensors["acc_scale"]))
         if residual is not None:  # dequantized like the Dequantize op
@@ -136,15 +138,16 @@ class _Layer(Op):
             y = y.clamp(a["act_lo"], a["act_hi"])
         return y
 
-    def _requant(self, acc: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor | None, chan) -> torch.Tensor:
+    def _requant(self, acc: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor | None, chan,
+                 kernels: Kernels) -> torch.Tensor:
         """int8 codes from int32 ``acc`` (bias not yet added); ``chan`` shapes per-channel tensors for ``acc``."""
         a, t = self.attrs, self.tensors
-        if self.fast:
+        if _c(kernels):
             return cext.requant(acc, bias, t["m"], t["n"], a["zero_point"], a["lo"], a["hi"], residual,
                                 a.get("residual_zero_point", 0), t.get("m2"), self.half)
         res = None if residual is None else residual.to(torch.int64) - a["residual_zero_point"]
         m2 = chan(t["m2"]) if "m2" in t else None
-        return kernels.requant_int8(acc + chan(bias), chan(t["m"]), chan(t["n"]), a["zero_point"], a["lo"], a["hi"],
+        return torch_kernels.requant_int8(acc + chan(bias), chan(t["m"]), chan(t["n"]), a["zero_point"], a["lo"], a["hi"],
                                     res, m2)
 
 
@@ -153,21 +156,22 @@ class Linear(_Layer):
 
     kind = "linear"
 
-    def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None,
+                 kernels: Kernels = Kernels.VNNI) -> torch.Tensor:
         lead, o = x.shape[:-1], self.tensors["weight"].shape[0]
         if residual is not None:
             residual = residual.reshape(-1, o)
-        packed = self.packed(self.tensors["weight"])
+        packed = self.packed(self.tensors["weight"], kernels)
         if packed is not None:
             rows = x.reshape(-1, x.shape[-1]).contiguous()  # int8 rows go straight in when K % 4 == 0
             if packed[0].k != packed[0].kp:
                 rows = vnni.pack_rows(rows, packed[0].kp)
             return self._gemm_out(rows, packed, residual).reshape(*lead, o)
-        acc = kernels.linear_acc(x, self.tensors["weight"])
+        acc = torch_kernels.linear_acc(x, self.tensors["weight"])
         if self.dequant:
-            y = self._dequantize(acc, self.bias_folded, residual, lambda v: v)
+            y = self._dequantize(acc, self.bias_folded, residual, lambda v: v, kernels)
         else:
-            y = self._requant(acc, self.bias_folded, residual, lambda v: v)
+            y = self._requant(acc, self.bias_folded, residual, lambda v: v, kernels)
         return y.reshape(*lead, o)
 
 
@@ -185,41 +189,43 @@ class Conv2d(_Layer):
         self.weight_hwc = w[:, 0].permute(1, 2, 0).contiguous() if self.depthwise else None
         self._geometry: dict[tuple[int, int], tuple] = {}  # output geometry per input size
 
-    def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None,
+                 kernels: Kernels = Kernels.VNNI) -> torch.Tensor:
         a, o = self.attrs, self.tensors["weight"].shape[0]
         conv = (a["stride"], a["padding"], a["dilation"])
-        if self.depthwise and self.fast:
-            acc, (n, ho, wo) = kernels.depthwise_acc(x, self.weight_hwc, *conv, a["input_zero_point"])
-            return self._rows_out(acc, residual, n, ho, wo, o, zero_bias=True)
+        if self.depthwise and _c(kernels):
+            acc, (n, ho, wo) = torch_kernels.depthwise_acc(x, self.weight_hwc, *conv, a["input_zero_point"])
+            return self._rows_out(acc, residual, n, ho, wo, o, kernels, zero_bias=True)
         if a["groups"] != 1:
-            acc = kernels.grouped_conv2d_acc(x, self.tensors["weight"], *conv, a["groups"], a["input_zero_point"])
+            acc = torch_kernels.grouped_conv2d_acc(x, self.tensors["weight"], *conv, a["groups"], a["input_zero_point"])
             chan = lambda v: v.reshape(1, -1, 1, 1)  # noqa: E731
             bias = self.tensors["bias"].to(torch.int32)
             if self.dequant:
-                return self._dequantize(acc, bias, residual, chan)
-            return self._requant(acc, bias, residual, chan)
-        packed = self.packed(self.weight_mat)
+                return self._dequantize(acc, bias, residual, chan, kernels)
+            return self._requant(acc, bias, residual, chan, kernels)
+        packed = self.packed(self.weight_mat, kernels)
         if packed is not None:
             n, c, h, w = x.shape
-            geo, (ho, wo) = self._conv_geometry(h, w)
-            if self.use_implicit and vnni.implicit_conv_ok(c, self.kernel):
+            geo, (ho, wo) = self.conv_geometry(h, w)
+            if kernels.implicit_conv and vnni.implicit_conv_ok(c, self.kernel):
                 y = self._gemm_out(None, packed, self._residual_rows(residual, o),
                                    conv=(x, self.kernel, *geo, a["input_zero_point"], (ho, wo)))
             else:
                 rows = vnni.im2col(x, self.kernel, *geo, a["input_zero_point"], (ho, wo), packed[0].kp)
                 y = self._gemm_out(rows, packed, self._residual_rows(residual, o))
             return y.reshape(n, ho, wo, o).permute(0, 3, 1, 2)
-        acc, (n, ho, wo) = kernels.conv2d_acc(x, self.weight_mat, self.kernel, *conv, a["input_zero_point"],
-                                              self.fast)
-        return self._rows_out(acc, residual, n, ho, wo, o)
+        acc, (n, ho, wo) = torch_kernels.conv2d_acc(x, self.weight_mat, self.kernel, *conv, a["input_zero_point"],
+                                                    _c(kernels))
+        return self._rows_out(acc, residual, n, ho, wo, o, kernels)
 
-    def _conv_geometry(self, h: int, w: int) -> tuple[tuple, tuple[int, int]]:
+    def conv_geometry(self, h: int, w: int) -> tuple[tuple, tuple[int, int]]:
         """((stride, padding, dilation) pairs, (Ho, Wo)) for an H x W input, computed once per size."""
         if (h, w) not in self._geometry:
             a = self.attrs
-            geo = tuple(kernels.pairs(a[k]) for k in ("stride", "padding", "dilation"))
+            geo = tuple(torch_kernels.pairs(a[k]) for k in ("stride", "padding", "dilation"))
             (sh, sw), (ph, pw), (dh, dw) = geo
-            out = (kernels.out_size(h, self.kernel[0], sh, ph, dh), kernels.out_size(w, self.kernel[1], sw, pw, dw))
+            out = (torch_kernels.out_size(h, self.kernel[0], sh, ph, dh),
+                   torch_kernels.out_size(w, self.kernel[1], sw, pw, dw))
             self._geometry[(h, w)] = (geo, out)
         return self._geometry[(h, w)]
 
@@ -228,14 +234,14 @@ class Conv2d(_Layer):
         """(N*H*W, O) rows of an NCHW residual: a view when it is channels-last, as conv outputs are."""
         return None if residual is None else residual.permute(0, 2, 3, 1).reshape(-1, o)
 
-    def _rows_out(self, acc, residual, n, ho, wo, o, zero_bias: bool = False) -> torch.Tensor:
+    def _rows_out(self, acc, residual, n, ho, wo, o, kernels: Kernels, zero_bias: bool = False) -> torch.Tensor:
         """Output stage for (N*Ho*Wo, O) accumulators; ``zero_bias``: inputs were centred, use the raw bias."""
         bias = self.tensors["bias"].to(torch.int32) if zero_bias else self.bias_folded
         residual = self._residual_rows(residual, o)
         if self.dequant:
-            y = self._dequantize(acc, bias, residual, lambda v: v)
+            y = self._dequantize(acc, bias, residual, lambda v: v, kernels)
         else:
-            y = self._requant(acc, bias, residual, lambda v: v)
+            y = self._requant(acc, bias, residual, lambda v: v, kernels)
         return y.reshape(n, ho, wo, o).permute(0, 3, 1, 2)  # NCHW shape, channels-last memory
 
 
@@ -248,22 +254,23 @@ class MaxPool2d(Op):
         super().__init__(attrs, tensors)
         self._sizes: dict[tuple[int, int], tuple] = {}
 
-    def _geometry(self, h: int, w: int) -> tuple:
+    def geometry(self, h: int, w: int) -> tuple:
         """(kernel, stride, padding, (Ho, Wo)) pairs for an H x W input, computed once per size."""
         if (h, w) not in self._sizes:
-            (kh, kw), (sh, sw), (ph, pw) = (kernels.pairs(self.attrs[k]) for k in ("kernel_size", "stride", "padding"))
-            out = (kernels.out_size(h, kh, sh, ph, 1), kernels.out_size(w, kw, sw, pw, 1))
+            (kh, kw), (sh, sw), (ph, pw) = (torch_kernels.pairs(self.attrs[k])
+                                            for k in ("kernel_size", "stride", "padding"))
+            out = (torch_kernels.out_size(h, kh, sh, ph, 1), torch_kernels.out_size(w, kw, sw, pw, 1))
             self._sizes[(h, w)] = ((kh, kw), (sh, sw), (ph, pw), out)
         return self._sizes[(h, w)]
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, kernels: Kernels = Kernels.VNNI) -> torch.Tensor:
         a = self.attrs
         if x.is_floating_point() or a["dilation"] != [1, 1] or a["ceil_mode"]:
             return F.max_pool2d(x.contiguous(), a["kernel_size"], a["stride"], a["padding"], a["dilation"],
                                 a["ceil_mode"])
-        if x.dtype == torch.int8 and cext.library() is not None:
-            return cext.maxpool_nhwc(x, *self._geometry(x.shape[2], x.shape[3]))
-        return kernels.max_pool2d(x, a["kernel_size"], a["stride"], a["padding"])
+        if x.dtype == torch.int8 and _c(kernels):
+            return cext.maxpool_nhwc(x, *self.geometry(x.shape[2], x.shape[3]))
+        return torch_kernels.max_pool2d(x, a["kernel_size"], a["stride"], a["padding"])
 
 
 class AvgPool2d(Op):
@@ -271,7 +278,7 @@ class AvgPool2d(Op):
 
     kind = "avgpool2d"
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, kernels: Kernels = Kernels.VNNI) -> torch.Tensor:
         a, t = self.attrs, self.tensors
         k = a["kernel_size"]
         if k is None:
@@ -280,16 +287,16 @@ class AvgPool2d(Op):
             st = a["stride"]
             s = x.unfold(2, k[0], st[0]).unfold(3, k[1], st[1]).sum(dim=(-1, -2), dtype=torch.int32)
         s = s - a["window"] * a["input_zero_point"]
-        return kernels.requant_int8(s, t["m"], t["n"], a["zero_point"], a["lo"], a["hi"])
+        return torch_kernels.requant_int8(s, t["m"], t["n"], a["zero_point"], a["lo"], a["hi"])
 
 
 class Flatten(Op):
     kind = "flatten"
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, kernels: Kernels = Kernels.VNNI) -> torch.Tensor:
         a = self.attrs
         if (x.dtype == torch.int8 and x.ndim == 4 and a["start_dim"] == 1 and a["end_dim"] in (-1, 3)
-                and not x.is_contiguous() and x.permute(0, 2, 3, 1).is_contiguous() and cext.library() is not None):
+                and not x.is_contiguous() and x.permute(0, 2, 3, 1).is_contiguous() and _c(kernels)):
             return cext.flatten_channels_last(x)  # a conv output (channels-last) in NCHW order, one C pass
         return torch.flatten(x, a["start_dim"], a["end_dim"])
 
@@ -299,7 +306,7 @@ class Pad(Op):
 
     kind = "pad"
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, kernels: Kernels = Kernels.VNNI) -> torch.Tensor:
         return F.pad(x, self.attrs["pad"], value=self.attrs["value"] if x.dtype == torch.int8 else 0.0)
 
 

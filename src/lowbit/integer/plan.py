@@ -14,13 +14,14 @@ VNNI path only: input quantization of float32, dense convs
 (implicit GEMM and im2col), depthwise convs, max pooling, global average
 pooling, flatten, linear layers (requantizing, with a residual input, or
 dequantizing the output) and the output dequantization. A model with anything
-else, or with a layer switched off the default kernels (``use_cext``,
-``use_vnni``, ``use_implicit``), keeps the op-by-op path. An input with a NaN
+else keeps the op-by-op path (the planner raises :class:`~lowbit.integer.planner.Unsupported`,
+the only exception the cache turns into "no plan"; any other is a bug and propagates).
+Only ``Kernels.PLAN`` (:mod:`lowbit.integer.backend`) uses a plan. An input with a NaN
 or an infinity raises the :class:`~lowbit.errors.DataError` the simulation
 raises (the C quantizer counts them).
 
 Every step's buffers and arguments are checked when the plan is built, by the
-same functions that check the op-by-op calls (:mod:`lowbit.integer.guard`), so
+same functions that check the op-by-op calls (:mod:`lowbit.native.guard`), so
 ``lowbit_run_plan`` never sees a buffer too small for what a step touches.
 """
 
@@ -37,7 +38,8 @@ import torch
 
 from lowbit.errors import ShapeError
 from lowbit.functional._checks import check_tensor
-from lowbit.integer import cext, guard, ops, vnni
+from lowbit.native import cext, guard
+from lowbit.integer import vnni
 from lowbit.integer.planner import HANDLERS, INPUT, Builder, Kind, Unsupported, Value
 
 if TYPE_CHECKING:
@@ -63,7 +65,6 @@ class Plan:
             raise Unsupported("no VNNI kernels")
         if lib.lowbit_plan_step_size() != ctypes.sizeof(Step):
             raise Unsupported("step layout differs from csrc/plan.c")
-        self.layers = [n.op for n in model.nodes if isinstance(n.op, ops._Layer)]
         self.shape = torch.Size(shape)
         b, out = self._build(model, shape, max_bytes)
         check_steps(b.steps, b.buffers, guard.Buf(torch.float32, math.prod(shape)), out.slot,
@@ -108,10 +109,6 @@ class Plan:
         self.bufs = (ctypes.c_void_p * len(self.buffers))(*(0 if t is None else t.data_ptr() for t in self.buffers))
         self.steps_addr, self.bufs_addr = ctypes.addressof(self.steps), ctypes.addressof(self.bufs)
 
-    def enabled(self) -> bool:
-        """Every layer on its default kernels (tests switch layers to other paths to compare them)."""
-        return all(op.use_cext and op.use_vnni and op.use_implicit for op in self.layers)
-
     def run(self, x: torch.Tensor) -> torch.Tensor:
         """The output for float32 ``x`` of the plan's shape, in a new tensor; a NaN or an infinity in ``x``
         raises the simulation's :class:`~lowbit.errors.DataError`."""
@@ -131,7 +128,7 @@ class Plan:
 
 
 def _step_checks() -> dict:
-    """Per step kind, the :mod:`lowbit.integer.guard` call for its buffers ``B(i)`` and arguments ``a``, in
+    """Per step kind, the :mod:`lowbit.native.guard` call for its buffers ``B(i)`` and arguments ``a``, in
     the order ``csrc/plan.c`` passes them to the kernel."""
     g = guard
     return {
@@ -161,7 +158,7 @@ _REQUANT_BUFS = {Kind.CONV: (3, 13), Kind.GEMM: (3, 4), Kind.REQUANT: (2, None)}
 
 def check_steps(steps: list, buffers: list, input_buf: guard.Buf, out_slot: int, out_buf: guard.Buf,
                 threads: int) -> None:
-    """Check every step against what its kernel touches (:mod:`lowbit.integer.guard`): slot 0 is the input,
+    """Check every step against what its kernel touches (:mod:`lowbit.native.guard`): slot 0 is the input,
     ``out_slot`` the output (both given per call, described by ``input_buf``, ``out_buf``), other slots the
     plan's own tensors, whose requantization values are checked too."""
     for kind, bufs, args, real in steps:
@@ -212,7 +209,7 @@ class PlanCache:
             return None
         try:
             plan = self.get(model, x.shape, torch.get_num_threads())
-            return plan.run(x) if plan is not None and plan.enabled() else None
+            return plan.run(x) if plan is not None else None
         finally:
             self._lock.release()
 
@@ -225,7 +222,7 @@ class PlanCache:
         if entry is None or entry[0] != nodes:  # other nodes (not equal node for node): a new plan
             try:
                 plan = Plan(model, key[0], threads, model.plan_max_bytes)
-            except Exception:  # noqa: BLE001 - Unsupported, or an input the ops reject: they say why, op by op
+            except Unsupported:  # the op-by-op path runs the model; the input was checked before (check_input)
                 plan = None
             entry = self._plans[key] = (nodes, plan)
             while len(self._plans) > self.SIZE:

@@ -17,8 +17,9 @@ from enum import IntEnum
 
 import torch
 
+from lowbit.integer.backend import Kernels
 from lowbit.integer import ops, vnni
-from lowbit.integer.arith import half_of
+from lowbit.functional.requant import half_of
 
 INPUT = 0  # slot of the model input; -1 is a NULL pointer
 
@@ -158,7 +159,7 @@ def _output_stage(b: Builder, op: ops._Layer, residual: int) -> tuple[list[int],
     implicit conv step: fused requantization, or raw int32 for a dequantizing layer."""
     if op.dequant:
         return [-1, -1, -1, -1, -1], [0, 0, 0, 0, 0]
-    r = op._requant_spec
+    r = op.requant_spec
     return ([b.const(r.m), b.const(r.n), b.const(r.half), residual, b.const(r.m2)],
             [1, r.res_zp, r.zp, r.lo, r.hi])
 
@@ -191,7 +192,7 @@ def _finish_dequant(b: Builder, op: ops._Layer, acc: int, out: Value, bias: torc
 def _linear(b: Builder, op: ops.Linear, x: Value, residual: Value | None = None) -> Value:
     """The VNNI GEMM on the input rows (int8 when K % 4 == 0, else packed), the epilogue fused."""
     _int8(x)
-    packed = op.packed(op.tensors["weight"])
+    packed = op.packed(op.tensors["weight"], Kernels.PLAN)
     if packed is None or x.shape[-1] != packed[0].k:
         raise Unsupported("linear without the VNNI GEMM")
     w, col_add = packed
@@ -228,19 +229,19 @@ def _conv2d(b: Builder, op: ops.Conv2d, x: Value, residual: Value | None = None)
     _int8(x, 4)
     if op.depthwise:
         return _depthwise(b, op, x, residual)
-    packed = op.packed(op.weight_mat) if op.attrs["groups"] == 1 else None
+    packed = op.packed(op.weight_mat, Kernels.PLAN) if op.attrs["groups"] == 1 else None
     if packed is None:
         raise Unsupported("conv without the VNNI GEMM")
     w, col_add = packed
     n, c, h, wd = x.shape
-    geo, (ho, wo) = op._conv_geometry(h, wd)
+    geo, (ho, wo) = op.conv_geometry(h, wd)
     (sh, sw), (ph, pw), (dh, dw) = geo
     (kh, kw), o, rows, pad = op.kernel, w.n, n * ho * wo, op.attrs["input_zero_point"]
     res = _conv_residual(b, residual, (n, o, ho, wo), op.dequant)
     out, dst = _layer_out(b, op, (n, o, ho, wo), rows, o, True, residual)
     epi_bufs, epi_args = _output_stage(b, op, res)
     hp, wp, src = h + 2 * ph, wd + 2 * pw, b.nhwc(x)
-    if op.use_implicit and vnni.implicit_conv_ok(c, op.kernel):
+    if vnni.implicit_conv_ok(c, op.kernel):
         padded = b.scratch(n * hp * wp * c, torch.uint8)
         b.step(Kind.PAD_FLIP, [src, padded], [n, h, wd, c, ph, pw, pad])
         b.step(Kind.CONV, [padded, b.const(w.panels), b.const(col_add), *epi_bufs, dst],
@@ -259,7 +260,7 @@ def _depthwise(b: Builder, op: ops.Conv2d, x: Value, residual: Value | None) -> 
     n, c, h, wd = x.shape
     if c != a["groups"]:
         raise Unsupported("depthwise conv on another channel count")
-    ((sh, sw), (ph, pw), (dh, dw)), (ho, wo) = op._conv_geometry(h, wd)
+    ((sh, sw), (ph, pw), (dh, dw)), (ho, wo) = op.conv_geometry(h, wd)
     kh, kw = op.kernel
     rows, bias = n * ho * wo, t["bias"].to(torch.int32)
     res = _conv_residual(b, residual, (n, c, ho, wo), op.dequant)
@@ -284,7 +285,7 @@ def _maxpool2d(b: Builder, op: ops.MaxPool2d, x: Value) -> Value:
     if a["dilation"] != [1, 1] or a["ceil_mode"]:
         raise Unsupported("max pool with dilation or ceil mode")
     n, c, h, w = x.shape
-    (kh, kw), (sh, sw), (ph, pw), (ho, wo) = op._geometry(h, w)
+    (kh, kw), (sh, sw), (ph, pw), (ho, wo) = op.geometry(h, w)
     out = b.value((n, c, ho, wo), torch.int8, True)
     b.step(Kind.MAXPOOL, [b.nhwc(x), out.slot], [n, h, w, c, kh, kw, sh, sw, ph, pw, ho, wo])
     return out

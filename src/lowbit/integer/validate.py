@@ -12,8 +12,8 @@ each input it is called on. One pair of functions per op kind, in :data:`CHECKS`
   each input, checks them against the node (a conv's input channels against its weight, a residual against
   the output, ...) and returns the output's.
 
-The ranges are those the kernels and the integer arithmetic rely on (:mod:`lowbit.integer.guard`,
-:mod:`lowbit.integer.arith`): int8 zero points and bounds, shifts ``0..62``, multipliers below ``2^31``
+The ranges are those the kernels and the integer arithmetic rely on (:mod:`lowbit.native.guard`,
+:mod:`lowbit.functional.requant`): int8 zero points and bounds, shifts ``0..62``, multipliers below ``2^31``
 (``2^53`` for residual ones), weight codes within ``weight_bits``, and for each output channel ``j``
 ``256 sum_k |w_jk| + |b_j| < 2^31`` (every int32 the GEMM forms, the flip's correction included, is exact). Every
 tensor and every kernel workspace holds at most :data:`MAX_SAMPLE` elements per sample, so no attribute
@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from lowbit.integer.guard import INT8, MAX_M, MAX_M2, MAX_SHIFT, out_size
+from lowbit.native.guard import INT8, MAX_M, MAX_M2, MAX_SHIFT, out_size
 
 MAX_SAMPLE = 1 << 28  # elements of any tensor or kernel workspace, per sample
 MAX_GEOM = 1 << 16  # kernel sizes, strides, paddings, dilations

@@ -14,7 +14,7 @@ K < 2^16 (checked).
 
 Used when the C library is built for a CPU with AVX512-VNNI; otherwise the
 layers keep ``torch._int_mm`` (see :mod:`lowbit.integer.kernels`). Every call's
-arguments are checked first (:mod:`lowbit.integer.guard`).
+arguments are checked first (:mod:`lowbit.native.guard`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from functools import cached_property, lru_cache
 import torch
 
 from lowbit.errors import ShapeError
-from lowbit.integer import cext, guard
+from lowbit.native import cext, guard
 
 MAX_K = 1 << 16
 
@@ -105,7 +105,7 @@ def im2col(x: torch.Tensor, kernel, stride, padding, dilation, pad_value: int, o
 
 @dataclass(frozen=True)
 class Requant:
-    """A layer's requantization (see :mod:`lowbit.integer.arith`): per-column int64 ``m``, ``n`` and
+    """A layer's requantization (see :mod:`lowbit.functional.requant`): per-column int64 ``m``, ``n`` and
     ``half = 2^(n-1)``, output zero point and bounds, and for a residual input its multiplier ``m2`` and
     zero point. Built once per layer; :meth:`args` gives the C entry points' epilogue arguments."""
 
@@ -122,7 +122,7 @@ class Requant:
         guard.requant_values("Requant", self.m, self.n, self.half, self.m2)
 
     def bufs(self, residual: torch.Tensor | None, kernel: str) -> list:
-        """The epilogue's buffers and arguments as :mod:`lowbit.integer.guard` takes them."""
+        """The epilogue's buffers and arguments as :mod:`lowbit.native.guard` takes them."""
         b = guard.buf
         return [1, b(self.m, kernel, "m"), b(self.n, kernel, "n"), b(self.half, kernel, "h"),
                 b(residual, kernel, "residual"), self.res_zp, b(self.m2, kernel, "m2"), self.zp, self.lo, self.hi]

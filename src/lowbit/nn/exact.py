@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lowbit.integer.arith import dequantize_acc, dequantize_codes, fixed_point, requantize
+from lowbit.functional.requant import dequantize_acc, dequantize_codes, fixed_point, requantize
 from lowbit.nn.qparams import QParams, offset
 
 # The bias is clipped to +-2^30 (not the int32 limits): a bias that large saturates its channel for
@@ -113,7 +113,7 @@ def exact_accumulator(module, xc: torch.Tensor, w: torch.Tensor, small: torch.dt
 def _requantize_c(p: LayerParams, acc: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor | None:
     """Output codes by the integer model's own C epilogue (same function, many times faster than int64
     PyTorch ops), or None where it does not apply: > 8-bit grids, accumulators past int32, other layouts."""
-    from lowbit.integer import cext
+    from lowbit.native import cext
 
     out, res = p.output, p.residual
     if out.fmt.bits > 8 or (res is not None and res.fmt.bits > 8) or acc.ndim not in (2, 4) or acc.numel() == 0:

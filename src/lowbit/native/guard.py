@@ -11,7 +11,7 @@ buffers it is given (:class:`Buf`: dtype and element count), and checks
 * zero points and clamping bounds against int8, shifts against ``0..62``, multipliers against the bounds
   that keep ``(acc + bias) m + (r - z_r) m2 + 2^(n-1)`` inside int64 (:func:`requant_values`).
 
-The wrappers in :mod:`lowbit.integer.cext` and :mod:`lowbit.integer.vnni` call these with tensors
+The wrappers in :mod:`lowbit.native.cext` and :mod:`lowbit.integer.vnni` call these with tensors
 (:func:`buf` also checks that a tensor is a contiguous CPU tensor); :mod:`lowbit.integer.plan` calls them
 for every step of a plan, with the plan's buffers, when it builds the plan. A failed check raises
 :class:`~lowbit.errors.ShapeError` (a buffer of the wrong size, dtype or layout) or
@@ -29,7 +29,7 @@ import torch
 from lowbit.errors import ConfigError, ShapeError
 
 INT8 = (-128, 127)
-MAX_SHIFT = 62  # lowbit.integer.arith.MAX_SHIFT: a shift of 64 or more is undefined in C
+MAX_SHIFT = 62  # lowbit.functional.requant.MAX_SHIFT: a shift of 64 or more is undefined in C
 MAX_M = (1 << 31) - 1  # |acc + bias| < 2^31, so (acc + bias) m < 2^62
 MAX_M2 = (1 << 53) - 1  # |r - z_r| <= 255 < 2^8, so (r - z_r) m2 < 2^61; with 2^(n-1) <= 2^61 the sum < 2^63
 MAX_K = 1 << 16  # the VNNI GEMM's int32 accumulator is exact for K <= 2^16 (lowbit.integer.vnni.MAX_K)
@@ -368,22 +368,22 @@ def dequant_codes(x: Buf, count, zp, scale, out: Buf) -> None:
 #: Every exported function of csrc/ and what checks its calls: a function here, the plan's step checker, or
 #: why nothing needs checking (a test keeps this in step with the C sources).
 ENTRY_POINTS: dict[str, str] = {
-    "lowbit_requant": "lowbit.integer.guard.requant",
+    "lowbit_requant": "lowbit.native.guard.requant",
     "lowbit_requant_block": "called from C only (lowbit_gemm_u8s8, lowbit_conv_u8s8, lowbit_requant)",
-    "lowbit_im2col_nhwc": "lowbit.integer.guard.im2col_nhwc",
-    "lowbit_depthwise_nhwc": "lowbit.integer.guard.depthwise_nhwc",
-    "lowbit_maxpool_nhwc": "lowbit.integer.guard.maxpool_nhwc",
-    "lowbit_quantize_f32": "lowbit.integer.guard.quantize_f32",
-    "lowbit_nhwc_to_nchw": "lowbit.integer.guard.nhwc_to_nchw",
-    "lowbit_dequant_rows": "lowbit.integer.guard.dequant_rows",
-    "lowbit_pack_a": "lowbit.integer.guard.pack_a",
-    "lowbit_pack_w": "lowbit.integer.guard.pack_w",
-    "lowbit_pad_flip_nhwc": "lowbit.integer.guard.pad_flip_nhwc",
-    "lowbit_im2col_u8": "lowbit.integer.guard.im2col_u8",
-    "lowbit_im2col_u8_into": "lowbit.integer.guard.im2col_u8",
-    "lowbit_gemm_u8s8": "lowbit.integer.guard.gemm_u8s8",
-    "lowbit_conv_u8s8": "lowbit.integer.guard.conv_u8s8",
-    "lowbit_vnni_peak": "lowbit.integer.guard.vnni_peak",
+    "lowbit_im2col_nhwc": "lowbit.native.guard.im2col_nhwc",
+    "lowbit_depthwise_nhwc": "lowbit.native.guard.depthwise_nhwc",
+    "lowbit_maxpool_nhwc": "lowbit.native.guard.maxpool_nhwc",
+    "lowbit_quantize_f32": "lowbit.native.guard.quantize_f32",
+    "lowbit_nhwc_to_nchw": "lowbit.native.guard.nhwc_to_nchw",
+    "lowbit_dequant_rows": "lowbit.native.guard.dequant_rows",
+    "lowbit_pack_a": "lowbit.native.guard.pack_a",
+    "lowbit_pack_w": "lowbit.native.guard.pack_w",
+    "lowbit_pad_flip_nhwc": "lowbit.native.guard.pad_flip_nhwc",
+    "lowbit_im2col_u8": "lowbit.native.guard.im2col_u8",
+    "lowbit_im2col_u8_into": "lowbit.native.guard.im2col_u8",
+    "lowbit_gemm_u8s8": "lowbit.native.guard.gemm_u8s8",
+    "lowbit_conv_u8s8": "lowbit.native.guard.conv_u8s8",
+    "lowbit_vnni_peak": "lowbit.native.guard.vnni_peak",
     "lowbit_run_plan": "lowbit.integer.plan.check_steps",
     "lowbit_has_vnni": "no arguments",
     "lowbit_plan_step_size": "no arguments",

@@ -8,11 +8,12 @@ rounding shift, zero point, clamp and the int8 store in one pass. It is built
 with the system C compiler into a per-user cache (``$LOWBIT_CACHE`` or
 ``~/.cache/lowbit``), once per source and CPU; without a compiler lowbit falls
 back to the PyTorch reference (same results, slower) and says so once.
-Set ``LOWBIT_NO_CEXT=1`` to force the fallback, and ``LOWBIT_CEXT_SANITIZE=address,undefined`` to build
+The integer model's ``Kernels.REFERENCE`` (:mod:`lowbit.integer.backend`) runs without them. Set
+``LOWBIT_CEXT_SANITIZE=address,undefined`` to build
 (into its own cache entry) with those sanitizers, for the test that runs the integer tests under them (the
-process must then preload the sanitizer runtime). Both are read when the library is first built or loaded.
+process must then preload the sanitizer runtime); it is read when the library is first built or loaded.
 
-Every wrapper checks its arguments with :mod:`lowbit.integer.guard` before the call: the kernels trust them.
+Every wrapper checks its arguments with :mod:`lowbit.native.guard` before the call: the kernels trust them.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ from pathlib import Path
 import torch
 
 from lowbit.errors import ShapeError
-from lowbit.integer import guard
-from lowbit.integer.arith import half_of
+from lowbit.native import guard
+from lowbit.functional.requant import half_of
 
 SOURCES = tuple(Path(__file__).with_name("csrc") / f for f in ("requant.c", "gemm.c", "plan.c"))
 FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-std=c11", "-fopenmp"]
@@ -88,9 +89,7 @@ def library_path(flag_list: list[str], cache: Path | None = None) -> Path:
 
 @lru_cache(maxsize=1)
 def library() -> ctypes.CDLL | None:
-    """The compiled kernel library, or None (fallback) when disabled or no compiler works."""
-    if os.environ.get("LOWBIT_NO_CEXT"):
-        return None
+    """The compiled kernel library, or None (the PyTorch fallback) where no compiler works."""
     try:
         flag_list = flags(os.environ.get("LOWBIT_CEXT_SANITIZE", ""))
         path = library_path(flag_list)

@@ -2,7 +2,7 @@
  *
  * v = (acc + bias[c]) * m[c] (+ (res - res_zp) * m2[c]);  q = round_half_even(v / 2^n[c]) + zp;  clamp(lo, hi)
  *
- * Same arithmetic as lowbit.integer.arith.requantize, element for element. Layouts:
+ * Same arithmetic as lowbit.functional.requant.requantize, element for element. Layouts:
  *   acc_nchw = 0: acc, residual and out are (rows, C) (GEMM output, channels last);
  *   acc_nchw = 1: they are (N, C, hw) (grouped convolution output).
  */
@@ -232,7 +232,7 @@ void lowbit_nhwc_to_nchw(const int8_t *x, int64_t N, int64_t HW, int64_t C, int8
 }
 
 /* An output layer's floats: out[r][c] = (float)((double)(acc[r][c] + bias[c]) * scale[c]), the float64 product
- * rounded once to float32, exactly as lowbit.integer.arith.dequantize_acc computes it. */
+ * rounded once to float32, exactly as lowbit.functional.requant.dequantize_acc computes it. */
 void lowbit_dequant_rows(const int32_t *acc, int64_t rows, int64_t C, const int32_t *bias, const double *scale,
                          float *out) {
     for (int64_t r = 0; r < rows; r++)

@@ -82,7 +82,7 @@ static void sum_hw_nhwc(const int8_t *x, int64_t N, int64_t HW, int64_t C, int32
 }
 
 /* The output dequantization of int8 codes: (float)(q - z) * s in float32, as
- * lowbit.integer.arith.dequantize_codes computes it (q - z is exact in float32; one rounding in the product). */
+ * lowbit.functional.requant.dequantize_codes computes it (q - z is exact in float32; one rounding in the product). */
 static void dequant_codes(const int8_t *x, int64_t count, float zp, float scale, float *out) {
     for (int64_t i = 0; i < count; i++) out[i] = ((float)x[i] - zp) * scale;
 }
