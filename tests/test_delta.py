@@ -359,3 +359,15 @@ def test_state_detach_and_types():
     gru_state = DeltaGRU(2, 3)(torch.randn(1, 1, 2))[1]
     with pytest.raises(AttributeError, match="GRU"):
         _ = gru_state.c_n
+
+
+@pytest.mark.parametrize("kind", ["GRU", "LSTM"])
+def test_nan_input_propagates_as_in_torch(kind):
+    ref, delta = _pair(kind, 3, 4, 1)
+    delta.theta_x = delta.theta_h = 0.5
+    x = torch.randn(6, 2, 3)
+    x[2, 0, 1] = float("nan")
+    with torch.no_grad():
+        y, _ = delta(x)
+        y_ref, _ = ref(x)
+    assert torch.equal(y.isnan(), y_ref.isnan()) and y[2:, 0].isnan().all() and not y[:, 1].isnan().any()

@@ -29,10 +29,11 @@ def threshold_delta(x: torch.Tensor, x_hat: torch.Tensor, theta: float
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(Δ, new x_hat, mask)`` for one step; ``mask`` marks the transmitted elements.
 
-    The gradient of ``Δ`` with respect to ``x`` is 1 where transmitted and 0 elsewhere.
+    The gradient of ``Δ`` with respect to ``x`` is 1 where transmitted and 0 elsewhere. A NaN
+    change is transmitted (it is not known to be small), so NaN propagates as in ``nn.GRU``.
     """
     d = x - x_hat
-    mask = d.abs() > theta
+    mask = ~(d.abs() <= theta)
     delta = torch.where(mask, d, torch.zeros_like(d))
     return delta, torch.where(mask, x, x_hat), mask
 
