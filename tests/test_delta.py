@@ -192,13 +192,16 @@ def test_constant_input_sends_one_delta_per_element():
     cost = cost_of(counts)
     assert cost.macs == 3 * 4 * 3 and cost.dense_macs == 3 * 4 * 6 * (3 + 4)
     assert cost.fetches == 3 and cost.dense_fetches == 6 * 7
+    assert cost.batch_fetches == 3 and cost.dense_batch_fetches == 6 * 7  # batch 1: the same
     assert cost.x_occupancy == pytest.approx(3 / 18) and cost.h_occupancy == 0.0
     assert cost.mac_reduction == pytest.approx(24 * 7 / 12)
 
 
 def test_column_fetches_are_shared_across_the_batch():
     counts = DeltaCounts(3, 4, 3, steps=1, batch_steps=2, x_events=4, x_columns=3, h_events=0, h_columns=0)
-    assert cost_of(counts).fetches == 3 and cost_of(counts).macs == 4 * 12
+    cost = cost_of(counts)
+    assert (cost.fetches, cost.dense_fetches, cost.batch_fetches, cost.dense_batch_fetches) == (4, 2 * 7, 3, 7)
+    assert cost.macs == 4 * 12 and cost.fetch_reduction == cost.mac_reduction
     _, delta = _pair("LSTM", 2, 3, 1)
     x = torch.tensor([[[1.0, 0.0]], [[1.0, 0.0]]]).transpose(0, 1)  # one step, rows identical, one zero input
     with torch.no_grad():

@@ -5,12 +5,16 @@ Per layer with input size ``I``, hidden size ``H`` and ``G`` gates (3 GRU, 4 LST
 
     occupancy_x = (# non-zero Δx) / (S B I)          occupancy_h = (# non-zero Δh) / (S B H)
     MACs        = G H ((# non-zero Δx) + (# non-zero Δh))      dense: G H S B (I + H)
-    fetches     = columns read: per step, a column of W_ih or W_hh (G H weights) is read
-                  when any row has a non-zero delta there       dense: S (I + H)
+    fetches     = (# non-zero Δx) + (# non-zero Δh)             dense: S B (I + H)
+    batch fetches: per step, a column is read once when any row has a non-zero delta there
+                                                                dense: S (I + H)
 
-At batch 1 the fetch reduction equals the MAC reduction; in a batch a column shared by
-several rows is read once. The thresholding itself (a subtract and compare per element) and
-the gate non-linearities are not counted: they are the same O(H) work dense or not.
+``fetches`` counts weight columns (``G H`` weights each) as a device running each sequence
+alone (batch 1, streaming) reads them; in one layer their reduction equals the MAC reduction,
+summed over layers of different ``G H`` it does not. ``batch_fetches`` is what a batched step
+reads (a column shared by several rows is read once). The thresholding itself (a subtract and
+compare per element) and the gate non-linearities are not counted: they are the same O(H)
+work dense or not.
 
 The counts travel in the explicit state (``state.counts``). For layers called inside a model
 (the drop-ins of :func:`lowbit.delta.to_delta`), :func:`record_counts` collects them for the
@@ -41,6 +45,8 @@ class DeltaCost:
     dense_macs: int
     fetches: int
     dense_fetches: int
+    batch_fetches: int
+    dense_batch_fetches: int
 
     @property
     def mac_reduction(self) -> float:
@@ -49,13 +55,19 @@ class DeltaCost:
 
     @property
     def fetch_reduction(self) -> float:
+        """``dense_fetches / fetches``: weight columns read at batch 1."""
         return self.dense_fetches / self.fetches if self.fetches else float("inf")
+
+    @property
+    def batch_fetch_reduction(self) -> float:
+        return self.dense_batch_fetches / self.batch_fetches if self.batch_fetches else float("inf")
 
     def as_dict(self) -> dict[str, object]:
         return {"name": self.name, "x_occupancy": self.x_occupancy, "h_occupancy": self.h_occupancy,
                 "macs": self.macs, "dense_macs": self.dense_macs, "mac_reduction": self.mac_reduction,
                 "fetches": self.fetches, "dense_fetches": self.dense_fetches,
-                "fetch_reduction": self.fetch_reduction}
+                "fetch_reduction": self.fetch_reduction, "batch_fetches": self.batch_fetches,
+                "dense_batch_fetches": self.dense_batch_fetches, "batch_fetch_reduction": self.batch_fetch_reduction}
 
 
 def _ratio(a: int, b: int) -> float:
@@ -68,8 +80,10 @@ def cost_of(counts: DeltaCounts, name: str = "") -> DeltaCost:
     return DeltaCost(name, _ratio(counts.x_events, counts.x_slots), _ratio(counts.h_events, counts.h_slots),
                      macs=col * (counts.x_events + counts.h_events),
                      dense_macs=col * (counts.x_slots + counts.h_slots),
-                     fetches=counts.x_columns + counts.h_columns,
-                     dense_fetches=counts.steps * (counts.input_size + counts.hidden_size))
+                     fetches=counts.x_events + counts.h_events,
+                     dense_fetches=counts.x_slots + counts.h_slots,
+                     batch_fetches=counts.x_columns + counts.h_columns,
+                     dense_batch_fetches=counts.steps * (counts.input_size + counts.hidden_size))
 
 
 def total_cost(costs: list[DeltaCost] | tuple[DeltaCost, ...]) -> DeltaCost:
@@ -81,7 +95,8 @@ def total_cost(costs: list[DeltaCost] | tuple[DeltaCost, ...]) -> DeltaCost:
     return DeltaCost("total", sum(wi * c.x_occupancy for wi, c in zip(w, costs)),
                      sum(wi * c.h_occupancy for wi, c in zip(w, costs)),
                      sum(c.macs for c in costs), dense, sum(c.fetches for c in costs),
-                     sum(c.dense_fetches for c in costs))
+                     sum(c.dense_fetches for c in costs), sum(c.batch_fetches for c in costs),
+                     sum(c.dense_batch_fetches for c in costs))
 
 
 def state_costs(state: DeltaState, name: str = "") -> list[DeltaCost]:
