@@ -374,3 +374,18 @@ def test_nan_input_propagates_as_in_torch(kind):
         y, _ = delta(x)
         y_ref, _ = ref(x)
     assert torch.equal(y.isnan(), y_ref.isnan()) and y[2:, 0].isnan().all() and not y[:, 1].isnan().any()
+
+
+def test_per_step_occupancy():
+    _, delta = _pair("GRU", 3, 4, 2)
+    delta.theta_x, delta.theta_h = 0.0, 0.1
+    x = torch.tensor([1.0, -2.0, 0.5]).expand(5, 2, 3).clone()
+    x[3, 1, 0] = 7.0  # one change in one row at step 3
+    with torch.no_grad(), record_counts(delta, per_step=True) as rec:
+        _, state = delta(x)
+    ((l0, l1),) = rec.steps[""]
+    torch.testing.assert_close(l0.x, torch.tensor([1.0, 0, 0, 1 / 6, 1 / 6]))  # step 4 changes back to 1.0
+    assert l0.h[0] == 0 and l1.h.shape == (5,)
+    for occ, counts in zip((l0, l1), state.counts):
+        assert float(occ.x.sum()) * 2 * counts.input_size == pytest.approx(counts.x_events)
+        assert float(occ.h.sum()) * 2 * counts.hidden_size == pytest.approx(counts.h_events)

@@ -6,9 +6,10 @@
 
 from lowbit.delta.cells import DeltaGRU, DeltaGRUDropIn, DeltaLSTM, DeltaLSTMDropIn
 from lowbit.delta.convert import DeltaConversion, SkippedLayer, SwappedLayer, to_delta
-from lowbit.delta.counters import DeltaCost, DeltaRecorder, cost_of, record_counts, state_costs, total_cost
+from lowbit.delta.counters import (DeltaCost, DeltaRecorder, StepOccupancy, cost_of, record_counts, state_costs,
+                                   total_cost)
 from lowbit.delta.state import DeltaCounts, DeltaLayerState, DeltaState
 
 __all__ = ["DeltaConversion", "DeltaCost", "DeltaCounts", "DeltaGRU", "DeltaGRUDropIn", "DeltaLSTM", "DeltaLSTMDropIn",
-           "DeltaLayerState", "DeltaRecorder", "DeltaState", "SkippedLayer", "SwappedLayer", "cost_of", "record_counts",
+           "DeltaLayerState", "DeltaRecorder", "DeltaState", "SkippedLayer", "StepOccupancy", "SwappedLayer", "cost_of", "record_counts",
            "state_costs", "to_delta", "total_cost"]

@@ -40,7 +40,8 @@ from lowbit.delta.functional import gru_from_acc, lstm_from_acc, threshold_delta
 from lowbit.delta.state import DeltaCounts, DeltaLayerState, DeltaState
 from lowbit.errors import ConfigError, DataError, ShapeError
 
-CountListener = Callable[[nn.Module, tuple[DeltaCounts, ...]], None]
+# listener(module, counts per layer of this call, (Δx events, Δh events) per layer and step, each (T,))
+CountListener = Callable[[nn.Module, tuple[DeltaCounts, ...], tuple[tuple[torch.Tensor, torch.Tensor], ...]], None]
 
 
 def check_threshold(name: str, value: object) -> float:
@@ -231,21 +232,22 @@ class _DeltaRNNBase(nn.Module):
         xs = x.transpose(0, 1) if self.batch_first else x  # (T, B, I)
         state = self.initial_state(xs.shape[1]) if state is None else state
         self._check_state(state, xs.shape[1])
-        new_layers, call_counts = [], []
+        new_layers, call_counts, step_events = [], [], []
         for k, s in enumerate(state.layers):
             if k > 0 and self.dropout and self.training:
                 xs = F.dropout(xs, self.dropout, training=True)
             theta_in = self.theta_x if k == 0 else self.theta_h
-            xs, s_new, counts = self._run_layer(k, xs, s, theta_in)
+            xs, s_new, counts, events = self._run_layer(k, xs, s, theta_in)
             new_layers.append(s_new)
             call_counts.append(counts)
+            step_events.append(events)
         y = xs.transpose(0, 1) if self.batch_first else xs
         for listener in list(self._count_listeners.values()):
-            listener(self, tuple(call_counts))
+            listener(self, tuple(call_counts), tuple(step_events))
         return y, DeltaState(tuple(new_layers))
 
     def _run_layer(self, k: int, xs: torch.Tensor, s: DeltaLayerState, theta_in: float
-                   ) -> tuple[torch.Tensor, DeltaLayerState, DeltaCounts]:
+                   ) -> tuple[torch.Tensor, DeltaLayerState, DeltaCounts, tuple[torch.Tensor, torch.Tensor]]:
         w_ih, w_hh, _, _ = self._layer_weights(k)
         steps, batch = xs.shape[0], xs.shape[1]
         # Input side: the thresholding is sequential but element-wise; the products of all steps
@@ -268,11 +270,12 @@ class _DeltaRNNBase(nn.Module):
             hs.append(h)
             h_masks.append(m)
         xm, hm = torch.stack(x_masks), torch.stack(h_masks)  # (T, B, I), (T, B, H)
+        x_steps, h_steps = xm.sum((1, 2)), hm.sum((1, 2))  # events per step, (T,)
         counts = DeltaCounts(s.counts.input_size, self.hidden_size, self.gates, steps=steps,
-                             batch_steps=steps * batch, x_events=int(xm.sum()), x_columns=int(xm.any(1).sum()),
-                             h_events=int(hm.sum()), h_columns=int(hm.any(1).sum()))
+                             batch_steps=steps * batch, x_events=int(x_steps.sum()), x_columns=int(xm.any(1).sum()),
+                             h_events=int(h_steps.sum()), h_columns=int(hm.any(1).sum()))
         new = DeltaLayerState(h, c, x_hat, h_hat, acc_x_seq[-1], acc_h, s.counts + counts)
-        return torch.stack(hs), new, counts
+        return torch.stack(hs), new, counts, (x_steps, h_steps)
 
 
 class DeltaGRU(_DeltaRNNBase):

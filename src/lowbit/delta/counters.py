@@ -27,6 +27,7 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from lowbit.delta.cells import _DeltaRNNBase
@@ -104,19 +105,40 @@ def state_costs(state: DeltaState, name: str = "") -> list[DeltaCost]:
     return [cost_of(c, f"{name}.l{k}" if name else f"l{k}") for k, c in enumerate(state.counts)]
 
 
-class DeltaRecorder:
-    """Counts summed per delta layer of a model while :func:`record_counts` is active."""
+@dataclass(frozen=True)
+class StepOccupancy:
+    """Occupancy of one layer's deltas at each step of one call: ``x``, ``h`` of shape ``(T,)``,
+    the fraction of the ``rows * size`` elements of that step that were sent."""
 
-    def __init__(self) -> None:
+    x: torch.Tensor
+    h: torch.Tensor
+
+
+class DeltaRecorder:
+    """Counts summed per delta layer of a model while :func:`record_counts` is active.
+
+    ``counts[name]``: per layer, summed over calls; ``calls[name]``: number of calls;
+    ``steps[name]``: per call, per layer, a :class:`StepOccupancy` (only with ``per_step=True``).
+    """
+
+    def __init__(self, per_step: bool = False) -> None:
+        self.per_step = per_step
         self.counts: dict[str, list[DeltaCounts]] = {}
         self.calls: dict[str, int] = {}
+        self.steps: dict[str, list[tuple[StepOccupancy, ...]]] = {}
 
-    def _add(self, name: str, call: tuple[DeltaCounts, ...]) -> None:
+    def _add(self, name: str, call: tuple[DeltaCounts, ...],
+             events: tuple[tuple[torch.Tensor, torch.Tensor], ...]) -> None:
         if name in self.counts:
             self.counts[name] = [a + b for a, b in zip(self.counts[name], call)]
         else:
             self.counts[name] = list(call)
         self.calls[name] = self.calls.get(name, 0) + 1
+        if self.per_step:
+            rows = [c.batch_steps // c.steps for c in call]
+            self.steps.setdefault(name, []).append(tuple(
+                StepOccupancy(x / (r * c.input_size), h / (r * c.hidden_size))
+                for (x, h), c, r in zip(events, call, rows)))
 
     def costs(self) -> list[DeltaCost]:
         """One :class:`DeltaCost` per recurrent layer, ``<module name>.l<k>``, in call order."""
@@ -128,8 +150,9 @@ class DeltaRecorder:
 
 
 @contextlib.contextmanager
-def record_counts(model: nn.Module) -> Iterator[DeltaRecorder]:
-    """``with record_counts(model) as rec: model(x)`` -> ``rec.costs()``, ``rec.total()``.
+def record_counts(model: nn.Module, per_step: bool = False) -> Iterator[DeltaRecorder]:
+    """``with record_counts(model) as rec: model(x)`` -> ``rec.costs()``, ``rec.total()``
+    (and ``rec.steps``, the occupancy at each step, with ``per_step=True``).
 
     Adds a listener to every delta layer of ``model`` (the model itself may be one) and
     removes them on exit, even on error.
@@ -140,12 +163,12 @@ def record_counts(model: nn.Module) -> Iterator[DeltaRecorder]:
     if not layers:
         raise ConfigError(f"{type(model).__name__} has no delta layer to count; convert it first with "
                           "lowbit.delta.to_delta(model, theta_x=..., theta_h=...)")
-    rec = DeltaRecorder()
+    rec = DeltaRecorder(per_step=bool(per_step))
     keys = []
     try:
         for name, m in layers:
             key = id(rec)
-            m._count_listeners[key] = lambda _m, call, name=name: rec._add(name, call)
+            m._count_listeners[key] = lambda _m, call, events, name=name: rec._add(name, call, events)
             keys.append((m, key))
         yield rec
     finally:
