@@ -7,6 +7,9 @@ accuracy against operations). :func:`to_delta` returns a *copy* of the model in 
 :class:`~lowbit.delta.cells.DeltaLSTMDropIn`: same parameters (same state-dict keys), same
 call ``y, h_n = gru(x, h0)`` / ``y, (h_n, c_n) = lstm(x, (h0, c0))``, so the model's own
 forward runs unchanged. Read the sparsity with :func:`lowbit.delta.counters.record_counts`.
+The thresholds are attributes (``layer.theta_x``), not part of the state dict, which stays
+loadable into the original model: to reload a converted model, load the weights into the
+original and call :func:`to_delta` again.
 
 Not converted (a :class:`ConfigError`, or listed in ``skipped`` with ``skip_unsupported=True``):
 
