@@ -389,3 +389,21 @@ def test_per_step_occupancy():
     for occ, counts in zip((l0, l1), state.counts):
         assert float(occ.x.sum()) * 2 * counts.input_size == pytest.approx(counts.x_events)
         assert float(occ.h.sum()) * 2 * counts.hidden_size == pytest.approx(counts.h_events)
+
+
+def test_to_delta_keeps_mode_dtype_dropout_and_gradients():
+    model = nn.Sequential(nn.LSTM(3, 4, num_layers=2, dropout=0.5)).double().train()
+    model[0].weight_hh_l1.requires_grad_(False)
+    conv = to_delta(model, theta_x=0.0, theta_h=0.0)
+    d = conv.model[0]
+    assert d.training and d.dropout == 0.5 and d.weight_ih_l0.dtype == torch.float64
+    assert not d.weight_hh_l1.requires_grad and d.weight_hh_l0.requires_grad
+    x = torch.randn(6, 2, 3, dtype=torch.float64)
+    torch.manual_seed(5)
+    y_ref = model(x)[0]
+    torch.manual_seed(5)
+    y = conv.model(x)[0]
+    assert not torch.allclose(y, conv.model.eval()(x)[0])  # dropout acted in training mode
+    y.sum().backward()
+    assert d.weight_ih_l0.grad is not None and d.weight_hh_l1.grad is None
+    assert y.shape == y_ref.shape
