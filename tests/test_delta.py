@@ -407,3 +407,29 @@ def test_to_delta_keeps_mode_dtype_dropout_and_gradients():
     y.sum().backward()
     assert d.weight_ih_l0.grad is not None and d.weight_hh_l1.grad is None
     assert y.shape == y_ref.shape
+
+
+def test_sweep_and_operating_point():
+    from lowbit.delta import operating_point, sweep
+
+    torch.manual_seed(1)
+    model = nn.GRU(3, 6)
+    x = torch.cumsum(torch.randn(40, 4, 3) * 0.1, dim=0)
+    y_ref = model(x)[0].detach()
+
+    def agreement(m):  # 1 - mean error against the dense output: a metric that falls with the thresholds
+        return 1 - float((m(x)[0] - y_ref).abs().mean())
+
+    points = sweep(model, [(0.0, 0.0), (0.05, 0.05), (0.3, 0.3)], agreement)
+    assert [p.theta_x for p in points] == [0.0, 0.05, 0.3]
+    assert points[0].metric == pytest.approx(1.0, abs=1e-6)
+    assert points[0].cost.mac_reduction < points[1].cost.mac_reduction < points[2].cost.mac_reduction
+    assert points[2].metric < points[0].metric
+    assert operating_point(points, 1.0, max_loss=1e-5) is points[0]
+    assert operating_point(points, 1.0, max_loss=1.0) is points[2]
+    assert operating_point(points, 2.0, max_loss=0.1) is None
+    assert type(model) is nn.GRU
+    with pytest.raises(ConfigError, match="theta_h"):
+        sweep(model, [(0.1, 0.1), (0.1, -1)], agreement)
+    with pytest.raises(ConfigError, match="ran no delta layer"):
+        sweep(model, [(0.1, 0.1)], lambda m: 1.0)

@@ -26,7 +26,9 @@ from lowbit.delta.convert import DeltaConversion, SkippedLayer, SwappedLayer, to
 from lowbit.delta.counters import (DeltaCost, DeltaRecorder, StepOccupancy, cost_of, record_counts, state_costs,
                                    total_cost)
 from lowbit.delta.state import DeltaCounts, DeltaLayerState, DeltaState
+from lowbit.delta.sweep import SweepPoint, operating_point, sweep
 
 __all__ = ["DeltaConversion", "DeltaCost", "DeltaCounts", "DeltaGRU", "DeltaGRUDropIn", "DeltaLSTM", "DeltaLSTMDropIn",
-           "DeltaLayerState", "DeltaRecorder", "DeltaState", "SkippedLayer", "StepOccupancy", "SwappedLayer", "cost_of", "record_counts",
-           "state_costs", "to_delta", "total_cost"]
+           "DeltaLayerState", "DeltaRecorder", "DeltaState", "SkippedLayer", "StepOccupancy", "SwappedLayer",
+           "SweepPoint", "cost_of", "operating_point", "record_counts", "state_costs", "sweep", "to_delta",
+           "total_cost"]
