@@ -289,7 +289,7 @@ def test_state_counts_and_recorder_agree():
 
 # ---- bad input -------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("bad", [-0.1, float("nan"), float("inf"), True, "0.1", None])
+@pytest.mark.parametrize("bad", [-0.1, float("nan"), float("inf"), True, "0.1", None, torch.tensor([0.1, 0.2])])
 def test_bad_thresholds(bad):
     with pytest.raises(ConfigError, match="theta_x"):
         DeltaGRU(2, 3, theta_x=bad)

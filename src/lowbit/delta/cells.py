@@ -28,6 +28,7 @@ starts from zeros). It carries the event counts of :mod:`lowbit.delta.counters`.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from typing import ClassVar
 
@@ -48,8 +49,9 @@ def check_threshold(name: str, value: object) -> float:
     """``value`` as a float if it is a finite real number >= 0, else a :class:`ConfigError`."""
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         value = value.item()
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ConfigError(f"{name}={value!r}: a delta threshold is a real number >= 0 (0 transmits every change)")
+    value = float(value)
     if math.isnan(value) or math.isinf(value) or value < 0:
         raise ConfigError(f"{name}={value!r}: a delta threshold must be finite and >= 0, e.g. {name}=0.05 "
                           "(0 transmits every change, larger skips more)")
