@@ -321,6 +321,10 @@ def test_bad_inputs_name_the_problem():
         layer(torch.randn(2, 5, 3), torch.zeros(1, 2, 4))
     with pytest.raises(ShapeError, match=r"\(num_layers, batch, hidden_size\)"):
         layer.initial_state(2, torch.zeros(2, 2, 4))
+    with pytest.raises(DataError, match="floating"):
+        layer.initial_state(2, torch.zeros(1, 2, 4, dtype=torch.long))
+    with pytest.raises(ConfigError, match=r"\(h0, c0\)"):
+        to_delta(nn.LSTM(3, 4)).model(torch.randn(5, 2, 3), torch.zeros(1, 2, 4))
     with pytest.raises(ConfigError, match="input_size"):
         DeltaGRU(0, 4)
 

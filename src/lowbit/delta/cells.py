@@ -190,7 +190,9 @@ class _DeltaRNNBase(nn.Module):
         if tuple(t.shape) != shape:
             raise ShapeError(f"{name} of {type(self).__name__} has shape {tuple(t.shape)}; expected "
                              f"(num_layers, batch, hidden_size) = {shape}")
-        return t.to(w.dtype) if t.dtype != w.dtype and t.is_floating_point() else t
+        if not t.is_floating_point():
+            raise DataError(f"{name} has dtype {t.dtype}; pass a floating tensor ({name}.to({w.dtype}))")
+        return t.to(w.dtype)
 
     def _check_state(self, state: DeltaState, batch: int) -> None:
         if not isinstance(state, DeltaState):
@@ -353,6 +355,8 @@ class DeltaLSTMDropIn(_DeltaRNNBase):
 
     def forward(self, x: torch.Tensor, hx: tuple[torch.Tensor, torch.Tensor] | None = None
                 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        if hx is not None and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
+            raise ConfigError(f"an LSTM takes hx=(h0, c0), a pair of tensors; got {type(hx).__name__}")
         h0, c0 = (None, None) if hx is None else hx
         if h0 is not None and isinstance(x, torch.Tensor) and x.dim() == 2 and h0.dim() != 2:
             raise ShapeError(f"unbatched input {tuple(x.shape)} takes h0/c0 of shape (num_layers, hidden_size), "
