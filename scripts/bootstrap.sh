@@ -13,6 +13,8 @@ need_deb=()
 dpkg -s dataset-fashion-mnist >/dev/null 2>&1 || need_deb+=(dataset-fashion-mnist)
 command -v cc >/dev/null 2>&1 || need_deb+=(gcc)   # lowbit's C kernels are compiled on first use
 command -v chromium >/dev/null 2>&1 || need_deb+=(chromium)   # the HTML report is checked in a real browser
+command -v espeak-ng >/dev/null 2>&1 || need_deb+=(espeak-ng)   # spoken digits (lowbit.data.spoken_digits)
+command -v sox >/dev/null 2>&1 || need_deb+=(sox)
 if [ ${#need_deb[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "[setup] installing Debian packages: ${need_deb[*]}"
@@ -45,4 +47,7 @@ if ! "$venv/bin/python" -c "import torch, sys; sys.exit(torch.__version__.split(
 fi
 echo "[setup] installing lowbit[$extras]"
 pip_install -c constraints.txt -e ".[$extras]"
+# JapaneseVowels ships inside aeon; lowbit reads its .ts files and never imports aeon (whose own loaders need numba)
+"$venv/bin/python" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('aeon') is None)" 2>/dev/null \
+  || pip_install --no-deps aeon==1.6.0
 touch "$stamp"

@@ -3,6 +3,8 @@
 import json
 import sys
 from collections import Counter
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -18,6 +20,7 @@ from lowbit.errors import ConfigError  # noqa: E402
 from lowbit.export.onnx_qdq import CODES_KEY, export_onnx, fit_weight_scales, to_onnx_model  # noqa: E402
 from lowbit.functional.requant import fixed_point  # noqa: E402
 from lowbit.integer.lower import to_integer  # noqa: E402
+from lowbit.integer import ir  # noqa: E402
 from lowbit.integer.model import IntegerModel, Node, make_op  # noqa: E402
 from lowbit.integer.ops import Op  # noqa: E402
 from lowbit.ptq import PTQConfig, int_weight, quantize, uint_act, with_pow2_scales  # noqa: E402
@@ -57,7 +60,7 @@ def _run(im: IntegerModel, x: torch.Tensor, shape, tmp, name: str) -> dict:
     names = json.loads({p.key: p.value for p in probe.metadata_props}[CODES_KEY])  # graph output -> lowbit
     got = _session(probe).run(["output", *names], {"input": x.numpy()})
     grids = {n.output: n.grid for n in im.nodes}
-    stored = {lb: r.astype(np.int32) - (0 if grids[lb]["signed"] else 128)  # lowbit's int8 convention
+    stored = {lb: r.astype(np.int32) - (0 if grids[lb].signed else 128)  # lowbit's int8 convention
               for lb, r in zip(names.values(), got[1:])}
     code_diff = {lb: np.abs(q - env[lb].numpy().astype(np.int32)) for lb, q in stored.items()}
     final = im.nodes[-1]
@@ -228,7 +231,7 @@ def _mult(s_in, s_w, s_out):
 
 
 def _grid(scale, zp, signed):
-    return {"scale": scale, "zero_point": zp, "bits": 8, "signed": signed}
+    return ir.Grid(scale, zp, 8, signed)
 
 
 def _synthetic() -> IntegerModel:
@@ -304,12 +307,12 @@ def _residual_convs() -> IntegerModel:
 
     def conv(inputs, out, zp_in, grid, weight, s_in, lo=-128, hi=127, res=None, **g_):
         o = weight.shape[0]
-        m, n = _mult(s_in, sw(o), grid["scale"])
-        attrs = {"input_zero_point": zp_in, "zero_point": grid["zero_point"], "lo": lo, "hi": hi, **geo(**g_)}
+        m, n = _mult(s_in, sw(o), grid.scale)
+        attrs = {"input_zero_point": zp_in, "zero_point": grid.zero_point, "lo": lo, "hi": hi, **geo(**g_)}
         tensors = {"weight": weight, "bias": b(o), "m": m, "n": n}
         if res is not None:  # (residual tensor's zero point, its scale)
             attrs["residual_zero_point"] = res[0]
-            tensors["m2"] = torch.round(torch.ldexp(torch.full((o,), res[1] / grid["scale"], dtype=torch.float64),
+            tensors["m2"] = torch.round(torch.ldexp(torch.full((o,), res[1] / grid.scale, dtype=torch.float64),
                                                     n)).long()
         return Node(make_op("conv2d", attrs, tensors), inputs, out, grid)
 
@@ -414,13 +417,18 @@ def test_missing_onnx_names_the_install_command(exported, monkeypatch, tmp_path)
     assert not (tmp_path / "m.onnx").exists()
 
 
+@dataclass(frozen=True)
+class _SoftmaxIR:  # an op type no backend table knows
+    kind: ClassVar[str] = "softmax"
+
+
 class _Softmax(Op):
-    kind = "softmax"
+    pass
 
 
 def test_unsupported_ops_and_bad_arguments_are_refused(exported, tmp_path):
     im = exported["mlp"]["im"]
-    bad = IntegerModel([*im.nodes[:-1], Node(_Softmax({}), [im.nodes[-2].output], "sm")], im.input_name, "sm")
+    bad = IntegerModel([*im.nodes[:-1], Node(_Softmax(_SoftmaxIR()), [im.nodes[-2].output], "sm")], im.input_name, "sm")
     with pytest.raises(ConfigError, match="'softmax'"):
         export_onnx(bad, tmp_path / "m.onnx", (1, 1, 28, 28))
     for shape in [(1, 28, 28, 2), (28,), (1, 1, 28, -1)]:

@@ -147,7 +147,7 @@ def _check_parity(sim, im, x):
             continue
         ref = sim_vals.get(node.output, sim_vals.get(node.source))
         g = node.grid
-        want = torch.round(ref / g["scale"]).to(torch.int64) + g["zero_point"]
+        want = torch.round(ref / g.scale).to(torch.int64) + g.zero_point
         assert torch.equal(env[node.output].to(torch.int64), want), node.output
         compared += 1
     assert compared >= 2

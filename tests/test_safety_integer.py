@@ -459,7 +459,7 @@ def test_plan_steps_are_checked_against_their_buffers(saved, calib):
     b = planner.Builder(1 << 25)
     env = {im.input_name: planner.Value(planner.INPUT, (2, 1, 28, 28), torch.float32)}
     for node in im.nodes:
-        env[node.output] = planner.HANDLERS[node.kind](b, node.op, *(env[i] for i in node.inputs))
+        env[node.output] = planner.HANDLERS[type(node.op.ir)](b, node.op, *(env[i] for i in node.inputs))
     out = env[im.output_name]
     args = (guard.Buf(torch.float32, 2 * 784), out.slot, guard.Buf(torch.float32, out.numel), 1)
     plan.check_steps(b.steps, b.buffers, *args)  # as built: fine
@@ -485,7 +485,7 @@ def test_every_c_entry_point_and_plan_step_has_a_check():
             module, name = target.rsplit(".", 1)
             assert callable(getattr(importlib.import_module(module), name)), target
     assert set(plan.STEP_CHECKS) == set(planner.Kind)
-    assert set(validate.CHECKS) == set(ops.OPS)
+    assert set(validate.CHECKS) == set(ops.RUNNERS)
 
 
 # ---------------------------------------------------------------- the validator against reality

@@ -76,6 +76,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -84,6 +85,7 @@ import numpy as np
 import torch
 
 from lowbit.errors import ConfigError
+from lowbit.integer import ir
 from lowbit.utils.files import atomic_write
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -117,10 +119,11 @@ class _Grid:
     signed: bool
 
     @classmethod
-    def of(cls, grid: dict[str, Any]) -> _Grid:
-        if grid["bits"] > 8:
-            raise ConfigError(f"ONNX QDQ export supports grids of at most 8 bits, not {grid['bits']}")
-        return cls(np.float32(grid["scale"]), cls.code(grid["zero_point"], grid["signed"]), bool(grid["signed"]))
+    def of(cls, grid: ir.Grid) -> _Grid:
+        """The ONNX form of the integer model's grid."""
+        if grid.bits > 8:
+            raise ConfigError(f"ONNX QDQ export supports grids of at most 8 bits, not {grid.bits}")
+        return cls(np.float32(grid.scale), cls.code(grid.zero_point, grid.signed), grid.signed)
 
     @staticmethod
     def code(stored: int, signed: bool) -> int:
@@ -380,7 +383,7 @@ class _Builder:
     # -- operations --------------------------------------------------------------------------------
 
     def emit(self, node: Node) -> None:
-        getattr(self, f"op_{node.kind}")(node)  # kinds were checked by _check_kinds
+        EXPORTERS[type(node.op.ir)](self, node)  # op types were checked by _check_kinds
 
     def op_quantize(self, node: Node) -> None:
         a = node.op.attrs
@@ -389,7 +392,7 @@ class _Builder:
             raise ConfigError(f"{node.output}: quantize reads the integer tensor {node.inputs[0]!r}")
         if node.grid is None:
             raise ConfigError(f"{node.output}: a quantize node needs its output grid")
-        signed = bool(node.grid["signed"])
+        signed = node.grid.signed
         grid = _Grid(np.float32(a["scale"]), _Grid.code(a["zero_point"], signed), signed)
         self.quantize(x.float_name, grid, node.output, _Grid.code(a["lo"], signed), _Grid.code(a["hi"], signed),
                       clamp_first=True)
@@ -714,10 +717,18 @@ def _live(nodes: list, outputs: set[str]) -> list:
     return keep[::-1]
 
 
+# this backend's table: the QDQ graph of each op type
+EXPORTERS: dict[type, Callable[[_Builder, Node], None]] = {
+    ir.Quantize: _Builder.op_quantize, ir.Dequantize: _Builder.op_dequantize, ir.Linear: _Builder.op_linear,
+    ir.Conv2d: _Builder.op_conv2d, ir.MaxPool2d: _Builder.op_maxpool2d, ir.AvgPool2d: _Builder.op_avgpool2d,
+    ir.Flatten: _Builder.op_flatten, ir.Pad: _Builder.op_pad,
+}
+
+
 def _check_kinds(model: IntegerModel) -> None:
-    supported = sorted(k[3:] for k in dir(_Builder) if k.startswith("op_"))
+    supported = sorted(t.kind for t in EXPORTERS)
     for node in model.nodes:
-        if not hasattr(_Builder, f"op_{node.kind}"):
+        if type(node.op.ir) not in EXPORTERS:
             raise ConfigError(f"cannot export {node.output!r}: op kind {node.kind!r} has no ONNX QDQ form "
                               f"(supported: {', '.join(supported)})")
 

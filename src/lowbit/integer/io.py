@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from lowbit.errors import CheckpointError
-from lowbit.integer import validate
+from lowbit.integer import ir, validate
 from lowbit.integer.model import IntegerModel, Node, make_op, require_integer_model
 from lowbit.utils.tensorfile import load_tensors, read_metadata, save_tensors
 
@@ -156,7 +156,7 @@ def save_integer(model: IntegerModel, path: str | Path) -> Path:
                 t = t.to(_NARROW[name])
             tensors[f"{i}.{name}"] = t
         nodes.append({"kind": node.kind, "inputs": node.inputs, "output": node.output, "attrs": attrs,
-                      "grid": node.grid, "source": node.source, "tensors": sorted(node.op.tensors)})
+                      "grid": None if node.grid is None else node.grid.to_json(), "source": node.source, "tensors": sorted(node.op.tensors)})
     shape, dtype = model.input_shape, model.input_dtype
     meta = {"format": FORMAT, "version": VERSION, "input": model.input_name, "output": model.output_name,
             "input_shape": None if shape is None else list(shape),
@@ -234,8 +234,8 @@ def _parse_node(path: Path, i: int, spec: object, tensors: dict[str, torch.Tenso
         inputs, output = spec["inputs"], spec["output"]
     except KeyError as exc:
         raise _fail(path, f"node {i} lacks {exc}") from None
-    if not isinstance(kind, str) or kind not in validate.CHECKS:
-        raise _fail(path, f"node {i} has unknown op {kind!r:.40}; known: {sorted(validate.CHECKS)}")
+    if validate.check_of(kind) is None:
+        raise _fail(path, f"node {i} has unknown op {kind!r:.40}; known: {validate.KNOWN_KINDS}")
     if not isinstance(attrs, dict) or not isinstance(names, list):
         raise _fail(path, f"node {i} ({kind}): 'attrs' must be a JSON object and 'tensors' a list of names")
     if not isinstance(spec.get("source", ""), str):
@@ -284,7 +284,7 @@ def load_integer(path: str | Path) -> IntegerModel:
             op = make_op(v.kind, v.attrs, v.tensors)
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             raise _fail(path, f"node {i} ({v.kind}) is inconsistent: {type(exc).__name__}: {exc}") from None
-        nodes.append(Node(op, v.inputs, v.output, v.grid, meta["nodes"][i].get("source", "")))
+        nodes.append(Node(op, v.inputs, v.output, ir.Grid.from_json(v.grid), meta["nodes"][i].get("source", "")))
     return IntegerModel(nodes, meta["input"], meta["output"], None if x is None else x.shape,
                         None if x is None else x.dtype)
 

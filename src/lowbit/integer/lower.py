@@ -21,19 +21,22 @@ from torch import fx, nn
 from lowbit.errors import ConfigError
 from lowbit.integer import validate
 from lowbit.formats import IntFormat
-from lowbit.integer.model import IntegerModel, Node, make_op
+from lowbit.integer import ir
+from lowbit.integer.model import IntegerModel, Node
+from lowbit.integer.ops import build
 from lowbit.prepared import record_of
 from lowbit.nn.exact import layer_params, pool_params
 from lowbit.nn.qparams import QParams, offset, stored_zero_point
 from lowbit.nn.quantizers import ActQuantizer
-from lowbit.nn.unified import QAvgPool, UnifiedConv, UnifiedLinear, _Unified
+from lowbit.nn.unified import QAvgPool, UnifiedConv, _Unified
 
 _SKIP_MODULES = (nn.Dropout, nn.Identity)
 _SKIP_METHODS = ("contiguous",)
 
 
-def grid(q: QParams) -> dict:
-    return {"scale": q.scale, "zero_point": stored_zero_point(q), "bits": q.fmt.bits, "signed": q.fmt.signed}
+def grid(q: QParams) -> ir.Grid:
+    """The integer model's grid of a simulation's (frozen) quantization parameters."""
+    return ir.Grid(float(q.scale), stored_zero_point(q), q.fmt.bits, q.fmt.signed)
 
 
 class _Lowering:
@@ -44,9 +47,9 @@ class _Lowering:
         self.names: dict[fx.Node, str] = {}
         self.unsupported: list[str] = []
 
-    def emit(self, kind: str, inputs: list[str], out: str, attrs: dict, tensors: dict | None,
-             q: QParams | None, source: str) -> None:
-        self.nodes.append(Node(make_op(kind, attrs, tensors), inputs, out, grid(q) if q else None, source))
+    def emit(self, op: ir.IROp, inputs: list[str], out: str, tensors: dict | None, q: QParams | None,
+             source: str) -> None:
+        self.nodes.append(Node(build(op, tensors), inputs, out, grid(q) if q else None, source))
         self.grids[out] = q
 
     def arg(self, node: fx.Node, i: int = 0) -> str:
@@ -91,7 +94,7 @@ class _Lowering:
         elif isinstance(m, _SKIP_MODULES):
             self.alias(node)
         elif isinstance(m, nn.Flatten):
-            self.simple(node, "flatten", {"start_dim": m.start_dim, "end_dim": m.end_dim})
+            self.simple(node, ir.Flatten(m.start_dim, m.end_dim))
         elif isinstance(m, nn.MaxPool2d):
             self.maxpool(node, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode)
         elif isinstance(m, nn.ZeroPad2d):
@@ -106,9 +109,9 @@ class _Lowering:
         elif t is torch.flatten or (node.op == "call_method" and t == "flatten"):
             start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
             end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
-            self.simple(node, "flatten", {"start_dim": start, "end_dim": end})
+            self.simple(node, ir.Flatten(start, end))
         elif node.op == "call_method" and t in ("view", "reshape") and self._is_batch_flatten(node):
-            self.simple(node, "flatten", {"start_dim": 1, "end_dim": -1})
+            self.simple(node, ir.Flatten(1, -1))
         elif node.op == "call_method" and t == "size" or t is operator.getitem and self._is_size(node.args[0]):
             pass  # shape arithmetic for a flatten; consumed by _is_batch_flatten
         elif t is F.max_pool2d:
@@ -136,19 +139,17 @@ class _Lowering:
             (b.op == "call_method" and b.target == "size" and b.args[1:] == (0,))
             or (b.target is operator.getitem and self._is_size(b.args[0]) and b.args[1] == 0))
 
-    def simple(self, node: fx.Node, kind: str, attrs: dict) -> None:
+    def simple(self, node: fx.Node, op: ir.IROp) -> None:
         src = self.arg(node)
-        self.emit(kind, [src], node.name, attrs, None, self.grids[src], node.name)
+        self.emit(op, [src], node.name, None, self.grids[src], node.name)
         self.names[node] = node.name
 
     def maxpool(self, node: fx.Node, k, s, p, d, ceil: bool) -> None:
-        two = lambda v: list(v) if isinstance(v, (tuple, list)) else [v, v]  # noqa: E731
-        self.simple(node, "maxpool2d", {"kernel_size": two(k), "stride": two(s if s is not None else k),
-                                        "padding": two(p), "dilation": two(d), "ceil_mode": ceil})
+        self.simple(node, ir.MaxPool2d(_two(k), _two(s if s is not None else k), _two(p), _two(d), bool(ceil)))
 
     def pad(self, node: fx.Node, pad: list[int]) -> None:
         q = self.grids[self.arg(node)]
-        self.simple(node, "pad", {"pad": pad, "value": 0 if q is None else stored_zero_point(q)})
+        self.simple(node, ir.Pad(tuple(int(v) for v in pad), 0 if q is None else stored_zero_point(q)))
 
     def quantize(self, node: fx.Node, m: ActQuantizer) -> None:
         src = self.arg(node)
@@ -157,8 +158,8 @@ class _Lowering:
             return
         q = m.qparams()
         off = offset(q)
-        attrs = {"scale": q.scale, "zero_point": stored_zero_point(q), "lo": q.fmt.qmin - off, "hi": q.fmt.qmax - off}
-        self.emit("quantize", [src], node.name, attrs, None, q, node.name)
+        op = ir.Quantize(float(q.scale), stored_zero_point(q), q.fmt.qmin - off, q.fmt.qmax - off)
+        self.emit(op, [src], node.name, None, q, node.name)
         self.names[node] = node.name
 
     def layer(self, node: fx.Node, m: _Unified) -> None:
@@ -172,32 +173,33 @@ class _Lowering:
             self.unsupported.append(f"{node.target} receives a float tensor")
             return
         fmt = m.weight_quant.spec.format
-        attrs: dict = {"input_zero_point": stored_zero_point(p.input), "weight_bits": fmt.bits}
-        if not isinstance(fmt, IntFormat):  # ternary / power-of-two codes: stored packed at their own width
-            attrs["weight_codes"] = "ternary" if m.weight_quant.ternary else "pow2"
+        codes = (ir.WeightCodes.INT if isinstance(fmt, IntFormat)  # ternary / power-of-two: packed at their width
+                 else ir.WeightCodes.TERNARY if m.weight_quant.ternary else ir.WeightCodes.POW2)
         tensors = {"weight": p.weight.to(torch.int8), "bias": p.bias.to(torch.int32)}
+        rz = None if p.residual is None else stored_zero_point(p.residual)
+        out: ir.OutputStage
         if p.output is None:
             tensors["acc_scale"] = p.acc_scale
-            attrs.update(_float_act(m.act))
-            if p.residual is not None:  # added in float, as the simulation does
-                attrs.update(residual_scale=p.residual.scale,
-                             residual_zero_point=stored_zero_point(p.residual))
+            act, lo, hi = _float_act(m.act)  # a residual is added in float, as the simulation does
+            out = ir.Dequantized(act, lo, hi, None if p.residual is None else float(p.residual.scale), rz)
         else:
             off = offset(p.output)
-            attrs.update(zero_point=stored_zero_point(p.output), lo=p.lo - off, hi=p.hi - off)
+            out = ir.Requantized(stored_zero_point(p.output), p.lo - off, p.hi - off, rz)
             tensors.update(m=p.m, n=p.n)
             if p.residual is not None:
                 tensors["m2"] = p.m2
-                attrs["residual_zero_point"] = stored_zero_point(p.residual)
         if p.weight.min() < -128 or p.weight.max() > 127:
             raise ConfigError(f"{node.target}: weights wider than 8 bits do not fit the int8 kernels")
+        izp = stored_zero_point(p.input)
         if isinstance(m, UnifiedConv):
             if m.ndim != 2:
                 self.unsupported.append(f"{node.target} (Conv1d: only 2-d convolutions have integer kernels)")
                 return
-            attrs.update(stride=list(m.stride), padding=list(m.padding), dilation=list(m.dilation), groups=m.groups)
-        kind = "linear" if isinstance(m, UnifiedLinear) else "conv2d"
-        self.emit(kind, ins, node.name, attrs, tensors, p.output, str(node.target))
+            op: ir.IROp = ir.Conv2d(izp, fmt.bits, out, _two(m.stride), _two(m.padding), _two(m.dilation), m.groups,
+                                    codes)
+        else:
+            op = ir.Linear(izp, fmt.bits, out, codes)
+        self.emit(op, ins, node.name, tensors, p.output, str(node.target))
         self.names[node] = node.name
 
     def avgpool(self, node: fx.Node, m: QAvgPool) -> None:
@@ -217,11 +219,10 @@ class _Lowering:
             return
         inp, out = m.input_qparams, m.output_qparams
         k = None if isinstance(pool, nn.AdaptiveAvgPool2d) else _two(pool.kernel_size)
-        attrs = {"kernel_size": k, "stride": None if k is None else _two(pool.stride or pool.kernel_size),
-                 "window": window, "input_zero_point": stored_zero_point(inp),
-                 "zero_point": stored_zero_point(out), "lo": out.fmt.qmin - offset(out),
-                 "hi": out.fmt.qmax - offset(out)}
-        self.emit("avgpool2d", [src], node.name, attrs, {"m": mm, "n": n}, out, str(node.target))
+        op = ir.AvgPool2d(k, None if k is None else _two(pool.stride or pool.kernel_size), int(window),
+                          stored_zero_point(inp), stored_zero_point(out), out.fmt.qmin - offset(out),
+                          out.fmt.qmax - offset(out))
+        self.emit(op, [src], node.name, {"m": mm, "n": n}, out, str(node.target))
         self.names[node] = node.name
 
     def _spatial(self, node: fx.Node) -> tuple[int, int]:
@@ -238,22 +239,21 @@ class _Lowering:
         name = self.names[out]
         q = self.grids[name]
         if q is not None:
-            self.emit("dequantize", [name], "output", {"scale": q.scale, "zero_point": stored_zero_point(q)},
-                      None, None, "output")
+            self.emit(ir.Dequantize(float(q.scale), stored_zero_point(q)), [name], "output", None, None, "output")
             name = "output"
         self.output = name
 
 
-def _two(v) -> list[int]:
-    return list(v) if isinstance(v, (tuple, list)) else [v, v]
+def _two(v) -> tuple[int, int]:
+    return (int(v[0]), int(v[1])) if isinstance(v, (tuple, list)) else (int(v), int(v))
 
 
-def _float_act(act: nn.Module) -> dict:
+def _float_act(act: nn.Module) -> tuple[ir.Act, float | None, float | None]:
     if isinstance(act, nn.ReLU):
-        return {"act": "relu"}
+        return ir.Act.RELU, None, None
     if isinstance(act, nn.Hardtanh):
-        return {"act": "hardtanh", "act_lo": float(act.min_val), "act_hi": float(act.max_val)}
-    return {"act": "none"}
+        return ir.Act.HARDTANH, float(act.min_val), float(act.max_val)
+    return ir.Act.NONE, None, None
 
 
 def _record_shapes(gm: fx.GraphModule, example: torch.Tensor) -> None:

@@ -25,18 +25,20 @@ from lowbit.errors import ConfigError, DataError, ShapeError
 from lowbit.functional._checks import check_tensor
 from lowbit.integer import validate
 from lowbit.integer.backend import Kernels, as_kernels
-from lowbit.integer.ops import OPS, Op, tensor_bytes
+from lowbit.integer import ir
+from lowbit.integer.ops import Op, build, tensor_bytes
 from lowbit.integer.plan import PlanCache
 
 
 @dataclass
 class Node:
-    """One operation: ``output = op(*inputs)``; ``grid`` is the output's (scale, zero point, bits, signed)."""
+    """One operation: ``output = op(*inputs)``; ``op`` runs the typed ``op.ir``; ``grid`` is the output's
+    (None for a float output)."""
 
     op: Op
     inputs: list[str]
     output: str
-    grid: dict[str, Any] | None = None
+    grid: ir.Grid | None = None
     source: str = ""  # the node of the converted model it computes (for parity checks)
 
     @property
@@ -148,9 +150,9 @@ def require_integer_model(model, what: str) -> None:
 
 
 def make_op(kind: str, attrs: dict[str, Any], tensors: dict[str, torch.Tensor] | None = None) -> Op:
-    if kind not in OPS:
-        raise KeyError(f"unknown integer op {kind!r}; known: {sorted(OPS)}")
-    return OPS[kind](attrs, tensors)
+    """The runner of the op of ``kind`` with JSON ``attrs`` (checked before) and ``tensors``."""
+    tensors = tensors or {}
+    return build(ir.parse(kind, attrs, requantized="acc_scale" not in tensors), tensors)
 
 
 __all__ = ["IntegerModel", "Node", "make_op"]

@@ -1,4 +1,7 @@
-"""The integer model's operations. Each is built from JSON attributes and named tensors, and runs on int8.
+"""The integer model's op runners: the reference (PyTorch) and op-by-op C kernels of each IR op type.
+
+Each runner is built from a typed op of :mod:`lowbit.integer.ir` and its named tensors, and runs on
+int8; :data:`RUNNERS` is this backend's table, one entry per op type.
 
 Stored activations are int8 codes; an op's ``zero_point``, ``lo`` and ``hi``
 are in that stored domain (an unsigned code ``q`` is stored as ``q - 128``).
@@ -8,30 +11,35 @@ Only :class:`Quantize` (network input) and :class:`Dequantize` / a dequantizing
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 
 from lowbit.functional._checks import check_tensor
+from lowbit.integer import ir
 from lowbit.integer.backend import Kernels
 from lowbit.native import cext
 from lowbit.integer import kernels as torch_kernels
 from lowbit.integer import vnni
 from lowbit.functional.requant import dequantize_acc, dequantize_codes, half_of
 
-Attrs = dict[str, Any]
 Tensors = dict[str, torch.Tensor]
 
 
 class Op:
-    """Base: ``attrs`` (JSON-able) and ``tensors`` are what is saved; ``__call__(*inputs, kernels=...)`` runs
+    """Base: ``ir`` (the typed op) and ``tensors`` are what is saved; ``__call__(*inputs, kernels=...)`` runs
     it on the kernels of :class:`~lowbit.integer.backend.Kernels` (all give the same codes)."""
 
-    kind = ""
+    def __init__(self, op: ir.IROp, tensors: Tensors | None = None) -> None:
+        self.ir, self.tensors = op, tensors or {}
 
-    def __init__(self, attrs: Attrs, tensors: Tensors | None = None) -> None:
-        self.attrs, self.tensors = attrs, tensors or {}
+    @property
+    def kind(self) -> str:
+        return self.ir.kind
+
+    @property
+    def attrs(self) -> dict:
+        """The attributes as JSON (the file format's form; derived from :attr:`ir`)."""
+        return ir.attrs_of(self.ir)
 
     def __call__(self, *inputs: torch.Tensor, kernels: Kernels = Kernels.VNNI) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
@@ -45,31 +53,27 @@ def _c(kernels: Kernels) -> bool:
 class Quantize(Op):
     """float -> int8: ``clamp(round(x * (1/s)) + z, lo, hi)`` (PyTorch's fake-quant arithmetic)."""
 
-    kind = "quantize"
-
-    def __init__(self, attrs: Attrs, tensors: Tensors | None = None) -> None:
-        super().__init__(attrs, tensors)
-        self.inv = torch.reciprocal(torch.tensor(attrs["scale"], dtype=torch.float32))
+    def __init__(self, op: ir.Quantize, tensors: Tensors | None = None) -> None:
+        super().__init__(op, tensors)
+        self.inv = torch.reciprocal(torch.tensor(op.scale, dtype=torch.float32))
 
     def __call__(self, x: torch.Tensor, kernels: Kernels = Kernels.VNNI) -> torch.Tensor:
         """A NaN or an infinity raises the DataError the simulation's quantizer raises."""
-        a = self.attrs
+        a = self.ir
         inv = self.inv
         if x.dtype == torch.float32 and _c(kernels):
-            q = cext.quantize_f32(x, inv, a["zero_point"], a["lo"], a["hi"])  # one pass, same float32 ops
+            q = cext.quantize_f32(x, inv, a.zero_point, a.lo, a.hi)  # one pass, same float32 ops
             if q is not None:
                 return q
         check_tensor(x, "input")
-        return (torch.round(x * inv) + a["zero_point"]).clamp_(a["lo"], a["hi"]).to(torch.int8)
+        return (torch.round(x * inv) + a.zero_point).clamp_(a.lo, a.hi).to(torch.int8)
 
 
 class Dequantize(Op):
     """int8 -> float: ``(q - z) * s`` in float32."""
 
-    kind = "dequantize"
-
     def __call__(self, x: torch.Tensor, kernels: Kernels = Kernels.VNNI) -> torch.Tensor:
-        return dequantize_codes(x, self.attrs["zero_point"], self.attrs["scale"])
+        return dequantize_codes(x, self.ir.zero_point, self.ir.scale)
 
 
 class _Layer(Op):
@@ -81,12 +85,12 @@ class _Layer(Op):
     (:func:`lowbit.functional.requant.requantize`). All three give identical codes.
     """
 
-    def __init__(self, attrs: Attrs, tensors: Tensors | None = None) -> None:
-        super().__init__(attrs, tensors)
+    def __init__(self, op: ir.Linear | ir.Conv2d, tensors: Tensors | None = None) -> None:
+        super().__init__(op, tensors)
         t = self.tensors
         w = t["weight"].to(torch.int32)
         rowsum = w.reshape(w.shape[0], -1).sum(dim=1)
-        folded = t["bias"].to(torch.int64) - attrs["input_zero_point"] * rowsum
+        folded = t["bias"].to(torch.int64) - op.input_zero_point * rowsum
         if bool((folded.abs() >= 2**31).any()):
             raise ValueError("bias out of range: |bias - z sum(w)| must stay below 2^31")
         self.bias_folded = folded.to(torch.int32)
@@ -104,10 +108,9 @@ class _Layer(Op):
         if self._packed is None:
             w = vnni.pack_weight(weight_mat)
             self._packed = (w, w.correction if self.dequant else (self.bias_folded + w.correction))
-            a, t = self.attrs, self.tensors
+            a, t = self.ir.out, self.tensors
             self.requant_spec = None if self.dequant else vnni.Requant(
-                t["m"], t["n"], self.half, a["zero_point"], a["lo"], a["hi"], t.get("m2"),
-                a.get("residual_zero_point", 0))
+                t["m"], t["n"], self.half, a.zero_point, a.lo, a.hi, t.get("m2"), a.residual_zero_point or 0)
         return self._packed
 
     def _gemm_out(self, rows: torch.Tensor | None, packed, residual: torch.Tensor | None,
@@ -125,36 +128,33 @@ class _Layer(Op):
 
     def _dequantize(self, acc: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor | None, chan,
                     kernels: Kernels) -> torch.Tensor:
-        a = self.attrs
-        act = a.get("act", "none")
-        if _c(kernels) and residual is None and act == "none" and acc.ndim == 2:  # the usual classifier: one C pass
+        a = self.ir.out
+        if _c(kernels) and residual is None and a.act is ir.Act.NONE and acc.ndim == 2:  # the usual classifier
             return cext.dequant_rows(acc, bias, self.acc_scale64)
         y = dequantize_acc(acc + chan(bias), chan(self.tensors["acc_scale"]))
         if residual is not None:  # dequantized like the Dequantize op
-            y = y + dequantize_codes(residual, a["residual_zero_point"], a["residual_scale"])
-        if act == "relu":
+            y = y + dequantize_codes(residual, a.residual_zero_point, a.residual_scale)
+        if a.act is ir.Act.RELU:
             y = torch.relu(y)
-        elif act == "hardtanh":
-            y = y.clamp(a["act_lo"], a["act_hi"])
+        elif a.act is ir.Act.HARDTANH:
+            y = y.clamp(a.act_lo, a.act_hi)
         return y
 
     def _requant(self, acc: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor | None, chan,
                  kernels: Kernels) -> torch.Tensor:
         """int8 codes from int32 ``acc`` (bias not yet added); ``chan`` shapes per-channel tensors for ``acc``."""
-        a, t = self.attrs, self.tensors
+        a, t = self.ir.out, self.tensors
         if _c(kernels):
-            return cext.requant(acc, bias, t["m"], t["n"], a["zero_point"], a["lo"], a["hi"], residual,
-                                a.get("residual_zero_point", 0), t.get("m2"), self.half)
-        res = None if residual is None else residual.to(torch.int64) - a["residual_zero_point"]
+            return cext.requant(acc, bias, t["m"], t["n"], a.zero_point, a.lo, a.hi, residual,
+                                a.residual_zero_point or 0, t.get("m2"), self.half)
+        res = None if residual is None else residual.to(torch.int64) - a.residual_zero_point
         m2 = chan(t["m2"]) if "m2" in t else None
-        return torch_kernels.requant_int8(acc + chan(bias), chan(t["m"]), chan(t["n"]), a["zero_point"], a["lo"], a["hi"],
-                                    res, m2)
+        return torch_kernels.requant_int8(acc + chan(bias), chan(t["m"]), chan(t["n"]), a.zero_point, a.lo, a.hi,
+                                          res, m2)
 
 
 class Linear(_Layer):
     """int8 GEMM (``torch._int_mm``), int32 bias, requantization (or dequantization at the output)."""
-
-    kind = "linear"
 
     def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None,
                  kernels: Kernels = Kernels.VNNI) -> torch.Tensor:
@@ -178,26 +178,24 @@ class Linear(_Layer):
 class Conv2d(_Layer):
     """Dense conv as im2col + int8 GEMM, grouped/depthwise as an int32 conv; outputs NCHW."""
 
-    kind = "conv2d"
-
-    def __init__(self, attrs: Attrs, tensors: Tensors | None = None) -> None:
-        super().__init__(attrs, tensors)
+    def __init__(self, op: ir.Conv2d, tensors: Tensors | None = None) -> None:
+        super().__init__(op, tensors)
         w = self.tensors["weight"]
         self.kernel = tuple(w.shape[2:])
         self.weight_mat = w.permute(0, 2, 3, 1).reshape(w.shape[0], -1).contiguous()
-        self.depthwise = attrs["groups"] > 1 and w.shape[1] == 1 and attrs["groups"] == w.shape[0]
+        self.depthwise = op.groups > 1 and w.shape[1] == 1 and op.groups == w.shape[0]
         self.weight_hwc = w[:, 0].permute(1, 2, 0).contiguous() if self.depthwise else None
         self._geometry: dict[tuple[int, int], tuple] = {}  # output geometry per input size
 
     def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None,
                  kernels: Kernels = Kernels.VNNI) -> torch.Tensor:
-        a, o = self.attrs, self.tensors["weight"].shape[0]
-        conv = (a["stride"], a["padding"], a["dilation"])
+        a, o = self.ir, self.tensors["weight"].shape[0]
+        conv = (a.stride, a.padding, a.dilation)
         if self.depthwise and _c(kernels):
-            acc, (n, ho, wo) = torch_kernels.depthwise_acc(x, self.weight_hwc, *conv, a["input_zero_point"])
+            acc, (n, ho, wo) = torch_kernels.depthwise_acc(x, self.weight_hwc, *conv, a.input_zero_point)
             return self._rows_out(acc, residual, n, ho, wo, o, kernels, zero_bias=True)
-        if a["groups"] != 1:
-            acc = torch_kernels.grouped_conv2d_acc(x, self.tensors["weight"], *conv, a["groups"], a["input_zero_point"])
+        if a.groups != 1:
+            acc = torch_kernels.grouped_conv2d_acc(x, self.tensors["weight"], *conv, a.groups, a.input_zero_point)
             chan = lambda v: v.reshape(1, -1, 1, 1)  # noqa: E731
             bias = self.tensors["bias"].to(torch.int32)
             if self.dequant:
@@ -209,20 +207,20 @@ class Conv2d(_Layer):
             geo, (ho, wo) = self.conv_geometry(h, w)
             if kernels.implicit_conv and vnni.implicit_conv_ok(c, self.kernel):
                 y = self._gemm_out(None, packed, self._residual_rows(residual, o),
-                                   conv=(x, self.kernel, *geo, a["input_zero_point"], (ho, wo)))
+                                   conv=(x, self.kernel, *geo, a.input_zero_point, (ho, wo)))
             else:
-                rows = vnni.im2col(x, self.kernel, *geo, a["input_zero_point"], (ho, wo), packed[0].kp)
+                rows = vnni.im2col(x, self.kernel, *geo, a.input_zero_point, (ho, wo), packed[0].kp)
                 y = self._gemm_out(rows, packed, self._residual_rows(residual, o))
             return y.reshape(n, ho, wo, o).permute(0, 3, 1, 2)
-        acc, (n, ho, wo) = torch_kernels.conv2d_acc(x, self.weight_mat, self.kernel, *conv, a["input_zero_point"],
+        acc, (n, ho, wo) = torch_kernels.conv2d_acc(x, self.weight_mat, self.kernel, *conv, a.input_zero_point,
                                                     _c(kernels))
         return self._rows_out(acc, residual, n, ho, wo, o, kernels)
 
     def conv_geometry(self, h: int, w: int) -> tuple[tuple, tuple[int, int]]:
         """((stride, padding, dilation) pairs, (Ho, Wo)) for an H x W input, computed once per size."""
         if (h, w) not in self._geometry:
-            a = self.attrs
-            geo = tuple(torch_kernels.pairs(a[k]) for k in ("stride", "padding", "dilation"))
+            a = self.ir
+            geo = (a.stride, a.padding, a.dilation)
             (sh, sw), (ph, pw), (dh, dw) = geo
             out = (torch_kernels.out_size(h, self.kernel[0], sh, ph, dh),
                    torch_kernels.out_size(w, self.kernel[1], sw, pw, dw))
@@ -248,74 +246,71 @@ class Conv2d(_Layer):
 class MaxPool2d(Op):
     """Max pooling (an integer tensor keeps its grid): a C kernel on NHWC int8, or a maximum of strided views."""
 
-    kind = "maxpool2d"
-
-    def __init__(self, attrs: Attrs, tensors: Tensors | None = None) -> None:
-        super().__init__(attrs, tensors)
+    def __init__(self, op: ir.MaxPool2d, tensors: Tensors | None = None) -> None:
+        super().__init__(op, tensors)
         self._sizes: dict[tuple[int, int], tuple] = {}
 
     def geometry(self, h: int, w: int) -> tuple:
         """(kernel, stride, padding, (Ho, Wo)) pairs for an H x W input, computed once per size."""
         if (h, w) not in self._sizes:
-            (kh, kw), (sh, sw), (ph, pw) = (torch_kernels.pairs(self.attrs[k])
-                                            for k in ("kernel_size", "stride", "padding"))
+            (kh, kw), (sh, sw), (ph, pw) = self.ir.kernel_size, self.ir.stride, self.ir.padding
             out = (torch_kernels.out_size(h, kh, sh, ph, 1), torch_kernels.out_size(w, kw, sw, pw, 1))
             self._sizes[(h, w)] = ((kh, kw), (sh, sw), (ph, pw), out)
         return self._sizes[(h, w)]
 
     def __call__(self, x: torch.Tensor, kernels: Kernels = Kernels.VNNI) -> torch.Tensor:
-        a = self.attrs
-        if x.is_floating_point() or a["dilation"] != [1, 1] or a["ceil_mode"]:
-            return F.max_pool2d(x.contiguous(), a["kernel_size"], a["stride"], a["padding"], a["dilation"],
-                                a["ceil_mode"])
+        a = self.ir
+        if x.is_floating_point() or a.dilation != (1, 1) or a.ceil_mode:
+            return F.max_pool2d(x.contiguous(), a.kernel_size, a.stride, a.padding, a.dilation, a.ceil_mode)
         if x.dtype == torch.int8 and _c(kernels):
             return cext.maxpool_nhwc(x, *self.geometry(x.shape[2], x.shape[3]))
-        return torch_kernels.max_pool2d(x, a["kernel_size"], a["stride"], a["padding"])
+        return torch_kernels.max_pool2d(x, a.kernel_size, a.stride, a.padding)
 
 
 class AvgPool2d(Op):
     """Window sum of centred codes in int32, then requantization: global (``kernel_size`` None) or unpadded."""
 
-    kind = "avgpool2d"
-
     def __call__(self, x: torch.Tensor, kernels: Kernels = Kernels.VNNI) -> torch.Tensor:
-        a, t = self.attrs, self.tensors
-        k = a["kernel_size"]
+        a, t = self.ir, self.tensors
+        k = a.kernel_size
         if k is None:
             s = x.sum(dim=(2, 3), keepdim=True, dtype=torch.int32)
         else:
-            st = a["stride"]
+            st = a.stride
             s = x.unfold(2, k[0], st[0]).unfold(3, k[1], st[1]).sum(dim=(-1, -2), dtype=torch.int32)
-        s = s - a["window"] * a["input_zero_point"]
-        return torch_kernels.requant_int8(s, t["m"], t["n"], a["zero_point"], a["lo"], a["hi"])
+        s = s - a.window * a.input_zero_point
+        return torch_kernels.requant_int8(s, t["m"], t["n"], a.zero_point, a.lo, a.hi)
 
 
 class Flatten(Op):
-    kind = "flatten"
-
     def __call__(self, x: torch.Tensor, kernels: Kernels = Kernels.VNNI) -> torch.Tensor:
-        a = self.attrs
-        if (x.dtype == torch.int8 and x.ndim == 4 and a["start_dim"] == 1 and a["end_dim"] in (-1, 3)
+        a = self.ir
+        if (x.dtype == torch.int8 and x.ndim == 4 and a.start_dim == 1 and a.end_dim in (-1, 3)
                 and not x.is_contiguous() and x.permute(0, 2, 3, 1).is_contiguous() and _c(kernels)):
             return cext.flatten_channels_last(x)  # a conv output (channels-last) in NCHW order, one C pass
-        return torch.flatten(x, a["start_dim"], a["end_dim"])
+        return torch.flatten(x, a.start_dim, a.end_dim)
 
 
 class Pad(Op):
     """Constant padding with the zero point (the code of 0.0), or 0.0 on a float tensor."""
 
-    kind = "pad"
-
     def __call__(self, x: torch.Tensor, kernels: Kernels = Kernels.VNNI) -> torch.Tensor:
-        return F.pad(x, self.attrs["pad"], value=self.attrs["value"] if x.dtype == torch.int8 else 0.0)
+        return F.pad(x, list(self.ir.pad), value=self.ir.value if x.dtype == torch.int8 else 0.0)
 
 
-OPS: dict[str, type[Op]] = {cls.kind: cls for cls in (Quantize, Dequantize, Linear, Conv2d, MaxPool2d, AvgPool2d,
-                                                     Flatten, Pad)}
+# this backend's table: the runner of each op type
+RUNNERS: dict[type, type[Op]] = {ir.Quantize: Quantize, ir.Dequantize: Dequantize, ir.Linear: Linear,
+                                 ir.Conv2d: Conv2d, ir.MaxPool2d: MaxPool2d, ir.AvgPool2d: AvgPool2d,
+                                 ir.Flatten: Flatten, ir.Pad: Pad}
+
+
+def build(op: ir.IROp, tensors: Tensors | None = None) -> Op:
+    """The runner of ``op`` with its tensors."""
+    return RUNNERS[type(op)](op, tensors)
 
 
 def tensor_bytes(op: Op) -> int:
     return sum(t.numel() * t.element_size() for t in op.tensors.values())
 
 
-__all__ = ["OPS", "Op", "tensor_bytes"]
+__all__ = ["RUNNERS", "Op", "build", "tensor_bytes"]

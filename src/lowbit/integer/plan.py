@@ -40,6 +40,7 @@ from lowbit.errors import ShapeError
 from lowbit.functional._checks import check_tensor
 from lowbit.native import cext, guard
 from lowbit.integer import vnni
+from lowbit.integer import ir
 from lowbit.integer.planner import HANDLERS, INPUT, Builder, Kind, Unsupported, Value
 
 if TYPE_CHECKING:
@@ -80,8 +81,8 @@ class Plan:
         b = Builder(max_bytes)
         env = {model.input_name: Value(INPUT, tuple(shape), torch.float32)}
         for node in model.nodes:
-            handler = HANDLERS.get(node.kind)
-            if handler is None or not 1 <= len(node.inputs) <= (2 if node.kind in ("linear", "conv2d") else 1):
+            handler = HANDLERS.get(type(node.op.ir))
+            if handler is None or not 1 <= len(node.inputs) <= (2 if isinstance(node.op.ir, ir.LAYERS) else 1):
                 raise Unsupported(f"op {node.kind} with {len(node.inputs)} inputs")
             env[node.output] = handler(b, node.op, *(env[i] for i in node.inputs))
         out = env[model.output_name]

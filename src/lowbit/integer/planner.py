@@ -17,6 +17,7 @@ from enum import IntEnum
 
 import torch
 
+from lowbit.integer import ir
 from lowbit.integer.backend import Kernels
 from lowbit.integer import ops, vnni
 from lowbit.functional.requant import half_of
@@ -140,8 +141,8 @@ def _quantize(b: Builder, op: ops.Quantize, x: Value) -> Value:
     """float32 -> int8 codes, as the op's C path (lowbit_quantize_f32) computes them."""
     if x.dtype != torch.float32:
         raise Unsupported(f"quantize of {x.dtype}")
-    a, out = op.attrs, b.value(x.shape, torch.int8)
-    b.step(Kind.QUANTIZE, [b.rows(x), out.slot], [x.numel, a["zero_point"], a["lo"], a["hi"]], real=float(op.inv))
+    a, out = op.ir, b.value(x.shape, torch.int8)
+    b.step(Kind.QUANTIZE, [b.rows(x), out.slot], [x.numel, a.zero_point, a.lo, a.hi], real=float(op.inv))
     return out
 
 
@@ -149,8 +150,8 @@ def _dequantize(b: Builder, op: ops.Dequantize, x: Value) -> Value:
     """int8 codes -> float32 ``(q - z) * s``, elementwise (so in the input's layout)."""
     _int8(x)
     out = Value(b.scratch(x.numel, torch.float32), x.shape, torch.float32, x.channels_last)
-    scale = float(torch.tensor(op.attrs["scale"], dtype=torch.float32))
-    b.step(Kind.DEQUANT_CODES, [x.slot, out.slot], [x.numel, op.attrs["zero_point"]], real=scale)
+    scale = float(torch.tensor(op.ir.scale, dtype=torch.float32))
+    b.step(Kind.DEQUANT_CODES, [x.slot, out.slot], [x.numel, op.ir.zero_point], real=scale)
     return out
 
 
@@ -166,7 +167,7 @@ def _output_stage(b: Builder, op: ops._Layer, residual: int) -> tuple[list[int],
 
 def _dequant_out(b: Builder, op: ops._Layer, shape, channels_last: bool, residual: Value | None) -> Value:
     """The float32 output of a dequantizing layer; only the one C pass the op uses (no residual, no activation)."""
-    if residual is not None or op.attrs.get("act", "none") != "none":
+    if residual is not None or op.ir.out.act is not ir.Act.NONE:
         raise Unsupported("an output layer with a residual or an activation dequantizes in PyTorch")
     return b.value(shape, torch.float32, channels_last)
 
@@ -229,14 +230,14 @@ def _conv2d(b: Builder, op: ops.Conv2d, x: Value, residual: Value | None = None)
     _int8(x, 4)
     if op.depthwise:
         return _depthwise(b, op, x, residual)
-    packed = op.packed(op.weight_mat, Kernels.PLAN) if op.attrs["groups"] == 1 else None
+    packed = op.packed(op.weight_mat, Kernels.PLAN) if op.ir.groups == 1 else None
     if packed is None:
         raise Unsupported("conv without the VNNI GEMM")
     w, col_add = packed
     n, c, h, wd = x.shape
     geo, (ho, wo) = op.conv_geometry(h, wd)
     (sh, sw), (ph, pw), (dh, dw) = geo
-    (kh, kw), o, rows, pad = op.kernel, w.n, n * ho * wo, op.attrs["input_zero_point"]
+    (kh, kw), o, rows, pad = op.kernel, w.n, n * ho * wo, op.ir.input_zero_point
     res = _conv_residual(b, residual, (n, o, ho, wo), op.dequant)
     out, dst = _layer_out(b, op, (n, o, ho, wo), rows, o, True, residual)
     epi_bufs, epi_args = _output_stage(b, op, res)
@@ -256,9 +257,9 @@ def _conv2d(b: Builder, op: ops.Conv2d, x: Value, residual: Value | None = None)
 
 def _depthwise(b: Builder, op: ops.Conv2d, x: Value, residual: Value | None) -> Value:
     """Depthwise conv (C kernel, int32 rows) then the C epilogue, as the op's depthwise path."""
-    a, t = op.attrs, op.tensors
+    a, t = op.ir, op.tensors
     n, c, h, wd = x.shape
-    if c != a["groups"]:
+    if c != a.groups:
         raise Unsupported("depthwise conv on another channel count")
     ((sh, sw), (ph, pw), (dh, dw)), (ho, wo) = op.conv_geometry(h, wd)
     kh, kw = op.kernel
@@ -266,7 +267,7 @@ def _depthwise(b: Builder, op: ops.Conv2d, x: Value, residual: Value | None) -> 
     res = _conv_residual(b, residual, (n, c, ho, wo), op.dequant)
     acc = b.scratch(rows * c, torch.int32)
     b.step(Kind.DEPTHWISE, [b.nhwc(x), b.const(op.weight_hwc), acc],
-           [n, h, wd, c, kh, kw, sh, sw, ph, pw, dh, dw, a["input_zero_point"], ho, wo])
+           [n, h, wd, c, kh, kw, sh, sw, ph, pw, dh, dw, a.input_zero_point, ho, wo])
     if op.dequant:
         out = _dequant_out(b, op, (n, c, ho, wo), True, residual)
         _finish_dequant(b, op, acc, out, bias, rows, c)
@@ -274,15 +275,15 @@ def _depthwise(b: Builder, op: ops.Conv2d, x: Value, residual: Value | None) -> 
     out = b.value((n, c, ho, wo), torch.int8, True)
     b.step(Kind.REQUANT, [acc, b.const(bias), b.const(t["m"]), b.const(t["n"]), b.const(op.half), res,
                           b.const(t.get("m2")), out.slot],
-           [rows, c, a.get("residual_zero_point", 0), a["zero_point"], a["lo"], a["hi"]])
+           [rows, c, a.out.residual_zero_point or 0, a.out.zero_point, a.out.lo, a.out.hi])
     return out
 
 
 def _maxpool2d(b: Builder, op: ops.MaxPool2d, x: Value) -> Value:
     """The op's C path: NHWC int8, no dilation, no ceil mode."""
-    a = op.attrs
+    a = op.ir
     _int8(x, 4)
-    if a["dilation"] != [1, 1] or a["ceil_mode"]:
+    if a.dilation != (1, 1) or a.ceil_mode:
         raise Unsupported("max pool with dilation or ceil mode")
     n, c, h, w = x.shape
     (kh, kw), (sh, sw), (ph, pw), (ho, wo) = op.geometry(h, w)
@@ -294,37 +295,42 @@ def _maxpool2d(b: Builder, op: ops.MaxPool2d, x: Value) -> Value:
 def _avgpool2d(b: Builder, op: ops.AvgPool2d, x: Value) -> Value:
     """Global average pool: int32 window sums, then the C epilogue with bias ``-window * z`` and the pool's
     multiplier for every channel (the op's PyTorch arithmetic, element for element)."""
-    a, t = op.attrs, op.tensors
+    a, t = op.ir, op.tensors
     _int8(x, 4)
     n, c, h, w = x.shape
-    if a["kernel_size"] is not None or t["m"].numel() != 1 or t["n"].numel() != 1:
+    if a.kernel_size is not None or t["m"].numel() != 1 or t["n"].numel() != 1:
         raise Unsupported("average pool with a window")
     sums = b.scratch(n * c, torch.int32)
     b.step(Kind.SUM_HW, [b.nhwc(x), sums], [n, h * w, c])
     m, shift = t["m"].reshape(1).expand(c), t["n"].reshape(1).expand(c)
     half = half_of(shift)
-    bias = torch.full((c,), -a["window"] * a["input_zero_point"], dtype=torch.int32)
+    bias = torch.full((c,), -a.window * a.input_zero_point, dtype=torch.int32)
     out = b.value((n, c, 1, 1), torch.int8)
     b.step(Kind.REQUANT, [sums, b.const(bias), b.const(m), b.const(shift), b.const(half), -1, -1, out.slot],
-           [n, c, 0, a["zero_point"], a["lo"], a["hi"]])
+           [n, c, 0, a.zero_point, a.lo, a.hi])
     return out
 
 
 def _flatten(b: Builder, op: ops.Flatten, x: Value) -> Value:
     """A view of a tensor in logical order; a channels-last int8 conv output is transposed, as the op's C path."""
-    a = op.attrs
-    shape = tuple(torch.empty(x.shape, device="meta").flatten(a["start_dim"], a["end_dim"]).shape)
+    a = op.ir
+    shape = tuple(torch.empty(x.shape, device="meta").flatten(a.start_dim, a.end_dim).shape)
     if x.logical_order():
         return Value(x.slot, shape, x.dtype)
-    if not (x.dtype == torch.int8 and a["start_dim"] == 1 and a["end_dim"] in (-1, 3)):
+    if not (x.dtype == torch.int8 and a.start_dim == 1 and a.end_dim in (-1, 3)):
         raise Unsupported("partial flatten of a channels-last tensor")
     return Value(b.rows(x), shape, x.dtype)
 
 
-HANDLERS: dict[str, Callable[..., Value]] = {
-    "quantize": _quantize, "dequantize": _dequantize, "linear": _linear, "conv2d": _conv2d,
-    "maxpool2d": _maxpool2d, "avgpool2d": _avgpool2d, "flatten": _flatten,
+# this backend's table: the steps of each op type, or why a type has none (its model runs op by op)
+HANDLERS: dict[type, Callable[..., Value]] = {
+    ir.Quantize: _quantize, ir.Dequantize: _dequantize, ir.Linear: _linear, ir.Conv2d: _conv2d,
+    ir.MaxPool2d: _maxpool2d, ir.AvgPool2d: _avgpool2d, ir.Flatten: _flatten,
+}
+NO_PLAN: dict[type, str] = {
+    ir.Pad: "an explicit pad runs op by op (the exporter and the planner fold the pads a conv reads into its "
+            "own padding only in ONNX; a plan of a model with one is not built)",
 }
 
 
-__all__ = ["HANDLERS", "INPUT", "Builder", "Kind", "Unsupported", "Value"]
+__all__ = ["HANDLERS", "INPUT", "NO_PLAN", "Builder", "Kind", "Unsupported", "Value"]

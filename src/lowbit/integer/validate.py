@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from lowbit.integer import ir
 from lowbit.native.guard import INT8, MAX_M, MAX_M2, MAX_SHIFT, out_size
 
 MAX_SAMPLE = 1 << 28  # elements of any tensor or kernel workspace, per sample
@@ -493,16 +494,24 @@ def _pad_shape(a: dict, t: dict, ins: list[Spec]) -> Spec:
     return Spec(tuple(shape), x.dtype)
 
 
-CHECKS: dict[str, KindCheck] = {
-    "quantize": KindCheck(_quantize_attrs, _quantize_shape, (1, 1)),
-    "dequantize": KindCheck(_dequantize_attrs, _dequantize_shape, (1, 1)),
-    "linear": KindCheck(_linear_attrs, _linear_shape, (1, 2)),
-    "conv2d": KindCheck(_conv2d_attrs, _conv2d_shape, (1, 2)),
-    "maxpool2d": KindCheck(_maxpool2d_attrs, _maxpool2d_shape, (1, 1)),
-    "avgpool2d": KindCheck(_avgpool2d_attrs, _avgpool2d_shape, (1, 1)),
-    "flatten": KindCheck(_flatten_attrs, _flatten_shape, (1, 1)),
-    "pad": KindCheck(_pad_attrs, _pad_shape, (1, 1)),
+# the safetensors I/O backend's table: what a file's node of each op type must satisfy before it is built
+CHECKS: dict[type, KindCheck] = {
+    ir.Quantize: KindCheck(_quantize_attrs, _quantize_shape, (1, 1)),
+    ir.Dequantize: KindCheck(_dequantize_attrs, _dequantize_shape, (1, 1)),
+    ir.Linear: KindCheck(_linear_attrs, _linear_shape, (1, 2)),
+    ir.Conv2d: KindCheck(_conv2d_attrs, _conv2d_shape, (1, 2)),
+    ir.MaxPool2d: KindCheck(_maxpool2d_attrs, _maxpool2d_shape, (1, 1)),
+    ir.AvgPool2d: KindCheck(_avgpool2d_attrs, _avgpool2d_shape, (1, 1)),
+    ir.Flatten: KindCheck(_flatten_attrs, _flatten_shape, (1, 1)),
+    ir.Pad: KindCheck(_pad_attrs, _pad_shape, (1, 1)),
 }
+KNOWN_KINDS = sorted(t.kind for t in CHECKS)
+
+
+def check_of(kind: object) -> KindCheck | None:
+    """The checks of the op type named ``kind`` (a file's string), or None for an unknown kind."""
+    t = ir.KINDS.get(kind) if isinstance(kind, str) else None
+    return CHECKS.get(t) if t is not None else None
 
 
 # ---------------------------------------------------------------- the graph
@@ -534,9 +543,9 @@ def check_structure(nodes: Sequence[NodeView], input_name: object, output_name: 
     defined = {input_name}
     for i, node in enumerate(nodes):
         where = _where(i, node)
-        check = CHECKS.get(node.kind) if isinstance(node.kind, str) else None
+        check = check_of(node.kind)
         if check is None:
-            raise Invalid(f"{where}: unknown op kind; allowed: {sorted(CHECKS)}")
+            raise Invalid(f"{where}: unknown op kind; allowed: {KNOWN_KINDS}")
         ins, out = node.inputs, node.output
         if not isinstance(ins, list) or not all(isinstance(n, str) for n in ins) or not isinstance(out, str):
             raise Invalid(f"{where}: inputs {ins!r:.60} and output {out!r:.40} must be tensor names (strings)")
@@ -565,11 +574,11 @@ def specs(nodes: Sequence[NodeView], input_name: str, x: Spec, stop_at_unknown: 
         raise Invalid(f"the input has {math.prod(x.shape)} elements per sample; allowed: at most {MAX_SAMPLE}")
     env = {input_name: x}
     for i, node in enumerate(nodes):
-        check = CHECKS.get(node.kind)
+        check = check_of(node.kind)
         if check is None:
             if stop_at_unknown:
                 return env
-            raise Invalid(f"{_where(i, node)}: unknown op kind; allowed: {sorted(CHECKS)}")
+            raise Invalid(f"{_where(i, node)}: unknown op kind; allowed: {KNOWN_KINDS}")
         try:
             env[node.output] = check.shape(node.attrs, node.tensors, [env[n] for n in node.inputs])
         except Invalid as exc:
@@ -604,7 +613,8 @@ def check_model(nodes: Sequence[NodeView], input_name: str, output_name: str, x:
 
 def views(nodes) -> list[NodeView]:
     """The :class:`NodeView` s of built :class:`~lowbit.integer.model.Node` s."""
-    return [NodeView(n.kind, n.op.attrs, n.op.tensors, n.inputs, n.output, n.grid) for n in nodes]
+    return [NodeView(n.kind, n.op.attrs, n.op.tensors, n.inputs, n.output, None if n.grid is None else n.grid.to_json())
+            for n in nodes]
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -612,5 +622,5 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-__all__ = ["CHECKS", "MAX_SAMPLE", "Invalid", "KindCheck", "NodeView", "Spec", "check_model", "check_structure",
+__all__ = ["CHECKS", "KNOWN_KINDS", "check_of", "MAX_SAMPLE", "Invalid", "KindCheck", "NodeView", "Spec", "check_model", "check_structure",
            "dtype_name", "input_spec", "propagate", "specs", "views", "weight_range"]

@@ -142,7 +142,7 @@ def library() -> ctypes.CDLL | None:
 def _lib() -> ctypes.CDLL:
     lib = library()
     if lib is None:
-        raise RuntimeError("the C kernels are not available (LOWBIT_NO_CEXT, or no C compiler)")
+        raise RuntimeError("the C kernels are not available (no working C compiler)")
     return lib
 
 

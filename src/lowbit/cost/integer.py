@@ -1,0 +1,114 @@
+"""Per-op cost of an :class:`~lowbit.integer.model.IntegerModel`, read off the model itself.
+
+The cost backend of the integer IR: :data:`COSTS` holds, per op type of :mod:`lowbit.integer.ir`,
+a function of the op and the per-sample shapes of its input and output. For a conv or linear op
+with ``K`` multiply-accumulates per output element and ``E`` output elements per sample (as in
+:mod:`lowbit.cost.profile`):
+
+    MACs = E * K;  BOPs = MACs * b_w * b_x   (b_x = 8: the engine's int8 activations)
+    weight bytes = the op's tensors as the file stores them (weights at ``weight_bits``, ternary
+    at 2 bits; int32 bias and per-channel multipliers)
+
+Pools count window additions as accumulations of 1-bit weights; quantize, dequantize and
+requantizing layers one requantization per output element; flatten and pad move bytes only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+from lowbit.integer import ir, validate
+from lowbit.integer.model import IntegerModel, Node
+
+ACT_BITS = 8  # every tensor between the ops is int8
+
+
+@dataclass(frozen=True)
+class OpCost:
+    """One op's cost per sample."""
+
+    name: str
+    kind: str
+    macs: int
+    bops: int
+    weight_bytes: float
+    out_bytes: float
+    requant_ops: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+Shape = tuple[int, ...]
+
+
+def _weight_bytes(node: Node) -> float:
+    """Weights at their stored width (ternary 2 bits, others ``weight_bits``), other tensors at their dtype."""
+    total = 0.0
+    for name, t in node.op.tensors.items():
+        if name == "weight":
+            op = node.op.ir
+            bits = 2 if op.weight_codes is ir.WeightCodes.TERNARY else op.weight_bits
+            total += t.numel() * bits / 8
+        else:
+            total += t.numel() * t.element_size()
+    return total
+
+
+def _layer(node: Node, x: Shape, y: Shape) -> tuple[int, int, int]:
+    """(MACs, BOPs, requantizations) of a linear or conv op."""
+    op, w = node.op.ir, node.op.tensors["weight"]
+    k = math.prod(w.shape[1:])  # C_in/groups * kh * kw, or in_features
+    macs = math.prod(y) * k
+    requant = math.prod(y) if isinstance(op.out, ir.Requantized) else 0
+    return macs, macs * op.weight_bits * ACT_BITS, requant
+
+
+def _pool(node: Node, x: Shape, y: Shape) -> tuple[int, int, int]:
+    adds = math.prod(y) * node.op.ir.window
+    return adds, adds * ACT_BITS, math.prod(y)
+
+
+def _edge(node: Node, x: Shape, y: Shape) -> tuple[int, int, int]:
+    return 0, 0, math.prod(y)  # one (de)quantization per element
+
+
+def _move(node: Node, x: Shape, y: Shape) -> tuple[int, int, int]:
+    return 0, 0, 0
+
+
+def _maxpool(node: Node, x: Shape, y: Shape) -> tuple[int, int, int]:
+    kh, kw = node.op.ir.kernel_size
+    return 0, math.prod(y) * kh * kw * ACT_BITS, 0  # comparisons, priced as bit-operations
+
+
+# this backend's table: (MACs, BOPs, requantizations) per sample of each op type
+COSTS: dict[type, Callable[[Node, Shape, Shape], tuple[int, int, int]]] = {
+    ir.Quantize: _edge, ir.Dequantize: _edge, ir.Linear: _layer, ir.Conv2d: _layer, ir.MaxPool2d: _maxpool,
+    ir.AvgPool2d: _pool, ir.Flatten: _move, ir.Pad: _move,
+}
+
+
+def profile_integer(model: IntegerModel, input_shape: Shape | None = None) -> list[OpCost]:
+    """Per-op costs for one sample of ``input_shape`` (default: the shape the model was built for)."""
+    shape = model.input_shape if input_shape is None else tuple(input_shape)
+    if shape is None:
+        from lowbit.errors import ConfigError
+
+        raise ConfigError("profile_integer needs the input's per-sample shape: the model has none recorded, "
+                          "pass input_shape=(C, H, W)")
+    spec = validate.Spec(tuple(shape), model.input_dtype or validate.INPUT_DTYPES["float32"])
+    env = validate.specs(validate.views(model.nodes), model.input_name, spec)
+    rows = []
+    for node in model.nodes:
+        x, y = env[node.inputs[0]].shape, env[node.output].shape
+        macs, bops, requant = COSTS[type(node.op.ir)](node, x, y)
+        out_bits = 32 if env[node.output].dtype.is_floating_point else ACT_BITS
+        w_bytes = _weight_bytes(node) if isinstance(node.op.ir, ir.LAYERS) else 0.0
+        rows.append(OpCost(node.output, node.kind, macs, bops, w_bytes, math.prod(y) * out_bits / 8, requant))
+    return rows
+
+
+__all__ = ["COSTS", "OpCost", "profile_integer"]

@@ -1,0 +1,278 @@
+"""The integer model's intermediate representation: one frozen dataclass per op type, one grid type.
+
+An :class:`~lowbit.integer.model.IntegerModel` is a list of nodes ``output = op(*inputs)``; each
+node holds an op value of this module (its attributes, typed) and the op's named tensors
+(``weight``, ``bias``, ``m``, ``n``, ...), and the :class:`Grid` its int8 output lies on.
+Everything that runs or stores a model looks an op up by its type in a table of its own, one
+entry per type (see ``docs/design.md``, "How to add an op"):
+
+=====================  ====================================================  =============================
+backend                table                                                 module
+=====================  ====================================================  =============================
+reference / op by op   ``RUNNERS`` (PyTorch reference and C kernels)         :mod:`lowbit.integer.ops`
+compiled plan          ``HANDLERS`` (or ``NO_PLAN``: why not)                :mod:`lowbit.integer.planner`
+ONNX (QDQ)             ``EXPORTERS``                                         :mod:`lowbit.export.onnx_qdq`
+safetensors I/O        ``CHECKS`` (attributes, tensors, shapes of a file)    :mod:`lowbit.integer.validate`
+cost profile           ``COSTS``                                             :mod:`lowbit.cost.integer`
+=====================  ====================================================  =============================
+
+Stored activations are int8 codes: an op's ``zero_point``, ``lo`` and ``hi`` are in that stored
+domain (an unsigned code ``q`` is stored as ``q - 128``). In a file, an op is its ``kind`` and
+:func:`attrs_of` (JSON); :func:`parse` reads them back once :mod:`lowbit.integer.validate` has
+checked them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass
+from typing import Any, ClassVar, Union
+
+Pair = tuple[int, int]
+
+
+class Act(enum.Enum):
+    """The float activation a dequantizing layer applies to its output."""
+
+    NONE = "none"
+    RELU = "relu"
+    HARDTANH = "hardtanh"
+
+
+class WeightCodes(enum.Enum):
+    """What a layer's int8 weights hold (the file packs each at its own width)."""
+
+    INT = "int"  # two's complement codes of ``weight_bits``
+    TERNARY = "ternary"  # {-1, 0, 1}
+    POW2 = "pow2"  # {0, +-2^k}, ``weight_bits`` bits: a sign and an exponent index
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The grid of an int8 tensor: real value ``(stored - zero_point) * scale``; ``bits`` and ``signed``
+    of the codes (unsigned codes are stored minus 128, so ``zero_point`` is in the stored domain)."""
+
+    scale: float
+    zero_point: int
+    bits: int = 8
+    signed: bool = False
+
+    @property
+    def offset(self) -> int:
+        """What the stored value adds to a code: 0 for signed codes, -128 for unsigned ones."""
+        return 0 if self.signed else -128
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any] | None) -> Grid | None:
+        return None if d is None else cls(float(d["scale"]), int(d["zero_point"]), int(d["bits"]), bool(d["signed"]))
+
+
+# ---------------------------------------------------------------- the ops
+
+
+@dataclass(frozen=True)
+class Quantize:
+    """float -> int8: ``clamp(round(x / scale) + zero_point, lo, hi)``."""
+
+    kind: ClassVar[str] = "quantize"
+    scale: float
+    zero_point: int
+    lo: int
+    hi: int
+
+
+@dataclass(frozen=True)
+class Dequantize:
+    """int8 -> float32: ``(q - zero_point) * scale``."""
+
+    kind: ClassVar[str] = "dequantize"
+    scale: float
+    zero_point: int
+
+
+@dataclass(frozen=True)
+class Requantized:
+    """A layer's output stage that gives int8 codes: ``clamp(zero_point + (acc m) >> n, lo, hi)`` (tensors
+    ``m``, ``n``); with a residual input (tensor ``m2``), its codes minus ``residual_zero_point`` are added."""
+
+    zero_point: int
+    lo: int
+    hi: int
+    residual_zero_point: int | None = None
+
+
+@dataclass(frozen=True)
+class Dequantized:
+    """A layer's output stage that gives float32 (the network output): ``acc * acc_scale``, then ``act``
+    (``hardtanh`` clamps to ``[act_lo, act_hi]``); a residual input is dequantized and added first."""
+
+    act: Act = Act.NONE
+    act_lo: float | None = None
+    act_hi: float | None = None
+    residual_scale: float | None = None
+    residual_zero_point: int | None = None
+
+
+OutputStage = Union[Requantized, Dequantized]
+
+
+@dataclass(frozen=True)
+class Linear:
+    """int8 GEMM with int32 accumulators: ``acc = (x - input_zero_point) W^T + bias``, then ``out``."""
+
+    kind: ClassVar[str] = "linear"
+    input_zero_point: int
+    weight_bits: int
+    out: OutputStage
+    weight_codes: WeightCodes = WeightCodes.INT
+
+
+@dataclass(frozen=True)
+class Conv2d:
+    """2-D convolution of int8 codes (padding with ``input_zero_point``, the code of 0.0), then ``out``."""
+
+    kind: ClassVar[str] = "conv2d"
+    input_zero_point: int
+    weight_bits: int
+    out: OutputStage
+    stride: Pair
+    padding: Pair
+    dilation: Pair
+    groups: int
+    weight_codes: WeightCodes = WeightCodes.INT
+
+
+@dataclass(frozen=True)
+class MaxPool2d:
+    """Max pooling keeps the grid (PyTorch's geometry, ceil mode included)."""
+
+    kind: ClassVar[str] = "maxpool2d"
+    kernel_size: Pair
+    stride: Pair
+    padding: Pair
+    dilation: Pair
+    ceil_mode: bool
+
+
+@dataclass(frozen=True)
+class AvgPool2d:
+    """Window sums of centred codes in int32, requantized by tensors ``m``, ``n``: a global pool
+    (``kernel_size`` None) or an unpadded one; ``window`` pixels per output."""
+
+    kind: ClassVar[str] = "avgpool2d"
+    kernel_size: Pair | None
+    stride: Pair | None
+    window: int
+    input_zero_point: int
+    zero_point: int
+    lo: int
+    hi: int
+
+
+@dataclass(frozen=True)
+class Flatten:
+    kind: ClassVar[str] = "flatten"
+    start_dim: int
+    end_dim: int
+
+
+@dataclass(frozen=True)
+class Pad:
+    """Constant padding (``torch.nn.functional.pad`` order) with ``value``, the code of 0.0."""
+
+    kind: ClassVar[str] = "pad"
+    pad: tuple[int, ...]
+    value: int
+
+
+IROp = Union[Quantize, Dequantize, Linear, Conv2d, MaxPool2d, AvgPool2d, Flatten, Pad]
+OP_TYPES: tuple[type, ...] = (Quantize, Dequantize, Linear, Conv2d, MaxPool2d, AvgPool2d, Flatten, Pad)
+KINDS: dict[str, type] = {t.kind: t for t in OP_TYPES}
+LAYERS = (Linear, Conv2d)
+
+
+# ---------------------------------------------------------------- to and from a file's JSON
+
+
+def _pair(v: Any) -> Pair | None:
+    return None if v is None else (int(v[0]), int(v[1]))
+
+
+def _stage_attrs(out: OutputStage) -> dict[str, Any]:
+    if isinstance(out, Requantized):
+        d = {"zero_point": out.zero_point, "lo": out.lo, "hi": out.hi}
+    else:
+        d = {"act": out.act.value}
+        if out.act is Act.HARDTANH:
+            d.update(act_lo=out.act_lo, act_hi=out.act_hi)
+        if out.residual_scale is not None:
+            d["residual_scale"] = out.residual_scale
+    if out.residual_zero_point is not None:
+        d["residual_zero_point"] = out.residual_zero_point
+    return d
+
+
+def attrs_of(op: IROp) -> dict[str, Any]:
+    """The op's attributes as JSON values (the file format's ``attrs``)."""
+    if isinstance(op, LAYERS):
+        d: dict[str, Any] = {"input_zero_point": op.input_zero_point, "weight_bits": op.weight_bits}
+        if op.weight_codes is not WeightCodes.INT:
+            d["weight_codes"] = op.weight_codes.value
+        d.update(_stage_attrs(op.out))
+        if isinstance(op, Conv2d):
+            d.update(stride=list(op.stride), padding=list(op.padding), dilation=list(op.dilation), groups=op.groups)
+        return d
+    d = {}
+    for f in dataclasses.fields(op):
+        v = getattr(op, f.name)
+        d[f.name] = list(v) if isinstance(v, tuple) else v
+    return d
+
+
+def _stage(a: dict[str, Any], requantized: bool) -> OutputStage:
+    rz = a.get("residual_zero_point")
+    rz = None if rz is None else int(rz)
+    if requantized:
+        return Requantized(int(a["zero_point"]), int(a["lo"]), int(a["hi"]), rz)
+    act = Act(a.get("act", "none"))
+    lo, hi = a.get("act_lo"), a.get("act_hi")
+    rs = a.get("residual_scale")
+    return Dequantized(act, None if lo is None else float(lo), None if hi is None else float(hi),
+                       None if rs is None else float(rs), rz)
+
+
+def parse(kind: str, attrs: dict[str, Any], requantized: bool = True) -> IROp:
+    """The typed op of ``kind`` with JSON ``attrs`` (checked before, by :mod:`lowbit.integer.validate`);
+    ``requantized``: a layer's output stage gives int8 (it has tensors ``m``, ``n``), else float."""
+    a = attrs
+    if kind in ("linear", "conv2d"):
+        common = dict(input_zero_point=int(a["input_zero_point"]), weight_bits=int(a.get("weight_bits", 8)),
+                      out=_stage(a, requantized), weight_codes=WeightCodes(a.get("weight_codes", "int")))
+        if kind == "linear":
+            return Linear(**common)
+        return Conv2d(**common, stride=_pair(a["stride"]), padding=_pair(a["padding"]),
+                      dilation=_pair(a["dilation"]), groups=int(a["groups"]))
+    if kind == "quantize":
+        return Quantize(float(a["scale"]), int(a["zero_point"]), int(a["lo"]), int(a["hi"]))
+    if kind == "dequantize":
+        return Dequantize(float(a["scale"]), int(a["zero_point"]))
+    if kind == "maxpool2d":
+        return MaxPool2d(_pair(a["kernel_size"]), _pair(a["stride"]), _pair(a["padding"]), _pair(a["dilation"]),
+                         bool(a["ceil_mode"]))
+    if kind == "avgpool2d":
+        return AvgPool2d(_pair(a["kernel_size"]), _pair(a["stride"]), int(a["window"]), int(a["input_zero_point"]),
+                         int(a["zero_point"]), int(a["lo"]), int(a["hi"]))
+    if kind == "flatten":
+        return Flatten(int(a["start_dim"]), int(a["end_dim"]))
+    if kind == "pad":
+        return Pad(tuple(int(v) for v in a["pad"]), int(a["value"]))
+    raise KeyError(f"unknown integer op kind {kind!r}; known: {sorted(KINDS)}")
+
+
+__all__ = ["OP_TYPES", "Act", "AvgPool2d", "Conv2d", "Dequantize", "Dequantized", "Flatten", "Grid", "IROp", "KINDS",
+           "LAYERS", "Linear", "MaxPool2d", "OutputStage", "Pad", "Quantize", "Requantized", "WeightCodes",
+           "attrs_of", "parse"]
