@@ -21,6 +21,7 @@ from torch import fx, nn
 from lowbit.errors import ConfigError
 from lowbit.integer import validate
 from lowbit.formats import IntFormat
+from lowbit.graph.input_check import check_input
 from lowbit.integer.model import IntegerModel, Node, make_op
 from lowbit.nn.exact import layer_params, pool_params
 from lowbit.nn.qparams import QParams, offset, stored_zero_point
@@ -274,6 +275,7 @@ def to_integer(model: nn.Module, example_inputs: tuple) -> IntegerModel:
                           "(the eager fallback has no graph to lower)")
     model.eval()
     example = example_inputs[0]
+    check_input(model, example)  # the shape the model was prepared for (ShapeError naming it)
     _record_shapes(model, example)
     im = _Lowering(model).run()
     im.input_shape, im.input_dtype = tuple(example.shape[1:]), example.dtype  # what every call is checked against
