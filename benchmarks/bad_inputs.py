@@ -123,15 +123,16 @@ def classify(case: Case) -> tuple[str, str]:
                 f" [{where}]" if where else "")
     if isinstance(value, CliResult):
         return classify_cli(case, value)
+    shown = _first_line(value) if value is not None else ""  # not ``if value``: a tensor has no truth value
     if case.expect in ("valid", "any"):
-        return "valid", _first_line(value) if value else "ok"
+        return "valid", shown or "ok"
     ours = [w for w in caught if _lowbit_warning(w)]
     if case.warn:
         hits = [w for w in ours if re.search(case.warn, str(w.message))]
         if hits:
             return "clear_error", "warning: " + _first_line(hits[0].message)
     note = f"; warnings: {_first_line(ours[0].message)}" if ours else ""
-    return "silent_wrong", (_first_line(value) if value else "accepted without error") + note
+    return "silent_wrong", (shown or "accepted without error") + note
 
 
 # ----------------------------------------------------------------------------- one process per case

@@ -8,6 +8,7 @@ status 2 and one line on stderr for the CLI).
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import warnings
 
@@ -381,3 +382,47 @@ def test_qat_config_clash_is_refused_at_configuration():
     with pytest.raises(ConfigError, match="needs per-channel weight steps"):
         QATConfig(QuantSpec(IntFormat(4), PerTensor()), bn_freeze_steps=0)
     assert QATConfig(QuantSpec(IntFormat(4), PerChannel(0)), bn_freeze_steps=0).bn_freeze_steps == 0
+
+
+# ---------------------------------------------------------------- the simulation's input, and what is left to quantize
+
+
+def test_the_simulation_refuses_an_input_of_another_shape_naming_input_layer_and_shapes():
+    import copy
+
+    from lowbit.errors import ShapeError
+    from lowbit.integer import to_integer
+
+    x = _images(8)
+    q = quantize(zoo.pretrained("cnn"), [x])
+    for bad in (torch.randn(4, 3, 28, 28), torch.randn(4, 1, 27, 27), torch.randn(1, 28, 28)):
+        for model in (q, copy.deepcopy(q)):  # a deep copy of the GraphModule keeps the check
+            with pytest.raises(ShapeError, match=r"the quantized model's input 'x' \(it feeds layer 'conv1'\) expects "
+                                                 r"shape \(N, 1, 28, 28\), .* got " + re.escape(str(tuple(bad.shape)))):
+                model(bad)
+    with pytest.raises(ShapeError, match=r"expects shape \(N, 1, 28, 28\), .* got \(2, 3, 28, 28\)"):
+        to_integer(q, (torch.randn(2, 3, 28, 28),))
+    with torch.no_grad():
+        assert q(x[:3]).shape == (3, 10)  # any batch size
+        assert torch.equal(to_integer(q, (x[:2],))(x), q(x))
+
+
+def test_rules_that_keep_every_layer_float_are_refused(capsys):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the error comes first, without warnings before it
+        with pytest.raises(ConfigError, match=r"LayerRule keep_float pattern '\*' \(CLI: --keep-float\) keeps every "
+                                              r"Conv/Linear layer in float \(fc1, fc2, fc3\): nothing is left"):
+            quantize(zoo.pretrained("mlp"), [_images(4)], PTQConfig(rules=(LayerRule("*", keep_float=True),)))
+    assert main(["ptq", "--model", "mlp", "--calib", "8", "--keep-float", "*"]) == 2
+    assert "keeps every Conv/Linear layer in float" in _one_error_line(capsys)
+
+
+def test_bench_refuses_a_loaded_model_of_another_zoo_model(tmp_path, capsys):
+    from lowbit.integer import save_integer, to_integer
+
+    x = _images(8)
+    p = save_integer(to_integer(quantize(zoo.pretrained("cnn"), [x]), (x[:2],)), tmp_path / "cnn.safetensors")
+    assert main(["bench", "--model", "mlp", "--calib", "8", "--rounds", "1", "--batch", "1", "--load", str(p)]) == 2
+    err = _one_error_line(capsys)
+    assert "is not a quantized 'mlp': its 4 layers have weights 10x128, 32x1x5x5" in err
+    assert "pass the --model it was made from" in err

@@ -316,8 +316,11 @@ def test_bench_load_refuses_crafted_corrupt_and_foreign_models(saved, cnn_index,
     _one_line_error(rc, err, "takes inputs of shape (N, 3, 32, 32)", "(N, 1, 28, 28)")
 
     rc, _, err = _run_cli(capsys, "bench", "--load", str(saved["resnet"][1]), "--model", "cnn", "--batch", "1",
+                          "--rounds", "1")  # same input and output shapes, another network: its speed-up would lie
+    _one_line_error(rc, err, "is not a quantized 'cnn'", "pass the --model it was made from")
+    rc, _, err = _run_cli(capsys, "bench", "--load", str(saved["resnet"][1]), "--model", "resnet", "--batch", "1",
                           "--rounds", "1")
-    assert rc == 0, err  # same input and output shapes as the float CNN: a fair comparison
+    assert rc == 0, err
     rc, out, err = _run_cli(capsys, "bench", "--load", str(saved["cnn"][1]), "--batch", "1", "--rounds", "2")
     assert rc == 0 and "lowbit integer" in out, err
 

@@ -19,11 +19,17 @@ def _quantize(model, x, **kw):
     return quantize(model, [x], PTQConfig(**kw))
 
 
+def _first(v):
+    """A tuple or dict output's first entry (the logits), else the output itself."""
+    if isinstance(v, (tuple, list)):
+        return v[0]
+    return next(iter(v.values())) if isinstance(v, dict) else v
+
+
 def _near(q, model, x, tol=0.15) -> str:
     with torch.no_grad():
         ref, out = model(x), q(x)
-    ref = ref[0] if isinstance(ref, (tuple, list)) else ref
-    out = out[0] if isinstance(out, (tuple, list)) else out
+    ref, out = _first(ref), _first(out)
     err = float((out - ref).norm() / ref.norm().clamp_min(1e-12))
     if not err < tol:
         raise Wrong(f"quantized output far from the float model: relative error {err:.3f}")
@@ -354,14 +360,15 @@ def _pqat(m):
 
 
 def _pqat_bn(m):
+    from lowbit.ptq import int_weight, uint_act
     from lowbit.qat import QATConfig, prepare_qat
-    prepare_qat(m, QATConfig(4, 4, bn_freeze_steps=10), _calib(64))
+    prepare_qat(m, QATConfig(int_weight(4), uint_act(4), bn_freeze_steps=10), _calib(64))
 
 
 def _wonly(m):
-    from lowbit.formats import IntFormat
+    from lowbit.ptq import int_weight
     from lowbit.weight_only import WeightOnlyConfig, quantize_weights
-    quantize_weights(m, WeightOnlyConfig(IntFormat(4)))
+    quantize_weights(m, WeightOnlyConfig(int_weight(4)))
 
 
 def _diag(m):

@@ -45,14 +45,19 @@ class Prepared:
 
 
 def attach(model: nn.Module, record: Prepared) -> nn.Module:
-    """Give ``model`` its record (replacing an earlier one); returns ``model``."""
+    """Give ``model`` its record (replacing an earlier one); returns ``model``. A GraphModule keeps it in its
+    ``meta`` dict too, which ``copy.deepcopy`` preserves (it drops other attributes)."""
     setattr(model, ATTRIBUTE, record)
+    if isinstance(getattr(model, "meta", None), dict):
+        model.meta[ATTRIBUTE] = record
     return model
 
 
 def record_of(model: object) -> Prepared | None:
     """The record of a model lowbit prepared, or None."""
     record = getattr(model, ATTRIBUTE, None)
+    if record is None and isinstance(getattr(model, "meta", None), dict):
+        record = model.meta.get(ATTRIBUTE)
     return record if isinstance(record, Prepared) else None
 
 

@@ -46,6 +46,7 @@ from lowbit.graph.fx_passes import (
     trace,
     widen_last_input,
 )
+from lowbit.graph.input_check import install as install_input_check
 from lowbit.graph.nodes import COMPUTE
 from lowbit.nn.quantizers import ActQuantizer
 from lowbit.nn.unified import UnifiedConv, UnifiedLinear, _Unified, unified_modules
@@ -375,11 +376,14 @@ def prepare(model: nn.Module, config: PTQConfig = PTQConfig(), example_inputs: t
     if gm is None:
         order = [n for n, mod in m.named_modules() if isinstance(mod, COMPUTE)]
         _no_layer(model, order)
+        _all_kept_float(config, order)
         _warn_unused(config, order)
         out = _eager_swap(m, _Specs(config, order), plan)
+        install_input_check(out, example_inputs[0], order[0])
         return attach(out, Prepared(config, plan, traced=False))
     order = _compute_order(gm)
     _no_layer(model, order)
+    _all_kept_float(config, order)
     _warn_unused(config, order)
     specs = _Specs(config, order)
     unfused = count_primitive_quant_points(gm, example_inputs)
@@ -396,6 +400,8 @@ def prepare(model: nn.Module, config: PTQConfig = PTQConfig(), example_inputs: t
                       f"{', '.join(plan.float_ops[:10])}", stacklevel=2)
     with quantizers_off(gm):  # counting runs the graph: the observers must not see the example inputs
         fused = count_fused_quant_points(gm, example_inputs)
+    placeholder = next((str(n.target) for n in gm.graph.nodes if n.op == "placeholder"), "x")
+    install_input_check(gm, example_inputs[0], order[0], placeholder)
     return attach(gm, Prepared(config, plan, traced=True, quant_ops=QuantOps(unfused, fused)))
 
 
@@ -407,6 +413,17 @@ def _no_layer(model: nn.Module, order: list[str]) -> None:
     held = f" (it holds {', '.join(kinds[:8])}, which lowbit does not quantize yet)" if kinds else ""
     raise ConfigError(f"lowbit found no Conv or Linear layer it can quantize in {type(model).__name__}{held}: "
                       "lowbit quantizes nn.Conv1d, nn.Conv2d and nn.Linear")
+
+
+def _all_kept_float(config: PTQConfig, order: list[str]) -> None:
+    """Refuse rules that keep every Conv/Linear layer in float: there would be nothing to quantize."""
+    specs = _Specs(config, order)
+    if order and all(specs.layer(n) == (None, None) for n in order):
+        rules = sorted({repr(specs._rule(n).pattern) for n in order if specs._rule(n) is not None})
+        listed = ", ".join(order[:8]) + (", ..." if len(order) > 8 else "")
+        raise ConfigError(f"LayerRule keep_float pattern {', '.join(rules)} (CLI: --keep-float) keeps every "
+                          f"Conv/Linear layer in float ({listed}): nothing is left to quantize; narrow the pattern "
+                          "to the layers that must stay float")
 
 
 def convert(model: nn.Module) -> nn.Module:
@@ -490,6 +507,11 @@ def quantize(model: nn.Module, calibration_data: Iterable, config: PTQConfig = P
              example_inputs: tuple | None = None, progress: bool = False) -> nn.Module:
     """``prepare`` + ``calibrate`` + ``convert`` in one call (``example_inputs`` default: first batch)."""
     check_model(model, "lowbit.ptq.quantize")
+    if calibration_data is None or isinstance(calibration_data, (str, bytes)) \
+            or not isinstance(calibration_data, Iterable):
+        raise DataError(f"calibration_data must be an iterable of batches (a list of tensors, or a DataLoader of "
+                        f"(x, y) pairs), got {type(calibration_data).__name__}: pass e.g. [x] for one batch "
+                        "tensor x")
     if isinstance(calibration_data, torch.Tensor):
         raise DataError("calibration_data must be an iterable of batches, e.g. [x] for one batch tensor x")
     data = [x for x in batches(calibration_data)]

@@ -57,6 +57,7 @@ from lowbit.training import (
     LoopConfig,
     SGDNesterov,
     Shuffled,
+    check_labels,
     init_distributed,
     load_checkpoint,
 )
@@ -197,6 +198,7 @@ class Distill:
     temperature: float = 2.0
 
     def __call__(self, logits: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        check_labels(logits, y)
         loss = nn.functional.cross_entropy(logits, y)
         with torch.no_grad():
             t = nn.functional.softmax(self.teacher(x) / self.temperature, dim=1)
@@ -218,10 +220,16 @@ def train(model: nn.Module, data: Split, cfg: TrainConfig = TrainConfig(), out_d
           resume: bool = False, teacher: nn.Module | None = None, progress: bool = True) -> list[dict]:
     """Train a :func:`prepare_qat` model in place with :func:`lowbit.train`; returns per-epoch
     ``{"epoch", "loss", "accuracy"}`` (over all processes under torchrun)."""
-    qcfg = require_record(model, "lowbit.qat.train", "lowbit.qat.prepare_qat").qat
-    if qcfg is None:
-        raise ConfigError("lowbit.qat.train needs a model returned by lowbit.qat.prepare_qat; this one was prepared "
-                          "for post-training quantization (lowbit.ptq.prepare), not for training")
+    record = record_of(model)
+    if record is None or record.qat is None:
+        ptq = " (it was prepared for post-training quantization)" if record is not None else ""
+        raise ConfigError(f"lowbit.qat.train trains a model made by lowbit.qat.prepare_qat, and this "
+                          f"{type(model).__name__} was not{ptq}: call model = prepare_qat(model, QATConfig(...), "
+                          "calibration_batch) first, or train a float model with lowbit.train")
+    qcfg = record.qat
+    if not isinstance(data, Split):
+        raise DataError(f"lowbit.qat.train takes its training data as a lowbit.data.Split, got {type(data).__name__}: "
+                        "wrap tensors as Split(x, y), or call lowbit.train for other kinds of batches")
     batches = Shuffled(data, cfg.batch_size, cfg.seed, augment=cfg.augment)
     loss = Distill(teacher, cfg.distill, cfg.temperature) if teacher is not None and cfg.distill > 0 else CrossEntropy()
     freeze = (FreezeBN(qcfg.bn_freeze_steps),) if qcfg.bn_freeze_steps is not None else ()

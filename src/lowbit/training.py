@@ -214,7 +214,38 @@ class CrossEntropy:
             raise ConfigError(f"CrossEntropy.label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
     def __call__(self, output: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        check_labels(output, y)
         return nn.functional.cross_entropy(output, y, label_smoothing=self.label_smoothing)
+
+
+def check_labels(output: object, y: torch.Tensor) -> None:
+    """Targets a cross entropy can take for class scores ``output`` (N, C, ...): int64 (or uint8) labels in
+    ``0 .. C-1`` (torch's ignored label -100 too), or float class probabilities of the output's shape; a
+    DataError naming the labels and the fix otherwise. One small reduction per batch (min and max)."""
+    if not isinstance(output, torch.Tensor) or output.ndim == 0:
+        raise DataError(f"the cross-entropy loss needs class scores (a tensor of shape (N, C)), the model returned "
+                        f"{type(output).__name__ if not isinstance(output, torch.Tensor) else 'a scalar'}: pass a "
+                        "loss= that takes this output")
+    classes = output.shape[1] if output.ndim > 1 else output.shape[0]
+    if y.is_floating_point():
+        if y.shape != output.shape:
+            raise DataError(f"the labels are {str(y.dtype).removeprefix('torch.')} of shape {tuple(y.shape)}: the "
+                            "cross-entropy loss takes integer class labels (int64) or class probabilities of the "
+                            f"output's shape {tuple(output.shape)}; convert them with y.long()")
+        return
+    if y.dtype not in (torch.int64, torch.uint8):
+        raise DataError(f"the labels are {str(y.dtype).removeprefix('torch.')}: the cross-entropy loss takes int64 "
+                        "class labels; convert them with y.long()")
+    if y.numel() == 0:
+        return
+    lo, hi = torch.stack(torch.aminmax(y)).tolist()
+    if lo >= 0 and hi < classes:
+        return
+    bad = y[((y < 0) & (y != -100)) | (y >= classes)]
+    if bad.numel():
+        raise DataError(f"a label is {int(bad[0])}, but the model gives {classes} class scores: labels must be in "
+                        f"0..{classes - 1} ({bad.numel()} of this batch's {y.numel()} are not); check the data "
+                        "set's labels, or the model's number of outputs")
 
 
 StepHook = Callable[[nn.Module, int], None]
@@ -274,6 +305,17 @@ def _all_sum(values: list[float]) -> list[float]:
 
 _MAGIC = b"lowbit-checkpoint 2 sha256="
 _KEYS = ("epoch", "model", "optimizer", "history", "rng", "run")
+_FORMAT = 2  # the content's version (the header's is the container's)
+
+
+def _make_out_dir(folder: Path) -> None:
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"out_dir {folder} is a file, not a folder: pass a folder for the checkpoint")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot make the output folder {folder} ({exc.strerror or exc}): pass a writable "
+                          "folder") from None
 
 
 def _remove_stale_temps(path: Path) -> None:
@@ -318,6 +360,13 @@ def load_checkpoint(path: str | Path) -> dict:
                               f"{str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
     if not isinstance(state, dict) or any(k not in state for k in _KEYS):
         raise CheckpointError(f"{path} is not a lowbit training checkpoint (it lacks {', '.join(_KEYS)})")
+    if state.get("format") != _FORMAT:
+        raise CheckpointError(f"{path} has checkpoint format {state.get('format')!r:.40}; this lowbit reads format "
+                              f"{_FORMAT}: train again without --resume")
+    extra = sorted(map(str, set(state) - {"format", *_KEYS}))
+    if extra:
+        raise CheckpointError(f"{path} holds entries lowbit never writes ({', '.join(extra[:5])}): the checkpoint "
+                              "was altered; train again without --resume")
     return state
 
 
@@ -514,8 +563,10 @@ def train(model: nn.Module, batches: object, cfg: LoopConfig = LoopConfig(), *,
     schedule = schedule if schedule is not None else Cosine()
     run = _run_record(model, cfg, options or {}, opt, loss_fn, schedule, batches, steps)
     ckpt = Path(out_dir) / "checkpoint.pt" if out_dir is not None else None
-    if ckpt is not None:
-        ckpt.parent.mkdir(parents=True, exist_ok=True)  # a bad folder fails now, not after the first epoch
+    if ckpt is not None:  # a bad folder fails now, not after the first epoch
+        _make_out_dir(ckpt.parent)
+        if rank == 0:
+            _remove_stale_temps(ckpt)  # a killed write's temp file, even if this run stops before its first save
     device = next(model.parameters()).device
     total = cfg.epochs * steps
     with torch.random.fork_rng(devices=[]):
@@ -560,7 +611,7 @@ def train(model: nn.Module, batches: object, cfg: LoopConfig = LoopConfig(), *,
             history.append({"epoch": epoch + 1, "loss": loss_sum / seen,
                             "accuracy": correct / labels if labels else None})
             if ckpt is not None and rank == 0:
-                save_checkpoint(ckpt, {"format": 2, "epoch": epoch + 1, "model": model.state_dict(),
+                save_checkpoint(ckpt, {"format": _FORMAT, "epoch": epoch + 1, "model": model.state_dict(),
                                        "optimizer": opt.state_dict(), "history": history,
                                        "rng": torch.get_rng_state(), "run": run})
             if world_size > 1:

@@ -144,7 +144,26 @@ def _load_checked(path: str, x, baseline, baseline_name: str):
     if got != want:
         raise ShapeError(f"--load {path}: the model's output has shape {got}, the zoo {baseline_name!r} float "
                          f"model's {want}: bench compares the two; pick the matching --model")
+    _same_layers(path, im, baseline, baseline_name)
     return im
+
+
+def _same_layers(path: str, im, baseline, baseline_name: str) -> None:
+    """Refuse (ConfigError) a loaded model whose conv/linear weight shapes are not the zoo model's: bench would
+    print the speed-up of one network over another."""
+    from torch import nn
+
+    from lowbit.errors import ConfigError
+
+    loaded = sorted(tuple(n.op.tensors["weight"].shape) for n in im.nodes if "weight" in n.op.tensors)
+    zoo = sorted(tuple(m.weight.shape) for m in baseline.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)))
+    def show(shapes: list[tuple[int, ...]]) -> str:
+        return ", ".join("x".join(map(str, s)) for s in shapes[:6]) + (", ..." if len(shapes) > 6 else "")
+
+    if loaded != zoo:
+        raise ConfigError(f"--load {path} is not a quantized {baseline_name!r}: its {len(loaded)} layers have weights "
+                          f"{show(loaded)}, the zoo {baseline_name!r} model's {len(zoo)} have {show(zoo)}; bench "
+                          "compares the loaded model with the float model of --model: pass the --model it was made from")
 
 
 def run_bench(args: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ with ``table=EnergyTable.load(path)``.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,18 @@ from lowbit.errors import ConfigError
 
 DEFAULT_TABLE = Path(__file__).parent / "tables" / "horowitz45nm.json"
 _KEYS = ("int32_add", "fp32_add", "int8_mult", "fp32_mult", "sram_32kb_64bit", "sram_1mb_64bit", "dram_64bit")
+
+
+def _amounts(path: str | Path, section: str, values: dict) -> dict[str, float]:
+    """A table section's values: finite numbers >= 0 (an energy or an area is never negative)."""
+    out = {}
+    for k, v in values.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            unit = "picojoules" if section == "energy" else "square micrometres"
+            raise ConfigError(f"energy table {path}: {section}.{k} = {v!r}; each value must be a finite number >= 0 "
+                              f"({unit}); fix the table (see {DEFAULT_TABLE})")
+        out[k] = float(v)
+    return out
 
 
 @dataclass(frozen=True)
@@ -44,11 +57,15 @@ class EnergyTable:
             data = json.loads(Path(path).read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise ConfigError(f"cannot read energy table {path}: {exc}") from None
+        if not isinstance(data, dict) or not isinstance(data.get("energy", {}), dict) \
+                or not isinstance(data.get("area", {}), dict):
+            raise ConfigError(f"energy table {path} is not a lowbit energy table (a JSON object with an 'energy' "
+                              f"object of operation -> picojoules); see {DEFAULT_TABLE}")
         missing = [k for k in _KEYS if k not in data.get("energy", {})]
         if missing or "source" not in data:
             raise ConfigError(f"energy table {path} lacks {missing or ['source']}; see {DEFAULT_TABLE} for the keys")
-        return cls(data.get("name", str(path)), data["source"], {k: float(v) for k, v in data["energy"].items()},
-                   {k: float(v) for k, v in data.get("area", {}).items()})
+        return cls(data.get("name", str(path)), data["source"], _amounts(path, "energy", data["energy"]),
+                   _amounts(path, "area", data.get("area", {})))
 
     def per_byte(self, key: str) -> float:
         return self.energy[key] / 8

@@ -52,8 +52,8 @@ class Split:
         return Split(self.x[:n], self.y[:n])
 
 
-def _read_idx(path: Path) -> np.ndarray:
-    """Decode a (gzipped) idx file: magic, dims, then big-endian uint8 data."""
+def _read_idx(path: Path, want: int | None = None) -> np.ndarray:
+    """Decode a (gzipped) idx file: magic, dims, then big-endian uint8 data; ``want``: the rank it must have."""
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:
@@ -63,12 +63,17 @@ def _read_idx(path: Path) -> np.ndarray:
             raise ValueError("not a uint8 idx file")
         dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
         data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
-        return data.reshape(dims)
+        data = data.reshape(dims)
     except (OSError, ValueError, struct.error, EOFError) as exc:
         raise DataError(
             f"cannot decode {path}: {exc}; reinstall with "
             "'apt-get install --reinstall dataset-fashion-mnist'"
         ) from exc
+    if want is not None and data.ndim != want:
+        what = "images (N, 28, 28)" if want == 3 else "labels (N,)"
+        raise DataError(f"{path} holds an array of shape {data.shape}, not {what}: is it the other file of the pair? "
+                        "reinstall with 'apt-get install --reinstall dataset-fashion-mnist'")
+    return data
 
 
 def _find(root: Path, stem: str) -> Path:
@@ -87,6 +92,17 @@ def _normalise(images: np.ndarray, mean: float, std: float) -> torch.Tensor:
     return ((x - mean) / std).unsqueeze(1).contiguous()
 
 
+def _pair(root: Path, stem: str) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, H, W) and labels (N,) in 0..9 of one Fashion-MNIST file pair (DataError naming the file)."""
+    x = _read_idx(_find(root, f"{stem}-images-idx3-ubyte"), want=3)
+    path = _find(root, f"{stem}-labels-idx1-ubyte")
+    y = _read_idx(path, want=1)
+    if y.size and int(y.max()) > 9:
+        raise DataError(f"{path} holds labels up to {int(y.max())}; Fashion-MNIST has 10 classes (0..9): the file "
+                        "is corrupt, reinstall with 'apt-get install --reinstall dataset-fashion-mnist'")
+    return x, y
+
+
 def fashion_mnist(split: str = "test", root: str | Path | None = None, val_size: int = 5000) -> Split:
     """Fashion-MNIST (Xiao, Rasul, Vollgraf 2017), 10 classes of 28x28 clothing images.
 
@@ -95,13 +111,17 @@ def fashion_mnist(split: str = "test", root: str | Path | None = None, val_size:
     """
     root = Path(root) if root is not None else FASHION_MNIST_DIR
     if split == "test":
-        x = _read_idx(_find(root, "t10k-images-idx3-ubyte"))
-        y = _read_idx(_find(root, "t10k-labels-idx1-ubyte"))
+        x, y = _pair(root, "t10k")
         return Split(_normalise(x, FASHION_MEAN, FASHION_STD), torch.from_numpy(y.astype(np.int64)))
     if split not in ("train", "val", "train+val"):
         raise DataError(f"unknown split {split!r}; use 'train', 'val', 'train+val' or 'test'")
-    x = _read_idx(_find(root, "train-images-idx3-ubyte"))
-    y = _read_idx(_find(root, "train-labels-idx1-ubyte"))
+    if split != "train+val" and (isinstance(val_size, bool) or not isinstance(val_size, int) or val_size < 1):
+        raise ConfigError(f"val_size must be an integer >= 1 (the validation images held out of the 60000 training "
+                          f"images), got {val_size!r}; use split='train+val' to train on all of them")
+    x, y = _pair(root, "train")
+    if split != "train+val" and val_size >= len(y):
+        raise ConfigError(f"val_size={val_size} leaves no training image: the training files hold {len(y)} images; "
+                          f"pass val_size from 1 to {len(y) - 1}")
     if split != "train+val":
         perm = np.random.default_rng(_SPLIT_SEED).permutation(len(y))
         idx = perm[: len(y) - val_size] if split == "train" else perm[len(y) - val_size :]

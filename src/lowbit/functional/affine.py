@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from lowbit.errors import ConfigError
+from lowbit.errors import ConfigError, DataError
 from lowbit.formats import IntFormat
 from lowbit.functional._checks import check_tensor
 
@@ -32,10 +32,17 @@ _EPS = torch.finfo(torch.float32).eps
 def qparams_from_range(lo: torch.Tensor, hi: torch.Tensor, fmt: IntFormat,
                        symmetric: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale (float32) and zero point (int32) for each entry of the ranges ``lo``/``hi``."""
-    lo = torch.minimum(torch.as_tensor(lo, dtype=torch.float32), torch.zeros(()))
-    hi = torch.maximum(torch.as_tensor(hi, dtype=torch.float32), torch.zeros(()))
+    lo, hi = torch.as_tensor(lo, dtype=torch.float32), torch.as_tensor(hi, dtype=torch.float32)
     check_tensor(lo, "range minimum")
     check_tensor(hi, "range maximum")
+    bad = lo > hi
+    if bool(bad.any()):
+        a, b = (t.reshape(-1) for t in torch.broadcast_tensors(lo, hi))
+        i = int(bad.reshape(-1).nonzero()[0])
+        entry = f" (entry {i})" if bad.numel() > 1 else ""
+        raise DataError(f"range minimum {float(a[i])} is above the range maximum {float(b[i])}{entry}: pass "
+                        "qparams_from_range(lo, hi, ...) with lo <= hi (the arguments swapped?)")
+    lo, hi = torch.minimum(lo, torch.zeros(())), torch.maximum(hi, torch.zeros(()))
     qmin, qmax = fmt.qmin, fmt.qmax
     if symmetric:
         amax = torch.maximum(-lo, hi)

@@ -26,7 +26,7 @@ from typing import Literal
 
 import torch
 
-from lowbit.errors import ConfigError
+from lowbit.errors import ConfigError, DataError
 from lowbit.formats import IntFormat
 from lowbit.functional._checks import check_tensor
 from lowbit.functional.rounding import round_ste
@@ -93,8 +93,23 @@ def lsq_quantize(v: torch.Tensor, step: torch.Tensor, q_n: int, q_p: int, g: flo
     """Fake-quantize ``v`` with learnable ``step`` (broadcastable: per tensor or per channel).
 
     Autograd yields exactly the gradients of the module docstring; ``g`` scales
-    the step's gradient only.
+    the step's gradient only. ``Q_N``/``Q_P`` are checked on every call (plain ints); a fixed
+    step (one that does not require grad) is checked to be finite and non-zero (a zero step
+    maps every value to 0). A learned step is not read here: that would cost a device
+    synchronisation per layer and step in the training loop.
     """
+    for name, q in (("q_n", q_n), ("q_p", q_p)):
+        if isinstance(q, bool) or not isinstance(q, int) or q < 0:
+            raise ConfigError(f"lsq_quantize: {name} must be an int >= 0 (see lsq_bounds), got {q!r}")
+    if q_n + q_p == 0:
+        raise ConfigError("lsq_quantize: q_n = q_p = 0 leaves one level; see lsq_bounds(fmt) for a format's bounds")
+    if not isinstance(step, torch.Tensor):
+        raise DataError(f"lsq_quantize: step must be a tensor, got {type(step).__name__}")
+    if not step.requires_grad:
+        check_tensor(step, "LSQ step")
+        if bool((step == 0).any()):
+            raise DataError("LSQ step is 0: every value would quantize to 0; pass a step > 0, e.g. "
+                            "lsq_init_step(v, q_p) (2 mean|v| / sqrt(Q_P))")
     s = grad_scale(step, g)
     return round_ste(torch.clamp(v / s, -q_n, q_p)) * s
 

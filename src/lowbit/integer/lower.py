@@ -25,6 +25,7 @@ from lowbit.integer import ir
 from lowbit.integer.model import IntegerModel, Node
 from lowbit.integer.ops import build
 from lowbit.prepared import record_of
+from lowbit.graph.input_check import check_input
 from lowbit.nn.exact import layer_params, pool_params
 from lowbit.nn.qparams import QParams, offset, stored_zero_point
 from lowbit.nn.quantizers import ActQuantizer
@@ -276,6 +277,7 @@ def to_integer(model: nn.Module, example_inputs: tuple) -> IntegerModel:
                           "(the eager fallback has no graph to lower)")
     model.eval()
     example = example_inputs[0]
+    check_input(model, example)  # the shape the model was prepared for (ShapeError naming it)
     _record_shapes(model, example)
     im = _Lowering(model).run()
     im.input_shape, im.input_dtype = tuple(example.shape[1:]), example.dtype  # what every call is checked against

@@ -82,8 +82,15 @@ def load_weights(model: nn.Module, npz_path: str | Path) -> nn.Module:
         )
     state = {}
     for key, ref in expected.items():
-        if tuple(arrays[key].shape) != tuple(ref.shape):
-            raise CheckpointError(f"{path}: '{key}' has shape {arrays[key].shape}, the model needs {tuple(ref.shape)}")
-        state[key] = torch.from_numpy(arrays[key]).to(ref.dtype)
+        a = arrays[key]
+        if tuple(a.shape) != tuple(ref.shape):
+            raise CheckpointError(f"{path}: '{key}' has shape {a.shape}, the model needs {tuple(ref.shape)}")
+        if not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_) or np.issubdtype(a.dtype, np.complexfloating):
+            raise CheckpointError(f"{path}: '{key}' holds {a.dtype} values, not numbers; the weights file was "
+                                  "altered: re-create it with 'lowbit zoo train'")
+        if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+            raise CheckpointError(f"{path}: '{key}' holds {int(np.isnan(a).sum())} NaN and {int(np.isinf(a).sum())} "
+                                  "inf values; the weights are unusable: re-create them with 'lowbit zoo train'")
+        state[key] = torch.from_numpy(a).to(ref.dtype)
     model.load_state_dict(state)
     return model
