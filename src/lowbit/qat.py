@@ -222,9 +222,9 @@ def train(model: nn.Module, data: Split, cfg: TrainConfig = TrainConfig(), out_d
     ``{"epoch", "loss", "accuracy"}`` (over all processes under torchrun)."""
     record = record_of(model)
     if record is None or record.qat is None:
-        ptq = " (it was prepared for post-training quantization)" if record is not None else ""
+        why = "it was prepared for post-training quantization" if record is not None else "it has no quantizers to train"
         raise ConfigError(f"lowbit.qat.train trains a model made by lowbit.qat.prepare_qat, and this "
-                          f"{type(model).__name__} was not{ptq}: call model = prepare_qat(model, QATConfig(...), "
+                          f"{type(model).__name__} was not ({why}): call model = prepare_qat(model, QATConfig(...), "
                           "calibration_batch) first, or train a float model with lowbit.train")
     qcfg = record.qat
     if not isinstance(data, Split):
