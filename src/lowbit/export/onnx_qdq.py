@@ -338,9 +338,9 @@ class _Builder:
         codes on one grid (exact). A 1x1, stride-1, unpadded convolution reads
         its input's own rows (:meth:`to_rows`).
         """
-        a, name, src = node.op.attrs, node.output, node.inputs[0]
+        a, name, src = node.op.ir, node.output, node.inputs[0]
         kh, kw = node.op.tensors["weight"].shape[2:]
-        pads, stride, dil = self._conv_pads(node), list(a["stride"]), list(a["dilation"])
+        pads, stride, dil = self._conv_pads(node), list(a.stride), list(a.dilation)
         if (kh, kw) == (1, 1) and stride == [1, 1] and not any(pads):
             return self.to_rows(src, f"{name}_rows")
         v, (s, z) = self.values[src], self.qparams(self.values[src].grid, name)
@@ -386,21 +386,21 @@ class _Builder:
         EXPORTERS[type(node.op.ir)](self, node)  # op types were checked by _check_kinds
 
     def op_quantize(self, node: Node) -> None:
-        a = node.op.attrs
+        a = node.op.ir
         x = self.values[node.inputs[0]]
         if x.grid is not None:
             raise ConfigError(f"{node.output}: quantize reads the integer tensor {node.inputs[0]!r}")
         if node.grid is None:
             raise ConfigError(f"{node.output}: a quantize node needs its output grid")
         signed = node.grid.signed
-        grid = _Grid(np.float32(a["scale"]), _Grid.code(a["zero_point"], signed), signed)
-        self.quantize(x.float_name, grid, node.output, _Grid.code(a["lo"], signed), _Grid.code(a["hi"], signed),
+        grid = _Grid(np.float32(a.scale), _Grid.code(a.zero_point, signed), signed)
+        self.quantize(x.float_name, grid, node.output, _Grid.code(a.lo, signed), _Grid.code(a.hi, signed),
                       clamp_first=True)
 
     def op_dequantize(self, node: Node) -> None:
-        a = node.op.attrs
+        a = node.op.ir
         x = self.integer_input(node)
-        grid = _Grid(np.float32(a["scale"]), _Grid.code(a["zero_point"], x.grid.signed), x.grid.signed)
+        grid = _Grid(np.float32(a.scale), _Grid.code(a.zero_point, x.grid.signed), x.grid.signed)
         s, z = self.qparams(grid, node.output)
         self.values[node.output] = _Value(self.add("DequantizeLinear", [x.codes, s, z], node.output))
 
@@ -412,10 +412,10 @@ class _Builder:
 
     def _layer(self, node: Node, conv: bool) -> None:
         op, name = node.op, node.output
-        a, t = op.attrs, op.tensors
+        a, t = op.ir, op.tensors
         x = self.integer_input(node)
-        if _Grid.code(a["input_zero_point"], x.grid.signed) != x.grid.zero_point:
-            raise ConfigError(f"{name}: input zero point {a['input_zero_point']} differs from the grid of "
+        if _Grid.code(a.input_zero_point, x.grid.signed) != x.grid.zero_point:
+            raise ConfigError(f"{name}: input zero point {a.input_zero_point} differs from the grid of "
                               f"{node.inputs[0]!r}")
         if t["weight"].dtype != torch.int8:
             raise ConfigError(f"{name}: weights must be int8, not {t['weight'].dtype}")
@@ -427,9 +427,9 @@ class _Builder:
             s_w = fit_weight_scales(s_in, t["acc_scale"].double().numpy())
         else:  # float32(float32(s_in s_w) / s_out) = m / 2^n
             out_grid = _Grid.of(node.grid)
-            if _Grid.code(a["zero_point"], out_grid.signed) != out_grid.zero_point:
-                raise ConfigError(f"{name}: output zero point {a['zero_point']} differs from its grid")
-            lo, hi = _Grid.code(a["lo"], out_grid.signed), _Grid.code(a["hi"], out_grid.signed)
+            if _Grid.code(a.out.zero_point, out_grid.signed) != out_grid.zero_point:
+                raise ConfigError(f"{name}: output zero point {a.out.zero_point} differs from its grid")
+            lo, hi = _Grid.code(a.out.lo, out_grid.signed), _Grid.code(a.out.hi, out_grid.signed)
             mult = torch.ldexp(t["m"].double(), -t["n"].double()).numpy()
             s_w = fit_weight_scales(s_in, mult, out_grid.scale)
         rows = conv and not dequant and len(node.inputs) > 1 and self._gemm_residual(node)
@@ -442,7 +442,7 @@ class _Builder:
             w_arr = np.ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(out_ch, -1)
         else:
             w_arr = w
-        int4 = self.opset >= INT4_OPSET and a.get("weight_bits", 8) <= 4 and w.min() >= -8 and w.max() <= 7
+        int4 = self.opset >= INT4_OPSET and a.weight_bits <= 4 and w.min() >= -8 and w.max() <= 7
         const = self.const_int4 if int4 else self.const
         w_dq = self.add("DequantizeLinear",
                         [const(f"{name}_weight", w_arr), self.const(f"{name}_weight_scale", s_w),
@@ -457,8 +457,8 @@ class _Builder:
             return
         if conv:
             y = self.add("Conv", [x.float_name, w_dq, b_dq], f"{name}_conv", kernel_shape=list(w.shape[2:]),
-                         pads=self._conv_pads(node), strides=list(a["stride"]), dilations=list(a["dilation"]),
-                         group=int(a["groups"]))
+                         pads=self._conv_pads(node), strides=list(a.stride), dilations=list(a.dilation),
+                         group=a.groups)
         elif matmul:
             y = self.add("Add", [self.add("MatMul", [x.float_name, w_dq], f"{name}_matmul"), b_dq], f"{name}_add")
         else:
@@ -468,19 +468,17 @@ class _Builder:
         if not dequant:
             self.quantize(y, out_grid, name, lo, hi)
             return
-        act = a.get("act", "none")
-        if act == "relu":
+        act = a.out.act
+        if act is ir.Act.RELU:
             y = self.add("Relu", [y], f"{name}_relu")
-        elif act == "hardtanh":
-            y = self.add("Clip", [y, self.const(f"{name}_act_min", np.array(a["act_lo"], np.float32)),
-                                  self.const(f"{name}_act_max", np.array(a["act_hi"], np.float32))], f"{name}_clip")
-        elif act != "none":
-            raise ConfigError(f"{name}: float activation {act!r} has no ONNX form here")
+        elif act is ir.Act.HARDTANH:
+            y = self.add("Clip", [y, self.const(f"{name}_act_min", np.array(a.out.act_lo, np.float32)),
+                                  self.const(f"{name}_act_max", np.array(a.out.act_hi, np.float32))], f"{name}_clip")
         self.values[name] = _Value(y)
 
     def _gemm_residual(self, node: Node) -> bool:
         """Whether conv ``node`` has an integer residual and one group: a GEMM on patch rows (see _residual_rows)."""
-        return int(node.op.attrs["groups"]) == 1 and self.values[node.inputs[-1]].grid is not None
+        return node.op.ir.groups == 1 and self.values[node.inputs[-1]].grid is not None
 
     def _residual_spread(self, node: Node) -> np.ndarray:
         """Per output channel, how far the integer residual moves the output: ``max |r - z_r| m2 / 2^n`` codes."""
@@ -512,7 +510,7 @@ class _Builder:
 
     def _conv_pads(self, node: Node) -> list[int]:
         """ONNX ``pads`` (top, left, bottom, right) of a conv: its own padding plus a folded ``pad`` before it."""
-        ph, pw = node.op.attrs["padding"]
+        ph, pw = node.op.ir.padding
         top, left, bottom, right = self.folds.conv_pads.get(node.inputs[0], (0, 0, 0, 0))
         return [ph + top, pw + left, ph + bottom, pw + right]
 
@@ -524,12 +522,12 @@ class _Builder:
             self.quantize(y, x.grid, node.output)
 
     def op_maxpool2d(self, node: Node) -> None:
-        a = node.op.attrs
+        a = node.op.ir
         x = self.values[node.inputs[0]]
-        ph, pw = a["padding"]
-        y = self.add("MaxPool", [x.float_name], f"{node.output}_pool", kernel_shape=list(a["kernel_size"]),
-                     strides=list(a["stride"]), pads=[ph, pw, ph, pw], dilations=list(a["dilation"]),
-                     ceil_mode=int(bool(a["ceil_mode"])))
+        ph, pw = a.padding
+        y = self.add("MaxPool", [x.float_name], f"{node.output}_pool", kernel_shape=list(a.kernel_size),
+                     strides=list(a.stride), pads=[ph, pw, ph, pw], dilations=list(a.dilation),
+                     ceil_mode=int(a.ceil_mode))
         self._same_grid(node, y, x)
 
     def op_flatten(self, node: Node) -> None:
@@ -537,38 +535,38 @@ class _Builder:
         self._same_grid(node, self.add("Flatten", [x.float_name], f"{node.output}_flatten", axis=1), x)
 
     def op_pad(self, node: Node) -> None:
-        a = node.op.attrs
+        a = node.op.ir
         x = self.values[node.inputs[0]]
         if node.output in self.folds.skipped:  # the convolutions reading it pad with the zero point themselves
             self.values[node.output] = x
             return
         rank = len(self.shapes[node.inputs[0]])
-        pad = list(a["pad"])  # (left, right) pairs from the last dim, as F.pad; checked by _node_shape
+        pad = list(a.pad)  # (left, right) pairs from the last dim, as F.pad; checked by _node_shape
         begins, ends = [0] * rank, [0] * rank
         for i in range(len(pad) // 2):
             begins[rank - 1 - i], ends[rank - 1 - i] = pad[2 * i], pad[2 * i + 1]
         value = np.float32(0.0)
         if x.grid is not None:
-            value = x.grid.value(_Grid.code(a["value"], x.grid.signed))
-            if not x.grid.qmin <= _Grid.code(a["value"], x.grid.signed) <= x.grid.qmax:
-                raise ConfigError(f"{node.output}: pad value {a['value']} is outside the int8 range")
+            value = x.grid.value(_Grid.code(a.value, x.grid.signed))
+            if not x.grid.qmin <= _Grid.code(a.value, x.grid.signed) <= x.grid.qmax:
+                raise ConfigError(f"{node.output}: pad value {a.value} is outside the int8 range")
         y = self.add("Pad", [x.float_name, self.const(f"{node.output}_pads", np.array(begins + ends, np.int64)),
                              self.const(f"{node.output}_value", np.array(value, np.float32))],
                      f"{node.output}_pad", mode="constant")
         self._same_grid(node, y, x)
 
     def op_avgpool2d(self, node: Node) -> None:
-        a = node.op.attrs
+        a = node.op.ir
         x = self.integer_input(node)
-        if _Grid.code(a["input_zero_point"], x.grid.signed) != x.grid.zero_point:
+        if _Grid.code(a.input_zero_point, x.grid.signed) != x.grid.zero_point:
             raise ConfigError(f"{node.output}: input zero point differs from the grid of {node.inputs[0]!r}")
-        if a["kernel_size"] is None:
+        if a.kernel_size is None:
             y = self.add("GlobalAveragePool", [x.float_name], f"{node.output}_pool")
         else:
-            y = self.add("AveragePool", [x.float_name], f"{node.output}_pool", kernel_shape=list(a["kernel_size"]),
-                         strides=list(a["stride"]))
+            y = self.add("AveragePool", [x.float_name], f"{node.output}_pool", kernel_shape=list(a.kernel_size),
+                         strides=list(a.stride))
         grid = _Grid.of(node.grid)
-        self.quantize(y, grid, node.output, _Grid.code(a["lo"], grid.signed), _Grid.code(a["hi"], grid.signed))
+        self.quantize(y, grid, node.output, _Grid.code(a.lo, grid.signed), _Grid.code(a.hi, grid.signed))
 
 
 def _out_size(size: int, k: int, s: int, p: int, d: int, ceil: bool = False) -> int:
@@ -580,7 +578,7 @@ def _out_size(size: int, k: int, s: int, p: int, d: int, ceil: bool = False) -> 
 
 
 def _node_shape(node: Node, x: tuple[int, ...]) -> tuple[int, ...]:
-    a, kind = node.op.attrs, node.kind
+    a, kind = node.op.ir, node.kind
     if kind in ("quantize", "dequantize"):
         return x
     if kind == "linear":
@@ -592,24 +590,24 @@ def _node_shape(node: Node, x: tuple[int, ...]) -> tuple[int, ...]:
         raise ConfigError(f"{node.output}: {kind} needs an (N, C, H, W) input, not rank {len(x)}")
     if kind == "conv2d":
         w = node.op.tensors["weight"]
-        if x[1] != w.shape[1] * a["groups"]:
-            raise ConfigError(f"{node.output}: conv2d expects {w.shape[1] * a['groups']} input channels, not {x[1]}")
-        return (x[0], w.shape[0], *(_out_size(x[2 + i], w.shape[2 + i], a["stride"][i], a["padding"][i],
-                                              a["dilation"][i]) for i in range(2)))
+        if x[1] != w.shape[1] * a.groups:
+            raise ConfigError(f"{node.output}: conv2d expects {w.shape[1] * a.groups} input channels, not {x[1]}")
+        return (x[0], w.shape[0], *(_out_size(x[2 + i], w.shape[2 + i], a.stride[i], a.padding[i],
+                                              a.dilation[i]) for i in range(2)))
     if kind == "maxpool2d":
-        return (*x[:2], *(_out_size(x[2 + i], a["kernel_size"][i], a["stride"][i], a["padding"][i],
-                                    a["dilation"][i], bool(a["ceil_mode"])) for i in range(2)))
+        return (*x[:2], *(_out_size(x[2 + i], a.kernel_size[i], a.stride[i], a.padding[i],
+                                    a.dilation[i], a.ceil_mode) for i in range(2)))
     if kind == "avgpool2d":
-        if a["kernel_size"] is None:
+        if a.kernel_size is None:
             return (*x[:2], 1, 1)
-        return (*x[:2], *(_out_size(x[2 + i], a["kernel_size"][i], a["stride"][i], 0, 1) for i in range(2)))
+        return (*x[:2], *(_out_size(x[2 + i], a.kernel_size[i], a.stride[i], 0, 1) for i in range(2)))
     if kind == "flatten":
-        if a["start_dim"] % len(x) != 1 or a["end_dim"] % len(x) != len(x) - 1:
+        if a.start_dim % len(x) != 1 or a.end_dim % len(x) != len(x) - 1:
             raise ConfigError(f"{node.output}: only flatten(start_dim=1, end_dim=-1) has an ONNX form here, not "
-                              f"start_dim={a['start_dim']}, end_dim={a['end_dim']}")
+                              f"start_dim={a.start_dim}, end_dim={a.end_dim}")
         return (x[0], math.prod(x[1:]))
     if kind == "pad":
-        pad, y = list(a["pad"]), list(x)
+        pad, y = list(a.pad), list(x)
         if len(pad) % 2 or len(pad) // 2 > len(x):
             raise ConfigError(f"{node.output}: bad padding {pad} for a rank-{len(x)} tensor")
         for i in range(len(pad) // 2):
@@ -647,7 +645,7 @@ class _PadFolds:
 
 def _spatial_pad(node: Node, rank: int) -> tuple[int, int, int, int] | None:
     """``(top, left, bottom, right)`` of a ``pad`` node that pads only H and W of an NCHW tensor, else None."""
-    pad = list(node.op.attrs["pad"]) + [0] * (2 * rank - len(node.op.attrs["pad"]))
+    pad = list(node.op.ir.pad) + [0] * (2 * rank - len(node.op.ir.pad))
     if rank != 4 or any(pad[4:]) or min(pad) < 0:
         return None
     left, right, top, bottom = pad[:4]
@@ -657,7 +655,7 @@ def _spatial_pad(node: Node, rank: int) -> tuple[int, int, int, int] | None:
 def _conv_readers_only(readers: dict[str, list[tuple[Node, int]]], name: str, zero_point: int) -> bool:
     """Whether ``name`` is read, and only as the input of convolutions whose input zero point is ``zero_point``."""
     users = readers.get(name, [])
-    return bool(users) and all(user.kind == "conv2d" and i == 0 and user.op.attrs["input_zero_point"] == zero_point
+    return bool(users) and all(user.kind == "conv2d" and i == 0 and user.op.ir.input_zero_point == zero_point
                                for user, i in users)
 
 
@@ -668,14 +666,14 @@ def _padded_target(node: Node, readers: dict[str, list[tuple[Node, int]]], outpu
     ``quantize`` (the network input): that quantization's output and zero point,
     the code of 0.0 when the zero point lies within its bounds.
     """
-    a = node.op.attrs
+    a = node.op.ir
     if node.grid is not None:
-        return node.output, a["value"]
+        return node.output, a.value
     users = readers.get(node.output, [])
-    if a["value"] != 0 or len(users) != 1 or users[0][0].kind != "quantize" or users[0][0].output == output:
+    if a.value != 0 or len(users) != 1 or users[0][0].kind != "quantize" or users[0][0].output == output:
         return None
-    q = users[0][0].op.attrs
-    return (users[0][0].output, q["zero_point"]) if q["lo"] <= q["zero_point"] <= q["hi"] else None
+    q = users[0][0].op.ir
+    return (users[0][0].output, q.zero_point) if q.lo <= q.zero_point <= q.hi else None
 
 
 def _foldable_pads(model: IntegerModel, shapes: dict[str, tuple[int, ...]]) -> _PadFolds:
