@@ -82,3 +82,14 @@ def test_export_and_bench_commands(tmp_path, capsys):
     (tmp_path / "junk.safetensors").write_bytes(b"not a model")
     assert main(["bench", "--model", "mlp", "--load", str(tmp_path / "junk.safetensors"), "--rounds", "1"]) == 2
     assert "not a safetensors file" in capsys.readouterr().err
+
+
+def test_ptq_json_holds_the_results_and_the_quantization_op_counts(tmp_path):
+    import json
+
+    path = tmp_path / "r.json"
+    assert main(["ptq", "--model", "mlp", "--calib", "8", "--json", str(path)]) == 0
+    r = json.loads(path.read_text())
+    assert r["model"] == "mlp" and 0.8 < r["accuracy"] <= 1
+    (u_ops, _), (f_ops, _) = r["quant_ops"]["unfused"], r["quant_ops"]["fused"]
+    assert f_ops < u_ops  # fusion removed quantization points

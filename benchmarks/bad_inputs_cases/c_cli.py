@@ -212,7 +212,7 @@ c("qat_resume_without_checkpoint", *QAT, "--resume", "--out", "none")
 c("qat_tensor_granularity_with_bn_freeze_steps", "qat", "--model", "cnn", "--train-size", "128", "--batch-size", "64",
   "--epochs", "1", "--no-augment", "--granularity", "tensor", "--bn-freeze-steps", "1", "--out", "q")
 add(CAT, "qat_out_is_a_file", "error", lambda: cli(*QAT, "--out", touch("f")))
-add(CAT, "qat_resume_checkpoint_of_another_model", "error", lambda: _resume_other())
+add(CAT, "qat_resume_checkpoint_of_another_model", "error", lambda: _resume_other(), timeout=400)  # two QAT runs
 
 
 def _resume_other():

@@ -134,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
         print(diagnostics.render(rows, f_acc))
     if args.json:
         result = {"model": args.model, "config": repr(config), "float_accuracy": f_acc, "accuracy": q_acc,
-                  "seconds": seconds, "quant_ops": ops, "layers": diagnostics.to_dicts(rows)}
+                  "seconds": seconds, "layers": diagnostics.to_dicts(rows),
+                  "quant_ops": None if ops is None else {"unfused": list(ops.unfused), "fused": list(ops.fused)}}
         atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
     return 0
