@@ -219,9 +219,14 @@ def test_bad_uses():
             pass
     _, layer = _layer("GRU")
     with pytest.raises(ConfigError, match="already inside"):
-        with delta_training(layer), delta_training(layer):
+        with delta_training(layer), delta_training(layer, DeltaTrainSpec(noise_std=0.1)):
             pass
     assert layer._layer_runner is None  # restored on error
+    with delta_training(layer):
+        with delta_training(layer):  # the same spec nests (an evaluation hook inside train_delta)
+            pass
+        assert layer._layer_runner is not None  # the inner block left the outer's mode in place
+    assert layer._layer_runner is None
     with pytest.raises(ConfigError, match="returns? \\(logits, hidden"):
         TemporalL1(0.1)(torch.randn(2, 3), torch.tensor([0, 1]), None)
     with pytest.raises(ConfigError, match="batch, time, hidden"):

@@ -48,6 +48,7 @@ which is ``with delta_training(model, spec): train(model, batches, cfg, loss=Tem
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import numbers
 from collections.abc import Callable, Iterator, Mapping
@@ -171,7 +172,9 @@ def _ste_layer(layer: _DeltaRNNBase, k: int, xs: torch.Tensor, s: DeltaLayerStat
 def delta_training(model: nn.Module, spec: DeltaTrainSpec = DeltaTrainSpec()) -> Iterator[nn.Module]:
     """``with delta_training(model, spec): ...``: every delta layer of ``model`` runs the training-mode
     forward (straight-through thresholding, ``spec``'s rounding and noise) until the block ends, even
-    on error. Outside the block the layers run their accumulator form again. Returns ``model``."""
+    on error. Outside the block the layers run their accumulator form again. Returns ``model``.
+    A block nested in one with the same spec (an evaluation hook inside :func:`train_delta`) changes
+    nothing; with another spec it is refused."""
     if not isinstance(model, nn.Module):
         raise ConfigError(f"delta_training takes an nn.Module, got {type(model).__name__}")
     if not isinstance(spec, DeltaTrainSpec):
@@ -180,13 +183,16 @@ def delta_training(model: nn.Module, spec: DeltaTrainSpec = DeltaTrainSpec()) ->
     if not layers:
         raise ConfigError(f"{type(model).__name__} has no delta layer to train: build it with lowbit.delta.DeltaGRU/"
                           "DeltaLSTM, or convert it with lowbit.delta.to_delta(model, theta_x=..., theta_h=...)")
-    busy = [m for m in layers if m._layer_runner is not None]
-    if busy:
-        raise ConfigError("the model is already inside a delta_training block; nest no second one")
-
-    def runner(layer, k, xs, s, theta_in):
-        return _ste_layer(layer, k, xs, s, theta_in, spec)
-
+    runner = functools.partial(_ste_layer, spec=spec)
+    outer = {m._layer_runner.keywords.get("spec") for m in layers  # type: ignore[union-attr]
+             if isinstance(m._layer_runner, functools.partial) and m._layer_runner.func is _ste_layer}
+    if outer - {spec} or any(m._layer_runner is not None and not isinstance(m._layer_runner, functools.partial)
+                             for m in layers):
+        raise ConfigError(f"the model is already inside a delta_training block with another spec ({outer}); "
+                          "a nested block (e.g. an evaluation hook during train_delta) must use the same spec")
+    if outer:  # nested with the same spec (an evaluation inside train_delta): the outer block owns the mode
+        yield model
+        return
     try:
         for m in layers:
             m._layer_runner = runner
