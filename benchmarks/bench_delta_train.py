@@ -87,7 +87,10 @@ def run(dataset: str, cell: str, hidden: int, args) -> tuple[list[dict], str]:
     spec = DeltaTrainSpec(rounding=QFormat(8, 8) if args.q88 else None, noise_std=args.noise)
     layer_cls = DeltaGRU if cell == "gru" else DeltaLSTM
     rows = []
-    for theta_x, theta_h, lam in POINTS[dataset]:
+    points = args.points or POINTS[dataset]
+    if points[0] != (0.0, 0.0, 0.0):
+        points = [(0.0, 0.0, 0.0), *points]  # the dense control comes first
+    for theta_x, theta_h, lam in points:
         model = DeltaClassifier(layer_cls.from_torch(dense.rnn, theta_x, theta_h), copy.deepcopy(dense.head))
         t0 = time.perf_counter()
         train_delta(model, batches, LoopConfig(epochs=epochs, batch_size=32, seed=0), lam=lam, spec=spec,
@@ -138,6 +141,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--noise", type=float, default=0.0, help="Gaussian noise std on the thresholded values")
     ap.add_argument("--q88", action="store_true", help="round activations to Q8.8 in training and evaluation")
+    ap.add_argument("--points", nargs="+", default=None, type=lambda v: tuple(float(p) for p in v.split(",")),
+                    help="theta_x,theta_h,lambda triples for every run (the dense control 0,0,0 is added first)")
     ap.add_argument("--name", default="delta_train")
     args = ap.parse_args()
     torch.set_num_threads(1)
