@@ -1,4 +1,4 @@
-"""Delta networks trained for sparsity (Neil et al., ICML 2017, sec. 4) on spoken digits and JapaneseVowels.
+"""Delta networks trained for sparsity (Neil et al., ICML 2017) on spoken digits and JapaneseVowels.
 
 For each (dataset, cell): trains the dense classifier with bench_delta_convert's recipe (Adam 5e-3,
 cosine, gradient clipping), then fine-tunes a delta copy of it with ``lowbit.delta.training.train_delta``

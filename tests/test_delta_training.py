@@ -1,4 +1,4 @@
-"""Training delta networks for sparsity (Neil et al., ICML 2017, sec. 4): lowbit.delta.training."""
+"""Training delta networks for sparsity (Neil et al., ICML 2017): lowbit.delta.training."""
 
 import math
 

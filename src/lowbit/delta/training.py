@@ -1,4 +1,4 @@
-"""Training for temporal sparsity (Neil, Lee, Delbruck, Liu, "Delta Networks", ICML 2017, sec. 4).
+"""Training for temporal sparsity (Neil, Lee, Delbruck, Liu, "Delta Networks", ICML 2017).
 
 The paper's four methods, as parts for the one training loop :func:`lowbit.train`:
 
@@ -37,12 +37,24 @@ The paper's four methods, as parts for the one training loop :func:`lowbit.train
    returns: the model's forward returns ``(logits, hidden)`` (a :class:`SequenceOutput`, see
    :class:`DeltaClassifier`), ``hidden`` one tensor or a tuple of tensors ``(B, T, H)``.
 
-:func:`train_delta` calls :func:`lowbit.train` with these parts::
+:func:`train_delta` calls :func:`lowbit.train` with these parts; it is
+``with delta_training(model, spec): train(model, batches, cfg, loss=TemporalL1(lam), ...)``.
+Fine-tuning a trained dense GRU, as the paper does: ``DeltaClassifier(DeltaGRU.from_torch(gru, θ_x, θ_h), head)``.
 
-    model = DeltaClassifier(DeltaGRU.from_torch(dense.rnn, 0.3, 0.3), dense.head)
-    history = train_delta(model, batches, LoopConfig(epochs=2), lam=1e-3, spec=DeltaTrainSpec())
-
-which is ``with delta_training(model, spec): train(model, batches, cfg, loss=TemporalL1(lam), ...)``.
+>>> import torch
+>>> from torch import nn
+>>> from lowbit.delta import DeltaGRU, record_counts
+>>> from lowbit.training import LoopConfig
+>>> _ = torch.manual_seed(0)
+>>> model = DeltaClassifier(DeltaGRU(3, 8, batch_first=True, theta_x=0.1, theta_h=0.1), nn.Linear(8, 2))
+>>> x, y = torch.cumsum(0.1 * torch.randn(16, 10, 3), dim=1), torch.randint(0, 2, (16,))
+>>> history = train_delta(model, [(x, y)], LoopConfig(epochs=2), lam=1e-3, progress=False)
+>>> [row["epoch"] for row in history]
+[1, 2]
+>>> with torch.no_grad(), record_counts(model) as rec:
+...     logits, hidden = model(x)
+>>> logits.shape, hidden.shape, rec.total().mac_reduction > 1
+(torch.Size([16, 2]), torch.Size([16, 10, 8]), True)
 """
 
 from __future__ import annotations
