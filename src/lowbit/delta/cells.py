@@ -43,6 +43,8 @@ from lowbit.errors import ConfigError, DataError, ShapeError
 
 # listener(module, counts per layer of this call, (Δx events, Δh events) per layer and step, each (T,))
 CountListener = Callable[[nn.Module, tuple[DeltaCounts, ...], tuple[tuple[torch.Tensor, torch.Tensor], ...]], None]
+# runner(module, k, xs (T, B, I_k), layer state, θ of the input) -> what _DeltaRNNBase._run_layer returns
+LayerRunner = Callable[..., tuple[torch.Tensor, DeltaLayerState, DeltaCounts, tuple[torch.Tensor, torch.Tensor]]]
 
 
 def check_threshold(name: str, value: object) -> float:
@@ -62,6 +64,18 @@ def _positive_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"{name}={value!r}: pass a positive integer")
     return value
+
+
+def layer_counts(before: DeltaCounts, xm: torch.Tensor, hm: torch.Tensor
+                 ) -> tuple[DeltaCounts, tuple[torch.Tensor, torch.Tensor]]:
+    """The counts of one call from its transmit masks ``xm`` ``(T, B, I)`` and ``hm`` ``(T, B, H)``
+    (shapes of the layer from ``before``), and the events per step ``(T,)`` of each side."""
+    steps, batch = xm.shape[0], xm.shape[1]
+    x_steps, h_steps = xm.sum((1, 2)), hm.sum((1, 2))  # events per step, (T,)
+    counts = DeltaCounts(before.input_size, before.hidden_size, before.gates, steps=steps,
+                         batch_steps=steps * batch, x_events=int(x_steps.sum()), x_columns=int(xm.any(1).sum()),
+                         h_events=int(h_steps.sum()), h_columns=int(hm.any(1).sum()))
+    return counts, (x_steps, h_steps)
 
 
 class _DeltaRNNBase(nn.Module):
@@ -84,6 +98,10 @@ class _DeltaRNNBase(nn.Module):
         # Listeners of the per-call counts (lowbit.delta.counters.record_counts adds one for the
         # length of a `with` block); a per-instance dict like nn.Module's own hooks.
         self._count_listeners: dict[int, CountListener] = {}
+        # Another computation of one layer over a sequence, set only for the length of a `with`
+        # block (lowbit.delta.training.delta_training: the training-mode forward with
+        # straight-through gradients); None runs _run_layer, the accumulator form.
+        self._layer_runner: LayerRunner | None = None
         kw = {"device": device, "dtype": dtype}
         gh = self.gates * hidden_size
         for k in range(num_layers):
@@ -237,11 +255,13 @@ class _DeltaRNNBase(nn.Module):
         state = self.initial_state(xs.shape[1]) if state is None else state
         self._check_state(state, xs.shape[1])
         new_layers, call_counts, step_events = [], [], []
+        runner = self._layer_runner
         for k, s in enumerate(state.layers):
             if k > 0 and self.dropout and self.training:
                 xs = F.dropout(xs, self.dropout, training=True)
             theta_in = self.theta_x if k == 0 else self.theta_h
-            xs, s_new, counts, events = self._run_layer(k, xs, s, theta_in)
+            xs, s_new, counts, events = (self._run_layer(k, xs, s, theta_in) if runner is None
+                                         else runner(self, k, xs, s, theta_in))
             new_layers.append(s_new)
             call_counts.append(counts)
             step_events.append(events)
@@ -253,7 +273,7 @@ class _DeltaRNNBase(nn.Module):
     def _run_layer(self, k: int, xs: torch.Tensor, s: DeltaLayerState, theta_in: float
                    ) -> tuple[torch.Tensor, DeltaLayerState, DeltaCounts, tuple[torch.Tensor, torch.Tensor]]:
         w_ih, w_hh, _, _ = self._layer_weights(k)
-        steps, batch = xs.shape[0], xs.shape[1]
+        steps = xs.shape[0]
         # Input side: the thresholding is sequential but element-wise; the products of all steps
         # are one matmul, summed over time into the accumulator.
         x_hat, dxs, x_masks = s.x_hat, [], []
@@ -273,13 +293,9 @@ class _DeltaRNNBase(nn.Module):
                 h, c = lstm_from_acc(acc_x_seq[t], acc_h, c)
             hs.append(h)
             h_masks.append(m)
-        xm, hm = torch.stack(x_masks), torch.stack(h_masks)  # (T, B, I), (T, B, H)
-        x_steps, h_steps = xm.sum((1, 2)), hm.sum((1, 2))  # events per step, (T,)
-        counts = DeltaCounts(s.counts.input_size, self.hidden_size, self.gates, steps=steps,
-                             batch_steps=steps * batch, x_events=int(x_steps.sum()), x_columns=int(xm.any(1).sum()),
-                             h_events=int(h_steps.sum()), h_columns=int(hm.any(1).sum()))
+        counts, events = layer_counts(s.counts, torch.stack(x_masks), torch.stack(h_masks))
         new = DeltaLayerState(h, c, x_hat, h_hat, acc_x_seq[-1], acc_h, s.counts + counts)
-        return torch.stack(hs), new, counts, (x_steps, h_steps)
+        return torch.stack(hs), new, counts, events
 
 
 class DeltaGRU(_DeltaRNNBase):
