@@ -365,6 +365,37 @@ def dequant_codes(x: Buf, count, zp, scale, out: Buf) -> None:
     _need(k, "out", out, (torch.float32,), count)
 
 
+# ---------------------------------------------------------------- delta.c
+
+
+def delta_rnn_f32(x: Buf, T, In, H, G, wx: Buf, wh: Buf, b_ih: Buf, b_hh: Buf, state: Buf, theta_x, theta_h,
+                  dense, y: Buf, counts: Buf, idx: Buf, dv: Buf) -> None:
+    """``lowbit_delta_rnn_f32``: ``T`` steps of a batch-1 delta GRU (``G`` = 3) or LSTM (``G`` = 4) on float32
+    ``x`` (T, I); weights transposed (I, G H) and (H, G H); state ``x_hat, h_hat, h, c`` and two ``G H``
+    accumulators; ``y`` (T, H); ``In`` is I; two int64 counters; int32 and float32 scratch of ``I + H``."""
+    k = "lowbit_delta_rnn_f32"
+    _int(k, "T", T, 0)
+    _int(k, "I", In, 1, (1 << 31) - 1)
+    _int(k, "H", H, 1, (1 << 31) - 1)
+    _int(k, "G", G, 3, 4)
+    if In + H > (1 << 31) - 1:
+        raise ConfigError(f"{k}: I + H = {In + H}; allowed: at most 2^31 - 1 (int32 column indices)")
+    for name, v in (("theta_x", theta_x), ("theta_h", theta_h)):
+        if _real(k, name, v) < 0:
+            raise ConfigError(f"{k}: argument {name} = {v!r}; allowed: a finite number >= 0")
+    _flag(k, "dense", dense)
+    _need(k, "x", x, (torch.float32,), T * In)
+    _need(k, "wx", wx, (torch.float32,), In * G * H)
+    _need(k, "wh", wh, (torch.float32,), H * G * H)
+    _need(k, "b_ih", b_ih, (torch.float32,), G * H)
+    _need(k, "b_hh", b_hh, (torch.float32,), G * H)
+    _need(k, "state", state, (torch.float32,), In + 3 * H + 2 * G * H)
+    _need(k, "y", y, (torch.float32,), T * H)
+    _need(k, "counts", counts, (torch.int64,), 2)
+    _need(k, "idx", idx, (torch.int32,), In + H)
+    _need(k, "dv", dv, (torch.float32,), In + H)
+
+
 #: Every exported function of csrc/ and what checks its calls: a function here, the plan's step checker, or
 #: why nothing needs checking (a test keeps this in step with the C sources).
 ENTRY_POINTS: dict[str, str] = {
@@ -385,11 +416,12 @@ ENTRY_POINTS: dict[str, str] = {
     "lowbit_conv_u8s8": "lowbit.native.guard.conv_u8s8",
     "lowbit_vnni_peak": "lowbit.native.guard.vnni_peak",
     "lowbit_run_plan": "lowbit.integer.plan.check_steps",
+    "lowbit_delta_rnn_f32": "lowbit.native.guard.delta_rnn_f32",
     "lowbit_has_vnni": "no arguments",
     "lowbit_plan_step_size": "no arguments",
 }
 
 
-__all__ = ["ENTRY_POINTS", "Buf", "buf", "conv_u8s8", "depthwise_nhwc", "dequant_codes", "dequant_rows", "gemm_u8s8",
-           "im2col_nhwc", "im2col_u8", "maxpool_nhwc", "nhwc_to_nchw", "out_size", "pack_a", "pack_w",
+__all__ = ["ENTRY_POINTS", "Buf", "buf", "conv_u8s8", "delta_rnn_f32", "depthwise_nhwc", "dequant_codes", "dequant_rows",
+           "gemm_u8s8", "im2col_nhwc", "im2col_u8", "maxpool_nhwc", "nhwc_to_nchw", "out_size", "pack_a", "pack_w",
            "pad_flip_nhwc", "quantize_f32", "requant", "requant_values", "sum_hw", "vnni_peak"]

@@ -1,0 +1,143 @@
+/* The streaming delta RNN step (Neil, Lee, Delbruck, Liu, "Delta Networks for Optimized Recurrent
+ * Network Computation", ICML 2017), batch 1, float32, as a device runs it.
+ *
+ * Weights are stored column-major: wx is W_ih^T, (I, G*H) row-major, so the G*H weights that input j
+ * feeds are contiguous; wh is W_hh^T, (H, G*H). One step:
+ *
+ *   for each input j:  d = x_j - x_hat_j;  if !(|d| <= theta_x): send (j, d), x_hat_j = x_j
+ *   for each hidden j: d = h_j - h_hat_j;  if !(|d| <= theta_h): send (j, d), h_hat_j = h_j
+ *   acc_x += wx[j, :] * d   for the sent inputs only   (a column of W_ih, G*H contiguous floats)
+ *   acc_h += wh[j, :] * d   for the sent hidden units only
+ *   GRU:  r = s(ax_r + ah_r), z = s(ax_z + ah_z), n = tanh(ax_n + r ah_n), h = (1 - z) n + z h
+ *   LSTM: i, f, g, o = ax + ah;  c = s(f) c + s(i) tanh(g);  h = s(o) tanh(c)
+ *
+ * so a step reads only the weight columns of the non-zero deltas. With dense = 1 the step is the dense
+ * layer instead (acc = b + W x, every column read): the baseline with the same loops.
+ *
+ * state (floats): x_hat[I], h_hat[H], h[H], c[H], acc_x[G H], acc_h[G H]; counts (int64): [x columns read,
+ * h columns read], added to. idx (int32) and dv (float32) are scratch of I + H elements each.
+ * Returns 0, or -1 (state untouched) when x holds a NaN or an infinity. Arguments are checked by
+ * lowbit.native.guard.delta_rnn_f32.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+/* exp(x) for the gates: Cody-Waite reduction x = n ln2 + r, |r| <= ln2 / 2, and the degree-6
+ * polynomial of Cephes' expf (about 1 ulp); branch free so that the gate loops vectorise. */
+static inline float lb_expf(float x) {
+    x = x < -87.0f ? -87.0f : x;
+    x = x > 88.0f ? 88.0f : x;
+    float n = rintf(x * 1.44269504088896341f);
+    float r = fmaf(n, -0.693359375f, x);
+    r = fmaf(n, 2.12194440e-4f, r);
+    float p = 1.9875691500e-4f;
+    p = fmaf(p, r, 1.3981999507e-3f);
+    p = fmaf(p, r, 8.3334519073e-3f);
+    p = fmaf(p, r, 4.1665795894e-2f);
+    p = fmaf(p, r, 1.6666665459e-1f);
+    p = fmaf(p, r, 5.0000001201e-1f);
+    p = fmaf(p, r * r, r) + 1.0f;
+    union { int32_t i; float f; } s;
+    s.i = ((int32_t)n + 127) << 23;
+    return p * s.f;
+}
+
+static inline float lb_sigmoid(float a) { return 1.0f / (1.0f + lb_expf(-a)); }
+static inline float lb_tanh(float a) { return 1.0f - 2.0f / (1.0f + lb_expf(2.0f * a)); }
+
+/* acc[0..n) += w[idx[k] * n ..] * dv[k] for k < count; four columns per pass, the fused multiply-adds
+ * in column order (the rounding of one column at a time). */
+static void accumulate(float *restrict acc, const float *restrict w, int64_t n, const int32_t *restrict idx,
+                       const float *restrict dv, int64_t count) {
+    int64_t k = 0;
+    for (; k + 4 <= count; k += 4) {
+        const float *w0 = w + (int64_t)idx[k] * n, *w1 = w + (int64_t)idx[k + 1] * n;
+        const float *w2 = w + (int64_t)idx[k + 2] * n, *w3 = w + (int64_t)idx[k + 3] * n;
+        float d0 = dv[k], d1 = dv[k + 1], d2 = dv[k + 2], d3 = dv[k + 3];
+        for (int64_t o = 0; o < n; o++)
+            acc[o] = fmaf(w3[o], d3, fmaf(w2[o], d2, fmaf(w1[o], d1, fmaf(w0[o], d0, acc[o]))));
+    }
+    for (; k < count; k++) {
+        const float *w0 = w + (int64_t)idx[k] * n;
+        float d0 = dv[k];
+        for (int64_t o = 0; o < n; o++) acc[o] = fmaf(w0[o], d0, acc[o]);
+    }
+}
+
+/* The sent elements of v against its memory mem (updated); dense: every element, its value. */
+static int64_t deltas(const float *restrict v, float *restrict mem, int64_t n, float theta, int dense,
+                      int32_t *restrict idx, float *restrict dv) {
+    int64_t count = 0;
+    if (dense) {
+        for (int64_t j = 0; j < n; j++) {
+            idx[j] = (int32_t)j;
+            dv[j] = v[j];
+            mem[j] = v[j];
+        }
+        return n;
+    }
+    for (int64_t j = 0; j < n; j++) {
+        float d = v[j] - mem[j];
+        if (!(fabsf(d) <= theta)) {
+            idx[count] = (int32_t)j;
+            dv[count++] = d;
+            mem[j] = v[j];
+        }
+    }
+    return count;
+}
+
+static void gru_gates(const float *restrict ax, const float *restrict ah, float *restrict h, int64_t H,
+                      float *restrict y) {
+    for (int64_t o = 0; o < H; o++) {
+        float r = lb_sigmoid(ax[o] + ah[o]);
+        float z = lb_sigmoid(ax[H + o] + ah[H + o]);
+        float nn = lb_tanh(ax[2 * H + o] + r * ah[2 * H + o]);
+        float hn = (1.0f - z) * nn + z * h[o];
+        h[o] = hn;
+        y[o] = hn;
+    }
+}
+
+static void lstm_gates(const float *restrict ax, const float *restrict ah, float *restrict h, float *restrict c,
+                       int64_t H, float *restrict y) {
+    for (int64_t o = 0; o < H; o++) {
+        float i = lb_sigmoid(ax[o] + ah[o]);
+        float f = lb_sigmoid(ax[H + o] + ah[H + o]);
+        float g = lb_tanh(ax[2 * H + o] + ah[2 * H + o]);
+        float oo = lb_sigmoid(ax[3 * H + o] + ah[3 * H + o]);
+        float cn = f * c[o] + i * g;
+        c[o] = cn;
+        float hn = oo * lb_tanh(cn);
+        h[o] = hn;
+        y[o] = hn;
+    }
+}
+
+int lowbit_delta_rnn_f32(const float *x, int64_t T, int64_t I, int64_t H, int64_t G, const float *wx,
+                         const float *wh, const float *b_ih, const float *b_hh, float *state, float theta_x,
+                         float theta_h, int dense, float *y, int64_t *counts, int32_t *idx, float *dv) {
+    for (int64_t k = 0; k < T * I; k++)
+        if (!isfinite(x[k])) return -1;
+    const int64_t n = G * H;
+    float *x_hat = state, *h_hat = state + I, *h = h_hat + H, *c = h + H, *acc_x = c + H, *acc_h = acc_x + n;
+    for (int64_t t = 0; t < T; t++) {
+        const float *xt = x + t * I;
+        int64_t nx = deltas(xt, x_hat, I, theta_x, dense, idx, dv);
+        int64_t nh = deltas(h, h_hat, H, theta_h, dense, idx + I, dv + I);
+        if (dense) {
+            memcpy(acc_x, b_ih, n * sizeof(float));
+            memcpy(acc_h, b_hh, n * sizeof(float));
+        }
+        accumulate(acc_x, wx, n, idx, dv, nx);
+        accumulate(acc_h, wh, n, idx + I, dv + I, nh);
+        if (G == 3)
+            gru_gates(acc_x, acc_h, h, H, y + t * H);
+        else
+            lstm_gates(acc_x, acc_h, h, c, H, y + t * H);
+        counts[0] += nx;
+        counts[1] += nh;
+    }
+    return 0;
+}
