@@ -149,7 +149,7 @@ class DeltaRuntime:
         if gates not in (3, 4):
             raise ConfigError(f"gates={gates!r}: 3 (GRU) or 4 (LSTM)")
         if self.required_gates not in (None, gates):
-            raise ConfigError(f"{type(self).__name__} runs a {'GRU' if self.required_gates == 3 else 'LSTM'}; "
+            raise ConfigError(f"{type(self).__name__} runs {'a GRU' if self.required_gates == 3 else 'an LSTM'}; "
                               f"this layer is {'a GRU' if gates == 3 else 'an LSTM'}: use DeltaRuntime.from_layer")
         if not weights:
             raise ConfigError("weights is empty: pass one (W_ih, W_hh, b_ih, b_hh) per layer")
@@ -264,7 +264,7 @@ class DeltaRuntime:
     @property
     def h(self) -> torch.Tensor:
         """``(num_layers, hidden_size)``: each layer's hidden state after the last step (a copy)."""
-        return torch.stack([lay.state[lay.input_size + 2 * lay.hidden_size:lay.input_size + 3 * lay.hidden_size]
+        return torch.stack([lay.state[lay.input_size + lay.hidden_size:lay.input_size + 2 * lay.hidden_size]
                             for lay in self.layers]).clone()
 
     @property
