@@ -204,12 +204,12 @@ def test_the_guard_checks_every_argument_of_the_kernel():
     B = guard.Buf
     ok = dict(x=B(f32, 2 * 3), T=2, In=3, H=4, G=3, wx=B(f32, 3 * 12), wh=B(f32, 4 * 12), b_ih=B(f32, 12),
               b_hh=B(f32, 12), state=B(f32, 3 + 12 + 24), theta_x=0.1, theta_h=0.0, dense=0, y=B(f32, 8),
-              counts=B(i64, 2), idx=B(i32, 7), dv=B(f32, 7))
+              counts=B(i64, 2), idx=B(i32, 39), dv=B(f32, 39))
     guard.delta_rnn_f32(**ok)
     for name, value, err in (("x", B(f32, 5), ShapeError), ("x", B(torch.float64, 6), ShapeError),
                              ("wh", B(f32, 47), ShapeError), ("state", B(f32, 38), ShapeError),
                              ("y", B(f32, 7), ShapeError), ("counts", B(i32, 2), ShapeError),
-                             ("idx", B(i32, 6), ShapeError), ("dv", None, ShapeError), ("G", 5, ConfigError),
+                             ("idx", B(i32, 38), ShapeError), ("dv", None, ShapeError), ("G", 5, ConfigError),
                              ("H", 0, ConfigError), ("T", -1, ConfigError), ("theta_x", -0.1, ConfigError),
                              ("theta_h", float("nan"), ConfigError), ("dense", 2, ConfigError)):
         with pytest.raises(err, match="lowbit_delta_rnn_f32"):

@@ -70,8 +70,8 @@ class _Layer:
         i, h = self.input_size, self.hidden_size
         self.state = torch.zeros(i + 3 * h + 2 * gh, dtype=f32)
         self.counts = torch.zeros(2, dtype=torch.int64)
-        self.idx = torch.zeros(i + h, dtype=torch.int32)
-        self.dv = torch.zeros(i + h, dtype=f32)
+        self.idx = torch.zeros(i + h + 32, dtype=torch.int32)  # + 16 slack per part (the AVX-512 stores)
+        self.dv = torch.zeros(i + h + 32, dtype=f32)
         self.y_step = torch.zeros(1, h, dtype=f32)  # what step() writes (the next layer's x_step)
         self.h_view = self.y_step.view(-1)
         self.steps = 0

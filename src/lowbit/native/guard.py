@@ -372,7 +372,7 @@ def delta_rnn_f32(x: Buf, T, In, H, G, wx: Buf, wh: Buf, b_ih: Buf, b_hh: Buf, s
                   dense, y: Buf, counts: Buf, idx: Buf, dv: Buf) -> None:
     """``lowbit_delta_rnn_f32``: ``T`` steps of a batch-1 delta GRU (``G`` = 3) or LSTM (``G`` = 4) on float32
     ``x`` (T, I); weights transposed (I, G H) and (H, G H); state ``x_hat, h_hat, h, c`` and two ``G H``
-    accumulators; ``y`` (T, H); ``In`` is I; two int64 counters; int32 and float32 scratch of ``I + H``."""
+    accumulators; ``y`` (T, H); ``In`` is I; two int64 counters; int32 and float32 scratch of ``I + H + 32``."""
     k = "lowbit_delta_rnn_f32"
     _int(k, "T", T, 0)
     _int(k, "I", In, 1, (1 << 31) - 1)
@@ -392,8 +392,8 @@ def delta_rnn_f32(x: Buf, T, In, H, G, wx: Buf, wh: Buf, b_ih: Buf, b_hh: Buf, s
     _need(k, "state", state, (torch.float32,), In + 3 * H + 2 * G * H)
     _need(k, "y", y, (torch.float32,), T * H)
     _need(k, "counts", counts, (torch.int64,), 2)
-    _need(k, "idx", idx, (torch.int32,), In + H)
-    _need(k, "dv", dv, (torch.float32,), In + H)
+    _need(k, "idx", idx, (torch.int32,), In + H + 32)  # the AVX-512 path stores whole vectors: 16 of slack each
+    _need(k, "dv", dv, (torch.float32,), In + H + 32)
 
 
 #: Every exported function of csrc/ and what checks its calls: a function here, the plan's step checker, or

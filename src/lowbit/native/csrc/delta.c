@@ -15,13 +15,16 @@
  * layer instead (acc = b + W x, every column read): the baseline with the same loops.
  *
  * state (floats): x_hat[I], h_hat[H], h[H], c[H], acc_x[G H], acc_h[G H]; counts (int64): [x columns read,
- * h columns read], added to. idx (int32) and dv (float32) are scratch of I + H elements each.
+ * h columns read], added to. idx (int32) and dv (float32) are scratch of I + H + 32 elements each.
  * Returns 0, or -1 (state untouched) when x holds a NaN or an infinity. Arguments are checked by
  * lowbit.native.guard.delta_rnn_f32.
  */
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
 
 /* exp(x) for the gates: Cody-Waite reduction x = n ln2 + r, |r| <= ln2 / 2, and the degree-6
  * polynomial of Cephes' expf (about 1 ulp); branch free so that the gate loops vectorise. */
@@ -65,25 +68,41 @@ static void accumulate(float *restrict acc, const float *restrict w, int64_t n, 
     }
 }
 
-/* The sent elements of v against its memory mem (updated); dense: every element, its value. */
+/* The sent elements of v against its memory mem (updated); dense: every element, its value. idx and dv
+ * have 16 elements of slack: the AVX-512 path stores whole vectors of the compressed slots. */
 static int64_t deltas(const float *restrict v, float *restrict mem, int64_t n, float theta, int dense,
                       int32_t *restrict idx, float *restrict dv) {
-    int64_t count = 0;
+    int64_t count = 0, j = 0;
     if (dense) {
-        for (int64_t j = 0; j < n; j++) {
+        for (j = 0; j < n; j++) {
             idx[j] = (int32_t)j;
             dv[j] = v[j];
             mem[j] = v[j];
         }
         return n;
     }
-    for (int64_t j = 0; j < n; j++) {
+#ifdef __AVX512F__
+    const __m512 th = _mm512_set1_ps(theta);
+    const __m512i step = _mm512_set1_epi32(16);
+    __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    for (; j + 16 <= n; j += 16) {
+        __m512 vv = _mm512_loadu_ps(v + j), mm = _mm512_loadu_ps(mem + j);
+        __m512 d = _mm512_sub_ps(vv, mm);
+        __mmask16 sent = _mm512_cmp_ps_mask(_mm512_abs_ps(d), th, _CMP_NLE_UQ);  /* !(|d| <= theta) */
+        _mm512_storeu_si512((void *)(idx + count), _mm512_maskz_compress_epi32(sent, iota));
+        _mm512_storeu_ps(dv + count, _mm512_maskz_compress_ps(sent, d));
+        _mm512_storeu_ps(mem + j, _mm512_mask_blend_ps(sent, mm, vv));
+        count += __builtin_popcount((unsigned)sent);
+        iota = _mm512_add_epi32(iota, step);
+    }
+#endif
+    for (; j < n; j++) {  /* branch free: the slot is written always, kept when sent */
         float d = v[j] - mem[j];
-        if (!(fabsf(d) <= theta)) {
-            idx[count] = (int32_t)j;
-            dv[count++] = d;
-            mem[j] = v[j];
-        }
+        int sent = !(fabsf(d) <= theta);
+        idx[count] = (int32_t)j;
+        dv[count] = d;
+        mem[j] = sent ? v[j] : mem[j];
+        count += sent;
     }
     return count;
 }
@@ -118,20 +137,21 @@ static void lstm_gates(const float *restrict ax, const float *restrict ah, float
 int lowbit_delta_rnn_f32(const float *x, int64_t T, int64_t I, int64_t H, int64_t G, const float *wx,
                          const float *wh, const float *b_ih, const float *b_hh, float *state, float theta_x,
                          float theta_h, int dense, float *y, int64_t *counts, int32_t *idx, float *dv) {
-    for (int64_t k = 0; k < T * I; k++)
-        if (!isfinite(x[k])) return -1;
+    int bad = 0;
+    for (int64_t k = 0; k < T * I; k++) bad |= !(fabsf(x[k]) <= 3.40282347e+38f);
+    if (bad) return -1;
     const int64_t n = G * H;
     float *x_hat = state, *h_hat = state + I, *h = h_hat + H, *c = h + H, *acc_x = c + H, *acc_h = acc_x + n;
     for (int64_t t = 0; t < T; t++) {
         const float *xt = x + t * I;
         int64_t nx = deltas(xt, x_hat, I, theta_x, dense, idx, dv);
-        int64_t nh = deltas(h, h_hat, H, theta_h, dense, idx + I, dv + I);
+        int64_t nh = deltas(h, h_hat, H, theta_h, dense, idx + I + 16, dv + I + 16);
         if (dense) {
             memcpy(acc_x, b_ih, n * sizeof(float));
             memcpy(acc_h, b_hh, n * sizeof(float));
         }
         accumulate(acc_x, wx, n, idx, dv, nx);
-        accumulate(acc_h, wh, n, idx + I, dv + I, nh);
+        accumulate(acc_h, wh, n, idx + I + 16, dv + I + 16, nh);
         if (G == 3)
             gru_gates(acc_x, acc_h, h, H, y + t * H);
         else
