@@ -54,9 +54,9 @@ def cached_model(hidden: int, epochs: int, tr, spec: SpokenDigitsSpec, retrain: 
     return model, f"trained {epochs} epochs in {time.perf_counter() - t0:.0f} s"
 
 
-def runtime_accuracy(model: Classifier, te, theta_x: float, theta_h: float) -> tuple[float, float, float]:
-    """Test accuracy with the recurrent layer run by the C runtime, clip by clip; its fetch and MAC
-    reductions from the runtime's own counters."""
+def runtime_accuracy(model: Classifier, te, theta_x: float, theta_h: float) -> tuple[float, float]:
+    """Test accuracy with the recurrent layer run by the C runtime, clip by clip, and the fetch reduction
+    from the runtime's own counters (one layer: equal to the MAC reduction)."""
     rt = DeltaGRURuntime.from_layer(model.rnn, theta_x=theta_x, theta_h=theta_h)
     right, cols, dense_cols = 0, 0, 0
     with torch.no_grad():
@@ -67,7 +67,7 @@ def runtime_accuracy(model: Classifier, te, theta_x: float, theta_h: float) -> t
             c = rt.counts[0]
             cols += c.x_columns + c.h_columns
             dense_cols += c.steps * (c.input_size + c.hidden_size)
-    return right / len(te), dense_cols / cols, dense_cols / cols  # one layer: MACs ∝ columns
+    return right / len(te), dense_cols / cols
 
 
 def time_steps(model: Classifier, clips: torch.Tensor, theta_x: float, theta_h: float, rounds: int
@@ -139,7 +139,7 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--clips", type=int, default=24, help="test clips timed per round")
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--retrain", action="store_true", help="train even when a cached model exists")
     args = ap.parse_args()
     spec = SpokenDigitsSpec()
@@ -149,7 +149,7 @@ def main() -> None:
     points = sweep(model, THETAS, lambda m: accuracy(m, te))
     best = operating_point(points, dense_acc, 0.01)
     tx, th = best.theta_x, best.theta_h
-    rt_acc, rt_fetch, rt_mac = runtime_accuracy(model, te, tx, th)
+    rt_acc, rt_fetch = runtime_accuracy(model, te, tx, th)
     print(f"operating point theta_x={tx} theta_h={th}: simulation {best.metric:.4f}, runtime {rt_acc:.4f}, "
           f"fetch reduction {best.cost.fetch_reduction:.2f}x (runtime counters {rt_fetch:.2f}x)", flush=True)
     torch.set_num_threads(1)  # the timing runs on one thread (training and the sweep used the default)
@@ -187,6 +187,14 @@ def main() -> None:
              f"{d['best'] / s['best']:.2f}x (best). Kernel alone (run): delta {dk['median'] / sk['median']:.2f}x "
              f"faster than dense (median), {dk['best'] / sk['best']:.2f}x (best); "
              f"{g['median'] / sk['median']:.1f}x faster than the nn.GRUCell step.")
+    met = [f"- >= 3x faster than the nn.GRUCell step: {'met' if g['median'] >= 3 * s['median'] else 'NOT met'} "
+           f"through the Python call (`rt.step`, {g['median'] / s['median']:.2f}x median), "
+           f"{'met' if g['median'] >= 3 * sk['median'] else 'NOT met'} by the kernel ({g['median'] / sk['median']:.1f}x).",
+           f"- >= 2x faster than the dense step: {'met' if dk['median'] >= 2 * sk['median'] else 'NOT met'} by the "
+           f"kernel ({dk['median'] / sk['median']:.2f}x median, {dk['best'] / sk['best']:.2f}x best); "
+           f"{'met' if d['median'] >= 2 * s['median'] else 'NOT met'} through the per-step Python call "
+           f"({d['median'] / s['median']:.2f}x), where the call itself (ctypes argument conversion, the input "
+           "check, the output copy: several µs) outweighs the ~1-2 µs kernel of either."]
     body = (f"GRU({args.hidden}) classifier on spoken digits ({spec}), {how}; dense test accuracy "
             f"{100 * dense_acc:.2f}%.\n\n"
             "## Threshold sweep (converted, no retraining)\n\n" + "\n".join(curve) +
@@ -199,9 +207,9 @@ def main() -> None:
             "interleaved (each clip is timed by every method in turn, in a rotating order). A `step` row is "
             "the Python call per step (`cell(x_t, h)`, `rt.step(x_t)`), timed one step at a time; a `(run)` row is "
             "one C call for the whole clip divided by its steps (the kernel as a device runs it, no Python per "
-            "step); `nn.GRU whole clip` likewise for PyTorch. Dense baseline: the same C loops with every column "
+            "step; the one Python call per clip, ~20 µs, is included); `nn.GRU whole clip` likewise for PyTorch. Dense baseline: the same C loops with every column "
             "read (`dense=True`), since lowbit has no int8 GRU step.\n\n" + "\n".join(table) +
-            f"\n\n{ratio}\n\nTargets: >= 3x faster than the nn.GRUCell step, >= 2x faster than the dense step.\n\n"
+            f"\n\n{ratio}\n\nTargets (issue 19):\n\n" + "\n".join(met) + "\n\n"
             f"Load: the machine is shared; load average {load_before[0]:.2f} before and {load_after[0]:.2f} after "
             f"the timing (`uptime`: {uptime}).\n")
     write_result("delta", body)
