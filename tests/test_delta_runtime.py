@@ -214,3 +214,75 @@ def test_the_guard_checks_every_argument_of_the_kernel():
                              ("theta_h", float("nan"), ConfigError), ("dense", 2, ConfigError)):
         with pytest.raises(err, match="lowbit_delta_rnn_f32"):
             guard.delta_rnn_f32(**{**ok, name: value})
+
+
+# ---- the fixed-point option: int8 weights, 16-bit activations --------------------------------------------
+
+@settings(max_examples=40, deadline=None)
+@given(i=st.integers(1, 40), h=st.integers(1, 70), steps=st.integers(1, 40),
+       theta_x=st.sampled_from([0.0, 0.05, 0.3]), theta_h=st.sampled_from([0.0, 0.02, 0.2]),
+       frac_bits=st.sampled_from([6, 8, 10]), bias=st.booleans(), seed=st.integers(0, 2**16))
+def test_fixed_point_runtime_is_bit_exact_with_its_simulation(i, h, steps, theta_x, theta_h, frac_bits, bias, seed):
+    from lowbit.delta.fixed import FixedDeltaGRURuntime, fixed_delta_gru
+
+    layer = _layer("GRU", i, h, 1, theta_x, theta_h, bias, seed)
+    x = _signal(steps, i, seed) * 3  # reaches past ±8 (the tables' range) and int16 clamping at F = 10
+    rt = FixedDeltaGRURuntime.from_layer(layer, frac_bits=frac_bits)
+    y = rt.run(x)
+    want, counts = fixed_delta_gru(rt.q, rt.q.quantize_input(x))
+    assert torch.equal(y, want)
+    assert rt.counts == counts
+    # a stream continues across calls
+    rt.reset()
+    assert torch.equal(torch.cat([rt.run(x[:steps // 2 + 1]), rt.run(x[steps // 2 + 1:])])
+                       if steps > 1 else rt.run(x), want)
+
+
+def test_fixed_point_model_is_the_float_gru_to_its_resolution():
+    """θ = 0: the fixed-point model is nn.GRU up to the quantisation (Q8.8 activations, int8 weights)."""
+    from lowbit.delta.fixed import FixedDeltaGRURuntime
+
+    torch.manual_seed(5)
+    gru = nn.GRU(20, 48)
+    x = torch.randn(80, 20)
+    with torch.no_grad():
+        want = gru(x.unsqueeze(1))[0][:, 0]
+    for frac_bits, tol in ((8, 0.03), (12, 0.01)):
+        rt = FixedDeltaGRURuntime.from_layer(gru, frac_bits=frac_bits)
+        got = rt.run(x).double() / 2 ** frac_bits
+        err = float((got - want.double()).abs().max())
+        assert err < tol, (frac_bits, err)
+        assert err > 0  # it is quantised
+
+
+def test_fixed_point_bad_inputs():
+    from lowbit.delta.fixed import FixedDeltaGRURuntime
+
+    layer = _layer("GRU", 6, 10)
+    with pytest.raises(ConfigError, match="DeltaGRU or nn.GRU"):
+        FixedDeltaGRURuntime.from_layer(nn.LSTM(6, 10))
+    with pytest.raises(ConfigError, match="one unidirectional layer"):
+        FixedDeltaGRURuntime.from_layer(nn.GRU(6, 10, num_layers=2))
+    with pytest.raises(ConfigError, match="255"):
+        FixedDeltaGRURuntime.from_layer(nn.GRU(6, 300))
+    with pytest.raises(ConfigError, match="frac_bits"):
+        FixedDeltaGRURuntime.from_layer(layer, frac_bits=16)
+    with pytest.raises(ConfigError, match="theta_h"):
+        FixedDeltaGRURuntime.from_layer(layer, theta_h=-1.0)
+    rt = FixedDeltaGRURuntime.from_layer(layer)
+    with pytest.raises(ShapeError, match="input_size=6"):
+        rt.run(torch.randn(5, 7))
+    with pytest.raises(DataError, match="NaN"):
+        rt.run(torch.full((3, 6), float("nan")))
+    with pytest.raises(DataError, match="int32 codes"):
+        rt.run(torch.zeros(3, 6, dtype=torch.int64))
+    ok = dict(x=guard.Buf(torch.int32, 6), T=1, In=6, H=10, wx=guard.Buf(torch.int8, 180),
+              wh=guard.Buf(torch.int8, 300), state=guard.Buf(torch.int32, 86), theta_x=0, theta_h=0, F=8, Fw=9,
+              sig=guard.Buf(torch.int32, 4096), tnh=guard.Buf(torch.int32, 4096), L=2048,
+              y=guard.Buf(torch.int32, 10), counts=guard.Buf(torch.int64, 2), idx=guard.Buf(torch.int32, 16),
+              dv=guard.Buf(torch.int32, 16))
+    guard.delta_gru_q(**ok)
+    for name, value in (("L", 1024), ("H", 256), ("F", 15), ("sig", guard.Buf(torch.int32, 4095)),
+                        ("wx", guard.Buf(torch.float32, 180)), ("theta_x", -1)):
+        with pytest.raises((ConfigError, ShapeError), match="lowbit_delta_gru_q"):
+            guard.delta_gru_q(**{**ok, name: value})

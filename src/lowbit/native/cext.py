@@ -138,6 +138,10 @@ def library() -> ctypes.CDLL | None:
     lib.lowbit_delta_rnn_f32.argtypes = [ptr, i64, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, f32, f32, ctypes.c_int,
                                          ptr, ptr, ptr, ptr]
     lib.lowbit_delta_rnn_f32.restype = ctypes.c_int
+    i32 = ctypes.c_int32
+    lib.lowbit_delta_gru_q.argtypes = [ptr, i64, i64, i64, ptr, ptr, ptr, i32, i32, i64, i64, ptr, ptr, i64, ptr, ptr,
+                                       ptr, ptr]
+    lib.lowbit_delta_gru_q.restype = None
     for f in (lib.lowbit_pack_a, lib.lowbit_pack_w, lib.lowbit_gemm_u8s8, lib.lowbit_pad_flip_nhwc,
               lib.lowbit_conv_u8s8):
         f.restype = None

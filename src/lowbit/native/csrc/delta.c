@@ -161,3 +161,73 @@ int lowbit_delta_rnn_f32(const float *x, int64_t T, int64_t I, int64_t H, int64_
     }
     return 0;
 }
+
+/* ---- the fixed-point GRU: int8 weights, 16-bit activations, integer accumulators, table gates ----
+ *
+ * Activations (x, h, their memories and deltas) are integers in Q.F (value * 2^F; x in int16's range, held
+ * in int32 like h, |h| <= 2^F); weights int8 in
+ * Q.Fw; accumulators int32 in Q.(F + Fw), acc = b + W x_hat exactly (integer sums do not round).
+ * A pre-activation is p = round(acc / 2^Fw) (half up, an arithmetic shift); sigmoid and tanh are read
+ * from tables of 2L entries in Q.15 (sig[k] = sigma((k - L) / 2^F) * 2^15, the index clamped to
+ * 0..2L-1). GRU: r, z from tables of p(ax + ah), n = tanh(p(ax_n) + (r p(ah_n) + 2^14) >> 15),
+ * n_F = (n + 2^(14-F)) >> (15 - F), h = n_F + (z (h - n_F) + 2^14) >> 15. The sums are formed in
+ * int64. lowbit.delta.fixed.fixed_delta_gru is the same computation in PyTorch (bit-exact).
+ * state (int32): x_hat[I], h_hat[H], h[H], acc_x[3H], acc_h[3H]; idx, dv: int32 scratch of I + H.
+ * Arguments are checked by lowbit.native.guard.delta_gru_q.
+ */
+static inline int64_t rshift_round(int64_t v, int64_t s) { return s ? (v + ((int64_t)1 << (s - 1))) >> s : v; }
+
+static inline int32_t table(const int32_t *t, int64_t p, int64_t L) {
+    int64_t k = p + L;
+    k = k < 0 ? 0 : k;
+    k = k > 2 * L - 1 ? 2 * L - 1 : k;
+    return t[k];
+}
+
+static int64_t deltas_q(const int32_t *restrict v, int32_t *restrict mem, int64_t n, int32_t theta,
+                        int32_t *restrict idx, int32_t *restrict dv) {
+    int64_t count = 0;
+    for (int64_t j = 0; j < n; j++) {
+        int32_t d = v[j] - mem[j];
+        int sent = (d > theta) | (d < -theta);
+        idx[count] = (int32_t)j;
+        dv[count] = d;
+        mem[j] = sent ? v[j] : mem[j];
+        count += sent;
+    }
+    return count;
+}
+
+static void accumulate_q(int32_t *restrict acc, const int8_t *restrict w, int64_t n, const int32_t *restrict idx,
+                         const int32_t *restrict dv, int64_t count) {
+    for (int64_t k = 0; k < count; k++) {
+        const int8_t *w0 = w + (int64_t)idx[k] * n;
+        int32_t d0 = dv[k];
+        for (int64_t o = 0; o < n; o++) acc[o] += (int32_t)w0[o] * d0;
+    }
+}
+
+void lowbit_delta_gru_q(const int32_t *x, int64_t T, int64_t I, int64_t H, const int8_t *wx, const int8_t *wh,
+                        int32_t *state, int32_t theta_x, int32_t theta_h, int64_t F, int64_t Fw, const int32_t *sig,
+                        const int32_t *tnh, int64_t L, int32_t *y, int64_t *counts, int32_t *idx, int32_t *dv) {
+    const int64_t n = 3 * H;
+    int32_t *x_hat = state, *h_hat = state + I, *h = h_hat + H, *acc_x = h + H, *acc_h = acc_x + n;
+    for (int64_t t = 0; t < T; t++) {
+        int64_t nx = deltas_q(x + t * I, x_hat, I, theta_x, idx, dv);
+        int64_t nh = deltas_q(h, h_hat, H, theta_h, idx + I, dv + I);
+        accumulate_q(acc_x, wx, n, idx, dv, nx);
+        accumulate_q(acc_h, wh, n, idx + I, dv + I, nh);
+        for (int64_t o = 0; o < H; o++) {
+            int64_t r = table(sig, rshift_round((int64_t)acc_x[o] + acc_h[o], Fw), L);
+            int64_t z = table(sig, rshift_round((int64_t)acc_x[H + o] + acc_h[H + o], Fw), L);
+            int64_t hn = rshift_round(acc_h[2 * H + o], Fw);
+            int64_t p = rshift_round(acc_x[2 * H + o], Fw) + ((r * hn + (1 << 14)) >> 15);
+            int64_t nq = rshift_round(table(tnh, p, L), 15 - F);
+            int64_t hv = nq + ((z * (h[o] - nq) + (1 << 14)) >> 15);
+            h[o] = (int32_t)hv;
+            y[t * H + o] = (int32_t)hv;
+        }
+        counts[0] += nx;
+        counts[1] += nh;
+    }
+}
