@@ -200,9 +200,19 @@ static int64_t deltas_q(const int32_t *restrict v, int32_t *restrict mem, int64_
 
 static void accumulate_q(int32_t *restrict acc, const int8_t *restrict w, int64_t n, const int32_t *restrict idx,
                          const int32_t *restrict dv, int64_t count) {
-    for (int64_t k = 0; k < count; k++) {
+    int64_t k = 0;
+    for (; k + 4 <= count; k += 4) {  /* four columns per pass over acc (integer sums: any order is exact) */
+        const int8_t *w0 = w + (int64_t)idx[k] * n, *w1 = w + (int64_t)idx[k + 1] * n;
+        const int8_t *w2 = w + (int64_t)idx[k + 2] * n, *w3 = w + (int64_t)idx[k + 3] * n;
+        int32_t d0 = dv[k], d1 = dv[k + 1], d2 = dv[k + 2], d3 = dv[k + 3];
+#pragma omp simd
+        for (int64_t o = 0; o < n; o++)
+            acc[o] += (int32_t)w0[o] * d0 + (int32_t)w1[o] * d1 + (int32_t)w2[o] * d2 + (int32_t)w3[o] * d3;
+    }
+    for (; k < count; k++) {
         const int8_t *w0 = w + (int64_t)idx[k] * n;
         int32_t d0 = dv[k];
+#pragma omp simd
         for (int64_t o = 0; o < n; o++) acc[o] += (int32_t)w0[o] * d0;
     }
 }
