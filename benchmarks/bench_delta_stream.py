@@ -36,6 +36,7 @@ from _common import RESULTS, write_result
 from bench_delta_convert import THETAS, Classifier, accuracy, train
 from lowbit.data.spoken_digits import SpokenDigitsSpec, spoken_digits
 from lowbit.delta import operating_point, sweep
+from lowbit.delta.fixed import FixedDeltaGRURuntime
 from lowbit.delta.runtime import DeltaGRURuntime
 
 
@@ -65,6 +66,22 @@ def runtime_accuracy(model: Classifier, te, theta_x: float, theta_h: float) -> t
             h = rt.run(x)[-1]
             right += int(model.head(h).argmax() == y)
             c = rt.counts[0]
+            cols += c.x_columns + c.h_columns
+            dense_cols += c.steps * (c.input_size + c.hidden_size)
+    return right / len(te), dense_cols / cols
+
+
+def fixed_accuracy(model: Classifier, te, theta_x: float, theta_h: float) -> tuple[float, float]:
+    """Test accuracy of the fixed-point model (int8 weights, Q8.8 activations) run by its C runtime, the
+    read-out in float on ``h = code / 2^8``; and its fetch reduction."""
+    rt = FixedDeltaGRURuntime.from_layer(model.rnn, theta_x=theta_x, theta_h=theta_h)
+    right, cols, dense_cols = 0, 0, 0
+    with torch.no_grad():
+        for x, y in zip(te.x, te.y):
+            rt.reset()
+            h = rt.run(x)[-1].float() / 2 ** rt.q.frac_bits
+            right += int(model.head(h).argmax() == y)
+            c = rt.counts
             cols += c.x_columns + c.h_columns
             dense_cols += c.steps * (c.input_size + c.hidden_size)
     return right / len(te), dense_cols / cols
@@ -118,8 +135,23 @@ def time_steps(model: Classifier, clips: torch.Tensor, theta_x: float, theta_h: 
         gru(xb)
         return [(clock() - t0) / x.shape[0]]
 
+    fixed_dense = FixedDeltaGRURuntime.from_layer(gru, theta_x=0.0, theta_h=0.0)
+    fixed_delta = FixedDeltaGRURuntime.from_layer(gru, theta_x=theta_x, theta_h=theta_h)
+    clips = list(clips)  # the same row objects every round (the codes are looked up by object)
+    codes = {id(x): fixed_dense.q.quantize_input(x) for x in clips}  # quantised once, outside the timing
+
+    def fixed_run(rt):
+        def f(x):
+            xq = codes[id(x)]
+            rt.reset()
+            t0 = clock()
+            rt.run(xq)
+            return [(clock() - t0) / x.shape[0]]
+        return f
+
     methods = {"nn.GRUCell step": grucell_step, "dense C step": rt_step(dense), "delta step": rt_step(delta),
                "dense C kernel (run)": rt_run(dense), "delta kernel (run)": rt_run(delta),
+               "int8 θ=0 kernel (run)": fixed_run(fixed_dense), "int8 delta kernel (run)": fixed_run(fixed_delta),
                "nn.GRU whole clip": gru_seq}
     names = list(methods)
     times: dict[str, list[float]] = {n: [] for n in names}
@@ -150,6 +182,8 @@ def main() -> None:
     best = operating_point(points, dense_acc, 0.01)
     tx, th = best.theta_x, best.theta_h
     rt_acc, rt_fetch = runtime_accuracy(model, te, tx, th)
+    fx_dense_acc, _ = fixed_accuracy(model, te, 0.0, 0.0)
+    fx_acc, fx_fetch = fixed_accuracy(model, te, tx, th)
     print(f"operating point theta_x={tx} theta_h={th}: simulation {best.metric:.4f}, runtime {rt_acc:.4f}, "
           f"fetch reduction {best.cost.fetch_reduction:.2f}x (runtime counters {rt_fetch:.2f}x)", flush=True)
     torch.set_num_threads(1)  # the timing runs on one thread (training and the sweep used the default)
@@ -163,6 +197,7 @@ def main() -> None:
              for n, v in times.items()}
     g, d, s = stats["nn.GRUCell step"], stats["dense C step"], stats["delta step"]
     dk, sk = stats["dense C kernel (run)"], stats["delta kernel (run)"]
+    qd, qs = stats["int8 θ=0 kernel (run)"], stats["int8 delta kernel (run)"]
     rows = []
     for p in points:
         at = (p.theta_x, p.theta_h) == (tx, th)
@@ -172,6 +207,8 @@ def main() -> None:
                      "step_us": s["median"] if at else None, "grucell_step_us": g["median"] if at else None,
                      **({"operating_point": True, "runtime_accuracy": rt_acc, "dense_step_us": d["median"],
                          "kernel_step_us": sk["median"], "dense_kernel_step_us": dk["median"],
+                         "int8_accuracy": fx_acc, "int8_dense_accuracy": fx_dense_acc, "int8_fetch_reduction": fx_fetch,
+                         "int8_kernel_step_us": qs["median"], "int8_dense_kernel_step_us": qd["median"],
                          "step_stat": "median over steps of real test clips, batch 1, 1 thread"} if at else {})})
     table = ["| method | best µs/step | median µs/step | mean µs/step | timed |", "|---|---|---|---|---|"]
     for n, v in stats.items():
@@ -186,11 +223,17 @@ def main() -> None:
              f"{g['best'] / s['best']:.2f}x (best); vs the dense C step: {d['median'] / s['median']:.2f}x (median), "
              f"{d['best'] / s['best']:.2f}x (best). Kernel alone (run): delta {dk['median'] / sk['median']:.2f}x "
              f"faster than dense (median), {dk['best'] / sk['best']:.2f}x (best); "
-             f"{g['median'] / sk['median']:.1f}x faster than the nn.GRUCell step.")
+             f"{g['median'] / sk['median']:.1f}x faster than the nn.GRUCell step. Fixed point (int8 weights, Q8.8): "
+             f"delta kernel {qd['median'] / qs['median']:.2f}x faster than the same kernel at θ = 0 (median), "
+             f"{qd['best'] / qs['best']:.2f}x (best).")
     met = [f"- >= 3x faster than the nn.GRUCell step: {'met' if g['median'] >= 3 * s['median'] else 'NOT met'} "
            f"through the Python call (`rt.step`, {g['median'] / s['median']:.2f}x median), "
            f"{'met' if g['median'] >= 3 * sk['median'] else 'NOT met'} by the kernel ({g['median'] / sk['median']:.1f}x).",
-           f"- >= 2x faster than the dense step: {'met' if dk['median'] >= 2 * sk['median'] else 'NOT met'} by the "
+           f"- >= 2x faster than the dense int8 step (the fixed-point kernel at θ = 0): "
+           f"{'met' if qd['median'] >= 2 * qs['median'] else 'NOT met'} by the int8 delta kernel "
+           f"({qd['median'] / qs['median']:.2f}x median, {qd['best'] / qs['best']:.2f}x best); the float delta kernel "
+           f"against the dense int8 one: {qd['median'] / sk['median']:.2f}x.",
+           f"- >= 2x faster than the dense float step: {'met' if dk['median'] >= 2 * sk['median'] else 'NOT met'} by the "
            f"kernel ({dk['median'] / sk['median']:.2f}x median, {dk['best'] / sk['best']:.2f}x best); "
            f"{'met' if d['median'] >= 2 * s['median'] else 'NOT met'} through the per-step Python call "
            f"({d['median'] / s['median']:.2f}x), where the call itself (ctypes argument conversion, the input "
@@ -202,13 +245,19 @@ def main() -> None:
             f"simulation accuracy {100 * best.metric:.2f}%, **the C runtime's accuracy {100 * rt_acc:.2f}%** "
             f"(every test clip streamed through `DeltaGRURuntime`), fetch reduction from the runtime's counters "
             f"{rt_fetch:.2f}x (the simulation's counters: {best.cost.fetch_reduction:.2f}x).\n\n"
+            f"Fixed-point option (`lowbit.delta.fixed`: int8 weights, Q8.8 16-bit activations, int32 accumulators, "
+            f"table gates; its C runtime is bit-exact with its PyTorch simulation, tests/test_delta_runtime.py): "
+            f"test accuracy {100 * fx_dense_acc:.2f}% at θ = 0 and {100 * fx_acc:.2f}% at the operating point "
+            f"(fetch reduction {fx_fetch:.2f}x).\n\n"
             f"## Time per step at the operating point (batch 1, torch.set_num_threads(1))\n\n"
             f"{args.clips} random test clips of {clips.shape[1]} steps, {args.rounds} rounds after a warm-up round, "
             "interleaved (each clip is timed by every method in turn, in a rotating order). A `step` row is "
             "the Python call per step (`cell(x_t, h)`, `rt.step(x_t)`), timed one step at a time; a `(run)` row is "
             "one C call for the whole clip divided by its steps (the kernel as a device runs it, no Python per "
             "step; the one Python call per clip, ~20 µs, is included); `nn.GRU whole clip` likewise for PyTorch. Dense baseline: the same C loops with every column "
-            "read (`dense=True`), since lowbit has no int8 GRU step.\n\n" + "\n".join(table) +
+            "read (`dense=True`); `int8 θ=0` is the fixed-point kernel at thresholds 0 (every changed column read: the "
+            "dense int8 step of this layer, lowbit having no other int8 GRU step), `int8 delta` the same at the "
+            "operating point (inputs quantised before the timing).\n\n" + "\n".join(table) +
             f"\n\n{ratio}\n\nTargets (issue 19):\n\n" + "\n".join(met) + "\n\n"
             f"Load: the machine is shared; load average {load_before[0]:.2f} before and {load_after[0]:.2f} after "
             f"the timing (`uptime`: {uptime}).\n")

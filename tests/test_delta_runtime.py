@@ -279,10 +279,10 @@ def test_fixed_point_bad_inputs():
     ok = dict(x=guard.Buf(torch.int32, 6), T=1, In=6, H=10, wx=guard.Buf(torch.int8, 180),
               wh=guard.Buf(torch.int8, 300), state=guard.Buf(torch.int32, 86), theta_x=0, theta_h=0, F=8, Fw=9,
               sig=guard.Buf(torch.int32, 4096), tnh=guard.Buf(torch.int32, 4096), L=2048,
-              y=guard.Buf(torch.int32, 10), counts=guard.Buf(torch.int64, 2), idx=guard.Buf(torch.int32, 16),
-              dv=guard.Buf(torch.int32, 16))
+              y=guard.Buf(torch.int32, 10), counts=guard.Buf(torch.int64, 2), idx=guard.Buf(torch.int32, 48),
+              dv=guard.Buf(torch.int32, 48))
     guard.delta_gru_q(**ok)
     for name, value in (("L", 1024), ("H", 256), ("F", 15), ("sig", guard.Buf(torch.int32, 4095)),
-                        ("wx", guard.Buf(torch.float32, 180)), ("theta_x", -1)):
+                        ("wx", guard.Buf(torch.float32, 180)), ("theta_x", -1), ("idx", guard.Buf(torch.int32, 47))):
         with pytest.raises((ConfigError, ShapeError), match="lowbit_delta_gru_q"):
             guard.delta_gru_q(**{**ok, name: value})

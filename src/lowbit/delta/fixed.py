@@ -161,8 +161,8 @@ class FixedDeltaGRURuntime:
         i, h = self.input_size, self.hidden_size
         self.state = torch.zeros(i + 8 * h, dtype=torch.int32)
         self.counts_buf = torch.zeros(2, dtype=torch.int64)
-        self.idx = torch.zeros(i + h, dtype=torch.int32)
-        self.dv = torch.zeros(i + h, dtype=torch.int32)
+        self.idx = torch.zeros(i + h + 32, dtype=torch.int32)  # + 16 slack per part (the AVX-512 stores)
+        self.dv = torch.zeros(i + h + 32, dtype=torch.int32)
         self.steps = 0
         self.reset()
 

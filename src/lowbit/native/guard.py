@@ -420,8 +420,8 @@ def delta_gru_q(x: Buf, T, In, H, wx: Buf, wh: Buf, state: Buf, theta_x, theta_h
     _need(k, "tanh", tnh, (torch.int32,), 2 * L)
     _need(k, "y", y, (torch.int32,), T * H)
     _need(k, "counts", counts, (torch.int64,), 2)
-    _need(k, "idx", idx, (torch.int32,), In + H)
-    _need(k, "dv", dv, (torch.int32,), In + H)
+    _need(k, "idx", idx, (torch.int32,), In + H + 32)  # 16 of slack per part, as delta_rnn_f32
+    _need(k, "dv", dv, (torch.int32,), In + H + 32)
 
 
 #: Every exported function of csrc/ and what checks its calls: a function here, the plan's step checker, or

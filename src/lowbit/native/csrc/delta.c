@@ -172,22 +172,36 @@ int lowbit_delta_rnn_f32(const float *x, int64_t T, int64_t I, int64_t H, int64_
  * 0..2L-1). GRU: r, z from tables of p(ax + ah), n = tanh(p(ax_n) + (r p(ah_n) + 2^14) >> 15),
  * n_F = (n + 2^(14-F)) >> (15 - F), h = n_F + (z (h - n_F) + 2^14) >> 15. The sums are formed in
  * int64. lowbit.delta.fixed.fixed_delta_gru is the same computation in PyTorch (bit-exact).
- * state (int32): x_hat[I], h_hat[H], h[H], acc_x[3H], acc_h[3H]; idx, dv: int32 scratch of I + H.
+ * state (int32): x_hat[I], h_hat[H], h[H], acc_x[3H], acc_h[3H]; idx, dv: int32 scratch of I + H + 32.
  * Arguments are checked by lowbit.native.guard.delta_gru_q.
  */
 static inline int64_t rshift_round(int64_t v, int64_t s) { return s ? (v + ((int64_t)1 << (s - 1))) >> s : v; }
 
-static inline int32_t table(const int32_t *t, int64_t p, int64_t L) {
+static inline int32_t index_of(int64_t p, int64_t L) {  /* the table entry of pre-activation p, clamped */
     int64_t k = p + L;
     k = k < 0 ? 0 : k;
     k = k > 2 * L - 1 ? 2 * L - 1 : k;
-    return t[k];
+    return (int32_t)k;
 }
 
 static int64_t deltas_q(const int32_t *restrict v, int32_t *restrict mem, int64_t n, int32_t theta,
                         int32_t *restrict idx, int32_t *restrict dv) {
-    int64_t count = 0;
-    for (int64_t j = 0; j < n; j++) {
+    int64_t count = 0, j = 0;
+#ifdef __AVX512F__
+    const __m512i th = _mm512_set1_epi32(theta), step = _mm512_set1_epi32(16);
+    __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    for (; j + 16 <= n; j += 16) {
+        __m512i vv = _mm512_loadu_si512((const void *)(v + j)), mm = _mm512_loadu_si512((const void *)(mem + j));
+        __m512i d = _mm512_sub_epi32(vv, mm);
+        __mmask16 sent = _mm512_cmpgt_epi32_mask(_mm512_abs_epi32(d), th);
+        _mm512_storeu_si512((void *)(idx + count), _mm512_maskz_compress_epi32(sent, iota));
+        _mm512_storeu_si512((void *)(dv + count), _mm512_maskz_compress_epi32(sent, d));
+        _mm512_storeu_si512((void *)(mem + j), _mm512_mask_blend_epi32(sent, mm, vv));
+        count += __builtin_popcount((unsigned)sent);
+        iota = _mm512_add_epi32(iota, step);
+    }
+#endif
+    for (; j < n; j++) {
         int32_t d = v[j] - mem[j];
         int sent = (d > theta) | (d < -theta);
         idx[count] = (int32_t)j;
@@ -222,20 +236,29 @@ void lowbit_delta_gru_q(const int32_t *x, int64_t T, int64_t I, int64_t H, const
                         const int32_t *tnh, int64_t L, int32_t *y, int64_t *counts, int32_t *idx, int32_t *dv) {
     const int64_t n = 3 * H;
     int32_t *x_hat = state, *h_hat = state + I, *h = h_hat + H, *acc_x = h + H, *acc_h = acc_x + n;
+    int32_t kr[256], kz[256], kn[256], xn[256], hn[256], r[256], z[256];  /* H <= 255 (the guard) */
     for (int64_t t = 0; t < T; t++) {
         int64_t nx = deltas_q(x + t * I, x_hat, I, theta_x, idx, dv);
-        int64_t nh = deltas_q(h, h_hat, H, theta_h, idx + I, dv + I);
+        int64_t nh = deltas_q(h, h_hat, H, theta_h, idx + I + 16, dv + I + 16);
         accumulate_q(acc_x, wx, n, idx, dv, nx);
-        accumulate_q(acc_h, wh, n, idx + I, dv + I, nh);
+        accumulate_q(acc_h, wh, n, idx + I + 16, dv + I + 16, nh);
+        /* the gates in passes that vectorise: table indices, gathers, the integer update */
         for (int64_t o = 0; o < H; o++) {
-            int64_t r = table(sig, rshift_round((int64_t)acc_x[o] + acc_h[o], Fw), L);
-            int64_t z = table(sig, rshift_round((int64_t)acc_x[H + o] + acc_h[H + o], Fw), L);
-            int64_t hn = rshift_round(acc_h[2 * H + o], Fw);
-            int64_t p = rshift_round(acc_x[2 * H + o], Fw) + ((r * hn + (1 << 14)) >> 15);
-            int64_t nq = rshift_round(table(tnh, p, L), 15 - F);
-            int64_t hv = nq + ((z * (h[o] - nq) + (1 << 14)) >> 15);
-            h[o] = (int32_t)hv;
-            y[t * H + o] = (int32_t)hv;
+            kr[o] = index_of(rshift_round((int64_t)acc_x[o] + acc_h[o], Fw), L);
+            kz[o] = index_of(rshift_round((int64_t)acc_x[H + o] + acc_h[H + o], Fw), L);
+            xn[o] = (int32_t)rshift_round(acc_x[2 * H + o], Fw);
+            hn[o] = (int32_t)rshift_round(acc_h[2 * H + o], Fw);
+        }
+        for (int64_t o = 0; o < H; o++) {
+            r[o] = sig[kr[o]];
+            z[o] = sig[kz[o]];
+        }
+        for (int64_t o = 0; o < H; o++) kn[o] = index_of(xn[o] + (((int64_t)r[o] * hn[o] + (1 << 14)) >> 15), L);
+        for (int64_t o = 0; o < H; o++) {
+            int32_t nq = (int32_t)rshift_round(tnh[kn[o]], 15 - F);
+            int32_t hv = nq + ((z[o] * (h[o] - nq) + (1 << 14)) >> 15);  /* |z (h - nq)| <= 2^15 2^15 */
+            h[o] = hv;
+            y[t * H + o] = hv;
         }
         counts[0] += nx;
         counts[1] += nh;
