@@ -1,6 +1,7 @@
 """The C kernels, compiled on first use: ``csrc/requant.c`` (requantization epilogue, NHWC im2col,
 depthwise conv), ``csrc/gemm.c`` (prepacked int8 GEMM on AVX-512 VNNI with the epilogue fused) and
-``csrc/plan.c`` (a whole model's kernels in one call, :mod:`lowbit.integer.plan`).
+``csrc/plan.c`` (a whole model's kernels in one call, :mod:`lowbit.integer.plan`) and ``csrc/delta.c`` (the
+streaming delta RNN step of :mod:`lowbit.delta.runtime`).
 
 PyTorch has no fused integer requantization: as separate int64 tensor ops it
 costs more than the int8 GEMM it follows. The C kernel does bias, multiply,
@@ -35,7 +36,8 @@ from lowbit.errors import ShapeError
 from lowbit.native import guard
 from lowbit.functional.requant import half_of
 
-SOURCES = tuple(Path(__file__).with_name("csrc") / f for f in ("requant.c", "gemm.c", "plan.c"))
+SOURCES = tuple(Path(__file__).with_name("csrc") / f for f in ("requant.c", "gemm.c", "plan.c",
+                                                                      "delta.c"))
 FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-std=c11", "-fopenmp"]
 SANITIZE_FLAGS = ["-O1", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g"]  # -O1: a quicker build,
 # every access checked one by one (the intrinsic kernels are the same code at any level)
@@ -133,6 +135,13 @@ def library() -> ctypes.CDLL | None:
     lib.lowbit_run_plan.argtypes = [ptr, i64, ptr, ctypes.c_int]
     lib.lowbit_run_plan.restype = ctypes.c_int
     lib.lowbit_plan_step_size.restype = i64
+    lib.lowbit_delta_rnn_f32.argtypes = [ptr, i64, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, f32, f32, ctypes.c_int,
+                                         ptr, ptr, ptr, ptr]
+    lib.lowbit_delta_rnn_f32.restype = ctypes.c_int
+    i32 = ctypes.c_int32
+    lib.lowbit_delta_gru_q.argtypes = [ptr, i64, i64, i64, ptr, ptr, ptr, i32, i32, i64, i64, ptr, ptr, i64, ptr, ptr,
+                                       ptr, ptr]
+    lib.lowbit_delta_gru_q.restype = None
     for f in (lib.lowbit_pack_a, lib.lowbit_pack_w, lib.lowbit_gemm_u8s8, lib.lowbit_pad_flip_nhwc,
               lib.lowbit_conv_u8s8):
         f.restype = None

@@ -365,6 +365,65 @@ def dequant_codes(x: Buf, count, zp, scale, out: Buf) -> None:
     _need(k, "out", out, (torch.float32,), count)
 
 
+# ---------------------------------------------------------------- delta.c
+
+
+def delta_rnn_f32(x: Buf, T, In, H, G, wx: Buf, wh: Buf, b_ih: Buf, b_hh: Buf, state: Buf, theta_x, theta_h,
+                  dense, y: Buf, counts: Buf, idx: Buf, dv: Buf) -> None:
+    """``lowbit_delta_rnn_f32``: ``T`` steps of a batch-1 delta GRU (``G`` = 3) or LSTM (``G`` = 4) on float32
+    ``x`` (T, I); weights transposed (I, G H) and (H, G H); state ``x_hat, h_hat, h, c`` and two ``G H``
+    accumulators; ``y`` (T, H); ``In`` is I; two int64 counters; int32 and float32 scratch of ``I + H + 32``."""
+    k = "lowbit_delta_rnn_f32"
+    _int(k, "T", T, 0)
+    _int(k, "I", In, 1, (1 << 31) - 1)
+    _int(k, "H", H, 1, (1 << 31) - 1)
+    _int(k, "G", G, 3, 4)
+    if In + H > (1 << 31) - 1:
+        raise ConfigError(f"{k}: I + H = {In + H}; allowed: at most 2^31 - 1 (int32 column indices)")
+    for name, v in (("theta_x", theta_x), ("theta_h", theta_h)):
+        if _real(k, name, v) < 0:
+            raise ConfigError(f"{k}: argument {name} = {v!r}; allowed: a finite number >= 0")
+    _flag(k, "dense", dense)
+    _need(k, "x", x, (torch.float32,), T * In)
+    _need(k, "wx", wx, (torch.float32,), In * G * H)
+    _need(k, "wh", wh, (torch.float32,), H * G * H)
+    _need(k, "b_ih", b_ih, (torch.float32,), G * H)
+    _need(k, "b_hh", b_hh, (torch.float32,), G * H)
+    _need(k, "state", state, (torch.float32,), In + 3 * H + 2 * G * H)
+    _need(k, "y", y, (torch.float32,), T * H)
+    _need(k, "counts", counts, (torch.int64,), 2)
+    _need(k, "idx", idx, (torch.int32,), In + H + 32)  # the AVX-512 path stores whole vectors: 16 of slack each
+    _need(k, "dv", dv, (torch.float32,), In + H + 32)
+
+
+def delta_gru_q(x: Buf, T, In, H, wx: Buf, wh: Buf, state: Buf, theta_x, theta_h, F, Fw, sig: Buf, tnh: Buf, L,
+                y: Buf, counts: Buf, idx: Buf, dv: Buf) -> None:
+    """``lowbit_delta_gru_q``: ``T`` steps of the fixed-point delta GRU (:mod:`lowbit.delta.fixed`): int32 codes
+    ``x`` (T, I) in int16's range, int8 weights transposed (I, 3H) and (H, 3H), int32 state ``x_hat, h_hat, h``
+    and two 3H accumulators, gate tables of ``2 L`` entries (``L = 8 2^F``), int32 ``y`` (T, H). ``I, H <= 255``
+    keep the accumulators inside int32 (the biases in the state are checked by the caller: ``|b| < 2^30``)."""
+    k = "lowbit_delta_gru_q"
+    _int(k, "T", T, 0)
+    _int(k, "I", In, 1, 255)
+    _int(k, "H", H, 1, 255)
+    _int(k, "theta_x", theta_x, 0, (1 << 31) - 1)
+    _int(k, "theta_h", theta_h, 0, (1 << 31) - 1)
+    _int(k, "F", F, 1, 14)
+    _int(k, "Fw", Fw, 0, 24)
+    if L != 8 << F:
+        raise ConfigError(f"{k}: argument L = {L!r}; allowed: 8 * 2^F = {8 << F} (tables over [-8, 8))")
+    _need(k, "x", x, (torch.int32,), T * In)
+    _need(k, "wx", wx, (torch.int8,), In * 3 * H)
+    _need(k, "wh", wh, (torch.int8,), H * 3 * H)
+    _need(k, "state", state, (torch.int32,), In + 8 * H)
+    _need(k, "sig", sig, (torch.int32,), 2 * L)
+    _need(k, "tanh", tnh, (torch.int32,), 2 * L)
+    _need(k, "y", y, (torch.int32,), T * H)
+    _need(k, "counts", counts, (torch.int64,), 2)
+    _need(k, "idx", idx, (torch.int32,), In + H + 32)  # 16 of slack per part, as delta_rnn_f32
+    _need(k, "dv", dv, (torch.int32,), In + H + 32)
+
+
 #: Every exported function of csrc/ and what checks its calls: a function here, the plan's step checker, or
 #: why nothing needs checking (a test keeps this in step with the C sources).
 ENTRY_POINTS: dict[str, str] = {
@@ -385,11 +444,13 @@ ENTRY_POINTS: dict[str, str] = {
     "lowbit_conv_u8s8": "lowbit.native.guard.conv_u8s8",
     "lowbit_vnni_peak": "lowbit.native.guard.vnni_peak",
     "lowbit_run_plan": "lowbit.integer.plan.check_steps",
+    "lowbit_delta_rnn_f32": "lowbit.native.guard.delta_rnn_f32",
+    "lowbit_delta_gru_q": "lowbit.native.guard.delta_gru_q",
     "lowbit_has_vnni": "no arguments",
     "lowbit_plan_step_size": "no arguments",
 }
 
 
-__all__ = ["ENTRY_POINTS", "Buf", "buf", "conv_u8s8", "depthwise_nhwc", "dequant_codes", "dequant_rows", "gemm_u8s8",
-           "im2col_nhwc", "im2col_u8", "maxpool_nhwc", "nhwc_to_nchw", "out_size", "pack_a", "pack_w",
+__all__ = ["ENTRY_POINTS", "Buf", "buf", "conv_u8s8", "delta_gru_q", "delta_rnn_f32", "depthwise_nhwc", "dequant_codes", "dequant_rows",
+           "gemm_u8s8", "im2col_nhwc", "im2col_u8", "maxpool_nhwc", "nhwc_to_nchw", "out_size", "pack_a", "pack_w",
            "pad_flip_nhwc", "quantize_f32", "requant", "requant_values", "sum_hw", "vnni_peak"]

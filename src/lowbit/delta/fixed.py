@@ -1,0 +1,216 @@
+"""A fixed-point delta GRU: int8 weights, 16-bit activations, integer accumulators, table gates.
+
+Neil et al. (ICML 2017) run their delta networks with 16-bit fixed-point activations (Q8.8) on
+hardware; this is such a model, one layer, batch 1. With ``F`` fractional bits for activations
+and ``Fw`` for weights (:class:`FixedGRU`)::
+
+    x_q  = clamp(round(x 2^F), -2^15, 2^15 - 1)                      (round half to even)
+    W_q  = clamp(round(W 2^Fw), -127, 127)  int8    b_q = round(b 2^(F+Fw))  int32
+    Δ    = v_q - v_hat   sent where |Δ| > θ_q = floor(θ 2^F)  (v_hat := v_q)
+    acc += W_q[:, j] Δ_j  (int32: acc = b_q + W_q v_hat exactly)
+    p(a) = (a + 2^(Fw-1)) >> Fw                                      (half up)
+    r, z = S[p(ax + ah)],  n = T[p(ax_n) + (r p(ah_n) + 2^14) >> 15]  (tables in Q.15 over ±8)
+    n_F  = (n + 2^(14-F)) >> (15 - F),   h = n_F + (z (h - n_F) + 2^14) >> 15
+
+:func:`fixed_delta_gru` is this computation in PyTorch integer ops (the simulation of the fixed-point
+model); :class:`FixedDeltaGRURuntime` runs it in C (``lowbit_delta_gru_q``), bit-exact with it. Both
+differ from the float :class:`lowbit.delta.DeltaGRU` by the quantisation (about ``2^-F`` per value).
+``Fw`` defaults to the largest that keeps every weight in int8; the accumulators stay inside int32
+for ``I, H <= 255`` (``127 * 2^15 * 255 < 2^30``) and ``|b_q| < 2^30``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from lowbit.delta.cells import DeltaGRU, check_threshold
+from lowbit.delta.state import DeltaCounts
+from lowbit.errors import ConfigError, DataError, ShapeError
+from lowbit.native import cext, guard
+
+MAX_SIZE = 255  # I and H: keeps |b_q + W_q x_hat| < 2^31
+TABLE_RANGE = 8  # the gate tables cover pre-activations in [-8, 8)
+_KERNEL = "lowbit_delta_gru_q"
+
+
+@dataclass(frozen=True)
+class FixedGRU:
+    """One GRU layer in fixed point: int8 weights ``(3H, I)``, ``(3H, H)``, int32 biases in Q.(F+Fw),
+    the gate tables (int32 Q.15, ``2 L`` entries, ``L = 8 * 2^F``) and the integer thresholds."""
+
+    w_ih: torch.Tensor
+    w_hh: torch.Tensor
+    b_ih: torch.Tensor
+    b_hh: torch.Tensor
+    frac_bits: int
+    weight_frac_bits: int
+    theta_x: int
+    theta_h: int
+    sigmoid: torch.Tensor
+    tanh: torch.Tensor
+
+    @property
+    def half_range(self) -> int:
+        return TABLE_RANGE << self.frac_bits
+
+    def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
+        """int32 ``clamp(round(x 2^F), -2^15, 2^15 - 1)`` of float features."""
+        return torch.round(x.double() * 2.0 ** self.frac_bits).clamp(-32768, 32767).to(torch.int32)
+
+    @classmethod
+    def from_layer(cls, layer: nn.Module, theta_x: float | None = None, theta_h: float | None = None,
+                   frac_bits: int = 8, weight_frac_bits: int | None = None) -> "FixedGRU":
+        """Quantise a one-layer :class:`DeltaGRU` or ``nn.GRU`` (thresholds default to the layer's)."""
+        if not isinstance(layer, (DeltaGRU, nn.GRU)) or getattr(layer, "gates", 3) != 3:
+            raise ConfigError(f"the fixed-point runtime takes a one-layer DeltaGRU or nn.GRU, got {type(layer).__name__}")
+        if layer.num_layers != 1 or getattr(layer, "bidirectional", False):
+            raise ConfigError(f"{layer!r}: the fixed-point runtime runs one unidirectional layer")
+        if isinstance(frac_bits, bool) or not isinstance(frac_bits, int) or not 1 <= frac_bits <= 14:
+            raise ConfigError(f"frac_bits={frac_bits!r}: an integer in 1..14 (8 is Q8.8)")
+        i, h = layer.input_size, layer.hidden_size
+        if i > MAX_SIZE or h > MAX_SIZE:
+            raise ConfigError(f"input_size={i}, hidden_size={h}: the int32 accumulators of the fixed-point runtime "
+                              f"hold layers up to {MAX_SIZE} wide; use the float runtime (DeltaRuntime)")
+        theta_x = check_threshold("theta_x", getattr(layer, "theta_x", 0.0) if theta_x is None else theta_x)
+        theta_h = check_threshold("theta_h", getattr(layer, "theta_h", 0.0) if theta_h is None else theta_h)
+        w_ih, w_hh = layer.weight_ih_l0.detach().double(), layer.weight_hh_l0.detach().double()
+        zeros = torch.zeros(3 * h, dtype=torch.float64)
+        b_ih = layer.bias_ih_l0.detach().double() if layer.bias else zeros
+        b_hh = layer.bias_hh_l0.detach().double() if layer.bias else zeros
+        peak = float(max(w_ih.abs().max(), w_hh.abs().max()))
+        if not math.isfinite(peak) or not bool(torch.isfinite(b_ih).all() and torch.isfinite(b_hh).all()):
+            raise DataError("the layer's weights hold a NaN or an infinity")
+        if weight_frac_bits is None:
+            weight_frac_bits = min(24, math.floor(math.log2(127 / peak))) if peak > 0 else 24
+        if isinstance(weight_frac_bits, bool) or not isinstance(weight_frac_bits, int) or not 0 <= weight_frac_bits <= 24:
+            raise ConfigError(f"weight_frac_bits={weight_frac_bits!r}: an integer in 0..24 (the largest weight "
+                              f"|W| = {peak:.3g} needs |W| 2^Fw <= 127)")
+        sw, sb = 2.0 ** weight_frac_bits, 2.0 ** (weight_frac_bits + frac_bits)
+        q = {name: torch.round(t * sw).clamp(-127, 127).to(torch.int8) for name, t in (("w_ih", w_ih), ("w_hh", w_hh))}
+        b = {name: torch.round(t * sb) for name, t in (("b_ih", b_ih), ("b_hh", b_hh))}
+        if max(float(t.abs().max()) for t in b.values()) >= 2 ** 30:
+            raise ConfigError(f"a bias of {max(b_ih.abs().max(), b_hh.abs().max()):.3g} does not fit the int32 "
+                              f"accumulators at weight_frac_bits={weight_frac_bits}: pass a smaller weight_frac_bits")
+        half = TABLE_RANGE << frac_bits
+        grid = (torch.arange(2 * half, dtype=torch.float64) - half) / 2.0 ** frac_bits
+        return cls(q["w_ih"], q["w_hh"], b["b_ih"].to(torch.int32), b["b_hh"].to(torch.int32), frac_bits,
+                   weight_frac_bits, math.floor(theta_x * 2 ** frac_bits) if theta_x < 2 ** 16 else 2 ** 31 - 1,
+                   math.floor(theta_h * 2 ** frac_bits) if theta_h < 2 ** 16 else 2 ** 31 - 1,
+                   torch.round(torch.sigmoid(grid) * 2 ** 15).to(torch.int32),
+                   torch.round(torch.tanh(grid) * 2 ** 15).to(torch.int32))
+
+
+def _rshift_round(v: torch.Tensor, s: int) -> torch.Tensor:
+    return (v + (1 << (s - 1))) >> s if s else v
+
+
+def fixed_delta_gru(q: FixedGRU, x_q: torch.Tensor) -> tuple[torch.Tensor, DeltaCounts]:
+    """The fixed-point delta GRU in PyTorch int64 ops, from a fresh state: int32 ``x_q`` ``(T, I)`` ->
+    (int32 ``h`` ``(T, H)`` in Q.F, the events). The reference the C runtime is bit-exact with."""
+    steps, i = x_q.shape
+    h_size = q.w_hh.shape[1]
+    wx, wh = q.w_ih.long(), q.w_hh.long()
+    x_hat, h_hat, h = torch.zeros(i, dtype=torch.long), torch.zeros(h_size, dtype=torch.long), \
+        torch.zeros(h_size, dtype=torch.long)
+    acc_x, acc_h = q.b_ih.long().clone(), q.b_hh.long().clone()
+    L, fw, f = q.half_range, q.weight_frac_bits, q.frac_bits
+
+    def table(t: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        return t.long()[(p + L).clamp(0, 2 * L - 1)]
+
+    ys, nx, nh = [], 0, 0
+    for t in range(steps):
+        dx = x_q[t].long() - x_hat
+        sx = dx.abs() > q.theta_x
+        x_hat = torch.where(sx, x_q[t].long(), x_hat)
+        dh = h - h_hat
+        sh = dh.abs() > q.theta_h
+        h_hat = torch.where(sh, h, h_hat)
+        acc_x = acc_x + wx @ torch.where(sx, dx, 0)
+        acc_h = acc_h + wh @ torch.where(sh, dh, 0)
+        nx, nh = nx + int(sx.sum()), nh + int(sh.sum())
+        xr, xz, xn = acc_x.chunk(3)
+        hr, hz, hn = acc_h.chunk(3)
+        r = table(q.sigmoid, _rshift_round(xr + hr, fw))
+        z = table(q.sigmoid, _rshift_round(xz + hz, fw))
+        p = _rshift_round(xn, fw) + ((r * _rshift_round(hn, fw) + (1 << 14)) >> 15)
+        n = _rshift_round(table(q.tanh, p), 15 - f)
+        h = n + ((z * (h - n) + (1 << 14)) >> 15)
+        ys.append(h)
+    counts = DeltaCounts(i, h_size, 3, steps=steps, batch_steps=steps, x_events=nx, x_columns=nx, h_events=nh,
+                         h_columns=nh)
+    return torch.stack(ys).to(torch.int32), counts
+
+
+class FixedDeltaGRURuntime:
+    """The fixed-point delta GRU in C (``lowbit_delta_gru_q``), batch 1, state in the object like
+    :class:`lowbit.delta.runtime.DeltaRuntime`: :meth:`run` a sequence (float features, quantised here, or
+    int32 codes), :meth:`reset`, :attr:`counts`. Outputs are int32 codes in Q.F (``h = code / 2^F``)."""
+
+    def __init__(self, q: FixedGRU) -> None:
+        if cext.library() is None:
+            raise RuntimeError("the fixed-point runtime needs the C kernels, and no C compiler works here (install gcc)")
+        self.q = q
+        self.hidden_size, self.input_size = q.w_hh.shape[1], q.w_ih.shape[1]
+        self.wx = q.w_ih.t().contiguous()  # (I, 3H): a column per input, contiguous
+        self.wh = q.w_hh.t().contiguous()
+        i, h = self.input_size, self.hidden_size
+        self.state = torch.zeros(i + 8 * h, dtype=torch.int32)
+        self.counts_buf = torch.zeros(2, dtype=torch.int64)
+        self.idx = torch.zeros(i + h + 32, dtype=torch.int32)  # + 16 slack per part (the AVX-512 stores)
+        self.dv = torch.zeros(i + h + 32, dtype=torch.int32)
+        self.steps = 0
+        self.reset()
+
+    @classmethod
+    def from_layer(cls, layer: nn.Module, **kw) -> "FixedDeltaGRURuntime":
+        """Quantise ``layer`` with :meth:`FixedGRU.from_layer` (same keywords) and build the runtime."""
+        return cls(FixedGRU.from_layer(layer, **kw))
+
+    def reset(self) -> None:
+        i, h = self.input_size, self.hidden_size
+        self.state.zero_()
+        self.state[i + 2 * h:i + 5 * h] = self.q.b_ih
+        self.state[i + 5 * h:] = self.q.b_hh
+        self.counts_buf.zero_()
+        self.steps = 0
+
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` ``(T, I)`` float features (quantised with :meth:`FixedGRU.quantize_input`) or int32 codes ->
+        int32 ``h`` codes ``(T, H)``; continues the stream."""
+        if not isinstance(x, torch.Tensor) or x.ndim != 2 or x.shape[1] != self.input_size or x.shape[0] == 0:
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ShapeError(f"the fixed-point GRU runtime takes (steps >= 1, input_size={self.input_size}), got {got}")
+        if x.is_floating_point():
+            if not bool(torch.isfinite(x).all()):
+                raise DataError("the input holds a NaN or an infinity; clean the features (torch.nan_to_num)")
+            x = self.q.quantize_input(x)
+        elif x.dtype != torch.int32 or int(x.min()) < -32768 or int(x.max()) > 32767:
+            raise DataError(f"integer input must be int32 codes in -32768..32767, got {x.dtype}")
+        x = x.cpu().contiguous()
+        q, steps = self.q, x.shape[0]
+        y = torch.empty(steps, self.hidden_size, dtype=torch.int32)
+        b = guard.buf
+        args = (steps, self.input_size, self.hidden_size)
+        guard.delta_gru_q(b(x, _KERNEL, "x"), *args, b(self.wx), b(self.wh), b(self.state), q.theta_x, q.theta_h,
+                          q.frac_bits, q.weight_frac_bits, b(q.sigmoid), b(q.tanh), q.half_range, b(y),
+                          b(self.counts_buf), b(self.idx), b(self.dv))
+        cext._lib().lowbit_delta_gru_q(x.data_ptr(), *args, self.wx.data_ptr(), self.wh.data_ptr(),
+                                       self.state.data_ptr(), q.theta_x, q.theta_h, q.frac_bits, q.weight_frac_bits,
+                                       q.sigmoid.data_ptr(), q.tanh.data_ptr(), q.half_range, y.data_ptr(),
+                                       self.counts_buf.data_ptr(), self.idx.data_ptr(), self.dv.data_ptr())
+        self.steps += steps
+        return y
+
+    @property
+    def counts(self) -> DeltaCounts:
+        nx, nh = (int(v) for v in self.counts_buf)
+        return DeltaCounts(self.input_size, self.hidden_size, 3, steps=self.steps, batch_steps=self.steps,
+                           x_events=nx, x_columns=nx, h_events=nh, h_columns=nh)
+
+
+__all__ = ["FixedDeltaGRURuntime", "FixedGRU", "fixed_delta_gru"]
