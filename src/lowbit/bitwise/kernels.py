@@ -1,0 +1,177 @@
+"""The compiled binary GEMM (``csrc/xnor.c``): XNOR-popcount on packed words, optional threshold epilogue.
+
+    out[m, n] = K - 2 popcount(a[m] XOR b[n])                       int32 (M, N), or
+    bit[m, n] = (out[m, n] >= thr[n]) XOR flip[n]                   packed uint64 (M, ceil(N / 64))
+
+(the maths: :mod:`lowbit.bitwise.reference`). The C source is compiled on first use with the helpers of
+:mod:`lowbit.integer.cext` (same compiler, cache folder ``$LOWBIT_CACHE`` or ``~/.cache/lowbit``, atomic write,
+``LOWBIT_NO_CEXT=1`` to disable), without ``-march=native``: each instruction set is compiled with a target
+attribute and chosen at run time, best first:
+
+* ``"avx512-vpopcntdq"``: 4 x 4 register blocks, ``vpxorq`` + ``vpopcntq`` + ``vpaddq`` on 512 bits;
+* ``"avx2"``: 2 x 2 blocks, popcount by a 4-bit ``vpshufb`` lookup (Mula, Kurz, Lemire 2018);
+* ``"scalar"``: 2 x 2 blocks of 64-bit ``popcnt``;
+* ``"reference"``: no C library (no compiler, or ``LOWBIT_NO_CEXT``): the PyTorch reference, same results.
+
+:func:`backend` names the one :func:`binary_gemm` uses by default; its ``isa`` argument forces another
+(tests and benchmarks run every one of :func:`backends`). Every argument is checked here before the call:
+the kernel trusts it (shapes, dtypes, contiguity, padding bits).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import subprocess
+import time
+import warnings
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from lowbit.bitwise import reference
+from lowbit.bitwise.pack import padding_is_clear, words
+from lowbit.errors import ConfigError, DataError, ShapeError
+from lowbit.integer import cext
+
+SOURCE = Path(__file__).with_name("csrc") / "xnor.c"
+# cext.FLAGS without -march=native: the instruction sets are chosen at run time, not at build time
+FLAGS = ["-O3", "-shared", "-fPIC", "-std=c11", "-fopenmp"]
+ISAS = ("scalar", "avx2", "avx512-vpopcntdq")  # index = the C code's ISA_* number
+REFERENCE = "reference"
+MAX_K = 2**31 - 1  # the int32 result K - 2 popcount lies in [-K, K]
+
+
+def library_path(cache: Path | None = None) -> Path:
+    """Where the library built from :data:`SOURCE` with :data:`FLAGS` is cached."""
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode() + cext._cpu_key().encode()).hexdigest()[:16]
+    return (cext._cache_dir() if cache is None else Path(cache)) / f"xnor-{key}.so"
+
+
+@lru_cache(maxsize=1)
+def library() -> ctypes.CDLL | None:
+    """The compiled XNOR library, or None (the reference path) when disabled or no compiler works."""
+    if os.environ.get("LOWBIT_NO_CEXT"):
+        return None
+    try:
+        path = library_path()
+        if not path.exists():
+            cext.build((SOURCE,), path, FLAGS)
+        lib = ctypes.CDLL(str(path))
+    except (OSError, subprocess.SubprocessError) as exc:
+        warnings.warn(f"lowbit: the XNOR kernel is unavailable ({exc}); binary GEMMs use the slower PyTorch "
+                      "reference (same results)", stacklevel=2)
+        return None
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    lib.lowbit_xnor_isas.restype = ctypes.c_int
+    lib.lowbit_xnor_peak.argtypes = [i64]
+    lib.lowbit_xnor_peak.restype = i64
+    lib.lowbit_xnor_gemm.argtypes = [ptr, i64, ptr, i64, i64, i64, ctypes.c_int, ptr, ptr, ptr, ctypes.c_int]
+    lib.lowbit_xnor_gemm.restype = ctypes.c_int
+    return lib
+
+
+@lru_cache(maxsize=1)
+def backends() -> tuple[str, ...]:
+    """The backends this machine runs, best first; ``"reference"`` (PyTorch) is always last."""
+    lib = library()
+    mask = lib.lowbit_xnor_isas() if lib is not None else 0
+    return tuple(name for i, name in reversed(list(enumerate(ISAS))) if mask >> i & 1) + (REFERENCE,)
+
+
+def backend() -> str:
+    """The backend :func:`binary_gemm` uses by default: ``"avx512-vpopcntdq"``, ``"avx2"``, ``"scalar"`` or
+    ``"reference"``."""
+    return backends()[0]
+
+
+def _packed(name: str, t: object, k: int) -> torch.Tensor:
+    """A packed operand: a contiguous 2-D uint64 CPU tensor (rows, ceil(k / 64)) with clear padding bits."""
+    fn = "binary_gemm"
+    if not isinstance(t, torch.Tensor):
+        raise ShapeError(f"{fn}: {name} is a {type(t).__name__}; expected packed uint64 words from pack_signs")
+    if t.dtype != torch.uint64:
+        raise ShapeError(f"{fn}: {name} is {t.dtype}; expected packed uint64 words: pass pack_signs({name})")
+    if t.ndim != 2:
+        raise ShapeError(f"{fn}: {name} has shape {tuple(t.shape)}; expected 2-D packed words (rows, W): "
+                         "reshape the rows first")
+    if t.device.type != "cpu":
+        raise ShapeError(f"{fn}: {name} is on {t.device}; the kernel runs on the CPU: move it with .cpu()")
+    if not t.is_contiguous():
+        raise ShapeError(f"{fn}: {name} of shape {tuple(t.shape)} is not contiguous; pass {name}.contiguous()")
+    if t.shape[1] != words(k):
+        raise ShapeError(f"{fn}: {name} has {t.shape[1]} words per row, but K = {k} values take {words(k)}; "
+                         "pack both operands along the same K")
+    if not padding_is_clear(t, k):
+        raise DataError(f"{fn}: {name} has bits set past K = {k} in its last word; the padding bits must be 0 "
+                        "(pack with lowbit.bitwise.pack_signs)")
+    return t
+
+
+def _per_channel(name: str, t: object, n: int, dtypes: tuple[torch.dtype, ...]) -> torch.Tensor:
+    fn = "binary_gemm"
+    if not isinstance(t, torch.Tensor) or t.dtype not in dtypes or t.shape != (n,):
+        got = f"{t.dtype} {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
+        want = " or ".join(str(d) for d in dtypes)
+        raise ShapeError(f"{fn}: {name} must be a {want} tensor of shape ({n},), one per output channel; got {got}")
+    if t.device.type != "cpu":
+        raise ShapeError(f"{fn}: {name} is on {t.device}; move it with .cpu()")
+    return t.contiguous()
+
+
+def binary_gemm(a: torch.Tensor, b: torch.Tensor, k: int, *, thr: torch.Tensor | None = None,
+                flip: torch.Tensor | None = None, isa: str | None = None, threads: int = 1) -> torch.Tensor:
+    """XNOR-popcount GEMM of packed +-1 rows: a (M, W), b (N, W) uint64 with W = ceil(k / 64).
+
+    Without ``thr``: int32 (M, N) ``sum_k a[m, k] b[n, k]``. With ``thr`` (int32, (N,)) and optionally
+    ``flip`` (bool, (N,); default all False): the packed bits (M, ceil(N / 64)) of
+    ``(out >= thr) XOR flip``, the next binary layer's input (:func:`lowbit.bitwise.reference.threshold_from_affine`
+    makes them from a folded BatchNorm). ``isa`` forces a backend of :func:`backends`; ``threads`` splits the
+    rows of ``a``.
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
+        raise ConfigError(f"binary_gemm: k = {k!r}; expected the number of +-1 values per row, 1..{MAX_K}")
+    a, b = _packed("a", a, k), _packed("b", b, k)
+    m, n = a.shape[0], b.shape[0]
+    if flip is not None and thr is None:
+        raise ConfigError("binary_gemm: flip without thr; pass thr (int32 per output channel) as well")
+    if thr is not None:
+        thr = _per_channel("thr", thr, n, (torch.int32,))
+        flip = torch.zeros(n, dtype=torch.bool) if flip is None else _per_channel("flip", flip, n, (torch.bool,))
+    name = backend() if isa is None else isa
+    if name not in backends():
+        raise ConfigError(f"binary_gemm: isa = {isa!r}; this machine runs {', '.join(map(repr, backends()))}")
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 4096:
+        raise ConfigError(f"binary_gemm: threads = {threads!r}; expected an integer in 1..4096")
+    if name == REFERENCE:
+        return reference.binary_linear_reference(a, b, k, thr, flip)
+    if thr is None:
+        out = torch.empty((m, n), dtype=torch.int32)
+        thr_ptr = flip_ptr = None
+    else:
+        out = torch.empty((m, words(n)), dtype=torch.uint64)
+        flip = flip.view(torch.uint8)  # bool is one byte 0/1: the kernel reads uint8
+        thr_ptr, flip_ptr = thr.data_ptr(), flip.data_ptr()
+    rc = library().lowbit_xnor_gemm(a.data_ptr(), m, b.data_ptr(), n, words(k), k, ISAS.index(name), thr_ptr,
+                                    flip_ptr, out.data_ptr(), threads)
+    if rc != 0:  # the CPU lacks the instruction set: backends() would not have listed it
+        raise RuntimeError(f"binary_gemm: the XNOR kernel refused isa {name!r} (code {rc})")
+    return out
+
+
+def peak_gops(iters: int = 20_000_000) -> float:
+    """Measured binary peak of one core, G ops/s (2 ops per bit-MAC, like 2 M N K / time): a register-only loop
+    of 8 independent ``vpxorq`` + ``vpopcntq`` + ``vpaddq`` on 512 bits. 0 without AVX-512 VPOPCNTDQ."""
+    lib = library()
+    if lib is None or "avx512-vpopcntdq" not in backends():
+        return 0.0
+    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
+        raise ConfigError(f"peak_gops: iters = {iters!r}; expected an integer >= 1")
+    start = time.perf_counter()
+    lib.lowbit_xnor_peak(iters)
+    return iters * 8 * 512 * 2 / (time.perf_counter() - start) / 1e9
+
+
+__all__ = ["ISAS", "REFERENCE", "backend", "backends", "binary_gemm", "library", "peak_gops"]
