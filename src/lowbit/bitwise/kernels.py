@@ -3,7 +3,9 @@
     out[m, n] = K - 2 popcount(a[m] XOR b[n])                       int32 (M, N), or
     bit[m, n] = (out[m, n] >= thr[n]) XOR flip[n]                   packed uint64 (M, ceil(N / 64))
 
-(the maths: :mod:`lowbit.bitwise.reference`). The C source is compiled on first use with the helpers of
+(the maths: :mod:`lowbit.bitwise.reference`). The operand ``b`` (the weights) is interleaved once into panels of
+32 columns (:func:`pack_weight`, :class:`PackedWeight`) so that the kernel is an outer product with one output
+per 64-bit lane; a plain (N, W) operand is packed on each call. The C source is compiled on first use with the helpers of
 :mod:`lowbit.integer.cext` (same compiler, cache folder ``$LOWBIT_CACHE`` or ``~/.cache/lowbit``, atomic write,
 ``LOWBIT_NO_CEXT=1`` to disable), without ``-march=native``: each instruction set is compiled with a target
 attribute and chosen at run time, best first:
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+from dataclasses import dataclass
 import os
 import subprocess
 import time
@@ -32,8 +35,8 @@ from pathlib import Path
 import torch
 
 from lowbit.bitwise import reference
-from lowbit.bitwise.pack import padding_is_clear, words
-from lowbit.errors import ConfigError, DataError, ShapeError
+from lowbit.bitwise.pack import clear_padding, words
+from lowbit.errors import ConfigError, ShapeError
 from lowbit.integer import cext
 
 SOURCE = Path(__file__).with_name("csrc") / "xnor.c"
@@ -42,6 +45,7 @@ FLAGS = ["-O3", "-shared", "-fPIC", "-std=c11", "-fopenmp"]
 ISAS = ("scalar", "avx2", "avx512-vpopcntdq")  # index = the C code's ISA_* number
 REFERENCE = "reference"
 MAX_K = 2**31 - 1  # the int32 result K - 2 popcount lies in [-K, K]
+PANEL = 32  # columns of b per panel (csrc/xnor.c)
 
 
 def library_path(cache: Path | None = None) -> Path:
@@ -70,6 +74,8 @@ def library() -> ctypes.CDLL | None:
     lib.lowbit_xnor_peak.restype = i64
     lib.lowbit_xnor_gemm.argtypes = [ptr, i64, ptr, i64, i64, i64, ctypes.c_int, ptr, ptr, ptr, ctypes.c_int]
     lib.lowbit_xnor_gemm.restype = ctypes.c_int
+    lib.lowbit_xnor_pack_b.argtypes = [ptr, i64, i64, i64, ptr]
+    lib.lowbit_xnor_pack_b.restype = None
     return lib
 
 
@@ -87,8 +93,14 @@ def backend() -> str:
     return backends()[0]
 
 
+def panel_words(n: int, k: int) -> int:
+    """uint64 words of the panels of an (n, k) operand: ``ceil(n / 32) * 32 * ceil(k / 64)``."""
+    return (n + PANEL - 1) // PANEL * PANEL * words(k)
+
+
 def _packed(name: str, t: object, k: int) -> torch.Tensor:
-    """A packed operand: a contiguous 2-D uint64 CPU tensor (rows, ceil(k / 64)) with clear padding bits."""
+    """A packed operand: a contiguous 2-D uint64 CPU tensor (rows, ceil(k / 64)). Its padding bits past k are
+    not read (the kernel masks them off), so they need no check."""
     fn = "binary_gemm"
     if not isinstance(t, torch.Tensor):
         raise ShapeError(f"{fn}: {name} is a {type(t).__name__}; expected packed uint64 words from pack_signs")
@@ -104,9 +116,6 @@ def _packed(name: str, t: object, k: int) -> torch.Tensor:
     if t.shape[1] != words(k):
         raise ShapeError(f"{fn}: {name} has {t.shape[1]} words per row, but K = {k} values take {words(k)}; "
                          "pack both operands along the same K")
-    if not padding_is_clear(t, k):
-        raise DataError(f"{fn}: {name} has bits set past K = {k} in its last word; the padding bits must be 0 "
-                        "(pack with lowbit.bitwise.pack_signs)")
     return t
 
 
@@ -121,9 +130,55 @@ def _per_channel(name: str, t: object, n: int, dtypes: tuple[torch.dtype, ...]) 
     return t.contiguous()
 
 
-def binary_gemm(a: torch.Tensor, b: torch.Tensor, k: int, *, thr: torch.Tensor | None = None,
+@dataclass(frozen=True)
+class PackedWeight:
+    """An operand b (N, K) in the kernel's panel layout (``csrc/xnor.c``), packed once by :func:`pack_weight`.
+
+    ``words`` keeps the plain (N, ceil(K / 64)) words: the reference backend and the checks read them."""
+
+    words: torch.Tensor
+    panels: torch.Tensor | None  # None without the C library
+    n: int
+    k: int
+
+
+def pack_weight(b: torch.Tensor, k: int) -> PackedWeight:
+    """Interleave packed rows b (N, ceil(k / 64)) uint64 (from :func:`lowbit.bitwise.pack_signs`) into panels."""
+    _k(k)
+    b = _packed("b", b, k)
+    lib = library()
+    if lib is None:
+        return PackedWeight(b, None, b.shape[0], k)
+    panels = torch.empty(panel_words(b.shape[0], k), dtype=torch.uint64)
+    lib.lowbit_xnor_pack_b(b.data_ptr(), b.shape[0], words(k), k, panels.data_ptr())
+    return PackedWeight(b, panels, b.shape[0], k)
+
+
+def _check_packed_weight(b: PackedWeight, k: int) -> None:
+    """A :class:`PackedWeight` whose fields agree (a hand-made one could hand the kernel a short buffer)."""
+    if b.k != k:
+        raise ShapeError(f"binary_gemm: the packed weight holds K = {b.k} values per row, the call says k = {k}")
+    _packed("b.words", b.words, k)
+    if b.n != b.words.shape[0]:
+        raise ShapeError(f"binary_gemm: the packed weight says N = {b.n} but holds {b.words.shape[0]} rows")
+    p = b.panels
+    if p is not None:
+        if not isinstance(p, torch.Tensor) or p.dtype != torch.uint64 or not p.is_contiguous() \
+                or p.device.type != "cpu" or p.numel() != panel_words(b.n, k):
+            raise ShapeError("binary_gemm: the packed weight's panels do not match its words; make it with "
+                             "lowbit.bitwise.kernels.pack_weight")
+
+
+def _k(k: object) -> int:
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
+        raise ConfigError(f"binary_gemm: k = {k!r}; expected the number of +-1 values per row, 1..{MAX_K}")
+    return k
+
+
+def binary_gemm(a: torch.Tensor, b: torch.Tensor | PackedWeight, k: int, *, thr: torch.Tensor | None = None,
                 flip: torch.Tensor | None = None, isa: str | None = None, threads: int = 1) -> torch.Tensor:
-    """XNOR-popcount GEMM of packed +-1 rows: a (M, W), b (N, W) uint64 with W = ceil(k / 64).
+    """XNOR-popcount GEMM of packed +-1 rows: a (M, W) uint64 with W = ceil(k / 64), and b (N, W) uint64 or
+    a :class:`PackedWeight` of it (packed once: faster for a weight used many times).
 
     Without ``thr``: int32 (M, N) ``sum_k a[m, k] b[n, k]``. With ``thr`` (int32, (N,)) and optionally
     ``flip`` (bool, (N,); default all False): the packed bits (M, ceil(N / 64)) of
@@ -131,10 +186,14 @@ def binary_gemm(a: torch.Tensor, b: torch.Tensor, k: int, *, thr: torch.Tensor |
     makes them from a folded BatchNorm). ``isa`` forces a backend of :func:`backends`; ``threads`` splits the
     rows of ``a``.
     """
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
-        raise ConfigError(f"binary_gemm: k = {k!r}; expected the number of +-1 values per row, 1..{MAX_K}")
-    a, b = _packed("a", a, k), _packed("b", b, k)
-    m, n = a.shape[0], b.shape[0]
+    _k(k)
+    a = _packed("a", a, k)
+    if isinstance(b, PackedWeight):
+        _check_packed_weight(b, k)
+    else:
+        words_b = _packed("b", b, k)
+        b = PackedWeight(words_b, None, words_b.shape[0], k)
+    m, n = a.shape[0], b.n
     if flip is not None and thr is None:
         raise ConfigError("binary_gemm: flip without thr; pass thr (int32 per output channel) as well")
     if thr is not None:
@@ -145,16 +204,17 @@ def binary_gemm(a: torch.Tensor, b: torch.Tensor, k: int, *, thr: torch.Tensor |
         raise ConfigError(f"binary_gemm: isa = {isa!r}; this machine runs {', '.join(map(repr, backends()))}")
     if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 4096:
         raise ConfigError(f"binary_gemm: threads = {threads!r}; expected an integer in 1..4096")
-    if name == REFERENCE:
-        return reference.binary_linear_reference(a, b, k, thr, flip)
+    if name == REFERENCE:  # the reference reads every bit: clear the padding as the kernel masks it
+        return reference.binary_linear_reference(clear_padding(a, k), clear_padding(b.words, k), k, thr, flip)
+    panels = b.panels if b.panels is not None else pack_weight(b.words, k).panels
     if thr is None:
         out = torch.empty((m, n), dtype=torch.int32)
         thr_ptr = flip_ptr = None
     else:
         out = torch.empty((m, words(n)), dtype=torch.uint64)
-        flip = flip.view(torch.uint8)  # bool is one byte 0/1: the kernel reads uint8
+        flip = flip.view(torch.uint8)  # a bool is one byte, 0 or 1
         thr_ptr, flip_ptr = thr.data_ptr(), flip.data_ptr()
-    rc = library().lowbit_xnor_gemm(a.data_ptr(), m, b.data_ptr(), n, words(k), k, ISAS.index(name), thr_ptr,
+    rc = library().lowbit_xnor_gemm(a.data_ptr(), m, panels.data_ptr(), n, words(k), k, ISAS.index(name), thr_ptr,
                                     flip_ptr, out.data_ptr(), threads)
     if rc != 0:  # the CPU lacks the instruction set: backends() would not have listed it
         raise RuntimeError(f"binary_gemm: the XNOR kernel refused isa {name!r} (code {rc})")
@@ -174,4 +234,5 @@ def peak_gops(iters: int = 20_000_000) -> float:
     return iters * 8 * 512 * 2 / (time.perf_counter() - start) / 1e9
 
 
-__all__ = ["ISAS", "REFERENCE", "backend", "backends", "binary_gemm", "library", "peak_gops"]
+__all__ = ["ISAS", "PANEL", "REFERENCE", "PackedWeight", "backend", "backends", "binary_gemm", "library", "pack_weight",
+           "panel_words", "peak_gops"]

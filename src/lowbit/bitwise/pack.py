@@ -9,7 +9,9 @@ Padding: when K is not a multiple of 64, the ``64 W - K`` bits past K are **0 in
 The binary GEMM computes ``K - 2 popcount(a XOR b)`` with the true K (:mod:`lowbit.bitwise.reference`);
 the padding bits of both operands are equal, so their XOR is 0 and they add nothing to the popcount.
 (Read as values they are -1 times -1 = +1 products, which the true K, not ``64 W``, leaves out.)
-:func:`padding_is_clear` checks this, and the kernels refuse operands whose padding is not clear.
+The compiled kernel does not rely on the caller for this: it clears them in the weight when it packs it
+and masks them off the last word of the other operand (:func:`clear_padding` does the same in PyTorch,
+:func:`padding_is_clear` checks).
 
 Pure PyTorch: the bits are gathered into bytes (``sum_i bit_i 2^i``) and 8 bytes are viewed as one
 little-endian uint64 word, which puts byte ``j`` in bits ``8 j .. 8 j + 7`` of the word.
@@ -42,11 +44,13 @@ def pack_bits(bits: torch.Tensor) -> torch.Tensor:
     if not isinstance(bits, torch.Tensor) or bits.dtype != torch.bool:
         got = bits.dtype if isinstance(bits, torch.Tensor) else type(bits).__name__
         raise ShapeError(f"pack_bits: expected a bool tensor, got {got}; use pack_signs for real values")
-    if bits.ndim == 0 or bits.shape[-1] == 0:
-        raise ShapeError(f"pack_bits: expected a tensor (..., K) with K >= 1, got shape {tuple(bits.shape)}")
+    if bits.ndim == 0:
+        raise ShapeError("pack_bits: expected a tensor (..., K), got a scalar")
     _little_endian()
     *lead, k = bits.shape
     w = words(k)
+    if w == 0:  # no values: no words (a uint8 -> uint64 view of an empty last dimension is refused)
+        return torch.zeros((*lead, 0), dtype=torch.uint64, device=bits.device)
     padded = torch.zeros((*lead, w * WORD_BITS), dtype=torch.uint8, device=bits.device)
     padded[..., :k] = bits.to(torch.uint8)
     # (..., 8 W, 8) bits -> (..., 8 W) bytes: byte = sum_i bit_i << i (distinct bits: the sum is an OR)
@@ -85,8 +89,20 @@ def padding_is_clear(packed: torch.Tensor, k: int) -> bool:
     _check_words("padding_is_clear", packed, k)
     if k % WORD_BITS == 0 or packed.numel() == 0:
         return True
-    last = packed[..., -1:]  # (..., 1): only the last word holds padding
-    return not bool(unpack_bits_all(last)[..., k % WORD_BITS:].any())
+    # only the last word holds padding: its bits k % 64 .. 63 must be 0, i.e. the word shifted right by k % 64
+    # is 0 (read as int64: an arithmetic shift keeps a set top bit set, so the test is the same)
+    last = packed[..., -1].view(torch.int64)
+    return not bool((last >> (k % WORD_BITS)).any())
+
+
+def clear_padding(packed: torch.Tensor, k: int) -> torch.Tensor:
+    """A copy of uint64 words (..., ceil(k / 64)) with the bits past ``k`` set to 0."""
+    _check_words("clear_padding", packed, k)
+    out = packed.clone()
+    if k % WORD_BITS:
+        last = out[..., -1].view(torch.int64)
+        out[..., -1] = (last & ((1 << (k % WORD_BITS)) - 1)).view(torch.uint64)
+    return out
 
 
 def unpack_bits_all(packed: torch.Tensor) -> torch.Tensor:
@@ -111,5 +127,5 @@ def _check_words(fn: str, packed: torch.Tensor, k: int) -> None:
                          f"{tuple(packed.shape)} holds {packed.shape[-1] if packed.ndim else 0}")
 
 
-__all__ = ["WORD_BITS", "pack_bits", "pack_signs", "padding_is_clear", "unpack_bits", "unpack_bits_all",
+__all__ = ["WORD_BITS", "clear_padding", "pack_bits", "pack_signs", "padding_is_clear", "unpack_bits", "unpack_bits_all",
            "unpack_signs", "words"]

@@ -1,7 +1,8 @@
 /* Binary (XNOR-popcount) GEMM on bit-packed +-1 operands, for lowbit.bitwise.kernels.
  *
  * a: (M, W) uint64 words, b: (N, W) uint64 words; element k of a row is bit k % 64 of word k / 64
- * (1 = +1, 0 = -1), and the padding bits past K are 0 in both operands (so their XOR is 0). Then
+ * (1 = +1, 0 = -1). The padding bits past K are cleared in b when it is packed into panels and masked off the
+ * last word of a in the kernel, so their XOR is 0 whatever the caller left there. Then
  *
  *     out[m, n] = sum_k a[m, k] b[n, k] = K - 2 popcount(a[m] XOR b[n])        (int32)
  *
@@ -9,21 +10,26 @@
  *
  *     bit[m, n] = (out[m, n] >= thr[n]) XOR flip[n],   stored as bit n % 64 of word out[m, n / 64]
  *
- * with 0 in the padding bits past N. Three instruction sets, chosen by the caller (lowbit_xnor_isas() says
- * which this CPU runs; each is compiled with a target attribute, not -march=native, so the choice is made
- * at run time and a fallback is really the code a CPU without the faster instructions would run):
+ * with 0 in the padding bits past N (flip: one byte per column, 0 or 1).
  *
- *   2  AVX-512 VPOPCNTDQ: 4 x 4 blocks of (row of a, row of b), 512 bits per step (vpxorq, vpopcntq, vpaddq
- *      into 16 zmm accumulators), a masked tail, the 16 sums reduced by a shuffle tree;
- *   1  AVX2: 2 x 2 blocks, popcount by the 4-bit lookup of Mula, Kurz and Lemire (vpshufb on the two
- *      nibbles of each byte), byte counts summed with vpsadbw;
- *   0  scalar: 2 x 2 blocks of 64-bit popcnt.
+ * Layout of b: lowbit_xnor_pack_b interleaves it once into panels of PANEL = 32 columns,
+ * panels[((p W) + w) 32 + j] = b[32 p + j, w] (zeros past N), so that one 512-bit load holds word w of 8
+ * columns. The kernel is then an outer product, as in a float GEMM: for each word w it broadcasts a[m, w] of
+ * a few rows, XORs it with the column vectors and adds the popcounts lane by lane, so each 64-bit lane is
+ * one output (m, n): no horizontal sum and no padding of K to a multiple of 512 bits.
  *
- * Loop order: panels of b small enough for L1 (at most PANEL_BYTES), then blocks of rows of a, then blocks of
- * the panel. Blocks at the edges of M and N read a repeated (clamped) row and store only valid results.
- * Threads (OpenMP) split the rows of a, so no two threads write one output word.
+ * Three instruction sets, chosen by the caller (lowbit_xnor_isas() says which this CPU runs; each is compiled
+ * with a target attribute, not -march=native, so the choice is made at run time and a fallback is really the
+ * code a CPU without the faster instructions runs):
  *
- * The kernels trust their arguments; lowbit.bitwise.kernels checks them first.
+ *   2  AVX-512 VPOPCNTDQ: 4 rows x 32 columns (16 zmm accumulators), vpxorq + vpopcntq + vpaddq;
+ *   1  AVX2: 2 rows x 8 columns, popcount by the 4-bit lookup of Mula, Kurz and Lemire (vpshufb on the two
+ *      nibbles of each byte), byte counts summed per 64-bit lane with vpsadbw every 31 words;
+ *   0  scalar: 2 rows x 4 columns of 64-bit popcnt.
+ *
+ * Loop order: panels (a panel of b is 256 W bytes: in L1 for K up to ~6000), then blocks of rows of a. Rows past
+ * M are read as a repeated last row and not stored. Threads (OpenMP) split the rows of a, so no two threads
+ * write one output word. The kernels trust their arguments; lowbit.bitwise.kernels checks them first.
  */
 #include <stdint.h>
 #include <string.h>
@@ -39,7 +45,7 @@
 #endif
 
 enum { ISA_SCALAR = 0, ISA_AVX2 = 1, ISA_AVX512 = 2 };
-enum { PANEL_BYTES = 24 * 1024 };
+enum { PANEL = 32 };
 
 /* Bit i set: instruction set i (ISA_*) is compiled in and this CPU runs it. */
 int lowbit_xnor_isas(void) {
@@ -58,43 +64,74 @@ int lowbit_xnor_isas(void) {
 #endif
 }
 
-/* One block's popcounts, pc[i * 4 + j] = popcount(a_i XOR b_j), to the output: int32 K - 2 pc, or the
- * threshold bits ORed into the packed output (zeroed before). Only rows < rows and columns < cols are valid. */
-static inline void emit(const int64_t *pc, int rows, int cols, int64_t m0, int64_t n0, int64_t N, int64_t K,
-                        const int32_t *thr, const uint8_t *flip, void *out) {
-    if (thr == NULL) {
-        int32_t *o = (int32_t *)out;
-        for (int i = 0; i < rows; i++)
-            for (int j = 0; j < cols; j++) o[(m0 + i) * N + n0 + j] = (int32_t)(K - 2 * pc[i * 4 + j]);
-        return;
-    }
-    uint64_t *o = (uint64_t *)out;
-    const int64_t words = (N + 63) / 64;
-    for (int i = 0; i < rows; i++) {
-        uint64_t bits = 0;
-        for (int j = 0; j < cols; j++) {
-            const int64_t v = K - 2 * pc[i * 4 + j];
-            bits |= (uint64_t)((v >= thr[n0 + j]) ^ (flip[n0 + j] != 0)) << j;
-        }
-        /* a block's columns n0 .. n0 + 3 never straddle a word: n0 is a multiple of the block width (2 or 4) */
-        o[(m0 + i) * words + n0 / 64] |= bits << (n0 % 64);
-    }
+/* Number of uint64 words of the panels of an (N, W) operand. */
+int64_t lowbit_xnor_panel_words(int64_t N, int64_t W) { return (N + PANEL - 1) / PANEL * W * PANEL; }
+
+/* The bits of the last word of a row that hold values (K - 64 (W - 1) of them). */
+static inline uint64_t last_mask(int64_t K) { return K % 64 ? ((uint64_t)1 << (K % 64)) - 1 : ~(uint64_t)0; }
+
+/* b (N, W) of K values per row -> panels (lowbit_xnor_panel_words(N, W) words, see the layout above), the
+ * padding bits past K cleared. */
+void lowbit_xnor_pack_b(const uint64_t *b, int64_t N, int64_t W, int64_t K, uint64_t *panels) {
+    memset(panels, 0, (size_t)lowbit_xnor_panel_words(N, W) * sizeof(uint64_t));
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t w = 0; w < W; w++)
+            panels[((n / PANEL) * W + w) * PANEL + n % PANEL] = b[n * W + w] & (w == W - 1 ? last_mask(K) : ~0ULL);
 }
 
-typedef void (*block_fn)(const uint64_t *const *a, const uint64_t *const *b, int64_t W, int64_t *pc);
+/* Arguments of every micro-kernel call. */
+typedef struct {
+    const uint64_t *a, *panels;
+    const uint8_t *flip;
+    const int32_t *thr;
+    void *out;
+    int64_t M, N, W, K;
+} job_t;
+
+/* One output from its popcount: the int32 result, or its threshold bit ORed into the packed output. */
+static inline void emit1(const job_t *j, int64_t m, int64_t n, int64_t pc) {
+    const int64_t v = j->K - 2 * pc;
+    if (j->thr == NULL) {
+        ((int32_t *)j->out)[m * j->N + n] = (int32_t)v;
+        return;
+    }
+    const uint64_t bit = (uint64_t)(v >= j->thr[n]) ^ (j->flip[n] != 0);
+    ((uint64_t *)j->out)[m * ((j->N + 63) / 64) + n / 64] |= bit << (n % 64);
+}
+
+/* The rows of a block: pointers to rows m0 .. m0 + R - 1, the last valid row repeated past M. */
+static inline int block_rows(const job_t *j, int64_t m0, int R, const uint64_t **ap) {
+    const int rows = j->M - m0 < R ? (int)(j->M - m0) : R;
+    for (int i = 0; i < R; i++) ap[i] = j->a + (m0 + (i < rows ? i : rows - 1)) * j->W;
+    return rows;
+}
 
 /* ------------------------------------------------------------------------------------------ scalar */
 
-TPOP static void block_scalar(const uint64_t *const *a, const uint64_t *const *b, int64_t W, int64_t *pc) {
-    int64_t c00 = 0, c01 = 0, c10 = 0, c11 = 0;
-    for (int64_t w = 0; w < W; w++) {
-        const uint64_t a0 = a[0][w], a1 = a[1][w], b0 = b[0][w], b1 = b[1][w];
-        c00 += __builtin_popcountll(a0 ^ b0);
-        c01 += __builtin_popcountll(a0 ^ b1);
-        c10 += __builtin_popcountll(a1 ^ b0);
-        c11 += __builtin_popcountll(a1 ^ b1);
+/* 2 rows x 4 columns (n0 .. n0 + 3 of the panel starting at column p0). */
+TPOP static void tile_scalar(const job_t *j, int64_t m0, int64_t p0, int64_t c0) {
+    const uint64_t *ap[2];
+    const int rows = block_rows(j, m0, 2, ap);
+    const uint64_t *bp = j->panels + p0 * j->W + c0;  /* word w of column c0 + c: bp[w PANEL + c] */
+    int64_t acc[2][4] = {{0}};
+    const uint64_t last = last_mask(j->K);
+    for (int64_t w = 0; w < j->W; w++) {
+        const uint64_t *bw = bp + w * PANEL;
+        const uint64_t keep = w == j->W - 1 ? last : ~(uint64_t)0;  /* a's padding bits off */
+        for (int i = 0; i < 2; i++) {
+            const uint64_t x = ap[i][w] & keep;
+            acc[i][0] += __builtin_popcountll(x ^ bw[0]);
+            acc[i][1] += __builtin_popcountll(x ^ bw[1]);
+            acc[i][2] += __builtin_popcountll(x ^ bw[2]);
+            acc[i][3] += __builtin_popcountll(x ^ bw[3]);
+        }
     }
-    pc[0] = c00, pc[1] = c01, pc[4] = c10, pc[5] = c11;
+    for (int i = 0; i < rows; i++)
+        for (int c = 0; c < 4 && p0 + c0 + c < j->N; c++) emit1(j, m0 + i, p0 + c0 + c, acc[i][c]);
+}
+
+static void panel_scalar(const job_t *j, int64_t m0, int64_t p0) {
+    for (int64_t c0 = 0; c0 < PANEL && p0 + c0 < j->N; c0 += 4) tile_scalar(j, m0, p0, c0);
 }
 
 #ifdef LOWBIT_X86
@@ -105,98 +142,105 @@ T256 static inline __m256i popcnt_bytes256(__m256i v, __m256i lut, __m256i low) 
     return _mm256_add_epi8(_mm256_shuffle_epi8(lut, lo), _mm256_shuffle_epi8(lut, hi));
 }
 
-T256 static inline int64_t hsum256(__m256i v) {
-    const __m128i s = _mm_add_epi64(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    return _mm_cvtsi128_si64(s) + _mm_extract_epi64(s, 1);
-}
-
-T256 static void block_avx2(const uint64_t *const *a, const uint64_t *const *b, int64_t W, int64_t *pc) {
+/* 2 rows x 8 columns (two ymm of 4 columns). */
+T256 static void tile_avx2(const job_t *j, int64_t m0, int64_t p0, int64_t c0) {
     const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
                                          0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
     const __m256i low = _mm256_set1_epi8(0x0f), zero = _mm256_setzero_si256();
-    __m256i s00 = zero, s01 = zero, s10 = zero, s11 = zero;  /* 4 x int64 sums each */
-    int64_t w = 0;
-    while (w + 4 <= W) {
-        /* byte counters: at most 8 per step, so 31 steps stay below 256 */
-        int64_t steps = (W - w) / 4;
-        if (steps > 31) steps = 31;
-        __m256i c00 = zero, c01 = zero, c10 = zero, c11 = zero;
-        for (int64_t s = 0; s < steps; s++, w += 4) {
-            const __m256i a0 = _mm256_loadu_si256((const __m256i *)(a[0] + w));
-            const __m256i a1 = _mm256_loadu_si256((const __m256i *)(a[1] + w));
-            const __m256i b0 = _mm256_loadu_si256((const __m256i *)(b[0] + w));
-            const __m256i b1 = _mm256_loadu_si256((const __m256i *)(b[1] + w));
-            c00 = _mm256_add_epi8(c00, popcnt_bytes256(_mm256_xor_si256(a0, b0), lut, low));
-            c01 = _mm256_add_epi8(c01, popcnt_bytes256(_mm256_xor_si256(a0, b1), lut, low));
-            c10 = _mm256_add_epi8(c10, popcnt_bytes256(_mm256_xor_si256(a1, b0), lut, low));
-            c11 = _mm256_add_epi8(c11, popcnt_bytes256(_mm256_xor_si256(a1, b1), lut, low));
+    const uint64_t *ap[2];
+    const int rows = block_rows(j, m0, 2, ap);
+    const uint64_t *bp = j->panels + p0 * j->W + c0;
+    const uint64_t last[2] = {ap[0][j->W - 1] & last_mask(j->K), ap[1][j->W - 1] & last_mask(j->K)};
+    __m256i s00 = zero, s01 = zero, s10 = zero, s11 = zero;  /* int64 sums per lane (column) */
+    __m256i c00 = zero, c01 = zero, c10 = zero, c11 = zero;  /* byte counters: at most 8 per word */
+    for (int64_t w = 0; w < j->W; w++) {
+        const uint64_t *x = w < j->W - 1 ? ap[0] + w : last, *y = w < j->W - 1 ? ap[1] + w : last + 1;
+        const __m256i b0 = _mm256_loadu_si256((const __m256i *)(bp + w * PANEL));
+        const __m256i b1 = _mm256_loadu_si256((const __m256i *)(bp + w * PANEL + 4));
+        const __m256i x0 = _mm256_set1_epi64x((long long)*x), x1 = _mm256_set1_epi64x((long long)*y);
+        c00 = _mm256_add_epi8(c00, popcnt_bytes256(_mm256_xor_si256(x0, b0), lut, low));
+        c01 = _mm256_add_epi8(c01, popcnt_bytes256(_mm256_xor_si256(x0, b1), lut, low));
+        c10 = _mm256_add_epi8(c10, popcnt_bytes256(_mm256_xor_si256(x1, b0), lut, low));
+        c11 = _mm256_add_epi8(c11, popcnt_bytes256(_mm256_xor_si256(x1, b1), lut, low));
+        if (w % 31 == 30 || w == j->W - 1) {  /* flush the byte counters before they can pass 255 */
+            s00 = _mm256_add_epi64(s00, _mm256_sad_epu8(c00, zero));
+            s01 = _mm256_add_epi64(s01, _mm256_sad_epu8(c01, zero));
+            s10 = _mm256_add_epi64(s10, _mm256_sad_epu8(c10, zero));
+            s11 = _mm256_add_epi64(s11, _mm256_sad_epu8(c11, zero));
+            c00 = c01 = c10 = c11 = zero;
         }
-        s00 = _mm256_add_epi64(s00, _mm256_sad_epu8(c00, zero));
-        s01 = _mm256_add_epi64(s01, _mm256_sad_epu8(c01, zero));
-        s10 = _mm256_add_epi64(s10, _mm256_sad_epu8(c10, zero));
-        s11 = _mm256_add_epi64(s11, _mm256_sad_epu8(c11, zero));
     }
-    int64_t t00 = hsum256(s00), t01 = hsum256(s01), t10 = hsum256(s10), t11 = hsum256(s11);
-    for (; w < W; w++) {  /* the last 0..3 words */
-        t00 += __builtin_popcountll(a[0][w] ^ b[0][w]);
-        t01 += __builtin_popcountll(a[0][w] ^ b[1][w]);
-        t10 += __builtin_popcountll(a[1][w] ^ b[0][w]);
-        t11 += __builtin_popcountll(a[1][w] ^ b[1][w]);
-    }
-    pc[0] = t00, pc[1] = t01, pc[4] = t10, pc[5] = t11;
+    int64_t acc[2][8];
+    _mm256_storeu_si256((__m256i *)acc[0], s00);
+    _mm256_storeu_si256((__m256i *)(acc[0] + 4), s01);
+    _mm256_storeu_si256((__m256i *)acc[1], s10);
+    _mm256_storeu_si256((__m256i *)(acc[1] + 4), s11);
+    for (int i = 0; i < rows; i++)
+        for (int c = 0; c < 8 && p0 + c0 + c < j->N; c++) emit1(j, m0 + i, p0 + c0 + c, acc[i][c]);
+}
+
+static void panel_avx2(const job_t *j, int64_t m0, int64_t p0) {
+    for (int64_t c0 = 0; c0 < PANEL && p0 + c0 < j->N; c0 += 8) tile_avx2(j, m0, p0, c0);
 }
 
 /* ------------------------------------------------------------------------------------------- AVX-512 */
 
-/* Pairwise sums of x and y within each 128-bit lane: lane l = [x_2l + x_2l+1, y_2l + y_2l+1]. */
-T512 static inline __m512i pair512(__m512i x, __m512i y) {
-    return _mm512_add_epi64(_mm512_unpacklo_epi64(x, y), _mm512_unpackhi_epi64(x, y));
-}
-
-/* Sums of adjacent 128-bit lanes: (u0 + u1, u2 + u3, v0 + v1, v2 + v3). */
-T512 static inline __m512i quad512(__m512i u, __m512i v) {
-    return _mm512_add_epi64(_mm512_shuffle_i64x2(u, v, _MM_SHUFFLE(2, 0, 2, 0)),
-                            _mm512_shuffle_i64x2(u, v, _MM_SHUFFLE(3, 1, 3, 1)));
-}
-
-/* The totals of 8 accumulators, in order: [A, B, C, D, E, F, G, H]. */
-T512 static inline __m512i reduce8(__m512i A, __m512i B, __m512i C, __m512i D, __m512i E, __m512i F, __m512i G,
-                                   __m512i H) {
-    return quad512(quad512(pair512(A, B), pair512(C, D)), quad512(pair512(E, F), pair512(G, H)));
+/* Row i, vector v (columns p0 + 8 v .. + 7): int32 results or threshold bits, columns < N only. */
+T512 static inline void emit512(const job_t *j, int64_t m, int64_t n, __m512i acc) {
+    const int64_t left = j->N - n;
+    const __mmask8 valid = left >= 8 ? (__mmask8)0xff : (__mmask8)((1u << left) - 1);
+    const __m512i v = _mm512_sub_epi64(_mm512_set1_epi64(j->K), _mm512_slli_epi64(acc, 1));
+    if (j->thr == NULL) {
+        int32_t *o = (int32_t *)j->out + m * j->N + n;
+        if (valid == 0xff) _mm256_storeu_si256((__m256i *)o, _mm512_cvtepi64_epi32(v));
+        else _mm256_mask_storeu_epi32(o, valid, _mm512_cvtepi64_epi32(v));
+        return;
+    }
+    const __m512i t = _mm512_cvtepi32_epi64(_mm256_maskz_loadu_epi32(valid, j->thr + n));
+    const __mmask16 flip = _mm_cmpneq_epi8_mask(_mm_maskz_loadu_epi8(valid, j->flip + n), _mm_setzero_si128());
+    const uint64_t bits = (uint64_t)((_mm512_cmpge_epi64_mask(v, t) ^ (__mmask8)flip) & valid);
+    ((uint64_t *)j->out)[m * ((j->N + 63) / 64) + n / 64] |= bits << (n % 64);
 }
 
 #define XPC(acc, x, y) acc = _mm512_add_epi64(acc, _mm512_popcnt_epi64(_mm512_xor_si512(x, y)))
-#define STEP4x4(LOAD)                                                                                         \
-    do {                                                                                                      \
-        const __m512i a0 = LOAD(a[0]), a1 = LOAD(a[1]), a2 = LOAD(a[2]), a3 = LOAD(a[3]);                     \
-        __m512i bj = LOAD(b[0]);                                                                              \
-        XPC(c00, a0, bj); XPC(c10, a1, bj); XPC(c20, a2, bj); XPC(c30, a3, bj);                               \
-        bj = LOAD(b[1]);                                                                                      \
-        XPC(c01, a0, bj); XPC(c11, a1, bj); XPC(c21, a2, bj); XPC(c31, a3, bj);                               \
-        bj = LOAD(b[2]);                                                                                      \
-        XPC(c02, a0, bj); XPC(c12, a1, bj); XPC(c22, a2, bj); XPC(c32, a3, bj);                               \
-        bj = LOAD(b[3]);                                                                                      \
-        XPC(c03, a0, bj); XPC(c13, a1, bj); XPC(c23, a2, bj); XPC(c33, a3, bj);                               \
-    } while (0)
 
-T512 static void block_avx512(const uint64_t *const *a, const uint64_t *const *b, int64_t W, int64_t *pc) {
-    __m512i c00 = _mm512_setzero_si512(), c01 = c00, c02 = c00, c03 = c00, c10 = c00, c11 = c00, c12 = c00,
-            c13 = c00, c20 = c00, c21 = c00, c22 = c00, c23 = c00, c30 = c00, c31 = c00, c32 = c00, c33 = c00;
+/* 4 rows x NV vectors of 8 columns; NV is a constant in each caller (the loop over vectors unrolls). */
+T512 static inline __attribute__((always_inline)) void tile512(const job_t *j, int64_t m0, int64_t p0, const int NV) {
+    const uint64_t *ap[4];
+    const int rows = block_rows(j, m0, 4, ap);
+    const uint64_t *bp = j->panels + p0 * j->W;
+    __m512i acc[4][4];
+    for (int i = 0; i < 4; i++)
+        for (int v = 0; v < NV; v++) acc[i][v] = _mm512_setzero_si512();
+#define STEP512(X0, X1, X2, X3)                                                                              \
+    do {                                                                                                      \
+        const __m512i x0 = _mm512_set1_epi64((long long)(X0)), x1 = _mm512_set1_epi64((long long)(X1));       \
+        const __m512i x2 = _mm512_set1_epi64((long long)(X2)), x3 = _mm512_set1_epi64((long long)(X3));       \
+        for (int v = 0; v < NV; v++) {                                                                       \
+            const __m512i y = _mm512_loadu_si512((const void *)(bp + w * PANEL + 8 * v));                     \
+            XPC(acc[0][v], x0, y);                                                                            \
+            XPC(acc[1][v], x1, y);                                                                            \
+            XPC(acc[2][v], x2, y);                                                                            \
+            XPC(acc[3][v], x3, y);                                                                            \
+        }                                                                                                     \
+    } while (0)
     int64_t w = 0;
-#define LOAD_FULL(p) _mm512_loadu_si512((const void *)((p) + w))
-    for (; w + 8 <= W; w += 8) STEP4x4(LOAD_FULL);
-#undef LOAD_FULL
-    if (w < W) {  /* 1..7 words left: masked loads read zeros past W on both sides (XOR 0) */
-        const __mmask8 k = (__mmask8)((1u << (W - w)) - 1);
-#define LOAD_TAIL(p) _mm512_maskz_loadu_epi64(k, (const void *)((p) + w))
-        STEP4x4(LOAD_TAIL);
-#undef LOAD_TAIL
-    }
-    _mm512_storeu_si512((void *)pc, reduce8(c00, c01, c02, c03, c10, c11, c12, c13));
-    _mm512_storeu_si512((void *)(pc + 8), reduce8(c20, c21, c22, c23, c30, c31, c32, c33));
+    for (; w < j->W - 1; w++) STEP512(ap[0][w], ap[1][w], ap[2][w], ap[3][w]);  /* broadcasts from memory */
+    const uint64_t keep = last_mask(j->K);  /* the last word: a's padding bits off */
+    STEP512(ap[0][w] & keep, ap[1][w] & keep, ap[2][w] & keep, ap[3][w] & keep);
+#undef STEP512
+    for (int i = 0; i < rows; i++)
+        for (int v = 0; v < NV; v++) emit512(j, m0 + i, p0 + 8 * v, acc[i][v]);
 }
-#undef STEP4x4
 #undef XPC
+
+T512 static void panel_avx512(const job_t *j, int64_t m0, int64_t p0) {
+    const int64_t cols = j->N - p0;
+    if (cols > 24) tile512(j, m0, p0, 4);
+    else if (cols > 16) tile512(j, m0, p0, 3);
+    else if (cols > 8) tile512(j, m0, p0, 2);
+    else tile512(j, m0, p0, 1);
+}
 
 /* The binary peak for the benchmark: iters x 8 independent (vpxorq, vpopcntq, vpaddq) on 512 bits, registers
  * only (8 x 512 = 4096 bit-MACs per iteration). Returns a value of the accumulators so nothing is dropped. */
@@ -233,39 +277,23 @@ int64_t lowbit_xnor_peak(int64_t iters) {
     return 0;
 }
 
-/* out = the int32 (M, N) results (thr == NULL), or the (M, ceil(N / 64)) packed threshold bits. Returns 0, or
- * -1 when isa is not one this CPU runs. */
-int lowbit_xnor_gemm(const uint64_t *a, int64_t M, const uint64_t *b, int64_t N, int64_t W, int64_t K, int isa,
+/* out = the int32 (M, N) results (thr == NULL), or the (M, ceil(N / 64)) packed threshold bits (flip: one byte
+ * per column). panels: lowbit_xnor_pack_b of b. Returns 0, or -1 when this CPU does not run isa. */
+int lowbit_xnor_gemm(const uint64_t *a, int64_t M, const uint64_t *panels, int64_t N, int64_t W, int64_t K, int isa,
                      const int32_t *thr, const uint8_t *flip, void *out, int threads) {
     if (isa < 0 || isa > ISA_AVX512 || !(lowbit_xnor_isas() & (1 << isa))) return -1;
-    block_fn block = block_scalar;
-    int mr = 2, nr = 2;
+    void (*panel)(const job_t *, int64_t, int64_t) = panel_scalar;
+    int64_t mr = 2;
 #ifdef LOWBIT_X86
-    if (isa == ISA_AVX512) block = block_avx512, mr = 4, nr = 4;
-    if (isa == ISA_AVX2) block = block_avx2;
+    if (isa == ISA_AVX512) panel = panel_avx512, mr = 4;
+    if (isa == ISA_AVX2) panel = panel_avx2;
 #endif
+    const job_t job = {a, panels, flip, thr, out, M, N, W, K};
     if (thr != NULL) memset(out, 0, (size_t)(M * ((N + 63) / 64)) * sizeof(uint64_t));
-    if (M == 0 || N == 0) return 0;
-    /* columns per panel: a multiple of the block width, its rows of b within PANEL_BYTES */
-    int64_t panel = PANEL_BYTES / (W * 8) / nr * nr;
-    if (panel < nr) panel = nr;
     const int64_t row_blocks = (M + mr - 1) / mr;
-    for (int64_t p0 = 0; p0 < N; p0 += panel) {
-        const int64_t p1 = p0 + panel < N ? p0 + panel : N;
+    for (int64_t p0 = 0; p0 < N; p0 += PANEL) {
 #pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static)
-        for (int64_t rb = 0; rb < row_blocks; rb++) {
-            const int64_t m0 = rb * mr;
-            const int rows = M - m0 < mr ? (int)(M - m0) : mr;
-            const uint64_t *ap[4], *bp[4];
-            int64_t pc[16];
-            for (int i = 0; i < mr; i++) ap[i] = a + (m0 + (i < rows ? i : rows - 1)) * W;
-            for (int64_t n0 = p0; n0 < p1; n0 += nr) {
-                const int cols = p1 - n0 < nr ? (int)(p1 - n0) : nr;
-                for (int j = 0; j < nr; j++) bp[j] = b + (n0 + (j < cols ? j : cols - 1)) * W;
-                block(ap, bp, W, pc);
-                emit(pc, rows, cols, m0, n0, N, K, thr, flip, out);
-            }
-        }
+        for (int64_t rb = 0; rb < row_blocks; rb++) panel(&job, rb * mr, p0);
     }
     return 0;
 }
