@@ -27,8 +27,8 @@
  *      nibbles of each byte), byte counts summed per 64-bit lane with vpsadbw every 31 words;
  *   0  scalar: 2 rows x 4 columns of 64-bit popcnt.
  *
- * Loop order: panels (a panel of b is 256 W bytes: in L1 for K up to ~6000), then blocks of rows of a. Rows past
- * M are read as a repeated last row and not stored. Threads (OpenMP) split the rows of a, so no two threads
+ * Loop order: groups of panels within 256 KiB (L2), then blocks of rows of a, then the panels of the group (a
+ * panel is 256 W bytes: in L1 for K up to ~6000). Rows past M are read as a repeated last row and not stored. Threads (OpenMP) split the rows of a, so no two threads
  * write one output word. The kernels trust their arguments; lowbit.bitwise.kernels checks them first.
  */
 #include <stdint.h>
@@ -45,7 +45,7 @@
 #endif
 
 enum { ISA_SCALAR = 0, ISA_AVX2 = 1, ISA_AVX512 = 2 };
-enum { PANEL = 32 };
+enum { PANEL = 32, GROUP_BYTES = 256 * 1024 };
 
 /* Bit i set: instruction set i (ISA_*) is compiled in and this CPU runs it. */
 int lowbit_xnor_isas(void) {
@@ -291,9 +291,16 @@ int lowbit_xnor_gemm(const uint64_t *a, int64_t M, const uint64_t *panels, int64
     const job_t job = {a, panels, flip, thr, out, M, N, W, K};
     if (thr != NULL) memset(out, 0, (size_t)(M * ((N + 63) / 64)) * sizeof(uint64_t));
     const int64_t row_blocks = (M + mr - 1) / mr;
-    for (int64_t p0 = 0; p0 < N; p0 += PANEL) {
+    /* Groups of panels that fit in GROUP_BYTES (L2): a block of rows sweeps a whole group, so that its output
+     * rows are written left to right (stores that miss in a scattered order cost more than the XORs of a short
+     * K), while the group's panels stay in L2 for the next block of rows. */
+    int64_t group = GROUP_BYTES / (W * 8 * PANEL) * PANEL;
+    if (group < PANEL) group = PANEL;
+    for (int64_t g0 = 0; g0 < N; g0 += group) {
+        const int64_t g1 = g0 + group < N ? g0 + group : N;
 #pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static)
-        for (int64_t rb = 0; rb < row_blocks; rb++) panel(&job, rb * mr, p0);
+        for (int64_t rb = 0; rb < row_blocks; rb++)
+            for (int64_t p0 = g0; p0 < g1; p0 += PANEL) panel(&job, rb * mr, p0);
     }
     return 0;
 }

@@ -1,0 +1,161 @@
+"""Binary (XNOR-popcount) GEMM against fp32 GEMM, 1 thread, on the 5 shapes of shared/research/cpu.md.
+
+For each (M, N, K), ``out = A (M, K) . W (N, K)^T``; four paths run interleaved in one process
+(``lowbit.bench.latency.interleaved``: each round calls every path once, in rotating order), in several passes
+over all shapes, and each path keeps its best time:
+
+* ``fp32 torch.mm``: ``torch.mm(A, W.t())`` (what a PyTorch user runs; MKL on this CPU);
+* ``fp32 onednn``: the prepacked oneDNN fp32 linear, ``torch.ops.mkldnn._linear_pointwise`` on a weight
+  reordered once by ``torch.ops.mkldnn._reorder_linear_weight`` (what inductor's freezing emits);
+* ``lowbit binary``: ``lowbit.bitwise.binary_gemm`` on the packed signs (weight packed once into panels,
+  activations packed once outside the timing; the packing cost is reported beside), best backend;
+* ``lowbit binary fallback``: the same with the best backend that is not AVX-512 (AVX2 here).
+
+GOP/s = 2 M N K / time for every path (a binary multiply-add counts 2 ops, as a float one does). The binary
+peak of this core is measured with a register-only loop of ``vpxorq`` + ``vpopcntq`` + ``vpaddq`` on 512 bits
+(8 independent chains, :func:`lowbit.bitwise.kernels.peak_gops`), best of 5. Every binary result is checked
+once against the float32 GEMM of the signs (exact for K < 2^24). The load average is recorded before and
+after: the machine is shared.
+
+    python benchmarks/bench_binary_gemm.py                    # 3 passes x 20 rounds
+    python benchmarks/bench_binary_gemm.py --passes 5 --rounds 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import time
+
+import torch
+
+from _common import RESULTS, write_result
+from lowbit.bench.latency import interleaved
+from lowbit.bitwise import kernels
+from lowbit.bitwise.pack import pack_signs
+from lowbit.utils.files import atomic_write_text
+
+SHAPES = [(64, 3136, 576), (512, 49, 4608), (256, 1024, 1024), (1024, 1024, 1024), (64, 4096, 4096)]
+PATHS = ["fp32 torch.mm", "fp32 onednn", "lowbit binary", "lowbit binary fallback"]
+
+
+def cpu_description() -> str:
+    """Model name, family/model and the SIMD flags that matter here, from lscpu."""
+    try:
+        text = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "lscpu unavailable"
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    get = lambda key: fields.get(key, "?").strip()  # noqa: E731
+    flags = [f for f in get("Flags").split() if f in ("avx2", "avx512f", "avx512_vpopcntdq", "avx512_bitalg",
+                                                    "avx512_vnni", "avx512bw")]
+    return (f"{get('Model name')} (family {get('CPU family')}, model {get('Model')}), {get('CPU(s)')} CPUs, "
+            f"L2 {get('L2 cache')}, L3 {get('L3 cache')}; flags: {' '.join(flags)}")
+
+
+def fallback_backend() -> str | None:
+    """The best compiled backend that does not use AVX-512."""
+    return next((b for b in kernels.backends() if b not in ("avx512-vpopcntdq", kernels.REFERENCE)), None)
+
+
+def shape_paths(m: int, n: int, k: int, fallback: str | None) -> tuple[dict, dict]:
+    """The timed callables of one shape, and the packing costs (us, best of 20) reported beside them."""
+    g = torch.Generator().manual_seed(m * 7 + n * 13 + k)
+    x, w = torch.randn(m, k, generator=g), torch.randn(n, k, generator=g)
+    wt = w.t()
+    wp = torch.ops.mkldnn._reorder_linear_weight(w, m)
+    a = pack_signs(x)
+    pw = kernels.pack_weight(pack_signs(w), k)
+    expect = (torch.where(x >= 0, 1.0, -1.0) @ torch.where(w >= 0, 1.0, -1.0).t()).to(torch.int32)
+    assert torch.equal(kernels.binary_gemm(a, pw, k), expect), "binary GEMM differs from the float GEMM of the signs"
+    ref = torch.mm(x, wt)
+    got = torch.ops.mkldnn._linear_pointwise(x, wp, None, "none", [], "")
+    assert torch.allclose(got, ref, rtol=1e-3, atol=1e-2 * k**0.5), "oneDNN linear differs from torch.mm"
+    paths = {
+        "fp32 torch.mm": lambda: torch.mm(x, wt),
+        "fp32 onednn": lambda: torch.ops.mkldnn._linear_pointwise(x, wp, None, "none", [], ""),
+        "lowbit binary": lambda: kernels.binary_gemm(a, pw, k),
+    }
+    if fallback is not None:
+        assert torch.equal(kernels.binary_gemm(a, pw, k, isa=fallback), expect)
+        paths["lowbit binary fallback"] = lambda: kernels.binary_gemm(a, pw, k, isa=fallback)
+    costs = {}
+    for name, fn in (("pack_signs(A)", lambda: pack_signs(x)), ("pack_weight(W)", lambda: kernels.pack_weight(
+            pack_signs(w), k))):
+        fn()
+        best = min(_time(fn) for _ in range(20))
+        costs[name] = best
+    return paths, costs
+
+
+def _time(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--passes", type=int, default=3, help="passes over all shapes (default 3)")
+    parser.add_argument("--rounds", type=int, default=20, help="interleaved rounds per shape and pass (default 20)")
+    parser.add_argument("--out", default="binary_gemm", help="results/OUT.md and results/OUT.json")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    load_before = os.getloadavg()
+    fallback = fallback_backend()
+    peaks = [kernels.peak_gops() for _ in range(5)]
+    built = {s: shape_paths(*s, fallback) for s in SHAPES}
+    best: dict[tuple, float] = {}
+    medians: dict[tuple, list[float]] = {}
+    for _ in range(args.passes):
+        for shape, (paths, _) in built.items():
+            for name, t in interleaved(paths, rounds=args.rounds, warmup=2).items():
+                best[shape, name] = min(best.get((shape, name), float("inf")), t.best_us)
+                medians.setdefault((shape, name), []).append(t.median_us)
+    peaks += [kernels.peak_gops() for _ in range(5)]
+    load_after = os.getloadavg()
+    peak = max(peaks)
+
+    rows, lines = [], []
+    lines += ["| shape (M, N, K) | path | best us | median us | GOP/s | % of binary peak | x fp32 torch.mm | "
+              "x fp32 onednn |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for shape in SHAPES:
+        m, n, k = shape
+        ops = 2 * m * n * k
+        for name in PATHS:
+            if (shape, name) not in best:
+                continue
+            us = best[shape, name]
+            gops = ops / us / 1e3
+            rows.append({"shape": [m, n, k], "path": name, "best_us": round(us, 2), "gops": round(gops, 1)})
+            med = sorted(medians[shape, name])[len(medians[shape, name]) // 2]
+            pct = f"{100 * gops / peak:.0f}%" if name.startswith("lowbit") and peak else ""
+            lines.append(f"| {m}x{n}x{k} | {name} | {us:.1f} | {med:.1f} | {gops:.0f} | {pct} | "
+                         f"{best[shape, 'fp32 torch.mm'] / us:.1f}x | {best[shape, 'fp32 onednn'] / us:.1f}x |")
+    pack_lines = ["| shape (M, N, K) | pack_signs(A) us | pack_weight(W) us (once per weight) |", "|---|---:|---:|"]
+    for shape, (_, costs) in built.items():
+        pack_lines.append(f"| {'x'.join(map(str, shape))} | {costs['pack_signs(A)']:.0f} | "
+                          f"{costs['pack_weight(W)']:.0f} |")
+    quiet = max(load_before[0], load_after[0]) < 1.0
+    body = "\n".join([
+        f"- CPU (lscpu): {cpu_description()}",
+        f"- load average (1, 5, 15 min) before: {', '.join(f'{v:.2f}' for v in load_before)}; after: "
+        f"{', '.join(f'{v:.2f}' for v in load_after)} on {os.cpu_count()} CPUs "
+        f"({'quiet' if quiet else 'NOT quiet: other processes ran during the measurement; best-of-rounds times are the least disturbed'})",
+        f"- 1 thread (torch.set_num_threads(1), binary_gemm threads=1); {args.passes} passes x {args.rounds} "
+        "interleaved rounds per shape; best time over all rounds, median = median of the passes' medians",
+        f"- lowbit binary backend: `{kernels.backend()}`; fallback: `{fallback}`",
+        f"- binary peak of one core (register-only vpxorq + vpopcntq + vpaddq loop, best of 10): {peak:.0f} GOP/s "
+        f"(runs: {', '.join(f'{p:.0f}' for p in peaks)})",
+        "", *lines, "",
+        "Packing costs (PyTorch, outside the timed binary paths; activations would be emitted packed by the "
+        "previous binary layer's threshold epilogue):", "", *pack_lines,
+    ])
+    write_result(args.out, body)
+    atomic_write_text(RESULTS / f"{args.out}.json", json.dumps(rows, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
