@@ -223,6 +223,25 @@ def test_no_compiler_falls_back_to_the_reference(monkeypatch):
         kernels.backends.cache_clear()
 
 
+@pytest.mark.parametrize("isa", BACKENDS)
+@given(m=st.integers(0, 5), k=KS)
+def test_pack_rows_in_c_equals_pack_signs(isa, m, k):
+    x = torch.randn(m, k)
+    x[:, ::7] = 0.0
+    x[:, 1::9] = -0.0  # -0.0 >= 0: +1, as in PyTorch
+    assert torch.equal(kernels.pack_rows(x, isa=isa).view(torch.int64), pack_signs(x).view(torch.int64))
+
+
+def test_pack_rows_rejects_nan_and_wrong_dtype():
+    x = torch.randn(3, 70)
+    x[1, 65] = float("nan")
+    for isa in COMPILED:
+        with pytest.raises(DataError, match="1 NaN"):
+            kernels.pack_rows(x, isa=isa)
+    with pytest.raises(ShapeError, match="float32"):
+        kernels.pack_rows(x.double())
+
+
 def test_peak_is_measured():
     if "avx512-vpopcntdq" not in BACKENDS:
         pytest.skip("no AVX-512 VPOPCNTDQ on this CPU")

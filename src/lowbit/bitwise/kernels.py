@@ -35,8 +35,8 @@ from pathlib import Path
 import torch
 
 from lowbit.bitwise import reference
-from lowbit.bitwise.pack import clear_padding, words
-from lowbit.errors import ConfigError, ShapeError
+from lowbit.bitwise.pack import clear_padding, pack_signs, words
+from lowbit.errors import ConfigError, DataError, ShapeError
 from lowbit.integer import cext
 
 SOURCE = Path(__file__).with_name("csrc") / "xnor.c"
@@ -76,6 +76,8 @@ def library() -> ctypes.CDLL | None:
     lib.lowbit_xnor_gemm.restype = ctypes.c_int
     lib.lowbit_xnor_pack_b.argtypes = [ptr, i64, i64, i64, ptr]
     lib.lowbit_xnor_pack_b.restype = None
+    lib.lowbit_xnor_pack_f32.argtypes = [ptr, i64, i64, ptr, ctypes.c_int]
+    lib.lowbit_xnor_pack_f32.restype = i64
     return lib
 
 
@@ -221,6 +223,29 @@ def binary_gemm(a: torch.Tensor, b: torch.Tensor | PackedWeight, k: int, *, thr:
     return out
 
 
+def pack_rows(x: torch.Tensor, isa: str | None = None) -> torch.Tensor:
+    """The signs of float32 rows (M, K) packed into uint64 words (M, ceil(K / 64)), in C: the same words as
+    :func:`lowbit.bitwise.pack.pack_signs` (x >= 0 is bit 1, padding bits 0), without its PyTorch passes.
+    AVX-512 compares where the backend (default :func:`backend`, or ``isa``) is AVX-512, else scalar code."""
+    if not isinstance(x, torch.Tensor) or x.dtype != torch.float32 or x.ndim != 2 or x.device.type != "cpu":
+        got = f"{x.dtype} {tuple(x.shape)} on {x.device}" if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ShapeError(f"pack_rows: expected a 2-D float32 CPU tensor (M, K), got {got}")
+    if x.shape[1] < 1:
+        raise ShapeError(f"pack_rows: rows of {x.shape[1]} values; expected K >= 1")
+    name = backend() if isa is None else isa
+    if name not in backends():
+        raise ConfigError(f"pack_rows: isa = {isa!r}; this machine runs {', '.join(map(repr, backends()))}")
+    if name == REFERENCE:
+        return pack_signs(x)
+    x = x.contiguous()
+    out = torch.empty((x.shape[0], words(x.shape[1])), dtype=torch.uint64)
+    nans = library().lowbit_xnor_pack_f32(x.data_ptr(), x.shape[0], x.shape[1], out.data_ptr(), ISAS.index(name))
+    if nans:
+        raise DataError(f"pack_rows: the input holds {nans} NaN values, which have no sign; check the layer "
+                        "that produced them")
+    return out
+
+
 def peak_gops(iters: int = 20_000_000) -> float:
     """Measured binary peak of one core, G ops/s (2 ops per bit-MAC, like 2 M N K / time): a register-only loop
     of 8 independent ``vpxorq`` + ``vpopcntq`` + ``vpaddq`` on 512 bits. 0 without AVX-512 VPOPCNTDQ."""
@@ -234,5 +259,5 @@ def peak_gops(iters: int = 20_000_000) -> float:
     return iters * 8 * 512 * 2 / (time.perf_counter() - start) / 1e9
 
 
-__all__ = ["ISAS", "PANEL", "REFERENCE", "PackedWeight", "backend", "backends", "binary_gemm", "library", "pack_weight",
+__all__ = ["ISAS", "PANEL", "REFERENCE", "PackedWeight", "backend", "backends", "binary_gemm", "library", "pack_rows", "pack_weight",
            "panel_words", "peak_gops"]

@@ -266,7 +266,58 @@ T512 static int64_t peak_avx512(int64_t iters) {
                                  _mm512_add_epi64(_mm512_add_epi64(c4, c5), _mm512_add_epi64(c6, c7)));
     return _mm512_reduce_add_epi64(s);
 }
+
+/* Signs of float32 rows to packed words, 16 floats per compare: bit = x >= 0 (-0.0 included, NaN gives 0 and
+ * is counted). */
+T512 static int64_t pack_f32_avx512(const float *x, int64_t rows, int64_t K, uint64_t *out) {
+    const int64_t W = (K + 63) / 64;
+    const __m512 zero = _mm512_setzero_ps();
+    int64_t nans = 0;
+    for (int64_t r = 0; r < rows; r++) {
+        const float *row = x + r * K;
+        for (int64_t w = 0; w < W; w++) {
+            uint64_t word = 0;
+            for (int q = 0; q < 4; q++) {
+                const int64_t k0 = w * 64 + q * 16;
+                if (k0 >= K) break;
+                const __mmask16 valid = K - k0 >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (K - k0)) - 1);
+                const __m512 v = _mm512_maskz_loadu_ps(valid, row + k0);
+                word |= (uint64_t)(_mm512_mask_cmp_ps_mask(valid, v, zero, _CMP_GE_OQ)) << (16 * q);
+                nans += __builtin_popcount(_mm512_mask_cmp_ps_mask(valid, v, v, _CMP_UNORD_Q));
+            }
+            out[r * W + w] = word;
+        }
+    }
+    return nans;
+}
 #endif
+
+static int64_t pack_f32_scalar(const float *x, int64_t rows, int64_t K, uint64_t *out) {
+    const int64_t W = (K + 63) / 64;
+    int64_t nans = 0;
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t w = 0; w < W; w++) {
+            uint64_t word = 0;
+            for (int64_t k = w * 64; k < K && k < w * 64 + 64; k++) {
+                const float v = x[r * K + k];
+                word |= (uint64_t)(v >= 0.0f) << (k % 64);
+                nans += v != v;
+            }
+            out[r * W + w] = word;
+        }
+    return nans;
+}
+
+/* The signs of float32 rows (rows, K) packed into out (rows, ceil(K / 64)) words, padding bits 0, as
+ * lowbit.bitwise.pack.pack_signs does; AVX-512 when isa is ISA_AVX512 and this CPU runs it, else scalar code.
+ * Returns the number of NaN values (their bit is 0). */
+int64_t lowbit_xnor_pack_f32(const float *x, int64_t rows, int64_t K, uint64_t *out, int isa) {
+#ifdef LOWBIT_X86
+    if (isa == ISA_AVX512 && (lowbit_xnor_isas() & (1 << ISA_AVX512))) return pack_f32_avx512(x, rows, K, out);
+#endif
+    (void)isa;
+    return pack_f32_scalar(x, rows, K, out);
+}
 
 /* Runs peak_avx512 (0 where AVX-512 VPOPCNTDQ is missing); the caller times it. */
 int64_t lowbit_xnor_peak(int64_t iters) {
