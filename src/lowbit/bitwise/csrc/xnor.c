@@ -202,6 +202,18 @@ T512 static inline void emit512(const job_t *j, int64_t m, int64_t n, __m512i ac
     ((uint64_t *)j->out)[m * ((j->N + 63) / 64) + n / 64] |= bits << (n % 64);
 }
 
+/* The int32 results of columns n .. n + 15 from two vectors of popcounts (each < 2^31, so its low 32 bits are
+ * the value): one two-source permute gathers the 16 low halves, then K - 2 pc on 16 lanes and one store. */
+T512 static inline void emit512x2(const job_t *j, int64_t m, int64_t n, __m512i lo, __m512i hi) {
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i pc = _mm512_permutex2var_epi32(lo, even, hi);
+    const __m512i v = _mm512_sub_epi32(_mm512_set1_epi32((int32_t)j->K), _mm512_slli_epi32(pc, 1));
+    const int64_t left = j->N - n;
+    int32_t *o = (int32_t *)j->out + m * j->N + n;
+    if (left >= 16) _mm512_storeu_si512((void *)o, v);
+    else _mm512_mask_storeu_epi32(o, (__mmask16)((1u << left) - 1), v);
+}
+
 #define XPC(acc, x, y) acc = _mm512_add_epi64(acc, _mm512_popcnt_epi64(_mm512_xor_si512(x, y)))
 
 /* 4 rows x NV vectors of 8 columns; NV is a constant in each caller (the loop over vectors unrolls). */
@@ -229,8 +241,12 @@ T512 static inline __attribute__((always_inline)) void tile512(const job_t *j, i
     const uint64_t keep = last_mask(j->K);  /* the last word: a's padding bits off */
     STEP512(ap[0][w] & keep, ap[1][w] & keep, ap[2][w] & keep, ap[3][w] & keep);
 #undef STEP512
-    for (int i = 0; i < rows; i++)
-        for (int v = 0; v < NV; v++) emit512(j, m0 + i, p0 + 8 * v, acc[i][v]);
+    for (int i = 0; i < rows; i++) {
+        int v = 0;
+        if (j->thr == NULL)  /* int32 results: two vectors at a time, 16 columns per store */
+            for (; v + 1 < NV; v += 2) emit512x2(j, m0 + i, p0 + 8 * v, acc[i][v], acc[i][v + 1]);
+        for (; v < NV; v++) emit512(j, m0 + i, p0 + 8 * v, acc[i][v]);
+    }
 }
 #undef XPC
 
