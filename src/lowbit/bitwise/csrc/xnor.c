@@ -237,9 +237,12 @@ T512 static inline __attribute__((always_inline)) void tile512(const job_t *j, i
         }                                                                                                     \
     } while (0)
     int64_t w = 0;
-    for (; w < j->W - 1; w++) STEP512(ap[0][w], ap[1][w], ap[2][w], ap[3][w]);  /* broadcasts from memory */
-    const uint64_t keep = last_mask(j->K);  /* the last word: a's padding bits off */
-    STEP512(ap[0][w] & keep, ap[1][w] & keep, ap[2][w] & keep, ap[3][w] & keep);
+    const int64_t full = j->K % 64 ? j->W - 1 : j->W;  /* words without padding bits */
+    for (; w < full; w++) STEP512(ap[0][w], ap[1][w], ap[2][w], ap[3][w]);  /* broadcasts from memory */
+    if (w < j->W) {  /* the last word: a's padding bits off */
+        const uint64_t keep = last_mask(j->K);
+        STEP512(ap[0][w] & keep, ap[1][w] & keep, ap[2][w] & keep, ap[3][w] & keep);
+    }
 #undef STEP512
     for (int i = 0; i < rows; i++) {
         int v = 0;
