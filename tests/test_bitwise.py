@@ -251,6 +251,19 @@ def test_peak_is_measured():
 # ---------------------------------------------------------------- bad input
 
 
+def test_every_c_entry_point_has_a_checking_wrapper():
+    """Mechanical: each exported function of csrc/xnor.c is listed in kernels.ENTRY_POINTS with its wrapper."""
+    import importlib
+    import re
+
+    exported = set(re.findall(r"^(?:void|int|int64_t)\s+(lowbit_\w+)\s*\(", kernels.SOURCE.read_text(), re.MULTILINE))
+    assert exported == set(kernels.ENTRY_POINTS)
+    for target in kernels.ENTRY_POINTS.values():
+        if target.startswith("lowbit."):
+            module, name = target.rsplit(".", 1)
+            assert callable(getattr(importlib.import_module(module), name)), target
+
+
 def test_bad_inputs_give_clear_errors():
     k = 100
     a, b = pack_signs(torch.randn(4, k)), pack_signs(torch.randn(6, k))

@@ -5,30 +5,33 @@
 
 (the maths: :mod:`lowbit.bitwise.reference`). The operand ``b`` (the weights) is interleaved once into panels of
 32 columns (:func:`pack_weight`, :class:`PackedWeight`) so that the kernel is an outer product with one output
-per 64-bit lane; a plain (N, W) operand is packed on each call. The C source is compiled on first use with the helpers of
-:mod:`lowbit.integer.cext` (same compiler, cache folder ``$LOWBIT_CACHE`` or ``~/.cache/lowbit``, atomic write,
-``LOWBIT_NO_CEXT=1`` to disable), without ``-march=native``: each instruction set is compiled with a target
-attribute and chosen at run time, best first:
+per 64-bit lane (no horizontal sums, no padding of K to 512 bits); a plain (N, W) operand is interleaved on each
+call. The bits past K need not be 0: the kernel clears them in the panels and masks them off ``a``.
 
-* ``"avx512-vpopcntdq"``: 4 x 4 register blocks, ``vpxorq`` + ``vpopcntq`` + ``vpaddq`` on 512 bits;
-* ``"avx2"``: 2 x 2 blocks, popcount by a 4-bit ``vpshufb`` lookup (Mula, Kurz, Lemire 2018);
-* ``"scalar"``: 2 x 2 blocks of 64-bit ``popcnt``;
+The C source is compiled on first use with the helpers of :mod:`lowbit.integer.cext` (same compiler, cache
+folder ``$LOWBIT_CACHE`` or ``~/.cache/lowbit``, atomic write; ``LOWBIT_NO_CEXT=1`` disables it), but without
+``-march=native``: each instruction set is compiled with a target attribute and chosen at run time, best first:
+
+* ``"avx512-vpopcntdq"``: 4 rows x 32 columns in 16 zmm accumulators, ``vpxorq`` + ``vpopcntq`` + ``vpaddq``;
+* ``"avx2"``: 2 rows x 8 columns, popcount by a 4-bit ``vpshufb`` lookup (Mula, Kurz, Lemire 2018);
+* ``"scalar"``: 2 rows x 4 columns of 64-bit ``popcnt``;
 * ``"reference"``: no C library (no compiler, or ``LOWBIT_NO_CEXT``): the PyTorch reference, same results.
 
 :func:`backend` names the one :func:`binary_gemm` uses by default; its ``isa`` argument forces another
 (tests and benchmarks run every one of :func:`backends`). Every argument is checked here before the call:
-the kernel trusts it (shapes, dtypes, contiguity, padding bits).
+the kernel trusts it (shapes, dtypes, contiguity, sizes of a :class:`PackedWeight`). One thread by default;
+``threads`` splits the rows of ``a`` (OpenMP).
 """
 
 from __future__ import annotations
 
 import ctypes
 import hashlib
-from dataclasses import dataclass
 import os
 import subprocess
 import time
 import warnings
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -46,6 +49,17 @@ ISAS = ("scalar", "avx2", "avx512-vpopcntdq")  # index = the C code's ISA_* numb
 REFERENCE = "reference"
 MAX_K = 2**31 - 1  # the int32 result K - 2 popcount lies in [-K, K]
 PANEL = 32  # columns of b per panel (csrc/xnor.c)
+
+
+#: Every exported function of csrc/xnor.c and the function here that checks its arguments before calling it
+#: (a test keeps this in step with the C source).
+ENTRY_POINTS: dict[str, str] = {
+    "lowbit_xnor_isas": "no arguments",
+    "lowbit_xnor_pack_b": "lowbit.bitwise.kernels.pack_weight",
+    "lowbit_xnor_pack_f32": "lowbit.bitwise.kernels.pack_rows",
+    "lowbit_xnor_gemm": "lowbit.bitwise.kernels.binary_gemm",
+    "lowbit_xnor_peak": "lowbit.bitwise.kernels.peak_gops",
+}
 
 
 def library_path(cache: Path | None = None) -> Path:

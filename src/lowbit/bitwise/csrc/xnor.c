@@ -64,16 +64,16 @@ int lowbit_xnor_isas(void) {
 #endif
 }
 
-/* Number of uint64 words of the panels of an (N, W) operand. */
-int64_t lowbit_xnor_panel_words(int64_t N, int64_t W) { return (N + PANEL - 1) / PANEL * W * PANEL; }
+/* Number of uint64 words of the panels of an (N, W) operand (lowbit.bitwise.kernels.panel_words). */
+static int64_t panel_words(int64_t N, int64_t W) { return (N + PANEL - 1) / PANEL * W * PANEL; }
 
 /* The bits of the last word of a row that hold values (K - 64 (W - 1) of them). */
 static inline uint64_t last_mask(int64_t K) { return K % 64 ? ((uint64_t)1 << (K % 64)) - 1 : ~(uint64_t)0; }
 
-/* b (N, W) of K values per row -> panels (lowbit_xnor_panel_words(N, W) words, see the layout above), the
+/* b (N, W) of K values per row -> panels (panel_words(N, W) words, see the layout above), the
  * padding bits past K cleared. */
 void lowbit_xnor_pack_b(const uint64_t *b, int64_t N, int64_t W, int64_t K, uint64_t *panels) {
-    memset(panels, 0, (size_t)lowbit_xnor_panel_words(N, W) * sizeof(uint64_t));
+    memset(panels, 0, (size_t)panel_words(N, W) * sizeof(uint64_t));
     for (int64_t n = 0; n < N; n++)
         for (int64_t w = 0; w < W; w++)
             panels[((n / PANEL) * W + w) * PANEL + n % PANEL] = b[n * W + w] & (w == W - 1 ? last_mask(K) : ~0ULL);
