@@ -1,8 +1,11 @@
 """Binary (XNOR-popcount) GEMM against fp32 GEMM, 1 thread, on the 5 shapes of shared/research/cpu.md.
 
-For each (M, N, K), ``out = A (M, K) . W (N, K)^T``; four paths run interleaved in one process
-(``lowbit.bench.latency.interleaved``: each round calls every path once, in rotating order), in several passes
-over all shapes, and each path keeps its best time:
+For each (M, N, K), ``out = A (M, K) . W (N, K)^T``; four paths run interleaved in one process (each round
+calls every path, in rotating order), in several passes over all shapes. In a round each path is called twice in
+a row: the first call runs after another path has replaced the caches' contents ("cold": for the binary paths
+that means their operands come back from L3 after the fp32 paths streamed 10-70 MB), the second with the
+path's own operands in cache ("warm"). Each path keeps its best warm time (the headline and the JSON) and its
+best cold time (in the Markdown):
 
 * ``fp32 torch.mm``: ``torch.mm(A, W.t())`` (what a PyTorch user runs; MKL on this CPU);
 * ``fp32 onednn``: the prepacked oneDNN fp32 linear, ``torch.ops.mkldnn._linear_pointwise`` on a weight
@@ -32,7 +35,6 @@ import time
 import torch
 
 from _common import RESULTS, write_result
-from lowbit.bench.latency import interleaved
 from lowbit.bitwise import kernels
 from lowbit.bitwise.pack import pack_signs
 from lowbit.utils.files import atomic_write_text
@@ -90,6 +92,18 @@ def shape_paths(m: int, n: int, k: int, fallback: str | None) -> tuple[dict, dic
     return paths, costs
 
 
+def warm_cold(paths: dict, rounds: int) -> dict[str, tuple[list[float], list[float]]]:
+    """Per path: (warm, cold) samples in us; each round calls every path twice in a row, order rotating."""
+    names = list(paths)
+    samples = {n: ([], []) for n in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            cold = _time(paths[name])
+            samples[name][0].append(_time(paths[name]))
+            samples[name][1].append(cold)
+    return samples
+
+
 def _time(fn) -> float:
     start = time.perf_counter()
     fn()
@@ -107,20 +121,24 @@ def main() -> None:
     fallback = fallback_backend()
     peaks = [kernels.peak_gops() for _ in range(5)]
     built = {s: shape_paths(*s, fallback) for s in SHAPES}
-    best: dict[tuple, float] = {}
-    medians: dict[tuple, list[float]] = {}
+    warm: dict[tuple, list[float]] = {}
+    cold: dict[tuple, list[float]] = {}
     for _ in range(args.passes):
         for shape, (paths, _) in built.items():
-            for name, t in interleaved(paths, rounds=args.rounds, warmup=2).items():
-                best[shape, name] = min(best.get((shape, name), float("inf")), t.best_us)
-                medians.setdefault((shape, name), []).append(t.median_us)
+            for name, (w, c) in warm_cold(paths, args.rounds).items():
+                warm.setdefault((shape, name), []).extend(w)
+                cold.setdefault((shape, name), []).extend(c)
+    best = {key: min(v) for key, v in warm.items()}
+    best_cold = {key: min(v) for key, v in cold.items()}
+    median = {key: sorted(v)[len(v) // 2] for key, v in warm.items()}
     peaks += [kernels.peak_gops() for _ in range(5)]
     load_after = os.getloadavg()
     peak = max(peaks)
 
     rows, lines = [], []
-    lines += ["| shape (M, N, K) | path | best us | median us | GOP/s | % of binary peak | x fp32 torch.mm | "
-              "x fp32 onednn |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines += ["| shape (M, N, K) | path | best us (warm) | median us (warm) | GOP/s | % of binary peak | "
+              "x fp32 torch.mm | x fp32 onednn | best us (cold) | cold: x torch.mm | cold: x onednn |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for shape in SHAPES:
         m, n, k = shape
         ops = 2 * m * n * k
@@ -130,10 +148,12 @@ def main() -> None:
             us = best[shape, name]
             gops = ops / us / 1e3
             rows.append({"shape": [m, n, k], "path": name, "best_us": round(us, 2), "gops": round(gops, 1)})
-            med = sorted(medians[shape, name])[len(medians[shape, name]) // 2]
             pct = f"{100 * gops / peak:.0f}%" if name.startswith("lowbit") and peak else ""
-            lines.append(f"| {m}x{n}x{k} | {name} | {us:.1f} | {med:.1f} | {gops:.0f} | {pct} | "
-                         f"{best[shape, 'fp32 torch.mm'] / us:.1f}x | {best[shape, 'fp32 onednn'] / us:.1f}x |")
+            c = best_cold[shape, name]
+            lines.append(f"| {m}x{n}x{k} | {name} | {us:.1f} | {median[shape, name]:.1f} | {gops:.0f} | {pct} | "
+                         f"{best[shape, 'fp32 torch.mm'] / us:.1f}x | {best[shape, 'fp32 onednn'] / us:.1f}x | "
+                         f"{c:.1f} | {best_cold[shape, 'fp32 torch.mm'] / c:.1f}x | "
+                         f"{best_cold[shape, 'fp32 onednn'] / c:.1f}x |")
     pack_lines = ["| shape (M, N, K) | pack_rows(A), C, us | pack_signs(A), PyTorch, us | pack_rows + pack_weight(W) "
                   "us (once per weight) | lowbit binary + pack_rows(A), x fp32 torch.mm |", "|---|---:|---:|---:|---:|"]
     for shape, (_, costs) in built.items():
@@ -147,7 +167,8 @@ def main() -> None:
         f"{', '.join(f'{v:.2f}' for v in load_after)} on {os.cpu_count()} CPUs "
         f"({'quiet' if quiet else 'NOT quiet: other processes ran during the measurement; best-of-rounds times are the least disturbed'})",
         f"- 1 thread (torch.set_num_threads(1), binary_gemm threads=1); {args.passes} passes x {args.rounds} "
-        "interleaved rounds per shape; best time over all rounds, median = median of the passes' medians",
+        "interleaved rounds per shape, each path called twice per round (cold, then warm); best and median over "
+        "all rounds",
         f"- lowbit binary backend: `{kernels.backend()}`; fallback: `{fallback}`",
         f"- binary peak of one core (register-only vpxorq + vpopcntq + vpaddq loop, best of 10): {peak:.0f} GOP/s "
         f"(runs: {', '.join(f'{p:.0f}' for p in peaks)})",

@@ -206,6 +206,18 @@ def test_threads_give_the_same_result(isa):
                        one.view(torch.int64))
 
 
+@pytest.mark.parametrize("isa", BACKENDS)
+@given(n=st.integers(1, 2), c=st.integers(1, 40), o=st.integers(1, 40), hw=st.integers(3, 7), kk=st.integers(1, 3),
+       stride=st.integers(1, 2), pad=st.integers(0, 2), dil=st.integers(1, 2))
+def test_compiled_conv2d_equals_reference(isa, n, c, o, hw, kk, stride, pad, dil):
+    if (kk - 1) * dil + 1 > hw + 2 * pad:
+        return
+    x, w = torch.randn(n, c, hw, hw), torch.randn(o, c, kk, kk)
+    pw = kernels.pack_weight(pack_signs(w.reshape(o, -1)), c * kk * kk)
+    out = kernels.binary_conv2d(x, pw, (kk, kk), stride, pad, dil, isa=isa)
+    assert torch.equal(out, binary_conv2d_reference(x, w, stride, pad, dil))
+
+
 def test_no_compiler_falls_back_to_the_reference(monkeypatch):
     monkeypatch.setenv("LOWBIT_NO_CEXT", "1")
     kernels.library.cache_clear()
@@ -304,3 +316,9 @@ def test_bad_inputs_give_clear_errors():
             gemm(a, forged, k)
     with pytest.raises(ShapeError, match="says N = 7"):
         gemm(a, kernels.PackedWeight(pw.words, pw.panels, 7, k), k)
+    conv_w = kernels.pack_weight(pack_signs(torch.randn(8, 3 * 9)), 27)
+    with pytest.raises(ShapeError, match="4 input channels x 3x3 taps = 36 values per patch; the weight was packed "
+                                         "with K = 27"):
+        kernels.binary_conv2d(torch.randn(1, 4, 5, 5), conv_w, (3, 3))
+    with pytest.raises(ShapeError, match="float32 input"):
+        kernels.binary_conv2d(torch.randn(1, 3, 5, 5).double(), conv_w, (3, 3))

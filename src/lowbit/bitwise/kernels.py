@@ -260,6 +260,35 @@ def pack_rows(x: torch.Tensor, isa: str | None = None) -> torch.Tensor:
     return out
 
 
+def binary_conv2d(x: torch.Tensor, weight: PackedWeight, kernel_size: tuple[int, int], stride=1, padding=0,
+                  dilation=1, *, isa: str | None = None, threads: int = 1) -> torch.Tensor:
+    """int32 (N, O, Ho, Wo) convolution of ``sign(x)`` (float32 (N, C, H, W)) with a binary weight (O, C, kh, kw)
+    packed as rows of C kh kw values (``pack_weight(pack_signs(w.reshape(O, -1)), C * kh * kw)``), the input
+    padded with -1: im2col (PyTorch ``unfold``), :func:`pack_rows`, :func:`binary_gemm`. The same integers as
+    :func:`lowbit.bitwise.reference.binary_conv2d_reference`."""
+    import torch.nn.functional as F
+
+    if not isinstance(x, torch.Tensor) or x.dtype != torch.float32 or x.ndim != 4:
+        got = f"{x.dtype} {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ShapeError(f"binary_conv2d: expected a float32 input (N, C, H, W), got {got}")
+    if not isinstance(weight, PackedWeight):
+        raise ShapeError("binary_conv2d: the weight must be a PackedWeight (kernels.pack_weight)")
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (reference._pair(v) for v in (kernel_size, stride, padding, dilation))
+    n, c, h, w = x.shape
+    if c * kh * kw != weight.k:
+        raise ShapeError(f"binary_conv2d: {c} input channels x {kh}x{kw} taps = {c * kh * kw} values per patch; "
+                         f"the weight was packed with K = {weight.k}")
+    ho, wo = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    if min(sh, sw, dh, dw) < 1 or min(ph, pw) < 0 or ho < 1 or wo < 1:
+        raise ShapeError(f"binary_conv2d: input {h}x{w}, kernel {kh}x{kw}, stride {sh, sw}, padding {ph, pw}, "
+                         f"dilation {dh, dw} give no output")
+    padded = F.pad(x, (pw, pw, ph, ph), value=-1.0)
+    cols = F.unfold(padded, (kh, kw), dilation=(dh, dw), stride=(sh, sw))  # (N, C kh kw, Ho Wo)
+    a = pack_rows(cols.transpose(1, 2).reshape(n * ho * wo, weight.k).contiguous(), isa=isa)
+    out = binary_gemm(a, weight, weight.k, isa=isa, threads=threads)  # (N Ho Wo, O)
+    return out.reshape(n, ho, wo, weight.n).permute(0, 3, 1, 2).contiguous()
+
+
 def peak_gops(iters: int = 20_000_000) -> float:
     """Measured binary peak of one core, G ops/s (2 ops per bit-MAC, like 2 M N K / time): a register-only loop
     of 8 independent ``vpxorq`` + ``vpopcntq`` + ``vpaddq`` on 512 bits. 0 without AVX-512 VPOPCNTDQ."""
@@ -273,5 +302,5 @@ def peak_gops(iters: int = 20_000_000) -> float:
     return iters * 8 * 512 * 2 / (time.perf_counter() - start) / 1e9
 
 
-__all__ = ["ISAS", "PANEL", "REFERENCE", "PackedWeight", "backend", "backends", "binary_gemm", "library", "pack_rows", "pack_weight",
+__all__ = ["ISAS", "PANEL", "REFERENCE", "PackedWeight", "backend", "backends", "binary_conv2d", "binary_gemm", "library", "pack_rows", "pack_weight",
            "panel_words", "peak_gops"]
