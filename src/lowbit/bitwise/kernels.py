@@ -62,10 +62,17 @@ ENTRY_POINTS: dict[str, str] = {
 }
 
 
-def library_path(cache: Path | None = None) -> Path:
-    """Where the library built from :data:`SOURCE` with :data:`FLAGS` is cached."""
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode() + cext._cpu_key().encode()).hexdigest()[:16]
-    return (cext._cache_dir() if cache is None else Path(cache)) / f"xnor-{key}.so"
+def flags(sanitize: str = "") -> list[str]:
+    """:data:`FLAGS`, or with ``sanitize`` (``LOWBIT_CEXT_SANITIZE``, e.g. ``"address,undefined"``) the sanitized
+    build of :func:`lowbit.integer.cext.flags`, still without ``-march=native``."""
+    return list(FLAGS) if not sanitize else [f for f in cext.flags(sanitize) if f != "-march=native"]
+
+
+def library_path(flag_list: list[str] | None = None, cache: Path | None = None) -> Path:
+    """Where the library built from :data:`SOURCE` with ``flag_list`` (default :data:`FLAGS`) is cached."""
+    flag_list = FLAGS if flag_list is None else flag_list
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(flag_list).encode() + cext._cpu_key().encode()).hexdigest()
+    return (cext._cache_dir() if cache is None else Path(cache)) / f"xnor-{key[:16]}.so"
 
 
 @lru_cache(maxsize=1)
@@ -74,11 +81,12 @@ def library() -> ctypes.CDLL | None:
     if os.environ.get("LOWBIT_NO_CEXT"):
         return None
     try:
-        path = library_path()
+        flag_list = flags(os.environ.get("LOWBIT_CEXT_SANITIZE", ""))
+        path = library_path(flag_list)
         if not path.exists():
-            cext.build((SOURCE,), path, FLAGS)
+            cext.build((SOURCE,), path, flag_list)
         lib = ctypes.CDLL(str(path))
-    except (OSError, subprocess.SubprocessError) as exc:
+    except (OSError, ValueError, subprocess.SubprocessError) as exc:
         warnings.warn(f"lowbit: the XNOR kernel is unavailable ({exc}); binary GEMMs use the slower PyTorch "
                       "reference (same results)", stacklevel=2)
         return None

@@ -73,6 +73,7 @@ static inline uint64_t last_mask(int64_t K) { return K % 64 ? ((uint64_t)1 << (K
 /* b (N, W) of K values per row -> panels (panel_words(N, W) words, see the layout above), the
  * padding bits past K cleared. */
 void lowbit_xnor_pack_b(const uint64_t *b, int64_t N, int64_t W, int64_t K, uint64_t *panels) {
+    if (N == 0) return;  /* nothing to write (an empty tensor may hand a NULL pointer) */
     memset(panels, 0, (size_t)panel_words(N, W) * sizeof(uint64_t));
     for (int64_t n = 0; n < N; n++)
         for (int64_t w = 0; w < W; w++)
@@ -359,6 +360,7 @@ int lowbit_xnor_gemm(const uint64_t *a, int64_t M, const uint64_t *panels, int64
     if (isa == ISA_AVX2) panel = panel_avx2;
 #endif
     const job_t job = {a, panels, flip, thr, out, M, N, W, K};
+    if (M == 0 || N == 0) return 0;  /* no output (an empty tensor may hand a NULL pointer) */
     if (thr != NULL) memset(out, 0, (size_t)(M * ((N + 63) / 64)) * sizeof(uint64_t));
     const int64_t row_blocks = (M + mr - 1) / mr;
     /* Groups of panels that fit in GROUP_BYTES (L2): a block of rows sweeps a whole group, so that its output
