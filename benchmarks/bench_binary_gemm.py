@@ -160,6 +160,18 @@ def main() -> None:
         with_pack = best[shape, "fp32 torch.mm"] / (best[shape, "lowbit binary"] + costs["pack_rows(A)"])
         pack_lines.append(f"| {'x'.join(map(str, shape))} | {costs['pack_rows(A)']:.1f} | {costs['pack_signs(A)']:.0f} | "
                           f"{costs['pack_weight(W)']:.0f} | {with_pack:.1f}x |")
+    target_lines = ["| shape (M, N, K) | lowbit binary x torch.mm (target >= 30) | x onednn (target >= 12) | "
+                    "fallback x torch.mm (target >= 5) | ceiling at 100% of the binary peak: x torch.mm, x onednn |",
+                    "|---|---:|---:|---:|---:|"]
+    for shape in SHAPES:
+        mm, dnn, binary = best[shape, "fp32 torch.mm"], best[shape, "fp32 onednn"], best[shape, "lowbit binary"]
+        fb = best.get((shape, "lowbit binary fallback"))
+        ops_us = 2 * shape[0] * shape[1] * shape[2] / peak / 1e3 if peak else float("nan")  # us at the peak
+        mark = lambda ok: "" if ok else " (missed)"  # noqa: E731
+        fb_text = f"{mm / fb:.1f}x{mark(mm / fb >= 5)}" if fb else "n/a"
+        target_lines.append(f"| {'x'.join(map(str, shape))} | {mm / binary:.1f}x{mark(mm / binary >= 30)} | "
+                            f"{dnn / binary:.1f}x{mark(dnn / binary >= 12)} | {fb_text} | "
+                            f"{mm / ops_us:.0f}x, {dnn / ops_us:.0f}x |")
     quiet = max(load_before[0], load_after[0]) < 1.0
     body = "\n".join([
         f"- CPU (lscpu): {cpu_description()}",
@@ -173,6 +185,8 @@ def main() -> None:
         f"- binary peak of one core (register-only vpxorq + vpopcntq + vpaddq loop, best of 10): {peak:.0f} GOP/s "
         f"(runs: {', '.join(f'{p:.0f}' for p in peaks)})",
         "", *lines, "",
+        "Targets of issue 17 (warm best times), and the ratio a kernel running at this core's measured binary peak "
+        "would reach against the fp32 paths of this run (no kernel can exceed it):", "", *target_lines, "",
         "Packing costs (best of 10, outside the timed binary paths: a binary layer's input comes packed from the "
         "previous layer's threshold epilogue; the first layer's would be packed once, in C):", "", *pack_lines,
     ])
