@@ -90,8 +90,8 @@ def threshold_from_affine(scale: torch.Tensor, shift: torch.Tensor, k: int) -> t
     ``scale > 0``: the bit is ``acc >= t`` with t the least acc where the predicate holds (flip False);
     ``scale < 0``: the bit is ``NOT (acc >= t)`` with t the least acc where it fails (flip True);
     ``scale = 0``: a constant, ``thr = -k`` with flip = ``shift < 0``. A threshold of k + 1 means "never".
-    The first guess ``ceil(-shift / scale)`` is corrected by evaluating the predicate around it, so rounding
-    in the division cannot move a threshold.
+    The threshold is found by bisection on the predicate itself (about log2(2 k) evaluations), not from
+    ``-shift / scale``, so the rounding of a division cannot move it.
     """
     if not (isinstance(scale, torch.Tensor) and isinstance(shift, torch.Tensor)) or scale.shape != shift.shape \
             or scale.ndim != 1 or not scale.is_floating_point():
@@ -106,18 +106,16 @@ def threshold_from_affine(scale: torch.Tensor, shift: torch.Tensor, k: int) -> t
     def g(t: torch.Tensor) -> torch.Tensor:  # the bit the kernel must produce at acc = t, in the given dtype
         return ((scale * t.to(scale.dtype) + shift) >= 0) ^ flip
 
-    guess = torch.where(scale != 0, torch.ceil(-shift.double() / scale.double()), -k)
-    t = guess.clamp(-k, k + 1).to(torch.int64)
-    t = torch.where(scale == 0, torch.full_like(t, -k), t)
-    flip = torch.where(scale == 0, shift < 0, flip)
-    # g is monotone non-decreasing in acc; move t to the least acc in [-k, k] with g true (k + 1 if none)
-    for _ in range(2 * k + 2):
-        down = (t > -k) & g(t - 1)
-        up = (t <= k) & ~g(t)
-        if not bool((down | up).any()):
-            break
-        t = t - down.long() + up.long()
-    return t.to(torch.int32), flip
+    flip = torch.where(scale == 0, shift < 0, flip)  # g is then constant True
+    # g is monotone non-decreasing in acc: the least acc in [-k, k] where it holds (k + 1 if none), by bisection
+    lo = torch.full(scale.shape, -k, dtype=torch.int64)
+    hi = torch.full(scale.shape, k + 1, dtype=torch.int64)
+    while bool((lo < hi).any()):
+        mid = torch.div(lo + hi, 2, rounding_mode="floor")
+        ok = g(mid) & (lo < hi)
+        hi = torch.where(ok, mid, hi)
+        lo = torch.where(ok | (lo >= hi), lo, mid + 1)
+    return hi.to(torch.int32), flip
 
 
 def binary_conv2d_reference(x: torch.Tensor, weight: torch.Tensor, stride=1, padding=0, dilation=1) -> torch.Tensor:
