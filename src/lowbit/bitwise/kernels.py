@@ -240,6 +240,8 @@ def binary_gemm(a: torch.Tensor, b: torch.Tensor | PackedWeight, k: int, *, thr:
         thr_ptr, flip_ptr = thr.data_ptr(), flip.data_ptr()
     rc = library().lowbit_xnor_gemm(a.data_ptr(), m, panels.data_ptr(), n, words(k), k, ISAS.index(name), thr_ptr,
                                     flip_ptr, out.data_ptr(), threads)
+    if rc == -2:
+        raise MemoryError(f"binary_gemm: no memory for the threshold tables of {n} columns")
     if rc != 0:  # the CPU lacks the instruction set: backends() would not have listed it
         raise RuntimeError(f"binary_gemm: the XNOR kernel refused isa {name!r} (code {rc})")
     return out

@@ -32,6 +32,7 @@
  * write one output word. The kernels trust their arguments; lowbit.bitwise.kernels checks them first.
  */
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #if defined(__x86_64__)
@@ -80,23 +81,23 @@ void lowbit_xnor_pack_b(const uint64_t *b, int64_t N, int64_t W, int64_t K, uint
             panels[((n / PANEL) * W + w) * PANEL + n % PANEL] = b[n * W + w] & (w == W - 1 ? last_mask(K) : ~0ULL);
 }
 
-/* Arguments of every micro-kernel call. */
+/* Arguments of every micro-kernel call. With the threshold epilogue, lim and flipw hold it in the form the
+ * kernels test: K - 2 pc >= thr  <=>  pc <= lim = floor((K - thr) / 2), and the flips packed as bits. */
 typedef struct {
     const uint64_t *a, *panels;
-    const uint8_t *flip;
-    const int32_t *thr;
+    const int64_t *lim;    /* NULL: int32 results; else one per column, padded to a whole panel */
+    const uint64_t *flipw; /* ceil(N / 64) + 1 words: bit n % 64 of word n / 64 = flip[n] */
     void *out;
     int64_t M, N, W, K;
 } job_t;
 
 /* One output from its popcount: the int32 result, or its threshold bit ORed into the packed output. */
 static inline void emit1(const job_t *j, int64_t m, int64_t n, int64_t pc) {
-    const int64_t v = j->K - 2 * pc;
-    if (j->thr == NULL) {
-        ((int32_t *)j->out)[m * j->N + n] = (int32_t)v;
+    if (j->lim == NULL) {
+        ((int32_t *)j->out)[m * j->N + n] = (int32_t)(j->K - 2 * pc);
         return;
     }
-    const uint64_t bit = (uint64_t)(v >= j->thr[n]) ^ (j->flip[n] != 0);
+    const uint64_t bit = (uint64_t)(pc <= j->lim[n]) ^ (j->flipw[n / 64] >> (n % 64) & 1);
     ((uint64_t *)j->out)[m * ((j->N + 63) / 64) + n / 64] |= bit << (n % 64);
 }
 
@@ -186,21 +187,26 @@ static void panel_avx2(const job_t *j, int64_t m0, int64_t p0) {
 
 /* ------------------------------------------------------------------------------------------- AVX-512 */
 
-/* Row i, vector v (columns p0 + 8 v .. + 7): int32 results or threshold bits, columns < N only. */
+/* Row m, columns n .. n + 7: the int32 results, columns < N only. */
 T512 static inline void emit512(const job_t *j, int64_t m, int64_t n, __m512i acc) {
     const int64_t left = j->N - n;
     const __mmask8 valid = left >= 8 ? (__mmask8)0xff : (__mmask8)((1u << left) - 1);
     const __m512i v = _mm512_sub_epi64(_mm512_set1_epi64(j->K), _mm512_slli_epi64(acc, 1));
-    if (j->thr == NULL) {
-        int32_t *o = (int32_t *)j->out + m * j->N + n;
-        if (valid == 0xff) _mm256_storeu_si256((__m256i *)o, _mm512_cvtepi64_epi32(v));
-        else _mm256_mask_storeu_epi32(o, valid, _mm512_cvtepi64_epi32(v));
-        return;
-    }
-    const __m512i t = _mm512_cvtepi32_epi64(_mm256_maskz_loadu_epi32(valid, j->thr + n));
-    const __mmask16 flip = _mm_cmpneq_epi8_mask(_mm_maskz_loadu_epi8(valid, j->flip + n), _mm_setzero_si128());
-    const uint64_t bits = (uint64_t)((_mm512_cmpge_epi64_mask(v, t) ^ (__mmask8)flip) & valid);
-    ((uint64_t *)j->out)[m * ((j->N + 63) / 64) + n / 64] |= bits << (n % 64);
+    int32_t *o = (int32_t *)j->out + m * j->N + n;
+    if (valid == 0xff) _mm256_storeu_si256((__m256i *)o, _mm512_cvtepi64_epi32(v));
+    else _mm256_mask_storeu_epi32(o, valid, _mm512_cvtepi64_epi32(v));
+}
+
+/* Row m, the NV vectors of the panel at column p0 (a multiple of 32): the threshold bits, one 64-bit OR. */
+T512 static inline void emit512_bits(const job_t *j, int64_t m, int64_t p0, const __m512i *acc, int NV) {
+    uint64_t bits = 0;
+    for (int v = 0; v < NV; v++)
+        bits |= (uint64_t)_mm512_cmple_epi64_mask(acc[v], _mm512_loadu_si512((const void *)(j->lim + p0 + 8 * v)))
+                << (8 * v);
+    const int64_t left = j->N - p0;
+    const uint64_t valid = left >= 32 ? 0xffffffffULL : ((uint64_t)1 << left) - 1;
+    bits = (bits ^ (j->flipw[p0 / 64] >> (p0 % 64))) & valid;
+    ((uint64_t *)j->out)[m * ((j->N + 63) / 64) + p0 / 64] |= bits << (p0 % 64);
 }
 
 /* The int32 results of columns n .. n + 15 from two vectors of popcounts (each < 2^31, so its low 32 bits are
@@ -246,9 +252,12 @@ T512 static inline __attribute__((always_inline)) void tile512(const job_t *j, i
     }
 #undef STEP512
     for (int i = 0; i < rows; i++) {
+        if (j->lim != NULL) {
+            emit512_bits(j, m0 + i, p0, acc[i], NV);
+            continue;
+        }
         int v = 0;
-        if (j->thr == NULL)  /* int32 results: two vectors at a time, 16 columns per store */
-            for (; v + 1 < NV; v += 2) emit512x2(j, m0 + i, p0 + 8 * v, acc[i][v], acc[i][v + 1]);
+        for (; v + 1 < NV; v += 2) emit512x2(j, m0 + i, p0 + 8 * v, acc[i][v], acc[i][v + 1]);  /* 16 columns */
         for (; v < NV; v++) emit512(j, m0 + i, p0 + 8 * v, acc[i][v]);
     }
 }
@@ -349,7 +358,8 @@ int64_t lowbit_xnor_peak(int64_t iters) {
 }
 
 /* out = the int32 (M, N) results (thr == NULL), or the (M, ceil(N / 64)) packed threshold bits (flip: one byte
- * per column). panels: lowbit_xnor_pack_b of b. Returns 0, or -1 when this CPU does not run isa. */
+ * per column). panels: lowbit_xnor_pack_b of b. Returns 0, -1 when this CPU does not run isa, -2 when out of
+ * memory. */
 int lowbit_xnor_gemm(const uint64_t *a, int64_t M, const uint64_t *panels, int64_t N, int64_t W, int64_t K, int isa,
                      const int32_t *thr, const uint8_t *flip, void *out, int threads) {
     if (isa < 0 || isa > ISA_AVX512 || !(lowbit_xnor_isas() & (1 << isa))) return -1;
@@ -359,9 +369,26 @@ int lowbit_xnor_gemm(const uint64_t *a, int64_t M, const uint64_t *panels, int64
     if (isa == ISA_AVX512) panel = panel_avx512, mr = 4;
     if (isa == ISA_AVX2) panel = panel_avx2;
 #endif
-    const job_t job = {a, panels, flip, thr, out, M, N, W, K};
     if (M == 0 || N == 0) return 0;  /* no output (an empty tensor may hand a NULL pointer) */
-    if (thr != NULL) memset(out, 0, (size_t)(M * ((N + 63) / 64)) * sizeof(uint64_t));
+    int64_t *lim = NULL;
+    uint64_t *flipw = NULL;
+    if (thr != NULL) {
+        const int64_t cols = (N + PANEL - 1) / PANEL * PANEL, words = (N + 63) / 64;
+        lim = (int64_t *)malloc((size_t)cols * sizeof(int64_t));
+        flipw = (uint64_t *)calloc((size_t)words + 1, sizeof(uint64_t));  /* + 1: a panel reads 32 bits */
+        if (lim == NULL || flipw == NULL) {
+            free(lim);
+            free(flipw);
+            return -2;
+        }
+        for (int64_t n = 0; n < cols; n++) {
+            const int64_t d = n < N ? K - (int64_t)thr[n] : -2;  /* past N: never (pc >= 0 > -1) */
+            lim[n] = d >= 0 ? d / 2 : -((1 - d) / 2);           /* floor(d / 2) */
+        }
+        for (int64_t n = 0; n < N; n++) flipw[n / 64] |= (uint64_t)(flip[n] != 0) << (n % 64);
+        memset(out, 0, (size_t)(M * words) * sizeof(uint64_t));
+    }
+    const job_t job = {a, panels, lim, flipw, out, M, N, W, K};
     const int64_t row_blocks = (M + mr - 1) / mr;
     /* Groups of panels that fit in GROUP_BYTES (L2): a block of rows sweeps a whole group, so that its output
      * rows are written left to right (stores that miss in a scattered order cost more than the XORs of a short
@@ -374,5 +401,7 @@ int lowbit_xnor_gemm(const uint64_t *a, int64_t M, const uint64_t *panels, int64
         for (int64_t rb = 0; rb < row_blocks; rb++)
             for (int64_t p0 = g0; p0 < g1; p0 += PANEL) panel(&job, rb * mr, p0);
     }
+    free(lim);
+    free(flipw);
     return 0;
 }
