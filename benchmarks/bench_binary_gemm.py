@@ -61,6 +61,16 @@ def cpu_description() -> str:
             f"L2 {get('L2 cache')}, L3 {get('L3 cache')}; flags: {' '.join(flags)}")
 
 
+def cpu_busy_seconds() -> float:
+    """CPU seconds all processes have spent busy since boot (/proc/stat: user, nice, system, irq, softirq, steal)."""
+    try:
+        fields = open("/proc/stat").readline().split()[1:]
+    except OSError:
+        return float("nan")
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 def fallback_backend() -> str | None:
     """The best compiled backend that does not use AVX-512."""
     return next((b for b in kernels.backends() if b not in ("avx512-vpopcntdq", kernels.REFERENCE)), None)
@@ -127,6 +137,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     load_before = os.getloadavg()
+    busy0, own0, wall0 = cpu_busy_seconds(), sum(os.times()[:2]), time.perf_counter()
     fallback = fallback_backend()
     peaks = [kernels.peak_gops() for _ in range(5)]
     built = {s: shape_paths(*s, fallback) for s in SHAPES}
@@ -143,6 +154,8 @@ def main() -> None:
     median = {key: sorted(v)[len(v) // 2] for key, v in warm.items()}
     peaks += [kernels.peak_gops() for _ in range(5)]
     load_after = os.getloadavg()
+    # the CPU time of other processes during the run, in cores: what the whole machine spent minus this process
+    others = (cpu_busy_seconds() - busy0 - (sum(os.times()[:2]) - own0)) / (time.perf_counter() - wall0)
     peak = max(peaks)
 
     rows, lines = [], []
@@ -183,12 +196,13 @@ def main() -> None:
         target_lines.append(f"| {'x'.join(map(str, shape))} | {mm / binary:.1f}x{mark(mm / binary >= 30)} | "
                             f"{dnn / binary:.1f}x{mark(dnn / binary >= 12)} | {fb_text} | "
                             f"{mm / ops_us:.0f}x, {dnn / ops_us:.0f}x |")
-    quiet = max(load_before[0], load_after[0]) < 1.0
+    quiet = others < 0.1
     body = "\n".join([
         f"- CPU (lscpu): {cpu_description()}",
-        f"- load average (1, 5, 15 min) before: {', '.join(f'{v:.2f}' for v in load_before)}; after: "
-        f"{', '.join(f'{v:.2f}' for v in load_after)} on {os.cpu_count()} CPUs "
-        f"({'quiet' if quiet else 'NOT quiet: other processes ran during the measurement; best-of-rounds times are the least disturbed'})",
+        f"- other processes used {others:.2f} of the {os.cpu_count()} CPUs on average during the run (/proc/stat "
+        f"minus this process): {'quiet' if quiet else 'NOT quiet; best-of-rounds times are the least disturbed'}; "
+        f"load average (1, 5, 15 min) before: {', '.join(f'{v:.2f}' for v in load_before)}, after: "
+        f"{', '.join(f'{v:.2f}' for v in load_after)} (it trails by minutes)",
         f"- 1 thread (torch.set_num_threads(1), binary_gemm threads=1); {args.passes} passes x {args.rounds} "
         "interleaved rounds per shape, each path called twice per round (cold, then warm); best and median over "
         "all rounds",
