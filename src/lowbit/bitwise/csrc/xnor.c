@@ -197,11 +197,14 @@ T512 static inline void emit512(const job_t *j, int64_t m, int64_t n, __m512i ac
     else _mm256_mask_storeu_epi32(o, valid, _mm512_cvtepi64_epi32(v));
 }
 
-/* Row m, the NV vectors of the panel at column p0 (a multiple of 32): the threshold bits, one 64-bit OR. */
-T512 static inline void emit512_bits(const job_t *j, int64_t m, int64_t p0, const __m512i *acc, int NV) {
+/* Row m, the NV vectors of the panel at column p0 (a multiple of 32): the threshold bits, one 64-bit OR. The
+ * vectors come by value (an array would be kept in memory). */
+T512 static inline __attribute__((always_inline)) void emit512_bits(const job_t *j, int64_t m, int64_t p0, __m512i c0,
+                                                                    __m512i c1, __m512i c2, __m512i c3, const int NV) {
+    const __m512i c[4] = {c0, c1, c2, c3};
     uint64_t bits = 0;
     for (int v = 0; v < NV; v++)
-        bits |= (uint64_t)_mm512_cmple_epi64_mask(acc[v], _mm512_loadu_si512((const void *)(j->lim + p0 + 8 * v)))
+        bits |= (uint64_t)_mm512_cmple_epi64_mask(c[v], _mm512_loadu_si512((const void *)(j->lim + p0 + 8 * v)))
                 << (8 * v);
     const int64_t left = j->N - p0;
     const uint64_t valid = left >= 32 ? 0xffffffffULL : ((uint64_t)1 << left) - 1;
@@ -221,28 +224,53 @@ T512 static inline void emit512x2(const job_t *j, int64_t m, int64_t n, __m512i 
     else _mm512_mask_storeu_epi32(o, (__mmask16)((1u << left) - 1), v);
 }
 
-#define XPC(acc, x, y) acc = _mm512_add_epi64(acc, _mm512_popcnt_epi64(_mm512_xor_si512(x, y)))
+/* Row m, the NV vectors of columns p0 .. p0 + 8 NV - 1: int32 results, 16 columns at a time where possible. */
+T512 static inline __attribute__((always_inline)) void emit512_row(const job_t *j, int64_t m, int64_t p0, __m512i c0,
+                                                                   __m512i c1, __m512i c2, __m512i c3, const int NV) {
+    if (j->lim != NULL) {
+        emit512_bits(j, m, p0, c0, c1, c2, c3, NV);
+    } else if (NV == 1) {
+        emit512(j, m, p0, c0);
+    } else {
+        emit512x2(j, m, p0, c0, c1);
+        if (NV == 3) emit512(j, m, p0 + 16, c2);
+        if (NV == 4) emit512x2(j, m, p0 + 16, c2, c3);
+    }
+}
 
-/* 4 rows x NV vectors of 8 columns; NV is a constant in each caller (the loop over vectors unrolls). */
+#define XPC(acc, x, y) acc = _mm512_add_epi64(acc, _mm512_popcnt_epi64(_mm512_xor_si512(x, y)))
+/* Row i of the tile: its broadcast word x against the NV column vectors y0 .. y3. */
+#define ROW(i, x)                                                                                             \
+    do {                                                                                                      \
+        XPC(c##i##0, x, y0);                                                                                  \
+        if (NV > 1) XPC(c##i##1, x, y1);                                                                      \
+        if (NV > 2) XPC(c##i##2, x, y2);                                                                      \
+        if (NV > 3) XPC(c##i##3, x, y3);                                                                      \
+    } while (0)
+#define STEP512(X0, X1, X2, X3)                                                                              \
+    do {                                                                                                      \
+        const uint64_t *bw = bp + w * PANEL;                                                                  \
+        const __m512i y0 = _mm512_loadu_si512((const void *)bw);                                              \
+        const __m512i y1 = NV > 1 ? _mm512_loadu_si512((const void *)(bw + 8)) : y0;                         \
+        const __m512i y2 = NV > 2 ? _mm512_loadu_si512((const void *)(bw + 16)) : y0;                        \
+        const __m512i y3 = NV > 3 ? _mm512_loadu_si512((const void *)(bw + 24)) : y0;                        \
+        const __m512i x0 = _mm512_set1_epi64((long long)(X0)), x1 = _mm512_set1_epi64((long long)(X1));       \
+        const __m512i x2 = _mm512_set1_epi64((long long)(X2)), x3 = _mm512_set1_epi64((long long)(X3));       \
+        ROW(0, x0);                                                                                           \
+        ROW(1, x1);                                                                                           \
+        ROW(2, x2);                                                                                           \
+        ROW(3, x3);                                                                                           \
+    } while (0)
+
+/* 4 rows x NV vectors of 8 columns; NV is a constant in each caller. The 16 accumulators are named variables,
+ * not an array, so that they live in zmm registers from the first XOR to the stores. */
 T512 static inline __attribute__((always_inline)) void tile512(const job_t *j, int64_t m0, int64_t p0, const int NV) {
     const uint64_t *ap[4];
     const int rows = block_rows(j, m0, 4, ap);
     const uint64_t *bp = j->panels + p0 * j->W;
-    __m512i acc[4][4];
-    for (int i = 0; i < 4; i++)
-        for (int v = 0; v < NV; v++) acc[i][v] = _mm512_setzero_si512();
-#define STEP512(X0, X1, X2, X3)                                                                              \
-    do {                                                                                                      \
-        const __m512i x0 = _mm512_set1_epi64((long long)(X0)), x1 = _mm512_set1_epi64((long long)(X1));       \
-        const __m512i x2 = _mm512_set1_epi64((long long)(X2)), x3 = _mm512_set1_epi64((long long)(X3));       \
-        for (int v = 0; v < NV; v++) {                                                                       \
-            const __m512i y = _mm512_loadu_si512((const void *)(bp + w * PANEL + 8 * v));                     \
-            XPC(acc[0][v], x0, y);                                                                            \
-            XPC(acc[1][v], x1, y);                                                                            \
-            XPC(acc[2][v], x2, y);                                                                            \
-            XPC(acc[3][v], x3, y);                                                                            \
-        }                                                                                                     \
-    } while (0)
+    const __m512i z = _mm512_setzero_si512();
+    __m512i c00 = z, c01 = z, c02 = z, c03 = z, c10 = z, c11 = z, c12 = z, c13 = z, c20 = z, c21 = z, c22 = z,
+            c23 = z, c30 = z, c31 = z, c32 = z, c33 = z;
     int64_t w = 0;
     const int64_t full = j->K % 64 ? j->W - 1 : j->W;  /* words without padding bits */
     for (; w < full; w++) STEP512(ap[0][w], ap[1][w], ap[2][w], ap[3][w]);  /* broadcasts from memory */
@@ -250,17 +278,13 @@ T512 static inline __attribute__((always_inline)) void tile512(const job_t *j, i
         const uint64_t keep = last_mask(j->K);
         STEP512(ap[0][w] & keep, ap[1][w] & keep, ap[2][w] & keep, ap[3][w] & keep);
     }
-#undef STEP512
-    for (int i = 0; i < rows; i++) {
-        if (j->lim != NULL) {
-            emit512_bits(j, m0 + i, p0, acc[i], NV);
-            continue;
-        }
-        int v = 0;
-        for (; v + 1 < NV; v += 2) emit512x2(j, m0 + i, p0 + 8 * v, acc[i][v], acc[i][v + 1]);  /* 16 columns */
-        for (; v < NV; v++) emit512(j, m0 + i, p0 + 8 * v, acc[i][v]);
-    }
+    emit512_row(j, m0, p0, c00, c01, c02, c03, NV);
+    if (rows > 1) emit512_row(j, m0 + 1, p0, c10, c11, c12, c13, NV);
+    if (rows > 2) emit512_row(j, m0 + 2, p0, c20, c21, c22, c23, NV);
+    if (rows > 3) emit512_row(j, m0 + 3, p0, c30, c31, c32, c33, NV);
 }
+#undef STEP512
+#undef ROW
 #undef XPC
 
 T512 static void panel_avx512(const job_t *j, int64_t m0, int64_t p0) {
