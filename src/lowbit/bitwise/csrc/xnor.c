@@ -144,6 +144,34 @@ T256 static inline __m256i popcnt_bytes256(__m256i v, __m256i lut, __m256i low) 
     return _mm256_add_epi8(_mm256_shuffle_epi8(lut, lo), _mm256_shuffle_epi8(lut, hi));
 }
 
+/* Row m, columns n .. n + 7 (n a multiple of 8) from two vectors of 4 int64 popcounts: int32 results, or the
+ * threshold bits (pc <= lim, AVX2 has only a signed greater-than), columns < N only. */
+T256 static inline void emit256(const job_t *j, int64_t m, int64_t n, __m256i lo, __m256i hi) {
+    const int64_t left = j->N - n;
+    if (j->lim == NULL) {
+        /* the low halves of the 8 popcounts (each < 2^31), then K - 2 pc on 8 int32 lanes */
+        const __m256i even = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+        const __m256i pc = _mm256_blend_epi32(_mm256_permutevar8x32_epi32(lo, even),
+                                              _mm256_permutevar8x32_epi32(hi, even), 0xF0);
+        const __m256i v = _mm256_sub_epi32(_mm256_set1_epi32((int32_t)j->K), _mm256_slli_epi32(pc, 1));
+        int32_t *o = (int32_t *)j->out + m * j->N + n;
+        if (left >= 8) {
+            _mm256_storeu_si256((__m256i *)o, v);
+        } else {
+            const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+            _mm256_maskstore_epi32(o, _mm256_cmpgt_epi32(_mm256_set1_epi32((int32_t)left), lane), v);
+        }
+        return;
+    }
+    const __m256i gt0 = _mm256_cmpgt_epi64(lo, _mm256_loadu_si256((const __m256i *)(j->lim + n)));
+    const __m256i gt1 = _mm256_cmpgt_epi64(hi, _mm256_loadu_si256((const __m256i *)(j->lim + n + 4)));
+    uint64_t bits = (uint64_t)(~(_mm256_movemask_pd(_mm256_castsi256_pd(gt0)) |
+                                 (_mm256_movemask_pd(_mm256_castsi256_pd(gt1)) << 4)) & 0xff);
+    const uint64_t valid = left >= 8 ? 0xff : ((uint64_t)1 << left) - 1;
+    bits = (bits ^ (j->flipw[n / 64] >> (n % 64))) & valid;
+    ((uint64_t *)j->out)[m * ((j->N + 63) / 64) + n / 64] |= bits << (n % 64);
+}
+
 /* 2 rows x 8 columns (two ymm of 4 columns). */
 T256 static void tile_avx2(const job_t *j, int64_t m0, int64_t p0, int64_t c0) {
     const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
@@ -172,13 +200,8 @@ T256 static void tile_avx2(const job_t *j, int64_t m0, int64_t p0, int64_t c0) {
             c00 = c01 = c10 = c11 = zero;
         }
     }
-    int64_t acc[2][8];
-    _mm256_storeu_si256((__m256i *)acc[0], s00);
-    _mm256_storeu_si256((__m256i *)(acc[0] + 4), s01);
-    _mm256_storeu_si256((__m256i *)acc[1], s10);
-    _mm256_storeu_si256((__m256i *)(acc[1] + 4), s11);
-    for (int i = 0; i < rows; i++)
-        for (int c = 0; c < 8 && p0 + c0 + c < j->N; c++) emit1(j, m0 + i, p0 + c0 + c, acc[i][c]);
+    emit256(j, m0, p0 + c0, s00, s01);
+    if (rows > 1) emit256(j, m0 + 1, p0 + c0, s10, s11);
 }
 
 static void panel_avx2(const job_t *j, int64_t m0, int64_t p0) {
