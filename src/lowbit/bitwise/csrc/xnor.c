@@ -27,9 +27,13 @@
  *      nibbles of each byte), byte counts summed per 64-bit lane with vpsadbw every 31 words;
  *   0  scalar: 2 rows x 4 columns of 64-bit popcnt.
  *
+ * The threshold epilogue is tested as pc <= floor((K - thr) / 2) against a per-column table made once per call,
+ * with the flips packed as bits, so a row of a panel costs a few compares and one OR.
+ *
  * Loop order: groups of panels within 256 KiB (L2), then blocks of rows of a, then the panels of the group (a
- * panel is 256 W bytes: in L1 for K up to ~6000). Rows past M are read as a repeated last row and not stored. Threads (OpenMP) split the rows of a, so no two threads
- * write one output word. The kernels trust their arguments; lowbit.bitwise.kernels checks them first.
+ * panel is 256 W bytes: in L1 for K up to ~6000), so that a block of rows writes its outputs left to right.
+ * Rows past M are read as a repeated last row and not stored. Threads (OpenMP) split the rows of a, so no two
+ * threads write one output word. The kernels trust their arguments; lowbit.bitwise.kernels checks them first.
  */
 #include <stdint.h>
 #include <stdlib.h>
