@@ -53,11 +53,11 @@ def flags(sanitize: str = "") -> list[str]:
     return [*FLAGS, f"-fsanitize={sanitize}", *SANITIZE_FLAGS]
 
 
-def _cache_dir() -> Path:
+def cache_dir() -> Path:
     return Path(os.environ.get("LOWBIT_CACHE", Path.home() / ".cache" / "lowbit"))
 
 
-def _cpu_key() -> str:
+def cpu_key() -> str:
     try:
         flags = next((ln for ln in open("/proc/cpuinfo") if ln.startswith("flags")), "")
     except OSError:
@@ -85,8 +85,8 @@ def library_path(flag_list: list[str], cache: Path | None = None) -> Path:
     """Where the library built from :data:`SOURCES` with ``flag_list`` for this CPU is cached (in ``cache``,
     by default ``$LOWBIT_CACHE`` or ``~/.cache/lowbit``)."""
     src = b"".join(f.read_bytes() for f in SOURCES)
-    key = hashlib.sha256(src + " ".join(flag_list).encode() + _cpu_key().encode()).hexdigest()[:16]
-    return (_cache_dir() if cache is None else Path(cache)) / f"requant-{key}.so"
+    key = hashlib.sha256(src + " ".join(flag_list).encode() + cpu_key().encode()).hexdigest()[:16]
+    return (cache_dir() if cache is None else Path(cache)) / f"requant-{key}.so"
 
 
 @lru_cache(maxsize=1)
