@@ -181,7 +181,7 @@ def delta_rows(model_name: str = "vowels_gru", thetas=DELTA_THETAS) -> DeltaTabl
     from lowbit.zoo import recurrent
 
     model = recurrent.pretrained(model_name)
-    test = recurrent.test_split(model_name)
+    test = recurrent.eval_split(model_name)
     dense = recurrent.accuracy(model, test)
     points = sweep(model, thetas, lambda m: recurrent.accuracy(m, test))
     rows = tuple(DeltaRow(p.theta_x, p.theta_h, p.metric, p.cost.mac_reduction, p.cost.fetch_reduction)

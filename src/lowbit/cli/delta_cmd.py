@@ -42,7 +42,7 @@ def _points(model_name: str, thetas):
     from lowbit.zoo import recurrent
 
     model = recurrent.pretrained(model_name)
-    test = recurrent.test_split(model_name)
+    test = recurrent.eval_split(model_name)
     dense = recurrent.accuracy(model, test)
     return dense, sweep(model, thetas, lambda m: recurrent.accuracy(m, test))
 

@@ -79,7 +79,7 @@ def shipped_accuracy(name: str, weights_dir: str | Path | None = None) -> float:
     return float(acc)
 
 
-def test_split(name: str):
+def eval_split(name: str):
     """The test split of the model's data set."""
     from lowbit.data.japanese_vowels import japanese_vowels
 
