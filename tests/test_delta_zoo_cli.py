@@ -77,8 +77,26 @@ def test_cli_sweep_json_folder_refused(capsys, tmp_path):
     assert capsys.readouterr().err.count("\n") == 1
 
 
-@pytest.mark.parametrize("argv", [["delta"], ["delta", "convert"], ["delta", "sweep"]])
+@pytest.mark.parametrize("argv", [["delta"], ["delta", "convert"], ["delta", "sweep"], ["delta", "train"]])
 def test_cli_help(argv, capsys):
     with pytest.raises(SystemExit) as exc:
         main([*argv, "--help"])
     assert exc.value.code == 0 and "usage" in capsys.readouterr().out
+
+
+def test_cli_train_writes_weights_that_convert_reads(capsys, tmp_path):
+    assert main(["delta", "train", "--epochs", "1", "--lam", "0.01", "--out", str(tmp_path)]) == 0
+    trained = capsys.readouterr().out
+    assert "fine-tuned 1 epochs" in trained and (tmp_path / "vowels_gru.npz").exists()
+    meta = json.loads((tmp_path / "vowels_gru.json").read_text())
+    model = recurrent.pretrained("vowels_gru", tmp_path)
+    assert recurrent.accuracy(model, recurrent.eval_split("vowels_gru")) == pytest.approx(meta["test_accuracy"])
+    assert main(["delta", "convert", "--weights-dir", str(tmp_path)]) == 0
+    # converting the saved weights at the trained thresholds gives the accuracy measured after training
+    assert f"accuracy {100 * meta['delta_test_accuracy']:.2f}%" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [["--lam", "-1"], ["--epochs", "0"], ["--lr", "0"], ["--theta-x", "nan"]])
+def test_cli_train_bad_arguments(capsys, argv):
+    assert main(["delta", "train", *argv]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
