@@ -42,6 +42,7 @@ def test_main_job_table(capsys, tmp_path):
     assert (tmp_path / "mlp" / "report.html").exists() and (tmp_path / "mlp" / "report.json").exists()
     assert "float32" in out and "W4 per-channel" in out and "recorded" in out
     assert "integer-only model" in out and "latency, 1 thread" in out and "PTQ W-ternary" in out
+    assert "delta GRU, JapaneseVowels" in out and "to_delta theta_x=0.5 theta_h=0.3" in out
 
 
 def test_zoo_list_and_eval(capsys):

@@ -137,3 +137,53 @@ def run(models: Sequence[str] = ("mlp", "cnn", "resnet"), test_set: Split | None
     if latency:
         lat = measure_latency(models, fashion_mnist("train", root=data_root).take(CALIBRATION_IMAGES), test_set)
     return Table(list(models), rows, recorded, time.perf_counter() - start, lat)
+
+
+DELTA_THETAS = ((0.1, 0.1), (0.5, 0.3))
+
+
+@dataclass(frozen=True)
+class DeltaRow:
+    """One threshold pair of the shipped recurrent model converted by ``lowbit.delta.to_delta``."""
+
+    theta_x: float
+    theta_h: float
+    accuracy: float
+    mac_reduction: float
+    fetch_reduction: float
+
+
+@dataclass(frozen=True)
+class DeltaTable:
+    model: str
+    dense_accuracy: float
+    recorded: float
+    rows: tuple[DeltaRow, ...]
+    n_test: int
+
+    def render(self) -> str:
+        lines = [f"delta GRU, JapaneseVowels (shipped weights, {self.model}, {self.n_test} test utterances)",
+                 f"{'model':<36}{'accuracy':>10}{'MACs':>9}{'fetches':>10}",
+                 "-" * 65,
+                 f"{'dense nn.GRU':<36}{100 * self.dense_accuracy:>9.2f}%{'1.00x':>9}{'1.00x':>10}"]
+        for r in self.rows:
+            label = f"to_delta theta_x={r.theta_x:g} theta_h={r.theta_h:g}"
+            lines.append(f"{label:<36}{100 * r.accuracy:>9.2f}%{r.mac_reduction:>8.2f}x{r.fetch_reduction:>9.2f}x")
+        lines += ["-" * 65, f"{'recorded':<36}{100 * self.recorded:>9.2f}%",
+                  "(MACs, fetches: reductions of the GRU's MACs and weight-column reads vs dense, batch 1;",
+                  " the read-out is not counted)"]
+        return "\n".join(lines)
+
+
+def delta_rows(model_name: str = "vowels_gru", thetas=DELTA_THETAS) -> DeltaTable:
+    """The shipped recurrent model, dense and converted to a delta network at each ``(theta_x, theta_h)``."""
+    from lowbit.delta import sweep
+    from lowbit.zoo import recurrent
+
+    model = recurrent.pretrained(model_name)
+    test = recurrent.eval_split(model_name)
+    dense = recurrent.accuracy(model, test)
+    points = sweep(model, thetas, lambda m: recurrent.accuracy(m, test))
+    rows = tuple(DeltaRow(p.theta_x, p.theta_h, p.metric, p.cost.mac_reduction, p.cost.fetch_reduction)
+                 for p in points)
+    return DeltaTable(model_name, dense, recurrent.shipped_accuracy(model_name), rows, len(test))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,6 +24,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     table = main_job.run(models=args.models, data_root=args.data_dir)
     print(table.render())
     print(f"\n({table.seconds:.1f} s)")
+    start = time.perf_counter()
+    print("\n" + main_job.delta_rows().render())
+    print(f"\n({time.perf_counter() - start:.1f} s)")
     if args.report_dir:
         from lowbit.cli.report_cmd import write_reports
 
@@ -147,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     deploy_cmd.add_parsers(sub)
     report_cmd.add_parser(sub)
     qat_cmd.add_parser(sub)
+    from lowbit.cli import delta_cmd
+
+    delta_cmd.add_parser(sub)
 
     dp = sub.add_parser("data", help="data sets: check which are installed",
                         description="Data sets lowbit loads without downloading.")
