@@ -22,6 +22,7 @@ from _common import RESULTS, write_result
 from lowbit.data.japanese_vowels import japanese_vowels
 from lowbit.data.spoken_digits import SpokenDigitsSpec, spoken_digits
 from lowbit.delta import sweep
+from lowbit.zoo import recurrent
 
 THETAS = [(0.0, 0.0), (0.05, 0.05), (0.1, 0.1), (0.2, 0.1), (0.2, 0.2), (0.3, 0.2), (0.4, 0.3), (0.5, 0.3),
           (0.6, 0.4), (0.8, 0.5), (1.0, 0.5)]
@@ -44,17 +45,12 @@ class Classifier(nn.Module):
 def batches(split, size: int, gen: torch.Generator | None = None):
     """``(x, y)`` batches; a split with ``lengths`` (JapaneseVowels) is grouped by length and its front
     padding cut, so that neither training nor the counters see padding steps. Shuffled when ``gen``."""
-    lengths = getattr(split, "lengths", None)
+    if getattr(split, "lengths", None) is not None:
+        yield from recurrent.length_batches(split, size, gen)
+        return
     order = torch.arange(len(split)) if gen is None else torch.randperm(len(split), generator=gen)
-    if lengths is None:
-        groups = [(0, order)]
-    else:
-        groups = [(split.x.shape[1] - n, order[lengths[order] == n]) for n in lengths.unique().tolist()]
-        if gen is not None:
-            groups = [groups[i] for i in torch.randperm(len(groups), generator=gen).tolist()]
-    for start, rows in groups:
-        for idx in rows.split(size):
-            yield split.x[idx, start:], split.y[idx]
+    for idx in order.split(size):
+        yield split.x[idx], split.y[idx]
 
 
 def accuracy(model: nn.Module, split) -> float:

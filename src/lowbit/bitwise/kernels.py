@@ -26,11 +26,7 @@ the kernel trusts it (shapes, dtypes, contiguity, sizes of a :class:`PackedWeigh
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
-import subprocess
 import time
-import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -70,23 +66,15 @@ def flags(sanitize: str = "") -> list[str]:
 
 def library_path(flag_list: list[str] | None = None, cache: Path | None = None) -> Path:
     """Where the library built from :data:`SOURCE` with ``flag_list`` (default :data:`FLAGS`) is cached."""
-    flag_list = FLAGS if flag_list is None else flag_list
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(flag_list).encode() + cext.cpu_key().encode()).hexdigest()
-    return (cext.cache_dir() if cache is None else Path(cache)) / f"xnor-{key[:16]}.so"
+    return cext.cached_path((SOURCE,), FLAGS if flag_list is None else flag_list, "xnor", cache)
 
 
 @lru_cache(maxsize=1)
 def library() -> ctypes.CDLL | None:
     """The compiled XNOR library, or None (the reference path) where no compiler works."""
-    try:
-        flag_list = flags(os.environ.get("LOWBIT_CEXT_SANITIZE", ""))
-        path = library_path(flag_list)
-        if not path.exists():
-            cext.build((SOURCE,), path, flag_list)
-        lib = ctypes.CDLL(str(path))
-    except (OSError, ValueError, subprocess.SubprocessError) as exc:
-        warnings.warn(f"lowbit: the XNOR kernel is unavailable ({exc}); binary GEMMs use the slower PyTorch "
-                      "reference (same results)", stacklevel=2)
+    lib = cext.load((SOURCE,), "xnor", flags, "the XNOR kernel is unavailable",
+                    "binary GEMMs use the slower PyTorch reference (same results)")
+    if lib is None:
         return None
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     lib.lowbit_xnor_isas.restype = ctypes.c_int

@@ -81,26 +81,38 @@ def build(srcs: tuple[Path, ...], out: Path, flag_list: list[str]) -> None:
             os.unlink(tmp)
 
 
-def library_path(flag_list: list[str], cache: Path | None = None) -> Path:
-    """Where the library built from :data:`SOURCES` with ``flag_list`` for this CPU is cached (in ``cache``,
-    by default ``$LOWBIT_CACHE`` or ``~/.cache/lowbit``)."""
-    src = b"".join(f.read_bytes() for f in SOURCES)
+def cached_path(sources: tuple[Path, ...], flag_list: list[str], prefix: str, cache: Path | None = None) -> Path:
+    """Where the library built from ``sources`` with ``flag_list`` for this CPU is cached (in ``cache``, by
+    default ``$LOWBIT_CACHE`` or ``~/.cache/lowbit``): ``<prefix>-<hash of sources, flags and CPU>.so``."""
+    src = b"".join(f.read_bytes() for f in sources)
     key = hashlib.sha256(src + " ".join(flag_list).encode() + cpu_key().encode()).hexdigest()[:16]
-    return (cache_dir() if cache is None else Path(cache)) / f"requant-{key}.so"
+    return (cache_dir() if cache is None else Path(cache)) / f"{prefix}-{key}.so"
+
+
+def library_path(flag_list: list[str], cache: Path | None = None) -> Path:
+    """Where the library built from :data:`SOURCES` with ``flag_list`` is cached (see :func:`cached_path`)."""
+    return cached_path(SOURCES, flag_list, "requant", cache)
+
+
+def load(sources: tuple[Path, ...], prefix: str, make_flags, unavailable: str, fallback: str) -> ctypes.CDLL | None:
+    """``sources`` built once per source, flags and CPU (flags from ``make_flags($LOWBIT_CEXT_SANITIZE)``) and
+    loaded; None with the warning ``lowbit: <unavailable> (<why>); <fallback>`` where no compiler works."""
+    try:
+        flag_list = make_flags(os.environ.get("LOWBIT_CEXT_SANITIZE", ""))
+        path = cached_path(sources, flag_list, prefix)
+        if not path.exists():
+            build(sources, path, flag_list)
+        return ctypes.CDLL(str(path))
+    except (OSError, ValueError, subprocess.SubprocessError) as exc:
+        warnings.warn(f"lowbit: {unavailable} ({exc}); {fallback}", stacklevel=3)
+        return None
 
 
 @lru_cache(maxsize=1)
 def library() -> ctypes.CDLL | None:
     """The compiled kernel library, or None (the PyTorch fallback) where no compiler works."""
-    try:
-        flag_list = flags(os.environ.get("LOWBIT_CEXT_SANITIZE", ""))
-        path = library_path(flag_list)
-        if not path.exists():
-            build(SOURCES, path, flag_list)
-        lib = ctypes.CDLL(str(path))
-    except (OSError, ValueError, subprocess.SubprocessError) as exc:
-        warnings.warn(f"lowbit: C kernels unavailable ({exc}); using the slower PyTorch path (same results)",
-                      stacklevel=2)
+    lib = load(SOURCES, "requant", flags, "C kernels unavailable", "using the slower PyTorch path (same results)")
+    if lib is None:
         return None
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     lib.lowbit_requant.argtypes = [ptr, i64, i64, i64, ctypes.c_int, ptr, ptr, ptr, ptr, ptr, i64, ptr, i64, i64, i64, ptr]
