@@ -116,6 +116,19 @@ class Binary:
         if self.bits != 1:
             raise ConfigError("Binary takes 1 bit")
 
+    @property
+    def signed(self) -> bool:
+        return True
+
+    @property
+    def qmin(self) -> int:
+        """The codes are -1 and +1 (an activation grid of scale 1 holds the values themselves)."""
+        return -1
+
+    @property
+    def qmax(self) -> int:
+        return 1
+
     def levels(self) -> list[int]:
         return [-1, 1]
 

@@ -32,7 +32,7 @@ import torch
 from torch import fx, nn
 
 from lowbit.errors import ConfigError, DataError, LowbitWarning
-from lowbit.formats import IntFormat, check_bits
+from lowbit.formats import Binary, IntFormat, check_bits
 from lowbit.granularity import PerChannel
 from lowbit.graph.fx_passes import (
     FusionPlan,
@@ -43,6 +43,7 @@ from lowbit.graph.fx_passes import (
     fold_batchnorm,
     fuse_unified,
     insert_input_quantizers,
+    mark_binary_inputs,
     trace,
     widen_last_input,
 )
@@ -88,6 +89,10 @@ def _int_weight(spec: QuantSpec, bits: int) -> QuantSpec:
 
 
 def _act_bits(spec: QuantSpec, bits: int) -> QuantSpec:
+    """``spec`` at ``bits`` (the input of the first and last layers); a binary spec becomes affine
+    unsigned ``bits``-bit (the network's input and the classifier's input are not signs)."""
+    if isinstance(spec.format, Binary):
+        return QuantSpec(IntFormat(bits, signed=False))
     return replace(spec, format=replace(spec.format, bits=bits))
 
 
@@ -393,6 +398,7 @@ def prepare(model: nn.Module, config: PTQConfig = PTQConfig(), example_inputs: t
     insert_input_quantizers(gm, specs.input_for, plan)
     if config.first_last_bits is not None and specs.last is not None and specs.layer(specs.last)[0] is not None:
         widen_last_input(gm, specs.last, specs.input_for(specs.last))
+    mark_binary_inputs(gm)
     if not plan.unified:
         _no_layer(model, [])
     if plan.float_ops:

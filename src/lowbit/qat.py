@@ -25,6 +25,14 @@
 3. :func:`convert_qat` freezes the learned steps: the model runs the exact integer
    arithmetic and lowers with :func:`lowbit.integer.to_integer`.
 
+Binary networks (BNN, Courbariaux, Hubara et al. 2016; XNOR-Net, Rastegari et al. 2016): a
+``QuantSpec(Binary(), PerChannel(0))`` weight spec trains ``sign(w)`` (times ``mean|w|`` per channel with
+``binary="xnor"``) with the hard-tanh straight-through gradient, the latent weights clipped to
+``[-1, 1]`` after each step (:class:`ClipLatent`); a ``QuantSpec(Binary())`` activation spec makes every
+hidden layer's output ``sign(x)``. BatchNorm stays unfolded and trains with batch statistics for the
+whole run (or ``bn_freeze_steps``), and is folded into each channel's sign threshold at conversion.
+Binary weights take ``optimizer="adam"`` (:class:`lowbit.training.Adam`) in their recipe.
+
 Bit widths, as the papers define them: ``b``-bit weights are two's complement
 ``-2^(b-1) .. 2^(b-1) - 1`` (2 bits: {-2, -1, 0, 1}); activations after ReLU are
 ``0 .. 2^b - 1``.
@@ -42,7 +50,7 @@ from torch import fx, nn
 
 from lowbit.data import Split
 from lowbit.errors import ConfigError, DataError
-from lowbit.formats import IntFormat, check_bits
+from lowbit.formats import Binary, IntFormat, check_bits
 from lowbit.granularity import PerChannel
 from lowbit.nn.lsq import LSQActQuantizer, LSQWeightQuantizer
 from lowbit.nn.quantizers import ActQuantizer
@@ -51,6 +59,7 @@ from lowbit.ptq import PTQConfig, calibrate, check_model, convert, prepare
 from lowbit.prepared import attach, record_of, require_record
 from lowbit.spec import Percentile, QuantSpec, check_runs
 from lowbit.training import (
+    Adam,
     Cosine,
     CrossEntropy,
     Hooks,
@@ -76,8 +85,9 @@ class QATConfig:
     """What to train: weight and activation specs, method, LSQ gradient-scale convention.
 
     ``weight`` may be ``IntFormat(2..8)`` (LSQ trains two's complement codes), ``Ternary()``
-    (exact or TWN start) or ``PowerOfTwo(2..4)``, per output channel or per tensor;
-    ``act`` is ``IntFormat(2..8)`` per tensor (LSQ picks the sign from the first batch)."""
+    (exact or TWN start), ``PowerOfTwo(2..4)``, per output channel or per tensor, or ``Binary()``
+    per output channel; ``act`` is ``IntFormat(2..8)`` per tensor (LSQ picks the sign from the first
+    batch) or ``Binary()`` (sign)."""
 
     weight: QuantSpec = field(default_factory=lambda: QuantSpec(IntFormat(4), PerChannel(0)))
     act: QuantSpec = field(default_factory=lambda: QuantSpec(IntFormat(4, signed=False)))
@@ -102,12 +112,21 @@ class QATConfig:
                               f"got {self.bn_freeze_steps!r}")
         if self.init not in ("lsq", "mse"):
             raise ConfigError(f"QATConfig.init must be 'lsq' or 'mse', got {self.init!r}")
+        if self.binary and not isinstance(self.weight.granularity, PerChannel):
+            # the BatchNorm kept for training folds into one scale per output channel
+            raise ConfigError("QATConfig: binary weights train with their BatchNorm and fold it into one scale per "
+                              "output channel: use QuantSpec(Binary(), PerChannel(0)) (CLI: --granularity channel)")
         if self.bn_freeze_steps is not None and not isinstance(self.weight.granularity, PerChannel):
             # folding a trained BatchNorm scales each output channel's weight step by |gamma / sigma|:
             # one step per tensor cannot hold per-channel factors
             raise ConfigError("QATConfig.bn_freeze_steps (BatchNorm trained unfolded) needs per-channel weight "
                               "steps: use a weight spec with PerChannel(0) (CLI: --granularity channel), or drop "
                               "bn_freeze_steps to fold BatchNorm before training")
+
+    @property
+    def binary(self) -> bool:
+        """True for binary weights: BatchNorm stays unfolded in training, latent weights are clipped."""
+        return isinstance(self.weight.format, Binary)
 
     def ptq(self) -> PTQConfig:
         act = replace(self.act, observer=Percentile()) if self.method == "faq" else self.act
@@ -121,6 +140,7 @@ class TrainConfig:
 
     epochs: int = 3
     batch_size: int = 128
+    optimizer: Literal["sgd", "adam"] = "sgd"
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-5
@@ -138,6 +158,8 @@ class TrainConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                 raise ConfigError(f"TrainConfig.{name} must be a finite number, got {v!r}")
+        if self.optimizer not in ("sgd", "adam"):
+            raise ConfigError(f"TrainConfig.optimizer must be 'sgd' (Nesterov momentum) or 'adam', got {self.optimizer!r}")
         if not isinstance(self.augment, bool):
             raise ConfigError(f"TrainConfig.augment must be True or False, got {self.augment!r}")
         if not 0 <= self.momentum < 1 or not self.temperature > 0:
@@ -149,12 +171,15 @@ class TrainConfig:
 
 
 def _swap_lsq(gm: nn.Module, config: QATConfig) -> None:
+    """Learned steps on every integer slot; binary slots stay ``sign`` (weights in ``live`` mode)."""
     for _, m in list(gm.named_modules()):
         for child_name, child in list(m.named_children()):
-            if type(child) is ActQuantizer:
+            if type(child) is ActQuantizer and not child.binary:
                 setattr(m, child_name, LSQActQuantizer(child.spec, config.convention, config.init))
     for _, u in unified_modules(gm):
-        if u.weight_quant is not None:
+        if u.weight_quant is not None and u.weight_quant.binary:
+            u.weight_quant.mode = "live"
+        elif u.weight_quant is not None:
             u.weight_quant = LSQWeightQuantizer(u.weight_quant.spec, u.weight, config.convention, config.init)
 
 
@@ -167,7 +192,7 @@ def prepare_qat(model: nn.Module, config: QATConfig, calibration: torch.Tensor) 
         raise DataError("prepare_qat needs a non-empty calibration batch (a tensor of inputs)")
     if calibration.is_floating_point() and not bool(torch.isfinite(calibration).all()):
         raise DataError("prepare_qat's calibration batch holds NaN or inf values: clean the data first")
-    gm = prepare(model, config.ptq(), (calibration[:2],), fold_bn=config.bn_freeze_steps is None)
+    gm = prepare(model, config.ptq(), (calibration[:2],), fold_bn=config.bn_freeze_steps is None and not config.binary)
     if not isinstance(gm, fx.GraphModule):
         raise ConfigError(f"lowbit QAT needs a graph of {type(model).__name__}, and neither torch.fx nor torch.export "
                           "could capture one (data-dependent control flow?); post-training quantization "
@@ -207,6 +232,18 @@ class Distill:
 
 
 @dataclass(frozen=True)
+class ClipLatent:
+    """Step hook: clip the latent weights of binary layers to ``[-1, 1]`` (BNN, Courbariaux, Hubara et al. 2016):
+    past 1 a weight's sign can no longer change, and its straight-through gradient is cancelled there."""
+
+    def __call__(self, model: nn.Module, step: int) -> None:
+        with torch.no_grad():
+            for _, u in unified_modules(model):
+                if u.weight_quant is not None and u.weight_quant.binary:
+                    u.weight.clamp_(-1.0, 1.0)
+
+
+@dataclass(frozen=True)
 class FreezeBN:
     """Step hook: from optimizer step ``steps`` on, unfolded BatchNorms use (and keep) their running statistics."""
 
@@ -233,10 +270,12 @@ def train(model: nn.Module, data: Split, cfg: TrainConfig = TrainConfig(), out_d
     batches = Shuffled(data, cfg.batch_size, cfg.seed, augment=cfg.augment)
     loss = Distill(teacher, cfg.distill, cfg.temperature) if teacher is not None and cfg.distill > 0 else CrossEntropy()
     freeze = (FreezeBN(qcfg.bn_freeze_steps),) if qcfg.bn_freeze_steps is not None else ()
+    clip = (ClipLatent(),) if qcfg.binary else ()
+    optimizer = Adam(cfg.lr) if cfg.optimizer == "adam" else SGDNesterov(cfg.lr, cfg.momentum, cfg.weight_decay)
     options = {"qat": repr(qcfg), "train": asdict(cfg), "train_size": len(data), "teacher": teacher is not None}
     return train_loop(model, batches, LoopConfig(cfg.epochs, cfg.batch_size, cfg.seed),
-                      optimizer=SGDNesterov(cfg.lr, cfg.momentum, cfg.weight_decay), loss=loss, schedule=Cosine(),
-                      hooks=Hooks(epoch_start=freeze, after_step=freeze), out_dir=out_dir, resume=resume,
+                      optimizer=optimizer, loss=loss, schedule=Cosine(),
+                      hooks=Hooks(epoch_start=freeze, after_step=freeze + clip), out_dir=out_dir, resume=resume,
                       options=options, progress=progress)
 
 
@@ -255,7 +294,9 @@ def fold_trained_bn(model: nn.Module) -> list[str]:
 
     ``w' = g w``, ``b' = g (b - mu) + beta`` with ``g = gamma / sqrt(var + eps)`` per channel, and the
     channel's weight step (or fixed scale) becomes ``|g| s``: the codes stay ``round(w / s)``, their
-    sign flipped where ``g < 0`` (a code of -2^(b-1) there saturates at 2^(b-1) - 1).
+    sign flipped where ``g < 0`` (a code of -2^(b-1) there saturates at 2^(b-1) - 1). A binary weight keeps
+    its latent values up to sign, ``w' = sign(g) w``, and its quantizer's ``gain`` takes ``|g|``: its
+    frozen scale is then ``alpha |g|`` whether ``alpha`` is ``mean|w|`` or 1.
     """
     done = []
     for name, u in unified_modules(model):
@@ -264,10 +305,16 @@ def fold_trained_bn(model: nn.Module) -> list[str]:
         bn, wq = u.bn, u.weight_quant
         g = bn.weight / torch.sqrt(bn.running_var + bn.eps)
         shape = (-1, *[1] * (u.weight.ndim - 1))
-        u.weight.mul_(g.reshape(shape))
+        if wq is not None and wq.binary:
+            u.weight.mul_(torch.where(g < 0, -1.0, 1.0).reshape(shape))
+            wq.gain = wq.gain * g.abs()
+            if wq.mode == "quantize":  # frozen before training (FAQ): the scale takes the gain now
+                wq.freeze(u.weight)
+        else:
+            u.weight.mul_(g.reshape(shape))
         bias = u.bias if u.bias is not None else torch.zeros_like(g)
         u.bias = nn.Parameter(g * (bias - bn.running_mean) + bn.bias)
-        if wq is not None:
+        if wq is not None and not wq.binary:
             steps = wq.step if hasattr(wq, "step") else wq.scale
             if steps.numel() != g.numel():
                 raise ConfigError(f"{name}: folding a trained BatchNorm needs per-channel weight steps")
@@ -295,5 +342,5 @@ def convert_qat(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
-__all__ = ["Distill", "FreezeBN", "QATConfig", "TrainConfig", "convert_qat", "fold_trained_bn", "freeze_bn",
+__all__ = ["ClipLatent", "Distill", "FreezeBN", "QATConfig", "TrainConfig", "convert_qat", "fold_trained_bn", "freeze_bn",
            "init_distributed", "load_checkpoint", "prepare_qat", "train"]

@@ -7,6 +7,8 @@ weight-only quantization, PTQ and QAT::
     QuantSpec(Ternary(), PerChannel(0))                            exact optimal ternary weights
     QuantSpec(Ternary(), PerChannel(0), ternary="twn")             TWN: threshold 0.7 mean|W|
     QuantSpec(PowerOfTwo(4), PerChannel(0))                        LBW-Net power-of-two weights
+    QuantSpec(Binary(), PerChannel(0))                             XNOR-Net: sign(w) times mean|w| per channel
+    QuantSpec(Binary(), binary="sign")                             BNN: sign(w) (weights or activations)
     QuantSpec(IntFormat(8, signed=False), observer=Percentile(99.99))   uint8 activations, clipped
 
 The *format* decides the algorithm (the format is data, the algorithm a function),
@@ -18,7 +20,7 @@ format             scale and codes                                              
 IntFormat(b)       observer range -> affine scale; ``round(w / s)``                  fake_quant_affine
 PowerOfTwo(b)      least-squares ``alpha``; codes ``{0, +-2^k}`` times ``alpha/2^(n-1)``   pow2_quantize
 Ternary()          exact optimal support (or TWN's threshold); ``{-1, 0, 1} alpha``  ternarize(_twn)
-Binary()           ``sign(w) mean|w|`` per block (XNOR-Net)                          binarize
+Binary()           ``sign(w) mean|w|`` per block (XNOR-Net), or ``sign(w)`` (BNN)      binarize
 Log2(b)            ``sign(x) 2^round(log2|x|)``                                      log2_quantize
 DynamicFixedPoint  fractional length from ``max|x|``                                 dynamic_fixed_point
 =================  ================================================================  ===================
@@ -58,6 +60,7 @@ from lowbit.utils.fields import checked_init
 FORMATS = (IntFormat, PowerOfTwo, Ternary, Binary, Log2, DynamicFixedPoint)
 GRANULARITIES = (PerTensor, PerChannel, PerGroup, PerKernel)
 TernaryMethod = Literal["exact", "twn"]
+BinaryScale = Literal["xnor", "sign"]
 
 
 # ---------------------------------------------------------------- observers as values
@@ -139,7 +142,9 @@ class QuantSpec:
     unsigned integer formats. ``observer``, ``symmetric=False`` and ``pow2_scale`` (scales
     rounded to powers of two, so requantization is a shift) apply to integer formats;
     the other formats find their scale with their own solver. ``ternary`` picks the
-    ternary solver: ``"exact"`` (optimal support) or ``"twn"`` (threshold ``0.7 mean|W|``).
+    ternary solver: ``"exact"`` (optimal support) or ``"twn"`` (threshold ``0.7 mean|W|``). ``binary`` picks
+    the scale of binary weights: ``"xnor"`` (XNOR-Net, ``alpha = mean|w|`` per block) or ``"sign"`` (BNN,
+    ``+-1``); binary activations are always ``+-1`` (``sign(x)``, ``x >= 0`` giving +1).
     """
 
     format: Format = field(default_factory=lambda: IntFormat(8))
@@ -148,6 +153,7 @@ class QuantSpec:
     symmetric: bool | None = None
     pow2_scale: bool = False
     ternary: TernaryMethod = "exact"
+    binary: BinaryScale = "xnor"
 
     def __post_init__(self) -> None:
         f = self.format
@@ -168,6 +174,11 @@ class QuantSpec:
             raise ConfigError(f"QuantSpec.ternary must be 'exact' or 'twn', got {self.ternary!r}")
         if self.ternary != "exact" and not isinstance(f, Ternary):
             raise ConfigError(f"QuantSpec.ternary={self.ternary!r} applies to Ternary() only, not {f!r}")
+        if self.binary not in ("xnor", "sign"):
+            raise ConfigError(f"QuantSpec.binary must be 'xnor' (alpha = mean|w| per block) or 'sign' (+-1), "
+                              f"got {self.binary!r}")
+        if self.binary != "xnor" and not isinstance(f, Binary):
+            raise ConfigError(f"QuantSpec.binary={self.binary!r} applies to Binary() only, not {f!r}")
         if not isinstance(f, IntFormat):
             for name, bad in (("observer", not isinstance(self.observer, MinMax)), ("symmetric", not self.symmetric),
                               ("pow2_scale", self.pow2_scale)):
@@ -189,6 +200,8 @@ class QuantSpec:
             return f"{'' if f.signed else 'u'}int{f.bits}"
         if isinstance(f, Ternary):
             return "ternary" if self.ternary == "exact" else "ternary-twn"
+        if isinstance(f, Binary) and self.binary == "sign":
+            return "binary-sign"
         return {PowerOfTwo: f"pow2-{f.bits}", Binary: "binary", Log2: f"log2-{f.bits}",
                 DynamicFixedPoint: f"dfp-{f.bits}"}[type(f)]
 
@@ -210,7 +223,7 @@ def make_observer(spec: QuantSpec) -> obs.Observer:
 # ---------------------------------------------------------------- which path runs which spec
 
 # the integer engine runs int8 weight codes times one scale per output channel (or per tensor)
-INTEGER_WEIGHTS = "IntFormat(2..8, signed) weights, Ternary() or PowerOfTwo(2..4)"
+INTEGER_WEIGHTS = "IntFormat(2..8, signed) weights, Ternary(), PowerOfTwo(2..4) or Binary()"
 
 
 def check_runs(spec: QuantSpec, role: Literal["weight", "act"], path: str, max_bits: int = 16) -> QuantSpec:
@@ -223,17 +236,17 @@ def check_runs(spec: QuantSpec, role: Literal["weight", "act"], path: str, max_b
     f, g = spec.format, spec.granularity
     what = f"{path} cannot run {f!r} {'weights' if role == 'weight' else 'activations'}"
     if role == "act":
-        if not isinstance(f, IntFormat) or f.bits < 2 or f.bits > max_bits:
-            raise ConfigError(f"{what}: activations are IntFormat(2..{max_bits}) "
-                              "(binary activations need the XNOR-popcount engine, not built yet)")
+        if isinstance(f, Binary) and isinstance(g, PerTensor):
+            return spec  # sign(x): the XNOR-popcount engine's input
+        if not isinstance(f, (IntFormat, Binary)) or (isinstance(f, IntFormat) and (f.bits < 2 or f.bits > max_bits)):
+            raise ConfigError(f"{what}: activations are IntFormat(2..{max_bits}) or Binary()")
         if not isinstance(g, PerTensor):
             raise ConfigError(f"{what} at {g!r}: activations take one grid per tensor; use PerTensor() "
                               "(ChannelPercentile() for channel statistics)")
         return spec
-    if isinstance(f, (Binary, Log2, DynamicFixedPoint)):
-        raise ConfigError(f"{what}: the integer engine runs {INTEGER_WEIGHTS}"
-                          + ("; binary weights need the XNOR-popcount engine, not built yet" if isinstance(f, Binary)
-                             else "") + f"; {f!r} works in weight-only quantization (lowbit.quantize_weights)")
+    if isinstance(f, (Log2, DynamicFixedPoint)):
+        raise ConfigError(f"{what}: the integer engine runs {INTEGER_WEIGHTS}; {f!r} works in weight-only "
+                          "quantization (lowbit.quantize_weights)")
     if isinstance(f, PowerOfTwo) and f.bits > 4:
         raise ConfigError(f"{what}: its codes reach 2^{f.n_exponents - 1} and do not fit the int8 engine; "
                           "use PowerOfTwo(2..4)")
@@ -295,12 +308,26 @@ def solve_weight(w: torch.Tensor, spec: QuantSpec) -> WeightGrid:
         scale = torch.ldexp(alpha, torch.tensor(-(f.n_exponents - 1)))  # alpha / 2^(n-1): exact
         scale = torch.where(alpha > 0, scale, torch.ones_like(scale))
         return WeightGrid(scale, torch.zeros_like(scale, dtype=torch.int32))
+    if isinstance(f, Binary):
+        scale = _binary_scale(w.float(), spec)
+        return WeightGrid(scale, torch.zeros_like(scale, dtype=torch.int32))
     raise ConfigError(f"{f!r} has no frozen integer grid; the integer engine runs {INTEGER_WEIGHTS}")
+
+
+def _binary_scale(w: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    """Per block: ``mean|w|`` (XNOR-Net; 1 where a block is all zero) or 1 (``binary="sign"``)."""
+    r = rows(w, spec.granularity)
+    if spec.binary == "sign":
+        return torch.ones(r.shape[0], dtype=w.dtype, device=w.device)
+    alpha = r.abs().mean(dim=1)
+    return torch.where(alpha > 0, alpha, torch.ones_like(alpha))
 
 
 def weight_codes(w: torch.Tensor, spec: QuantSpec, grid: WeightGrid) -> torch.Tensor:
     """Integer codes of ``w`` (float32 holding integers, ``w``'s shape) on a frozen ``grid``."""
     f, g = spec.format, spec.granularity
+    if isinstance(f, Binary):  # sign(w), with sign(0) = +1 as in binarize
+        return torch.where(w.detach() >= 0, 1.0, -1.0).to(torch.float32)
     if isinstance(f, Ternary) or (isinstance(f, PowerOfTwo) and f.bits == 2):
         return ternary_codes(w, grid.threshold, g)
     r = rows(w.detach().to(torch.float32), g)
@@ -335,7 +362,9 @@ def fake_quant(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
     f, g = spec.format, spec.granularity
     if isinstance(f, (IntFormat, Ternary, PowerOfTwo)):
         return frozen_fake_quant(x, spec, solve_weight(x, spec))
-    if isinstance(f, Binary):
+    if isinstance(f, Binary):  # live statistics, so the straight-through gradient reaches alpha too
+        if spec.binary == "sign":
+            return binarize(x)
         return binarize(x, broadcast(rows(x, g).abs().mean(dim=1), g, x.shape))
     if isinstance(f, Log2):
         return log2_quantize(x, f, granularity=g)

@@ -184,6 +184,22 @@ class SGDNesterov:
 
 
 @dataclass(frozen=True)
+class Adam:
+    """Adam (Kingma & Ba 2015), no weight decay: the optimizer binary networks train with (Courbariaux, Hubara
+    et al. 2016), whose latent weights take steps of about ``lr`` whatever their gradient's scale."""
+
+    lr: float = 0.005
+    betas: tuple[float, float] = (0.9, 0.999)
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0 or not all(0 <= b < 1 for b in self.betas) or len(self.betas) != 2:
+            raise ConfigError(f"Adam needs lr > 0 and two betas in [0, 1); got lr={self.lr}, betas={self.betas}")
+
+    def __call__(self, params: Iterable[nn.Parameter]) -> torch.optim.Adam:
+        return torch.optim.Adam([p for p in params if p.requires_grad], lr=self.lr, betas=self.betas)
+
+
+@dataclass(frozen=True)
 class Cosine:
     """Linear warm-up over ``warmup_steps``, then cosine decay from the peak to zero at ``total``.
 
@@ -621,5 +637,5 @@ def train(model: nn.Module, batches: object, cfg: LoopConfig = LoopConfig(), *,
     return history
 
 
-__all__ = ["Cosine", "CrossEntropy", "Hooks", "LoopConfig", "SGDNesterov", "Shuffled", "init_distributed",
+__all__ = ["Adam", "Cosine", "CrossEntropy", "Hooks", "LoopConfig", "SGDNesterov", "Shuffled", "init_distributed",
            "load_checkpoint", "save_checkpoint", "train", "world"]

@@ -202,6 +202,35 @@ def widen_last_input(gm: fx.GraphModule, last: str, spec: QuantSpec) -> str | No
     return str(arg.target)
 
 
+def _output_spec(gm: fx.GraphModule, node: fx.Node):
+    """The spec of the grid ``node``'s tensor lies on (through pass-through ops), or None if it is float."""
+    m = module_of(gm, node)
+    if isinstance(m, ActQuantizer):
+        return m.spec
+    if isinstance(m, (_Unified, QAvgPool)):
+        return m.output_quant.spec if m.output_quant is not None else None
+    if is_passthrough(gm, node) and node.args and isinstance(node.args[0], fx.Node):
+        return _output_spec(gm, node.args[0])
+    return None
+
+
+def mark_binary_inputs(gm: fx.GraphModule) -> list[str]:
+    """Pad the convolutions whose input is binary (``sign``: -1 or +1) with -1 instead of 0, in training and
+    in the integer model alike, so that every input the XNOR-popcount engine sees stays binary (BNN
+    implementations pad with -1 or with 0; 0 is no binary value). Returns the convolutions marked."""
+    from lowbit.formats import Binary
+
+    marked = []
+    for node in gm.graph.nodes:
+        m = module_of(gm, node)
+        if isinstance(m, UnifiedConv) and node.args and isinstance(node.args[0], fx.Node):
+            spec = _output_spec(gm, node.args[0])
+            if spec is not None and isinstance(spec.format, Binary):
+                m.pad_value = -1.0
+                marked.append(str(node.target))
+    return marked
+
+
 def producer_qparams(gm: fx.GraphModule, node: fx.Node):
     """The grid of the tensor ``node`` produces (through pass-through ops), or None if it is float."""
     m = module_of(gm, node)

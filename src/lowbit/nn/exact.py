@@ -7,7 +7,12 @@ parameters of its input (and residual). Its forward then computes
     q_y = requantize(acc, m, n, ...)          (int64: the integer model's own function)
     y   = (q_y - z_y) s_y                     (float32: the fake-quant value downstream ops see)
 
-so the simulation and :mod:`lowbit.integer` agree bit for bit, and the accuracy
+A layer whose output is binary (``sign``, BNN) has no requantization: its bias is put on the accumulator
+grid rounded *down*, ``q_b = floor(b / (s_x s_w))``, and its output is ``+1`` where ``acc + q_b >= 0``,
+else ``-1``; since ``s_x s_w > 0`` and ``acc`` is an integer this is exactly ``sign(s_x s_w acc + b)``
+(the BatchNorm folded into ``b`` and ``s_w`` becomes each channel's threshold ``-q_b``).
+
+So the simulation and :mod:`lowbit.integer` agree bit for bit, and the accuracy
 measured on the simulation is the deployed model's. The bias is quantized on the
 accumulator grid ``s_x s_w`` and clipped to int32, exactly as deployed.
 """
@@ -19,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lowbit.formats import Binary
 from lowbit.functional.requant import dequantize_acc, dequantize_codes, fixed_point, requantize
 from lowbit.nn.qparams import QParams, offset
 
@@ -44,6 +50,11 @@ class LayerParams:
     lo: int = 0
     hi: int = 0
 
+    @property
+    def binarized(self) -> bool:
+        """The output is ``sign`` (+-1): ``acc + bias >= 0``, no multiplier."""
+        return self.output is not None and isinstance(self.output.fmt, Binary)
+
 
 def _act_bounds(act: torch.nn.Module, out: QParams) -> tuple[int, int]:
     lo, hi = out.fmt.qmin, out.fmt.qmax
@@ -63,13 +74,20 @@ def layer_params(module) -> LayerParams:
     w_scale = wq.scale.to(torch.float64).reshape(-1).expand(module.weight.shape[0])
     weight = wq.codes(module.weight.detach()).to(torch.int32)  # the spec's own codes: integer, ternary, power of two
     acc_scale = inp.scale * w_scale
+    res, out = module.residual_qparams, module.output_qparams
+    binarized = out is not None and isinstance(out.fmt, Binary)
     bias = torch.zeros(weight.shape[0], dtype=torch.int64)
     if module.bias is not None:
-        bias = torch.round(module.bias.detach().to(torch.float64) / acc_scale).clamp(*BIAS_LIMIT).to(torch.int64)
-    res, out = module.residual_qparams, module.output_qparams
+        b = module.bias.detach().to(torch.float64) / acc_scale
+        b = torch.floor(b).nan_to_num(0.0) if binarized else torch.round(b)  # 0 / 0 (a dead channel): sign(0) = +1
+        bias = b.clamp(*BIAS_LIMIT).to(torch.int64)
     p = LayerParams(weight, bias, acc_scale, inp, res, out)
     if out is None:
         return p
+    if binarized:
+        if res is not None:
+            raise TypeError("a binary (sign) output after a residual add has no integer form here")
+        return LayerParams(weight, bias, acc_scale, inp, res, out, lo=-1, hi=1)
     m, n = fixed_point(acc_scale / out.scale)
     m2 = None
     if res is not None:
@@ -136,6 +154,8 @@ def exact_forward(module, x: torch.Tensor, residual: torch.Tensor | None) -> tor
     axis = 1 if module.weight.ndim > 2 else -1
     xc = (p.input.codes(x) - p.input.zero_point).to(torch.float32)
     acc = exact_accumulator(module, xc, p.weight.to(torch.float32), torch.int32)
+    if p.binarized:
+        return torch.where(acc.to(torch.int64) + _channels(p.bias, acc, axis) >= 0, 1.0, -1.0)
     if p.output is not None and (q := _requantize_c(p, acc, residual)) is not None:
         return dequantize_codes(q, p.output.zero_point, p.output.scale)
     acc = acc.to(torch.int64) + _channels(p.bias, acc, axis)

@@ -8,6 +8,13 @@ from the weight itself through the spec's dispatch (:func:`lowbit.spec.solve_wei
 an observer and an affine scale for integer formats, the exact (or TWN) solver for
 ternary, the least-squares power-of-two scale for ``PowerOfTwo``.
 
+Binary specs (BNN, XNOR-Net): a binary activation is ``sign(x)`` in every mode but ``"off"``, with the
+hard-tanh straight-through gradient (cancelled where ``|x| > 1``); its grid is the values themselves
+(scale 1, zero point 0, codes -1 and +1). A binary weight trains in ``"live"`` mode (``sign(w)`` times
+``mean|w|`` of the current weight, or ``+-1``) and freezes to those codes times a per-channel scale, which
+also carries ``gain``: the ``|gamma / sigma|`` of a BatchNorm folded into it after training
+(:func:`lowbit.qat.fold_trained_bn`).
+
 Power-of-two scales (method H, Geng et al. 2019): the scale is replaced by a
 power of two so that requantization of an integer accumulator is a shift.
 Activations round the scale *up* (no extra clipping); weights pick, per
@@ -22,12 +29,14 @@ import torch
 from torch import nn
 
 from lowbit.errors import ConfigError
-from lowbit.formats import PowerOfTwo, Ternary
+from lowbit.formats import Binary, PowerOfTwo, Ternary
 from lowbit.functional.affine import fake_quant_affine
+from lowbit.functional.binary import binarize
 from lowbit.nn.qparams import QParams
-from lowbit.spec import QuantSpec, WeightGrid, act_qparams, frozen_fake_quant, make_observer, solve_weight, weight_codes
+from lowbit.spec import (QuantSpec, WeightGrid, act_qparams, fake_quant, frozen_fake_quant, make_observer,
+                         solve_weight, weight_codes)
 
-Mode = Literal["observe", "quantize", "off"]
+Mode = Literal["observe", "quantize", "off", "live"]
 
 
 class ActQuantizer(nn.Module):
@@ -41,9 +50,16 @@ class ActQuantizer(nn.Module):
         self.register_buffer("scale", torch.ones(1))
         self.register_buffer("zero_point", torch.zeros(1, dtype=torch.int32))
 
+    @property
+    def binary(self) -> bool:
+        return isinstance(self.spec.format, Binary)
+
     def freeze(self) -> None:
-        """Scale and zero point from the observed statistics; switch to ``quantize``."""
-        self.scale, self.zero_point = act_qparams(self.observer, self.spec)
+        """Scale and zero point from the observed statistics (binary: 1 and 0); switch to ``quantize``."""
+        if self.binary:
+            self.scale, self.zero_point = torch.ones(1), torch.zeros(1, dtype=torch.int32)
+        else:
+            self.scale, self.zero_point = act_qparams(self.observer, self.spec)
         self.mode = "quantize"
 
     def qparams(self) -> QParams:
@@ -53,6 +69,10 @@ class ActQuantizer(nn.Module):
         return QParams(float(self.scale.reshape(())), int(self.zero_point.reshape(())), self.spec.format)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.binary and self.mode != "off":
+            if self.mode == "observe":  # seen, as every slot must be; the grid is fixed (scale 1)
+                self.observer(x.detach())
+            return binarize(x)
         if self.mode == "observe":
             return self.observer(x)
         if self.mode == "quantize":
@@ -77,6 +97,8 @@ class WeightQuantizer(nn.Module):
         self.register_buffer("zero_point", torch.zeros(1, dtype=torch.int32))
         if self.ternary:
             self.register_buffer("threshold", torch.zeros(1))
+        if self.binary:
+            self.register_buffer("gain", torch.ones(1))
 
     @property
     def ternary(self) -> bool:
@@ -84,9 +106,15 @@ class WeightQuantizer(nn.Module):
         f = self.spec.format
         return isinstance(f, Ternary) or (isinstance(f, PowerOfTwo) and f.bits == 2)
 
+    @property
+    def binary(self) -> bool:
+        return isinstance(self.spec.format, Binary)
+
     def freeze(self, weight: torch.Tensor) -> None:
         grid = solve_weight(weight, self.spec)
         self.scale, self.zero_point = grid.scale, grid.zero_point
+        if self.binary:
+            self.scale = grid.scale * self.gain  # (1,) or (N,) after a BatchNorm fold
         if grid.threshold is not None:
             self.threshold = grid.threshold
         self.mode = "quantize"
@@ -105,6 +133,8 @@ class WeightQuantizer(nn.Module):
         return frozen_fake_quant(w, self.spec, self.grid())
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
+        if self.mode == "live":  # training: the grid of the current weight (binary: sign(w) mean|w|)
+            return fake_quant(w, self.spec)
         return self.fake(w) if self.mode == "quantize" else w
 
     def extra_repr(self) -> str:

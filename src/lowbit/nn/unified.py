@@ -101,9 +101,14 @@ class UnifiedConv(_Unified):
         self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
         if conv.padding_mode != "zeros":
             raise ValueError(f"padding_mode={conv.padding_mode!r} is not supported; use zero padding")
+        # the value the input is padded with: 0, or -1 for a binary input (lowbit.graph.fx_passes.mark_binary_inputs)
+        self.pad_value = 0.0
 
     def _compute(self, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         conv = F.conv2d if self.ndim == 2 else F.conv1d
+        if self.pad_value != 0.0 and not isinstance(self.padding, str) and any(self.padding):
+            pad = [p for p in reversed(self.padding) for _ in (0, 1)]  # (left, right, top, bottom)
+            return conv(F.pad(x, pad, value=self.pad_value), w, bias, self.stride, 0, self.dilation, self.groups)
         return conv(x, w, bias, self.stride, self.padding, self.dilation, self.groups)
 
     def mean_patch(self, x: torch.Tensor) -> torch.Tensor:
