@@ -206,7 +206,6 @@ def _nearest_pow2_level(m: float, n: int) -> float:
 
 @pytest.mark.parametrize("spec,message", [
     (QuantSpec(Log2(4), PerChannel(0)), r"PTQ cannot run Log2\(bits=4\) weights: the integer engine runs .*Ternary\(\)"),
-    (QuantSpec(Binary(), PerChannel(0)), r"PTQ cannot run Binary\(bits=1\) weights: .*XNOR-popcount"),
     (QuantSpec(DynamicFixedPoint(8), PerChannel(0)), r"PTQ cannot run DynamicFixedPoint\(bits=8\) weights"),
     (QuantSpec(PowerOfTwo(5), PerChannel(0)), r"PTQ cannot run PowerOfTwo\(bits=5\) weights: .*use PowerOfTwo\(2..4\)"),
     (QuantSpec(IntFormat(4, signed=False), PerChannel(0)), r"PTQ cannot run IntFormat.*symmetric signed"),

@@ -42,6 +42,7 @@ from lowbit.graph.fx_passes import (
     count_primitive_quant_points,
     fold_batchnorm,
     fuse_unified,
+    check_binary_outputs,
     insert_input_quantizers,
     mark_binary_inputs,
     trace,
@@ -398,6 +399,7 @@ def prepare(model: nn.Module, config: PTQConfig = PTQConfig(), example_inputs: t
     insert_input_quantizers(gm, specs.input_for, plan)
     if config.first_last_bits is not None and specs.last is not None and specs.layer(specs.last)[0] is not None:
         widen_last_input(gm, specs.last, specs.input_for(specs.last))
+    check_binary_outputs(gm)
     mark_binary_inputs(gm)
     if not plan.unified:
         _no_layer(model, [])

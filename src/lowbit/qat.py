@@ -308,8 +308,7 @@ def fold_trained_bn(model: nn.Module) -> list[str]:
         if wq is not None and wq.binary:
             u.weight.mul_(torch.where(g < 0, -1.0, 1.0).reshape(shape))
             wq.gain = wq.gain * g.abs()
-            if wq.mode == "quantize":  # frozen before training (FAQ): the scale takes the gain now
-                wq.freeze(u.weight)
+            wq.freeze(u.weight)  # the gain lives in the frozen scale: freeze now (convert freezes the same again)
         else:
             u.weight.mul_(g.reshape(shape))
         bias = u.bias if u.bias is not None else torch.zeros_like(g)

@@ -5,7 +5,8 @@ a function of the op and the per-sample shapes of its input and output. For a co
 with ``K`` multiply-accumulates per output element and ``E`` output elements per sample (as in
 :mod:`lowbit.cost.profile`):
 
-    MACs = E * K;  BOPs = MACs * b_w * b_x   (b_x = 8: the engine's int8 activations)
+    MACs = E * K;  BOPs = MACs * b_w * b_x   (b_x: the op's ``input_bits``, 8 for int8 activations, 1 for
+                                               signs: a binary layer's BOPs are its MACs, 1x1 bits)
     weight bytes = the op's tensors as the file stores them (weights at ``weight_bits``, ternary
     at 2 bits; int32 bias and per-channel multipliers)
 
@@ -63,7 +64,7 @@ def _layer(node: Node, x: Shape, y: Shape) -> tuple[int, int, int]:
     k = math.prod(w.shape[1:])  # C_in/groups * kh * kw, or in_features
     macs = math.prod(y) * k
     requant = math.prod(y) if isinstance(op.out, ir.Requantized) else 0
-    return macs, macs * op.weight_bits * ACT_BITS, requant
+    return macs, macs * op.weight_bits * op.input_bits, requant
 
 
 def _pool(node: Node, x: Shape, y: Shape) -> tuple[int, int, int]:
@@ -105,7 +106,8 @@ def profile_integer(model: IntegerModel, input_shape: Shape | None = None) -> li
     for node in model.nodes:
         x, y = env[node.inputs[0]].shape, env[node.output].shape
         macs, bops, requant = COSTS[type(node.op.ir)](node, x, y)
-        out_bits = 32 if env[node.output].dtype.is_floating_point else ACT_BITS
+        binary_out = isinstance(getattr(node.op.ir, "out", None), ir.Binarized)
+        out_bits = 32 if env[node.output].dtype.is_floating_point else 1 if binary_out else ACT_BITS
         w_bytes = _weight_bytes(node) if isinstance(node.op.ir, ir.LAYERS) else 0.0
         rows.append(OpCost(node.output, node.kind, macs, bops, w_bytes, math.prod(y) * out_bits / 8, requant))
     return rows

@@ -729,6 +729,13 @@ def _check_kinds(model: IntegerModel) -> None:
         if type(node.op.ir) not in EXPORTERS:
             raise ConfigError(f"cannot export {node.output!r}: op kind {node.kind!r} has no ONNX QDQ form "
                               f"(supported: {', '.join(supported)})")
+        a = node.op.ir
+        if isinstance(getattr(a, "out", None), ir.Binarized) or getattr(a, "pad_value", None) is not None:
+            raise ConfigError(f"cannot export {node.output!r} ({node.op.ir.kind} of {node.op.ir.out.__class__.__name__} "
+                              "output): ONNX has no sign activation or -1 padding of a QDQ layer, so a binary (W1A1) "
+                              "layer has no ONNX QDQ form; run it with lowbit's integer model (its XNOR-popcount "
+                              "kernel), or export a model with multi-bit activations (e.g. W1A2: binary weights "
+                              "export as int8 codes -1/+1)")
 
 
 def to_onnx_model(model: IntegerModel, input_shape: tuple[int, ...], opset: int = 17, expose_codes: bool = False):

@@ -231,6 +231,29 @@ def mark_binary_inputs(gm: fx.GraphModule) -> list[str]:
     return marked
 
 
+def check_binary_outputs(gm: fx.GraphModule) -> None:
+    """Refuse a binary (``sign``) output the integer model cannot compute as ``sign(acc + bias)``: after an
+    activation that is never negative (``sign(relu(y))`` is always +1: use Hardtanh, as BNNs do) or after
+    a residual add. Names the layer and the fix."""
+    from lowbit.errors import ConfigError
+    from lowbit.formats import Binary
+
+    for node in gm.graph.nodes:
+        m = module_of(gm, node)
+        if not isinstance(m, _Unified) or m.output_quant is None or not isinstance(m.output_quant.spec.format, Binary):
+            continue
+        act = m.act
+        sign_safe = isinstance(act, nn.Identity) or (type(act) is nn.Hardtanh and act.min_val < 0 <= act.max_val)
+        if not sign_safe:
+            raise ConfigError(f"{node.target}: a binary activation after {type(act).__name__} "
+                              f"({act}) is not sign(x) of the layer's output (after ReLU it is always +1): give "
+                              "binary layers a Hardtanh (or no activation) before the sign, as BNNs do, or keep "
+                              "this layer's activations multi-bit with LayerRule(pattern, act=QuantSpec(IntFormat(2)))")
+        if m.has_residual:
+            raise ConfigError(f"{node.target}: a binary activation after a residual add has no integer form here; "
+                              "binarize before the add, or keep this layer's activations multi-bit with a LayerRule")
+
+
 def producer_qparams(gm: fx.GraphModule, node: fx.Node):
     """The grid of the tensor ``node`` produces (through pass-through ops), or None if it is float."""
     m = module_of(gm, node)

@@ -11,7 +11,8 @@ and the SHA-256 of the whole content (:data:`lowbit.utils.tensorfile.CHECKSUM_KE
 Weights of 4 bits or fewer are packed two to a byte (low nibble first); ternary weights
 (``weight_codes: "ternary"``) 2 bits each and ``b``-bit power-of-two weights
 (``weight_codes: "pow2"``) ``b`` bits each (sign bit and exponent index, see
-:func:`pack_pow2`), in a little-endian bit stream; per-channel
+:func:`pack_pow2`) and binary weights (``weight_codes: "binary"``) 1 bit each (1 for +1), in a
+little-endian bit stream; per-channel
 multipliers are stored as int32 and shifts as int8 (loading widens them back to int64).
 
 A model file is untrusted input. Loading reads no pickle, verifies the checksum,
@@ -92,6 +93,16 @@ def unpack_ternary(packed: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor
     return torch.where(c == 3, -1, c).to(torch.int8).reshape(shape)
 
 
+def pack_binary(w: torch.Tensor) -> torch.Tensor:
+    """Binary codes {-1, +1} -> 1 bit each (1 for +1): 32x smaller than float32."""
+    return pack_bits((w > 0).to(torch.int64), 1)
+
+
+def unpack_binary(packed: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """Inverse of :func:`pack_binary` (int8 of ``shape``)."""
+    return (2 * unpack_bits(packed, 1, math.prod(shape)) - 1).to(torch.int8).reshape(shape)
+
+
 def pack_pow2(w: torch.Tensor, bits: int) -> torch.Tensor:
     """Power-of-two codes ``{0, +-2^k}``, ``0 <= k < 2^(bits-1) - 1`` -> ``bits`` bits each: the top bit is the
     sign, the others ``k + 1`` (0 for zero)."""
@@ -116,6 +127,8 @@ def _pack_weight(t: torch.Tensor, attrs: dict) -> torch.Tensor | None:
     codes = attrs.get("weight_codes", "int")
     if codes == "ternary":
         packed = pack_ternary(t)
+    elif codes == "binary":
+        packed = pack_binary(t)
     elif codes == "pow2":
         packed = pack_pow2(t, attrs["weight_bits"])
     elif attrs.get("weight_bits", 8) <= 4:
@@ -131,8 +144,10 @@ def _unpack_weight(packed: torch.Tensor, shape: tuple[int, ...], codes: object, 
         return unpack_ternary(packed, shape)
     if codes == "pow2":
         return unpack_pow2(packed, width, shape)
+    if codes == "binary":
+        return unpack_binary(packed, shape)
     if codes != "int":
-        raise ValueError(f"unknown weight_codes {codes!r:.40}; allowed: 'int', 'ternary', 'pow2'")
+        raise ValueError(f"unknown weight_codes {codes!r:.40}; allowed: 'int', 'ternary', 'pow2', 'binary'")
     return unpack_int4(packed, shape)
 
 
@@ -201,7 +216,7 @@ def _own_tensors(path: Path, i: int, kind: str, names: list, attrs: dict,
     if "weight_shape" in attrs:
         shape, packed = attrs.pop("weight_shape"), own.get("weight")
         codes = attrs.get("weight_codes", "int")
-        width = {"int": 4, "ternary": 2}.get(codes, attrs.get("weight_bits"))
+        width = {"int": 4, "ternary": 2, "binary": 1}.get(codes, attrs.get("weight_bits"))
         ok = (isinstance(shape, list) and 1 <= len(shape) <= 8
               and all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= validate.MAX_SAMPLE for d in shape)
               and isinstance(width, int) and not isinstance(width, bool) and 1 <= width <= 8)

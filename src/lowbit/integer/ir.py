@@ -46,6 +46,7 @@ class WeightCodes(enum.Enum):
     INT = "int"  # two's complement codes of ``weight_bits``
     TERNARY = "ternary"  # {-1, 0, 1}
     POW2 = "pow2"  # {0, +-2^k}, ``weight_bits`` bits: a sign and an exponent index
+    BINARY = "binary"  # {-1, +1}, 1 bit each (BNN, XNOR-Net)
 
 
 @dataclass(frozen=True)
@@ -117,18 +118,36 @@ class Dequantized:
     residual_zero_point: int | None = None
 
 
-OutputStage = Union[Requantized, Dequantized]
+@dataclass(frozen=True)
+class Binarized:
+    """A layer's output stage that gives signs (BNN): ``+1`` where ``acc + bias >= 0``, else ``-1``, on the
+    grid ``Grid(1.0, 0, bits=1, signed=True)``. The bias holds ``floor(b / (s_x s_w))``, so this is
+    ``sign(s_x s_w acc + b)`` exactly, a folded BatchNorm included; for the XNOR kernel it is the
+    per-channel threshold ``acc >= -bias`` of its epilogue."""
+
+
+OutputStage = Union[Requantized, Dequantized, Binarized]
 
 
 @dataclass(frozen=True)
 class Linear:
-    """int8 GEMM with int32 accumulators: ``acc = (x - input_zero_point) W^T + bias``, then ``out``."""
+    """int8 GEMM with int32 accumulators: ``acc = (x - input_zero_point) W^T + bias``, then ``out``.
+
+    ``input_bits`` is the width of the input's codes (1: signs, -1 or +1). Binary weights on a binary input
+    run the XNOR-popcount kernel of :mod:`lowbit.bitwise` (``acc = K - 2 popcount(x XOR w)`` on packed bits,
+    the same integers): a kernel of this op, as VNNI is, not another op."""
 
     kind: ClassVar[str] = "linear"
     input_zero_point: int
     weight_bits: int
     out: OutputStage
     weight_codes: WeightCodes = WeightCodes.INT
+    input_bits: int = 8
+
+    @property
+    def xnor(self) -> bool:
+        """Binary weights and binary inputs: the XNOR-popcount kernel runs it."""
+        return self.weight_codes is WeightCodes.BINARY and self.input_bits == 1
 
 
 @dataclass(frozen=True)
@@ -144,6 +163,17 @@ class Conv2d:
     dilation: Pair
     groups: int
     weight_codes: WeightCodes = WeightCodes.INT
+    input_bits: int = 8
+    pad_value: int | None = None  # the stored code the input is padded with; None: input_zero_point (0.0)
+
+    @property
+    def xnor(self) -> bool:
+        """Binary weights and binary inputs (padded with -1): the XNOR-popcount kernel runs it."""
+        return self.weight_codes is WeightCodes.BINARY and self.input_bits == 1 and self.groups == 1
+
+    @property
+    def pad_code(self) -> int:
+        return self.input_zero_point if self.pad_value is None else self.pad_value
 
 
 @dataclass(frozen=True)
@@ -203,6 +233,8 @@ def _pair(v: Any) -> Pair | None:
 
 
 def _stage_attrs(out: OutputStage) -> dict[str, Any]:
+    if isinstance(out, Binarized):
+        return {"binarized": True}
     if isinstance(out, Requantized):
         d = {"zero_point": out.zero_point, "lo": out.lo, "hi": out.hi}
     else:
@@ -222,9 +254,13 @@ def attrs_of(op: IROp) -> dict[str, Any]:
         d: dict[str, Any] = {"input_zero_point": op.input_zero_point, "weight_bits": op.weight_bits}
         if op.weight_codes is not WeightCodes.INT:
             d["weight_codes"] = op.weight_codes.value
+        if op.input_bits != 8:
+            d["input_bits"] = op.input_bits
         d.update(_stage_attrs(op.out))
         if isinstance(op, Conv2d):
             d.update(stride=list(op.stride), padding=list(op.padding), dilation=list(op.dilation), groups=op.groups)
+            if op.pad_value is not None:
+                d["pad_value"] = op.pad_value
         return d
     d = {}
     for f in dataclasses.fields(op):
@@ -236,6 +272,8 @@ def attrs_of(op: IROp) -> dict[str, Any]:
 def _stage(a: dict[str, Any], requantized: bool) -> OutputStage:
     rz = a.get("residual_zero_point")
     rz = None if rz is None else int(rz)
+    if a.get("binarized"):
+        return Binarized()
     if requantized:
         return Requantized(int(a["zero_point"]), int(a["lo"]), int(a["hi"]), rz)
     act = Act(a.get("act", "none"))
@@ -251,11 +289,13 @@ def parse(kind: str, attrs: dict[str, Any], requantized: bool = True) -> IROp:
     a = attrs
     if kind in ("linear", "conv2d"):
         common = dict(input_zero_point=int(a["input_zero_point"]), weight_bits=int(a.get("weight_bits", 8)),
-                      out=_stage(a, requantized), weight_codes=WeightCodes(a.get("weight_codes", "int")))
+                      out=_stage(a, requantized), weight_codes=WeightCodes(a.get("weight_codes", "int")),
+                      input_bits=int(a.get("input_bits", 8)))
         if kind == "linear":
             return Linear(**common)
+        pad = a.get("pad_value")
         return Conv2d(**common, stride=_pair(a["stride"]), padding=_pair(a["padding"]),
-                      dilation=_pair(a["dilation"]), groups=int(a["groups"]))
+                      dilation=_pair(a["dilation"]), groups=int(a["groups"]), pad_value=None if pad is None else int(pad))
     if kind == "quantize":
         return Quantize(float(a["scale"]), int(a["zero_point"]), int(a["lo"]), int(a["hi"]))
     if kind == "dequantize":
@@ -273,6 +313,6 @@ def parse(kind: str, attrs: dict[str, Any], requantized: bool = True) -> IROp:
     raise KeyError(f"unknown integer op kind {kind!r}; known: {sorted(KINDS)}")
 
 
-__all__ = ["OP_TYPES", "Act", "AvgPool2d", "Conv2d", "Dequantize", "Dequantized", "Flatten", "Grid", "IROp", "KINDS",
+__all__ = ["OP_TYPES", "Act", "AvgPool2d", "Binarized", "Conv2d", "Dequantize", "Dequantized", "Flatten", "Grid", "IROp", "KINDS",
            "LAYERS", "Linear", "MaxPool2d", "OutputStage", "Pad", "Quantize", "Requantized", "WeightCodes",
            "attrs_of", "parse"]

@@ -7,7 +7,10 @@ per-channel scale: the same int8 kernels run all three; ``weight_codes`` tells t
 format how to pack the last two), int32 bias and integer multipliers (:func:`lowbit.nn.exact.layer_params`,
 the same numbers the simulation uses), average pools ``avgpool2d``, and the
 grid-preserving ops (flatten, max-pool, zero padding, dropout) their integer
-forms. Anything else is refused with the list of offending nodes.
+forms. Binary layers (BNN / XNOR-Net) lower to the same ``linear``/``conv2d`` ops with
+``weight_codes`` ``binary``, ``input_bits`` 1 where their input is a sign (the XNOR-popcount
+kernel then runs them), a ``Binarized`` output stage where their output is a sign, and
+``pad_value`` -1 for a conv padded with -1. Anything else is refused with the list of offending nodes.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from torch import fx, nn
 
 from lowbit.errors import ConfigError
 from lowbit.integer import validate
-from lowbit.formats import IntFormat
+from lowbit.formats import Binary, IntFormat
 from lowbit.integer import ir
 from lowbit.integer.model import IntegerModel, Node
 from lowbit.integer.ops import build
@@ -174,12 +177,15 @@ class _Lowering:
             self.unsupported.append(f"{node.target} receives a float tensor")
             return
         fmt = m.weight_quant.spec.format
-        codes = (ir.WeightCodes.INT if isinstance(fmt, IntFormat)  # ternary / power-of-two: packed at their width
+        codes = (ir.WeightCodes.INT if isinstance(fmt, IntFormat)  # the others: packed at their width
+                 else ir.WeightCodes.BINARY if isinstance(fmt, Binary)
                  else ir.WeightCodes.TERNARY if m.weight_quant.ternary else ir.WeightCodes.POW2)
         tensors = {"weight": p.weight.to(torch.int8), "bias": p.bias.to(torch.int32)}
         rz = None if p.residual is None else stored_zero_point(p.residual)
         out: ir.OutputStage
-        if p.output is None:
+        if p.binarized:
+            out = ir.Binarized()
+        elif p.output is None:
             tensors["acc_scale"] = p.acc_scale
             act, lo, hi = _float_act(m.act)  # a residual is added in float, as the simulation does
             out = ir.Dequantized(act, lo, hi, None if p.residual is None else float(p.residual.scale), rz)
@@ -192,14 +198,22 @@ class _Lowering:
         if p.weight.min() < -128 or p.weight.max() > 127:
             raise ConfigError(f"{node.target}: weights wider than 8 bits do not fit the int8 kernels")
         izp = stored_zero_point(p.input)
+        in_bits = p.input.fmt.bits
         if isinstance(m, UnifiedConv):
             if m.ndim != 2:
                 self.unsupported.append(f"{node.target} (Conv1d: only 2-d convolutions have integer kernels)")
                 return
+            pad = None
+            if m.pad_value != 0.0:
+                if isinstance(m.padding, str) or m.groups != 1:
+                    self.unsupported.append(f"{node.target} (a binary input padded with -1 needs numeric padding "
+                                            "and groups=1)")
+                    return
+                pad = int(p.input.codes(torch.tensor(m.pad_value))) - offset(p.input)
             op: ir.IROp = ir.Conv2d(izp, fmt.bits, out, _two(m.stride), _two(m.padding), _two(m.dilation), m.groups,
-                                    codes)
+                                    codes, in_bits, pad)
         else:
-            op = ir.Linear(izp, fmt.bits, out, codes)
+            op = ir.Linear(izp, fmt.bits, out, codes, in_bits)
         self.emit(op, ins, node.name, tensors, p.output, str(node.target))
         self.names[node] = node.name
 

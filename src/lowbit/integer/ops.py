@@ -21,6 +21,7 @@ from lowbit.native import cext
 from lowbit.integer import kernels as torch_kernels
 from lowbit.integer import vnni
 from lowbit.functional.requant import dequantize_acc, dequantize_codes, half_of
+from lowbit import bitwise
 
 Tensors = dict[str, torch.Tensor]
 
@@ -95,15 +96,18 @@ class _Layer(Op):
             raise ValueError("bias out of range: |bias - z sum(w)| must stay below 2^31")
         self.bias_folded = folded.to(torch.int32)
         self.dequant = "acc_scale" in t
+        self.binarized = isinstance(op.out, ir.Binarized)
         self.acc_scale64 = t["acc_scale"].to(torch.float64).contiguous() if self.dequant else None
-        self.half = None if self.dequant else half_of(t["n"])
+        self.half = None if self.dequant or self.binarized else half_of(t["n"])
+        self._xnor: tuple[bitwise.PackedWeight, torch.Tensor] | None = None  # packed weight, thresholds
         self._packed: tuple[vnni.PackedWeight, torch.Tensor] | None = None
         self.requant_spec: vnni.Requant | None = None  # the VNNI epilogue's arguments, set when packed
 
     def packed(self, weight_mat: torch.Tensor, kernels: Kernels) -> tuple[vnni.PackedWeight, torch.Tensor] | None:
         """The VNNI-packed weight and the per-column term added to its accumulators (packed on first
         use); None where ``kernels`` do not use the VNNI GEMM or it is unavailable."""
-        if not (kernels.vnni and _c(kernels) and vnni.available() and weight_mat.shape[1] < vnni.MAX_K):
+        if not (kernels.vnni and _c(kernels) and vnni.available() and weight_mat.shape[1] < vnni.MAX_K) \
+                or self.binarized or self.ir.xnor:
             return None
         if self._packed is None:
             w = vnni.pack_weight(weight_mat)
@@ -125,6 +129,36 @@ class _Layer(Op):
             x, kernel, stride, padding, dilation, pad_value, out_hw = conv
             y = vnni.conv(x, w, kernel, stride, padding, dilation, pad_value, out_hw, col_add, self.requant_spec, res)
         return self._dequantize(y, self.bias_folded, residual, lambda v: v, Kernels.VNNI) if self.dequant else y
+
+    def _out(self, acc: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor | None, chan,
+             kernels: Kernels) -> torch.Tensor:
+        """The output stage on int32 ``acc`` (bias not yet added): signs, int8 codes or floats."""
+        if self.binarized:
+            return torch.where(acc + chan(bias) >= 0, 1, -1).to(torch.int8)
+        if self.dequant:
+            return self._dequantize(acc, bias, residual, chan, kernels)
+        return self._requant(acc, bias, residual, chan, kernels)
+
+    def xnor_weight(self, weight_mat: torch.Tensor) -> tuple[bitwise.PackedWeight, torch.Tensor]:
+        """The weight rows (O, K) as packed bits in the XNOR kernel's panels, and the sign thresholds
+        ``-bias`` (``acc >= -bias`` is ``acc + bias >= 0``), made on first use."""
+        if self._xnor is None:
+            k = weight_mat.shape[1]
+            packed = bitwise.pack_weight(bitwise.pack_signs(weight_mat.to(torch.float32)), k)
+            self._xnor = (packed, (-self.tensors["bias"].to(torch.int64)).clamp(-(2**31) + 1, 2**31 - 1)
+                          .to(torch.int32).contiguous())
+        return self._xnor
+
+    def xnor_rows(self, rows: torch.Tensor, weight_mat: torch.Tensor, kernels: Kernels) -> torch.Tensor:
+        """XNOR-popcount GEMM of +-1 rows (R, K) (int8 or float32) with the binary weight: int8 signs (R, O)
+        through the threshold epilogue, or the int32 accumulators through the other output stages."""
+        packed, thr = self.xnor_weight(weight_mat)
+        isa = None if _c(kernels) else bitwise.kernels.REFERENCE
+        a = bitwise.pack_rows(rows.to(torch.float32).contiguous(), isa=isa)
+        if self.binarized:
+            bits = bitwise.binary_gemm(a, packed, packed.k, thr=thr, isa=isa)
+            return bitwise.unpack_signs(bits, packed.n, torch.int8)
+        return bitwise.binary_gemm(a, packed, packed.k, isa=isa)
 
     def _dequantize(self, acc: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor | None, chan,
                     kernels: Kernels) -> torch.Tensor:
@@ -161,6 +195,10 @@ class Linear(_Layer):
         lead, o = x.shape[:-1], self.tensors["weight"].shape[0]
         if residual is not None:
             residual = residual.reshape(-1, o)
+        if self.ir.xnor:
+            y = self.xnor_rows(x.reshape(-1, x.shape[-1]), self.tensors["weight"], kernels)
+            y = y if self.binarized else self._out(y, self.bias_folded, residual, lambda v: v, kernels)
+            return y.reshape(*lead, o)
         packed = self.packed(self.tensors["weight"], kernels)
         if packed is not None:
             rows = x.reshape(-1, x.shape[-1]).contiguous()  # int8 rows go straight in when K % 4 == 0
@@ -168,11 +206,7 @@ class Linear(_Layer):
                 rows = vnni.pack_rows(rows, packed[0].kp)
             return self._gemm_out(rows, packed, residual).reshape(*lead, o)
         acc = torch_kernels.linear_acc(x, self.tensors["weight"])
-        if self.dequant:
-            y = self._dequantize(acc, self.bias_folded, residual, lambda v: v, kernels)
-        else:
-            y = self._requant(acc, self.bias_folded, residual, lambda v: v, kernels)
-        return y.reshape(*lead, o)
+        return self._out(acc, self.bias_folded, residual, lambda v: v, kernels).reshape(*lead, o)
 
 
 class Conv2d(_Layer):
@@ -185,36 +219,49 @@ class Conv2d(_Layer):
         self.weight_mat = w.permute(0, 2, 3, 1).reshape(w.shape[0], -1).contiguous()
         self.depthwise = op.groups > 1 and w.shape[1] == 1 and op.groups == w.shape[0]
         self.weight_hwc = w[:, 0].permute(1, 2, 0).contiguous() if self.depthwise else None
+        # the XNOR kernel's rows are F.unfold's (C, kh, kw) order
+        self.weight_ckk = w.reshape(w.shape[0], -1).contiguous() if op.xnor else None
         self._geometry: dict[tuple[int, int], tuple] = {}  # output geometry per input size
 
     def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None,
                  kernels: Kernels = Kernels.VNNI) -> torch.Tensor:
         a, o = self.ir, self.tensors["weight"].shape[0]
         conv = (a.stride, a.padding, a.dilation)
+        if a.xnor:
+            return self._xnor_conv(x, residual, kernels)
         if self.depthwise and _c(kernels):
             acc, (n, ho, wo) = torch_kernels.depthwise_acc(x, self.weight_hwc, *conv, a.input_zero_point)
             return self._rows_out(acc, residual, n, ho, wo, o, kernels, zero_bias=True)
         if a.groups != 1:
             acc = torch_kernels.grouped_conv2d_acc(x, self.tensors["weight"], *conv, a.groups, a.input_zero_point)
             chan = lambda v: v.reshape(1, -1, 1, 1)  # noqa: E731
-            bias = self.tensors["bias"].to(torch.int32)
-            if self.dequant:
-                return self._dequantize(acc, bias, residual, chan, kernels)
-            return self._requant(acc, bias, residual, chan, kernels)
+            return self._out(acc, self.tensors["bias"].to(torch.int32), residual, chan, kernels)
         packed = self.packed(self.weight_mat, kernels)
         if packed is not None:
             n, c, h, w = x.shape
             geo, (ho, wo) = self.conv_geometry(h, w)
             if kernels.implicit_conv and vnni.implicit_conv_ok(c, self.kernel):
                 y = self._gemm_out(None, packed, self._residual_rows(residual, o),
-                                   conv=(x, self.kernel, *geo, a.input_zero_point, (ho, wo)))
+                                   conv=(x, self.kernel, *geo, a.pad_code, (ho, wo)))
             else:
-                rows = vnni.im2col(x, self.kernel, *geo, a.input_zero_point, (ho, wo), packed[0].kp)
+                rows = vnni.im2col(x, self.kernel, *geo, a.pad_code, (ho, wo), packed[0].kp)
                 y = self._gemm_out(rows, packed, self._residual_rows(residual, o))
             return y.reshape(n, ho, wo, o).permute(0, 3, 1, 2)
-        acc, (n, ho, wo) = torch_kernels.conv2d_acc(x, self.weight_mat, self.kernel, *conv, a.input_zero_point,
-                                                    _c(kernels))
+        acc, (n, ho, wo) = torch_kernels.conv2d_acc(x, self.weight_mat, self.kernel, *conv, a.pad_code, _c(kernels))
         return self._rows_out(acc, residual, n, ho, wo, o, kernels)
+
+    def _xnor_conv(self, x: torch.Tensor, residual: torch.Tensor | None, kernels: Kernels) -> torch.Tensor:
+        """Binary conv: the +-1 input padded with -1, im2col (``F.unfold``), the XNOR-popcount GEMM."""
+        a, o = self.ir, self.weight_ckk.shape[0]
+        n, _, h, w = x.shape
+        _, (ho, wo) = self.conv_geometry(h, w)
+        (ph, pw) = a.padding
+        xf = F.pad(x.to(torch.float32), (pw, pw, ph, ph), value=float(a.pad_code))
+        cols = F.unfold(xf, self.kernel, dilation=a.dilation, stride=a.stride)  # (N, C kh kw, Ho Wo)
+        y = self.xnor_rows(cols.transpose(1, 2).reshape(n * ho * wo, -1), self.weight_ckk, kernels)
+        if not self.binarized:
+            y = self._out(y, self.bias_folded, self._residual_rows(residual, o), lambda v: v, kernels)
+        return y.reshape(n, ho, wo, o).permute(0, 3, 1, 2)
 
     def conv_geometry(self, h: int, w: int) -> tuple[tuple, tuple[int, int]]:
         """((stride, padding, dilation) pairs, (Ho, Wo)) for an H x W input, computed once per size."""
@@ -235,11 +282,7 @@ class Conv2d(_Layer):
     def _rows_out(self, acc, residual, n, ho, wo, o, kernels: Kernels, zero_bias: bool = False) -> torch.Tensor:
         """Output stage for (N*Ho*Wo, O) accumulators; ``zero_bias``: inputs were centred, use the raw bias."""
         bias = self.tensors["bias"].to(torch.int32) if zero_bias else self.bias_folded
-        residual = self._residual_rows(residual, o)
-        if self.dequant:
-            y = self._dequantize(acc, bias, residual, lambda v: v, kernels)
-        else:
-            y = self._requant(acc, bias, residual, lambda v: v, kernels)
+        y = self._out(acc, bias, self._residual_rows(residual, o), lambda v: v, kernels)
         return y.reshape(n, ho, wo, o).permute(0, 3, 1, 2)  # NCHW shape, channels-last memory
 
 

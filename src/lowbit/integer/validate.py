@@ -233,12 +233,22 @@ def _dequantize_shape(a: dict, t: dict, ins: list[Spec]) -> Spec:
 
 
 _LAYER_ATTRS = {"input_zero_point", "weight_bits", "weight_codes", "zero_point", "lo", "hi", "residual_zero_point", "act",
-                "act_lo", "act_hi", "residual_scale"}
+                "act_lo", "act_hi", "residual_scale", "binarized", "input_bits"}
 
 
 def _output_stage(a: dict, t: dict, o: int, n_in: int) -> None:
     """Requantizing (``m``, ``n``, int8 bounds; ``m2`` and the residual's zero point for a second input) or
-    dequantizing (``acc_scale``, a float activation; the residual's scale and zero point)."""
+    dequantizing (``acc_scale``, a float activation; the residual's scale and zero point), or binarized
+    (``binarized: true``: signs from ``acc + bias >= 0``, no other tensor, no residual)."""
+    if "binarized" in a:
+        if a["binarized"] is not True:
+            raise Invalid(f"attribute 'binarized' = {a['binarized']!r:.40}; allowed: true (or absent)")
+        _tensor_names(t, {"weight", "bias"})
+        _absent(a, ("zero_point", "lo", "hi", "act", "act_lo", "act_hi", "residual_scale", "residual_zero_point"),
+                "on a binarized layer (its output is a sign)")
+        if n_in != 1:
+            raise Invalid("a binarized layer takes one input (no residual)")
+        return
     if "acc_scale" in t:
         _tensor_names(t, {"weight", "bias", "acc_scale"})
         s = _tensor(t, "acc_scale", torch.float64, (o,))
@@ -287,6 +297,8 @@ def _weights(a: dict, t: dict, ndim: int) -> torch.Tensor:
     bits = _int(a, "weight_bits", 1, 8)
     _weight_codes(a, w, bits)
     _int(a, "input_zero_point", *INT8)
+    if "input_bits" in a:
+        _int(a, "input_bits", 1, 8)
     worst = 256 * w.reshape(o, -1).to(torch.int64).abs().sum(dim=1) + b.to(torch.int64).abs()
     if bool((worst > ACC_LIMIT).any()):
         j = int(worst.argmax())
@@ -304,6 +316,9 @@ def _weight_codes(a: dict, w: torch.Tensor, bits: int) -> None:
     elif codes == "ternary":
         if bits != 2 or bool((w.abs() > 1).any()):
             raise Invalid("ternary 'weight' (weight_codes 'ternary') must have weight_bits 2 and codes in {-1, 0, 1}")
+    elif codes == "binary":
+        if bits != 1 or bool((w.abs() != 1).any()):
+            raise Invalid("binary 'weight' (weight_codes 'binary') must have weight_bits 1 and codes in {-1, +1}")
     elif codes == "pow2":
         if not 2 <= bits <= 4:
             raise Invalid(f"attribute 'weight_bits' = {bits} with weight_codes 'pow2'; allowed: 2..4 (int8 codes)")
@@ -313,7 +328,7 @@ def _weight_codes(a: dict, w: torch.Tensor, bits: int) -> None:
         if bool((mag > top).any()) or not bool(power.all()):
             raise Invalid(f"power-of-two 'weight' must hold 0 or +-2^k codes up to {top} ({bits} bits)")
     else:
-        raise Invalid(f"attribute 'weight_codes' = {codes!r:.40}; allowed: 'int', 'ternary', 'pow2'")
+        raise Invalid(f"attribute 'weight_codes' = {codes!r:.40}; allowed: 'int', 'ternary', 'pow2', 'binary'")
 
 
 def _linear_attrs(a: dict, t: dict, n_in: int) -> None:
@@ -346,7 +361,9 @@ def _linear_shape(a: dict, t: dict, ins: list[Spec]) -> Spec:
 
 
 def _conv2d_attrs(a: dict, t: dict, n_in: int) -> None:
-    _known(a, _LAYER_ATTRS | {"stride", "padding", "dilation", "groups"})
+    _known(a, _LAYER_ATTRS | {"stride", "padding", "dilation", "groups", "pad_value"})
+    if "pad_value" in a:
+        _int(a, "pad_value", *INT8)
     _tensor_names(t, {"weight", "bias"}, {"acc_scale", "m", "n", "m2"})
     w = _weights(a, t, 4)
     _pair(a, "stride", 1, MAX_GEOM)

@@ -1,0 +1,225 @@
+"""Binary networks end to end: QAT with QuantSpec(Binary()), conversion, the integer model's XNOR kernel.
+
+Oracles: the converted simulation (the integer model must give identical outputs), the int8 kernels
+(the XNOR-popcount path of a layer must give the int8 GEMM's integers), sign() in float64 for the
+folded thresholds, and the BatchNorm in eval mode for the fold.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from lowbit.cost.integer import profile_integer
+from lowbit.data import Split
+from lowbit.errors import ConfigError
+from lowbit.export.onnx_qdq import to_onnx_model
+from lowbit.formats import Binary, IntFormat
+from lowbit.granularity import PerChannel, PerTensor
+from lowbit.integer import ir, load_integer, save_integer, to_integer
+from lowbit.integer.backend import Kernels
+from lowbit.integer.ops import build
+from lowbit.nn.quantizers import WeightQuantizer
+from lowbit.qat import ClipLatent, QATConfig, TrainConfig, convert_qat, fold_trained_bn, prepare_qat, train
+from lowbit.spec import QuantSpec, fake_quant, solve_weight, weight_codes
+from lowbit.zoo.binary import BinaryCNN, BinaryMLP
+
+W1A1 = QATConfig(weight=QuantSpec(Binary(), PerChannel(0)), act=QuantSpec(Binary()))
+W1A2 = QATConfig(weight=QuantSpec(Binary(), PerChannel(0)), act=QuantSpec(IntFormat(2, signed=False)))
+
+
+def _data(n: int = 256, seed: int = 0) -> Split:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 1, 28, 28, generator=g)
+    y = (x[:, 0, 10:18, 10:18].mean(dim=(1, 2)) > 0).long() + 2 * (x[:, 0, :, :14].mean(dim=(1, 2)) > 0).long()
+    return Split(x, y)
+
+
+def _trained(model: nn.Module, cfg: QATConfig, weight_spec_sign: bool = False) -> nn.Module:
+    torch.manual_seed(0)
+    data = _data()
+    gm = prepare_qat(model, cfg, data.x[:64])
+    train(gm, data, TrainConfig(epochs=1, batch_size=64, optimizer="adam", lr=0.01, augment=False), progress=False)
+    return convert_qat(gm)
+
+
+@pytest.fixture(scope="module")
+def cnn_w1a1():
+    return _trained(BinaryCNN(channels=8), W1A1)
+
+
+@pytest.fixture(scope="module")
+def mlp_w1a1():
+    return _trained(BinaryMLP(hidden=96, depth=3), W1A1)
+
+
+def _kinds(im) -> list[tuple[str, str, int, str]]:
+    return [(n.kind, n.op.ir.weight_codes.value, n.op.ir.input_bits, type(n.op.ir.out).__name__)
+            for n in im.nodes if isinstance(n.op.ir, ir.LAYERS)]
+
+
+@pytest.mark.parametrize("name", ["cnn_w1a1", "mlp_w1a1"])
+def test_binary_integer_model_equals_the_converted_simulation(name, request):
+    gm = request.getfixturevalue(name)
+    x = _data(200, seed=1).x
+    with torch.no_grad():
+        ref = gm(x)
+    im = to_integer(gm, (x[:1],))
+    kinds = _kinds(im)
+    # first layer 8-bit with sign outputs, hidden layers XNOR with sign outputs, last hidden 8-bit out, 8-bit classifier
+    assert kinds[0][1:] == ("int", 8, "Binarized")
+    assert ("binary", 1, "Binarized") in [k[1:] for k in kinds]
+    assert kinds[-2][1:] == ("binary", 1, "Requantized") and kinds[-1][1:] == ("int", 8, "Dequantized")
+    for kernels in (Kernels.VNNI, Kernels.REFERENCE, Kernels.PLAN):
+        y = im.with_kernels(kernels)(x)
+        assert torch.equal(y, ref), kernels
+
+
+def test_binary_cnn_pads_binary_inputs_with_minus_one(cnn_w1a1):
+    pads = {n: m.pad_value for n, m in cnn_w1a1.named_modules() if hasattr(m, "pad_value")}
+    assert sorted(pads.values()) == [-1.0, -1.0, 0.0]  # the first conv sees the 8-bit image
+    im = to_integer(cnn_w1a1, (torch.zeros(1, 1, 28, 28),))
+    convs = [n.op.ir for n in im.nodes if isinstance(n.op.ir, ir.Conv2d)]
+    assert [c.pad_value for c in convs] == [None, -1, -1]
+
+
+def test_w1a2_lowers_and_matches():
+    gm = _trained(BinaryCNN(channels=8), W1A2)
+    x = _data(100, seed=2).x
+    with torch.no_grad():
+        ref = gm(x)
+    im = to_integer(gm, (x[:1],))
+    assert [k[1:3] for k in _kinds(im)][1:3] == [("binary", 2), ("binary", 2)]
+    assert torch.equal(im(x), ref)
+
+
+def test_binary_weights_saved_one_bit_each(tmp_path, mlp_w1a1):
+    im = to_integer(mlp_w1a1, (torch.zeros(1, 1, 28, 28),))
+    path = save_integer(im, tmp_path / "b.safetensors")
+    back = load_integer(path)
+    x = _data(50, seed=3).x
+    assert torch.equal(back(x), im(x))
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        for i, node in enumerate(im.nodes):
+            if isinstance(node.op.ir, ir.LAYERS) and node.op.ir.weight_codes is ir.WeightCodes.BINARY:
+                stored = f.get_tensor(f"{i}.weight")
+                assert stored.dtype == torch.uint8 and stored.numel() == math.ceil(node.op.tensors["weight"].numel() / 8)
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 3), c=st.integers(1, 70), o=st.integers(1, 70), h=st.integers(3, 9), k=st.sampled_from([1, 2, 3]),
+       stride=st.integers(1, 2), pad=st.integers(0, 2), binarized=st.booleans(), seed=st.integers(0, 10_000))
+def test_xnor_conv_equals_the_int8_conv(n, c, o, h, k, stride, pad, binarized, seed):
+    """The XNOR-popcount conv (input_bits 1) gives the int8 kernel's integers on +-1 inputs padded with -1."""
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randint(0, 2, (n, c, h, h), generator=g) * 2 - 1).to(torch.int8)
+    w = (torch.randint(0, 2, (o, c, k, k), generator=g) * 2 - 1).to(torch.int8)
+    bias = torch.randint(-c * k * k, c * k * k + 1, (o,), generator=g).to(torch.int32)
+    if binarized:
+        out, t = ir.Binarized(), {}
+    else:
+        out, t = ir.Requantized(0, -128, 127), {"m": torch.full((o,), 1 << 20, dtype=torch.int64),
+                                                  "n": torch.full((o,), 24, dtype=torch.int64)}
+    geo = ((stride, stride), (pad, pad), (1, 1), 1, ir.WeightCodes.BINARY)
+    xnor = build(ir.Conv2d(0, 1, out, *geo, 1, -1), {"weight": w, "bias": bias, **t})
+    int8 = build(ir.Conv2d(0, 1, out, *geo, 8, -1), {"weight": w, "bias": bias, **t})
+    assert xnor.ir.xnor and not int8.ir.xnor
+    for kernels in (Kernels.VNNI, Kernels.REFERENCE):
+        assert torch.equal(xnor(x, kernels=kernels), int8(x, kernels=Kernels.REFERENCE))
+
+
+@settings(max_examples=25, deadline=None)
+@given(m=st.integers(1, 9), k=st.integers(1, 200), o=st.integers(1, 130), seed=st.integers(0, 10_000))
+def test_xnor_linear_sign_is_sign_of_acc_plus_bias(m, k, o, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randint(0, 2, (m, k), generator=g) * 2 - 1).to(torch.int8)
+    w = (torch.randint(0, 2, (o, k), generator=g) * 2 - 1).to(torch.int8)
+    bias = torch.randint(-k - 2, k + 3, (o,), generator=g).to(torch.int32)
+    op = build(ir.Linear(0, 1, ir.Binarized(), ir.WeightCodes.BINARY, 1), {"weight": w, "bias": bias})
+    acc = x.double() @ w.double().T + bias.double()
+    expect = torch.where(acc >= 0, 1, -1).to(torch.int8)
+    for kernels in (Kernels.VNNI, Kernels.REFERENCE):
+        assert torch.equal(op(x, kernels=kernels), expect)
+
+
+def test_binary_weight_spec_codes_and_scales():
+    w = torch.tensor([[0.5, -0.25, 0.0, -1.0], [0.0, 0.0, 0.0, 0.0]])
+    xnor, sign = QuantSpec(Binary(), PerChannel(0)), QuantSpec(Binary(), PerChannel(0), binary="sign")
+    assert torch.equal(weight_codes(w, xnor, solve_weight(w, xnor)), torch.tensor([[1.0, -1, 1, -1], [1, 1, 1, 1]]))
+    assert torch.allclose(solve_weight(w, xnor).scale, torch.tensor([0.4375, 1.0]))
+    assert torch.equal(solve_weight(w, sign).scale, torch.ones(2))
+    assert torch.equal(fake_quant(w[:1], sign), torch.tensor([[1.0, -1, 1, -1]]))
+    with pytest.raises(ConfigError, match="binary='sign' applies to Binary"):
+        QuantSpec(IntFormat(4), binary="sign")
+
+
+def test_binary_ste_cancels_outside_one_and_clip_hook():
+    q = WeightQuantizer(QuantSpec(Binary(), PerChannel(0), binary="sign"))
+    q.mode = "live"
+    w = torch.tensor([[0.5, -2.0, 1.5, -0.3]], requires_grad=True)
+    q(w).sum().backward()
+    assert torch.equal(w.grad, torch.tensor([[1.0, 0.0, 0.0, 1.0]]))
+    gm = prepare_qat(BinaryMLP(hidden=16, depth=2), W1A1, torch.randn(8, 1, 28, 28))
+    layer = gm.get_submodule("hidden.3")
+    with torch.no_grad():
+        layer.weight.mul_(10)
+    ClipLatent()(gm, 1)
+    assert float(layer.weight.detach().abs().max()) == 1.0
+
+
+def test_fold_trained_bn_keeps_the_outputs_of_binary_layers():
+    """Folding BatchNorm (negative gammas included) into signs and gains leaves the eval-mode outputs."""
+    torch.manual_seed(0)
+    gm = prepare_qat(BinaryMLP(hidden=32, depth=2), W1A1, torch.randn(64, 1, 28, 28))
+    for _, m in gm.named_modules():
+        if isinstance(m, nn.BatchNorm1d):
+            with torch.no_grad():
+                m.weight.uniform_(-2, 2)
+                m.running_mean.uniform_(-3, 3)
+                m.running_var.uniform_(0.5, 4)
+    gm.eval()
+    x = torch.randn(32, 1, 28, 28)
+    with torch.no_grad():
+        before = gm(x)
+        folded = fold_trained_bn(gm)
+        after = gm(x)
+    assert folded == ["hidden.0", "hidden.3"]
+    assert torch.allclose(before, after, atol=1e-4)
+
+
+def test_binary_cost_counts_one_bit_ops(mlp_w1a1):
+    im = to_integer(mlp_w1a1, (torch.zeros(1, 1, 28, 28),))
+    rows = {r.name: r for r in profile_integer(im)}
+    for node in im.nodes:
+        if isinstance(node.op.ir, ir.LAYERS) and node.op.ir.xnor:
+            assert rows[node.output].bops == rows[node.output].macs > 0
+            assert rows[node.output].weight_bytes >= node.op.tensors["weight"].numel() / 8
+
+
+def test_w1a1_refuses_onnx_with_a_reason(mlp_w1a1):
+    im = to_integer(mlp_w1a1, (torch.zeros(1, 1, 28, 28),))
+    with pytest.raises(ConfigError, match="ONNX has no sign activation"):
+        to_onnx_model(im, (1, 1, 28, 28))
+
+
+def test_binary_config_errors_name_the_fix():
+    with pytest.raises(ConfigError, match=r"QuantSpec\(Binary\(\), PerChannel\(0\)\)"):
+        QATConfig(weight=QuantSpec(Binary(), PerTensor()), act=QuantSpec(Binary()))
+
+    class ReluNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Linear(784, 16), nn.Linear(16, 16), nn.Linear(16, 10)
+
+        def forward(self, x):
+            return self.c(torch.relu(self.b(torch.relu(self.a(x.flatten(1))))))
+
+    with pytest.raises(ConfigError, match=r"binary activation after ReLU .*Hardtanh"):
+        prepare_qat(ReluNet(), W1A1, torch.randn(8, 1, 28, 28))
