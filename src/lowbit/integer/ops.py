@@ -98,8 +98,14 @@ class _Layer(Op):
         self.dequant = "acc_scale" in t
         self.binarized = isinstance(op.out, ir.Binarized)
         self.acc_scale64 = t["acc_scale"].to(torch.float64).contiguous() if self.dequant else None
-        self.half = None if self.dequant or self.binarized else half_of(t["n"])
-        self._xnor: tuple[bitwise.PackedWeight, torch.Tensor] | None = None  # packed weight, thresholds
+        # the requantization the int8 kernels run: the stage's own, or for a sign output its integer form
+        # clamp(1 + 2 (acc + bias), -1, 1): odd, so never 0, and +1 exactly where acc + bias >= 0
+        o = t["weight"].shape[0]
+        self.req = None if self.dequant else (
+            (torch.full((o,), 2, dtype=torch.int64), torch.zeros(o, dtype=torch.int64), 1, -1, 1) if self.binarized
+            else (t["m"], t["n"], op.out.zero_point, op.out.lo, op.out.hi))
+        self.half = None if self.dequant else half_of(self.req[1])
+        self._xnor: dict[str, tuple[bitwise.PackedWeight, torch.Tensor]] = {}  # packed weight, thresholds
         self._packed: tuple[vnni.PackedWeight, torch.Tensor] | None = None
         self.requant_spec: vnni.Requant | None = None  # the VNNI epilogue's arguments, set when packed
 
@@ -107,14 +113,15 @@ class _Layer(Op):
         """The VNNI-packed weight and the per-column term added to its accumulators (packed on first
         use); None where ``kernels`` do not use the VNNI GEMM or it is unavailable."""
         if not (kernels.vnni and _c(kernels) and vnni.available() and weight_mat.shape[1] < vnni.MAX_K) \
-                or self.binarized or self.ir.xnor:
+                or self.ir.xnor:
             return None
         if self._packed is None:
             w = vnni.pack_weight(weight_mat)
             self._packed = (w, w.correction if self.dequant else (self.bias_folded + w.correction))
-            a, t = self.ir.out, self.tensors
-            self.requant_spec = None if self.dequant else vnni.Requant(
-                t["m"], t["n"], self.half, a.zero_point, a.lo, a.hi, t.get("m2"), a.residual_zero_point or 0)
+            t = self.tensors
+            rz = getattr(self.ir.out, "residual_zero_point", None) or 0
+            self.requant_spec = None if self.dequant else vnni.Requant(*self.req[:2], self.half, *self.req[2:],
+                                                                       t.get("m2"), rz)
         return self._packed
 
     def _gemm_out(self, rows: torch.Tensor | None, packed, residual: torch.Tensor | None,
@@ -133,21 +140,20 @@ class _Layer(Op):
     def _out(self, acc: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor | None, chan,
              kernels: Kernels) -> torch.Tensor:
         """The output stage on int32 ``acc`` (bias not yet added): signs, int8 codes or floats."""
-        if self.binarized:
-            return torch.where(acc + chan(bias) >= 0, 1, -1).to(torch.int8)
         if self.dequant:
             return self._dequantize(acc, bias, residual, chan, kernels)
         return self._requant(acc, bias, residual, chan, kernels)
 
-    def xnor_weight(self, weight_mat: torch.Tensor) -> tuple[bitwise.PackedWeight, torch.Tensor]:
+    def xnor_weight(self, weight_mat: torch.Tensor, order: str = "") -> tuple[bitwise.PackedWeight, torch.Tensor]:
         """The weight rows (O, K) as packed bits in the XNOR kernel's panels, and the sign thresholds
-        ``-bias`` (``acc >= -bias`` is ``acc + bias >= 0``), made on first use."""
-        if self._xnor is None:
+        ``-bias`` (``acc >= -bias`` is ``acc + bias >= 0``), made on first use (once per row ``order``: a conv's
+        op-by-op rows are (C, kh, kw), a plan's (kh, kw, C))."""
+        if order not in self._xnor:
             k = weight_mat.shape[1]
             packed = bitwise.pack_weight(bitwise.pack_signs(weight_mat.to(torch.float32)), k)
-            self._xnor = (packed, (-self.tensors["bias"].to(torch.int64)).clamp(-(2**31) + 1, 2**31 - 1)
-                          .to(torch.int32).contiguous())
-        return self._xnor
+            self._xnor[order] = (packed, (-self.tensors["bias"].to(torch.int64)).clamp(-(2**31) + 1, 2**31 - 1)
+                                 .to(torch.int32).contiguous())
+        return self._xnor[order]
 
     def xnor_rows(self, rows: torch.Tensor, weight_mat: torch.Tensor, kernels: Kernels) -> torch.Tensor:
         """XNOR-popcount GEMM of +-1 rows (R, K) (int8 or float32) with the binary weight: int8 signs (R, O)
@@ -178,13 +184,13 @@ class _Layer(Op):
                  kernels: Kernels) -> torch.Tensor:
         """int8 codes from int32 ``acc`` (bias not yet added); ``chan`` shapes per-channel tensors for ``acc``."""
         a, t = self.ir.out, self.tensors
+        m, n, zero_point, lo, hi = self.req
+        rz = getattr(a, "residual_zero_point", None) or 0
         if _c(kernels):
-            return cext.requant(acc, bias, t["m"], t["n"], a.zero_point, a.lo, a.hi, residual,
-                                a.residual_zero_point or 0, t.get("m2"), self.half)
-        res = None if residual is None else residual.to(torch.int64) - a.residual_zero_point
+            return cext.requant(acc, bias, m, n, zero_point, lo, hi, residual, rz, t.get("m2"), self.half)
+        res = None if residual is None else residual.to(torch.int64) - rz
         m2 = chan(t["m2"]) if "m2" in t else None
-        return torch_kernels.requant_int8(acc + chan(bias), chan(t["m"]), chan(t["n"]), a.zero_point, a.lo, a.hi,
-                                          res, m2)
+        return torch_kernels.requant_int8(acc + chan(bias), chan(m), chan(n), zero_point, lo, hi, res, m2)
 
 
 class Linear(_Layer):

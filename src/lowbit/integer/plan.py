@@ -10,7 +10,7 @@ intermediate buffer. A forward pass is then one ``lowbit_run_plan`` call: the
 results are the same bytes as the op-by-op path's.
 
 How each op becomes steps is :mod:`lowbit.integer.planner`. A plan covers the
-VNNI path only: input quantization of float32, dense convs
+VNNI path and the binary layers' XNOR-popcount GEMM: input quantization of float32, dense convs
 (implicit GEMM and im2col), depthwise convs, max pooling, global average
 pooling, flatten, linear layers (requantizing, with a residual input, or
 dequantizing the output) and the output dequantization. A model with anything
@@ -149,6 +149,10 @@ def _step_checks() -> dict:
         Kind.SUM_HW: lambda B, a, r, t: g.sum_hw(B(0), a[0], a[1], a[2], B(1)),
         Kind.DEPTHWISE: lambda B, a, r, t: g.depthwise_nhwc(B(0), *a[:4], B(1), *a[4:15], B(2)),
         Kind.DEQUANT_CODES: lambda B, a, r, t: g.dequant_codes(B(0), a[0], a[1], r, B(1)),
+        Kind.BITS_PACK: lambda B, a, r, t: g.bits_pack_i8(B(0), a[0], a[1], B(1)),
+        Kind.BITS_IM2COL: lambda B, a, r, t: g.bits_im2col_nhwc(B(0), *a[:14], B(1)),
+        Kind.XNOR_GEMM: lambda B, a, r, t: g.xnor_gemm(B(0), a[0], B(1), a[1], a[2], a[3], a[4], B(2), B(3), B(4), t),
+        Kind.BITS_UNPACK: lambda B, a, r, t: g.bits_unpack_i8(B(0), a[0], a[1], B(1)),
     }
 
 

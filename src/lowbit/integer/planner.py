@@ -19,6 +19,8 @@ import torch
 
 from lowbit.integer import ir
 from lowbit.integer.backend import Kernels
+from lowbit import bitwise
+from lowbit.bitwise.pack import words
 from lowbit.integer import ops, vnni
 from lowbit.functional.requant import half_of
 
@@ -41,6 +43,10 @@ class Kind(IntEnum):
     SUM_HW = 11
     DEPTHWISE = 12
     DEQUANT_CODES = 13
+    BITS_PACK = 14
+    BITS_IM2COL = 15
+    XNOR_GEMM = 16
+    BITS_UNPACK = 17
 
 
 class Unsupported(Exception):
@@ -190,9 +196,71 @@ def _finish_dequant(b: Builder, op: ops._Layer, acc: int, out: Value, bias: torc
         b.step(Kind.DEQUANT_ROWS, [acc, b.const(bias), b.const(op.acc_scale64), out.slot], [rows, o])
 
 
+def _xnor_isa() -> int:
+    name = bitwise.backend()
+    if name not in bitwise.kernels.ISAS:
+        raise Unsupported("no compiled XNOR kernel")
+    return bitwise.kernels.ISAS.index(name)
+
+
+def _xnor_out(b: Builder, op: ops._Layer, a: int, packed, thr: torch.Tensor, rows: int, shape,
+              channels_last: bool) -> Value:
+    """The XNOR GEMM on packed rows ``a``, then the output stage: signs through the threshold epilogue and an
+    unpack, or int32 accumulators requantized (or dequantized) as the op's :meth:`~ops._Layer._out` does."""
+    o, isa, panels = packed.n, _xnor_isa(), b.const(packed.panels)
+    if op.binarized:
+        bits = b.scratch(rows * words(o), torch.uint64)
+        b.step(Kind.XNOR_GEMM, [a, panels, b.const(thr), b.const(torch.zeros(o, dtype=torch.uint8)), bits],
+               [rows, o, words(packed.k), packed.k, isa])
+        out = b.value(shape, torch.int8, channels_last)
+        b.step(Kind.BITS_UNPACK, [bits, out.slot], [rows, o])
+        return out
+    acc = b.scratch(rows * o, torch.int32)
+    b.step(Kind.XNOR_GEMM, [a, panels, -1, -1, acc], [rows, o, words(packed.k), packed.k, isa])
+    if op.dequant:
+        out = _dequant_out(b, op, shape, channels_last, None)
+        _finish_dequant(b, op, acc, out, op.bias_folded, rows, o)
+        return out
+    m, shift, zero_point, lo, hi = op.req
+    out = b.value(shape, torch.int8, channels_last)
+    b.step(Kind.REQUANT, [acc, b.const(op.bias_folded), b.const(m), b.const(shift), b.const(op.half), -1, -1,
+                          out.slot], [rows, o, 0, zero_point, lo, hi])
+    return out
+
+
+def _xnor_linear(b: Builder, op: ops.Linear, x: Value) -> Value:
+    """Binary linear: the +-1 codes packed to bits, the XNOR-popcount GEMM, its output stage."""
+    packed, thr = op.xnor_weight(op.tensors["weight"])
+    if x.shape[-1] != packed.k:
+        raise Unsupported("linear input of another width")
+    rows = x.numel // packed.k
+    a = b.scratch(rows * words(packed.k), torch.uint64)
+    b.step(Kind.BITS_PACK, [b.rows(x), a], [rows, packed.k])
+    return _xnor_out(b, op, a, packed, thr, rows, (*x.shape[:-1], packed.n), False)
+
+
+def _xnor_conv(b: Builder, op: ops.Conv2d, x: Value) -> Value:
+    """Binary conv: bit rows straight from the NHWC signs (-1 in the padding), the XNOR GEMM, its output stage."""
+    if any(op.ir.padding) and op.ir.pad_code != -1:
+        raise Unsupported("a binary conv padded with another value than -1")
+    packed, thr = op.xnor_weight(op.weight_mat, "hwc")  # rows in (kh, kw, C) order, as the NHWC im2col reads
+    n, c, h, wd = x.shape
+    geo, (ho, wo) = op.conv_geometry(h, wd)
+    (sh, sw), (ph, pw), (dh, dw) = geo
+    (kh, kw), rows = op.kernel, n * ho * wo
+    a = b.scratch(rows * words(packed.k), torch.uint64)
+    b.step(Kind.BITS_IM2COL, [b.nhwc(x), a], [n, h, wd, c, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo])
+    return _xnor_out(b, op, a, packed, thr, rows, (n, packed.n, ho, wo), True)
+
+
 def _linear(b: Builder, op: ops.Linear, x: Value, residual: Value | None = None) -> Value:
-    """The VNNI GEMM on the input rows (int8 when K % 4 == 0, else packed), the epilogue fused."""
+    """The VNNI GEMM on the input rows (int8 when K % 4 == 0, else packed), the epilogue fused; binary layers
+    on the XNOR-popcount GEMM."""
     _int8(x)
+    if op.ir.xnor:
+        if residual is not None:
+            raise Unsupported("a binary layer with a residual input")
+        return _xnor_linear(b, op, x)
     packed = op.packed(op.tensors["weight"], Kernels.PLAN)
     if packed is None or x.shape[-1] != packed[0].k:
         raise Unsupported("linear without the VNNI GEMM")
@@ -228,6 +296,10 @@ def _conv_residual(b: Builder, residual: Value | None, shape, dequant: bool) -> 
 def _conv2d(b: Builder, op: ops.Conv2d, x: Value, residual: Value | None = None) -> Value:
     """Dense conv as the implicit-GEMM VNNI kernel (C % 4 == 0) or im2col + VNNI GEMM; depthwise in C."""
     _int8(x, 4)
+    if op.ir.xnor:
+        if residual is not None:
+            raise Unsupported("a binary layer with a residual input")
+        return _xnor_conv(b, op, x)
     if op.depthwise:
         return _depthwise(b, op, x, residual)
     packed = op.packed(op.weight_mat, Kernels.PLAN) if op.ir.groups == 1 else None
@@ -273,9 +345,10 @@ def _depthwise(b: Builder, op: ops.Conv2d, x: Value, residual: Value | None) -> 
         _finish_dequant(b, op, acc, out, bias, rows, c)
         return out
     out = b.value((n, c, ho, wo), torch.int8, True)
-    b.step(Kind.REQUANT, [acc, b.const(bias), b.const(t["m"]), b.const(t["n"]), b.const(op.half), res,
+    m, shift, zero_point, lo, hi = op.req  # the stage's requantization (a sign output's integer form too)
+    b.step(Kind.REQUANT, [acc, b.const(bias), b.const(m), b.const(shift), b.const(op.half), res,
                           b.const(t.get("m2")), out.slot],
-           [rows, c, a.out.residual_zero_point or 0, a.out.zero_point, a.out.lo, a.out.hi])
+           [rows, c, getattr(a.out, "residual_zero_point", None) or 0, zero_point, lo, hi])
     return out
 
 

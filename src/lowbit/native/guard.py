@@ -426,6 +426,58 @@ def delta_gru_q(x: Buf, T, In, H, wx: Buf, wh: Buf, state: Buf, theta_x, theta_h
 
 #: Every exported function of csrc/ and what checks its calls: a function here, the plan's step checker, or
 #: why nothing needs checking (a test keeps this in step with the C sources).
+# ---------------------------------------------------------------- bits.c and xnor.c (binary layers of a plan)
+
+
+def _words(k: int) -> int:
+    return (k + 63) // 64
+
+
+def bits_pack_i8(x: Buf, M, K, out: Buf) -> None:
+    """``lowbit_bits_pack_i8``: int8 signs (M, K) -> uint64 words (M, ceil(K / 64))."""
+    k = "lowbit_bits_pack_i8"
+    M, K = _int(k, "M", M, 0), _int(k, "K", K, 1)
+    _need(k, "x", x, (torch.int8,), M * K)
+    _need(k, "out", out, (torch.uint64,), M * _words(K))
+
+
+def bits_unpack_i8(bits: Buf, M, N, out: Buf) -> None:
+    """``lowbit_bits_unpack_i8``: uint64 words (M, ceil(N / 64)) -> int8 signs (M, N)."""
+    k = "lowbit_bits_unpack_i8"
+    M, N = _int(k, "M", M, 0), _int(k, "N", N, 1)
+    _need(k, "bits", bits, (torch.uint64,), M * _words(N))
+    _need(k, "out", out, (torch.int8,), M * N)
+
+
+def bits_im2col_nhwc(x: Buf, N, H, W, C, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, out: Buf) -> None:
+    """``lowbit_bits_im2col_nhwc``: NHWC int8 signs -> the bit rows (N Ho Wo, ceil(kh kw C / 64)) of a conv."""
+    k = "lowbit_bits_im2col_nhwc"
+    _geometry(k, N, H, W, C, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo)
+    _need(k, "x", x, (torch.int8,), N * H * W * C)
+    _need(k, "out", out, (torch.uint64,), N * Ho * Wo * _words(kh * kw * C))
+
+
+def xnor_gemm(a: Buf, M, panels: Buf, N, W, K, isa, thr: Buf | None, flip: Buf | None, out: Buf, threads) -> None:
+    """``lowbit_xnor_gemm``: packed rows (M, W) times a weight packed in panels of 32 columns
+    (``lowbit.bitwise.kernels.pack_weight``): int32 (M, N), or with ``thr`` and ``flip`` packed bits (M, ceil(N / 64))."""
+    k = "lowbit_xnor_gemm"
+    M, N, K = _int(k, "M", M, 0), _int(k, "N", N, 1), _int(k, "K", K, 1, (1 << 31) - 1)
+    if _int(k, "W", W, 1) != _words(K):
+        raise ShapeError(f"{k}: W = {W} words per row; K = {K} needs {_words(K)}")
+    _int(k, "isa", isa, 0, 2)
+    _int(k, "threads", threads, 1, 4096)
+    _need(k, "a", a, (torch.uint64,), M * W)
+    _need(k, "panels", panels, (torch.uint64,), (N + 31) // 32 * W * 32)
+    if thr is None:
+        if flip is not None:
+            raise ShapeError(f"{k}: buffer 'flip' without 'thr'")
+        _need(k, "out", out, (torch.int32,), M * N)
+        return
+    _need(k, "thr", thr, (torch.int32,), N)
+    _need(k, "flip", flip, (torch.uint8, torch.bool), N)
+    _need(k, "out", out, (torch.uint64,), M * _words(N))
+
+
 ENTRY_POINTS: dict[str, str] = {
     "lowbit_requant": "lowbit.native.guard.requant",
     "lowbit_requant_block": "called from C only (lowbit_gemm_u8s8, lowbit_conv_u8s8, lowbit_requant)",
@@ -448,9 +500,17 @@ ENTRY_POINTS: dict[str, str] = {
     "lowbit_delta_gru_q": "lowbit.native.guard.delta_gru_q",
     "lowbit_has_vnni": "no arguments",
     "lowbit_plan_step_size": "no arguments",
+    "lowbit_bits_pack_i8": "lowbit.native.guard.bits_pack_i8",
+    "lowbit_bits_unpack_i8": "lowbit.native.guard.bits_unpack_i8",
+    "lowbit_bits_im2col_nhwc": "lowbit.native.guard.bits_im2col_nhwc",
+    "lowbit_xnor_gemm": "lowbit.native.guard.xnor_gemm",
+    "lowbit_xnor_isas": "no arguments",
+    "lowbit_xnor_pack_b": "not called in this library (the plan takes the panels of bitwise.kernels.pack_weight)",
+    "lowbit_xnor_pack_f32": "not called in this library (bitwise.kernels.pack_rows calls the XNOR library's copy)",
+    "lowbit_xnor_peak": "not called in this library (bitwise.kernels.peak_gops calls the XNOR library's copy)",
 }
 
 
-__all__ = ["ENTRY_POINTS", "Buf", "buf", "conv_u8s8", "delta_gru_q", "delta_rnn_f32", "depthwise_nhwc", "dequant_codes", "dequant_rows",
+__all__ = ["ENTRY_POINTS", "Buf", "bits_im2col_nhwc", "bits_pack_i8", "bits_unpack_i8", "buf", "xnor_gemm", "conv_u8s8", "delta_gru_q", "delta_rnn_f32", "depthwise_nhwc", "dequant_codes", "dequant_rows",
            "gemm_u8s8", "im2col_nhwc", "im2col_u8", "maxpool_nhwc", "nhwc_to_nchw", "out_size", "pack_a", "pack_w",
            "pad_flip_nhwc", "quantize_f32", "requant", "requant_values", "sum_hw", "vnni_peak"]

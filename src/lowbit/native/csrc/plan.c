@@ -38,6 +38,10 @@ enum {
     STEP_SUM_HW = 11,    /* buf: x, out i32;  arg: N, HW, C */
     STEP_DEPTHWISE = 12, /* buf: x, weight, out i32;  arg: N, H, W, C, kh, kw, sh, sw, ph, pw, dh, dw, zp, Ho, Wo */
     STEP_DEQUANT_CODES = 13, /* buf: x i8, out f32;  arg: count, zp;  real: scale (a float32 value) */
+    STEP_BITS_PACK = 14,   /* buf: x i8 signs, out u64;  arg: M, K */
+    STEP_BITS_IM2COL = 15, /* buf: x i8 NHWC signs, out u64;  arg: N, H, W, C, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo */
+    STEP_XNOR_GEMM = 16,   /* buf: a u64, panels, thr i32 (or none), flip u8, out;  arg: M, N, W, K, isa */
+    STEP_BITS_UNPACK = 17, /* buf: bits u64, out i8;  arg: M, N */
 };
 
 int64_t lowbit_quantize_f32(const float *x, int64_t count, float inv, float zp, float lo, float hi, int8_t *out);
@@ -67,6 +71,13 @@ void lowbit_requant(const int32_t *acc, int64_t rows, int64_t C, int64_t hw, int
 void lowbit_depthwise_nhwc(const int8_t *x, int64_t N, int64_t H, int64_t W, int64_t C, const int8_t *w,
                            int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
                            int64_t dh, int64_t dw, int32_t zp, int64_t Ho, int64_t Wo, int32_t *out);
+void lowbit_bits_pack_i8(const int8_t *x, int64_t M, int64_t K, uint64_t *out);
+void lowbit_bits_unpack_i8(const uint64_t *bits, int64_t M, int64_t N, int8_t *out);
+void lowbit_bits_im2col_nhwc(const int8_t *x, int64_t N, int64_t H, int64_t W, int64_t C, int64_t kh, int64_t kw,
+                             int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, int64_t Ho,
+                             int64_t Wo, uint64_t *out);
+int lowbit_xnor_gemm(const uint64_t *a, int64_t M, const uint64_t *panels, int64_t N, int64_t W, int64_t K, int isa,
+                     const int32_t *thr, const uint8_t *flip, void *out, int threads);
 
 /* Global sum pooling of NHWC int8 (N, HW, C) into int32 (N, C): the window sums of a global average pool,
  * as x.sum(dim=(2, 3), dtype=torch.int32) computes them (exact: |sum| < 2^31 for HW < 2^24). */
@@ -129,6 +140,14 @@ static int run_step(const struct lowbit_step *s, void **bufs, int threads) {
                               (int32_t)A(12), A(13), A(14), B(2));
         return 0;
     case STEP_DEQUANT_CODES: dequant_codes(B(0), A(0), (float)A(1), (float)s->real, B(1)); return 0;
+    case STEP_BITS_PACK: lowbit_bits_pack_i8(B(0), A(0), A(1), B(1)); return 0;
+    case STEP_BITS_IM2COL:
+        lowbit_bits_im2col_nhwc(B(0), A(0), A(1), A(2), A(3), A(4), A(5), A(6), A(7), A(8), A(9), A(10), A(11),
+                                A(12), A(13), B(1));
+        return 0;
+    case STEP_XNOR_GEMM:  /* an instruction set this CPU lacks (-1) or no memory (-2): a failed step */
+        return lowbit_xnor_gemm(B(0), A(0), B(1), A(1), A(2), A(3), (int)A(4), B(2), B(3), B(4), threads) ? -2 : 0;
+    case STEP_BITS_UNPACK: lowbit_bits_unpack_i8(B(0), A(0), A(1), B(1)); return 0;
     default: return -1;
     }
 }
