@@ -33,6 +33,15 @@ hidden layer's output ``sign(x)``. BatchNorm stays unfolded and trains with batc
 whole run (or ``bn_freeze_steps``), and is folded into each channel's sign threshold at conversion.
 Binary weights take ``optimizer="adam"`` (:class:`lowbit.training.Adam`) in their recipe.
 
+Quantized gradients (QNN, Hubara, Courbariaux et al., JMLR 2018, sec. 4): ``QATConfig(grad_bits=6)`` sets
+``grad_bits`` on every unified layer with a quantized weight, so the gradient w.r.t. its GEMM output (what
+the GEMM's backward turns into both the weight and the input gradient) is quantized to 6 bits with a
+per-tensor ``max|g|`` scale and stochastic rounding (:func:`lowbit.functional.grad_quant.quantize_grad`).
+The rounding draws from one ``torch.Generator`` per model, never the global RNG: :func:`prepare_qat` seeds
+it with 0, and :func:`train` replaces it at each epoch's start with one seeded from ``TrainConfig.seed``
+(:class:`SeedGradNoise`), so a resumed run draws what an uninterrupted one does. ``grad_bits`` is part of
+the config stored in the run record, so resume refuses a checkpoint trained with other gradient bits.
+
 Bit widths, as the papers define them: ``b``-bit weights are two's complement
 ``-2^(b-1) .. 2^(b-1) - 1`` (2 bits: {-2, -1, 0, 1}); activations after ReLU are
 ``0 .. 2^b - 1``.
@@ -51,6 +60,7 @@ from torch import fx, nn
 from lowbit.data import Split
 from lowbit.errors import ConfigError, DataError
 from lowbit.formats import Binary, IntFormat, check_bits
+from lowbit.functional.grad_quant import GRAD_BITS
 from lowbit.granularity import PerChannel
 from lowbit.nn.lsq import LSQActQuantizer, LSQWeightQuantizer
 from lowbit.nn.quantizers import ActQuantizer
@@ -69,6 +79,7 @@ from lowbit.training import (
     check_labels,
     init_distributed,
     load_checkpoint,
+    world,
 )
 from lowbit.training import train as train_loop
 from lowbit.utils.fields import checked_init
@@ -87,7 +98,9 @@ class QATConfig:
     ``weight`` may be ``IntFormat(2..8)`` (LSQ trains two's complement codes), ``Ternary()``
     (exact or TWN start), ``PowerOfTwo(2..4)``, per output channel or per tensor, or ``Binary()``
     per output channel; ``act`` is ``IntFormat(2..8)`` per tensor (LSQ picks the sign from the first
-    batch) or ``Binary()`` (sign)."""
+    batch) or ``Binary()`` (sign). ``grad_bits`` (2..16; None keeps float gradients) quantizes the gradient
+    w.r.t. every quantized layer's GEMM output to that many bits in the backward pass (QNN, Hubara et al.
+    2018, sec. 4: 6 bits; :func:`lowbit.functional.grad_quant.quantize_grad`)."""
 
     weight: QuantSpec = field(default_factory=lambda: QuantSpec(IntFormat(4), PerChannel(0)))
     act: QuantSpec = field(default_factory=lambda: QuantSpec(IntFormat(4, signed=False)))
@@ -96,6 +109,7 @@ class QATConfig:
     convention: Literal["paper", "numel", "features"] = "paper"
     init: Literal["lsq", "mse"] = "lsq"
     bn_freeze_steps: int | None = None
+    grad_bits: int | None = None
 
     def __post_init__(self) -> None:
         check_runs(self.weight, "weight", "QAT", max_bits=8)
@@ -110,6 +124,10 @@ class QATConfig:
                                                  or not isinstance(self.bn_freeze_steps, int) or self.bn_freeze_steps < 0):
             raise ConfigError(f"QATConfig.bn_freeze_steps must be None (fold before training) or an int >= 0, "
                               f"got {self.bn_freeze_steps!r}")
+        if self.grad_bits is not None and (isinstance(self.grad_bits, bool) or not isinstance(self.grad_bits, int)
+                                           or not GRAD_BITS[0] <= self.grad_bits <= GRAD_BITS[1]):
+            raise ConfigError(f"QATConfig.grad_bits must be None (float gradients) or an int in "
+                              f"{GRAD_BITS[0]}..{GRAD_BITS[1]} (QNN quantizes gradients to 6 bits), got {self.grad_bits!r}")
         if self.init not in ("lsq", "mse"):
             raise ConfigError(f"QATConfig.init must be 'lsq' or 'mse', got {self.init!r}")
         if self.binary and not isinstance(self.weight.granularity, PerChannel):
@@ -204,8 +222,21 @@ def prepare_qat(model: nn.Module, config: QATConfig, calibration: torch.Tensor) 
     else:
         calibrate(gm, [calibration], progress=False)
         convert(gm)  # fixed steps; the weights (and biases) train through straight-through rounding
+    if config.grad_bits is not None:
+        set_grad_bits(gm, config.grad_bits, torch.Generator().manual_seed(0))
     attach(gm, replace(require_record(gm, "prepare_qat"), qat=config))
     return gm.train()
+
+
+def set_grad_bits(model: nn.Module, bits: int | None, generator: torch.Generator | None) -> list[str]:
+    """Quantize the output gradient of every unified layer with a quantized weight to ``bits`` bits (None: float),
+    the stochastic rounding drawing from ``generator`` (one for the model); returns the layers set."""
+    names = []
+    for name, u in unified_modules(model):
+        if u.weight_quant is not None:
+            u.grad_bits, u.grad_generator = bits, (generator if bits is not None else None)
+            names.append(name)
+    return names
 
 
 # ---------------------------------------------------------------- training
@@ -244,6 +275,26 @@ class ClipLatent:
 
 
 @dataclass(frozen=True)
+class SeedGradNoise:
+    """Epoch-start hook: a fresh gradient-rounding generator for the epoch, seeded from ``(seed, rank, step)``, on
+    the model's device. Seeding per epoch makes a resumed run (checkpoints are per epoch) draw what an
+    uninterrupted one draws; the rank keeps the processes' noise independent under torchrun."""
+
+    seed: int
+
+    def __call__(self, model: nn.Module, step: int) -> None:
+        layers = [u for _, u in unified_modules(model) if u.grad_bits is not None]
+        if not layers:
+            return
+        rank, _ = world()
+        device = next(model.parameters()).device
+        seed = (self.seed * 1_000_003 + rank) * 1_000_000_007 + step
+        generator = torch.Generator(device=device).manual_seed(seed % (1 << 63))
+        for u in layers:
+            u.grad_generator = generator
+
+
+@dataclass(frozen=True)
 class FreezeBN:
     """Step hook: from optimizer step ``steps`` on, unfolded BatchNorms use (and keep) their running statistics."""
 
@@ -271,11 +322,12 @@ def train(model: nn.Module, data: Split, cfg: TrainConfig = TrainConfig(), out_d
     loss = Distill(teacher, cfg.distill, cfg.temperature) if teacher is not None and cfg.distill > 0 else CrossEntropy()
     freeze = (FreezeBN(qcfg.bn_freeze_steps),) if qcfg.bn_freeze_steps is not None else ()
     clip = (ClipLatent(),) if qcfg.binary else ()
+    noise = (SeedGradNoise(cfg.seed),) if qcfg.grad_bits is not None else ()
     optimizer = Adam(cfg.lr) if cfg.optimizer == "adam" else SGDNesterov(cfg.lr, cfg.momentum, cfg.weight_decay)
     options = {"qat": repr(qcfg), "train": asdict(cfg), "train_size": len(data), "teacher": teacher is not None}
     return train_loop(model, batches, LoopConfig(cfg.epochs, cfg.batch_size, cfg.seed),
                       optimizer=optimizer, loss=loss, schedule=Cosine(),
-                      hooks=Hooks(epoch_start=freeze, after_step=freeze + clip), out_dir=out_dir, resume=resume,
+                      hooks=Hooks(epoch_start=noise + freeze, after_step=freeze + clip), out_dir=out_dir, resume=resume,
                       options=options, progress=progress)
 
 
@@ -341,5 +393,5 @@ def convert_qat(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
-__all__ = ["ClipLatent", "Distill", "FreezeBN", "QATConfig", "TrainConfig", "convert_qat", "fold_trained_bn", "freeze_bn",
-           "init_distributed", "load_checkpoint", "prepare_qat", "train"]
+__all__ = ["ClipLatent", "Distill", "FreezeBN", "QATConfig", "SeedGradNoise", "TrainConfig", "convert_qat", "fold_trained_bn",
+           "freeze_bn", "init_distributed", "load_checkpoint", "prepare_qat", "set_grad_bits", "train"]

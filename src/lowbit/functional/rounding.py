@@ -50,8 +50,12 @@ def floor_ste(x: torch.Tensor) -> torch.Tensor:
 
 
 def stochastic_round(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Unbiased stochastic rounding ``floor(x + u)``, ``u ~ U[0,1)``, with an STE gradient."""
-    u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    """Unbiased stochastic rounding ``floor(x + u)``, ``u ~ U[0,1)``, with an STE gradient.
+
+    ``u`` is drawn on ``generator``'s device (a CPU generator serves a GPU tensor too), then moved to ``x``'s.
+    """
+    device = generator.device if generator is not None else x.device
+    u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=device).to(x.device)
     return ste(x, torch.floor(x + u))
 
 

@@ -5,6 +5,10 @@ and bias) [+ residual input] -> activation -> one output quantizer:
 
     y = Q_out( act( W_q * x + b [+ r] ) )
 
+With ``grad_bits`` set (:class:`lowbit.qat.QATConfig`), the gradient w.r.t. ``W_q * x + b``, the one
+the GEMM's backward turns into the weight and input gradients, is quantized to ``grad_bits`` bits
+(:func:`lowbit.functional.grad_quant.quantize_grad`); the forward pass is unchanged.
+
 where ``x`` and ``r`` are already quantized tensors (outputs of other unified
 modules or of an input quantizer) and ``W_q`` is the fake-quantized weight. A
 framework that quantizes after every primitive op would requantize after the
@@ -18,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lowbit.functional.grad_quant import grad_quantized
 from lowbit.nn.exact import exact_forward, pool_exact_forward
 from lowbit.nn.qparams import QParams
 from lowbit.nn.quantizers import ActQuantizer, WeightQuantizer
@@ -39,6 +44,10 @@ class _Unified(nn.Module):
         # set by lowbit.ptq.convert: the grids of the inputs; with them the forward is exact integer arithmetic
         self.input_qparams: QParams | None = None
         self.residual_qparams: QParams | None = None
+        # set by lowbit.qat.prepare_qat (QATConfig.grad_bits): the gradient w.r.t. the GEMM's output is quantized
+        # to grad_bits bits (QNN, Hubara et al. 2018), its stochastic rounding drawn from grad_generator
+        self.grad_bits: int | None = None
+        self.grad_generator: torch.Generator | None = None
 
     @property
     def output_qparams(self) -> QParams | None:
@@ -83,6 +92,8 @@ class _Unified(nn.Module):
             return exact_forward(self, x, residual)
         w = self.weight_quant(self.weight) if self.weight_quant is not None else self.weight
         y = self._compute(x, w, self.bias)
+        if self.grad_bits is not None and y.requires_grad:
+            y = grad_quantized(y, self.grad_bits, self.grad_generator)
         if self.bn is not None:
             y = self.bn(y)
         if residual is not None:
