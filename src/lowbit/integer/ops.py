@@ -155,15 +155,19 @@ class _Layer(Op):
                                  .to(torch.int32).contiguous())
         return self._xnor[order]
 
-    def xnor_rows(self, rows: torch.Tensor, weight_mat: torch.Tensor, kernels: Kernels) -> torch.Tensor:
-        """XNOR-popcount GEMM of +-1 rows (R, K) (int8 or float32) with the binary weight: int8 signs (R, O)
-        through the threshold epilogue, or the int32 accumulators through the other output stages."""
-        packed, thr = self.xnor_weight(weight_mat)
+    def xnor_rows(self, rows: torch.Tensor, weight_mat: torch.Tensor, kernels: Kernels, order: str = "",
+                  packed_rows: torch.Tensor | None = None) -> torch.Tensor:
+        """XNOR-popcount GEMM of +-1 rows (R, K) (int8 or float32; or ``packed_rows`` already in bits) with the
+        binary weight: int8 signs (R, O) through the threshold epilogue, or the int32 accumulators through the
+        other output stages."""
+        packed, thr = self.xnor_weight(weight_mat, order)
+        c = _c(kernels) and (packed_rows is not None or rows.dtype == torch.int8)
         isa = None if _c(kernels) else bitwise.kernels.REFERENCE
-        a = bitwise.pack_rows(rows.to(torch.float32).contiguous(), isa=isa)
+        a = packed_rows if packed_rows is not None else cext.bits_pack_i8(rows) if c else \
+            bitwise.pack_rows(rows.to(torch.float32).contiguous(), isa=isa)
         if self.binarized:
             bits = bitwise.binary_gemm(a, packed, packed.k, thr=thr, isa=isa)
-            return bitwise.unpack_signs(bits, packed.n, torch.int8)
+            return cext.bits_unpack_i8(bits, packed.n) if c else bitwise.unpack_signs(bits, packed.n, torch.int8)
         return bitwise.binary_gemm(a, packed, packed.k, isa=isa)
 
     def _dequantize(self, acc: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor | None, chan,
@@ -260,11 +264,15 @@ class Conv2d(_Layer):
         """Binary conv: the +-1 input padded with -1, im2col (``F.unfold``), the XNOR-popcount GEMM."""
         a, o = self.ir, self.weight_ckk.shape[0]
         n, _, h, w = x.shape
-        _, (ho, wo) = self.conv_geometry(h, w)
+        geo, (ho, wo) = self.conv_geometry(h, w)
         (ph, pw) = a.padding
-        xf = F.pad(x.to(torch.float32), (pw, pw, ph, ph), value=float(a.pad_code))
-        cols = F.unfold(xf, self.kernel, dilation=a.dilation, stride=a.stride)  # (N, C kh kw, Ho Wo)
-        y = self.xnor_rows(cols.transpose(1, 2).reshape(n * ho * wo, -1), self.weight_ckk, kernels)
+        if _c(kernels) and x.dtype == torch.int8 and (a.pad_code == -1 or not any(a.padding)):
+            bits = cext.bits_im2col(x, self.kernel, *geo, (ho, wo))  # rows in (kh, kw, C) order, -1 padding
+            y = self.xnor_rows(None, self.weight_mat, kernels, "hwc", bits)
+        else:
+            xf = F.pad(x.to(torch.float32), (pw, pw, ph, ph), value=float(a.pad_code))
+            cols = F.unfold(xf, self.kernel, dilation=a.dilation, stride=a.stride)  # (N, C kh kw, Ho Wo)
+            y = self.xnor_rows(cols.transpose(1, 2).reshape(n * ho * wo, -1), self.weight_ckk, kernels)
         if not self.binarized:
             y = self._out(y, self.bias_folded, self._residual_rows(residual, o), lambda v: v, kernels)
         return y.reshape(n, ho, wo, o).permute(0, 3, 1, 2)

@@ -158,6 +158,11 @@ def library() -> ctypes.CDLL | None:
     for f in (lib.lowbit_pack_a, lib.lowbit_pack_w, lib.lowbit_gemm_u8s8, lib.lowbit_pad_flip_nhwc,
               lib.lowbit_conv_u8s8):
         f.restype = None
+    lib.lowbit_bits_pack_i8.argtypes = [ptr, i64, i64, ptr]
+    lib.lowbit_bits_unpack_i8.argtypes = [ptr, i64, i64, ptr]
+    lib.lowbit_bits_im2col_nhwc.argtypes = [ptr] + [i64] * 14 + [ptr]
+    for f in (lib.lowbit_bits_pack_i8, lib.lowbit_bits_unpack_i8, lib.lowbit_bits_im2col_nhwc):
+        f.restype = None
     return lib
 
 
@@ -253,6 +258,43 @@ def flatten_channels_last(x: torch.Tensor) -> torch.Tensor:
     guard.nhwc_to_nchw(_b(xh, k, "x"), n, h * w, c, guard.Buf(torch.int8, n * c * h * w))
     out = torch.empty((n, c * h * w), dtype=torch.int8)
     lib.lowbit_nhwc_to_nchw(xh.data_ptr(), n, h * w, c, out.data_ptr())
+    return out
+
+
+def bits_pack_i8(x: torch.Tensor) -> torch.Tensor:
+    """int8 sign codes (M, K) -> packed bits (M, ceil(K / 64)) uint64 (1 for +1), in one C pass."""
+    k = "lowbit_bits_pack_i8"
+    lib = _lib()
+    x = x.contiguous()
+    m, kk = x.shape
+    out = torch.empty((m, (kk + 63) // 64), dtype=torch.uint64)
+    guard.bits_pack_i8(_b(x, k, "x"), m, kk, _b(out, k, "out"))
+    lib.lowbit_bits_pack_i8(x.data_ptr(), m, kk, out.data_ptr())
+    return out
+
+
+def bits_im2col(x: torch.Tensor, kernel, stride, padding, dilation, out_hw) -> torch.Tensor:
+    """The bit rows (N*Ho*Wo, ceil(kh*kw*C / 64)) uint64 of a binary conv of int8 signs ``x`` (N, C, H, W), taps in
+    (kh, kw, C) order, -1 (bit 0) in the padding."""
+    k = "lowbit_bits_im2col_nhwc"
+    lib = _lib()
+    xh = nhwc(x, k)
+    n, h, w, c = xh.shape
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw), (ho, wo) = kernel, stride, padding, dilation, out_hw
+    out = torch.empty((n * ho * wo, (kh * kw * c + 63) // 64), dtype=torch.uint64)
+    guard.bits_im2col_nhwc(_b(xh, k, "x"), n, h, w, c, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, _b(out, k, "out"))
+    lib.lowbit_bits_im2col_nhwc(xh.data_ptr(), n, h, w, c, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, out.data_ptr())
+    return out
+
+
+def bits_unpack_i8(bits: torch.Tensor, n: int) -> torch.Tensor:
+    """Packed bits (M, ceil(N / 64)) uint64 -> int8 sign codes (M, N), in one C pass."""
+    k = "lowbit_bits_unpack_i8"
+    lib = _lib()
+    bits = bits.contiguous()
+    out = torch.empty((bits.shape[0], n), dtype=torch.int8)
+    guard.bits_unpack_i8(_b(bits, k, "bits"), bits.shape[0], n, _b(out, k, "out"))
+    lib.lowbit_bits_unpack_i8(bits.data_ptr(), bits.shape[0], n, out.data_ptr())
     return out
 
 
