@@ -88,7 +88,7 @@ def test_binary_cnn_pads_binary_inputs_with_minus_one(cnn_w1a1):
     assert [c.pad_value for c in convs] == [None, -1, -1]
 
 
-def test_w1a2_lowers_and_matches():
+def test_w1a2_lowers_and_matches_its_simulation():
     gm = _trained(BinaryCNN(channels=8), W1A2)
     x = _data(100, seed=2).x
     with torch.no_grad():
@@ -223,3 +223,70 @@ def test_binary_config_errors_name_the_fix():
 
     with pytest.raises(ConfigError, match=r"binary activation after ReLU .*Hardtanh"):
         prepare_qat(ReluNet(), W1A1, torch.randn(8, 1, 28, 28))
+
+
+# ---------------------------------------------------------------- bit-serial: few-bit inputs on the XNOR engine
+
+W2A2 = QATConfig(weight=QuantSpec(IntFormat(2), PerChannel(0)), act=QuantSpec(IntFormat(2, signed=False)))
+_CODES = {"binary": (ir.WeightCodes.BINARY, 1), "ternary": (ir.WeightCodes.TERNARY, 2), "int2": (ir.WeightCodes.INT, 2)}
+
+
+def _weight(kind: str, shape, g) -> torch.Tensor:
+    if kind == "binary":
+        return (torch.randint(0, 2, shape, generator=g) * 2 - 1).to(torch.int8)
+    lo = -2 if kind == "int2" else -1
+    return torch.randint(lo, 2, shape, generator=g).to(torch.int8)
+
+
+@settings(max_examples=30, deadline=None)
+@given(kind=st.sampled_from(["binary", "ternary", "int2"]), bits=st.sampled_from([2, 4]), signed=st.booleans(),
+       m=st.integers(1, 9), k=st.integers(1, 150), o=st.integers(1, 70), seed=st.integers(0, 10_000))
+def test_bitserial_reference_is_the_integer_matmul(kind, bits, signed, m, k, o, seed):
+    from lowbit.bitwise.bitserial import bitserial_reference
+
+    g = torch.Generator().manual_seed(seed)
+    lo = ir.input_low(bits, signed)
+    x = torch.randint(lo, lo + (1 << bits), (m, k), generator=g).to(torch.int8)
+    w = _weight(kind, (o, k), g)
+    assert torch.equal(bitserial_reference(x, lo, bits, w, kind), x.long() @ w.long().T)
+
+
+@settings(max_examples=30, deadline=None)
+@given(kind=st.sampled_from(["binary", "ternary", "int2"]), bits=st.sampled_from([2, 4]), signed=st.booleans(),
+       conv=st.booleans(), n=st.integers(1, 3), c=st.integers(1, 40), o=st.integers(1, 40), seed=st.integers(0, 10_000))
+def test_bitserial_layers_give_the_int8_kernels_codes(kind, bits, signed, conv, n, c, o, seed):
+    """Linear / Conv2d with few-bit inputs and binary, ternary or 2-bit weights: the bit-serial XNOR path (C
+    kernels) equals the PyTorch int8 reference, and so does the compiled plan's step."""
+    codes, wbits = _CODES[kind]
+    g = torch.Generator().manual_seed(seed)
+    lo = ir.input_low(bits, signed)
+    izp = lo + int(torch.randint(0, 1 << bits, (), generator=g))
+    t = {"bias": torch.randint(-300, 300, (o,), generator=g).to(torch.int32),
+         "m": torch.randint(1, 1 << 20, (o,), generator=g).to(torch.int64), "n": torch.full((o,), 22, dtype=torch.int64)}
+    out = ir.Requantized(0, -128, 127)
+    if conv:
+        x = torch.randint(lo, lo + (1 << bits), (n, c, 5, 6), generator=g).to(torch.int8)
+        op = build(ir.Conv2d(izp, wbits, out, (1, 2), (1, 0), (1, 1), 1, codes, bits, None, signed),
+                   {"weight": _weight(kind, (o, c, 3, 2), g), **t})
+    else:
+        x = torch.randint(lo, lo + (1 << bits), (n, c), generator=g).to(torch.int8)
+        op = build(ir.Linear(izp, wbits, out, codes, bits, signed), {"weight": _weight(kind, (o, c), g), **t})
+    if op.ir.bitserial is None:  # more than 4 binary GEMMs: the int8 kernels run it
+        return
+    assert torch.equal(op(x, kernels=Kernels.VNNI), op(x, kernels=Kernels.REFERENCE))
+
+
+@pytest.mark.parametrize("cfg", [W1A2, W2A2], ids=["w1a2", "w2a2"])
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+def test_w1a2_and_w2a2_run_bit_serial_and_match(cfg, model):
+    net = BinaryMLP(hidden=96, depth=3) if model == "mlp" else BinaryCNN(channels=8)
+    gm = _trained(net, cfg)
+    x = _data(64, seed=4).x
+    with torch.no_grad():
+        ref = gm(x)
+    im = to_integer(gm, (x[:1],))
+    kinds = [n.op.ir.bitserial for n in im.nodes if isinstance(n.op.ir, ir.LAYERS)]
+    assert kinds[1:3] == (["binary"] * 2 if cfg is W1A2 else ["int2"] * 2)
+    assert im.plans.get(im, tuple(x.shape), torch.get_num_threads()) is not None  # the plan runs them
+    for kernels in (Kernels.PLAN, Kernels.VNNI, Kernels.REFERENCE):
+        assert torch.equal(im.with_kernels(kernels)(x), ref), kernels

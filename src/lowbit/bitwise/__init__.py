@@ -8,12 +8,13 @@
 
 from __future__ import annotations
 
+from lowbit.bitwise import bitserial
 from lowbit.bitwise.kernels import (PackedWeight, backend, backends, binary_conv2d, binary_gemm, pack_rows,
                                     pack_weight)
 from lowbit.bitwise.pack import pack_bits, pack_signs, unpack_bits, unpack_signs, words
 from lowbit.bitwise.reference import (binary_conv2d_reference, binary_gemm_reference, threshold_from_affine,
                                       threshold_reference)
 
-__all__ = ["PackedWeight", "backend", "backends", "binary_conv2d", "binary_conv2d_reference", "binary_gemm",
+__all__ = ["bitserial", "PackedWeight", "backend", "backends", "binary_conv2d", "binary_conv2d_reference", "binary_gemm",
            "binary_gemm_reference", "pack_bits", "pack_rows", "pack_signs", "pack_weight", "threshold_from_affine",
            "threshold_reference", "unpack_bits", "unpack_signs", "words"]

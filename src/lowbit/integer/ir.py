@@ -129,6 +129,19 @@ class Binarized:
 OutputStage = Union[Requantized, Dequantized, Binarized]
 
 
+def _bitserial(codes: WeightCodes, weight_bits: int, input_bits: int) -> str | None:
+    kind = {WeightCodes.BINARY: "binary", WeightCodes.TERNARY: "ternary"}.get(codes)
+    if codes is WeightCodes.INT and weight_bits == 2:
+        kind = "int2"
+    planes = 1 if kind == "binary" else 2
+    return kind if kind is not None and 2 <= input_bits <= 4 and input_bits * planes <= 4 else None
+
+
+def input_low(bits: int, signed: bool) -> int:
+    """The least stored int8 code of a ``bits``-bit input: ``-2^(bits-1)`` signed, ``-128`` (code 0) unsigned."""
+    return -(1 << (bits - 1)) if signed else -128
+
+
 @dataclass(frozen=True)
 class Linear:
     """int8 GEMM with int32 accumulators: ``acc = (x - input_zero_point) W^T + bias``, then ``out``.
@@ -143,11 +156,18 @@ class Linear:
     out: OutputStage
     weight_codes: WeightCodes = WeightCodes.INT
     input_bits: int = 8
+    input_signed: bool = False  # the input codes' sign (with input_bits < 8: where their range starts)
 
     @property
     def xnor(self) -> bool:
         """Binary weights and binary inputs: the XNOR-popcount kernel runs it."""
         return self.weight_codes is WeightCodes.BINARY and self.input_bits == 1
+
+    @property
+    def bitserial(self) -> str | None:
+        """The weight plane kind (:mod:`lowbit.bitwise.bitserial`) where few-bit inputs meet binary, ternary or
+        2-bit weights in at most 4 binary GEMMs; None otherwise."""
+        return _bitserial(self.weight_codes, self.weight_bits, self.input_bits)
 
 
 @dataclass(frozen=True)
@@ -165,6 +185,12 @@ class Conv2d:
     weight_codes: WeightCodes = WeightCodes.INT
     input_bits: int = 8
     pad_value: int | None = None  # the stored code the input is padded with; None: input_zero_point (0.0)
+    input_signed: bool = False
+
+    @property
+    def bitserial(self) -> str | None:
+        """As :attr:`Linear.bitserial`, for dense convolutions."""
+        return _bitserial(self.weight_codes, self.weight_bits, self.input_bits) if self.groups == 1 else None
 
     @property
     def xnor(self) -> bool:
@@ -256,6 +282,8 @@ def attrs_of(op: IROp) -> dict[str, Any]:
             d["weight_codes"] = op.weight_codes.value
         if op.input_bits != 8:
             d["input_bits"] = op.input_bits
+            if op.input_signed:
+                d["input_signed"] = True
         d.update(_stage_attrs(op.out))
         if isinstance(op, Conv2d):
             d.update(stride=list(op.stride), padding=list(op.padding), dilation=list(op.dilation), groups=op.groups)
@@ -290,7 +318,7 @@ def parse(kind: str, attrs: dict[str, Any], requantized: bool = True) -> IROp:
     if kind in ("linear", "conv2d"):
         common = dict(input_zero_point=int(a["input_zero_point"]), weight_bits=int(a.get("weight_bits", 8)),
                       out=_stage(a, requantized), weight_codes=WeightCodes(a.get("weight_codes", "int")),
-                      input_bits=int(a.get("input_bits", 8)))
+                      input_bits=int(a.get("input_bits", 8)), input_signed=bool(a.get("input_signed", False)))
         if kind == "linear":
             return Linear(**common)
         pad = a.get("pad_value")
@@ -313,6 +341,6 @@ def parse(kind: str, attrs: dict[str, Any], requantized: bool = True) -> IROp:
     raise KeyError(f"unknown integer op kind {kind!r}; known: {sorted(KINDS)}")
 
 
-__all__ = ["OP_TYPES", "Act", "AvgPool2d", "Binarized", "Conv2d", "Dequantize", "Dequantized", "Flatten", "Grid", "IROp", "KINDS",
+__all__ = ["input_low", "OP_TYPES", "Act", "AvgPool2d", "Binarized", "Conv2d", "Dequantize", "Dequantized", "Flatten", "Grid", "IROp", "KINDS",
            "LAYERS", "Linear", "MaxPool2d", "OutputStage", "Pad", "Quantize", "Requantized", "WeightCodes",
            "attrs_of", "parse"]

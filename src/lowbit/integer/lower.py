@@ -211,9 +211,9 @@ class _Lowering:
                     return
                 pad = int(p.input.codes(torch.tensor(m.pad_value))) - offset(p.input)
             op: ir.IROp = ir.Conv2d(izp, fmt.bits, out, _two(m.stride), _two(m.padding), _two(m.dilation), m.groups,
-                                    codes, in_bits, pad)
+                                    codes, in_bits, pad, bool(p.input.fmt.signed))
         else:
-            op = ir.Linear(izp, fmt.bits, out, codes, in_bits)
+            op = ir.Linear(izp, fmt.bits, out, codes, in_bits, bool(p.input.fmt.signed))
         self.emit(op, ins, node.name, tensors, p.output, str(node.target))
         self.names[node] = node.name
 

@@ -170,6 +170,22 @@ class _Layer(Op):
             return cext.bits_unpack_i8(bits, packed.n) if c else bitwise.unpack_signs(bits, packed.n, torch.int8)
         return bitwise.binary_gemm(a, packed, packed.k, isa=isa)
 
+    def planes(self, weight_mat: torch.Tensor):
+        """The weight rows (O, K) as bit-serial sign planes (:mod:`lowbit.bitwise.bitserial`), made on first use."""
+        if "planes" not in self._xnor:
+            self._xnor["planes"] = bitwise.bitserial.pack_planes(weight_mat, self.ir.bitserial)
+        return self._xnor["planes"]
+
+    def bitserial_acc(self, rows: torch.Tensor, weight_mat: torch.Tensor, kernels: Kernels) -> torch.Tensor | None:
+        """int32 (R, O) ``rows @ W.T`` of few-bit int8 input rows as bit-serial binary GEMMs (the int8 GEMM's
+        integers), or None where the C kernels are off (the int8 path runs it)."""
+        isa = bitwise.backend()
+        if not (_c(kernels) and isa in bitwise.kernels.ISAS):
+            return None
+        a = self.ir
+        return cext.bits_serial_gemm(rows, self.planes(weight_mat), ir.input_low(a.input_bits, a.input_signed),
+                                     a.input_bits, bitwise.kernels.ISAS.index(isa))
+
     def _dequantize(self, acc: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor | None, chan,
                     kernels: Kernels) -> torch.Tensor:
         a = self.ir.out
@@ -209,6 +225,9 @@ class Linear(_Layer):
             y = self.xnor_rows(x.reshape(-1, x.shape[-1]), self.tensors["weight"], kernels)
             y = y if self.binarized else self._out(y, self.bias_folded, residual, lambda v: v, kernels)
             return y.reshape(*lead, o)
+        if self.ir.bitserial and (acc := self.bitserial_acc(x.reshape(-1, x.shape[-1]), self.tensors["weight"],
+                                                            kernels)) is not None:
+            return self._out(acc, self.bias_folded, residual, lambda v: v, kernels).reshape(*lead, o)
         packed = self.packed(self.tensors["weight"], kernels)
         if packed is not None:
             rows = x.reshape(-1, x.shape[-1]).contiguous()  # int8 rows go straight in when K % 4 == 0
@@ -239,6 +258,13 @@ class Conv2d(_Layer):
         conv = (a.stride, a.padding, a.dilation)
         if a.xnor:
             return self._xnor_conv(x, residual, kernels)
+        if a.bitserial and _c(kernels):
+            n, _, h, w = x.shape
+            geo, (ho, wo) = self.conv_geometry(h, w)
+            cols = cext.im2col_nhwc(x, self.kernel, *geo, a.pad_code, (ho, wo))  # (N Ho Wo, kh kw C)
+            acc = self.bitserial_acc(cols.reshape(n * ho * wo, -1), self.weight_mat, kernels)
+            if acc is not None:
+                return self._rows_out(acc, residual, n, ho, wo, o, kernels)
         if self.depthwise and _c(kernels):
             acc, (n, ho, wo) = torch_kernels.depthwise_acc(x, self.weight_hwc, *conv, a.input_zero_point)
             return self._rows_out(acc, residual, n, ho, wo, o, kernels, zero_bias=True)

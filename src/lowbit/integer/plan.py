@@ -153,6 +153,9 @@ def _step_checks() -> dict:
         Kind.BITS_IM2COL: lambda B, a, r, t: g.bits_im2col_nhwc(B(0), *a[:14], B(1)),
         Kind.XNOR_GEMM: lambda B, a, r, t: g.xnor_gemm(B(0), a[0], B(1), a[1], a[2], a[3], a[4], B(2), B(3), B(4), t),
         Kind.BITS_UNPACK: lambda B, a, r, t: g.bits_unpack_i8(B(0), a[0], a[1], B(1)),
+        Kind.BITS_SERIAL: lambda B, a, r, t: g.bits_serial_gemm(B(0), a[0], a[1], a[2], a[3], B(1), a[4], B(2), a[5],
+                                                                 B(3), B(4), a[6], a[7], B(5), B(6), B(7), B(8), t),
+        Kind.IM2COL_I8: lambda B, a, r, t: g.im2col_nhwc(B(0), *a[:15], B(1)),
     }
 
 

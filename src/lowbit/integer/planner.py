@@ -47,6 +47,8 @@ class Kind(IntEnum):
     BITS_IM2COL = 15
     XNOR_GEMM = 16
     BITS_UNPACK = 17
+    BITS_SERIAL = 18
+    IM2COL_I8 = 19
 
 
 class Unsupported(Exception):
@@ -217,6 +219,12 @@ def _xnor_out(b: Builder, op: ops._Layer, a: int, packed, thr: torch.Tensor, row
         return out
     acc = b.scratch(rows * o, torch.int32)
     b.step(Kind.XNOR_GEMM, [a, panels, -1, -1, acc], [rows, o, words(packed.k), packed.k, isa])
+    return _acc_out(b, op, acc, rows, o, shape, channels_last)
+
+
+def _acc_out(b: Builder, op: ops._Layer, acc: int, rows: int, o: int, shape, channels_last: bool) -> Value:
+    """The output stage of int32 accumulators (R, O) (bias not added): requantized (a sign output too, by its
+    integer form ``op.req``) or dequantized, as :meth:`~ops._Layer._out`."""
     if op.dequant:
         out = _dequant_out(b, op, shape, channels_last, None)
         _finish_dequant(b, op, acc, out, op.bias_folded, rows, o)
@@ -226,6 +234,20 @@ def _xnor_out(b: Builder, op: ops._Layer, a: int, packed, thr: torch.Tensor, row
     b.step(Kind.REQUANT, [acc, b.const(op.bias_folded), b.const(m), b.const(shift), b.const(op.half), -1, -1,
                           out.slot], [rows, o, 0, zero_point, lo, hi])
     return out
+
+
+def _bitserial(b: Builder, op: ops._Layer, rows_slot: int, rows: int, weight_mat: torch.Tensor, shape,
+               channels_last: bool) -> Value:
+    """Few-bit int8 rows (R, K) times binary / ternary / 2-bit weights as bit-serial XNOR GEMMs, then the stage."""
+    p, a = op.planes(weight_mat), op.ir
+    k, o = p.k, p.n
+    acc = b.scratch(rows * o, torch.int32)
+    scratch = [b.scratch(rows * words(k), torch.uint64), b.scratch(rows * o, torch.int32),
+               b.scratch(rows * o, torch.int64)]
+    b.step(Kind.BITS_SERIAL, [rows_slot, b.const(p.panels), b.const(p.a), b.const(p.vsum), b.const(p.wsum),
+                              *scratch, acc],
+           [rows, k, ir.input_low(a.input_bits, a.input_signed), a.input_bits, p.planes, p.a0, o, _xnor_isa()])
+    return _acc_out(b, op, acc, rows, o, shape, channels_last)
 
 
 def _xnor_linear(b: Builder, op: ops.Linear, x: Value) -> Value:
@@ -261,6 +283,13 @@ def _linear(b: Builder, op: ops.Linear, x: Value, residual: Value | None = None)
         if residual is not None:
             raise Unsupported("a binary layer with a residual input")
         return _xnor_linear(b, op, x)
+    if op.ir.bitserial:
+        if residual is not None:
+            raise Unsupported("a bit-serial layer with a residual input")
+        k = op.tensors["weight"].shape[1]
+        rows = x.numel // k
+        return _bitserial(b, op, b.rows(x), rows, op.tensors["weight"], (*x.shape[:-1], op.tensors["weight"].shape[0]),
+                          False)
     packed = op.packed(op.tensors["weight"], Kernels.PLAN)
     if packed is None or x.shape[-1] != packed[0].k:
         raise Unsupported("linear without the VNNI GEMM")
@@ -300,6 +329,16 @@ def _conv2d(b: Builder, op: ops.Conv2d, x: Value, residual: Value | None = None)
         if residual is not None:
             raise Unsupported("a binary layer with a residual input")
         return _xnor_conv(b, op, x)
+    if op.ir.bitserial:
+        if residual is not None:
+            raise Unsupported("a bit-serial layer with a residual input")
+        n, c, h, wd = x.shape
+        geo, (ho, wo) = op.conv_geometry(h, wd)
+        (sh, sw), (ph, pw), (dh, dw) = geo
+        (kh, kw), rows = op.kernel, n * ho * wo
+        cols = b.scratch(rows * kh * kw * c, torch.int8)
+        b.step(Kind.IM2COL_I8, [b.nhwc(x), cols], [n, h, wd, c, kh, kw, sh, sw, ph, pw, dh, dw, op.ir.pad_code, ho, wo])
+        return _bitserial(b, op, cols, rows, op.weight_mat, (n, op.weight_mat.shape[0], ho, wo), True)
     if op.depthwise:
         return _depthwise(b, op, x, residual)
     packed = op.packed(op.weight_mat, Kernels.PLAN) if op.ir.groups == 1 else None

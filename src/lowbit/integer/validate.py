@@ -233,7 +233,7 @@ def _dequantize_shape(a: dict, t: dict, ins: list[Spec]) -> Spec:
 
 
 _LAYER_ATTRS = {"input_zero_point", "weight_bits", "weight_codes", "zero_point", "lo", "hi", "residual_zero_point", "act",
-                "act_lo", "act_hi", "residual_scale", "binarized", "input_bits"}
+                "act_lo", "act_hi", "residual_scale", "binarized", "input_bits", "input_signed"}
 
 
 def _output_stage(a: dict, t: dict, o: int, n_in: int) -> None:
@@ -299,6 +299,8 @@ def _weights(a: dict, t: dict, ndim: int) -> torch.Tensor:
     _int(a, "input_zero_point", *INT8)
     if "input_bits" in a:
         _int(a, "input_bits", 1, 8)
+    if "input_signed" in a:
+        _bool(a, "input_signed")
     worst = 256 * w.reshape(o, -1).to(torch.int64).abs().sum(dim=1) + b.to(torch.int64).abs()
     if bool((worst > ACC_LIMIT).any()):
         j = int(worst.argmax())

@@ -163,6 +163,9 @@ def library() -> ctypes.CDLL | None:
     lib.lowbit_bits_im2col_nhwc.argtypes = [ptr] + [i64] * 14 + [ptr]
     for f in (lib.lowbit_bits_pack_i8, lib.lowbit_bits_unpack_i8, lib.lowbit_bits_im2col_nhwc):
         f.restype = None
+    lib.lowbit_bits_serial_gemm.argtypes = [ptr, i64, i64, i64, i64, ptr, i64, ptr, i64, ptr, ptr, i64, ctypes.c_int,
+                                            ptr, ptr, ptr, ptr, ctypes.c_int]
+    lib.lowbit_bits_serial_gemm.restype = ctypes.c_int
     return lib
 
 
@@ -284,6 +287,29 @@ def bits_im2col(x: torch.Tensor, kernel, stride, padding, dilation, out_hw) -> t
     out = torch.empty((n * ho * wo, (kh * kw * c + 63) // 64), dtype=torch.uint64)
     guard.bits_im2col_nhwc(_b(xh, k, "x"), n, h, w, c, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, _b(out, k, "out"))
     lib.lowbit_bits_im2col_nhwc(xh.data_ptr(), n, h, w, c, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, out.data_ptr())
+    return out
+
+
+def bits_serial_gemm(x: torch.Tensor, planes, lo: int, bits: int, isa: int, threads: int = 1) -> torch.Tensor:
+    """int32 (M, N) ``x @ w.T`` of int8 codes ``x`` (M, K) in ``[lo, lo + 2^bits)`` and the weight of ``planes``
+    (:class:`lowbit.bitwise.bitserial.PackedPlanes`), as ``bits`` x planes binary GEMMs on the XNOR kernel."""
+    k = "lowbit_bits_serial_gemm"
+    lib = _lib()
+    x = x.contiguous()
+    m, kk = x.shape
+    n = planes.n
+    abuf = torch.empty((m, (kk + 63) // 64), dtype=torch.uint64)
+    gbuf, out = torch.empty((m, n), dtype=torch.int32), torch.empty((m, n), dtype=torch.int32)
+    acc = torch.empty((m, n), dtype=torch.int64)
+    bufs = [x, planes.panels, planes.a, planes.vsum, planes.wsum, abuf, gbuf, acc, out]
+    b = [_b(t, k, name) for t, name in zip(bufs, ("x", "panels", "a", "vsum", "wsum", "abuf", "gbuf", "acc", "out"))]
+    guard.bits_serial_gemm(b[0], m, kk, lo, bits, b[1], planes.planes, b[2], planes.a0, b[3], b[4], n, isa, b[5], b[6],
+                           b[7], b[8], threads)
+    rc = lib.lowbit_bits_serial_gemm(x.data_ptr(), m, kk, lo, bits, planes.panels.data_ptr(), planes.planes,
+                                     planes.a.data_ptr(), planes.a0, planes.vsum.data_ptr(), planes.wsum.data_ptr(), n,
+                                     isa, abuf.data_ptr(), gbuf.data_ptr(), acc.data_ptr(), out.data_ptr(), threads)
+    if rc:
+        raise RuntimeError(f"lowbit_bits_serial_gemm failed ({rc}: -1 instruction set, -2 memory)")
     return out
 
 

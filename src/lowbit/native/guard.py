@@ -478,6 +478,31 @@ def xnor_gemm(a: Buf, M, panels: Buf, N, W, K, isa, thr: Buf | None, flip: Buf |
     _need(k, "out", out, (torch.uint64,), M * _words(N))
 
 
+def bits_serial_gemm(x: Buf, M, K, lo, B, panels: Buf, P, a: Buf, a0, vsum: Buf, wsum: Buf, N, isa, abuf: Buf,
+                     gbuf: Buf, acc: Buf, out: Buf, threads) -> None:
+    """``lowbit_bits_serial_gemm``: int8 codes (M, K) in [lo, lo + 2^B) times P weight sign planes in XNOR panels
+    -> int32 (M, N); scratch ``abuf`` (M ceil(K / 64) uint64), ``gbuf`` (M N int32), ``acc`` (M N int64)."""
+    k = "lowbit_bits_serial_gemm"
+    M, K, N = _int(k, "M", M, 0), _int(k, "K", K, 1, (1 << 24)), _int(k, "N", N, 1)
+    B, P = _int(k, "B", B, 1, 7), _int(k, "P", P, 1, 2)
+    lo = _int(k, "lo", lo, -128, 127)
+    if lo + (1 << B) - 1 > 127:
+        raise ConfigError(f"{k}: codes in [{lo}, {lo + (1 << B) - 1}] do not fit int8")
+    _int(k, "a0", a0, -4, 4)
+    _int(k, "isa", isa, 0, 2)
+    _int(k, "threads", threads, 1, 4096)
+    W = _words(K)
+    _need(k, "x", x, (torch.int8,), M * K)
+    _need(k, "panels", panels, (torch.uint64,), P * ((N + 31) // 32 * W * 32))
+    _need(k, "a", a, (torch.int64,), P)
+    _need(k, "vsum", vsum, (torch.int64,), P * N)
+    _need(k, "wsum", wsum, (torch.int64,), N)
+    _need(k, "abuf", abuf, (torch.uint64,), M * W)
+    _need(k, "gbuf", gbuf, (torch.int32,), M * N)
+    _need(k, "acc", acc, (torch.int64,), M * N)
+    _need(k, "out", out, (torch.int32,), M * N)
+
+
 ENTRY_POINTS: dict[str, str] = {
     "lowbit_requant": "lowbit.native.guard.requant",
     "lowbit_requant_block": "called from C only (lowbit_gemm_u8s8, lowbit_conv_u8s8, lowbit_requant)",
@@ -503,6 +528,7 @@ ENTRY_POINTS: dict[str, str] = {
     "lowbit_bits_pack_i8": "lowbit.native.guard.bits_pack_i8",
     "lowbit_bits_unpack_i8": "lowbit.native.guard.bits_unpack_i8",
     "lowbit_bits_im2col_nhwc": "lowbit.native.guard.bits_im2col_nhwc",
+    "lowbit_bits_serial_gemm": "lowbit.native.guard.bits_serial_gemm",
     "lowbit_xnor_gemm": "lowbit.native.guard.xnor_gemm",
     "lowbit_xnor_isas": "no arguments",
     "lowbit_xnor_pack_b": "not called in this library (the plan takes the panels of bitwise.kernels.pack_weight)",
@@ -511,6 +537,6 @@ ENTRY_POINTS: dict[str, str] = {
 }
 
 
-__all__ = ["ENTRY_POINTS", "Buf", "bits_im2col_nhwc", "bits_pack_i8", "bits_unpack_i8", "buf", "xnor_gemm", "conv_u8s8", "delta_gru_q", "delta_rnn_f32", "depthwise_nhwc", "dequant_codes", "dequant_rows",
+__all__ = ["ENTRY_POINTS", "Buf", "bits_im2col_nhwc", "bits_serial_gemm", "bits_pack_i8", "bits_unpack_i8", "buf", "xnor_gemm", "conv_u8s8", "delta_gru_q", "delta_rnn_f32", "depthwise_nhwc", "dequant_codes", "dequant_rows",
            "gemm_u8s8", "im2col_nhwc", "im2col_u8", "maxpool_nhwc", "nhwc_to_nchw", "out_size", "pack_a", "pack_w",
            "pad_flip_nhwc", "quantize_f32", "requant", "requant_values", "sum_hw", "vnni_peak"]

@@ -88,3 +88,65 @@ void lowbit_bits_im2col_nhwc(const int8_t *x, int64_t N, int64_t H, int64_t W, i
                 }
             }
 }
+
+int lowbit_xnor_gemm(const uint64_t *a, int64_t M, const uint64_t *panels, int64_t N, int64_t W, int64_t K, int isa,
+                     const int32_t *thr, const uint8_t *flip, void *out, int threads);
+
+/* bit j of (x[i] - lo) for n <= 64 codes (x - lo in [0, 128)) */
+static inline uint64_t plane64(const int8_t *x, int64_t n, int8_t lo, int64_t j) {
+#ifdef __AVX512BW__
+    const __mmask64 live = n >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << n) - 1);
+    const __m512i u = _mm512_sub_epi8(_mm512_maskz_loadu_epi8(live, x), _mm512_set1_epi8(lo));
+    return (uint64_t)_mm512_mask_test_epi8_mask(live, u, _mm512_set1_epi8((char)(1 << j)));
+#else
+    uint64_t word = 0;
+    for (int64_t i = 0; i < n; i++) word |= (uint64_t)((((int)x[i] - lo) >> j) & 1) << i;
+    return word;
+#endif
+}
+
+/* Bit-serial GEMM of few-bit codes on the XNOR-popcount engine: out (M, N) int32 = sum_k x[m, k] w[n, k], the
+ * same integers as an int8 GEMM of the stored codes (so every output stage of the int8 path follows).
+ *
+ * The input codes x (M, K) int8 lie in [lo, lo + 2^B): u = x - lo has B bit-planes b_j (bit j of u). The weight
+ * codes are given as P sign planes v_p (+-1, packed in XNOR panels) with 2 w = sum_p a[p] v_p + a0 (binary:
+ * v = w, a = {2}; ternary: v_1 = [w >= 0], v_0 = [w > 0], a = {1, 1}; two's complement 2-bit: v_1 = [w >= 0],
+ * v_0 = [w odd], a = {2, 1}, a0 = -1). With G = K - 2 popcount(v XOR s) the XNOR GEMM of a plane against the
+ * signs s = 2 b - 1, sum_k v_k b_k = (G + V) / 2 (V = sum_k v_k, vsum), and
+ *
+ *     4 sum_k w_k b_k = sum_p a[p] (G_p + V_p) + 2 a0 popcount(b),
+ *     out = sum_j 2^j (that) / 4 + lo sum_k w_k          (wsum),
+ *
+ * summed in int64 and exact. abuf: M ceil(K / 64) words, gbuf: M N int32 scratch (the caller's). Returns 0, or
+ * the XNOR GEMM's error (-1: instruction set, -2: memory). */
+int lowbit_bits_serial_gemm(const int8_t *x, int64_t M, int64_t K, int64_t lo, int64_t B, const uint64_t *panels,
+                            int64_t P, const int64_t *a, int64_t a0, const int64_t *vsum, const int64_t *wsum,
+                            int64_t N, int isa, uint64_t *abuf, int32_t *gbuf, int64_t *acc, int32_t *out,
+                            int threads) {
+    const int64_t W = (K + 63) / 64, pw = (N + 31) / 32 * W * 32;
+    memset(acc, 0, (size_t)(M * N) * sizeof(int64_t));
+    for (int64_t j = 0; j < B; j++) {
+        const int64_t pow2 = (int64_t)1 << j;
+        for (int64_t m = 0; m < M; m++) {  /* plane j of row m, and its popcount */
+            const int8_t *r = x + m * K;
+            int64_t ones = 0;
+            for (int64_t w = 0; w < W; w++) {
+                const int64_t k0 = w * 64, n = K - k0 < 64 ? K - k0 : 64;
+                abuf[m * W + w] = plane64(r + k0, n, (int8_t)lo, j);
+                ones += __builtin_popcountll(abuf[m * W + w]);
+            }
+            if (a0)
+                for (int64_t n = 0; n < N; n++) acc[m * N + n] += 2 * a0 * ones * pow2;
+        }
+        for (int64_t p = 0; p < P; p++) {
+            const int rc = lowbit_xnor_gemm(abuf, M, panels + p * pw, N, W, K, isa, NULL, NULL, gbuf, threads);
+            if (rc) return rc;
+            for (int64_t m = 0; m < M; m++)
+                for (int64_t n = 0; n < N; n++)
+                    acc[m * N + n] += a[p] * ((int64_t)gbuf[m * N + n] + vsum[p * N + n]) * pow2;
+        }
+    }
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t n = 0; n < N; n++) out[m * N + n] = (int32_t)(acc[m * N + n] / 4 + lo * wsum[n]);
+    return 0;
+}

@@ -42,6 +42,9 @@ enum {
     STEP_BITS_IM2COL = 15, /* buf: x i8 NHWC signs, out u64;  arg: N, H, W, C, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo */
     STEP_XNOR_GEMM = 16,   /* buf: a u64, panels, thr i32 (or none), flip u8, out;  arg: M, N, W, K, isa */
     STEP_BITS_UNPACK = 17, /* buf: bits u64, out i8;  arg: M, N */
+    STEP_BITS_SERIAL = 18, /* buf: x i8, panels, a, vsum, wsum, abuf, gbuf, acc, out i32;  arg: M, K, lo, B, P, a0, N,
+                            * isa */
+    STEP_IM2COL_I8 = 19,   /* buf: x i8 NHWC, out i8 rows;  arg: N, H, W, C, kh, kw, sh, sw, ph, pw, dh, dw, pad, Ho, Wo */
 };
 
 int64_t lowbit_quantize_f32(const float *x, int64_t count, float inv, float zp, float lo, float hi, int8_t *out);
@@ -76,6 +79,13 @@ void lowbit_bits_unpack_i8(const uint64_t *bits, int64_t M, int64_t N, int8_t *o
 void lowbit_bits_im2col_nhwc(const int8_t *x, int64_t N, int64_t H, int64_t W, int64_t C, int64_t kh, int64_t kw,
                              int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, int64_t Ho,
                              int64_t Wo, uint64_t *out);
+int lowbit_bits_serial_gemm(const int8_t *x, int64_t M, int64_t K, int64_t lo, int64_t B, const uint64_t *panels,
+                            int64_t P, const int64_t *a, int64_t a0, const int64_t *vsum, const int64_t *wsum,
+                            int64_t N, int isa, uint64_t *abuf, int32_t *gbuf, int64_t *acc, int32_t *out,
+                            int threads);
+void lowbit_im2col_nhwc(const int8_t *x, int64_t N, int64_t H, int64_t W, int64_t C, int64_t kh, int64_t kw,
+                        int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, int8_t pad_value,
+                        int64_t Ho, int64_t Wo, int8_t *out);
 int lowbit_xnor_gemm(const uint64_t *a, int64_t M, const uint64_t *panels, int64_t N, int64_t W, int64_t K, int isa,
                      const int32_t *thr, const uint8_t *flip, void *out, int threads);
 
@@ -148,6 +158,13 @@ static int run_step(const struct lowbit_step *s, void **bufs, int threads) {
     case STEP_XNOR_GEMM:  /* an instruction set this CPU lacks (-1) or no memory (-2): a failed step */
         return lowbit_xnor_gemm(B(0), A(0), B(1), A(1), A(2), A(3), (int)A(4), B(2), B(3), B(4), threads) ? -2 : 0;
     case STEP_BITS_UNPACK: lowbit_bits_unpack_i8(B(0), A(0), A(1), B(1)); return 0;
+    case STEP_BITS_SERIAL:
+        return lowbit_bits_serial_gemm(B(0), A(0), A(1), A(2), A(3), B(1), A(4), B(2), A(5), B(3), B(4), A(6),
+                                       (int)A(7), B(5), B(6), B(7), B(8), threads) ? -2 : 0;
+    case STEP_IM2COL_I8:
+        lowbit_im2col_nhwc(B(0), A(0), A(1), A(2), A(3), A(4), A(5), A(6), A(7), A(8), A(9), A(10), A(11),
+                           (int8_t)A(12), A(13), A(14), B(1));
+        return 0;
     default: return -1;
     }
 }
