@@ -39,11 +39,12 @@ def _cmd_zoo_list(args: argparse.Namespace) -> int:
 
     for name, e in zoo.ZOO.items():
         try:
-            acc = f"{100 * zoo.shipped_accuracy(name):.2f}%"
+            acc = (f"{100 * zoo.shipped_accuracy(name):.2f}%" if e.shipped
+                   else "none (no shipped weights: binary QAT from random init, lowbit qat)")
         except Exception as exc:  # noqa: BLE001 - listing must not fail on one bad file
             acc = f"unavailable ({exc})"
         n_params = sum(p.numel() for p in e.build().parameters())
-        print(f"{name:8} {n_params:>9,} params  test acc {acc:>8}  {e.description}")
+        print(f"{name:10} {n_params:>9,} params  test acc {acc:>8}  {e.description}")
     return 0
 
 

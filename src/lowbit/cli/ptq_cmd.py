@@ -13,24 +13,38 @@ ZOO_NAMES = ("mlp", "cnn", "resnet")
 WEIGHT_FORMATS = ("int", "ternary", "pow2")
 
 
-def add_weight_format_args(p: argparse.ArgumentParser) -> None:
-    """``--weight-format`` and ``--ternary``, shared by every command that quantizes weights."""
-    p.add_argument("--weight-format", choices=WEIGHT_FORMATS, default="int",
+def add_weight_format_args(p: argparse.ArgumentParser, binary: bool = False) -> None:
+    """``--weight-format`` and ``--ternary``, shared by every command that quantizes weights; with ``binary``
+    (``lowbit qat``) also ``--weight-format binary``, ``--binary-scale`` and ``--act-format``."""
+    formats = WEIGHT_FORMATS + (("binary",) if binary else ())
+    p.add_argument("--weight-format", choices=formats, default="int",
                    help="weight codes: int (--weight-bits), ternary {-1,0,1}, or pow2 (power-of-two, "
-                        "--weight-bits 2..4) (default int)")
+                        "--weight-bits 2..4)" + (", or binary {-1,+1} (1 bit: --weight-bits does not apply; "
+                                                 "per output channel, --granularity channel)" if binary else "")
+                        + " (default int)")
     p.add_argument("--ternary", choices=("exact", "twn"), default="exact",
                    help="ternary solver: exact optimal support, or TWN's threshold 0.7 mean|W| (default exact)")
+    if binary:
+        p.add_argument("--binary-scale", choices=("xnor", "sign"), default=None,
+                       help="scale of binary weights: xnor (XNOR-Net, mean|w| per output channel) or sign "
+                            "(BNN, +-1) (default xnor)")
+        p.add_argument("--act-format", choices=("int", "binary"), default="int",
+                       help="activation codes: int (--act-bits) or binary (sign(x), +-1: --act-bits does not "
+                            "apply; needs a model whose hidden layers end in Hardtanh, e.g. binary-mlp or "
+                            "binary-cnn) (default int)")
 
 
 def weight_spec(args: argparse.Namespace, narrow: bool = True):
     """The weight QuantSpec the short flags name (``--weight-format``, ``--weight-bits``, ``--granularity``,
     ``--weight-observer``, ``--pow2``, ``--ternary``); out-of-range values raise ConfigError."""
-    from lowbit.formats import IntFormat, PowerOfTwo, Ternary, check_bits
+    from lowbit.formats import Binary, IntFormat, PowerOfTwo, Ternary, check_bits
     from lowbit.granularity import PerChannel, PerTensor
     from lowbit.spec import QuantSpec, observer_named
 
     g = PerTensor() if getattr(args, "granularity", "channel") == "tensor" else PerChannel(0)
     fmt_name = getattr(args, "weight_format", "int")
+    if fmt_name == "binary":
+        return QuantSpec(Binary(), g, binary=getattr(args, "binary_scale", "xnor"))
     if fmt_name == "ternary":
         return QuantSpec(Ternary(), g, ternary=args.ternary)
     if fmt_name == "pow2":
@@ -42,10 +56,12 @@ def weight_spec(args: argparse.Namespace, narrow: bool = True):
 
 
 def act_spec(args: argparse.Namespace, percentile: float = 99.99):
-    """The activation QuantSpec of ``--act-bits``, ``--observer`` and ``--pow2``."""
-    from lowbit.formats import IntFormat, check_bits
+    """The activation QuantSpec of ``--act-format``, ``--act-bits``, ``--observer`` and ``--pow2``."""
+    from lowbit.formats import Binary, IntFormat, check_bits
     from lowbit.spec import QuantSpec, observer_named
 
+    if getattr(args, "act_format", "int") == "binary":
+        return QuantSpec(Binary())
     bits = check_bits(args.act_bits, "act_bits", low=2)
     return QuantSpec(IntFormat(bits, signed=False), observer=observer_named(getattr(args, "observer", "minmax"),
                                                                             percentile),

@@ -19,6 +19,7 @@ from torch import nn
 
 from lowbit.data import fashion_mnist
 from lowbit.errors import CheckpointError, ConfigError
+from lowbit.zoo.binary import BinaryCNN, BinaryMLP
 from lowbit.zoo.models import MLP, BasicBlock, LeNetBN, ResNet
 from lowbit.zoo.recipes import Recipe, evaluate, train
 from lowbit.zoo.weights_io import load_weights, read_meta, save_weights
@@ -34,6 +35,7 @@ class ZooEntry:
     build: Callable[[], nn.Module]
     recipe: Recipe
     description: str
+    shipped: bool = True  # float weights in the package; False: built from its seeded random init (binary nets)
 
 
 ZOO: dict[str, ZooEntry] = {
@@ -44,6 +46,13 @@ ZOO: dict[str, ZooEntry] = {
                  "LeNet-style CNN: 2x (conv5x5-BN-ReLU-maxpool), FC 3136-128-10"),
         ZooEntry("resnet", ResNet, Recipe(epochs=18, lr=0.1, augment=True, seed=3),
                  "ResNet-14: 3x3 stem, 3 stages x 2 BasicBlocks (16/32/64 ch), GAP, FC"),
+        # binary networks (BNN / XNOR-Net) train from their random init with binary QAT (`lowbit qat`): no float
+        # weights are shipped; the recipe is the one `train_and_save` would run for float ones
+        ZooEntry("binary-mlp", BinaryMLP, Recipe(epochs=10, lr=0.05, seed=4),
+                 "BinaryMLP 784-1024x3-10, Linear-BN-Hardtanh blocks, for binary QAT", shipped=False),
+        ZooEntry("binary-cnn", BinaryCNN, Recipe(epochs=10, lr=0.05, augment=True, seed=5),
+                 "BinaryCNN: 3x (conv3x3-BN-Hardtanh, 64/64/128 ch), 2 max pools, FC, for binary QAT",
+                 shipped=False),
     )
 }
 
@@ -60,7 +69,20 @@ def build(name: str) -> nn.Module:
     return entry(name).build()
 
 
+def start_model(name: str, seed: int = 0) -> nn.Module:
+    """Where training from zoo model ``name`` starts: its shipped float weights (eval mode), or, for a model
+    without any (``shipped=False``: the binary networks), its random init drawn with ``torch.manual_seed(seed)``."""
+    if entry(name).shipped:
+        return pretrained(name)
+    torch.manual_seed(seed)
+    return build(name).eval()
+
+
 def weights_path(name: str, weights_dir: str | Path | None = None) -> Path:
+    if weights_dir is None and not entry(name).shipped:
+        raise CheckpointError(f"zoo model {name!r} has no shipped weights (binary networks train from their random "
+                              f"init): use zoo.build({name!r}), or pass the weights_dir where "
+                              "zoo.train_and_save wrote float weights")
     return Path(weights_dir or WEIGHTS_DIR) / f"{entry(name).name}.npz"
 
 
@@ -103,4 +125,4 @@ def train_and_save(name: str, out_dir: str | Path, data_root: str | Path | None 
 
 
 __all__ = ["ZOO", "BasicBlock", "LeNetBN", "MLP", "Recipe", "ResNet", "ZooEntry", "build", "entry",
-           "evaluate", "pretrained", "shipped_accuracy", "train", "train_and_save"]
+           "evaluate", "pretrained", "shipped_accuracy", "start_model", "train", "train_and_save"]
