@@ -147,7 +147,8 @@ class QATConfig:
         return isinstance(self.weight.format, Binary)
 
     def ptq(self) -> PTQConfig:
-        act = replace(self.act, observer=Percentile()) if self.method == "faq" else self.act
+        faq_int = self.method == "faq" and isinstance(self.act.format, IntFormat)  # a binary act has no observer
+        act = replace(self.act, observer=Percentile()) if faq_int else self.act
         return PTQConfig(self.weight, act, first_last_bits=self.first_last_bits, bias_correction=False)
 
 

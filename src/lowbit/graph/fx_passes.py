@@ -226,6 +226,12 @@ def mark_binary_inputs(gm: fx.GraphModule) -> list[str]:
         if isinstance(m, UnifiedConv) and node.args and isinstance(node.args[0], fx.Node):
             spec = _output_spec(gm, node.args[0])
             if spec is not None and isinstance(spec.format, Binary):
+                if isinstance(m.padding, str):
+                    from lowbit.errors import ConfigError
+
+                    raise ConfigError(f"{node.target}: a binary input is padded with -1, and padding={m.padding!r} "
+                                      "of this kernel is asymmetric (PyTorch pads one more on the right): give the "
+                                      "conv numeric padding, e.g. padding=k // 2 with an odd kernel")
                 m.pad_value = -1.0
                 marked.append(str(node.target))
     return marked

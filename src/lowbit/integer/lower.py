@@ -203,6 +203,10 @@ class _Lowering:
             if m.ndim != 2:
                 self.unsupported.append(f"{node.target} (Conv1d: only 2-d convolutions have integer kernels)")
                 return
+            if isinstance(m.padding, str):
+                self.unsupported.append(f"{node.target} (padding={m.padding!r} is asymmetric here: the integer convs "
+                                        "pad both sides alike; use numeric padding)")
+                return
             pad = None
             if m.pad_value != 0.0:
                 if isinstance(m.padding, str) or m.groups != 1:

@@ -102,6 +102,15 @@ class _Unified(nn.Module):
         return self.output_quant(y) if self.output_quant is not None else y
 
 
+def _numeric_padding(padding: str, kernel: tuple[int, ...], dilation: tuple[int, ...]) -> tuple[int, ...] | str:
+    """PyTorch's ``"valid"`` (0) and ``"same"`` (``d (k - 1) / 2`` each side, stride 1) as numbers; an asymmetric
+    ``"same"`` (an even ``d (k - 1)``: PyTorch pads one more on the right) stays a string."""
+    if padding == "valid":
+        return (0,) * len(kernel)
+    total = [d * (k - 1) for k, d in zip(kernel, dilation)]
+    return tuple(t // 2 for t in total) if all(t % 2 == 0 for t in total) else padding
+
+
 class UnifiedConv(_Unified):
     """Conv1d/Conv2d + folded BN [+ residual] + activation, requantized once."""
 
@@ -110,6 +119,8 @@ class UnifiedConv(_Unified):
         super().__init__(conv.weight, conv.bias, act, has_residual, w_spec, out_spec)
         self.ndim = conv.weight.ndim - 2
         self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
+        if isinstance(self.padding, str):  # "valid" / "same" as numbers where they are symmetric
+            self.padding = _numeric_padding(self.padding, tuple(conv.weight.shape[2:]), tuple(conv.dilation))
         if conv.padding_mode != "zeros":
             raise ValueError(f"padding_mode={conv.padding_mode!r} is not supported; use zero padding")
         # the value the input is padded with: 0, or -1 for a binary input (lowbit.graph.fx_passes.mark_binary_inputs)
