@@ -290,3 +290,18 @@ def test_w1a2_and_w2a2_run_bit_serial_and_match(cfg, model):
     assert im.plans.get(im, tuple(x.shape), torch.get_num_threads()) is not None  # the plan runs them
     for kernels in (Kernels.PLAN, Kernels.VNNI, Kernels.REFERENCE):
         assert torch.equal(im.with_kernels(kernels)(x), ref), kernels
+
+
+def test_cost_profile_prices_binary_layers(mlp_w1a1):
+    from lowbit.cost.energy import EnergyTable, mac_energy, requant_energy
+    from lowbit.cost.profile import profile
+
+    rows = {r.name: r for r in profile(mlp_w1a1, (torch.zeros(1, 1, 28, 28),))}
+    hidden = rows["hidden.3"]
+    assert (hidden.weight_bits, hidden.act_bits, hidden.out_bits, hidden.requant) == (1, 1, 1, "threshold")
+    assert hidden.bops == hidden.macs
+    t = EnergyTable.load()
+    e = t.energy
+    assert mac_energy(1, 1, t) == pytest.approx(e["int8_mult"] / 64 + e["int32_add"] / 32)
+    assert mac_energy(8, 8, t) / mac_energy(1, 1, t) > 40
+    assert requant_energy("threshold", t) == e["int32_add"]

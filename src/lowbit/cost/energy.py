@@ -5,13 +5,16 @@ Model (every choice here is a knob of :func:`energy`):
 - compute: an integer layer does ``MACs`` multiplies of ``b_w x b_a`` bits, costed as
   ``int8_mult * b_w b_a / 64`` (array multipliers scale with the product of the widths; 32 x 32
   gives 3.2 pJ against the table's 3.1), plus ``MACs`` int32 accumulations (``int32_add``).
-  A float layer does fp32 multiplies and adds.
+  A float layer does fp32 multiplies and adds. A binary layer (1-bit weights and inputs) does XNORs
+  (``int8_mult / 64``, the 1 x 1 case of the same rule) and counts them in a popcount tree, priced
+  as ``int32_add / 32`` per input bit (a tree of full adders is about one adder bit per input bit)
+  instead of one int32 accumulation per MAC.
 - weights: read once per inference, from SRAM (1 MB row) when all weights fit in ``sram_bytes``,
   else from DRAM.
 - activations: every layer output written once and read once from a 32 KB SRAM.
 - requantization per output element: ``"multiplier"`` = int32 multiply + 2 int32 adds (rounding,
   shift); ``"shift"`` = 2 int32 adds (method H: the multiply is gone); ``"dequantize"`` = one fp32
-  multiply.
+  multiply; ``"threshold"`` (a sign output: the folded BatchNorm's threshold) = one int32 compare.
 
 Area: :func:`mac_area` gives the silicon area of one multiply-accumulate unit at a layer's widths
 (same scaling rule, from the table's ``area`` section). Users pass their own table (same keys)
@@ -94,6 +97,8 @@ def mac_energy(w_bits: float, a_bits: float, table: EnergyTable) -> float:
     e = table.energy
     if w_bits >= 32 and a_bits >= 32:
         return e["fp32_mult"] + e["fp32_add"]
+    if w_bits <= 1 and a_bits <= 1:  # XNOR + a popcount tree's share
+        return e["int8_mult"] / 64 + e["int32_add"] / 32
     return e["int8_mult"] * w_bits * a_bits / 64 + e["int32_add"]
 
 
@@ -111,7 +116,7 @@ def mac_area(w_bits: float, a_bits: float, table: EnergyTable) -> float:
 def requant_energy(kind: str, table: EnergyTable) -> float:
     e = table.energy
     return {"multiplier": e.get("int32_mult", 3.1) + 2 * e["int32_add"], "shift": 2 * e["int32_add"],
-            "dequantize": e["fp32_mult"], "none": 0.0}[kind]
+            "dequantize": e["fp32_mult"], "threshold": e["int32_add"], "none": 0.0}[kind]
 
 
 def energy(rows: list[LayerCost], table: EnergyTable | None = None, sram_bytes: int = 1 << 20) -> Energy:

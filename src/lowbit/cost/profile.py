@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from lowbit.errors import DataError
+from lowbit.formats import Binary
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,8 @@ def _unified_widths(m) -> tuple[float, float, float, str]:
     a_bits = m.input_qparams.fmt.bits if m.input_qparams is not None else 32
     if m.output_quant is None or m.output_quant.mode != "quantize":
         return w_bits, a_bits, 32, ("dequantize" if wq is not None and a_bits < 32 else "none")
+    if isinstance(m.output_quant.spec.format, Binary):  # sign: a per-channel threshold, no multiplier
+        return w_bits, a_bits, 1, "threshold"
     pow2 = m.output_quant.spec.pow2_scale and wq is not None and wq.spec.pow2_scale
     return w_bits, a_bits, m.output_quant.spec.format.bits, "shift" if pow2 else "multiplier"
 
