@@ -305,3 +305,23 @@ def test_cost_profile_prices_binary_layers(mlp_w1a1):
     assert mac_energy(1, 1, t) == pytest.approx(e["int8_mult"] / 64 + e["int32_add"] / 32)
     assert mac_energy(8, 8, t) / mac_energy(1, 1, t) > 40
     assert requant_energy("threshold", t) == e["int32_add"]
+
+
+def test_grouped_binary_conv_warns_and_stays_exact():
+    class Grouped(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.Hardtanh())
+            self.b = nn.Sequential(nn.Conv2d(8, 8, 3, groups=2, bias=False), nn.BatchNorm2d(8), nn.Hardtanh())
+            self.c = nn.Sequential(nn.Conv2d(8, 8, 3, bias=False), nn.BatchNorm2d(8), nn.Hardtanh())
+            self.fc = nn.Linear(8 * 24 * 24, 4)
+
+        def forward(self, x):
+            return self.fc(self.c(self.b(self.a(x))).flatten(1))
+
+    gm = _trained(Grouped(), W1A1)
+    x = _data(16, seed=6).x
+    with pytest.warns(UserWarning, match=r"b\.0 \(binary, groups=2\) runs on the int8 kernels"):
+        im = to_integer(gm, (x[:1],))
+    with torch.no_grad():
+        assert torch.equal(im(x), gm(x))

@@ -16,6 +16,7 @@ kernel then runs them), a ``Binarized`` output stage where their output is a sig
 from __future__ import annotations
 
 import operator
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -208,16 +209,19 @@ class _Lowering:
                                         "pad both sides alike; use numeric padding)")
                 return
             pad = None
-            if m.pad_value != 0.0:
-                if isinstance(m.padding, str) or m.groups != 1:
-                    self.unsupported.append(f"{node.target} (a binary input padded with -1 needs numeric padding "
-                                            "and groups=1)")
+            if m.pad_value != 0.0 and any(_two(m.padding)):
+                if m.groups != 1:
+                    self.unsupported.append(f"{node.target} (a grouped conv of a binary input padded with -1 has no integer kernel: "
+                                            "use groups=1 or padding=0 for it)")
                     return
                 pad = int(p.input.codes(torch.tensor(m.pad_value))) - offset(p.input)
             op: ir.IROp = ir.Conv2d(izp, fmt.bits, out, _two(m.stride), _two(m.padding), _two(m.dilation), m.groups,
                                     codes, in_bits, pad, bool(p.input.fmt.signed))
         else:
             op = ir.Linear(izp, fmt.bits, out, codes, in_bits, bool(p.input.fmt.signed))
+        if codes is ir.WeightCodes.BINARY and in_bits == 1 and not op.xnor:
+            warnings.warn(f"lowbit: {node.target} (binary, groups={op.groups}) runs on the int8 kernels, not the "
+                          "XNOR-popcount kernel (dense convolutions only): same integers, int8 speed", stacklevel=3)
         self.emit(op, ins, node.name, tensors, p.output, str(node.target))
         self.names[node] = node.name
 
