@@ -19,7 +19,8 @@ One training loop (zoo recipes, QAT, the method families)::
 
 Subpackages: ``lowbit.functional`` (pure quantizer maths), ``lowbit.observers``,
 ``lowbit.ptq``, ``lowbit.training``, ``lowbit.nn``, ``lowbit.graph``, ``lowbit.diagnostics``,
-``lowbit.data``, ``lowbit.zoo``, ``lowbit.cli``.
+``lowbit.data``, ``lowbit.zoo``, ``lowbit.cli``, ``lowbit.optim`` (SGD on
+low-precision parameter storage, Kahan-compensated).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ _LAZY = {
     "train": "lowbit.training", "LoopConfig": "lowbit.training",
 }
 _SUBMODULES = {"functional", "observers", "data", "zoo", "cli", "formats", "granularity", "errors", "weight_only",
-               "spec", "ptq", "nn", "graph", "diagnostics", "training"}
+               "spec", "ptq", "nn", "graph", "diagnostics", "training", "optim"}
 
 
 def __getattr__(name: str):
