@@ -54,6 +54,34 @@ def test_pack_ternary_planes():
     assert unpack_bits(mask, 5).tolist() == [[True, False, True, True, False]]
 
 
+@given(lead=st.integers(0, 3), rows=st.integers(0, 5), k=KS, seed=st.integers(0, 2**31))
+def test_pack_ternary_in_c_equals_pytorch(lead, rows, k, seed):
+    """int8 codes are packed in C, other integer dtypes by pack_bits in PyTorch: the same planes."""
+    c = codes(lead, rows, k, g=torch.Generator().manual_seed(seed))
+    sign, mask = pack_ternary(c)
+    sign16, mask16 = pack_ternary(c.to(torch.int16))
+    assert sign.shape == sign16.shape == (lead, rows, (k + 63) // 64)
+    assert torch.equal(sign.view(torch.int64), sign16.view(torch.int64))
+    assert torch.equal(mask.view(torch.int64), mask16.view(torch.int64))
+    assert torch.equal(unpack_bits(sign, k), c > 0) and torch.equal(unpack_bits(mask, k), c != 0)
+
+
+@pytest.mark.parametrize("isa", COMPILED)
+def test_pack_ternary_every_backend(isa, monkeypatch):
+    """The scalar packing of codes (CPUs without AVX-512) and the AVX-512 one give the same planes."""
+    import lowbit.bitwise.ternary as ternary
+
+    monkeypatch.setattr(ternary, "backend", lambda: isa)
+    g = torch.Generator().manual_seed(5)
+    for k in (1, 63, 64, 65, 200, 577):
+        c = codes(7, k, g=g)
+        sign, mask = pack_ternary(c)
+        assert torch.equal(unpack_bits(sign, k), c > 0) and torch.equal(unpack_bits(mask, k), c != 0)
+        c[3, k // 2] = 5
+        with pytest.raises(DataError, match="1 codes lie outside"):
+            pack_ternary(c)
+
+
 @given(m=st.integers(0, 9), n=st.integers(0, 9), k=KS, seed=st.integers(0, 2**31), zeros=st.sampled_from([0, 0.3, 1]))
 def test_reference_equals_int_matmul(m, n, k, seed, zeros):
     g = torch.Generator().manual_seed(seed)
@@ -183,6 +211,11 @@ def test_bad_inputs_give_clear_errors():
     t, q = pack_ternary(codes(4, k, g=g))
     with pytest.raises(DataError, match=r"2 codes lie outside \{-1, 0, 1\} \(e.g. 2\)"):
         pack_ternary_weight(torch.tensor([[2, 0, 1], [-3, 1, 0]], dtype=torch.int8))
+    for dtype in (torch.int8, torch.int32):  # the C and the PyTorch path
+        many = torch.zeros(3, 200, dtype=dtype)
+        many[2, 150] = -128 if dtype == torch.int8 else 7
+        with pytest.raises(DataError, match="1 codes lie outside"):
+            pack_ternary(many)
     with pytest.raises(ShapeError, match="the codes are torch.float32; expected an integer tensor"):
         pack_ternary_weight(torch.zeros(3, 4))
     with pytest.raises(ShapeError, match=r"expected the codes \(N, K\) of a weight, a 2-D int8 tensor; got shape \(4,\)"):

@@ -59,6 +59,7 @@ ENTRY_POINTS: dict[str, str] = {
     "lowbit_xnor_peak": "lowbit.bitwise.kernels.peak_gops",
     "lowbit_ternary_pack_b": "lowbit.bitwise.ternary.pack_ternary_weight_planes",
     "lowbit_ternary_gemm": "lowbit.bitwise.ternary.ternary_gemm",
+    "lowbit_ternary_pack_codes": "lowbit.bitwise.ternary.pack_ternary",
 }
 
 
@@ -94,6 +95,8 @@ def library() -> ctypes.CDLL | None:
     lib.lowbit_ternary_pack_b.restype = None
     lib.lowbit_ternary_gemm.argtypes = [ptr, ptr, i64, ptr, ptr, i64, i64, ctypes.c_int, ptr, ctypes.c_int]
     lib.lowbit_ternary_gemm.restype = ctypes.c_int
+    lib.lowbit_ternary_pack_codes.argtypes = [ptr, i64, i64, ptr, ptr, ctypes.c_int]
+    lib.lowbit_ternary_pack_codes.restype = i64
     return lib
 
 

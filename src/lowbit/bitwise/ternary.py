@@ -38,7 +38,8 @@ def _panel_cols(n: int) -> int:
 
 def pack_ternary(codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The (sign, mask) bit-planes of ternary codes (..., K) (an integer tensor with values in {-1, 0, 1}):
-    sign bit 1 for +1, mask bit 1 for a non-zero, each packed into uint64 words (..., ceil(K / 64)), padding 0."""
+    sign bit 1 for +1, mask bit 1 for a non-zero, each packed into uint64 words (..., ceil(K / 64)), padding 0.
+    int8 codes are packed in C (``lowbit_ternary_pack_codes``, AVX-512 where the CPU has it), others in PyTorch."""
     if not isinstance(codes, torch.Tensor):
         raise ShapeError(f"pack_ternary: expected an integer tensor of codes in {{-1, 0, 1}}, got {type(codes).__name__}")
     if codes.dtype.is_floating_point or codes.is_complex() or codes.dtype == torch.bool:
@@ -48,6 +49,17 @@ def pack_ternary(codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise ShapeError(f"pack_ternary: expected codes (..., K) with K >= 1, got shape {tuple(codes.shape)}")
     if codes.device.type != "cpu":
         raise ShapeError(f"pack_ternary: the codes are on {codes.device}; move them with .cpu()")
+    lib = library()
+    if lib is not None and codes.dtype == torch.int8:  # in C: 64 codes per compare with AVX-512
+        rows = codes.reshape(-1, codes.shape[-1]).contiguous()
+        k = codes.shape[-1]
+        sign = torch.empty((rows.shape[0], words(k)), dtype=torch.uint64)
+        mask = torch.empty_like(sign)
+        name = backend()
+        bad = lib.lowbit_ternary_pack_codes(rows.data_ptr(), rows.shape[0], k, sign.data_ptr(), mask.data_ptr(),
+                                            kernels.ISAS.index(name) if name != REFERENCE else 0)
+        if not bad:
+            return sign.reshape(*codes.shape[:-1], words(k)), mask.reshape(*codes.shape[:-1], words(k))
     bad = (codes < -1) | (codes > 1)
     if bool(bad.any()):
         raise DataError(f"pack_ternary: {int(bad.sum())} codes lie outside {{-1, 0, 1}} (e.g. "

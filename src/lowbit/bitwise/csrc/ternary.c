@@ -98,6 +98,55 @@ void lowbit_ternary_pack_b(const uint64_t *sign, const uint64_t *mask, int64_t N
     }
 }
 
+/* Ternary codes (rows, K) int8 -> the sign plane (code > 0) and the mask plane (code != 0), (rows, ceil(K / 64))
+ * words each, padding bits 0 (lowbit.bitwise.ternary.pack_ternary). Returns the number of codes outside
+ * {-1, 0, 1} (their bits are still written: sign for > 0, mask for != 0). */
+static int64_t pack_codes_scalar(const int8_t *codes, int64_t rows, int64_t K, uint64_t *sign, uint64_t *mask) {
+    const int64_t W = (K + 63) / 64;
+    int64_t bad = 0;
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t w = 0; w < W; w++) {
+            uint64_t s = 0, m = 0;
+            for (int64_t k = w * 64; k < K && k < w * 64 + 64; k++) {
+                const int8_t c = codes[r * K + k];
+                s |= (uint64_t)(c > 0) << (k % 64);
+                m |= (uint64_t)(c != 0) << (k % 64);
+                bad += c < -1 || c > 1;
+            }
+            sign[r * W + w] = s;
+            mask[r * W + w] = m;
+        }
+    return bad;
+}
+
+#ifdef LOWBIT_X86
+/* 64 codes per compare: vpcmpgtb and vptestmb give the two words directly. */
+T512 static int64_t pack_codes_avx512(const int8_t *codes, int64_t rows, int64_t K, uint64_t *sign, uint64_t *mask) {
+    const int64_t W = (K + 63) / 64;
+    const __m512i zero = _mm512_setzero_si512(), one = _mm512_set1_epi8(1), minus = _mm512_set1_epi8(-1);
+    int64_t bad = 0;
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t w = 0; w < W; w++) {
+            const int64_t left = K - w * 64;
+            const __mmask64 valid = left >= 64 ? ~(__mmask64)0 : ((__mmask64)1 << left) - 1;
+            const __m512i v = _mm512_maskz_loadu_epi8(valid, codes + r * K + w * 64);
+            sign[r * W + w] = _mm512_cmpgt_epi8_mask(v, zero);
+            mask[r * W + w] = _mm512_test_epi8_mask(v, v);
+            bad += __builtin_popcountll(_mm512_cmpgt_epi8_mask(v, one) | _mm512_cmplt_epi8_mask(v, minus));
+        }
+    return bad;
+}
+#endif
+
+int64_t lowbit_ternary_pack_codes(const int8_t *codes, int64_t rows, int64_t K, uint64_t *sign, uint64_t *mask,
+                                  int isa) {
+#ifdef LOWBIT_X86
+    if (isa == ISA_AVX512 && (isas() & (1 << ISA_AVX512))) return pack_codes_avx512(codes, rows, K, sign, mask);
+#endif
+    (void)isa;
+    return pack_codes_scalar(codes, rows, K, sign, mask);
+}
+
 /* Arguments of every micro-kernel call. a: (M, AW) words, AW = W (binary activations) or 2 W (ternary: b1, b2
  * interleaved); activation word u meets weight word u >> tern. out = pcm - (acc << (1 - tern)). */
 typedef struct {
