@@ -268,11 +268,14 @@ def test_peak_is_measured():
 
 
 def test_every_c_entry_point_has_a_checking_wrapper():
-    """Mechanical: each exported function of csrc/xnor.c is listed in kernels.ENTRY_POINTS with its wrapper."""
+    """Mechanical: each exported function of the library's sources (csrc/xnor.c, csrc/ternary.c) is listed in
+    kernels.ENTRY_POINTS with its wrapper."""
     import importlib
     import re
 
-    exported = set(re.findall(r"^(?:void|int|int64_t)\s+(lowbit_\w+)\s*\(", kernels.SOURCE.read_text(), re.MULTILINE))
+    exported = set()
+    for src in kernels.SOURCE:
+        exported |= set(re.findall(r"^(?:void|int|int64_t)\s+(lowbit_\w+)\s*\(", src.read_text(), re.MULTILINE))
     assert exported == set(kernels.ENTRY_POINTS)
     for target in kernels.ENTRY_POINTS.values():
         if target.startswith("lowbit."):

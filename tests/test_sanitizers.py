@@ -21,7 +21,8 @@ import lowbit
 from lowbit.native import cext
 
 TESTS = ["tests/test_integer.py", "tests/test_plan.py", "tests/test_vnni.py", "tests/test_safety_integer.py",
-         "tests/test_delta_runtime.py", "tests/test_bitwise.py", "tests/test_binary.py"]
+         "tests/test_delta_runtime.py", "tests/test_bitwise.py", "tests/test_bitwise_ternary.py",
+         "tests/test_binary.py"]
 SANITIZE = "address,undefined"
 
 

@@ -8,7 +8,8 @@
 per 64-bit lane (no horizontal sums, no padding of K to 512 bits); a plain (N, W) operand is interleaved on each
 call. The bits past K need not be 0: the kernel clears them in the panels and masks them off ``a``.
 
-The C source is compiled on first use with the helpers of :mod:`lowbit.native.cext` (same compiler, cache
+The library also holds ``csrc/ternary.c``, the ternary-weight GEMM on two bit-planes (:mod:`lowbit.bitwise.ternary`).
+The C sources are compiled on first use with the helpers of :mod:`lowbit.native.cext` (same compiler, cache
 folder ``$LOWBIT_CACHE`` or ``~/.cache/lowbit``, atomic write), but without
 ``-march=native``: each instruction set is compiled with a target attribute and chosen at run time, best first:
 
@@ -38,7 +39,8 @@ from lowbit.bitwise.pack import clear_padding, pack_signs, words
 from lowbit.errors import ConfigError, DataError, ShapeError
 from lowbit.native import cext
 
-SOURCE = Path(__file__).with_name("csrc") / "xnor.c"
+#: The C sources of the bitwise library: the binary GEMM and the ternary-weight GEMM (:mod:`lowbit.bitwise.ternary`)
+SOURCE = tuple(Path(__file__).with_name("csrc") / f for f in ("xnor.c", "ternary.c"))
 # cext.FLAGS without -march=native: the instruction sets are chosen at run time, not at build time
 FLAGS = ["-O3", "-shared", "-fPIC", "-std=c11", "-fopenmp"]
 ISAS = ("scalar", "avx2", "avx512-vpopcntdq")  # index = the C code's ISA_* number
@@ -47,7 +49,7 @@ MAX_K = 2**31 - 1  # the int32 result K - 2 popcount lies in [-K, K]
 PANEL = 32  # columns of b per panel (csrc/xnor.c)
 
 
-#: Every exported function of csrc/xnor.c and the function here that checks its arguments before calling it
+#: Every exported function of the :data:`SOURCE` files and the function here that checks its arguments before calling it
 #: (a test keeps this in step with the C source).
 ENTRY_POINTS: dict[str, str] = {
     "lowbit_xnor_isas": "no arguments",
@@ -55,6 +57,9 @@ ENTRY_POINTS: dict[str, str] = {
     "lowbit_xnor_pack_f32": "lowbit.bitwise.kernels.pack_rows",
     "lowbit_xnor_gemm": "lowbit.bitwise.kernels.binary_gemm",
     "lowbit_xnor_peak": "lowbit.bitwise.kernels.peak_gops",
+    "lowbit_ternary_pack_b": "lowbit.bitwise.ternary.pack_ternary_weight_planes",
+    "lowbit_ternary_gemm": "lowbit.bitwise.ternary.ternary_gemm",
+    "lowbit_ternary_pack_codes": "lowbit.bitwise.ternary.pack_ternary",
 }
 
 
@@ -65,14 +70,14 @@ def flags(sanitize: str = "") -> list[str]:
 
 
 def library_path(flag_list: list[str] | None = None, cache: Path | None = None) -> Path:
-    """Where the library built from :data:`SOURCE` with ``flag_list`` (default :data:`FLAGS`) is cached."""
-    return cext.cached_path((SOURCE,), FLAGS if flag_list is None else flag_list, "xnor", cache)
+    """Where the library built from the :data:`SOURCE` files with ``flag_list`` (default :data:`FLAGS`) is cached."""
+    return cext.cached_path(SOURCE, FLAGS if flag_list is None else flag_list, "xnor", cache)
 
 
 @lru_cache(maxsize=1)
 def library() -> ctypes.CDLL | None:
     """The compiled XNOR library, or None (the reference path) where no compiler works."""
-    lib = cext.load((SOURCE,), "xnor", flags, "the XNOR kernel is unavailable",
+    lib = cext.load(SOURCE, "xnor", flags, "the XNOR kernel is unavailable",
                     "binary GEMMs use the slower PyTorch reference (same results)")
     if lib is None:
         return None
@@ -86,6 +91,12 @@ def library() -> ctypes.CDLL | None:
     lib.lowbit_xnor_pack_b.restype = None
     lib.lowbit_xnor_pack_f32.argtypes = [ptr, i64, i64, ptr, ctypes.c_int]
     lib.lowbit_xnor_pack_f32.restype = i64
+    lib.lowbit_ternary_pack_b.argtypes = [ptr, ptr, i64, i64, i64, ptr, ptr]
+    lib.lowbit_ternary_pack_b.restype = None
+    lib.lowbit_ternary_gemm.argtypes = [ptr, ptr, i64, ptr, ptr, i64, i64, ctypes.c_int, ptr, ctypes.c_int]
+    lib.lowbit_ternary_gemm.restype = ctypes.c_int
+    lib.lowbit_ternary_pack_codes.argtypes = [ptr, i64, i64, ptr, ptr, ctypes.c_int]
+    lib.lowbit_ternary_pack_codes.restype = i64
     return lib
 
 

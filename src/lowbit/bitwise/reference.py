@@ -1,4 +1,5 @@
-"""Pure-PyTorch reference of the bitwise engine: binary GEMM, threshold epilogue, binary conv2d.
+"""Pure-PyTorch reference of the bitwise engine: binary GEMM, threshold epilogue, binary conv2d, ternary-weight
+GEMM on two bit-planes (:func:`ternary_gemm_reference`).
 
 **XNOR-popcount** (Courbariaux, Hubara et al., "Binarized Neural Networks", 2016; Rastegari et al.,
 "XNOR-Net", ECCV 2016). For a, b in {-1, +1}^K stored as bits (1 = +1, 0 = -1, :mod:`lowbit.bitwise.pack`),
@@ -60,6 +61,81 @@ def binary_gemm_reference(a: torch.Tensor, b: torch.Tensor, k: int) -> torch.Ten
         if t.shape[1] != words(k):
             raise ShapeError(f"binary_gemm_reference: {name} has {t.shape[1]} words per row; K = {k} needs {words(k)}")
     return (k - 2 * popcount_xor(a, b)).to(torch.int32)
+
+
+def popcount_pairs(rows: tuple[torch.Tensor, ...], cols: tuple[torch.Tensor, ...], op) -> torch.Tensor:
+    """``popcount(op(*rows[m], *cols[n]))`` (M, N) int64 for packed planes: each of ``rows`` (M, W) and ``cols``
+    (N, W) uint64; ``op`` combines the uint8 views (bitwise ops act byte by byte). By a byte lookup table."""
+    rb = [r.contiguous().view(torch.uint8) for r in rows]
+    cb = [c.contiguous().view(torch.uint8) for c in cols]
+    m, n, nbytes = rb[0].shape[0], cb[0].shape[0], cb[0].shape[1]
+    out = torch.empty((m, n), dtype=torch.int64)
+    step = max(1, _CHUNK // max(1, n * nbytes))
+    for m0 in range(0, m, step):
+        x = op(*(r[m0:m0 + step, None, :] for r in rb), *(c[None, :, :] for c in cb))  # (rows, N, 8 W) uint8
+        out[m0:m0 + step] = _POPCOUNT8[x.long()].sum(dim=-1)
+    return out
+
+
+def ternary_gemm_reference(a: torch.Tensor | tuple[torch.Tensor, torch.Tensor], w_sign: torch.Tensor,
+                           w_mask: torch.Tensor, k: int) -> torch.Tensor:
+    """int32 (M, N) ``out[m, n] = sum_k x[m, k] w[n, k]`` of ternary weights w in {-1, 0, +1} stored as two
+    bit-planes, and binary or ternary activations x, every plane packed in uint64 words (rows, ceil(K / 64)).
+
+    **Weights.** ``w_sign`` s (bit 1 for +1) and ``w_mask`` m (bit 1 for a non-zero) (N, W); a zero weight's sign
+    bit does not matter. Per position ``w_k = m_k (2 s_k - 1)``.
+
+    **Binary activations** x in {-1, +1}, ``a`` = the bits b (M, W) (1 for +1, :func:`lowbit.bitwise.pack_signs`).
+    Where m_k = 0 the product is 0; where m_k = 1 it is +1 if s_k = b_k and -1 if they differ, so with
+    ``d = popcount(m AND (s XOR b))`` the non-zero positions that disagree,
+
+        sum_k w_k x_k = (popcount(m) - d) - d = popcount(m) - 2 popcount(m AND (s XOR b)).
+
+    ``popcount(m)`` depends on the weight only: the kernel makes it once per column. The XNOR GEMM
+    (:func:`binary_gemm_reference`) is the case m = all ones, popcount(m) = K.
+
+    **Ternary activations** x in {-1, 0, +1}, ``a`` = the pair (t, q) of sign and mask planes (M, W). A product is
+    non-zero where both masks are 1, and then +1 or -1 as the signs agree or not:
+
+        sum_k w_k x_k = popcount(m AND q) - 2 popcount(m AND q AND (s XOR t)).
+
+    (The compiled kernel, ``csrc/ternary.c``, evaluates the same sum another way: x = (b1 + b2) / 2 with the
+    binary planes b1 = t OR NOT q and b2 = t AND q, which are both 1 for +1, both 0 for -1 and 1, 0 for 0, so
+    ``sum = popcount(m) - popcount(m AND (s XOR b1)) - popcount(m AND (s XOR b2))``: two binary-activation
+    terms, one accumulator.)
+
+    Padding bits past K: the weight's mask is cleared there (here and in the kernel's packing), so the padding of
+    every other plane is multiplied by 0 and need not be clear. The result lies in [-K, K].
+    """
+    ternary = isinstance(a, (tuple, list))
+    planes = [("w_sign", w_sign), ("w_mask", w_mask)]
+    if ternary:
+        if len(a) != 2:
+            raise ShapeError(f"ternary_gemm_reference: ternary activations are a pair (sign, mask), got {len(a)} "
+                             "tensors")
+        planes += [("a sign", a[0]), ("a mask", a[1])]
+    else:
+        planes += [("a", a)]
+    for name, t in planes:
+        if not isinstance(t, torch.Tensor) or t.dtype != torch.uint64 or t.ndim != 2:
+            got = f"{t.dtype} {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ShapeError(f"ternary_gemm_reference: {name} must be packed uint64 words (rows, W), got {got}")
+        if t.shape[1] != words(k):
+            raise ShapeError(f"ternary_gemm_reference: {name} has {t.shape[1]} words per row; K = {k} needs "
+                             f"{words(k)}")
+    if w_sign.shape[0] != w_mask.shape[0] or (ternary and a[0].shape[0] != a[1].shape[0]):
+        raise ShapeError("ternary_gemm_reference: the sign and mask planes of an operand must have the same rows")
+    m = w_mask.clone()
+    if k % 64:  # the mask's padding bits off: they would count in popcount(m)
+        last = m[:, -1].view(torch.int64)
+        m[:, -1] = (last & ((1 << (k % 64)) - 1)).view(torch.uint64)
+    if not ternary:
+        pcm = _POPCOUNT8[m.view(torch.uint8).long()].sum(dim=-1)  # (N,)
+        d = popcount_pairs((a,), (w_sign, m), lambda b, s, mm: mm & (s ^ b))
+        return (pcm[None, :] - 2 * d).to(torch.int32)
+    both = popcount_pairs((a[1],), (m,), lambda q, mm: mm & q)
+    d = popcount_pairs((a[0], a[1]), (w_sign, m), lambda t, q, s, mm: mm & q & (s ^ t))
+    return (both - 2 * d).to(torch.int32)
 
 
 def threshold_reference(acc: torch.Tensor, thr: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
@@ -143,5 +219,5 @@ def _pair(v) -> tuple[int, int]:
     return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
 
 
-__all__ = ["binary_conv2d_reference", "binary_gemm_reference", "binary_linear_reference", "popcount_xor",
-           "threshold_from_affine", "threshold_reference"]
+__all__ = ["binary_conv2d_reference", "binary_gemm_reference", "binary_linear_reference", "popcount_pairs",
+           "popcount_xor", "ternary_gemm_reference", "threshold_from_affine", "threshold_reference"]
