@@ -36,7 +36,7 @@ import time
 import torch
 
 from _common import RESULTS, write_result
-from bench_binary_gemm import cpu_busy_seconds, cpu_description, fallback_backend
+from bench_binary_gemm import _time, cpu_busy_seconds, cpu_description, fallback_backend, warm_cold
 from lowbit.bitwise import kernels
 from lowbit.bitwise.pack import pack_signs
 from lowbit.bitwise.ternary import pack_ternary, pack_ternary_weight, ternary_gemm
@@ -88,24 +88,6 @@ def shape_paths(m: int, n: int, k: int, fallback: str | None) -> tuple[dict, dic
         fn()
         costs[name] = min(_time(fn) for _ in range(10))
     return paths, costs
-
-
-def warm_cold(paths: dict, rounds: int) -> dict[str, tuple[list[float], list[float]]]:
-    """Per path: (warm, cold) samples in us; each round calls every path twice in a row, order rotating."""
-    names = list(paths)
-    samples = {n: ([], []) for n in names}
-    for r in range(rounds):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            cold = _time(paths[name])
-            samples[name][0].append(_time(paths[name]))
-            samples[name][1].append(cold)
-    return samples
-
-
-def _time(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return (time.perf_counter() - start) * 1e6
 
 
 def main() -> None:

@@ -275,21 +275,37 @@ def _xnor_conv(b: Builder, op: ops.Conv2d, x: Value) -> Value:
     return _xnor_out(b, op, a, packed, thr, rows, (n, packed.n, ho, wo), True)
 
 
+def _bitserial_conv(b: Builder, op: ops.Conv2d, x: Value) -> Value:
+    """Few-bit conv: int8 im2col rows (padded with the op's pad code), then the bit-serial GEMM."""
+    n, c, h, wd = x.shape
+    geo, (ho, wo) = op.conv_geometry(h, wd)
+    (sh, sw), (ph, pw), (dh, dw) = geo
+    (kh, kw), rows = op.kernel, n * ho * wo
+    cols = b.scratch(rows * kh * kw * c, torch.int8)
+    b.step(Kind.IM2COL_I8, [b.nhwc(x), cols], [n, h, wd, c, kh, kw, sh, sw, ph, pw, dh, dw, op.ir.pad_code, ho, wo])
+    return _bitserial(b, op, cols, rows, op.weight_mat, (n, op.weight_mat.shape[0], ho, wo), True)
+
+
+def _bitwise(b: Builder, op: ops._Layer, x: Value, residual: Value | None) -> Value | None:
+    """The steps of a layer the bitwise engine runs (XNOR or bit-serial), or None for the int8 kernels."""
+    if not (op.ir.xnor or op.ir.bitserial):
+        return None
+    if residual is not None:
+        raise Unsupported("a bitwise layer with a residual input")
+    if isinstance(op, ops.Conv2d):
+        return _xnor_conv(b, op, x) if op.ir.xnor else _bitserial_conv(b, op, x)
+    if op.ir.xnor:
+        return _xnor_linear(b, op, x)
+    w = op.tensors["weight"]
+    return _bitserial(b, op, b.rows(x), x.numel // w.shape[1], w, (*x.shape[:-1], w.shape[0]), False)
+
+
 def _linear(b: Builder, op: ops.Linear, x: Value, residual: Value | None = None) -> Value:
     """The VNNI GEMM on the input rows (int8 when K % 4 == 0, else packed), the epilogue fused; binary layers
     on the XNOR-popcount GEMM."""
     _int8(x)
-    if op.ir.xnor:
-        if residual is not None:
-            raise Unsupported("a binary layer with a residual input")
-        return _xnor_linear(b, op, x)
-    if op.ir.bitserial:
-        if residual is not None:
-            raise Unsupported("a bit-serial layer with a residual input")
-        k = op.tensors["weight"].shape[1]
-        rows = x.numel // k
-        return _bitserial(b, op, b.rows(x), rows, op.tensors["weight"], (*x.shape[:-1], op.tensors["weight"].shape[0]),
-                          False)
+    if (bitwise_out := _bitwise(b, op, x, residual)) is not None:
+        return bitwise_out
     packed = op.packed(op.tensors["weight"], Kernels.PLAN)
     if packed is None or x.shape[-1] != packed[0].k:
         raise Unsupported("linear without the VNNI GEMM")
@@ -325,20 +341,8 @@ def _conv_residual(b: Builder, residual: Value | None, shape, dequant: bool) -> 
 def _conv2d(b: Builder, op: ops.Conv2d, x: Value, residual: Value | None = None) -> Value:
     """Dense conv as the implicit-GEMM VNNI kernel (C % 4 == 0) or im2col + VNNI GEMM; depthwise in C."""
     _int8(x, 4)
-    if op.ir.xnor:
-        if residual is not None:
-            raise Unsupported("a binary layer with a residual input")
-        return _xnor_conv(b, op, x)
-    if op.ir.bitserial:
-        if residual is not None:
-            raise Unsupported("a bit-serial layer with a residual input")
-        n, c, h, wd = x.shape
-        geo, (ho, wo) = op.conv_geometry(h, wd)
-        (sh, sw), (ph, pw), (dh, dw) = geo
-        (kh, kw), rows = op.kernel, n * ho * wo
-        cols = b.scratch(rows * kh * kw * c, torch.int8)
-        b.step(Kind.IM2COL_I8, [b.nhwc(x), cols], [n, h, wd, c, kh, kw, sh, sw, ph, pw, dh, dw, op.ir.pad_code, ho, wo])
-        return _bitserial(b, op, cols, rows, op.weight_mat, (n, op.weight_mat.shape[0], ho, wo), True)
+    if (bitwise_out := _bitwise(b, op, x, residual)) is not None:
+        return bitwise_out
     if op.depthwise:
         return _depthwise(b, op, x, residual)
     packed = op.packed(op.weight_mat, Kernels.PLAN) if op.ir.groups == 1 else None
