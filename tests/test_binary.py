@@ -325,3 +325,44 @@ def test_grouped_binary_conv_warns_and_stays_exact():
         im = to_integer(gm, (x[:1],))
     with torch.no_grad():
         assert torch.equal(im(x), gm(x))
+
+
+# ---------------------------------------------------------------- ternary weights on binary inputs
+
+
+@settings(max_examples=25, deadline=None)
+@given(conv=st.booleans(), binarized=st.booleans(), n=st.integers(1, 3), c=st.integers(1, 70), o=st.integers(1, 70),
+       seed=st.integers(0, 10_000))
+def test_ternary_weights_on_binary_inputs_run_the_ternary_kernel(conv, binarized, n, c, o, seed):
+    """Ternary weights x signs: the two-plane popcount kernel gives the int8 reference's codes (-1 padding)."""
+    g = torch.Generator().manual_seed(seed)
+    t = {"bias": torch.randint(-60, 60, (o,), generator=g).to(torch.int32)}
+    out = ir.Binarized() if binarized else ir.Requantized(0, -128, 127)
+    if not binarized:
+        t.update(m=torch.full((o,), 1 << 20, dtype=torch.int64), n=torch.full((o,), 22, dtype=torch.int64))
+    if conv:
+        x = (torch.randint(0, 2, (n, c, 5, 6), generator=g) * 2 - 1).to(torch.int8)
+        w = torch.randint(-1, 2, (o, c, 3, 3), generator=g).to(torch.int8)
+        op = build(ir.Conv2d(0, 2, out, (1, 1), (1, 1), (1, 1), 1, ir.WeightCodes.TERNARY, 1, -1, True), {"weight": w, **t})
+    else:
+        x = (torch.randint(0, 2, (n, c), generator=g) * 2 - 1).to(torch.int8)
+        w = torch.randint(-1, 2, (o, c), generator=g).to(torch.int8)
+        op = build(ir.Linear(0, 2, out, ir.WeightCodes.TERNARY, 1, True), {"weight": w, **t})
+    assert op.ir.ternary_popcount
+    assert torch.equal(op(x, kernels=Kernels.VNNI), op(x, kernels=Kernels.REFERENCE))
+
+
+def test_ternary_weight_binary_act_model_lowers_to_the_ternary_kernel_and_plans():
+    from lowbit.formats import Ternary
+
+    cfg = QATConfig(weight=QuantSpec(Ternary(), PerChannel(0)), act=QuantSpec(Binary()), bn_freeze_steps=10**9)
+    for net in (BinaryMLP(hidden=96, depth=3), BinaryCNN(channels=8)):
+        gm = _trained(net, cfg)
+        x = _data(64, seed=7).x
+        with torch.no_grad():
+            ref = gm(x)
+        im = to_integer(gm, (x[:1],))
+        assert [n.op.ir.ternary_popcount for n in im.nodes if isinstance(n.op.ir, ir.LAYERS)][1:3] == [True, True]
+        assert im.plans.get(im, tuple(x.shape), torch.get_num_threads()) is not None
+        for kernels in (Kernels.PLAN, Kernels.VNNI, Kernels.REFERENCE):
+            assert torch.equal(im.with_kernels(kernels)(x), ref), kernels

@@ -169,6 +169,11 @@ class Linear:
         2-bit weights in at most 4 binary GEMMs; None otherwise."""
         return _bitserial(self.weight_codes, self.weight_bits, self.input_bits)
 
+    @property
+    def ternary_popcount(self) -> bool:
+        """Ternary weights on binary inputs: the ternary kernel of :mod:`lowbit.bitwise.ternary` runs it."""
+        return self.weight_codes is WeightCodes.TERNARY and self.input_bits == 1
+
 
 @dataclass(frozen=True)
 class Conv2d:
@@ -191,6 +196,11 @@ class Conv2d:
     def bitserial(self) -> str | None:
         """As :attr:`Linear.bitserial`, for dense convolutions."""
         return _bitserial(self.weight_codes, self.weight_bits, self.input_bits) if self.groups == 1 else None
+
+    @property
+    def ternary_popcount(self) -> bool:
+        """As :attr:`Linear.ternary_popcount`, for dense convolutions (the binary input padded with -1)."""
+        return self.weight_codes is WeightCodes.TERNARY and self.input_bits == 1 and self.groups == 1
 
     @property
     def xnor(self) -> bool:

@@ -170,6 +170,18 @@ class _Layer(Op):
             return cext.bits_unpack_i8(bits, packed.n) if c else bitwise.unpack_signs(bits, packed.n, torch.int8)
         return bitwise.binary_gemm(a, packed, packed.k, isa=isa)
 
+    def ternary_weight(self, weight_mat: torch.Tensor, order: str = "") -> bitwise.PackedTernary:
+        """The ternary weight rows (O, K) as two bit-planes in the ternary kernel's panels, made on first use."""
+        key = "ternary" + order
+        if key not in self._xnor:
+            self._xnor[key] = bitwise.pack_ternary_weight(weight_mat.to(torch.int8).contiguous())
+        return self._xnor[key]
+
+    def ternary_acc(self, bits: torch.Tensor, weight_mat: torch.Tensor, order: str = "") -> torch.Tensor:
+        """int32 (R, O) of binary input rows packed in ``bits`` against the ternary weight (two bit-planes)."""
+        w = self.ternary_weight(weight_mat, order)
+        return bitwise.ternary_gemm(bits, w, w.k)
+
     def planes(self, weight_mat: torch.Tensor):
         """The weight rows (O, K) as bit-serial sign planes (:mod:`lowbit.bitwise.bitserial`), made on first use."""
         if "planes" not in self._xnor:
@@ -225,6 +237,9 @@ class Linear(_Layer):
             y = self.xnor_rows(x.reshape(-1, x.shape[-1]), self.tensors["weight"], kernels)
             y = y if self.binarized else self._out(y, self.bias_folded, residual, lambda v: v, kernels)
             return y.reshape(*lead, o)
+        if self.ir.ternary_popcount and _c(kernels) and bitwise.backend() in bitwise.kernels.ISAS:
+            acc = self.ternary_acc(cext.bits_pack_i8(x.reshape(-1, x.shape[-1])), self.tensors["weight"])
+            return self._out(acc, self.bias_folded, residual, lambda v: v, kernels).reshape(*lead, o)
         if self.ir.bitserial and (acc := self.bitserial_acc(x.reshape(-1, x.shape[-1]), self.tensors["weight"],
                                                             kernels)) is not None:
             return self._out(acc, self.bias_folded, residual, lambda v: v, kernels).reshape(*lead, o)
@@ -258,6 +273,12 @@ class Conv2d(_Layer):
         conv = (a.stride, a.padding, a.dilation)
         if a.xnor:
             return self._xnor_conv(x, residual, kernels)
+        if a.ternary_popcount and _c(kernels) and bitwise.backend() in bitwise.kernels.ISAS \
+                and (a.pad_code == -1 or not any(a.padding)):
+            n, _, h, w = x.shape
+            geo, (ho, wo) = self.conv_geometry(h, w)
+            acc = self.ternary_acc(cext.bits_im2col(x, self.kernel, *geo, (ho, wo)), self.weight_mat, "hwc")
+            return self._rows_out(acc, residual, n, ho, wo, o, kernels)
         if a.bitserial and _c(kernels):
             n, _, h, w = x.shape
             geo, (ho, wo) = self.conv_geometry(h, w)

@@ -156,6 +156,7 @@ def _step_checks() -> dict:
         Kind.BITS_SERIAL: lambda B, a, r, t: g.bits_serial_gemm(B(0), a[0], a[1], a[2], a[3], B(1), a[4], B(2), a[5],
                                                                  B(3), B(4), a[6], a[7], B(5), B(6), B(7), B(8), t),
         Kind.IM2COL_I8: lambda B, a, r, t: g.im2col_nhwc(B(0), *a[:15], B(1)),
+        Kind.TERNARY_GEMM: lambda B, a, r, t: g.ternary_gemm(B(0), None, a[0], B(1), B(2), a[1], a[2], a[3], B(3), t),
     }
 
 

@@ -49,6 +49,7 @@ class Kind(IntEnum):
     BITS_UNPACK = 17
     BITS_SERIAL = 18
     IM2COL_I8 = 19
+    TERNARY_GEMM = 20
 
 
 class Unsupported(Exception):
@@ -286,18 +287,48 @@ def _bitserial_conv(b: Builder, op: ops.Conv2d, x: Value) -> Value:
     return _bitserial(b, op, cols, rows, op.weight_mat, (n, op.weight_mat.shape[0], ho, wo), True)
 
 
+def _ternary(b: Builder, op: ops._Layer, a: int, rows: int, weight_mat: torch.Tensor, order: str, shape,
+             channels_last: bool) -> Value:
+    """Binary input rows packed in ``a`` times the ternary weight (two bit-planes), then the stage."""
+    w = op.ternary_weight(weight_mat, order)
+    acc = b.scratch(rows * w.n, torch.int32)
+    b.step(Kind.TERNARY_GEMM, [a, b.const(w.panels), b.const(w.pcm), acc], [rows, w.n, words(w.k), _xnor_isa()])
+    return _acc_out(b, op, acc, rows, w.n, shape, channels_last)
+
+
 def _bitwise(b: Builder, op: ops._Layer, x: Value, residual: Value | None) -> Value | None:
-    """The steps of a layer the bitwise engine runs (XNOR or bit-serial), or None for the int8 kernels."""
-    if not (op.ir.xnor or op.ir.bitserial):
+    """The steps of a layer the bitwise engine runs (XNOR, ternary or bit-serial), or None for the int8 kernels."""
+    if not (op.ir.xnor or op.ir.bitserial or op.ir.ternary_popcount):
         return None
     if residual is not None:
         raise Unsupported("a bitwise layer with a residual input")
+    if op.ir.ternary_popcount:
+        return _ternary_layer(b, op, x)
     if isinstance(op, ops.Conv2d):
         return _xnor_conv(b, op, x) if op.ir.xnor else _bitserial_conv(b, op, x)
     if op.ir.xnor:
         return _xnor_linear(b, op, x)
     w = op.tensors["weight"]
     return _bitserial(b, op, b.rows(x), x.numel // w.shape[1], w, (*x.shape[:-1], w.shape[0]), False)
+
+
+def _ternary_layer(b: Builder, op: ops._Layer, x: Value) -> Value:
+    """Ternary weights on binary inputs: the signs packed (a conv's rows from NHWC, -1 padding), the ternary GEMM."""
+    if isinstance(op, ops.Linear):
+        w = op.tensors["weight"]
+        rows = x.numel // w.shape[1]
+        a = b.scratch(rows * words(w.shape[1]), torch.uint64)
+        b.step(Kind.BITS_PACK, [b.rows(x), a], [rows, w.shape[1]])
+        return _ternary(b, op, a, rows, w, "", (*x.shape[:-1], w.shape[0]), False)
+    if any(op.ir.padding) and op.ir.pad_code != -1:
+        raise Unsupported("a ternary conv of a binary input padded with another value than -1")
+    n, c, h, wd = x.shape
+    geo, (ho, wo) = op.conv_geometry(h, wd)
+    (sh, sw), (ph, pw), (dh, dw) = geo
+    (kh, kw), rows = op.kernel, n * ho * wo
+    a = b.scratch(rows * words(kh * kw * c), torch.uint64)
+    b.step(Kind.BITS_IM2COL, [b.nhwc(x), a], [n, h, wd, c, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo])
+    return _ternary(b, op, a, rows, op.weight_mat, "hwc", (n, op.weight_mat.shape[0], ho, wo), True)
 
 
 def _linear(b: Builder, op: ops.Linear, x: Value, residual: Value | None = None) -> Value:

@@ -38,7 +38,8 @@ from lowbit.functional.requant import half_of
 
 SOURCES = tuple(Path(__file__).with_name("csrc") / f for f in ("requant.c", "gemm.c", "plan.c", "delta.c",
                                                                       "bits.c")) + (
-    Path(__file__).parent.parent / "bitwise" / "csrc" / "xnor.c",)  # the XNOR GEMM, for the plan's binary layers
+    Path(__file__).parent.parent / "bitwise" / "csrc" / "xnor.c",  # the XNOR and ternary GEMMs, for the plan's
+    Path(__file__).parent.parent / "bitwise" / "csrc" / "ternary.c")  # bitwise layers
 FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-std=c11", "-fopenmp"]
 SANITIZE_FLAGS = ["-O1", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g"]  # -O1: a quicker build,
 # every access checked one by one (the intrinsic kernels are the same code at any level)

@@ -503,6 +503,22 @@ def bits_serial_gemm(x: Buf, M, K, lo, B, panels: Buf, P, a: Buf, a0, vsum: Buf,
     _need(k, "out", out, (torch.int32,), M * N)
 
 
+def ternary_gemm(a: Buf, amask: Buf | None, M, panels: Buf, pcm: Buf, N, W, isa, out: Buf, threads) -> None:
+    """``lowbit_ternary_gemm``: binary rows (M, W) (with ``amask``: ternary) times a ternary weight in panels of 32
+    columns, two planes (``lowbit.bitwise.pack_ternary_weight``), popcounts ``pcm`` -> int32 (M, N)."""
+    k = "lowbit_ternary_gemm"
+    M, N, W = _int(k, "M", M, 0), _int(k, "N", N, 1), _int(k, "W", W, 1, (1 << 24))
+    _int(k, "isa", isa, 0, 2)
+    _int(k, "threads", threads, 1, 4096)
+    cols = (N + 31) // 32 * 32
+    _need(k, "a", a, (torch.uint64,), M * W)
+    if amask is not None:
+        _need(k, "amask", amask, (torch.uint64,), M * W)
+    _need(k, "panels", panels, (torch.uint64,), cols * W * 2)
+    _need(k, "pcm", pcm, (torch.int32,), cols)
+    _need(k, "out", out, (torch.int32,), M * N)
+
+
 ENTRY_POINTS: dict[str, str] = {
     "lowbit_requant": "lowbit.native.guard.requant",
     "lowbit_requant_block": "called from C only (lowbit_gemm_u8s8, lowbit_conv_u8s8, lowbit_requant)",
@@ -529,6 +545,9 @@ ENTRY_POINTS: dict[str, str] = {
     "lowbit_bits_unpack_i8": "lowbit.native.guard.bits_unpack_i8",
     "lowbit_bits_im2col_nhwc": "lowbit.native.guard.bits_im2col_nhwc",
     "lowbit_bits_serial_gemm": "lowbit.native.guard.bits_serial_gemm",
+    "lowbit_ternary_gemm": "lowbit.native.guard.ternary_gemm",
+    "lowbit_ternary_pack_b": "not called in this library (the plan takes the panels of bitwise.pack_ternary_weight)",
+    "lowbit_ternary_pack_codes": "not called in this library (bitwise.pack_ternary calls the bitwise library's copy)",
     "lowbit_xnor_gemm": "lowbit.native.guard.xnor_gemm",
     "lowbit_xnor_isas": "no arguments",
     "lowbit_xnor_pack_b": "not called in this library (the plan takes the panels of bitwise.kernels.pack_weight)",
@@ -537,6 +556,6 @@ ENTRY_POINTS: dict[str, str] = {
 }
 
 
-__all__ = ["ENTRY_POINTS", "Buf", "bits_im2col_nhwc", "bits_serial_gemm", "bits_pack_i8", "bits_unpack_i8", "buf", "xnor_gemm", "conv_u8s8", "delta_gru_q", "delta_rnn_f32", "depthwise_nhwc", "dequant_codes", "dequant_rows",
+__all__ = ["ENTRY_POINTS", "Buf", "bits_im2col_nhwc", "bits_serial_gemm", "ternary_gemm", "bits_pack_i8", "bits_unpack_i8", "buf", "xnor_gemm", "conv_u8s8", "delta_gru_q", "delta_rnn_f32", "depthwise_nhwc", "dequant_codes", "dequant_rows",
            "gemm_u8s8", "im2col_nhwc", "im2col_u8", "maxpool_nhwc", "nhwc_to_nchw", "out_size", "pack_a", "pack_w",
            "pad_flip_nhwc", "quantize_f32", "requant", "requant_values", "sum_hw", "vnni_peak"]

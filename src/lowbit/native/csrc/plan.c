@@ -45,6 +45,7 @@ enum {
     STEP_BITS_SERIAL = 18, /* buf: x i8, panels, a, vsum, wsum, abuf, gbuf, acc, out i32;  arg: M, K, lo, B, P, a0, N,
                             * isa */
     STEP_IM2COL_I8 = 19,   /* buf: x i8 NHWC, out i8 rows;  arg: N, H, W, C, kh, kw, sh, sw, ph, pw, dh, dw, pad, Ho, Wo */
+    STEP_TERNARY_GEMM = 20, /* buf: a u64 (binary rows), panels, pcm i32, out i32;  arg: M, N, W, isa */
 };
 
 int64_t lowbit_quantize_f32(const float *x, int64_t count, float inv, float zp, float lo, float hi, int8_t *out);
@@ -88,6 +89,8 @@ void lowbit_im2col_nhwc(const int8_t *x, int64_t N, int64_t H, int64_t W, int64_
                         int64_t Ho, int64_t Wo, int8_t *out);
 int lowbit_xnor_gemm(const uint64_t *a, int64_t M, const uint64_t *panels, int64_t N, int64_t W, int64_t K, int isa,
                      const int32_t *thr, const uint8_t *flip, void *out, int threads);
+int lowbit_ternary_gemm(const uint64_t *a, const uint64_t *amask, int64_t M, const uint64_t *panels,
+                        const int32_t *pcm, int64_t N, int64_t W, int isa, int32_t *out, int threads);
 
 /* Global sum pooling of NHWC int8 (N, HW, C) into int32 (N, C): the window sums of a global average pool,
  * as x.sum(dim=(2, 3), dtype=torch.int32) computes them (exact: |sum| < 2^31 for HW < 2^24). */
@@ -161,6 +164,8 @@ static int run_step(const struct lowbit_step *s, void **bufs, int threads) {
     case STEP_BITS_SERIAL:
         return lowbit_bits_serial_gemm(B(0), A(0), A(1), A(2), A(3), B(1), A(4), B(2), A(5), B(3), B(4), A(6),
                                        (int)A(7), B(5), B(6), B(7), B(8), threads) ? -2 : 0;
+    case STEP_TERNARY_GEMM:
+        return lowbit_ternary_gemm(B(0), NULL, A(0), B(1), B(2), A(1), A(2), (int)A(3), B(3), threads) ? -2 : 0;
     case STEP_IM2COL_I8:
         lowbit_im2col_nhwc(B(0), A(0), A(1), A(2), A(3), A(4), A(5), A(6), A(7), A(8), A(9), A(10), A(11),
                            (int8_t)A(12), A(13), A(14), B(1));
