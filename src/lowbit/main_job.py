@@ -187,3 +187,77 @@ def delta_rows(model_name: str = "vowels_gru", thetas=DELTA_THETAS) -> DeltaTabl
     rows = tuple(DeltaRow(p.theta_x, p.theta_h, p.metric, p.cost.mac_reduction, p.cost.fetch_reduction)
                  for p in points)
     return DeltaTable(model_name, dense, recurrent.shipped_accuracy(model_name), rows, len(test))
+
+
+@dataclass(frozen=True)
+class BinaryRow:
+    """One shipped W1A1 model: the integer/bitwise model's accuracy, file size and latency against fp32 eager."""
+
+    key: str
+    accuracy: float
+    recorded: float
+    identical: int  # test images whose integer outputs equal the converted simulation's, bit for bit
+    bytes_fp32: int
+    bytes_integer: int
+    latency: tuple[tuple[int, float, float], ...]  # (batch, fp32 eager us, lowbit binary us)
+
+
+@dataclass(frozen=True)
+class BinaryTable:
+    rows: tuple[BinaryRow, ...]
+    n_test: int
+
+    def render(self) -> str:
+        lines = [f"binary networks, W1A1 (shipped weights; the integer/bitwise model on {self.n_test} Fashion-MNIST "
+                 "test images; 1 thread, best of interleaved rounds)",
+                 f"{'model':<18}{'accuracy':>10}{'recorded':>10}{'size':>10}{'batch':>7}{'fp32 us':>10}"
+                 f"{'binary us':>11}{'speed-up':>10}",
+                 "-" * 86]
+        for r in self.rows:
+            for i, (batch, f, b) in enumerate(r.latency):
+                head = (f"{r.key:<18}{100 * r.accuracy:>9.2f}%{100 * r.recorded:>9.2f}%"
+                        f"{r.bytes_fp32 / r.bytes_integer:>9.1f}x") if i == 0 else " " * 48
+                lines.append(f"{head}{batch:>7}{f:>10.0f}{b:>11.0f}{f / b:>9.2f}x")
+        lines += ["-" * 86, "(size: fp32 parameters / the integer model's file, binary weights 1 bit each; hidden layers "
+                  "run XNOR-popcount, first and last layer 8-bit)"]
+        lines += [f"{r.key}: integer outputs identical to the simulation's on {r.identical}/{self.n_test} test images"
+                  for r in self.rows]
+        return "\n".join(lines)
+
+
+def binary_rows(test_set: Split | None = None, data_root=None, rounds: int = 30) -> BinaryTable:
+    """The shipped W1A1 models (:mod:`lowbit.zoo.binary_zoo`) as integer/bitwise models: accuracy, size, latency."""
+    import tempfile
+    from pathlib import Path
+
+    from lowbit.integer.io import save_integer
+    from lowbit.zoo.binary import BinaryCNN, BinaryMLP
+    from lowbit.zoo.binary_zoo import CONFIGS, pretrained_binary, shipped_binary_accuracy, weights_path
+
+    test_set = test_set if test_set is not None else fashion_mnist("test", root=data_root)
+    rows = []
+    for key, kind in CONFIGS.items():
+        if not weights_path(key).exists():
+            continue
+        model = pretrained_binary(key)
+        im = to_integer(model, (test_set.x[:1],))
+        correct = identical = 0
+        with torch.no_grad():
+            for i in range(0, len(test_set), 500):
+                x, y = test_set.x[i:i + 500], test_set.y[i:i + 500]
+                out = im(x)
+                correct += int((out.argmax(1) == y).sum())
+                identical += int((out == model(x)).all(dim=1).sum())
+        float_net = (BinaryCNN(channels=model.get_submodule("features.0").weight.shape[0]) if kind == "cnn"
+                     else BinaryMLP()).eval()
+        with tempfile.TemporaryDirectory() as tmp:
+            size = save_integer(im, Path(tmp) / "m.safetensors").stat().st_size
+        lat = []
+        with torch_threads(1), torch.no_grad():
+            for batch in (1, 64):
+                x = test_set.x[:batch].contiguous()
+                t = interleaved({"fp32": lambda: float_net(x), "binary": lambda: im(x)}, rounds=rounds, warmup=5)
+                lat.append((batch, t["fp32"].best_us, t["binary"].best_us))
+        rows.append(BinaryRow(key, correct / len(test_set), shipped_binary_accuracy(key), identical,
+                              4 * sum(p.numel() for p in float_net.parameters()), size, tuple(lat)))
+    return BinaryTable(tuple(rows), len(test_set))

@@ -27,6 +27,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     print("\n" + main_job.delta_rows().render())
     print(f"\n({time.perf_counter() - start:.1f} s)")
+    start = time.perf_counter()
+    binary = main_job.binary_rows(data_root=args.data_dir)
+    if binary.rows:
+        print("\n" + binary.render())
+        print(f"\n({time.perf_counter() - start:.1f} s)")
     if args.report_dir:
         from lowbit.cli.report_cmd import write_reports
 
