@@ -67,7 +67,7 @@ for v in (4, "int4", None, True, NAN):
 for v in (8, "uint8", None):
     add(CAT, f"PTQConfig_act_{_bits_name(v)}", "error", lambda v=v: _ptq(act=v)())
 add(CAT, "PTQConfig_weight_a_format_not_a_spec", "error", lambda: _ptq(weight=_f("IntFormat", 4))())
-for tag, make in (("Binary", lambda: _spec(_f("Binary"), _g("PerChannel", 0))),
+for tag, make in (("Binary_PerGroup_8", lambda: _spec(_f("Binary"), _g("PerGroup", 8))),
                   ("Log2_4", lambda: _spec(_f("Log2", 4), _g("PerChannel", 0))),
                   ("PowerOfTwo_6", lambda: _spec(_f("PowerOfTwo", 6), _g("PerChannel", 0))),
                   ("unsigned_int8", lambda: _spec(_f("IntFormat", 8, signed=False), _g("PerChannel", 0))),
@@ -79,7 +79,7 @@ for tag, make in (("Binary", lambda: _spec(_f("Binary"), _g("PerChannel", 0))),
 for tag, make in (("Ternary", lambda: _spec(_f("Ternary"))),
                   ("signed_PerChannel", lambda: _spec(_f("IntFormat", 8, signed=False), _g("PerChannel", 1))),
                   ("int1", lambda: _spec(_f("IntFormat", 1))),
-                  ("Binary", lambda: _spec(_f("Binary")))):
+                  ("Binary_PerChannel", lambda: _spec(_f("Binary"), _g("PerChannel", 1)))):
     add(CAT, f"PTQConfig_act_spec_{tag}", "error", lambda m=make: _ptq(act=m())())
 for v in (0, 1, 33, "8"):
     add(CAT, f"PTQConfig_first_last_bits_{_bits_name(v)}", "error", lambda v=v: _ptq(first_last_bits=v)())
@@ -166,7 +166,7 @@ def _a(bits):
 
 
 for make, kw, tag in ((_w(9), {}, "weight_int9"), (lambda: 4, {}, "weight_int_4"), (_a(9), {}, "act_uint9"),
-                      (lambda: _spec(_f("Binary"), _g("PerChannel", 0)), {}, "weight_Binary"),
+                      (lambda: _spec(_f("Binary"), _g("PerTensor")), {}, "weight_Binary_PerTensor"),
                       (lambda: "4", {}, "weight_str"), (_w(4), {"method": "magic"}, "method_magic"),
                       (_w(4), {"convention": "x"}, "convention_x"), (_w(4), {"init": "x"}, "init_x"),
                       (_w(4), {"bn_freeze_steps": -1}, "bn_freeze_steps_-1"),
