@@ -366,3 +366,44 @@ def test_ternary_weight_binary_act_model_lowers_to_the_ternary_kernel_and_plans(
         assert im.plans.get(im, tuple(x.shape), torch.get_num_threads()) is not None
         for kernels in (Kernels.PLAN, Kernels.VNNI, Kernels.REFERENCE):
             assert torch.equal(im.with_kernels(kernels)(x), ref), kernels
+
+
+# ---------------------------------------------------------------- stochastic ensembles (Vogel et al. 2016)
+
+
+def test_stochastic_signs_follow_hard_sigmoid_and_the_generator():
+    from lowbit.nn.ensemble import stochastic_signs
+
+    w = torch.tensor([-1.0, -0.5, 0.0, 0.5, 1.0]).repeat(20000, 1)
+    for bits in (None, 3):
+        s = stochastic_signs(w, torch.Generator().manual_seed(0), bits)
+        p_plus = (s == 1).float().mean(dim=0)
+        assert torch.allclose(p_plus, torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0]), atol=0.02), bits
+        assert torch.equal(s, stochastic_signs(w, torch.Generator().manual_seed(0), bits))
+    state = torch.random.get_rng_state()
+    stochastic_signs(w, torch.Generator().manual_seed(1))
+    assert torch.equal(state, torch.random.get_rng_state())  # never the global RNG
+
+
+def test_ensemble_members_are_bitwise_nets_that_lower_exactly(mlp_w1a1):
+    from lowbit.nn.ensemble import StochasticEnsemble
+
+    ens = StochasticEnsemble(mlp_w1a1, members=3, seed=5, rng_bits=4)
+    x = _data(32, seed=8).x
+    post = ens(x)
+    assert torch.allclose(post.sum(dim=1), torch.ones(32))
+    with torch.no_grad():
+        outs = [m(x) for m in ens.members]
+        assert not torch.equal(outs[0], outs[1])  # different samples
+        assert torch.equal(to_integer(ens.members[0], (x[:1],))(x), outs[0])
+    again = StochasticEnsemble(mlp_w1a1, members=3, seed=5, rng_bits=4)
+    assert torch.equal(again(x), post)
+
+
+@pytest.mark.parametrize("kw, match", [({"members": 0}, "members = 0"), ({"members": -2}, "members = -2"),
+                                       ({"members": 2, "rng_bits": 0}, "rng_bits = 0")])
+def test_ensemble_bad_sizes_are_clear_errors(mlp_w1a1, kw, match):
+    from lowbit.nn.ensemble import StochasticEnsemble
+
+    with pytest.raises(ConfigError, match=match):
+        StochasticEnsemble(mlp_w1a1, **kw)
