@@ -33,6 +33,7 @@ import json
 import os
 import subprocess
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -129,35 +130,53 @@ def _time(fn) -> float:
     return (time.perf_counter() - start) * 1e6
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--passes", type=int, default=3, help="passes over all shapes (default 3)")
-    parser.add_argument("--rounds", type=int, default=20, help="interleaved rounds per shape and pass (default 20)")
-    parser.add_argument("--out", default="binary_gemm", help="results/OUT.md and results/OUT.json")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
+@dataclass
+class Run:
+    """Interleaved timings of every path of every shape (us), the binary peak and how busy the machine was."""
+
+    built: dict
+    best: dict
+    best_cold: dict
+    median: dict
+    peaks: list[float]
+    load_before: tuple
+    load_after: tuple
+    others: float
+    seconds: float
+
+    @property
+    def peak(self) -> float:
+        return max(self.peaks)
+
+
+def measure(build, passes: int, rounds: int) -> Run:
+    """``build()`` -> {shape: (paths, costs)}; ``passes`` passes of :func:`warm_cold` over every shape, the peak
+    measured before, between the passes and after; the CPU time other processes took meanwhile."""
     load_before = os.getloadavg()
     busy0, own0, wall0 = cpu_busy_seconds(), sum(os.times()[:2]), time.perf_counter()
-    fallback = fallback_backend()
     peaks = [kernels.peak_gops() for _ in range(5)]
-    built = {s: shape_paths(*s, fallback) for s in SHAPES}
+    built = build()
     warm: dict[tuple, list[float]] = {}
     cold: dict[tuple, list[float]] = {}
-    for _ in range(args.passes):
+    for _ in range(passes):
         peaks += [kernels.peak_gops(5_000_000) for _ in range(3)]  # the peak, too, in every pass
         for shape, (paths, _) in built.items():
-            for name, (w, c) in warm_cold(paths, args.rounds).items():
+            for name, (w, c) in warm_cold(paths, rounds).items():
                 warm.setdefault((shape, name), []).extend(w)
                 cold.setdefault((shape, name), []).extend(c)
-    best = {key: min(v) for key, v in warm.items()}
-    best_cold = {key: min(v) for key, v in cold.items()}
-    median = {key: sorted(v)[len(v) // 2] for key, v in warm.items()}
     peaks += [kernels.peak_gops() for _ in range(5)]
     load_after = os.getloadavg()
     # the CPU time of other processes during the run, in cores: what the whole machine spent minus this process
     others = (cpu_busy_seconds() - busy0 - (sum(os.times()[:2]) - own0)) / (time.perf_counter() - wall0)
-    peak = max(peaks)
+    return Run(built, {k: min(v) for k, v in warm.items()}, {k: min(v) for k, v in cold.items()},
+               {k: sorted(v)[len(v) // 2] for k, v in warm.items()}, peaks, load_before, load_after, others,
+               time.perf_counter() - wall0)
 
+
+def path_table(run: Run, names: list[str], json_paths: list[str]) -> tuple[list[dict], list[str]]:
+    """The JSON rows (paths in ``json_paths``) and the Markdown table of every path in ``names``: warm and cold
+    best, GOP/s (2 M N K), share of the binary peak, ratios to the fp32 paths."""
+    best, best_cold, median, peak = run.best, run.best_cold, run.median, run.peak
     rows, lines = [], []
     lines += ["| shape (M, N, K) | path | best us (warm) | median us (warm) | GOP/s | % of binary peak | "
               "x fp32 torch.mm | x fp32 onednn | best us (cold) | cold: x torch.mm | cold: x onednn |",
@@ -165,12 +184,12 @@ def main() -> None:
     for shape in SHAPES:
         m, n, k = shape
         ops = 2 * m * n * k
-        for name in [*PATHS, THRESHOLD]:
+        for name in names:
             if (shape, name) not in best:
                 continue
             us = best[shape, name]
             gops = ops / us / 1e3
-            if name in PATHS:
+            if name in json_paths:
                 rows.append({"shape": [m, n, k], "path": name, "best_us": round(us, 2), "gops": round(gops, 1)})
             pct = f"{100 * gops / peak:.0f}%" if name.startswith("lowbit") and peak else ""
             c = best_cold[shape, name]
@@ -178,6 +197,21 @@ def main() -> None:
                          f"{best[shape, 'fp32 torch.mm'] / us:.1f}x | {best[shape, 'fp32 onednn'] / us:.1f}x | "
                          f"{c:.1f} | {best_cold[shape, 'fp32 torch.mm'] / c:.1f}x | "
                          f"{best_cold[shape, 'fp32 onednn'] / c:.1f}x |")
+    return rows, lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--passes", type=int, default=3, help="passes over all shapes (default 3)")
+    parser.add_argument("--rounds", type=int, default=20, help="interleaved rounds per shape and pass (default 20)")
+    parser.add_argument("--out", default="binary_gemm", help="results/OUT.md and results/OUT.json")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    fallback = fallback_backend()
+    run = measure(lambda: {s: shape_paths(*s, fallback) for s in SHAPES}, args.passes, args.rounds)
+    built, best, peaks, peak = run.built, run.best, run.peaks, run.peak
+    load_before, load_after, others = run.load_before, run.load_after, run.others
+    rows, lines = path_table(run, [*PATHS, THRESHOLD], PATHS)
     pack_lines = ["| shape (M, N, K) | pack_rows(A), C, us | pack_signs(A), PyTorch, us | pack_rows + pack_weight(W) "
                   "us (once per weight) | lowbit binary + pack_rows(A), x fp32 torch.mm |", "|---|---:|---:|---:|---:|"]
     for shape, (_, costs) in built.items():

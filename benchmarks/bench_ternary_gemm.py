@@ -31,18 +31,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 
 import torch
 
 from _common import RESULTS, write_result
-from bench_binary_gemm import _time, cpu_busy_seconds, cpu_description, fallback_backend, warm_cold
+from bench_binary_gemm import SHAPES, _time, cpu_description, fallback_backend, measure, path_table
 from lowbit.bitwise import kernels
 from lowbit.bitwise.pack import pack_signs
 from lowbit.bitwise.ternary import pack_ternary, pack_ternary_weight, ternary_gemm
 from lowbit.utils.files import atomic_write_text
 
-SHAPES = [(64, 3136, 576), (512, 49, 4608), (256, 1024, 1024), (1024, 1024, 1024), (64, 4096, 4096)]
 PATHS = ["fp32 torch.mm", "fp32 onednn", "lowbit ternary", "lowbit ternary x ternary", "lowbit ternary fallback"]
 BINARY = "lowbit binary (XNOR)"  # Markdown only
 TARGET = 15.0  # x fp32 torch.mm, 1 thread (the GEMM target for the ternary-weight GEMM)
@@ -97,48 +95,11 @@ def main() -> None:
     parser.add_argument("--out", default="ternary_gemm", help="results/OUT.md and results/OUT.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    load_before = os.getloadavg()
-    busy0, own0, wall0 = cpu_busy_seconds(), sum(os.times()[:2]), time.perf_counter()
     fallback = fallback_backend()
-    peaks = [kernels.peak_gops() for _ in range(5)]
-    built = {s: shape_paths(*s, fallback) for s in SHAPES}
-    warm: dict[tuple, list[float]] = {}
-    cold: dict[tuple, list[float]] = {}
-    for _ in range(args.passes):
-        peaks += [kernels.peak_gops(5_000_000) for _ in range(3)]
-        for shape, (paths, _) in built.items():
-            for name, (w, c) in warm_cold(paths, args.rounds).items():
-                warm.setdefault((shape, name), []).extend(w)
-                cold.setdefault((shape, name), []).extend(c)
-    best = {key: min(v) for key, v in warm.items()}
-    best_cold = {key: min(v) for key, v in cold.items()}
-    median = {key: sorted(v)[len(v) // 2] for key, v in warm.items()}
-    peaks += [kernels.peak_gops() for _ in range(5)]
-    load_after = os.getloadavg()
-    others = (cpu_busy_seconds() - busy0 - (sum(os.times()[:2]) - own0)) / (time.perf_counter() - wall0)
-    seconds = time.perf_counter() - wall0
-    peak = max(peaks)
-
-    rows, lines = [], []
-    lines += ["| shape (M, N, K) | path | best us (warm) | median us (warm) | GOP/s | % of binary peak | "
-              "x fp32 torch.mm | x fp32 onednn | best us (cold) | cold: x torch.mm | cold: x onednn |",
-              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for shape in SHAPES:
-        m, n, k = shape
-        ops = 2 * m * n * k
-        for name in [*PATHS, BINARY]:
-            if (shape, name) not in best:
-                continue
-            us = best[shape, name]
-            gops = ops / us / 1e3
-            if name in PATHS:
-                rows.append({"shape": [m, n, k], "path": name, "best_us": round(us, 2), "gops": round(gops, 1)})
-            pct = f"{100 * gops / peak:.0f}%" if name.startswith("lowbit") and peak else ""
-            c = best_cold[shape, name]
-            lines.append(f"| {m}x{n}x{k} | {name} | {us:.1f} | {median[shape, name]:.1f} | {gops:.0f} | {pct} | "
-                         f"{best[shape, 'fp32 torch.mm'] / us:.1f}x | {best[shape, 'fp32 onednn'] / us:.1f}x | "
-                         f"{c:.1f} | {best_cold[shape, 'fp32 torch.mm'] / c:.1f}x | "
-                         f"{best_cold[shape, 'fp32 onednn'] / c:.1f}x |")
+    run = measure(lambda: {s: shape_paths(*s, fallback) for s in SHAPES}, args.passes, args.rounds)
+    built, best, peaks, peak, seconds = run.built, run.best, run.peaks, run.peak, run.seconds
+    load_before, load_after, others = run.load_before, run.load_after, run.others
+    rows, lines = path_table(run, [*PATHS, BINARY], PATHS)
     target_lines = [f"| shape (M, N, K) | lowbit ternary x torch.mm (target >= {TARGET:.0f}) | x onednn | "
                     "ternary x ternary x torch.mm | fallback x torch.mm | ternary time / binary (XNOR) time |",
                     "|---|---:|---:|---:|---:|---:|"]
