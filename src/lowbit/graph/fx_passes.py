@@ -202,15 +202,15 @@ def widen_last_input(gm: fx.GraphModule, last: str, spec: QuantSpec) -> str | No
     return str(arg.target)
 
 
-def _output_spec(gm: fx.GraphModule, node: fx.Node):
-    """The spec of the grid ``node``'s tensor lies on (through pass-through ops), or None if it is float."""
+def _output_quantizer(gm: fx.GraphModule, node: fx.Node) -> ActQuantizer | None:
+    """The quantizer whose grid ``node``'s tensor lies on (through pass-through ops), or None if it is float."""
     m = module_of(gm, node)
     if isinstance(m, ActQuantizer):
-        return m.spec
+        return m
     if isinstance(m, (_Unified, QAvgPool)):
-        return m.output_quant.spec if m.output_quant is not None else None
+        return m.output_quant
     if is_passthrough(gm, node) and node.args and isinstance(node.args[0], fx.Node):
-        return _output_spec(gm, node.args[0])
+        return _output_quantizer(gm, node.args[0])
     return None
 
 
@@ -224,8 +224,8 @@ def mark_binary_inputs(gm: fx.GraphModule) -> list[str]:
     for node in gm.graph.nodes:
         m = module_of(gm, node)
         if isinstance(m, UnifiedConv) and node.args and isinstance(node.args[0], fx.Node):
-            spec = _output_spec(gm, node.args[0])
-            if spec is not None and isinstance(spec.format, Binary):
+            q = _output_quantizer(gm, node.args[0])
+            if q is not None and isinstance(q.spec.format, Binary):
                 if isinstance(m.padding, str):
                     from lowbit.errors import ConfigError
 
@@ -261,15 +261,9 @@ def check_binary_outputs(gm: fx.GraphModule) -> None:
 
 
 def producer_qparams(gm: fx.GraphModule, node: fx.Node):
-    """The grid of the tensor ``node`` produces (through pass-through ops), or None if it is float."""
-    m = module_of(gm, node)
-    if isinstance(m, ActQuantizer) and m.mode == "quantize":
-        return m.qparams()
-    if isinstance(m, (_Unified, QAvgPool)) and m.output_quant is not None and m.output_quant.mode == "quantize":
-        return m.output_quant.qparams()
-    if is_passthrough(gm, node) and node.args and isinstance(node.args[0], fx.Node):
-        return producer_qparams(gm, node.args[0])
-    return None
+    """The grid of the tensor ``node`` produces (through pass-through ops), or None if it is float or not frozen."""
+    q = _output_quantizer(gm, node)
+    return q.qparams() if q is not None and q.mode == "quantize" else None
 
 
 def attach_input_qparams(gm: fx.GraphModule) -> None:

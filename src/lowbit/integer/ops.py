@@ -105,7 +105,7 @@ class _Layer(Op):
             (torch.full((o,), 2, dtype=torch.int64), torch.zeros(o, dtype=torch.int64), 1, -1, 1) if self.binarized
             else (t["m"], t["n"], op.out.zero_point, op.out.lo, op.out.hi))
         self.half = None if self.dequant else half_of(self.req[1])
-        self._xnor: dict[str, tuple[bitwise.PackedWeight, torch.Tensor]] = {}  # packed weight, thresholds
+        self._bitwise: dict[str, object] = {}  # the weight packed for the bitwise kernels, made on first use
         self._packed: tuple[vnni.PackedWeight, torch.Tensor] | None = None
         self.requant_spec: vnni.Requant | None = None  # the VNNI epilogue's arguments, set when packed
 
@@ -148,12 +148,12 @@ class _Layer(Op):
         """The weight rows (O, K) as packed bits in the XNOR kernel's panels, and the sign thresholds
         ``-bias`` (``acc >= -bias`` is ``acc + bias >= 0``), made on first use (once per row ``order``: a conv's
         op-by-op rows are (C, kh, kw), a plan's (kh, kw, C))."""
-        if order not in self._xnor:
+        if order not in self._bitwise:
             k = weight_mat.shape[1]
             packed = bitwise.pack_weight(bitwise.pack_signs(weight_mat.to(torch.float32)), k)
-            self._xnor[order] = (packed, (-self.tensors["bias"].to(torch.int64)).clamp(-(2**31) + 1, 2**31 - 1)
+            self._bitwise[order] = (packed, (-self.tensors["bias"].to(torch.int64)).clamp(-(2**31) + 1, 2**31 - 1)
                                  .to(torch.int32).contiguous())
-        return self._xnor[order]
+        return self._bitwise[order]
 
     def xnor_rows(self, rows: torch.Tensor, weight_mat: torch.Tensor, kernels: Kernels, order: str = "",
                   packed_rows: torch.Tensor | None = None) -> torch.Tensor:
@@ -173,9 +173,9 @@ class _Layer(Op):
     def ternary_weight(self, weight_mat: torch.Tensor, order: str = "") -> bitwise.PackedTernary:
         """The ternary weight rows (O, K) as two bit-planes in the ternary kernel's panels, made on first use."""
         key = "ternary" + order
-        if key not in self._xnor:
-            self._xnor[key] = bitwise.pack_ternary_weight(weight_mat.to(torch.int8).contiguous())
-        return self._xnor[key]
+        if key not in self._bitwise:
+            self._bitwise[key] = bitwise.pack_ternary_weight(weight_mat.to(torch.int8).contiguous())
+        return self._bitwise[key]
 
     def ternary_acc(self, bits: torch.Tensor, weight_mat: torch.Tensor, order: str = "") -> torch.Tensor:
         """int32 (R, O) of binary input rows packed in ``bits`` against the ternary weight (two bit-planes)."""
@@ -184,9 +184,9 @@ class _Layer(Op):
 
     def planes(self, weight_mat: torch.Tensor):
         """The weight rows (O, K) as bit-serial sign planes (:mod:`lowbit.bitwise.bitserial`), made on first use."""
-        if "planes" not in self._xnor:
-            self._xnor["planes"] = bitwise.bitserial.pack_planes(weight_mat, self.ir.bitserial)
-        return self._xnor["planes"]
+        if "planes" not in self._bitwise:
+            self._bitwise["planes"] = bitwise.bitserial.pack_planes(weight_mat, self.ir.bitserial)
+        return self._bitwise["planes"]
 
     def bitserial_acc(self, rows: torch.Tensor, weight_mat: torch.Tensor, kernels: Kernels) -> torch.Tensor | None:
         """int32 (R, O) ``rows @ W.T`` of few-bit int8 input rows as bit-serial binary GEMMs (the int8 GEMM's
