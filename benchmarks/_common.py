@@ -36,3 +36,20 @@ def write_result(name: str, body: str) -> Path:
     path.write_text(text)
     print(text)
     return path
+
+
+def merge_rows(name: str, rows: list[dict], key: tuple[str, ...]) -> Path:
+    """Merge ``rows`` into ``results/<name>`` (a JSON list): a row replaces the stored row with the same values
+    of ``key``, others are kept, so benchmarks that share a file (``lowprec_training.json``) can run apart.
+    Written to a temporary name and renamed."""
+    import json
+
+    path = RESULTS / name
+    old = json.loads(path.read_text()) if path.exists() else []
+    fresh = {tuple(r[k] for k in key) for r in rows}
+    merged = [r for r in old if tuple(r.get(k) for k in key) not in fresh] + list(rows)
+    RESULTS.mkdir(exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(merged, indent=2) + "\n")
+    tmp.replace(path)
+    return path
