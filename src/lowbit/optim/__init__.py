@@ -12,7 +12,8 @@ unchanged. :class:`LowPrecisionSGD` is the uncompensated baseline (nearest or st
 :func:`min_bits_last_fc` / :func:`last_fc_bound` give paper B's bit-width lower bound of the last FC layer.
 """
 
-from lowbit.optim.bounds import LastFCBound, last_fc_bound, min_bits_last_fc
+from lowbit.optim.bounds import LastFCBound, fixed_point_logits, last_fc_bound, min_bits_last_fc
+from lowbit.optim.gains import PowerOfTwoGain, gain_param_groups, with_weight_gains
 from lowbit.optim.kahan import Kahan, KahanSGD, LowPrecision, LowPrecisionSGD
 from lowbit.optim.storage import (
     FixedPoint,
@@ -24,6 +25,6 @@ from lowbit.optim.storage import (
     round_to_storage,
 )
 
-__all__ = ["FixedPoint", "Float16Storage", "Kahan", "KahanSGD", "LastFCBound", "LowPrecision", "LowPrecisionSGD",
-           "Storage", "as_storage", "is_representable", "last_fc_bound", "min_bits_last_fc", "round_storage",
+__all__ = ["PowerOfTwoGain", "gain_param_groups", "with_weight_gains", "FixedPoint", "Float16Storage", "Kahan", "KahanSGD", "LastFCBound", "LowPrecision", "LowPrecisionSGD",
+           "Storage", "as_storage", "fixed_point_logits", "is_representable", "last_fc_bound", "min_bits_last_fc", "round_storage",
            "round_to_storage"]

@@ -33,9 +33,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from lowbit.errors import ConfigError
+from lowbit.optim.storage import FixedPoint, round_storage
 
 
 @dataclass(frozen=True)
@@ -84,3 +86,35 @@ def last_fc_bound(model: nn.Module, p_target: float = 0.99) -> LastFCBound:
     bound = min_bits_last_fc(last[1].out_features, p_target)
     return LastFCBound(bound.num_classes, bound.p_target, bound.logit_range, bound.int_bits, bound.frac_bits,
                        last[0] or type(last[1]).__name__)
+
+
+class _FixedPointLogits(torch.autograd.Function):
+    """Forward: logits rounded (nearest) onto the fixed-point grid and clamped to its range. Backward: the
+    gradient is zero where the clamp bit, and the per-example error (``B`` times the gradient of a mean loss
+    over ``B`` examples, i.e. ``p - y`` for cross entropy) is rounded onto the same grid."""
+
+    @staticmethod
+    def forward(ctx, z: torch.Tensor, fmt: FixedPoint) -> torch.Tensor:  # noqa: ANN001 - autograd's signature
+        ctx.fmt = fmt
+        ctx.save_for_backward((z >= fmt.min_value) & (z <= fmt.max_value))
+        return round_storage(z, fmt, z.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # noqa: ANN001
+        (inside,) = ctx.saved_tensors
+        batch = grad.shape[0] if grad.ndim > 1 else 1
+        delta = round_storage(grad * batch, ctx.fmt, grad.dtype)
+        return torch.where(inside, delta / batch, torch.zeros_like(delta)), None
+
+
+def fixed_point_logits(z: torch.Tensor, fmt: FixedPoint) -> torch.Tensor:
+    """The last FC layer's output ``z`` (``(B, N)`` logits) and its back-propagated error in the fixed-point
+    format ``fmt``, the quantity :func:`min_bits_last_fc` bounds: ``z`` is rounded to the nearest multiple of
+    ``2^-frac`` and clamped to ``[-2^(bits-1-frac), 2^(bits-1-frac) - 2^-frac]``; in the backward pass the
+    gradient is zero where ``z`` was clamped and the per-example error (for a mean cross entropy over ``B``
+    examples, ``B dL/dz = p - y``) is rounded onto the same grid. With ``frac < log2 N`` the non-target errors
+    ``p_k ~ 1/N`` round to zero (constraint (b)); with a range below ``R`` the logits saturate (constraint (a)).
+    """
+    if not isinstance(fmt, FixedPoint):
+        raise ConfigError(f"fixed_point_logits needs a lowbit.optim.FixedPoint(bits, frac), got {fmt!r}")
+    return _FixedPointLogits.apply(z, fmt)
