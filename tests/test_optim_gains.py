@@ -50,7 +50,7 @@ def test_float_sgd_on_the_gained_model_takes_plain_sgd_steps(weight_decay):
     for name, p in plain.named_parameters():
         mod, _, leaf = name.rpartition(".")
         if leaf == "weight" and f"{mod}.parametrizations.weight.original" in got:
-            w = getattr(gained.get_submodule(mod), "weight")
+            w = gained.get_submodule(mod).weight
         else:
             w = got[name]
         torch.testing.assert_close(w, p, rtol=1e-4, atol=1e-6)
