@@ -157,9 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
     deploy_cmd.add_parsers(sub)
     report_cmd.add_parser(sub)
     qat_cmd.add_parser(sub)
-    from lowbit.cli import delta_cmd
+    from lowbit.cli import delta_cmd, lowprec_cmd
 
     delta_cmd.add_parser(sub)
+    lowprec_cmd.add_parser(sub)
 
     dp = sub.add_parser("data", help="data sets: check which are installed",
                         description="Data sets lowbit loads without downloading.")

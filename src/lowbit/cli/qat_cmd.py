@@ -43,6 +43,9 @@ def add_parser(sub) -> None:
     p.add_argument("--bn-freeze-steps", type=int_range(0), default=None, metavar="N",
                    help="keep BatchNorm unfolded, training its statistics for N steps, then frozen "
                         "(default: folded before training)")
+    p.add_argument("--grad-bits", type=int_range(2, 16), default=None, metavar="K",
+                   help="quantize the gradient of every quantized layer's output to K bits, 2..16, stochastic "
+                        "rounding (QNN uses 6; default: float gradients)")
     p.add_argument("--epochs", type=int_range(1), default=3, help="training epochs (default 3)")
     p.add_argument("--batch-size", type=int_range(1), default=128, help="global batch size (default 128)")
     p.add_argument("--optimizer", choices=("sgd", "adam"), default=None,
@@ -81,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     rank, world = init_distributed()
     # LSQ trains two's complement weights (the paper's range); FAQ's fixed scales keep them narrow
     config = QATConfig(weight_spec(args, narrow=args.method == "faq"), act_spec(args), args.method, init=args.init,
-                       bn_freeze_steps=args.bn_freeze_steps)
+                       bn_freeze_steps=args.bn_freeze_steps, grad_bits=args.grad_bits)
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
                       distill=args.distill,
                       weight_decay=args.weight_decay, augment=not args.no_augment, seed=args.seed)
