@@ -25,6 +25,7 @@ bf16 values).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -33,7 +34,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import merge_rows, write_result  # noqa: E402
+from _common import RESULTS, merge_rows, write_result  # noqa: E402
 
 import lowbit  # noqa: E402
 from lowbit.data.datasets import fashion_mnist  # noqa: E402
@@ -106,7 +107,40 @@ def run(name: str, train: object, test: object, epochs: int, lr: float, momentum
     acc = 100.0 * evaluate(model, test)
     print(f"{name:>20}: {acc:6.2f}%  loss {history[-1]['loss']:.4f}  {seconds / epochs:.1f} s/epoch", flush=True)
     return {"run": name, "kind": kind, "storage": storage or "float32", "accuracy": acc,
-            "train_loss": history[-1]["loss"], "seconds_per_epoch": seconds / epochs}
+            "train_loss": history[-1]["loss"], "seconds_per_epoch": seconds / epochs, "model": model}
+
+
+def stored_rows() -> list[dict]:
+    """This benchmark's rows of ``lowprec_training.json`` (runs done apart are merged there), in RUNS order."""
+    path = RESULTS / "lowprec_training.json"
+    rows = [r for r in json.loads(path.read_text()) if r["model"] == MODEL] if path.exists() else []
+    order = {(METHOD[k], s or "float32"): i for i, (k, s) in enumerate(RUNS.values())}
+    return sorted(rows, key=lambda r: order.get((r["method"], r["storage"]), len(order)))
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| optimizer | storage | test accuracy % | vs float SGD | final train loss | s/epoch | epochs |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        delta = "-" if r["float_accuracy"] is None else f"{r['accuracy'] - r['float_accuracy']:+.2f}"
+        e = r["extra"]
+        lines.append(f"| {r['method']} | {r['storage']} | {r['accuracy']:.2f} | {delta} | {e['train_loss']:.4f} | "
+                     f"{e['seconds_per_epoch']:.1f} | {e['epochs']} |")
+    return "\n".join(lines)
+
+
+def save(result: dict, rows: list[dict], args: argparse.Namespace) -> None:
+    from lowbit.optim import as_storage
+    from lowbit.zoo.lowprec_zoo import save_lowprec
+
+    others = {f"{r['method']} {r['storage']}": r["accuracy"] for r in rows}
+    meta = {"model": "LeNetBN(16, 32, 64) with per-layer power-of-two weight gains", "optimizer": "KahanSGD",
+            "recipe": {"epochs": args.epochs, "lr": args.lr, "momentum": args.momentum, "batch_size": 128,
+                       "schedule": "cosine", "seed": args.seed, "data": "Fashion-MNIST train+val (60000)"},
+            "test_accuracy": result["accuracy"] / 100.0, "benchmark_rows": others,
+            "command": "benchmarks/bench_kahan.py --runs kahan-fixed8 --save"}
+    path = save_lowprec("kahan-cnn-fixed8", result["model"], as_storage(result["storage"]), meta)
+    print(f"saved {path}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -116,29 +150,32 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--momentum", type=float, default=0.9)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--runs", nargs="+", choices=list(RUNS), default=list(RUNS))
+    ap.add_argument("--save", action="store_true", help="ship the kahan-fixed8 run's weights (lowbit.zoo.lowprec_zoo)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     train, test = fashion_mnist("train+val"), fashion_mnist("test")
-    rows = [run(name, train, test, args.epochs, args.lr, args.momentum, args.seed) for name in args.runs]
-    float_acc = next((r["accuracy"] for r in rows if r["kind"] == "float"), None)
-    lines = ["| run | optimizer | storage | test accuracy % | vs float SGD | final train loss | s/epoch |",
-             "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        delta = f"{r['accuracy'] - float_acc:+.2f}" if float_acc is not None else "-"
-        lines.append(f"| {r['run']} | {METHOD[r['kind']]} | {r['storage']} | {r['accuracy']:.2f} | {delta} | "
-                     f"{r['train_loss']:.4f} | {r['seconds_per_epoch']:.1f} |")
-    body = (f"{MODEL}: LeNetBN(16, 32, 64) on Fashion-MNIST (60000 train, 10000 test), {args.epochs} epochs, "
-            f"SGD momentum {args.momentum}, peak lr {args.lr}, cosine, batch 128, seed {args.seed}, 1 thread. "
-            "fixed8.6 / fixed12.10 hold the stored part of each weight (per-layer power-of-two gain: see the "
-            "script's docstring), so the effective fractional length of the first linear layer is 12 / 16.\n\n"
-            + "\n".join(lines))
-    write_result("kahan_sgd", body)
+    results = [run(name, train, test, args.epochs, args.lr, args.momentum, args.seed) for name in args.runs]
+    stored = {(r["method"], r["storage"]): r["accuracy"] for r in stored_rows()}
+    float_acc = next((r["accuracy"] for r in results if r["kind"] == "float"), stored.get(("float-sgd", "float32")))
     merge_rows("lowprec_training.json", [
         {"method": METHOD[r["kind"]], "model": MODEL, "storage": r["storage"], "accuracy": round(r["accuracy"], 2),
          "float_accuracy": None if float_acc is None else round(float_acc, 2),
          "extra": {"epochs": args.epochs, "lr": args.lr, "momentum": args.momentum, "seed": args.seed,
                    "train_loss": round(r["train_loss"], 4), "seconds_per_epoch": round(r["seconds_per_epoch"], 1)}}
-        for r in rows], key=("method", "model", "storage"))
+        for r in results], key=("method", "model", "storage"))
+    rows = stored_rows()
+    body = (f"{MODEL}: LeNetBN(16, 32, 64) on Fashion-MNIST (60000 train, 10000 test), SGD momentum "
+            f"{args.momentum}, peak lr {args.lr}, cosine, batch 128, seed {args.seed}, 1 thread; every run from the "
+            "same initial weights in the same batch order. fixed8.6 / fixed12.10 hold the stored part of each "
+            "weight (per-layer power-of-two gain: see the script's docstring), so the effective fractional length "
+            "of the first linear layer is 12 / 16. Rows from runs done apart are merged (`--runs`); s/epoch "
+            "depends on what else ran on the shared machine.\n\n" + table(rows))
+    write_result("kahan_sgd", body)
+    kahan8 = next((r for r in results if r["run"] == "kahan-fixed8"), None)
+    if args.save:
+        if kahan8 is None:
+            raise SystemExit("--save ships the kahan-fixed8 run: add it to --runs")
+        save(kahan8, rows, args)
 
 
 if __name__ == "__main__":

@@ -100,3 +100,29 @@ def test_too_few_fractional_bits_zero_the_non_target_errors():
     assert int((grad != 0).sum()) == 3 and bool((grad.diagonal() < 0).all())
     with pytest.raises(ConfigError, match="FixedPoint"):
         fixed_point_logits(z, "fixed8.4")
+
+
+def test_lowprec_zoo_round_trip_stores_8_bit_codes_and_refuses_foreign_values(tmp_path):
+    import numpy as np
+
+    from lowbit.errors import CheckpointError
+    from lowbit.zoo.lowprec_zoo import build, pretrained_lowprec, save_lowprec
+
+    torch.manual_seed(3)
+    model = build()
+    fmt = FixedPoint(8, 6)
+    with pytest.raises(CheckpointError, match="outside fixed8.6"):
+        save_lowprec("kahan-cnn-fixed8", model, fmt, {}, tmp_path)
+    round_to_storage(model, fmt)
+    model.bn1.running_mean.normal_()  # buffers are kept as they are
+    path = save_lowprec("kahan-cnn-fixed8", model, fmt, {"test_accuracy": 0.5}, tmp_path)
+    with np.load(path, allow_pickle=False) as arch:
+        assert arch["fc1.parametrizations.weight.original"].dtype == np.int8
+        assert arch["bn1.running_mean"].dtype == np.float32
+    back = pretrained_lowprec("kahan-cnn-fixed8", tmp_path)
+    for (k, v), w in zip(model.state_dict().items(), back.state_dict().values()):
+        assert torch.equal(v, w), k
+    x = torch.randn(2, 1, 28, 28)
+    assert torch.equal(back(x), model.eval()(x))
+    with pytest.raises(CheckpointError, match="no shipped low-precision model"):
+        pretrained_lowprec("kahan-cnn-fixed4", tmp_path)
