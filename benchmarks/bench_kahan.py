@@ -110,10 +110,16 @@ def run(name: str, train: object, test: object, epochs: int, lr: float, momentum
             "train_loss": history[-1]["loss"], "seconds_per_epoch": seconds / epochs, "model": model}
 
 
-def stored_rows() -> list[dict]:
-    """This benchmark's rows of ``lowprec_training.json`` (runs done apart are merged there), in RUNS order."""
+def label(momentum: float) -> str:
+    """The ``model`` of a row: the network, plus the momentum when it is not the default 0.9."""
+    return MODEL if momentum == 0.9 else f"{MODEL}-m{momentum:g}"
+
+
+def stored_rows(model: str) -> list[dict]:
+    """This benchmark's rows of ``lowprec_training.json`` for ``model`` (runs done apart are merged there), in
+    RUNS order."""
     path = RESULTS / "lowprec_training.json"
-    rows = [r for r in json.loads(path.read_text()) if r["model"] == MODEL] if path.exists() else []
+    rows = [r for r in json.loads(path.read_text()) if r["model"] == model] if path.exists() else []
     order = {(METHOD[k], s or "float32"): i for i, (k, s) in enumerate(RUNS.values())}
     return sorted(rows, key=lambda r: order.get((r["method"], r["storage"]), len(order)))
 
@@ -155,21 +161,29 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     train, test = fashion_mnist("train+val"), fashion_mnist("test")
     results = [run(name, train, test, args.epochs, args.lr, args.momentum, args.seed) for name in args.runs]
-    stored = {(r["method"], r["storage"]): r["accuracy"] for r in stored_rows()}
+    model = label(args.momentum)
+    stored = {(r["method"], r["storage"]): r["accuracy"] for r in stored_rows(model)}
     float_acc = next((r["accuracy"] for r in results if r["kind"] == "float"), stored.get(("float-sgd", "float32")))
     merge_rows("lowprec_training.json", [
-        {"method": METHOD[r["kind"]], "model": MODEL, "storage": r["storage"], "accuracy": round(r["accuracy"], 2),
+        {"method": METHOD[r["kind"]], "model": model, "storage": r["storage"], "accuracy": round(r["accuracy"], 2),
          "float_accuracy": None if float_acc is None else round(float_acc, 2),
          "extra": {"epochs": args.epochs, "lr": args.lr, "momentum": args.momentum, "seed": args.seed,
                    "train_loss": round(r["train_loss"], 4), "seconds_per_epoch": round(r["seconds_per_epoch"], 1)}}
         for r in results], key=("method", "model", "storage"))
-    rows = stored_rows()
-    body = (f"{MODEL}: LeNetBN(16, 32, 64) on Fashion-MNIST (60000 train, 10000 test), SGD momentum "
-            f"{args.momentum}, peak lr {args.lr}, cosine, batch 128, seed {args.seed}, 1 thread; every run from the "
-            "same initial weights in the same batch order. fixed8.6 / fixed12.10 hold the stored part of each "
-            "weight (per-layer power-of-two gain: see the script's docstring), so the effective fractional length "
-            "of the first linear layer is 12 / 16. Rows from runs done apart are merged (`--runs`); s/epoch "
-            "depends on what else ran on the shared machine.\n\n" + table(rows))
+    rows = stored_rows(model)
+    tables = []
+    for m in (0.9, 0.0):
+        these = stored_rows(label(m))
+        if these:
+            e = these[0]["extra"]
+            tables.append(f"### `{label(m)}`: SGD momentum {m:g}, peak lr {e['lr']}, seed {e['seed']}\n\n"
+                          + table(these))
+    body = ("LeNetBN(16, 32, 64) on Fashion-MNIST (60000 train, 10000 test), cosine lr, batch 128, 1 thread; "
+            "every run of a table from the same initial weights in the same batch order. fixed8.6 / fixed12.10 hold "
+            "the stored part of each weight (per-layer power-of-two gain: see the script's docstring), so the "
+            "effective fractional length of the first linear layer is 12 / 16. Rows from runs done apart are merged "
+            "(`--runs`, `--momentum`); s/epoch depends on what else ran on the shared machine.\n\n"
+            + "\n\n".join(tables))
     write_result("kahan_sgd", body)
     kahan8 = next((r for r in results if r["run"] == "kahan-fixed8"), None)
     if args.save:
