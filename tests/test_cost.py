@@ -120,3 +120,18 @@ def test_report_shows_predicted_next_to_measured_speedup():
                          rep.Version("W8A8", 8, 0.9, q_rows, energy(q_rows), {"batch 1": 50.0})])
     md = rep.to_markdown(r)
     assert "16.0x / batch 1: 2.00x" in md  # 32x32 / 8x8 bit-operations; 100 us / 50 us measured
+
+
+def test_lns_mac_is_priced_as_adds_of_its_width():
+    from lowbit.cost.energy import EnergyTable, lns_mac_energy, mac_energy
+
+    t = EnergyTable.load()
+    add = t.energy["int32_add"]
+    assert lns_mac_energy(16, "lut", t) == pytest.approx(3 * add / 2)  # multiply = add, [+] = subtract + add
+    assert lns_mac_energy(16, "max", t) == pytest.approx(add)
+    assert lns_mac_energy(32, "exact", t) == pytest.approx(3 * add)
+    assert lns_mac_energy(16, "lut", t) < mac_energy(8, 8, t) < mac_energy(32, 32, t)
+    with pytest.raises(ConfigError, match="4..32"):
+        lns_mac_energy(2, "lut", t)
+    with pytest.raises(ConfigError, match="exact, lut, max, shift"):
+        lns_mac_energy(16, "table", t)

@@ -102,6 +102,26 @@ def mac_energy(w_bits: float, a_bits: float, table: EnergyTable) -> float:
     return e["int8_mult"] * w_bits * a_bits / 64 + e["int32_add"]
 
 
+LNS_DELTAS = ("exact", "lut", "max", "shift")
+
+
+def lns_mac_energy(bits: int, delta: str, table: EnergyTable) -> float:
+    """pJ of one multiply-accumulate in a ``bits``-bit logarithmic number system (paper L, Sanyal, Beerel, Chugg:
+    multiplications become additions of the log codes).
+
+    multiply ``(s_x xor s_y, X + Y)``: one ``bits``-bit add (``int32_add bits / 32``; the sign XOR is free);
+    accumulate ``A [+] P = max(A, P) + delta(|A - P|)``: one subtract (it gives both the max and ``d``) and one add
+    of the correction: two more ``bits``-bit adds for ``exact`` and ``lut`` (the correction read from a table
+    of <= 20 entries, a ROM far smaller than the adder: priced 0), and for ``shift`` (Mitchell: the correction
+    ``2^-d`` is a shift of a constant); ``max`` drops the correction: one subtract and a select."""
+    if delta not in LNS_DELTAS:
+        raise ConfigError(f"LNS delta must be one of {', '.join(LNS_DELTAS)}, got {delta!r}")
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 4 <= bits <= 32:
+        raise ConfigError(f"LNS bits={bits!r} is out of range: an int in 4..32")
+    add = table.energy["int32_add"] * bits / 32
+    return add * (2 if delta == "max" else 3)
+
+
 def mac_area(w_bits: float, a_bits: float, table: EnergyTable) -> float:
     """um^2 of one multiply-accumulate unit at these widths: multiplier (scaled as ``b_w b_a / 64`` from the
     int8 multiplier) + 32-bit accumulator adder; fp32 multiplier + fp32 adder for float."""
@@ -131,4 +151,5 @@ def energy(rows: list[LayerCost], table: EnergyTable | None = None, sram_bytes: 
     return Energy(compute, weights, acts, requant)
 
 
-__all__ = ["DEFAULT_TABLE", "Energy", "EnergyTable", "energy", "mac_area", "mac_energy", "requant_energy"]
+__all__ = ["DEFAULT_TABLE", "Energy", "EnergyTable", "LNS_DELTAS", "energy", "lns_mac_energy", "mac_area", "mac_energy",
+           "requant_energy"]
