@@ -111,7 +111,7 @@ def test_bitslice_l1_value_and_gradient_by_hand():
     # d|b|/db is 0 on zero slices: only the non-zero slices push, each with 1 / (step 4^(3-k))
     expect = torch.tensor([[1 / 64, 1 / 64], [-1 / 64, 1 / 4 + 1]], dtype=torch.float64) * 256 / 4
     assert torch.allclose(w.grad, expect)
-    assert float(plain_l1([w])) == pytest.approx((0.75 + 0.25 + 0.5 + 5 / 256) / 4)
+    assert float(plain_l1([w.detach()])) == pytest.approx((0.75 + 0.25 + 0.5 + 5 / 256) / 4)
 
 
 def test_regularizers_take_linear_and_conv_weights_only():
