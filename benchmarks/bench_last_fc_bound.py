@@ -112,6 +112,10 @@ def main(argv: list[str] | None = None) -> None:
             mark = "**bound**" if row["bits"] == bd.bits else ("below" if row["bits"] < bd.bits else "")
             lines.append(f"| {row['bits']} | {row['accuracy']:.2f} | {row['best_frac']} | "
                          f"{row['accuracy'] - r['float']:+.2f} | {mark} |")
+        near = min((x["bits"] for x in r["rows"] if x["accuracy"] >= r["float"] - 0.5), default=None)
+        dead = max((x["bits"] for x in r["rows"] if x["accuracy"] < 10.0), default=None)
+        lines += ["", f"Within 0.5 points of float from {near} bits; collapsed (< 10%, ties at saturated logits) at "
+                      f"{dead} bits and below; the bound is {bd.bits} bits."]
         parts.append("\n".join(lines))
         at = next(x for x in r["rows"] if x["bits"] == bd.bits)
         below = [x for x in r["rows"] if x["bits"] < bd.bits]
