@@ -73,3 +73,14 @@ def test_qat_grad_bits_lands_in_the_result(tmp_path, capsys):
     assert main(argv) == 0
     assert json.loads((out / "result.json").read_text())["config"]["grad_bits"] == 6
     capsys.readouterr()
+
+
+def test_slices_prints_the_cost_table_of_the_shipped_weights(capsys):
+    from lowbit import zoo
+    from lowbit.cost.bitslice import render
+
+    assert main(["lowprec", "slices", "--model", "mlp", "--rows", "64"]) == 0
+    out = capsys.readouterr().out
+    assert render(zoo.pretrained("mlp"), 64, 8, 2) in out and "| all |" in out
+    assert main(["lowprec", "slices", "--bits", "8", "--slice-bits", "3"]) == 2
+    assert "(1, 2, 4, 8)" in _one_error_line(capsys)

@@ -1,6 +1,7 @@
 """``lowbit lowprec``: training in low precision (paper B, Park et al. 2018).
 
-``bound`` prints the last FC layer's bit-width lower bound for a class count; ``train`` trains a small
+``bound`` prints the last FC layer's bit-width lower bound for a class count; ``slices`` the bit-slice sparsity
+and ADC bits of a shipped model's weights (paper M); ``train`` trains a small
 Fashion-MNIST CNN from scratch with its parameters held in a low-precision storage format (Kahan-compensated SGD,
 plain low-precision SGD with nearest or stochastic rounding, or float SGD for reference) and prints its test
 accuracy.
@@ -32,6 +33,17 @@ def add_parser(sub) -> None:
     b.add_argument("--p-target", type=float_range(0.0, 1.0, low_open=True), default=0.99,
                    help="target probability the logit range must allow, in (1/N, 1) (default 0.99)")
     b.set_defaults(func=run_bound)
+    sl = lsub.add_parser("slices", help="bit-slice sparsity and ADC bits of a shipped model's weights",
+                         description="Read every Linear/Conv weight of a shipped model as dynamic fixed point "
+                                     "(sign + BITS magnitude bits per tensor), cut the magnitude into SLICE_BITS-bit "
+                                     "slices (ReRAM cells, paper M) and print each slice's zero ratio per layer and "
+                                     "the ADC bits a ROWS-row crossbar column needs (lowbit.cost.bitslice).")
+    sl.add_argument("--model", default="mlp", help="shipped zoo model (default mlp; see 'lowbit zoo list')")
+    sl.add_argument("--bits", type=int_range(2, 16), default=8, help="magnitude bits, 2..16 (default 8)")
+    sl.add_argument("--slice-bits", type=int_range(1, 16), default=2, help="bits per slice, a divisor of --bits "
+                                                                           "(default 2)")
+    sl.add_argument("--rows", type=int_range(1), default=128, help="crossbar rows per column (default 128)")
+    sl.set_defaults(func=run_slices)
     t = lsub.add_parser("train", help="train the small Fashion-MNIST CNN with low-precision parameters",
                         description="Train LeNetBN(16, 32, 64) from scratch on Fashion-MNIST with every parameter "
                                     "held in --storage (per-layer power-of-two gains give each weight its own "
@@ -68,6 +80,20 @@ def run_bound(args: argparse.Namespace) -> int:
           f">= {bd.bits} bits = 1 sign + {bd.int_bits} integer (logit range R = {bd.logit_range:.2f}) + "
           f"{bd.frac_bits} fractional (step 2^-{bd.frac_bits} <= 1/{bd.num_classes}); e.g. FixedPoint({bd.bits}, "
           f"{bd.frac_bits})")
+    return 0
+
+
+def run_slices(args: argparse.Namespace) -> int:
+    from lowbit import zoo
+    from lowbit.cost.bitslice import render
+
+    if args.bits % args.slice_bits:
+        raise ConfigError(f"--slice-bits {args.slice_bits} does not divide --bits {args.bits}: pick a divisor of "
+                          f"{args.bits} ({', '.join(str(d) for d in range(1, args.bits + 1) if args.bits % d == 0)})")
+    model = zoo.pretrained(args.model)
+    print(f"{args.model}: weights as {args.bits}-bit dynamic fixed point, {args.bits // args.slice_bits} slices of "
+          f"{args.slice_bits} bits (most significant first), {args.rows}-row crossbars\n")
+    print(render(model, args.rows, args.bits, args.slice_bits))
     return 0
 
 
