@@ -27,13 +27,15 @@ from lowbit.functional.lns import LUT, LNSFormat, LNSTensor, MaxOnly, Shift, enc
 from lowbit.nn.lns import LNSMLP, predict, train_step  # noqa: E402
 
 MODEL = "fmnist-mlp-784-100-10"
-# (name, bits, frac_bits, delta): 5 integer bits (sign included) in every width, log2 range about +-16
+# name: (bits, frac_bits, delta, output error in the log domain); 5 integer bits (sign included) in every width,
+# log2 range about +-16
 CONFIGS = {
-    "lut16": (16, 10, LUT(20)),
-    "lut12": (12, 6, LUT(20)),
-    "lut10": (10, 4, LUT(20)),
-    "max16": (16, 10, MaxOnly()),
-    "shift16": (16, 10, Shift()),
+    "lut16": (16, 10, LUT(20), False),
+    "lut12": (12, 6, LUT(20), False),
+    "lut10": (10, 4, LUT(20), False),
+    "max16": (16, 10, MaxOnly(), False),
+    "shift16": (16, 10, Shift(), False),
+    "lut16-lnsce": (16, 10, LUT(20), True),
 }
 METHOD = {"LUT": "lns-lut20", "MaxOnly": "lns-max", "Shift": "lns-shift"}
 
@@ -74,7 +76,7 @@ def train_float(xtr, ytr, xte, yte, epochs: int, lr0: float, batch: int, steps: 
 
 
 def train_lns(name: str, xtr, ytr, xte, yte, epochs: int, lr0: float, batch: int, steps: int | None) -> dict:
-    bits, frac, delta = CONFIGS[name]
+    bits, frac, delta, lns_output = CONFIGS[name]
     fmt = LNSFormat(bits, frac)
     ws, bs = init_params()
     model = LNSMLP.from_float(ws, bs, fmt)
@@ -85,13 +87,13 @@ def train_lns(name: str, xtr, ytr, xte, yte, epochs: int, lr0: float, batch: int
         t0 = time.perf_counter()
         for i, idx in enumerate(batches(len(ytr), batch, epoch)[:steps]):
             x = LNSTensor(xtr_l.sign[idx], xtr_l.code[idx], fmt)
-            model, _ = train_step(model, x, ytr[idx], lr, delta)
+            model, _ = train_step(model, x, ytr[idx], lr, delta, lns_output)
             if i % 100 == 0:
                 print(f"  {name} epoch {epoch} step {i} {time.perf_counter() - t0:.0f}s", flush=True)
         times.append(time.perf_counter() - t0)
     acc = float((predict(model, xte_l, delta) == yte).float().mean()) * 100
     return {"accuracy": acc, "seconds_per_epoch": sum(times) / len(times), "bits": bits, "frac_bits": frac,
-            "delta": str(delta)}
+            "delta": str(delta), "output_error": "lns" if lns_output else "float"}
 
 
 def measure(args) -> tuple[dict, dict]:
@@ -112,7 +114,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--lr", type=float, default=0.1)
     ap.add_argument("--batch", type=int, default=100)
-    ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS),
+                    help="runs to measure; their results are merged into results/lns_training_raw.json")
     ap.add_argument("--steps", type=int, default=None, help="steps per epoch (smoke runs only; nothing is written)")
     ap.add_argument("--xlns-note", default="", help="text for the xlnstorch row of the notes (see README)")
     ap.add_argument("--xlns-json", default=None, help="JSON file with an xlnstorch measurement to add as a row")
@@ -127,37 +130,48 @@ def main() -> None:
         fl, results = measure(args)
         if args.steps is not None:
             return
-        raw_path.write_text(json.dumps({"float": fl, "lns": results, "epochs": args.epochs, "lr": args.lr,
-                                        "batch": args.batch, "command": " ".join(sys.argv)}, indent=2) + "\n")
+        raw = {"float": fl, "lns": {}, "epochs": args.epochs, "lr": args.lr, "batch": args.batch, "commands": []}
+        if raw_path.exists():
+            old = json.loads(raw_path.read_text())
+            if all(old.get(k) == raw[k] for k in ("epochs", "lr", "batch")):  # same protocol: keep other runs
+                raw["lns"], raw["commands"] = old["lns"], old.get("commands", [old.get("command")])
+        raw["lns"].update(results)
+        raw["commands"].append(" ".join(sys.argv))
+        raw_path.write_text(json.dumps(raw, indent=2) + "\n")
+        results = raw["lns"]
 
     rows, lines = [], []
     for r in results.values():
-        method = METHOD[r["delta"].split("(")[0]]
+        method = METHOD[r["delta"].split("(")[0]] + ("-lnsce" if r.get("output_error") == "lns" else "")
         extra = {"seconds_per_epoch": round(r["seconds_per_epoch"], 1), "frac_bits": r["frac_bits"],
-                 "epochs": args.epochs, "delta": r["delta"]}
+                 "epochs": args.epochs, "delta": r["delta"], "output_error": r.get("output_error", "float")}
         rows.append({"method": method, "model": MODEL, "storage": f"lns{r['bits']}", "accuracy": round(r["accuracy"], 2),
                      "float_accuracy": round(fl["accuracy"], 2), "extra": extra})
-        lines.append(f"| {method} | lns{r['bits']} (F={r['frac_bits']}) | {r['delta']} | {r['accuracy']:.2f} | "
+        lines.append(f"| {method} | lns{r['bits']} (F={r['frac_bits']}) | {r['delta']} | "
+                     f"{r.get('output_error', 'float')} | {r['accuracy']:.2f} | "
                      f"{r['accuracy'] - fl['accuracy']:+.2f} | {r['seconds_per_epoch']:.0f} |")
     if args.xlns_json:
         x = json.loads(Path(args.xlns_json).read_text())
         rows.append({"method": "xlnstorch", "model": MODEL, "storage": x["storage"], "accuracy": x["accuracy"],
                      "float_accuracy": round(fl["accuracy"], 2), "extra": x["extra"]})
-        lines.append(f"| xlnstorch | {x['storage']} | {x['extra'].get('delta', '')} | {x['accuracy']} | "
+        lines.append(f"| xlnstorch | {x['storage']} | {x['extra'].get('delta', '')} | float64 autograd | "
+                     f"{x['accuracy']} | "
                      f"{x['accuracy'] - fl['accuracy']:+.2f} | {x['extra'].get('seconds_per_epoch', '')} |")
     body = f"""Fashion-MNIST MLP 784-100-10 trained from the same initial weights, batch order and learning-rate
 schedule (SGD, batch {args.batch}, lr {args.lr} x 0.5^epoch, {args.epochs} epochs on all 60,000 training images),
 test accuracy on the 10,000 test images. Float: float32 autograd. LNS: `lowbit.nn.lns` (paper L), every product
 (code addition), sum (log-domain addition in a fixed pairwise tree), ReLU (sign test) and SGD update
-(`W <- W (+) (-lr * g)`) on LNS codes; **the softmax cross-entropy output error `p - y` is computed in float from the
-decoded logits and encoded back** (the one non-LNS step). Delta: `LUT(20)` = 20-entry table over d in [0, 10),
+(`W <- W (+) (-lr * g)`) on LNS codes. Output error of softmax cross-entropy: in the rows marked `float`, **`p - y` is
+computed in float from the decoded logits and encoded back** (the one non-LNS step); in the `-lnsce` row it is
+computed in the log domain (`output_error_lns`: log-sum-exp as a (+)-tree, only the logits converted LNS -> fixed
+point). Delta: `LUT(20)` = 20-entry table over d in [0, 10),
 `MaxOnly` = the larger operand, `Shift` = Mitchell shifts. One thread; the 2 cores were shared with other jobs, so
 seconds per epoch are upper bounds.
 
 float32: **{fl['accuracy']:.2f} %**, {fl['seconds_per_epoch']:.1f} s/epoch
 
-| method | storage | Delta | test accuracy % | vs float | s/epoch |
-|---|---|---|---|---|---|
+| method | storage | Delta | output error p - y | test accuracy % | vs float | s/epoch |
+|---|---|---|---|---|---|---|
 {chr(10).join(lines)}
 
 xlnstorch: {args.xlns_note or 'not measured'}

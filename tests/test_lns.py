@@ -35,6 +35,7 @@ from lowbit.nn.lns import (
     mlp_backward,
     mlp_forward,
     output_error,
+    output_error_lns,
     train_step,
 )
 
@@ -372,3 +373,33 @@ def test_tree_sum_work_reduces_leading_dim():
     t = random_lns((5, 3), F16, 21)
     n, c = tree_sum_work(*to_work(t), F16, Exact())
     assert c.shape == (3,) and n.shape == (3,)
+
+
+@pytest.mark.parametrize("delta", [Exact(), LUT(20)], ids=str)
+def test_log_domain_output_error_against_float_softmax(delta):
+    fmt = LNSFormat(20, 14)
+    g = torch.Generator().manual_seed(22)
+    z = torch.randn(16, 10, generator=g, dtype=torch.float64) * 3
+    y = torch.randint(0, 10, (16,), generator=g)
+    logits = encode(z, fmt)
+    zv = decode(logits, torch.float64)
+    want = (torch.softmax(zv, 1) - torch.nn.functional.one_hot(y, 10)) / 16
+    got = decode(output_error_lns(logits, y, delta), torch.float64)
+    # Exact: roundings of about 2^-15 per step, a 4-level tree; LUT(20): its per-addition bound, relative to 1/B
+    tol = 1e-3 if delta == Exact() else 2 * _lut_bound(fmt, delta)
+    assert float((got - want).abs().max()) <= tol / 16
+    assert torch.equal(torch.sign(got[torch.arange(16), y]), -torch.ones(16, dtype=torch.float64))
+    assert torch.allclose(decode(output_error(logits, y), torch.float64), want, atol=2.0**-16)  # underflow
+
+
+def test_train_steps_with_log_domain_output_reduce_the_loss():
+    model, x, y = _small_mlp(F16)
+
+    def loss(m):
+        logits, _ = mlp_forward(m, x, LUT(20))
+        return float(torch.nn.functional.cross_entropy(decode(logits, torch.float64), y))
+
+    start = loss(model)
+    for _ in range(20):
+        model, _ = train_step(model, x, y, 0.2, LUT(20), lns_output=True)
+    assert loss(model) < 0.7 * start

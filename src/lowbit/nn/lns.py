@@ -16,13 +16,17 @@ MLP training (:func:`train_step`), per layer ``h = relu(x W^T (+) b)``:
               grad_W = e^T x,  grad_b = (+)_batch e,  grad_x = e W,  relu backward: zero where z was not positive
     update    W <- W (+) ((-lr) * grad_W)        (an LNS product and an LNS addition)
 
-The output error ``e`` of softmax cross-entropy is computed by decoding the logits to float, taking the float
-softmax, subtracting the one-hot labels, dividing by the batch size and encoding the result back to LNS. Every
-other operation (all matrix products, sums, ReLU and its mask, the SGD update) runs on LNS codes.
+The output error ``e`` of softmax cross-entropy has two versions. :func:`output_error` (the default of
+:func:`train_step`) decodes the logits to float, takes the float softmax, subtracts the one-hot labels, divides by
+the batch size and encodes the result back to LNS: the one non-LNS step. :func:`output_error_lns`
+(``train_step(..., lns_output=True)``) does it in the log domain (log-sum-exp as a (+)-tree of the codes of
+``e^z``), needing only an LNS -> fixed-point conversion of the logits. Every other operation (all matrix products,
+sums, ReLU and its mask, the SGD update) runs on LNS codes.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -179,11 +183,55 @@ def output_error(logits: LNSTensor, y: torch.Tensor) -> LNSTensor:
     """``(softmax(z) - onehot(y)) / B``, the gradient of the mean cross-entropy with respect to the logits.
 
     Not in LNS: the logits are decoded to float64, the softmax is taken in float, and the error is encoded back.
+    :func:`output_error_lns` is the log-domain version.
     """
     z = decode(logits, torch.float64)
     p = torch.softmax(z, dim=1)
     p[torch.arange(len(y)), y] -= 1.0
     return encode(p / len(y), logits.fmt)
+
+
+def lns_to_fixed(t: LNSTensor, frac: int) -> torch.Tensor:
+    """LNS -> fixed point: ``round((-1)^s 2^X * 2^frac)`` as int64, 0 for zero.
+
+    Computed as the rounding of the exact value in float64 (in hardware: an antilog table of ``2^(f / 2^F)`` over
+    the fraction ``f`` of the code, shifted by its integer part).
+    """
+    return torch.round(decode(t, torch.float64) * 2.0**frac).to(torch.int64)
+
+
+def output_error_lns(logits: LNSTensor, y: torch.Tensor, delta: Delta) -> LNSTensor:
+    """``(softmax(z) - onehot(y)) / B`` in the log domain, with one LNS -> fixed-point conversion of the logits.
+
+    ``e^z_i`` has the log code ``c_i = round(z_i log2(e) 2^F)``: the logit as a fixed-point number (``F``
+    fractional bits, :func:`lns_to_fixed`) times the integer constant ``round(log2(e) 2^16)``, shifted right by
+    16 with rounding. Shift invariance of the softmax: ``c_i <- c_i - max_j c_j`` (no saturation). Then
+
+        log-sum-exp   L = (+)_i 2^(c_i)        (a tree sum of codes, :func:`~lowbit.functional.lns.lns_sum`)
+        p_i           code c_i - L              (a division is a code subtraction)
+        p_y - 1       p_y (+) (-1)              (log-domain subtraction, Delta-)
+        / B           times the LNS code of 1/B
+
+    so every step but the conversion of the logits is LNS arithmetic with ``delta``.
+    """
+    fmt = logits.fmt
+    zq = lns_to_fixed(logits, fmt.frac_bits)  # z * 2^F
+    k = round(math.log2(math.e) * 2**16)
+    c = (zq * k + (1 << 15)) >> 16  # z log2(e) 2^F, rounded
+    c = c - c.amax(dim=1, keepdim=True)
+    c = torch.where(c < fmt.code_min, fmt.sentinel, c).to(fmt.dtype)  # e^z below the format: zero
+    pos = torch.zeros(c.shape, dtype=torch.bool)
+    table = prepare_delta(fmt, delta)
+    _, lse = tree_sum_work(pos.t(), c.t(), fmt, delta, table)  # (B,)
+    p = c - lse[:, None]  # (B, classes), <= 0 since lse >= max c = 0
+    p = torch.where((c < fmt.code_min) | (p < fmt.code_min), fmt.sentinel, p)
+    rows = torch.arange(len(y))
+    neg, code = add_work(pos[rows, y], p[rows, y], torch.ones(len(y), dtype=torch.bool),
+                         torch.zeros(len(y), dtype=fmt.dtype), fmt, delta, table)  # p_y (+) (-1)
+    negs, codes = pos.clone(), p.clone()
+    negs[rows, y], codes[rows, y] = neg, code
+    inv_b = to_work(encode(torch.tensor(1.0 / len(y)), fmt))
+    return from_work(*mul_work(negs, codes, *inv_b, fmt), fmt)
 
 
 def mlp_backward(model: LNSMLP, cache: list, err: LNSTensor, delta: Delta) -> tuple[list, list]:
@@ -205,10 +253,15 @@ def sgd_update(param: LNSTensor, grad: LNSTensor, lr: float, delta: Delta) -> LN
     return add(param, step, delta)
 
 
-def train_step(model: LNSMLP, x: LNSTensor, y: torch.Tensor, lr: float, delta: Delta) -> tuple[LNSMLP, LNSTensor]:
-    """One SGD step on a batch; returns the updated model and the batch's logits (before the update)."""
+def train_step(model: LNSMLP, x: LNSTensor, y: torch.Tensor, lr: float, delta: Delta,
+               lns_output: bool = False) -> tuple[LNSMLP, LNSTensor]:
+    """One SGD step on a batch; returns the updated model and the batch's logits (before the update).
+
+    ``lns_output``: the output error by :func:`output_error_lns` (log domain) instead of :func:`output_error`
+    (float softmax)."""
     logits, cache = mlp_forward(model, x, delta)
-    grads_w, grads_b = mlp_backward(model, cache, output_error(logits, y), delta)
+    err = output_error_lns(logits, y, delta) if lns_output else output_error(logits, y)
+    grads_w, grads_b = mlp_backward(model, cache, err, delta)
     weights = tuple(sgd_update(w, g, lr, delta) for w, g in zip(model.weights, grads_w))
     biases = tuple(sgd_update(b, g, lr, delta) for b, g in zip(model.biases, grads_b))
     return LNSMLP(weights, biases), logits
