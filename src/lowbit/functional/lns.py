@@ -251,7 +251,7 @@ def lut_tables(fmt: LNSFormat, lut: LUT) -> tuple[torch.Tensor, int]:
 
     Returns ``(table, step)``: ``table`` of shape (2, n + 1), row 0 Delta+, row 1 Delta-, column ``n`` = 0 (beyond
     ``d_max``), codes of ``fmt``; ``step`` = ``round(d_max * 2^F / n)`` codes (at least 1), bin ``k`` holding the
-    codes ``d`` with ``d // step = k``. Delta- of bin 0 at ``d = 0`` is handled by the caller (exact zero).
+    codes ``d`` with ``d // step = k``. Delta- at ``d = 0`` (exact zero) is set by :func:`delta_codes`.
     """
     step = max(1, round(lut.d_max * fmt.scale / lut.n))
     lo = torch.arange(lut.n, dtype=torch.float64) * step / fmt.scale
