@@ -26,6 +26,18 @@ below the smallest code; ``d`` against a zero is beyond every table). :func:`to_
 convert at the boundary; the public functions take and return the reserved-code form.
 
 Approximate (+) is commutative but not associative, so :func:`lns_sum` fixes its order (a pairwise tree).
+
+>>> import torch
+>>> fmt = LNSFormat(16, 10)
+>>> a, b = encode(torch.tensor([4.0, 1.0, 1.0]), fmt), encode(torch.tensor([0.5, 1.0, -1.0]), fmt)
+>>> a.code.tolist(), fmt.zero_code
+([2048, 0, 0], -16384)
+>>> decode(mul(a, b)).tolist()
+[2.0, 1.0, -1.0]
+>>> [round(v, 3) for v in decode(add(a, b, Exact())).tolist()]
+[4.5, 2.0, 0.0]
+>>> [round(v, 3) for v in decode(add(a, b, LUT(20))).tolist()]  # bin 0 of the table: 1 (+) 1 = 1.854
+[4.427, 1.854, 0.0]
 """
 
 from __future__ import annotations
