@@ -403,3 +403,15 @@ def test_train_steps_with_log_domain_output_reduce_the_loss():
     for _ in range(20):
         model, _ = train_step(model, x, y, 0.2, LUT(20), lns_output=True)
     assert loss(model) < 0.7 * start
+
+
+def test_bad_shapes_are_named():
+    from lowbit.errors import DataError, ShapeError
+
+    x, w = random_lns((3, 8), F16, 23), random_lns((4, 7), F16, 24)
+    with pytest.raises(ShapeError, match=r"\(3, 8\) and weight \(4, 7\)"):
+        lns_linear(x, w, None, Exact())
+    with pytest.raises(DataError, match="sign shape"):
+        LNSTensor(torch.zeros(3, dtype=torch.int8), torch.zeros(4, dtype=torch.int32), F16)
+    with pytest.raises(DataError, match="NaN"):
+        encode(torch.tensor([1.0, float("nan")]), F16)
