@@ -415,3 +415,14 @@ def test_bad_shapes_are_named():
         LNSTensor(torch.zeros(3, dtype=torch.int8), torch.zeros(4, dtype=torch.int32), F16)
     with pytest.raises(DataError, match="NaN"):
         encode(torch.tensor([1.0, float("nan")]), F16)
+
+
+def test_log_domain_output_error_keeps_confident_errors_small():
+    # p_y -> 1: 1 - p_y is the (+)-sum of the other p_i, not p_y (+) (-1) (whose LUT Delta- bin 0 would give ~0.15)
+    z = torch.tensor([[10.0] + [0.0] * 9, [0.0] * 9 + [12.0]], dtype=torch.float64)
+    y = torch.tensor([0, 9])
+    got = decode(output_error_lns(encode(z, F16), y, LUT(20)), torch.float64)
+    want = (torch.softmax(z, 1) - torch.nn.functional.one_hot(y, 10)) / 2
+    rows = torch.arange(2)
+    assert bool((got[rows, y] < 0).all())
+    assert torch.allclose(got[rows, y], want[rows, y], rtol=0.3)

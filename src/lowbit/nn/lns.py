@@ -207,9 +207,10 @@ def output_error_lns(logits: LNSTensor, y: torch.Tensor, delta: Delta) -> LNSTen
     fractional bits, :func:`lns_to_fixed`) times the integer constant ``round(log2(e) 2^16)``, shifted right by
     16 with rounding. Shift invariance of the softmax: ``c_i <- c_i - max_j c_j`` (no saturation). Then
 
-        log-sum-exp   L = (+)_i 2^(c_i)        (a tree sum of codes, :func:`~lowbit.functional.lns.lns_sum`)
-        p_i           code c_i - L              (a division is a code subtraction)
-        p_y - 1       p_y (+) (-1)              (log-domain subtraction, Delta-)
+        log-sum-exp   L = (+)_i 2^(c_i)                (a tree sum of codes, :func:`~lowbit.functional.lns.lns_sum`)
+        p_i           code c_i - L, i != y              (a division is a code subtraction)
+        p_y - 1       -(+)_{i != y} 2^(c_i - L)         (1 - p_y = sum of the other p_i: no log-domain subtraction,
+                                                         whose Delta- is least accurate exactly when p_y -> 1)
         / B           times the LNS code of 1/B
 
     so every step but the conversion of the logits is LNS arithmetic with ``delta``.
@@ -222,16 +223,17 @@ def output_error_lns(logits: LNSTensor, y: torch.Tensor, delta: Delta) -> LNSTen
     c = torch.where(c < fmt.code_min, fmt.sentinel, c).to(fmt.dtype)  # e^z below the format: zero
     pos = torch.zeros(c.shape, dtype=torch.bool)
     table = prepare_delta(fmt, delta)
-    _, lse = tree_sum_work(pos.t(), c.t(), fmt, delta, table)  # (B,)
-    p = c - lse[:, None]  # (B, classes), <= 0 since lse >= max c = 0
-    p = torch.where((c < fmt.code_min) | (p < fmt.code_min), fmt.sentinel, p)
     rows = torch.arange(len(y))
-    neg, code = add_work(pos[rows, y], p[rows, y], torch.ones(len(y), dtype=torch.bool),
-                         torch.zeros(len(y), dtype=fmt.dtype), fmt, delta, table)  # p_y (+) (-1)
-    negs, codes = pos.clone(), p.clone()
-    negs[rows, y], codes[rows, y] = neg, code
+    _, lse = tree_sum_work(pos.t(), c.t(), fmt, delta, table)  # (B,)
+    others = c.clone()
+    others[rows, y] = fmt.sentinel
+    _, lse_others = tree_sum_work(pos.t(), others.t(), fmt, delta, table)  # (B,): log2 sum_{i != y} e^z_i
+    codes = torch.cat([c, lse_others[:, None]], dim=1) - lse[:, None]  # p_i and 1 - p_y, (B, classes + 1)
+    codes = torch.where(codes < fmt.code_min, fmt.sentinel, codes)
+    negs = torch.zeros(codes.shape, dtype=torch.bool)
+    codes[rows, y], negs[rows, y] = codes[:, -1], True
     inv_b = to_work(encode(torch.tensor(1.0 / len(y)), fmt))
-    return from_work(*mul_work(negs, codes, *inv_b, fmt), fmt)
+    return from_work(*mul_work(negs[:, :-1], codes[:, :-1], *inv_b, fmt), fmt)
 
 
 def mlp_backward(model: LNSMLP, cache: list, err: LNSTensor, delta: Delta) -> tuple[list, list]:
