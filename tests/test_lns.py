@@ -419,7 +419,7 @@ def test_bad_shapes_are_named():
 
 def test_log_domain_output_error_keeps_confident_errors_small():
     # p_y -> 1: 1 - p_y is the (+)-sum of the other p_i, not p_y (+) (-1) (whose LUT Delta- bin 0 would give ~0.15)
-    z = torch.tensor([[10.0] + [0.0] * 9, [0.0] * 9 + [12.0]], dtype=torch.float64)
+    z = torch.tensor([[10.0] + [0.0] * 9, [0.0] * 9 + [8.0]], dtype=torch.float64)  # e^-10 > 2^-16
     y = torch.tensor([0, 9])
     got = decode(output_error_lns(encode(z, F16), y, LUT(20)), torch.float64)
     want = (torch.softmax(z, 1) - torch.nn.functional.one_hot(y, 10)) / 2
