@@ -5,7 +5,7 @@ order (one permutation per epoch from a fixed generator), batch 100, plain SGD w
 and the learning-rate schedule ``lr = 0.1 * 0.5^epoch``. Data: all 60,000 training images ("train+val"),
 accuracy on the 10,000 test images. LNS runs use :mod:`lowbit.nn.lns` (every product, sum, ReLU and SGD update
 in LNS; the softmax cross-entropy output error ``p - y`` is computed in float from the decoded logits and encoded
-back). Results: ``results/lns_training.md`` and rows of ``results/lowprec_training.json``.
+back, except in the ``lut16-lnsce`` run, where it is computed in the log domain too). Results: ``results/lns_training.md`` and rows of ``results/lowprec_training.json``.
 """
 
 from __future__ import annotations
