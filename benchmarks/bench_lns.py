@@ -136,7 +136,8 @@ def main() -> None:
             if all(old.get(k) == raw[k] for k in ("epochs", "lr", "batch")):  # same protocol: keep other runs
                 raw["lns"], raw["commands"] = old["lns"], old.get("commands", [old.get("command")])
         raw["lns"].update(results)
-        raw["commands"].append(" ".join(sys.argv))
+        if " ".join(sys.argv) not in raw["commands"]:  # a rerun of a config replaces its results
+            raw["commands"].append(" ".join(sys.argv))
         raw_path.write_text(json.dumps(raw, indent=2) + "\n")
         results = raw["lns"]
 
