@@ -51,6 +51,8 @@ RUNS = {
     "kahan-fixed8": ("kahan", "fixed8.6"),
     "nearest-fixed8": ("nearest", "fixed8.6"),
     "stochastic-fixed8": ("stochastic", "fixed8.6"),
+    "kahan-fixed6": ("kahan", "fixed6.4"),
+    "nearest-fixed6": ("nearest", "fixed6.4"),
     "kahan-fixed12": ("kahan", "fixed12.10"),
     "nearest-fixed12": ("nearest", "fixed12.10"),
     "kahan-bf16": ("kahan", "bf16"),
