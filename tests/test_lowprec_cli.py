@@ -84,3 +84,31 @@ def test_slices_prints_the_cost_table_of_the_shipped_weights(capsys):
     assert render(zoo.pretrained("mlp"), 64, 8, 2) in out and "| all |" in out
     assert main(["lowprec", "slices", "--bits", "8", "--slice-bits", "3"]) == 2
     assert "(1, 2, 4, 8)" in _one_error_line(capsys)
+
+
+def test_shipped_kahan_cnn_holds_8_bit_codes_and_reaches_its_recorded_accuracy():
+    from lowbit.data import fashion_mnist
+    from lowbit.optim import is_representable
+    from lowbit.zoo.lowprec_zoo import pretrained_lowprec, shipped_meta
+    from lowbit.zoo.recipes import evaluate
+
+    model = pretrained_lowprec("kahan-cnn-fixed8")
+    meta = shipped_meta("kahan-cnn-fixed8")
+    assert meta["storage"] == "fixed8.6"
+    assert all(bool(is_representable(p, FixedPoint(8, 6)).all()) for p in model.parameters())
+    assert evaluate(model, fashion_mnist("test")) == pytest.approx(meta["test_accuracy"], abs=5e-4)
+
+
+def test_main_job_rows_agree_with_the_library():
+    from lowbit.data import fashion_mnist
+    from lowbit.main_lowprec import lowprec_rows
+
+    table = lowprec_rows(fashion_mnist("test").take(500), lns_images=100)
+    text = table.render()
+    rows = {r.what: r for r in table.rows}
+    lns = next(r for w, r in rows.items() if w.startswith("mlp in lns16"))
+    flt = next(r for w, r in rows.items() if w.startswith("mlp in float32"))
+    assert abs(lns.accuracy - flt.accuracy) <= 0.03  # 16-bit LNS inference tracks float (100 images)
+    kahan = next(r for w, r in rows.items() if w.startswith("kahan-cnn-fixed8"))
+    assert kahan.recorded is not None and 0.85 < kahan.accuracy <= 1
+    assert f">= {min_bits_last_fc(10).bits} bits" in text

@@ -53,7 +53,7 @@ def _kahan_rows(test_set: Split) -> list[LowPrecRow]:
     rows = [LowPrecRow(f"{key} (KahanSGD, {meta['storage']})", evaluate(pretrained_lowprec(key), test_set),
                        float(meta["test_accuracy"]), "every parameter an 8-bit code, trained from scratch")]
     for name, acc in meta.get("benchmark_rows", {}).items():
-        if not name.startswith("kahan-sgd fixed8"):
+        if name in ("float-sgd float32", "sgd-nearest fixed8.6"):
             rows.append(LowPrecRow(f"  same run: {name}", None, float(acc) / 100.0, "recorded by bench_kahan.py"))
     return rows
 
