@@ -15,7 +15,8 @@ import torch
 
 from lowbit import zoo
 from lowbit.bench.latency import interleaved, torch_threads
-from lowbit.cost.energy import EnergyTable, energy, mac_area
+from lowbit.cost.bitslice import adc_bits, slice_sparsity
+from lowbit.cost.energy import EnergyTable, energy, lns_mac_energy, mac_area
 from lowbit.cost.profile import profile
 from lowbit.cost.report import Report, Version
 from lowbit.cost.speed import warnings_for
@@ -65,6 +66,8 @@ def model_report(name: str, calib: Split, test: Split, latency_rounds: int = 10,
             for v in versions:
                 v.latency_us[f"batch {batch}"] = t[v.name].best_us
     report = Report(f"lowbit report: {name} on Fashion-MNIST", versions, _machine(), warnings_for(["int8"]))
+    report.slices, report.adc_bits = slice_sparsity(model), adc_bits(model).max_bits
+    report.lns16_compute_pj = sum(r.macs for r in versions[0].rows) * lns_mac_energy(16, "lut", table)
     if curve:
         for n in (1, 4, 16, 64):
             im = to_integer(quantize(model, [calib.x[:n]], PTQConfig()), example)

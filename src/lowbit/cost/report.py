@@ -37,6 +37,25 @@ class Report:
     curve: list[tuple[int, float]] = field(default_factory=list)  # (calibration images, accuracy)
     sensitivity: list[tuple[str, float]] = field(default_factory=list)  # (layer, accuracy drop in points)
     notes: list[str] = field(default_factory=list)
+    slices: list = field(default_factory=list)  # lowbit.cost.bitslice.SliceSparsity of the float weights
+    adc_bits: tuple[int, ...] = ()  # per slice, for 128-row crossbar columns
+    lns16_compute_pj: float | None = None  # the float model's MACs priced as 16-bit LNS MACs (paper L)
+
+
+def _slice_rows(r: Report) -> list[list[str]]:
+    return [[s.layer, f"{s.weights:,}", *(f"{z:.3f}" for z in s.zero), f"{s.mean:.3f}"] for s in r.slices]
+
+
+def _slice_head(r: Report) -> list[str]:
+    n = len(r.slices[0].zero) if r.slices else 0
+    return ["layer", "weights", *(f"slice {k + 1} zero" for k in range(n)), "mean"]
+
+
+def _lns_line(r: Report) -> str:
+    base = r.versions[0].energy.compute
+    return (f"Compute energy if the float model's MACs ran in 16-bit LNS arithmetic (multiply = add of log codes, "
+            f"add by a 20-entry table; lowbit.cost.energy.lns_mac_energy): {r.lns16_compute_pj / 1e6:,.3f} uJ "
+            f"against {base / 1e6:,.3f} uJ in fp32 ({base / r.lns16_compute_pj:.1f}x less).")
 
 
 def to_dict(r: Report) -> dict:
@@ -44,6 +63,8 @@ def to_dict(r: Report) -> dict:
         "title": r.title, "machine": r.machine, "warnings": r.warnings, "notes": r.notes,
         "calibration_curve": [{"images": n, "accuracy": a} for n, a in r.curve],
         "sensitivity": [{"layer": n, "drop_points": d} for n, d in r.sensitivity],
+        "bit_slices": [{"layer": x.layer, "weights": x.weights, "zero": list(x.zero), "mean": x.mean} for x in r.slices],
+        "adc_bits_128_rows": list(r.adc_bits), "lns16_compute_pJ": r.lns16_compute_pj,
         "versions": [{
             "name": v.name, "weight_bits": v.weight_bits, "accuracy": v.accuracy, "latency_us": v.latency_us,
             "mac_area_um2": v.mac_area_um2,
@@ -88,6 +109,15 @@ def to_markdown(r: Report) -> str:
     if r.sensitivity:
         lines += ["", "Per-layer sensitivity (points lost with only that layer quantized): " +
                   ", ".join(f"{n}: {d:+.2f}" for n, d in r.sensitivity)]
+    if r.lns16_compute_pj is not None:
+        lines += ["", _lns_line(r)]
+    if r.slices:
+        head = _slice_head(r)
+        lines += ["", "## Bit-slice sparsity of the float weights (8-bit dynamic fixed point, 2-bit ReRAM cells)", "",
+                  "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(row) + " |" for row in _slice_rows(r)]
+        lines += ["", f"ADC bits per slice for 128-row columns: {'/'.join(map(str, r.adc_bits))} "
+                      "(lowbit.cost.bitslice; bit-slice L1 training lowers them: benchmarks/bench_bitslice.py)"]
     for v in r.versions:
         lines += ["", f"## {v.name}: layers", "", "| layer | kind | W/A/out bits | MACs | BOPs | weight bytes | requant |",
                   "|---|---|---|---:|---:|---:|---|"]
@@ -205,6 +235,13 @@ def to_html(r: Report) -> str:
     table = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in _summary_rows(r))
     warn = "".join(f'<p class="warn">warning: {html.escape(w)}</p>' for w in r.warnings)
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in r.notes)
+    extra = f"<p>{html.escape(_lns_line(r))}</p>" if r.lns16_compute_pj is not None else ""
+    if r.slices:
+        rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in _slice_rows(r))
+        extra += ("<h2>Bit-slice sparsity of the float weights (8-bit dynamic fixed point, 2-bit cells)</h2><table>"
+                  "<thead><tr>" + "".join(f"<th>{h}</th>" for h in _slice_head(r)) + f"</tr></thead><tbody>{rows}"
+                  f"</tbody></table><p>ADC bits per slice for 128-row columns: "
+                  f"{'/'.join(map(str, r.adc_bits))}</p>")
     head = "".join(f"<th>{h}</th>" for h in _HEAD)
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
              "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
@@ -212,7 +249,7 @@ def to_html(r: Report) -> str:
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(r.title)}</title>'
             f"<style>{style}</style></head><body><h1>{html.escape(r.title)}</h1>"
             f"<p>Machine: {html.escape(r.machine)}</p>{warn}<table><thead><tr>{head}</tr></thead>"
-            f'<tbody>{table}</tbody></table><div class="figs">{"".join(figs)}</div><ul>{notes}</ul></body></html>\n')
+            f'<tbody>{table}</tbody></table><div class="figs">{"".join(figs)}</div>{extra}<ul>{notes}</ul></body></html>\n')
 
 
 def write(r: Report, out_dir: str | Path) -> dict[str, Path]:
