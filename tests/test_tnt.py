@@ -13,7 +13,7 @@ from lowbit.granularity import PerChannel, PerTensor, rows
 from lowbit.integer import to_integer
 from lowbit.nn.unified import unified_modules
 from lowbit.ptq import PTQConfig, quantize
-from lowbit.qat import QATConfig, TrainConfig, convert_qat, prepare_qat, train
+from lowbit.qat import QATConfig, TrainConfig, convert_qat, fold_trained_bn, prepare_qat, train
 from lowbit.spec import QuantSpec, fake_quant, lsq_range, solve_weight, weight_codes
 
 TNT = QuantSpec(Ternary(), PerChannel(0), ternary="tnt")
@@ -143,3 +143,23 @@ def test_bad_input_names_the_fix():
         QuantSpec(Ternary(), ternary="ttq")
     with pytest.raises(ConfigError, match="recomputed from the weights"):
         lsq_range(TNT)
+
+
+@pytest.mark.parametrize("method", ["faq", "lsq"])
+def test_folding_a_trained_batchnorm_with_negative_gamma_keeps_the_tnt_weights(method):
+    """FAQ freezes the TNT grid before training: the fold scales it by |g| and swaps m+ and m- where g < 0;
+    LSQ-style QAT keeps TNT live, and the fold leaves it to convert to solve the folded weight again."""
+    x = fashion_mnist("train").take(64).x
+    q = prepare_qat(zoo.pretrained("cnn"), QATConfig(TNT, ACT8, method=method, bn_freeze_steps=0), x)
+    u = dict(unified_modules(q))["conv2"]
+    assert u.bn is not None and u.weight_quant.tnt
+    with torch.no_grad():
+        u.bn.weight[::2] *= -1  # half the channels flip sign
+    fold_trained_bn(q)
+    w = u.weight.detach()
+    if method == "lsq":
+        assert u.weight_quant.mode == "live"
+        u.weight_quant.freeze(u.weight)
+    got, want = u.weight_quant.fake(w), fake_quant(w, TNT)
+    assert torch.equal(torch.sign(got), torch.sign(want))
+    assert torch.allclose(got, want, rtol=1e-5, atol=0)
