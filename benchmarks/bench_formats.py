@@ -1,14 +1,15 @@
 """Ternary and power-of-two weights on the shipped models: weight-only, PTQ (A8) and LSQ QAT (A8).
 
-Per model (mlp, cnn, resnet) and weight format (exact ternary, TWN ternary, 4-bit power of two,
-all per output channel; first and last layers 8-bit in PTQ and QAT):
+Per model (mlp, cnn, resnet) and weight format (exact ternary, TWN ternary, TNT ternary, 4-bit power of
+two, all per output channel; first and last layers 8-bit in PTQ and QAT):
 
 - weight-only: every conv/linear weight quantized, activations float;
 - PTQ A8: 32 calibration images, uint8 activations, bias correction; run as the integer model;
 - QAT A8: LSQ from the float weights (steps start at the format's solver scale), ``--qat-epochs``
   epochs over the ``--qat-train-size`` first training images, SGD + Nesterov, cosine decay, random
   shifts and flips where the float model was trained with them (CNN, ResNet), run as the integer
-  model.
+  model. TNT ternary (``ternary-tnt``: separate + and - scales, run as int8 codes ``{-m-, 0, +m+}``) does not
+  learn a weight step: its support and both scales are recomputed from the latent weights at every step.
 
 Accuracies are on the full Fashion-MNIST test set (10,000 images), in percent; ``bit_exact`` says
 whether the integer model's outputs equal the simulation's bit for bit on all 10,000 images
@@ -42,6 +43,7 @@ from lowbit.zoo.recipes import evaluate
 FORMATS = {
     "ternary": QuantSpec(Ternary(), PerChannel(0)),
     "ternary-twn": QuantSpec(Ternary(), PerChannel(0), ternary="twn"),
+    "ternary-tnt": QuantSpec(Ternary(), PerChannel(0), ternary="tnt"),
     "pow2-4": QuantSpec(PowerOfTwo(4), PerChannel(0)),
 }
 ACT8 = QuantSpec(IntFormat(8, signed=False))
@@ -77,7 +79,8 @@ def run_model(name: str, methods: list[str], formats: list[str], args, calib, tr
             train(q, train_set, TrainConfig(epochs=args.qat_epochs, lr=args.qat_lr, augment=augment), progress=False)
             convert_qat(q)
             im = to_integer(q, (calib.x[:2],))
-            rows.append(_row(name, fmt, f"QAT A8 (LSQ, {args.qat_epochs} epoch{'s' * (args.qat_epochs > 1)}, "
+            how = "TNT scales recomputed each step, LSQ activations" if spec.tnt else "LSQ"
+            rows.append(_row(name, fmt, f"QAT A8 ({how}, {args.qat_epochs} epoch{'s' * (args.qat_epochs > 1)}, "
                                         f"lr {args.qat_lr:g})",
                              evaluate(im, test), f_acc, bit_exact(q, im, test.x)))
         for r in rows[-len(methods):]:
@@ -112,10 +115,12 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=["weight-only", "ptq", "qat"], choices=["weight-only", "ptq", "qat"])
     ap.add_argument("--qat-epochs", type=int, default=1)
     ap.add_argument("--qat-lr", type=float, default=0.01)
-    ap.add_argument("--qat-train-size", type=int, default=60000, help="first N training images for QAT")
+    ap.add_argument("--qat-train-size", type=int, default=60000,
+                    help="first N training images for QAT (at most the 55,000 of the training split)")
     args = ap.parse_args()
     calib, test = fashion_mnist("train").take(32), fashion_mnist("test")
-    train_set = fashion_mnist("train").take(args.qat_train_size)
+    train_all = fashion_mnist("train")  # 55,000 images: the last 5,000 of the official 60,000 are validation
+    train_set = train_all.take(min(args.qat_train_size, len(train_all.y)))
     start = time.perf_counter()
     rows = []
     for name in args.models:
@@ -128,11 +133,15 @@ def main() -> None:
     atomic_write_text(json_path, json.dumps(rows, indent=1) + "\n")
     note = (f"Weights per output channel (first and last layers 8-bit in PTQ and QAT); activations uint8 (A8) "
             f"in PTQ and QAT, float in weight-only rows. PTQ: 32 calibration images, bias correction. QAT: LSQ "
-            f"from the float weights over the first {args.qat_train_size} training images, epochs and peak lr in "
+            f"from the float weights over the first {len(train_set.y)} training images, epochs and peak lr in "
             f"the method column, batch 128, cosine decay, shifts and flips as in the float model's recipe (not "
             f"for the MLP); the ResNet's ternary QAT at lr 0.01 collapsed to chance (10.0%), so its rows use "
-            f"lr 0.002. Accuracy: full Fashion-MNIST test set; PTQ/QAT rows run the "
-            f"integer model. This run: {seconds:.0f} s for {', '.join(args.methods)} on {', '.join(args.models)}. "
+            f"lr 0.002. ternary-tnt: TNT's exact support with separate + and - scales per channel, run as int8 codes "
+            f"{{-m-, 0, +m+}} times one scale (ratio kept to 1/254); its QAT recomputes support and scales from the "
+            f"latent weights at every step (straight-through), no learned weight step. "
+            f"Accuracy: full Fashion-MNIST test set; PTQ/QAT rows run the "
+            f"integer model. This run: {seconds:.0f} s for {', '.join(args.methods)} on {', '.join(args.models)} "
+            f"({', '.join(args.formats)}). "
             f"JSON twin: results/formats.json.")
     write_result("formats", render(rows, note))
 

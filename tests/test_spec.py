@@ -61,7 +61,7 @@ shapes = st.sampled_from([(3, 7), (4, 2, 3, 3), (1, 5), (6, 1)])
      r"QuantSpec.observer=Percentile\(percentile=99.99\) applies to IntFormat only; Ternary"),
     ({"format": PowerOfTwo(4), "pow2_scale": True}, "QuantSpec.pow2_scale=True applies to IntFormat only"),
     ({"format": Ternary(), "symmetric": False}, "QuantSpec.symmetric=False applies to IntFormat only"),
-    ({"format": Ternary(), "ternary": "magic"}, "QuantSpec.ternary must be 'exact' or 'twn'"),
+    ({"format": Ternary(), "ternary": "magic"}, "QuantSpec.ternary must be 'exact', 'twn' or 'tnt'"),
     ({"format": IntFormat(2), "ternary": "twn"}, r"ternary='twn' applies to Ternary\(\) only"),
     ({"symmetric": 1}, "QuantSpec.symmetric must be True or False"),
     ({"granularity": PerChannel(1), "observer": ChannelPercentile()}, "one range per tensor: use PerTensor"),

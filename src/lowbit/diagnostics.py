@@ -75,7 +75,7 @@ def layer_diagnostics(model: nn.Module, batch: torch.Tensor,
                 sens = evaluate(model)
         rows.append(LayerDiagnostics(
             name=name, kind=type(m).__name__.replace("Unified", ""),
-            weight_bits=m.weight_quant.spec.format.bits if m.weight_quant is not None else None,
+            weight_bits=m.weight_quant.spec.code_bits if m.weight_quant is not None else None,
             act_bits=m.output_quant.spec.format.bits if m.output_quant is not None else None,
             params=w.numel(), weight_cosine=cos, weight_sqnr_db=sqnr_db(w, wq),
             output_sqnr_db=sqnr_db(floats[name], quantized[name]), sensitivity=sens,

@@ -96,7 +96,8 @@ class QATConfig:
     """What to train: weight and activation specs, method, LSQ gradient-scale convention.
 
     ``weight`` may be ``IntFormat(2..8)`` (LSQ trains two's complement codes), ``Ternary()``
-    (exact or TWN start), ``PowerOfTwo(2..4)``, per output channel or per tensor, or ``Binary()``
+    (exact or TWN start; TNT recomputes its support and two scales from the latent weight at every step),
+    ``PowerOfTwo(2..4)``, per output channel or per tensor, or ``Binary()``
     per output channel; ``act`` is ``IntFormat(2..8)`` per tensor (LSQ picks the sign from the first
     batch) or ``Binary()`` (sign). ``grad_bits`` (2..16; None keeps float gradients) quantizes the gradient
     w.r.t. every quantized layer's GEMM output to that many bits in the backward pass (QNN, Hubara et al.
@@ -190,13 +191,14 @@ class TrainConfig:
 
 
 def _swap_lsq(gm: nn.Module, config: QATConfig) -> None:
-    """Learned steps on every integer slot; binary slots stay ``sign`` (weights in ``live`` mode)."""
+    """Learned steps on every integer slot; binary slots stay ``sign`` (weights in ``live`` mode); TNT weights
+    train in ``live`` mode too (support and both scales recomputed from the latent weight at every step)."""
     for _, m in list(gm.named_modules()):
         for child_name, child in list(m.named_children()):
             if type(child) is ActQuantizer and not child.binary:
                 setattr(m, child_name, LSQActQuantizer(child.spec, config.convention, config.init))
     for _, u in unified_modules(gm):
-        if u.weight_quant is not None and u.weight_quant.binary:
+        if u.weight_quant is not None and (u.weight_quant.binary or u.weight_quant.tnt):
             u.weight_quant.mode = "live"
         elif u.weight_quant is not None:
             u.weight_quant = LSQWeightQuantizer(u.weight_quant.spec, u.weight, config.convention, config.init)
@@ -366,13 +368,17 @@ def fold_trained_bn(model: nn.Module) -> list[str]:
             u.weight.mul_(g.reshape(shape))
         bias = u.bias if u.bias is not None else torch.zeros_like(g)
         u.bias = nn.Parameter(g * (bias - bn.running_mean) + bn.bias)
-        if wq is not None and not wq.binary:
+        if wq is not None and not wq.binary and not (wq.tnt and wq.mode == "live"):  # live TNT: convert re-solves
             steps = wq.step if hasattr(wq, "step") else wq.scale
             if steps.numel() != g.numel():
                 raise ConfigError(f"{name}: folding a trained BatchNorm needs per-channel weight steps")
             steps.mul_(g.abs().reshape(steps.shape))
             if wq.ternary and wq.threshold.numel() == g.numel():  # a frozen support |w| > t scales with w
                 wq.threshold.mul_(g.abs().reshape(wq.threshold.shape))
+            if wq.tnt and wq.code_pos.numel() == g.numel():  # g < 0 flips the signs: m+ and m- swap
+                flip = (g < 0).reshape(wq.code_pos.shape)
+                wq.code_pos, wq.code_neg = (torch.where(flip, wq.code_neg, wq.code_pos),
+                                            torch.where(flip, wq.code_pos, wq.code_neg))
         u.bn = None
         done.append(name)
     return done

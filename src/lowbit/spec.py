@@ -6,6 +6,7 @@ weight-only quantization, PTQ and QAT::
     QuantSpec(IntFormat(4, narrow=True), PerChannel(0))            int4 weights, one scale per channel
     QuantSpec(Ternary(), PerChannel(0))                            exact optimal ternary weights
     QuantSpec(Ternary(), PerChannel(0), ternary="twn")             TWN: threshold 0.7 mean|W|
+    QuantSpec(Ternary(), PerChannel(0), ternary="tnt")             TNT: exact support, alpha+ and alpha- (int8 codes)
     QuantSpec(PowerOfTwo(4), PerChannel(0))                        LBW-Net power-of-two weights
     QuantSpec(Binary(), PerChannel(0))                             XNOR-Net: sign(w) times mean|w| per channel
     QuantSpec(Binary(), binary="sign")                             BNN: sign(w) (weights or activations)
@@ -20,6 +21,7 @@ format             scale and codes                                              
 IntFormat(b)       observer range -> affine scale; ``round(w / s)``                  fake_quant_affine
 PowerOfTwo(b)      least-squares ``alpha``; codes ``{0, +-2^k}`` times ``alpha/2^(n-1)``   pow2_quantize
 Ternary()          exact optimal support (or TWN's threshold); ``{-1, 0, 1} alpha``  ternarize(_twn)
+                   TNT: ``{-m-, 0, m+} s``, ``m+- s ~= alpha+-``                    tnt_integer_codes
 Binary()           ``sign(w) mean|w|`` per block (XNOR-Net), or ``sign(w)`` (BNN)      binarize
 Log2(b)            ``sign(x) 2^round(log2|x|)``                                      log2_quantize
 DynamicFixedPoint  fractional length from ``max|x|``                                 dynamic_fixed_point
@@ -31,6 +33,17 @@ times one scale per block), :func:`solve_weight` finds the frozen grid of a weig
 :func:`weight_codes` its integer codes; by construction
 ``weight_codes(w, spec, solve_weight(w, spec)) * scale == fake_quant(w, spec)`` bit for bit,
 so the PTQ simulation, the integer model and weight-only quantization agree.
+
+TNT (``ternary="tnt"``; Zhang, Zhu, Zhao & Shin 2019, "Target None-retraining Ternary"): the exact
+support of ``max cos(w, t)`` over ``t in {-1, 0, 1}^N`` (the same O(N log N) search as the exact ternary
+solver, :func:`lowbit.functional.ternary.ternary_support`) with separate scales ``alpha+`` (mean of the selected positive weights) and ``alpha-`` (mean ``|.|``
+of the selected negative ones), per block. With one scale per block on the int8 engine the two scales
+become the integer codes ``{-m-, 0, +m+}`` times a common scale ``s``, ``max(m+, m-) = 127`` and the
+other ``round(127 * ratio)`` (:func:`lowbit.functional.ternary.tnt_integer_codes`); the simulation uses
+``m+- s`` too, so the integer model stays bit-exact with it, and ``alpha+ / alpha-`` is kept to 1/254 of
+the larger scale. Those codes are 8-bit integers, not 2-bit ternary codes: the IR stores them as int8
+(``QuantSpec.code_bits`` is 8) and the cost model counts 8 bits. A two-plane bitwise execution
+(sign and mask planes with two scales) is not done.
 
 Observers are typed values too (:class:`MinMax`, :class:`MovingAverage`,
 :class:`Percentile`, :class:`MSE`, :class:`ChannelPercentile`); :func:`make_observer`
@@ -53,13 +66,13 @@ from lowbit.functional.binary import binarize
 from lowbit.functional.lsq import grad_scale, lsq_quantize
 from lowbit.functional.pow2 import dynamic_fixed_point, log2_quantize, pow2_quantize, pow2_round, pow2_round_ste
 from lowbit.functional.rounding import ste
-from lowbit.functional.ternary import TernaryResult, ternarize, ternarize_twn, ternary_codes
+from lowbit.functional.ternary import TernaryResult, ternarize, ternarize_twn, ternary_codes, tnt_integer_codes
 from lowbit.granularity import Granularity, PerChannel, PerGroup, PerKernel, PerTensor, broadcast, rows, unrows
 from lowbit.utils.fields import checked_init
 
 FORMATS = (IntFormat, PowerOfTwo, Ternary, Binary, Log2, DynamicFixedPoint)
 GRANULARITIES = (PerTensor, PerChannel, PerGroup, PerKernel)
-TernaryMethod = Literal["exact", "twn"]
+TernaryMethod = Literal["exact", "twn", "tnt"]
 BinaryScale = Literal["xnor", "sign"]
 
 
@@ -142,7 +155,8 @@ class QuantSpec:
     unsigned integer formats. ``observer``, ``symmetric=False`` and ``pow2_scale`` (scales
     rounded to powers of two, so requantization is a shift) apply to integer formats;
     the other formats find their scale with their own solver. ``ternary`` picks the
-    ternary solver: ``"exact"`` (optimal support) or ``"twn"`` (threshold ``0.7 mean|W|``). ``binary`` picks
+    ternary solver: ``"exact"`` (optimal support), ``"twn"`` (threshold ``0.7 mean|W|``) or ``"tnt"`` (the exact
+    support with separate positive and negative scales, stored as int8 codes ``{-m-, 0, +m+}``). ``binary`` picks
     the scale of binary weights: ``"xnor"`` (XNOR-Net, ``alpha = mean|w|`` per block) or ``"sign"`` (BNN,
     ``+-1``); binary activations are always ``+-1`` (``sign(x)``, ``x >= 0`` giving +1).
     """
@@ -170,10 +184,11 @@ class QuantSpec:
         for name in ("symmetric", "pow2_scale"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"QuantSpec.{name} must be True or False, got {getattr(self, name)!r}")
-        if self.ternary not in ("exact", "twn"):
-            raise ConfigError(f"QuantSpec.ternary must be 'exact' or 'twn', got {self.ternary!r}")
+        if self.ternary not in ("exact", "twn", "tnt"):
+            raise ConfigError(f"QuantSpec.ternary must be 'exact', 'twn' or 'tnt', got {self.ternary!r}")
         if self.ternary != "exact" and not isinstance(f, Ternary):
-            raise ConfigError(f"QuantSpec.ternary={self.ternary!r} applies to Ternary() only, not {f!r}")
+            raise ConfigError(f"QuantSpec.ternary={self.ternary!r} applies to Ternary() only, not {f!r}: "
+                              f"use QuantSpec(Ternary(), PerChannel(0), ternary={self.ternary!r})")
         if self.binary not in ("xnor", "sign"):
             raise ConfigError(f"QuantSpec.binary must be 'xnor' (alpha = mean|w| per block) or 'sign' (+-1), "
                               f"got {self.binary!r}")
@@ -193,13 +208,23 @@ class QuantSpec:
         """The channel axis of a per-channel spec (None otherwise)."""
         return self.granularity.axis if isinstance(self.granularity, PerChannel) else None
 
+    @property
+    def tnt(self) -> bool:
+        """True for TNT ternary weights (two scales, int8 codes ``{-m-, 0, +m+}``)."""
+        return isinstance(self.format, Ternary) and self.ternary == "tnt"
+
+    @property
+    def code_bits(self) -> int:
+        """Bits of the stored integer codes: the format's, except TNT's int8 codes ``{-m-, 0, +m+}`` (8)."""
+        return 8 if self.tnt else self.format.bits
+
     def label(self) -> str:
-        """Short name: ``int4``, ``uint8``, ``ternary``, ``ternary-twn``, ``pow2-4``, ``binary``, ``log2-4``."""
+        """Short name: ``int4``, ``uint8``, ``ternary``, ``ternary-twn``, ``ternary-tnt``, ``pow2-4``, ``binary``..."""
         f = self.format
         if isinstance(f, IntFormat):
             return f"{'' if f.signed else 'u'}int{f.bits}"
         if isinstance(f, Ternary):
-            return "ternary" if self.ternary == "exact" else "ternary-twn"
+            return "ternary" if self.ternary == "exact" else f"ternary-{self.ternary}"
         if isinstance(f, Binary) and self.binary == "sign":
             return "binary-sign"
         return {PowerOfTwo: f"pow2-{f.bits}", Binary: "binary", Log2: f"log2-{f.bits}",
@@ -265,15 +290,20 @@ def check_runs(spec: QuantSpec, role: Literal["weight", "act"], path: str, max_b
 @dataclass(frozen=True)
 class WeightGrid:
     """A frozen weight grid, one entry per block (row) of the spec's granularity:
-    ``value = (code - zero_point) * scale``; ternary codes are ``sign(w) [|w| > threshold]``."""
+    ``value = (code - zero_point) * scale``; ternary codes are ``sign(w) [|w| > threshold]``, and for TNT
+    ``code_pos`` / ``-code_neg`` in place of +1 / -1."""
 
     scale: torch.Tensor  # (R,) float32
     zero_point: torch.Tensor  # (R,) int32
     threshold: torch.Tensor | None = None  # (R,) ternary only
+    code_pos: torch.Tensor | None = None  # (R,) TNT only: m+ (float32 holding integers)
+    code_neg: torch.Tensor | None = None  # (R,) TNT only: m-
 
 
 def _ternary(w: torch.Tensor, spec: QuantSpec) -> TernaryResult:
-    return ternarize(w, spec.granularity, "lbw") if spec.ternary == "exact" else ternarize_twn(w, spec.granularity)
+    if spec.ternary == "twn":
+        return ternarize_twn(w, spec.granularity)
+    return ternarize(w, spec.granularity, "tnt" if spec.ternary == "tnt" else "lbw")
 
 
 def _best_pow2(r: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, fmt: IntFormat) -> torch.Tensor:
@@ -297,6 +327,11 @@ def solve_weight(w: torch.Tensor, spec: QuantSpec) -> WeightGrid:
         return WeightGrid(scale.reshape(-1), zp.reshape(-1))
     if isinstance(f, Ternary):
         t = _ternary(w, spec)
+        if spec.tnt:  # two scales -> int8 codes {-m-, 0, +m+} times one scale (ratio kept to 1/254)
+            scale, m_pos, m_neg = tnt_integer_codes(t.alpha_pos, t.alpha_neg)
+            empty = torch.maximum(t.alpha_pos, t.alpha_neg) <= 0
+            threshold = torch.where(empty, torch.full_like(t.threshold, float("inf")), t.threshold)
+            return WeightGrid(scale, torch.zeros_like(scale, dtype=torch.int32), threshold, m_pos, m_neg)
         empty = t.alpha_pos <= 0  # an all-zero block: no support, any positive scale
         scale = torch.where(empty, torch.ones_like(t.alpha_pos), t.alpha_pos)
         threshold = torch.where(empty, torch.full_like(t.threshold, float("inf")), t.threshold)
@@ -329,7 +364,11 @@ def weight_codes(w: torch.Tensor, spec: QuantSpec, grid: WeightGrid) -> torch.Te
     if isinstance(f, Binary):  # sign(w), with sign(0) = +1 as in binarize
         return torch.where(w.detach() >= 0, 1.0, -1.0).to(torch.float32)
     if isinstance(f, Ternary) or (isinstance(f, PowerOfTwo) and f.bits == 2):
-        return ternary_codes(w, grid.threshold, g)
+        t = ternary_codes(w, grid.threshold, g)
+        if grid.code_pos is None:
+            return t
+        pos, neg = broadcast(grid.code_pos, g, t.shape), broadcast(grid.code_neg, g, t.shape)
+        return torch.where(t > 0, pos, torch.where(t < 0, -neg, torch.zeros_like(t)))
     r = rows(w.detach().to(torch.float32), g)
     if isinstance(f, IntFormat):
         return unrows(quantize_affine(r, grid.scale, grid.zero_point, f, axis=0).float(), g, w.shape)
@@ -385,6 +424,9 @@ def lsq_range(spec: QuantSpec) -> tuple[int, int]:
     f = spec.format
     if isinstance(f, IntFormat):
         return -f.qmin, f.qmax
+    if spec.tnt:
+        raise ConfigError("LSQ learns one step per block; TNT's two scales are recomputed from the weights at every "
+                          "step instead (the weight quantizer's 'live' mode, as lowbit.qat.prepare_qat sets it)")
     if isinstance(f, Ternary) or (isinstance(f, PowerOfTwo) and f.bits == 2):
         return 1, 1
     if isinstance(f, PowerOfTwo):

@@ -22,8 +22,9 @@ def add_weight_format_args(p: argparse.ArgumentParser, binary: bool = False) -> 
                         "--weight-bits 2..4)" + (", or binary {-1,+1} (1 bit: --weight-bits does not apply; "
                                                  "per output channel, --granularity channel)" if binary else "")
                         + " (default int)")
-    p.add_argument("--ternary", choices=("exact", "twn"), default="exact",
-                   help="ternary solver: exact optimal support, or TWN's threshold 0.7 mean|W| (default exact)")
+    p.add_argument("--ternary", choices=("exact", "twn", "tnt"), default="exact",
+                   help="ternary solver: exact optimal support, TWN's threshold 0.7 mean|W|, or TNT (exact support, "
+                        "separate + and - scales, run as int8 codes) (default exact)")
     if binary:
         p.add_argument("--binary-scale", choices=("xnor", "sign"), default=None,
                        help="scale of binary weights: xnor (XNOR-Net, mean|w| per output channel) or sign "

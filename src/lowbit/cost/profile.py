@@ -51,7 +51,7 @@ class LayerCost:
 
 def _unified_widths(m) -> tuple[float, float, float, str]:
     wq = m.weight_quant
-    w_bits = wq.spec.format.bits if wq is not None and wq.mode == "quantize" else 32
+    w_bits = wq.spec.code_bits if wq is not None and wq.mode == "quantize" else 32
     a_bits = m.input_qparams.fmt.bits if m.input_qparams is not None else 32
     if m.output_quant is None or m.output_quant.mode != "quantize":
         return w_bits, a_bits, 32, ("dequantize" if wq is not None and a_bits < 32 else "none")

@@ -24,6 +24,7 @@ from lowbit.functional.ternary import (
     ternary_codes,
     ternary_fake_quant,
     ternary_support,
+    tnt_integer_codes,
 )
 
 __all__ = [
@@ -32,5 +33,5 @@ __all__ = [
     "lfsr_sequence", "log2_quantize", "lsq_bounds", "lsq_grad_scale", "lsq_init_step", "lsq_quantize",
     "lsq_quantize_int", "plain_l1", "pow2_fake_quant", "pow2_project", "pow2_quantize", "pow2_round", "pow2_round_ste", "pow2_scale", "qparams_from_range",
     "quantize_affine", "quantize_grad", "round_ste", "ste", "stochastic_round", "ternarize", "ternarize_twn", "ternary_codes", "ternary_fake_quant",
-    "ternary_support",
+    "ternary_support", "tnt_integer_codes",
 ]

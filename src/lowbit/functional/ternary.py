@@ -26,6 +26,9 @@ Scaling rules:
     ``"tnt"``: two scales, ``alpha+ = mean`` of the selected positive weights and
                ``alpha- = mean |.|`` of the selected negative ones (TNT's code);
     ``"norm"``: ``||w|| / ||t||`` (the norm-matching variant).
+
+TNT's two scales on an integer engine with one scale per block: :func:`tnt_integer_codes` writes them
+as int8 codes ``{-m-, 0, +m+}`` times a common scale (the ratio kept to 1/254).
 """
 
 from __future__ import annotations
@@ -133,3 +136,29 @@ def ternary_fake_quant(w: torch.Tensor, granularity: Granularity = PerTensor(), 
     """Ternarized ``w`` (float) with a straight-through gradient (BinaryConnect-style training)."""
     q = ternarize(w, granularity, scaling).dequantize().to(w.dtype)
     return ste(w, q)
+
+
+def tnt_integer_codes(alpha_pos: torch.Tensor, alpha_neg: torch.Tensor,
+                      top: int = 127) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """TNT's two scales on one integer grid: ``(s, m+, m-)`` per row with ``alpha+- ~= m+- s``.
+
+    TNT (Zhang, Zhu, Zhao & Shin 2019, "Target None-retraining Ternary") keeps a separate scale for
+    the positive and the negative weights of a block: values ``{-alpha-, 0, +alpha+}``. An int8 engine
+    with one scale per block runs them as the integer codes ``{-m-, 0, +m+}`` times a common scale
+
+        s = max(alpha+, alpha-) / top,   m_max = top,   m_other = round(top * min(alpha+, alpha-) / max(...))
+
+    (``top = 127``: int8 codes). The larger scale is kept exactly, the smaller one moves by at most
+    ``max(alpha+, alpha-) / (2 top)``: the ratio ``alpha+ / alpha-`` is kept to ``1/254`` of the larger scale
+    (a ratio below ``1/254`` rounds to a code 0: that side's weights then vanish). A row with both scales 0
+    (an all-zero block) gets ``s = 1`` and codes ``top`` (it has no support, so its codes never show).
+    Returns float32 ``s`` and the float32 integers ``m+`` and ``m-``, each (R,).
+    """
+    a_pos, a_neg = alpha_pos.to(torch.float32), alpha_neg.to(torch.float32)
+    big = torch.maximum(a_pos, a_neg)
+    empty = big <= 0
+    safe = torch.where(empty, torch.ones_like(big), big)
+    scale = torch.where(empty, torch.ones_like(big), big / top)
+    m_pos = torch.where(empty | (a_pos >= a_neg), torch.full_like(big, float(top)), torch.round(top * a_pos / safe))
+    m_neg = torch.where(empty | (a_neg >= a_pos), torch.full_like(big, float(top)), torch.round(top * a_neg / safe))
+    return scale, m_pos, m_neg

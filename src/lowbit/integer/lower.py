@@ -178,7 +178,8 @@ class _Lowering:
             self.unsupported.append(f"{node.target} receives a float tensor")
             return
         fmt = m.weight_quant.spec.format
-        codes = (ir.WeightCodes.INT if isinstance(fmt, IntFormat)  # the others: packed at their width
+        tnt = m.weight_quant.spec.tnt  # TNT's codes {-m-, 0, +m+} are int8, not ternary
+        codes = (ir.WeightCodes.INT if isinstance(fmt, IntFormat) or tnt  # the others: packed at their width
                  else ir.WeightCodes.BINARY if isinstance(fmt, Binary)
                  else ir.WeightCodes.TERNARY if m.weight_quant.ternary else ir.WeightCodes.POW2)
         tensors = {"weight": p.weight.to(torch.int8), "bias": p.bias.to(torch.int32)}
@@ -215,10 +216,10 @@ class _Lowering:
                                             "use groups=1 or padding=0 for it)")
                     return
                 pad = int(p.input.codes(torch.tensor(m.pad_value))) - offset(p.input)
-            op: ir.IROp = ir.Conv2d(izp, fmt.bits, out, _two(m.stride), _two(m.padding), _two(m.dilation), m.groups,
-                                    codes, in_bits, pad, bool(p.input.fmt.signed))
+            op: ir.IROp = ir.Conv2d(izp, m.weight_quant.spec.code_bits, out, _two(m.stride), _two(m.padding),
+                                    _two(m.dilation), m.groups, codes, in_bits, pad, bool(p.input.fmt.signed))
         else:
-            op = ir.Linear(izp, fmt.bits, out, codes, in_bits, bool(p.input.fmt.signed))
+            op = ir.Linear(izp, m.weight_quant.spec.code_bits, out, codes, in_bits, bool(p.input.fmt.signed))
         if codes is ir.WeightCodes.BINARY and in_bits == 1 and not op.xnor:
             warnings.warn(f"lowbit: {node.target} (binary, groups={op.groups}) runs on the int8 kernels, not the "
                           "XNOR-popcount kernel (dense convolutions only): same integers, int8 speed", stacklevel=3)

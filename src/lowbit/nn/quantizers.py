@@ -86,8 +86,11 @@ class ActQuantizer(nn.Module):
 class WeightQuantizer(nn.Module):
     """Fake-quantize a weight on a grid found from the weight itself (symmetric per channel by default).
 
-    Buffers: ``scale`` and ``zero_point`` per block, and for ternary specs ``threshold``
-    (the support is ``|w| > threshold``)."""
+    Buffers: ``scale`` and ``zero_point`` per block, for ternary specs ``threshold``
+    (the support is ``|w| > threshold``), and for TNT specs ``code_pos`` and ``code_neg`` (the int8
+    codes ``m+`` and ``m-`` that stand for +1 and -1: :func:`lowbit.functional.ternary.tnt_integer_codes`).
+    TNT weights train in ``"live"`` mode: support and both scales recomputed from the current weight
+    at every forward, straight-through gradient to the weight."""
 
     def __init__(self, spec: QuantSpec) -> None:
         super().__init__()
@@ -97,6 +100,9 @@ class WeightQuantizer(nn.Module):
         self.register_buffer("zero_point", torch.zeros(1, dtype=torch.int32))
         if self.ternary:
             self.register_buffer("threshold", torch.zeros(1))
+        if self.tnt:
+            self.register_buffer("code_pos", torch.ones(1))
+            self.register_buffer("code_neg", torch.ones(1))
         if self.binary:
             self.register_buffer("gain", torch.ones(1))
 
@@ -105,6 +111,11 @@ class WeightQuantizer(nn.Module):
         """True when the codes are ternary (``Ternary()`` or ``PowerOfTwo(2)``)."""
         f = self.spec.format
         return isinstance(f, Ternary) or (isinstance(f, PowerOfTwo) and f.bits == 2)
+
+    @property
+    def tnt(self) -> bool:
+        """True for TNT ternary codes (two scales as int8 codes ``{-m-, 0, +m+}``)."""
+        return self.spec.tnt
 
     @property
     def binary(self) -> bool:
@@ -117,12 +128,15 @@ class WeightQuantizer(nn.Module):
             self.scale = grid.scale * self.gain  # (1,) or (N,) after a BatchNorm fold
         if grid.threshold is not None:
             self.threshold = grid.threshold
+        if grid.code_pos is not None:
+            self.code_pos, self.code_neg = grid.code_pos, grid.code_neg
         self.mode = "quantize"
 
     def grid(self) -> WeightGrid:
         """The frozen grid (scale, zero point, ternary threshold)."""
         return WeightGrid(self.scale.reshape(-1), self.zero_point.reshape(-1),
-                          self.threshold.reshape(-1) if self.ternary else None)
+                          self.threshold.reshape(-1) if self.ternary else None,
+                          self.code_pos.reshape(-1) if self.tnt else None, self.code_neg.reshape(-1) if self.tnt else None)
 
     def codes(self, w: torch.Tensor) -> torch.Tensor:
         """Integer codes of ``w`` on the frozen grid (float32 holding integers, ``w``'s shape)."""
@@ -133,7 +147,7 @@ class WeightQuantizer(nn.Module):
         return frozen_fake_quant(w, self.spec, self.grid())
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        if self.mode == "live":  # training: the grid of the current weight (binary: sign(w) mean|w|)
+        if self.mode == "live":  # training: the grid of the current weight (binary: sign(w) mean|w|; TNT)
             return fake_quant(w, self.spec)
         return self.fake(w) if self.mode == "quantize" else w
 
