@@ -93,6 +93,11 @@ def main() -> None:
     ap.add_argument("--tolerance", type=float, default=0.5)
     ap.add_argument("--seed", type=int, default=1, help="the fine-tunes' batch order; another seed writes "
                     "results/bitslice_sparsity_seed<N>.md and no JSON rows")
+    ap.add_argument("--name", default="bitslice_sparsity", help="result name (results/<name>.md); a name other "
+                    "than the default gives the JSON rows the methods plain-l1-<E>ep / bitslice-l1-<E>ep "
+                    "(E = --finetune-epochs), so the default run's rows are kept")
+    ap.add_argument("--save-models", metavar="DIR", help="save every model's state_dict to DIR/<name>_<alpha>.pt "
+                    "(for measuring the sparsity in other ways afterwards)")
     ap.add_argument("--no-write", action="store_true", help="print only (for trying settings)")
     args = ap.parse_args()
     train_split, test = fashion_mnist("train+val"), fashion_mnist("test")
@@ -119,6 +124,8 @@ def main() -> None:
         model, seconds = fine_tune(fixed, train_split, masks, hook, args.finetune_epochs, seed=args.seed)
         tuned.append(measure(name, model, test, alpha, seconds))
         print(row_md(tuned[-1]), f"{seconds:.0f} s", flush=True)
+        if args.save_models:
+            save(model, args.save_models, name, alpha)
 
     unreg = tuned[0]
     best_l1 = pick([p for p in tuned if p["name"] == "plain L1"], unreg["accuracy"], args.tolerance)
@@ -128,12 +135,21 @@ def main() -> None:
         print(body)
         return
     if args.seed != 1:
-        write_result(f"bitslice_sparsity_seed{args.seed}", body)
+        write_result(f"{args.name}_seed{args.seed}", body)
         return
-    write_result("bitslice_sparsity", body)
+    write_result(args.name, body)
     if best_l1 and best_bs:
-        rows = json_rows(points[0], unreg, best_l1, best_bs, args.tolerance)
+        suffix = "" if args.name == "bitslice_sparsity" else f"-{args.finetune_epochs}ep"
+        rows = json_rows(points[0], unreg, best_l1, best_bs, args.tolerance, suffix, args)
         merge_rows("lowprec_training.json", rows, key=("method", "model", "storage"))
+
+
+def save(model: nn.Module, folder: str, name: str, alpha: float | None) -> None:
+    from pathlib import Path
+
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    tag = name.replace(" ", "_").replace("-", "") + ("" if alpha is None else f"_{alpha:g}")
+    torch.save(model.state_dict(), Path(folder) / f"{tag}.pt")
 
 
 def ratios(best_l1: dict, best_bs: dict) -> tuple[float, float]:
@@ -190,26 +206,34 @@ def summary(args, points, tuned, unreg, best_l1, best_bs, kept: float) -> str:
               f"- mean non-zero ratio (the cells a bitline sums): plain L1 / bit-slice L1 = "
               f"{1 - best_l1['mean']:.3f} / {1 - best_bs['mean']:.3f} = **{dense:.2f}x** fewer non-zero cells",
               "- per slice, bit-slice / plain L1 zero ratio: " + ", ".join(
-                  f"b{k + 1} {b / max(a, 1e-12):.2f}x" for k, (a, b) in enumerate(zip(best_l1["zero"], best_bs["zero"])))]
+                  f"b{k + 1} {b / max(a, 1e-12):.2f}x" for k, (a, b) in enumerate(zip(best_l1["zero"], best_bs["zero"]))),
+              "- per slice, plain L1 / bit-slice L1 non-zero ratio (fewer non-zero cells): " + ", ".join(
+                  f"b{k + 1} {(1 - a) / max(1 - b, 1e-12):.2f}x"
+                  for k, (a, b) in enumerate(zip(best_l1["zero"], best_bs["zero"])))]
     lines += ["", "Second view, along the whole sweep: each bit-slice L1 point against the plain-L1 sweep curve "
               "(mean zero ratio against accuracy, linear between the L1 points) at the same accuracy.", "",
               *matched_table(tuned)]
     return "\n".join(lines)
 
 
-def json_rows(float_point: dict, unreg: dict, best_l1: dict, best_bs: dict, tolerance: float) -> list[dict]:
+def json_rows(float_point: dict, unreg: dict, best_l1: dict, best_bs: dict, tolerance: float, suffix: str = "",
+              args=None) -> list[dict]:
     zero, dense = ratios(best_l1, best_bs)
     rows = []
     for method, p in (("plain-l1", best_l1), ("bitslice-l1", best_bs)):
         ratio = {"sparsity_ratio_vs_plain_l1": zero if method == "bitslice-l1" else 1.0,
                  "nonzero_reduction_vs_plain_l1": dense if method == "bitslice-l1" else 1.0}
+        run = {} if args is None else {"finetune_epochs": args.finetune_epochs, "alphas_swept": (
+            args.l1_alphas if method == "plain-l1" else args.bitslice_alphas)}
+        method += suffix
         rows.append({"method": method, "model": MODEL, "storage": STORAGE, "accuracy": round(p["accuracy"], 2),
                      "float_accuracy": round(float_point["accuracy"], 2),
                      "extra": {"alpha": p["alpha"], "zero_ratio_per_slice": [round(z, 4) for z in p["zero"]],
                                "mean_zero_ratio": round(p["mean"], 4), "adc_bits_128_rows_max": p["adc_max"],
                                "adc_bits_128_rows_p99.9": p["adc_p999"], **{k: round(v, 3) for k, v in ratio.items()},
                                "unregularized_accuracy": round(unreg["accuracy"], 2),
-                               "matching_rule": f"largest mean zero ratio with accuracy >= unregularized - {tolerance:g}"}})
+                               "matching_rule": f"largest mean zero ratio with accuracy >= unregularized - {tolerance:g}",
+                               **run}})
     return rows
 
 
