@@ -38,10 +38,9 @@ from _common import RESULTS, merge_rows, write_result  # noqa: E402
 
 import lowbit  # noqa: E402
 from lowbit.data.datasets import fashion_mnist  # noqa: E402
-from lowbit.optim import KahanSGD, LowPrecisionSGD, as_storage, gain_param_groups, round_to_storage  # noqa: E402
-from lowbit.optim import with_weight_gains  # noqa: E402
+from lowbit.optim import gain_param_groups, storage_sgd  # noqa: E402
 from lowbit.training import LoopConfig  # noqa: E402
-from lowbit.zoo.models import LeNetBN  # noqa: E402
+from lowbit.zoo.lowprec_zoo import build  # noqa: E402
 from lowbit.zoo.recipes import evaluate  # noqa: E402
 
 MODEL = "fmnist-lenet-16-32-64"
@@ -64,9 +63,9 @@ METHOD = {"float": "float-sgd", "kahan": "kahan-sgd", "nearest": "sgd-nearest", 
 
 
 def make_model(seed: int) -> nn.Module:
-    """The CNN with a power-of-two gain on every conv/linear weight (``lowbit.optim.with_weight_gains``)."""
+    """The CNN with a power-of-two gain on every conv/linear weight (``lowbit.zoo.lowprec_zoo.build``)."""
     torch.manual_seed(seed)
-    return with_weight_gains(LeNetBN(16, 32, 64))
+    return build()
 
 
 class Bf16(nn.Module):
@@ -82,18 +81,12 @@ class Bf16(nn.Module):
 
 def make_optimizer(kind: str, storage: str | None, model: nn.Module, lr: float, momentum: float,
                    seed: int) -> torch.optim.Optimizer:
-    groups = gain_param_groups(model, lr)
-    if kind == "float":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum)
     if kind == "optimi":
         import optimi
 
-        return optimi.SGD(groups, lr=lr, momentum=momentum, kahan_sum=True, torch_init=True, foreach=False)
-    round_to_storage(model, as_storage(storage))
-    if kind == "kahan":
-        return KahanSGD(groups, lr=lr, momentum=momentum, storage=storage)
-    gen = torch.Generator().manual_seed(seed) if kind == "stochastic" else None
-    return LowPrecisionSGD(groups, lr=lr, momentum=momentum, storage=storage, rounding=kind, generator=gen)
+        return optimi.SGD(gain_param_groups(model, lr), lr=lr, momentum=momentum, kahan_sum=True, torch_init=True,
+                          foreach=False)
+    return storage_sgd(model, kind, lr, momentum, storage, seed)
 
 
 def run(name: str, train: object, test: object, epochs: int, lr: float, momentum: float, seed: int) -> dict:

@@ -126,3 +126,19 @@ def test_lowprec_zoo_round_trip_stores_8_bit_codes_and_refuses_foreign_values(tm
     assert torch.equal(back(x), model.eval()(x))
     with pytest.raises(CheckpointError, match="no shipped low-precision model"):
         pretrained_lowprec("kahan-cnn-fixed4", tmp_path)
+
+
+def test_storage_sgd_builds_each_kind_over_the_gain_groups():
+    from lowbit.optim import KahanSGD, LowPrecisionSGD, storage_sgd
+
+    torch.manual_seed(0)
+    model = with_weight_gains(LeNetBN(8, 16, 32))
+    assert type(storage_sgd(model, "float", 0.1)) is torch.optim.SGD
+    opt = storage_sgd(model, "kahan", 0.1, 0.9, "fixed8.6")
+    w = model.fc1.parametrizations.weight.original
+    assert isinstance(opt, KahanSGD) and torch.equal(torch.round(w * 64) / 64, w)  # rounded onto the storage
+    assert opt.param_groups[2]["lr"] == pytest.approx(0.1 * 2 ** 10)  # fc1: g = 2^-5, lr / g^2
+    st = storage_sgd(model, "stochastic", 0.1, storage="bf16", seed=3)
+    assert isinstance(st, LowPrecisionSGD) and st.generator.initial_seed() == 3
+    with pytest.raises(ConfigError, match="float, kahan, nearest, stochastic"):
+        storage_sgd(model, "adam", 0.1)

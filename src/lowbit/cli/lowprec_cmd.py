@@ -16,7 +16,7 @@ from pathlib import Path
 from lowbit.cli.args import at_most, data_dir, float_range, int_range, writable_dir
 from lowbit.errors import ConfigError
 
-OPTIMIZERS = ("kahan", "nearest", "stochastic", "float")
+OPTIMIZERS = ("kahan", "nearest", "stochastic", "float")  # lowbit.optim.STORAGE_SGD, kahan first (the default)
 
 
 def add_parser(sub) -> None:
@@ -97,31 +97,14 @@ def run_slices(args: argparse.Namespace) -> int:
     return 0
 
 
-def make_optimizer(args: argparse.Namespace, model):
-    import torch
-
-    from lowbit.optim import KahanSGD, LowPrecisionSGD, as_storage, gain_param_groups, round_to_storage
-
-    groups = gain_param_groups(model, args.lr)
-    if args.optimizer == "float":
-        return torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum)
-    storage = as_storage(args.storage)
-    round_to_storage(model, storage)
-    if args.optimizer == "kahan":
-        return KahanSGD(groups, lr=args.lr, momentum=args.momentum, storage=storage)
-    gen = torch.Generator().manual_seed(args.seed) if args.optimizer == "stochastic" else None
-    return LowPrecisionSGD(groups, lr=args.lr, momentum=args.momentum, storage=storage, rounding=args.optimizer,
-                           generator=gen)
-
-
 def run_train(args: argparse.Namespace) -> int:
     import torch
 
     from lowbit.data import fashion_mnist
-    from lowbit.optim import as_storage, with_weight_gains
+    from lowbit.optim import as_storage, storage_sgd
     from lowbit.training import LoopConfig, train
     from lowbit.utils.files import atomic_write_text
-    from lowbit.zoo.models import LeNetBN
+    from lowbit.zoo.lowprec_zoo import build
     from lowbit.zoo.recipes import evaluate
 
     storage = "float32" if args.optimizer == "float" else as_storage(args.storage).name  # a bad name fails now
@@ -134,8 +117,8 @@ def run_train(args: argparse.Namespace) -> int:
     test = fashion_mnist("test", root=args.data_dir)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(args.seed)
-        model = with_weight_gains(LeNetBN(16, 32, 64))
-    opt = make_optimizer(args, model)
+        model = build()
+    opt = storage_sgd(model, args.optimizer, args.lr, args.momentum, args.storage, args.seed)
     options = {"optimizer": args.optimizer, "storage": storage, "momentum": args.momentum, "lr": args.lr}
     history = train(model, data, LoopConfig(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed),
                     optimizer=opt, out_dir=args.out, resume=args.resume, options=options)

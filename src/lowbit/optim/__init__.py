@@ -13,7 +13,7 @@ unchanged. :class:`LowPrecisionSGD` is the uncompensated baseline (nearest or st
 """
 
 from lowbit.optim.bounds import LastFCBound, fixed_point_logits, last_fc_bound, min_bits_last_fc
-from lowbit.optim.gains import PowerOfTwoGain, gain_param_groups, with_weight_gains
+from lowbit.optim.gains import STORAGE_SGD, PowerOfTwoGain, gain_param_groups, storage_sgd, with_weight_gains
 from lowbit.optim.kahan import Kahan, KahanSGD, LowPrecision, LowPrecisionSGD
 from lowbit.optim.storage import (
     FixedPoint,
@@ -25,6 +25,6 @@ from lowbit.optim.storage import (
     round_to_storage,
 )
 
-__all__ = ["PowerOfTwoGain", "gain_param_groups", "with_weight_gains", "FixedPoint", "Float16Storage", "Kahan", "KahanSGD", "LastFCBound", "LowPrecision", "LowPrecisionSGD",
+__all__ = ["STORAGE_SGD", "PowerOfTwoGain", "gain_param_groups", "storage_sgd", "with_weight_gains", "FixedPoint", "Float16Storage", "Kahan", "KahanSGD", "LastFCBound", "LowPrecision", "LowPrecisionSGD",
            "Storage", "as_storage", "fixed_point_logits", "is_representable", "last_fc_bound", "min_bits_last_fc", "round_storage",
            "round_to_storage"]

@@ -74,3 +74,29 @@ def gain_param_groups(model: nn.Module, lr: float, weight_decay: float = 0.0) ->
     if rest:
         groups.append({"params": rest, "lr": lr, "weight_decay": 0.0})
     return groups
+
+
+STORAGE_SGD = ("float", "kahan", "nearest", "stochastic")
+
+
+def storage_sgd(model: nn.Module, kind: str, lr: float, momentum: float = 0.0, storage: object = None,
+                seed: int = 0) -> torch.optim.Optimizer:
+    """SGD over :func:`gain_param_groups` of ``model``: ``"float"`` (``torch.optim.SGD``, float32 parameters),
+    ``"kahan"`` (:class:`~lowbit.optim.KahanSGD`), ``"nearest"`` / ``"stochastic"``
+    (:class:`~lowbit.optim.LowPrecisionSGD`, the stochastic one drawing from a generator seeded ``seed``). For the
+    low-precision kinds the model's parameters are first rounded onto ``storage`` (in place)."""
+    from lowbit.errors import ConfigError
+    from lowbit.optim.kahan import KahanSGD, LowPrecisionSGD
+    from lowbit.optim.storage import as_storage, round_to_storage
+
+    if kind not in STORAGE_SGD:
+        raise ConfigError(f"storage_sgd kind must be one of {', '.join(STORAGE_SGD)}, got {kind!r}")
+    groups = gain_param_groups(model, lr)
+    if kind == "float":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum)
+    storage = as_storage(storage)
+    round_to_storage(model, storage)
+    if kind == "kahan":
+        return KahanSGD(groups, lr=lr, momentum=momentum, storage=storage)
+    gen = torch.Generator().manual_seed(seed) if kind == "stochastic" else None
+    return LowPrecisionSGD(groups, lr=lr, momentum=momentum, storage=storage, rounding=kind, generator=gen)
