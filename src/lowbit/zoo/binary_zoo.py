@@ -18,18 +18,13 @@ The archive is compressed (``np.savez_compressed``; ``np.load`` reads it as any 
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 from lowbit.errors import CheckpointError
-from lowbit.utils.files import atomic_write, atomic_write_text
-from lowbit.zoo.weights_io import FORMAT_VERSION, load_weights, read_meta
+from lowbit.zoo.weights_io import load_weights, read_meta, save_state
 
 WEIGHTS = Path(__file__).parent / "weights"
 CONFIGS = {"binary-cnn-w1a1": "cnn", "binary-mlp-w1a1": "mlp"}
@@ -94,15 +89,8 @@ def save_binary(key: str, model: nn.Module, meta: dict) -> Path:
         else:
             s = wq.scale.reshape(_channel_shape(u.weight))
             state[prefix + "weight"] = torch.round(u.weight / s).clamp(-128, 127).to(torch.int8)
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **{k: v.numpy() for k, v in state.items()})
-    data = buf.getvalue()
-    path = weights_path(key)
-    atomic_write(path, lambda f: f.write(data))
-    meta = {**meta, "stored": "binary weights as int8 sign codes (scale in gain), 8-bit weights as int8 codes",
-            "format_version": FORMAT_VERSION, "sha256": hashlib.sha256(data).hexdigest()}
-    atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=2) + "\n")
-    return path
+    meta = {**meta, "stored": "binary weights as int8 sign codes (scale in gain), 8-bit weights as int8 codes"}
+    return save_state(state, weights_path(key), meta, compressed=True)
 
 
 def shipped_binary_accuracy(key: str) -> float:

@@ -11,19 +11,14 @@ test accuracy, with the float-SGD and uncompensated runs of the same benchmark f
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 from lowbit.errors import CheckpointError
 from lowbit.optim import FixedPoint, as_storage, is_representable, with_weight_gains
-from lowbit.utils.files import atomic_write, atomic_write_text
-from lowbit.zoo.weights_io import FORMAT_VERSION, load_weights, read_meta
+from lowbit.zoo.weights_io import load_weights, read_meta, save_state
 
 WEIGHTS = Path(__file__).parent / "weights"
 KEYS = ("kahan-cnn-fixed8",)
@@ -66,14 +61,8 @@ def save_lowprec(key: str, model: nn.Module, storage: FixedPoint, meta: dict,
             state[name] = code.to(torch.int8 if storage.bits <= 8 else torch.int16)
         else:
             state[name] = value.detach().clone()
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **{k: v.cpu().numpy() for k, v in state.items()})
-    data = buf.getvalue()
-    atomic_write(path, lambda f: f.write(data))
-    meta = {**meta, "storage": storage.name, "stored": f"parameters as {storage.bits}-bit integer codes p 2^{storage.frac}",
-            "format_version": FORMAT_VERSION, "sha256": hashlib.sha256(data).hexdigest()}
-    atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=2) + "\n")
-    return path
+    meta = {**meta, "storage": storage.name, "stored": f"parameters as {storage.bits}-bit integer codes p 2^{storage.frac}"}
+    return save_state(state, path, meta, compressed=True)
 
 
 @torch.no_grad()

@@ -23,15 +23,22 @@ from lowbit.utils.files import atomic_write, atomic_write_text
 FORMAT_VERSION = 1
 
 
-def save_weights(model: nn.Module, npz_path: str | Path, meta: dict) -> None:
-    """Write ``model.state_dict()`` to ``npz_path`` and ``meta`` (+ format, sha256) beside it."""
-    arrays = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+def save_state(state: dict[str, torch.Tensor], npz_path: str | Path, meta: dict, compressed: bool = False) -> Path:
+    """Write the tensors ``state`` to ``npz_path`` (``np.savez``, or ``np.savez_compressed``) and ``meta``
+    (+ format, sha256 of the archive) beside it, each atomically; returns the npz path."""
+    arrays = {k: v.detach().cpu().numpy() for k, v in state.items()}
     buf = io.BytesIO()
-    np.savez(buf, **arrays)
+    (np.savez_compressed if compressed else np.savez)(buf, **arrays)
     data = buf.getvalue()
     atomic_write(npz_path, lambda f: f.write(data))
     meta = {**meta, "format_version": FORMAT_VERSION, "sha256": hashlib.sha256(data).hexdigest()}
     atomic_write_text(Path(npz_path).with_suffix(".json"), json.dumps(meta, indent=2) + "\n")
+    return Path(npz_path)
+
+
+def save_weights(model: nn.Module, npz_path: str | Path, meta: dict) -> None:
+    """Write ``model.state_dict()`` to ``npz_path`` and ``meta`` (+ format, sha256) beside it."""
+    save_state(model.state_dict(), npz_path, meta)
 
 
 def read_meta(npz_path: str | Path) -> dict:
