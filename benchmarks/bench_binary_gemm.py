@@ -77,12 +77,21 @@ def fallback_backend() -> str | None:
     return next((b for b in kernels.backends() if b not in ("avx512-vpopcntdq", kernels.REFERENCE)), None)
 
 
+def fp32_paths(x: torch.Tensor, w: torch.Tensor) -> dict:
+    """The float baselines of ``x @ w.T``: ``torch.mm`` and oneDNN's linear on a prepacked weight (checked equal)."""
+    wt = w.t()
+    wp = torch.ops.mkldnn._reorder_linear_weight(w, x.shape[0])
+    got = torch.ops.mkldnn._linear_pointwise(x, wp, None, "none", [], "")
+    assert torch.allclose(got, torch.mm(x, wt), rtol=1e-3, atol=1e-2 * x.shape[1]**0.5), \
+        "oneDNN linear differs from torch.mm"
+    return {"fp32 torch.mm": lambda: torch.mm(x, wt),
+            "fp32 onednn": lambda: torch.ops.mkldnn._linear_pointwise(x, wp, None, "none", [], "")}
+
+
 def shape_paths(m: int, n: int, k: int, fallback: str | None) -> tuple[dict, dict]:
     """The timed callables of one shape, and the packing costs (us, best of 20) reported beside them."""
     g = torch.Generator().manual_seed(m * 7 + n * 13 + k)
     x, w = torch.randn(m, k, generator=g), torch.randn(n, k, generator=g)
-    wt = w.t()
-    wp = torch.ops.mkldnn._reorder_linear_weight(w, m)
     a = pack_signs(x)
     pw = kernels.pack_weight(pack_signs(w), k)
     expect = (torch.where(x >= 0, 1.0, -1.0) @ torch.where(w >= 0, 1.0, -1.0).t()).to(torch.int32)
@@ -91,12 +100,8 @@ def shape_paths(m: int, n: int, k: int, fallback: str | None) -> tuple[dict, dic
     bits = kernels.binary_gemm(a, pw, k, thr=thr, flip=flip)
     assert torch.equal(bits.view(torch.int64), reference.threshold_reference(expect, thr, flip).view(torch.int64))
     assert torch.equal(kernels.binary_gemm(a, pw, k), expect), "binary GEMM differs from the float GEMM of the signs"
-    ref = torch.mm(x, wt)
-    got = torch.ops.mkldnn._linear_pointwise(x, wp, None, "none", [], "")
-    assert torch.allclose(got, ref, rtol=1e-3, atol=1e-2 * k**0.5), "oneDNN linear differs from torch.mm"
     paths = {
-        "fp32 torch.mm": lambda: torch.mm(x, wt),
-        "fp32 onednn": lambda: torch.ops.mkldnn._linear_pointwise(x, wp, None, "none", [], ""),
+        **fp32_paths(x, w),
         "lowbit binary": lambda: kernels.binary_gemm(a, pw, k),
         THRESHOLD: lambda: kernels.binary_gemm(a, pw, k, thr=thr, flip=flip),
     }

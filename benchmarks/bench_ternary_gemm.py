@@ -35,7 +35,7 @@ import os
 import torch
 
 from _common import RESULTS, write_result
-from bench_binary_gemm import SHAPES, _time, cpu_description, fallback_backend, measure, path_table
+from bench_binary_gemm import SHAPES, _time, cpu_description, fallback_backend, fp32_paths, measure, path_table
 from lowbit.bitwise import kernels
 from lowbit.bitwise.pack import pack_signs
 from lowbit.bitwise.ternary import pack_ternary, pack_ternary_weight, ternary_gemm
@@ -59,7 +59,6 @@ def shape_paths(m: int, n: int, k: int, fallback: str | None) -> tuple[dict, dic
     xc = ternary_codes(m, k, g=g)
     w = wc.float()
     wt = w.t()
-    wp = torch.ops.mkldnn._reorder_linear_weight(w, m)
     a = kernels.pack_rows(x)
     planes = pack_ternary(xc)
     pw = pack_ternary_weight(wc)
@@ -67,12 +66,8 @@ def shape_paths(m: int, n: int, k: int, fallback: str | None) -> tuple[dict, dic
     expect = (torch.where(x >= 0, 1.0, -1.0) @ wt).to(torch.int32)  # exact: integers below 2^24
     assert torch.equal(ternary_gemm(a, pw, k), expect), "ternary GEMM differs from the float GEMM of the codes"
     assert torch.equal(ternary_gemm(planes, pw, k), (xc.float() @ wt).to(torch.int32)), "ternary x ternary differs"
-    ref = torch.mm(x, wt)
-    got = torch.ops.mkldnn._linear_pointwise(x, wp, None, "none", [], "")
-    assert torch.allclose(got, ref, rtol=1e-3, atol=1e-2 * k**0.5), "oneDNN linear differs from torch.mm"
     paths = {
-        "fp32 torch.mm": lambda: torch.mm(x, wt),
-        "fp32 onednn": lambda: torch.ops.mkldnn._linear_pointwise(x, wp, None, "none", [], ""),
+        **fp32_paths(x, w),
         "lowbit ternary": lambda: ternary_gemm(a, pw, k),
         "lowbit ternary x ternary": lambda: ternary_gemm(planes, pw, k),
         BINARY: lambda: kernels.binary_gemm(a, pb, k),
