@@ -12,6 +12,7 @@ from lowbit import __version__
 from lowbit.cli.args import data_dir, int_range, writable_dir
 
 ZOO_NAMES = ("mlp", "cnn", "resnet")
+FLOAT_ZOO_NAMES = (*ZOO_NAMES, "cnn-avgpool")  # every zoo model with float weights to train and evaluate
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -140,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     zt = zsub.add_parser("train", help="train a model with its recipe (seeded) and save the weights",
                          description="Train a zoo model on the Fashion-MNIST train split with its recipe, "
                                      "evaluate on the test split and write NAME.npz + NAME.json to --out.")
-    zt.add_argument("name", choices=ZOO_NAMES)
+    zt.add_argument("name", choices=FLOAT_ZOO_NAMES)
     zt.add_argument("--out", default="zoo-weights", help="output folder (default ./zoo-weights)")
     zt.add_argument("--epochs", type=int_range(1), default=None, help="override the recipe's epochs")
     zt.add_argument("--seed", type=int_range(0, 2**63 - 1), default=None, help="override the recipe's seed")
@@ -148,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     zt.set_defaults(func=_cmd_zoo_train)
     ze = zsub.add_parser("eval", help="evaluate a model's weights on the test set",
                          description="Evaluate shipped (or --weights-dir) weights on the Fashion-MNIST test set.")
-    ze.add_argument("name", choices=ZOO_NAMES)
+    ze.add_argument("name", choices=FLOAT_ZOO_NAMES)
     ze.add_argument("--weights-dir", default=None, help="folder with NAME.npz/NAME.json (default: shipped)")
     ze.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST idx files")
     ze.set_defaults(func=_cmd_zoo_eval)

@@ -44,6 +44,9 @@ ZOO: dict[str, ZooEntry] = {
         ZooEntry("mlp", MLP, Recipe(epochs=20, lr=0.05, seed=1), "MLP 784-256-256-10, ReLU"),
         ZooEntry("cnn", LeNetBN, Recipe(epochs=12, lr=0.05, augment=True, seed=2),
                  "LeNet-style CNN: 2x (conv5x5-BN-ReLU-maxpool), FC 3136-128-10"),
+        # the same CNN with average pooling: the ANN that ANN-to-SNN conversion maps exactly (lowbit.snn)
+        ZooEntry("cnn-avgpool", lambda: LeNetBN(pool="avg"), Recipe(epochs=12, lr=0.05, augment=True, seed=2),
+                 "LeNet-style CNN: 2x (conv5x5-BN-ReLU-avgpool), FC 3136-128-10"),
         ZooEntry("resnet", ResNet, Recipe(epochs=18, lr=0.1, augment=True, seed=3),
                  "ResNet-14: 3x3 stem, 3 stages x 2 BasicBlocks (16/32/64 ch), GAP, FC"),
         # binary networks (BNN / XNOR-Net) train from their random init with binary QAT (`lowbit qat`): no float

@@ -30,18 +30,26 @@ class MLP(nn.Module):
 
 
 class LeNetBN(nn.Module):
-    """LeNet-style CNN: two conv5x5-BN-ReLU-maxpool stages, then two linear layers."""
+    """LeNet-style CNN: two conv5x5-BN-ReLU-pool stages, then two linear layers.
 
-    def __init__(self, c1: int = 32, c2: int = 64, hidden: int = 128, num_classes: int = 10) -> None:
+    ``pool``: ``"max"`` (the shipped ``cnn``) or ``"avg"`` (``cnn-avgpool``, the variant ANN-to-SNN conversion
+    maps exactly: average pooling is linear, so it passes spikes through unchanged in rate).
+    """
+
+    def __init__(self, c1: int = 32, c2: int = 64, hidden: int = 128, num_classes: int = 10,
+                 pool: str = "max") -> None:
         super().__init__()
+        if pool not in ("max", "avg"):
+            raise ValueError(f"LeNetBN pool must be 'max' or 'avg', got {pool!r}")
+        pool_cls = nn.MaxPool2d if pool == "max" else nn.AvgPool2d
         self.conv1 = nn.Conv2d(1, c1, 5, padding=2, bias=False)
         self.bn1 = nn.BatchNorm2d(c1)
         self.relu1 = nn.ReLU()
-        self.pool1 = nn.MaxPool2d(2)  # 28 -> 14
+        self.pool1 = pool_cls(2)  # 28 -> 14
         self.conv2 = nn.Conv2d(c1, c2, 5, padding=2, bias=False)
         self.bn2 = nn.BatchNorm2d(c2)
         self.relu2 = nn.ReLU()
-        self.pool2 = nn.MaxPool2d(2)  # 14 -> 7
+        self.pool2 = pool_cls(2)  # 14 -> 7
         self.flatten = nn.Flatten()
         self.fc1 = nn.Linear(c2 * 7 * 7, hidden)
         self.relu3 = nn.ReLU()
