@@ -144,6 +144,26 @@ def _negative(v: torch.Tensor, count: torch.Tensor, theta_neg: torch.Tensor, spe
     return c + (s - s.detach()) * allowed
 
 
+def _step_no_grad(v: torch.Tensor, count: torch.Tensor, theta: torch.Tensor, theta_neg: torch.Tensor,
+                  spec: NeuronSpec) -> tuple[torch.Tensor, NeuronState]:
+    """The same step with fewer tensor ops, for inference (no surrogate, no autograd bookkeeping)."""
+    if spec.spikes is Spikes.AUGMENTED:
+        s = torch.floor(v / theta).clamp_(0, spec.max_spikes)
+        if spec.negative:
+            s -= torch.minimum(torch.floor(-v / theta_neg).clamp_(0, spec.max_spikes), count.clamp(min=0))
+    else:
+        s = (v >= theta).to(v.dtype)
+        if spec.spikes is Spikes.TERNARY:
+            s -= ((v <= -theta_neg) & (count > 0)).to(v.dtype)
+    if spec.reset is Reset.ZERO:
+        v = v * (s == 0).to(v.dtype)
+    elif spec.negative_threshold is None or not spec.signed:
+        v = v - s * theta
+    else:
+        v = v - torch.where(s >= 0, s * theta, s * theta_neg)
+    return s, NeuronState(v, count + s)
+
+
 def neuron_step(current: torch.Tensor, state: NeuronState | None, spec: NeuronSpec,
                 threshold: torch.Tensor | float | None = None) -> tuple[torch.Tensor, NeuronState]:
     """One time step: integrate ``current``, fire, reset. Returns ``(s, new_state)``; ``s`` in spike units.
@@ -159,6 +179,8 @@ def neuron_step(current: torch.Tensor, state: NeuronState | None, spec: NeuronSp
     theta_neg = theta if spec.negative_threshold is None else torch.as_tensor(spec.negative_threshold,
                                                                               dtype=current.dtype)
     v = spec.leak * state.v + current
+    if not (torch.is_grad_enabled() and (current.requires_grad or state.v.requires_grad)):
+        return _step_no_grad(v, state.count, theta, theta_neg, spec)
     s = _positive(v, theta, spec)
     if spec.signed:
         s = s - _negative(v, state.count, theta_neg, spec)

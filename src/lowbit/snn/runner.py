@@ -22,7 +22,7 @@ from torch import fx, nn
 
 from lowbit.errors import ConfigError, ShapeError
 from lowbit.snn.convert import Coding, SpikingNet
-from lowbit.snn.neurons import SpikingNeuron
+from lowbit.snn.neurons import SpikingNeuron, neuron_step
 from lowbit.snn.pooling import MaxPoolGate
 
 _PASS_THROUGH = (nn.Flatten, nn.Dropout, nn.Identity, nn.AvgPool2d, nn.AdaptiveAvgPool2d, MaxPoolGate,
@@ -31,7 +31,13 @@ _PASS_THROUGH = (nn.Flatten, nn.Dropout, nn.Identity, nn.AvgPool2d, nn.AdaptiveA
 
 def check_time_steps(time_steps: Sequence[int]) -> list[int]:
     """Sorted distinct time steps, each an integer >= 1 (clear error otherwise)."""
-    steps = list(time_steps) if not isinstance(time_steps, int) else [time_steps]
+    if isinstance(time_steps, (int, float)):
+        steps = [time_steps]
+    else:
+        try:
+            steps = list(time_steps)
+        except TypeError:
+            steps = []
     if not steps or any(isinstance(t, bool) or not isinstance(t, int) or t < 1 for t in steps):
         raise ConfigError(f"time steps must be integers >= 1, got {time_steps!r}")
     return sorted(set(steps))
@@ -104,11 +110,10 @@ class _Stepper(fx.Interpreter):
     def call_module(self, target, args, kwargs):
         m = self.fetch_attr(target)
         if isinstance(m, SpikingNeuron):
-            out, self.states[target] = m(args[0], self.states.get(target))
-            units = (out / m.amplitude).abs()
-            self.spikes[target] = self.spikes.get(target, 0.0) + float(units.sum())
-            self.events[target] = self.events.get(target, 0.0) + float((units > 0).sum())
-            return out
+            s, self.states[target] = neuron_step(args[0], self.states.get(target), m.spec, m.threshold)
+            self.spikes[target] = self.spikes.get(target, 0.0) + float(s.abs().sum())
+            self.events[target] = self.events.get(target, 0.0) + float(torch.count_nonzero(s))
+            return s * m.amplitude
         if isinstance(m, MaxPoolGate):
             out, self.states[target] = m(args[0], self.states.get(target))
             return out
@@ -117,7 +122,7 @@ class _Stepper(fx.Interpreter):
             if target not in self.fan_out:
                 self.fan_out[target] = _fan_out(m, x)
             if self.spike_driven[target]:
-                self.synops += float(((x != 0).to(torch.float32) * self.fan_out[target]).sum())
+                self.synops += float(((x != 0).sum(0) * self.fan_out[target]).sum())
             elif not self.analog_once or target not in self.states:
                 self.input_macs += float(self.fan_out[target].sum()) * x.shape[0]
                 self.states.setdefault(target, True)  # constant analog input: its MACs count once
