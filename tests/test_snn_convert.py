@@ -174,18 +174,19 @@ def test_sweep_converges_to_the_ann_and_counts_synops():
     assert rows[1].accuracy >= 95.0 and rows[1].spikes_per_inference > rows[0].spikes_per_inference
 
 
-def test_conv_fan_out_matches_brute_force():
-    conv = nn.Conv2d(2, 3, 3, stride=2, padding=1)
-    x = torch.zeros(1, 2, 5, 5)
+@pytest.mark.parametrize("size, stride, padding", [(5, 2, 1), (6, 2, 1), (7, 3, 0), (6, 1, 2)])
+def test_conv_fan_out_matches_brute_force(size, stride, padding):
+    conv = nn.Conv2d(2, 3, 3, stride=stride, padding=padding)
+    x = torch.zeros(1, 2, size, size)
     fan = _fan_out(conv, x)
-    out_h = (5 + 2 - 3) // 2 + 1
-    want = torch.zeros(2, 5, 5)
+    out_h = (size + 2 * padding - 3) // stride + 1
+    want = torch.zeros(2, size, size)
     for i in range(out_h):
         for j in range(out_h):
             for ky in range(3):
                 for kx in range(3):
-                    y, xx = 2 * i + ky - 1, 2 * j + kx - 1
-                    if 0 <= y < 5 and 0 <= xx < 5:
+                    y, xx = stride * i + ky - padding, stride * j + kx - padding
+                    if 0 <= y < size and 0 <= xx < size:
                         want[:, y, xx] += 3
     assert torch.equal(fan, want)
 

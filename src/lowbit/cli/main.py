@@ -41,7 +41,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.report_dir:
         from lowbit.cli.report_cmd import write_reports
 
-        write_reports(args.models, args.report_dir, args.data_dir)
+        write_reports(args.models, args.report_dir, args.data_dir, snn_images=200)
     return 0
 
 
@@ -163,10 +163,11 @@ def build_parser() -> argparse.ArgumentParser:
     deploy_cmd.add_parsers(sub)
     report_cmd.add_parser(sub)
     qat_cmd.add_parser(sub)
-    from lowbit.cli import delta_cmd, lowprec_cmd
+    from lowbit.cli import delta_cmd, lowprec_cmd, snn_cmd
 
     delta_cmd.add_parser(sub)
     lowprec_cmd.add_parser(sub)
+    snn_cmd.add_parser(sub)
 
     dp = sub.add_parser("data", help="data sets: check which are installed",
                         description="Data sets lowbit loads without downloading.")

@@ -14,12 +14,16 @@ def add_parser(sub) -> None:
     p = sub.add_parser("report", help="cost report: accuracy, memory, energy, BOPs and measured latency",
                        description="Compare float32 with lowbit's W8A8, power-of-two W8A8 and W4A8 integer "
                                    "models of a shipped model: accuracy, per-layer MACs/BOPs/memory, energy per "
-                                   "inference (45 nm table, or --energy-table), measured latency; writes "
+                                   "inference (45 nm table, or --energy-table), measured latency, the spiking "
+                                   "versions' synaptic operations and energy against the int8 ANN; writes "
                                    "report.html (plots inline, works offline), report.md and report.json.")
     p.add_argument("--model", nargs="+", default=["cnn"], choices=ZOO_NAMES, help="zoo models (default cnn)")
     p.add_argument("--out", default="report", help="output folder (default ./report; one subfolder per model)")
     p.add_argument("--energy-table", default=None, metavar="JSON", help="your own per-operation energy table")
     p.add_argument("--rounds", type=int_range(0), default=10, help="latency rounds (0: do not measure)")
+    p.add_argument("--snn-images", type=int_range(0, 10000), default=500,
+                   help="test images for the spiking versions (ANN-to-SNN conversion, IF and AugMapping at T = 4, 8, "
+                        "priced against the int8 ANN); 0: leave them out (default 500)")
     p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST idx files")
     p.set_defaults(func=run)
 
@@ -40,7 +44,8 @@ def _energy_table(path):
                           f"-> picojoules): {type(exc).__name__}: {exc}") from None
 
 
-def write_reports(models, out: str | Path, data_dir=None, table_path=None, rounds: int = 10) -> list[Path]:
+def write_reports(models, out: str | Path, data_dir=None, table_path=None, rounds: int = 10,
+                  snn_images: int = 500) -> list[Path]:
     from lowbit.cost import report
     from lowbit.cost.build import model_report
     from lowbit.data import fashion_mnist
@@ -50,7 +55,7 @@ def write_reports(models, out: str | Path, data_dir=None, table_path=None, round
     test = fashion_mnist("test", root=data_dir)
     written = []
     for name in models:
-        r = model_report(name, calib, test, latency_rounds=rounds, table=table)
+        r = model_report(name, calib, test, latency_rounds=rounds, table=table, snn_images=snn_images)
         paths = report.write(r, Path(out) / name)
         print(f"report for {name}: {paths['html']} (+ .md, .json)")
         for w in r.warnings:
@@ -69,5 +74,5 @@ def run(args: argparse.Namespace) -> int:
     if args.energy_table:
         existing_file(args.energy_table, "--energy-table", ".json")
         _energy_table(args.energy_table)  # a foreign table is refused before the models are quantized
-    write_reports(args.model, args.out, args.data_dir, args.energy_table, args.rounds)
+    write_reports(args.model, args.out, args.data_dir, args.energy_table, args.rounds, args.snn_images)
     return 0

@@ -38,9 +38,33 @@ def _machine() -> str:
     return f"{cpu}, torch {torch.__version__}"
 
 
+SNN_STEPS = (4, 8)
+
+
+def spiking_versions(model: torch.nn.Module, calib: Split, test: Split, ann_macs: float, table: EnergyTable,
+                     images: int = 500) -> tuple[list, str]:
+    """The model converted to spiking nets (IF and AugMapping c_max 4, 99.9th-percentile thresholds, analog input),
+    run on the first ``images`` test images at T in :data:`SNN_STEPS`, priced against the int8 ANN."""
+    from lowbit import snn
+    from lowbit.cost.spiking import spiking_cost
+
+    kinds = {"IF": snn.NeuronSpec(initial_potential=0.5),
+             "AugMapping c4": snn.NeuronSpec(spikes=snn.Spikes.AUGMENTED, max_spikes=4, initial_potential=0.5)}
+    costs = []
+    for label, spec in kinds.items():
+        net = snn.convert(model, [calib.x[:256]], neuron=spec)
+        for row in snn.sweep(net, test.x[:images], test.y[:images], SNN_STEPS):
+            costs.append(spiking_cost(label, row, ann_macs, table, 8, spec.max_spikes))
+    note = (f"Spiking accuracies on the first {images} test images; energy = synaptic operations x (32-bit add"
+            " [+ an 8 x 3-bit multiply for augmented events]) + the first layer's MACs on the analog image, against "
+            "the int8 ANN's MACs x an 8-bit MAC (lowbit.cost.spiking). Spike counts and neuron updates are not priced.")
+    return costs, note
+
+
 def model_report(name: str, calib: Split, test: Split, latency_rounds: int = 10, curve: bool = True,
-                 sensitivity: bool = True, table: EnergyTable | None = None) -> Report:
-    """Float vs quantized versions of zoo model ``name`` (calibration on ``calib.x``)."""
+                 sensitivity: bool = True, table: EnergyTable | None = None, snn_images: int = 500) -> Report:
+    """Float vs quantized versions of zoo model ``name`` (calibration on ``calib.x``); with ``snn_images`` > 0
+    also its spiking versions priced against the int8 ANN (:func:`spiking_versions`)."""
     table = table or EnergyTable.load()
     model = zoo.pretrained(name)
     example = (calib.x[:2],)
@@ -68,6 +92,9 @@ def model_report(name: str, calib: Split, test: Split, latency_rounds: int = 10,
     report = Report(f"lowbit report: {name} on Fashion-MNIST", versions, _machine(), warnings_for(["int8"]))
     report.slices, report.adc_bits = slice_sparsity(model), adc_bits(model).max_bits
     report.lns16_compute_pj = sum(r.macs for r in versions[0].rows) * lns_mac_energy(16, "lut", table)
+    if snn_images:
+        report.spiking, report.spiking_note = spiking_versions(model, calib, test, sum(r.macs for r in versions[0].rows),
+                                                               table, snn_images)
     if curve:
         for n in (1, 4, 16, 64):
             im = to_integer(quantize(model, [calib.x[:n]], PTQConfig()), example)

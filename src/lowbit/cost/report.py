@@ -14,6 +14,7 @@ from pathlib import Path
 
 from lowbit.cost.energy import Energy
 from lowbit.cost.profile import LayerCost, totals
+from lowbit.cost.spiking import markdown as spiking_markdown
 from lowbit.utils.files import atomic_write_text
 
 
@@ -40,6 +41,8 @@ class Report:
     slices: list = field(default_factory=list)  # lowbit.cost.bitslice.SliceSparsity of the float weights
     adc_bits: tuple[int, ...] = ()  # per slice, for 128-row crossbar columns
     lns16_compute_pj: float | None = None  # the float model's MACs priced as 16-bit LNS MACs (paper L)
+    spiking: list = field(default_factory=list)  # lowbit.cost.spiking.SpikingCost: converted SNNs vs the int8 ANN
+    spiking_note: str = ""
 
 
 def _slice_rows(r: Report) -> list[list[str]]:
@@ -65,6 +68,7 @@ def to_dict(r: Report) -> dict:
         "sensitivity": [{"layer": n, "drop_points": d} for n, d in r.sensitivity],
         "bit_slices": [{"layer": x.layer, "weights": x.weights, "zero": list(x.zero), "mean": x.mean} for x in r.slices],
         "adc_bits_128_rows": list(r.adc_bits), "lns16_compute_pJ": r.lns16_compute_pj,
+        "spiking": [dict(vars(c), ratio=c.ratio) for c in r.spiking], "spiking_note": r.spiking_note,
         "versions": [{
             "name": v.name, "weight_bits": v.weight_bits, "accuracy": v.accuracy, "latency_us": v.latency_us,
             "mac_area_um2": v.mac_area_um2,
@@ -118,6 +122,9 @@ def to_markdown(r: Report) -> str:
         lines += ["| " + " | ".join(row) + " |" for row in _slice_rows(r)]
         lines += ["", f"ADC bits per slice for 128-row columns: {'/'.join(map(str, r.adc_bits))} "
                       "(lowbit.cost.bitslice; bit-slice L1 training lowers them: benchmarks/bench_bitslice.py)"]
+    if r.spiking:
+        lines += ["", "## Spiking versions (ANN-to-SNN conversion, lowbit.snn) against the int8 ANN", "",
+                  *spiking_markdown(r.spiking, "int8 weights"), "", r.spiking_note]
     for v in r.versions:
         lines += ["", f"## {v.name}: layers", "", "| layer | kind | W/A/out bits | MACs | BOPs | weight bytes | requant |",
                   "|---|---|---|---:|---:|---:|---|"]
@@ -242,6 +249,8 @@ def to_html(r: Report) -> str:
                   "<thead><tr>" + "".join(f"<th>{h}</th>" for h in _slice_head(r)) + f"</tr></thead><tbody>{rows}"
                   f"</tbody></table><p>ADC bits per slice for 128-row columns: "
                   f"{'/'.join(map(str, r.adc_bits))}</p>")
+    if r.spiking:
+        extra += _spiking_html(r)
     head = "".join(f"<th>{h}</th>" for h in _HEAD)
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
              "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
@@ -250,6 +259,17 @@ def to_html(r: Report) -> str:
             f"<style>{style}</style></head><body><h1>{html.escape(r.title)}</h1>"
             f"<p>Machine: {html.escape(r.machine)}</p>{warn}<table><thead><tr>{head}</tr></thead>"
             f'<tbody>{table}</tbody></table><div class="figs">{"".join(figs)}</div>{extra}<ul>{notes}</ul></body></html>\n')
+
+
+def _spiking_html(r: Report) -> str:
+    md = spiking_markdown(r.spiking, "int8 weights")
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in md]
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in cells[0])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in cells[2:])
+    fig = svg_bars("Energy per inference, SNN vs int8 ANN (uJ)", [f"{c.name} T={c.time_steps}" for c in r.spiking]
+                   + ["int8 ANN"], [c.snn_pj / 1e6 for c in r.spiking] + [r.spiking[0].ann_pj / 1e6], "uJ")
+    return (f"<h2>Spiking versions against the int8 ANN</h2><table><thead><tr>{head}</tr></thead><tbody>{body}"
+            f'</tbody></table><div class="figs">{fig}</div><p>{html.escape(r.spiking_note)}</p>')
 
 
 def write(r: Report, out_dir: str | Path) -> dict[str, Path]:

@@ -80,17 +80,17 @@ def _spike_driven(gm: fx.GraphModule) -> dict[str, bool]:
 
 
 def _fan_out(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Synapses each input position reaches (shape of one input, ``x.shape[1:]``)."""
+    """Synapses each input position reaches (shape of one input, ``x.shape[1:]``): the transposed convolution of
+    an all-ones output with all-ones weights, padded back to the input's size (``output_padding``)."""
     if isinstance(m, nn.Linear):
         return torch.full(x.shape[1:], float(m.out_features))
     out = m(torch.zeros(1, *x.shape[1:]))
     ones_out = torch.ones(1, *out.shape[1:])
-    if isinstance(m, nn.Conv2d):
-        w = torch.ones(m.out_channels, m.in_channels // m.groups, *m.kernel_size)
-        return F.conv_transpose2d(ones_out, w, None, m.stride, m.padding, 0, m.groups, m.dilation)[0][
-            :, : x.shape[2], : x.shape[3]]
     w = torch.ones(m.out_channels, m.in_channels // m.groups, *m.kernel_size)
-    return F.conv_transpose1d(ones_out, w, None, m.stride, m.padding, 0, m.groups, m.dilation)[0][:, : x.shape[2]]
+    extra = [size - ((o - 1) * s - 2 * p + d * (k - 1) + 1) for size, o, s, p, d, k in
+             zip(x.shape[2:], out.shape[2:], m.stride, m.padding, m.dilation, m.kernel_size)]
+    transpose = F.conv_transpose2d if isinstance(m, nn.Conv2d) else F.conv_transpose1d
+    return transpose(ones_out, w, None, m.stride, m.padding, tuple(extra), m.groups, m.dilation)[0]
 
 
 class _Stepper(fx.Interpreter):
