@@ -21,6 +21,7 @@ import torch
 
 from _common import RESULTS, merge_rows, write_result
 from lowbit import snn, zoo
+from lowbit.cost.profile import profile
 from lowbit.data import fashion_mnist
 from lowbit.snn import NeuronSpec, Spikes
 
@@ -46,22 +47,8 @@ DESCRIBE = {
 
 
 def ann_macs(model: torch.nn.Module) -> float:
-    """Multiply-accumulates of one inference of a conv/linear ANN on a 1x28x28 image."""
-    total = 0.0
-
-    def hook(m, inp, out):
-        nonlocal total
-        if isinstance(m, torch.nn.Conv2d):
-            total += out.numel() * m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
-        elif isinstance(m, torch.nn.Linear):
-            total += out.numel() * m.in_features
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
-    with torch.no_grad():
-        model(torch.zeros(1, 1, 28, 28))
-    for h in handles:
-        h.remove()
-    return total
+    """Multiply-accumulates of one inference (lowbit's cost profile)."""
+    return float(sum(r.macs for r in profile(model, (torch.zeros(1, 1, 28, 28),))))
 
 
 def run_method(ann, calib, x, y, spec: NeuronSpec, steps: list[int], norm: snn.Norm) -> tuple[list, float]:

@@ -38,6 +38,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     print("\n" + lowprec_rows(data_root=args.data_dir).render())
     print(f"\n({time.perf_counter() - start:.1f} s)")
+    from lowbit.main_snn import snn_rows
+
+    start = time.perf_counter()
+    print("\n" + snn_rows(data_root=args.data_dir).render())
+    print(f"\n({time.perf_counter() - start:.1f} s)")
     if args.report_dir:
         from lowbit.cli.report_cmd import write_reports
 
