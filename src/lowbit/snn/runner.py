@@ -144,8 +144,10 @@ def run(net: SpikingNet, x: torch.Tensor, time_steps: Sequence[int] | int,
     if not isinstance(net, SpikingNet):
         raise ConfigError(f"run needs a SpikingNet from lowbit.snn.convert, got {type(net).__name__}")
     steps = check_time_steps(time_steps)
-    if not isinstance(x, torch.Tensor) or tuple(x.shape[1:]) != tuple(net.input_shape):
-        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+    if not isinstance(x, torch.Tensor):
+        raise ShapeError(f"input must be a tensor [N, {', '.join(map(str, net.input_shape))}], got a {type(x).__name__}")
+    if tuple(x.shape[1:]) != tuple(net.input_shape):
+        got = tuple(x.shape)
         raise ShapeError(f"input has shape {got}; the converted network takes [N, {', '.join(map(str, net.input_shape))}]"
                          f" ({net.report.coding.value} coding codes each image the same way every step)")
     coding = net.report.coding
