@@ -85,6 +85,9 @@ def run_convert(args: argparse.Namespace) -> int:
     for r in rows:
         print(f"{r.time_steps:>6} {r.accuracy:>11.2f} {r.spikes_per_inference:>11.0f} {r.events_per_inference:>11.0f} "
               f"{r.synops / 1e6:>15.2f}")
+    last = rows[-1]
+    print(f"spikes per inference by layer at T={last.time_steps}: "
+          + ", ".join(f"{name.removeprefix('snn_')} {v:,.0f}" for name, v in last.spikes_per_layer.items()))
     if args.json:
         payload = [{"method": f"convert-{args.neuron}", "dataset": f"fashion-mnist ({args.model})",
                     "time_steps": r.time_steps, "accuracy": round(r.accuracy, 2), "ann_accuracy": round(ann_acc, 2),
