@@ -10,7 +10,7 @@ Runs in its own environment (spikingjelly is a peer, never a lowbit dependency):
     PYTHONPATH=src OMP_NUM_THREADS=1 /work/venvs/snn/bin/python benchmarks/peer_spikingjelly.py --model cnn
 
 (``--no-deps``: spikingjelly 2.0.0 declares torchaudio, torchvision, matplotlib, tensorboard, ... which the
-converter never imports; torchaudio does not even load against this torch.)
+converter never imports.)
 
 What spikingjelly 2.0.0 does (read from ``activation_based/ann2snn``): ``Converter`` is ``FXConverter``, whose
 algorithm is a recipe; the classic rate-coding conversion is ``RateCodingRecipe(dataloader, mode)``. It traces the
