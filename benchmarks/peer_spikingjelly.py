@@ -44,7 +44,7 @@ from spikingjelly.activation_based import ann2snn, functional, neuron  # noqa: E
 from lowbit import zoo  # noqa: E402
 from lowbit.data import fashion_mnist  # noqa: E402
 from lowbit.zoo.models import LeNetBN  # noqa: E402
-from lowbit.zoo.weights_io import load_weights  # noqa: E402
+from lowbit.zoo.weights_io import load_weights, read_meta  # noqa: E402
 
 METHOD = {"max": "convert-max", "99.9%": "convert-p99.9"}
 
@@ -58,16 +58,19 @@ def sj_version() -> str:
         return getattr(spikingjelly, "__version__", "?")
 
 
-def load_ann(name: str, weights_dir: str | None) -> nn.Module:
+def load_ann(name: str, weights_dir: str | None) -> tuple[nn.Module, str]:
     """``lowbit.zoo.pretrained``; for ``cnn-avgpool`` on a checkout whose zoo lacks it, the same LeNetBN with its two
     MaxPool2d(2) replaced by AvgPool2d(2) and the weights loaded from ``weights_dir`` (pooling has no parameters)."""
     if name in zoo.ZOO:
-        return zoo.pretrained(name, weights_dir)
+        return zoo.pretrained(name, weights_dir), f"`lowbit.zoo.pretrained({name!r}, {weights_dir!r})`"
     if name != "cnn-avgpool" or weights_dir is None:
         raise SystemExit(f"unknown zoo model {name!r} (cnn-avgpool needs --weights-dir on this checkout)")
     model = LeNetBN()
     model.pool1, model.pool2 = nn.AvgPool2d(2), nn.AvgPool2d(2)
-    return load_weights(model, Path(weights_dir) / f"{name}.npz").eval()
+    how = ("this checkout's zoo has no `cnn-avgpool` entry: `LeNetBN()` with `pool1`, `pool2` replaced by "
+           "`nn.AvgPool2d(2)` (the zoo entry's architecture), `load_weights` from "
+           f"`{Path(weights_dir) / (name + '.npz')}`")
+    return load_weights(model, Path(weights_dir) / f"{name}.npz").eval(), how
 
 
 def evaluate_ann(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int) -> float:
@@ -127,7 +130,10 @@ def main() -> None:
     command = "PYTHONPATH=src OMP_NUM_THREADS=1 /work/venvs/snn/bin/python " + shlex.join(
         ["benchmarks/peer_spikingjelly.py"] + sys.argv[1:])
 
-    ann = load_ann(args.model, args.weights_dir)
+    ann, how = load_ann(args.model, args.weights_dir)
+    weights = zoo.weights_path(args.model, args.weights_dir) if args.model in zoo.ZOO else (
+        Path(args.weights_dir) / f"{args.model}.npz")
+    meta = read_meta(weights)
     calib = fashion_mnist("train").take(args.calib_size)
     test = fashion_mnist("test").take(args.test_size)
     loader = [(calib.x[i:i + args.calib_batch], calib.y[i:i + args.calib_batch])
@@ -182,8 +188,9 @@ spikingjelly): `{command}`
 
 - peer: {tool} (`ann2snn.Converter(recipe=ann2snn.RateCodingRecipe(dataloader=..., mode=...))`), torch
   {torch.__version__}, {torch.get_num_threads()} thread (`OMP_NUM_THREADS=1`), 2-core shared machine
-- ANN: lowbit zoo `{args.model}` ({'weights from ' + args.weights_dir if args.weights_dir else 'shipped weights'}),
-  float accuracy on the same {len(test)} test images: **{ann_acc:.2f}%**
+- ANN: lowbit zoo `{args.model}` ({meta.get("description", "?")}), loaded by {how}; weights sha256
+  `{meta.get("sha256", "?")[:16]}...`, recorded test accuracy {100 * meta.get("test_accuracy", float("nan")):.2f}%;
+  float accuracy measured here on the same {len(test)} test images: **{ann_acc:.2f}%**
 - calibration: the first {len(calib)} images of `lowbit.data.fashion_mnist("train")` in batches of
   {args.calib_batch}; test: the first {len(test)} images of the test split
 - evaluation: {steps} steps per batch of {args.test_batch}, `functional.reset_net` before each batch; accuracy at T
