@@ -452,11 +452,19 @@ def _snn_geometry(k: str, at: str, p: list[int], pool: bool) -> tuple[int, int, 
     return h, w, cin, ho, wo, cout
 
 
+def snn_table_size(h: int, w: int, kh: int, kw: int, cin: int) -> int:
+    """int32 room for a stage's tables (``csrc/events.c``): per axis a start index per row and a pair
+    ``(output row, tap)`` per tap of each row; the row and column of each input position; then the events
+    sorted by position (a start and a cursor per position, a channel and a count per input)."""
+    return h + 1 + 2 * h * kh + w + 1 + 2 * w * kw + 2 * h * w + 2 * h * w + 1 + 2 * h * w * cin
+
+
 def snn_run(prog: Buf, fprog: Buf, params: list[list[int]], floats: list[list[float]], bufs: list[list[Buf | None]],
             x: Buf, T, out: Buf, counts: Buf, scratch: Buf, E) -> None:
     """``lowbit_snn_run``: ``T`` steps of an event-driven spiking net (``csrc/events.c``). ``params`` are the
     ``S`` rows of 16 int64 of ``prog`` (``fprog``: ``S`` rows of 4 float32), ``bufs`` the 8 buffers of each
-    stage. The chain is checked as the kernel walks it: an analog synapse first, a neuron layer after every
+    stage (slot 4 of a synapse, gate or pool: int32 room for its axis tables, :func:`snn_table_size`). The chain
+    is checked as the kernel walks it: an analog synapse first, a neuron layer after every
     other synapse but the last (the readout), every event index inside the map that the next stage reads, every
     event list inside the scratch's ``E`` slots, spike counts inside int32 over ``T`` steps."""
     k = "lowbit_snn_run"
@@ -470,6 +478,8 @@ def snn_run(prog: Buf, fprog: Buf, params: list[list[int]], floats: list[list[fl
             or any(len(r) != SNN_F for r in floats) or any(len(b) != SNN_Q for b in bufs):
         raise ShapeError(f"{k}: {S} stages need {S} rows of {SNN_P} parameters, {SNN_F} floats and {SNN_Q} buffers")
     size = None  # positions of the map the current events index (None: no events yet)
+    chan = None  # its channels: a stage reading a map (not a vector) must split it the same way (events carry
+    # their position y W + x, which indexes the stage's tables)
     pending = None  # a synapse whose target the next stage must be: (stage, positions)
     classes = 0
     for s, (p, f, b) in enumerate(zip(params, floats, bufs)):
@@ -478,6 +488,9 @@ def snn_run(prog: Buf, fprog: Buf, params: list[list[int]], floats: list[list[fl
         if pending is not None and kind != SNN_NEURONS:
             raise ConfigError(f"{k}: {at} follows synapse stage {pending[0]}, which is not the readout: it must be "
                               "the neuron layer that synapse drives")
+        if kind != SNN_NEURONS:
+            _snn_geometry(k, at, p, pool=kind != SNN_SYNAPSE)
+            _need(k, f"{at} tables", b[4], (torch.int32,), snn_table_size(p[2], p[3], p[8], p[9], p[4]))
         if kind == SNN_SYNAPSE:
             analog, readout = _flag(k, f"{at} analog", p[1]), _flag(k, f"{at} readout", p[14])
             h, w, cin, ho, wo, cout = _snn_geometry(k, at, p, pool=False)
@@ -491,9 +504,9 @@ def snn_run(prog: Buf, fprog: Buf, params: list[list[int]], floats: list[list[fl
             if analog:
                 _need(k, "x", x, (torch.float32,), h * w * cin)
                 _need(k, f"{at} current", b[3], (torch.float32,), ho * wo * cout)
-            elif size != h * w * cin:
-                raise ShapeError(f"{k}: {at} reads a map of {h * w * cin} positions; the events before it index "
-                                 f"{size}")
+            elif size != h * w * cin or (h * w > 1 and cin != chan):
+                raise ShapeError(f"{k}: {at} reads a map of {h * w * cin} positions in {cin} channels; the events "
+                                 f"before it index {size} in {chan}")
             _need(k, f"{at} weight", b[0], (torch.float32,), cin * p[8] * p[9] * cout)
             _need(k, f"{at} bias", b[1], (torch.float32,), cout)
             _need(k, f"{at} target", b[2], (torch.float32,), ho * wo * cout)
@@ -513,11 +526,12 @@ def snn_run(prog: Buf, fprog: Buf, params: list[list[int]], floats: list[list[fl
             for name, slot, dt, num in (("threshold", 0, torch.float32, c), ("negative threshold", 1, torch.float32, c),
                                         ("v", 2, torch.float32, n), ("count", 3, torch.int32, n)):
                 _need(k, f"{at} {name}", b[slot], (dt,), num)
-            size, pending = n, None
+            size, chan, pending = n, c, None
         else:
             h, w, c, ho, wo, _ = _snn_geometry(k, at, p, pool=True)
-            if size != h * w * c:
-                raise ShapeError(f"{k}: {at} pools a map of {h * w * c} positions; the events before it index {size}")
+            if size != h * w * c or c != chan:
+                raise ShapeError(f"{k}: {at} pools a map of {h * w * c} positions in {c} channels; the events before "
+                                 f"it index {size} in {chan}")
             if ho * wo * c > E:
                 raise ShapeError(f"{k}: {at} sends events over {ho * wo * c} positions; the scratch holds E = {E}")
             if kind == SNN_GATE:
@@ -529,7 +543,7 @@ def snn_run(prog: Buf, fprog: Buf, params: list[list[int]], floats: list[list[fl
             size = ho * wo * c
     _need(k, "out", out, (torch.float32,), T * classes)
     _need(k, "counts", counts, (torch.int64,), T * S * 2)
-    _need(k, "scratch", scratch, (torch.int32,), 4 * E)
+    _need(k, "scratch", scratch, (torch.int32,), 6 * E)
 
 #: Every exported function of csrc/ and what checks its calls: a function here, the plan's step checker, or
 #: why nothing needs checking (a test keeps this in step with the C sources).

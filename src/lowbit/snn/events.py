@@ -188,6 +188,11 @@ def _fan_out_nchw(st: EventConv) -> torch.Tensor:
     return f.permute(2, 0, 1)[None]
 
 
+def _tables(h: int, w: int, kh: int, kw: int, cin: int) -> torch.Tensor:
+    """Room for a stage's tables (the kernel fills them at the start of each call and at each step)."""
+    return torch.zeros(guard.snn_table_size(h, w, kh, kw, cin), dtype=torch.int32)
+
+
 def _check_finite(program: EventProgram) -> None:
     for st in program.stages:
         for name in ("weight", "bias", "threshold", "amplitude"):
@@ -242,8 +247,8 @@ class EventRuntime:
                           *st.padding, int(s == S - 1)]
                 nxt = stages[s + 1] if s + 1 < S else None
                 target = torch.zeros(ho * wo * cout)
-                b[:4] = [st.weight.contiguous(), st.bias.contiguous(), target,
-                         torch.zeros(ho * wo * cout) if st.analog else None]
+                b[:5] = [st.weight.contiguous(), st.bias.contiguous(), target,
+                         torch.zeros(ho * wo * cout) if st.analog else None, _tables(h, w, *st.kernel, cin)]
                 f[0] = float(nxt.spec.leak) if isinstance(nxt, Neurons) else 1.0
                 if isinstance(nxt, Neurons):
                     membranes[s + 1] = target
@@ -262,12 +267,13 @@ class EventRuntime:
                 p[:14] = [kind, 0, h, w, c, ho, wo, c, *st.kernel, *st.stride, *st.padding]
                 b[:2] = ([torch.zeros(h * w * c), st.amplitude.contiguous()] if kind == guard.SNN_GATE else
                          [torch.zeros(ho * wo * c, dtype=torch.int32), torch.zeros(ho * wo * c, dtype=torch.int32)])
+                b[4] = _tables(h, w, *st.kernel, c)
                 sizes.append(ho * wo * c)
         self._E = max(sizes)
         self._S, self._keep = S, keep
         self._prog = torch.tensor(params, dtype=torch.int64)
         self._fprog = torch.tensor(floats, dtype=torch.float32)
-        self._scratch = torch.zeros(4 * self._E, dtype=torch.int32)
+        self._scratch = torch.zeros(6 * self._E, dtype=torch.int32)  # two event lists: index, position, count
         bufs = [[guard.buf(t, _KERNEL, f"stage {s} slot {j}") for j, t in enumerate(row)] for s, row in enumerate(keep)]
         first = self.program.synapses[0]
         h, w, c = first.in_shape
