@@ -184,18 +184,33 @@ static int64_t scatter(const geom *g, const float *w, float *target, events ev, 
     return ops;
 }
 
-/* I0 = b + W x for the analog input x (H, W, Cin) */
+/* I0 = b + W x for the analog input x (H, W, Cin): each output position gathers its taps, 32 output channels
+ * at a time in registers (any channel count: a shorter last block from memory) */
 static void analog(const geom *g, const float *w, const float *bias, const float *x, float *cur) {
-    for (int64_t o = 0; o < g->Ho * g->Wo; o++) memcpy(cur + o * g->Cout, bias, (size_t)g->Cout * sizeof(float));
-    for (int64_t y = 0; y < g->H; y++)
-        for (int64_t x0 = 0; x0 < g->W; x0++)
-            for (int64_t c = 0; c < g->Cin; c++) {
-                float v = x[(y * g->W + x0) * g->Cin + c];
-                if (v == 0.0f) continue;
-                for (int32_t a = g->ys[y]; a < g->ys[y + 1]; a++)
-                    for (int32_t b = g->xs[x0]; b < g->xs[x0 + 1]; b++)
-                        axpy_f(cur + (g->yl[2 * a] * g->Wo + g->xl[2 * b]) * g->Cout,
-                               w + ((c * g->kh + g->yl[2 * a + 1]) * g->kw + g->xl[2 * b + 1]) * g->Cout, g->Cout, v);
+    const int64_t Cout = g->Cout, Cin = g->Cin, full = Cout / 32 * 32;
+    float acc[32];
+    for (int64_t oy = 0; oy < g->Ho; oy++)
+        for (int64_t ox = 0; ox < g->Wo; ox++)
+            for (int64_t c0 = 0; c0 < Cout; c0 += 32) {
+                const int64_t nb = c0 < full ? 32 : Cout - c0;
+                memcpy(acc, bias + c0, (size_t)nb * sizeof(float));
+                for (int64_t ky = 0; ky < g->kh; ky++) {
+                    const int64_t iy = oy * g->sh - g->ph + ky;
+                    if (iy < 0 || iy >= g->H) continue;
+                    for (int64_t kx = 0; kx < g->kw; kx++) {
+                        const int64_t ix = ox * g->sw - g->pw + kx;
+                        if (ix < 0 || ix >= g->W) continue;
+                        const float *xp = x + (iy * g->W + ix) * Cin, *wt = w + (ky * g->kw + kx) * Cout + c0;
+                        for (int64_t c = 0; c < Cin; c++) {
+                            const float f = xp[c], *col = wt + c * g->kh * g->kw * Cout;
+                            if (nb == 32)
+                                for (int k = 0; k < 32; k++) acc[k] += f * col[k];
+                            else
+                                axpy_f(acc, col, nb, f);
+                        }
+                    }
+                }
+                memcpy(cur + (oy * g->Wo + ox) * Cout + c0, acc, (size_t)nb * sizeof(float));
             }
 }
 
