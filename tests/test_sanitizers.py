@@ -4,7 +4,7 @@ ASan puts poisoned red zones around every heap block (PyTorch's tensors included
 preloaded and intercepts malloc) and aborts on the first read or write outside one; UBSan aborts on undefined
 behaviour (a shift of 64 or more, a signed overflow). The library is built once into a temporary cache
 (``cext.flags("address,undefined")``), and a child pytest process, with the runtime preloaded and
-``LOWBIT_CEXT_SANITIZE`` naming the same build, runs the tests of the integer path and of the delta runtime against it.
+``LOWBIT_CEXT_SANITIZE`` naming the same build, runs the tests of the integer path, of the delta runtime and of the spiking event runtime against it.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from lowbit.native import cext
 
 TESTS = ["tests/test_integer.py", "tests/test_plan.py", "tests/test_vnni.py", "tests/test_safety_integer.py",
          "tests/test_delta_runtime.py", "tests/test_bitwise.py", "tests/test_bitwise_ternary.py",
-         "tests/test_binary.py"]
+         "tests/test_binary.py", "tests/test_snn_runtime.py"]
 SANITIZE = "address,undefined"
 
 

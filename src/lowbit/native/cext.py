@@ -1,7 +1,8 @@
 """The C kernels, compiled on first use: ``csrc/requant.c`` (requantization epilogue, NHWC im2col,
 depthwise conv), ``csrc/gemm.c`` (prepacked int8 GEMM on AVX-512 VNNI with the epilogue fused) and
 ``csrc/plan.c`` (a whole model's kernels in one call, :mod:`lowbit.integer.plan`) and ``csrc/delta.c`` (the
-streaming delta RNN step of :mod:`lowbit.delta.runtime`).
+streaming delta RNN step of :mod:`lowbit.delta.runtime`) and ``csrc/events.c`` (the event-driven spiking net of
+:mod:`lowbit.snn.events`).
 
 PyTorch has no fused integer requantization: as separate int64 tensor ops it
 costs more than the int8 GEMM it follows. The C kernel does bias, multiply,
@@ -37,7 +38,7 @@ from lowbit.native import guard
 from lowbit.functional.requant import half_of
 
 SOURCES = tuple(Path(__file__).with_name("csrc") / f for f in ("requant.c", "gemm.c", "plan.c", "delta.c",
-                                                                      "bits.c")) + (
+                                                                      "bits.c", "events.c")) + (
     Path(__file__).parent.parent / "bitwise" / "csrc" / "xnor.c",  # the XNOR and ternary GEMMs, for the plan's
     Path(__file__).parent.parent / "bitwise" / "csrc" / "ternary.c")  # bitwise layers
 FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-std=c11", "-fopenmp"]
@@ -156,6 +157,8 @@ def library() -> ctypes.CDLL | None:
     lib.lowbit_delta_gru_q.argtypes = [ptr, i64, i64, i64, ptr, ptr, ptr, i32, i32, i64, i64, ptr, ptr, i64, ptr, ptr,
                                        ptr, ptr]
     lib.lowbit_delta_gru_q.restype = None
+    lib.lowbit_snn_run.argtypes = [ptr, ptr, ptr, i64, ptr, i64, ptr, ptr, ptr, i64]
+    lib.lowbit_snn_run.restype = ctypes.c_int
     for f in (lib.lowbit_pack_a, lib.lowbit_pack_w, lib.lowbit_gemm_u8s8, lib.lowbit_pad_flip_nhwc,
               lib.lowbit_conv_u8s8):
         f.restype = None

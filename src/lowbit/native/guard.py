@@ -424,6 +424,127 @@ def delta_gru_q(x: Buf, T, In, H, wx: Buf, wh: Buf, state: Buf, theta_x, theta_h
     _need(k, "dv", dv, (torch.int32,), In + H + 32)
 
 
+
+# ---------------------------------------------------------------- events.c
+
+SNN_SYNAPSE, SNN_NEURONS, SNN_GATE, SNN_SUMPOOL = 1, 2, 3, 4
+SNN_P, SNN_F, SNN_Q = 16, 4, 8  # int64 parameters, floats and pointers per stage
+SNN_MAX_TAPS = 64  # the kernel keeps the reached rows of one input on the stack
+
+
+def _snn_geometry(k: str, at: str, p: list[int], pool: bool) -> tuple[int, int, int, int, int, int]:
+    """A stage's (H, W, Cin, Ho, Wo, Cout), checked: kernel taps, strides, padding and the output formula."""
+    h, w, cin, ho, wo, cout, kh, kw, sh, sw, ph, pw = p[2:14]
+    for name, v, hi in (("H", h, MAX_DIM), ("W", w, MAX_DIM), ("Cin", cin, MAX_DIM), ("Cout", cout, MAX_DIM),
+                        ("kh", kh, SNN_MAX_TAPS), ("kw", kw, SNN_MAX_TAPS), ("sh", sh, MAX_DIM), ("sw", sw, MAX_DIM)):
+        _int(k, f"{at} {name}", v, 1, hi)
+    _int(k, f"{at} ph", ph, 0, MAX_DIM)
+    _int(k, f"{at} pw", pw, 0, MAX_DIM)
+    for name, v, size, kk, s, pp in (("Ho", ho, h, kh, sh, ph), ("Wo", wo, w, kw, sw, pw)):
+        want = out_size(size, kk, s, pp, 1)
+        if want < 1 or v != want:
+            raise ConfigError(f"{k}: {at} {name} = {v!r}; the input, kernel, stride and padding give {want}")
+    if pool and cin != cout:
+        raise ConfigError(f"{k}: {at} is a pool with {cin} input and {cout} output channels; they must be equal")
+    for name, v in (("input map", h * w * cin), ("output map", ho * wo * cout)):
+        if v > (1 << 31) - 1:
+            raise ConfigError(f"{k}: {at} {name} has {v} positions; allowed: at most 2^31 - 1 (int32 event indices)")
+    return h, w, cin, ho, wo, cout
+
+
+def snn_table_size(h: int, w: int, kh: int, kw: int, cin: int) -> int:
+    """int32 room for a stage's tables (``csrc/events.c``): per axis a start index per row and a pair
+    ``(output row, tap)`` per tap of each row; the row and column of each input position; then the events
+    sorted by position (a start and a cursor per position, a channel and a count per input)."""
+    return h + 1 + 2 * h * kh + w + 1 + 2 * w * kw + 2 * h * w + 2 * h * w + 1 + 2 * h * w * cin
+
+
+def snn_run(prog: Buf, fprog: Buf, params: list[list[int]], floats: list[list[float]], bufs: list[list[Buf | None]],
+            x: Buf, T, out: Buf, counts: Buf, scratch: Buf, E) -> None:
+    """``lowbit_snn_run``: ``T`` steps of an event-driven spiking net (``csrc/events.c``). ``params`` are the
+    ``S`` rows of 16 int64 of ``prog`` (``fprog``: ``S`` rows of 4 float32), ``bufs`` the 8 buffers of each
+    stage (slot 4 of a synapse, gate or pool: int32 room for its axis tables, :func:`snn_table_size`). The chain
+    is checked as the kernel walks it: an analog synapse first, a neuron layer after every
+    other synapse but the last (the readout), every event index inside the map that the next stage reads, every
+    event list inside the scratch's ``E`` slots, spike counts inside int32 over ``T`` steps."""
+    k = "lowbit_snn_run"
+    S = len(params)
+    _int(k, "S", S, 2, 1 << 20)
+    _int(k, "T", T, 1, 1 << 24)
+    _int(k, "E", E, 1, (1 << 31) - 1)
+    _need(k, "prog", prog, (torch.int64,), S * SNN_P)
+    _need(k, "fprog", fprog, (torch.float32,), S * SNN_F)
+    if len(floats) != S or len(bufs) != S or any(len(r) != SNN_P for r in params) \
+            or any(len(r) != SNN_F for r in floats) or any(len(b) != SNN_Q for b in bufs):
+        raise ShapeError(f"{k}: {S} stages need {S} rows of {SNN_P} parameters, {SNN_F} floats and {SNN_Q} buffers")
+    size = None  # positions of the map the current events index (None: no events yet)
+    chan = None  # its channels: a stage reading a map (not a vector) must split it the same way (events carry
+    # their position y W + x, which indexes the stage's tables)
+    pending = None  # a synapse whose target the next stage must be: (stage, positions)
+    classes = 0
+    for s, (p, f, b) in enumerate(zip(params, floats, bufs)):
+        at = f"stage {s}"
+        kind = _int(k, f"{at} kind", p[0], SNN_SYNAPSE, SNN_SUMPOOL)
+        if pending is not None and kind != SNN_NEURONS:
+            raise ConfigError(f"{k}: {at} follows synapse stage {pending[0]}, which is not the readout: it must be "
+                              "the neuron layer that synapse drives")
+        if kind != SNN_NEURONS:
+            _snn_geometry(k, at, p, pool=kind != SNN_SYNAPSE)
+            _need(k, f"{at} tables", b[4], (torch.int32,), snn_table_size(p[2], p[3], p[8], p[9], p[4]))
+        if kind == SNN_SYNAPSE:
+            analog, readout = _flag(k, f"{at} analog", p[1]), _flag(k, f"{at} readout", p[14])
+            h, w, cin, ho, wo, cout = _snn_geometry(k, at, p, pool=False)
+            if analog != (s == 0):
+                raise ConfigError(f"{k}: {at} analog = {analog}; the first stage, and only it, reads the input")
+            if readout != (s == S - 1):
+                raise ConfigError(f"{k}: {at} readout = {readout}; the last stage, and only it, is the readout")
+            leak = _real(k, f"{at} leak", f[0], positive=True)
+            if leak > 1:
+                raise ConfigError(f"{k}: {at} leak = {leak}; allowed: (0, 1]")
+            if analog:
+                _need(k, "x", x, (torch.float32,), h * w * cin)
+                _need(k, f"{at} current", b[3], (torch.float32,), ho * wo * cout)
+            elif size != h * w * cin or (h * w > 1 and cin != chan):
+                raise ShapeError(f"{k}: {at} reads a map of {h * w * cin} positions in {cin} channels; the events "
+                                 f"before it index {size} in {chan}")
+            _need(k, f"{at} weight", b[0], (torch.float32,), cin * p[8] * p[9] * cout)
+            _need(k, f"{at} bias", b[1], (torch.float32,), cout)
+            _need(k, f"{at} target", b[2], (torch.float32,), ho * wo * cout)
+            pending, classes = (None, ho * wo * cout) if readout else ((s, ho * wo * cout), classes)
+        elif kind == SNN_NEURONS:
+            if pending is None:
+                raise ConfigError(f"{k}: {at} is a neuron layer that no synapse drives")
+            n, c = _int(k, f"{at} N", p[1], 1, E), _int(k, f"{at} C", p[2], 1)
+            if n != pending[1] or n % c:
+                raise ShapeError(f"{k}: {at} has {n} neurons of {c} channels; synapse stage {pending[0]} drives "
+                                 f"{pending[1]} (N must equal it and be a multiple of C)")
+            _int(k, f"{at} spikes", p[3], 0, 2)
+            _flag(k, f"{at} reset", p[4])
+            _int(k, f"{at} max_spikes", p[5], 1, ((1 << 31) - 1) // T)  # |count| <= T max_spikes in int32
+            _flag(k, f"{at} signed", p[6])
+            _real(k, f"{at} initial_potential", f[1])
+            for name, slot, dt, num in (("threshold", 0, torch.float32, c), ("negative threshold", 1, torch.float32, c),
+                                        ("v", 2, torch.float32, n), ("count", 3, torch.int32, n)):
+                _need(k, f"{at} {name}", b[slot], (dt,), num)
+            size, chan, pending = n, c, None
+        else:
+            h, w, c, ho, wo, _ = _snn_geometry(k, at, p, pool=True)
+            if size != h * w * c or c != chan:
+                raise ShapeError(f"{k}: {at} pools a map of {h * w * c} positions in {c} channels; the events before "
+                                 f"it index {size} in {chan}")
+            if ho * wo * c > E:
+                raise ShapeError(f"{k}: {at} sends events over {ho * wo * c} positions; the scratch holds E = {E}")
+            if kind == SNN_GATE:
+                _need(k, f"{at} counts", b[0], (torch.float32,), h * w * c)
+                _need(k, f"{at} amplitude", b[1], (torch.float32,), c)
+            else:
+                _need(k, f"{at} sums", b[0], (torch.int32,), ho * wo * c)
+                _need(k, f"{at} seen", b[1], (torch.int32,), ho * wo * c)
+            size = ho * wo * c
+    _need(k, "out", out, (torch.float32,), T * classes)
+    _need(k, "counts", counts, (torch.int64,), T * S * 2)
+    _need(k, "scratch", scratch, (torch.int32,), 6 * E)
+
 #: Every exported function of csrc/ and what checks its calls: a function here, the plan's step checker, or
 #: why nothing needs checking (a test keeps this in step with the C sources).
 # ---------------------------------------------------------------- bits.c and xnor.c (binary layers of a plan)
@@ -539,6 +660,7 @@ ENTRY_POINTS: dict[str, str] = {
     "lowbit_run_plan": "lowbit.integer.plan.check_steps",
     "lowbit_delta_rnn_f32": "lowbit.native.guard.delta_rnn_f32",
     "lowbit_delta_gru_q": "lowbit.native.guard.delta_gru_q",
+    "lowbit_snn_run": "lowbit.native.guard.snn_run",
     "lowbit_has_vnni": "no arguments",
     "lowbit_plan_step_size": "no arguments",
     "lowbit_bits_pack_i8": "lowbit.native.guard.bits_pack_i8",
@@ -558,4 +680,4 @@ ENTRY_POINTS: dict[str, str] = {
 
 __all__ = ["ENTRY_POINTS", "Buf", "bits_im2col_nhwc", "bits_serial_gemm", "ternary_gemm", "bits_pack_i8", "bits_unpack_i8", "buf", "xnor_gemm", "conv_u8s8", "delta_gru_q", "delta_rnn_f32", "depthwise_nhwc", "dequant_codes", "dequant_rows",
            "gemm_u8s8", "im2col_nhwc", "im2col_u8", "maxpool_nhwc", "nhwc_to_nchw", "out_size", "pack_a", "pack_w",
-           "pad_flip_nhwc", "quantize_f32", "requant", "requant_values", "sum_hw", "vnni_peak"]
+           "pad_flip_nhwc", "quantize_f32", "requant", "requant_values", "snn_run", "sum_hw", "vnni_peak"]
