@@ -29,31 +29,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import merge_rows, write_result  # noqa: E402
 
 from lowbit.data.datasets import fashion_mnist  # noqa: E402
-from lowbit.snn.models import WEIGHTS, SpikingCNN, SpikingCNNSpec, pretrained_spiking, spec_dict  # noqa: E402
+from lowbit.snn.models import (WEIGHTS, SpikingCNN, SpikingCNNSpec, evaluate_spiking,  # noqa: E402
+                               pretrained_spiking, spec_dict)
 from lowbit.training import Adam, Cosine, Hooks, LoopConfig, Shuffled, train  # noqa: E402
 from lowbit.zoo.weights_io import save_state  # noqa: E402
 
 NAMES = {"frames": "spiking-cnn", "events": "spiking-cnn-events"}
 DATASETS = {"frames": "fashion-mnist", "events": "fashion-mnist-events"}
 ANN_REFERENCE = 0.9243  # the zoo's float cnn (LeNet-style, 12 epochs): a reference, not the same architecture
-
-
-@torch.no_grad()
-def evaluate(model: SpikingCNN, x: torch.Tensor, y: torch.Tensor, batch: int = 500) -> dict:
-    """Accuracy, spikes and synaptic operations per inference (spike counts x fan-out), latency per image."""
-    model.eval()
-    correct, spikes, synops, seconds = 0, 0.0, 0.0, 0.0
-    fan = model.fanouts()
-    for i in range(0, len(y), batch):
-        t0 = time.perf_counter()
-        logits, counts = model.run(x[i:i + batch])
-        seconds += time.perf_counter() - t0
-        correct += int((logits.argmax(1) == y[i:i + batch]).sum())
-        spikes += float(sum(c.sum() for c in counts))
-        synops += float(sum(c.sum() * f for c, f in zip(counts, fan)))
-    n = len(y)
-    return {"accuracy": correct / n, "spikes_per_inference": spikes / n, "synops": synops / n,
-            "latency_us": 1e6 * seconds / n}
 
 
 def spec_for(args: argparse.Namespace) -> SpikingCNNSpec:
@@ -74,7 +57,7 @@ def run_training(args: argparse.Namespace) -> None:
     log = []
 
     def epoch_end(m: torch.nn.Module, row: dict) -> None:
-        row = {**row, "val_accuracy": evaluate(m, val.x, val.y)["accuracy"], "seconds": time.time() - start}
+        row = {**row, "val_accuracy": evaluate_spiking(m, val.x, val.y)["accuracy"], "seconds": time.time() - start}
         log.append(row)
         print(json.dumps(row), flush=True)
 
@@ -83,7 +66,7 @@ def run_training(args: argparse.Namespace) -> None:
           optimizer=Adam(lr=args.lr), schedule=Cosine(warmup_steps=len(data) // 4),
           hooks=Hooks(epoch_end=(epoch_end,)), progress=False)
     seconds = time.time() - start
-    result = evaluate(model, test.x, test.y)
+    result = evaluate_spiking(model, test.x, test.y)
     print(json.dumps({"test": result, "train_seconds": seconds}), flush=True)
     meta = {"model": NAMES[args.train], "description": f"spiking CNN {spec.channels}-{spec.hidden}, LIF, "
             f"{spec.coding} coding, T={spec.time_steps}, trained by BPTT ({spec.surrogate} surrogate)",
@@ -111,7 +94,7 @@ def report(args: argparse.Namespace) -> None:
             continue
         meta = json.loads(path.with_suffix(".json").read_text())
         model = pretrained_spiking(name, args.out)
-        r = evaluate(model, test.x, test.y)
+        r = evaluate_spiking(model, test.x, test.y)
         spec, recipe = model.spec, meta["recipe"]
         rows.append({"method": f"bptt-{spec.surrogate}", "dataset": DATASETS[kind], "time_steps": spec.time_steps,
                      "accuracy": round(r["accuracy"], 4), "ann_accuracy": ANN_REFERENCE,

@@ -238,5 +238,9 @@ def test_a_few_steps_of_bptt_lower_the_loss(tmp_path):
     loaded = pretrained_spiking("spiking-cnn", tmp_path)
     model.eval()
     assert torch.equal(loaded(x[:8]), model(x[:8]))
+    from lowbit.data.datasets import Split
+    from lowbit.snn.models import shipped_spiking_rows
+    (row,) = shipped_spiking_rows(Split(x, y), 16, tmp_path)
+    assert row[0].startswith("spiking-cnn") and row[1] == 2 and 0 <= row[2] <= 100 and row[3] > 0
     with pytest.raises(ConfigError, match="unknown spiking model"):
         pretrained_spiking("resnet", tmp_path)

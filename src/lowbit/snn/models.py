@@ -212,6 +212,53 @@ def pretrained_spiking(name: str = "spiking-cnn", folder: str | Path | None = No
     return model.eval()
 
 
+@torch.no_grad()
+def evaluate_spiking(model: SpikingCNN, x: torch.Tensor, y: torch.Tensor, batch: int = 500) -> dict:
+    """Accuracy (fraction), spikes and synaptic operations per inference, and latency per image (us) on ``x``.
+
+    Spikes count every spiking layer (and the input's spikes for spiking codings); synops are spikes times
+    fan-out (:meth:`SpikingCNN.fanouts`; spikes before max pooling, so an upper bound for the convolutions).
+    Rate coding draws from the global RNG: seed it for repeatable numbers.
+    """
+    import time
+
+    model.eval()
+    correct, spikes, synops, seconds = 0, 0.0, 0.0, 0.0
+    fan = model.fanouts()
+    for i in range(0, len(y), batch):
+        t0 = time.perf_counter()
+        logits, counts = model.run(x[i:i + batch])
+        seconds += time.perf_counter() - t0
+        correct += int((logits.argmax(1) == y[i:i + batch]).sum())
+        spikes += float(sum(c.sum() for c in counts))
+        synops += float(sum(c.sum() * f for c, f in zip(counts, fan)))
+    n = max(len(y), 1)
+    return {"accuracy": correct / n, "spikes_per_inference": spikes / n, "synops": synops / n,
+            "latency_us": 1e6 * seconds / n}
+
+
+def shipped_spiking_rows(test, images: int = 500, folder: str | Path | None = None) -> list[tuple]:
+    """Rows ``(what, time_steps, accuracy %, spikes, synops, note)`` for each shipped spiking CNN on the first
+    ``images`` images of ``test`` (a :class:`~lowbit.data.Split`); models whose weights are absent are skipped."""
+    from lowbit.zoo.weights_io import read_meta
+
+    rows = []
+    for name in PRETRAINED:
+        path = Path(folder or WEIGHTS) / f"{name}.npz"
+        if not path.exists():
+            continue
+        model, meta = pretrained_spiking(name, folder), read_meta(path)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            r = evaluate_spiking(model, test.x[:images], test.y[:images])
+        spec = model.spec
+        rows.append((f"{name} (BPTT, {spec.coding} coding)", spec.time_steps, 100.0 * r["accuracy"],
+                     r["spikes_per_inference"], r["synops"],
+                     f"{spec.surrogate} surrogate, {meta.get('recipe', {}).get('epochs', '?')} epochs; "
+                     f"{100.0 * float(meta.get('test_accuracy', float('nan'))):.2f}% on the full test set"))
+    return rows
+
+
 def spec_dict(spec: SpikingCNNSpec) -> dict:
     """The spec as plain JSON values (what :func:`pretrained_spiking` reads back)."""
     d = asdict(spec)
@@ -219,4 +266,5 @@ def spec_dict(spec: SpikingCNNSpec) -> dict:
     return d
 
 
-__all__ = ["CODINGS", "PRETRAINED", "SpikingCNN", "SpikingCNNSpec", "pretrained_spiking", "spec_dict"]
+__all__ = ["CODINGS", "PRETRAINED", "SpikingCNN", "SpikingCNNSpec", "evaluate_spiking", "pretrained_spiking",
+           "shipped_spiking_rows", "spec_dict"]
