@@ -32,7 +32,7 @@ from lowbit.data.datasets import fashion_mnist  # noqa: E402
 from lowbit.snn.models import (WEIGHTS, SpikingCNN, SpikingCNNSpec, evaluate_spiking,  # noqa: E402
                                pretrained_spiking, spec_dict)
 from lowbit.training import Adam, Cosine, Hooks, LoopConfig, Shuffled, train  # noqa: E402
-from lowbit.zoo.weights_io import save_state  # noqa: E402
+from lowbit.zoo.weights_io import load_weights, save_state  # noqa: E402
 
 NAMES = {"frames": "spiking-cnn", "events": "spiking-cnn-events"}
 DATASETS = {"frames": "fashion-mnist", "events": "fashion-mnist-events"}
@@ -50,6 +50,10 @@ def run_training(args: argparse.Namespace) -> None:
     spec = spec_for(args)
     torch.manual_seed(args.seed)
     model = SpikingCNN(spec)
+    init = None
+    if args.init:  # continue from saved weights (a fine-tune at a lower learning rate)
+        load_weights(model, args.init)
+        init = json.loads(Path(args.init).with_suffix(".json").read_text())
     train_split, val, test = fashion_mnist("train"), fashion_mnist("val"), fashion_mnist("test")
     if args.limit:
         train_split = type(train_split)(train_split.x[:args.limit], train_split.y[:args.limit])
@@ -76,8 +80,12 @@ def run_training(args: argparse.Namespace) -> None:
             "recipe": {"epochs": args.epochs, "batch_size": args.batch_size, "optimizer": "Adam", "lr": args.lr,
                        "schedule": "cosine, warm-up 1/4 epoch", "augment": "shift 2 px + flip", "seed": args.seed,
                        "train_split": f"train ({len(train_split)})"},
-            "train_seconds": round(seconds, 1), "threads": args.threads, "torch": torch.__version__,
+            "train_seconds": round(seconds + (init["train_seconds"] if init else 0.0), 1), "threads": args.threads, "torch": torch.__version__,
             "history": log}
+    if init:  # the whole budget: the first run's recipe and history, then this one's
+        meta["recipe"] = {**meta["recipe"], "epochs": init["recipe"]["epochs"] + args.epochs,
+                          "stages": [init["recipe"], {**meta["recipe"], "init": "the weights above"}]}
+        meta["history"] = init["history"] + log
     out = Path(args.out or WEIGHTS) / f"{NAMES[args.train]}.npz"
     save_state(model.state_dict(), out, meta)
     print(f"saved {out}")
@@ -141,6 +149,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=0, help="train on the first N images only (a smoke test)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--init", default=None, help="start from these weights (.npz written by --train)")
     p.add_argument("--out", default=None, help="weights folder (default: lowbit/zoo/weights)")
     args = p.parse_args()
     if args.train:
