@@ -244,3 +244,19 @@ def test_a_few_steps_of_bptt_lower_the_loss(tmp_path):
     assert row[0].startswith("spiking-cnn") and row[1] == 2 and 0 <= row[2] <= 100 and row[3] > 0
     with pytest.raises(ConfigError, match="unknown spiking model"):
         pretrained_spiking("resnet", tmp_path)
+
+
+@pytest.mark.parametrize("name", ["spiking-cnn", "spiking-cnn-events"])
+def test_shipped_spiking_cnns_load_and_classify(name):
+    from lowbit.data import fashion_mnist
+    from lowbit.snn.models import WEIGHTS, evaluate_spiking
+    from lowbit.zoo.weights_io import read_meta
+
+    path = WEIGHTS / f"{name}.npz"
+    if not path.exists():
+        pytest.skip(f"{name} is not shipped in this build")
+    model, meta = pretrained_spiking(name), read_meta(path)
+    test = fashion_mnist("test")
+    r = evaluate_spiking(model, test.x[:1000], test.y[:1000])  # the full set's figure is in the JSON
+    assert abs(r["accuracy"] - meta["test_accuracy"]) < 0.03 and r["accuracy"] > 0.85
+    assert meta["time_steps"] == model.spec.time_steps <= 8
