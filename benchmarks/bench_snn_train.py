@@ -94,7 +94,7 @@ def run_training(args: argparse.Namespace) -> None:
 def report(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     test = fashion_mnist("test")
-    rows, lines = [], []
+    rows, lines, recipes = [], [], []
     for kind, name in NAMES.items():
         path = Path(args.out or WEIGHTS) / f"{name}.npz"
         if not path.exists():
@@ -112,6 +112,10 @@ def report(args: argparse.Namespace) -> None:
                      f"{100 * r['accuracy']:.2f}% | {recipe['epochs']} | {meta['train_seconds'] / 60:.1f} min "
                      f"({meta['threads']} thread) | {r['spikes_per_inference']:.0f} | {r['synops']:.3g} | "
                      f"{r['latency_us']:.0f} |")
+        stages = recipe.get("stages", [recipe])
+        recipes.append(f"- `{name}`: " + "; then ".join(
+            f"{st['epochs']} epochs, Adam lr {st['lr']}, {st['schedule']}, {st['augment']}, seed {st['seed']}"
+            for st in stages) + f"; val accuracy by epoch: {[round(h['val_accuracy'], 4) for h in meta['history']]}")
     body = f"""Spiking CNNs trained by backprop through time (paper D), `lowbit.snn.models.SpikingCNN`: conv3x3-BN-LIF-
 maxpool x2, FC-LIF, mean readout over T; LIF beta = 0.5, threshold 1, reset by subtraction (detached), surrogate
 as named in `method`; Adam with cosine decay, shifts of up to 2 px and flips; Fashion-MNIST train split (55000),
@@ -122,6 +126,10 @@ reference, made on the fly per batch (`lowbit.data.events.saccade_events`).
 | data | coding | T | channels-hidden | test accuracy | epochs | training wall time | spikes / inference | synops / inference | latency / image (us, batch 500) |
 |---|---|---|---|---|---|---|---|---|---|
 {chr(10).join(lines)}
+
+Recipes (from the weights' JSON):
+
+{chr(10).join(recipes)}
 
 Budget: the epochs above on one CPU thread of a shared 2-core machine, against SpingJelly's published conv SNN
 (93.3% at T = 4) trained for 64 epochs on a GPU with 128-channel convolutions. Spikes count every spiking layer
