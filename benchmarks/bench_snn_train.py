@@ -105,7 +105,7 @@ def report(args: argparse.Namespace) -> None:
         r = evaluate_spiking(model, test.x, test.y)
         spec, recipe = model.spec, meta["recipe"]
         rows.append({"method": f"bptt-{spec.surrogate}", "dataset": DATASETS[kind], "time_steps": spec.time_steps,
-                     "accuracy": round(r["accuracy"], 4), "ann_accuracy": ANN_REFERENCE,
+                     "accuracy": round(100 * r["accuracy"], 2), "ann_accuracy": round(100 * ANN_REFERENCE, 2),
                      "spikes_per_inference": round(r["spikes_per_inference"], 1), "synops": round(r["synops"], 1),
                      "latency_us": round(r["latency_us"], 1), "tool": "lowbit"})
         lines.append(f"| {DATASETS[kind]} | {spec.coding} | {spec.time_steps} | {spec.channels}-{spec.hidden} | "

@@ -34,3 +34,29 @@ def test_bad_flags_give_one_line(args, capsys):
     assert main(["snn", "convert", *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "Traceback" not in err[0]
+
+
+def test_train_writes_a_model_that_reloads_to_the_printed_accuracy(tmp_path, capsys):
+    import torch
+
+    from lowbit.data import fashion_mnist
+    from lowbit.snn.models import evaluate_spiking, pretrained_spiking
+
+    out = tmp_path / "run"
+    assert main(["snn", "train", "--train-size", "256", "--batch-size", "64", "--epochs", "1", "--channels", "4,8",
+                 "--hidden", "16", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert (out / "checkpoint.pt").exists()
+    model = pretrained_spiking("spiking-cnn", out)
+    test = fashion_mnist("test")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        acc = evaluate_spiking(model, test.x, test.y)["accuracy"]
+    assert f"test accuracy {100 * acc:.2f}%" in printed
+    assert json.loads((out / "spiking-cnn.json").read_text())["spec"]["channels"] == [4, 8]
+
+
+@pytest.mark.parametrize("channels", ["abc", "0,8", ""])
+def test_train_bad_channels(channels, tmp_path, capsys):
+    assert main(["snn", "train", "--channels", channels, "--out", str(tmp_path / "o")]) == 2
+    assert "--channels" in capsys.readouterr().err

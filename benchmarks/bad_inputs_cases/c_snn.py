@@ -181,3 +181,47 @@ for _args, _name in ((["--time-steps", "0"], "t0"), (["--time-steps", "-4"], "tn
                      (["--test-size", "0"], "n0"), (["--data-dir", "/no/such/dir"], "datadir")):
     add(CAT, f"cli_snn_convert_{_name}", "error", lambda a=_args: cli("snn", "convert", *a, "--test-size", "10")
         if "--test-size" not in a else cli("snn", "convert", *a))
+
+
+# ---------------------------------------------------------------- spiking training and event data
+
+for _name, _kw in {"time_steps_0": {"time_steps": 0}, "time_steps_negative": {"time_steps": -2},
+                   "coding_unknown": {"coding": "poisson"}, "surrogate_unknown": {"surrogate": "sigmoid"},
+                   "channels_empty": {"channels": ()}, "leak_zero": {"leak": 0.0}, "threshold_zero": {"threshold": 0.0},
+                   "too_many_pools": {"channels": (8, 8, 8, 8, 8, 8)}}.items():
+    add(CAT, f"spiking_cnn_spec_{_name}", "error",
+        lambda kw=_kw: __import__("lowbit.snn.models", fromlist=["SpikingCNNSpec"]).SpikingCNNSpec(**kw))
+
+
+@case(CAT, "error")
+def events_time_steps_zero():
+    from lowbit.data.events import saccade_events
+    return saccade_events(torch.rand(2, 1, 28, 28), 0)
+
+
+@case(CAT, "error")
+def events_from_normalised_frames():
+    from lowbit.data.events import saccade_events
+    return saccade_events(torch.randn(2, 1, 28, 28) * 3, 4)
+
+
+@case(CAT, "error")
+def events_wrong_shape():
+    from lowbit.data.events import saccade_events
+    return saccade_events(torch.rand(28, 28), 4)
+
+
+@case(CAT, "error")
+def spiking_cnn_wrong_input_shape():
+    from lowbit.snn.models import SpikingCNN, SpikingCNNSpec
+    return SpikingCNN(SpikingCNNSpec(channels=(4,), hidden=0))(torch.zeros(2, 3, 28, 28))
+
+
+@case(CAT, "error")
+def cli_snn_train_time_steps_zero():
+    return cli("snn", "train", "--time-steps", "0")
+
+
+@case(CAT, "error")
+def cli_snn_train_bad_channels():
+    return cli("snn", "train", "--channels", "8,x")
