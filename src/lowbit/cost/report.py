@@ -15,6 +15,7 @@ from pathlib import Path
 from lowbit.cost.energy import Energy
 from lowbit.cost.profile import LayerCost, totals
 from lowbit.cost.spiking import markdown as spiking_markdown
+from lowbit.cost.spiking import table as spiking_table
 from lowbit.utils.files import atomic_write_text
 
 
@@ -262,10 +263,9 @@ def to_html(r: Report) -> str:
 
 
 def _spiking_html(r: Report) -> str:
-    md = spiking_markdown(r.spiking, "int8 weights")
-    cells = [[c.strip() for c in line.strip("|").split("|")] for line in md]
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in cells[0])
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in cells[2:])
+    cols, cells = spiking_table(r.spiking, "int8 weights")
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in cells)
     fig = svg_bars("Energy per inference, SNN vs int8 ANN (uJ)", [f"{c.name} T={c.time_steps}" for c in r.spiking]
                    + ["int8 ANN"], [c.snn_pj / 1e6 for c in r.spiking] + [r.spiking[0].ann_pj / 1e6], "uJ")
     return (f"<h2>Spiking versions against the int8 ANN</h2><table><thead><tr>{head}</tr></thead><tbody>{body}"

@@ -71,12 +71,18 @@ def spiking_cost(name: str, row, ann_macs: float, table: EnergyTable, weight_bit
                        snn, ann_macs, ann_macs * e_mac)
 
 
+def table(costs: list[SpikingCost], bits_label: str) -> tuple[list[str], list[list[str]]]:
+    """The header and the cells of the spiking versions against the ANN, with the verdict per row."""
+    head = ["spiking version", "T", "accuracy", "spikes", "synops", "input MACs", f"compute energy ({bits_label})",
+            "ANN compute energy", "ANN / SNN"]
+    rows = [[c.name, str(c.time_steps), f"{c.accuracy:.2f}%", f"{c.spikes:,.0f}", f"{c.synops:,.0f}",
+             f"{c.input_macs:,.0f}", f"{c.snn_pj / 1e6:,.3f} uJ", f"{c.ann_pj / 1e6:,.3f} uJ",
+             f"{c.ratio:.2f}x {'(SNN cheaper)' if c.ratio > 1 else '(ANN cheaper)'}"] for c in costs]
+    return head, rows
+
+
 def markdown(costs: list[SpikingCost], bits_label: str) -> list[str]:
-    """A table of spiking versions against the ANN, with the verdict per row."""
-    lines = [f"| spiking version | T | accuracy | spikes | synops | input MACs | compute energy ({bits_label}) | ANN compute energy | "
-             "ANN / SNN |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for c in costs:
-        lines.append(f"| {c.name} | {c.time_steps} | {c.accuracy:.2f}% | {c.spikes:,.0f} | {c.synops:,.0f} | "
-                     f"{c.input_macs:,.0f} | {c.snn_pj / 1e6:,.3f} uJ | {c.ann_pj / 1e6:,.3f} uJ | "
-                     f"{c.ratio:.2f}x {'(SNN cheaper)' if c.ratio > 1 else '(ANN cheaper)'} |")
-    return lines
+    """:func:`table` as Markdown lines."""
+    head, rows = table(costs, bits_label)
+    return ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)] + [
+        "| " + " | ".join(r) + " |" for r in rows]

@@ -106,6 +106,7 @@ class _Stepper(fx.Interpreter):
         self.spike_driven = spike_driven
         self.fan_out: dict[str, torch.Tensor] = {}
         self.analog_once = False
+        self.analog_counted: set[str] = set()  # analog-input layers whose MACs are counted (constant input: once)
 
     def call_module(self, target, args, kwargs):
         m = self.fetch_attr(target)
@@ -123,9 +124,9 @@ class _Stepper(fx.Interpreter):
                 self.fan_out[target] = _fan_out(m, x)
             if self.spike_driven[target]:
                 self.synops += float(((x != 0).sum(0) * self.fan_out[target]).sum())
-            elif not self.analog_once or target not in self.states:
+            elif not self.analog_once or target not in self.analog_counted:
                 self.input_macs += float(self.fan_out[target].sum()) * x.shape[0]
-                self.states.setdefault(target, True)  # constant analog input: its MACs count once
+                self.analog_counted.add(target)
         return super().call_module(target, args, kwargs)
 
 
