@@ -463,10 +463,12 @@ def snn_run(prog: Buf, fprog: Buf, params: list[list[int]], floats: list[list[fl
             x: Buf, T, out: Buf, counts: Buf, scratch: Buf, E) -> None:
     """``lowbit_snn_run``: ``T`` steps of an event-driven spiking net (``csrc/events.c``). ``params`` are the
     ``S`` rows of 16 int64 of ``prog`` (``fprog``: ``S`` rows of 4 float32), ``bufs`` the 8 buffers of each
-    stage (slot 4 of a synapse, gate or pool: int32 room for its axis tables, :func:`snn_table_size`). The chain
+    stage (slot 4 of a synapse, gate or pool: int32 room for its axis tables, :func:`snn_table_size`; slot 5 of
+    the analog synapse: int32 room for the compact state of its neurons that can fire, 8 times its outputs). The chain
     is checked as the kernel walks it: an analog synapse first, a neuron layer after every
     other synapse but the last (the readout), every event index inside the map that the next stage reads, every
-    event list inside the scratch's ``E`` slots, spike counts inside int32 over ``T`` steps."""
+    event list inside the scratch's ``E`` slots (``6 (E + 1)`` int32: two lists of three arrays, one spare slot
+    each), spike counts inside int32 over ``T`` steps."""
     k = "lowbit_snn_run"
     S = len(params)
     _int(k, "S", S, 2, 1 << 20)
@@ -504,6 +506,7 @@ def snn_run(prog: Buf, fprog: Buf, params: list[list[int]], floats: list[list[fl
             if analog:
                 _need(k, "x", x, (torch.float32,), h * w * cin)
                 _need(k, f"{at} current", b[3], (torch.float32,), ho * wo * cout)
+                _need(k, f"{at} active neurons", b[5], (torch.int32,), 8 * ho * wo * cout)
             elif size != h * w * cin or (h * w > 1 and cin != chan):
                 raise ShapeError(f"{k}: {at} reads a map of {h * w * cin} positions in {cin} channels; the events "
                                  f"before it index {size} in {chan}")
@@ -543,7 +546,7 @@ def snn_run(prog: Buf, fprog: Buf, params: list[list[int]], floats: list[list[fl
             size = ho * wo * c
     _need(k, "out", out, (torch.float32,), T * classes)
     _need(k, "counts", counts, (torch.int64,), T * S * 2)
-    _need(k, "scratch", scratch, (torch.int32,), 6 * E)
+    _need(k, "scratch", scratch, (torch.int32,), 6 * (E + 1))
 
 #: Every exported function of csrc/ and what checks its calls: a function here, the plan's step checker, or
 #: why nothing needs checking (a test keeps this in step with the C sources).

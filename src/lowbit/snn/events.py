@@ -247,8 +247,9 @@ class EventRuntime:
                           *st.padding, int(s == S - 1)]
                 nxt = stages[s + 1] if s + 1 < S else None
                 target = torch.zeros(ho * wo * cout)
-                b[:5] = [st.weight.contiguous(), st.bias.contiguous(), target,
-                         torch.zeros(ho * wo * cout) if st.analog else None, _tables(h, w, *st.kernel, cin)]
+                b[:6] = [st.weight.contiguous(), st.bias.contiguous(), target,
+                         torch.zeros(ho * wo * cout) if st.analog else None, _tables(h, w, *st.kernel, cin),
+                         torch.zeros(8 * ho * wo * cout, dtype=torch.int32) if st.analog else None]  # active neurons
                 f[0] = float(nxt.spec.leak) if isinstance(nxt, Neurons) else 1.0
                 if isinstance(nxt, Neurons):
                     membranes[s + 1] = target
@@ -273,7 +274,7 @@ class EventRuntime:
         self._S, self._keep = S, keep
         self._prog = torch.tensor(params, dtype=torch.int64)
         self._fprog = torch.tensor(floats, dtype=torch.float32)
-        self._scratch = torch.zeros(6 * self._E, dtype=torch.int32)  # two event lists: index, position, count
+        self._scratch = torch.zeros(6 * (self._E + 1), dtype=torch.int32)  # two event lists: index, position, count
         bufs = [[guard.buf(t, _KERNEL, f"stage {s} slot {j}") for j, t in enumerate(row)] for s, row in enumerate(keep)]
         first = self.program.synapses[0]
         h, w, c = first.in_shape
@@ -284,10 +285,14 @@ class EventRuntime:
             *[t.data_ptr() if t is not None else None for row in keep for t in row])
         self._call = cext._lib().lowbit_snn_run
         self._x_size = h * w * c
+        self._out: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._max_spikes = min((n.spec.max_spikes for n in self.program.neurons), default=1)
 
     def _input(self, x: object) -> torch.Tensor:
         shape = tuple(self.program.input_shape)
+        if (type(x) is torch.Tensor and x.dtype is torch.float32 and x.device.type == "cpu" and not x.requires_grad
+                and x.is_contiguous() and (tuple(x.shape) == shape or tuple(x.shape) == (1, *shape))):
+            return x if x.ndim == len(shape) + 1 else x[None]  # the common case, checked in one test
         if not isinstance(x, torch.Tensor):
             raise DataError(f"the event runtime takes a torch.Tensor, got {type(x).__name__}")
         if tuple(x.shape) == shape:
@@ -327,9 +332,13 @@ class EventRuntime:
         """The C call: ``x`` checked (1, *input_shape) float32; readout sums ``[T, classes]`` and counts."""
         if T * self._max_spikes > (1 << 31) - 1:
             raise ConfigError(f"time steps {T}: spike counts would overflow int32; run fewer steps")
-        xin = (x.permute(0, 2, 3, 1) if x.ndim == 4 else x).contiguous()  # channels-last, as the program reads it
-        out = torch.empty(T, self.program.classes)
-        counts = torch.empty(T, self._S, 2, dtype=torch.int64)
+        if x.ndim == 4 and x.shape[1] > 1:
+            x = x.permute(0, 2, 3, 1).contiguous()  # channels-last, as the program reads it (one channel: as is)
+        bufs = self._out.get(T)  # the output buffers of this T, reused (callers copy out of them)
+        if bufs is None:
+            bufs = self._out[T] = (torch.empty(T, self.program.classes), torch.empty(T, self._S, 2, dtype=torch.int64))
+        out, counts = bufs
+        xin = x
         if self._call(self._prog.data_ptr(), self._fprog.data_ptr(), self._ptrs, self._S, xin.data_ptr(), T,
                       out.data_ptr(), counts.data_ptr(), self._scratch.data_ptr(), self._E):
             raise DataError("the input holds a NaN or an infinity; clean it (torch.nan_to_num) first")
@@ -337,6 +346,11 @@ class EventRuntime:
 
     def readout(self, x: torch.Tensor, time_steps: int) -> torch.Tensor:
         """Just the readout ``[classes]`` after ``time_steps`` steps (the timed path: no counts unpacked)."""
+        if type(time_steps) is not int or time_steps < 1:
+            steps = check_time_steps(time_steps)
+            if len(steps) != 1:
+                raise ConfigError(f"readout takes one number of time steps, got {time_steps!r}; run() takes several")
+            time_steps = steps[0]
         if self.engine is Engine.TORCH:
             rows, _ = self.dense.run(self._input(x), time_steps)
             return rows[-1] / time_steps

@@ -5,11 +5,13 @@
  * stages travel *events*: (index, position, integer coefficient), the spikes of one step (position = y W + x,
  * carried so that no stage divides to find it). One step:
  *
- *   analog synapse:  v = leak v + I0           (I0 = b + W x, computed once: the image is constant)
+ *   analog synapse:  v = leak v + I0           (I0 = b + W x, computed once: the image is constant), with its
+ *                    neurons, and only for those that can reach threshold within T steps (active_neurons)
  *   spike synapse:   v = leak v + b;  for each event (i, s): v[outputs i reaches] += s * W[i, :]
- *                    (the weight column: a pure add for s = +-1, one small integer multiply otherwise)
- *   neurons:         fire and reset every neuron of the layer (lowbit.snn.neurons.neuron_step, bit for bit
- *                    on the same membrane), the non-zero spikes are the next event list
+ *                    (the weight column: a pure add for s = +-1, one small integer multiply otherwise), output
+ *                    row by output row, each row's neurons fired while it is in cache
+ *   neurons:         fire and reset (lowbit.snn.neurons.neuron_step, bit for bit on the same membrane), the
+ *                    non-zero spikes are the next event list, in index order
  *   gate:            counts[i] += s * a[c] for the events; an event passes to window w when its input is
  *                    the window's first largest count (lowbit.snn.pooling.MaxPoolGate)
  *   sum pool:        the events of one window merged into one (the average's 1 / k^2 is in the weights)
@@ -17,16 +19,21 @@
  *
  * Program layout: per stage 16 int64 (prog), 4 floats (fprog) and 8 pointers (ptrs), see the LB_* kinds; slot 4
  * of a synapse, gate or pool is int32 room for its tables (built at the start of every call: per axis, the
- * output rows each input row reaches; per input position, its row and column).
+ * output rows each input row reaches; per input position, its row and column); slot 5 of the analog synapse is
+ * int32 room for the compact state of its neurons that can fire (8 M).
  * out (T, classes) float32 gets the readout sum after each step; counts (T, S, 2) int64, per stage after each
  * step (cumulative): synapse (input events, synaptic operations), neurons (events, spikes), gate and pool
- * (events in, events out). scratch: int32 of 6 E (two event lists; E >= every map's size).
+ * (events in, events out). scratch: int32 of 6 (E + 1) (two event lists of three arrays of E + 1: E >= every map's
+ * size, and one spare slot for the sum pool's branch-free append).
  * Starts from rest every call (membranes at initial_potential * threshold). Returns 0, or -1 when x holds
  * a NaN or an infinity. Arguments are checked by lowbit.native.guard.snn_run.
  */
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 enum { LB_SYNAPSE = 1, LB_NEURONS = 2, LB_GATE = 3, LB_SUMPOOL = 4 };
 enum { LB_BINARY = 0, LB_TERNARY = 1, LB_AUGMENTED = 2 };
@@ -34,15 +41,7 @@ enum { LB_BINARY = 0, LB_TERNARY = 1, LB_AUGMENTED = 2 };
 #define LB_F 4
 #define LB_Q 8
 
-/* y[0..n) += w[0..n), -= w, or += f * w: the three accumulates of an event (f = the integer count) */
-static inline __attribute__((always_inline)) void acc_add(float *restrict y, const float *restrict w, int64_t n) {
-    for (int64_t k = 0; k < n; k++) y[k] += w[k];
-}
-
-static inline __attribute__((always_inline)) void acc_sub(float *restrict y, const float *restrict w, int64_t n) {
-    for (int64_t k = 0; k < n; k++) y[k] -= w[k];
-}
-
+/* y[0..n) += f w[0..n) */
 static inline __attribute__((always_inline)) void axpy_f(float *restrict y, const float *restrict w, int64_t n, float f) {
     for (int64_t k = 0; k < n; k++) y[k] += f * w[k];
 }
@@ -106,34 +105,124 @@ typedef struct {
 
 #define LB_BLK 64 /* output channels accumulated in registers at a time */
 
-/* acc[0..LB_BLK) += s * col[0..LB_BLK): an add for s = +-1, one small integer multiply otherwise */
-static inline __attribute__((always_inline)) void acc_block(float *restrict acc, const float *restrict col,
-                                                            int32_t s) {
-    if (s == 1) {
-        for (int k = 0; k < LB_BLK; k++) acc[k] += col[k];
-    } else if (s == -1) {
-        for (int k = 0; k < LB_BLK; k++) acc[k] -= col[k];
-    } else {
-        const float f = (float)s;
-        for (int k = 0; k < LB_BLK; k++) acc[k] += f * col[k];
+/* acc[0..n) += s col[0..n) on the tail of a channel block (fewer than LB_BLK channels): for s = +-1 (every
+ * coefficient of the list) col with its sign bit flipped by mask (0 or 0x80000000), an add and no
+ * multiplication; otherwise one small integer multiply. Both give the float sum acc + s col exactly. */
+static inline __attribute__((always_inline)) void acc_tail(float *restrict acc, const float *restrict col, int64_t n,
+                                                           int32_t s, const int unit) {
+    for (int64_t k = 0; k < n; k++) {
+        if (unit) {
+            uint32_t u;
+            float f;
+            memcpy(&u, col + k, sizeof u);
+            u ^= (uint32_t)s;
+            memcpy(&f, &u, sizeof f);
+            acc[k] += f;
+        } else {
+            acc[k] += (float)s * col[k];
+        }
     }
 }
 
-static inline __attribute__((always_inline)) void acc_tail(float *restrict acc, const float *restrict col, int64_t n,
-                                                           int32_t s) {
-    if (s == 1) acc_add(acc, col, n);
-    else if (s == -1) acc_sub(acc, col, n);
-    else axpy_f(acc, col, n, (float)s);
+/* A full block of LB_BLK channels in vector registers (GCC/Clang vector extensions: explicit lanes, so that
+ * the compiler vectorises the channels, never the events), the same arithmetic, branch free per event so that
+ * the coefficients' signs and sizes cost no mispredicted branch. */
+typedef float lb_vf __attribute__((vector_size(64)));
+typedef uint32_t lb_vu __attribute__((vector_size(64)));
+#define LB_NV (LB_BLK / 16)
+
+static inline __attribute__((always_inline)) void acc_full(lb_vf *restrict a, const float *restrict col, int32_t s,
+                                                           const int unit) {
+    for (int r = 0; r < LB_NV; r++) {
+        lb_vf c;
+        memcpy(&c, col + 16 * r, sizeof c);
+        if (unit) {
+            lb_vu u = (lb_vu)c ^ (uint32_t)s;
+            a[r] += (lb_vf)u;
+        } else {
+            a[r] += (float)s * c;
+        }
+    }
 }
 
-/* Add the weight columns of the events to target; returns the synaptic operations (weights added).
- * The events are first sorted by input position (a counting sort into the stage's bucket room); then each
- * output position gathers, tap by tap, the columns W[c, ky, kx, :] of the events at the input position that tap
- * reads, LB_BLK output channels at a time in registers: the same additions as scattering each event to every
- * output it reaches, with the membrane read and written once per step. */
-static int64_t scatter(const geom *g, const float *w, float *target, events ev, int64_t n, int32_t *bucket) {
-    const int64_t Cout = g->Cout, Cin = g->Cin, P = g->H * g->W, full = Cout / LB_BLK * LB_BLK;
-    int32_t *start = bucket, *cur = bucket + P + 1, *bc = cur + P, *bs = bc + P * Cin;
+/* each output position gathers, tap by tap, the columns W[c, ky, kx, :] of the events bucketed at the input
+ * position that tap reads (start, channel bc, coefficient or sign mask bs), LB_BLK output channels at a time in
+ * registers; returns the synaptic operations */
+static inline __attribute__((always_inline)) int64_t gather(const geom *g, const float *w, float *target,
+                                                            const int32_t *start, const int32_t *bc,
+                                                            const int32_t *bs, const int unit, int64_t oy0,
+                                                            int64_t oy1, float leak, const float *bias) {
+    const int64_t Cout = g->Cout, full = Cout / LB_BLK * LB_BLK, col = g->kh * g->kw * Cout;
+    int64_t ops = 0;
+    float acc[LB_BLK];
+    lb_vf a[LB_NV];
+    for (int64_t oy = oy0; oy < oy1; oy++)
+        for (int64_t ox = 0; ox < g->Wo; ox++) {
+            float *v = target + (oy * g->Wo + ox) * Cout;
+            int64_t reached = 0;
+            for (int64_t c0 = 0; c0 < Cout; c0 += LB_BLK) {
+                const int64_t nb = c0 < full ? LB_BLK : Cout - c0;
+                if (nb == LB_BLK) {
+                    memcpy(a, v + c0, sizeof a);
+                    if (bias)  /* the step's leak and bias first: v = leak v + b, as the unfused pass */
+                        for (int r = 0; r < LB_NV; r++) {
+                            lb_vf bv;
+                            memcpy(&bv, bias + c0 + 16 * r, sizeof bv);
+                            a[r] = leak * a[r] + bv;
+                        }
+                } else {
+                    memcpy(acc, v + c0, (size_t)nb * sizeof(float));
+                    if (bias)
+                        for (int64_t j = 0; j < nb; j++) acc[j] = leak * acc[j] + bias[c0 + j];
+                }
+                for (int64_t ky = 0; ky < g->kh; ky++) {
+                    const int64_t iy = oy * g->sh - g->ph + ky;
+                    if (iy < 0 || iy >= g->H) continue;
+                    for (int64_t kx = 0; kx < g->kw; kx++) {
+                        const int64_t ix = ox * g->sw - g->pw + kx, p = iy * g->W + ix;
+                        if (ix < 0 || ix >= g->W) continue;
+                        const float *wt = w + (ky * g->kw + kx) * Cout + c0;
+                        const int32_t e0 = start[p], e1 = start[p + 1];
+                        reached += e1 - e0;
+                        if (nb == LB_BLK)
+                            for (int32_t e = e0; e < e1; e++) acc_full(a, wt + bc[e] * col, bs[e], unit);
+                        else
+                            for (int32_t e = e0; e < e1; e++) acc_tail(acc, wt + bc[e] * col, nb, bs[e], unit);
+                    }
+                }
+                if (nb == LB_BLK) memcpy(v + c0, a, sizeof a);
+                else memcpy(v + c0, acc, (size_t)nb * sizeof(float));
+            }
+            ops += reached / ((Cout + LB_BLK - 1) / LB_BLK) * Cout;
+        }
+    return ops;
+}
+
+/* The weight columns W[c] (kh kw Cout floats each) of the input channels the events carry, each once, asked
+ * into L2 before gather rereads them tap after tap: on a cold cache (batch 1 between other work) the loads
+ * then overlap instead of each waiting on memory. Up to 4096 input channels (more: none prefetched). */
+static void prefetch_columns(const float *w, const int32_t *bc, int64_t n, int64_t Cin, int64_t col) {
+    uint8_t seen[4096];
+    if (Cin > 4096) return;
+    memset(seen, 0, (size_t)Cin);
+    for (int64_t e = 0; e < n; e++) {
+        const int32_t c = bc[e];
+        if (seen[c]) continue;
+        seen[c] = 1;
+        const char *p = (const char *)(w + c * col);
+        for (int64_t off = 0; off < col * (int64_t)sizeof(float); off += 64) __builtin_prefetch(p + off, 0, 2);
+    }
+}
+
+/* The events of a step sorted by input position (a counting sort into the stage's bucket room), ready for
+ * gather: the same additions as scattering each event to every output it reaches, with the membrane read and
+ * written once per step. When every coefficient is +-1 (binary or ternary spikes not merged by a pool) they are
+ * stored as sign masks and added without a multiplication (returns 1; otherwise 0). */
+static int bucket(const geom *g, const float *w, events ev, int64_t n, int32_t *room) {
+    const int64_t Cin = g->Cin, P = g->H * g->W;
+    int32_t *start = room, *cur = room + P + 1, *bc = cur + P, *bs = bc + P * Cin;
+    int unit = 1;
+    for (int64_t e = 0; e < n; e++) unit &= (ev.coef[e] == 1) | (ev.coef[e] == -1);
     memset(start, 0, (size_t)(P + 1) * sizeof(int32_t));
     if (P == 1) {  /* a vector (after a flatten, positions of the map before it mean nothing): c is the index */
         start[1] = (int32_t)n;
@@ -153,74 +242,105 @@ static int64_t scatter(const geom *g, const float *w, float *target, events ev, 
             bs[j] = ev.coef[e];
         }
     }
-    int64_t ops = 0;
-    float acc[LB_BLK];
-    for (int64_t oy = 0; oy < g->Ho; oy++)
-        for (int64_t ox = 0; ox < g->Wo; ox++) {
-            float *v = target + (oy * g->Wo + ox) * Cout;
-            int64_t reached = 0;
-            for (int64_t c0 = 0; c0 < Cout; c0 += LB_BLK) {
-                const int64_t nb = c0 < full ? LB_BLK : Cout - c0;
-                memcpy(acc, v + c0, (size_t)nb * sizeof(float));
-                for (int64_t ky = 0; ky < g->kh; ky++) {
-                    const int64_t iy = oy * g->sh - g->ph + ky;
-                    if (iy < 0 || iy >= g->H) continue;
-                    for (int64_t kx = 0; kx < g->kw; kx++) {
-                        const int64_t ix = ox * g->sw - g->pw + kx, p = iy * g->W + ix;
-                        if (ix < 0 || ix >= g->W) continue;
-                        const float *wt = w + (ky * g->kw + kx) * Cout + c0;
-                        const int32_t e0 = start[p], e1 = start[p + 1];
-                        reached += e1 - e0;
-                        if (nb == LB_BLK)
-                            for (int32_t e = e0; e < e1; e++) acc_block(acc, wt + bc[e] * g->kh * g->kw * Cout, bs[e]);
-                        else
-                            for (int32_t e = e0; e < e1; e++) acc_tail(acc, wt + bc[e] * g->kh * g->kw * Cout, nb, bs[e]);
-                    }
-                }
-                memcpy(v + c0, acc, (size_t)nb * sizeof(float));
-            }
-            ops += reached / ((Cout + LB_BLK - 1) / LB_BLK) * Cout;
-        }
-    return ops;
+    prefetch_columns(w, bc, n, Cin, g->kh * g->kw * g->Cout);
+    if (unit)
+        for (int64_t e = 0; e < n; e++) bs[e] = (int32_t)(bs[e] < 0 ? 0x80000000u : 0u);
+    return unit;
 }
 
-/* I0 = b + W x for the analog input x (H, W, Cin): each output position gathers its taps, 32 output channels
- * at a time in registers (any channel count: a shorter last block from memory) */
-static void analog(const geom *g, const float *w, const float *bias, const float *x, float *cur) {
+/* gather the bucketed events of a stage into output rows [oy0, oy1) (bias: the step's leak and bias fused) */
+static int64_t gather_rows(const geom *g, const float *w, float *target, const int32_t *bucket, int unit,
+                           int64_t oy0, int64_t oy1, float leak, const float *bias) {
+    const int64_t P = g->H * g->W;
+    const int32_t *start = bucket, *bc = bucket + 2 * P + 1, *bs = bc + P * g->Cin;
+    return unit ? gather(g, w, target, start, bc, bs, 1, oy0, oy1, leak, bias)
+                : gather(g, w, target, start, bc, bs, 0, oy0, oy1, leak, bias);
+}
+
+/* I0 = b + W x at one output position: its taps gathered, 32 output channels at a time in registers (any
+ * channel count: a shorter last block from memory); per channel the terms in tap order, then input channel */
+static void analog_at(const geom *g, const float *w, const float *bias, const float *x, float *row, int64_t oy,
+                      int64_t ox) {
     const int64_t Cout = g->Cout, Cin = g->Cin, full = Cout / 32 * 32;
     float acc[32];
-    for (int64_t oy = 0; oy < g->Ho; oy++)
-        for (int64_t ox = 0; ox < g->Wo; ox++)
-            for (int64_t c0 = 0; c0 < Cout; c0 += 32) {
-                const int64_t nb = c0 < full ? 32 : Cout - c0;
-                memcpy(acc, bias + c0, (size_t)nb * sizeof(float));
-                for (int64_t ky = 0; ky < g->kh; ky++) {
-                    const int64_t iy = oy * g->sh - g->ph + ky;
-                    if (iy < 0 || iy >= g->H) continue;
-                    for (int64_t kx = 0; kx < g->kw; kx++) {
-                        const int64_t ix = ox * g->sw - g->pw + kx;
-                        if (ix < 0 || ix >= g->W) continue;
-                        const float *xp = x + (iy * g->W + ix) * Cin, *wt = w + (ky * g->kw + kx) * Cout + c0;
-                        for (int64_t c = 0; c < Cin; c++) {
-                            const float f = xp[c], *col = wt + c * g->kh * g->kw * Cout;
-                            if (nb == 32)
-                                for (int k = 0; k < 32; k++) acc[k] += f * col[k];
-                            else
-                                axpy_f(acc, col, nb, f);
-                        }
-                    }
+    for (int64_t c0 = 0; c0 < Cout; c0 += 32) {
+        const int64_t nb = c0 < full ? 32 : Cout - c0;
+        memcpy(acc, bias + c0, (size_t)nb * sizeof(float));
+        for (int64_t ky = 0; ky < g->kh; ky++) {
+            const int64_t iy = oy * g->sh - g->ph + ky;
+            if (iy < 0 || iy >= g->H) continue;
+            for (int64_t kx = 0; kx < g->kw; kx++) {
+                const int64_t ix = ox * g->sw - g->pw + kx;
+                if (ix < 0 || ix >= g->W) continue;
+                const float *xp = x + (iy * g->W + ix) * Cin, *wt = w + (ky * g->kw + kx) * Cout + c0;
+                for (int64_t c = 0; c < Cin; c++) {
+                    const float f = xp[c], *col = wt + c * g->kh * g->kw * Cout;
+                    if (nb == 32)
+                        for (int k = 0; k < 32; k++) acc[k] += f * col[k];
+                    else
+                        axpy_f(acc, col, nb, f);
                 }
-                memcpy(cur + (oy * g->Wo + ox) * Cout + c0, acc, (size_t)nb * sizeof(float));
             }
+        }
+        memcpy(row + ox * Cout + c0, acc, (size_t)nb * sizeof(float));
+    }
+}
+
+#define LB_AX 8 /* output positions along a row computed together by analog_row8 */
+
+/* The same sums at LB_AX neighbouring output positions of a row whose taps all lie inside the image along x,
+ * 16 channels at a time: LB_AX independent accumulators share each weight load (the same terms in the same
+ * order per position as analog_at). Needs Cout a multiple of 16. */
+static void analog_row8(const geom *g, const float *w, const float *bias, const float *x, float *row, int64_t oy,
+                        int64_t ox) {
+    const int64_t Cout = g->Cout, Cin = g->Cin, col = g->kh * g->kw * Cout;
+    for (int64_t c0 = 0; c0 < Cout; c0 += 16) {
+        lb_vf acc[LB_AX], b;
+        memcpy(&b, bias + c0, sizeof b);
+        for (int j = 0; j < LB_AX; j++) acc[j] = b;
+        for (int64_t ky = 0; ky < g->kh; ky++) {
+            const int64_t iy = oy * g->sh - g->ph + ky;
+            if (iy < 0 || iy >= g->H) continue;
+            const float *xrow = x + iy * g->W * Cin;
+            for (int64_t kx = 0; kx < g->kw; kx++) {
+                const float *wt = w + (ky * g->kw + kx) * Cout + c0;
+                const int64_t ix0 = ox * g->sw - g->pw + kx;
+                for (int64_t c = 0; c < Cin; c++) {
+                    lb_vf wv;
+                    memcpy(&wv, wt + c * col, sizeof wv);
+                    for (int j = 0; j < LB_AX; j++) acc[j] += xrow[(ix0 + j * g->sw) * Cin + c] * wv;
+                }
+            }
+        }
+        for (int j = 0; j < LB_AX; j++) memcpy(row + (ox + j) * Cout + c0, &acc[j], sizeof acc[j]);
+    }
+}
+
+/* I0 = b + W x for the analog input x (H, W, Cin), output row oy into row (Wo Cout floats): runs of LB_AX
+ * output positions whose taps lie inside the image along x by analog_row8 (when Cout is a multiple of 16), the
+ * rest (the borders) by analog_at */
+static void analog(const geom *g, const float *w, const float *bias, const float *x, float *row, int64_t oy) {
+    /* inside along x: ox sw - pw >= 0 and ox sw - pw + kw - 1 <= W - 1 */
+    const int64_t lo = (g->pw + g->sw - 1) / g->sw, hi = g->W - g->kw + g->pw >= 0 ? (g->W - g->kw + g->pw) / g->sw : -1;
+    const int blocked = g->Cout % 16 == 0;
+    for (int64_t ox = 0; ox < g->Wo;) {
+        if (blocked && ox >= lo && ox + LB_AX - 1 <= hi) {
+            analog_row8(g, w, bias, x, row, oy, ox);
+            ox += LB_AX;
+        } else {
+            analog_at(g, w, bias, x, row, oy, ox);
+            ox++;
+        }
+    }
 }
 
 /* One row of C neurons: fire and reset (neuron_step's forward, operation for operation, branch free so that
  * it vectorises); s[c] gets the spike count. kind, sgn, zero are constants where this is inlined. */
-static inline __attribute__((always_inline)) int32_t fire_row(float *restrict v, int32_t *restrict count,
+static inline __attribute__((always_inline)) int64_t fire_row(float *restrict v, int32_t *restrict count,
                                                            int32_t *restrict s, const float *restrict th,
                                                            const float *restrict thn, int64_t C, float smax,
                                                            const int kind, const int sgn, const int zero) {
-    int32_t total = 0;  /* |s| summed over the row */
+    int64_t total = 0;  /* |s| summed over the row */
     for (int64_t c = 0; c < C; c++) {
         const float u = v[c], t = th[c];
         float r;
@@ -256,36 +376,64 @@ static inline __attribute__((always_inline)) int32_t fire_row(float *restrict v,
         else
             v[c] = u - r * step;
         const int32_t q = (int32_t)r;
-        count[c] += q;
+        if (sgn) count[c] += q;  /* the net count is read only by signed neurons */
         s[c] = q;
         total += q > 0 ? q : -q;
     }
     return total;
 }
 
-/* fire a row of C neurons; when any spiked, compact its non-zero counts into the event list (in place: the
- * list's end never passes the row being read), without a branch per neuron */
+/* The non-zero counts coef[b..b+C) of a row that spiked, appended to the event list at n (in place: n <= b, the
+ * list's end never passes the row being read); returns the new end. With AVX-512, 16 neurons at a time
+ * compressed in a register and written by a masked store (a compressing store to memory is slow on some
+ * cores); otherwise one neuron at a time without a branch. */
+static inline __attribute__((always_inline)) int64_t compact_row(events ev, int32_t *coef, int64_t b, int64_t C,
+                                                                 int32_t pos, int64_t n) {
+    int64_t i = b;
+#if defined(__AVX512F__)
+    const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512i vpos = _mm512_set1_epi32(pos);
+    for (; i + 16 <= b + C; i += 16) {
+        const __m512i sv = _mm512_loadu_si512((const void *)(coef + i));
+        const __mmask16 m = _mm512_test_epi32_mask(sv, sv);
+        if (!m) continue;
+        const int k = __builtin_popcount((unsigned)m);
+        const __mmask16 head = (__mmask16)((1u << k) - 1u);
+        const __m512i idx = _mm512_add_epi32(_mm512_set1_epi32((int32_t)i), iota);
+        _mm512_mask_storeu_epi32(ev.idx + n, head, _mm512_maskz_compress_epi32(m, idx));
+        _mm512_mask_storeu_epi32(ev.pos + n, head, vpos);
+        _mm512_mask_storeu_epi32(coef + n, head, _mm512_maskz_compress_epi32(m, sv));
+        n += k;
+    }
+#endif
+    for (; i < b + C; i++) {
+        const int32_t si = coef[i];
+        ev.idx[n] = (int32_t)i;
+        ev.pos[n] = pos;
+        coef[n] = si;
+        n += si != 0;
+    }
+    return n;
+}
+
+/* fire a row of C neurons; when any spiked, compact its non-zero counts into the event list */
 #define LB_FIRE(K, G, Z)                                                                               \
-    for (int64_t b = 0, pos = 0; b < N; b += C, pos++) {                                               \
-        const int32_t row = fire_row(v + b, count + b, coef + b, th, thn, C, smax, K, G, Z);           \
+    for (int64_t b = b0, pos = b0 / C; b < b1; b += C, pos++) {                                        \
+        const int64_t row = fire_row(v + b, count + b, coef + b, th, thn, C, smax, K, G, Z);           \
         if (!row) continue;                                                                            \
         total += row;                                                                                  \
-        for (int64_t i = b; i < b + C; i++) {                                                          \
-            const int32_t si = coef[i];                                                                \
-            ev.idx[n] = (int32_t)i;                                                                    \
-            ev.pos[n] = (int32_t)pos;                                                                  \
-            coef[n] = si;                                                                              \
-            n += si != 0;                                                                              \
-        }                                                                                              \
+        n = compact_row(ev, coef, b, C, (int32_t)pos, n);                                              \
     }
 
-/* fire and reset every neuron; the spikes become the event list; returns their count, adds |s| to *spikes */
-static int64_t fire(const int64_t *p, void *const *q, events ev, int64_t *spikes) {
-    const int64_t N = p[1], C = p[2], kind = p[3], zero = p[4], sgn = p[6];
+/* fire and reset the neurons [b0, b1) (whole rows); their spikes appended to the event list at n (rows in
+ * order: the list stays in index order); returns its length, adds |s| to *spikes */
+static int64_t fire(const int64_t *p, void *const *q, events ev, int64_t b0, int64_t b1, int64_t n,
+                    int64_t *spikes) {
+    const int64_t C = p[2], kind = p[3], zero = p[4], sgn = p[6];
     const float smax = (float)p[5], *th = q[0], *thn = q[1];
     float *v = q[2];
     int32_t *count = q[3], *coef = ev.coef;
-    int64_t n = 0, total = 0;
+    int64_t total = 0;
     /* every combination compiled on its own, so that each loop is branch free */
     switch (kind * 4 + sgn * 2 + zero) {
         case 0: LB_FIRE(LB_BINARY, 0, 0); break;
@@ -303,6 +451,131 @@ static int64_t fire(const int64_t *p, void *const *q, events ev, int64_t *spikes
     }
     *spikes += total;
     return n;
+}
+
+/* The neurons of the analog synapse's membrane that can reach their threshold within T steps. The current I is
+ * constant, so with leak in (0, 1] (checked by the guard) a neuron that never fires has v_t <= max(v_0, 0) +
+ * t max(I, 0) in exact arithmetic; the float recurrence v = leak v + I rounds at most 2 t times by a relative
+ * 2^-24 each, and the bound itself twice, all covered by dividing the threshold by 1 + 8 T 2^-24 + 2^-20. A
+ * neuron whose bound stays below that (finite, positive) limit never spikes (nor sends a negative spike, which
+ * needs a positive one first) and is never visited: its membrane is not observed. A threshold not finite and
+ * positive keeps its neuron. The others are copied, in index order, into a compact state (slot 5 of the analog
+ * synapse: 8 arrays of M), stepped there as one contiguous row. */
+typedef struct {
+    float *v, *cur, *th, *thn;
+    int32_t *count, *idx, *pos, *s;
+} lb_active;
+
+static lb_active active_room(int32_t *room, int64_t M) {
+    lb_active a = {(float *)room, (float *)(room + M), (float *)(room + 2 * M), (float *)(room + 3 * M),
+                   room + 4 * M, room + 5 * M, room + 6 * M, room + 7 * M};
+    return a;
+}
+
+static inline __attribute__((always_inline)) int lb_quiet(float t, float v, float in, float steps, float shrink) {
+    const float v0 = v > 0.0f ? v : 0.0f, i0 = in > 0.0f ? in : 0.0f;
+    return (t > 0.0f) & (t <= 3.4e38f) & (v0 + steps * i0 < t * shrink);  /* a NaN threshold: not quiet */
+}
+
+static int64_t active_neurons(const int64_t *p, void *const *q, float ip, const float *cur, int64_t pos0,
+                              int64_t npos, int64_t T, lb_active a, int64_t n) {
+    const int64_t C = p[2];
+    const float *th = q[0], *thn = q[1], steps = (float)T;
+    const float shrink = (float)(1.0 / (1.0 + 8.0 * (double)T * 0x1p-24 + 0x1p-20));
+    for (int64_t r = 0; r < npos; r++, cur += C) {
+        const int64_t pos = pos0 + r, b = pos * C;
+        int64_t c = 0;
+#if defined(__AVX512F__)  /* 16 neurons at a time: the quiet test in a vector, the others compressed in registers */
+        const __m512 zero = _mm512_setzero_ps(), vsteps = _mm512_set1_ps(steps), vshrink = _mm512_set1_ps(shrink);
+        const __m512 big = _mm512_set1_ps(3.4e38f);
+        const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        for (; c + 16 <= C; c += 16) {
+            const __m512 t = _mm512_loadu_ps(th + c), in = _mm512_loadu_ps(cur + c);
+            const __m512 u = ip != 0.0f ? _mm512_mul_ps(_mm512_set1_ps(ip), t) : zero;  /* the rest potential */
+            const __m512 bound = _mm512_add_ps(_mm512_max_ps(u, zero), _mm512_mul_ps(vsteps, _mm512_max_ps(in, zero)));
+            const __mmask16 quiet = _mm512_cmp_ps_mask(t, zero, _CMP_GT_OQ) & _mm512_cmp_ps_mask(t, big, _CMP_LE_OQ) &
+                                    _mm512_cmp_ps_mask(bound, _mm512_mul_ps(t, vshrink), _CMP_LT_OQ);
+            const __mmask16 k = (__mmask16)~quiet;
+            if (!k) continue;
+            const __mmask16 head = (__mmask16)((1u << __builtin_popcount((unsigned)k)) - 1u);
+            _mm512_mask_storeu_ps(a.v + n, head, _mm512_maskz_compress_ps(k, u));
+            _mm512_mask_storeu_ps(a.cur + n, head, _mm512_maskz_compress_ps(k, in));
+            _mm512_mask_storeu_ps(a.th + n, head, _mm512_maskz_compress_ps(k, t));
+            _mm512_mask_storeu_ps(a.thn + n, head, _mm512_maskz_compress_ps(k, _mm512_loadu_ps(thn + c)));
+            _mm512_mask_storeu_epi32(a.count + n, head, _mm512_setzero_si512());
+            _mm512_mask_storeu_epi32(a.idx + n, head,
+                                     _mm512_maskz_compress_epi32(k, _mm512_add_epi32(_mm512_set1_epi32((int32_t)(b + c)), iota)));
+            _mm512_mask_storeu_epi32(a.pos + n, head, _mm512_set1_epi32((int32_t)pos));
+            n += __builtin_popcount((unsigned)k);
+        }
+#endif
+        for (; c < C; c++) {
+            const float u = ip != 0.0f ? ip * th[c] : 0.0f;  /* the rest potential, as rest() sets it */
+            a.v[n] = u;
+            a.cur[n] = cur[c];
+            a.th[n] = th[c];
+            a.thn[n] = thn[c];
+            a.count[n] = 0;
+            a.idx[n] = (int32_t)(b + c);
+            a.pos[n] = (int32_t)pos;
+            n += !lb_quiet(th[c], u, cur[c], steps, shrink);
+        }
+    }
+    return n;
+}
+
+/* The spikes s[0..n) that are not zero, with their indices and positions, appended to the event list; returns
+ * its length. With AVX-512 16 at a time (compressed in registers, masked stores), otherwise branch free. */
+static int64_t compact_list(events ev, const int32_t *s, const int32_t *idx, const int32_t *pos, int64_t n) {
+    int64_t i = 0, m = 0;
+#if defined(__AVX512F__)
+    for (; i + 16 <= n; i += 16) {
+        const __m512i sv = _mm512_loadu_si512((const void *)(s + i));
+        const __mmask16 k = _mm512_test_epi32_mask(sv, sv);
+        if (!k) continue;
+        const __mmask16 head = (__mmask16)((1u << __builtin_popcount((unsigned)k)) - 1u);
+        _mm512_mask_storeu_epi32(ev.idx + m, head,
+                                 _mm512_maskz_compress_epi32(k, _mm512_loadu_si512((const void *)(idx + i))));
+        _mm512_mask_storeu_epi32(ev.pos + m, head,
+                                 _mm512_maskz_compress_epi32(k, _mm512_loadu_si512((const void *)(pos + i))));
+        _mm512_mask_storeu_epi32(ev.coef + m, head, _mm512_maskz_compress_epi32(k, sv));
+        m += __builtin_popcount((unsigned)k);
+    }
+#endif
+    for (; i < n; i++) {
+        ev.idx[m] = idx[i];
+        ev.pos[m] = pos[i];
+        ev.coef[m] = s[i];
+        m += s[i] != 0;
+    }
+    return m;
+}
+
+/* one step of the active neurons: v = leak v + I, fire and reset (fire_row over the compact state, per-neuron
+ * thresholds), the spikes into the event list in index order */
+#define LB_FIRE_ACTIVE(K, G, Z) total = fire_row(a.v, a.count, a.s, a.th, a.thn, na, smax, K, G, Z)
+
+static int64_t fire_active(const int64_t *p, float leak, lb_active a, int64_t na, events ev, int64_t *spikes) {
+    const int64_t kind = p[3], zero = p[4], sgn = p[6];
+    const float smax = (float)p[5];
+    int64_t total = 0;
+    for (int64_t i = 0; i < na; i++) a.v[i] = leak * a.v[i] + a.cur[i];
+    switch (kind * 4 + sgn * 2 + zero) {
+        case 0: LB_FIRE_ACTIVE(LB_BINARY, 0, 0); break;
+        case 1: LB_FIRE_ACTIVE(LB_BINARY, 0, 1); break;
+        case 2: LB_FIRE_ACTIVE(LB_BINARY, 1, 0); break;
+        case 3: LB_FIRE_ACTIVE(LB_BINARY, 1, 1); break;
+        case 4: LB_FIRE_ACTIVE(LB_TERNARY, 0, 0); break;
+        case 5: LB_FIRE_ACTIVE(LB_TERNARY, 0, 1); break;
+        case 6: LB_FIRE_ACTIVE(LB_TERNARY, 1, 0); break;
+        case 7: LB_FIRE_ACTIVE(LB_TERNARY, 1, 1); break;
+        case 8: LB_FIRE_ACTIVE(LB_AUGMENTED, 0, 0); break;
+        case 9: LB_FIRE_ACTIVE(LB_AUGMENTED, 0, 1); break;
+        case 10: LB_FIRE_ACTIVE(LB_AUGMENTED, 1, 0); break;
+        default: LB_FIRE_ACTIVE(LB_AUGMENTED, 1, 1); break;
+    }
+    *spikes += total;
+    return total ? compact_list(ev, a.s, a.idx, a.pos, na) : 0;
 }
 
 /* the gate: counts updated by every event first, then each event passes to the windows it leads */
@@ -346,19 +619,33 @@ static int64_t gate(const geom *g, void *const *q, events in, int64_t n, events 
 static int64_t sumpool(const geom *g, void *const *q, events in, int64_t n, events out) {
     int32_t *acc = q[0], *seen = q[1];
     const int32_t C = (int32_t)g->Cin;
+    const int32_t *restrict ys = g->ys, *restrict xs = g->xs, *restrict yl = g->yl, *restrict xl = g->xl;
+    const int32_t *restrict py = g->py, *restrict px = g->px, Wo = (int32_t)g->Wo;
     int64_t m = 0;
-    for (int64_t e = 0; e < n; e++) {
-        const int32_t pos = in.pos[e], c = in.idx[e] - pos * C, y = g->py[pos], x = g->px[pos], s = in.coef[e];
-        for (int32_t a = g->ys[y]; a < g->ys[y + 1]; a++)
-            for (int32_t b = g->xs[x]; b < g->xs[x + 1]; b++) {
-                const int32_t o = (int32_t)(g->yl[2 * a] * g->Wo + g->xl[2 * b]), j = o * C + c;
-                acc[j] += s;
-                if (!seen[j]) {
-                    seen[j] = 1;
+    if (g->kh == g->sh && g->kw == g->sw) {  /* windows that do not overlap: an input is in one window or none */
+        for (int64_t e = 0; e < n; e++) {
+            const int32_t pos = in.pos[e], c = in.idx[e] - pos * C, y = py[pos], x = px[pos], a = ys[y], b = xs[x];
+            if (a == ys[y + 1] || b == xs[x + 1]) continue;  /* cropped by the pool */
+            const int32_t o = yl[2 * a] * Wo + xl[2 * b], j = o * C + c;
+            acc[j] += in.coef[e];
+            out.idx[m] = j;  /* a window's first event opens it, branch free */
+            out.pos[m] = o;
+            m += !seen[j];
+            seen[j] = 1;
+        }
+    } else {
+        for (int64_t e = 0; e < n; e++) {
+            const int32_t pos = in.pos[e], c = in.idx[e] - pos * C, y = py[pos], x = px[pos], s = in.coef[e];
+            for (int32_t a = ys[y]; a < ys[y + 1]; a++)
+                for (int32_t b = xs[x]; b < xs[x + 1]; b++) {
+                    const int32_t o = yl[2 * a] * Wo + xl[2 * b], j = o * C + c;
+                    acc[j] += s;
                     out.idx[m] = j;
-                    out.pos[m++] = o;
+                    out.pos[m] = o;
+                    m += !seen[j];
+                    seen[j] = 1;
                 }
-            }
+        }
     }
     int64_t k = 0;
     for (int64_t e = 0; e < m; e++) {
@@ -378,12 +665,14 @@ static void rest(const int64_t *prog, const float *fprog, void *const *ptrs, int
         const int64_t *p = prog + k * LB_P;
         void *const *q = ptrs + k * LB_Q;
         if (p[0] == LB_NEURONS) {
+            if (k > 0 && prog[(k - 1) * LB_P] == LB_SYNAPSE && prog[(k - 1) * LB_P + 1])
+                continue;  /* the analog layer's neurons start in their compact state (active_neurons) */
             const int64_t N = p[1], C = p[2];
             const float ip = fprog[k * LB_F + 1], *th = q[0];
             float *v = q[2];
             for (int64_t b = 0; b < N; b += C)
                 for (int64_t c = 0; c < C; c++) v[b + c] = ip != 0.0f ? ip * th[c] : 0.0f;
-            memset(q[3], 0, (size_t)N * sizeof(int32_t));
+            if (p[6]) memset(q[3], 0, (size_t)N * sizeof(int32_t));  /* the net counts of signed neurons */
             continue;
         }
         geometry(p, q[4], 1);  /* the axis tables of a synapse, gate or pool */
@@ -403,8 +692,9 @@ int lowbit_snn_run(const int64_t *prog, const float *fprog, void *const *ptrs, i
     const int64_t *p0 = prog;
     for (int64_t i = 0; i < p0[2] * p0[3] * p0[4]; i++)
         if (!isfinite(x[i])) return -1;
-    events ev = {scratch, scratch + E, scratch + 2 * E}, nev = {scratch + 3 * E, scratch + 4 * E, scratch + 5 * E};
-    int64_t n = 0, classes = 0;
+    const int64_t L = E + 1;
+    events ev = {scratch, scratch + L, scratch + 2 * L}, nev = {scratch + 3 * L, scratch + 4 * L, scratch + 5 * L};
+    int64_t n = 0, classes = 0, nactive = 0;
     float *readout = NULL;
     rest(prog, fprog, ptrs, S);
     memset(counts, 0, (size_t)(T * S * 2) * sizeof(int64_t));
@@ -420,23 +710,47 @@ int lowbit_snn_run(const int64_t *prog, const float *fprog, void *const *ptrs, i
                 const int64_t M = g.Ho * g.Wo * g.Cout;
                 float *v = q[2];
                 const float *w = q[0], *b = q[1];
-                if (p[1]) {  /* analog: the constant current, computed at the first step */
-                    float *cur = q[3];
-                    if (t == 0) analog(&g, w, b, x, cur);
-                    for (int64_t i = 0; i < M; i++) v[i] = leak * v[i] + cur[i];
-                } else {
+                if (p[1]) {  /* analog: the constant current, computed at the first step; only the neurons that
+                              * can fire within T steps are visited, membrane and firing in one pass */
+                    const int64_t *pn = p + LB_P;
+                    const lb_active a = active_room(q[5], M);
+                    if (t == 0) {  /* row by row: the current of a row, then its neurons that can fire kept */
+                        nactive = 0;
+                        for (int64_t oy = 0; oy < g.Ho; oy++) {
+                            analog(&g, w, b, x, q[3], oy);
+                            nactive = active_neurons(pn, q + LB_Q, fprog[(k + 1) * LB_F + 1], q[3], oy * g.Wo, g.Wo,
+                                                     T, a, nactive);
+                        }
+                    }
+                    k++;  /* the neuron stage that follows (the guard checks it does) */
+                    n = fire_active(pn, leak, a, nactive, ev, &cnt[2 * k + 1]);
+                    cnt[2 * k] += n;
+                    continue;
+                } else if (!p[14]) {  /* a spike-driven synapse and its neurons, row by row: a row's membranes
+                                       * get the step's leak and bias, its events, then fire while in cache */
+                    int32_t *room = (int32_t *)q[4] + lb_tables(&g);
+                    const int unit = bucket(&g, w, ev, n, room);
+                    const int64_t row = g.Wo * g.Cout, *pn = p + LB_P;
+                    cnt[2 * k] += n;
+                    n = 0;
+                    for (int64_t oy = 0; oy < g.Ho; oy++) {
+                        cnt[2 * k + 1] += gather_rows(&g, w, v, room, unit, oy, oy + 1, leak, b);
+                        n = fire(pn, q + LB_Q, ev, oy * row, (oy + 1) * row, n, &cnt[2 * (k + 1) + 1]);
+                    }
+                    k++;  /* the neuron stage that follows (the guard checks it does) */
+                    cnt[2 * k] += n;
+                    continue;
+                } else {  /* the readout */
                     for (int64_t o = 0; o < g.Ho * g.Wo; o++)
                         for (int64_t c = 0; c < g.Cout; c++) v[o * g.Cout + c] = leak * v[o * g.Cout + c] + b[c];
                     cnt[2 * k] += n;
-                    cnt[2 * k + 1] += scatter(&g, w, v, ev, n, (int32_t *)q[4] + lb_tables(&g));
+                    const int unit = bucket(&g, w, ev, n, (int32_t *)q[4] + lb_tables(&g));
+                    cnt[2 * k + 1] += gather_rows(&g, w, v, (int32_t *)q[4] + lb_tables(&g), unit, 0, g.Ho, 1.0f, NULL);
                 }
                 if (p[14]) {
                     readout = v;
                     classes = M;
                 }
-            } else if (p[0] == LB_NEURONS) {
-                n = fire(p, q, ev, &cnt[2 * k + 1]);
-                cnt[2 * k] += n;
             } else {
                 geom g = geometry(p, q[4], 0);
                 int64_t m = p[0] == LB_GATE ? gate(&g, q, ev, n, nev) : sumpool(&g, q, ev, n, nev);
