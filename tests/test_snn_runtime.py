@@ -8,6 +8,8 @@ operations of every layer must be identical (a threshold crossing that flipped w
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
@@ -269,3 +271,81 @@ def test_dense_runner_is_the_fallback_with_the_same_counts():
     assert torch.allclose(rows[-1] / 8, sim.outputs[8][0], atol=1e-5)
     assert counts.synops[8] == round(sim.synops[8])
     assert prog.dense_synops_per_step() * 8 >= counts.synops[8]
+
+
+def _boundary_program(spec: snn.NeuronSpec, T: int):
+    """A 1x1 analog conv whose constant currents sit at theta / T times 1, 1 -+ a few ulps, 1 -+ 1e-6 and far
+    off, per channel (35 channels: a 16-wide vector part and a tail), so that the runtime's bound on which
+    first-layer neurons can fire within T steps is tested exactly where it decides."""
+    torch.manual_seed(11)
+    model = nn.Sequential(nn.Conv2d(1, 35, 1), nn.ReLU(), nn.Flatten(), nn.Linear(35 * 3 * 5, 3)).eval()
+    net = snn.convert(model, [torch.rand(16, 1, 3, 5)], neuron=spec)
+    prog = lower(net)
+    conv, neurons = prog.stages[0], prog.stages[1]
+    eps = torch.finfo(torch.float32).eps
+    factors = torch.tensor([1.0, 1 - eps, 1 + eps, 1 - 4 * eps, 1 + 4 * eps, 1 - 1e-6, 1 + 1e-6, 0.5, 2.0, -1.0,
+                            0.0] * 4)[:35]
+    bias = (neurons.threshold * factors / T * (1 - spec.initial_potential)).float()
+    stages = (dataclasses.replace(conv, weight=torch.zeros_like(conv.weight), bias=bias), *prog.stages[1:])
+    return dataclasses.replace(prog, stages=stages)
+
+
+@needs_c
+@pytest.mark.parametrize("spec", [SPECS["binary"], SPECS["augmented"], SMALL_SPECS[0], SMALL_SPECS[1]],
+                         ids=["binary", "augmented", "lif-zero", "ternary-leak"])
+def test_first_layer_bound_skips_only_neurons_that_cannot_fire(spec):
+    """Currents at theta / T up to a few ulps: the C runtime (which visits only the first-layer neurons its bound
+    lets reach threshold within T steps) counts the same spikes as the dense loop, which visits every one."""
+    for T in (1, 3, 4, 8):
+        prog = _boundary_program(spec, T)
+        x = torch.rand(1, 3, 5)
+        c = EventRuntime(prog, Engine.C).run(x, [T])
+        d = EventRuntime(prog, Engine.TORCH).run(x, [T])
+        assert c.spikes[T] == d.spikes[T] and c.events[T] == d.events[T] and c.synops[T] == d.synops[T], T
+        assert torch.allclose(c.outputs[T], d.outputs[T], atol=1e-5)
+    assert sum(c.spikes[8].values()) > 0
+
+
+@needs_c
+def test_readout_is_the_run_output_and_checks_its_time_steps():
+    torch.manual_seed(12)
+    net = snn.convert(_Small("avg").eval(), [torch.randn(64, 2, 11, 9)], neuron=SPECS["binary"])
+    rt = EventRuntime.from_net(net)
+    x = torch.randn(2, 11, 9)  # two channels: the channels-last copy
+    for t in (1, 4, 8):
+        assert torch.equal(rt.readout(x, t), rt.run(x, [t]).outputs[t])
+        assert torch.equal(rt.readout(x[None], t), rt.readout(x.clone(), t))  # buffers reused, results not shared
+    with pytest.raises(ConfigError, match="time steps"):
+        rt.readout(x, 0)
+    with pytest.raises(ConfigError, match="one number of time steps"):
+        rt.readout(x, [4, 8])
+
+
+@needs_c
+def test_kernel_without_avx512_gives_the_same_floats(tmp_path):
+    """The portable paths (no AVX-512 compaction; the vector extensions lowered to narrower registers), built
+    for x86-64-v2 on their own, give the native build's floats and counts on a shipped net."""
+    import ctypes
+    import shutil
+    import subprocess
+
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler")
+    src = cext.SOURCES[[p.name for p in cext.SOURCES].index("events.c")]
+    lib = tmp_path / "events_v2.so"
+    try:
+        subprocess.run([cc, "-O2", "-march=x86-64-v2", "-shared", "-fPIC", "-std=c11", str(src), "-o", str(lib), "-lm"],
+                       check=True, capture_output=True)
+    except subprocess.CalledProcessError as e:  # not an x86-64 compiler
+        pytest.skip(f"cannot build for x86-64-v2: {e.stderr.decode()[:200]}")
+    f = ctypes.CDLL(str(lib)).lowbit_snn_run
+    p, i = ctypes.c_void_p, ctypes.c_int64
+    f.argtypes, f.restype = [p, p, p, i, p, i, p, p, p, i], ctypes.c_int
+    net = snn.convert(zoo.pretrained("cnn-avgpool"), [fashion_mnist("train").x[:200]], neuron=SPECS["binary"])
+    native, portable = EventRuntime.from_net(net), EventRuntime.from_net(net)
+    portable._call = f
+    for x in fashion_mnist("test").x[:3]:
+        a, b = native.run(x, STEPS), portable.run(x, STEPS)
+        for t in STEPS:
+            assert torch.equal(a.outputs[t], b.outputs[t]) and a.spikes[t] == b.spikes[t] and a.synops[t] == b.synops[t]
