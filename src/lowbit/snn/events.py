@@ -2,7 +2,9 @@
 
 :class:`EventRuntime` runs an :class:`~lowbit.snn.lower.EventProgram` (a :class:`~lowbit.snn.convert.SpikingNet`
 lowered by :func:`~lowbit.snn.lower.lower`) for ``T`` steps in one C call (``csrc/events.c``): the first layer's
-current is computed once (the analog image is constant), and every later layer receives the list of the inputs
+current is computed once (the analog image is constant) and only its neurons that can reach threshold within
+``T`` steps are visited (with leak in (0, 1], ``v_t <= max(v_0, 0) + t max(I, 0)``; a float rounding margin kept),
+and every later layer receives the list of the inputs
 that spiked this step, with their integer spike counts, and adds those inputs' weight columns to the membranes
 they reach (a pure add for a single spike, one small integer multiply for an augmented one). Neurons integrate,
 fire and reset as :func:`~lowbit.snn.neurons.neuron_step` does; the max-pool gate is
