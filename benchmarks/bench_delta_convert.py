@@ -18,14 +18,26 @@ import time
 import torch
 from torch import nn
 
-from _common import RESULTS, write_result
+from _common import RESULTS, merge_rows, write_result
 from lowbit.data.japanese_vowels import japanese_vowels
 from lowbit.data.spoken_digits import SpokenDigitsSpec, spoken_digits
 from lowbit.delta import sweep
+from lowbit.delta.fixed import FixedDeltaGRURuntime, FixedDeltaLSTMRuntime
 from lowbit.zoo import recurrent
 
 THETAS = [(0.0, 0.0), (0.05, 0.05), (0.1, 0.1), (0.2, 0.1), (0.2, 0.2), (0.3, 0.2), (0.4, 0.3), (0.5, 0.3),
           (0.6, 0.4), (0.8, 0.5), (1.0, 0.5)]
+
+
+# delta.json (issue 19's table) gathers every delta benchmark's rows; a row replaces the stored one with the same
+# values of these keys (absent keys read as None)
+DELTA_KEY = ("dataset", "cell", "mode", "theta_x", "theta_h", "lam", "hidden", "rounding", "noise_std", "source")
+
+
+def merge_delta(rows: list[dict], source: str) -> None:
+    """Merge ``rows`` (issue 19's layout) into ``results/delta.json``, each tagged with the result file it comes
+    from (``source``), so that the streaming, conversion and training benchmarks can run apart."""
+    merge_rows("delta.json", [{**{k: None for k in DELTA_KEY}, **r, "source": source} for r in rows], DELTA_KEY)
 
 
 class Classifier(nn.Module):
@@ -56,6 +68,24 @@ def batches(split, size: int, gen: torch.Generator | None = None):
 def accuracy(model: nn.Module, split) -> float:
     with torch.no_grad():
         right = sum(int((model(x).argmax(1) == y).sum()) for x, y in batches(split, 540))
+    return right / len(split)
+
+
+def fixed_accuracy(model: Classifier, split, theta_x: float, theta_h: float) -> float | None:
+    """Test accuracy with the one recurrent layer run by the fixed-point C runtime (int8 weights, Q8.8
+    activations; ``lowbit.delta.fixed``), sequence by sequence, the read-out in float on ``h = code / 2^8``;
+    None for a model of more than one layer (the fixed-point runtime runs one)."""
+    if model.rnn.num_layers != 1:
+        return None
+    runtime = FixedDeltaGRURuntime if isinstance(model.rnn, nn.GRU) else FixedDeltaLSTMRuntime
+    rt = runtime.from_layer(model.rnn, theta_x=theta_x, theta_h=theta_h)
+    right = 0
+    with torch.no_grad():
+        for x, y in batches(split, 540):
+            for xi, yi in zip(x, y):
+                rt.reset()
+                h = rt.run(xi)[-1].float() / 2 ** rt.q.frac_bits
+                right += int(model.head(h).argmax() == yi)
     return right / len(split)
 
 
@@ -106,27 +136,32 @@ def main() -> None:
                      "theta_x": theta_x, "theta_h": theta_h, "accuracy": acc, "dense_accuracy": dense_acc,
                      "mac_reduction": tot.mac_reduction, "fetch_reduction": tot.fetch_reduction,
                      "x_occupancy": tot.x_occupancy, "h_occupancy": tot.h_occupancy,
-                     "step_us": None, "grucell_step_us": None})
+                     "step_us": None, "grucell_step_us": None,
+                     "int8_accuracy": fixed_accuracy(model, te, theta_x, theta_h)})
         print(f"theta_x={theta_x:.2f} theta_h={theta_h:.2f}: accuracy {acc:.4f} (dense {dense_acc:.4f}), "
               f"MACs /{tot.mac_reduction:.2f}, occupancy x {tot.x_occupancy:.3f} h {tot.h_occupancy:.3f}",
               flush=True)
     best = max((r for r in rows if r["accuracy"] >= dense_acc - 0.01), key=lambda r: r["mac_reduction"])
     table = ["| theta_x | theta_h | accuracy | loss (points) | MAC reduction | fetch reduction (batch 1) "
-             "| occupancy Δx | occupancy Δh |", "|---|---|---|---|---|---|---|---|"]
+             "| occupancy Δx | occupancy Δh | int8 / Q8.8 accuracy (C) |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        fx = "-" if r["int8_accuracy"] is None else f"{100 * r['int8_accuracy']:.2f}%"
         table.append(f"| {r['theta_x']:.2f} | {r['theta_h']:.2f} | {100 * r['accuracy']:.2f}% | "
                      f"{100 * (dense_acc - r['accuracy']):+.2f} | {r['mac_reduction']:.2f}x | "
-                     f"{r['fetch_reduction']:.2f}x | {r['x_occupancy']:.3f} | {r['h_occupancy']:.3f} |")
+                     f"{r['fetch_reduction']:.2f}x | {r['x_occupancy']:.3f} | {r['h_occupancy']:.3f} | {fx} |")
     body = (f"{args.cell.upper()}({args.hidden}) x {args.layers} layer(s) on {what}, trained {epochs} epochs "
             f"in {train_s:.0f} s, dense test accuracy {100 * dense_acc:.2f}%. Converted without retraining by "
             "`lowbit.delta.to_delta`; reductions are of the recurrent layers' MACs and weight-column reads "
-            "against the dense layers (the read-out is not counted).\n\n" + "\n".join(table) +
+            "against the dense layers (the read-out is not counted). The last column runs the recurrent layer "
+            "in fixed point (`lowbit.delta.fixed`: int8 weights, Q8.8 activations and cell, table gates; its C "
+            "runtime, sequence by sequence) at the same thresholds.\n\n" + "\n".join(table) +
             f"\n\nOperating point at <= 1 point loss: theta_x={best['theta_x']}, theta_h={best['theta_h']}: "
             f"{100 * best['accuracy']:.2f}% at {best['mac_reduction']:.2f}x fewer MACs.\n")
     name = "delta_convert" if (args.dataset, args.cell) == ("spoken_digits", "gru") else \
         f"delta_convert_{args.dataset}_{args.cell}"
     write_result(name, body)
     (RESULTS / f"{name}.json").write_text(json.dumps(rows, indent=1) + "\n")
+    merge_delta([{**r, "hidden": args.hidden} for r in rows], f"{name}.json")
 
 
 if __name__ == "__main__":

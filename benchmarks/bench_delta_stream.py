@@ -13,16 +13,20 @@ rotating order), over the steps of real test clips:
 * the delta runtime at the operating point.
 
 Each through its Python call (``step``) and, for the two C paths, as the kernel alone (one C call
-for the whole clip, ``run``, divided by the steps). Writes ``results/delta.md`` and ``results/delta.json``.
+for the whole clip, ``run``, divided by the steps). Writes ``results/delta.md`` and merges its rows into
+``results/delta.json``. With ``--trained THETA_X THETA_H`` it times instead the model fine-tuned for sparsity at
+those thresholds (``bench_delta_train.py``'s recipe; issue 19's streaming target is at the trained operating
+point) and writes ``results/delta_stream_trained.md``.
 
     PYTHONPATH=src .venv/bin/python benchmarks/bench_delta_stream.py [--hidden 64] [--epochs 6]
+    PYTHONPATH=src .venv/bin/python benchmarks/bench_delta_stream.py --hidden 128 --epochs 8 --trained 0.6 0.4
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
-import json
 import os
 import statistics
 import subprocess
@@ -32,17 +36,20 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from _common import RESULTS, write_result
-from bench_delta_convert import THETAS, Classifier, accuracy, train
+from _common import write_result
+from bench_delta_convert import THETAS, Classifier, accuracy, merge_delta, train
 from lowbit.data.spoken_digits import SpokenDigitsSpec, spoken_digits
-from lowbit.delta import operating_point, sweep
+from lowbit.delta import DeltaGRU, operating_point, sweep
+from lowbit.delta.training import DeltaClassifier, DeltaTrainSpec, train_delta
+from lowbit.training import LoopConfig
 from lowbit.delta.fixed import FixedDeltaGRURuntime
 from lowbit.delta.runtime import DeltaGRURuntime
 
 
 def cached_model(hidden: int, epochs: int, tr, spec: SpokenDigitsSpec, retrain: bool) -> tuple[Classifier, str]:
     """The trained classifier, from ``$LOWBIT_CACHE`` when this configuration was trained before."""
-    key = hashlib.sha256(f"{spec}|{hidden}|{epochs}|{len(tr)}|{float(tr.x.sum()):.6e}".encode()).hexdigest()[:12]
+    key = hashlib.sha256(f"{spec}|{hidden}|{epochs}|{len(tr)}|{float(tr.x.sum()):.6e}|{torch.get_num_threads()}"
+                         .encode()).hexdigest()[:12]  # threads: float sums, hence the trained weights, depend on them
     path = Path(os.environ.get("LOWBIT_CACHE", Path.home() / ".cache" / "lowbit")) / f"bench_delta_stream-{key}.pt"
     if path.exists() and not retrain:
         model = Classifier("gru", tr.x.shape[-1], hidden, 1, 10)
@@ -53,6 +60,29 @@ def cached_model(hidden: int, epochs: int, tr, spec: SpokenDigitsSpec, retrain: 
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), path)
     return model, f"trained {epochs} epochs in {time.perf_counter() - t0:.0f} s"
+
+
+def cached_finetuned(dense: Classifier, tr, theta_x: float, theta_h: float, lam: float, epochs: int,
+                     retrain: bool) -> tuple[Classifier, str]:
+    """``dense`` fine-tuned for sparsity at ``(theta_x, theta_h)`` as ``bench_delta_train.py`` does
+    (``lowbit.delta.training.train_delta``: the one loop, Adam 1e-3, cosine, batch 32, seed 0; L1 cost ``lam``),
+    from ``$LOWBIT_CACHE`` when done before; returned as a plain GRU classifier with the tuned weights (the
+    runtimes take the thresholds)."""
+    digest = sum(float(p.detach().double().sum()) for p in dense.parameters())  # the dense model it starts from
+    key = hashlib.sha256(f"{digest:.9e}|{len(tr)}|{theta_x}|{theta_h}|{lam}|{epochs}".encode()).hexdigest()[:12]
+    path = Path(os.environ.get("LOWBIT_CACHE", Path.home() / ".cache" / "lowbit")) / f"bench_delta_tuned-{key}.pt"
+    out = Classifier("gru", dense.rnn.input_size, dense.rnn.hidden_size, 1, dense.head.out_features)
+    if path.exists() and not retrain:
+        out.load_state_dict(torch.load(path, weights_only=True))
+        return out.eval(), f"fine-tuned earlier by this script ({epochs} epochs, cached at {path})"
+    model = DeltaClassifier(DeltaGRU.from_torch(dense.rnn, theta_x, theta_h), copy.deepcopy(dense.head))
+    t0 = time.perf_counter()
+    train_delta(model, tr, LoopConfig(epochs=epochs, batch_size=32, seed=0), lam=lam, spec=DeltaTrainSpec(),
+                optimizer=lambda params: torch.optim.Adam(params, 1e-3), progress=False)
+    out.load_state_dict(model.state_dict())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(out.state_dict(), path)
+    return out.eval(), f"fine-tuned {epochs} epochs in {time.perf_counter() - t0:.0f} s"
 
 
 def runtime_accuracy(model: Classifier, te, theta_x: float, theta_h: float) -> tuple[float, float]:
@@ -195,14 +225,29 @@ def main() -> None:
     ap.add_argument("--clips", type=int, default=24, help="test clips timed per round")
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--retrain", action="store_true", help="train even when a cached model exists")
+    ap.add_argument("--trained", nargs=2, type=float, default=None, metavar=("THETA_X", "THETA_H"),
+                    help="time the model fine-tuned for sparsity at these thresholds (bench_delta_train.py's "
+                    "operating point: --hidden 128 --epochs 8 --trained 0.6 0.4) instead of the converted one")
+    ap.add_argument("--tune-epochs", type=int, default=4, help="fine-tuning epochs with --trained")
+    ap.add_argument("--lam", type=float, default=0.0, help="L1 cost on hidden changes with --trained")
     args = ap.parse_args()
     spec = SpokenDigitsSpec()
     tr, te = spoken_digits("train", spec), spoken_digits("test", spec)
+    if args.trained:  # one thread, as bench_delta_train.py trains: the same dense and fine-tuned models
+        torch.set_num_threads(1)
     model, how = cached_model(args.hidden, args.epochs, tr, spec, args.retrain)
     dense_acc = accuracy(model, te)
-    points = sweep(model, THETAS, lambda m: accuracy(m, te))
-    best = operating_point(points, dense_acc, 0.01)
+    if args.trained:  # the fine-tuned model at its training thresholds: one point, no sweep
+        model, tuned = cached_finetuned(model, tr, *args.trained, args.lam, args.tune_epochs, args.retrain)
+        how += f"; then {tuned} at theta_x={args.trained[0]}, theta_h={args.trained[1]}, lambda={args.lam:g}"
+        points = sweep(model, [tuple(args.trained)], lambda m: accuracy(m, te))
+        best = points[0]
+    else:
+        points = sweep(model, THETAS, lambda m: accuracy(m, te))
+        best = operating_point(points, dense_acc, 0.01)
     tx, th = best.theta_x, best.theta_h
+    mode = "trained" if args.trained else "converted"
+    name = "delta_stream_trained" if args.trained else "delta"
     rt_acc, rt_fetch = runtime_accuracy(model, te, tx, th)
     fx_dense_acc, _ = fixed_accuracy(model, te, 0.0, 0.0)
     fx_acc, fx_fetch = fixed_accuracy(model, te, tx, th)
@@ -224,7 +269,8 @@ def main() -> None:
     rows = []
     for p in points:
         at = (p.theta_x, p.theta_h) == (tx, th)
-        rows.append({"dataset": "spoken_digits", "cell": "GRU", "mode": "converted", "theta_x": p.theta_x,
+        rows.append({"dataset": "spoken_digits", "cell": "GRU", "mode": mode, "hidden": args.hidden,
+                     "lam": args.lam if args.trained else None, "theta_x": p.theta_x,
                      "theta_h": p.theta_h, "accuracy": p.metric, "dense_accuracy": dense_acc,
                      "mac_reduction": p.cost.mac_reduction, "fetch_reduction": p.cost.fetch_reduction,
                      "step_us": s["median"] if at else None, "grucell_step_us": g["median"] if at else None,
@@ -266,10 +312,13 @@ def main() -> None:
            f"{'met' if d['median'] >= 2 * s['median'] else 'NOT met'} through the per-step Python call "
            f"({d['median'] / s['median']:.2f}x), where the call itself (ctypes argument conversion, the input "
            "check, the output copy: several µs) outweighs the ~1-2 µs kernel of either."]
+    sweep_title = ("## The fine-tuned model at its thresholds (loss against the dense model)" if args.trained else
+                   "## Threshold sweep (converted, no retraining)")
     body = (f"GRU({args.hidden}) classifier on spoken digits ({spec}), {how}; dense test accuracy "
             f"{100 * dense_acc:.2f}%.\n\n"
-            "## Threshold sweep (converted, no retraining)\n\n" + "\n".join(curve) +
-            f"\n\nOperating point (largest MAC reduction at <= 1 point loss): theta_x={tx}, theta_h={th}: "
+            f"{sweep_title}\n\n" + "\n".join(curve) +
+            f"\n\nOperating point ({'the trained one' if args.trained else 'largest MAC reduction at <= 1 point loss'}"
+            f"): theta_x={tx}, theta_h={th}: "
             f"simulation accuracy {100 * best.metric:.2f}%, **the C runtime's accuracy {100 * rt_acc:.2f}%** "
             f"(every test clip streamed through `DeltaGRURuntime`), fetch reduction from the runtime's counters "
             f"{rt_fetch:.2f}x (the simulation's counters: {best.cost.fetch_reduction:.2f}x).\n\n"
@@ -291,8 +340,8 @@ def main() -> None:
             f"\n\n{ratio}\n\nTargets (issue 19):\n\n" + "\n".join(met) + "\n\n"
             f"Load: the machine is shared; load average {load_before[0]:.2f} before and {load_after[0]:.2f} after "
             f"the timing (`uptime`: {uptime}).\n")
-    write_result("delta", body)
-    (RESULTS / "delta.json").write_text(json.dumps(rows, indent=1) + "\n")
+    write_result(name, body)
+    merge_delta(rows, f"{name}.md")
 
 
 if __name__ == "__main__":

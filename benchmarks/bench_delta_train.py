@@ -25,6 +25,7 @@ from torch import nn
 from _common import RESULTS, write_result
 from bench_delta_convert import accuracy as dense_accuracy_of
 from bench_delta_convert import batches as split_batches
+from bench_delta_convert import merge_delta
 from bench_delta_convert import train as train_dense
 from lowbit.data.japanese_vowels import japanese_vowels
 from lowbit.data.spoken_digits import SpokenDigitsSpec, spoken_digits
@@ -162,6 +163,7 @@ def main() -> None:
              "of the dense model and the dense control (theta 0, lambda 0) fine-tuned as long.\n\n")
     write_result(args.name, intro + "\n".join(bodies))
     (RESULTS / f"{args.name}.json").write_text(json.dumps(rows, indent=1) + "\n")
+    merge_delta(rows, f"{args.name}.json")
 
 
 if __name__ == "__main__":

@@ -259,8 +259,10 @@ def test_fixed_point_bad_inputs():
     from lowbit.delta.fixed import FixedDeltaGRURuntime
 
     layer = _layer("GRU", 6, 10)
-    with pytest.raises(ConfigError, match="DeltaGRU or nn.GRU"):
+    with pytest.raises(ConfigError, match="FixedDeltaLSTMRuntime"):
         FixedDeltaGRURuntime.from_layer(nn.LSTM(6, 10))
+    with pytest.raises(ConfigError, match="DeltaGRU, DeltaLSTM, nn.GRU or nn.LSTM"):
+        FixedDeltaGRURuntime.from_layer(nn.RNN(6, 10))
     with pytest.raises(ConfigError, match="one unidirectional layer"):
         FixedDeltaGRURuntime.from_layer(nn.GRU(6, 10, num_layers=2))
     with pytest.raises(ConfigError, match="255"):
@@ -286,3 +288,89 @@ def test_fixed_point_bad_inputs():
                         ("wx", guard.Buf(torch.float32, 180)), ("theta_x", -1), ("idx", guard.Buf(torch.int32, 47))):
         with pytest.raises((ConfigError, ShapeError), match="lowbit_delta_gru_q"):
             guard.delta_gru_q(**{**ok, name: value})
+
+
+@settings(max_examples=40, deadline=None)
+@given(i=st.integers(1, 40), h=st.integers(1, 70), steps=st.integers(1, 40),
+       theta_x=st.sampled_from([0.0, 0.05, 0.3]), theta_h=st.sampled_from([0.0, 0.02, 0.2]),
+       frac_bits=st.sampled_from([6, 8, 10]), bias=st.booleans(), seed=st.integers(0, 2**16))
+def test_fixed_point_lstm_runtime_is_bit_exact_with_its_simulation(i, h, steps, theta_x, theta_h, frac_bits, bias,
+                                                                   seed):
+    from lowbit.delta.fixed import FixedDeltaLSTMRuntime, fixed_delta_lstm
+
+    layer = _layer("LSTM", i, h, 1, theta_x, theta_h, bias, seed, scale=1.5)  # cells past ±8 and the int16 clamp
+    x = _signal(steps, i, seed) * 3
+    rt = FixedDeltaLSTMRuntime.from_layer(layer, frac_bits=frac_bits)
+    y = rt.run(x)
+    want, counts = fixed_delta_lstm(rt.q, rt.q.quantize_input(x))
+    assert torch.equal(y, want)
+    assert rt.counts == counts
+    rt.reset()
+    assert torch.equal(torch.cat([rt.run(x[:steps // 2 + 1]), rt.run(x[steps // 2 + 1:])])
+                       if steps > 1 else rt.run(x), want)
+
+
+def test_fixed_point_lstm_is_the_float_lstm_to_its_resolution():
+    """θ = 0: the fixed-point LSTM is nn.LSTM up to the quantisation (int8 weights, Q.F activations and cell)."""
+    from lowbit.delta.fixed import FixedDeltaLSTMRuntime
+
+    torch.manual_seed(6)
+    lstm = nn.LSTM(20, 48)
+    x = torch.randn(80, 20)
+    with torch.no_grad():
+        want = lstm(x.unsqueeze(1))[0][:, 0]
+    for frac_bits, tol in ((8, 0.03), (12, 0.01)):
+        rt = FixedDeltaLSTMRuntime.from_layer(lstm, frac_bits=frac_bits)
+        got = rt.run(x).double() / 2 ** frac_bits
+        err = float((got - want.double()).abs().max())
+        assert 0 < err < tol, (frac_bits, err)
+
+
+def test_fixed_point_lstm_thresholds_skip_columns_and_bad_inputs():
+    from lowbit.delta import DeltaLSTM
+    from lowbit.delta.fixed import FixedDeltaGRURuntime, FixedDeltaLSTMRuntime, FixedRNN, fixed_delta_gru
+
+    layer = _layer("LSTM", 6, 10, 1, 0.3, 0.1)
+    assert isinstance(layer, DeltaLSTM)
+    rt = FixedDeltaLSTMRuntime.from_layer(layer)  # the thresholds default to the layer's
+    rt.run(_signal(50, 6, 3))
+    c = rt.counts
+    assert 0 < c.x_columns < 50 * 6 and c.h_columns < 50 * 10 and c.gates == 4
+    with pytest.raises(ConfigError, match="FixedDeltaGRURuntime"):
+        FixedDeltaLSTMRuntime.from_layer(nn.GRU(6, 10))
+    with pytest.raises(ConfigError, match="projection"):
+        FixedDeltaLSTMRuntime.from_layer(nn.LSTM(6, 10, proj_size=4))
+    with pytest.raises(ConfigError, match="gates 3"):
+        FixedDeltaGRURuntime(FixedRNN.from_layer(nn.LSTM(6, 10)))
+    with pytest.raises(ConfigError, match="fixed_delta_lstm"):
+        fixed_delta_gru(rt.q, torch.zeros(2, 6, dtype=torch.int32))
+    with pytest.raises(ShapeError, match="LSTM runtime"):
+        rt.run(torch.randn(5, 7))
+    ok = dict(x=guard.Buf(torch.int32, 6), T=1, In=6, H=10, wx=guard.Buf(torch.int8, 240),
+              wh=guard.Buf(torch.int8, 400), state=guard.Buf(torch.int32, 116), theta_x=0, theta_h=0, F=8, Fw=9,
+              sig=guard.Buf(torch.int32, 4096), tnh=guard.Buf(torch.int32, 4096), L=2048,
+              y=guard.Buf(torch.int32, 10), counts=guard.Buf(torch.int64, 2), idx=guard.Buf(torch.int32, 48),
+              dv=guard.Buf(torch.int32, 48), gates=4)
+    guard.delta_gru_q(**ok)
+    for name, value in (("state", guard.Buf(torch.int32, 115)), ("wx", guard.Buf(torch.int8, 180)), ("gates", 5)):
+        with pytest.raises((ConfigError, ShapeError), match="lowbit_delta_lstm_q"):
+            guard.delta_gru_q(**{**ok, name: value})
+
+
+def test_fixed_point_lstm_cell_saturates_at_16_bits():
+    """Gates held open by their biases: the cell grows by about 1 a step and stops at int16's top (32767 in
+    Q.10 = 32.0), in the C runtime and in its simulation alike."""
+    from lowbit.delta.fixed import FixedDeltaLSTMRuntime, fixed_delta_lstm
+
+    lstm = nn.LSTM(3, 5)
+    with torch.no_grad():
+        for p in lstm.parameters():
+            p.zero_()
+        lstm.bias_ih_l0.fill_(6.0)
+    rt = FixedDeltaLSTMRuntime.from_layer(lstm, frac_bits=10, weight_frac_bits=8)
+    x = torch.zeros(60, 3)
+    y = rt.run(x)
+    want, _ = fixed_delta_lstm(rt.q, rt.q.quantize_input(x))
+    assert torch.equal(y, want)
+    cell = rt.state[3 + 2 * 5:3 + 3 * 5]  # x_hat[3], h_hat[5], h[5], c[5]
+    assert bool((cell == 32767).all()), cell

@@ -1,8 +1,8 @@
-"""A fixed-point delta GRU: int8 weights, 16-bit activations, integer accumulators, table gates.
+"""A fixed-point delta GRU or LSTM: int8 weights, 16-bit activations, integer accumulators, table gates.
 
 Neil et al. (ICML 2017) run their delta networks with 16-bit fixed-point activations (Q8.8) on
 hardware; this is such a model, one layer, batch 1. With ``F`` fractional bits for activations
-and ``Fw`` for weights (:class:`FixedGRU`)::
+and ``Fw`` for weights (:class:`FixedRNN`), the GRU::
 
     x_q  = clamp(round(x 2^F), -2^15, 2^15 - 1)                      (round half to even)
     W_q  = clamp(round(W 2^Fw), -127, 127)  int8    b_q = round(b 2^(F+Fw))  int32
@@ -12,9 +12,16 @@ and ``Fw`` for weights (:class:`FixedGRU`)::
     r, z = S[p(ax + ah)],  n = T[p(ax_n) + (r p(ah_n) + 2^14) >> 15]  (tables in Q.15 over ±8)
     n_F  = (n + 2^(14-F)) >> (15 - F),   h = n_F + (z (h - n_F) + 2^14) >> 15
 
-:func:`fixed_delta_gru` is this computation in PyTorch integer ops (the simulation of the fixed-point
-model); :class:`FixedDeltaGRURuntime` runs it in C (``lowbit_delta_gru_q``), bit-exact with it. Both
-differ from the float :class:`lowbit.delta.DeltaGRU` by the quantisation (about ``2^-F`` per value).
+and the LSTM (gates i, f, g, o as ``nn.LSTM`` orders them, the same accumulators over 4H rows)::
+
+    i, f, o = S[p(ax + ah)],  g = T[p(ax_g + ah_g)]                    (Q.15)
+    c = clamp(((f c + 2^14) >> 15) + ((i g + 2^(29-F)) >> (30 - F)), -2^15, 2^15 - 1)   (Q.F, 16 bits)
+    h = (o T[c] + 2^(29-F)) >> (30 - F)                               (T indexed by c: its grid is Q.F)
+
+:func:`fixed_delta_gru` and :func:`fixed_delta_lstm` are these computations in PyTorch integer ops (the
+simulations of the fixed-point models); :class:`FixedDeltaGRURuntime` and :class:`FixedDeltaLSTMRuntime` run
+them in C (``lowbit_delta_gru_q``, ``lowbit_delta_lstm_q``), bit-exact with them. Both differ from the float
+:class:`lowbit.delta.DeltaGRU` / :class:`~lowbit.delta.DeltaLSTM` by the quantisation (about ``2^-F`` per value).
 ``Fw`` defaults to the largest that keeps every weight in int8; the accumulators stay inside int32
 for ``I, H <= 255`` (``127 * 2^15 * 255 < 2^30``) and ``|b_q| < 2^30``.
 """
@@ -27,20 +34,20 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lowbit.delta.cells import DeltaGRU, check_threshold
+from lowbit.delta.cells import DeltaGRU, DeltaLSTM, check_threshold
 from lowbit.delta.state import DeltaCounts
 from lowbit.errors import ConfigError, DataError, ShapeError
 from lowbit.native import cext, guard
 
 MAX_SIZE = 255  # I and H: keeps |b_q + W_q x_hat| < 2^31
 TABLE_RANGE = 8  # the gate tables cover pre-activations in [-8, 8)
-_KERNEL = "lowbit_delta_gru_q"
 
 
 @dataclass(frozen=True)
-class FixedGRU:
-    """One GRU layer in fixed point: int8 weights ``(3H, I)``, ``(3H, H)``, int32 biases in Q.(F+Fw),
-    the gate tables (int32 Q.15, ``2 L`` entries, ``L = 8 * 2^F``) and the integer thresholds."""
+class FixedRNN:
+    """One GRU (``gates`` 3) or LSTM (4) layer in fixed point: int8 weights ``(G H, I)``, ``(G H, H)``, int32
+    biases in Q.(F+Fw), the gate tables (int32 Q.15, ``2 L`` entries, ``L = 8 * 2^F``) and the integer
+    thresholds."""
 
     w_ih: torch.Tensor
     w_hh: torch.Tensor
@@ -52,6 +59,7 @@ class FixedGRU:
     theta_h: int
     sigmoid: torch.Tensor
     tanh: torch.Tensor
+    gates: int = 3
 
     @property
     def half_range(self) -> int:
@@ -63,10 +71,15 @@ class FixedGRU:
 
     @classmethod
     def from_layer(cls, layer: nn.Module, theta_x: float | None = None, theta_h: float | None = None,
-                   frac_bits: int = 8, weight_frac_bits: int | None = None) -> "FixedGRU":
-        """Quantise a one-layer :class:`DeltaGRU` or ``nn.GRU`` (thresholds default to the layer's)."""
-        if not isinstance(layer, (DeltaGRU, nn.GRU)) or getattr(layer, "gates", 3) != 3:
-            raise ConfigError(f"the fixed-point runtime takes a one-layer DeltaGRU or nn.GRU, got {type(layer).__name__}")
+                   frac_bits: int = 8, weight_frac_bits: int | None = None) -> "FixedRNN":
+        """Quantise a one-layer :class:`DeltaGRU`, :class:`DeltaLSTM`, ``nn.GRU`` or ``nn.LSTM`` (thresholds
+        default to the layer's)."""
+        if not isinstance(layer, (DeltaGRU, DeltaLSTM, nn.GRU, nn.LSTM)):
+            raise ConfigError(f"the fixed-point runtime takes a one-layer DeltaGRU, DeltaLSTM, nn.GRU or nn.LSTM, "
+                              f"got {type(layer).__name__}")
+        gates = 3 if isinstance(layer, (DeltaGRU, nn.GRU)) else 4
+        if getattr(layer, "proj_size", 0):
+            raise ConfigError(f"{layer!r}: the fixed-point runtime runs LSTMs without projection")
         if layer.num_layers != 1 or getattr(layer, "bidirectional", False):
             raise ConfigError(f"{layer!r}: the fixed-point runtime runs one unidirectional layer")
         if isinstance(frac_bits, bool) or not isinstance(frac_bits, int) or not 1 <= frac_bits <= 14:
@@ -78,7 +91,7 @@ class FixedGRU:
         theta_x = check_threshold("theta_x", getattr(layer, "theta_x", 0.0) if theta_x is None else theta_x)
         theta_h = check_threshold("theta_h", getattr(layer, "theta_h", 0.0) if theta_h is None else theta_h)
         w_ih, w_hh = layer.weight_ih_l0.detach().double(), layer.weight_hh_l0.detach().double()
-        zeros = torch.zeros(3 * h, dtype=torch.float64)
+        zeros = torch.zeros(gates * h, dtype=torch.float64)
         b_ih = layer.bias_ih_l0.detach().double() if layer.bias else zeros
         b_hh = layer.bias_hh_l0.detach().double() if layer.bias else zeros
         peak = float(max(w_ih.abs().max(), w_hh.abs().max()))
@@ -101,7 +114,10 @@ class FixedGRU:
                    weight_frac_bits, math.floor(theta_x * 2 ** frac_bits) if theta_x < 2 ** 16 else 2 ** 31 - 1,
                    math.floor(theta_h * 2 ** frac_bits) if theta_h < 2 ** 16 else 2 ** 31 - 1,
                    torch.round(torch.sigmoid(grid) * 2 ** 15).to(torch.int32),
-                   torch.round(torch.tanh(grid) * 2 ** 15).to(torch.int32))
+                   torch.round(torch.tanh(grid) * 2 ** 15).to(torch.int32), gates)
+
+
+FixedGRU = FixedRNN  # the name it had when only the GRU was fixed point
 
 
 def _rshift_round(v: torch.Tensor, s: int) -> torch.Tensor:
@@ -111,6 +127,8 @@ def _rshift_round(v: torch.Tensor, s: int) -> torch.Tensor:
 def fixed_delta_gru(q: FixedGRU, x_q: torch.Tensor) -> tuple[torch.Tensor, DeltaCounts]:
     """The fixed-point delta GRU in PyTorch int64 ops, from a fresh state: int32 ``x_q`` ``(T, I)`` ->
     (int32 ``h`` ``(T, H)`` in Q.F, the events). The reference the C runtime is bit-exact with."""
+    if q.gates != 3:
+        raise ConfigError("fixed_delta_gru takes a GRU's FixedRNN (gates 3); fixed_delta_lstm runs an LSTM's")
     steps, i = x_q.shape
     h_size = q.w_hh.shape[1]
     wx, wh = q.w_ih.long(), q.w_hh.long()
@@ -146,20 +164,66 @@ def fixed_delta_gru(q: FixedGRU, x_q: torch.Tensor) -> tuple[torch.Tensor, Delta
     return torch.stack(ys).to(torch.int32), counts
 
 
-class FixedDeltaGRURuntime:
-    """The fixed-point delta GRU in C (``lowbit_delta_gru_q``), batch 1, state in the object like
+def fixed_delta_lstm(q: FixedRNN, x_q: torch.Tensor) -> tuple[torch.Tensor, DeltaCounts]:
+    """The fixed-point delta LSTM in PyTorch int64 ops, from a fresh state: int32 ``x_q`` ``(T, I)`` ->
+    (int32 ``h`` ``(T, H)`` in Q.F, the events). The reference the C runtime is bit-exact with."""
+    if q.gates != 4:
+        raise ConfigError("fixed_delta_lstm takes an LSTM's FixedRNN (gates 4); fixed_delta_gru runs a GRU's")
+    steps, i = x_q.shape
+    h_size = q.w_hh.shape[1]
+    wx, wh = q.w_ih.long(), q.w_hh.long()
+    x_hat, h_hat = torch.zeros(i, dtype=torch.long), torch.zeros(h_size, dtype=torch.long)
+    h, c = torch.zeros(h_size, dtype=torch.long), torch.zeros(h_size, dtype=torch.long)
+    acc_x, acc_h = q.b_ih.long().clone(), q.b_hh.long().clone()
+    L, fw, f = q.half_range, q.weight_frac_bits, q.frac_bits
+    half = 1 << (29 - f)
+
+    def table(t: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        return t.long()[(p + L).clamp(0, 2 * L - 1)]
+
+    ys, nx, nh = [], 0, 0
+    for t in range(steps):
+        dx = x_q[t].long() - x_hat
+        sx = dx.abs() > q.theta_x
+        x_hat = torch.where(sx, x_q[t].long(), x_hat)
+        dh = h - h_hat
+        sh = dh.abs() > q.theta_h
+        h_hat = torch.where(sh, h, h_hat)
+        acc_x = acc_x + wx @ torch.where(sx, dx, 0)
+        acc_h = acc_h + wh @ torch.where(sh, dh, 0)
+        nx, nh = nx + int(sx.sum()), nh + int(sh.sum())
+        pi, pf, pg, po = (_rshift_round(a + b, fw) for a, b in zip(acc_x.chunk(4), acc_h.chunk(4)))
+        gi, gf, gg, go = table(q.sigmoid, pi), table(q.sigmoid, pf), table(q.tanh, pg), table(q.sigmoid, po)
+        c = (((gf * c + (1 << 14)) >> 15) + ((gi * gg + half) >> (30 - f))).clamp(-32768, 32767)
+        h = (go * table(q.tanh, c) + half) >> (30 - f)
+        ys.append(h)
+    counts = DeltaCounts(i, h_size, 4, steps=steps, batch_steps=steps, x_events=nx, x_columns=nx, h_events=nh,
+                         h_columns=nh)
+    return torch.stack(ys).to(torch.int32), counts
+
+
+class _FixedRuntime:
+    """The fixed-point delta layer in C, batch 1, state in the object like
     :class:`lowbit.delta.runtime.DeltaRuntime`: :meth:`run` a sequence (float features, quantised here, or
     int32 codes), :meth:`reset`, :attr:`counts`. Outputs are int32 codes in Q.F (``h = code / 2^F``)."""
 
-    def __init__(self, q: FixedGRU) -> None:
+    gates = 3
+    kernel = "lowbit_delta_gru_q"
+    cell = "GRU"
+
+    def __init__(self, q: FixedRNN) -> None:
         if cext.library() is None:
             raise RuntimeError("the fixed-point runtime needs the C kernels, and no C compiler works here (install gcc)")
+        if not isinstance(q, FixedRNN) or q.gates != self.gates:
+            raise ConfigError(f"{type(self).__name__} takes the FixedRNN of a {self.cell} (gates {self.gates}), got "
+                              f"{getattr(q, 'gates', type(q).__name__)} gates")
         self.q = q
         self.hidden_size, self.input_size = q.w_hh.shape[1], q.w_ih.shape[1]
-        self.wx = q.w_ih.t().contiguous()  # (I, 3H): a column per input, contiguous
+        self.wx = q.w_ih.t().contiguous()  # (I, G H): a column per input, contiguous
         self.wh = q.w_hh.t().contiguous()
         i, h = self.input_size, self.hidden_size
-        self.state = torch.zeros(i + 8 * h, dtype=torch.int32)
+        self._acc = i + (2 if self.gates == 3 else 3) * h  # where the accumulators start in the state
+        self.state = torch.zeros(self._acc + 2 * self.gates * h, dtype=torch.int32)
         self.counts_buf = torch.zeros(2, dtype=torch.int64)
         self.idx = torch.zeros(i + h + 32, dtype=torch.int32)  # + 16 slack per part (the AVX-512 stores)
         self.dv = torch.zeros(i + h + 32, dtype=torch.int32)
@@ -167,24 +231,29 @@ class FixedDeltaGRURuntime:
         self.reset()
 
     @classmethod
-    def from_layer(cls, layer: nn.Module, **kw) -> "FixedDeltaGRURuntime":
-        """Quantise ``layer`` with :meth:`FixedGRU.from_layer` (same keywords) and build the runtime."""
-        return cls(FixedGRU.from_layer(layer, **kw))
+    def from_layer(cls, layer: nn.Module, **kw):
+        """Quantise ``layer`` with :meth:`FixedRNN.from_layer` (same keywords) and build the runtime."""
+        q = FixedRNN.from_layer(layer, **kw)
+        if q.gates != cls.gates:
+            raise ConfigError(f"{cls.__name__} runs a {cls.cell}, got {type(layer).__name__}: use "
+                              f"{'FixedDeltaLSTMRuntime' if q.gates == 4 else 'FixedDeltaGRURuntime'}")
+        return cls(q)
 
     def reset(self) -> None:
-        i, h = self.input_size, self.hidden_size
+        gh = self.gates * self.hidden_size
         self.state.zero_()
-        self.state[i + 2 * h:i + 5 * h] = self.q.b_ih
-        self.state[i + 5 * h:] = self.q.b_hh
+        self.state[self._acc:self._acc + gh] = self.q.b_ih
+        self.state[self._acc + gh:] = self.q.b_hh
         self.counts_buf.zero_()
         self.steps = 0
 
     def run(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` ``(T, I)`` float features (quantised with :meth:`FixedGRU.quantize_input`) or int32 codes ->
+        """``x`` ``(T, I)`` float features (quantised with :meth:`FixedRNN.quantize_input`) or int32 codes ->
         int32 ``h`` codes ``(T, H)``; continues the stream."""
         if not isinstance(x, torch.Tensor) or x.ndim != 2 or x.shape[1] != self.input_size or x.shape[0] == 0:
             got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ShapeError(f"the fixed-point GRU runtime takes (steps >= 1, input_size={self.input_size}), got {got}")
+            raise ShapeError(f"the fixed-point {self.cell} runtime takes (steps >= 1, input_size={self.input_size}), "
+                             f"got {got}")
         if x.is_floating_point():
             if not bool(torch.isfinite(x).all()):
                 raise DataError("the input holds a NaN or an infinity; clean the features (torch.nan_to_num)")
@@ -196,21 +265,34 @@ class FixedDeltaGRURuntime:
         y = torch.empty(steps, self.hidden_size, dtype=torch.int32)
         b = guard.buf
         args = (steps, self.input_size, self.hidden_size)
-        guard.delta_gru_q(b(x, _KERNEL, "x"), *args, b(self.wx), b(self.wh), b(self.state), q.theta_x, q.theta_h,
+        guard.delta_gru_q(b(x, self.kernel, "x"), *args, b(self.wx), b(self.wh), b(self.state), q.theta_x, q.theta_h,
                           q.frac_bits, q.weight_frac_bits, b(q.sigmoid), b(q.tanh), q.half_range, b(y),
-                          b(self.counts_buf), b(self.idx), b(self.dv))
-        cext._lib().lowbit_delta_gru_q(x.data_ptr(), *args, self.wx.data_ptr(), self.wh.data_ptr(),
-                                       self.state.data_ptr(), q.theta_x, q.theta_h, q.frac_bits, q.weight_frac_bits,
-                                       q.sigmoid.data_ptr(), q.tanh.data_ptr(), q.half_range, y.data_ptr(),
-                                       self.counts_buf.data_ptr(), self.idx.data_ptr(), self.dv.data_ptr())
+                          b(self.counts_buf), b(self.idx), b(self.dv), gates=self.gates)
+        getattr(cext._lib(), self.kernel)(x.data_ptr(), *args, self.wx.data_ptr(), self.wh.data_ptr(),
+                                          self.state.data_ptr(), q.theta_x, q.theta_h, q.frac_bits,
+                                          q.weight_frac_bits, q.sigmoid.data_ptr(), q.tanh.data_ptr(), q.half_range,
+                                          y.data_ptr(), self.counts_buf.data_ptr(), self.idx.data_ptr(),
+                                          self.dv.data_ptr())
         self.steps += steps
         return y
 
     @property
     def counts(self) -> DeltaCounts:
         nx, nh = (int(v) for v in self.counts_buf)
-        return DeltaCounts(self.input_size, self.hidden_size, 3, steps=self.steps, batch_steps=self.steps,
+        return DeltaCounts(self.input_size, self.hidden_size, self.gates, steps=self.steps, batch_steps=self.steps,
                            x_events=nx, x_columns=nx, h_events=nh, h_columns=nh)
 
 
-__all__ = ["FixedDeltaGRURuntime", "FixedGRU", "fixed_delta_gru"]
+class FixedDeltaGRURuntime(_FixedRuntime):
+    """The fixed-point delta GRU in C (``lowbit_delta_gru_q``); see :class:`_FixedRuntime`."""
+
+
+class FixedDeltaLSTMRuntime(_FixedRuntime):
+    """The fixed-point delta LSTM in C (``lowbit_delta_lstm_q``); see :class:`_FixedRuntime`."""
+
+    gates = 4
+    kernel = "lowbit_delta_lstm_q"
+    cell = "LSTM"
+
+
+__all__ = ["FixedDeltaGRURuntime", "FixedDeltaLSTMRuntime", "FixedGRU", "FixedRNN", "fixed_delta_gru", "fixed_delta_lstm"]

@@ -25,7 +25,8 @@ at zero, accumulators at the biases, as :meth:`lowbit.delta.DeltaGRU.initial_sta
 gives the columns read per layer as :class:`lowbit.delta.DeltaCounts` (at batch 1, events = columns).
 With ``dense=True`` every column is read every step (``acc = b + W x``): the dense baseline with
 the same loops. The fixed-point option (int8 weights, 16-bit activations, bit-exact with its
-simulation) is :class:`lowbit.delta.fixed.FixedDeltaGRURuntime`.
+simulation) is :class:`lowbit.delta.fixed.FixedDeltaGRURuntime` (GRU) and
+:class:`~lowbit.delta.fixed.FixedDeltaLSTMRuntime` (LSTM).
 
 >>> import torch
 >>> from lowbit.delta import DeltaGRU

@@ -157,6 +157,8 @@ def library() -> ctypes.CDLL | None:
     lib.lowbit_delta_gru_q.argtypes = [ptr, i64, i64, i64, ptr, ptr, ptr, i32, i32, i64, i64, ptr, ptr, i64, ptr, ptr,
                                        ptr, ptr]
     lib.lowbit_delta_gru_q.restype = None
+    lib.lowbit_delta_lstm_q.argtypes = lib.lowbit_delta_gru_q.argtypes
+    lib.lowbit_delta_lstm_q.restype = None
     lib.lowbit_snn_run.argtypes = [ptr, ptr, ptr, i64, ptr, i64, ptr, ptr, ptr, i64]
     lib.lowbit_snn_run.restype = ctypes.c_int
     for f in (lib.lowbit_pack_a, lib.lowbit_pack_w, lib.lowbit_gemm_u8s8, lib.lowbit_pad_flip_nhwc,

@@ -397,12 +397,14 @@ def delta_rnn_f32(x: Buf, T, In, H, G, wx: Buf, wh: Buf, b_ih: Buf, b_hh: Buf, s
 
 
 def delta_gru_q(x: Buf, T, In, H, wx: Buf, wh: Buf, state: Buf, theta_x, theta_h, F, Fw, sig: Buf, tnh: Buf, L,
-                y: Buf, counts: Buf, idx: Buf, dv: Buf) -> None:
+                y: Buf, counts: Buf, idx: Buf, dv: Buf, gates: int = 3) -> None:
     """``lowbit_delta_gru_q``: ``T`` steps of the fixed-point delta GRU (:mod:`lowbit.delta.fixed`): int32 codes
     ``x`` (T, I) in int16's range, int8 weights transposed (I, 3H) and (H, 3H), int32 state ``x_hat, h_hat, h``
     and two 3H accumulators, gate tables of ``2 L`` entries (``L = 8 2^F``), int32 ``y`` (T, H). ``I, H <= 255``
-    keep the accumulators inside int32 (the biases in the state are checked by the caller: ``|b| < 2^30``)."""
-    k = "lowbit_delta_gru_q"
+    keep the accumulators inside int32 (the biases in the state are checked by the caller: ``|b| < 2^30``).
+    ``gates=4``: ``lowbit_delta_lstm_q``, the LSTM (4H accumulators, the state ``x_hat, h_hat, h, c`` and two 4H
+    accumulators)."""
+    k = "lowbit_delta_gru_q" if gates == 3 else "lowbit_delta_lstm_q"
     _int(k, "T", T, 0)
     _int(k, "I", In, 1, 255)
     _int(k, "H", H, 1, 255)
@@ -413,9 +415,11 @@ def delta_gru_q(x: Buf, T, In, H, wx: Buf, wh: Buf, state: Buf, theta_x, theta_h
     if L != 8 << F:
         raise ConfigError(f"{k}: argument L = {L!r}; allowed: 8 * 2^F = {8 << F} (tables over [-8, 8))")
     _need(k, "x", x, (torch.int32,), T * In)
-    _need(k, "wx", wx, (torch.int8,), In * 3 * H)
-    _need(k, "wh", wh, (torch.int8,), H * 3 * H)
-    _need(k, "state", state, (torch.int32,), In + 8 * H)
+    if gates not in (3, 4):
+        raise ConfigError(f"{k}: gates = {gates!r}; allowed: 3 (GRU), 4 (LSTM)")
+    _need(k, "wx", wx, (torch.int8,), In * gates * H)
+    _need(k, "wh", wh, (torch.int8,), H * gates * H)
+    _need(k, "state", state, (torch.int32,), In + 8 * H if gates == 3 else In + 11 * H)
     _need(k, "sig", sig, (torch.int32,), 2 * L)
     _need(k, "tanh", tnh, (torch.int32,), 2 * L)
     _need(k, "y", y, (torch.int32,), T * H)

@@ -264,3 +264,38 @@ void lowbit_delta_gru_q(const int32_t *x, int64_t T, int64_t I, int64_t H, const
         counts[1] += nh;
     }
 }
+
+/* ---- the fixed-point LSTM: as the GRU above, gates i, f, g, o in nn.LSTM's order ----
+ *
+ * i, f, o = sig[p], g = tanh[p] (Q.15) of p = round((acc_x + acc_h) / 2^Fw); the cell (Q.F, clamped to int16's
+ * range, 16-bit like every activation) c = ((f c + 2^14) >> 15) + ((i g + 2^(29-F)) >> (30 - F)); the output
+ * h = (o tanh[c] + 2^(29-F)) >> (30 - F), the table indexed by c itself (its grid is Q.F). The products are
+ * formed in int64. state (int32): x_hat[I], h_hat[H], h[H], c[H], acc_x[4H], acc_h[4H]; idx, dv: int32 scratch
+ * of I + H + 32. lowbit.delta.fixed.fixed_delta_lstm is the same computation in PyTorch (bit-exact).
+ * Arguments are checked by lowbit.native.guard.delta_lstm_q. */
+void lowbit_delta_lstm_q(const int32_t *x, int64_t T, int64_t I, int64_t H, const int8_t *wx, const int8_t *wh,
+                         int32_t *state, int32_t theta_x, int32_t theta_h, int64_t F, int64_t Fw, const int32_t *sig,
+                         const int32_t *tnh, int64_t L, int32_t *y, int64_t *counts, int32_t *idx, int32_t *dv) {
+    const int64_t n = 4 * H, half = (int64_t)1 << (29 - F);
+    int32_t *x_hat = state, *h_hat = state + I, *h = h_hat + H, *c = h + H, *acc_x = c + H, *acc_h = acc_x + n;
+    for (int64_t t = 0; t < T; t++) {
+        int64_t nx = deltas_q(x + t * I, x_hat, I, theta_x, idx, dv);
+        int64_t nh = deltas_q(h, h_hat, H, theta_h, idx + I + 16, dv + I + 16);
+        accumulate_q(acc_x, wx, n, idx, dv, nx);
+        accumulate_q(acc_h, wh, n, idx + I + 16, dv + I + 16, nh);
+        for (int64_t o = 0; o < H; o++) {
+            const int64_t gi = sig[index_of(rshift_round((int64_t)acc_x[o] + acc_h[o], Fw), L)];
+            const int64_t gf = sig[index_of(rshift_round((int64_t)acc_x[H + o] + acc_h[H + o], Fw), L)];
+            const int64_t gg = tnh[index_of(rshift_round((int64_t)acc_x[2 * H + o] + acc_h[2 * H + o], Fw), L)];
+            const int64_t go = sig[index_of(rshift_round((int64_t)acc_x[3 * H + o] + acc_h[3 * H + o], Fw), L)];
+            int64_t cv = ((gf * c[o] + (1 << 14)) >> 15) + ((gi * gg + half) >> (30 - F));
+            cv = cv < -32768 ? -32768 : cv > 32767 ? 32767 : cv;
+            c[o] = (int32_t)cv;
+            const int32_t hv = (int32_t)((go * tnh[index_of(cv, L)] + half) >> (30 - F));
+            h[o] = hv;
+            y[t * H + o] = hv;
+        }
+        counts[0] += nx;
+        counts[1] += nh;
+    }
+}
