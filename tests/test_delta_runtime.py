@@ -218,18 +218,21 @@ def test_the_guard_checks_every_argument_of_the_kernel():
 
 # ---- the fixed-point option: int8 weights, 16-bit activations --------------------------------------------
 
-@settings(max_examples=40, deadline=None)
-@given(i=st.integers(1, 40), h=st.integers(1, 70), steps=st.integers(1, 40),
+@settings(max_examples=60, deadline=None)
+@given(kind=st.sampled_from(["GRU", "LSTM"]), i=st.integers(1, 40), h=st.integers(1, 70), steps=st.integers(1, 40),
        theta_x=st.sampled_from([0.0, 0.05, 0.3]), theta_h=st.sampled_from([0.0, 0.02, 0.2]),
        frac_bits=st.sampled_from([6, 8, 10]), bias=st.booleans(), seed=st.integers(0, 2**16))
-def test_fixed_point_runtime_is_bit_exact_with_its_simulation(i, h, steps, theta_x, theta_h, frac_bits, bias, seed):
-    from lowbit.delta.fixed import FixedDeltaGRURuntime, fixed_delta_gru
+def test_fixed_point_runtime_is_bit_exact_with_its_simulation(kind, i, h, steps, theta_x, theta_h, frac_bits, bias,
+                                                              seed):
+    from lowbit.delta.fixed import FixedDeltaGRURuntime, FixedDeltaLSTMRuntime, fixed_delta_gru, fixed_delta_lstm
 
-    layer = _layer("GRU", i, h, 1, theta_x, theta_h, bias, seed)
+    runtime, simulation = ((FixedDeltaGRURuntime, fixed_delta_gru) if kind == "GRU" else
+                           (FixedDeltaLSTMRuntime, fixed_delta_lstm))
+    layer = _layer(kind, i, h, 1, theta_x, theta_h, bias, seed, scale=0.8 if kind == "GRU" else 1.5)
     x = _signal(steps, i, seed) * 3  # reaches past ±8 (the tables' range) and int16 clamping at F = 10
-    rt = FixedDeltaGRURuntime.from_layer(layer, frac_bits=frac_bits)
+    rt = runtime.from_layer(layer, frac_bits=frac_bits)
     y = rt.run(x)
-    want, counts = fixed_delta_gru(rt.q, rt.q.quantize_input(x))
+    want, counts = simulation(rt.q, rt.q.quantize_input(x))
     assert torch.equal(y, want)
     assert rt.counts == counts
     # a stream continues across calls
@@ -288,26 +291,6 @@ def test_fixed_point_bad_inputs():
                         ("wx", guard.Buf(torch.float32, 180)), ("theta_x", -1), ("idx", guard.Buf(torch.int32, 47))):
         with pytest.raises((ConfigError, ShapeError), match="lowbit_delta_gru_q"):
             guard.delta_gru_q(**{**ok, name: value})
-
-
-@settings(max_examples=40, deadline=None)
-@given(i=st.integers(1, 40), h=st.integers(1, 70), steps=st.integers(1, 40),
-       theta_x=st.sampled_from([0.0, 0.05, 0.3]), theta_h=st.sampled_from([0.0, 0.02, 0.2]),
-       frac_bits=st.sampled_from([6, 8, 10]), bias=st.booleans(), seed=st.integers(0, 2**16))
-def test_fixed_point_lstm_runtime_is_bit_exact_with_its_simulation(i, h, steps, theta_x, theta_h, frac_bits, bias,
-                                                                   seed):
-    from lowbit.delta.fixed import FixedDeltaLSTMRuntime, fixed_delta_lstm
-
-    layer = _layer("LSTM", i, h, 1, theta_x, theta_h, bias, seed, scale=1.5)  # cells past ±8 and the int16 clamp
-    x = _signal(steps, i, seed) * 3
-    rt = FixedDeltaLSTMRuntime.from_layer(layer, frac_bits=frac_bits)
-    y = rt.run(x)
-    want, counts = fixed_delta_lstm(rt.q, rt.q.quantize_input(x))
-    assert torch.equal(y, want)
-    assert rt.counts == counts
-    rt.reset()
-    assert torch.equal(torch.cat([rt.run(x[:steps // 2 + 1]), rt.run(x[steps // 2 + 1:])])
-                       if steps > 1 else rt.run(x), want)
 
 
 def test_fixed_point_lstm_is_the_float_lstm_to_its_resolution():

@@ -124,6 +124,19 @@ def _rshift_round(v: torch.Tensor, s: int) -> torch.Tensor:
     return (v + (1 << (s - 1))) >> s if s else v
 
 
+def _table(t: torch.Tensor, p: torch.Tensor, L: int) -> torch.Tensor:
+    """Gate table ``t`` (``2 L`` entries) at pre-activations ``p``, the index clamped."""
+    return t.long()[(p + L).clamp(0, 2 * L - 1)]
+
+
+def _send(v: torch.Tensor, memory: torch.Tensor, theta: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The deltas sent where ``|v - memory| > theta``: (the new memory, the sent deltas with zeros elsewhere,
+    how many were sent)."""
+    d = v - memory
+    sent = d.abs() > theta
+    return torch.where(sent, v, memory), torch.where(sent, d, 0), int(sent.sum())
+
+
 def fixed_delta_gru(q: FixedGRU, x_q: torch.Tensor) -> tuple[torch.Tensor, DeltaCounts]:
     """The fixed-point delta GRU in PyTorch int64 ops, from a fresh state: int32 ``x_q`` ``(T, I)`` ->
     (int32 ``h`` ``(T, H)`` in Q.F, the events). The reference the C runtime is bit-exact with."""
@@ -137,26 +150,17 @@ def fixed_delta_gru(q: FixedGRU, x_q: torch.Tensor) -> tuple[torch.Tensor, Delta
     acc_x, acc_h = q.b_ih.long().clone(), q.b_hh.long().clone()
     L, fw, f = q.half_range, q.weight_frac_bits, q.frac_bits
 
-    def table(t: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-        return t.long()[(p + L).clamp(0, 2 * L - 1)]
-
     ys, nx, nh = [], 0, 0
     for t in range(steps):
-        dx = x_q[t].long() - x_hat
-        sx = dx.abs() > q.theta_x
-        x_hat = torch.where(sx, x_q[t].long(), x_hat)
-        dh = h - h_hat
-        sh = dh.abs() > q.theta_h
-        h_hat = torch.where(sh, h, h_hat)
-        acc_x = acc_x + wx @ torch.where(sx, dx, 0)
-        acc_h = acc_h + wh @ torch.where(sh, dh, 0)
-        nx, nh = nx + int(sx.sum()), nh + int(sh.sum())
+        x_hat, dx, kx = _send(x_q[t].long(), x_hat, q.theta_x)
+        h_hat, dh, kh = _send(h, h_hat, q.theta_h)
+        acc_x, acc_h, nx, nh = acc_x + wx @ dx, acc_h + wh @ dh, nx + kx, nh + kh
         xr, xz, xn = acc_x.chunk(3)
         hr, hz, hn = acc_h.chunk(3)
-        r = table(q.sigmoid, _rshift_round(xr + hr, fw))
-        z = table(q.sigmoid, _rshift_round(xz + hz, fw))
+        r = _table(q.sigmoid, _rshift_round(xr + hr, fw), L)
+        z = _table(q.sigmoid, _rshift_round(xz + hz, fw), L)
         p = _rshift_round(xn, fw) + ((r * _rshift_round(hn, fw) + (1 << 14)) >> 15)
-        n = _rshift_round(table(q.tanh, p), 15 - f)
+        n = _rshift_round(_table(q.tanh, p, L), 15 - f)
         h = n + ((z * (h - n) + (1 << 14)) >> 15)
         ys.append(h)
     counts = DeltaCounts(i, h_size, 3, steps=steps, batch_steps=steps, x_events=nx, x_columns=nx, h_events=nh,
@@ -178,24 +182,16 @@ def fixed_delta_lstm(q: FixedRNN, x_q: torch.Tensor) -> tuple[torch.Tensor, Delt
     L, fw, f = q.half_range, q.weight_frac_bits, q.frac_bits
     half = 1 << (29 - f)
 
-    def table(t: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-        return t.long()[(p + L).clamp(0, 2 * L - 1)]
-
     ys, nx, nh = [], 0, 0
     for t in range(steps):
-        dx = x_q[t].long() - x_hat
-        sx = dx.abs() > q.theta_x
-        x_hat = torch.where(sx, x_q[t].long(), x_hat)
-        dh = h - h_hat
-        sh = dh.abs() > q.theta_h
-        h_hat = torch.where(sh, h, h_hat)
-        acc_x = acc_x + wx @ torch.where(sx, dx, 0)
-        acc_h = acc_h + wh @ torch.where(sh, dh, 0)
-        nx, nh = nx + int(sx.sum()), nh + int(sh.sum())
+        x_hat, dx, kx = _send(x_q[t].long(), x_hat, q.theta_x)
+        h_hat, dh, kh = _send(h, h_hat, q.theta_h)
+        acc_x, acc_h, nx, nh = acc_x + wx @ dx, acc_h + wh @ dh, nx + kx, nh + kh
         pi, pf, pg, po = (_rshift_round(a + b, fw) for a, b in zip(acc_x.chunk(4), acc_h.chunk(4)))
-        gi, gf, gg, go = table(q.sigmoid, pi), table(q.sigmoid, pf), table(q.tanh, pg), table(q.sigmoid, po)
+        gi, gf, go = (_table(q.sigmoid, p, L) for p in (pi, pf, po))
+        gg = _table(q.tanh, pg, L)
         c = (((gf * c + (1 << 14)) >> 15) + ((gi * gg + half) >> (30 - f))).clamp(-32768, 32767)
-        h = (go * table(q.tanh, c) + half) >> (30 - f)
+        h = (go * _table(q.tanh, c, L) + half) >> (30 - f)
         ys.append(h)
     counts = DeltaCounts(i, h_size, 4, steps=steps, batch_steps=steps, x_events=nx, x_columns=nx, h_events=nh,
                          h_columns=nh)

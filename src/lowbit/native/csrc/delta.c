@@ -231,6 +231,19 @@ static void accumulate_q(int32_t *restrict acc, const int8_t *restrict w, int64_
     }
 }
 
+/* a step's input and hidden deltas sent and their weight columns added to the accumulators (n rows each); the
+ * columns read are added to counts */
+static void send_q(const int32_t *x, int64_t I, int64_t H, int64_t n, const int8_t *wx, const int8_t *wh,
+                   int32_t *x_hat, int32_t *h_hat, const int32_t *h, int32_t *acc_x, int32_t *acc_h, int32_t theta_x,
+                   int32_t theta_h, int64_t *counts, int32_t *idx, int32_t *dv) {
+    const int64_t nx = deltas_q(x, x_hat, I, theta_x, idx, dv);
+    const int64_t nh = deltas_q(h, h_hat, H, theta_h, idx + I + 16, dv + I + 16);
+    accumulate_q(acc_x, wx, n, idx, dv, nx);
+    accumulate_q(acc_h, wh, n, idx + I + 16, dv + I + 16, nh);
+    counts[0] += nx;
+    counts[1] += nh;
+}
+
 void lowbit_delta_gru_q(const int32_t *x, int64_t T, int64_t I, int64_t H, const int8_t *wx, const int8_t *wh,
                         int32_t *state, int32_t theta_x, int32_t theta_h, int64_t F, int64_t Fw, const int32_t *sig,
                         const int32_t *tnh, int64_t L, int32_t *y, int64_t *counts, int32_t *idx, int32_t *dv) {
@@ -238,10 +251,7 @@ void lowbit_delta_gru_q(const int32_t *x, int64_t T, int64_t I, int64_t H, const
     int32_t *x_hat = state, *h_hat = state + I, *h = h_hat + H, *acc_x = h + H, *acc_h = acc_x + n;
     int32_t kr[256], kz[256], kn[256], xn[256], hn[256], r[256], z[256];  /* H <= 255 (the guard) */
     for (int64_t t = 0; t < T; t++) {
-        int64_t nx = deltas_q(x + t * I, x_hat, I, theta_x, idx, dv);
-        int64_t nh = deltas_q(h, h_hat, H, theta_h, idx + I + 16, dv + I + 16);
-        accumulate_q(acc_x, wx, n, idx, dv, nx);
-        accumulate_q(acc_h, wh, n, idx + I + 16, dv + I + 16, nh);
+        send_q(x + t * I, I, H, n, wx, wh, x_hat, h_hat, h, acc_x, acc_h, theta_x, theta_h, counts, idx, dv);
         /* the gates in passes that vectorise: table indices, gathers, the integer update */
         for (int64_t o = 0; o < H; o++) {
             kr[o] = index_of(rshift_round((int64_t)acc_x[o] + acc_h[o], Fw), L);
@@ -260,8 +270,6 @@ void lowbit_delta_gru_q(const int32_t *x, int64_t T, int64_t I, int64_t H, const
             h[o] = hv;
             y[t * H + o] = hv;
         }
-        counts[0] += nx;
-        counts[1] += nh;
     }
 }
 
@@ -279,10 +287,7 @@ void lowbit_delta_lstm_q(const int32_t *x, int64_t T, int64_t I, int64_t H, cons
     const int64_t n = 4 * H, half = (int64_t)1 << (29 - F);
     int32_t *x_hat = state, *h_hat = state + I, *h = h_hat + H, *c = h + H, *acc_x = c + H, *acc_h = acc_x + n;
     for (int64_t t = 0; t < T; t++) {
-        int64_t nx = deltas_q(x + t * I, x_hat, I, theta_x, idx, dv);
-        int64_t nh = deltas_q(h, h_hat, H, theta_h, idx + I + 16, dv + I + 16);
-        accumulate_q(acc_x, wx, n, idx, dv, nx);
-        accumulate_q(acc_h, wh, n, idx + I + 16, dv + I + 16, nh);
+        send_q(x + t * I, I, H, n, wx, wh, x_hat, h_hat, h, acc_x, acc_h, theta_x, theta_h, counts, idx, dv);
         for (int64_t o = 0; o < H; o++) {
             const int64_t gi = sig[index_of(rshift_round((int64_t)acc_x[o] + acc_h[o], Fw), L)];
             const int64_t gf = sig[index_of(rshift_round((int64_t)acc_x[H + o] + acc_h[H + o], Fw), L)];
@@ -295,7 +300,5 @@ void lowbit_delta_lstm_q(const int32_t *x, int64_t T, int64_t I, int64_t H, cons
             h[o] = hv;
             y[t * H + o] = hv;
         }
-        counts[0] += nx;
-        counts[1] += nh;
     }
 }
