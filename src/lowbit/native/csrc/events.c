@@ -148,10 +148,23 @@ static inline __attribute__((always_inline)) void acc_full(lb_vf *restrict a, co
 /* each output position gathers, tap by tap, the columns W[c, ky, kx, :] of the events bucketed at the input
  * position that tap reads (start, channel bc, coefficient or sign mask bs), LB_BLK output channels at a time in
  * registers; returns the synaptic operations */
+/* bits lo..lo + k - 1 of a row of W <= 64 columns, clipped to 0..W - 1 */
+static inline uint64_t window_mask(int64_t lo, int64_t k, int64_t W) {
+    int64_t hi = lo + k - 1;
+    lo = lo < 0 ? 0 : lo;
+    hi = hi > W - 1 ? W - 1 : hi;
+    if (hi < lo) return 0;
+    const uint64_t top = hi >= 63 ? ~(uint64_t)0 : (((uint64_t)1 << (hi + 1)) - 1);
+    return top & ~(((uint64_t)1 << lo) - 1);
+}
+
+/* rows (optional, maps of W <= 64 columns): per input row, a bit per column that holds events, so that each
+ * output visits only the taps with events (in the same order: the same floats) */
 static inline __attribute__((always_inline)) int64_t gather(const geom *g, const float *w, float *target,
                                                             const int32_t *start, const int32_t *bc,
                                                             const int32_t *bs, const int unit, int64_t oy0,
-                                                            int64_t oy1, float leak, const float *bias) {
+                                                            int64_t oy1, float leak, const float *bias,
+                                                            const uint64_t *rows) {
     const int64_t Cout = g->Cout, full = Cout / LB_BLK * LB_BLK, col = g->kh * g->kw * Cout;
     int64_t ops = 0;
     float acc[LB_BLK];
@@ -175,11 +188,18 @@ static inline __attribute__((always_inline)) int64_t gather(const geom *g, const
                     if (bias)
                         for (int64_t j = 0; j < nb; j++) acc[j] = leak * acc[j] + bias[c0 + j];
                 }
+                const int64_t x0 = ox * g->sw - g->pw;  /* the input column of tap kx = 0 */
                 for (int64_t ky = 0; ky < g->kh; ky++) {
                     const int64_t iy = oy * g->sh - g->ph + ky;
                     if (iy < 0 || iy >= g->H) continue;
-                    for (int64_t kx = 0; kx < g->kw; kx++) {
-                        const int64_t ix = ox * g->sw - g->pw + kx, p = iy * g->W + ix;
+                    /* the window's input columns that hold events, in order (all of them without a row mask) */
+                    uint64_t m = rows ? rows[iy] & window_mask(x0, g->kw, g->W) : ~(uint64_t)0;
+                    for (int64_t kx = 0; kx < g->kw && m; kx++) {
+                        if (rows) {
+                            kx = __builtin_ctzll(m) - x0;
+                            m &= m - 1;
+                        }
+                        const int64_t ix = x0 + kx, p = iy * g->W + ix;
                         if (ix < 0 || ix >= g->W) continue;
                         const float *wt = w + (ky * g->kw + kx) * Cout + c0;
                         const int32_t e0 = start[p], e1 = start[p + 1];
@@ -250,11 +270,22 @@ static int bucket(const geom *g, const float *w, events ev, int64_t n, int32_t *
 
 /* gather the bucketed events of a stage into output rows [oy0, oy1) (bias: the step's leak and bias fused) */
 static int64_t gather_rows(const geom *g, const float *w, float *target, const int32_t *bucket, int unit,
-                           int64_t oy0, int64_t oy1, float leak, const float *bias) {
+                           int64_t oy0, int64_t oy1, float leak, const float *bias, const uint64_t *rows) {
     const int64_t P = g->H * g->W;
     const int32_t *start = bucket, *bc = bucket + 2 * P + 1, *bs = bc + P * g->Cin;
-    return unit ? gather(g, w, target, start, bc, bs, 1, oy0, oy1, leak, bias)
-                : gather(g, w, target, start, bc, bs, 0, oy0, oy1, leak, bias);
+    return unit ? gather(g, w, target, start, bc, bs, 1, oy0, oy1, leak, bias, rows)
+                : gather(g, w, target, start, bc, bs, 0, oy0, oy1, leak, bias, rows);
+}
+
+#define LB_MASK_ROWS 1024 /* input rows a row mask covers (more, or rows wider than 64: no mask) */
+
+/* the row masks of the bucketed events into rows (H entries); returns rows, or NULL where they do not apply */
+static const uint64_t *row_masks(const geom *g, const int32_t *bucket, uint64_t *rows) {
+    if (g->W > 64 || g->H > LB_MASK_ROWS || g->H * g->W == 1) return NULL;
+    memset(rows, 0, (size_t)g->H * sizeof(uint64_t));
+    for (int64_t p = 0; p < g->H * g->W; p++)
+        if (bucket[p + 1] > bucket[p]) rows[g->py[p]] |= (uint64_t)1 << g->px[p];
+    return rows;
 }
 
 /* I0 = b + W x at one output position: its taps gathered, 32 output channels at a time in registers (any
@@ -695,6 +726,7 @@ int lowbit_snn_run(const int64_t *prog, const float *fprog, void *const *ptrs, i
     const int64_t L = E + 1;
     events ev = {scratch, scratch + L, scratch + 2 * L}, nev = {scratch + 3 * L, scratch + 4 * L, scratch + 5 * L};
     int64_t n = 0, classes = 0, nactive = 0;
+    uint64_t masks[LB_MASK_ROWS];
     float *readout = NULL;
     rest(prog, fprog, ptrs, S);
     memset(counts, 0, (size_t)(T * S * 2) * sizeof(int64_t));
@@ -730,11 +762,12 @@ int lowbit_snn_run(const int64_t *prog, const float *fprog, void *const *ptrs, i
                                        * get the step's leak and bias, its events, then fire while in cache */
                     int32_t *room = (int32_t *)q[4] + lb_tables(&g);
                     const int unit = bucket(&g, w, ev, n, room);
+                    const uint64_t *rows = row_masks(&g, room, masks);
                     const int64_t row = g.Wo * g.Cout, *pn = p + LB_P;
                     cnt[2 * k] += n;
                     n = 0;
                     for (int64_t oy = 0; oy < g.Ho; oy++) {
-                        cnt[2 * k + 1] += gather_rows(&g, w, v, room, unit, oy, oy + 1, leak, b);
+                        cnt[2 * k + 1] += gather_rows(&g, w, v, room, unit, oy, oy + 1, leak, b, rows);
                         n = fire(pn, q + LB_Q, ev, oy * row, (oy + 1) * row, n, &cnt[2 * (k + 1) + 1]);
                     }
                     k++;  /* the neuron stage that follows (the guard checks it does) */
@@ -745,7 +778,8 @@ int lowbit_snn_run(const int64_t *prog, const float *fprog, void *const *ptrs, i
                         for (int64_t c = 0; c < g.Cout; c++) v[o * g.Cout + c] = leak * v[o * g.Cout + c] + b[c];
                     cnt[2 * k] += n;
                     const int unit = bucket(&g, w, ev, n, (int32_t *)q[4] + lb_tables(&g));
-                    cnt[2 * k + 1] += gather_rows(&g, w, v, (int32_t *)q[4] + lb_tables(&g), unit, 0, g.Ho, 1.0f, NULL);
+                    cnt[2 * k + 1] += gather_rows(&g, w, v, (int32_t *)q[4] + lb_tables(&g), unit, 0, g.Ho, 1.0f, NULL,
+                                                  row_masks(&g, (int32_t *)q[4] + lb_tables(&g), masks));
                 }
                 if (p[14]) {
                     readout = v;
