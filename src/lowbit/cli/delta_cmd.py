@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from lowbit.cli.args import float_range, int_range, writable_dir, writable_file
+from lowbit.errors import CheckpointError
 
 MODELS = ("vowels_gru",)
 SWEEP_THETAS = ((0.0, 0.0), (0.05, 0.05), (0.1, 0.1), (0.2, 0.1), (0.2, 0.2), (0.3, 0.2), (0.4, 0.3),
@@ -59,6 +61,9 @@ def _points(model_name: str, thetas, weights_dir=None):
     from lowbit.delta import sweep
     from lowbit.zoo import recurrent
 
+    if weights_dir is not None and not Path(weights_dir, f"{model_name}.json").is_file():
+        raise CheckpointError(f"--weights-dir {weights_dir}: no {model_name}.json/.npz there; write them with "
+                              f"'lowbit delta train --out {weights_dir}' (or leave the flag out for the shipped weights)")
     model = recurrent.pretrained(model_name, weights_dir)
     test = recurrent.eval_split(model_name)
     dense = recurrent.accuracy(model, test)

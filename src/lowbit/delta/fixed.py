@@ -254,8 +254,11 @@ class _FixedRuntime:
             if not bool(torch.isfinite(x).all()):
                 raise DataError("the input holds a NaN or an infinity; clean the features (torch.nan_to_num)")
             x = self.q.quantize_input(x)
-        elif x.dtype != torch.int32 or int(x.min()) < -32768 or int(x.max()) > 32767:
+        elif x.dtype != torch.int32:
             raise DataError(f"integer input must be int32 codes in -32768..32767, got {x.dtype}")
+        elif int(x.min()) < -32768 or int(x.max()) > 32767:
+            raise DataError(f"integer input codes span {int(x.min())}..{int(x.max())}; the 16-bit activations take "
+                            f"-32768..32767 (pass float features to have them quantised and clamped)")
         x = x.cpu().contiguous()
         q, steps = self.q, x.shape[0]
         y = torch.empty(steps, self.hidden_size, dtype=torch.int32)
