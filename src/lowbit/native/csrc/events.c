@@ -234,11 +234,19 @@ static void prefetch_columns(const float *w, const int32_t *bc, int64_t n, int64
     }
 }
 
+#define LB_L2_KEEP (256 * 1024) /* weights (bytes) that stay in L2 from one step to the next */
+
+/* whether a synapse's weights are still in cache from the previous step (small enough, not the first step) */
+static inline int lb_warm(const geom *g, int64_t t) {
+    return t > 0 && g->Cin * g->kh * g->kw * g->Cout * (int64_t)sizeof(float) <= LB_L2_KEEP;
+}
+
 /* The events of a step sorted by input position (a counting sort into the stage's bucket room), ready for
  * gather: the same additions as scattering each event to every output it reaches, with the membrane read and
  * written once per step. When every coefficient is +-1 (binary or ternary spikes not merged by a pool) they are
- * stored as sign masks and added without a multiplication (returns 1; otherwise 0). */
-static int bucket(const geom *g, const float *w, events ev, int64_t n, int32_t *room) {
+ * stored as sign masks and added without a multiplication (returns 1; otherwise 0). The weight columns are
+ * prefetched unless warm (still in cache from the step before). */
+static int bucket(const geom *g, const float *w, events ev, int64_t n, int32_t *room, int warm) {
     const int64_t Cin = g->Cin, P = g->H * g->W;
     int32_t *start = room, *cur = room + P + 1, *bc = cur + P, *bs = bc + P * Cin;
     int unit = 1;
@@ -262,7 +270,7 @@ static int bucket(const geom *g, const float *w, events ev, int64_t n, int32_t *
             bs[j] = ev.coef[e];
         }
     }
-    prefetch_columns(w, bc, n, Cin, g->kh * g->kw * g->Cout);
+    if (!warm) prefetch_columns(w, bc, n, Cin, g->kh * g->kw * g->Cout);
     if (unit)
         for (int64_t e = 0; e < n; e++) bs[e] = (int32_t)(bs[e] < 0 ? 0x80000000u : 0u);
     return unit;
@@ -761,7 +769,7 @@ int lowbit_snn_run(const int64_t *prog, const float *fprog, void *const *ptrs, i
                 } else if (!p[14]) {  /* a spike-driven synapse and its neurons, row by row: a row's membranes
                                        * get the step's leak and bias, its events, then fire while in cache */
                     int32_t *room = (int32_t *)q[4] + lb_tables(&g);
-                    const int unit = bucket(&g, w, ev, n, room);
+                    const int unit = bucket(&g, w, ev, n, room, lb_warm(&g, t));
                     const uint64_t *rows = row_masks(&g, room, masks);
                     const int64_t row = g.Wo * g.Cout, *pn = p + LB_P;
                     cnt[2 * k] += n;
@@ -777,7 +785,7 @@ int lowbit_snn_run(const int64_t *prog, const float *fprog, void *const *ptrs, i
                     for (int64_t o = 0; o < g.Ho * g.Wo; o++)
                         for (int64_t c = 0; c < g.Cout; c++) v[o * g.Cout + c] = leak * v[o * g.Cout + c] + b[c];
                     cnt[2 * k] += n;
-                    const int unit = bucket(&g, w, ev, n, (int32_t *)q[4] + lb_tables(&g));
+                    const int unit = bucket(&g, w, ev, n, (int32_t *)q[4] + lb_tables(&g), lb_warm(&g, t));
                     cnt[2 * k + 1] += gather_rows(&g, w, v, (int32_t *)q[4] + lb_tables(&g), unit, 0, g.Ho, 1.0f, NULL,
                                                   row_masks(&g, (int32_t *)q[4] + lb_tables(&g), masks));
                 }
