@@ -667,6 +667,7 @@ ENTRY_POINTS: dict[str, str] = {
     "lowbit_run_plan": "lowbit.integer.plan.check_steps",
     "lowbit_delta_rnn_f32": "lowbit.native.guard.delta_rnn_f32",
     "lowbit_delta_gru_q": "lowbit.native.guard.delta_gru_q",
+    "lowbit_delta_lstm_q": "lowbit.native.guard.delta_gru_q",
     "lowbit_snn_run": "lowbit.native.guard.snn_run",
     "lowbit_has_vnni": "no arguments",
     "lowbit_plan_step_size": "no arguments",
