@@ -455,6 +455,24 @@ static inline __attribute__((always_inline)) int64_t compact_row(events ev, int3
     return n;
 }
 
+/* BODY(K, G, Z) compiled for each of the 12 neuron combinations (spike kind, signed, reset to zero) and the one of
+ * (kind, sgn, zero) run, so that each loop is branch free */
+#define LB_NEURON_SWITCH(BODY, kind, sgn, zero)                                                        \
+    switch ((kind) * 4 + (sgn) * 2 + (zero)) {                                                         \
+        case 0: BODY(LB_BINARY, 0, 0); break;                                                          \
+        case 1: BODY(LB_BINARY, 0, 1); break;                                                          \
+        case 2: BODY(LB_BINARY, 1, 0); break;                                                          \
+        case 3: BODY(LB_BINARY, 1, 1); break;                                                          \
+        case 4: BODY(LB_TERNARY, 0, 0); break;                                                         \
+        case 5: BODY(LB_TERNARY, 0, 1); break;                                                         \
+        case 6: BODY(LB_TERNARY, 1, 0); break;                                                         \
+        case 7: BODY(LB_TERNARY, 1, 1); break;                                                         \
+        case 8: BODY(LB_AUGMENTED, 0, 0); break;                                                       \
+        case 9: BODY(LB_AUGMENTED, 0, 1); break;                                                       \
+        case 10: BODY(LB_AUGMENTED, 1, 0); break;                                                      \
+        default: BODY(LB_AUGMENTED, 1, 1); break;                                                      \
+    }
+
 /* fire a row of C neurons; when any spiked, compact its non-zero counts into the event list */
 #define LB_FIRE(K, G, Z)                                                                               \
     for (int64_t b = b0, pos = b0 / C; b < b1; b += C, pos++) {                                        \
@@ -473,21 +491,7 @@ static int64_t fire(const int64_t *p, void *const *q, events ev, int64_t b0, int
     float *v = q[2];
     int32_t *count = q[3], *coef = ev.coef;
     int64_t total = 0;
-    /* every combination compiled on its own, so that each loop is branch free */
-    switch (kind * 4 + sgn * 2 + zero) {
-        case 0: LB_FIRE(LB_BINARY, 0, 0); break;
-        case 1: LB_FIRE(LB_BINARY, 0, 1); break;
-        case 2: LB_FIRE(LB_BINARY, 1, 0); break;
-        case 3: LB_FIRE(LB_BINARY, 1, 1); break;
-        case 4: LB_FIRE(LB_TERNARY, 0, 0); break;
-        case 5: LB_FIRE(LB_TERNARY, 0, 1); break;
-        case 6: LB_FIRE(LB_TERNARY, 1, 0); break;
-        case 7: LB_FIRE(LB_TERNARY, 1, 1); break;
-        case 8: LB_FIRE(LB_AUGMENTED, 0, 0); break;
-        case 9: LB_FIRE(LB_AUGMENTED, 0, 1); break;
-        case 10: LB_FIRE(LB_AUGMENTED, 1, 0); break;
-        default: LB_FIRE(LB_AUGMENTED, 1, 1); break;
-    }
+    LB_NEURON_SWITCH(LB_FIRE, kind, sgn, zero);
     *spikes += total;
     return n;
 }
@@ -599,20 +603,7 @@ static int64_t fire_active(const int64_t *p, float leak, lb_active a, int64_t na
     const float smax = (float)p[5];
     int64_t total = 0;
     for (int64_t i = 0; i < na; i++) a.v[i] = leak * a.v[i] + a.cur[i];
-    switch (kind * 4 + sgn * 2 + zero) {
-        case 0: LB_FIRE_ACTIVE(LB_BINARY, 0, 0); break;
-        case 1: LB_FIRE_ACTIVE(LB_BINARY, 0, 1); break;
-        case 2: LB_FIRE_ACTIVE(LB_BINARY, 1, 0); break;
-        case 3: LB_FIRE_ACTIVE(LB_BINARY, 1, 1); break;
-        case 4: LB_FIRE_ACTIVE(LB_TERNARY, 0, 0); break;
-        case 5: LB_FIRE_ACTIVE(LB_TERNARY, 0, 1); break;
-        case 6: LB_FIRE_ACTIVE(LB_TERNARY, 1, 0); break;
-        case 7: LB_FIRE_ACTIVE(LB_TERNARY, 1, 1); break;
-        case 8: LB_FIRE_ACTIVE(LB_AUGMENTED, 0, 0); break;
-        case 9: LB_FIRE_ACTIVE(LB_AUGMENTED, 0, 1); break;
-        case 10: LB_FIRE_ACTIVE(LB_AUGMENTED, 1, 0); break;
-        default: LB_FIRE_ACTIVE(LB_AUGMENTED, 1, 1); break;
-    }
+    LB_NEURON_SWITCH(LB_FIRE_ACTIVE, kind, sgn, zero);
     *spikes += total;
     return total ? compact_list(ev, a.s, a.idx, a.pos, na) : 0;
 }
@@ -782,12 +773,12 @@ int lowbit_snn_run(const int64_t *prog, const float *fprog, void *const *ptrs, i
                     cnt[2 * k] += n;
                     continue;
                 } else {  /* the readout */
+                    int32_t *room = (int32_t *)q[4] + lb_tables(&g);
                     for (int64_t o = 0; o < g.Ho * g.Wo; o++)
                         for (int64_t c = 0; c < g.Cout; c++) v[o * g.Cout + c] = leak * v[o * g.Cout + c] + b[c];
                     cnt[2 * k] += n;
-                    const int unit = bucket(&g, w, ev, n, (int32_t *)q[4] + lb_tables(&g), lb_warm(&g, t));
-                    cnt[2 * k + 1] += gather_rows(&g, w, v, (int32_t *)q[4] + lb_tables(&g), unit, 0, g.Ho, 1.0f, NULL,
-                                                  row_masks(&g, (int32_t *)q[4] + lb_tables(&g), masks));
+                    const int unit = bucket(&g, w, ev, n, room, lb_warm(&g, t));
+                    cnt[2 * k + 1] += gather_rows(&g, w, v, room, unit, 0, g.Ho, 1.0f, NULL, row_masks(&g, room, masks));
                 }
                 if (p[14]) {
                     readout = v;
