@@ -137,35 +137,58 @@ def _send(v: torch.Tensor, memory: torch.Tensor, theta: int) -> tuple[torch.Tens
     return torch.where(sent, v, memory), torch.where(sent, d, 0), int(sent.sum())
 
 
-def fixed_delta_gru(q: FixedGRU, x_q: torch.Tensor) -> tuple[torch.Tensor, DeltaCounts]:
-    """The fixed-point delta GRU in PyTorch int64 ops, from a fresh state: int32 ``x_q`` ``(T, I)`` ->
-    (int32 ``h`` ``(T, H)`` in Q.F, the events). The reference the C runtime is bit-exact with."""
-    if q.gates != 3:
-        raise ConfigError("fixed_delta_gru takes a GRU's FixedRNN (gates 3); fixed_delta_lstm runs an LSTM's")
+def _gru_cell(q: FixedRNN, acc_x: torch.Tensor, acc_h: torch.Tensor, h: torch.Tensor, c: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The GRU's gates and update on the accumulators (module docstring); ``c`` is unused."""
+    L, fw, f = q.half_range, q.weight_frac_bits, q.frac_bits
+    xr, xz, xn = acc_x.chunk(3)
+    hr, hz, hn = acc_h.chunk(3)
+    r = _table(q.sigmoid, _rshift_round(xr + hr, fw), L)
+    z = _table(q.sigmoid, _rshift_round(xz + hz, fw), L)
+    p = _rshift_round(xn, fw) + ((r * _rshift_round(hn, fw) + (1 << 14)) >> 15)
+    n = _rshift_round(_table(q.tanh, p, L), 15 - f)
+    return n + ((z * (h - n) + (1 << 14)) >> 15), c
+
+
+def _lstm_cell(q: FixedRNN, acc_x: torch.Tensor, acc_h: torch.Tensor, h: torch.Tensor, c: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The LSTM's gates, cell and output on the accumulators (module docstring)."""
+    L, fw, f = q.half_range, q.weight_frac_bits, q.frac_bits
+    half = 1 << (29 - f)
+    pi, pf, pg, po = (_rshift_round(a + b, fw) for a, b in zip(acc_x.chunk(4), acc_h.chunk(4)))
+    gi, gf, go = (_table(q.sigmoid, p, L) for p in (pi, pf, po))
+    gg = _table(q.tanh, pg, L)
+    c = (((gf * c + (1 << 14)) >> 15) + ((gi * gg + half) >> (30 - f))).clamp(-32768, 32767)
+    return (go * _table(q.tanh, c, L) + half) >> (30 - f), c
+
+
+def _fixed_delta(q: FixedRNN, x_q: torch.Tensor, cell) -> tuple[torch.Tensor, DeltaCounts]:
+    """The fixed-point delta layer from a fresh state: per step the deltas sent, their weight columns added to
+    the accumulators (``acc = b + W v_hat`` exactly), then ``cell``'s update of ``h`` (and the LSTM's ``c``)."""
     steps, i = x_q.shape
     h_size = q.w_hh.shape[1]
     wx, wh = q.w_ih.long(), q.w_hh.long()
-    x_hat, h_hat, h = torch.zeros(i, dtype=torch.long), torch.zeros(h_size, dtype=torch.long), \
-        torch.zeros(h_size, dtype=torch.long)
+    x_hat, h_hat = torch.zeros(i, dtype=torch.long), torch.zeros(h_size, dtype=torch.long)
+    h, c = torch.zeros(h_size, dtype=torch.long), torch.zeros(h_size, dtype=torch.long)
     acc_x, acc_h = q.b_ih.long().clone(), q.b_hh.long().clone()
-    L, fw, f = q.half_range, q.weight_frac_bits, q.frac_bits
-
     ys, nx, nh = [], 0, 0
     for t in range(steps):
         x_hat, dx, kx = _send(x_q[t].long(), x_hat, q.theta_x)
         h_hat, dh, kh = _send(h, h_hat, q.theta_h)
         acc_x, acc_h, nx, nh = acc_x + wx @ dx, acc_h + wh @ dh, nx + kx, nh + kh
-        xr, xz, xn = acc_x.chunk(3)
-        hr, hz, hn = acc_h.chunk(3)
-        r = _table(q.sigmoid, _rshift_round(xr + hr, fw), L)
-        z = _table(q.sigmoid, _rshift_round(xz + hz, fw), L)
-        p = _rshift_round(xn, fw) + ((r * _rshift_round(hn, fw) + (1 << 14)) >> 15)
-        n = _rshift_round(_table(q.tanh, p, L), 15 - f)
-        h = n + ((z * (h - n) + (1 << 14)) >> 15)
+        h, c = cell(q, acc_x, acc_h, h, c)
         ys.append(h)
-    counts = DeltaCounts(i, h_size, 3, steps=steps, batch_steps=steps, x_events=nx, x_columns=nx, h_events=nh,
-                         h_columns=nh)
+    counts = DeltaCounts(i, h_size, q.gates, steps=steps, batch_steps=steps, x_events=nx, x_columns=nx,
+                         h_events=nh, h_columns=nh)
     return torch.stack(ys).to(torch.int32), counts
+
+
+def fixed_delta_gru(q: FixedRNN, x_q: torch.Tensor) -> tuple[torch.Tensor, DeltaCounts]:
+    """The fixed-point delta GRU in PyTorch int64 ops, from a fresh state: int32 ``x_q`` ``(T, I)`` ->
+    (int32 ``h`` ``(T, H)`` in Q.F, the events). The reference the C runtime is bit-exact with."""
+    if q.gates != 3:
+        raise ConfigError("fixed_delta_gru takes a GRU's FixedRNN (gates 3); fixed_delta_lstm runs an LSTM's")
+    return _fixed_delta(q, x_q, _gru_cell)
 
 
 def fixed_delta_lstm(q: FixedRNN, x_q: torch.Tensor) -> tuple[torch.Tensor, DeltaCounts]:
@@ -173,29 +196,7 @@ def fixed_delta_lstm(q: FixedRNN, x_q: torch.Tensor) -> tuple[torch.Tensor, Delt
     (int32 ``h`` ``(T, H)`` in Q.F, the events). The reference the C runtime is bit-exact with."""
     if q.gates != 4:
         raise ConfigError("fixed_delta_lstm takes an LSTM's FixedRNN (gates 4); fixed_delta_gru runs a GRU's")
-    steps, i = x_q.shape
-    h_size = q.w_hh.shape[1]
-    wx, wh = q.w_ih.long(), q.w_hh.long()
-    x_hat, h_hat = torch.zeros(i, dtype=torch.long), torch.zeros(h_size, dtype=torch.long)
-    h, c = torch.zeros(h_size, dtype=torch.long), torch.zeros(h_size, dtype=torch.long)
-    acc_x, acc_h = q.b_ih.long().clone(), q.b_hh.long().clone()
-    L, fw, f = q.half_range, q.weight_frac_bits, q.frac_bits
-    half = 1 << (29 - f)
-
-    ys, nx, nh = [], 0, 0
-    for t in range(steps):
-        x_hat, dx, kx = _send(x_q[t].long(), x_hat, q.theta_x)
-        h_hat, dh, kh = _send(h, h_hat, q.theta_h)
-        acc_x, acc_h, nx, nh = acc_x + wx @ dx, acc_h + wh @ dh, nx + kx, nh + kh
-        pi, pf, pg, po = (_rshift_round(a + b, fw) for a, b in zip(acc_x.chunk(4), acc_h.chunk(4)))
-        gi, gf, go = (_table(q.sigmoid, p, L) for p in (pi, pf, po))
-        gg = _table(q.tanh, pg, L)
-        c = (((gf * c + (1 << 14)) >> 15) + ((gi * gg + half) >> (30 - f))).clamp(-32768, 32767)
-        h = (go * _table(q.tanh, c, L) + half) >> (30 - f)
-        ys.append(h)
-    counts = DeltaCounts(i, h_size, 4, steps=steps, batch_steps=steps, x_events=nx, x_columns=nx, h_events=nh,
-                         h_columns=nh)
-    return torch.stack(ys).to(torch.int32), counts
+    return _fixed_delta(q, x_q, _lstm_cell)
 
 
 class _FixedRuntime:
