@@ -100,6 +100,13 @@ def existing_file(path: str | Path, option: str, suffix: str | None = None) -> P
     return p
 
 
+def add_run_folder_flags(p, out: str) -> None:
+    """A training command's ``--out`` (default ``./<out>``), ``--resume`` and ``--data-dir`` flags."""
+    p.add_argument("--out", default=out, help=f"output folder (default ./{out})")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST idx files")
+
+
 def data_dir(path: str | None, option: str = "--data-dir") -> None:
     """A given ``--data-dir`` must be an existing folder (the loaders then say which file is missing)."""
     if path is None:

@@ -13,7 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-from lowbit.cli.args import at_most, data_dir, float_range, int_range, writable_dir
+from lowbit.cli.args import add_run_folder_flags, at_most, data_dir, float_range, int_range, writable_dir
 from lowbit.errors import ConfigError
 
 OPTIMIZERS = ("kahan", "nearest", "stochastic", "float")  # lowbit.optim.STORAGE_SGD, kahan first (the default)
@@ -62,9 +62,7 @@ def add_parser(sub) -> None:
     t.add_argument("--batch-size", type=int_range(1), default=128, help="batch size (default 128)")
     t.add_argument("--train-size", type=int_range(1), default=None, help="first N of the 60000 training images")
     t.add_argument("--seed", type=int_range(0, 2**31 - 1), default=0, help="seed (default 0)")
-    t.add_argument("--out", default="lowprec-out", help="output folder (default ./lowprec-out)")
-    t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    t.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST idx files")
+    add_run_folder_flags(t, "lowprec-out")
     t.set_defaults(func=run_train)
     p.set_defaults(func=lambda a: (p.print_help(), 0)[1])
 

@@ -11,7 +11,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from lowbit.cli.args import at_most, data_dir, float_range, int_range, writable_dir
+from lowbit.cli.args import add_run_folder_flags, at_most, data_dir, float_range, int_range, writable_dir
 from lowbit.cli.ptq_cmd import act_spec, add_weight_format_args, weight_spec
 from lowbit.errors import ConfigError
 
@@ -60,9 +60,7 @@ def add_parser(sub) -> None:
                    help="use the first N training images, 1..55000 (default all)")
     p.add_argument("--no-augment", action="store_true", help="no random shifts and flips")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="qat-out", help="output folder (default ./qat-out)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST idx files")
+    add_run_folder_flags(p, "qat-out")
     p.set_defaults(func=run)
 
 

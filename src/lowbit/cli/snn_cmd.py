@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from lowbit.cli.args import data_dir, float_range, int_range, writable_dir
+from lowbit.cli.args import add_run_folder_flags, data_dir, float_range, int_range, writable_dir
 
 NEURONS = ("if", "termapping", "augmapping")
 CONVERT_MODELS = ("cnn-avgpool", "cnn", "mlp", "resnet")
@@ -72,9 +72,7 @@ def add_parser(sub) -> None:
     t.add_argument("--batch-size", type=int_range(1), default=128, help="batch size (default 128)")
     t.add_argument("--train-size", type=int_range(1), default=None, help="first N training images (default all)")
     t.add_argument("--seed", type=int_range(0, 2**31 - 1), default=0, help="seed (default 0)")
-    t.add_argument("--out", default="snn-out", help="output folder (default ./snn-out)")
-    t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    t.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST idx files")
+    add_run_folder_flags(t, "snn-out")
     t.set_defaults(func=run_train)
     p.set_defaults(func=lambda a: (p.print_help(), 0)[1])
 
