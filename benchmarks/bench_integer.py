@@ -16,9 +16,14 @@ here); lowbit integer (in process: the whole model in one C call, ``lowbit.integ
 the prepacked VNNI int8 GEMM with the requantization fused, ``lowbit.integer.vnni``); the same
 kernels called op by op from Python (``Kernels.VNNI``); the same integer model
 on ``torch._int_mm`` + the C epilogue (the previous kernel, for contrast);
-lowbit's QDQ ONNX in onnxruntime; onnxruntime's own ``quantize_static`` model
-(QDQ, per-channel, 32 calibration images); with ``--torchao``, torchao PT2E
-int8 under ``torch.compile`` (freezing on).
+lowbit's QDQ ONNX in onnxruntime (bit-exact: ``Residual.EXACT``) and, for a model
+with residual adds, its ``Residual.REQUANTIZE`` export (``QLinearConv`` +
+``QLinearAdd``, rounding twice as onnxruntime's own models do); onnxruntime's own
+``quantize_static`` model (QDQ, per-channel, 32 calibration images); with
+``--torchao``, torchao PT2E int8 under ``torch.compile`` (freezing on). Every
+onnxruntime session sets ``session.x64quantprecision`` (:mod:`lowbit.export.ort`):
+on an x86 CPU without VNNI the int8 models then compute exactly (uint8 weights
+where int8 weights would saturate), at some cost in speed; with VNNI it changes nothing.
 
     python benchmarks/bench_integer.py                         # CNN, MLP, ResNet; batch 1/64, threads 1/2
     python benchmarks/bench_integer.py --models --effnet --threads 1 --rounds 3 --out integer_latency_effnet
@@ -104,10 +109,10 @@ def size_row(name: str, model: nn.Module, im, tmp: Path) -> str:
     return f"| {name} | {f:,} | {i:,} | {i / f:.3f}x |"
 
 
-def paths_for(model, im, im_op, im_int_mm, onnx_lowbit, ort_float_fn, ort_q_fn, threads):
+def paths_for(model, im, im_op, im_int_mm, onnx_lowbit, onnx_requant, ort_float_fn, ort_q_fn, threads):
     sess = ort_session(onnx_lowbit, threads)
     name = sess.get_inputs()[0].name
-    return {
+    paths = {
         "float32 eager": lambda x: model(x),
         "float32 onnxruntime": ort_float_fn,
         "lowbit integer": lambda x: im(x),
@@ -116,39 +121,50 @@ def paths_for(model, im, im_op, im_int_mm, onnx_lowbit, ort_float_fn, ort_q_fn, 
         "lowbit ONNX (ort)": lambda x: sess.run(None, {name: x.numpy()}),
         "ort quantize_static": ort_q_fn,
     }
+    if onnx_requant is not None:
+        rq = ort_session(onnx_requant, threads)
+        paths[REQUANT_PATH] = lambda x: rq.run(None, {name: x.numpy()})
+    return paths
 
 
 ONNX_PATH, ORT_PATH = "lowbit ONNX (ort)", "ort quantize_static"
+REQUANT_PATH = "lowbit ONNX, residual requantize (ort)"
 
 
 def onnx_ratio_table(rows: list[dict]) -> str:
-    """Per batch and thread count: lowbit's ONNX over onnxruntime's own int8 model, best and median times."""
+    """Per batch and thread count: lowbit's ONNX exports over onnxruntime's own int8 model, best and median times."""
     by = {(r["batch"], r["threads"], r["path"]): r for r in rows}
-    lines = [f"| batch | threads | {ONNX_PATH} / {ORT_PATH}, best | median |", "|---:|---:|---:|---:|"]
+    ours = [p for p in (ONNX_PATH, REQUANT_PATH) if any(r["path"] == p for r in rows)]
+    head = " | ".join(f"{p} / {ORT_PATH}, best | median" for p in ours)
+    lines = [f"| batch | threads | {head} |", "|---:|---:|" + "---:|---:|" * len(ours)]
     for batch, threads in dict.fromkeys((r["batch"], r["threads"]) for r in rows):
-        ours, theirs = by[batch, threads, ONNX_PATH], by[batch, threads, ORT_PATH]
-        lines.append(f"| {batch} | {threads} | {ours['best_us'] / theirs['best_us']:.2f}x | "
-                     f"{ours['median_us'] / theirs['median_us']:.2f}x |")
+        theirs = by[batch, threads, ORT_PATH]
+        cells = [f"{by[batch, threads, p]['best_us'] / theirs['best_us']:.2f}x | "
+                 f"{by[batch, threads, p]['median_us'] / theirs['median_us']:.2f}x" for p in ours]
+        lines.append(f"| {batch} | {threads} | {' | '.join(cells)} |")
     return "\n".join(lines)
 
 
 def bench_model(label, model, calib, test, batches, threads_list, rounds, torchao: bool,
                 tmp: Path) -> tuple[str, str, list[dict]]:
     """The latency table (Markdown), the accuracy table (or "") and the latency rows of one model."""
-    from lowbit.export.onnx_qdq import export_onnx
+    from lowbit.export.onnx_qdq import Residual, export_onnx
 
     sim = quantize(model, [calib], PTQConfig())
     im = to_integer(sim, (calib[:2],))
     im_op = im.with_kernels(Kernels.VNNI)  # the same kernels called from Python one op at a time
     im_int_mm = im.with_kernels(Kernels.INT_MM)
     onnx_path = export_onnx(im, tmp / f"{label}.onnx", tuple(calib[:1].shape))
+    requant = None  # (the same graph as onnx_path without residual adds)
+    if any(len(n.inputs) > 1 for n in im.nodes):
+        requant = export_onnx(im, tmp / f"{label}-requant.onnx", tuple(calib[:1].shape), residual=Residual.REQUANTIZE)
     acc_rows, rows = [], []
     lines = [f"### {label}", "", "| batch | threads | path | best us | median us | vs float eager | vs best float |",
              "|---:|---:|---|---:|---:|---:|---:|"]
     for threads in threads_list:
         ort_f = peers.ort_float(model, (calib[:2],), threads)
         ort_q, _ = peers.ort_quantize_static(model, (calib[:2],), [calib], threads=threads)
-        paths = paths_for(model, im, im_op, im_int_mm, onnx_path, ort_f, ort_q, threads)
+        paths = paths_for(model, im, im_op, im_int_mm, onnx_path, requant, ort_f, ort_q, threads)
         if torchao:
             paths["torchao PT2E + compile"] = _torchao(model, calib)
         if threads == threads_list[0] and test is not None:

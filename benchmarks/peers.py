@@ -138,12 +138,12 @@ def _onnx_export(model: nn.Module, example_inputs: tuple, path: Path) -> tuple[l
 
 
 def _session_options(ort, threads: int = ORT_THREADS):
-    """CPU session options: ``threads`` intra-op threads (spinning left on), errors-only log."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return options
+    """CPU session options: ``threads`` intra-op threads (spinning left on), errors-only log, and
+    onnxruntime's exact uint8-weight kernels on x86 CPUs without VNNI, as lowbit's sessions
+    (:mod:`lowbit.export.ort`): both int8 models are timed computing exactly what they describe."""
+    from lowbit.export.ort import session_options
+
+    return session_options(threads, log_severity=3)  # (the same exact u8u8 fallback as lowbit's sessions)
 
 
 def _reader(ort_quant, names: list[str], calib_batches: list[torch.Tensor]):

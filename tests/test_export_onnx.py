@@ -17,7 +17,8 @@ ort = pytest.importorskip("onnxruntime")
 from lowbit import zoo  # noqa: E402
 from lowbit.data import datasets  # noqa: E402
 from lowbit.errors import ConfigError  # noqa: E402
-from lowbit.export.onnx_qdq import CODES_KEY, export_onnx, fit_weight_scales, to_onnx_model  # noqa: E402
+from lowbit.export.onnx_qdq import CODES_KEY, Residual, export_onnx, fit_weight_scales, to_onnx_model  # noqa: E402
+from lowbit.export.ort import session  # noqa: E402
 from lowbit.functional.requant import fixed_point  # noqa: E402
 from lowbit.integer.lower import to_integer  # noqa: E402
 from lowbit.integer import ir  # noqa: E402
@@ -36,12 +37,7 @@ CASES = {
 
 
 def _session(model, optimized_path=None):
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    if optimized_path is not None:
-        so.optimized_model_filepath = str(optimized_path)
-    data = model.SerializeToString() if hasattr(model, "SerializeToString") else str(model)
-    return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+    return session(model, threads=1, optimized_path=optimized_path)
 
 
 def _run(im: IntegerModel, x: torch.Tensor, shape, tmp, name: str) -> dict:
@@ -464,3 +460,69 @@ def test_int4_weights_at_opset_21(fmnist, tmp_path, opset):
     lsb = float(np.abs(ref).max()) / 100
     assert np.mean(np.abs(out - ref) <= lsb) >= 0.999
     assert (out.argmax(1) == y).mean() == pytest.approx((ref.argmax(1) == y).mean(), abs=0.002)
+
+
+def test_sessions_are_exact_where_int8_kernels_saturate():
+    """Weights of +-127 against inputs of 255: on x86 CPUs without VNNI onnxruntime's u8s8 kernels saturate pairs of
+    products to int16 (a fifth of these outputs wrong); lowbit's sessions (session.x64quantprecision) stay exact.
+    Oracle: PyTorch's float64 convolution of the same integers, requantized as onnxruntime does (float32)."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    c = 16
+    w = rng.choice(np.array([-127, -100, 100, 127], np.int8), size=(c, c, 3, 3))
+    x = rng.integers(200, 256, size=(2, c, 12, 12)).astype(np.uint8)
+    s_x, s_w, s_y = np.float32(0.02), np.float32(0.0004), np.float32(3.0)
+    inits = [numpy_helper.from_array(a, n) for n, a in [
+        ("w", w), ("sx", np.array(s_x)), ("zx", np.array(0, np.uint8)), ("sw", np.full(c, s_w, np.float32)),
+        ("zw", np.zeros(c, np.int8)), ("sy", np.array(s_y)), ("zy", np.array(128, np.uint8))]]
+    node = helper.make_node("QLinearConv", ["x", "sx", "zx", "w", "sw", "zw", "sy", "zy"], ["y"], pads=[1, 1, 1, 1])
+    graph = helper.make_graph([node], "sat", [helper.make_tensor_value_info("x", TensorProto.UINT8, x.shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.UINT8, x.shape)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model)
+    got = session(model).run(None, {"x": x})[0]
+    acc = torch.nn.functional.conv2d(torch.from_numpy(x.astype(np.float64)), torch.from_numpy(w.astype(np.float64)),
+                                     padding=1).numpy()
+    assert np.abs(acc).max() > 2 * 32767  # the sums reach past int16 (pairs can saturate)
+    mult = np.float32(np.float32(s_x * s_w) / s_y)
+    want = np.clip(np.rint(acc.astype(np.float32) * mult) + 128, 0, 255)
+    assert np.array_equal(got, want)
+
+
+def test_requantized_residuals_run_on_onnxruntimes_own_kernels(fmnist, tmp_path):
+    """Residual.REQUANTIZE writes a residual block as quantize_static does: after onnxruntime's optimisation every
+    convolution is a QLinearConv and every residual add a QLinearAdd (no im2col, no float Add). Each residual layer,
+    fed onnxruntime's own codes of its two inputs, is within the pre-add grid's rounding of the integer model's
+    single rounding (oracle: the integer model's op on the same codes); top-1 agrees with the integer model."""
+    x, y, calib = fmnist
+    im = to_integer(quantize(zoo.pretrained("resnet").eval(), [calib], PTQConfig()), (calib[:2],))
+    path = export_onnx(im, tmp_path / "rq.onnx", (1, 1, 28, 28), residual=Residual.REQUANTIZE)
+    out = _session(path, tmp_path / "rq.opt.onnx").run(["output"], {"input": x.numpy()})[0]
+    ops = Counter(n.op_type for n in onnx.load(tmp_path / "rq.opt.onnx").graph.node)
+    residual = [n for n in im.nodes if len(n.inputs) > 1]
+    assert len(residual) == 6
+    assert ops["QLinearConv"] == sum(n.kind == "conv2d" for n in im.nodes) and ops["QGemm"] == 1, ops
+    assert ops["QLinearAdd"] == len(residual), ops
+    assert ops["Conv"] == ops["FusedConv"] == ops["Add"] == ops["Concat"] == ops["Slice"] == 0, ops
+    probe = to_onnx_model(im, (1, 1, 28, 28), expose_codes=True, residual=Residual.REQUANTIZE)
+    names = json.loads({p.key: p.value for p in probe.metadata_props}[CODES_KEY])
+    got = dict(zip(names.values(), _session(probe).run(list(names), {"input": x.numpy()})))
+    grids = {n.output: n.grid for n in im.nodes}
+    stored = {k: torch.from_numpy(v.astype(np.int32) - (0 if grids[k].signed else 128)) for k, v in got.items()}
+    for node in residual:
+        exact = node.op(stored[node.inputs[0]].to(torch.int8), stored[node.inputs[1]].to(torch.int8))
+        diff = (stored[node.output] - exact.to(torch.int32)).abs()
+        g, r = node.grid, grids[node.inputs[1]]
+        pre_step = ((2**g.bits - 1) * g.scale + (2**r.bits - 1) * r.scale) / 255 / g.scale  # in output steps
+        assert int(diff.max()) <= 1 + int(pre_step / 2), (node.output, int(diff.max()), pre_step)
+        assert 0.2 < float((diff == 0).float().mean()) < 1.0  # rounded twice: not the integer model's codes
+    ref = im(x).numpy()
+    assert float((out.argmax(1) == ref.argmax(1)).mean()) >= 0.97
+    assert abs(float((out.argmax(1) == y).mean()) - float((ref.argmax(1) == y).mean())) <= 0.015
+
+
+def test_residual_choice_is_checked():
+    with pytest.raises(ConfigError, match="residual must be a lowbit.export.onnx_qdq.Residual"):
+        to_onnx_model(None, (1, 1, 28, 28), residual="requantize")  # (checked before the model is read)

@@ -184,16 +184,16 @@ def test_cli_weight_format_flags(capsys, tmp_path):
 def test_onnx_export_runs_them_as_int8_weights(label, data, tmp_path):
     """ONNX stores ternary / power-of-two codes as int8 (INT4 at opset 21 where they fit); onnxruntime's
     output agrees with the integer model as for integer weights (float rounding in its requantization)."""
-    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxruntime")
     np = pytest.importorskip("numpy")
     pytest.importorskip("onnx")
     from lowbit.export.onnx_qdq import export_onnx
+    from lowbit.export.ort import session
 
     calib, test = data
     im = to_integer(convert(_calibrated(zoo.pretrained("cnn"), SPECS[label], calib)), (calib.x[:2],))
     path = export_onnx(im, tmp_path / "m.onnx", (1, 1, 28, 28), opset=21)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    out = session.run(["output"], {"input": test.x.numpy()})[0]
+    out = session(path).run(["output"], {"input": test.x.numpy()})[0]
     with torch.no_grad():
         ref = im(test.x).numpy()
     assert np.mean(np.abs(out - ref) <= float(np.abs(ref).max()) / 100) >= 0.99

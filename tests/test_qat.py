@@ -62,8 +62,9 @@ def test_mse_init_starts_from_the_least_squares_steps(data):
 
 def test_per_tensor_weight_steps_train_and_export_to_onnx_with_the_same_accuracy(data, tmp_path):
     onnx = pytest.importorskip("onnx")
-    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxruntime")
     from lowbit.export.onnx_qdq import export_onnx
+    from lowbit.export.ort import session
 
     tr, te = data
     q = prepare_qat(zoo.pretrained("cnn"), QATConfig(QuantSpec(IntFormat(4), PerTensor())), tr.x[:256])
@@ -73,9 +74,7 @@ def test_per_tensor_weight_steps_train_and_export_to_onnx_with_the_same_accuracy
     im = to_integer(q, (te.x[:2],))
     path = export_onnx(im, tmp_path / "qat.onnx", (1, 1, 28, 28))
     onnx.checker.check_model(str(path))
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    out = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]).run(None, {"input": te.x.numpy()})[0]
+    out = session(path, threads=1).run(None, {"input": te.x.numpy()})[0]
     acc_onnx = float((torch.from_numpy(out).argmax(1) == te.y).float().mean())
     acc_int = float((im(te.x).argmax(1) == te.y).float().mean())
     assert acc_int > 0.6 and abs(acc_onnx - acc_int) <= 0.003  # 3 of the 1,000 images at most

@@ -33,13 +33,14 @@ add(CAT, "model_is_simulation", "error", lambda: _export(model=fixtures.sim("cnn
 
 def _ort_equal(model: str, opset: int = 17, im=None) -> str:
     try:
-        import onnxruntime as ort
+        import onnxruntime  # noqa: F401
     except ImportError:
         return "exported (onnxruntime not installed: outputs not compared)"
     from lowbit.export.onnx_qdq import export_onnx
+    from lowbit.export.ort import session
     im = im or fixtures.integer(model)
     p = export_onnx(im, workdir() / f"{model}.onnx", (1, 1, 28, 28), opset=opset)
-    sess = ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
+    sess = session(p)
     x = fixtures.xs(64)
     out = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
     with torch.no_grad():

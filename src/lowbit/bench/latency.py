@@ -53,18 +53,10 @@ def torch_threads(n: int):
 
 
 def ort_session(path, threads: int):
-    """An onnxruntime CPU session with ``threads`` intra-op threads (onnxruntime imported lazily)."""
-    try:
-        import onnxruntime as ort
-    except ImportError as exc:
-        from lowbit.errors import ConfigError
+    """An onnxruntime CPU session with ``threads`` intra-op threads, exact on every CPU (:mod:`lowbit.export.ort`)."""
+    from lowbit.export.ort import session
 
-        raise ConfigError("onnxruntime is not installed: pip install onnxruntime") from exc
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return session(path, threads)
 
 
 __all__ = ["Timing", "interleaved", "ort_session", "torch_threads"]

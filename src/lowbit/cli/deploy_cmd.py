@@ -22,6 +22,13 @@ def _ptq_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST idx files")
 
 
+def _residual_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--residual", choices=["exact", "requantize"], default="exact",
+                   help="ONNX layers with a residual add: 'exact' rounds once, bit-exact with the integer model "
+                        "(slower in onnxruntime); 'requantize' rounds twice (QLinearConv + QLinearAdd, as "
+                        "onnxruntime's own quantize_static; codes may differ by one). Default exact")
+
+
 def add_parsers(sub) -> None:
     e = sub.add_parser("export", help="quantize a zoo model and save its integer form (safetensors, ONNX)",
                        description="Post-training quantize a shipped model, lower it to integer-only ops, check "
@@ -32,6 +39,7 @@ def add_parsers(sub) -> None:
     e.add_argument("--onnx", action="store_true", help="also write MODEL.onnx (QDQ, needs the onnx package)")
     e.add_argument("--opset", type=int_range(1), default=None,
                    help="ONNX opset with --onnx, 13 .. the installed onnx package's newest (default 17)")
+    _residual_arg(e)
     e.set_defaults(func=run_export)
     b = sub.add_parser("bench", help="latency: float PyTorch vs lowbit integer vs its ONNX in onnxruntime",
                        description="Measure latency with the paths interleaved in one run (best and median of "
@@ -43,6 +51,7 @@ def add_parsers(sub) -> None:
     b.add_argument("--threads", type=int_range(1, 1024), nargs="+", default=[1], help="thread counts (default 1)")
     b.add_argument("--rounds", type=int_range(1), default=20, help="timed rounds per path (default 20)")
     b.add_argument("--onnx", action="store_true", help="also time lowbit's ONNX export in onnxruntime")
+    _residual_arg(b)
     b.set_defaults(func=run_bench)
 
 
@@ -57,6 +66,8 @@ def _check(args) -> None:
         if not args.onnx:
             raise ConfigError("--opset sets the ONNX opset of --onnx: add --onnx, or drop --opset")
         _check_opset(args.opset)
+    if getattr(args, "residual", "exact") != "exact" and not args.onnx:
+        raise ConfigError("--residual chooses how --onnx writes residual adds: add --onnx, or drop --residual")
     if getattr(args, "out", None) is not None:
         writable_dir(args.out, "--out")
     for name in ("weight_bits", "act_bits"):
@@ -114,9 +125,10 @@ def run_export(args: argparse.Namespace) -> int:
     print(f"  wrote {path}: {path.stat().st_size:,} bytes = {path.stat().st_size / float_bytes:.3f}x "
           f"the float weights ({float_bytes:,} bytes)")
     if args.onnx:
-        from lowbit.export.onnx_qdq import export_onnx
+        from lowbit.export.onnx_qdq import Residual, export_onnx
 
-        onnx_path = export_onnx(im, out / f"{args.model}.onnx", (1, 1, 28, 28), opset=args.opset or 17)
+        onnx_path = export_onnx(im, out / f"{args.model}.onnx", (1, 1, 28, 28), opset=args.opset or 17,
+                                residual=Residual(args.residual))
         print(f"  wrote {onnx_path}: {onnx_path.stat().st_size:,} bytes")
     return 0 if same else 1
 
@@ -181,9 +193,10 @@ def run_bench(args: argparse.Namespace) -> int:
         im = _load_checked(args.load, x_all, model, args.model)
     onnx_path = None
     if args.onnx:
-        from lowbit.export.onnx_qdq import export_onnx
+        from lowbit.export.onnx_qdq import Residual, export_onnx
 
-        onnx_path = export_onnx(im, Path(tempfile.mkdtemp()) / "model.onnx", (1, 1, 28, 28))
+        onnx_path = export_onnx(im, Path(tempfile.mkdtemp()) / "model.onnx", (1, 1, 28, 28),
+                                residual=Residual(args.residual))
     print(f"{args.model}: latency in microseconds, best / median of {args.rounds} interleaved rounds")
     print(f"{'batch':>5} {'threads':>7} {'path':<22} {'best':>10} {'median':>10} {'speed-up':>9}")
     for threads in args.threads:

@@ -12,24 +12,30 @@ fuses ``DQ -> Conv -> Q`` into an integer convolution (onnxruntime:
 of the integer model:
 
 * ``linear`` -> ``Gemm(transB=1)`` (``MatMul`` + ``Add`` for inputs of rank > 2),
-  ``conv2d`` -> ``Conv``; a residual input is an ``Add`` of its dequantized
-  value before the output ``QuantizeLinear``: the sum is rounded once, as
-  lowbit's ``(acc m + r m2) / 2^n`` is. onnxruntime has no integer convolution
-  with a summand (``QLinearConv`` then ``QLinearAdd`` would round twice, and
-  ``DQ -> Conv -> Add -> Q`` runs as a float convolution), so a convolution
-  with a residual is a ``Gemm`` on NHWC rows, which onnxruntime runs as
-  ``QGemm`` with a float output (the exact int32 accumulator times one float32
-  scale) before the ``Add``: the rows are the input's pixels for a 1x1,
-  stride-1 convolution (the projections of EfficientNet and MobileNet blocks)
-  and its im2col patches otherwise (the 3x3 convolutions closing ResNet
-  blocks: a ``Pad`` of the codes with their zero point, one strided ``Slice``
-  per kernel tap, a ``Concat`` on the channels). The ``Transpose``,
-  ``Reshape``, ``Slice`` and ``Concat`` move codes on one grid and run on
-  onnxruntime's own NHWC layout; only a grouped convolution with a residual
-  still runs as a float convolution (``FusedConv``) whose outputs are
-  quantized on the integer model's grid. The im2col copies cost: onnxruntime
-  runs the exported ResNet about 1.7x slower than its own ``quantize_static``
-  model, which rounds twice (``benchmarks/results/integer_latency.md``);
+  ``conv2d`` -> ``Conv``. A layer with a residual summand is written as
+  :class:`Residual` says:
+
+  - ``Residual.EXACT`` (default): an ``Add`` of the residual's dequantized
+    value before the output ``QuantizeLinear``, so the sum is rounded once, as
+    lowbit's ``(acc m + r m2) / 2^n`` is. onnxruntime has no integer
+    convolution with a summand (``DQ -> Conv -> Add -> Q`` runs as a float
+    convolution), so such a convolution is a ``Gemm`` on NHWC rows, which
+    onnxruntime runs as ``QGemm`` with a float output (the exact int32
+    accumulator times one float32 scale) before the ``Add``: the rows are the
+    input's pixels for a 1x1, stride-1 convolution (the projections of
+    EfficientNet and MobileNet blocks) and its im2col patches otherwise (the 3x3
+    convolutions closing ResNet blocks: a ``Pad`` of the codes with their zero
+    point, one strided ``Slice`` per kernel tap and a ``Concat``, all on the
+    uint8 codes, then one ``DequantizeLinear``). Only a grouped convolution
+    with a residual still runs as a float convolution (``FusedConv``) whose
+    outputs are quantized on the integer model's grid. The im2col copies cost:
+    onnxruntime runs the exported ResNet about 1.6x slower than its own
+    ``quantize_static`` model (``benchmarks/results/integer_latency.md``);
+  - ``Residual.REQUANTIZE``: ``DQ -> Conv -> Q`` onto a pre-add grid
+    (:func:`_pre_add_grid`) then ``DQ -> Add -> Q``, which onnxruntime fuses
+    into ``QLinearConv`` and ``QLinearAdd``, as in its own ``quantize_static``
+    models: as fast as those, but rounded twice, so an output code can differ
+    from the integer model's by about one;
 * the requantization multiplier ``M = m / 2^n`` (24 bits: a float32) is carried
   by the weight scales: ``s_w[c]`` is the float32 near ``M[c] s_y / s_x`` for
   which onnxruntime's own multiplier ``float32(float32(s_x s_w[c]) / s_y)`` is
@@ -70,10 +76,15 @@ residual adds the residual's dequantized value, as the converted model does.
 
 The graph's input is ``"input"`` (float32) and its output ``"output"``
 (float32), with a dynamic batch dimension ``"batch"``.
+
+On x86 CPUs without VNNI onnxruntime's int8 kernels saturate (see
+:mod:`lowbit.export.ort`): run the graph with :func:`lowbit.export.ort.session`,
+or with the session option ``session.x64quantprecision = 1``.
 """
 
 from __future__ import annotations
 
+import enum
 import json
 import math
 from collections.abc import Callable
@@ -97,6 +108,22 @@ INPUT_NAME, OUTPUT_NAME, BATCH = "input", "output", "batch"
 CODES_KEY = "lowbit.codes"  # metadata: {graph output: integer-model tensor} when codes are exposed
 INT4_OPSET = 21  # DequantizeLinear reads INT4 from opset 21: <= 4-bit weights are stored as INT4 there
 _ULPS = 16  # how far the weight-scale search looks on either side of the nearest float32
+
+
+class Residual(enum.Enum):
+    """How a convolution with a residual summand is written (see the module docstring).
+
+    ``EXACT``: rounded once, ``(acc m + r m2) / 2^n`` as the integer model does
+    (bit-exact with it; onnxruntime runs the convolution as ``QGemm`` on NHWC
+    or im2col rows, slower than its ``QLinearConv``). ``REQUANTIZE``: rounded
+    twice, as onnxruntime's own ``quantize_static`` models do: ``QLinearConv``
+    onto an intermediate grid that holds every pre-add value the output can
+    still tell apart (:func:`_pre_add_grid`), then ``QLinearAdd``. Fast, but an
+    output code can differ from the integer model's by about one.
+    """
+
+    EXACT = "exact"
+    REQUANTIZE = "requantize"
 
 
 def _import_onnx():
@@ -216,13 +243,34 @@ def _safe_bias(bias: np.ndarray, w: np.ndarray, x: _Grid, y: _Grid, mult: np.nda
     return bias
 
 
+def _pre_add_grid(out: _Grid, lo: int, hi: int, residual: _Grid) -> _Grid:
+    """The uint8 grid of a layer's value before its residual is added (Residual.REQUANTIZE).
+
+    The output is ``clamp(v + r, lo, hi)`` with ``r = s_r (q_r - z_r)``; a
+    pre-add value ``v`` outside ``[(lo - z) s - max r, (hi - z) s - min r]``
+    saturates the output for every residual, so clipping ``v`` to that range
+    changes nothing. The grid spans that range (it holds 0), with
+    ``s_v = ((hi - lo) s + (qmax_r - qmin_r) s_r) / 255``: a pre-add value is
+    rounded to within ``s_v / 2``, about one output step.
+    """
+    r_lo = float(residual.value(residual.qmin))
+    r_hi = float(residual.value(residual.qmax))
+    v_lo = min(float(out.value(lo)) - r_hi, 0.0)
+    v_hi = max(float(out.value(hi)) - r_lo, 0.0)
+    scale = np.float32((v_hi - v_lo) / 255.0)
+    if not scale > 0:
+        raise ConfigError(f"empty pre-add range [{v_lo}, {v_hi}] for the residual's grid")
+    zero = int(min(max(round(-v_lo / float(scale)), 0), 255))
+    return _Grid(scale, zero, False)
+
+
 class _Builder:
     """Accumulates nodes and initializers with unique names."""
 
     def __init__(self, onnx, shapes: dict[str, tuple[int, ...]], expose_codes: bool, opset: int = MIN_OPSET,
-                 folds: _PadFolds | None = None) -> None:
+                 folds: _PadFolds | None = None, residual: Residual = Residual.EXACT) -> None:
         self.onnx, self.h, self.nh = onnx, onnx.helper, onnx.numpy_helper
-        self.shapes, self.expose_codes, self.opset = shapes, expose_codes, opset
+        self.shapes, self.expose_codes, self.opset, self.residual = shapes, expose_codes, opset, residual
         self.folds = folds or _PadFolds({}, frozenset())
         self.rows: dict[str, str] = {}  # tensor -> float name of its (N*H*W, C) rows (see to_rows)
         self.nodes: list = []
@@ -350,7 +398,6 @@ class _Builder:
             x = self.add("Pad", [x, self.const(f"{name}_pads", np.array([0, 0, top, left, 0, 0, bottom, right],
                                                                             np.int64)), z], f"{name}_pad",
                          mode="constant")
-        x = self.add("DequantizeLinear", [x, s, z], f"{name}_padded_dq")
         _, _, ho, wo = self.shapes[name]
         axes = self.const(f"{name}_tap_axes", np.array([2, 3], np.int64))
         steps = self.const(f"{name}_tap_steps", np.array(stride, np.int64))
@@ -359,12 +406,14 @@ class _Builder:
             for dj in range(kw):
                 start = np.array([di * dil[0], dj * dil[1]], np.int64)
                 end = start + np.array([(ho - 1) * stride[0] + 1, (wo - 1) * stride[1] + 1], np.int64)
-                taps.append(self.move("Slice", x, v.grid, f"{name}_tap{di}{dj}", self.const(
-                    f"{name}_tap{di}{dj}_start", start), self.const(f"{name}_tap{di}{dj}_end", end), axes, steps))
-        patches = self.qdq(self.add("Concat", taps, f"{name}_patches", axis=1), v.grid, f"{name}_patches_q")
-        nhwc = self.move("Transpose", patches, v.grid, f"{name}_patches_nhwc", perm=[0, 2, 3, 1])
+                taps.append(self.add("Slice", [x, self.const(f"{name}_tap{di}{dj}_start", start),
+                                               self.const(f"{name}_tap{di}{dj}_end", end), axes, steps],
+                                     f"{name}_tap{di}{dj}"))
+        patches = self.add("Concat", taps, f"{name}_patches", axis=1)
+        nhwc = self.add("Transpose", [patches], f"{name}_patches_nhwc", perm=[0, 2, 3, 1])
         shape = np.array([-1, kh * kw * int(self.shapes[src][1])], np.int64)
-        return self.move("Reshape", nhwc, v.grid, f"{name}_patch_rows", self.const(f"{name}_patch_rows_shape", shape))
+        rows = self.add("Reshape", [nhwc, self.const(f"{name}_patch_rows_shape", shape)], f"{name}_patch_rows")
+        return self.add("DequantizeLinear", [rows, s, z], f"{name}_patch_rows_dq")
 
     def from_rows(self, x: str, grid: _Grid | None, shape: tuple[int, ...], base: str) -> str:
         """The NCHW tensor of ``shape`` (any batch) whose ``(N*H*W, C)`` rows are ``x``: undoes :meth:`to_rows`."""
@@ -432,8 +481,14 @@ class _Builder:
             lo, hi = _Grid.code(a.out.lo, out_grid.signed), _Grid.code(a.out.hi, out_grid.signed)
             mult = torch.ldexp(t["m"].double(), -t["n"].double()).numpy()
             s_w = fit_weight_scales(s_in, mult, out_grid.scale)
-        rows = conv and not dequant and len(node.inputs) > 1 and self._gemm_residual(node)
-        if not dequant and (len(node.inputs) == 1 or rows):  # (a grouped residual conv runs in float: no int32 sum)
+        twice = not dequant and len(node.inputs) > 1 and self._requantized_residual(node)
+        rows = conv and not dequant and len(node.inputs) > 1 and not twice and self._gemm_residual(node)
+        if twice:  # onto the pre-add grid, then QLinearAdd
+            pre = _pre_add_grid(out_grid, lo, hi, self.values[node.inputs[1]].grid)
+            mult = mult * float(out_grid.scale) / float(pre.scale)
+            s_w = fit_weight_scales(s_in, mult, pre.scale)
+            bias = _safe_bias(bias, w, x.grid, pre, mult, pre.qmin, pre.qmax)
+        elif not dequant and (len(node.inputs) == 1 or rows):  # (a grouped residual conv runs in float)
             bias = _safe_bias(bias, w, x.grid, out_grid, mult, lo, hi, self._residual_spread(node) if rows else None)
         matmul = not conv and len(self.shapes[node.inputs[0]]) != 2
         if matmul:  # MatMul wants (K, O)
@@ -463,6 +518,8 @@ class _Builder:
             y = self.add("Add", [self.add("MatMul", [x.float_name, w_dq], f"{name}_matmul"), b_dq], f"{name}_add")
         else:
             y = self.add("Gemm", [x.float_name, w_dq, b_dq], f"{name}_gemm", transB=1)
+        if twice:  # rounded on the pre-add grid first: DQ -> Add -> Q is QLinearAdd
+            y = self.qdq(y, pre, f"{name}_pre_add")
         if len(node.inputs) > 1:  # the residual's value, on the output's float scale
             y = self.add("Add", [y, self.values[node.inputs[1]].float_name], f"{name}_residual")
         if not dequant:
@@ -475,6 +532,10 @@ class _Builder:
             y = self.add("Clip", [y, self.const(f"{name}_act_min", np.array(a.out.act_lo, np.float32)),
                                   self.const(f"{name}_act_max", np.array(a.out.act_hi, np.float32))], f"{name}_clip")
         self.values[name] = _Value(y)
+
+    def _requantized_residual(self, node: Node) -> bool:
+        """Whether ``node``'s integer residual is added by ``QLinearAdd`` after rounding (Residual.REQUANTIZE)."""
+        return self.residual is Residual.REQUANTIZE and self.values[node.inputs[-1]].grid is not None
 
     def _gemm_residual(self, node: Node) -> bool:
         """Whether conv ``node`` has an integer residual and one group: a GEMM on patch rows (see _residual_rows)."""
@@ -738,14 +799,19 @@ def _check_kinds(model: IntegerModel) -> None:
                               "export as int8 codes -1/+1)")
 
 
-def to_onnx_model(model: IntegerModel, input_shape: tuple[int, ...], opset: int = 17, expose_codes: bool = False):
+def to_onnx_model(model: IntegerModel, input_shape: tuple[int, ...], opset: int = 17, expose_codes: bool = False,
+                  residual: Residual = Residual.EXACT):
     """The QDQ ``onnx.ModelProto`` of ``model`` (see the module docstring); not checked, not saved.
 
     ``expose_codes`` also makes every int8 tensor's ``QuantizeLinear`` output a
     graph output (for parity checks against :meth:`IntegerModel.run`); the
     metadata entry ``lowbit.codes`` maps those outputs to the integer model's names.
+    ``residual``: how layers with a residual summand round (:class:`Residual`).
     """
     onnx = _import_onnx()
+    if not isinstance(residual, Residual):
+        raise ConfigError(f"residual must be a lowbit.export.onnx_qdq.Residual ({', '.join(r.name for r in Residual)})"
+                          f", not {residual!r}")
     newest = onnx.defs.onnx_opset_version()
     if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= newest:
         raise ConfigError(f"opset must be {MIN_OPSET}..{newest} (per-channel QuantizeLinear; the installed onnx's "
@@ -755,7 +821,7 @@ def to_onnx_model(model: IntegerModel, input_shape: tuple[int, ...], opset: int 
     require_integer_model(model, "export")
     _check_kinds(model)
     shapes = _shapes(model, tuple(input_shape))
-    b = _Builder(onnx, shapes, expose_codes, opset, _foldable_pads(model, shapes))
+    b = _Builder(onnx, shapes, expose_codes, opset, _foldable_pads(model, shapes), residual)
     b.values[model.input_name] = _Value(INPUT_NAME)
     for node in model.nodes:
         b.emit(node)
@@ -787,14 +853,17 @@ def to_onnx_model(model: IntegerModel, input_shape: tuple[int, ...], opset: int 
     return proto
 
 
-def export_onnx(model: IntegerModel, path: str | Path, input_shape: tuple[int, ...], opset: int = 17) -> Path:
+def export_onnx(model: IntegerModel, path: str | Path, input_shape: tuple[int, ...], opset: int = 17,
+                residual: Residual = Residual.EXACT) -> Path:
     """Write ``model`` to ``path`` as a QDQ ONNX model (checked by ``onnx.checker``); returns the path.
 
     ``input_shape`` is the input's shape with the batch first (its size is
-    ignored: the batch dimension is dynamic). Needs the ``onnx`` package.
+    ignored: the batch dimension is dynamic). ``residual``: ``Residual.EXACT``
+    (bit-exact with ``model``) or ``Residual.REQUANTIZE`` (onnxruntime's fast
+    ``QLinearConv`` + ``QLinearAdd``, rounding twice). Needs the ``onnx`` package.
     """
     onnx = _import_onnx()
-    proto = to_onnx_model(model, input_shape, opset)
+    proto = to_onnx_model(model, input_shape, opset, residual=residual)
     onnx.checker.check_model(proto, full_check=True)
     data = proto.SerializeToString()
     return atomic_write(path, lambda f: f.write(data))
