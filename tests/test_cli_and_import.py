@@ -94,3 +94,12 @@ def test_ptq_json_holds_the_results_and_the_quantization_op_counts(tmp_path):
     assert r["model"] == "mlp" and 0.8 < r["accuracy"] <= 1
     (u_ops, _), (f_ops, _) = r["quant_ops"]["unfused"], r["quant_ops"]["fused"]
     assert f_ops < u_ops  # fusion removed quantization points
+
+
+def test_export_resnet_with_requantized_residuals(tmp_path, capsys):
+    onnx = pytest.importorskip("onnx")
+    assert main(["export", "--model", "resnet", "--out", str(tmp_path), "--onnx", "--residual", "requantize"]) == 0
+    assert "equal to the simulation on all 10000: True" in capsys.readouterr().out
+    ops = [n.op_type for n in onnx.load(tmp_path / "resnet.onnx").graph.node]
+    assert ops.count("Add") == 6 and "Concat" not in ops and "Gemm" in ops  # (the classifier's Gemm only)
+    assert ops.count("Gemm") == 1

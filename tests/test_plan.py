@@ -20,7 +20,7 @@ from lowbit.integer.lower import to_integer
 from lowbit.integer.model import make_op
 from lowbit.ptq import PTQConfig, quantize
 
-pytestmark = pytest.mark.skipif(not vnni.available(), reason="needs an AVX512-VNNI CPU and a C compiler")
+pytestmark = pytest.mark.skipif(not vnni.available(), reason="needs an AVX512-VNNI or AVX2 CPU and a C compiler")
 
 
 @pytest.fixture(scope="module")

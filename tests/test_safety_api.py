@@ -323,6 +323,7 @@ def _one_error_line(capsys) -> str:
 @pytest.mark.parametrize("argv,message", [
     (["export", "--model", "mlp", "--onnx", "--opset", "99"], "--opset must be 13.."),
     (["export", "--model", "mlp", "--opset", "18"], "--opset sets the ONNX opset of --onnx"),
+    (["export", "--model", "mlp", "--residual", "requantize"], "--residual chooses how --onnx writes residual adds"),
     (["bench", "--model", "mlp", "--threads", "0"], "argument --threads: must be 1..1024, got 0"),
     (["bench", "--model", "mlp", "--rounds", "0"], "argument --rounds: must be >= 1, got 0"),
     (["bench", "--model", "mlp", "--batch", "0"], "argument --batch: must be >= 1, got 0"),

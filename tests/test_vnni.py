@@ -1,4 +1,4 @@
-"""The prepacked VNNI GEMM (csrc/gemm.c) against int64 matmul, the C epilogue and the torch._int_mm path."""
+"""The prepacked int8 GEMM (csrc/gemm.c: VNNI, or AVX2 where that is all the CPU has) against int64 matmul, the C epilogue and the torch._int_mm path."""
 
 import pytest
 import torch
@@ -14,7 +14,7 @@ from lowbit.integer import kernels, vnni
 from lowbit.integer.lower import to_integer
 from lowbit.ptq import PTQConfig, quantize
 
-pytestmark = pytest.mark.skipif(not vnni.available(), reason="needs an AVX512-VNNI CPU and a C compiler")
+pytestmark = pytest.mark.skipif(not vnni.available(), reason="needs an AVX512-VNNI or AVX2 CPU and a C compiler")
 
 
 def _rand(shape, gen, lo=-128, hi=128):

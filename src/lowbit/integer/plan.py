@@ -120,6 +120,9 @@ class Plan:
         out = torch.empty(self.out_shape, dtype=self.out_dtype)
         self.bufs[INPUT], self.bufs[self.out_slot] = x.data_ptr(), out.data_ptr()
         rc = self._run(self.steps_addr, self.n_steps, self.bufs_addr, self._threads)
+        if rc == -2:
+            raise MemoryError("lowbit_run_plan: a step could not allocate its scratch memory (the AVX2 GEMM's int16 "
+                              "rows, or bit-packed panels): free memory or run a smaller batch")
         if rc < 0:
             raise RuntimeError(f"lowbit_run_plan: bad step ({rc})")
         if rc:  # a NaN or an infinity in the input: the simulation's error

@@ -12,8 +12,11 @@ computed as ``sum (s + 128) w - 128 sum w``, since ``vpdpbusd`` multiplies
 unsigned by signed bytes. Exact: every product and the sum fit int32 for
 K < 2^16 (checked).
 
-Used when the C library is built for a CPU with AVX512-VNNI; otherwise the
-layers keep ``torch._int_mm`` (see :mod:`lowbit.integer.kernels`). Every call's
+Used when the C library is built for a CPU with AVX512-VNNI or, with the same
+panels and the same integers, AVX2 (bytes widened to int16 for ``vpmaddwd``:
+``vpmaddubsw`` would saturate; about 2x fewer MACs per instruction than VNNI);
+otherwise the layers keep ``torch._int_mm`` (see :mod:`lowbit.integer.kernels`),
+which on a CPU without VNNI is PyTorch's scalar fallback (about 3 GOP/s). Every call's
 arguments are checked first (:mod:`lowbit.native.guard`).
 """
 
@@ -31,10 +34,17 @@ MAX_K = 1 << 16
 
 
 @lru_cache(maxsize=1)
-def available() -> bool:
-    """True when the compiled library has the VNNI GEMM (an AVX512-VNNI CPU and a compiler)."""
+def isa() -> str | None:
+    """Which int8 GEMM the compiled library has: ``"avx512-vnni"`` (``vpdpbusd``), ``"avx2"`` (``vpmaddwd`` on
+    widened bytes, exact: see ``csrc/gemm.c``), or None (no compiler, or neither instruction set)."""
     lib = cext.library()
-    return lib is not None and bool(lib.lowbit_has_vnni())
+    return None if lib is None else {2: "avx512-vnni", 1: "avx2"}.get(int(lib.lowbit_gemm_isa()))
+
+
+@lru_cache(maxsize=1)
+def available() -> bool:
+    """True when the compiled library has lowbit's int8 GEMM: AVX-512 VNNI or, slower, AVX2 (see :func:`isa`)."""
+    return isa() is not None
 
 
 @dataclass(frozen=True)
@@ -49,13 +59,15 @@ class PackedWeight:
 
 
 def peak_gops(iters: int = 20_000_000) -> float:
-    """Measured int8 peak of one core, GOP/s: a register-only loop of independent ``vpdpbusd`` (no memory)."""
+    """Measured int8 peak of one core, GOP/s: a register-only loop of independent ``vpdpbusd`` (64 MACs each;
+    on AVX2 ``vpmaddwd`` + ``vpaddd``, 16 MACs each) with no memory traffic."""
     import time
 
     guard.vnni_peak(iters)
+    macs = 64 if isa() == "avx512-vnni" else 16
     start = time.perf_counter()
     cext.library().lowbit_vnni_peak(iters)
-    return iters * 12 * 64 * 2 / (time.perf_counter() - start) / 1e9
+    return iters * 12 * macs * 2 / (time.perf_counter() - start) / 1e9
 
 
 def _kp(k: int) -> int:
@@ -167,9 +179,17 @@ def gemm(a: torch.Tensor, w: PackedWeight, col_add: torch.Tensor, requant: Requa
                     guard.Buf(torch.int32 if requant is None else torch.int8, a.shape[0] * w.n),
                     torch.get_num_threads())
     out, epi = _epilogue(requant, residual, a.shape[0], w.n)
-    cext.library().lowbit_gemm_u8s8(a.data_ptr(), a.shape[0], w.kp, int(flip), w.panels.data_ptr(), w.n,
-                                    col_add.data_ptr(), *epi, out.data_ptr(), torch.get_num_threads())
+    _check_rc(cext.library().lowbit_gemm_u8s8(a.data_ptr(), a.shape[0], w.kp, int(flip), w.panels.data_ptr(), w.n,
+                                              col_add.data_ptr(), *epi, out.data_ptr(), torch.get_num_threads()),
+              "lowbit_gemm_u8s8", a.shape[0] * w.kp)
     return out
+
+
+def _check_rc(rc: int, name: str, elements: int) -> None:
+    """A nonzero return of the GEMM: no memory for AVX2's int16 copy of the rows (a silent wrong result otherwise)."""
+    if rc:
+        raise MemoryError(f"{name}: could not allocate the int16 copy of {elements:,} activations "
+                          f"({2 * elements:,} bytes) that the AVX2 kernel reads; free memory or use a smaller batch")
 
 
 def implicit_conv_ok(channels: int, kernel: tuple[int, int]) -> bool:
@@ -199,8 +219,9 @@ def conv(x: torch.Tensor, w: PackedWeight, kernel, stride, padding, dilation, pa
     padded = torch.empty((n, hp, wp, c), dtype=torch.uint8)
     lib.lowbit_pad_flip_nhwc(xh.data_ptr(), n, h, wd, c, ph, pw, pad_value, padded.data_ptr())
     out, epi = _epilogue(requant, residual, n * ho * wo, w.n)
-    lib.lowbit_conv_u8s8(padded.data_ptr(), n, hp, wp, c, kh, kw, sh, sw, dh, dw, ho, wo, w.panels.data_ptr(), w.n,
-                         col_add.data_ptr(), *epi, out.data_ptr(), torch.get_num_threads())
+    _check_rc(lib.lowbit_conv_u8s8(padded.data_ptr(), n, hp, wp, c, kh, kw, sh, sw, dh, dw, ho, wo,
+                                   w.panels.data_ptr(), w.n, col_add.data_ptr(), *epi, out.data_ptr(),
+                                   torch.get_num_threads()), "lowbit_conv_u8s8", n * hp * wp * c)
     return out
 
 

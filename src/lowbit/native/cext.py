@@ -134,6 +134,7 @@ def library() -> ctypes.CDLL | None:
     lib.lowbit_dequant_rows.argtypes = [ptr, i64, i64, ptr, ptr, ptr]
     lib.lowbit_dequant_rows.restype = None
     lib.lowbit_has_vnni.restype = ctypes.c_int
+    lib.lowbit_gemm_isa.restype = ctypes.c_int
     lib.lowbit_vnni_peak.argtypes = [i64]
     lib.lowbit_vnni_peak.restype = ctypes.c_int
     lib.lowbit_pack_a.argtypes = [ptr, i64, i64, i64, ptr]
@@ -161,9 +162,10 @@ def library() -> ctypes.CDLL | None:
     lib.lowbit_delta_lstm_q.restype = None
     lib.lowbit_snn_run.argtypes = [ptr, ptr, ptr, i64, ptr, i64, ptr, ptr, ptr, i64]
     lib.lowbit_snn_run.restype = ctypes.c_int
-    for f in (lib.lowbit_pack_a, lib.lowbit_pack_w, lib.lowbit_gemm_u8s8, lib.lowbit_pad_flip_nhwc,
-              lib.lowbit_conv_u8s8):
+    for f in (lib.lowbit_pack_a, lib.lowbit_pack_w, lib.lowbit_pad_flip_nhwc):
         f.restype = None
+    lib.lowbit_gemm_u8s8.restype = ctypes.c_int  # 0, or -2: no memory (AVX2's int16 rows)
+    lib.lowbit_conv_u8s8.restype = ctypes.c_int
     lib.lowbit_bits_pack_i8.argtypes = [ptr, i64, i64, ptr]
     lib.lowbit_bits_unpack_i8.argtypes = [ptr, i64, i64, ptr]
     lib.lowbit_bits_im2col_nhwc.argtypes = [ptr] + [i64] * 14 + [ptr]

@@ -1,4 +1,5 @@
-/* int8 GEMM with prepacked weights on AVX-512 VNNI (vpdpbusd), with the requantization epilogue fused.
+/* int8 GEMM with prepacked weights on AVX-512 VNNI (vpdpbusd), or on AVX2 (vpmaddwd on int16, exact), with the
+ * requantization epilogue fused.
  *
  * C[i][j] = sum_k A[i][k] * W[j][k]  for int8 A (M, K) (activations, stored codes) and int8 W (N, K).
  *
@@ -17,6 +18,13 @@
  * Blocking: a micro-kernel keeps MR x (16 NB) int32 accumulators in registers (MR <= 6, NB <= 4: 24
  * zmm) and runs the whole K. Work is split into tasks of MC rows x 64 columns over OpenMP threads.
  * The 6 x 64 tile then goes through lowbit_requant_block (requant.c) while it is in L1.
+ *
+ * AVX2 (no VNNI): the same packed weights and the same sums, exactly. vpmaddubsw (u8 x s8) would saturate pairs
+ * of products to int16 (255 * 127 * 2 > 32767), so bytes are widened to int16 and multiplied by vpmaddwd, whose
+ * pair sums (at most 2 * 255 * 128) are exact in int32. One 16-byte half of a panel group (4 columns x 4 k)
+ * widens to 16 int16; the row's 4 bytes, widened and broadcast, meet it in one vpmaddwd giving 2 partial sums
+ * per column, added pairwise (vphaddd) once the whole K is done. Columns are taken 8 at a time, MR rows each
+ * (12 accumulators, 2 weight registers, 1 row register of 16 ymm).
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -158,12 +166,13 @@ void lowbit_pack_w(const int8_t *w, int64_t N, int64_t K, int64_t Kp, int8_t *ou
             out[(j / 16) * Kp * 16 + (k / 4) * 64 + (j % 16) * 4 + (k % 4)] = w[j * K + k];
 }
 
-/* the VNNI GEMM needs lowbit_requant_block, built in requant.c under the same AVX-512 subsets */
+/* the GEMM needs lowbit_requant_block (requant.c: AVX-512, or portable C) */
 #if defined(__AVX512VNNI__) && defined(__AVX512F__) && defined(__AVX512DQ__) && defined(__AVX512BW__) && \
     defined(__AVX512VL__)
 #include <immintrin.h>
 
 int lowbit_has_vnni(void) { return 1; }
+int lowbit_gemm_isa(void) { return 2; } /* 2: AVX-512 VNNI, 1: AVX2, 0: none */
 
 #define ALWAYS static inline __attribute__((always_inline))
 
@@ -206,6 +215,109 @@ ALWAYS void kernel(const int rows, const int nb, const int flip, const uint8_t *
         for (int j = 0; j < nb; j++) _mm512_storeu_si512((void *)(tile + r * NR + j * 16), c[r][j]);
 }
 
+/* The vpdpbusd issue rate with no memory traffic, for the benchmark's "% of peak": iters x 12 independent
+ * vpdpbusd (64 MACs each). Returns a value of the accumulators so that nothing is optimised away. */
+int lowbit_vnni_peak(int64_t iters) {
+    __m512i c0 = _mm512_set1_epi32(1), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0, c7 = c0, c8 = c0,
+            c9 = c0, c10 = c0, c11 = c0;
+    const __m512i a = _mm512_set1_epi32(0x01010101), b = _mm512_set1_epi32(0x02020202);
+    for (int64_t i = 0; i < iters; i++)
+        __asm__ volatile("vpdpbusd %[a], %[b], %[c0]\n vpdpbusd %[a], %[b], %[c1]\n vpdpbusd %[a], %[b], %[c2]\n"
+                         "vpdpbusd %[a], %[b], %[c3]\n vpdpbusd %[a], %[b], %[c4]\n vpdpbusd %[a], %[b], %[c5]\n"
+                         "vpdpbusd %[a], %[b], %[c6]\n vpdpbusd %[a], %[b], %[c7]\n vpdpbusd %[a], %[b], %[c8]\n"
+                         "vpdpbusd %[a], %[b], %[c9]\n vpdpbusd %[a], %[b], %[c10]\n vpdpbusd %[a], %[b], %[c11]\n"
+                         : [c0] "+v"(c0), [c1] "+v"(c1), [c2] "+v"(c2), [c3] "+v"(c3), [c4] "+v"(c4), [c5] "+v"(c5),
+                           [c6] "+v"(c6), [c7] "+v"(c7), [c8] "+v"(c8), [c9] "+v"(c9), [c10] "+v"(c10), [c11] "+v"(c11)
+                         : [a] "v"(a), [b] "v"(b));
+    __m512i s = _mm512_add_epi32(_mm512_add_epi32(_mm512_add_epi32(c0, c1), _mm512_add_epi32(c2, c3)),
+                                 _mm512_add_epi32(_mm512_add_epi32(c4, c5), _mm512_add_epi32(c6, c7)));
+    s = _mm512_add_epi32(s, _mm512_add_epi32(_mm512_add_epi32(c8, c9), _mm512_add_epi32(c10, c11)));
+    return _mm512_reduce_add_epi32(s);
+}
+
+#define HAVE_GEMM 1
+
+#elif defined(__AVX2__)
+#include <immintrin.h>
+
+int lowbit_has_vnni(void) { return 1; } /* (the int8 GEMM is compiled: see lowbit_gemm_isa for which) */
+int lowbit_gemm_isa(void) { return 1; }
+
+#define ALWAYS static inline __attribute__((always_inline))
+
+/* 8 columns (half `hf` of the 16-column panel at b) of `rows` rows over the whole K: see the top for the layout.
+ * The rows are int16 (base and tap offsets in bytes): `widen` made them from the unsigned codes. */
+ALWAYS void half8(const int rows, const uint8_t *const *base, const int64_t *tap_off, int64_t taps,
+                  int64_t C, const int8_t *b, int32_t *tile) {
+    __m256i c[MR][2];
+    const uint8_t *ar[MR];
+#pragma GCC unroll 6
+    for (int r = 0; r < rows; r++) c[r][0] = c[r][1] = _mm256_setzero_si256();
+    const int8_t *bk = b;
+    for (int64_t t = 0; t < taps; t++) {
+#pragma GCC unroll 6
+        for (int r = 0; r < rows; r++) ar[r] = base[r] + tap_off[t];
+        for (int64_t k = 0; k < C; k += 4, bk += 64) {
+            const __m256i b0 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)bk));
+            const __m256i b1 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(bk + 16)));
+#pragma GCC unroll 6
+            for (int r = 0; r < rows; r++) {
+                int64_t quad; /* 4 unsigned codes, already widened to int16 (see widen) */
+                memcpy(&quad, ar[r] + 2 * k, 8);
+                const __m256i av = _mm256_set1_epi64x(quad);
+                c[r][0] = _mm256_add_epi32(c[r][0], _mm256_madd_epi16(av, b0));
+                c[r][1] = _mm256_add_epi32(c[r][1], _mm256_madd_epi16(av, b1));
+            }
+        }
+    }
+#pragma GCC unroll 6
+    for (int r = 0; r < rows; r++) { /* (c0 c1 c4 c5 | c2 c3 c6 c7) -> c0 .. c7 */
+        const __m256i s = _mm256_permute4x64_epi64(_mm256_hadd_epi32(c[r][0], c[r][1]), 0xD8);
+        _mm256_storeu_si256((__m256i *)(tile + r * NR), s);
+    }
+}
+
+ALWAYS void kernel(const int rows, const int nb, const int flip, const uint8_t *const *base, const int64_t *tap_off,
+                   int64_t taps, int64_t C, const int8_t *b, int64_t Kp, int32_t *tile) {
+    for (int j = 0; j < nb; j++)
+        for (int hf = 0; hf < 2; hf++)
+            half8(rows, base, tap_off, taps, C, b + j * Kp * 16 + hf * 32, tile + j * 16 + hf * 8);
+    (void)flip; /* (the rows were flipped when widened) */
+}
+
+/* the vpmaddwd issue rate with no memory traffic: iters x 12 independent vpmaddwd + vpaddd (16 MACs each) */
+int lowbit_vnni_peak(int64_t iters) {
+    __m256i c[12];
+    const __m256i a = _mm256_set1_epi16(3), b = _mm256_set1_epi16(5);
+    for (int i = 0; i < 12; i++) c[i] = _mm256_set1_epi32(i);
+    for (int64_t i = 0; i < iters; i++) {
+#pragma GCC unroll 12
+        for (int j = 0; j < 12; j++) {
+            c[j] = _mm256_add_epi32(c[j], _mm256_madd_epi16(a, b));
+            __asm__("" : "+x"(c[j]));
+        }
+    }
+    __m256i s = c[0];
+    for (int i = 1; i < 12; i++) s = _mm256_add_epi32(s, c[i]);
+    return _mm256_extract_epi32(s, 0);
+}
+/* int16 copy of n unsigned codes (flipped from int8 stored codes first when flip): one broadcast load then
+ * feeds a row's 4 k to vpmaddwd. O(n) work against the GEMM's O(n N); malloc'd, NULL when out of memory. */
+static int16_t *widen(const uint8_t *a, int64_t n, int flip) {
+    int16_t *w = malloc((size_t)(n > 0 ? n : 1) * sizeof(int16_t));
+    if (!w) return 0;
+    const uint8_t x = flip ? 0x80 : 0;
+    for (int64_t i = 0; i < n; i++) w[i] = (int16_t)(uint8_t)(a[i] ^ x);
+    return w;
+}
+#define ELEM 2 /* bytes per element of A as the kernel reads it */
+#define HAVE_GEMM 1
+#endif
+
+#ifdef HAVE_GEMM
+#ifndef ELEM
+#define ELEM 1
+#endif
 #define K_NB(R, F)                                                              \
     switch (nb) {                                                               \
     case 1: kernel(R, 1, F, base, tap_off, taps, C, b, Kp, tile); break;        \
@@ -243,9 +355,9 @@ typedef struct {
 } rows_src;
 
 static inline const uint8_t *row_base(const rows_src *s, int64_t i) {
-    if (!s->conv) return s->x + i * s->lda;
+    if (!s->conv) return s->x + i * s->lda * ELEM;
     const int64_t x = i % s->Wo, t = i / s->Wo, y = t % s->Ho, b = t / s->Ho;
-    return s->x + ((b * s->Hp + y * s->sh) * s->Wp + x * s->sw) * s->C;
+    return s->x + ((b * s->Hp + y * s->sh) * s->Wp + x * s->sw) * s->C * ELEM;
 }
 
 /* C = A W^T, then per column: out32 = C + col_add (requant == 0), or
@@ -281,65 +393,67 @@ static void run(const rows_src *src, const int64_t *tap_off, int64_t taps, int64
     }
 }
 
-void lowbit_gemm_u8s8(const uint8_t *a, int64_t M, int64_t Kp, int flip, const int8_t *wp, int64_t N,
+int lowbit_gemm_u8s8(const uint8_t *a, int64_t M, int64_t Kp, int flip, const int8_t *wp, int64_t N,
                       const int32_t *col_add, int requant, const int64_t *m, const int64_t *n, const int64_t *h,
                       const int8_t *res, int64_t res_zp, const int64_t *m2, int64_t zp, int64_t lo, int64_t hi,
                       void *out, int threads) {
-    const rows_src src = {a, Kp, flip, 0, 0, 0, 0, 0, 0, 0, 0};
     const int64_t zero = 0;
+#if ELEM == 2
+    int16_t *wide = widen(a, M * Kp, flip);
+    if (!wide) return -2; /* out of memory: the caller raises */
+    const rows_src src = {(const uint8_t *)wide, Kp, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+#else
+    const rows_src src = {a, Kp, flip, 0, 0, 0, 0, 0, 0, 0, 0};
+#endif
     run(&src, &zero, 1, Kp, M, Kp, wp, N, col_add, requant, m, n, h, res, res_zp, m2, zp, lo, hi, out, threads);
+#if ELEM == 2
+    free(wide);
+#endif
+    return 0;
 }
 
 /* Dense convolution without an im2col buffer: xp is the padded, flipped NHWC image (lowbit_pad_flip_nhwc),
  * C a multiple of 4, the weight packed with K in (kh, kw, C) order; out as lowbit_gemm_u8s8 with
  * M = N Ho Wo rows (channels-last). */
-void lowbit_conv_u8s8(const uint8_t *xp, int64_t Nb, int64_t Hp, int64_t Wp, int64_t C, int64_t kh, int64_t kw,
+int lowbit_conv_u8s8(const uint8_t *xp, int64_t Nb, int64_t Hp, int64_t Wp, int64_t C, int64_t kh, int64_t kw,
                       int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t Ho, int64_t Wo, const int8_t *wp,
                       int64_t N, const int32_t *col_add, int requant, const int64_t *m, const int64_t *n,
                       const int64_t *h, const int8_t *res, int64_t res_zp, const int64_t *m2, int64_t zp, int64_t lo,
                       int64_t hi, void *out, int threads) {
     int64_t tap_off[256];
-    if (kh * kw > 256 || C % 4) return; /* refused by the caller */
+    if (kh * kw > 256 || C % 4) return -1; /* refused by the caller */
     for (int64_t p = 0; p < kh; p++)
-        for (int64_t q = 0; q < kw; q++) tap_off[p * kw + q] = (p * dh * Wp + q * dw) * C;
+        for (int64_t q = 0; q < kw; q++) tap_off[p * kw + q] = (p * dh * Wp + q * dw) * C * ELEM;
+#if ELEM == 2
+    int16_t *wide = widen(xp, Nb * Hp * Wp * C, 0);
+    if (!wide) return -2;
+    const rows_src src = {(const uint8_t *)wide, 0, 0, 1, Hp, Wp, C, sh, sw, Ho, Wo};
+#else
     const rows_src src = {xp, 0, 0, 1, Hp, Wp, C, sh, sw, Ho, Wo};
+#endif
     run(&src, tap_off, kh * kw, C, Nb * Ho * Wo, kh * kw * C, wp, N, col_add, requant, m, n, h, res, res_zp, m2,
         zp, lo, hi, out, threads);
-}
-
-/* The vpdpbusd issue rate with no memory traffic, for the benchmark's "% of peak": iters x 12 independent
- * vpdpbusd (64 MACs each). Returns a value of the accumulators so that nothing is optimised away. */
-int lowbit_vnni_peak(int64_t iters) {
-    __m512i c0 = _mm512_set1_epi32(1), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0, c7 = c0, c8 = c0,
-            c9 = c0, c10 = c0, c11 = c0;
-    const __m512i a = _mm512_set1_epi32(0x01010101), b = _mm512_set1_epi32(0x02020202);
-    for (int64_t i = 0; i < iters; i++)
-        __asm__ volatile("vpdpbusd %[a], %[b], %[c0]\n vpdpbusd %[a], %[b], %[c1]\n vpdpbusd %[a], %[b], %[c2]\n"
-                         "vpdpbusd %[a], %[b], %[c3]\n vpdpbusd %[a], %[b], %[c4]\n vpdpbusd %[a], %[b], %[c5]\n"
-                         "vpdpbusd %[a], %[b], %[c6]\n vpdpbusd %[a], %[b], %[c7]\n vpdpbusd %[a], %[b], %[c8]\n"
-                         "vpdpbusd %[a], %[b], %[c9]\n vpdpbusd %[a], %[b], %[c10]\n vpdpbusd %[a], %[b], %[c11]\n"
-                         : [c0] "+v"(c0), [c1] "+v"(c1), [c2] "+v"(c2), [c3] "+v"(c3), [c4] "+v"(c4), [c5] "+v"(c5),
-                           [c6] "+v"(c6), [c7] "+v"(c7), [c8] "+v"(c8), [c9] "+v"(c9), [c10] "+v"(c10), [c11] "+v"(c11)
-                         : [a] "v"(a), [b] "v"(b));
-    __m512i s = _mm512_add_epi32(_mm512_add_epi32(_mm512_add_epi32(c0, c1), _mm512_add_epi32(c2, c3)),
-                                 _mm512_add_epi32(_mm512_add_epi32(c4, c5), _mm512_add_epi32(c6, c7)));
-    s = _mm512_add_epi32(s, _mm512_add_epi32(_mm512_add_epi32(c8, c9), _mm512_add_epi32(c10, c11)));
-    return _mm512_reduce_add_epi32(s);
+#if ELEM == 2
+    free(wide);
+#endif
+    return 0;
 }
 
 #else
 int lowbit_vnni_peak(int64_t iters) { (void)iters; return 0; }
 int lowbit_has_vnni(void) { return 0; }
+int lowbit_gemm_isa(void) { return 0; }
 
-void lowbit_gemm_u8s8(const uint8_t *a, int64_t M, int64_t Kp, int flip, const int8_t *wp, int64_t N,
+int lowbit_gemm_u8s8(const uint8_t *a, int64_t M, int64_t Kp, int flip, const int8_t *wp, int64_t N,
                       const int32_t *col_add, int requant, const int64_t *m, const int64_t *n, const int64_t *h,
                       const int8_t *res, int64_t res_zp, const int64_t *m2, int64_t zp, int64_t lo, int64_t hi,
                       void *out, int threads) {
     (void)a; (void)M; (void)Kp; (void)flip; (void)wp; (void)N; (void)col_add; (void)requant; (void)m; (void)n; (void)h;
     (void)res; (void)res_zp; (void)m2; (void)zp; (void)lo; (void)hi; (void)out; (void)threads;
+    return -1;
 }
 
-void lowbit_conv_u8s8(const uint8_t *xp, int64_t Nb, int64_t Hp, int64_t Wp, int64_t C, int64_t kh, int64_t kw,
+int lowbit_conv_u8s8(const uint8_t *xp, int64_t Nb, int64_t Hp, int64_t Wp, int64_t C, int64_t kh, int64_t kw,
                       int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t Ho, int64_t Wo, const int8_t *wp,
                       int64_t N, const int32_t *col_add, int requant, const int64_t *m, const int64_t *n,
                       const int64_t *h, const int8_t *res, int64_t res_zp, const int64_t *m2, int64_t zp, int64_t lo,
@@ -347,5 +461,6 @@ void lowbit_conv_u8s8(const uint8_t *xp, int64_t Nb, int64_t Hp, int64_t Wp, int
     (void)xp; (void)Nb; (void)Hp; (void)Wp; (void)C; (void)kh; (void)kw; (void)sh; (void)sw; (void)dh; (void)dw;
     (void)Ho; (void)Wo; (void)wp; (void)N; (void)col_add; (void)requant; (void)m; (void)n; (void)h; (void)res;
     (void)res_zp; (void)m2; (void)zp; (void)lo; (void)hi; (void)out; (void)threads;
+    return -1;
 }
 #endif

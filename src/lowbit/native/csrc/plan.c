@@ -52,7 +52,7 @@ int64_t lowbit_quantize_f32(const float *x, int64_t count, float inv, float zp, 
 void lowbit_nhwc_to_nchw(const int8_t *x, int64_t N, int64_t HW, int64_t C, int8_t *out);
 void lowbit_pad_flip_nhwc(const int8_t *x, int64_t N, int64_t H, int64_t W, int64_t C, int64_t ph, int64_t pw,
                           int8_t pad_value, uint8_t *out);
-void lowbit_conv_u8s8(const uint8_t *xp, int64_t Nb, int64_t Hp, int64_t Wp, int64_t C, int64_t kh, int64_t kw,
+int lowbit_conv_u8s8(const uint8_t *xp, int64_t Nb, int64_t Hp, int64_t Wp, int64_t C, int64_t kh, int64_t kw,
                       int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t Ho, int64_t Wo, const int8_t *wp,
                       int64_t N, const int32_t *col_add, int requant, const int64_t *m, const int64_t *n,
                       const int64_t *h, const int8_t *res, int64_t res_zp, const int64_t *m2, int64_t zp, int64_t lo,
@@ -61,7 +61,7 @@ void lowbit_im2col_u8_into(const int8_t *x, int64_t N, int64_t H, int64_t W, int
                            int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, int8_t pad_value,
                            int64_t Ho, int64_t Wo, int64_t Kp, uint8_t *out, uint8_t *img);
 void lowbit_pack_a(const int8_t *x, int64_t M, int64_t K, int64_t Kp, uint8_t *out);
-void lowbit_gemm_u8s8(const uint8_t *a, int64_t M, int64_t Kp, int flip, const int8_t *wp, int64_t N,
+int lowbit_gemm_u8s8(const uint8_t *a, int64_t M, int64_t Kp, int flip, const int8_t *wp, int64_t N,
                       const int32_t *col_add, int requant, const int64_t *m, const int64_t *n, const int64_t *h,
                       const int8_t *res, int64_t res_zp, const int64_t *m2, int64_t zp, int64_t lo, int64_t hi,
                       void *out, int threads);
@@ -115,14 +115,14 @@ static void dequant_codes(const int8_t *x, int64_t count, float zp, float scale,
 #define A(i) (s->arg[i])
 
 /* implicit-GEMM conv; arg: Nb, Hp, Wp, C, kh, kw, sh, sw, dh, dw, Ho, Wo, O, requant, res_zp, zp, lo, hi */
-static void run_conv(const struct lowbit_step *s, void **bufs, int threads) {
-    lowbit_conv_u8s8(B(0), A(0), A(1), A(2), A(3), A(4), A(5), A(6), A(7), A(8), A(9), A(10), A(11), B(1), A(12),
+static int run_conv(const struct lowbit_step *s, void **bufs, int threads) {
+    return lowbit_conv_u8s8(B(0), A(0), A(1), A(2), A(3), A(4), A(5), A(6), A(7), A(8), A(9), A(10), A(11), B(1), A(12),
                      B(2), (int)A(13), B(3), B(4), B(5), B(6), A(14), B(7), A(15), A(16), A(17), B(8), threads);
 }
 
 /* GEMM on packed rows; arg: M, Kp, flip, O, requant, res_zp, zp, lo, hi */
-static void run_gemm(const struct lowbit_step *s, void **bufs, int threads) {
-    lowbit_gemm_u8s8(B(0), A(0), A(1), (int)A(2), B(1), A(3), B(2), (int)A(4), B(3), B(4), B(5), B(6), A(5), B(7),
+static int run_gemm(const struct lowbit_step *s, void **bufs, int threads) {
+    return lowbit_gemm_u8s8(B(0), A(0), A(1), (int)A(2), B(1), A(3), B(2), (int)A(4), B(3), B(4), B(5), B(6), A(5), B(7),
                      A(6), A(7), A(8), B(8), threads);
 }
 
@@ -133,13 +133,13 @@ static int run_step(const struct lowbit_step *s, void **bufs, int threads) {
         return lowbit_quantize_f32(B(0), A(0), (float)s->real, (float)A(1), (float)A(2), (float)A(3), B(1)) ? 1 : 0;
     case STEP_TRANSPOSE: lowbit_nhwc_to_nchw(B(0), A(0), A(1), A(2), B(1)); return 0;
     case STEP_PAD_FLIP: lowbit_pad_flip_nhwc(B(0), A(0), A(1), A(2), A(3), A(4), A(5), (int8_t)A(6), B(1)); return 0;
-    case STEP_CONV: run_conv(s, bufs, threads); return 0;
+    case STEP_CONV: return run_conv(s, bufs, threads) ? -2 : 0; /* no memory for AVX2's int16 rows (-2) */
     case STEP_IM2COL:
         lowbit_im2col_u8_into(B(0), A(0), A(1), A(2), A(3), A(4), A(5), A(6), A(7), A(8), A(9), A(10), A(11),
                               (int8_t)A(12), A(13), A(14), A(15), B(1), B(2));
         return 0;
     case STEP_PACK_A: lowbit_pack_a(B(0), A(0), A(1), A(2), B(1)); return 0;
-    case STEP_GEMM: run_gemm(s, bufs, threads); return 0;
+    case STEP_GEMM: return run_gemm(s, bufs, threads) ? -2 : 0;
     case STEP_MAXPOOL:
         lowbit_maxpool_nhwc(B(0), A(0), A(1), A(2), A(3), A(4), A(5), A(6), A(7), A(8), A(9), A(10), A(11), B(1));
         return 0;

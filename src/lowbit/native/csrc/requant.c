@@ -100,6 +100,14 @@ void lowbit_requant_block(const int32_t *acc, int64_t lda, int64_t rows, int64_t
     }
 }
 #define HAVE_BLOCK 1
+#else
+/* the GEMM's epilogue without AVX-512: the same arithmetic, a row at a time (vectorized by the compiler) */
+void lowbit_requant_block(const int32_t *acc, int64_t lda, int64_t rows, int64_t cols, const int32_t *bias,
+                          const int64_t *m, const int64_t *n, const int64_t *h, const int8_t *res, int64_t res_zp,
+                          const int64_t *m2, int64_t zp, int64_t lo, int64_t hi, int8_t *out, int64_t ldo) {
+    for (int64_t r = 0; r < rows; r++)
+        row_cl(acc + r * lda, res ? res + r * ldo : 0, cols, bias, m, n, h, res_zp, m2, zp, lo, hi, out + r * ldo);
+}
 #endif
 
 void lowbit_requant(const int32_t *acc, int64_t rows, int64_t C, int64_t hw, int acc_nchw,
