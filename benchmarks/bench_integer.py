@@ -76,7 +76,7 @@ def big_mlp(train) -> nn.Module:
 
 
 def gemm_throughput(rounds: int) -> str:
-    """int8 GEMM through lowbit's VNNI kernel and torch._int_mm vs fp32 torch.mm, 1 thread, two shapes."""
+    """int8 GEMM through lowbit's kernel (VNNI or AVX2) and torch._int_mm vs fp32 torch.mm, 1 thread, two shapes."""
     from lowbit.integer import vnni
     from lowbit.integer.kernels import int_mm
 
@@ -88,7 +88,7 @@ def gemm_throughput(rounds: int) -> str:
         paths = {"fp32 torch.mm": lambda: af @ wf.t(), "int8 torch._int_mm": lambda: int_mm(a, w)}
         if vnni.available():
             pw = vnni.pack_weight(w)
-            paths["int8 lowbit VNNI"] = lambda: vnni.gemm(a, pw, pw.correction)  # int8 rows, as a Linear passes them
+            paths[f"int8 lowbit {vnni.isa()}"] = lambda: vnni.gemm(a, pw, pw.correction)  # int8 rows
         with torch_threads(1):
             t = interleaved(paths, rounds)
         ops, base = 2 * m * n * k, t["fp32 torch.mm"].best_us
@@ -98,7 +98,8 @@ def gemm_throughput(rounds: int) -> str:
     if vnni.available():
         with torch_threads(1):
             peak = max(vnni.peak_gops() for _ in range(3))
-        lines += ["", f"Measured int8 peak of one core (register-only `vpdpbusd` loop, best of 3): {peak:.0f} GOP/s."]
+        instr = "`vpdpbusd`" if vnni.isa() == "avx512-vnni" else "`vpmaddwd` + `vpaddd`"
+        lines += ["", f"Measured int8 peak of one core (register-only {instr} loop, best of 3): {peak:.0f} GOP/s."]
     return "\n".join(lines)
 
 
