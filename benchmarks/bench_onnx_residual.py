@@ -1,4 +1,4 @@
-"""The shipped ResNet's ONNX in onnxruntime: lowbit's two residual exports against onnxruntime's own int8 model.
+"""A shipped model's ONNX in onnxruntime: lowbit's exports against onnxruntime's own int8 model (default: ResNet).
 
 Paths, interleaved in one process (``lowbit.bench.latency.interleaved``), every onnxruntime session with
 ``session.x64quantprecision`` (:mod:`lowbit.export.ort`: exact on x86 CPUs without VNNI, no change with VNNI):
@@ -10,11 +10,13 @@ Paths, interleaved in one process (``lowbit.bench.latency.interleaved``), every 
 * ``ort quantize_static``: onnxruntime's own QDQ model (per-channel int8 weights, uint8 activations, MinMax on the
   same 32 calibration images).
 
+A model without residual adds (``--model cnn`` or ``mlp``) has one export (both choices write the same graph).
 Each (batch, threads) cell is measured ``--repeats`` times (``--rounds`` interleaved rounds each); the table keeps
 every repeat and the ratio to onnxruntime's model per repeat, so that the noise of a shared 2-core machine shows.
 Also: the optimized graphs' operator counts, and the test accuracy of each path on the 10,000 test images.
 
     PYTHONPATH=src .venv/bin/python benchmarks/bench_onnx_residual.py
+    PYTHONPATH=src .venv/bin/python benchmarks/bench_onnx_residual.py --model cnn --out onnx_latency_cnn
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ def _ops(path: Path, tmp: Path) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="resnet", choices=["resnet", "cnn", "mlp"])
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 64])
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--rounds", type=int, default=30)
@@ -61,11 +64,13 @@ def main() -> None:
     args = ap.parse_args()
     train, test = fashion_mnist("train"), fashion_mnist("test")
     calib = train.x[:32]
-    model = zoo.pretrained("resnet")
+    model = zoo.pretrained(args.model)
     im = to_integer(quantize(model, [calib], PTQConfig()), (calib[:2],))
     tmp = Path(tempfile.mkdtemp(prefix="lowbit-onnx-residual-"))
-    files = {EXACT: export_onnx(im, tmp / "exact.onnx", (1, 1, 28, 28)),
-             REQUANT: export_onnx(im, tmp / "requant.onnx", (1, 1, 28, 28), residual=Residual.REQUANTIZE)}
+    files = {EXACT: export_onnx(im, tmp / "exact.onnx", (1, 1, 28, 28))}
+    if any(len(n.inputs) > 1 for n in im.nodes):
+        files[REQUANT] = export_onnx(im, tmp / "requant.onnx", (1, 1, 28, 28), residual=Residual.REQUANTIZE)
+    ours = list(files)
     ops = {name: _ops(p, tmp) for name, p in files.items()}
     rows, lines = [], []
     accuracy = {}
@@ -88,30 +93,28 @@ def main() -> None:
                 t = interleaved({n: (lambda fn=fn: fn(x)) for n, fn in fns.items()}, args.rounds)
                 base = t[ORT]
                 for n, tm in t.items():
-                    rows.append({"model": "resnet", "batch": batch, "threads": threads, "path": n,
+                    rows.append({"model": args.model, "batch": batch, "threads": threads, "path": n,
                                  "best_us": round(tm.best_us, 1), "median_us": round(tm.median_us, 1), "repeat": rep})
-                lines.append(f"| {batch} | {threads} | {rep + 1} | {t[EXACT].best_us:.0f} | {t[REQUANT].best_us:.0f} | "
-                             f"{base.best_us:.0f} | {t[EXACT].best_us / base.best_us:.2f}x | "
-                             f"{t[REQUANT].best_us / base.best_us:.2f}x | "
-                             f"{t[REQUANT].median_us / base.median_us:.2f}x |")
+                row = [f"{t[p].best_us:.0f}" for p in ours] + [f"{base.best_us:.0f}"]
+                row += [f"{t[p].best_us / base.best_us:.2f}x | {t[p].median_us / base.median_us:.2f}x" for p in ours]
+                lines.append(f"| {batch} | {threads} | {rep + 1} | {' | '.join(row)} |")
     cells = collections.defaultdict(list)
     for r in rows:
         cells[r["batch"], r["threads"], r["path"]].append(r["best_us"])
-    summary = [f"| {b} | {th} | {min(cells[b, th, EXACT]) / min(cells[b, th, ORT]):.2f}x | "
-               f"{min(cells[b, th, REQUANT]) / min(cells[b, th, ORT]):.2f}x |"
-               for th in args.threads for b in args.batch]
+    summary = [f"| {b} | {th} | " + " | ".join(f"{min(cells[b, th, p]) / min(cells[b, th, ORT]):.2f}x" for p in ours)
+               + " |" for th in args.threads for b in args.batch]
     md = "\n".join([
         f"lowbit's int8 GEMM on this machine: {_isa()}; onnxruntime sessions with session.x64quantprecision = 1.",
         "",
         "Best of all repeats, over onnxruntime's own int8 model (the target: within 1.1x):",
         "",
-        f"| batch | threads | {EXACT} | {REQUANT} |", "|---:|---:|---:|---:|", *summary,
+        f"| batch | threads | {' | '.join(ours)} |", "|---:|---:|" + "---:|" * len(ours), *summary,
         "",
         "Every repeat (best us; ratios to ort quantize_static):",
         "",
-        "| batch | threads | repeat | exact | requantize | ort quantize_static | exact / ort | requantize / ort, best "
-        "| requantize / ort, median |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|", *lines,
+        "| batch | threads | repeat | " + " | ".join(f"{p}, us" for p in ours) + f" | {ORT}, us | "
+        + " | ".join(f"{p} / ort, best | median" for p in ours) + " |",
+        "|---:|---:|---:|" + "---:|" * (1 + 3 * len(ours)), *lines,
         "",
         "| path | test accuracy | same top-1 as the integer model |", "|---|---:|---:|",
         *[f"| {n} | {100 * a:.2f}% | {100 * s:.2f}% |" for n, (a, s) in accuracy.items()],
