@@ -137,7 +137,7 @@ def _onnx_export(model: nn.Module, example_inputs: tuple, path: Path) -> tuple[l
     return names, "logits"
 
 
-def _session_options(ort, threads: int = ORT_THREADS):
+def _session_options(threads: int = ORT_THREADS):
     """CPU session options: ``threads`` intra-op threads (spinning left on), errors-only log, and
     onnxruntime's exact uint8-weight kernels on x86 CPUs without VNNI, as lowbit's sessions
     (:mod:`lowbit.export.ort`): both int8 models are timed computing exactly what they describe."""
@@ -204,7 +204,7 @@ def ort_quantize_static(
                 activation_type=ort_quant.QuantType.QUInt8, weight_type=ort_quant.QuantType.QInt8,
                 calibrate_method=ort_quant.CalibrationMethod.MinMax,
             )
-            session = ort.InferenceSession(str(quant_path), _session_options(ort, threads),
+            session = ort.InferenceSession(str(quant_path), _session_options(threads),
                                            providers=["CPUExecutionProvider"])
     finally:
         ort.set_default_logger_severity(2)
@@ -226,7 +226,7 @@ def ort_float(model: nn.Module, example_inputs: tuple, threads: int = ORT_THREAD
     with tempfile.TemporaryDirectory(prefix="lowbit-ort-") as tmp:
         path = Path(tmp) / "float.onnx"
         names, output = _onnx_export(model, example_inputs, path)
-        session = ort.InferenceSession(str(path), _session_options(ort, threads), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(path), _session_options(threads), providers=["CPUExecutionProvider"])
 
     def run(x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(session.run([output], {names[0]: x.numpy()})[0])

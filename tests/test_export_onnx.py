@@ -40,6 +40,16 @@ def _session(model, optimized_path=None):
     return session(model, threads=1, optimized_path=optimized_path)
 
 
+def _probe_codes(im: IntegerModel, x: torch.Tensor, shape, residual=Residual.EXACT) -> tuple[np.ndarray, dict]:
+    """onnxruntime's float output and every int8 tensor's codes (lowbit's stored int8 convention, as int32),
+    read from a probe copy of the graph whose QuantizeLinear outputs are also graph outputs."""
+    probe = to_onnx_model(im, shape, expose_codes=True, residual=residual)
+    names = json.loads({p.key: p.value for p in probe.metadata_props}[CODES_KEY])  # graph output -> lowbit
+    got = _session(probe).run(["output", *names], {"input": x.numpy()})
+    grids = {n.output: n.grid for n in im.nodes}
+    return got[0], {lb: r.astype(np.int32) - (0 if grids[lb].signed else 128) for lb, r in zip(names.values(), got[1:])}
+
+
 def _run(im: IntegerModel, x: torch.Tensor, shape, tmp, name: str) -> dict:
     """Export, run in onnxruntime and in lowbit, and measure their agreement.
 
@@ -52,17 +62,12 @@ def _run(im: IntegerModel, x: torch.Tensor, shape, tmp, name: str) -> dict:
     out = _session(path, tmp / f"{name}.opt.onnx").run(["output"], {"input": x.numpy()})[0]
     optimized = Counter(n.op_type for n in onnx.load(tmp / f"{name}.opt.onnx").graph.node)
     env = im.run(x)
-    probe = to_onnx_model(im, shape, expose_codes=True)
-    names = json.loads({p.key: p.value for p in probe.metadata_props}[CODES_KEY])  # graph output -> lowbit
-    got = _session(probe).run(["output", *names], {"input": x.numpy()})
-    grids = {n.output: n.grid for n in im.nodes}
-    stored = {lb: r.astype(np.int32) - (0 if grids[lb].signed else 128)  # lowbit's int8 convention
-              for lb, r in zip(names.values(), got[1:])}
+    probe_out, stored = _probe_codes(im, x, shape)
     code_diff = {lb: np.abs(q - env[lb].numpy().astype(np.int32)) for lb, q in stored.items()}
     final = im.nodes[-1]
     lsb = final.op.tensors["acc_scale"].numpy()  # one LSB of the float output, per channel
     own = final.op(torch.from_numpy(stored[final.inputs[0]].astype(np.int8))).numpy()
-    return {"out": out, "probe_out": got[0], "ref": env[im.output_name].numpy(), "code_diff": code_diff,
+    return {"out": out, "probe_out": probe_out, "ref": env[im.output_name].numpy(), "code_diff": code_diff,
             "ops": optimized, "lsb": lsb, "own": own, "path": path}
 
 
@@ -506,11 +511,8 @@ def test_requantized_residuals_run_on_onnxruntimes_own_kernels(fmnist, tmp_path)
     assert ops["QLinearConv"] == sum(n.kind == "conv2d" for n in im.nodes) and ops["QGemm"] == 1, ops
     assert ops["QLinearAdd"] == len(residual), ops
     assert ops["Conv"] == ops["FusedConv"] == ops["Add"] == ops["Concat"] == ops["Slice"] == 0, ops
-    probe = to_onnx_model(im, (1, 1, 28, 28), expose_codes=True, residual=Residual.REQUANTIZE)
-    names = json.loads({p.key: p.value for p in probe.metadata_props}[CODES_KEY])
-    got = dict(zip(names.values(), _session(probe).run(list(names), {"input": x.numpy()})))
+    stored = {k: torch.from_numpy(v) for k, v in _probe_codes(im, x, (1, 1, 28, 28), Residual.REQUANTIZE)[1].items()}
     grids = {n.output: n.grid for n in im.nodes}
-    stored = {k: torch.from_numpy(v.astype(np.int32) - (0 if grids[k].signed else 128)) for k, v in got.items()}
     for node in residual:
         exact = node.op(stored[node.inputs[0]].to(torch.int8), stored[node.inputs[1]].to(torch.int8))
         diff = (stored[node.output] - exact.to(torch.int32)).abs()

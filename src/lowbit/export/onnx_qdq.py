@@ -481,9 +481,10 @@ class _Builder:
             lo, hi = _Grid.code(a.out.lo, out_grid.signed), _Grid.code(a.out.hi, out_grid.signed)
             mult = torch.ldexp(t["m"].double(), -t["n"].double()).numpy()
             s_w = fit_weight_scales(s_in, mult, out_grid.scale)
-        twice = not dequant and len(node.inputs) > 1 and self._requantized_residual(node)
-        rows = conv and not dequant and len(node.inputs) > 1 and not twice and self._gemm_residual(node)
-        if twice:  # onto the pre-add grid, then QLinearAdd
+        residual = not dequant and len(node.inputs) > 1 and self.values[node.inputs[1]].grid is not None
+        twice = residual and self.residual is Residual.REQUANTIZE  # onto a pre-add grid, then QLinearAdd
+        rows = conv and residual and not twice and a.groups == 1  # a GEMM on patch rows (see _residual_rows)
+        if twice:
             pre = _pre_add_grid(out_grid, lo, hi, self.values[node.inputs[1]].grid)
             mult = mult * float(out_grid.scale) / float(pre.scale)
             s_w = fit_weight_scales(s_in, mult, pre.scale)
@@ -532,14 +533,6 @@ class _Builder:
             y = self.add("Clip", [y, self.const(f"{name}_act_min", np.array(a.out.act_lo, np.float32)),
                                   self.const(f"{name}_act_max", np.array(a.out.act_hi, np.float32))], f"{name}_clip")
         self.values[name] = _Value(y)
-
-    def _requantized_residual(self, node: Node) -> bool:
-        """Whether ``node``'s integer residual is added by ``QLinearAdd`` after rounding (Residual.REQUANTIZE)."""
-        return self.residual is Residual.REQUANTIZE and self.values[node.inputs[-1]].grid is not None
-
-    def _gemm_residual(self, node: Node) -> bool:
-        """Whether conv ``node`` has an integer residual and one group: a GEMM on patch rows (see _residual_rows)."""
-        return node.op.ir.groups == 1 and self.values[node.inputs[-1]].grid is not None
 
     def _residual_spread(self, node: Node) -> np.ndarray:
         """Per output channel, how far the integer residual moves the output: ``max |r - z_r| m2 / 2^n`` codes."""

@@ -186,10 +186,13 @@ def gemm(a: torch.Tensor, w: PackedWeight, col_add: torch.Tensor, requant: Requa
 
 
 def _check_rc(rc: int, name: str, elements: int) -> None:
-    """A nonzero return of the GEMM: no memory for AVX2's int16 copy of the rows (a silent wrong result otherwise)."""
-    if rc:
+    """A nonzero return of the GEMM, which has then written nothing: -2, no memory for AVX2's int16 copy of the
+    rows; -1, arguments it refuses (ruled out by the checks before the call)."""
+    if rc == -2:
         raise MemoryError(f"{name}: could not allocate the int16 copy of {elements:,} activations "
                           f"({2 * elements:,} bytes) that the AVX2 kernel reads; free memory or use a smaller batch")
+    if rc:
+        raise RuntimeError(f"{name} refused its arguments ({rc}) after lowbit.native.guard accepted them")
 
 
 def implicit_conv_ok(channels: int, kernel: tuple[int, int]) -> bool:

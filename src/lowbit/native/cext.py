@@ -133,7 +133,6 @@ def library() -> ctypes.CDLL | None:
     lib.lowbit_nhwc_to_nchw.restype = None
     lib.lowbit_dequant_rows.argtypes = [ptr, i64, i64, ptr, ptr, ptr]
     lib.lowbit_dequant_rows.restype = None
-    lib.lowbit_has_vnni.restype = ctypes.c_int
     lib.lowbit_gemm_isa.restype = ctypes.c_int
     lib.lowbit_vnni_peak.argtypes = [i64]
     lib.lowbit_vnni_peak.restype = ctypes.c_int

@@ -669,7 +669,6 @@ ENTRY_POINTS: dict[str, str] = {
     "lowbit_delta_gru_q": "lowbit.native.guard.delta_gru_q",
     "lowbit_delta_lstm_q": "lowbit.native.guard.delta_gru_q",
     "lowbit_snn_run": "lowbit.native.guard.snn_run",
-    "lowbit_has_vnni": "no arguments",
     "lowbit_gemm_isa": "no arguments",
     "lowbit_plan_step_size": "no arguments",
     "lowbit_bits_pack_i8": "lowbit.native.guard.bits_pack_i8",

@@ -171,7 +171,6 @@ void lowbit_pack_w(const int8_t *w, int64_t N, int64_t K, int64_t Kp, int8_t *ou
     defined(__AVX512VL__)
 #include <immintrin.h>
 
-int lowbit_has_vnni(void) { return 1; }
 int lowbit_gemm_isa(void) { return 2; } /* 2: AVX-512 VNNI, 1: AVX2, 0: none */
 
 #define ALWAYS static inline __attribute__((always_inline))
@@ -240,7 +239,6 @@ int lowbit_vnni_peak(int64_t iters) {
 #elif defined(__AVX2__)
 #include <immintrin.h>
 
-int lowbit_has_vnni(void) { return 1; } /* (the int8 GEMM is compiled: see lowbit_gemm_isa for which) */
 int lowbit_gemm_isa(void) { return 1; }
 
 #define ALWAYS static inline __attribute__((always_inline))
@@ -441,7 +439,6 @@ int lowbit_conv_u8s8(const uint8_t *xp, int64_t Nb, int64_t Hp, int64_t Wp, int6
 
 #else
 int lowbit_vnni_peak(int64_t iters) { (void)iters; return 0; }
-int lowbit_has_vnni(void) { return 0; }
 int lowbit_gemm_isa(void) { return 0; }
 
 int lowbit_gemm_u8s8(const uint8_t *a, int64_t M, int64_t Kp, int flip, const int8_t *wp, int64_t N,
