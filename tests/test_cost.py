@@ -152,3 +152,50 @@ def test_report_shows_slice_sparsity_and_the_lns_compute_estimate(tmp_path):
     assert [s["zero"] for s in data["bit_slices"]] == [list(s.zero) for s in r.slices]
     assert data["lns16_compute_pJ"] == pytest.approx(sum(MLP_MACS.values()) * 0.1 * 16 / 32 * 3)
     assert r.lns16_compute_pj < r.versions[0].energy.compute / 10  # fp32 MAC 4.6 pJ vs lns16 0.15 pJ
+
+
+def test_energy_names_its_weight_memory_and_prices_at_an_equal_level():
+    t = EnergyTable.load()
+    calib = fashion_mnist("train").take(32).x
+    f_rows = profile(zoo.pretrained("cnn"), X)
+    q_rows = profile(quantize(zoo.pretrained("cnn"), [calib], PTQConfig()), X)
+    e32, e8 = energy(f_rows, t), energy(q_rows, t)
+    assert (e32.weight_memory, e8.weight_memory) == ("dram_64bit", "sram_1mb_64bit")  # 1.78 MB against 445 KB
+    same = energy(q_rows, t, weight_memory=e32.weight_memory)
+    assert same.weights == pytest.approx(totals(q_rows).weight_bytes * t.energy["dram_64bit"] / 8)
+    assert same.compute == e8.compute and same.total > e8.total
+    assert e32.total / same.total < e32.total / e8.total / 5  # most of the headline saving is the memory cliff
+    with pytest.raises(ConfigError, match="weight_memory must be one of sram_1mb_64bit, dram_64bit"):
+        energy(q_rows, t, weight_memory="L1")
+
+
+def test_report_shows_the_memory_level_the_equal_level_saving_and_the_quantized_share():
+    from lowbit.cost.profile import coverage_warning
+
+    calib = fashion_mnist("train").take(32).x
+    t = EnergyTable.load()
+    f_rows = profile(zoo.pretrained("cnn"), X)
+    q_rows = profile(quantize(zoo.pretrained("cnn"), [calib], PTQConfig()), X)
+    e32 = energy(f_rows, t)
+    versions = [rep.Version("float32", 32, 0.93, f_rows, e32, energy_same_memory=e32),
+                rep.Version("W8A8", 8, 0.93, q_rows, energy(q_rows, t),
+                            energy_same_memory=energy(q_rows, t, weight_memory=e32.weight_memory))]
+    md = rep.to_markdown(rep.Report("r", versions))
+    w8 = next(line for line in md.splitlines() if line.startswith("| W8A8 |"))
+    cells = [c.strip() for c in w8.strip("|").split("|")]
+    head = [c.strip() for c in md.splitlines()[4].strip("|").split("|")]
+    row = dict(zip(head, cells))
+    assert row["MACs quantized"] == "100.0%" and row["weights read from"] == "SRAM 1 MB"
+    headline = float(row["energy saving"].rstrip("x"))
+    equal = float(row["saving, weights at the float's memory level"].rstrip("x"))
+    assert equal == pytest.approx(e32.total / versions[1].energy_same_memory.total, abs=0.06) and equal < headline
+    assert coverage_warning(q_rows) is None and coverage_warning(f_rows) is not None
+    assert rep.to_dict(rep.Report("r", versions))["versions"][1]["quantized_mac_share"] == 1.0
+
+
+def test_accuracy_axes_do_not_blow_a_tenth_of_a_point_up_to_the_full_height():
+    assert rep.y_range([93.2, 93.3], rep.ACCURACY_SPAN, (0, 100)) == pytest.approx((90.75, 95.75))
+    assert rep.y_range([99.9, 100.0], rep.ACCURACY_SPAN, (0, 100)) == pytest.approx((95.0, 100.0))
+    assert rep.y_range([40.0, 90.0], rep.ACCURACY_SPAN, (0, 100)) == (40.0, 90.0)  # a wide range is kept
+    svg = rep.svg_line("acc", [1, 4], [93.2, 93.3], "n", "%", min_span=rep.ACCURACY_SPAN, bounds=(0, 100))
+    assert ">95.8<" in svg and ">90.8<" in svg  # the labelled ends are the widened range

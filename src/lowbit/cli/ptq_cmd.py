@@ -102,6 +102,7 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from lowbit import diagnostics, zoo
+    from lowbit.cost.profile import coverage_warning, profile, quantized_share
     from lowbit.data import fashion_mnist
     from lowbit.prepared import record_of
     from lowbit.errors import ConfigError
@@ -144,6 +145,11 @@ def run(args: argparse.Namespace) -> int:
         (u_ops, u_el), (f_ops, f_el) = ops.unfused, ops.fused
         print(f"  quantization ops per inference: {u_ops} -> {f_ops} after fusion "
               f"({u_el:,} -> {f_el:,} elements per sample)")
+    layers = profile(q, (calib.x[:1],))
+    share = quantized_share(layers)
+    print(f"  {100 * share:.1f}% of MACs quantized")
+    if (low := coverage_warning(layers)) is not None:
+        print(f"warning: {low}")
     rows = []
     if args.diagnostics:
         rows = diagnostics.layer_diagnostics(q, calib.x, lambda m: evaluate(m, test))
@@ -151,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
         print(diagnostics.render(rows, f_acc))
     if args.json:
         result = {"model": args.model, "config": repr(config), "float_accuracy": f_acc, "accuracy": q_acc,
-                  "seconds": seconds, "layers": diagnostics.to_dicts(rows),
+                  "seconds": seconds, "quantized_mac_share": share, "layers": diagnostics.to_dicts(rows),
                   "quant_ops": None if ops is None else {"unfused": list(ops.unfused), "fused": list(ops.fused)}}
         atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
     return 0

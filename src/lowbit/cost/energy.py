@@ -10,7 +10,9 @@ Model (every choice here is a knob of :func:`energy`):
   as ``int32_add / 32`` per input bit (a tree of full adders is about one adder bit per input bit)
   instead of one int32 accumulation per MAC.
 - weights: read once per inference, from SRAM (1 MB row) when all weights fit in ``sram_bytes``,
-  else from DRAM.
+  else from DRAM. The level chosen is part of the result (``Energy.weight_memory``): a float model
+  priced from DRAM against its int8 version from SRAM gains most of its "saving" from that cliff, so
+  reports also price every version at the float model's level (``weight_memory=`` forces it).
 - activations: every layer output written once and read once from a 32 KB SRAM.
 - requantization per output element: ``"multiplier"`` = int32 multiply + 2 int32 adds (rounding,
   shift); ``"shift"`` = 2 int32 adds (method H: the multiply is gone); ``"dequantize"`` = one fp32
@@ -82,6 +84,7 @@ class Energy:
     weights: float
     activations: float
     requant: float
+    weight_memory: str = ""  # the table key the weights were priced at: "sram_1mb_64bit" or "dram_64bit"
 
     @property
     def total(self) -> float:
@@ -89,7 +92,7 @@ class Energy:
 
     def to_dict(self) -> dict[str, float]:
         return {"compute_pJ": self.compute, "weights_pJ": self.weights, "activations_pJ": self.activations,
-                "requant_pJ": self.requant, "total_pJ": self.total}
+                "requant_pJ": self.requant, "total_pJ": self.total, "weight_memory": self.weight_memory}
 
 
 def mac_energy(w_bits: float, a_bits: float, table: EnergyTable) -> float:
@@ -139,17 +142,24 @@ def requant_energy(kind: str, table: EnergyTable) -> float:
             "dequantize": e["fp32_mult"], "threshold": e["int32_add"], "none": 0.0}[kind]
 
 
-def energy(rows: list[LayerCost], table: EnergyTable | None = None, sram_bytes: int = 1 << 20) -> Energy:
-    """Energy per inference (pJ) of a :func:`lowbit.cost.profile.profile`."""
+WEIGHT_MEMORIES = ("sram_1mb_64bit", "dram_64bit")
+
+
+def energy(rows: list[LayerCost], table: EnergyTable | None = None, sram_bytes: int = 1 << 20,
+           weight_memory: str | None = None) -> Energy:
+    """Energy per inference (pJ) of a :func:`lowbit.cost.profile.profile`; weights from SRAM when they fit in
+    ``sram_bytes``, else DRAM, unless ``weight_memory`` (one of :data:`WEIGHT_MEMORIES`) says where."""
     table = table or EnergyTable.load()
     weight_bytes = sum(r.weight_bytes for r in rows)
-    mem = "sram_1mb_64bit" if weight_bytes <= sram_bytes else "dram_64bit"
+    if weight_memory is not None and weight_memory not in WEIGHT_MEMORIES:
+        raise ConfigError(f"weight_memory must be one of {', '.join(WEIGHT_MEMORIES)}, got {weight_memory!r}")
+    mem = weight_memory or ("sram_1mb_64bit" if weight_bytes <= sram_bytes else "dram_64bit")
     compute = sum(r.macs * mac_energy(r.weight_bits, r.act_bits, table) for r in rows)
     weights = weight_bytes * table.per_byte(mem)
     acts = sum(2 * r.act_bytes for r in rows) * table.per_byte("sram_32kb_64bit")
     requant = sum(r.requant_ops * requant_energy(r.requant, table) for r in rows)
-    return Energy(compute, weights, acts, requant)
+    return Energy(compute, weights, acts, requant, mem)
 
 
-__all__ = ["DEFAULT_TABLE", "Energy", "EnergyTable", "LNS_DELTAS", "energy", "lns_mac_energy", "mac_area", "mac_energy",
+__all__ = ["DEFAULT_TABLE", "Energy", "EnergyTable", "LNS_DELTAS", "WEIGHT_MEMORIES", "energy", "lns_mac_energy", "mac_area", "mac_energy",
            "requant_energy"]

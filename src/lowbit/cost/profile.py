@@ -15,6 +15,13 @@ requantization per output element: ``"multiplier"`` (integer multiply + shift),
 output). Average pools count their window additions as accumulations with a
 1-bit "weight". ``events`` is the fraction of nonzero inputs (what a delta or
 spiking layer would process) measured on the example inputs.
+
+Every MAC is counted (:mod:`lowbit.cost.macs`): convolutions of any dimension and transposed ones,
+recurrent layers and cells (``kind`` ``"rnn"``), ``nn.MultiheadAttention`` (``"attention"``) and the
+matrix products a ``forward`` writes as functions (``"matmul"``, ``"attention"``, ``"conv"``: one row
+per enclosing module and ATen op, named ``module:op``, their MACs divided by the first input's batch
+size). What lowbit does not quantize counts as 32 x 32 bits, so :func:`quantized_share` tells how
+much of the compute a quantized model really runs in low precision.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from lowbit.cost.macs import FunctionalMacs, attention_macs, cell_macs, rnn_macs
 from lowbit.errors import DataError
 from lowbit.formats import Binary
 
@@ -61,9 +69,45 @@ def _unified_widths(m) -> tuple[float, float, float, str]:
     return w_bits, a_bits, m.output_quant.spec.format.bits, "shift" if pow2 else "multiplier"
 
 
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+_RECURRENT = (nn.RNNBase, nn.RNNCellBase, nn.MultiheadAttention)
+
+
 def _terms_per_output(m: nn.Module) -> int:
     w = m.weight
     return w[0].numel() if w.ndim > 2 else w.shape[1]
+
+
+def _per_sample(t) -> int:
+    t = t.data if isinstance(t, torch.nn.utils.rnn.PackedSequence) else t
+    return t.numel() // max(t.shape[0], 1) if t.ndim > 1 else t.numel()
+
+
+def _recurrent(name: str, m: nn.Module, args: tuple, kwargs: dict, out, widths) -> LayerCost:
+    """A recurrent layer, a cell or an attention module: float unless ``widths`` says otherwise."""
+    x = args[0] if args else kwargs.get("input", kwargs.get("query"))
+    if isinstance(m, nn.MultiheadAttention):
+        key = args[1] if len(args) > 1 else kwargs.get("key", x)
+        macs, kind = attention_macs(m, x, key), "attention"
+    else:
+        macs, kind = (rnn_macs(m, x) if isinstance(m, nn.RNNBase) else cell_macs(m)), "rnn"
+    w_bits, a_bits = widths if widths is not None else (32, 32)
+    params = sum(p.numel() for p in m.parameters())
+    y = out[0] if isinstance(out, tuple) else out
+    data = x.data if isinstance(x, torch.nn.utils.rnn.PackedSequence) else x
+    events = float((data != 0).float().mean()) if data.numel() else 0.0
+    return LayerCost(name, kind, params, w_bits, a_bits, a_bits, macs, int(macs * w_bits * a_bits), params * w_bits / 8,
+                     _out_per_sample(m, x, y) * a_bits / 8, 0, "none", events)
+
+
+def _out_per_sample(m: nn.Module, x, y) -> int:
+    """Output elements per sample; an unbatched call (RNN input (T, I), cell input (I,)) is one sample."""
+    if isinstance(y, torch.nn.utils.rnn.PackedSequence):
+        return y.data.numel() // max(int(y.batch_sizes[0]), 1)
+    unbatched = {nn.RNNBase: 2, nn.RNNCellBase: 1, nn.MultiheadAttention: 2}
+    if any(isinstance(m, k) and x.ndim == n for k, n in unbatched.items()):
+        return y.numel()
+    return _per_sample(y)
 
 
 def _layer(name: str, m: nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -74,7 +118,7 @@ def _layer(name: str, m: nn.Module, x: torch.Tensor, y: torch.Tensor,
     events = float((x != 0).float().mean()) if x.numel() else 0.0
     if isinstance(m, _Unified):
         w_bits, a_bits, o_bits, rq = _unified_widths(m)
-    elif isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)):
+    elif isinstance(m, (*_CONVS, nn.Linear)):
         w_bits, a_bits, o_bits, rq = 32, 32, 32, "none"
     else:
         w_bits = a_bits = o_bits = 32
@@ -88,10 +132,13 @@ def _layer(name: str, m: nn.Module, x: torch.Tensor, y: torch.Tensor,
         return LayerCost(name, "avgpool", 0, 1, bits, bits, per_sample * window, per_sample * window * bits, 0,
                          per_sample * bits / 8, per_sample if isinstance(m, QAvgPool) else 0,
                          "multiplier" if isinstance(m, QAvgPool) else "none", events)
-    if not isinstance(m, (_Unified, nn.Conv1d, nn.Conv2d, nn.Linear)):
+    if not isinstance(m, (_Unified, *_CONVS, nn.Linear)):
         return None
     params = m.weight.numel() + (m.bias.numel() if m.bias is not None else 0)
-    macs = per_sample * _terms_per_output(m)
+    if isinstance(m, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):  # each input element scatters
+        macs = _per_sample(x) * m.weight[0].numel()
+    else:
+        macs = per_sample * _terms_per_output(m)
     kind = "linear" if m.weight.ndim == 2 else "conv"
     bias_bits = 32
     w_bytes = (m.weight.numel() * w_bits + (m.bias.numel() * bias_bits if m.bias is not None else 0)) / 8
@@ -100,8 +147,10 @@ def _layer(name: str, m: nn.Module, x: torch.Tensor, y: torch.Tensor,
 
 
 def profile(model: nn.Module, example_inputs: tuple,
-            widths: dict[str, tuple[float, float]] | None = None) -> list[LayerCost]:
-    """Run ``model`` once on ``example_inputs`` and return the cost of every conv/linear/pool layer.
+            widths: dict[str, tuple[float, float]] | None = None, example_kwargs: dict | None = None) -> list[LayerCost]:
+    """Run ``model`` once on ``example_inputs`` (and ``example_kwargs``) and return the cost of every layer
+    that computes: conv/linear/pool layers, recurrent layers and cells, attention, and the functional matrix
+    products of ``forward`` (see the module docstring).
 
     ``widths`` states ``(weight bits, activation bits)`` for layers by name, for formats the model
     does not carry itself (binary 1, ternary 2, a power-of-two code's bits ...).
@@ -111,25 +160,78 @@ def profile(model: nn.Module, example_inputs: tuple,
 
     if not isinstance(example_inputs, tuple) or not example_inputs:
         raise DataError("profile needs example_inputs as a tuple of tensors, e.g. (torch.randn(1, 1, 28, 28),)")
-    kinds = (_Unified, QAvgPool, nn.Conv1d, nn.Conv2d, nn.Linear, nn.AvgPool2d, nn.AdaptiveAvgPool2d)
+    kinds = (_Unified, QAvgPool, *_CONVS, nn.Linear, nn.AvgPool2d, nn.AdaptiveAvgPool2d, *_RECURRENT)
     inside_unified = {id(c) for m in model.modules() if isinstance(m, (_Unified, QAvgPool)) for c in m.modules()
                       if c is not m}
     rows: list[LayerCost] = []
+    counter = FunctionalMacs()
+
+    def enter(mod, args, name: str, counted: bool):
+        counter.where.append(name)
+        counter.depth += counted
+
+    def leave(mod, args, kwargs, out, name: str, counted: bool):
+        counter.where.pop()
+        counter.depth -= counted
+        if not counted:
+            return
+        if isinstance(mod, _RECURRENT):
+            rows.append(_recurrent(name, mod, args, kwargs, out, widths.get(name)))
+        elif (row := _layer(name, mod, args[0], out, widths.get(name))) is not None:
+            rows.append(row)
+
     handles = []
     for name, m in model.named_modules():
-        if isinstance(m, kinds) and id(m) not in inside_unified:
-            def hook(mod, args, out, name=name):
-                row = _layer(name, mod, args[0], out, widths.get(name))
-                if row is not None:
-                    rows.append(row)
-            handles.append(m.register_forward_hook(hook))
+        if id(m) in inside_unified:
+            continue
+        counted = isinstance(m, kinds)
+        handles.append(m.register_forward_pre_hook(lambda mod, args, n=name, c=counted: enter(mod, args, n, c)))
+        handles.append(m.register_forward_hook(lambda mod, a, k, o, n=name, c=counted: leave(mod, a, k, o, n, c),
+                                               with_kwargs=True, always_call=True))
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)  # the fused transformer kernels would skip the layers' hooks
     try:
-        with torch.no_grad():
-            model.eval()(*example_inputs)
+        with torch.no_grad(), counter:
+            model.eval()(*example_inputs, **(example_kwargs or {}))
     finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
         for h in handles:
             h.remove()
+    return rows + _functional_rows(counter, example_inputs)
+
+
+def _functional_rows(counter: FunctionalMacs, example_inputs: tuple) -> list[LayerCost]:
+    first = example_inputs[0]
+    batch = first.shape[0] if isinstance(first, torch.Tensor) and first.ndim > 1 else 1
+    kinds = {"convolution": "conv", "_convolution": "conv"}
+    rows = []
+    for (where, op), macs in counter.macs.items():
+        kind = "attention" if op.startswith("_scaled_dot_product") else kinds.get(op, "matmul")
+        per = round(macs / batch)
+        rows.append(LayerCost(f"{where or 'forward'}:{op}", kind, 0, 32, 32, 32, per, per * 32 * 32, 0, 0, 0, "none",
+                              1.0))
     return rows
+
+
+def quantized_share(rows: list[LayerCost]) -> float:
+    """Fraction of the MACs whose weights and inputs are both below 32 bits (1.0 for a model without MACs)."""
+    total = sum(r.macs for r in rows)
+    return sum(r.macs for r in rows if r.weight_bits < 32 and r.act_bits < 32) / total if total else 1.0
+
+
+COVERAGE_FLOOR = 0.9
+
+
+def coverage_warning(rows: list[LayerCost], floor: float = COVERAGE_FLOOR) -> str | None:
+    """A warning naming the biggest float layers when less than ``floor`` of the MACs are quantized."""
+    share = quantized_share(rows)
+    if share >= floor:
+        return None
+    total = sum(r.macs for r in rows)
+    float_rows = sorted((r for r in rows if not (r.weight_bits < 32 and r.act_bits < 32)), key=lambda r: -r.macs)
+    top = ", ".join(f"{r.name} ({r.kind}, {100 * r.macs / total:.1f}%)" for r in float_rows[:4])
+    return (f"only {100 * share:.1f}% of the MACs are quantized (below {100 * floor:.0f}%): the rest run in float "
+            f"({top}); the bit, memory and energy savings apply to the quantized share only")
 
 
 @dataclass(frozen=True)
@@ -164,4 +266,4 @@ def render(rows: list[LayerCost]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["LayerCost", "Totals", "profile", "render", "totals"]
+__all__ = ["COVERAGE_FLOOR", "LayerCost", "Totals", "coverage_warning", "profile", "quantized_share", "render", "totals"]

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lowbit.cost.energy import Energy
-from lowbit.cost.profile import LayerCost, totals
+from lowbit.cost.profile import LayerCost, quantized_share, totals
 from lowbit.cost.spiking import markdown as spiking_markdown
 from lowbit.cost.spiking import table as spiking_table
 from lowbit.utils.files import atomic_write_text
@@ -28,6 +28,12 @@ class Version:
     energy: Energy
     latency_us: dict[str, float] = field(default_factory=dict)  # e.g. {"batch 1": 310.0}
     mac_area_um2: float | None = None  # MAC-weighted mean area of one multiply-accumulate unit
+    energy_same_memory: Energy | None = None  # weights priced at the first version's memory level
+
+    @property
+    def quantized_share(self) -> float:
+        """Fraction of the MACs run with both operands below 32 bits."""
+        return quantized_share(self.rows)
 
 
 @dataclass
@@ -72,7 +78,8 @@ def to_dict(r: Report) -> dict:
         "spiking": [dict(vars(c), ratio=c.ratio) for c in r.spiking], "spiking_note": r.spiking_note,
         "versions": [{
             "name": v.name, "weight_bits": v.weight_bits, "accuracy": v.accuracy, "latency_us": v.latency_us,
-            "mac_area_um2": v.mac_area_um2,
+            "mac_area_um2": v.mac_area_um2, "quantized_mac_share": v.quantized_share,
+            "energy_same_memory": None if v.energy_same_memory is None else v.energy_same_memory.to_dict(),
             "energy": v.energy.to_dict(), "totals": vars(totals(v.rows)), "layers": [x.to_dict() for x in v.rows],
         } for v in r.versions],
     }
@@ -91,15 +98,18 @@ def _summary_rows(r: Report) -> list[list[str]]:
     for v in r.versions:
         t = totals(v.rows)
         lat = ", ".join(f"{k}: {us:,.0f} us" for k, us in v.latency_us.items()) or "-"
+        same = "-" if v.energy_same_memory is None else f"{base.energy.total / v.energy_same_memory.total:.1f}x"
         rows.append([v.name, f"{100 * v.accuracy:.2f}%", f"{t.weight_bytes / 1024:,.1f} KiB",
-                     f"{t.macs:,}", f"{t.bops:,}", f"{v.energy.total / 1e6:,.3f} uJ",
-                     f"{base.energy.total / v.energy.total:.1f}x",
+                     f"{t.macs:,}", f"{100 * v.quantized_share:.1f}%", f"{t.bops:,}",
+                     f"{v.energy.total / 1e6:,.3f} uJ", _MEMORY.get(v.energy.weight_memory, "-"),
+                     f"{base.energy.total / v.energy.total:.1f}x", same,
                      "-" if v.mac_area_um2 is None else f"{v.mac_area_um2:,.0f} um2", lat, _speedups(base, v)])
     return rows
 
 
-_HEAD = ["version", "accuracy", "weights", "MACs", "BOPs", "energy/inference", "energy saving", "MAC unit area",
-         "latency",
+_MEMORY = {"sram_1mb_64bit": "SRAM 1 MB", "dram_64bit": "DRAM"}
+_HEAD = ["version", "accuracy", "weights", "MACs", "MACs quantized", "BOPs", "energy/inference", "weights read from",
+         "energy saving", "saving, weights at the float's memory level", "MAC unit area", "latency",
          "speed-up: predicted (BOPs) / measured"]
 
 
@@ -179,17 +189,34 @@ def svg_stacked(title: str, labels: list[str], parts_by: dict[str, list[float]],
     return "".join(out) + "</svg>"
 
 
+def y_range(ys: list[float], min_span: float = 0.0, bounds: tuple[float, float] | None = None) -> tuple[float, float]:
+    """The y axis of a line chart: the data's range, widened about its middle to at least ``min_span`` (so
+    that a 0.1-point wobble does not fill the whole height) and kept inside ``bounds``."""
+    y0, y1 = min(ys), max(ys)
+    span = max(y1 - y0, min_span, 1e-9 if y1 > y0 else 1.0)
+    mid = (y0 + y1) / 2
+    y0, y1 = mid - span / 2, mid + span / 2
+    if bounds is not None:
+        lo, hi = bounds
+        y0, y1 = (lo, lo + span) if y0 < lo else (y0, y1)
+        y0, y1 = (hi - span, hi) if y1 > hi else (y0, y1)
+    return y0, y1
+
+
+ACCURACY_SPAN = 5.0  # points: the least height an accuracy axis spans
+
+
 def svg_line(title: str, xs: list[float], ys: list[float], xlabel: str, ylabel: str, logx: bool = False,
-             width: int = 520, height: int = 260) -> str:
-    """A line chart with point markers and labelled axes."""
+             width: int = 520, height: int = 260, min_span: float = 0.0,
+             bounds: tuple[float, float] | None = None) -> str:
+    """A line chart with point markers and labelled axes; the y axis spans at least ``min_span``
+    (:func:`y_range`) and its ends are labelled."""
     import math
 
     left, bottom, top_pad, right = 60, 40, 30, 20
     fx = (lambda v: math.log2(v)) if logx else (lambda v: v)
     x0, x1 = min(map(fx, xs)), max(map(fx, xs))
-    y0, y1 = min(ys), max(ys)
-    if y1 - y0 < 1e-9:
-        y0, y1 = y0 - 0.5, y1 + 0.5
+    y0, y1 = y_range(ys, min_span, bounds)
     if x1 - x0 < 1e-9:
         x0, x1 = x0 - 1, x1 + 1
 
@@ -233,10 +260,11 @@ def to_html(r: Report) -> str:
     if len(bits) > 1:
         bits.sort()
         figs.append(svg_line("Accuracy against weight bits", [b for b, _ in bits], [100 * a for _, a in bits],
-                             "mean weight bits", "accuracy %", logx=True))
+                             "mean weight bits", "accuracy %", logx=True, min_span=ACCURACY_SPAN, bounds=(0, 100)))
     if r.curve:
         figs.append(svg_line("Calibration curve (W8A8)", [n for n, _ in r.curve], [100 * a for _, a in r.curve],
-                             "calibration images", "accuracy %", logx=True))
+                             "calibration images", "accuracy %", logx=True, min_span=ACCURACY_SPAN,
+                             bounds=(0, 100)))
     if r.sensitivity:
         figs.append(svg_bars("Per-layer sensitivity (points lost)", [n for n, _ in r.sensitivity],
                              [max(d, 0.0) for _, d in r.sensitivity], "pts"))
@@ -280,4 +308,5 @@ def write(r: Report, out_dir: str | Path) -> dict[str, Path]:
             "json": atomic_write_text(out / "report.json", json.dumps(to_dict(r), indent=2) + "\n")}
 
 
-__all__ = ["Report", "Version", "svg_bars", "svg_line", "svg_stacked", "to_dict", "to_html", "to_markdown", "write"]
+__all__ = ["ACCURACY_SPAN", "Report", "Version", "svg_bars", "svg_line", "svg_stacked", "to_dict", "to_html",
+           "to_markdown", "write", "y_range"]
