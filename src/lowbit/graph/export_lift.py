@@ -23,12 +23,15 @@ ATen op                                becomes
 
 Layers keep the names of their weights in the original model (``layers.0.conv1``), so per-layer
 rules and the first/last-layer choice see the same names as with ``torch.fx``. Any other op stays a
-``call_function`` (lowbit lists it as a float op). The batch dimension is exported as dynamic.
+``call_function`` (lowbit lists it as a float op). The batch dimension (dimension 0 of every tensor
+input, one shared size) is exported as dynamic where the model and the examples allow it (export
+specializes a batch of one sample), else the shapes are static.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import logging
 import operator
@@ -125,14 +128,40 @@ def _quiet() -> Iterator[None]:
             lg.setLevel(level)
 
 
-def _export(model: nn.Module, example_inputs: tuple):
-    dynamic = tuple({0: torch.export.Dim.AUTO} for _ in example_inputs)
+def _batch_dynamic(model: nn.Module, args: tuple, kwargs: dict) -> dict | None:
+    """``dynamic_shapes`` for ``torch.export``: dimension 0 of every tensor input is the one ``Dim`` "batch"
+    (all inputs share the batch size); other inputs static. None if ``forward``'s signature cannot bind them."""
+    batch = torch.export.Dim("batch")
+
+    def spec(v: object) -> object:
+        if isinstance(v, torch.Tensor):
+            return {0: batch} if v.ndim > 0 else None
+        if isinstance(v, (tuple, list)):  # *args
+            return type(v)(spec(x) for x in v)
+        if isinstance(v, dict):  # **kwargs
+            return {k: spec(x) for k, x in v.items()}
+        return None
+
+    try:
+        bound = inspect.signature(model.forward).bind(*args, **kwargs)
+    except (TypeError, ValueError):
+        return None
+    return {name: spec(v) for name, v in bound.arguments.items()}
+
+
+def _export(model: nn.Module, example_inputs: tuple, example_kwargs: dict | None = None):
+    """``torch.export`` with a dynamic batch dimension (see :func:`_batch_dynamic`); where that fails (the model
+    fixes its batch size, or the examples hold one sample, which export specializes), static shapes."""
+    args, kwargs = tuple(example_inputs), dict(example_kwargs or {})
+    dynamic = _batch_dynamic(model, args, kwargs)
     with _quiet():
         try:
-            return torch.export.export(model, tuple(example_inputs), dynamic_shapes=dynamic)
+            if dynamic is None:
+                raise ExportFailed("no dynamic shapes")
+            return torch.export.export(model, args, kwargs or None, dynamic_shapes=dynamic)
         except Exception:  # noqa: BLE001 - a batch-dependent model: try with the example's batch fixed
             try:
-                return torch.export.export(model, tuple(example_inputs))
+                return torch.export.export(model, args, kwargs or None)
             except Exception as exc:  # noqa: BLE001 - export raises many kinds
                 raise ExportFailed(f"torch.export cannot capture {type(model).__name__}: {type(exc).__name__}: "
                                    f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
@@ -148,12 +177,25 @@ class _Lifter:
         return self.env[a] if isinstance(a, fx.Node) else a
 
     def name_for(self, weight_node, fallback: str) -> str:
-        base = str(weight_node.target).rsplit(".", 1)[0] if isinstance(weight_node, fx.Node) else fallback
+        """A fresh attribute path: a layer is named after its weight's owner (``enc.fc.weight`` -> ``enc.fc``);
+        a constant after its own target, flattened (``embeddings.position_ids`` -> ``embeddings_position_ids``),
+        so that it never takes a name a layer's path runs through."""
+        target = str(weight_node.target) if isinstance(weight_node, fx.Node) else None
+        if target is None:
+            base = fallback
+        elif fallback == "const":
+            base = target.replace(".", "_")
+        else:
+            base = target.rsplit(".", 1)[0]
         name, i = base, 1
-        while name in self.names:
+        while not self._free(name):
             name, i = f"{base}_{i}", i + 1
         self.names.add(name)
         return name
+
+    def _free(self, name: str) -> bool:
+        """``name`` is unused, no used name lies inside it, and it lies inside no used name."""
+        return not any(n == name or n.startswith(name + ".") or name.startswith(n + ".") for n in self.names)
 
     def module(self, node: fx.Node, m: nn.Module, x, name: str) -> None:
         _add_nested(self.root, name, m)
@@ -253,9 +295,11 @@ def _add_nested(root: nn.Module, name: str, value, buffer: bool = False) -> None
         parent.add_module(leaf, value)
 
 
-def export_graph(model: nn.Module, example_inputs: tuple) -> fx.GraphModule:
-    """``model`` captured by ``torch.export`` on ``example_inputs`` and lifted to a module graph."""
-    return _Lifter(_export(model.eval(), example_inputs).module()).run()
+def export_graph(model: nn.Module, example_inputs: tuple, example_kwargs: dict | None = None) -> fx.GraphModule:
+    """``model`` captured by ``torch.export`` on ``example_inputs`` (positional) and ``example_kwargs`` (keyword
+    inputs) and lifted to a module graph; its ``forward`` takes the tensor inputs by their names, in
+    ``forward``'s order (a parameter not given is fixed at its default and is not an input)."""
+    return _Lifter(_export(model.eval(), example_inputs, example_kwargs).module()).run()
 
 
 __all__ = ["ExportFailed", "export_graph"]
