@@ -69,12 +69,33 @@ def act_spec(args: argparse.Namespace, percentile: float = 99.99):
                      pow2_scale=bool(getattr(args, "pow2", False)))
 
 
+def model_arg(text: str) -> str:
+    """argparse type of ``--model``: a zoo name, ``FILE.py:FUNCTION`` or a ``.pt2`` program."""
+    from lowbit.user_model import is_user_model
+
+    if text in ZOO_NAMES or is_user_model(text):
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r} is not a zoo model ({', '.join(ZOO_NAMES)}), a FILE.py:FUNCTION "
+                                     "factory or a .pt2 program")
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "ptq", help="post-training quantization of a shipped model (accuracy, quant ops, diagnostics)",
         description="Quantize a shipped zoo model after training: fold BatchNorm, fuse into unified modules, "
                     "calibrate on N training images, and report test accuracy against float.")
-    p.add_argument("--model", default="cnn", choices=ZOO_NAMES, help="zoo model (default cnn)")
+    p.add_argument("--model", default="cnn", type=model_arg, metavar="MODEL",
+                   help="a zoo model (mlp, cnn, resnet; default cnn), your own as FILE.py:FUNCTION (FUNCTION() returns "
+                        "the nn.Module; weights from --weights), or a torch.export program saved as .pt2; your own "
+                        "models need --calib-data")
+    p.add_argument("--weights", default=None, metavar="FILE",
+                   help="state dict for FILE.py:FUNCTION models: .safetensors, .npz or .pt/.pth (read without "
+                        "running pickled code)")
+    p.add_argument("--calib-data", default=None, metavar="PATH",
+                   help="your model's calibration samples: .npy, .npz with x [y, keyword inputs], or a folder of them")
+    p.add_argument("--test-data", default=None, metavar="PATH",
+                   help="samples to compare float and quantized outputs on (same forms; labels y give accuracy); "
+                        "default: the calibration samples")
     p.add_argument("--weight-bits", type=int, default=8, help="weight bit width, 2..16 (default 8)")
     p.add_argument("--act-bits", type=int, default=8, help="activation bit width, 2..16 (default 8)")
     add_weight_format_args(p)
@@ -121,6 +142,11 @@ def run(args: argparse.Namespace) -> int:
         first_last_bits=args.first_last_bits or None,
         rules=tuple(LayerRule(p, keep_float=True) for p in args.keep_float),
     )
+    if args.model not in ZOO_NAMES:
+        return run_user_model(args, config)
+    if args.calib_data or args.test_data or args.weights:
+        raise ConfigError(f"--weights, --calib-data and --test-data are for your own models; the zoo model "
+                          f"{args.model} ships its weights and calibrates on Fashion-MNIST (--calib)")
     test = fashion_mnist("test", root=args.data_dir)
     train = fashion_mnist("train", root=args.data_dir)
     at_most(args.calib, len(train), "--calib", "the Fashion-MNIST train split")
@@ -159,5 +185,44 @@ def run(args: argparse.Namespace) -> int:
         result = {"model": args.model, "config": repr(config), "float_accuracy": f_acc, "accuracy": q_acc,
                   "seconds": seconds, "quantized_mac_share": share, "layers": diagnostics.to_dicts(rows),
                   "quant_ops": None if ops is None else {"unfused": list(ops.unfused), "fused": list(ops.fused)}}
+        atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def run_user_model(args: argparse.Namespace, config) -> int:
+    """``lowbit ptq`` on the user's model: quantize on ``--calib-data``, compare with float on ``--test-data``."""
+    from lowbit.cost.profile import coverage_warning, profile, quantized_share
+    from lowbit.errors import ConfigError
+    from lowbit.ptq import quantize
+    from lowbit.user_model import fidelity, first_input, load_model, load_samples
+    from lowbit.utils.files import atomic_write_text
+
+    if args.calib_data is None:
+        raise ConfigError(f"--model {args.model} needs --calib-data: a .npy/.npz of representative input samples")
+    model = load_model(args.model, args.weights)
+    calib = load_samples(args.calib_data, "--calib-data")
+    test = load_samples(args.test_data, "--test-data") if args.test_data else calib
+    start = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        q = quantize(model, calib.batches(64, args.calib, first_input(model)), config)
+    seconds = time.perf_counter() - start
+    for w in caught:
+        print(f"warning: {w.message}")
+    fid = fidelity(model, q, test)
+    example = {k: v[:1] for k, v in test.extra.items()}
+    share = quantized_share(profile(q, (test.x[:1],), example_kwargs=example))
+    print(f"{args.model}: W {config.weight.label()} A{args.act_bits}, {min(args.calib, len(calib))} calibration samples")
+    print(f"  output cosine mean {fid.cosine_mean:.4f}, min {fid.cosine_min:.4f}; SQNR {fid.sqnr_db:.1f} dB; "
+          f"decisions agree {100 * fid.agreement:.2f}% ({len(test)} samples)")
+    if fid.accuracy is not None:
+        print(f"  accuracy float {100 * fid.float_accuracy:.2f}%, quantized {100 * fid.accuracy:.2f}%")
+    print(f"  prepare+calibrate+convert {seconds:.2f} s")
+    print(f"  {100 * share:.1f}% of MACs quantized")
+    if (low := coverage_warning(profile(q, (test.x[:1],), example_kwargs=example))) is not None:
+        print(f"warning: {low}")
+    if args.json:
+        result = {"model": args.model, "config": repr(config), "seconds": seconds, "quantized_mac_share": share,
+                  **{k: getattr(fid, k) for k in fid.__dataclass_fields__}}
         atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
     return 0

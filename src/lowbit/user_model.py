@@ -1,0 +1,243 @@
+"""The user's own model and data for the CLI: a Python factory, a weights file, a saved torch.export
+program, and arrays of calibration/test samples.
+
+Models (``--model``):
+
+* ``path/to/file.py:make_model``: the file is imported (it is the user's own code: it runs) and
+  ``make_model()`` must return an ``nn.Module``; ``--weights`` then loads a state dict from
+  ``.safetensors``, ``.npz`` (``allow_pickle=False``) or ``.pt``/``.pth`` (``torch.load(weights_only=True)``):
+  loading weights never runs pickled code;
+* ``path/to/program.pt2``: a program saved by ``torch.export.save``, run as its module.
+
+Data (``--calib-data``, ``--test-data``): a ``.npy`` file of samples (first axis: samples), a ``.npz``
+file with ``x`` (and optionally labels ``y``; any other arrays are keyword inputs of ``forward``,
+batched alike), or a folder of such files, concatenated in name order.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from lowbit.errors import ConfigError, DataError
+
+WEIGHT_SUFFIXES = (".safetensors", ".npz", ".pt", ".pth")
+DATA_SUFFIXES = (".npy", ".npz")
+
+
+def is_user_model(spec: str) -> bool:
+    """A factory ``FILE.py:NAME`` or a ``.pt2`` program, as opposed to a zoo name."""
+    return spec.endswith(".pt2") or (":" in spec and spec.rsplit(":", 1)[0].endswith(".py"))
+
+
+def load_factory(spec: str) -> nn.Module:
+    """``FILE.py:NAME`` -> ``NAME()`` from that file, which must be an ``nn.Module``."""
+    path_text, _, name = spec.rpartition(":")
+    path = Path(path_text)
+    if not path.is_file():
+        raise ConfigError(f"--model {spec}: no file {path}; pass FILE.py:FUNCTION with a function that returns the "
+                          "nn.Module")
+    module_spec = importlib.util.spec_from_file_location(f"lowbit_user_{path.stem}", path)
+    if module_spec is None or module_spec.loader is None:
+        raise ConfigError(f"--model {spec}: {path} cannot be imported as Python")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    factory = getattr(module, name, None)
+    if not callable(factory):
+        found = sorted(n for n in vars(module) if callable(vars(module)[n]) and not n.startswith("_"))
+        raise ConfigError(f"--model {spec}: {path} has no function {name!r} (callables there: "
+                          f"{', '.join(found[:10]) or 'none'})")
+    model = factory()
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"--model {spec}: {name}() returned a {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def _state_dict(path: Path) -> dict[str, torch.Tensor]:
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError:
+            raise ConfigError("--weights .safetensors needs the safetensors package: pip install safetensors "
+                              "(or save the weights as .npz or .pt)") from None
+        return load_file(str(path))
+    if suffix == ".npz":
+        with np.load(path, allow_pickle=False) as arrays:
+            return {k: torch.from_numpy(np.array(arrays[k])) for k in arrays.files}
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - a file that is not a plain state dict
+        raise ConfigError(f"--weights {path}: not a plain state dict torch.load can read without running code "
+                          f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); save it with "
+                          "torch.save(model.state_dict(), path)") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError(f"--weights {path}: holds a {type(state).__name__}, not a state dict of tensors; save "
+                          "model.state_dict()")
+    return state
+
+
+def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load a state dict into ``model`` (strict: every key must match)."""
+    path = Path(path)
+    if path.suffix.lower() not in WEIGHT_SUFFIXES:
+        raise ConfigError(f"--weights {path}: unknown kind; use one of {', '.join(WEIGHT_SUFFIXES)}")
+    if not path.is_file():
+        raise ConfigError(f"--weights {path}: no such file")
+    state = _state_dict(path)
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or wrong:
+        parts = [f"missing {', '.join(missing[:5])}" if missing else "",
+                 f"unexpected {', '.join(unexpected[:5])}" if unexpected else "",
+                 f"wrong shape {', '.join(f'{k} {tuple(state[k].shape)} (model {tuple(own[k].shape)})' for k in wrong[:3])}"
+                 if wrong else ""]
+        raise ConfigError(f"--weights {path} does not fit the model: {'; '.join(p for p in parts if p)}")
+    model.load_state_dict(state)
+    return model
+
+
+def load_model(spec: str, weights: str | None = None) -> nn.Module:
+    """The user's model from ``--model`` (and ``--weights``), in eval mode."""
+    if spec.endswith(".pt2"):
+        if weights is not None:
+            raise ConfigError("--weights does not apply to a .pt2 program: its weights are inside it")
+        if not Path(spec).is_file():
+            raise ConfigError(f"--model {spec}: no such file")
+        try:
+            return torch.export.load(spec).module().eval()
+        except Exception as exc:  # noqa: BLE001 - a file export did not write
+            raise ConfigError(f"--model {spec}: not a program saved by torch.export.save ({type(exc).__name__})") from None
+    model = load_factory(spec)
+    if weights is not None:
+        load_weights(model, weights)
+    return model.eval()
+
+
+@dataclass(frozen=True)
+class Samples:
+    """Samples read from arrays: positional input ``x``, optional labels ``y``, keyword inputs ``extra``."""
+
+    x: torch.Tensor
+    y: torch.Tensor | None
+    extra: dict[str, torch.Tensor]
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def batches(self, size: int, limit: int | None = None, first: str = "x") -> list:
+        """Calibration batches of ``size`` samples (of the first ``limit``): tensors, or, when there are keyword
+        inputs, dicts that pass ``x`` as ``forward``'s first parameter ``first`` (:func:`first_input`)."""
+        n = len(self) if limit is None else min(limit, len(self))
+        if not self.extra:
+            return [self.x[i:i + size] for i in range(0, n, size)]
+        return [{first: self.x[i:i + size], **{k: v[i:i + size] for k, v in self.extra.items()}}
+                for i in range(0, n, size)]
+
+
+def first_input(model: nn.Module) -> str:
+    """The name of ``forward``'s first parameter (``x`` when the signature cannot be read)."""
+    import inspect
+
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return "x"
+    return params[0].name if params and params[0].kind in (params[0].POSITIONAL_ONLY,
+                                                             params[0].POSITIONAL_OR_KEYWORD) else "x"
+
+
+def _read(path: Path) -> dict[str, np.ndarray]:
+    if path.suffix == ".npy":
+        return {"x": np.load(path, allow_pickle=False)}
+    with np.load(path, allow_pickle=False) as arrays:
+        if "x" not in arrays.files:
+            raise DataError(f"{path}: an .npz of samples needs an array 'x' (inputs; optional 'y' labels and keyword "
+                            f"inputs), it has {', '.join(arrays.files) or 'nothing'}")
+        return {k: np.array(arrays[k]) for k in arrays.files}
+
+
+def load_samples(path: str | Path, option: str) -> Samples:
+    """``.npy``/``.npz`` file or folder of them (see the module docstring)."""
+    path = Path(path)
+    files = sorted(p for p in path.iterdir() if p.suffix in DATA_SUFFIXES) if path.is_dir() else [path]
+    if not path.exists():
+        raise DataError(f"{option} {path}: no such file or folder")
+    if not files or any(p.suffix not in DATA_SUFFIXES for p in files):
+        raise DataError(f"{option} {path}: needs .npy or .npz files of samples (first axis: samples)")
+    parts = [_read(p) for p in files]
+    keys = set(parts[0])
+    if any(set(p) != keys for p in parts):
+        raise DataError(f"{option} {path}: the files hold different arrays ({[sorted(p) for p in parts][:3]})")
+    arrays = {k: np.concatenate([p[k] for p in parts]) for k in keys}
+    n = arrays["x"].shape[0] if arrays["x"].ndim else 0
+    for k, a in arrays.items():
+        if a.ndim == 0 or a.shape[0] != n or n == 0:
+            raise DataError(f"{option} {path}: array {k!r} has shape {a.shape}; every array needs the same number "
+                            f"of samples (> 0) along its first axis as 'x' ({n})")
+    tensors = {k: _tensor(a, k, option) for k, a in arrays.items()}
+    y = tensors.pop("y", None)
+    return Samples(tensors.pop("x"), y.long() if y is not None else None, tensors)
+
+
+def _tensor(a: np.ndarray, key: str, option: str) -> torch.Tensor:
+    if a.dtype.kind == "f":
+        t = torch.from_numpy(a.astype(np.float32))
+        if not bool(torch.isfinite(t).all()):
+            raise DataError(f"{option}: array {key!r} holds NaN or inf values")
+        return t
+    if a.dtype.kind in "iub":
+        return torch.from_numpy(a.astype(np.int64))
+    raise DataError(f"{option}: array {key!r} has dtype {a.dtype}; use numbers")
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    """How close a quantized model's outputs are to the float model's on the same samples."""
+
+    cosine_mean: float
+    cosine_min: float
+    sqnr_db: float
+    agreement: float  # fraction of samples whose argmax (decision) is the same
+    accuracy: float | None = None
+    float_accuracy: float | None = None
+
+
+def _flat_outputs(model: nn.Module, samples: Samples, batch: int) -> torch.Tensor:
+    outs = []
+    with torch.no_grad():
+        for i in range(0, len(samples), batch):
+            kwargs = {k: v[i:i + batch] for k, v in samples.extra.items()}
+            out = model(samples.x[i:i + batch], **kwargs)
+            if not isinstance(out, torch.Tensor):
+                raise ConfigError(f"the model returns a {type(out).__name__}; lowbit compares models that return one "
+                                  "tensor (wrap it to return the output you deploy)")
+            outs.append(out.reshape(out.shape[0], -1).double())
+    return torch.cat(outs)
+
+
+def fidelity(reference: nn.Module, model: nn.Module, samples: Samples, batch: int = 256) -> Fidelity:
+    """Cosine of the flattened outputs per sample (mean, min), SQNR over all, argmax agreement; accuracy of both
+    when ``samples`` carry labels."""
+    from lowbit.diagnostics import sqnr_db
+
+    ref, out = _flat_outputs(reference, samples, batch), _flat_outputs(model, samples, batch)
+    cos = torch.nn.functional.cosine_similarity(ref, out, dim=1, eps=1e-30)
+    agree = float((ref.argmax(1) == out.argmax(1)).double().mean())
+    acc = f_acc = None
+    if samples.y is not None:
+        acc = float((out.argmax(1) == samples.y).double().mean())
+        f_acc = float((ref.argmax(1) == samples.y).double().mean())
+    sqnr = sqnr_db(ref, out)
+    return Fidelity(float(cos.mean()), float(cos.min()), sqnr if math.isfinite(sqnr) else float("inf"), agree, acc,
+                    f_acc)
+
+
+__all__ = ["Fidelity", "Samples", "fidelity", "first_input", "is_user_model", "load_model", "load_samples", "load_weights"]
