@@ -49,3 +49,33 @@ def test_a_buffer_of_a_module_that_holds_layers_is_lifted_beside_them():
     with torch.no_grad():
         err = (q(other) - model(other)).abs().max() / model(other).abs().max()
     assert 0 < err < 0.05
+
+
+class BatchReshape(nn.Module):
+    """Untraceable by torch.fx (a Python int from a shape) and batch-dependent (reshape by the batch size)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.e = nn.Embedding(50, 16)
+        self.fc = nn.Linear(16, 16)
+        self.head = nn.Linear(16 * 12, 4)
+
+    def forward(self, ids):
+        n = int(ids.shape[1])
+        h = torch.relu(self.fc(self.e(ids)))
+        return self.head(h.reshape(h.shape[0], n * 16))
+
+
+def test_the_captured_batch_stays_dynamic_with_the_default_examples():
+    """A model captured by torch.export runs at other batch sizes than its calibration batch."""
+    torch.manual_seed(0)
+    model = BatchReshape().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = quantize(model, [torch.randint(0, 50, (8, 12))], PTQConfig())
+    for batch in (1, 3, 8):
+        ids = torch.randint(0, 50, (batch, 12))
+        with torch.no_grad():
+            out, ref = q(ids), model(ids)
+        assert out.shape == (batch, 4)
+        assert (out - ref).abs().max() < 0.05 * ref.abs().max()

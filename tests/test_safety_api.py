@@ -239,12 +239,24 @@ def test_a_tuple_output_model_is_quantized_output_by_output():
 
 
 def test_a_multi_input_model_is_told_so():
-    for call in (lambda m: quantize(m, [torch.randn(4, 8)]), lambda m: prepare(m, PTQConfig(), (torch.randn(1, 8),)),
-                 lambda m: prepare_qat(m, QATConfig(), torch.randn(4, 8))):
-        with pytest.raises(ConfigError, match=r"_TwoInputs.forward takes 2 inputs \(x, z\).*multi-input models "
-                                              "are not supported yet"):
-            call(_TwoInputs())
-    with pytest.raises(DataError, match="example_inputs hold 2 tensors"):
+    """PTQ takes every input of a batch; a batch that gives too few inputs, QAT and integer execution say so."""
+    from lowbit.integer import to_integer
+
+    model, x, z = _TwoInputs().eval(), torch.randn(64, 8), torch.randn(64, 8)
+    q = quantize(model, [(x, z)])
+    with torch.no_grad():
+        assert _relative_error(q(x, z), model(x, z)) < 0.05
+    with pytest.raises(DataError, match=r"calibration batch 0: no value for z, which _TwoInputs.forward\(x, z\) needs"):
+        quantize(model, [torch.randn(4, 8)])
+    with pytest.raises(DataError, match=r"example_inputs: no value for z"):
+        prepare(model, PTQConfig(), (torch.randn(1, 8),))
+    with pytest.raises(ConfigError, match=r"_TwoInputs.forward takes 2 inputs \(x, z\).*multi-input models "
+                                          "are not supported yet there"):
+        prepare_qat(model, QATConfig(), torch.randn(4, 8))
+    with pytest.raises(ConfigError, match=r"to_integer: the model takes 2 inputs \(x, z\), and integer execution "
+                                          "of multi-input models is not supported yet"):
+        to_integer(q, (x[:2], z[:2]))
+    with pytest.raises(DataError, match=r"example_inputs: 2 positional inputs, but _TupleOut.forward takes at most 1"):
         prepare(_TupleOut(), PTQConfig(), (torch.randn(1, 8), torch.randn(1, 8)))
 
 

@@ -5,7 +5,10 @@
    requantize once at their output (method H), and puts observers on every
    quantization point. Models fx cannot trace fall back to an eager module swap
    (each conv/linear gets an input quantizer; BatchNorm is not folded).
-2. :func:`calibrate` runs a few batches through it (observers record ranges).
+2. :func:`calibrate` runs a few batches through it (observers record ranges). A batch is a
+   tensor, a dict of keyword inputs, or a tuple: ``(x, y)`` for a one-input model, else one
+   positional input per element (:func:`lowbit.calibration.call_inputs`); multi-input models
+   run through every step, but :func:`lowbit.integer.to_integer` takes one input only.
 3. :func:`convert` freezes scales and zero points: the result is the fake-quant
    simulation of the integer model (per-channel symmetric weights, affine
    unsigned activations; power-of-two scales on request, so that every
@@ -22,7 +25,6 @@ from __future__ import annotations
 
 import copy
 import fnmatch
-import inspect
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
@@ -53,11 +55,17 @@ from lowbit.graph.nodes import COMPUTE
 from lowbit.nn.quantizers import ActQuantizer
 from lowbit.nn.unified import UnifiedConv, UnifiedLinear, _Unified, unified_modules
 from lowbit.calibration import (
+    Arity,
     MeanPatches,
     act_quantizers,
-    batches,
+    arity_of,
     calibrate,
+    call_inputs,
+    check_batch,
+    check_call,
     check_reached,
+    named_inputs,
+    first_samples,
     quantizers_off,
     run_float_inputs,
 )
@@ -190,53 +198,48 @@ def with_pow2_scales(config: PTQConfig) -> PTQConfig:
     return replace(config, weight=p2(config.weight), act=p2(config.act), rules=rules)
 
 
-def check_model(model: object, who: str, single_input: bool = True) -> None:
+def check_model(model: object, who: str, single_input: bool = False) -> None:
     """Refuse what lowbit cannot quantize before touching it: a non-module, a TorchScript module
-    (its Python code is gone: neither torch.fx nor a module swap can see its layers), a model whose
-    ``forward`` needs more than one input (calibration feeds one tensor per batch)."""
+    (its Python code is gone: neither torch.fx nor a module swap can see its layers), and, with
+    ``single_input`` (QAT, which feeds one tensor per batch), a model whose ``forward`` needs more
+    than one input. PTQ takes multi-input models (see :func:`lowbit.calibration.call_inputs`)."""
     if isinstance(model, (torch.jit.ScriptModule, torch.jit.ScriptFunction)):
         raise ConfigError(f"{who} got a TorchScript module ({type(model).__name__}, the output of torch.jit.script "
                           "or torch.jit.trace): TorchScript is not accepted; pass the eager nn.Module it was made from")
     if not isinstance(model, nn.Module):
         raise ConfigError(f"{who} needs a torch.nn.Module, got {type(model).__name__}")
-    names = _required_inputs(model) if single_input else None
-    if names is not None and len(names) > 1:
+    if not single_input:
+        return
+    arity = arity_of(model)
+    names = [n for n in arity.positional if n in arity.required]
+    if arity.known and not arity.var_positional and len(names) > 1:
         raise ConfigError(f"{type(model).__name__}.forward takes {len(names)} inputs ({', '.join(names)}); {who} feeds "
-                          "one tensor per batch: multi-input models are not supported yet (wrap the model in a "
-                          "module whose forward takes one tensor)")
+                          "one tensor per batch: multi-input models are not supported yet there (post-training "
+                          "quantization, lowbit.ptq.quantize, takes them; or wrap the model in a module whose forward "
+                          "takes one tensor)")
 
 
-def _required_inputs(model: nn.Module) -> list[str] | None:
-    """Names of the positional parameters of ``model.forward`` without a default (None if ``*args``)."""
-    try:
-        params = inspect.signature(model.forward).parameters.values()
-    except (TypeError, ValueError):
-        return None
-    names = []
-    for p in params:
-        if p.kind is p.VAR_POSITIONAL:
-            return None
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty:
-            names.append(p.name)
-    return names
-
-
-def _check_inputs(model: nn.Module, example_inputs: tuple) -> None:
+def _check_inputs(model: nn.Module, example_inputs: tuple, example_kwargs: dict, arity: Arity) -> None:
+    """The example inputs are tensors that fit ``forward``'s signature (``arity``) and run through ``model``."""
     if not isinstance(example_inputs, tuple) or not all(isinstance(t, torch.Tensor) for t in example_inputs):
         raise DataError("example_inputs must be a tuple of tensors, e.g. (torch.randn(1, 1, 28, 28),)")
-    if len(example_inputs) != 1:
-        raise DataError(f"example_inputs hold {len(example_inputs)} tensors; lowbit quantizes models that take one "
-                        "input tensor: pass a 1-tuple such as (x[:1],)")
-    for t in example_inputs:
+    if not isinstance(example_kwargs, dict) or not all(isinstance(t, torch.Tensor) for t in example_kwargs.values()):
+        raise DataError("example_kwargs must be a dict of tensors (keyword inputs), e.g. {'mask': torch.ones(1, 8)}")
+    if not example_inputs and not example_kwargs:
+        raise DataError("example_inputs hold no tensor: pass one sample of each input, e.g. (torch.randn(1, 8),)")
+    check_call(example_inputs, example_kwargs, arity, "example_inputs")
+    for t in (*example_inputs, *example_kwargs.values()):
         if t.numel() == 0:
             raise DataError(f"example_inputs hold an empty tensor of shape {tuple(t.shape)}: pass at least one sample")
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise DataError("example_inputs hold NaN or inf values")
     try:
         with torch.no_grad():
-            model(*example_inputs)
+            model(*example_inputs, **example_kwargs)
     except Exception as exc:  # noqa: BLE001 - any failure means the inputs do not fit
         shapes = [tuple(t.shape) for t in example_inputs]
+        if example_kwargs:
+            shapes = ", ".join([*map(str, shapes), *(f"{k}={tuple(t.shape)}" for k, t in example_kwargs.items())])
         raise DataError(f"example_inputs of shapes {shapes} do not fit {type(model).__name__}: "
                         f"{type(exc).__name__}: {_first_line(exc)}") from exc
 
@@ -353,8 +356,14 @@ def _eager_swap(model: nn.Module, specs: _Specs, plan: FusionPlan) -> nn.Module:
 
 
 def prepare(model: nn.Module, config: PTQConfig = PTQConfig(), example_inputs: tuple | None = None,
-            fold_bn: bool = True) -> nn.Module:
+            fold_bn: bool = True, example_kwargs: dict | None = None) -> nn.Module:
     """A quantization-ready copy of ``model`` with observers on every quantization point.
+
+    ``example_inputs``: a tuple of one or more tensors, ``forward``'s positional inputs (one sample
+    each is enough); ``example_kwargs``: a dict of tensors, its keyword inputs. A ``forward``
+    parameter with a default that neither gives (``mask=None``) is fixed at that default: the
+    prepared model does not take it. Only the first positional input is checked against the shape
+    it was prepared with (:mod:`lowbit.graph.input_check`).
 
     ``fold_bn=False`` keeps each BatchNorm that follows a conv/linear inside its unified module,
     unfolded (for QAT that trains BatchNorm statistics); such a model runs fake-quant only until
@@ -362,18 +371,21 @@ def prepare(model: nn.Module, config: PTQConfig = PTQConfig(), example_inputs: t
     if not isinstance(config, PTQConfig):
         raise ConfigError(f"config must be a PTQConfig, got {type(config).__name__}")
     check_model(model, "lowbit.ptq.prepare")
-    if example_inputs is None:
+    if example_inputs is None and example_kwargs is None:
         raise DataError("prepare needs example_inputs, e.g. (torch.randn(1, 1, 28, 28),)")
+    example_inputs = () if example_inputs is None else example_inputs
+    example_kwargs = {} if example_kwargs is None else example_kwargs
     m = copy.deepcopy(model).eval()  # the caller's model is never touched, not even its BatchNorm statistics
-    _check_inputs(m, example_inputs)
+    arity = arity_of(m)
+    _check_inputs(m, example_inputs, example_kwargs, arity)
     plan = FusionPlan()
     try:
-        gm = trace(m)
+        gm = trace(m, arity.unfilled(example_inputs, example_kwargs))
     except TraceFailed as fx_exc:
         from lowbit.graph.export_lift import ExportFailed, export_graph
 
         try:
-            gm = export_graph(m, example_inputs)
+            gm = export_graph(m, example_inputs, example_kwargs)
             warnings.warn(f"lowbit: {fx_exc}; captured with torch.export instead", stacklevel=2)
         except ExportFailed as exc:
             gm = None
@@ -385,14 +397,14 @@ def prepare(model: nn.Module, config: PTQConfig = PTQConfig(), example_inputs: t
         _all_kept_float(config, order)
         _warn_unused(config, order)
         out = _eager_swap(m, _Specs(config, order), plan)
-        install_input_check(out, example_inputs[0], order[0])
+        _guard_first_input(out, example_inputs, example_kwargs, order[0], arity.label(0) if arity.positional else None)
         return attach(out, Prepared(config, plan, traced=False))
     order = _compute_order(gm)
     _no_layer(model, order)
     _all_kept_float(config, order)
     _warn_unused(config, order)
     specs = _Specs(config, order)
-    unfused = count_primitive_quant_points(gm, example_inputs)
+    unfused = count_primitive_quant_points(gm, example_inputs, example_kwargs)
     if fold_bn:
         fold_batchnorm(gm, plan)
     fuse_unified(gm, specs.layer, plan)
@@ -407,10 +419,29 @@ def prepare(model: nn.Module, config: PTQConfig = PTQConfig(), example_inputs: t
         warnings.warn(f"lowbit: {len(plan.float_ops)} operation(s) stay in float: "
                       f"{', '.join(plan.float_ops[:10])}", stacklevel=2)
     with quantizers_off(gm):  # counting runs the graph: the observers must not see the example inputs
-        fused = count_fused_quant_points(gm, example_inputs)
-    placeholder = next((str(n.target) for n in gm.graph.nodes if n.op == "placeholder"), "x")
-    install_input_check(gm, example_inputs[0], order[0], placeholder)
+        fused = count_fused_quant_points(gm, example_inputs, example_kwargs)
+    placeholder = next((str(n.target) for n in gm.graph.nodes if n.op == "placeholder"), None)
+    _guard_first_input(gm, example_inputs, example_kwargs, order[0], placeholder)
     return attach(gm, Prepared(config, plan, traced=True, quant_ops=QuantOps(unfused, fused)))
+
+
+def _guard_first_input(model: nn.Module, example_inputs: tuple, example_kwargs: dict, first_layer: str,
+                       name: str | None) -> None:
+    """Install the input shape check (:mod:`lowbit.graph.input_check`) on the first positional input ``name``
+    (given by position, or by name in ``example_kwargs``); the other inputs of a multi-input model are not checked."""
+    example = example_inputs[0] if example_inputs else example_kwargs.get(name) if name is not None else None
+    if isinstance(example, torch.Tensor):
+        install_input_check(model, example, first_layer, name or "x")
+
+
+def _empty_batch(item: object, arity: Arity) -> bool:
+    """A batch whose every input is an empty tensor (a batch that cannot be read is not empty: calibrate names it)."""
+    try:
+        args, kwargs = call_inputs(item, arity)
+    except DataError:
+        return False
+    inputs = [*args, *kwargs.values()]
+    return bool(inputs) and all(isinstance(t, torch.Tensor) and t.numel() == 0 for t in inputs)
 
 
 def _no_layer(model: nn.Module, order: list[str]) -> None:
@@ -503,7 +534,7 @@ def equalize_channels(model: nn.Module, data: Iterable, alpha: float = 0.5) -> i
         warnings.warn("lowbit: channel equalization needs a traced graph; this model was prepared by "
                       "module swap and is left unequalized", stacklevel=2)
         return 0
-    pairs = equalize(model, batches(data), alpha)
+    pairs = equalize(model, data, alpha)
     if not pairs:
         warnings.warn("lowbit: channel equalization was asked but found no layer pair to rescale (a conv/linear "
                       "with ReLU, clamp(0, hi) or no activation, per-channel weights, feeding only one conv/linear); "
@@ -512,8 +543,18 @@ def equalize_channels(model: nn.Module, data: Iterable, alpha: float = 0.5) -> i
 
 
 def quantize(model: nn.Module, calibration_data: Iterable, config: PTQConfig = PTQConfig(),
-             example_inputs: tuple | None = None, progress: bool = False) -> nn.Module:
-    """``prepare`` + ``calibrate`` + ``convert`` in one call (``example_inputs`` default: first batch)."""
+             example_inputs: tuple | None = None, progress: bool = False,
+             example_kwargs: dict | None = None) -> nn.Module:
+    """``prepare`` + ``calibrate`` + ``convert`` in one call.
+
+    Each batch of ``calibration_data`` is a tensor (the one input), a dict of tensors (keyword
+    inputs, by ``forward``'s parameter names), or a tuple/list: when ``forward`` takes exactly one
+    positional argument it is an ``(x, y, ...)`` pair of a labelled loader and only ``x`` is used;
+    otherwise each element is a positional input, in order (``(ids, mask)`` for
+    ``forward(ids, mask=None)``). Labels are never guessed from a tuple's position otherwise; a key
+    ``forward`` does not accept, or more elements than it takes, is a DataError
+    (:func:`lowbit.calibration.call_inputs`). ``example_inputs`` / ``example_kwargs`` default to
+    the first batch's inputs, one sample each."""
     check_model(model, "lowbit.ptq.quantize")
     if calibration_data is None or isinstance(calibration_data, (str, bytes)) \
             or not isinstance(calibration_data, Iterable):
@@ -522,13 +563,15 @@ def quantize(model: nn.Module, calibration_data: Iterable, config: PTQConfig = P
                         "tensor x")
     if isinstance(calibration_data, torch.Tensor):
         raise DataError("calibration_data must be an iterable of batches, e.g. [x] for one batch tensor x")
-    data = [x for x in batches(calibration_data)]
-    if not data or all(isinstance(x, torch.Tensor) and x.numel() == 0 for x in data):
+    data = list(calibration_data)
+    arity = arity_of(model)
+    if not data or all(_empty_batch(item, arity) for item in data):
         raise DataError("no calibration batches: pass at least one batch of representative inputs")
-    if not isinstance(data[0], torch.Tensor) or data[0].numel() == 0:  # prepare needs it; calibrate checks the rest
-        raise DataError("calibration batch 0 is empty or not a tensor")
-    example_inputs = example_inputs if example_inputs is not None else (data[0][:1],)
-    prepared = prepare(model, config, example_inputs)
+    args, kwargs = call_inputs(data[0], arity, 0)
+    check_batch(named_inputs(args, kwargs, arity), 0, None)  # prepare needs batch 0; calibrate checks the rest
+    if example_inputs is None and example_kwargs is None:
+        example_inputs, example_kwargs = first_samples(args, kwargs)
+    prepared = prepare(model, config, example_inputs, example_kwargs=example_kwargs)
     if config.equalize:
         equalize_channels(prepared, data, config.equalize_alpha)
     means = MeanPatches()

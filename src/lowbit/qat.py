@@ -208,7 +208,7 @@ def prepare_qat(model: nn.Module, config: QATConfig, calibration: torch.Tensor) 
     """A training-ready copy of ``model`` with quantizers in the loop (see the module docstring)."""
     if not isinstance(config, QATConfig):
         raise ConfigError(f"config must be a QATConfig, got {type(config).__name__}")
-    check_model(model, "lowbit.qat.prepare_qat")
+    check_model(model, "lowbit.qat.prepare_qat", single_input=True)
     if not isinstance(calibration, torch.Tensor) or calibration.numel() == 0:
         raise DataError("prepare_qat needs a non-empty calibration batch (a tensor of inputs)")
     if calibration.is_floating_point() and not bool(torch.isfinite(calibration).all()):

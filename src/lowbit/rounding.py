@@ -90,7 +90,8 @@ def gptq_round(model: nn.Module, data: Iterable, damp: float = 0.01) -> list[str
     """Re-round every eligible layer's weights by GPTQ and correct its bias; returns the layers done.
 
     Call after :func:`lowbit.ptq.convert` (the weight grids must be frozen). ``data``: the
-    calibration batches (tensors or ``(x, y)`` pairs).
+    calibration batches, read as :func:`lowbit.calibration.call_inputs` reads them (tensors, ``(x, y)``
+    pairs of a one-input model, tuples of positional inputs, dicts of keyword inputs).
     """
     from lowbit.calibration import run_float_inputs
 

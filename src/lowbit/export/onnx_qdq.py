@@ -854,6 +854,8 @@ def export_onnx(model: IntegerModel, path: str | Path, input_shape: tuple[int, .
     ignored: the batch dimension is dynamic). ``residual``: ``Residual.EXACT``
     (bit-exact with ``model``) or ``Residual.REQUANTIZE`` (onnxruntime's fast
     ``QLinearConv`` + ``QLinearAdd``, rounding twice). Needs the ``onnx`` package.
+    The graph has one input, as every IntegerModel does: :func:`lowbit.integer.to_integer` refuses a
+    multi-input model (a ConfigError naming its inputs), which runs as the PTQ simulation only.
     """
     onnx = _import_onnx()
     proto = to_onnx_model(model, input_shape, opset, residual=residual)

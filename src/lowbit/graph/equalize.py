@@ -115,9 +115,12 @@ def _in_channels(m: _Unified) -> int:
 
 
 @torch.no_grad()
-def channel_ranges(gm: fx.GraphModule, names: Iterable[str], data: Iterable[torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``max |y_c|`` over ``data`` of the float output (quantizers off) of each named unified module."""
-    from lowbit.calibration import quantizers_off
+def channel_ranges(gm: fx.GraphModule, names: Iterable[str], data: Iterable) -> dict[str, torch.Tensor]:
+    """``max |y_c|`` over ``data`` of the float output (quantizers off) of each named unified module.
+
+    ``data``: calibration batches, each fed to the model as :func:`lowbit.calibration.call_inputs` reads
+    it (a tensor, a tuple of positional inputs, a dict of keyword inputs)."""
+    from lowbit.calibration import model_calls, quantizers_off
 
     ranges: dict[str, torch.Tensor] = {}
 
@@ -130,8 +133,8 @@ def channel_ranges(gm: fx.GraphModule, names: Iterable[str], data: Iterable[torc
     handles = [gm.get_submodule(n).register_forward_hook(hook(n)) for n in names]
     try:
         with quantizers_off(gm):
-            for x in data:
-                gm(x)
+            for args, kwargs in model_calls(data, gm):
+                gm(*args, **kwargs)
     finally:
         for h in handles:
             h.remove()
@@ -150,7 +153,7 @@ def _rescale(p: _Unified, c: _Unified, t: torch.Tensor) -> None:
         c.weight.mul_(t.reshape((1, -1) + (1,) * (c.weight.ndim - 2)))
 
 
-def equalize(gm: fx.GraphModule, data: Iterable[torch.Tensor], alpha: float = 0.5,
+def equalize(gm: fx.GraphModule, data: Iterable, alpha: float = 0.5,
              floor: float = 1e-3) -> list[Pair]:
     """Equalize the activation channels of every pair of a prepared graph (before calibration) on ``data``.
 

@@ -7,7 +7,8 @@ computes what the float model computed, up to float rounding.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -45,12 +46,48 @@ class FusionPlan:
     input_quantizers: list[str] = field(default_factory=list)
 
 
-def trace(model: nn.Module) -> fx.GraphModule:
-    """``torch.fx.symbolic_trace`` with a clear error."""
+def trace(model: nn.Module, fixed: Mapping[str, object] | None = None) -> fx.GraphModule:
+    """``torch.fx.symbolic_trace`` with a clear error.
+
+    ``fixed``: ``forward`` parameters the caller does not give (``{name: default}``, e.g. ``mask=None``),
+    traced at that value rather than as an input (fx would otherwise follow ``if mask is not None`` as if
+    a mask came). They are not inputs of the graph: its ``forward`` takes only the other parameters.
+    Only ``None``, bool, int, float and str values are fixed; other defaults stay inputs."""
+    fixed = {k: v for k, v in (fixed or {}).items() if v is None or type(v) in (bool, int, float, str)}
     try:
-        return fx.symbolic_trace(model)
+        gm = fx.symbolic_trace(model, concrete_args=fixed or None)
     except Exception as exc:  # noqa: BLE001 - fx raises many kinds
         raise TraceFailed(f"torch.fx cannot trace {type(model).__name__}: {type(exc).__name__}: {exc}") from exc
+    if fixed:
+        _drop_fixed_inputs(gm, fixed)
+    return gm
+
+
+def _drop_fixed_inputs(gm: fx.GraphModule, fixed: Mapping[str, object]) -> None:
+    """Remove the placeholders fx made for the ``fixed`` parameters (named ``<name>_1``) with the guards it
+    hangs on them (``_assert_is_none``, ``torch._assert(x == value)``), when nothing else reads them."""
+    for node in [n for n in gm.graph.nodes if n.op == "placeholder" and str(n.target)[:-2] in fixed
+                 and str(n.target).endswith("_1")]:
+        guards = _readers(node)
+        if any(g.op == "output" or any(u not in guards for u in g.users) for g in guards):
+            continue  # the value reaches the computation: keep the input
+        for g in reversed([n for n in gm.graph.nodes if n in guards]):  # users before what they read
+            gm.graph.erase_node(g)
+        gm.graph.erase_node(node)
+    gm.graph.lint()
+    gm.recompile()
+
+
+def _readers(node: fx.Node) -> set[fx.Node]:
+    """Every node that reads ``node``, directly or through others."""
+    seen: set[fx.Node] = set()
+    todo = list(node.users)
+    while todo:
+        n = todo.pop()
+        if n not in seen:
+            seen.add(n)
+            todo.extend(n.users)
+    return seen
 
 
 def _calls_per_target(gm: fx.GraphModule) -> dict[str, int]:
@@ -294,7 +331,18 @@ class _OutputCounter(fx.Interpreter):
         return out
 
 
-def count_primitive_quant_points(gm: fx.GraphModule, example_inputs: tuple) -> tuple[int, int]:
+def _graph_args(gm: fx.GraphModule, args: tuple, kwargs: Mapping[str, object] | None) -> tuple:
+    """``args`` and ``kwargs`` as the graph's positional inputs (``fx.Interpreter.run`` takes no keywords),
+    placeholders left out taking their defaults."""
+    if not kwargs:
+        return tuple(args)
+    bound = inspect.signature(gm.forward).bind(*args, **kwargs)
+    bound.apply_defaults()
+    return bound.args
+
+
+def count_primitive_quant_points(gm: fx.GraphModule, example_inputs: tuple,
+                                 example_kwargs: Mapping[str, object] | None = None) -> tuple[int, int]:
     """(ops, elements per sample) if every primitive op's output were requantized (no fusion)."""
 
     def counted(n: fx.Node) -> bool:
@@ -306,11 +354,12 @@ def count_primitive_quant_points(gm: fx.GraphModule, example_inputs: tuple) -> t
 
     counter = _OutputCounter(gm, counted)
     with torch.no_grad():
-        counter.run(*example_inputs)
+        counter.run(*_graph_args(gm, example_inputs, example_kwargs))
     return counter.ops, counter.elements
 
 
-def count_fused_quant_points(gm: fx.GraphModule, example_inputs: tuple) -> tuple[int, int]:
+def count_fused_quant_points(gm: fx.GraphModule, example_inputs: tuple,
+                             example_kwargs: Mapping[str, object] | None = None) -> tuple[int, int]:
     """(ops, elements per sample) of the (re)quantizations the fused graph performs."""
 
     def counted(n: fx.Node) -> bool:
@@ -319,5 +368,5 @@ def count_fused_quant_points(gm: fx.GraphModule, example_inputs: tuple) -> tuple
 
     counter = _OutputCounter(gm, counted)
     with torch.no_grad():
-        counter.run(*example_inputs)
+        counter.run(*_graph_args(gm, example_inputs, example_kwargs))
     return counter.ops, counter.elements

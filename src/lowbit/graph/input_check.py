@@ -10,6 +10,10 @@ check gives the simulation the same rule: a forward pre-hook compares ``x.shape[
 recorded sample shape once per call (a tuple comparison, nothing per layer) and raises a
 :class:`~lowbit.errors.ShapeError` naming the input, the first layer it feeds, the expected and
 the received shape.
+
+A model with several inputs is checked on its first positional input only (``forward``'s first
+parameter, whether the call passes it by position or by name); the others reach their layers
+unchecked, and a wrong shape there fails in the layer with torch's message.
 """
 
 from __future__ import annotations
@@ -42,9 +46,11 @@ class InputCheck:
                          f"a batch of any size N of the samples it was prepared with; got {tuple(x.shape)}: pass "
                          "inputs of that shape, or prepare the model again with example_inputs of the new shape")
 
-    def __call__(self, module: nn.Module, args: tuple) -> None:
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         if args:
             self.check(args[0])
+        elif self.input_name in kwargs:  # the first input passed by name
+            self.check(kwargs[self.input_name])
 
 
 class _Reinstall:
@@ -62,7 +68,8 @@ def _attach(model: nn.Module, check: InputCheck) -> None:
     for key, hook in list(model._forward_pre_hooks.items()):
         if old is not None and hook is old:
             del model._forward_pre_hooks[key]
-    model.register_forward_pre_hook(check)
+            model._forward_pre_hooks_with_kwargs.pop(key, None)
+    model.register_forward_pre_hook(check, with_kwargs=True)
     model.lowbit_input_check = check  # type: ignore[assignment]
     hooks = getattr(model, "_deepcopy_hooks", None)  # torch.fx.GraphModule only
     if isinstance(hooks, list):
@@ -70,7 +77,8 @@ def _attach(model: nn.Module, check: InputCheck) -> None:
 
 
 def install(model: nn.Module, example: torch.Tensor, first_layer: str | None, input_name: str = "x") -> InputCheck:
-    """Check every call of ``model`` against the sample shape of ``example`` (one hook, replacing an older one)."""
+    """Check every call of ``model`` against the sample shape of ``example`` (one hook, replacing an older one):
+    the first positional input, or the keyword input ``input_name`` when the call passes it by name."""
     check = InputCheck(tuple(example.shape[1:]), input_name, first_layer)
     _attach(model, check)
     return check

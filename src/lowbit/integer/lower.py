@@ -292,12 +292,22 @@ def _record_shapes(gm: fx.GraphModule, example: torch.Tensor) -> None:
         Shapes(gm).run(example)
 
 
+def _one_input(gm: fx.GraphModule) -> None:
+    """Refuse a multi-input model: an IntegerModel (its kernels, file format and ONNX export) takes one tensor."""
+    names = [str(n.target) for n in gm.graph.nodes if n.op == "placeholder"]
+    if len(names) > 1:
+        raise ConfigError(f"to_integer: the model takes {len(names)} inputs ({', '.join(names)}), and integer execution "
+                          "of multi-input models is not supported yet (an integer model takes one input tensor); the "
+                          "simulation (the model lowbit.ptq.quantize returned) runs it: call that model instead")
+
+
 def to_integer(model: nn.Module, example_inputs: tuple) -> IntegerModel:
     """The integer-only form of a model returned by :func:`lowbit.ptq.convert` / :func:`lowbit.quantize`."""
     record = record_of(model)
     if not isinstance(model, fx.GraphModule) or record is None or not record.traced:
         raise ConfigError("to_integer needs a model from lowbit.quantize / ptq.convert that torch.fx traced "
                           "(the eager fallback has no graph to lower)")
+    _one_input(model)
     model.eval()
     example = example_inputs[0]
     check_input(model, example)  # the shape the model was prepared for (ShapeError naming it)
