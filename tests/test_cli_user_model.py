@@ -100,3 +100,30 @@ def test_bad_user_input_is_one_clear_line(user, capsys, case, args, message):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_a_torch_export_program_runs_like_its_module_and_a_fixed_batch_is_refused(user, capsys):
+    from lowbit.cost.profile import profile
+
+    path, spec, model = user
+    model.eval()
+    x = torch.randn(2, 1, 200)
+    dynamic = torch.export.export(model, (x,), dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
+    torch.export.save(dynamic, path / "dyn.pt2")
+    torch.export.save(torch.export.export(model, (x,)), path / "fixed.pt2")
+    lifted = load_model(str(path / "dyn.pt2"))
+    other = torch.randn(5, 1, 200)
+    assert torch.allclose(lifted(other), model(other), atol=1e-6)
+    # every MAC is counted in the lifted graph too: its LSTM is a functional aten call there
+    assert sum(r.macs for r in profile(lifted, (other,))) == sum(r.macs for r in profile(model, (other,)))
+    out_json = path / "p.json"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rc = main(["ptq", "--model", str(path / "dyn.pt2"), "--calib-data", str(path / "calib.npy"), "--json",
+                   str(out_json)])
+    assert rc == 0
+    result = json.loads(out_json.read_text())
+    assert result["cosine_min"] > 0.95 and result["quantized_mac_share"] < 0.1
+    capsys.readouterr()
+    assert main(["ptq", "--model", str(path / "fixed.pt2"), "--calib-data", str(path / "calib.npy")]) == 2
+    assert "exported with a fixed batch of 2 (input x)" in capsys.readouterr().err

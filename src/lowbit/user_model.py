@@ -111,14 +111,30 @@ def load_model(spec: str, weights: str | None = None) -> nn.Module:
             raise ConfigError("--weights does not apply to a .pt2 program: its weights are inside it")
         if not Path(spec).is_file():
             raise ConfigError(f"--model {spec}: no such file")
+        from lowbit.graph.export_lift import lift_program
+
         try:
-            return torch.export.load(spec).module().eval()
+            program = torch.export.load(spec)
         except Exception as exc:  # noqa: BLE001 - a file export did not write
             raise ConfigError(f"--model {spec}: not a program saved by torch.export.save ({type(exc).__name__})") from None
+        return _dynamic_batch(spec, lift_program(program)).eval()
     model = load_factory(spec)
     if weights is not None:
         load_weights(model, weights)
     return model.eval()
+
+
+def _dynamic_batch(spec: str, gm: nn.Module) -> nn.Module:
+    """Refuse a program exported with a fixed batch: lowbit calibrates and compares in batches of other sizes."""
+    from lowbit.graph.export_lift import fixed_sizes
+
+    fixed = [(name, sizes[0]) for name, sizes in fixed_sizes(gm) if sizes and sizes[0] is not None]
+    if fixed:
+        name, batch = fixed[0]
+        raise ConfigError(f"--model {spec}: the program was exported with a fixed batch of {batch} (input {name}); "
+                          "lowbit runs batches of other sizes: export it again with "
+                          f"dynamic_shapes={{'{name}': {{0: torch.export.Dim('batch')}}}}")
+    return gm
 
 
 @dataclass(frozen=True)

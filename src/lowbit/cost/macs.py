@@ -19,7 +19,8 @@ products and non-linearities are not MACs and are not counted.
 Matrix products outside any counted module (``torch.matmul``, ``@``, ``torch.bmm``, ``einsum`` that
 lowers to them, ``F.linear``, ``F.conv*``, ``F.scaled_dot_product_attention``) are seen at the ATen
 level by :class:`FunctionalMacs`, a dispatch mode: ``mm``/``addmm`` ``n k m``, ``bmm``/``baddbmm``
-``B n k m``, ``mv`` ``n k``, ``dot`` ``k``, ``convolution`` (output elements x ``C_in/groups x kernel``;
+``B n k m``, ``mv`` ``n k``, ``dot`` ``k``, ``mkldnn_rnn_layer`` (a functional ``torch.lstm``, one layer and
+direction) steps x rows x ``(|W_ih| + |W_hh|)``, ``convolution`` (output elements x ``C_in/groups x kernel``;
 transposed: input elements x ``C_out/groups x kernel``), attention ``B h L S (E + E_v)``.
 """
 
@@ -86,6 +87,9 @@ def _aten_macs(func, args, out) -> int | None:
     if name in ("convolution", "_convolution"):
         x, w, transposed = args[0], args[1], bool(args[6])
         return (x.numel() if transposed else out.numel()) * w[0].numel()
+    if name == "mkldnn_rnn_layer":  # one layer and direction of an LSTM/GRU/RNN (oneDNN): every step, every row
+        x, w_ih, w_hh = args[0], args[1], args[2]
+        return x.numel() // x.shape[-1] * (w_ih.numel() + w_hh.numel())
     if name.startswith("_scaled_dot_product") and "backward" not in name:
         q, k, v = args[0], args[1], args[2]
         return _numel(q.shape[:-1]) * k.shape[-2] * (q.shape[-1] + v.shape[-1])

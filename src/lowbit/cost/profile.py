@@ -203,7 +203,7 @@ def profile(model: nn.Module, example_inputs: tuple,
 def _functional_rows(counter: FunctionalMacs, example_inputs: tuple) -> list[LayerCost]:
     first = example_inputs[0]
     batch = first.shape[0] if isinstance(first, torch.Tensor) and first.ndim > 1 else 1
-    kinds = {"convolution": "conv", "_convolution": "conv"}
+    kinds = {"convolution": "conv", "_convolution": "conv", "mkldnn_rnn_layer": "rnn"}
     rows = []
     for (where, op), macs in counter.macs.items():
         kind = "attention" if op.startswith("_scaled_dot_product") else kinds.get(op, "matmul")

@@ -299,7 +299,53 @@ def export_graph(model: nn.Module, example_inputs: tuple, example_kwargs: dict |
     """``model`` captured by ``torch.export`` on ``example_inputs`` (positional) and ``example_kwargs`` (keyword
     inputs) and lifted to a module graph; its ``forward`` takes the tensor inputs by their names, in
     ``forward``'s order (a parameter not given is fixed at its default and is not an input)."""
-    return _Lifter(_export(model.eval(), example_inputs, example_kwargs).module()).run()
+    return lift_program(_export(model.eval(), example_inputs, example_kwargs))
 
 
-__all__ = ["ExportFailed", "export_graph"]
+def lift_program(program: torch.export.ExportedProgram) -> fx.GraphModule:
+    """A program of ``torch.export`` (e.g. read by ``torch.export.load`` from a ``.pt2`` file) as a module
+    graph that lowbit quantizes like a traced model (``program.module()`` itself refuses ``eval()``).
+
+    The program's fixed input sizes are guarded: a call with another size raises a ShapeError before
+    any op runs (a program exported with a fixed batch can bake that batch into constants, and some
+    ATen kernels, e.g. ``aten.lstm`` given a hidden state of another batch, crash instead of raising)."""
+    gm = _Lifter(program.module()).run()
+    fixed = _fixed_sizes(program)
+    gm.meta["lowbit_fixed_sizes"] = fixed
+    if any(s is not None for _, sizes in fixed for s in sizes):
+        gm.register_forward_pre_hook(lambda mod, args: _check_fixed(fixed, args))
+    return gm
+
+
+def fixed_sizes(gm: nn.Module) -> list[tuple[str, tuple[int | None, ...]]]:
+    """The input sizes a graph of :func:`lift_program` was exported for (None: dynamic); [] for other modules."""
+    meta = getattr(gm, "meta", None)
+    return list(meta.get("lowbit_fixed_sizes", [])) if isinstance(meta, dict) else []
+
+
+def _fixed_sizes(program: torch.export.ExportedProgram) -> list[tuple[str, tuple[int | None, ...]]]:
+    """``(name, sizes)`` of the program's tensor inputs in order; a size is None where the program is dynamic."""
+    users = set(program.graph_signature.user_inputs)
+    out = []
+    for n in program.graph.nodes:
+        val = n.meta.get("val") if n.op == "placeholder" and n.name in users else None
+        if isinstance(val, torch.Tensor):
+            out.append((n.name, tuple(d if isinstance(d, int) else None for d in val.shape)))
+    return out
+
+
+def _check_fixed(fixed: list[tuple[str, tuple[int | None, ...]]], args: tuple) -> None:
+    from lowbit.errors import ShapeError
+
+    for (name, sizes), a in zip(fixed, args):
+        if not isinstance(a, torch.Tensor):
+            continue
+        shape = tuple(a.shape)
+        if len(shape) != len(sizes) or any(s is not None and s != d for s, d in zip(sizes, shape)):
+            want = tuple("*" if s is None else s for s in sizes)
+            raise ShapeError(f"input {name} has shape {shape}, but the torch.export program was exported for {want} "
+                             "(* = any size); export it again with the sizes that vary marked dynamic, e.g. "
+                             f"dynamic_shapes={{'{name}': {{0: torch.export.Dim('batch')}}}}")
+
+
+__all__ = ["ExportFailed", "export_graph", "fixed_sizes", "lift_program"]
