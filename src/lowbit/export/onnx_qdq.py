@@ -52,6 +52,8 @@ of the integer model:
   monotone rounding ``Q(clip(v, (lo - z) s, (hi - z) s)) = clamp(Q(v), lo, hi)``,
   and the layer's own ``DQ -> Conv -> Q`` stays fusable (a ``Relu``/``Clip``
   between ``Conv`` and ``Q`` would keep the convolution in float);
+* ``unsqueeze`` and ``squeeze`` (a 1-D conv or pool runs as the 2-D op of height 1 between them) are
+  ``Unsqueeze``/``Squeeze`` between a ``DequantizeLinear`` and a ``QuantizeLinear`` on the same grid;
 * ``maxpool2d``, ``flatten`` and ``pad`` (constant 0.0, which lies on the grid)
   run between a ``DequantizeLinear`` and a ``QuantizeLinear`` on the same grid
   (exact; onnxruntime runs ``MaxPool`` and ``Flatten`` on the codes), except a
@@ -588,6 +590,16 @@ class _Builder:
         x = self.values[node.inputs[0]]
         self._same_grid(node, self.add("Flatten", [x.float_name], f"{node.output}_flatten", axis=1), x)
 
+    def op_unsqueeze(self, node: Node) -> None:
+        x = self.values[node.inputs[0]]
+        axes = self.const(f"{node.output}_axes", np.array([node.op.ir.dim], np.int64))
+        self._same_grid(node, self.add("Unsqueeze", [x.float_name, axes], f"{node.output}_unsqueeze"), x)
+
+    def op_squeeze(self, node: Node) -> None:
+        x = self.values[node.inputs[0]]
+        axes = self.const(f"{node.output}_axes", np.array([node.op.ir.dim], np.int64))
+        self._same_grid(node, self.add("Squeeze", [x.float_name, axes], f"{node.output}_squeeze"), x)
+
     def op_pad(self, node: Node) -> None:
         a = node.op.ir
         x = self.values[node.inputs[0]]
@@ -660,6 +672,12 @@ def _node_shape(node: Node, x: tuple[int, ...]) -> tuple[int, ...]:
             raise ConfigError(f"{node.output}: only flatten(start_dim=1, end_dim=-1) has an ONNX form here, not "
                               f"start_dim={a.start_dim}, end_dim={a.end_dim}")
         return (x[0], math.prod(x[1:]))
+    if kind == "unsqueeze":
+        return (*x[:a.dim], 1, *x[a.dim:])
+    if kind == "squeeze":
+        if len(x) <= a.dim or x[a.dim] != 1:
+            raise ConfigError(f"{node.output}: squeeze({a.dim}) of a tensor of shape {x}")
+        return (*x[:a.dim], *x[a.dim + 1:])
     if kind == "pad":
         pad, y = list(a.pad), list(x)
         if len(pad) % 2 or len(pad) // 2 > len(x):
@@ -773,7 +791,8 @@ def _live(nodes: list, outputs: set[str]) -> list:
 EXPORTERS: dict[type, Callable[[_Builder, Node], None]] = {
     ir.Quantize: _Builder.op_quantize, ir.Dequantize: _Builder.op_dequantize, ir.Linear: _Builder.op_linear,
     ir.Conv2d: _Builder.op_conv2d, ir.MaxPool2d: _Builder.op_maxpool2d, ir.AvgPool2d: _Builder.op_avgpool2d,
-    ir.Flatten: _Builder.op_flatten, ir.Pad: _Builder.op_pad,
+    ir.Flatten: _Builder.op_flatten, ir.Pad: _Builder.op_pad, ir.Unsqueeze: _Builder.op_unsqueeze,
+    ir.Squeeze: _Builder.op_squeeze,
 }
 
 

@@ -255,8 +255,26 @@ class Pad:
     value: int
 
 
-IROp = Union[Quantize, Dequantize, Linear, Conv2d, MaxPool2d, AvgPool2d, Flatten, Pad]
-OP_TYPES: tuple[type, ...] = (Quantize, Dequantize, Linear, Conv2d, MaxPool2d, AvgPool2d, Flatten, Pad)
+@dataclass(frozen=True)
+class Unsqueeze:
+    """A size-1 dimension inserted at ``dim`` (counted with the batch, >= 1): a 1-D conv or pool runs as the
+    2-D op of height 1 between an ``unsqueeze(2)`` and a ``squeeze(2)``."""
+
+    kind: ClassVar[str] = "unsqueeze"
+    dim: int
+
+
+@dataclass(frozen=True)
+class Squeeze:
+    """The size-1 dimension ``dim`` (counted with the batch, >= 1) removed."""
+
+    kind: ClassVar[str] = "squeeze"
+    dim: int
+
+
+IROp = Union[Quantize, Dequantize, Linear, Conv2d, MaxPool2d, AvgPool2d, Flatten, Pad, Unsqueeze, Squeeze]
+OP_TYPES: tuple[type, ...] = (Quantize, Dequantize, Linear, Conv2d, MaxPool2d, AvgPool2d, Flatten, Pad, Unsqueeze,
+                              Squeeze)
 KINDS: dict[str, type] = {t.kind: t for t in OP_TYPES}
 LAYERS = (Linear, Conv2d)
 
@@ -348,9 +366,11 @@ def parse(kind: str, attrs: dict[str, Any], requantized: bool = True) -> IROp:
         return Flatten(int(a["start_dim"]), int(a["end_dim"]))
     if kind == "pad":
         return Pad(tuple(int(v) for v in a["pad"]), int(a["value"]))
+    if kind in ("unsqueeze", "squeeze"):
+        return KINDS[kind](int(a["dim"]))
     raise KeyError(f"unknown integer op kind {kind!r}; known: {sorted(KINDS)}")
 
 
-__all__ = ["input_low", "OP_TYPES", "Act", "AvgPool2d", "Binarized", "Conv2d", "Dequantize", "Dequantized", "Flatten", "Grid", "IROp", "KINDS",
+__all__ = ["input_low", "OP_TYPES", "Act", "AvgPool2d", "Binarized", "Conv2d", "Dequantize", "Dequantized", "Flatten", "Grid", "IROp", "KINDS", "Squeeze", "Unsqueeze",
            "LAYERS", "Linear", "MaxPool2d", "OutputStage", "Pad", "Quantize", "Requantized", "WeightCodes",
            "attrs_of", "parse"]

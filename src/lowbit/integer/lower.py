@@ -7,7 +7,8 @@ per-channel scale: the same int8 kernels run all three; ``weight_codes`` tells t
 format how to pack the last two), int32 bias and integer multipliers (:func:`lowbit.nn.exact.layer_params`,
 the same numbers the simulation uses), average pools ``avgpool2d``, and the
 grid-preserving ops (flatten, max-pool, zero padding, dropout) their integer
-forms. Binary layers (BNN / XNOR-Net) lower to the same ``linear``/``conv2d`` ops with
+forms. 1-D convolutions and pools run as the 2-D ops of height 1 between ``unsqueeze(2)`` and
+``squeeze(2)`` (a squeeze followed by an unsqueeze cancels: a chain of 1-D layers stays 4-D). Binary layers (BNN / XNOR-Net) lower to the same ``linear``/``conv2d`` ops with
 ``weight_codes`` ``binary``, ``input_bits`` 1 where their input is a sign (the XNOR-popcount
 kernel then runs them), a ``Binarized`` output stage where their output is a sign, and
 ``pad_value`` -1 for a conv padded with -1. Anything else is refused with the list of offending nodes.
@@ -51,6 +52,7 @@ class _Lowering:
         self.grids: dict[str, QParams | None] = {}  # IR tensor name -> grid (None: float)
         self.names: dict[fx.Node, str] = {}
         self.unsupported: list[str] = []
+        self.squeezed: dict[str, str] = {}  # output of a squeeze(2) we emitted -> its 4-D (height 1) source
 
     def emit(self, op: ir.IROp, inputs: list[str], out: str, tensors: dict | None, q: QParams | None,
              source: str) -> None:
@@ -68,7 +70,22 @@ class _Lowering:
             self.visit(node)
         if self.unsupported:
             raise ConfigError("cannot lower to integers: " + "; ".join(self.unsupported))
-        return IntegerModel(self.nodes, self.names[inputs[0]], self.output)
+        return IntegerModel(_without_dead_squeezes(self.nodes, self.output), self.names[inputs[0]], self.output)
+
+    def as_2d(self, name: str, source: str) -> str:
+        """The height-1 4-D form of the 3-D tensor ``name``: the source of a squeeze we emitted (the pair
+        cancels), else a new ``unsqueeze(2)``."""
+        if name in self.squeezed:
+            return self.squeezed[name]
+        out = f"{source}_h1_{name}"
+        self.emit(ir.Unsqueeze(2), [name], out, None, self.grids[name], source)
+        return out
+
+    def from_2d(self, name4: str, node: fx.Node) -> None:
+        """``node``'s 3-D output: ``squeeze(2)`` of the height-1 result ``name4``."""
+        self.emit(ir.Squeeze(2), [name4], node.name, None, self.grids[name4], node.name)
+        self.squeezed[node.name] = name4
+        self.names[node] = node.name
 
     def visit(self, node: fx.Node) -> None:
         if node.op == "placeholder":
@@ -102,6 +119,8 @@ class _Lowering:
             self.simple(node, ir.Flatten(m.start_dim, m.end_dim))
         elif isinstance(m, nn.MaxPool2d):
             self.maxpool(node, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode)
+        elif isinstance(m, nn.MaxPool1d):
+            self.maxpool1d(node, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode)
         elif isinstance(m, nn.ZeroPad2d):
             self.pad(node, list(m.padding))
         else:
@@ -125,6 +144,12 @@ class _Lowering:
             k = a[0] if a[0] is not None else kw["kernel_size"]
             self.maxpool(node, k, a[1] or kw.get("stride") or k, a[2] or kw.get("padding", 0),
                          a[3] or kw.get("dilation", 1), bool(a[4] or kw.get("ceil_mode", False)))
+        elif t is F.max_pool1d:
+            a = list(node.args[1:]) + [None] * 5
+            kw = node.kwargs
+            k = a[0] if a[0] is not None else kw["kernel_size"]
+            self.maxpool1d(node, k, a[1] or kw.get("stride") or k, a[2] or kw.get("padding", 0),
+                           a[3] or kw.get("dilation", 1), bool(a[4] or kw.get("ceil_mode", False)))
         elif t is F.pad:
             self.pad(node, list(node.args[1] if len(node.args) > 1 else node.kwargs["pad"]))
         else:
@@ -151,6 +176,13 @@ class _Lowering:
 
     def maxpool(self, node: fx.Node, k, s, p, d, ceil: bool) -> None:
         self.simple(node, ir.MaxPool2d(_two(k), _two(s if s is not None else k), _two(p), _two(d), bool(ceil)))
+
+    def maxpool1d(self, node: fx.Node, k, s, p, d, ceil: bool) -> None:
+        """As the 2-D max pool of height 1."""
+        src = self.as_2d(self.arg(node), node.name)
+        op = ir.MaxPool2d(_row(k, 1), _row(s if s is not None else k, 1), _row(p, 0), _row(d, 1), bool(ceil))
+        self.emit(op, [src], f"{node.name}_2d", None, self.grids[src], node.name)
+        self.from_2d(f"{node.name}_2d", node)
 
     def pad(self, node: fx.Node, pad: list[int]) -> None:
         q = self.grids[self.arg(node)]
@@ -201,10 +233,8 @@ class _Lowering:
             raise ConfigError(f"{node.target}: weights wider than 8 bits do not fit the int8 kernels")
         izp = stored_zero_point(p.input)
         in_bits = p.input.fmt.bits
+        one_d = isinstance(m, UnifiedConv) and m.ndim == 1
         if isinstance(m, UnifiedConv):
-            if m.ndim != 2:
-                self.unsupported.append(f"{node.target} (Conv1d: only 2-d convolutions have integer kernels)")
-                return
             if isinstance(m.padding, str):
                 self.unsupported.append(f"{node.target} (padding={m.padding!r} is asymmetric here: the integer convs "
                                         "pad both sides alike; use numeric padding)")
@@ -216,13 +246,21 @@ class _Lowering:
                                             "use groups=1 or padding=0 for it)")
                     return
                 pad = int(p.input.codes(torch.tensor(m.pad_value))) - offset(p.input)
-            op: ir.IROp = ir.Conv2d(izp, m.weight_quant.spec.code_bits, out, _two(m.stride), _two(m.padding),
-                                    _two(m.dilation), m.groups, codes, in_bits, pad, bool(p.input.fmt.signed))
+            geometry = ((_row(m.stride, 1), _row(m.padding, 0), _row(m.dilation, 1)) if one_d
+                        else (_two(m.stride), _two(m.padding), _two(m.dilation)))
+            op: ir.IROp = ir.Conv2d(izp, m.weight_quant.spec.code_bits, out, *geometry, m.groups, codes, in_bits,
+                                    pad, bool(p.input.fmt.signed))
         else:
             op = ir.Linear(izp, m.weight_quant.spec.code_bits, out, codes, in_bits, bool(p.input.fmt.signed))
         if codes is ir.WeightCodes.BINARY and in_bits == 1 and not op.xnor:
             warnings.warn(f"lowbit: {node.target} (binary, groups={op.groups}) runs on the int8 kernels, not the "
                           "XNOR-popcount kernel (dense convolutions only): same integers, int8 speed", stacklevel=3)
+        if one_d:  # the 2-D conv of height 1: weights (O, C/g, 1, k), inputs unsqueezed, output squeezed
+            tensors["weight"] = tensors["weight"].unsqueeze(2)
+            self.emit(op, [self.as_2d(i, node.name) for i in ins], f"{node.name}_2d", tensors, p.output,
+                      str(node.target))
+            self.from_2d(f"{node.name}_2d", node)
+            return
         self.emit(op, ins, node.name, tensors, p.output, str(node.target))
         self.names[node] = node.name
 
@@ -232,7 +270,7 @@ class _Lowering:
             return
         src = self.arg(node)
         pool = m.pool
-        if not isinstance(pool, (nn.AdaptiveAvgPool2d, nn.AvgPool2d)):
+        if not isinstance(pool, (nn.AdaptiveAvgPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AvgPool1d)):
             self.unsupported.append(f"{node.target} ({type(pool).__name__})")
             return
         probe = torch.zeros(1, 1, *self._spatial(node))
@@ -242,10 +280,16 @@ class _Lowering:
             self.unsupported.append(f"{node.target}: {exc}")
             return
         inp, out = m.input_qparams, m.output_qparams
-        k = None if isinstance(pool, nn.AdaptiveAvgPool2d) else _two(pool.kernel_size)
-        op = ir.AvgPool2d(k, None if k is None else _two(pool.stride or pool.kernel_size), int(window),
+        one_d = isinstance(pool, (nn.AdaptiveAvgPool1d, nn.AvgPool1d))
+        size = _row if one_d else (lambda v, first: _two(v))
+        k = None if isinstance(pool, (nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool1d)) else size(pool.kernel_size, 1)
+        op = ir.AvgPool2d(k, None if k is None else size(pool.stride or pool.kernel_size, 1), int(window),
                           stored_zero_point(inp), stored_zero_point(out), out.fmt.qmin - offset(out),
                           out.fmt.qmax - offset(out))
+        if one_d:  # the 2-D pool of height 1
+            self.emit(op, [self.as_2d(src, node.name)], f"{node.name}_2d", {"m": mm, "n": n}, out, str(node.target))
+            self.from_2d(f"{node.name}_2d", node)
+            return
         self.emit(op, [src], node.name, {"m": mm, "n": n}, out, str(node.target))
         self.names[node] = node.name
 
@@ -266,6 +310,17 @@ class _Lowering:
             self.emit(ir.Dequantize(float(q.scale), stored_zero_point(q)), [name], "output", None, None, "output")
             name = "output"
         self.output = name
+
+
+def _row(v, first: int) -> tuple[int, int]:
+    """A 1-D size, stride, padding or dilation as the 2-D pair of a height-1 op: ``(first, v)``."""
+    return first, int(v[0]) if isinstance(v, (tuple, list)) else int(v)
+
+
+def _without_dead_squeezes(nodes: list[Node], output: str) -> list[Node]:
+    """Drop the squeezes no node reads (a height-1 tensor that went on to another height-1 op)."""
+    read = {i for n in nodes for i in n.inputs} | {output}
+    return [n for n in nodes if not (isinstance(n.op.ir, ir.Squeeze) and n.output not in read)]
 
 
 def _two(v) -> tuple[int, int]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from lowbit.errors import ShapeError
 from lowbit.functional._checks import check_tensor
 from lowbit.integer import ir
 from lowbit.integer.backend import Kernels
@@ -402,10 +403,23 @@ class Pad(Op):
         return F.pad(x, list(self.ir.pad), value=self.ir.value if x.dtype == torch.int8 else 0.0)
 
 
+class Unsqueeze(Op):
+    def __call__(self, x: torch.Tensor, kernels: Kernels = Kernels.VNNI) -> torch.Tensor:
+        return x.unsqueeze(self.ir.dim)
+
+
+class Squeeze(Op):
+    def __call__(self, x: torch.Tensor, kernels: Kernels = Kernels.VNNI) -> torch.Tensor:
+        d = self.ir.dim
+        if x.ndim <= d or x.shape[d] != 1:
+            raise ShapeError(f"squeeze({d}) of a tensor of shape {tuple(x.shape)}: dimension {d} must have size 1")
+        return x.squeeze(d)
+
+
 # this backend's table: the runner of each op type
 RUNNERS: dict[type, type[Op]] = {ir.Quantize: Quantize, ir.Dequantize: Dequantize, ir.Linear: Linear,
                                  ir.Conv2d: Conv2d, ir.MaxPool2d: MaxPool2d, ir.AvgPool2d: AvgPool2d,
-                                 ir.Flatten: Flatten, ir.Pad: Pad}
+                                 ir.Flatten: Flatten, ir.Pad: Pad, ir.Unsqueeze: Unsqueeze, ir.Squeeze: Squeeze}
 
 
 def build(op: ir.IROp, tensors: Tensors | None = None) -> Op:

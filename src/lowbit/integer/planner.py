@@ -469,10 +469,26 @@ def _flatten(b: Builder, op: ops.Flatten, x: Value) -> Value:
     return Value(b.rows(x), shape, x.dtype)
 
 
+def _unsqueeze(b: Builder, op: ops.Unsqueeze, x: Value) -> Value:
+    """A view in logical order (a 1-D layer's input becomes height 1)."""
+    shape = list(x.shape)
+    shape.insert(op.ir.dim, 1)
+    return Value(b.rows(x), tuple(shape), x.dtype)
+
+
+def _squeeze(b: Builder, op: ops.Squeeze, x: Value) -> Value:
+    """A view in logical order: a channels-last conv output of height 1 is transposed once, as the op's path."""
+    d = op.ir.dim
+    if len(x.shape) <= d or x.shape[d] != 1:
+        raise Unsupported(f"squeeze({d}) of shape {x.shape}")
+    return Value(b.rows(x), x.shape[:d] + x.shape[d + 1:], x.dtype)
+
+
 # this backend's table: the steps of each op type, or why a type has none (its model runs op by op)
 HANDLERS: dict[type, Callable[..., Value]] = {
     ir.Quantize: _quantize, ir.Dequantize: _dequantize, ir.Linear: _linear, ir.Conv2d: _conv2d,
-    ir.MaxPool2d: _maxpool2d, ir.AvgPool2d: _avgpool2d, ir.Flatten: _flatten,
+    ir.MaxPool2d: _maxpool2d, ir.AvgPool2d: _avgpool2d, ir.Flatten: _flatten, ir.Unsqueeze: _unsqueeze,
+    ir.Squeeze: _squeeze,
 }
 NO_PLAN: dict[type, str] = {
     ir.Pad: "an explicit pad runs op by op (the exporter and the planner fold the pads a conv reads into its "

@@ -513,6 +513,27 @@ def _pad_shape(a: dict, t: dict, ins: list[Spec]) -> Spec:
     return Spec(tuple(shape), x.dtype)
 
 
+def _dim_attrs(a: dict, t: dict, n_in: int) -> None:
+    _known(a, {"dim"})
+    _tensor_names(t, set())
+    _int(a, "dim", 1, 8)
+
+
+def _unsqueeze_shape(a: dict, t: dict, ins: list[Spec]) -> Spec:
+    x, d = ins[0], a["dim"]
+    if d > len(x.shape) + 1:
+        raise Invalid(f"attribute 'dim' = {d} on a {len(x.shape) + 1}-D input (batch included); allowed: 1..{len(x.shape) + 1}")
+    return Spec((*x.shape[:d - 1], 1, *x.shape[d - 1:]), x.dtype)
+
+
+def _squeeze_shape(a: dict, t: dict, ins: list[Spec]) -> Spec:
+    x, d = ins[0], a["dim"]
+    if d > len(x.shape) or x.shape[d - 1] != 1:
+        raise Invalid(f"attribute 'dim' = {d}: the input's dimension {d} (batch included) must exist and have size 1, "
+                      f"the per-sample shape is {list(x.shape)}")
+    return Spec((*x.shape[:d - 1], *x.shape[d:]), x.dtype)
+
+
 # the safetensors I/O backend's table: what a file's node of each op type must satisfy before it is built
 CHECKS: dict[type, KindCheck] = {
     ir.Quantize: KindCheck(_quantize_attrs, _quantize_shape, (1, 1)),
@@ -523,6 +544,8 @@ CHECKS: dict[type, KindCheck] = {
     ir.AvgPool2d: KindCheck(_avgpool2d_attrs, _avgpool2d_shape, (1, 1)),
     ir.Flatten: KindCheck(_flatten_attrs, _flatten_shape, (1, 1)),
     ir.Pad: KindCheck(_pad_attrs, _pad_shape, (1, 1)),
+    ir.Unsqueeze: KindCheck(_dim_attrs, _unsqueeze_shape, (1, 1)),
+    ir.Squeeze: KindCheck(_dim_attrs, _squeeze_shape, (1, 1)),
 }
 KNOWN_KINDS = sorted(t.kind for t in CHECKS)
 
