@@ -86,6 +86,10 @@ def _per_sample(t) -> int:
 def _recurrent(name: str, m: nn.Module, args: tuple, kwargs: dict, out, widths) -> LayerCost:
     """A recurrent layer, a cell or an attention module: float unless ``widths`` says otherwise."""
     x = args[0] if args else kwargs.get("input", kwargs.get("query"))
+    from lowbit.dynamic import DynamicGRU, DynamicLinear, DynamicLSTM
+
+    if isinstance(m, (DynamicLinear, DynamicLSTM, DynamicGRU)):
+        return _dynamic(name, m, x, out)
     if isinstance(m, nn.MultiheadAttention):
         key = args[1] if len(args) > 1 else kwargs.get("key", x)
         macs, kind = attention_macs(m, x, key), "attention"
@@ -98,6 +102,28 @@ def _recurrent(name: str, m: nn.Module, args: tuple, kwargs: dict, out, widths) 
     events = float((data != 0).float().mean()) if data.numel() else 0.0
     return LayerCost(name, kind, params, w_bits, a_bits, a_bits, macs, int(macs * w_bits * a_bits), params * w_bits / 8,
                      _out_per_sample(m, x, y) * a_bits / 8, 0, "none", events)
+
+
+def _dynamic(name: str, m: nn.Module, x: torch.Tensor, out) -> LayerCost:
+    """A layer of :mod:`lowbit.dynamic`: ``bits x bits`` MACs (weights per channel, inputs per row at run time)
+    and a float32 output, one dequantizing multiply per output element."""
+    from lowbit.dynamic import DynamicLinear
+
+    b = m.bits
+    y = out[0] if isinstance(out, tuple) else out
+    if isinstance(m, DynamicLinear):
+        samples = x.shape[0] if x.ndim > 1 else 1
+        macs, kind = y.numel() // samples * m.in_features, "linear"
+        params = m.in_features * m.out_features + (m.out_features if m.bias is not None else 0)
+    else:
+        samples = 1 if x.ndim == 2 else x.shape[0 if m.batch_first else 1]
+        macs, kind = rnn_macs(m, x), "rnn"
+        params = sum(c.w_ih.codes.numel() + c.w_hh.codes.numel() + 2 * c.b_ih.numel() for layer in m.cells
+                     for c in layer)
+    outs = y.numel() // samples
+    events = float((x != 0).float().mean()) if x.numel() else 0.0
+    return LayerCost(name, kind, params, b, b, 32, macs, macs * b * b, params * b / 8, outs * 4, outs, "dequantize",
+                     events)
 
 
 def _out_per_sample(m: nn.Module, x, y) -> int:
@@ -160,7 +186,10 @@ def profile(model: nn.Module, example_inputs: tuple,
 
     if not isinstance(example_inputs, tuple) or not example_inputs:
         raise DataError("profile needs example_inputs as a tuple of tensors, e.g. (torch.randn(1, 1, 28, 28),)")
-    kinds = (_Unified, QAvgPool, *_CONVS, nn.Linear, nn.AvgPool2d, nn.AdaptiveAvgPool2d, *_RECURRENT)
+    from lowbit.dynamic import DynamicGRU, DynamicLinear, DynamicLSTM
+
+    dynamic = (DynamicLinear, DynamicLSTM, DynamicGRU)
+    kinds = (_Unified, QAvgPool, *_CONVS, nn.Linear, nn.AvgPool2d, nn.AdaptiveAvgPool2d, *_RECURRENT, *dynamic)
     inside_unified = {id(c) for m in model.modules() if isinstance(m, (_Unified, QAvgPool)) for c in m.modules()
                       if c is not m}
     rows: list[LayerCost] = []
@@ -175,7 +204,7 @@ def profile(model: nn.Module, example_inputs: tuple,
         counter.depth -= counted
         if not counted:
             return
-        if isinstance(mod, _RECURRENT):
+        if isinstance(mod, (*_RECURRENT, *dynamic)):
             rows.append(_recurrent(name, mod, args, kwargs, out, widths.get(name)))
         elif (row := _layer(name, mod, args[0], out, widths.get(name))) is not None:
             rows.append(row)

@@ -38,10 +38,11 @@ from lowbit.native import guard
 from lowbit.functional.requant import half_of
 
 SOURCES = tuple(Path(__file__).with_name("csrc") / f for f in ("requant.c", "gemm.c", "plan.c", "delta.c",
-                                                                      "bits.c", "events.c")) + (
+                                                                      "bits.c", "events.c", "dynrnn.c")) + (
     Path(__file__).parent.parent / "bitwise" / "csrc" / "xnor.c",  # the XNOR and ternary GEMMs, for the plan's
     Path(__file__).parent.parent / "bitwise" / "csrc" / "ternary.c")  # bitwise layers
-FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-std=c11", "-fopenmp"]
+FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-std=c11", "-fopenmp", "-fno-math-errno",
+         "-fno-trapping-math"]  # errno and FP traps only, no value changes: lets the gate loops vectorise
 SANITIZE_FLAGS = ["-O1", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g"]  # -O1: a quicker build,
 # every access checked one by one (the intrinsic kernels are the same code at any level)
 
@@ -87,7 +88,8 @@ def build(srcs: tuple[Path, ...], out: Path, flag_list: list[str]) -> None:
 def cached_path(sources: tuple[Path, ...], flag_list: list[str], prefix: str, cache: Path | None = None) -> Path:
     """Where the library built from ``sources`` with ``flag_list`` for this CPU is cached (in ``cache``, by
     default ``$LOWBIT_CACHE`` or ``~/.cache/lowbit``): ``<prefix>-<hash of sources, flags and CPU>.so``."""
-    src = b"".join(f.read_bytes() for f in sources)
+    headers = sorted({h for f in sources for h in f.parent.glob("*.h")})  # included by the sources
+    src = b"".join(f.read_bytes() for f in (*sources, *headers))
     key = hashlib.sha256(src + " ".join(flag_list).encode() + cpu_key().encode()).hexdigest()[:16]
     return (cache_dir() if cache is None else Path(cache)) / f"{prefix}-{key}.so"
 
@@ -153,6 +155,9 @@ def library() -> ctypes.CDLL | None:
     lib.lowbit_delta_rnn_f32.argtypes = [ptr, i64, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, f32, f32, ctypes.c_int,
                                          ptr, ptr, ptr, ptr]
     lib.lowbit_delta_rnn_f32.restype = ctypes.c_int
+    lib.lowbit_dyn_rnn_seq.argtypes = [ptr, i64, i64, i64, i64, ptr, i64, ptr, ptr, ptr, ctypes.c_int, i64, ptr, ptr,
+                                       ptr, ptr, ptr, ptr, ptr]
+    lib.lowbit_dyn_rnn_seq.restype = ctypes.c_int
     i32 = ctypes.c_int32
     lib.lowbit_delta_gru_q.argtypes = [ptr, i64, i64, i64, ptr, ptr, ptr, i32, i32, i64, i64, ptr, ptr, i64, ptr, ptr,
                                        ptr, ptr]

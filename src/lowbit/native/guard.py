@@ -396,6 +396,34 @@ def delta_rnn_f32(x: Buf, T, In, H, G, wx: Buf, wh: Buf, b_ih: Buf, b_hh: Buf, s
     _need(k, "dv", dv, (torch.float32,), In + H + 32)
 
 
+def dyn_rnn_seq(gx: Buf, T, N, H, G, wp: Buf, Kp, corr: Buf, ws: Buf, b_hh: Buf, reverse, qmax, h: Buf,
+                c: Buf | None, out: Buf, a: Buf, acc: Buf, rs: Buf, pre: Buf) -> None:
+    """``lowbit_dyn_rnn_seq``: ``T`` steps of one direction of a dynamic LSTM (``G`` = 4, with cell state ``c``)
+    or GRU (``G`` = 3): float32 input projections ``gx`` (T, N, G H), the packed (G H, Kp) recurrent codes, their
+    int32 corrections, float32 scales and ``b_hh`` (G H), state ``h`` (and ``c``) (N, H), ``out`` (T, N, H),
+    scratch rows ``a`` uint8 (N, Kp), ``acc`` int32 (N, G H), ``rs`` float32 (N), ``pre`` float32 (G H)."""
+    k = "lowbit_dyn_rnn_seq"
+    _int(k, "T", T, 0)
+    _int(k, "N", N, 1)
+    _int(k, "H", H, 1)
+    _int(k, "G", G, 3, 4)
+    _kp(k, Kp, H)
+    _flag(k, "reverse", reverse)
+    _int(k, "qmax", qmax, 1, 127)
+    _need(k, "gx", gx, (torch.float32,), T * N * G * H)
+    _need(k, "panels", wp, (torch.int8,), _panels(G * H, Kp))
+    for name, b in (("corr", corr), ("ws", ws), ("b_hh", b_hh)):
+        _need(k, name, b, (torch.int32,) if name == "corr" else (torch.float32,), G * H)
+    _need(k, "h", h, (torch.float32,), N * H)
+    if G == 4:
+        _need(k, "c", c, (torch.float32,), N * H)
+    _need(k, "out", out, (torch.float32,), T * N * H)
+    _need(k, "a", a, (torch.uint8,), N * Kp)
+    _need(k, "acc", acc, (torch.int32,), N * G * H)
+    _need(k, "rs", rs, (torch.float32,), N)
+    _need(k, "pre", pre, (torch.float32,), G * H)
+
+
 def delta_gru_q(x: Buf, T, In, H, wx: Buf, wh: Buf, state: Buf, theta_x, theta_h, F, Fw, sig: Buf, tnh: Buf, L,
                 y: Buf, counts: Buf, idx: Buf, dv: Buf, gates: int = 3) -> None:
     """``lowbit_delta_gru_q``: ``T`` steps of the fixed-point delta GRU (:mod:`lowbit.delta.fixed`): int32 codes
@@ -666,6 +694,7 @@ ENTRY_POINTS: dict[str, str] = {
     "lowbit_vnni_peak": "lowbit.native.guard.vnni_peak",
     "lowbit_run_plan": "lowbit.integer.plan.check_steps",
     "lowbit_delta_rnn_f32": "lowbit.native.guard.delta_rnn_f32",
+    "lowbit_dyn_rnn_seq": "lowbit.native.guard.dyn_rnn_seq",
     "lowbit_delta_gru_q": "lowbit.native.guard.delta_gru_q",
     "lowbit_delta_lstm_q": "lowbit.native.guard.delta_gru_q",
     "lowbit_snn_run": "lowbit.native.guard.snn_run",
@@ -686,6 +715,6 @@ ENTRY_POINTS: dict[str, str] = {
 }
 
 
-__all__ = ["ENTRY_POINTS", "Buf", "bits_im2col_nhwc", "bits_serial_gemm", "ternary_gemm", "bits_pack_i8", "bits_unpack_i8", "buf", "xnor_gemm", "conv_u8s8", "delta_gru_q", "delta_rnn_f32", "depthwise_nhwc", "dequant_codes", "dequant_rows",
+__all__ = ["ENTRY_POINTS", "Buf", "bits_im2col_nhwc", "bits_serial_gemm", "ternary_gemm", "bits_pack_i8", "bits_unpack_i8", "buf", "xnor_gemm", "conv_u8s8", "delta_gru_q", "delta_rnn_f32", "dyn_rnn_seq", "depthwise_nhwc", "dequant_codes", "dequant_rows",
            "gemm_u8s8", "im2col_nhwc", "im2col_u8", "maxpool_nhwc", "nhwc_to_nchw", "out_size", "pack_a", "pack_w",
            "pad_flip_nhwc", "quantize_f32", "requant", "requant_values", "snn_run", "sum_hw", "vnni_peak"]
