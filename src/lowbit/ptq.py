@@ -47,7 +47,9 @@ from lowbit.graph.fx_passes import (
     check_binary_outputs,
     insert_input_quantizers,
     mark_binary_inputs,
+    shared_original,
     trace,
+    unshare_modules,
     widen_last_input,
 )
 from lowbit.graph.input_check import install as install_input_check
@@ -249,6 +251,12 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else ""
 
 
+def _matches(name: str, pattern: str) -> bool:
+    """A layer's name, or for a copy of a repeated call (:func:`lowbit.graph.fx_passes.unshare_modules`) its
+    original's, matches the rule ``pattern``."""
+    return fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(shared_original(name), pattern)
+
+
 class _Specs:
     """Maps a layer name to its (weight, output) specs: config, first/last layer, rules."""
 
@@ -259,7 +267,7 @@ class _Specs:
 
     def _rule(self, name: str) -> LayerRule | None:
         for rule in self.config.rules:
-            if fnmatch.fnmatchcase(name, rule.pattern):
+            if _matches(name, rule.pattern):
                 return rule
         return None
 
@@ -305,7 +313,7 @@ def unused_requests(config: PTQConfig, order: list[str]) -> list[str]:
     specs, notes = _Specs(config, order), []
     listed = ", ".join(order[:12]) + (", ..." if len(order) > 12 else "")
     for rule in config.rules:
-        if not any(fnmatch.fnmatchcase(n, rule.pattern) for n in order):
+        if not any(_matches(n, rule.pattern) for n in order):
             notes.append(f"LayerRule pattern {rule.pattern!r} matches no Conv/Linear layer, so it was ignored "
                          f"(the layers are: {listed or 'none'})")
         elif not any(specs._rule(n) is rule for n in order):
@@ -399,6 +407,11 @@ def prepare(model: nn.Module, config: PTQConfig = PTQConfig(), example_inputs: t
         out = _eager_swap(m, _Specs(config, order), plan)
         _guard_first_input(out, example_inputs, example_kwargs, order[0], arity.label(0) if arity.positional else None)
         return attach(out, Prepared(config, plan, traced=False))
+    shared = unshare_modules(gm)
+    if shared:
+        warnings.warn(f"lowbit: {len(shared)} repeated call(s) of a layer ({', '.join(sorted(set(shared.values()))[:6])}) "
+                      "each get their own copy (same weights, own quantizers; LayerRule patterns match the copies "
+                      "by the original name)", stacklevel=2)
     order = _compute_order(gm)
     _no_layer(model, order)
     _all_kept_float(config, order)

@@ -63,6 +63,41 @@ def trace(model: nn.Module, fixed: Mapping[str, object] | None = None) -> fx.Gra
     return gm
 
 
+SHARED_SUFFIX = "_call"
+
+
+def unshare_modules(gm: fx.GraphModule) -> dict[str, str]:
+    """Give every repeated call of a module its own copy: the ``k``-th call (from 1) of ``step.conv`` runs
+    ``step.conv_call<k>``, a copy with the same weights, so each call site gets its own quantizers, BatchNorm
+    folding and output grid (a layer called on every chunk of a stream sees different data at each call).
+    Returns ``{copy: original}``."""
+    import copy
+
+    seen: dict[str, int] = {}
+    copies: dict[str, str] = {}
+    for node in gm.graph.nodes:
+        if node.op != "call_module":
+            continue
+        target = str(node.target)
+        k = seen.get(target, 0)
+        seen[target] = k + 1
+        if k == 0:
+            continue
+        name = f"{target}{SHARED_SUFFIX}{k}"
+        gm.add_submodule(name, copy.deepcopy(gm.get_submodule(target)))
+        node.target = name
+        copies[name] = target
+    if copies:
+        gm.recompile()
+    return copies
+
+
+def shared_original(name: str) -> str:
+    """The module a copy of :func:`unshare_modules` was made from (``name`` itself for any other)."""
+    base, sep, k = name.rpartition(SHARED_SUFFIX)
+    return base if sep and k.isdigit() else name
+
+
 def _drop_fixed_inputs(gm: fx.GraphModule, fixed: Mapping[str, object]) -> None:
     """Remove the placeholders fx made for the ``fixed`` parameters (named ``<name>_1``) with the guards it
     hangs on them (``_assert_is_none``, ``torch._assert(x == value)``), when nothing else reads them."""
