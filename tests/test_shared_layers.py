@@ -85,3 +85,20 @@ def test_a_weight_tied_conv_lowers_to_integers_bit_exactly():
     with torch.no_grad():
         assert torch.equal(im(x), q(x))
         assert (q(x) - model(x)).abs().max() < 0.05 * model(x).abs().max()
+
+
+def test_layers_used_only_through_functional_calls_are_named_not_called_unsupported():
+    import pytest
+
+    from lowbit.errors import ConfigError
+
+    class Functional(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return F.linear(x, self.fc.weight)
+
+    with pytest.raises(ConfigError, match="it holds Linear layers, but its forward does not call them as modules"):
+        quantize(Functional(), [torch.randn(4, 4)], PTQConfig())

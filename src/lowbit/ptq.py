@@ -461,7 +461,13 @@ def _no_layer(model: nn.Module, order: list[str]) -> None:
     """Raise when there is nothing to quantize, naming the layers lowbit does not quantize."""
     if order:
         return
-    kinds = sorted({type(m).__name__ for m in model.modules() if not list(m.children())} - {"Identity"})
+    leaves = [m for m in model.modules() if not list(m.children())]
+    if any(isinstance(m, COMPUTE) for m in leaves):  # there are layers, but the graph reached none of them
+        raise ConfigError(f"lowbit found no Conv or Linear layer it can quantize in {type(model).__name__}: it holds "
+                          f"{', '.join(sorted({type(m).__name__ for m in leaves if isinstance(m, COMPUTE)}))} layers, "
+                          "but its forward does not call them as modules lowbit can fuse (e.g. their weights are used "
+                          "through torch.nn.functional); call the layers themselves in forward")
+    kinds = sorted({type(m).__name__ for m in leaves} - {"Identity"})
     held = f" (it holds {', '.join(kinds[:8])}, which lowbit does not quantize yet)" if kinds else ""
     raise ConfigError(f"lowbit found no Conv or Linear layer it can quantize in {type(model).__name__}{held}: "
                       "lowbit quantizes nn.Conv1d, nn.Conv2d and nn.Linear")
