@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lowbit.functional.dynamic import check_bits, quantize_rows
+from lowbit.functional.dynamic import check_bits, quantize_rows, row_scales
 from lowbit.ptq import int_weight
 from lowbit.spec import solve_weight, weight_codes
 
@@ -49,12 +49,34 @@ class DynamicWeight:
             return vnni.gemm(rows, p, p.correction)
         return (q.to(torch.float64) @ self.codes.to(torch.float64).T).to(torch.int32)
 
-    def matmul(self, x: torch.Tensor, bits: int = 8) -> torch.Tensor:
-        """``x W^T`` (float32, ``x``'s leading shape) with ``x`` quantized per row at ``bits`` bits."""
-        lead = x.shape[:-1]
-        q, s = quantize_rows(x.reshape(-1, x.shape[-1]), bits)
-        y = self.int_product(q).to(torch.float32)
-        return y.mul_(s[:, None]).mul_(self.scale).reshape(*lead, -1)  # in place: no (M, N) scale matrix
+    def matmul(self, x: torch.Tensor, bits: int = 8, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """``x W^T (+ bias)`` (float32, ``x``'s leading shape) with ``x`` quantized per row at ``bits`` bits.
+        With the C GEMM, the rows are quantized and the product scaled in C (``csrc/dynrnn.c``), with the same
+        float32 operations as here, so both paths give the same bits."""
+        lead, rows = x.shape[:-1], x.reshape(-1, x.shape[-1])
+        if self.packed is not None and rows.shape[0] > 0:
+            return _c_matmul(self, rows.to(torch.float32).contiguous(), bits, bias).reshape(*lead, -1)
+        q, s = quantize_rows(rows, bits)
+        y = self.int_product(q).to(torch.float32).mul_(s[:, None]).mul_(self.scale)  # in place: no (M, N) scales
+        return (y if bias is None else y.add_(bias)).reshape(*lead, -1)
+
+
+def _c_matmul(w: DynamicWeight, x: torch.Tensor, bits: int, bias: torch.Tensor | None) -> torch.Tensor:
+    """Rows quantized in C to the GEMM's uint8 rows, the GEMM, the scaling (and bias) in C."""
+    from lowbit.integer import vnni
+    from lowbit.native import cext, guard
+
+    p, (m, k), b = w.packed, x.shape, guard.buf
+    a, out = torch.empty((m, p.kp), dtype=torch.uint8), torch.empty((m, p.n))
+    rs = row_scales(x, bits)
+    qmax = check_bits(bits)
+    guard.quantize_rows_u8(b(x, "lowbit_quantize_rows_u8", "x"), m, k, p.kp, qmax, b(rs), b(a))
+    cext.library().lowbit_quantize_rows_u8(x.data_ptr(), m, k, p.kp, qmax, rs.data_ptr(), a.data_ptr())
+    acc = vnni.gemm(a, p, p.correction)
+    guard.dyn_dequant(b(acc), m, p.n, b(rs), b(w.scale), b(bias), b(out))
+    cext.library().lowbit_dyn_dequant(acc.data_ptr(), m, p.n, rs.data_ptr(), w.scale.data_ptr(), cext.ptr(bias),
+                                      out.data_ptr())
+    return out
 
 
 class DynamicLinear(nn.Module):
@@ -67,8 +89,7 @@ class DynamicLinear(nn.Module):
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.weight.matmul(x, self.bits)
-        return y if self.bias is None else y.add_(self.bias)
+        return self.weight.matmul(x, self.bits, self.bias)
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, W int{self.bits} per channel, A int{self.bits} per row"

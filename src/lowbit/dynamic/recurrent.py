@@ -92,7 +92,7 @@ class _DynamicRNN(nn.Module):
         return out, (tuple(finals) if self.mode == "LSTM" else finals[0])
 
     def _run(self, cell: _Direction, xs: torch.Tensor, state: list[torch.Tensor], reverse: bool):
-        gx = cell.w_ih.matmul(xs, self.bits).add_(cell.b_ih)  # (T, N, G H): the whole sequence in one GEMM
+        gx = cell.w_ih.matmul(xs, self.bits, cell.b_ih)  # (T, N, G H): the whole sequence in one GEMM
         if cell.w_hh.packed is not None and xs.shape[0] > 0:
             return self._run_c(cell, gx.contiguous(), state, reverse)
         steps = range(xs.shape[0] - 1, -1, -1) if reverse else range(xs.shape[0])

@@ -30,12 +30,18 @@ def check_bits(bits: int) -> int:
     return (1 << (bits - 1)) - 1
 
 
+def row_scales(x: torch.Tensor, bits: int = 8) -> torch.Tensor:
+    """float32 ``max|x_row| / q_max`` per row of ``x`` (M, K), 1 for an all-zero row."""
+    qmax = check_bits(bits)
+    amax = x.to(torch.float32).abs().amax(dim=1)
+    return torch.where(amax > 0, amax / qmax, torch.ones_like(amax))
+
+
 def quantize_rows(x: torch.Tensor, bits: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
     """``(codes int8 (M, K), scale float32 (M,))`` of the float rows ``x`` (M, K), one symmetric grid per row."""
     qmax = check_bits(bits)
     x = x.to(torch.float32)
-    amax = x.abs().amax(dim=1)
-    scale = torch.where(amax > 0, amax / qmax, torch.ones_like(amax))
+    scale = row_scales(x, bits)
     q = torch.round(x / scale[:, None]).clamp_(-qmax, qmax)
     return q.to(torch.int8), scale
 
@@ -46,4 +52,4 @@ def fake_quantize_rows(x: torch.Tensor, bits: int = 8) -> torch.Tensor:
     return (q.to(torch.float32) * s[:, None]).reshape(x.shape)
 
 
-__all__ = ["check_bits", "fake_quantize_rows", "quantize_rows"]
+__all__ = ["check_bits", "fake_quantize_rows", "quantize_rows", "row_scales"]

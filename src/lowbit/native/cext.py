@@ -158,6 +158,10 @@ def library() -> ctypes.CDLL | None:
     lib.lowbit_dyn_rnn_seq.argtypes = [ptr, i64, i64, i64, i64, ptr, i64, ptr, ptr, ptr, ctypes.c_int, i64, ptr, ptr,
                                        ptr, ptr, ptr, ptr, ptr]
     lib.lowbit_dyn_rnn_seq.restype = ctypes.c_int
+    lib.lowbit_quantize_rows_u8.argtypes = [ptr, i64, i64, i64, i64, ptr, ptr]  # x, M, K, Kp, qmax, rs, a
+    lib.lowbit_quantize_rows_u8.restype = None
+    lib.lowbit_dyn_dequant.argtypes = [ptr, i64, i64, ptr, ptr, ptr, ptr]
+    lib.lowbit_dyn_dequant.restype = None
     i32 = ctypes.c_int32
     lib.lowbit_delta_gru_q.argtypes = [ptr, i64, i64, i64, ptr, ptr, ptr, i32, i32, i64, i64, ptr, ptr, i64, ptr, ptr,
                                        ptr, ptr]

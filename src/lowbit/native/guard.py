@@ -424,6 +424,32 @@ def dyn_rnn_seq(gx: Buf, T, N, H, G, wp: Buf, Kp, corr: Buf, ws: Buf, b_hh: Buf,
     _need(k, "pre", pre, (torch.float32,), G * H)
 
 
+def quantize_rows_u8(x: Buf, M, K, Kp, qmax, rs: Buf, a: Buf) -> None:
+    """``lowbit_quantize_rows_u8``: float32 rows ``x`` (M, K) on their grids ``rs`` (M) to uint8 rows ``a`` (M, Kp)."""
+    k = "lowbit_quantize_rows_u8"
+    _int(k, "M", M, 0)
+    _int(k, "K", K, 1)
+    _kp(k, Kp, K)
+    _int(k, "qmax", qmax, 1, 127)
+    _need(k, "x", x, (torch.float32,), M * K)
+    _need(k, "a", a, (torch.uint8,), M * Kp)
+    _need(k, "rs", rs, (torch.float32,), M)
+
+
+def dyn_dequant(acc: Buf, M, N, rs: Buf, ws: Buf, bias: Buf | None, out: Buf) -> None:
+    """``lowbit_dyn_dequant``: int32 ``acc`` (M, N) scaled by rows ``rs`` (M) and columns ``ws`` (N), plus the
+    optional ``bias`` (N), into float32 ``out`` (M, N)."""
+    k = "lowbit_dyn_dequant"
+    _int(k, "M", M, 0)
+    _int(k, "N", N, 1)
+    _need(k, "acc", acc, (torch.int32,), M * N)
+    _need(k, "rs", rs, (torch.float32,), M)
+    _need(k, "ws", ws, (torch.float32,), N)
+    if bias is not None:
+        _need(k, "bias", bias, (torch.float32,), N)
+    _need(k, "out", out, (torch.float32,), M * N)
+
+
 def delta_gru_q(x: Buf, T, In, H, wx: Buf, wh: Buf, state: Buf, theta_x, theta_h, F, Fw, sig: Buf, tnh: Buf, L,
                 y: Buf, counts: Buf, idx: Buf, dv: Buf, gates: int = 3) -> None:
     """``lowbit_delta_gru_q``: ``T`` steps of the fixed-point delta GRU (:mod:`lowbit.delta.fixed`): int32 codes
@@ -695,6 +721,8 @@ ENTRY_POINTS: dict[str, str] = {
     "lowbit_run_plan": "lowbit.integer.plan.check_steps",
     "lowbit_delta_rnn_f32": "lowbit.native.guard.delta_rnn_f32",
     "lowbit_dyn_rnn_seq": "lowbit.native.guard.dyn_rnn_seq",
+    "lowbit_quantize_rows_u8": "lowbit.native.guard.quantize_rows_u8",
+    "lowbit_dyn_dequant": "lowbit.native.guard.dyn_dequant",
     "lowbit_delta_gru_q": "lowbit.native.guard.delta_gru_q",
     "lowbit_delta_lstm_q": "lowbit.native.guard.delta_gru_q",
     "lowbit_snn_run": "lowbit.native.guard.snn_run",
@@ -715,6 +743,6 @@ ENTRY_POINTS: dict[str, str] = {
 }
 
 
-__all__ = ["ENTRY_POINTS", "Buf", "bits_im2col_nhwc", "bits_serial_gemm", "ternary_gemm", "bits_pack_i8", "bits_unpack_i8", "buf", "xnor_gemm", "conv_u8s8", "delta_gru_q", "delta_rnn_f32", "dyn_rnn_seq", "depthwise_nhwc", "dequant_codes", "dequant_rows",
-           "gemm_u8s8", "im2col_nhwc", "im2col_u8", "maxpool_nhwc", "nhwc_to_nchw", "out_size", "pack_a", "pack_w",
+__all__ = ["ENTRY_POINTS", "Buf", "bits_im2col_nhwc", "bits_serial_gemm", "ternary_gemm", "bits_pack_i8", "bits_unpack_i8", "buf", "xnor_gemm", "conv_u8s8", "delta_gru_q", "delta_rnn_f32", "dyn_dequant", "dyn_rnn_seq", "depthwise_nhwc", "dequant_codes", "dequant_rows",
+           "gemm_u8s8", "im2col_nhwc", "im2col_u8", "maxpool_nhwc", "nhwc_to_nchw", "out_size", "pack_a", "pack_w", "quantize_rows_u8",
            "pad_flip_nhwc", "quantize_f32", "requant", "requant_values", "snn_run", "sum_hw", "vnni_peak"]

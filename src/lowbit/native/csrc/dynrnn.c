@@ -13,21 +13,48 @@ int lowbit_gemm_u8s8(const uint8_t *a, int64_t M, int64_t Kp, int flip, const in
                       const int8_t *res, int64_t res_zp, const int64_t *m2, int64_t zp, int64_t lo, int64_t hi,
                       void *out, int threads);
 
-/* rows (N, H) of h -> uint8 codes q + 128 (N, Kp; pad 128, which the zero weight panels ignore), scales rs */
-static void quantize_rows(const float *h, int64_t N, int64_t H, int64_t Kp, int64_t qmax, uint8_t *a, float *rs) {
-    for (int64_t n = 0; n < N; n++) {
-        const float *row = h + n * H;
-        float amax = 0.0f;
-        for (int64_t j = 0; j < H; j++) amax = fmaxf(amax, fabsf(row[j]));
-        const float s = amax > 0.0f ? amax / (float)qmax : 1.0f;
-        rs[n] = s;
-        uint8_t *out = a + n * Kp;
-        for (int64_t j = 0; j < H; j++) {
+/* Rows (M, K) of x -> uint8 codes q + 128 (M, Kp; padded with 128, which the zero weight panels ignore) on
+ * the rows' symmetric grids rs (given: max|x| / qmax, 1 for a zero row), q = clamp(rint(x / s), -qmax, qmax): the
+ * float32 operations of lowbit.functional.dynamic.quantize_rows, one by one (the clamps as selects, so that the
+ * loop vectorises). */
+void lowbit_quantize_rows_u8(const float *x, int64_t M, int64_t K, int64_t Kp, int64_t qmax, const float *rs,
+                             uint8_t *a) {
+    const float hi = (float)qmax, lo = -(float)qmax;
+    for (int64_t n = 0; n < M; n++) {
+        const float *restrict row = x + n * K;
+        const float s = rs[n];
+        uint8_t *restrict out = a + n * Kp;
+        for (int64_t j = 0; j < K; j++) {
             float q = rintf(row[j] / s); /* round half to even (the default mode), as torch.round */
-            q = fminf(fmaxf(q, (float)-qmax), (float)qmax);
-            out[j] = (uint8_t)((int)q + 128);
+            q = q < lo ? lo : q;
+            q = q > hi ? hi : q;
+            out[j] = (uint8_t)((int32_t)q + 128);
         }
-        for (int64_t j = H; j < Kp; j++) out[j] = 128;
+        for (int64_t j = K; j < Kp; j++) out[j] = 128;
+    }
+}
+
+/* the grid of each row of h (N, H): rs = max|h| / qmax, 1 for a zero row */
+static void row_scales(const float *h, int64_t N, int64_t H, int64_t qmax, float *rs) {
+    for (int64_t n = 0; n < N; n++) {
+        float amax = 0.0f;
+        for (int64_t j = 0; j < H; j++) amax = fmaxf(amax, fabsf(h[n * H + j]));
+        rs[n] = amax > 0.0f ? amax / (float)qmax : 1.0f;
+    }
+}
+
+/* out (M, N) = (acc * rs[row]) * ws[col] + bias[col] (bias may be NULL): the float32 operations of
+ * lowbit.dynamic.linear.DynamicWeight.matmul and DynamicLinear, one by one. */
+void lowbit_dyn_dequant(const int32_t *acc, int64_t M, int64_t N, const float *rs, const float *ws,
+                        const float *bias, float *out) {
+    for (int64_t m = 0; m < M; m++) {
+        const int32_t *restrict a = acc + m * N;
+        float *restrict o = out + m * N;
+        const float r = rs[m];
+        if (bias)
+            for (int64_t j = 0; j < N; j++) o[j] = (float)a[j] * r * ws[j] + bias[j];
+        else
+            for (int64_t j = 0; j < N; j++) o[j] = (float)a[j] * r * ws[j];
     }
 }
 
@@ -70,7 +97,8 @@ int lowbit_dyn_rnn_seq(const float *gx, int64_t T, int64_t N, int64_t H, int64_t
     const int64_t GH = G * H;
     for (int64_t s = 0; s < T; s++) {
         const int64_t t = reverse ? T - 1 - s : s;
-        quantize_rows(h, N, H, Kp, qmax, a, rs);
+        row_scales(h, N, H, qmax, rs);
+        lowbit_quantize_rows_u8(h, N, H, Kp, qmax, rs, a);
         int rc = lowbit_gemm_u8s8(a, N, Kp, 0, wp, GH, corr, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, acc, 1);
         if (rc) return rc;
         const float *x = gx + t * N * GH;
