@@ -184,8 +184,9 @@ def profile(model: nn.Module, example_inputs: tuple,
     widths = widths or {}
     from lowbit.nn.unified import QAvgPool, _Unified
 
-    if not isinstance(example_inputs, tuple) or not example_inputs:
-        raise DataError("profile needs example_inputs as a tuple of tensors, e.g. (torch.randn(1, 1, 28, 28),)")
+    if not isinstance(example_inputs, tuple) or not (example_inputs or example_kwargs):
+        raise DataError("profile needs example_inputs as a tuple of tensors, e.g. (torch.randn(1, 1, 28, 28),) "
+                        "(or example_kwargs for keyword inputs)")
     from lowbit.dynamic import DynamicGRU, DynamicLinear, DynamicLSTM
 
     dynamic = (DynamicLinear, DynamicLSTM, DynamicGRU)
@@ -226,7 +227,7 @@ def profile(model: nn.Module, example_inputs: tuple,
         torch.backends.mha.set_fastpath_enabled(fastpath)
         for h in handles:
             h.remove()
-    return rows + _functional_rows(counter, example_inputs)
+    return rows + _functional_rows(counter, (*example_inputs, *(example_kwargs or {}).values()))
 
 
 def _functional_rows(counter: FunctionalMacs, example_inputs: tuple) -> list[LayerCost]:

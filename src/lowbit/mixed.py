@@ -1,0 +1,173 @@
+"""Automatic mixed precision: keep the few layers that hurt at higher activation precision, under a budget.
+
+Static W8A8 quantization of a transformer or an audio front end loses most of its fidelity in a few
+layers (a BERT's FFN output projections read GELU outputs whose outliers no 8-bit grid per tensor
+holds). :func:`auto_mixed` finds them and pays only for them:
+
+1. quantize the whole model with ``config`` (:func:`lowbit.ptq.quantize`);
+2. sensitivity by leaving one layer out: for each quantized layer ``L``, the output error with ``L``'s
+   quantizers (its weights, its output and the input quantizer in front of it) turned off, everything
+   else quantized; the error is ``1 - cos`` between the float model's and the quantized model's outputs,
+   per sample, averaged;
+3. promote layers to ``high`` activations (default 16 bits: a :class:`~lowbit.ptq.LayerRule` whose ``act``
+   is the layer's input and output grid), the largest error drop first, while the extra bit-operations
+   stay within ``budget`` of the W8A8 model's (a layer's input at 16 bits doubles its ``b_w b_a`` BOPs);
+4. quantize again with those rules.
+
+The choice, each layer's error drop and the BOPs ratio are returned, so the user sees what was bought.
+Peers' equivalent: AIMET's per-layer analysis (which reports but does not choose), HAWQ-style
+sensitivity-driven bit allocation (Dong et al. 2019-2020) with a BOPs budget.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import fx, nn
+
+from lowbit.calibration import model_calls
+from lowbit.cost.profile import profile
+from lowbit.errors import ConfigError, DataError
+from lowbit.nn.quantizers import ActQuantizer, WeightQuantizer
+from lowbit.nn.unified import _Unified, unified_modules
+from lowbit.ptq import LayerRule, PTQConfig, quantize, uint_act
+from lowbit.spec import QuantSpec
+
+
+@dataclass(frozen=True)
+class LayerSensitivity:
+    name: str
+    error_all: float  # 1 - cos with every layer quantized
+    error_without: float  # 1 - cos with this layer left float
+    extra_bops: int  # per sample, if its activations went to the high precision
+
+    @property
+    def gain(self) -> float:
+        return self.error_all - self.error_without
+
+
+@dataclass(frozen=True)
+class MixedResult:
+    model: nn.Module
+    rules: tuple[LayerRule, ...]
+    sensitivities: tuple[LayerSensitivity, ...]
+    bops_ratio: float  # BOPs of the mixed model / BOPs of the uniform one
+    error_before: float
+    error_after: float
+
+    def render(self) -> str:
+        head = f"{'layer':<40}{'error drop':>12}{'extra BOPs':>14}  promoted"
+        chosen = {r.pattern for r in self.rules}
+        lines = [head, "-" * len(head)]
+        for s in sorted(self.sensitivities, key=lambda s: -s.gain):
+            lines.append(f"{s.name[:39]:<40}{s.gain:>12.2e}{s.extra_bops:>14,}  {'yes' if s.name in chosen else ''}")
+        lines.append(f"output error 1-cos: {self.error_before:.2e} -> {self.error_after:.2e}; "
+                     f"BOPs x{self.bops_ratio:.3f}")
+        return "\n".join(lines)
+
+
+def _first_tensor(out) -> torch.Tensor:
+    while isinstance(out, (tuple, list)):
+        out = out[0]
+    if isinstance(out, dict):
+        out = next(iter(out.values()))
+    if not isinstance(out, torch.Tensor):
+        raise ConfigError(f"auto_mixed compares model outputs, and this model returns a {type(out).__name__}")
+    return out
+
+
+@torch.no_grad()
+def _outputs(model: nn.Module, calls: list[tuple[tuple, dict]]) -> torch.Tensor:
+    return torch.cat([_first_tensor(model(*a, **k)).reshape(a[0].shape[0] if a else len(next(iter(k.values()))), -1)
+                      .double() for a, k in calls])
+
+
+def output_error(ref: torch.Tensor, out: torch.Tensor) -> float:
+    """Mean over samples of ``1 - cos(ref, out)`` (flattened outputs)."""
+    return float((1 - torch.nn.functional.cosine_similarity(ref, out, dim=1, eps=1e-30)).mean())
+
+
+def _input_quantizers(gm: nn.Module) -> dict[str, list[ActQuantizer]]:
+    """The ActQuantizer modules feeding each unified layer (by the graph), where the model is a graph."""
+    feeds: dict[str, list[ActQuantizer]] = {}
+    if not isinstance(gm, fx.GraphModule):
+        return feeds
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or not isinstance(gm.get_submodule(node.target), _Unified):
+            continue
+        for a in node.args:
+            if isinstance(a, fx.Node) and a.op == "call_module" and isinstance(gm.get_submodule(a.target), ActQuantizer):
+                feeds.setdefault(str(node.target), []).append(gm.get_submodule(a.target))
+    return feeds
+
+
+@contextlib.contextmanager
+def _off(modules: Iterable[nn.Module]) -> Iterator[None]:
+    """Turn the quantizers inside ``modules`` off for a while."""
+    saved = [(q, q.mode) for m in modules for q in m.modules() if isinstance(q, (ActQuantizer, WeightQuantizer))]
+    for q, _ in saved:
+        q.mode = "off"
+    try:
+        yield
+    finally:
+        for q, mode in saved:
+            q.mode = mode
+
+
+def auto_mixed(model: nn.Module, calibration_data: Iterable, config: PTQConfig = PTQConfig(), budget: float = 0.05,
+               high: QuantSpec | None = None, eval_data: Iterable | None = None) -> MixedResult:
+    """Quantize ``model`` with ``config``, then keep the layers whose quantization costs the most output
+    fidelity at ``high`` activation precision (default unsigned 16-bit), while the extra BOPs stay within
+    ``budget`` (a fraction, e.g. 0.05 = 5%) of the uniform model's. ``eval_data`` (default: the calibration
+    batches) measures the output error. See the module docstring for the method."""
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not math.isfinite(budget) or budget < 0:
+        raise ConfigError(f"auto_mixed budget = {budget!r}; allowed: a fraction >= 0 of the model's BOPs (0.05 = 5%)")
+    high = high if high is not None else uint_act(16)
+    data = list(calibration_data) if calibration_data is not None else []
+    if not data:
+        raise DataError("auto_mixed needs calibration batches")
+    q = quantize(model, data, config)
+    calls = list(model_calls(list(eval_data) if eval_data is not None else data, model))
+    ref = _outputs(model.eval(), calls)
+    err_all = output_error(ref, _outputs(q, calls))
+    feeds = _input_quantizers(q)
+    example = _example(calls)
+    layers = profile(q, example[0], example_kwargs=example[1])
+    costs = {r.name: (r.macs, r.weight_bits) for r in layers}
+    total = sum(r.bops for r in layers) or 1
+    rows = []
+    for name, layer in unified_modules(q):
+        if layer.weight_quant is None:  # kept in float (the last layer, with weights, counts: its input is a grid)
+            continue
+        with _off([layer, *feeds.get(name, [])]):
+            err = output_error(ref, _outputs(q, calls))
+        macs, w_bits = costs.get(name, (0, 8))
+        extra = int(macs * w_bits * (high.format.bits - config.act.format.bits))
+        rows.append(LayerSensitivity(name, err_all, err, max(extra, 0)))
+    chosen, spent = [], 0
+    for s in sorted(rows, key=lambda s: -s.gain):
+        if s.gain <= 0 or spent + s.extra_bops > budget * total:
+            continue
+        chosen.append(s.name)
+        spent += s.extra_bops
+    rules = tuple(LayerRule(n, act=high) for n in chosen)
+    if not rules:
+        return MixedResult(q, (), tuple(rows), 1.0, err_all, err_all)
+    mixed = quantize(model, data, dataclasses.replace(config, rules=rules + tuple(config.rules)))
+    err_after = output_error(ref, _outputs(mixed, calls))
+    new_total = sum(r.bops for r in profile(mixed, example[0], example_kwargs=example[1]))
+    return MixedResult(mixed, rules, tuple(rows), new_total / total, err_all, err_after)
+
+
+def _example(calls: list[tuple[tuple, dict]]) -> tuple[tuple, dict]:
+    """One sample of the first evaluation call."""
+    a, k = calls[0]
+    return tuple(t[:1] for t in a), {n: v[:1] for n, v in k.items()}
+
+
+__all__ = ["LayerSensitivity", "MixedResult", "auto_mixed", "output_error"]
