@@ -70,3 +70,12 @@ def test_a_bad_budget_is_named(case):
     model, data = case
     with pytest.raises(ConfigError, match=r"budget = -0.1; allowed: a fraction >= 0"):
         auto_mixed(model, data, budget=-0.1)
+
+
+def test_the_cli_prints_the_choice(capsys):
+    from lowbit.cli.main import main
+
+    assert main(["ptq", "--model", "mlp", "--calib", "32", "--weight-bits", "4", "--auto-mixed", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "error drop" in out and "output error 1-cos" in out and "quantized" in out
+    assert main(["ptq", "--model", "mlp", "--auto-mixed", "-1"]) == 2

@@ -10,9 +10,11 @@ holds). :func:`auto_mixed` finds them and pays only for them:
    else quantized; the error is ``1 - cos`` between the float model's and the quantized model's outputs,
    per sample, averaged;
 3. promote layers to ``high`` activations (default 16 bits: a :class:`~lowbit.ptq.LayerRule` whose ``act``
-   is the layer's input and output grid), the largest error drop first, while the extra bit-operations
-   stay within ``budget`` of the W8A8 model's (a layer's input at 16 bits doubles its ``b_w b_a`` BOPs);
-4. quantize again with those rules.
+   is the layer's input and output grid), the largest error drop first, while the estimated extra
+   bit-operations stay within ``budget`` of the uniform model's (a layer's input at 16 bits doubles its
+   ``b_w b_a`` BOPs);
+4. quantize again with those rules and measure the BOPs (a promoted layer's output grid is also its
+   consumers' input): over budget, the last promotion is dropped and the model quantized again.
 
 The choice, each layer's error drop and the BOPs ratio are returned, so the user sees what was bought.
 Peers' equivalent: AIMET's per-layer analysis (which reports but does not choose), HAWQ-style
@@ -155,13 +157,17 @@ def auto_mixed(model: nn.Module, calibration_data: Iterable, config: PTQConfig =
             continue
         chosen.append(s.name)
         spent += s.extra_bops
-    rules = tuple(LayerRule(n, act=high) for n in chosen)
-    if not rules:
-        return MixedResult(q, (), tuple(rows), 1.0, err_all, err_all)
-    mixed = quantize(model, data, dataclasses.replace(config, rules=rules + tuple(config.rules)))
-    err_after = output_error(ref, _outputs(mixed, calls))
-    new_total = sum(r.bops for r in profile(mixed, example[0], example_kwargs=example[1]))
-    return MixedResult(mixed, rules, tuple(rows), new_total / total, err_all, err_after)
+    while chosen:  # the estimate counts a layer's own input; its output grid also feeds its consumers: measure
+        rules = tuple(LayerRule(n, act=high) for n in chosen)
+        mixed = quantize(model, data, dataclasses.replace(config, rules=rules + tuple(config.rules)))
+        ratio = sum(r.bops for r in profile(mixed, example[0], example_kwargs=example[1])) / total
+        if ratio <= 1 + budget + 1e-12:
+            err = output_error(ref, _outputs(mixed, calls))
+            if err < err_all:  # the leave-one-out gains need not add up: keep the uniform model if nothing is won
+                return MixedResult(mixed, rules, tuple(rows), ratio, err_all, err)
+            break
+        chosen.pop()  # over budget: drop the least useful promotion and measure again
+    return MixedResult(q, (), tuple(rows), 1.0, err_all, err_all)
 
 
 def _example(calls: list[tuple[tuple, dict]]) -> tuple[tuple, dict]:

@@ -115,6 +115,10 @@ def add_parser(sub) -> None:
     p.add_argument("--first-last-bits", type=int, default=8,
                    help="bits of the first and last layer, 2..16 (0 = the same as the others)")
     p.add_argument("--keep-float", nargs="*", default=[], metavar="PATTERN", help="layer name patterns left in float")
+    p.add_argument("--auto-mixed", type=float_range(0.0), default=None, metavar="BUDGET",
+                   help="automatic mixed precision (lowbit.mixed.auto_mixed): keep the layers whose quantization costs "
+                        "the most output fidelity at 16-bit activations while the extra bit-operations stay within "
+                        "BUDGET (a fraction of the model's, e.g. 0.3); prints the per-layer table")
     p.add_argument("--diagnostics", action="store_true", help="per-layer SQNR, cosine and sensitivity table")
     p.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON")
     p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST idx files")
@@ -127,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     from lowbit.data import fashion_mnist
     from lowbit.prepared import record_of
     from lowbit.errors import ConfigError
-    from lowbit.ptq import LayerRule, PTQConfig, quantize
+    from lowbit.ptq import LayerRule, PTQConfig
     from lowbit.utils.files import atomic_write_text
     from lowbit.zoo.recipes import evaluate
 
@@ -155,10 +159,12 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        q = quantize(model, [calib.x], config)
+        q, mixed = _quantize(model, [calib.x], config, args.auto_mixed)
     seconds = time.perf_counter() - start
     for w in caught:
         print(f"warning: {w.message}")
+    if mixed is not None:
+        print(mixed.render())
     f_acc, q_acc = evaluate(model, test), evaluate(q, test)
     record = record_of(q)
     ops = record.quant_ops if record is not None else None
@@ -189,11 +195,22 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quantize(model, batches, config, budget: float | None):
+    """``lowbit.ptq.quantize``, or with a ``budget`` :func:`lowbit.mixed.auto_mixed`: ``(model, MixedResult | None)``."""
+    from lowbit.ptq import quantize
+
+    if budget is None:
+        return quantize(model, batches, config), None
+    from lowbit.mixed import auto_mixed
+
+    res = auto_mixed(model, batches, config, budget=budget)
+    return res.model, res
+
+
 def run_user_model(args: argparse.Namespace, config) -> int:
     """``lowbit ptq`` on the user's model: quantize on ``--calib-data``, compare with float on ``--test-data``."""
     from lowbit.cost.profile import coverage_warning, profile, quantized_share
     from lowbit.errors import ConfigError
-    from lowbit.ptq import quantize
     from lowbit.user_model import fidelity, first_input, load_model, load_samples
     from lowbit.utils.files import atomic_write_text
 
@@ -205,10 +222,12 @@ def run_user_model(args: argparse.Namespace, config) -> int:
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        q = quantize(model, calib.batches(64, args.calib, first_input(model)), config)
+        q, mixed = _quantize(model, calib.batches(64, args.calib, first_input(model)), config, args.auto_mixed)
     seconds = time.perf_counter() - start
     for w in caught:
         print(f"warning: {w.message}")
+    if mixed is not None:
+        print(mixed.render())
     fid = fidelity(model, q, test)
     example = {k: v[:1] for k, v in test.extra.items()}
     share = quantized_share(profile(q, (test.x[:1],), example_kwargs=example))
