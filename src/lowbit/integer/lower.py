@@ -139,17 +139,9 @@ class _Lowering:
         elif node.op == "call_method" and t == "size" or t is operator.getitem and self._is_size(node.args[0]):
             pass  # shape arithmetic for a flatten; consumed by _is_batch_flatten
         elif t is F.max_pool2d:
-            a = list(node.args[1:]) + [None] * 5
-            kw = node.kwargs
-            k = a[0] if a[0] is not None else kw["kernel_size"]
-            self.maxpool(node, k, a[1] or kw.get("stride") or k, a[2] or kw.get("padding", 0),
-                         a[3] or kw.get("dilation", 1), bool(a[4] or kw.get("ceil_mode", False)))
+            self.maxpool(node, *_pool_args(node))
         elif t is F.max_pool1d:
-            a = list(node.args[1:]) + [None] * 5
-            kw = node.kwargs
-            k = a[0] if a[0] is not None else kw["kernel_size"]
-            self.maxpool1d(node, k, a[1] or kw.get("stride") or k, a[2] or kw.get("padding", 0),
-                           a[3] or kw.get("dilation", 1), bool(a[4] or kw.get("ceil_mode", False)))
+            self.maxpool1d(node, *_pool_args(node))
         elif t is F.pad:
             self.pad(node, list(node.args[1] if len(node.args) > 1 else node.kwargs["pad"]))
         else:
@@ -310,6 +302,15 @@ class _Lowering:
             self.emit(ir.Dequantize(float(q.scale), stored_zero_point(q)), [name], "output", None, None, "output")
             name = "output"
         self.output = name
+
+
+def _pool_args(node: fx.Node) -> tuple:
+    """``(kernel, stride, padding, dilation, ceil_mode)`` of an ``F.max_pool1d/2d`` call, from args or keywords."""
+    a = list(node.args[1:]) + [None] * 5
+    kw = node.kwargs
+    k = a[0] if a[0] is not None else kw["kernel_size"]
+    return (k, a[1] or kw.get("stride") or k, a[2] or kw.get("padding", 0), a[3] or kw.get("dilation", 1),
+            bool(a[4] or kw.get("ceil_mode", False)))
 
 
 def _row(v, first: int) -> tuple[int, int]:
