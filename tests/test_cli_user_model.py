@@ -127,3 +127,16 @@ def test_a_torch_export_program_runs_like_its_module_and_a_fixed_batch_is_refuse
     capsys.readouterr()
     assert main(["ptq", "--model", str(path / "fixed.pt2"), "--calib-data", str(path / "calib.npy")]) == 2
     assert "exported with a fixed batch of 2 (input x)" in capsys.readouterr().err
+
+
+def test_the_dynamic_mode_quantizes_the_lstm_the_static_one_leaves_float(user, capsys):
+    path, spec, _ = user
+    out_json = path / "d.json"
+    common = ["ptq", "--model", spec, "--weights", str(path / "w.npz"), "--calib-data", str(path / "calib.npy"),
+              "--test-data", str(path / "test.npz")]
+    assert main([*common, "--dynamic", "--json", str(out_json)]) == 0
+    result = json.loads(out_json.read_text())
+    assert result["quantized_mac_share"] > 0.95 and result["cosine_min"] > 0.99  # the LSTM's MACs are int8 now
+    capsys.readouterr()
+    assert main([*common, "--dynamic", "--auto-mixed", "0.1"]) == 2
+    assert "--dynamic and --auto-mixed exclude each other" in capsys.readouterr().err

@@ -119,6 +119,10 @@ def add_parser(sub) -> None:
                    help="automatic mixed precision (lowbit.mixed.auto_mixed): keep the layers whose quantization costs "
                         "the most output fidelity at 16-bit activations while the extra bit-operations stay within "
                         "BUDGET (a fraction of the model's, e.g. 0.3); prints the per-layer table")
+    p.add_argument("--dynamic", action="store_true",
+                   help="dynamic mode (lowbit.dynamic): int8 weights per channel and activations quantized per row at "
+                        "run time for nn.Linear/LSTM/GRU, instead of static W8A8 (--weight-bits and --act-bits do "
+                        "not apply)")
     p.add_argument("--diagnostics", action="store_true", help="per-layer SQNR, cosine and sensitivity table")
     p.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON")
     p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST idx files")
@@ -159,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        q, mixed = _quantize(model, [calib.x], config, args.auto_mixed)
+        q, mixed = _quantize(model, [calib.x], config, args.auto_mixed, args.dynamic)
     seconds = time.perf_counter() - start
     for w in caught:
         print(f"warning: {w.message}")
@@ -168,8 +172,11 @@ def run(args: argparse.Namespace) -> int:
     f_acc, q_acc = evaluate(model, test), evaluate(q, test)
     record = record_of(q)
     ops = record.quant_ops if record is not None else None
-    print(f"{args.model}: W {config.weight.label()} A{args.act_bits} {args.granularity}, {args.calib} calibration images, "
-          f"{'pow2' if args.pow2 else 'float'} scales")
+    if args.dynamic:
+        print(f"{args.model}: dynamic mode (int8 weights per channel, int8 activations per row at run time)")
+    else:
+        print(f"{args.model}: W {config.weight.label()} A{args.act_bits} {args.granularity}, {args.calib} calibration "
+              f"images, {'pow2' if args.pow2 else 'float'} scales")
     print(f"  float     {100 * f_acc:.2f}%")
     print(f"  quantized {100 * q_acc:.2f}%  ({100 * (q_acc - f_acc):+.2f} points)")
     print(f"  prepare+calibrate+convert {seconds:.2f} s")
@@ -195,10 +202,19 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _quantize(model, batches, config, budget: float | None):
-    """``lowbit.ptq.quantize``, or with a ``budget`` :func:`lowbit.mixed.auto_mixed`: ``(model, MixedResult | None)``."""
+def _quantize(model, batches, config, budget: float | None, dynamic: bool = False):
+    """``lowbit.ptq.quantize``, with a ``budget`` :func:`lowbit.mixed.auto_mixed`, with ``dynamic``
+    :func:`lowbit.dynamic.quantize_dynamic`: ``(model, MixedResult | None)``."""
+    from lowbit.errors import ConfigError
     from lowbit.ptq import quantize
 
+    if dynamic:
+        if budget is not None:
+            raise ConfigError("--dynamic and --auto-mixed exclude each other: the dynamic mode has no static grids "
+                              "to widen")
+        from lowbit.dynamic import quantize_dynamic
+
+        return quantize_dynamic(model), None
     if budget is None:
         return quantize(model, batches, config), None
     from lowbit.mixed import auto_mixed
@@ -222,7 +238,8 @@ def run_user_model(args: argparse.Namespace, config) -> int:
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        q, mixed = _quantize(model, calib.batches(64, args.calib, first_input(model)), config, args.auto_mixed)
+        q, mixed = _quantize(model, calib.batches(64, args.calib, first_input(model)), config, args.auto_mixed,
+                             args.dynamic)
     seconds = time.perf_counter() - start
     for w in caught:
         print(f"warning: {w.message}")
@@ -231,7 +248,8 @@ def run_user_model(args: argparse.Namespace, config) -> int:
     fid = fidelity(model, q, test)
     example = {k: v[:1] for k, v in test.extra.items()}
     share = quantized_share(profile(q, (test.x[:1],), example_kwargs=example))
-    print(f"{args.model}: W {config.weight.label()} A{args.act_bits}, {min(args.calib, len(calib))} calibration samples")
+    mode = "dynamic mode" if args.dynamic else f"W {config.weight.label()} A{args.act_bits}"
+    print(f"{args.model}: {mode}, {min(args.calib, len(calib))} calibration samples")
     print(f"  output cosine mean {fid.cosine_mean:.4f}, min {fid.cosine_min:.4f}; SQNR {fid.sqnr_db:.1f} dB; "
           f"decisions agree {100 * fid.agreement:.2f}% ({len(test)} samples)")
     if fid.accuracy is not None:
