@@ -131,19 +131,23 @@ def call_inputs(item: object, arity: Arity, i: int = 0) -> tuple[tuple, dict]:
     ``(x, y, ...)`` (item 0 the input) when ``forward`` takes exactly one positional argument, else
     one positional input per element. Raises a DataError naming the batch when it cannot fit."""
     where = f"calibration batch {i}"
-    if isinstance(item, torch.Tensor):
-        args, kwargs = (item,), {}
-    elif isinstance(item, Mapping):
-        args, kwargs = (), dict(item)
-    elif isinstance(item, (tuple, list)):
-        args, kwargs = (tuple(item[:1]) if arity.one_positional else tuple(item)), {}
-        if i == 0:
-            _warn_optional_by_position(args, arity)
-    else:
-        raise DataError(f"{where} is a {type(item).__name__}, not a batch: pass a tensor, a tuple of tensors "
-                        "(positional inputs) or a dict of tensors (keyword inputs)")
+    args, kwargs = split_inputs(item, arity, where)
+    if i == 0 and isinstance(item, (tuple, list)):
+        _warn_optional_by_position(args, arity)
     check_call(args, kwargs, arity, where)
     return args, kwargs
+
+
+def split_inputs(item: object, arity: Arity, where: str = "calibration batch") -> tuple[tuple, dict]:
+    """The rule alone, without checks or warnings: ``item`` as ``(args, kwargs)``."""
+    if isinstance(item, torch.Tensor):
+        return (item,), {}
+    if isinstance(item, Mapping):
+        return (), dict(item)
+    if isinstance(item, (tuple, list)):
+        return (tuple(item[:1]) if arity.one_positional else tuple(item)), {}
+    raise DataError(f"{where} is a {type(item).__name__}, not a batch: pass a tensor, a tuple of tensors "
+                    "(positional inputs) or a dict of tensors (keyword inputs)")
 
 
 def _warn_optional_by_position(args: tuple, arity: Arity) -> None:
@@ -180,14 +184,6 @@ def first_samples(args: tuple, kwargs: Mapping, n: int = 2) -> tuple[tuple, dict
         return v[:n] if isinstance(v, torch.Tensor) and v.ndim > 0 else v
 
     return tuple(cut(a) for a in args), {k: cut(v) for k, v in kwargs.items()}
-
-
-def batches(data) -> Iterator[torch.Tensor]:
-    """Item 0 of every tuple batch, every other batch as it is: the reading of a one-input model's
-    ``(x, y)`` loader. Kept for single-input callers; the PTQ passes use :func:`model_calls`, which
-    does not drop the other inputs of a multi-input model."""
-    for item in data:
-        yield item[0] if isinstance(item, (tuple, list)) else item
 
 
 def calibrate(model: nn.Module, data: Iterable, progress: bool = True) -> int:
@@ -354,6 +350,6 @@ def quantizers_off(model: nn.Module, keep: Iterable[nn.Module] = ()) -> Iterator
             q.mode = mode
 
 
-__all__ = ["Arity", "MeanPatches", "act_quantizers", "arity_of", "batches", "calibrate", "call_inputs", "check_batch",
+__all__ = ["Arity", "MeanPatches", "act_quantizers", "arity_of", "calibrate", "call_inputs", "check_batch",
            "check_call", "check_reached", "model_calls", "named_inputs", "first_samples", "quantizers_off", "run_batch",
-           "run_float_inputs", "shapes_of"]
+           "run_float_inputs", "shapes_of", "split_inputs"]

@@ -32,9 +32,10 @@ from dataclasses import dataclass
 import torch
 from torch import fx, nn
 
-from lowbit.calibration import model_calls
+from lowbit.calibration import first_samples, model_calls
 from lowbit.cost.profile import profile
 from lowbit.errors import ConfigError, DataError
+from lowbit.graph.nodes import module_of
 from lowbit.nn.quantizers import ActQuantizer, WeightQuantizer
 from lowbit.nn.unified import _Unified, unified_modules
 from lowbit.ptq import LayerRule, PTQConfig, quantize, uint_act
@@ -100,11 +101,10 @@ def _input_quantizers(gm: nn.Module) -> dict[str, list[ActQuantizer]]:
     if not isinstance(gm, fx.GraphModule):
         return feeds
     for node in gm.graph.nodes:
-        if node.op != "call_module" or not isinstance(gm.get_submodule(node.target), _Unified):
-            continue
-        for a in node.args:
-            if isinstance(a, fx.Node) and a.op == "call_module" and isinstance(gm.get_submodule(a.target), ActQuantizer):
-                feeds.setdefault(str(node.target), []).append(gm.get_submodule(a.target))
+        if isinstance(module_of(gm, node), _Unified):
+            for a in node.args:
+                if isinstance(a, fx.Node) and isinstance(q := module_of(gm, a), ActQuantizer):
+                    feeds.setdefault(str(node.target), []).append(q)
     return feeds
 
 
@@ -138,7 +138,7 @@ def auto_mixed(model: nn.Module, calibration_data: Iterable, config: PTQConfig =
     ref = _outputs(model.eval(), calls)
     err_all = output_error(ref, _outputs(q, calls))
     feeds = _input_quantizers(q)
-    example = _example(calls)
+    example = first_samples(*calls[0], n=1)
     layers = profile(q, example[0], example_kwargs=example[1])
     costs = {r.name: (r.macs, r.weight_bits) for r in layers}
     total = sum(r.bops for r in layers) or 1
@@ -168,12 +168,6 @@ def auto_mixed(model: nn.Module, calibration_data: Iterable, config: PTQConfig =
             break
         chosen.pop()  # over budget: drop the least useful promotion and measure again
     return MixedResult(q, (), tuple(rows), 1.0, err_all, err_all)
-
-
-def _example(calls: list[tuple[tuple, dict]]) -> tuple[tuple, dict]:
-    """One sample of the first evaluation call."""
-    a, k = calls[0]
-    return tuple(t[:1] for t in a), {n: v[:1] for n, v in k.items()}
 
 
 __all__ = ["LayerSensitivity", "MixedResult", "auto_mixed", "output_error"]

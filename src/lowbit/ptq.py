@@ -70,6 +70,7 @@ from lowbit.calibration import (
     first_samples,
     quantizers_off,
     run_float_inputs,
+    split_inputs,
 )
 from lowbit.prepared import Prepared, QuantOps, attach, record_of
 from lowbit.spec import QuantSpec, check_runs
@@ -450,7 +451,7 @@ def _guard_first_input(model: nn.Module, example_inputs: tuple, example_kwargs: 
 def _empty_batch(item: object, arity: Arity) -> bool:
     """A batch whose every input is an empty tensor (a batch that cannot be read is not empty: calibrate names it)."""
     try:
-        args, kwargs = call_inputs(item, arity)
+        args, kwargs = split_inputs(item, arity)
     except DataError:
         return False
     inputs = [*args, *kwargs.values()]

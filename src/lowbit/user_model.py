@@ -159,15 +159,11 @@ class Samples:
 
 
 def first_input(model: nn.Module) -> str:
-    """The name of ``forward``'s first parameter (``x`` when the signature cannot be read)."""
-    import inspect
+    """The name of ``forward``'s first positional parameter (``x`` when it has none or cannot be read)."""
+    from lowbit.calibration import arity_of
 
-    try:
-        params = list(inspect.signature(model.forward).parameters.values())
-    except (TypeError, ValueError):
-        return "x"
-    return params[0].name if params and params[0].kind in (params[0].POSITIONAL_ONLY,
-                                                             params[0].POSITIONAL_OR_KEYWORD) else "x"
+    positional = arity_of(model).positional
+    return positional[0] if positional else "x"
 
 
 def _read(path: Path) -> dict[str, np.ndarray]:

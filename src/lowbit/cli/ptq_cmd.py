@@ -131,7 +131,7 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from lowbit import diagnostics, zoo
-    from lowbit.cost.profile import coverage_warning, profile, quantized_share
+    from lowbit.cost.profile import profile
     from lowbit.data import fashion_mnist
     from lowbit.prepared import record_of
     from lowbit.errors import ConfigError
@@ -184,11 +184,7 @@ def run(args: argparse.Namespace) -> int:
         (u_ops, u_el), (f_ops, f_el) = ops.unfused, ops.fused
         print(f"  quantization ops per inference: {u_ops} -> {f_ops} after fusion "
               f"({u_el:,} -> {f_el:,} elements per sample)")
-    layers = profile(q, (calib.x[:1],))
-    share = quantized_share(layers)
-    print(f"  {100 * share:.1f}% of MACs quantized")
-    if (low := coverage_warning(layers)) is not None:
-        print(f"warning: {low}")
+    share = _print_coverage(profile(q, (calib.x[:1],)))
     rows = []
     if args.diagnostics:
         rows = diagnostics.layer_diagnostics(q, calib.x, lambda m: evaluate(m, test))
@@ -200,6 +196,17 @@ def run(args: argparse.Namespace) -> int:
                   "quant_ops": None if ops is None else {"unfused": list(ops.unfused), "fused": list(ops.fused)}}
         atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
     return 0
+
+
+def _print_coverage(layers) -> float:
+    """Print the share of MACs quantized (and the warning below 90%) of a profile; return the share."""
+    from lowbit.cost.profile import coverage_warning, quantized_share
+
+    share = quantized_share(layers)
+    print(f"  {100 * share:.1f}% of MACs quantized")
+    if (low := coverage_warning(layers)) is not None:
+        print(f"warning: {low}")
+    return share
 
 
 def _quantize(model, batches, config, budget: float | None, dynamic: bool = False):
@@ -225,7 +232,7 @@ def _quantize(model, batches, config, budget: float | None, dynamic: bool = Fals
 
 def run_user_model(args: argparse.Namespace, config) -> int:
     """``lowbit ptq`` on the user's model: quantize on ``--calib-data``, compare with float on ``--test-data``."""
-    from lowbit.cost.profile import coverage_warning, profile, quantized_share
+    from lowbit.cost.profile import profile
     from lowbit.errors import ConfigError
     from lowbit.user_model import fidelity, first_input, load_model, load_samples
     from lowbit.utils.files import atomic_write_text
@@ -246,8 +253,6 @@ def run_user_model(args: argparse.Namespace, config) -> int:
     if mixed is not None:
         print(mixed.render())
     fid = fidelity(model, q, test)
-    example = {k: v[:1] for k, v in test.extra.items()}
-    share = quantized_share(profile(q, (test.x[:1],), example_kwargs=example))
     mode = "dynamic mode" if args.dynamic else f"W {config.weight.label()} A{args.act_bits}"
     print(f"{args.model}: {mode}, {min(args.calib, len(calib))} calibration samples")
     print(f"  output cosine mean {fid.cosine_mean:.4f}, min {fid.cosine_min:.4f}; SQNR {fid.sqnr_db:.1f} dB; "
@@ -255,9 +260,7 @@ def run_user_model(args: argparse.Namespace, config) -> int:
     if fid.accuracy is not None:
         print(f"  accuracy float {100 * fid.float_accuracy:.2f}%, quantized {100 * fid.accuracy:.2f}%")
     print(f"  prepare+calibrate+convert {seconds:.2f} s")
-    print(f"  {100 * share:.1f}% of MACs quantized")
-    if (low := coverage_warning(profile(q, (test.x[:1],), example_kwargs=example))) is not None:
-        print(f"warning: {low}")
+    share = _print_coverage(profile(q, (test.x[:1],), example_kwargs={k: v[:1] for k, v in test.extra.items()}))
     if args.json:
         result = {"model": args.model, "config": repr(config), "seconds": seconds, "quantized_mac_share": share,
                   **{k: getattr(fid, k) for k in fid.__dataclass_fields__}}

@@ -78,18 +78,13 @@ def _terms_per_output(m: nn.Module) -> int:
     return w[0].numel() if w.ndim > 2 else w.shape[1]
 
 
-def _per_sample(t) -> int:
-    t = t.data if isinstance(t, torch.nn.utils.rnn.PackedSequence) else t
+def _per_sample(t: torch.Tensor) -> int:
     return t.numel() // max(t.shape[0], 1) if t.ndim > 1 else t.numel()
 
 
 def _recurrent(name: str, m: nn.Module, args: tuple, kwargs: dict, out, widths) -> LayerCost:
     """A recurrent layer, a cell or an attention module: float unless ``widths`` says otherwise."""
-    x = args[0] if args else kwargs.get("input", kwargs.get("query"))
-    from lowbit.dynamic import DynamicGRU, DynamicLinear, DynamicLSTM
-
-    if isinstance(m, (DynamicLinear, DynamicLSTM, DynamicGRU)):
-        return _dynamic(name, m, x, out)
+    x = _first_input(args, kwargs)
     if isinstance(m, nn.MultiheadAttention):
         key = args[1] if len(args) > 1 else kwargs.get("key", x)
         macs, kind = attention_macs(m, x, key), "attention"
@@ -102,6 +97,10 @@ def _recurrent(name: str, m: nn.Module, args: tuple, kwargs: dict, out, widths) 
     events = float((data != 0).float().mean()) if data.numel() else 0.0
     return LayerCost(name, kind, params, w_bits, a_bits, a_bits, macs, int(macs * w_bits * a_bits), params * w_bits / 8,
                      _out_per_sample(m, x, y) * a_bits / 8, 0, "none", events)
+
+
+def _first_input(args: tuple, kwargs: dict):
+    return args[0] if args else kwargs.get("input", kwargs.get("query"))
 
 
 def _dynamic(name: str, m: nn.Module, x: torch.Tensor, out) -> LayerCost:
@@ -205,7 +204,9 @@ def profile(model: nn.Module, example_inputs: tuple,
         counter.depth -= counted
         if not counted:
             return
-        if isinstance(mod, (*_RECURRENT, *dynamic)):
+        if isinstance(mod, dynamic):
+            rows.append(_dynamic(name, mod, _first_input(args, kwargs), out))
+        elif isinstance(mod, _RECURRENT):
             rows.append(_recurrent(name, mod, args, kwargs, out, widths.get(name)))
         elif (row := _layer(name, mod, args[0], out, widths.get(name))) is not None:
             rows.append(row)
@@ -243,10 +244,15 @@ def _functional_rows(counter: FunctionalMacs, example_inputs: tuple) -> list[Lay
     return rows
 
 
+def _quantized(r: LayerCost) -> bool:
+    """Weights and inputs both below 32 bits."""
+    return r.weight_bits < 32 and r.act_bits < 32
+
+
 def quantized_share(rows: list[LayerCost]) -> float:
     """Fraction of the MACs whose weights and inputs are both below 32 bits (1.0 for a model without MACs)."""
     total = sum(r.macs for r in rows)
-    return sum(r.macs for r in rows if r.weight_bits < 32 and r.act_bits < 32) / total if total else 1.0
+    return sum(r.macs for r in rows if _quantized(r)) / total if total else 1.0
 
 
 COVERAGE_FLOOR = 0.9
@@ -258,7 +264,7 @@ def coverage_warning(rows: list[LayerCost], floor: float = COVERAGE_FLOOR) -> st
     if share >= floor:
         return None
     total = sum(r.macs for r in rows)
-    float_rows = sorted((r for r in rows if not (r.weight_bits < 32 and r.act_bits < 32)), key=lambda r: -r.macs)
+    float_rows = sorted((r for r in rows if not _quantized(r)), key=lambda r: -r.macs)
     top = ", ".join(f"{r.name} ({r.kind}, {100 * r.macs / total:.1f}%)" for r in float_rows[:4])
     return (f"only {100 * share:.1f}% of the MACs are quantized (below {100 * floor:.0f}%): the rest run in float "
             f"({top}); the bit, memory and energy savings apply to the quantized share only")

@@ -40,13 +40,8 @@ class DynamicWeight:
         return cls(codes, grid.scale.reshape(-1).to(torch.float32), packed)
 
     def int_product(self, q: torch.Tensor) -> torch.Tensor:
-        """Exact int32 ``q Q_w^T`` of int8 rows ``q`` (M, K)."""
-        if self.packed is not None and q.shape[0] > 0:
-            from lowbit.integer import vnni
-
-            p = self.packed
-            rows = q.contiguous() if p.k == p.kp else vnni.pack_rows(q, p.kp)
-            return vnni.gemm(rows, p, p.correction)
+        """Exact int32 ``q Q_w^T`` of int8 rows ``q`` (M, K), in float64 (every partial sum an exact integer): the
+        path without lowbit's int8 GEMM (:func:`_c_matmul` runs the packed weight)."""
         return (q.to(torch.float64) @ self.codes.to(torch.float64).T).to(torch.int32)
 
     def matmul(self, x: torch.Tensor, bits: int = 8, bias: torch.Tensor | None = None) -> torch.Tensor:

@@ -23,10 +23,11 @@ from torch.nn.utils.rnn import PackedSequence
 
 from lowbit.dynamic.linear import DynamicWeight
 from lowbit.errors import ConfigError, ShapeError
+from lowbit.functional.dynamic import check_bits
 
 
 class _Direction:
-    """One layer and direction: weights, biases, and the step of its cell."""
+    """One layer and direction: its dynamic weights and float32 biases."""
 
     def __init__(self, rnn: nn.RNNBase, layer: int, suffix: str, bits: int) -> None:
         name = f"l{layer}{suffix}"
@@ -50,7 +51,7 @@ class _DynamicRNN(nn.Module):
         suffixes = ["", "_reverse"] if rnn.bidirectional else [""]
         self.cells = [[_Direction(rnn, layer, s, bits) for s in suffixes] for layer in range(rnn.num_layers)]
 
-    def _initial(self, x: torch.Tensor, hx, n: int) -> list[torch.Tensor]:
+    def _initial(self, hx, n: int) -> list[torch.Tensor]:
         dirs = 2 if self.bidirectional else 1
         shape = (self.num_layers * dirs, n, self.hidden_size)
         if hx is None:
@@ -73,7 +74,7 @@ class _DynamicRNN(nn.Module):
             x = x.transpose(0, 1)
         if x.shape[-1] != self.input_size:
             raise ShapeError(f"{type(self).__name__}: input of {x.shape[-1]} features, expected {self.input_size}")
-        states = self._initial(x, hx, x.shape[1])
+        states = self._initial(hx, x.shape[1])
         out, finals = x.float(), [[] for _ in states]
         for layer, directions in enumerate(self.cells):
             outs = []
@@ -98,7 +99,7 @@ class _DynamicRNN(nn.Module):
         steps = range(xs.shape[0] - 1, -1, -1) if reverse else range(xs.shape[0])
         outs = [None] * xs.shape[0]
         for t in steps:
-            gh = cell.w_hh.matmul(state[0], self.bits) + cell.b_hh
+            gh = cell.w_hh.matmul(state[0], self.bits, cell.b_hh)
             state = self._step(gx[t], gh, state)
             outs[t] = state[0]
         return torch.stack(outs), state
@@ -116,7 +117,7 @@ class _DynamicRNN(nn.Module):
         out = torch.empty((t, n, self.hidden_size))
         a, acc = torch.empty((n, p.kp), dtype=torch.uint8), torch.empty((n, gh), dtype=torch.int32)
         rs, pre = torch.empty(n), torch.empty(gh)
-        qmax, gates = (1 << (self.bits - 1)) - 1, gh // self.hidden_size
+        qmax, gates = check_bits(self.bits), gh // self.hidden_size
         guard.dyn_rnn_seq(b(gx, k, "gx"), t, n, self.hidden_size, gates, b(p.panels, k, "panels"), p.kp,
                           b(p.correction, k, "corr"), b(ws, k, "ws"), b(cell.b_hh, k, "b_hh"), int(reverse), qmax,
                           b(h, k, "h"), b(c, k, "c"), b(out, k, "out"), b(a, k, "a"), b(acc, k, "acc"), b(rs, k, "rs"), b(pre, k, "pre"))
