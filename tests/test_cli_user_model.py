@@ -89,14 +89,25 @@ def test_pt_weights_load_the_same_model(user):
     ("weights of another model", ["--weights", "bad.npz", "--calib-data", "calib.npy"], "does not fit the model: missing"),
     ("samples without x", ["--calib-data", "nox.npz"], "needs an array 'x'"),
     ("zoo model with user data", ["--calib-data", "calib.npy"], "are for your own models"),
+    ("corrupt samples", ["--calib-data", "corrupt.npz"], "corrupt.npz: cannot be read as .npz samples"),
+    ("corrupt weights", ["--weights", "corrupt.safetensors", "--calib-data", "calib.npy"],
+     "cannot be read as safetensors"),
+    ("test samples of another shape", ["--calib-data", "calib.npy", "--test-data", "wide.npy"],
+     "samples of shape (3, 200) (per sample) do not fit the model"),
+    ("a factory file that does not import", ["--calib-data", "calib.npy"], "broken.py failed: SyntaxError"),
 ])
 def test_bad_user_input_is_one_clear_line(user, capsys, case, args, message):
     path, spec, _ = user
     np.savez(path / "bad.npz", **{"fc.weight": np.zeros((3, 32), np.float32)})
     np.savez(path / "nox.npz", inputs=np.zeros((4, 1, 200), np.float32))
+    (path / "corrupt.npz").write_bytes(b"PK\x03\x04 not a zip archive")
+    (path / "corrupt.safetensors").write_bytes(b"\x10\x00\x00\x00 not safetensors")
+    np.save(path / "wide.npy", np.zeros((4, 3, 200), np.float32))
+    (path / "broken.py").write_text("def make_model(:\n")
     model = {"unknown function": spec.replace("make_model", "missing"),
-             "not a module": spec.replace("make_model", "not_a_model"), "zoo model with user data": "cnn"}.get(case, spec)
-    argv = ["ptq", "--model", model] + [str(path / a) if a.endswith((".npz", ".npy")) else a for a in args]
+             "not a module": spec.replace("make_model", "not_a_model"), "zoo model with user data": "cnn",
+             "a factory file that does not import": f"{path / 'broken.py'}:make_model"}.get(case, spec)
+    argv = ["ptq", "--model", model] + [str(path / a) if a.endswith((".npz", ".npy", ".safetensors")) else a for a in args]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,7 +48,10 @@ def load_factory(spec: str) -> nn.Module:
     if module_spec is None or module_spec.loader is None:
         raise ConfigError(f"--model {spec}: {path} cannot be imported as Python")
     module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as exc:  # noqa: BLE001 - the user's file: any error of theirs, named with its place
+        raise ConfigError(f"--model {spec}: importing {path} failed: {type(exc).__name__}: {exc}") from None
     factory = getattr(module, name, None)
     if not callable(factory):
         found = sorted(n for n in vars(module) if callable(vars(module)[n]) and not n.startswith("_"))
@@ -59,18 +63,35 @@ def load_factory(spec: str) -> nn.Module:
     return model
 
 
+def _unreadable(option: str, path: Path, what: str, exc: BaseException) -> ConfigError:
+    """A file that is not what its name says (truncated, corrupt, another format), as one clear error."""
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return ConfigError(f"{option} {path}: cannot be read as {what} ({type(exc).__name__}: {first}); is the file "
+                       "complete and of that kind?")
+
+
+_READ_ERRORS = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile)
+
+
 def _state_dict(path: Path) -> dict[str, torch.Tensor]:
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
         try:
+            from safetensors import SafetensorError
             from safetensors.torch import load_file
         except ImportError:
             raise ConfigError("--weights .safetensors needs the safetensors package: pip install safetensors "
                               "(or save the weights as .npz or .pt)") from None
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except (SafetensorError, *_READ_ERRORS) as exc:
+            raise _unreadable("--weights", path, "safetensors", exc) from None
     if suffix == ".npz":
-        with np.load(path, allow_pickle=False) as arrays:
-            return {k: torch.from_numpy(np.array(arrays[k])) for k in arrays.files}
+        try:
+            with np.load(path, allow_pickle=False) as arrays:
+                return {k: torch.from_numpy(np.array(arrays[k])) for k in arrays.files}
+        except _READ_ERRORS as exc:
+            raise _unreadable("--weights", path, "an .npz archive of arrays", exc) from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - a file that is not a plain state dict
@@ -166,14 +187,19 @@ def first_input(model: nn.Module) -> str:
     return positional[0] if positional else "x"
 
 
-def _read(path: Path) -> dict[str, np.ndarray]:
-    if path.suffix == ".npy":
-        return {"x": np.load(path, allow_pickle=False)}
-    with np.load(path, allow_pickle=False) as arrays:
-        if "x" not in arrays.files:
-            raise DataError(f"{path}: an .npz of samples needs an array 'x' (inputs; optional 'y' labels and keyword "
-                            f"inputs), it has {', '.join(arrays.files) or 'nothing'}")
-        return {k: np.array(arrays[k]) for k in arrays.files}
+def _read(path: Path, option: str) -> dict[str, np.ndarray]:
+    try:
+        if path.suffix == ".npy":
+            return {"x": np.load(path, allow_pickle=False)}
+        with np.load(path, allow_pickle=False) as arrays:
+            if "x" not in arrays.files:
+                raise DataError(f"{path}: an .npz of samples needs an array 'x' (inputs; optional 'y' labels and "
+                                f"keyword inputs), it has {', '.join(arrays.files) or 'nothing'}")
+            return {k: np.array(arrays[k]) for k in arrays.files}
+    except DataError:
+        raise
+    except _READ_ERRORS as exc:
+        raise DataError(str(_unreadable(option, path, f"{path.suffix} samples", exc))) from None
 
 
 def load_samples(path: str | Path, option: str) -> Samples:
@@ -184,7 +210,7 @@ def load_samples(path: str | Path, option: str) -> Samples:
         raise DataError(f"{option} {path}: no such file or folder")
     if not files or any(p.suffix not in DATA_SUFFIXES for p in files):
         raise DataError(f"{option} {path}: needs .npy or .npz files of samples (first axis: samples)")
-    parts = [_read(p) for p in files]
+    parts = [_read(p, option) for p in files]
     keys = set(parts[0])
     if any(set(p) != keys for p in parts):
         raise DataError(f"{option} {path}: the files hold different arrays ({[sorted(p) for p in parts][:3]})")
@@ -227,7 +253,12 @@ def _flat_outputs(model: nn.Module, samples: Samples, batch: int) -> torch.Tenso
     with torch.no_grad():
         for i in range(0, len(samples), batch):
             kwargs = {k: v[i:i + batch] for k, v in samples.extra.items()}
-            out = model(samples.x[i:i + batch], **kwargs)
+            try:
+                out = model(samples.x[i:i + batch], **kwargs)
+            except (RuntimeError, ValueError, IndexError) as exc:
+                first = str(exc).splitlines()[0] if str(exc) else ""
+                raise DataError(f"samples of shape {tuple(samples.x.shape[1:])} (per sample) do not fit the model: "
+                                f"{type(exc).__name__}: {first}") from None
             if not isinstance(out, torch.Tensor):
                 raise ConfigError(f"the model returns a {type(out).__name__}; lowbit compares models that return one "
                                   "tensor (wrap it to return the output you deploy)")
