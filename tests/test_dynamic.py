@@ -159,3 +159,23 @@ def test_the_profile_counts_dynamic_layers_as_8_bit_macs():
     assert {n: r.macs for n, r in dyn.items()} == {n: r.macs for n, r in floats.items()}  # the same arithmetic
     assert all((r.weight_bits, r.act_bits) == (8, 8) for r in dyn.values()) and quantized_share(list(dyn.values())) == 1
     assert dyn["lstm"].params == floats["lstm"].params and dyn["proj"].params == floats["proj"].params
+
+
+def test_a_nan_or_inf_input_row_gives_nan_there_and_leaves_the_other_rows_alone():
+    lin = _linear()
+    x = torch.randn(6, 300)
+    bad = x.clone()
+    bad[1, 7], bad[4, 0] = float("nan"), float("inf")
+    fast, slow = DynamicLinear(lin), DynamicLinear(lin)
+    slow.weight = dataclasses.replace(slow.weight, packed=None)
+    for d in (fast, slow):
+        clean, got = d(x), d(bad)
+        assert bool(torch.isnan(got[[1, 4]]).all())
+        keep = [0, 2, 3, 5]
+        assert torch.equal(got[keep], clean[keep])
+    lstm = nn.LSTM(8, 16).eval()
+    seq = torch.randn(5, 3, 8)
+    seq[2, 1, 3] = float("nan")  # sample 1 is spoiled from step 2 on, as in nn.LSTM
+    with torch.no_grad():
+        ref, out = lstm(seq)[0], quantize_dynamic(lstm)(seq)[0]
+    assert torch.equal(torch.isnan(out), torch.isnan(ref))

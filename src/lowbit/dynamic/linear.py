@@ -48,12 +48,19 @@ class DynamicWeight:
         """``x W^T (+ bias)`` (float32, ``x``'s leading shape) with ``x`` quantized per row at ``bits`` bits.
         With the C GEMM, the rows are quantized and the product scaled in C (``csrc/dynrnn.c``), with the same
         float32 operations as here, so both paths give the same bits."""
-        lead, rows = x.shape[:-1], x.reshape(-1, x.shape[-1])
+        lead, rows = x.shape[:-1], x.reshape(-1, x.shape[-1]).to(torch.float32)
+        bad = ~torch.isfinite(rows).all(dim=1)  # a NaN or inf has no integer code: its row's output is NaN
+        if bool(bad.any()):
+            rows = torch.where(bad[:, None], 0.0, rows)
         if self.packed is not None and rows.shape[0] > 0:
-            return _c_matmul(self, rows.to(torch.float32).contiguous(), bits, bias).reshape(*lead, -1)
-        q, s = quantize_rows(rows, bits)
-        y = self.int_product(q).to(torch.float32).mul_(s[:, None]).mul_(self.scale)  # in place: no (M, N) scales
-        return (y if bias is None else y.add_(bias)).reshape(*lead, -1)
+            y = _c_matmul(self, rows.contiguous(), bits, bias)
+        else:
+            q, s = quantize_rows(rows, bits)
+            y = self.int_product(q).to(torch.float32).mul_(s[:, None]).mul_(self.scale)  # in place: no (M, N) scales
+            y = y if bias is None else y.add_(bias)
+        if bool(bad.any()):
+            y[bad] = float("nan")
+        return y.reshape(*lead, -1)
 
 
 def _c_matmul(w: DynamicWeight, x: torch.Tensor, bits: int, bias: torch.Tensor | None) -> torch.Tensor:

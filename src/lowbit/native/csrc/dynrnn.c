@@ -26,6 +26,7 @@ void lowbit_quantize_rows_u8(const float *x, int64_t M, int64_t K, int64_t Kp, i
         uint8_t *restrict out = a + n * Kp;
         for (int64_t j = 0; j < K; j++) {
             float q = rintf(row[j] / s); /* round half to even (the default mode), as torch.round */
+            q = q == q ? q : 0.0f;       /* a NaN (a state grown from a NaN input) has no code: 0, not a UB cast */
             q = q < lo ? lo : q;
             q = q > hi ? hi : q;
             out[j] = (uint8_t)((int32_t)q + 128);
