@@ -5,8 +5,10 @@
 #include <stdint.h>
 
 /* exp(x) for the gates: Cody-Waite reduction x = n ln2 + r, |r| <= ln2 / 2, and the degree-6
- * polynomial of Cephes' expf (about 1 ulp); branch free so that the gate loops vectorise. */
-static inline float lb_expf(float x) {
+ * polynomial of Cephes' expf (about 1 ulp); branch free so that the gate loops vectorise. A NaN gives
+ * NaN; it is replaced by 0 before the float-to-int cast, which is undefined for a NaN. */
+static inline float lb_expf(float a) {
+    float x = a != a ? 0.0f : a;
     x = x < -87.0f ? -87.0f : x;
     x = x > 88.0f ? 88.0f : x;
     float n = rintf(x * 1.44269504088896341f);
@@ -21,7 +23,7 @@ static inline float lb_expf(float x) {
     p = fmaf(p, r * r, r) + 1.0f;
     union { int32_t i; float f; } s;
     s.i = ((int32_t)n + 127) << 23;
-    return p * s.f;
+    return a != a ? a : p * s.f;
 }
 
 static inline float lb_sigmoid(float a) { return 1.0f / (1.0f + lb_expf(-a)); }
