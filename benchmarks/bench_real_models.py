@@ -406,8 +406,10 @@ def _share(q: nn.Module, example: tuple, info: dict) -> None:
             info["share_error"] = first_line(exc)
 
 
-def _integer_checks(q: nn.Module, example: tuple, info: dict) -> None:
-    """The quantized MAC share, to_integer and the ONNX QDQ export of a lowbit.ptq-style simulation."""
+def _integer_checks(q: nn.Module, example: tuple, info: dict, test: tuple | None = None) -> None:
+    """The quantized MAC share, to_integer and the ONNX QDQ export of a lowbit.ptq-style simulation; on the
+    held-out ``test`` inputs, whether the integer model equals the simulation bit for bit and onnxruntime the
+    integer model. The integer model itself goes into ``info["_integer"]`` (timed, not written)."""
     _share(q, example, info)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -421,28 +423,41 @@ def _integer_checks(q: nn.Module, example: tuple, info: dict) -> None:
             info["to_integer_error"] = first_line(exc)
         if im is None:
             info["onnx_error"] = "no integer model to export (lowbit.export.onnx_qdq.export_onnx takes to_integer's)"
-        else:
-            try:
-                from lowbit.export.onnx_qdq import export_onnx
+            return
+        info["_integer"] = im
+        if test is not None:
+            with torch.no_grad():
+                info["integer_bit_exact"] = bool(torch.equal(im(*test), q(*test)))
+        try:
+            from lowbit.export.onnx_qdq import export_onnx
+            from lowbit.export.ort import session
 
-                with tempfile.TemporaryDirectory() as tmp:
-                    export_onnx(im, Path(tmp) / "m.onnx", tuple(example[0].shape))
+            with tempfile.TemporaryDirectory() as tmp:
+                path = export_onnx(im, Path(tmp) / "m.onnx", tuple(example[0].shape))
                 info["onnx"] = True
-            except Exception as exc:  # noqa: BLE001
-                info["onnx_error"] = first_line(exc)
+                if test is not None:
+                    sess = session(path, threads=1)
+                    got = torch.cat([torch.from_numpy(sess.run(["output"], {"input": test[0][i:i + 1].numpy()})[0])
+                                     for i in range(test[0].shape[0])])
+                    with torch.no_grad():
+                        info["onnx_bit_exact"] = bool(torch.equal(got, im(*test)))
+        except Exception as exc:  # noqa: BLE001
+            info["onnx_error"] = first_line(exc)
 
 
-def lowbit_quantize(model: nn.Module, calib: list, example: tuple) -> tuple[nn.Module | None, dict]:
+def lowbit_quantize(model: nn.Module, calib: list, example: tuple, test: tuple | None = None
+                    ) -> tuple[nn.Module | None, dict]:
     """lowbit.ptq.quantize with the default PTQConfig; its warnings, the quantized MAC share, to_integer and the
     ONNX QDQ export. An exception is the result (its first line)."""
     info = _new_info()
     q = _captured(lambda: quantize(model, calib, PTQConfig()), info)
     if q is not None:
-        _integer_checks(q, example, info)
+        _integer_checks(q, example, info, test)
     return q, info
 
 
-def lowbit_mixed(model: nn.Module, calib: list, example: tuple) -> tuple[nn.Module | None, dict]:
+def lowbit_mixed(model: nn.Module, calib: list, example: tuple, test: tuple | None = None
+                 ) -> tuple[nn.Module | None, dict]:
     """lowbit.mixed.auto_mixed(model, calib, PTQConfig(), budget=MIXED_BUDGET): static W8A8 with some layers'
     activations promoted to 16 bits within the BOPs budget. Its promoted layers and BOPs ratio go into the info."""
     info = {**_new_info(), "promoted": None, "bops_ratio": None, "budget": MIXED_BUDGET}
@@ -468,11 +483,12 @@ def lowbit_mixed(model: nn.Module, calib: list, example: tuple) -> tuple[nn.Modu
     for k in ("error_before", "error_after"):  # auto_mixed's 1 - cos on its evaluation (calibration) batches
         v = getattr(res, k, None)
         info[f"calib_{k}"] = None if v is None else float(v)
-    _integer_checks(res.model, example, info)
+    _integer_checks(res.model, example, info, test)
     return res.model, info
 
 
-def lowbit_dynamic(model: nn.Module, calib: list, example: tuple) -> tuple[nn.Module | None, dict]:
+def lowbit_dynamic(model: nn.Module, calib: list, example: tuple, test: tuple | None = None
+                   ) -> tuple[nn.Module | None, dict]:
     """lowbit.dynamic.quantize_dynamic(model): int8 per-output-channel weights, activations per row at run time,
     for nn.Linear / nn.LSTM / nn.GRU. Not an integer-engine model: to_integer / onnx are not tried (False)."""
     from lowbit.dynamic import quantize_dynamic as lowbit_qd
@@ -512,7 +528,7 @@ def evaluate(name: str, kind: str, meta: dict, model: nn.Module, calib: list, te
     infos: dict = {}
     for method, fn in LOWBIT_QUANTIZERS.items():
         if lowbit_target is None:
-            q, info = fn(model, calib, example)
+            q, info = fn(model, calib, example, test)
         else:
             part, part_calib, part_example, wrap = lowbit_target
             q, info = fn(part, part_calib, part_example)
@@ -536,7 +552,13 @@ def evaluate(name: str, kind: str, meta: dict, model: nn.Module, calib: list, te
             results[method] = {**closeness(ref, out), **decide(out, qs[method], ref_decision)}
     out = run(qd, test)
     results[PEER] = {**closeness(ref, out), **decide(out, qd, ref_decision)}
-    paths = {"float": model, **{m: qs[m] for m in LOWBIT_METHODS if qs[m] is not None}, PEER: qd}
+    # a method's integer model (to_integer) is what it deploys, so it is timed in place of its simulation
+    runs = {m: infos[m].pop("_integer", None) or qs[m] for m in LOWBIT_METHODS}
+    if lowbit_target is not None:  # the integer model is of the part: the whole model runs its simulation
+        runs = dict(qs)
+    for m in LOWBIT_METHODS:
+        infos[m]["latency_of"] = "integer model" if runs[m] is not qs[m] else "simulation"
+    paths = {"float": model, **{m: runs[m] for m in LOWBIT_METHODS if runs[m] is not None}, PEER: qd}
     lat = {b: interleaved_latency(paths, test, b, rounds) for b in BATCHES}
     log(f"{name}: latency {lat}")
     rows = []
@@ -766,6 +788,7 @@ def report(summaries: list[dict], extra_notes: list[str], timings: dict, started
               f"- lowbit >= quantize_dynamic: met on {n_met} of {len(summaries)} rows (silero-vad is measured in two"
               " forms)" + (" (target met)" if n_met == len(summaries) else "; the target \"on every model\" is **not"
                                                                           " met**") + "."]
+    lines += _integer_targets(summaries)
     enc = next((s for s in summaries if s["name"].startswith("minilm")), None)
     if enc is not None:
         for method in (LOWBIT, MIXED):
@@ -857,6 +880,12 @@ def report(summaries: list[dict], extra_notes: list[str], timings: dict, started
                 lines += [f"- to_integer: `{short(li['to_integer_error'])}`"]
             if li["onnx_error"] and li["to_integer"]:
                 lines += [f"- ONNX export: `{short(li['onnx_error'])}`"]
+            if li.get("integer_bit_exact") is not None:
+                lines += [f"- integer model = simulation bit for bit on the held-out inputs: "
+                          f"{fmt(li['integer_bit_exact'])}; onnxruntime = integer model bit for bit: "
+                          f"{fmt(li.get('onnx_bit_exact'))}"]
+            if li.get("latency_of"):
+                lines += [f"- latency timed on: the {li['latency_of']}"]
             if li["quantize_s"] is not None:
                 lines += [f"- time to quantize: {li['quantize_s']} s"]
             lines.append("")
@@ -871,6 +900,36 @@ def report(summaries: list[dict], extra_notes: list[str], timings: dict, started
     lines += ["", "Phase times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items() if k not in
                                                   ("git", "total_s", "load_start", "load_end")), ""]
     return "\n".join(lines)
+
+
+def _integer_targets(summaries: list[dict]) -> list[str]:
+    """The integer-path targets, per model, for the static W8A8 method: to_integer and ONNX bit-exact, and the
+    integer model's latency at batch 1 and 16 against float eager and quantize_dynamic (speed-ups quoted)."""
+    lines = ["", "Integer path (`" + LOWBIT + "`): to_integer and ONNX bit-exact, integer latency at batch 1 and 16 "
+             "no slower than float eager and than quantize_dynamic (x = their time / the integer model's):", "",
+             "| model | to_integer (= simulation) | ONNX (onnxruntime = integer) | b1 vs float / peer |"
+             " b16 vs float / peer | met |", "|---|---|---|---|---|---|"]
+    n_met = 0
+    for s in summaries:
+        li, lat = s["infos"][LOWBIT], s["latency"]
+        exact = li.get("integer_bit_exact")
+        ti = "no" if not li["to_integer"] else f"yes ({fmt(exact)})"
+        ox = "no" if not li["onnx"] else f"yes ({fmt(li.get('onnx_bit_exact'))})"
+        if li.get("latency_of") != "integer model":
+            lines.append(f"| {s['name']} | {ti} | {ox} | - | - | **not met** (no integer model) |")
+            continue
+        cells, fast = [], True
+        for b in BATCHES:
+            mine = lat[b][LOWBIT]
+            vf, vp = lat[b]["float"] / mine, lat[b][PEER] / mine
+            fast &= vf >= 1 and vp >= 1
+            cells.append(f"{vf:.2f}x / {vp:.2f}x")
+        met = bool(exact) and bool(li.get("onnx_bit_exact")) and fast
+        n_met += met
+        lines.append(f"| {s['name']} | {ti} | {ox} | {cells[0]} | {cells[1]} | {'**met**' if met else '**not met**'} |")
+    lines += ["", f"- integer path: met on {n_met} of {len(summaries)} rows" +
+              (" (target met)." if n_met == len(summaries) else "; the target \"on every model\" is **not met**.")]
+    return lines
 
 
 # --------------------------------------------------------------------------------------------------- main

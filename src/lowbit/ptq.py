@@ -36,6 +36,7 @@ from torch import fx, nn
 from lowbit.errors import ConfigError, DataError, LowbitWarning
 from lowbit.formats import Binary, IntFormat, check_bits
 from lowbit.granularity import PerChannel
+from lowbit.graph.tables import tabulate_elementwise
 from lowbit.graph.fx_passes import (
     FusionPlan,
     TraceFailed,
@@ -485,11 +486,14 @@ def _all_kept_float(config: PTQConfig, order: list[str]) -> None:
                           "to the layers that must stay float")
 
 
-def convert(model: nn.Module) -> nn.Module:
+def convert(model: nn.Module, tables: bool = True) -> nn.Module:
     """Freeze every quantizer's scale and zero point; the model becomes the fake-quant simulation.
 
     In a traced model each unified module also learns its input grids, so its
-    forward runs the integer model's exact arithmetic (:mod:`lowbit.nn.exact`).
+    forward runs the integer model's exact arithmetic (:mod:`lowbit.nn.exact`), and with ``tables``
+    each elementwise float op on a quantized tensor of at most 8 bits (sigmoid, tanh, GELU, ..., a
+    BatchNorm after an activation) becomes the lookup table the integer model runs
+    (:mod:`lowbit.graph.tables`; no gradient flows through a table, so training keeps ``tables=False``).
     """
     check_reached(model, "calibration (call calibrate before convert)")
     for q in act_quantizers(model):
@@ -499,6 +503,8 @@ def convert(model: nn.Module) -> nn.Module:
             m.weight_quant.freeze(m.weight)
     if isinstance(model, fx.GraphModule):
         attach_input_qparams(model)
+        if tables:
+            tabulate_elementwise(model)
     return model
 
 

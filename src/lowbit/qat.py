@@ -224,7 +224,7 @@ def prepare_qat(model: nn.Module, config: QATConfig, calibration: torch.Tensor) 
             gm(calibration)  # initialises every activation step on this batch
     else:
         calibrate(gm, [calibration], progress=False)
-        convert(gm)  # fixed steps; the weights (and biases) train through straight-through rounding
+        convert(gm, tables=False)  # fixed steps; the weights (and biases) train through straight-through rounding
     if config.grad_bits is not None:
         set_grad_bits(gm, config.grad_bits, torch.Generator().manual_seed(0))
     attach(gm, replace(require_record(gm, "prepare_qat"), qat=config))

@@ -54,6 +54,16 @@ of the integer model:
   between ``Conv`` and ``Q`` would keep the convolution in float);
 * ``unsqueeze`` and ``squeeze`` (a 1-D conv or pool runs as the 2-D op of height 1 between them) are
   ``Unsqueeze``/``Squeeze`` between a ``DequantizeLinear`` and a ``QuantizeLinear`` on the same grid;
+* ``permute`` is ``Transpose(perm=dims)`` and ``reshape`` is ``Reshape`` to ``[0, *shape]`` (``0`` copies the
+  batch), between a ``DequantizeLinear`` and a ``QuantizeLinear`` on the same grid (exact: onnxruntime moves
+  the codes); on a float tensor, the bare ``Transpose``/``Reshape``;
+* ``table`` is a ``Gather(axis=0)`` from the flattened ``(C * 256,)`` table at the input's codes (the
+  ``QuantizeLinear`` output): ``Cast`` to int64, then an ``Add`` of ``code - qmin`` (128 for an int8 code,
+  nothing for a uint8 one, which already is the stored code + 128) and, for a per-channel table, ``256 c``
+  (an int64 constant of shape ``(1, C, 1, ...)``). A float table gathers the float32 output itself; a table
+  of codes holds them as the output grid's ONNX codes (uint8 = stored + 128 for an unsigned grid, int8
+  otherwise) and the gathered codes are that tensor's codes, followed by its ``DequantizeLinear``, as a
+  ``QuantizeLinear`` output would be. Bit-exact: only integers are moved;
 * ``maxpool2d``, ``flatten`` and ``pad`` (constant 0.0, which lies on the grid)
   run between a ``DequantizeLinear`` and a ``QuantizeLinear`` on the same grid
   (exact; onnxruntime runs ``MaxPool`` and ``Flatten`` on the codes), except a
@@ -345,7 +355,12 @@ class _Builder:
             x = self.clamp(x, grid, lo, hi, name)
         elif narrow:
             x = self.clamp(self.qdq(x, grid, f"{name}_unclamped"), grid, lo, hi, name)
-        codes = self.add("QuantizeLinear", [x, s, z], name)
+        return self.record(self.add("QuantizeLinear", [x, s, z], name), grid, name)
+
+    def record(self, codes: str, grid: _Grid, name: str) -> _Value:
+        """Record tensor ``name`` held as the ONNX ``codes`` on ``grid``: their ``DequantizeLinear`` is its float
+        twin (and, with ``expose_codes``, the codes are a graph output)."""
+        s, z = self.qparams(grid, name)
         value = _Value(self.add("DequantizeLinear", [codes, s, z], f"{name}_dq"), codes, grid)
         if self.expose_codes and name not in self.folds.conv_pads:  # (a folded pad's tensor is unpadded here)
             shape = [BATCH, *self.shapes[name][1:]]
@@ -600,6 +615,46 @@ class _Builder:
         axes = self.const(f"{node.output}_axes", np.array([node.op.ir.dim], np.int64))
         self._same_grid(node, self.add("Squeeze", [x.float_name, axes], f"{node.output}_squeeze"), x)
 
+    def op_permute(self, node: Node) -> None:
+        x = self.values[node.inputs[0]]
+        perm = [int(d) for d in node.op.ir.dims]
+        self._same_grid(node, self.add("Transpose", [x.float_name], f"{node.output}_transpose", perm=perm), x)
+
+    def op_reshape(self, node: Node) -> None:
+        x = self.values[node.inputs[0]]
+        shape = self.const(f"{node.output}_shape", np.array([0, *node.op.ir.shape], np.int64))  # 0: the batch
+        self._same_grid(node, self.add("Reshape", [x.float_name, shape], f"{node.output}_reshape"), x)
+
+    def op_table(self, node: Node) -> None:
+        """``Gather`` from the flattened table at ``Cast(codes, int64) + offset`` (see the module docstring)."""
+        a, name = node.op.ir, node.output
+        x = self.integer_input(node)
+        table = node.op.tensors["table"].detach().cpu()
+        index = self.add("Cast", [x.codes], f"{name}_index", to=self.onnx.TensorProto.INT64)
+        offset = self._table_offset(x.grid, table.shape, len(self.shapes[node.inputs[0]]))
+        if offset.any():
+            index = self.add("Add", [index, self.const(f"{name}_offset", offset)], f"{name}_index")
+        if a.float_output:
+            values = self.const(f"{name}_table", table.to(torch.float32).numpy().reshape(-1))
+            self.values[name] = _Value(self.add("Gather", [values, index], name, axis=0))
+            return
+        if node.grid is None:
+            raise ConfigError(f"{name}: a table of codes needs its output grid")
+        grid = _Grid.of(node.grid)
+        codes = (table.to(torch.int16).numpy() + _Grid.code(0, grid.signed)).astype(grid.dtype)  # as _Grid.code
+        self.record(self.add("Gather", [self.const(f"{name}_table", codes.reshape(-1)), index], name, axis=0),
+                    grid, name)
+
+    @staticmethod
+    def _table_offset(grid: _Grid, table_shape: tuple[int, ...], rank: int) -> np.ndarray:
+        """What maps an ONNX code of ``grid`` to its index in the flattened table: ``128`` for an int8 code
+        (``code - qmin``), plus ``256 c`` on channel ``c`` of a per-channel table (shape ``(1, C, 1, ...)``)."""
+        rows, width = table_shape
+        if rows == 1:
+            return np.array(-grid.qmin, np.int64)
+        shift = width * np.arange(rows, dtype=np.int64) - grid.qmin
+        return shift.reshape(1, rows, *[1] * (rank - 2))
+
     def op_pad(self, node: Node) -> None:
         a = node.op.ir
         x = self.values[node.inputs[0]]
@@ -678,6 +733,21 @@ def _node_shape(node: Node, x: tuple[int, ...]) -> tuple[int, ...]:
         if len(x) <= a.dim or x[a.dim] != 1:
             raise ConfigError(f"{node.output}: squeeze({a.dim}) of a tensor of shape {x}")
         return (*x[:a.dim], *x[a.dim + 1:])
+    if kind == "permute":
+        if sorted(a.dims) != list(range(len(x))) or a.dims[0] != 0:
+            raise ConfigError(f"{node.output}: permute dims {list(a.dims)} of a tensor of shape {x}: a permutation "
+                              "of all its dimensions that keeps the batch first")
+        return tuple(x[d] for d in a.dims)
+    if kind == "reshape":
+        if math.prod(a.shape) != math.prod(x[1:]):
+            raise ConfigError(f"{node.output}: reshape to {list(a.shape)} of a tensor of shape {x}")
+        return (x[0], *a.shape)
+    if kind == "table":
+        rows = node.op.tensors["table"].shape
+        if len(rows) != 2 or rows[1] != 256 or not (rows[0] == 1 or (len(x) >= 2 and x[1] == rows[0])):
+            raise ConfigError(f"{node.output}: a table of shape {tuple(rows)} on a tensor of shape {x}: "
+                              "(1, 256) or (channels, 256) with the channels on dimension 1")
+        return x
     if kind == "pad":
         pad, y = list(a.pad), list(x)
         if len(pad) % 2 or len(pad) // 2 > len(x):
@@ -792,7 +862,8 @@ EXPORTERS: dict[type, Callable[[_Builder, Node], None]] = {
     ir.Quantize: _Builder.op_quantize, ir.Dequantize: _Builder.op_dequantize, ir.Linear: _Builder.op_linear,
     ir.Conv2d: _Builder.op_conv2d, ir.MaxPool2d: _Builder.op_maxpool2d, ir.AvgPool2d: _Builder.op_avgpool2d,
     ir.Flatten: _Builder.op_flatten, ir.Pad: _Builder.op_pad, ir.Unsqueeze: _Builder.op_unsqueeze,
-    ir.Squeeze: _Builder.op_squeeze,
+    ir.Squeeze: _Builder.op_squeeze, ir.Permute: _Builder.op_permute, ir.Reshape: _Builder.op_reshape,
+    ir.Table: _Builder.op_table,
 }
 
 

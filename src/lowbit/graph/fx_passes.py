@@ -25,6 +25,7 @@ from lowbit.graph.nodes import (
     is_passthrough,
     module_of,
 )
+from lowbit.graph.tables import will_tabulate
 from lowbit.nn.quantizers import ActQuantizer
 from lowbit.spec import QuantSpec
 from lowbit.nn.unified import QAvgPool, UnifiedConv, UnifiedLinear, _Unified
@@ -249,6 +250,7 @@ def insert_input_quantizers(gm: fx.GraphModule, spec_for_input: Callable[[str], 
         n.name for n in gm.graph.nodes
         if n.op in ("call_module", "call_function", "call_method")
         and not isinstance(module_of(gm, n), (_Unified, QAvgPool, ActQuantizer)) and not is_passthrough(gm, n)
+        and not will_tabulate(gm, n)  # convert makes it a lookup table (lowbit.graph.tables)
     ]
     gm.graph.lint()
     gm.recompile()

@@ -272,9 +272,39 @@ class Squeeze:
     dim: int
 
 
-IROp = Union[Quantize, Dequantize, Linear, Conv2d, MaxPool2d, AvgPool2d, Flatten, Pad, Unsqueeze, Squeeze]
+@dataclass(frozen=True)
+class Permute:
+    """The dimensions reordered (``torch.permute`` order, batch included and kept first: ``dims[0] == 0``)."""
+
+    kind: ClassVar[str] = "permute"
+    dims: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Reshape:
+    """The per-sample shape ``shape`` (the batch dimension kept), the same elements in logical order."""
+
+    kind: ClassVar[str] = "reshape"
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Table:
+    """An elementwise function of int8 codes by lookup: ``y[n, c, ...] = table[c, x[n, c, ...] + 128]``.
+
+    Tensor ``table`` is ``(C, 256)``: int8 codes of the next grid (``float_output`` False) or float32 values
+    (True: the network output). ``C`` is 1 (the same function everywhere) or the size of dimension 1 (a
+    BatchNorm after an activation: a per-channel affine map). The simulation (:class:`lowbit.nn.lookup.Lookup`)
+    looks the same entries up, so the two agree bit for bit whatever the function is."""
+
+    kind: ClassVar[str] = "table"
+    float_output: bool = False
+
+
+IROp = Union[Quantize, Dequantize, Linear, Conv2d, MaxPool2d, AvgPool2d, Flatten, Pad, Unsqueeze, Squeeze, Permute,
+             Reshape, Table]
 OP_TYPES: tuple[type, ...] = (Quantize, Dequantize, Linear, Conv2d, MaxPool2d, AvgPool2d, Flatten, Pad, Unsqueeze,
-                              Squeeze)
+                              Squeeze, Permute, Reshape, Table)
 KINDS: dict[str, type] = {t.kind: t for t in OP_TYPES}
 LAYERS = (Linear, Conv2d)
 
@@ -368,9 +398,15 @@ def parse(kind: str, attrs: dict[str, Any], requantized: bool = True) -> IROp:
         return Pad(tuple(int(v) for v in a["pad"]), int(a["value"]))
     if kind in ("unsqueeze", "squeeze"):
         return KINDS[kind](int(a["dim"]))
+    if kind == "permute":
+        return Permute(tuple(int(v) for v in a["dims"]))
+    if kind == "reshape":
+        return Reshape(tuple(int(v) for v in a["shape"]))
+    if kind == "table":
+        return Table(bool(a.get("float_output", False)))
     raise KeyError(f"unknown integer op kind {kind!r}; known: {sorted(KINDS)}")
 
 
 __all__ = ["input_low", "OP_TYPES", "Act", "AvgPool2d", "Binarized", "Conv2d", "Dequantize", "Dequantized", "Flatten", "Grid", "IROp", "KINDS", "Squeeze", "Unsqueeze",
-           "LAYERS", "Linear", "MaxPool2d", "OutputStage", "Pad", "Quantize", "Requantized", "WeightCodes",
+           "LAYERS", "Linear", "MaxPool2d", "OutputStage", "Pad", "Permute", "Reshape", "Table", "Quantize", "Requantized", "WeightCodes",
            "attrs_of", "parse"]

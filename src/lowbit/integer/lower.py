@@ -16,6 +16,7 @@ kernel then runs them), a ``Binarized`` output stage where their output is a sig
 
 from __future__ import annotations
 
+import math
 import operator
 import warnings
 
@@ -32,6 +33,7 @@ from lowbit.integer.ops import build
 from lowbit.prepared import record_of
 from lowbit.graph.input_check import check_input
 from lowbit.nn.exact import layer_params, pool_params
+from lowbit.nn.lookup import Lookup
 from lowbit.nn.qparams import QParams, offset, stored_zero_point
 from lowbit.nn.quantizers import ActQuantizer
 from lowbit.nn.unified import QAvgPool, UnifiedConv, _Unified
@@ -113,6 +115,8 @@ class _Lowering:
             self.layer(node, m)
         elif isinstance(m, QAvgPool):
             self.avgpool(node, m)
+        elif isinstance(m, Lookup):
+            self.table(node, m)
         elif isinstance(m, _SKIP_MODULES):
             self.alias(node)
         elif isinstance(m, nn.Flatten):
@@ -134,10 +138,16 @@ class _Lowering:
             start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
             end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
             self.simple(node, ir.Flatten(start, end))
-        elif node.op == "call_method" and t in ("view", "reshape") and self._is_batch_flatten(node):
-            self.simple(node, ir.Flatten(1, -1))
         elif node.op == "call_method" and t == "size" or t is operator.getitem and self._is_size(node.args[0]):
             pass  # shape arithmetic for a flatten; consumed by _is_batch_flatten
+        elif t is operator.getitem and isinstance(node.args[0], fx.Node):
+            self.index(node)
+        elif t is torch.permute or (node.op == "call_method" and t == "permute"):
+            self.permute(node)
+        elif t is torch.reshape or (node.op == "call_method" and t in ("view", "reshape")):
+            self.reshape(node)
+        elif t is torch.unsqueeze or (node.op == "call_method" and t == "unsqueeze"):
+            self.unsqueeze(node)
         elif t is F.max_pool2d:
             self.maxpool(node, *_pool_args(node))
         elif t is F.max_pool1d:
@@ -146,6 +156,76 @@ class _Lowering:
             self.pad(node, list(node.args[1] if len(node.args) > 1 else node.kwargs["pad"]))
         else:
             self.unsupported.append(f"{node.name} ({getattr(t, '__name__', t)})")
+
+    def _rank(self, node: fx.Node) -> int:
+        meta = node.meta.get("lowbit_shape")
+        if meta is None:
+            raise ConfigError("to_integer needs example_inputs to know tensor shapes")
+        return len(meta)
+
+    def index(self, node: fx.Node) -> None:
+        """``x[:, None, :, None]`` (full slices and new axes, the batch kept): unsqueezes."""
+        idx = node.args[1] if isinstance(node.args[1], tuple) else (node.args[1],)
+        if not idx or idx[0] != slice(None) or not all(i is None or i == slice(None) for i in idx):
+            self.unsupported.append(f"{node.name} (indexing {idx!r}: only full slices and None, the batch kept)")
+            return
+        name = self.arg(node)
+        for d, i in enumerate(idx):
+            if i is None:
+                out = f"{node.name}_{d}"
+                self.emit(ir.Unsqueeze(d), [name], out, None, self.grids[name], node.name)
+                name = out
+        self.names[node] = name
+
+    def unsqueeze(self, node: fx.Node) -> None:
+        d = node.args[1] if len(node.args) > 1 else node.kwargs["dim"]
+        d = d + self._rank(node) if d < 0 else d
+        if d < 1:
+            self.unsupported.append(f"{node.name} (unsqueeze({d}) before the batch dimension)")
+            return
+        self.simple(node, ir.Unsqueeze(int(d)))
+
+    def permute(self, node: fx.Node) -> None:
+        dims = node.args[1:] if node.op == "call_method" else node.args[1]
+        if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
+            dims = dims[0]
+        rank = self._rank(node)
+        dims = tuple(int(d) + rank if int(d) < 0 else int(d) for d in dims)
+        if not dims or dims[0] != 0:
+            self.unsupported.append(f"{node.name} (permute{dims} moves the batch dimension)")
+            return
+        self.simple(node, ir.Permute(dims))
+
+    def reshape(self, node: fx.Node) -> None:
+        if node.op == "call_method" and self._is_batch_flatten(node):
+            self.simple(node, ir.Flatten(1, -1))
+            return
+        x, y = node.args[0].meta.get("lowbit_shape"), node.meta.get("lowbit_shape")
+        if x is None or y is None or y[0] != x[0] or math.prod(y[1:]) != math.prod(x[1:]):
+            self.unsupported.append(f"{node.name} (a reshape from {x} to {y} that does not keep the batch dimension)")
+            return
+        self.simple(node, ir.Reshape(tuple(int(v) for v in y[1:])))
+
+    def table(self, node: fx.Node, m: Lookup) -> None:
+        """A lookup table: int8 codes of the next quantizer's grid (which it reaches through max pools, zero pads
+        and layout ops: the rounding is monotone, so they commute), or float32 values at the network output."""
+        src = self.arg(node)
+        q = self.grids[src]
+        if q is None or grid(q) != grid(m.grid):
+            self.unsupported.append(f"{node.target} (a lookup table whose input is not on its grid)")
+            return
+        nxt = _next_quantizer(self.gm, node)
+        if nxt is None:
+            self.unsupported.append(f"{node.target} ({m.source}: its float output feeds an op other than a "
+                                    "quantizer, the network output, or max pools, zero pads and layout ops on the way)")
+            return
+        if nxt == "output":
+            self.emit(ir.Table(float_output=True), [src], node.name, {"table": m.table.clone()}, None, str(node.target))
+        else:
+            q2 = nxt.qparams()
+            codes = (q2.codes(m.table) - offset(q2)).to(torch.int8)
+            self.emit(ir.Table(), [src], node.name, {"table": codes}, q2, str(node.target))
+        self.names[node] = node.name
 
     def _is_size(self, n) -> bool:
         return isinstance(n, fx.Node) and n.op == "call_method" and n.target == "size"
@@ -182,10 +262,13 @@ class _Lowering:
 
     def quantize(self, node: fx.Node, m: ActQuantizer) -> None:
         src = self.arg(node)
+        q = m.qparams()
+        if self.grids[src] is not None and grid(self.grids[src]) == grid(q):
+            self.alias(node)  # a table already gave this grid's codes
+            return
         if self.grids[src] is not None:
             self.unsupported.append(f"{node.target} re-quantizes an integer tensor")
             return
-        q = m.qparams()
         off = offset(q)
         op = ir.Quantize(float(q.scale), stored_zero_point(q), q.fmt.qmin - off, q.fmt.qmax - off)
         self.emit(op, [src], node.name, None, q, node.name)
@@ -302,6 +385,40 @@ class _Lowering:
             self.emit(ir.Dequantize(float(q.scale), stored_zero_point(q)), [name], "output", None, None, "output")
             name = "output"
         self.output = name
+
+
+_CODE_PRESERVING_METHODS = ("permute", "reshape", "view", "flatten", "contiguous", "unsqueeze", "squeeze")
+_CODE_PRESERVING_FUNCTIONS = (F.max_pool1d, F.max_pool2d, F.dropout, torch.flatten, torch.permute, torch.reshape,
+                              torch.unsqueeze, torch.squeeze)
+
+
+def _keeps_codes(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """An op that commutes with a monotone quantization: max pools, zero pads and layout ops."""
+    m = gm.get_submodule(node.target) if node.op == "call_module" else None
+    if m is not None:
+        return isinstance(m, (nn.MaxPool1d, nn.MaxPool2d, nn.Flatten, *_SKIP_MODULES))
+    if node.target is F.pad:
+        value = node.kwargs.get("value", node.args[3] if len(node.args) > 3 else None)
+        mode = node.kwargs.get("mode", node.args[2] if len(node.args) > 2 else "constant")
+        return mode == "constant" and not value
+    return (node.op == "call_method" and node.target in _CODE_PRESERVING_METHODS
+            or node.op == "call_function" and node.target in _CODE_PRESERVING_FUNCTIONS)
+
+
+def _next_quantizer(gm: fx.GraphModule, node: fx.Node) -> ActQuantizer | str | None:
+    """The quantizer ``node``'s one chain of users reaches through :func:`_keeps_codes` ops, ``"output"`` when the
+    chain ends the network, else None."""
+    while len(node.users) == 1:
+        node = next(iter(node.users))
+        if node.op == "output":
+            return "output"
+        m = gm.get_submodule(node.target) if node.op == "call_module" else None
+        if isinstance(m, ActQuantizer):
+            ok = m.mode == "quantize" and isinstance(m.spec.format, IntFormat) and m.spec.format.bits <= 8
+            return m if ok else None
+        if not _keeps_codes(gm, node):
+            return None
+    return None
 
 
 def _pool_args(node: fx.Node) -> tuple:

@@ -6,7 +6,7 @@ int8; :data:`RUNNERS` is this backend's table, one entry per op type.
 Stored activations are int8 codes; an op's ``zero_point``, ``lo`` and ``hi``
 are in that stored domain (an unsigned code ``q`` is stored as ``q - 128``).
 Only :class:`Quantize` (network input) and :class:`Dequantize` / a dequantizing
-:class:`Linear`/:class:`Conv2d` (network output) touch floats.
+:class:`Linear`/:class:`Conv2d` and a float-valued :class:`Table` (network output) touch floats.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from lowbit.integer.backend import Kernels
 from lowbit.native import cext
 from lowbit.integer import kernels as torch_kernels
 from lowbit.integer import vnni
+from lowbit.functional.lookup import lookup
 from lowbit.functional.requant import dequantize_acc, dequantize_codes, half_of
 from lowbit import bitwise
 
@@ -416,10 +417,35 @@ class Squeeze(Op):
         return x.squeeze(d)
 
 
+class Permute(Op):
+    def __call__(self, x: torch.Tensor, kernels: Kernels = Kernels.VNNI) -> torch.Tensor:
+        return x.permute(*self.ir.dims).contiguous()
+
+
+class Reshape(Op):
+    def __call__(self, x: torch.Tensor, kernels: Kernels = Kernels.VNNI) -> torch.Tensor:
+        return x.reshape(x.shape[0], *self.ir.shape)
+
+
+class Table(Op):
+    """``table[c, x + 128]`` per element (``c`` the index along dimension 1, or 0 for a one-row table)."""
+
+    def __call__(self, x: torch.Tensor, kernels: Kernels = Kernels.VNNI) -> torch.Tensor:
+        if x.dtype != torch.int8:
+            raise ShapeError(f"a lookup table reads int8 codes, got {x.dtype}")
+        t = self.tensors["table"]
+        if t.shape[0] != 1 and (x.ndim < 2 or x.shape[1] != t.shape[0]):
+            raise ShapeError(f"a per-channel table of {t.shape[0]} rows on a tensor of shape {tuple(x.shape)}")
+        if _c(kernels):
+            return cext.table(x, t)
+        return lookup(t, x.to(torch.int64) + 128)
+
+
 # this backend's table: the runner of each op type
 RUNNERS: dict[type, type[Op]] = {ir.Quantize: Quantize, ir.Dequantize: Dequantize, ir.Linear: Linear,
                                  ir.Conv2d: Conv2d, ir.MaxPool2d: MaxPool2d, ir.AvgPool2d: AvgPool2d,
-                                 ir.Flatten: Flatten, ir.Pad: Pad, ir.Unsqueeze: Unsqueeze, ir.Squeeze: Squeeze}
+                                 ir.Flatten: Flatten, ir.Pad: Pad, ir.Unsqueeze: Unsqueeze, ir.Squeeze: Squeeze,
+                                 ir.Permute: Permute, ir.Reshape: Reshape, ir.Table: Table}
 
 
 def build(op: ir.IROp, tensors: Tensors | None = None) -> Op:

@@ -493,6 +493,10 @@ HANDLERS: dict[type, Callable[..., Value]] = {
 NO_PLAN: dict[type, str] = {
     ir.Pad: "an explicit pad runs op by op (the exporter and the planner fold the pads a conv reads into its "
             "own padding only in ONNX; a plan of a model with one is not built)",
+    ir.Permute: "a permute runs op by op (the plan has no general transpose step)",
+    ir.Reshape: "a reshape runs op by op (the plan keeps conv outputs channels-last; a reshape needs them in "
+                "logical order, which only flatten's step gives)",
+    ir.Table: "a lookup table runs op by op (the plan has no table step)",
 }
 
 

@@ -534,6 +534,61 @@ def _squeeze_shape(a: dict, t: dict, ins: list[Spec]) -> Spec:
     return Spec((*x.shape[:d - 1], *x.shape[d:]), x.dtype)
 
 
+def _permute_attrs(a: dict, t: dict, n_in: int) -> None:
+    _known(a, {"dims"})
+    _tensor_names(t, set())
+    d = a.get("dims")
+    if (not isinstance(d, (list, tuple)) or not 2 <= len(d) <= 8 or sorted(d) != list(range(len(d)))
+            or not all(_is_int(v) for v in d) or d[0] != 0):
+        raise Invalid(f"attribute 'dims' = {d!r:.80}; allowed: a permutation of 0..n-1 (2 <= n <= 8) that keeps the "
+                      "batch dimension 0 first")
+
+
+def _permute_shape(a: dict, t: dict, ins: list[Spec]) -> Spec:
+    x, d = ins[0], a["dims"]
+    if len(d) != len(x.shape) + 1:
+        raise Invalid(f"attribute 'dims' = {list(d)} permutes {len(d)} dimensions of a {len(x.shape) + 1}-D input "
+                      "(batch included)")
+    return Spec(tuple(x.shape[i - 1] for i in d[1:]), x.dtype)
+
+
+def _reshape_attrs(a: dict, t: dict, n_in: int) -> None:
+    _known(a, {"shape"})
+    _tensor_names(t, set())
+    d = a.get("shape")
+    if (not isinstance(d, (list, tuple)) or not 1 <= len(d) <= 7
+            or not all(_is_int(v) and 1 <= v <= MAX_SAMPLE for v in d)):
+        raise Invalid(f"attribute 'shape' = {d!r:.80}; allowed: a per-sample shape of 1 to 7 sizes in 1..{MAX_SAMPLE}")
+
+
+def _reshape_shape(a: dict, t: dict, ins: list[Spec]) -> Spec:
+    x, d = ins[0], tuple(a["shape"])
+    if math.prod(d) != math.prod(x.shape):
+        raise Invalid(f"attribute 'shape' = {list(d)} holds {math.prod(d)} elements per sample; the input "
+                      f"{list(x.shape)} holds {math.prod(x.shape)}")
+    return Spec(d, x.dtype)
+
+
+def _table_attrs(a: dict, t: dict, n_in: int) -> None:
+    _known(a, {"float_output"})
+    _tensor_names(t, {"table"})
+    out = _bool(a, "float_output") if "float_output" in a else False
+    v = _tensor(t, "table", torch.float32 if out else torch.int8, ndim=2)
+    if v.shape[1] != 256 or v.shape[0] < 1:
+        raise Invalid(f"tensor 'table' has shape {tuple(v.shape)}; allowed: (C, 256), one row per channel or one row")
+    if out:
+        _values(t, "table", -3.0e38, 3.0e38)
+
+
+def _table_shape(a: dict, t: dict, ins: list[Spec]) -> Spec:
+    x = _expect(ins, 0, (torch.int8,))
+    rows = t["table"].shape[0]
+    if rows != 1 and (not x.shape or x.shape[0] != rows):
+        raise Invalid(f"tensor 'table' has {rows} rows, but the input's dimension 1 (its channels) is "
+                      f"{x.shape[0] if x.shape else 'absent'}; allowed: 1 row or one per channel")
+    return Spec(x.shape, torch.float32 if a.get("float_output", False) else torch.int8)
+
+
 # the safetensors I/O backend's table: what a file's node of each op type must satisfy before it is built
 CHECKS: dict[type, KindCheck] = {
     ir.Quantize: KindCheck(_quantize_attrs, _quantize_shape, (1, 1)),
@@ -546,6 +601,9 @@ CHECKS: dict[type, KindCheck] = {
     ir.Pad: KindCheck(_pad_attrs, _pad_shape, (1, 1)),
     ir.Unsqueeze: KindCheck(_dim_attrs, _unsqueeze_shape, (1, 1)),
     ir.Squeeze: KindCheck(_dim_attrs, _squeeze_shape, (1, 1)),
+    ir.Permute: KindCheck(_permute_attrs, _permute_shape, (1, 1)),
+    ir.Reshape: KindCheck(_reshape_attrs, _reshape_shape, (1, 1)),
+    ir.Table: KindCheck(_table_attrs, _table_shape, (1, 1)),
 }
 KNOWN_KINDS = sorted(t.kind for t in CHECKS)
 

@@ -133,6 +133,9 @@ def library() -> ctypes.CDLL | None:
     lib.lowbit_quantize_f32.restype = i64
     lib.lowbit_nhwc_to_nchw.argtypes = [ptr, i64, i64, i64, ptr]
     lib.lowbit_nhwc_to_nchw.restype = None
+    for name in ("lowbit_table_i8", "lowbit_table_f32"):
+        getattr(lib, name).argtypes = [ptr, i64, i64, i64, ptr, ptr]
+        getattr(lib, name).restype = None
     lib.lowbit_dequant_rows.argtypes = [ptr, i64, i64, ptr, ptr, ptr]
     lib.lowbit_dequant_rows.restype = None
     lib.lowbit_gemm_isa.restype = ctypes.c_int
@@ -280,6 +283,35 @@ def flatten_channels_last(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def table(x: torch.Tensor, tab: torch.Tensor) -> torch.Tensor:
+    """``tab[c, x + 128]`` of int8 ``x`` (N, C, ...) with ``c`` its index along dimension 1 (``tab`` is (C, 256),
+    int8 or float32; one row: the same everywhere), in one C pass over ``x``'s memory: NCHW-contiguous or
+    channels-last (a conv output), the output laid out alike."""
+    k = "lowbit_table_i8" if tab.dtype == torch.int8 else "lowbit_table_f32"
+    lib = _lib()
+    rows = tab.shape[0]
+    if rows == 1 or x.is_contiguous():
+        xc = x.contiguous()
+        outer, c = (1, 1) if rows == 1 else (x.shape[0], rows)
+        inner = xc.numel() // (outer * c)
+        out = torch.empty(x.shape, dtype=tab.dtype)
+        perm = None
+    else:
+        perm = (0, *range(2, x.ndim), 1)
+        xc = x.permute(*perm).contiguous()  # a view of a channels-last tensor: no copy
+        outer, c, inner = xc.numel() // rows, rows, 1
+        out = torch.empty(xc.shape, dtype=tab.dtype)
+    tab = tab.contiguous()
+    guard.table(_b(xc, k, "x"), outer, c, inner, _b(tab, k, "table"), _b(out, k, "out"))
+    getattr(lib, k)(xc.data_ptr(), outer, c, inner, tab.data_ptr(), out.data_ptr())
+    if perm is None:
+        return out
+    back = [0] * x.ndim
+    for i, p in enumerate(perm):
+        back[p] = i
+    return out.permute(*back)
+
+
 def bits_pack_i8(x: torch.Tensor) -> torch.Tensor:
     """int8 sign codes (M, K) -> packed bits (M, ceil(K / 64)) uint64 (1 for +1), in one C pass."""
     k = "lowbit_bits_pack_i8"
@@ -388,5 +420,5 @@ def requant(acc: torch.Tensor, bias: torch.Tensor | None, m: torch.Tensor, n: to
     return out
 
 
-__all__ = ["build", "depthwise_nhwc", "dequant_rows", "flags", "flatten_channels_last", "im2col_nhwc", "library",
+__all__ = ["build", "table", "depthwise_nhwc", "dequant_rows", "flags", "flatten_channels_last", "im2col_nhwc", "library",
            "library_path", "maxpool_nhwc", "nhwc", "ptr", "quantize_f32", "requant"]

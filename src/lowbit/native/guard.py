@@ -224,6 +224,17 @@ def nhwc_to_nchw(x: Buf, N, HW, C, out: Buf) -> None:
     _need(k, "out", out, (torch.int8,), N * HW * C)
 
 
+def table(x: Buf, outer, C, inner, table: Buf, out: Buf) -> None:
+    """``lowbit_table_i8`` / ``lowbit_table_f32``: (outer, C, inner) int8 codes -> ``table[c, x + 128]``."""
+    k = "lowbit_table_i8" if table is not None and table.dtype == torch.int8 else "lowbit_table_f32"
+    for name, v in (("outer", outer), ("inner", inner)):
+        _int(k, name, v, 0)
+    _int(k, "C", C, 1)
+    _need(k, "x", x, (torch.int8,), outer * C * inner)
+    _need(k, "table", table, (torch.int8, torch.float32), C * 256)
+    _need(k, "out", out, (table.dtype,), outer * C * inner)
+
+
 def dequant_rows(acc: Buf, rows, C, bias: Buf, scale: Buf, out: Buf) -> None:
     """``lowbit_dequant_rows``: float32 ``(acc + bias) scale`` of int32 (rows, C)."""
     k = "lowbit_dequant_rows"
@@ -710,6 +721,8 @@ ENTRY_POINTS: dict[str, str] = {
     "lowbit_quantize_f32": "lowbit.native.guard.quantize_f32",
     "lowbit_nhwc_to_nchw": "lowbit.native.guard.nhwc_to_nchw",
     "lowbit_dequant_rows": "lowbit.native.guard.dequant_rows",
+    "lowbit_table_i8": "lowbit.native.guard.table",
+    "lowbit_table_f32": "lowbit.native.guard.table",
     "lowbit_pack_a": "lowbit.native.guard.pack_a",
     "lowbit_pack_w": "lowbit.native.guard.pack_w",
     "lowbit_pad_flip_nhwc": "lowbit.native.guard.pad_flip_nhwc",
@@ -745,4 +758,4 @@ ENTRY_POINTS: dict[str, str] = {
 
 __all__ = ["ENTRY_POINTS", "Buf", "bits_im2col_nhwc", "bits_serial_gemm", "ternary_gemm", "bits_pack_i8", "bits_unpack_i8", "buf", "xnor_gemm", "conv_u8s8", "delta_gru_q", "delta_rnn_f32", "dyn_dequant", "dyn_rnn_seq", "depthwise_nhwc", "dequant_codes", "dequant_rows",
            "gemm_u8s8", "im2col_nhwc", "im2col_u8", "maxpool_nhwc", "nhwc_to_nchw", "out_size", "pack_a", "pack_w", "quantize_rows_u8",
-           "pad_flip_nhwc", "quantize_f32", "requant", "requant_values", "snn_run", "sum_hw", "vnni_peak"]
+           "pad_flip_nhwc", "quantize_f32", "requant", "requant_values", "snn_run", "sum_hw", "table", "vnni_peak"]
