@@ -440,7 +440,10 @@ def _integer_checks(q: nn.Module, example: tuple, info: dict, test: tuple | None
                     got = torch.cat([torch.from_numpy(sess.run(["output"], {"input": test[0][i:i + 1].numpy()})[0])
                                      for i in range(test[0].shape[0])])
                     with torch.no_grad():
-                        info["onnx_bit_exact"] = bool(torch.equal(got, im(*test)))
+                        ref = im(*test)
+                    info["onnx_bit_exact"] = bool(torch.equal(got, ref))
+                    info["onnx_equal_fraction"] = float((got == ref).float().mean())
+                    info["onnx_max_abs_diff"] = float((got - ref).abs().max())
         except Exception as exc:  # noqa: BLE001
             info["onnx_error"] = first_line(exc)
 
@@ -883,7 +886,12 @@ def report(summaries: list[dict], extra_notes: list[str], timings: dict, started
             if li.get("integer_bit_exact") is not None:
                 lines += [f"- integer model = simulation bit for bit on the held-out inputs: "
                           f"{fmt(li['integer_bit_exact'])}; onnxruntime = integer model bit for bit: "
-                          f"{fmt(li.get('onnx_bit_exact'))}"]
+                          f"{fmt(li.get('onnx_bit_exact'))}"
+                          + ("" if li.get("onnx_bit_exact") is not False else
+                             f" (equal outputs {100 * li['onnx_equal_fraction']:.4f}%, largest difference "
+                             f"{li['onnx_max_abs_diff']:.3g}: onnxruntime requantizes in float32, which differs from "
+                             "the integer requantization within about 2^-24 of a rounding half, about one code in "
+                             "a million, and a code that differs travels on to the output)")]
             if li.get("latency_of"):
                 lines += [f"- latency timed on: the {li['latency_of']}"]
             if li["quantize_s"] is not None:
@@ -915,6 +923,8 @@ def _integer_targets(summaries: list[dict]) -> list[str]:
         exact = li.get("integer_bit_exact")
         ti = "no" if not li["to_integer"] else f"yes ({fmt(exact)})"
         ox = "no" if not li["onnx"] else f"yes ({fmt(li.get('onnx_bit_exact'))})"
+        if li.get("onnx_bit_exact") is False:
+            ox = f"yes (no: {100 * li['onnx_equal_fraction']:.2f}% of outputs equal)"
         if li.get("latency_of") != "integer model":
             lines.append(f"| {s['name']} | {ti} | {ox} | - | - | **not met** (no integer model) |")
             continue

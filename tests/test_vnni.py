@@ -43,8 +43,9 @@ def test_gemm_equals_int64_matmul(m, n, k, threads, seed):
 
 
 def test_gemm_extremes_do_not_overflow():
-    """All -128 activations (flipped to 0) and all 127 (flipped to 255) against +-128/127 weights, long K."""
-    k = 4096
+    """All -128 activations (flipped to 0) and all 127 (flipped to 255) against +-128/127 weights, at the longest
+    K allowed: 2^16, where the raw sums of (s + 128) w reach 2^16 * 255 * 128 = 2 139 095 040 (just below 2^31)."""
+    k = vnni.MAX_K
     for av in (-128, 127):
         for wv in (-128, 127):
             a, w = torch.full((7, k), av, dtype=torch.int8), torch.full((19, k), wv, dtype=torch.int8)
@@ -141,8 +142,8 @@ def test_narrow_channel_im2col_matches_the_int8_im2col(n, c, h, w, kh, kw, sh, s
 def test_pack_weight_rejects_bad_input():
     with pytest.raises(ValueError, match="int8"):
         vnni.pack_weight(torch.zeros(3, 4))
-    with pytest.raises(ValueError, match="K = 65536"):
-        vnni.pack_weight(torch.zeros(1, 65536, dtype=torch.int8))
+    with pytest.raises(ValueError, match="K = 65537"):
+        vnni.pack_weight(torch.zeros(1, 65537, dtype=torch.int8))
 
 
 @pytest.mark.parametrize("name", ["cnn", "mlp", "resnet"])

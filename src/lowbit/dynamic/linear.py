@@ -36,7 +36,7 @@ class DynamicWeight:
         spec = int_weight(bits)
         grid = solve_weight(w.detach().float(), spec)
         codes = weight_codes(w.detach().float(), spec, grid).to(torch.int8).contiguous()
-        packed = vnni.pack_weight(codes) if vnni.available() and codes.shape[1] < vnni.MAX_K else None
+        packed = vnni.pack_weight(codes) if vnni.available() and codes.shape[1] <= vnni.MAX_K else None
         return cls(codes, grid.scale.reshape(-1).to(torch.float32), packed)
 
     def int_product(self, q: torch.Tensor) -> torch.Tensor:

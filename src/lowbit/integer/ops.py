@@ -114,7 +114,7 @@ class _Layer(Op):
     def packed(self, weight_mat: torch.Tensor, kernels: Kernels) -> tuple[vnni.PackedWeight, torch.Tensor] | None:
         """The VNNI-packed weight and the per-column term added to its accumulators (packed on first
         use); None where ``kernels`` do not use the VNNI GEMM or it is unavailable."""
-        if not (kernels.vnni and _c(kernels) and vnni.available() and weight_mat.shape[1] < vnni.MAX_K) \
+        if not (kernels.vnni and _c(kernels) and vnni.available() and weight_mat.shape[1] <= vnni.MAX_K) \
                 or self.ir.xnor:
             return None
         if self._packed is None:

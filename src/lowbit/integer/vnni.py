@@ -30,7 +30,7 @@ import torch
 from lowbit.errors import ShapeError
 from lowbit.native import cext, guard
 
-MAX_K = 1 << 16
+MAX_K = 1 << 16  # K <= 2^16: the raw sums of (s + 128) w are at most 2^16 * 255 * 128 = 2 139 095 040 < 2^31
 
 
 @lru_cache(maxsize=1)
@@ -79,8 +79,8 @@ def pack_weight(w: torch.Tensor) -> PackedWeight:
     if w.dtype != torch.int8 or w.ndim != 2:
         raise ValueError(f"pack_weight needs an int8 (N, K) matrix, got {w.dtype} {tuple(w.shape)}")
     n, k = w.shape
-    if k >= MAX_K:
-        raise ValueError(f"K = {k} is too long for the int32 accumulator of the VNNI GEMM (K < {MAX_K})")
+    if k > MAX_K:
+        raise ValueError(f"K = {k} is too long for the int32 accumulator of the VNNI GEMM (K <= {MAX_K})")
     kp, w = _kp(k), w.contiguous()
     panels = torch.empty(((n + 15) // 16) * kp * 16, dtype=torch.int8)
     guard.pack_w(guard.buf(w, "lowbit_pack_w", "w"), n, k, kp, guard.buf(panels))

@@ -263,7 +263,7 @@ def pack_w(w: Buf, N, K, Kp, out: Buf) -> None:
     """``lowbit_pack_w``: int8 (N, K) -> VNNI panels of Kp (a multiple of 4, >= K) rows."""
     k = "lowbit_pack_w"
     _int(k, "N", N, 1)
-    _int(k, "K", K, 1, MAX_K - 1)
+    _int(k, "K", K, 1, MAX_K)
     _kp(k, Kp, K)
     _need(k, "w", w, (torch.int8,), N * K)
     _need(k, "out", out, (torch.int8,), _panels(N, Kp))

@@ -6,8 +6,8 @@
  * vpdpbusd multiplies unsigned by signed bytes, four at a time, into int32 lanes. The stored activation
  * s = q - 128 is made unsigned again by flipping its top bit (s ^ 0x80 = s + 128), so the kernel computes
  * sum (s + 128) w = C + 128 colsum(w); the caller's per-column `col_add` removes the 128 colsum(w)
- * (and adds the bias). Products are at most 255 * 128, four per lane: exact in int32, as the sum is
- * for K < 2^16.
+ * (and adds the bias) once the whole K is summed. Products are at most 255 * 128, four per lane: exact in
+ * int32, as the sum is for K <= 2^16 (2^16 * 255 * 128 = 2 139 095 040 < 2^31).
  *
  * Layouts:
  *   A: (M, Kp) row-major, Kp = K rounded up to 4, already flipped (lowbit_pack_a or lowbit_im2col_u8), or
