@@ -547,11 +547,12 @@ def correct_bias(model: nn.Module, data: Iterable | None = None, means: MeanPatc
 @torch.no_grad()
 def equalize_channels(model: nn.Module, data: Iterable, alpha: float = 0.5) -> int:
     """Channel equalization of a prepared model's activations on calibration ``data`` (call it before
-    :func:`calibrate`); returns the number of layer pairs rescaled. See :mod:`lowbit.graph.equalize`.
+    :func:`calibrate`); returns the number of layer pairs and LayerNorm groups (SmoothQuant's migration into
+    the linear layers a LayerNorm alone feeds) rescaled. See :mod:`lowbit.graph.equalize`.
 
     A model prepared by eager module swap (not traced) has no graph to follow: it is left as it is,
     with a warning."""
-    from lowbit.graph.equalize import equalize
+    from lowbit.graph.equalize import equalize, smooth_norms
 
     record = record_of(model)
     if record is None or not record.traced:
@@ -560,10 +561,12 @@ def equalize_channels(model: nn.Module, data: Iterable, alpha: float = 0.5) -> i
         warnings.warn("lowbit: channel equalization needs a traced graph; this model was prepared by "
                       "module swap and is left unequalized", stacklevel=2)
         return 0
-    pairs = equalize(model, data, alpha)
+    data = list(data)
+    pairs = equalize(model, data, alpha) + smooth_norms(model, data, alpha)
     if not pairs:
         warnings.warn("lowbit: channel equalization was asked but found no layer pair to rescale (a conv/linear "
-                      "with ReLU, clamp(0, hi) or no activation, per-channel weights, feeding only one conv/linear); "
+                      "with ReLU, clamp(0, hi) or no activation, per-channel weights, feeding only one conv/linear, or a "
+                      "LayerNorm feeding only linear layers); "
                       "the model is left unequalized", LowbitWarning, stacklevel=2)
     return len(pairs)
 

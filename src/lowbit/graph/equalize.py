@@ -26,6 +26,17 @@ channel, i.e. at ``hi * t_c`` of the original one. That changes nothing where it
 matters: a channel that reaches ``hi`` on the calibration data has ``r_c = r_max``
 and ``t_c = 1``; any other stays below ``r_c <= hi * t_c`` (as ``t_c >= r_c / r_max
 >= r_c / hi``). On the calibration data the float function is unchanged.
+
+A LayerNorm whose output feeds only linear layers (a pre-LN transformer's attention and MLP inputs) is
+smoothed as SmoothQuant does (Xiao et al., ICML 2023): with ``r_j`` the calibration range of its output
+channel ``j`` and ``w_j = max_k max_i |W_k[i, j]|`` over its consumers ``k``,
+
+    s_j = r_j^alpha / w_j^(1 - alpha),   gamma_j <- gamma_j / s_j,  beta_j <- beta_j / s_j,  W_k[:, j] <- W_k[:, j] s_j
+
+which moves the outlier channels' range from the per-tensor activation grid into the per-output-channel
+weight grids; the float function is unchanged (the LayerNorm's affine map is per channel). A LayerNorm whose
+output also feeds a residual add (a post-LN encoder such as BERT) is left as it is: scaling it would
+change the residual stream.
 """
 
 from __future__ import annotations
@@ -125,8 +136,9 @@ def channel_ranges(gm: fx.GraphModule, names: Iterable[str], data: Iterable) -> 
     ranges: dict[str, torch.Tensor] = {}
 
     def hook(name: str):
-        def fn(_mod, _args, y):
-            r = y.detach().abs().transpose(0, 1).reshape(y.shape[1], -1).amax(dim=1)
+        def fn(mod, _args, y):
+            dim = -1 if mod.weight.ndim == 2 else 1  # a linear's features are last (its input may be (N, T, C))
+            r = y.detach().abs().movedim(dim, 0).reshape(y.shape[dim], -1).amax(dim=1)
             ranges[name] = torch.maximum(ranges[name], r) if name in ranges else r
         return fn
 
@@ -171,4 +183,87 @@ def equalize(gm: fx.GraphModule, data: Iterable, alpha: float = 0.5,
     return pairs
 
 
-__all__ = ["Pair", "channel_ranges", "equalize", "find_pairs"]
+@dataclass(frozen=True)
+class NormGroup:
+    """A LayerNorm (its affine map per channel) whose output feeds only the linear layers ``consumers``."""
+
+    norm: str
+    consumers: tuple[str, ...]
+
+
+def _linear_readers(gm: fx.GraphModule, node: fx.Node) -> list[fx.Node] | None:
+    """The nodes that read ``node``'s output, through its input quantizers; None if one is not a linear layer
+    with per-channel weights reading it as its main input (a residual summand may be another tensor)."""
+    from lowbit.nn.quantizers import ActQuantizer
+
+    reads: list[tuple[fx.Node, fx.Node]] = []  # (reader, the tensor it reads)
+    for user in node.users:
+        if isinstance(module_of(gm, user), ActQuantizer):
+            reads += [(r, user) for r in user.users]
+        else:
+            reads.append((user, node))
+    ok = all(isinstance(m := module_of(gm, r), _Unified) and m.weight is not None and m.weight.ndim == 2
+             and m.weight_quant is not None and _per_channel(m) and r.args[0] is src and src not in r.args[1:]
+             for r, src in reads)
+    return [r for r, _ in reads] if reads and ok else None
+
+
+def find_norm_groups(gm: fx.GraphModule) -> list[NormGroup]:
+    """Every LayerNorm (affine, over the last dimension) whose output only linear layers read."""
+    groups = []
+    for node in gm.graph.nodes:
+        m = module_of(gm, node)
+        if not (isinstance(m, nn.LayerNorm) and m.weight is not None and m.bias is not None
+                and len(m.normalized_shape) == 1):
+            continue
+        readers = _linear_readers(gm, node)
+        if readers and all(module_of(gm, r).weight.shape[1] == m.normalized_shape[0] for r in readers):
+            groups.append(NormGroup(str(node.target), tuple(str(r.target) for r in readers)))
+    return groups
+
+
+@torch.no_grad()
+def norm_ranges(gm: fx.GraphModule, names: Iterable[str], data: Iterable) -> dict[str, torch.Tensor]:
+    """``max |y_j|`` over ``data`` of each named LayerNorm's output channel ``j`` (its last dimension)."""
+    from lowbit.calibration import model_calls, quantizers_off
+
+    ranges: dict[str, torch.Tensor] = {}
+
+    def hook(name: str):
+        def fn(_mod, _args, y):
+            r = y.detach().abs().reshape(-1, y.shape[-1]).amax(dim=0)
+            ranges[name] = torch.maximum(ranges[name], r) if name in ranges else r
+        return fn
+
+    handles = [gm.get_submodule(n).register_forward_hook(hook(n)) for n in names]
+    try:
+        with quantizers_off(gm):
+            for args, kwargs in model_calls(data, gm):
+                gm(*args, **kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+    return ranges
+
+
+@torch.no_grad()
+def smooth_norms(gm: fx.GraphModule, data: Iterable, alpha: float = 0.5, floor: float = 1e-5) -> list[NormGroup]:
+    """SmoothQuant's migration for every :class:`NormGroup` of a prepared graph (before calibration), on
+    ``data``; returns the groups rescaled (see the module doc)."""
+    groups = find_norm_groups(gm)
+    ranges = norm_ranges(gm, {g.norm for g in groups}, list(data))
+    for g in groups:
+        norm = gm.get_submodule(g.norm)
+        consumers = [gm.get_submodule(c) for c in g.consumers]
+        w = torch.stack([c.weight.detach().abs().amax(dim=0) for c in consumers]).amax(dim=0).double()
+        r = ranges[g.norm].double()
+        s = (r.clamp(min=floor).pow(alpha) / w.clamp(min=floor).pow(1.0 - alpha)).to(torch.float32)
+        norm.weight.div_(s)
+        norm.bias.div_(s)
+        for c in consumers:
+            c.weight.mul_(s.reshape(1, -1))
+    return groups
+
+
+__all__ = ["NormGroup", "Pair", "channel_ranges", "equalize", "find_norm_groups", "find_pairs", "norm_ranges",
+           "smooth_norms"]
