@@ -127,7 +127,8 @@ def _in_channels(m: _Unified) -> int:
 
 @torch.no_grad()
 def channel_ranges(gm: fx.GraphModule, names: Iterable[str], data: Iterable) -> dict[str, torch.Tensor]:
-    """``max |y_c|`` over ``data`` of the float output (quantizers off) of each named unified module.
+    """``max |y_c|`` over ``data`` of the float output (quantizers off) of each named unified module or LayerNorm,
+    per channel (a conv's dimension 1, a linear's or LayerNorm's last dimension).
 
     ``data``: calibration batches, each fed to the model as :func:`lowbit.calibration.call_inputs` reads
     it (a tensor, a tuple of positional inputs, a dict of keyword inputs)."""
@@ -137,7 +138,7 @@ def channel_ranges(gm: fx.GraphModule, names: Iterable[str], data: Iterable) -> 
 
     def hook(name: str):
         def fn(mod, _args, y):
-            dim = -1 if mod.weight.ndim == 2 else 1  # a linear's features are last (its input may be (N, T, C))
+            dim = 1 if mod.weight.ndim > 2 else -1  # a conv's channels; a linear's or LayerNorm's features (last)
             r = y.detach().abs().movedim(dim, 0).reshape(y.shape[dim], -1).amax(dim=1)
             ranges[name] = torch.maximum(ranges[name], r) if name in ranges else r
         return fn
@@ -223,35 +224,11 @@ def find_norm_groups(gm: fx.GraphModule) -> list[NormGroup]:
 
 
 @torch.no_grad()
-def norm_ranges(gm: fx.GraphModule, names: Iterable[str], data: Iterable) -> dict[str, torch.Tensor]:
-    """``max |y_j|`` over ``data`` of each named LayerNorm's output channel ``j`` (its last dimension)."""
-    from lowbit.calibration import model_calls, quantizers_off
-
-    ranges: dict[str, torch.Tensor] = {}
-
-    def hook(name: str):
-        def fn(_mod, _args, y):
-            r = y.detach().abs().reshape(-1, y.shape[-1]).amax(dim=0)
-            ranges[name] = torch.maximum(ranges[name], r) if name in ranges else r
-        return fn
-
-    handles = [gm.get_submodule(n).register_forward_hook(hook(n)) for n in names]
-    try:
-        with quantizers_off(gm):
-            for args, kwargs in model_calls(data, gm):
-                gm(*args, **kwargs)
-    finally:
-        for h in handles:
-            h.remove()
-    return ranges
-
-
-@torch.no_grad()
 def smooth_norms(gm: fx.GraphModule, data: Iterable, alpha: float = 0.5, floor: float = 1e-5) -> list[NormGroup]:
     """SmoothQuant's migration for every :class:`NormGroup` of a prepared graph (before calibration), on
     ``data``; returns the groups rescaled (see the module doc)."""
     groups = find_norm_groups(gm)
-    ranges = norm_ranges(gm, {g.norm for g in groups}, list(data))
+    ranges = channel_ranges(gm, {g.norm for g in groups}, list(data))
     for g in groups:
         norm = gm.get_submodule(g.norm)
         consumers = [gm.get_submodule(c) for c in g.consumers]
@@ -265,5 +242,4 @@ def smooth_norms(gm: fx.GraphModule, data: Iterable, alpha: float = 0.5, floor: 
     return groups
 
 
-__all__ = ["NormGroup", "Pair", "channel_ranges", "equalize", "find_norm_groups", "find_pairs", "norm_ranges",
-           "smooth_norms"]
+__all__ = ["NormGroup", "Pair", "channel_ranges", "equalize", "find_norm_groups", "find_pairs", "smooth_norms"]
