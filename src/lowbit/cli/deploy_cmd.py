@@ -7,18 +7,27 @@ import tempfile
 from pathlib import Path
 
 from lowbit.cli.args import at_most, data_dir, int_range, writable_dir
-from lowbit.cli.ptq_cmd import act_spec, add_weight_format_args, weight_spec
+from lowbit.cli.ptq_cmd import act_spec, add_weight_format_args, model_arg, weight_spec
 
 ZOO_NAMES = ("mlp", "cnn", "resnet")
 
 
 def _ptq_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="cnn", choices=ZOO_NAMES, help="zoo model (default cnn)")
+    p.add_argument("--model", default="cnn", type=model_arg, metavar="MODEL",
+                   help="a zoo model (mlp, cnn, resnet; default cnn), your own as FILE.py:FUNCTION (weights from "
+                        "--weights) or a torch.export program saved as .pt2; your own models need --calib-data")
+    p.add_argument("--weights", default=None, metavar="FILE",
+                   help="state dict for FILE.py:FUNCTION models: .safetensors, .npz or .pt/.pth (no pickled code runs)")
+    p.add_argument("--calib-data", default=None, metavar="PATH",
+                   help="your model's calibration samples: .npy, .npz with x [y], or a folder of them")
+    p.add_argument("--test-data", default=None, metavar="PATH",
+                   help="your model's samples to check and time on (default: the calibration samples)")
     p.add_argument("--weight-bits", type=int, default=8, help="weight bits, 2..8 (<= 4 is saved packed; default 8)")
     p.add_argument("--act-bits", type=int, default=8, help="activation bits, 2..8 (default 8)")
     p.add_argument("--pow2", action="store_true", help="power-of-two scales: requantization by shift only")
     add_weight_format_args(p)
-    p.add_argument("--calib", type=int, default=32, help="calibration images, 1..55000 (default 32)")
+    p.add_argument("--calib", type=int, default=32, help="calibration images (samples of your model), at least 1 "
+                                                          "(default 32)")
     p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST idx files")
 
 
@@ -30,10 +39,10 @@ def _residual_arg(p: argparse.ArgumentParser) -> None:
 
 
 def add_parsers(sub) -> None:
-    e = sub.add_parser("export", help="quantize a zoo model and save its integer form (safetensors, ONNX)",
-                       description="Post-training quantize a shipped model, lower it to integer-only ops, check "
-                                   "that the integer model equals the simulation on the test set, and save it as "
-                                   "safetensors (+ JSON metadata) and optionally as a QDQ ONNX model.")
+    e = sub.add_parser("export", help="quantize a model and save its integer form (safetensors, ONNX)",
+                       description="Post-training quantize a shipped model or your own, lower it to integer-only "
+                                   "ops, check that the integer model equals the simulation on the test samples, and "
+                                   "save it as safetensors (+ JSON metadata) and optionally as a QDQ ONNX model.")
     _ptq_args(e)
     e.add_argument("--out", default="export", help="output folder (default ./export)")
     e.add_argument("--onnx", action="store_true", help="also write MODEL.onnx (QDQ, needs the onnx package)")
@@ -61,6 +70,10 @@ def _check(args) -> None:
 
     if args.calib < 1:
         raise ConfigError(f"--calib must be at least 1 image, got {args.calib}")
+    given = [f"--{n.replace('_', '-')}" for n in ("weights", "calib_data", "test_data") if getattr(args, n, None)]
+    if args.model in ZOO_NAMES and given:
+        raise ConfigError(f"{', '.join(given)} belong to your own model (--model FILE.py:FUNCTION or a .pt2); the zoo "
+                          f"model {args.model!r} has its weights and uses Fashion-MNIST: drop them")
     data_dir(args.data_dir)
     if getattr(args, "opset", None) is not None:
         if not args.onnx:
@@ -91,43 +104,79 @@ def _check_opset(opset: int) -> None:
 
 
 def _build(args):
-    from lowbit import zoo
-    from lowbit.data import fashion_mnist
+    """``(float model, simulation, integer model, test inputs, name)`` of a zoo model on Fashion-MNIST or of the
+    user's model on its own samples."""
     from lowbit.integer import to_integer
     from lowbit.ptq import PTQConfig, quantize
 
     _check(args)
+    config = PTQConfig(weight_spec(args), act_spec(args))
+    if args.model not in ZOO_NAMES:
+        model, calib, test, name = _user_model(args)
+        sim = quantize(model, calib, config)
+        return model, sim, to_integer(sim, (test[:1],)), test, name
+    from lowbit import zoo
+    from lowbit.data import fashion_mnist
+
     train = fashion_mnist("train", root=args.data_dir)
     at_most(args.calib, len(train), "--calib", "the Fashion-MNIST train split")
     calib = train.take(args.calib)
     model = zoo.pretrained(args.model)
-    sim = quantize(model, [calib.x], PTQConfig(weight_spec(args), act_spec(args)))
-    return model, sim, to_integer(sim, (calib.x[:2],))
+    sim = quantize(model, [calib.x], config)
+    return model, sim, to_integer(sim, (calib.x[:2],)), fashion_mnist("test", root=args.data_dir).x, args.model
+
+
+def _user_model(args):
+    """The user's model, its calibration batches and test inputs (one input tensor: an integer model takes one),
+    and a file name for it."""
+    from lowbit.errors import ConfigError
+    from lowbit.user_model import load_model, load_samples
+
+    if args.calib_data is None:
+        raise ConfigError(f"--model {args.model} needs --calib-data: a .npy/.npz of representative input samples")
+    model = load_model(args.model, args.weights)
+    calib = load_samples(args.calib_data, "--calib-data")
+    test = load_samples(args.test_data, "--test-data") if args.test_data else calib
+    if calib.extra or test.extra:
+        raise ConfigError("the integer model takes one input tensor; these samples hold keyword inputs "
+                          f"({', '.join(sorted(calib.extra or test.extra))}): lowbit ptq quantizes such models "
+                          "(as a simulation), lowbit export cannot lower them yet")
+    name = Path(args.model.split(":")[0]).stem + (f"_{args.model.rsplit(':', 1)[1]}" if ":" in args.model else "")
+    return model.eval(), calib.batches(64, args.calib), test.x, name
 
 
 def run_export(args: argparse.Namespace) -> int:
     import torch
 
-    from lowbit.data import fashion_mnist
     from lowbit.integer.io import save_integer
-    from lowbit.zoo.recipes import evaluate
 
-    model, sim, im = _build(args)
-    test = fashion_mnist("test", root=args.data_dir)
+    model, sim, im, x_test, name = _build(args)
     with torch.no_grad():
-        same = all(torch.equal(sim(test.x[i:i + 2000]), im(test.x[i:i + 2000])) for i in range(0, 10000, 2000))
+        same = all(torch.equal(sim(x_test[i:i + 2000]), im(x_test[i:i + 2000])) for i in range(0, len(x_test), 2000))
     out = Path(args.out)
-    path = save_integer(im, out / f"{args.model}.safetensors")
+    path = save_integer(im, out / f"{name}.safetensors")
     float_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-    print(f"{args.model}: W {weight_spec(args).label()} A{args.act_bits}{' pow2' if args.pow2 else ''}")
-    print(f"  float accuracy    {100 * evaluate(model, test):.2f}%")
-    print(f"  integer accuracy  {100 * evaluate(im, test):.2f}%  (equal to the simulation on all 10000: {same})")
+    print(f"{name}: W {weight_spec(args).label()} A{args.act_bits}{' pow2' if args.pow2 else ''}")
+    if args.model in ZOO_NAMES:
+        from lowbit.data import fashion_mnist
+        from lowbit.zoo.recipes import evaluate
+
+        test = fashion_mnist("test", root=args.data_dir)
+        print(f"  float accuracy    {100 * evaluate(model, test):.2f}%")
+        print(f"  integer accuracy  {100 * evaluate(im, test):.2f}%  (equal to the simulation on all {len(x_test)}: "
+              f"{same})")
+    else:
+        with torch.no_grad():
+            ref, got = model(x_test).flatten(1), im(x_test).flatten(1)
+        cos = torch.nn.functional.cosine_similarity(ref, got, dim=1)
+        print(f"  integer model vs float: output cosine mean {float(cos.mean()):.4f}, min {float(cos.min()):.4f} "
+              f"({len(x_test)} samples; equal to the simulation on all: {same})")
     print(f"  wrote {path}: {path.stat().st_size:,} bytes = {path.stat().st_size / float_bytes:.3f}x "
           f"the float weights ({float_bytes:,} bytes)")
     if args.onnx:
         from lowbit.export.onnx_qdq import Residual, export_onnx
 
-        onnx_path = export_onnx(im, out / f"{args.model}.onnx", (1, 1, 28, 28), opset=args.opset or 17,
+        onnx_path = export_onnx(im, out / f"{name}.onnx", (1, *x_test.shape[1:]), opset=args.opset or 17,
                                 residual=Residual(args.residual))
         print(f"  wrote {onnx_path}: {onnx_path.stat().st_size:,} bytes")
     return 0 if same else 1
@@ -143,10 +192,11 @@ def _load_checked(path: str, x, baseline, baseline_name: str):
     from lowbit.integer.io import load_integer
 
     im = load_integer(path)
-    what = f"bench feeds Fashion-MNIST images of shape (N, {', '.join(map(str, x.shape[1:]))}) {x.dtype}"
+    source = "Fashion-MNIST images" if baseline_name in ZOO_NAMES else "the test samples"
+    what = f"bench feeds {source} of shape (N, {', '.join(map(str, x.shape[1:]))}) {x.dtype}"
     if im.input_shape is not None and (im.input_shape != tuple(x.shape[1:]) or im.input_dtype != x.dtype):
         raise ShapeError(f"--load {path}: the model takes inputs of shape (N, {', '.join(map(str, im.input_shape))}) "
-                         f"{im.input_dtype}, but {what}; bench a model built for those images")
+                         f"{im.input_dtype}, but {what}; bench a model built for those inputs")
     try:
         im.check_input(x[:1])  # a file without a recorded input shape: the images through every node
         with torch.no_grad():
@@ -185,17 +235,20 @@ def run_bench(args: argparse.Namespace) -> int:
     from lowbit.data import fashion_mnist
 
     _check(args)  # before loading anything (the --load file itself is checked by load_integer)
-    x_all = fashion_mnist("test", root=args.data_dir).x
+    if args.model in ZOO_NAMES:
+        x_all = fashion_mnist("test", root=args.data_dir).x
+        for batch in args.batch:
+            at_most(batch, len(x_all), "--batch", "the Fashion-MNIST test set")
+    model, _, im, x_all, _ = _build(args)
     for batch in args.batch:
-        at_most(batch, len(x_all), "--batch", "the Fashion-MNIST test set")
-    model, _, im = _build(args)
+        at_most(batch, len(x_all), "--batch", "the test samples")
     if args.load:
         im = _load_checked(args.load, x_all, model, args.model)
     onnx_path = None
     if args.onnx:
         from lowbit.export.onnx_qdq import Residual, export_onnx
 
-        onnx_path = export_onnx(im, Path(tempfile.mkdtemp()) / "model.onnx", (1, 1, 28, 28),
+        onnx_path = export_onnx(im, Path(tempfile.mkdtemp()) / "model.onnx", (1, *x_all.shape[1:]),
                                 residual=Residual(args.residual))
     print(f"{args.model}: latency in microseconds, best / median of {args.rounds} interleaved rounds")
     print(f"{'batch':>5} {'threads':>7} {'path':<22} {'best':>10} {'median':>10} {'speed-up':>9}")
