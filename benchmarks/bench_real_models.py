@@ -560,7 +560,8 @@ def evaluate(name: str, kind: str, meta: dict, model: nn.Module, calib: list, te
     if lowbit_target is not None:  # the integer model is of the part: the whole model runs its simulation
         runs = dict(qs)
     for m in LOWBIT_METHODS:
-        infos[m]["latency_of"] = "integer model" if runs[m] is not qs[m] else "simulation"
+        infos[m]["latency_of"] = ("integer model" if runs[m] is not qs[m] else
+                                  "dynamic model (its int8 products at run time)" if m == DYN else "simulation")
     paths = {"float": model, **{m: runs[m] for m in LOWBIT_METHODS if runs[m] is not None}, PEER: qd}
     lat = {b: interleaved_latency(paths, test, b, rounds) for b in BATCHES}
     log(f"{name}: latency {lat}")
@@ -749,7 +750,8 @@ def report(summaries: list[dict], extra_notes: list[str], timings: dict, started
         "Methods, each against the float model on the same held-out inputs:",
         "",
         f"- `{LOWBIT}`: `lowbit.ptq.quantize(model, calib_batches, PTQConfig())` (int8 per-channel weights, uint8"
-        " per-tensor activations, min/max ranges, bias correction), run as its simulation (fake-quant in float).",
+        " per-tensor activations, min/max ranges, bias correction); fidelity from its simulation (fake-quant in float),"
+        " latency from its integer model (lowbit.integer.to_integer) where it lowers, else from the simulation.",
         f"- `{MIXED}`: `lowbit.mixed.auto_mixed(model, calib_batches, config=PTQConfig(), budget={MIXED_BUDGET})`:"
         " the same static W8A8 with the activations of the layers it picks promoted to 16 bits (`LayerRule`s), BOPs"
         " at most (1 + budget) x those of the plain W8A8 model; its simulation is run.",
