@@ -11,7 +11,12 @@ forms. 1-D convolutions and pools run as the 2-D ops of height 1 between ``unsqu
 ``squeeze(2)`` (a squeeze followed by an unsqueeze cancels: a chain of 1-D layers stays 4-D). Binary layers (BNN / XNOR-Net) lower to the same ``linear``/``conv2d`` ops with
 ``weight_codes`` ``binary``, ``input_bits`` 1 where their input is a sign (the XNOR-popcount
 kernel then runs them), a ``Binarized`` output stage where their output is a sign, and
-``pad_value`` -1 for a conv padded with -1. Anything else is refused with the list of offending nodes.
+``pad_value`` -1 for a conv padded with -1. A :class:`~lowbit.nn.lookup.Lookup` (an elementwise float op the
+simulation tabulated: sigmoid, GELU, a BatchNorm after an activation, ...) lowers to a ``table`` of the next
+quantizer's codes, which it reaches through max pools, zero pads and layout ops (they commute with the monotone
+rounding; that quantizer then has nothing left to do), or of float32 values at the network output; ``permute``,
+``reshape`` (batch kept) and indexing with new axes are layout ops. Anything else is refused with the list of
+offending nodes.
 """
 
 from __future__ import annotations
