@@ -250,15 +250,19 @@ void lowbit_dequant_rows(const int32_t *acc, int64_t rows, int64_t C, const int3
 
 /* Lookup tables (lowbit.integer.ir.Table): x is (outer, C, inner) int8 codes, table row c (256 entries) maps
  * channel c; out[(o C + c) inner + i] = table[c 256 + x + 128]. A one-row table is C = 1. */
-#define LB_TABLE(NAME, T)                                                                                        \
-    void NAME(const int8_t *x, int64_t outer, int64_t C, int64_t inner, const T *table, T *out) {                \
-        for (int64_t o = 0; o < outer; o++)                                                                      \
-            for (int64_t c = 0; c < C; c++) {                                                                    \
-                const T *t = table + c * 256 + 128;                                                              \
-                const int8_t *src = x + (o * C + c) * inner;                                                     \
-                T *dst = out + (o * C + c) * inner;                                                              \
-                for (int64_t i = 0; i < inner; i++) dst[i] = t[src[i]];                                          \
-            }                                                                                                    \
-    }
-LB_TABLE(lowbit_table_i8, int8_t)
-LB_TABLE(lowbit_table_f32, float)
+#define LB_TABLE_LOOP(T)                                                                                         \
+    for (int64_t o = 0; o < outer; o++)                                                                          \
+        for (int64_t c = 0; c < C; c++) {                                                                        \
+            const T *t = table + c * 256 + 128;                                                                  \
+            const int8_t *src = x + (o * C + c) * inner;                                                         \
+            T *dst = out + (o * C + c) * inner;                                                                  \
+            for (int64_t i = 0; i < inner; i++) dst[i] = t[src[i]];                                              \
+        }
+
+void lowbit_table_i8(const int8_t *x, int64_t outer, int64_t C, int64_t inner, const int8_t *table, int8_t *out) {
+    LB_TABLE_LOOP(int8_t)
+}
+
+void lowbit_table_f32(const int8_t *x, int64_t outer, int64_t C, int64_t inner, const float *table, float *out) {
+    LB_TABLE_LOOP(float)
+}
