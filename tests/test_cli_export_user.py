@@ -63,6 +63,13 @@ def test_export_writes_an_integer_model_and_onnx_that_agree(user, capsys):
     assert np.array_equal(got, im(x[:1]).numpy())
 
 
+def test_ptq_says_the_users_model_lowers(user, capsys):
+    path, spec = user
+    rc = main(["ptq", "--model", spec, "--weights", str(path / "w.npz"), "--calib-data", str(path / "calib.npy")])
+    text = capsys.readouterr().out
+    assert rc == 0 and "integer model: lowers" in text and "equal to the simulation on all 40 samples: True" in text
+
+
 def test_bench_times_the_users_model(user, capsys):
     path, spec = user
     rc = main(["bench", "--model", spec, "--weights", str(path / "w.npz"), "--calib-data", str(path / "calib.npy"),

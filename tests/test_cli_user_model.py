@@ -72,6 +72,7 @@ def test_ptq_on_a_factory_with_weights_reports_fidelity_and_the_float_lstm(user,
     assert result["accuracy"] is not None and result["float_accuracy"] == want.float_accuracy
     assert result["quantized_mac_share"] < 0.1  # the LSTM is float, and the summary says so
     assert "% of MACs quantized" in text and "lstm (rnn," in text
+    assert result["to_integer"] is False and "integer model: not available (cannot lower" in text  # the LSTM
 
 
 def test_pt_weights_load_the_same_model(user):

@@ -209,6 +209,28 @@ def _print_coverage(layers) -> float:
     return share
 
 
+def _print_lowering(q, x) -> bool:
+    """Whether the simulation ``q`` lowers to an integer model (``lowbit export`` writes it), printed with the
+    reason when it does not, or with its agreement with the simulation on ``x`` when it does."""
+    import torch
+
+    from lowbit.errors import LowbitError
+    from lowbit.integer import to_integer
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            im = to_integer(q, (x[:1],))
+    except LowbitError as exc:
+        print(f"  integer model: not available ({str(exc).splitlines()[0][:300]})")
+        return False
+    with torch.no_grad():
+        same = all(torch.equal(im(x[i:i + 256]), q(x[i:i + 256])) for i in range(0, len(x), 256))
+    print(f"  integer model: lowers ({len(im.nodes)} ops; equal to the simulation on all {len(x)} samples: {same}); "
+          "lowbit export writes it")
+    return True
+
+
 def _quantize(model, batches, config, budget: float | None, dynamic: bool = False):
     """``lowbit.ptq.quantize``, with a ``budget`` :func:`lowbit.mixed.auto_mixed`, with ``dynamic``
     :func:`lowbit.dynamic.quantize_dynamic`: ``(model, MixedResult | None)``."""
@@ -261,8 +283,9 @@ def run_user_model(args: argparse.Namespace, config) -> int:
         print(f"  accuracy float {100 * fid.float_accuracy:.2f}%, quantized {100 * fid.accuracy:.2f}%")
     print(f"  prepare+calibrate+convert {seconds:.2f} s")
     share = _print_coverage(profile(q, (test.x[:1],), example_kwargs={k: v[:1] for k, v in test.extra.items()}))
+    lowers = None if args.dynamic or test.extra else _print_lowering(q, test.x)
     if args.json:
         result = {"model": args.model, "config": repr(config), "seconds": seconds, "quantized_mac_share": share,
-                  **{k: getattr(fid, k) for k in fid.__dataclass_fields__}}
+                  "to_integer": lowers, **{k: getattr(fid, k) for k in fid.__dataclass_fields__}}
         atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
     return 0
