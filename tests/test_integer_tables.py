@@ -248,3 +248,58 @@ def test_the_pitch_integer_model_runs_in_onnxruntime_bit_exactly(pitch, tmp_path
     sess = session(export_onnx(im, tmp_path / "pitch.onnx", (1, 64)), threads=1)
     got = np.concatenate([sess.run(["output"], {"input": x[i:i + 1].numpy()})[0] for i in range(len(x))])
     assert np.array_equal(got, im(x).numpy())
+
+
+class Branches(nn.Module):
+    """Two conv branches on their own grids joined by torch.cat (as Inception and U-Net skips do), then a conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(3, 6, 5, padding=2)
+        self.c, self.fc = nn.Conv2d(10, 8, 3), nn.Linear(8 * 6 * 6, 5)
+
+    def forward(self, x):
+        y = torch.cat([torch.relu(self.a(x)), torch.relu(self.b(x))], dim=1)
+        return self.fc(torch.relu(self.c(y)).flatten(1))
+
+
+def test_a_concat_of_branches_on_their_own_grids_lowers_bit_exactly(tmp_path):
+    import numpy as np
+
+    from lowbit.export.onnx_qdq import export_onnx
+    from lowbit.export.ort import session
+
+    torch.manual_seed(6)
+    model = Branches().eval()
+    with torch.no_grad():
+        model.b.weight.mul_(3.0)  # the second branch spans another range: another grid
+    x = torch.randn(48, 3, 8, 8)
+    q = _quantize(model, [x[:32]])
+    im = to_integer(q, (x[:2],))
+    kinds = [n.op.ir.kind for n in im.nodes]
+    assert "concat" in kinds and kinds.count("table") >= 1  # at least one branch is mapped onto the joint grid
+    with torch.no_grad():
+        for k in Kernels:
+            assert torch.equal(im.with_kernels(k)(x[32:]), q(x[32:]))
+        assert (q(x[32:]) - model(x[32:])).abs().max() < 0.05 * model(x[32:]).abs().max()
+    back = load_integer(save_integer(im, tmp_path / "branches.safetensors"))
+    assert torch.equal(back(x[32:]), im(x[32:]))
+    sess = session(export_onnx(im, tmp_path / "branches.onnx", (1, 3, 8, 8)), threads=1)
+    got = np.concatenate([sess.run(["output"], {"input": x[i:i + 1].numpy()})[0] for i in range(32, 48)])
+    lsb = float(im.nodes[-1].op.tensors["acc_scale"].max())  # a dequantizing last layer: float32 products
+    assert np.abs(got - im(x[32:]).numpy()).max() <= 2 * lsb * np.abs(im.nodes[-1].op.tensors["weight"].numpy()).sum(1).max()
+
+
+def test_a_concat_along_the_batch_is_refused():
+    class Batch(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.b(torch.cat([self.a(x), self.a(x)], 0))
+
+    x = torch.randn(8, 4)
+    q = _quantize(Batch().eval(), [x])
+    with pytest.raises(ConfigError, match="cat along dimension 0"):
+        to_integer(q, (x[:2],))

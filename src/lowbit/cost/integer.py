@@ -89,7 +89,7 @@ def _maxpool(node: Node, x: Shape, y: Shape) -> tuple[int, int, int]:
 COSTS: dict[type, Callable[[Node, Shape, Shape], tuple[int, int, int]]] = {
     ir.Quantize: _edge, ir.Dequantize: _edge, ir.Linear: _layer, ir.Conv2d: _layer, ir.MaxPool2d: _maxpool,
     ir.AvgPool2d: _pool, ir.Flatten: _move, ir.Pad: _move, ir.Unsqueeze: _move, ir.Squeeze: _move,
-    ir.Permute: _move, ir.Reshape: _move, ir.Table: _edge,  # a lookup per element, priced as a requantization
+    ir.Permute: _move, ir.Reshape: _move, ir.Concat: _move, ir.Table: _edge,  # a lookup per element, priced as a requantization
 }
 
 

@@ -57,6 +57,8 @@ of the integer model:
 * ``permute`` is ``Transpose(perm=dims)`` and ``reshape`` is ``Reshape`` to ``[0, *shape]`` (``0`` copies the
   batch), between a ``DequantizeLinear`` and a ``QuantizeLinear`` on the same grid (exact: onnxruntime moves
   the codes); on a float tensor, the bare ``Transpose``/``Reshape``;
+* ``concat`` (its inputs on the output's grid) is a ``Concat`` of their ``DequantizeLinear`` outputs, then
+  that grid's ``QuantizeLinear``: exact;
 * ``table`` is a ``Gather(axis=0)`` from the flattened ``(C * 256,)`` table at the input's codes (the
   ``QuantizeLinear`` output): ``Cast`` to int64, then an ``Add`` of ``code - qmin`` (128 for an int8 code,
   nothing for a uint8 one, which already is the stored code + 128) and, for a per-channel table, ``256 c``
@@ -625,6 +627,12 @@ class _Builder:
         shape = self.const(f"{node.output}_shape", np.array([0, *node.op.ir.shape], np.int64))  # 0: the batch
         self._same_grid(node, self.add("Reshape", [x.float_name, shape], f"{node.output}_reshape"), x)
 
+    def op_concat(self, node: Node) -> None:
+        """``Concat`` of the inputs' dequantized values (all on the output's grid) and that grid's Q/DQ: exact."""
+        xs = [self.integer_input(node, i) for i in range(len(node.inputs))]
+        y = self.add("Concat", [x.float_name for x in xs], f"{node.output}_concat", axis=int(node.op.ir.dim))
+        self._same_grid(node, y, xs[0])
+
     def op_table(self, node: Node) -> None:
         """``Gather`` from the flattened table at ``Cast(codes, int64) + offset`` (see the module docstring)."""
         a, name = node.op.ir, node.output
@@ -755,7 +763,16 @@ def _node_shape(node: Node, x: tuple[int, ...]) -> tuple[int, ...]:
         for i in range(len(pad) // 2):
             y[len(x) - 1 - i] += pad[2 * i] + pad[2 * i + 1]
         return tuple(y)
+    if kind == "concat":
+        return x  # (its shape is the sum of its inputs': _concat_shape)
     raise AssertionError(kind)  # pragma: no cover (kinds were checked by _check_kinds)
+
+
+def _concat_shape(node: Node, xs: list[tuple[int, ...]]) -> tuple[int, ...]:
+    d = node.op.ir.dim
+    if any(len(x) != len(xs[0]) or any(a != b for i, (a, b) in enumerate(zip(x, xs[0])) if i != d) for x in xs):
+        raise ConfigError(f"{node.output}: concat along {d} of tensors of shapes {xs}")
+    return (*xs[0][:d], sum(x[d] for x in xs), *xs[0][d + 1:])
 
 
 def _shapes(model: IntegerModel, input_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
@@ -767,9 +784,11 @@ def _shapes(model: IntegerModel, input_shape: tuple[int, ...]) -> dict[str, tupl
     shapes = {model.input_name: (1, *input_shape[1:])}
     for node in model.nodes:
         y = _node_shape(node, shapes[node.inputs[0]])
+        if node.kind == "concat":
+            y = _concat_shape(node, [shapes[i] for i in node.inputs])
         if any(d <= 0 for d in y):
             raise ConfigError(f"input_shape {tuple(input_shape)} is too small for {node.output!r}: shape {y}")
-        if len(node.inputs) > 1 and shapes[node.inputs[1]] != y:
+        if node.kind != "concat" and len(node.inputs) > 1 and shapes[node.inputs[1]] != y:
             raise ConfigError(f"{node.output}: residual {node.inputs[1]!r} has shape {shapes[node.inputs[1]]}, "
                               f"the output {y}")
         shapes[node.output] = y
@@ -863,7 +882,7 @@ EXPORTERS: dict[type, Callable[[_Builder, Node], None]] = {
     ir.Conv2d: _Builder.op_conv2d, ir.MaxPool2d: _Builder.op_maxpool2d, ir.AvgPool2d: _Builder.op_avgpool2d,
     ir.Flatten: _Builder.op_flatten, ir.Pad: _Builder.op_pad, ir.Unsqueeze: _Builder.op_unsqueeze,
     ir.Squeeze: _Builder.op_squeeze, ir.Permute: _Builder.op_permute, ir.Reshape: _Builder.op_reshape,
-    ir.Table: _Builder.op_table,
+    ir.Table: _Builder.op_table, ir.Concat: _Builder.op_concat,
 }
 
 

@@ -21,6 +21,7 @@ from collections.abc import Callable
 import torch
 
 from lowbit.errors import ShapeError
+from lowbit.functional.requant import dequantize_codes
 from lowbit.nn.qparams import QParams
 
 ENTRIES = 256
@@ -36,7 +37,7 @@ def grid_values(q: QParams) -> torch.Tensor:
     """The 256 real values ``(q - z) s`` the columns stand for (codes outside the format clamped), float32."""
     shift = 128 - (0 if q.fmt.signed else 128)
     codes = (torch.arange(ENTRIES) - shift).clamp(q.fmt.qmin, q.fmt.qmax)
-    return (codes - q.zero_point).to(torch.float32) * torch.tensor(q.scale, dtype=torch.float32)
+    return dequantize_codes(codes, q.zero_point, q.scale)  # the simulation's own dequantization
 
 
 def tabulate(fn: Callable[[torch.Tensor], torch.Tensor], q: QParams, channels: int = 1,

@@ -301,10 +301,19 @@ class Table:
     float_output: bool = False
 
 
+@dataclass(frozen=True)
+class Concat:
+    """Its inputs joined along ``dim`` (counted with the batch, >= 1), all on one grid (the output's): an input
+    on another grid reaches it through a ``table`` of that grid's codes first."""
+
+    kind: ClassVar[str] = "concat"
+    dim: int
+
+
 IROp = Union[Quantize, Dequantize, Linear, Conv2d, MaxPool2d, AvgPool2d, Flatten, Pad, Unsqueeze, Squeeze, Permute,
-             Reshape, Table]
+             Reshape, Table, Concat]
 OP_TYPES: tuple[type, ...] = (Quantize, Dequantize, Linear, Conv2d, MaxPool2d, AvgPool2d, Flatten, Pad, Unsqueeze,
-                              Squeeze, Permute, Reshape, Table)
+                              Squeeze, Permute, Reshape, Table, Concat)
 KINDS: dict[str, type] = {t.kind: t for t in OP_TYPES}
 LAYERS = (Linear, Conv2d)
 
@@ -396,7 +405,7 @@ def parse(kind: str, attrs: dict[str, Any], requantized: bool = True) -> IROp:
         return Flatten(int(a["start_dim"]), int(a["end_dim"]))
     if kind == "pad":
         return Pad(tuple(int(v) for v in a["pad"]), int(a["value"]))
-    if kind in ("unsqueeze", "squeeze"):
+    if kind in ("unsqueeze", "squeeze", "concat"):
         return KINDS[kind](int(a["dim"]))
     if kind == "permute":
         return Permute(tuple(int(v) for v in a["dims"]))
@@ -408,5 +417,5 @@ def parse(kind: str, attrs: dict[str, Any], requantized: bool = True) -> IROp:
 
 
 __all__ = ["input_low", "OP_TYPES", "Act", "AvgPool2d", "Binarized", "Conv2d", "Dequantize", "Dequantized", "Flatten", "Grid", "IROp", "KINDS", "Squeeze", "Unsqueeze",
-           "LAYERS", "Linear", "MaxPool2d", "OutputStage", "Pad", "Permute", "Reshape", "Table", "Quantize", "Requantized", "WeightCodes",
+           "LAYERS", "Concat", "Linear", "MaxPool2d", "OutputStage", "Pad", "Permute", "Reshape", "Table", "Quantize", "Requantized", "WeightCodes",
            "attrs_of", "parse"]

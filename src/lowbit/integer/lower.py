@@ -38,6 +38,7 @@ from lowbit.integer.ops import build
 from lowbit.prepared import record_of
 from lowbit.graph.input_check import check_input
 from lowbit.nn.exact import layer_params, pool_params
+from lowbit.functional.lookup import grid_values
 from lowbit.nn.lookup import Lookup
 from lowbit.nn.qparams import QParams, offset, stored_zero_point
 from lowbit.nn.quantizers import ActQuantizer
@@ -153,6 +154,8 @@ class _Lowering:
             self.reshape(node)
         elif t is torch.unsqueeze or (node.op == "call_method" and t == "unsqueeze"):
             self.unsqueeze(node)
+        elif t in (torch.cat, torch.concat):
+            self.concat(node)
         elif t is F.max_pool2d:
             self.maxpool(node, *_pool_args(node))
         elif t is F.max_pool1d:
@@ -210,6 +213,31 @@ class _Lowering:
             self.unsupported.append(f"{node.name} (a reshape from {x} to {y} that does not keep the batch dimension)")
             return
         self.simple(node, ir.Reshape(tuple(int(v) for v in y[1:])))
+
+    def concat(self, node: fx.Node) -> None:
+        """``torch.cat`` of quantized tensors, quantized next (through layout ops) onto one grid: each input on
+        another grid is first mapped onto it by a table of 256 entries, ``Q(value of each code)``, which is what
+        the simulation's quantizer computes element by element."""
+        parts = node.args[0]
+        d = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        d = d + self._rank(node) if d < 0 else d
+        nxt = _next_quantizer(self.gm, node)
+        names = [self.names[p] for p in parts]
+        if d < 1 or not isinstance(nxt, ActQuantizer) or any(self.grids[n] is None for n in names):
+            self.unsupported.append(f"{node.name} (cat along dimension {d}: the integer concat joins quantized "
+                                    "tensors along a dimension after the batch, with a quantizer after it)")
+            return
+        q2 = nxt.qparams()
+        ins = []
+        for i, n in enumerate(names):
+            q = self.grids[n]
+            if grid(q) != grid(q2):
+                codes = (q2.codes(grid_values(q)) - offset(q2)).to(torch.int8).view(1, -1)
+                self.emit(ir.Table(), [n], f"{node.name}_in{i}", {"table": codes}, q2, node.name)
+                n = f"{node.name}_in{i}"
+            ins.append(n)
+        self.emit(ir.Concat(int(d)), ins, node.name, None, q2, node.name)
+        self.names[node] = node.name
 
     def table(self, node: fx.Node, m: Lookup) -> None:
         """A lookup table: int8 codes of the next quantizer's grid (which it reaches through max pools, zero pads

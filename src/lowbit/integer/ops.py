@@ -441,11 +441,16 @@ class Table(Op):
         return lookup(t, x.to(torch.int64) + 128)
 
 
+class Concat(Op):
+    def __call__(self, *xs: torch.Tensor, kernels: Kernels = Kernels.VNNI) -> torch.Tensor:
+        return torch.cat([x.contiguous() for x in xs], self.ir.dim)
+
+
 # this backend's table: the runner of each op type
 RUNNERS: dict[type, type[Op]] = {ir.Quantize: Quantize, ir.Dequantize: Dequantize, ir.Linear: Linear,
                                  ir.Conv2d: Conv2d, ir.MaxPool2d: MaxPool2d, ir.AvgPool2d: AvgPool2d,
                                  ir.Flatten: Flatten, ir.Pad: Pad, ir.Unsqueeze: Unsqueeze, ir.Squeeze: Squeeze,
-                                 ir.Permute: Permute, ir.Reshape: Reshape, ir.Table: Table}
+                                 ir.Permute: Permute, ir.Reshape: Reshape, ir.Table: Table, ir.Concat: Concat}
 
 
 def build(op: ir.IROp, tensors: Tensors | None = None) -> Op:

@@ -497,6 +497,7 @@ NO_PLAN: dict[type, str] = {
     ir.Reshape: "a reshape runs op by op (the plan keeps conv outputs channels-last; a reshape needs them in "
                 "logical order, which only flatten's step gives)",
     ir.Table: "a lookup table runs op by op (the plan has no table step)",
+    ir.Concat: "a concat runs op by op (the plan's values have one producer each)",
 }
 
 

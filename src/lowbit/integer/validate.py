@@ -589,6 +589,19 @@ def _table_shape(a: dict, t: dict, ins: list[Spec]) -> Spec:
     return Spec(x.shape, torch.float32 if a.get("float_output", False) else torch.int8)
 
 
+def _concat_shape(a: dict, t: dict, ins: list[Spec]) -> Spec:
+    d, first = a["dim"], ins[0]
+    if d > len(first.shape):
+        raise Invalid(f"attribute 'dim' = {d} on {len(first.shape) + 1}-D inputs (batch included)")
+    for s in ins[1:]:
+        if s.dtype != first.dtype or len(s.shape) != len(first.shape) or any(
+                x != y for i, (x, y) in enumerate(zip(s.shape, first.shape)) if i != d - 1):
+            raise Invalid(f"inputs of shapes {list(first.shape)} {first.dtype} and {list(s.shape)} {s.dtype} do not "
+                          f"join along dimension {d}: they must agree everywhere else and in dtype")
+    size = sum(s.shape[d - 1] for s in ins)
+    return Spec((*first.shape[:d - 1], size, *first.shape[d:]), first.dtype)
+
+
 # the safetensors I/O backend's table: what a file's node of each op type must satisfy before it is built
 CHECKS: dict[type, KindCheck] = {
     ir.Quantize: KindCheck(_quantize_attrs, _quantize_shape, (1, 1)),
@@ -604,6 +617,7 @@ CHECKS: dict[type, KindCheck] = {
     ir.Permute: KindCheck(_permute_attrs, _permute_shape, (1, 1)),
     ir.Reshape: KindCheck(_reshape_attrs, _reshape_shape, (1, 1)),
     ir.Table: KindCheck(_table_attrs, _table_shape, (1, 1)),
+    ir.Concat: KindCheck(_dim_attrs, _concat_shape, (2, 16)),
 }
 KNOWN_KINDS = sorted(t.kind for t in CHECKS)
 
