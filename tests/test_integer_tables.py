@@ -303,3 +303,11 @@ def test_a_concat_along_the_batch_is_refused():
     q = _quantize(Batch().eval(), [x])
     with pytest.raises(ConfigError, match="cat along dimension 0"):
         to_integer(q, (x[:2],))
+
+
+@pytest.mark.parametrize("attrs", [{"dims": ["a", 0]}, {"dims": [0, 0]}, {"dims": [1, 0]}, {"dims": [0, True]}])
+def test_a_file_with_a_bad_permutation_is_refused_by_name(attrs):
+    from lowbit.integer import validate
+
+    with pytest.raises(validate.Invalid, match="attribute 'dims'"):
+        validate.check_of("permute").attrs(attrs, {}, 1)

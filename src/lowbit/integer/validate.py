@@ -538,8 +538,8 @@ def _permute_attrs(a: dict, t: dict, n_in: int) -> None:
     _known(a, {"dims"})
     _tensor_names(t, set())
     d = a.get("dims")
-    if (not isinstance(d, (list, tuple)) or not 2 <= len(d) <= 8 or sorted(d) != list(range(len(d)))
-            or not all(_is_int(v) for v in d) or d[0] != 0):
+    if (not isinstance(d, (list, tuple)) or not 2 <= len(d) <= 8 or not all(_is_int(v) for v in d)
+            or sorted(d) != list(range(len(d))) or d[0] != 0):
         raise Invalid(f"attribute 'dims' = {d!r:.80}; allowed: a permutation of 0..n-1 (2 <= n <= 8) that keeps the "
                       "batch dimension 0 first")
 
