@@ -240,8 +240,9 @@ def run_bench(args: argparse.Namespace) -> int:
         for batch in args.batch:
             at_most(batch, len(x_all), "--batch", "the Fashion-MNIST test set")
     model, _, im, x_all, _ = _build(args)
-    for batch in args.batch:
-        at_most(batch, len(x_all), "--batch", "the test samples")
+    if args.model not in ZOO_NAMES:
+        for batch in args.batch:
+            at_most(batch, len(x_all), "--batch", "the test samples")
     if args.load:
         im = _load_checked(args.load, x_all, model, args.model)
     onnx_path = None

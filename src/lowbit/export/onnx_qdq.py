@@ -763,8 +763,6 @@ def _node_shape(node: Node, x: tuple[int, ...]) -> tuple[int, ...]:
         for i in range(len(pad) // 2):
             y[len(x) - 1 - i] += pad[2 * i] + pad[2 * i + 1]
         return tuple(y)
-    if kind == "concat":
-        return x  # (its shape is the sum of its inputs': _concat_shape)
     raise AssertionError(kind)  # pragma: no cover (kinds were checked by _check_kinds)
 
 
@@ -783,9 +781,8 @@ def _shapes(model: IntegerModel, input_shape: tuple[int, ...]) -> dict[str, tupl
                           f"{input_shape!r}")
     shapes = {model.input_name: (1, *input_shape[1:])}
     for node in model.nodes:
-        y = _node_shape(node, shapes[node.inputs[0]])
-        if node.kind == "concat":
-            y = _concat_shape(node, [shapes[i] for i in node.inputs])
+        y = (_concat_shape(node, [shapes[i] for i in node.inputs]) if node.kind == "concat"
+             else _node_shape(node, shapes[node.inputs[0]]))
         if any(d <= 0 for d in y):
             raise ConfigError(f"input_shape {tuple(input_shape)} is too small for {node.output!r}: shape {y}")
         if node.kind != "concat" and len(node.inputs) > 1 and shapes[node.inputs[1]] != y:

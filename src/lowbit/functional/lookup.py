@@ -22,21 +22,19 @@ import torch
 
 from lowbit.errors import ShapeError
 from lowbit.functional.requant import dequantize_codes
-from lowbit.nn.qparams import QParams
+from lowbit.nn.qparams import QParams, offset
 
 ENTRIES = 256
 
 
 def table_index(q: QParams, x: torch.Tensor) -> torch.Tensor:
     """The table column of each element of ``x`` (a tensor on ``q``'s grid): its stored int8 code + 128."""
-    shift = 128 - (0 if q.fmt.signed else 128)
-    return (q.codes(x).to(torch.int64) + shift).clamp_(0, ENTRIES - 1)
+    return (q.codes(x).to(torch.int64) + 128 - offset(q)).clamp_(0, ENTRIES - 1)
 
 
 def grid_values(q: QParams) -> torch.Tensor:
     """The 256 real values ``(q - z) s`` the columns stand for (codes outside the format clamped), float32."""
-    shift = 128 - (0 if q.fmt.signed else 128)
-    codes = (torch.arange(ENTRIES) - shift).clamp(q.fmt.qmin, q.fmt.qmax)
+    codes = (torch.arange(ENTRIES) - 128 + offset(q)).clamp(q.fmt.qmin, q.fmt.qmax)
     return dequantize_codes(codes, q.zero_point, q.scale)  # the simulation's own dequantization
 
 

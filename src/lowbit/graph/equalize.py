@@ -49,6 +49,7 @@ from torch import fx, nn
 
 from lowbit.granularity import PerChannel
 from lowbit.graph.nodes import is_passthrough, module_of
+from lowbit.nn.quantizers import ActQuantizer
 from lowbit.nn.unified import UnifiedConv, _Unified
 
 _SCALE_SAFE = (nn.MaxPool1d, nn.MaxPool2d, nn.Dropout, nn.Identity, nn.ZeroPad1d, nn.ZeroPad2d)
@@ -195,8 +196,6 @@ class NormGroup:
 def _linear_readers(gm: fx.GraphModule, node: fx.Node) -> list[fx.Node] | None:
     """The nodes that read ``node``'s output, through its input quantizers; None if one is not a linear layer
     with per-channel weights reading it as its main input (a residual summand may be another tensor)."""
-    from lowbit.nn.quantizers import ActQuantizer
-
     reads: list[tuple[fx.Node, fx.Node]] = []  # (reader, the tensor it reads)
     for user in node.users:
         if isinstance(module_of(gm, user), ActQuantizer):

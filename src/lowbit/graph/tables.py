@@ -64,13 +64,22 @@ def elementwise(gm: fx.GraphModule, node: fx.Node) -> tuple[Fn, int, int] | None
     return None
 
 
-def _grid(gm: fx.GraphModule, node: fx.Node) -> QParams | None:
-    """The grid of the tensor ``node`` gives when a quantizer or a quantized layer gives it directly."""
+def tabulable(q: ActQuantizer) -> bool:
+    """A grid of integer codes of at most 8 bits: 256 table entries cover it."""
+    return isinstance(q.spec.format, IntFormat) and q.spec.format.bits <= 8
+
+
+def _quantizer(gm: fx.GraphModule, node: fx.Node) -> ActQuantizer | None:
+    """The quantizer whose grid the tensor ``node`` gives lies on, when a quantizer or a quantized layer gives it
+    directly (no pass-through op between: a BatchNorm's channels must be the producer's)."""
     m = module_of(gm, node)
-    q = m if isinstance(m, ActQuantizer) else m.output_quant if isinstance(m, (_Unified, QAvgPool)) else None
-    if q is None or q.mode != "quantize" or not isinstance(q.spec.format, IntFormat) or q.spec.format.bits > 8:
-        return None
-    return q.qparams()
+    return m if isinstance(m, ActQuantizer) else m.output_quant if isinstance(m, (_Unified, QAvgPool)) else None
+
+
+def _grid(gm: fx.GraphModule, node: fx.Node) -> QParams | None:
+    """The frozen grid of the tensor ``node`` gives (see :func:`_quantizer`), if a table can cover it."""
+    q = _quantizer(gm, node)
+    return q.qparams() if q is not None and q.mode == "quantize" and tabulable(q) else None
 
 
 def will_tabulate(gm: fx.GraphModule, node: fx.Node) -> bool:
@@ -79,10 +88,9 @@ def will_tabulate(gm: fx.GraphModule, node: fx.Node) -> bool:
     if elementwise(gm, node) is None:
         return False
     src = node.args[0]
-    m = module_of(gm, src)
-    q = m if isinstance(m, ActQuantizer) else m.output_quant if isinstance(m, (_Unified, QAvgPool)) else None
+    q = _quantizer(gm, src)
     if q is not None:
-        return isinstance(q.spec.format, IntFormat) and q.spec.format.bits <= 8
+        return tabulable(q)
     return len(src.users) == 1 and will_tabulate(gm, src)
 
 
@@ -131,4 +139,4 @@ def tabulate_elementwise(gm: fx.GraphModule) -> list[str]:
     return done
 
 
-__all__ = ["FUNCTIONS", "METHODS", "MODULES", "elementwise", "tabulate_elementwise", "will_tabulate"]
+__all__ = ["FUNCTIONS", "METHODS", "MODULES", "elementwise", "tabulable", "tabulate_elementwise", "will_tabulate"]

@@ -39,6 +39,8 @@ from lowbit.prepared import record_of
 from lowbit.graph.input_check import check_input
 from lowbit.nn.exact import layer_params, pool_params
 from lowbit.functional.lookup import grid_values
+from lowbit.graph.nodes import is_passthrough
+from lowbit.graph.tables import tabulable
 from lowbit.nn.lookup import Lookup
 from lowbit.nn.qparams import QParams, offset, stored_zero_point
 from lowbit.nn.quantizers import ActQuantizer
@@ -420,36 +422,21 @@ class _Lowering:
         self.output = name
 
 
-_CODE_PRESERVING_METHODS = ("permute", "reshape", "view", "flatten", "contiguous", "unsqueeze", "squeeze")
-_CODE_PRESERVING_FUNCTIONS = (F.max_pool1d, F.max_pool2d, F.dropout, torch.flatten, torch.permute, torch.reshape,
-                              torch.unsqueeze, torch.squeeze)
-
-
-def _keeps_codes(gm: fx.GraphModule, node: fx.Node) -> bool:
-    """An op that commutes with a monotone quantization: max pools, zero pads and layout ops."""
-    m = gm.get_submodule(node.target) if node.op == "call_module" else None
-    if m is not None:
-        return isinstance(m, (nn.MaxPool1d, nn.MaxPool2d, nn.Flatten, *_SKIP_MODULES))
-    if node.target is F.pad:
-        value = node.kwargs.get("value", node.args[3] if len(node.args) > 3 else None)
-        mode = node.kwargs.get("mode", node.args[2] if len(node.args) > 2 else "constant")
-        return mode == "constant" and not value
-    return (node.op == "call_method" and node.target in _CODE_PRESERVING_METHODS
-            or node.op == "call_function" and node.target in _CODE_PRESERVING_FUNCTIONS)
+_LAYOUT_FUNCTIONS = (torch.permute, torch.unsqueeze, torch.squeeze)  # (their method forms are pass-through ops)
 
 
 def _next_quantizer(gm: fx.GraphModule, node: fx.Node) -> ActQuantizer | str | None:
-    """The quantizer ``node``'s one chain of users reaches through :func:`_keeps_codes` ops, ``"output"`` when the
-    chain ends the network, else None."""
+    """The quantizer ``node``'s one chain of users reaches through ops that keep a grid (max pools, zero pads,
+    layout ops: :func:`lowbit.graph.nodes.is_passthrough`), ``"output"`` when the chain ends the network, else
+    None."""
     while len(node.users) == 1:
         node = next(iter(node.users))
         if node.op == "output":
             return "output"
         m = gm.get_submodule(node.target) if node.op == "call_module" else None
         if isinstance(m, ActQuantizer):
-            ok = m.mode == "quantize" and isinstance(m.spec.format, IntFormat) and m.spec.format.bits <= 8
-            return m if ok else None
-        if not _keeps_codes(gm, node):
+            return m if m.mode == "quantize" and tabulable(m) else None
+        if not (is_passthrough(gm, node) or node.target in _LAYOUT_FUNCTIONS):
             return None
     return None
 

@@ -304,12 +304,7 @@ def table(x: torch.Tensor, tab: torch.Tensor) -> torch.Tensor:
     tab = tab.contiguous()
     guard.table(_b(xc, k, "x"), outer, c, inner, _b(tab, k, "table"), _b(out, k, "out"))
     getattr(lib, k)(xc.data_ptr(), outer, c, inner, tab.data_ptr(), out.data_ptr())
-    if perm is None:
-        return out
-    back = [0] * x.ndim
-    for i, p in enumerate(perm):
-        back[p] = i
-    return out.permute(*back)
+    return out if perm is None else out.permute(0, x.ndim - 1, *range(1, x.ndim - 1))  # back to (N, C, ...)
 
 
 def bits_pack_i8(x: torch.Tensor) -> torch.Tensor:
