@@ -31,7 +31,7 @@
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
@@ -127,15 +127,20 @@ static inline __attribute__((always_inline)) void acc_tail(float *restrict acc, 
 /* A full block of LB_BLK channels in vector registers (GCC/Clang vector extensions: explicit lanes, so that
  * the compiler vectorises the channels, never the events), the same arithmetic, branch free per event so that
  * the coefficients' signs and sizes cost no mispredicted branch. */
-typedef float lb_vf __attribute__((vector_size(64)));
-typedef uint32_t lb_vu __attribute__((vector_size(64)));
-#define LB_NV (LB_BLK / 16)
+#if defined(__AVX512F__)
+#define LB_VL 16 /* float lanes of one vector: a zmm register */
+#else
+#define LB_VL 8 /* a ymm register: wider generic vectors make GCC spill them through the stack on AVX2 */
+#endif
+typedef float lb_vf __attribute__((vector_size(4 * LB_VL)));
+typedef uint32_t lb_vu __attribute__((vector_size(4 * LB_VL)));
+#define LB_NV (LB_BLK / LB_VL)
 
 static inline __attribute__((always_inline)) void acc_full(lb_vf *restrict a, const float *restrict col, int32_t s,
                                                            const int unit) {
     for (int r = 0; r < LB_NV; r++) {
         lb_vf c;
-        memcpy(&c, col + 16 * r, sizeof c);
+        memcpy(&c, col + LB_VL * r, sizeof c);
         if (unit) {
             lb_vu u = (lb_vu)c ^ (uint32_t)s;
             a[r] += (lb_vf)u;
@@ -180,7 +185,7 @@ static inline __attribute__((always_inline)) int64_t gather(const geom *g, const
                     if (bias)  /* the step's leak and bias first: v = leak v + b, as the unfused pass */
                         for (int r = 0; r < LB_NV; r++) {
                             lb_vf bv;
-                            memcpy(&bv, bias + c0 + 16 * r, sizeof bv);
+                            memcpy(&bv, bias + c0 + LB_VL * r, sizeof bv);
                             a[r] = leak * a[r] + bv;
                         }
                 } else {
@@ -328,12 +333,12 @@ static void analog_at(const geom *g, const float *w, const float *bias, const fl
 #define LB_AX 8 /* output positions along a row computed together by analog_row8 */
 
 /* The same sums at LB_AX neighbouring output positions of a row whose taps all lie inside the image along x,
- * 16 channels at a time: LB_AX independent accumulators share each weight load (the same terms in the same
- * order per position as analog_at). Needs Cout a multiple of 16. */
+ * LB_VL channels at a time: LB_AX independent accumulators share each weight load (the same terms in the same
+ * order per position as analog_at). Needs Cout a multiple of LB_VL. */
 static void analog_row8(const geom *g, const float *w, const float *bias, const float *x, float *row, int64_t oy,
                         int64_t ox) {
     const int64_t Cout = g->Cout, Cin = g->Cin, col = g->kh * g->kw * Cout;
-    for (int64_t c0 = 0; c0 < Cout; c0 += 16) {
+    for (int64_t c0 = 0; c0 < Cout; c0 += LB_VL) {
         lb_vf acc[LB_AX], b;
         memcpy(&b, bias + c0, sizeof b);
         for (int j = 0; j < LB_AX; j++) acc[j] = b;
@@ -356,12 +361,12 @@ static void analog_row8(const geom *g, const float *w, const float *bias, const 
 }
 
 /* I0 = b + W x for the analog input x (H, W, Cin), output row oy into row (Wo Cout floats): runs of LB_AX
- * output positions whose taps lie inside the image along x by analog_row8 (when Cout is a multiple of 16), the
+ * output positions whose taps lie inside the image along x by analog_row8 (when Cout is a multiple of LB_VL), the
  * rest (the borders) by analog_at */
 static void analog(const geom *g, const float *w, const float *bias, const float *x, float *row, int64_t oy) {
     /* inside along x: ox sw - pw >= 0 and ox sw - pw + kw - 1 <= W - 1 */
     const int64_t lo = (g->pw + g->sw - 1) / g->sw, hi = g->W - g->kw + g->pw >= 0 ? (g->W - g->kw + g->pw) / g->sw : -1;
-    const int blocked = g->Cout % 16 == 0;
+    const int blocked = g->Cout % LB_VL == 0;
     for (int64_t ox = 0; ox < g->Wo;) {
         if (blocked && ox >= lo && ox + LB_AX - 1 <= hi) {
             analog_row8(g, w, bias, x, row, oy, ox);
@@ -443,6 +448,20 @@ static inline __attribute__((always_inline)) int64_t compact_row(events ev, int3
         _mm512_mask_storeu_epi32(ev.pos + n, head, vpos);
         _mm512_mask_storeu_epi32(coef + n, head, _mm512_maskz_compress_epi32(m, sv));
         n += k;
+    }
+#elif defined(__AVX2__)  /* 8 at a time: a group without spikes skipped on one test, the others by their bits */
+    for (; i + 8 <= b + C; i += 8) {
+        const __m256i sv = _mm256_loadu_si256((const __m256i *)(coef + i));
+        unsigned m = ~(unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(sv, _mm256_setzero_si256()))) & 0xffu;
+        if (!m) continue;
+        int32_t vals[8];
+        _mm256_storeu_si256((__m256i *)vals, sv);  /* read before the in-place writes (n <= i) */
+        for (; m; m &= m - 1, n++) {
+            const int j = __builtin_ctz(m);
+            ev.idx[n] = (int32_t)(i + j);
+            ev.pos[n] = pos;
+            coef[n] = vals[j];
+        }
     }
 #endif
     for (; i < b + C; i++) {
@@ -551,6 +570,31 @@ static int64_t active_neurons(const int64_t *p, void *const *q, float ip, const 
             _mm512_mask_storeu_epi32(a.pos + n, head, _mm512_set1_epi32((int32_t)pos));
             n += __builtin_popcount((unsigned)k);
         }
+#elif defined(__AVX2__)  /* 8 neurons at a time: the quiet test in a vector (the same float operations), the
+                          * neurons that are not quiet copied one by one */
+        const __m256 zero = _mm256_setzero_ps(), vsteps = _mm256_set1_ps(steps), vshrink = _mm256_set1_ps(shrink);
+        const __m256 big = _mm256_set1_ps(3.4e38f), vip = _mm256_set1_ps(ip);
+        for (; c + 8 <= C; c += 8) {
+            const __m256 t = _mm256_loadu_ps(th + c), in = _mm256_loadu_ps(cur + c);
+            const __m256 u = ip != 0.0f ? _mm256_mul_ps(vip, t) : zero;
+            const __m256 bound = _mm256_add_ps(_mm256_max_ps(u, zero), _mm256_mul_ps(vsteps, _mm256_max_ps(in, zero)));
+            const __m256 quiet = _mm256_and_ps(_mm256_and_ps(_mm256_cmp_ps(t, zero, _CMP_GT_OQ), _mm256_cmp_ps(t, big, _CMP_LE_OQ)),
+                                               _mm256_cmp_ps(bound, _mm256_mul_ps(t, vshrink), _CMP_LT_OQ));
+            unsigned k = ~(unsigned)_mm256_movemask_ps(quiet) & 0xffu;
+            if (!k) continue;
+            float uu[8];
+            _mm256_storeu_ps(uu, u);
+            for (; k; k &= k - 1, n++) {
+                const int j = __builtin_ctz(k);
+                a.v[n] = uu[j];
+                a.cur[n] = cur[c + j];
+                a.th[n] = th[c + j];
+                a.thn[n] = thn[c + j];
+                a.count[n] = 0;
+                a.idx[n] = (int32_t)(b + c + j);
+                a.pos[n] = (int32_t)pos;
+            }
+        }
 #endif
         for (; c < C; c++) {
             const float u = ip != 0.0f ? ip * th[c] : 0.0f;  /* the rest potential, as rest() sets it */
@@ -583,6 +627,20 @@ static int64_t compact_list(events ev, const int32_t *s, const int32_t *idx, con
                                  _mm512_maskz_compress_epi32(k, _mm512_loadu_si512((const void *)(pos + i))));
         _mm512_mask_storeu_epi32(ev.coef + m, head, _mm512_maskz_compress_epi32(k, sv));
         m += __builtin_popcount((unsigned)k);
+    }
+#elif defined(__AVX2__)
+    for (; i + 8 <= n; i += 8) {
+        const __m256i sv = _mm256_loadu_si256((const __m256i *)(s + i));
+        unsigned k = ~(unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(sv, _mm256_setzero_si256()))) & 0xffu;
+        if (!k) continue;
+        int32_t vals[8];
+        _mm256_storeu_si256((__m256i *)vals, sv);
+        for (; k; k &= k - 1, m++) {
+            const int j = __builtin_ctz(k);
+            ev.idx[m] = idx[i + j];
+            ev.pos[m] = pos[i + j];
+            ev.coef[m] = vals[j];
+        }
     }
 #endif
     for (; i < n; i++) {
