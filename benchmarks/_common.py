@@ -12,16 +12,21 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
+    """The CPU (model name and its widest vector extension: the C kernels differ between AVX2 and AVX-512), the
+    cores, torch, threads and Python."""
+    cpu, isa = platform.processor() or platform.machine(), ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
-                break
+            elif line.startswith("flags") and not isa:
+                flags = set(line.split(":", 1)[1].split())
+                isa = next((name for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2")) if flag in flags), "")
     except OSError:
         pass
     import torch
 
+    cpu = f"{cpu} ({isa})" if isa else cpu
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads, Python {platform.python_version()}"
 
 
