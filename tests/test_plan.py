@@ -35,7 +35,7 @@ def _lower(model: nn.Module, calib: torch.Tensor):
 @pytest.fixture(scope="module")
 def zoo_models(data):
     calib, _ = data
-    return {name: _lower(zoo.pretrained(name), calib) for name in ("cnn", "mlp", "resnet")}
+    return {name: _lower(zoo.pretrained(name), calib) for name in ("cnn", "cnn-avgpool", "mlp", "resnet")}
 
 
 def _op_by_op(im, x):
@@ -65,7 +65,7 @@ def _inputs(test: torch.Tensor, batch: int) -> list[torch.Tensor]:
 
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("batch", [1, 3, 64])
-@pytest.mark.parametrize("name", ["cnn", "mlp", "resnet"])
+@pytest.mark.parametrize("name", ["cnn", "cnn-avgpool", "mlp", "resnet"])
 def test_plan_equals_op_by_op_on_zoo_models(zoo_models, data, name, batch, threads):
     im = zoo_models[name]
     with torch_threads(threads):
@@ -96,6 +96,10 @@ def test_plan_covers_residual_linear_rgb_input_depthwise_and_dequantize(data):
         (nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.ReLU(),
                        nn.Flatten(), nn.Linear(8 * 784, 10)), calib, test[:5], "conv2d"),
         (nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)), calib, test[:5], "dequantize"),
+        (nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.AvgPool2d(3, stride=2), nn.Flatten(),
+                       nn.Linear(8 * 13 * 13, 10)), calib, test[:5], "avgpool2d"),  # overlapping, odd windows
+        (nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.AvgPool2d((2, 3)), nn.Conv2d(8, 4, 3),
+                       nn.ReLU(), nn.AvgPool2d(2)), calib, test[:5], "avgpool2d"),  # windows cropping the input
     ]
     for model, c, x, kind in models:
         im = _lower(model, c)
@@ -106,11 +110,9 @@ def test_plan_covers_residual_linear_rgb_input_depthwise_and_dequantize(data):
 
 
 def test_unsupported_ops_fall_back(data):
-    """Zero padding of the float input and a windowed average pool have no plan steps: op by op, same result."""
+    """Zero padding of the float input has no plan step: op by op, same result."""
     calib, test = data
-    for model in (nn.Sequential(nn.ZeroPad2d(1), nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 784, 10)),
-                  nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(),
-                                nn.Linear(8 * 196, 10))):
+    for model in (nn.Sequential(nn.ZeroPad2d(1), nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 784, 10)),):
         im = _lower(model, calib)
         x = test[:3]
         assert _plan_of(im, x) is None
@@ -264,3 +266,16 @@ def test_large_batches_and_other_inputs_go_op_by_op(zoo_models, data):
     assert im.plans.run(im, xd) is None
     with pytest.raises(DataError, match="expected dtype torch.float32"):
         im(xd)
+
+
+def test_the_sum_pool_step_is_checked_against_its_geometry():
+    """The windowed average pool's C step (sum_pool_nhwc) refuses an output size its input and window do not give,
+    and a buffer too small for the output, before any kernel runs."""
+    from lowbit.native import guard
+
+    x, out = guard.Buf(torch.int8, 2 * 6 * 6 * 4), guard.Buf(torch.int32, 2 * 2 * 2 * 4)
+    guard.sum_pool(x, 2, 6, 6, 4, 3, 3, 2, 2, 2, 2, out)  # (6 - 3) // 2 + 1 = 2: fine
+    with pytest.raises(ShapeError, match="output size Ho = 3"):
+        guard.sum_pool(x, 2, 6, 6, 4, 3, 3, 2, 2, 3, 2, out)
+    with pytest.raises(ShapeError, match="out"):
+        guard.sum_pool(x, 2, 6, 6, 4, 3, 3, 2, 2, 2, 2, guard.Buf(torch.int32, 2 * 2 * 2 * 4 - 1))

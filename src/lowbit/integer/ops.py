@@ -385,7 +385,10 @@ class AvgPool2d(Op):
             st = a.stride
             s = x.unfold(2, k[0], st[0]).unfold(3, k[1], st[1]).sum(dim=(-1, -2), dtype=torch.int32)
         s = s - a.window * a.input_zero_point
-        return torch_kernels.requant_int8(s, t["m"], t["n"], a.zero_point, a.lo, a.hi)
+        y = torch_kernels.requant_int8(s, t["m"], t["n"], a.zero_point, a.lo, a.hi)
+        if k is not None and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+            y = y.contiguous(memory_format=torch.channels_last)  # a conv's channels-last layout kept, as max pool
+        return y
 
 
 class Flatten(Op):

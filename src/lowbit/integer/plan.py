@@ -150,6 +150,7 @@ def _step_checks() -> dict:
         Kind.REQUANT: lambda B, a, r, t: g.requant(B(0), a[0], a[1], 0, 0, B(1), B(2), B(3), B(4), B(5), a[2], B(6),
                                                    a[3], a[4], a[5], B(7)),
         Kind.SUM_HW: lambda B, a, r, t: g.sum_hw(B(0), a[0], a[1], a[2], B(1)),
+        Kind.SUM_POOL: lambda B, a, r, t: g.sum_pool(B(0), *a[:10], B(1)),
         Kind.DEPTHWISE: lambda B, a, r, t: g.depthwise_nhwc(B(0), *a[:4], B(1), *a[4:15], B(2)),
         Kind.DEQUANT_CODES: lambda B, a, r, t: g.dequant_codes(B(0), a[0], a[1], r, B(1)),
         Kind.BITS_PACK: lambda B, a, r, t: g.bits_pack_i8(B(0), a[0], a[1], B(1)),

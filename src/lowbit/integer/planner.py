@@ -50,6 +50,7 @@ class Kind(IntEnum):
     BITS_SERIAL = 18
     IM2COL_I8 = 19
     TERNARY_GEMM = 20
+    SUM_POOL = 21
 
 
 class Unsupported(Exception):
@@ -440,21 +441,31 @@ def _maxpool2d(b: Builder, op: ops.MaxPool2d, x: Value) -> Value:
 
 
 def _avgpool2d(b: Builder, op: ops.AvgPool2d, x: Value) -> Value:
-    """Global average pool: int32 window sums, then the C epilogue with bias ``-window * z`` and the pool's
-    multiplier for every channel (the op's PyTorch arithmetic, element for element)."""
+    """Average pool, global or unpadded with a window: int32 window sums (NHWC), then the C epilogue with bias
+    ``-window * z`` and the pool's multiplier for every channel (the op's PyTorch arithmetic, element for
+    element); a windowed pool's output stays channels-last."""
     a, t = op.ir, op.tensors
     _int8(x, 4)
     n, c, h, w = x.shape
-    if a.kernel_size is not None or t["m"].numel() != 1 or t["n"].numel() != 1:
-        raise Unsupported("average pool with a window")
-    sums = b.scratch(n * c, torch.int32)
-    b.step(Kind.SUM_HW, [b.nhwc(x), sums], [n, h * w, c])
+    if t["m"].numel() != 1 or t["n"].numel() != 1:
+        raise Unsupported("average pool with a multiplier per channel")
+    if a.kernel_size is None:
+        ho = wo = 1
+        sums = b.scratch(n * c, torch.int32)
+        b.step(Kind.SUM_HW, [b.nhwc(x), sums], [n, h * w, c])
+    else:
+        (kh, kw), (sh, sw) = a.kernel_size, a.stride or a.kernel_size
+        ho, wo = (h - kh) // sh + 1, (w - kw) // sw + 1
+        if ho < 1 or wo < 1:
+            raise Unsupported("average pool window larger than its input")
+        sums = b.scratch(n * ho * wo * c, torch.int32)
+        b.step(Kind.SUM_POOL, [b.nhwc(x), sums], [n, h, w, c, kh, kw, sh, sw, ho, wo])
     m, shift = t["m"].reshape(1).expand(c), t["n"].reshape(1).expand(c)
     half = half_of(shift)
     bias = torch.full((c,), -a.window * a.input_zero_point, dtype=torch.int32)
-    out = b.value((n, c, 1, 1), torch.int8)
+    out = b.value((n, c, ho, wo), torch.int8, a.kernel_size is not None)
     b.step(Kind.REQUANT, [sums, b.const(bias), b.const(m), b.const(shift), b.const(half), -1, -1, out.slot],
-           [n, c, 0, a.zero_point, a.lo, a.hi])
+           [n * ho * wo, c, 0, a.zero_point, a.lo, a.hi])
     return out
 
 

@@ -366,6 +366,16 @@ def sum_hw(x: Buf, N, HW, C, out: Buf) -> None:
     _need(k, "out", out, (torch.int32,), N * C)
 
 
+def sum_pool(x: Buf, N, H, W, C, kh, kw, sh, sw, Ho, Wo, out: Buf) -> None:
+    """The plan's unpadded sum pool: int8 NHWC (N, H, W, C) -> int32 NHWC (N, Ho, Wo, C), exact for windows of
+    fewer than 2^24 pixels."""
+    k = "sum_pool_nhwc"
+    _geometry(k, N, H, W, C, kh, kw, sh, sw, 0, 0, 1, 1, Ho, Wo)
+    _int(k, "kh * kw", kh * kw, 1, (1 << 24) - 1)
+    _need(k, "x", x, (torch.int8,), N * H * W * C)
+    _need(k, "out", out, (torch.int32,), N * Ho * Wo * C)
+
+
 def dequant_codes(x: Buf, count, zp, scale, out: Buf) -> None:
     """The plan's output dequantization: float32 ``(q - z) s`` of int8 codes."""
     k = "dequant_codes"
@@ -758,4 +768,4 @@ ENTRY_POINTS: dict[str, str] = {
 
 __all__ = ["ENTRY_POINTS", "Buf", "bits_im2col_nhwc", "bits_serial_gemm", "ternary_gemm", "bits_pack_i8", "bits_unpack_i8", "buf", "xnor_gemm", "conv_u8s8", "delta_gru_q", "delta_rnn_f32", "dyn_dequant", "dyn_rnn_seq", "depthwise_nhwc", "dequant_codes", "dequant_rows",
            "gemm_u8s8", "im2col_nhwc", "im2col_u8", "maxpool_nhwc", "nhwc_to_nchw", "out_size", "pack_a", "pack_w", "quantize_rows_u8",
-           "pad_flip_nhwc", "quantize_f32", "requant", "requant_values", "snn_run", "sum_hw", "table", "vnni_peak"]
+           "pad_flip_nhwc", "quantize_f32", "requant", "requant_values", "snn_run", "sum_hw", "sum_pool", "table", "vnni_peak"]

@@ -46,6 +46,7 @@ enum {
                             * isa */
     STEP_IM2COL_I8 = 19,   /* buf: x i8 NHWC, out i8 rows;  arg: N, H, W, C, kh, kw, sh, sw, ph, pw, dh, dw, pad, Ho, Wo */
     STEP_TERNARY_GEMM = 20, /* buf: a u64 (binary rows), panels, pcm i32, out i32;  arg: M, N, W, isa */
+    STEP_SUM_POOL = 21,    /* buf: x i8 NHWC, out i32 NHWC;  arg: N, H, W, C, kh, kw, sh, sw, Ho, Wo */
 };
 
 int64_t lowbit_quantize_f32(const float *x, int64_t count, float inv, float zp, float lo, float hi, int8_t *out);
@@ -105,6 +106,24 @@ static void sum_hw_nhwc(const int8_t *x, int64_t N, int64_t HW, int64_t C, int32
     }
 }
 
+/* The window sums of an unpadded average pool over NHWC int8 (N, H, W, C) into int32 NHWC (N, Ho, Wo, C), as the
+ * op's unfold-and-sum computes them (exact: |sum| <= 128 kh kw < 2^31, checked by the guard); each output
+ * pixel sums its window row by row, the C channels as one contiguous run. */
+static void sum_pool_nhwc(const int8_t *x, int64_t N, int64_t H, int64_t W, int64_t C, int64_t kh, int64_t kw,
+                          int64_t sh, int64_t sw, int64_t Ho, int64_t Wo, int32_t *out) {
+    for (int64_t b = 0; b < N; b++)
+        for (int64_t oy = 0; oy < Ho; oy++)
+            for (int64_t ox = 0; ox < Wo; ox++) {
+                int32_t *restrict o = out + ((b * Ho + oy) * Wo + ox) * C;
+                for (int64_t c = 0; c < C; c++) o[c] = 0;
+                for (int64_t ky = 0; ky < kh; ky++)
+                    for (int64_t kx = 0; kx < kw; kx++) {
+                        const int8_t *restrict s = x + ((b * H + oy * sh + ky) * W + ox * sw + kx) * C;
+                        for (int64_t c = 0; c < C; c++) o[c] += s[c];
+                    }
+            }
+}
+
 /* The output dequantization of int8 codes: (float)(q - z) * s in float32, as
  * lowbit.functional.requant.dequantize_codes computes it (q - z is exact in float32; one rounding in the product). */
 static void dequant_codes(const int8_t *x, int64_t count, float zp, float scale, float *out) {
@@ -148,6 +167,9 @@ static int run_step(const struct lowbit_step *s, void **bufs, int threads) {
         lowbit_requant(B(0), A(0), A(1), 0, 0, B(1), B(2), B(3), B(4), B(5), A(2), B(6), A(3), A(4), A(5), B(7));
         return 0;
     case STEP_SUM_HW: sum_hw_nhwc(B(0), A(0), A(1), A(2), B(1)); return 0;
+    case STEP_SUM_POOL:
+        sum_pool_nhwc(B(0), A(0), A(1), A(2), A(3), A(4), A(5), A(6), A(7), A(8), A(9), B(1));
+        return 0;
     case STEP_DEPTHWISE:
         lowbit_depthwise_nhwc(B(0), A(0), A(1), A(2), A(3), B(1), A(4), A(5), A(6), A(7), A(8), A(9), A(10), A(11),
                               (int32_t)A(12), A(13), A(14), B(2));
