@@ -1,4 +1,4 @@
-"""``lowbit report``: what quantization saves for a shipped model (HTML, Markdown, JSON)."""
+"""``lowbit report``: what quantization saves for a shipped model or the user's own (HTML, Markdown, JSON)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from lowbit.cli.args import data_dir, existing_file, int_range, writable_dir
+from lowbit.cli.ptq_cmd import model_arg
 
 ZOO_NAMES = ("mlp", "cnn", "resnet")
 
@@ -16,8 +17,20 @@ def add_parser(sub) -> None:
                                    "models of a shipped model: accuracy, per-layer MACs/BOPs/memory, energy per "
                                    "inference (45 nm table, or --energy-table), measured latency, the spiking "
                                    "versions' synaptic operations and energy against the int8 ANN; writes "
-                                   "report.html (plots inline, works offline), report.md and report.json.")
-    p.add_argument("--model", nargs="+", default=["cnn"], choices=ZOO_NAMES, help="zoo models (default cnn)")
+                                   "report.html (plots inline, works offline), report.md and report.json. "
+                                   "Your own model (FILE.py:FUNCTION or .pt2, with --calib-data) gets the same "
+                                   "versions and costs, its accuracy on labelled --test-data (else the decisions "
+                                   "agreeing with float32) and each version's output cosine against float32.")
+    p.add_argument("--model", nargs="+", default=["cnn"], type=model_arg, metavar="MODEL",
+                   help="zoo models (mlp, cnn, resnet; default cnn), or one model of yours as FILE.py:FUNCTION "
+                        "(weights from --weights) or a torch.export program saved as .pt2")
+    p.add_argument("--weights", default=None, metavar="FILE",
+                   help="state dict for a FILE.py:FUNCTION model: .safetensors, .npz or .pt/.pth (no pickled code runs)")
+    p.add_argument("--calib-data", default=None, metavar="PATH",
+                   help="your model's calibration samples: .npy, .npz with x [y], or a folder of them")
+    p.add_argument("--test-data", default=None, metavar="PATH",
+                   help="your model's samples to measure on; labels 'y' in an .npz give accuracy (default: the "
+                        "calibration samples)")
     p.add_argument("--out", default="report", help="output folder (default ./report; one subfolder per model)")
     p.add_argument("--energy-table", default=None, metavar="JSON", help="your own per-operation energy table")
     p.add_argument("--rounds", type=int_range(0), default=10, help="latency rounds (0: do not measure)")
@@ -64,15 +77,58 @@ def write_reports(models, out: str | Path, data_dir=None, table_path=None, round
     return written
 
 
+def write_user_report(args: argparse.Namespace) -> Path:
+    """The report of the user's model ``args.model`` into ``args.out/<name>``."""
+    from lowbit.cost import report
+    from lowbit.cost.user_report import user_model_report
+    from lowbit.user_model import load_model, load_samples
+
+    model = load_model(args.model, args.weights)
+    calib = load_samples(args.calib_data, "--calib-data")
+    test = load_samples(args.test_data, "--test-data") if args.test_data else calib
+    name = Path(args.model.split(":")[0]).stem + (f"_{args.model.rsplit(':', 1)[1]}" if ":" in args.model else "")
+    r = user_model_report(name, model, calib, test, latency_rounds=args.rounds,
+                          table=_energy_table(args.energy_table))
+    paths = report.write(r, Path(args.out) / name)
+    print(f"report for {args.model}: {paths['html']} (+ .md, .json)")
+    for w in r.warnings:
+        print(f"warning: {w}")
+    return paths["html"]
+
+
+def _check_models(args: argparse.Namespace) -> bool:
+    """Whether ``--model`` names the user's model (then it is the only one, with --calib-data); the user-model
+    options are refused with zoo models."""
+    from lowbit.errors import ConfigError
+
+    user = [m for m in args.model if m not in ZOO_NAMES]
+    given = [f"--{n.replace('_', '-')}" for n in ("weights", "calib_data", "test_data") if getattr(args, n)]
+    if not user:
+        if given:
+            raise ConfigError(f"{', '.join(given)} belong to your own model (--model FILE.py:FUNCTION or a .pt2); "
+                              f"the zoo models have their weights and use Fashion-MNIST: drop them")
+        return False
+    if len(args.model) > 1:
+        raise ConfigError(f"--model takes zoo models, or one model of yours alone; got {' '.join(args.model)}")
+    if args.calib_data is None:
+        raise ConfigError(f"--model {args.model[0]} needs --calib-data: a .npy/.npz of representative input samples")
+    args.model = user[0]
+    return True
+
+
 def run(args: argparse.Namespace) -> int:
     from lowbit.errors import ConfigError
 
     if args.rounds < 0:
         raise ConfigError(f"--rounds must be >= 0, got {args.rounds}")
+    user = _check_models(args)
     data_dir(args.data_dir)
     writable_dir(args.out, "--out")
     if args.energy_table:
         existing_file(args.energy_table, "--energy-table", ".json")
         _energy_table(args.energy_table)  # a foreign table is refused before the models are quantized
-    write_reports(args.model, args.out, args.data_dir, args.energy_table, args.rounds, args.snn_images)
+    if user:
+        write_user_report(args)
+    else:
+        write_reports(args.model, args.out, args.data_dir, args.energy_table, args.rounds, args.snn_images)
     return 0

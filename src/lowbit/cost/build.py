@@ -29,7 +29,8 @@ from lowbit.zoo.recipes import evaluate
 VERSIONS = {"W8A8": PTQConfig(), "W8A8 pow2 (shift)": with_pow2_scales(PTQConfig()), "W4A8": PTQConfig(int_weight(4))}
 
 
-def _machine() -> str:
+def machine() -> str:
+    """The CPU model name and the torch version, for the report's header."""
     cpu = platform.processor() or platform.machine()
     try:
         cpu = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
@@ -92,7 +93,7 @@ def model_report(name: str, calib: Split, test: Split, latency_rounds: int = 10,
             for v in versions:
                 v.latency_us[f"batch {batch}"] = t[v.name].best_us
     coverage = [f"{v.name}: {w}" for v in versions[1:] if (w := coverage_warning(v.rows)) is not None]
-    report = Report(f"lowbit report: {name} on Fashion-MNIST", versions, _machine(), warnings_for(["int8"]) + coverage)
+    report = Report(f"lowbit report: {name} on Fashion-MNIST", versions, machine(), warnings_for(["int8"]) + coverage)
     report.slices, report.adc_bits = slice_sparsity(model), adc_bits(model).max_bits
     report.lns16_compute_pj = sum(r.macs for r in versions[0].rows) * lns_mac_energy(16, "lut", table)
     if snn_images:
@@ -122,4 +123,4 @@ def model_report(name: str, calib: Split, test: Split, latency_rounds: int = 10,
     return report
 
 
-__all__ = ["VERSIONS", "model_report"]
+__all__ = ["VERSIONS", "machine", "model_report"]

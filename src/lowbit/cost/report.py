@@ -50,6 +50,11 @@ class Report:
     lns16_compute_pj: float | None = None  # the float model's MACs priced as 16-bit LNS MACs (paper L)
     spiking: list = field(default_factory=list)  # lowbit.cost.spiking.SpikingCost: converted SNNs vs the int8 ANN
     spiking_note: str = ""
+    metric: str = "accuracy"  # what Version.accuracy holds: test accuracy, or decisions agreeing with float32
+
+
+def _metric_head(r: Report) -> str:
+    return "accuracy" if r.metric == "accuracy" else r.metric
 
 
 def _slice_rows(r: Report) -> list[list[str]]:
@@ -70,7 +75,7 @@ def _lns_line(r: Report) -> str:
 
 def to_dict(r: Report) -> dict:
     return {
-        "title": r.title, "machine": r.machine, "warnings": r.warnings, "notes": r.notes,
+        "title": r.title, "machine": r.machine, "warnings": r.warnings, "notes": r.notes, "metric": r.metric,
         "calibration_curve": [{"images": n, "accuracy": a} for n, a in r.curve],
         "sensitivity": [{"layer": n, "drop_points": d} for n, d in r.sensitivity],
         "bit_slices": [{"layer": x.layer, "weights": x.weights, "zero": list(x.zero), "mean": x.mean} for x in r.slices],
@@ -115,7 +120,8 @@ _HEAD = ["version", "accuracy", "weights", "MACs", "MACs quantized", "BOPs", "en
 
 def to_markdown(r: Report) -> str:
     lines = [f"# {r.title}", "", f"Machine: {r.machine}", ""]
-    lines += ["| " + " | ".join(_HEAD) + " |", "|" + "---|" * len(_HEAD)]
+    head = [_metric_head(r) if h == "accuracy" else h for h in _HEAD]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(row) + " |" for row in _summary_rows(r)]
     for w in r.warnings:
         lines.append(f"\n> warning: {w}")
@@ -245,7 +251,8 @@ def svg_line(title: str, xs: list[float], ys: list[float], xlabel: str, ylabel: 
 
 def to_html(r: Report) -> str:
     names = [v.name for v in r.versions]
-    figs = [svg_bars("Test accuracy (%)", names, [100 * v.accuracy for v in r.versions], "%"),
+    metric = "Test accuracy" if r.metric == "accuracy" else r.metric[0].upper() + r.metric[1:]
+    figs = [svg_bars(f"{metric} (%)", names, [100 * v.accuracy for v in r.versions], "%"),
             svg_stacked("Energy per inference (uJ, 45 nm model)", names,
                         {"compute": [v.energy.compute / 1e6 for v in r.versions],
                          "weights": [v.energy.weights / 1e6 for v in r.versions],
@@ -259,8 +266,8 @@ def to_html(r: Report) -> str:
     bits = [(v.weight_bits, v.accuracy) for v in r.versions]
     if len(bits) > 1:
         bits.sort()
-        figs.append(svg_line("Accuracy against weight bits", [b for b, _ in bits], [100 * a for _, a in bits],
-                             "mean weight bits", "accuracy %", logx=True, min_span=ACCURACY_SPAN, bounds=(0, 100)))
+        figs.append(svg_line(f"{'Accuracy' if r.metric == 'accuracy' else metric} against weight bits", [b for b, _ in bits], [100 * a for _, a in bits],
+                             "mean weight bits", f"{_metric_head(r)} %", logx=True, min_span=ACCURACY_SPAN, bounds=(0, 100)))
     if r.curve:
         figs.append(svg_line("Calibration curve (W8A8)", [n for n, _ in r.curve], [100 * a for _, a in r.curve],
                              "calibration images", "accuracy %", logx=True, min_span=ACCURACY_SPAN,
@@ -280,7 +287,7 @@ def to_html(r: Report) -> str:
                   f"{'/'.join(map(str, r.adc_bits))}</p>")
     if r.spiking:
         extra += _spiking_html(r)
-    head = "".join(f"<th>{h}</th>" for h in _HEAD)
+    head = "".join(f"<th>{html.escape(_metric_head(r) if h == 'accuracy' else h)}</th>" for h in _HEAD)
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
              "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
              "td:first-child,th:first-child{text-align:left}.warn{color:#a33}.figs svg{margin:8px;font-size:12px}")
