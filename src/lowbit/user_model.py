@@ -7,11 +7,16 @@ Models (``--model``):
   ``make_model()`` must return an ``nn.Module``; ``--weights`` then loads a state dict from
   ``.safetensors``, ``.npz`` (``allow_pickle=False``) or ``.pt``/``.pth`` (``torch.load(weights_only=True)``):
   loading weights never runs pickled code;
-* ``path/to/program.pt2``: a program saved by ``torch.export.save``, run as its module.
+* ``path/to/program.pt2``: a program saved by ``torch.export.save``, run as its module;
+* ``path/to/folder`` holding ``config.json``: a Hugging Face ``transformers`` model saved by
+  ``save_pretrained`` (:mod:`lowbit.hf`).
 
 Data (``--calib-data``, ``--test-data``): a ``.npy`` file of samples (first axis: samples), a ``.npz``
 file with ``x`` (and optionally labels ``y``; any other arrays are keyword inputs of ``forward``,
-batched alike), or a folder of such files, concatenated in name order.
+batched alike), or a folder of such files, concatenated in name order; or ``path/to/file.py:make_data``,
+a function returning a tensor of samples, a dict of them (``x``, optional ``y`` and keyword inputs, as in
+an ``.npz``) or a list of such batches (concatenated). Labels are never guessed from a position: a tuple
+``(x, y)`` is refused (return ``{"x": x, "y": y}``).
 """
 
 from __future__ import annotations
@@ -32,32 +37,48 @@ WEIGHT_SUFFIXES = (".safetensors", ".npz", ".pt", ".pth")
 DATA_SUFFIXES = (".npy", ".npz")
 
 
+def is_factory(spec: str) -> bool:
+    """``FILE.py:NAME``: a function in a Python file."""
+    return ":" in spec and spec.rsplit(":", 1)[0].endswith(".py")
+
+
 def is_user_model(spec: str) -> bool:
-    """A factory ``FILE.py:NAME`` or a ``.pt2`` program, as opposed to a zoo name."""
-    return spec.endswith(".pt2") or (":" in spec and spec.rsplit(":", 1)[0].endswith(".py"))
+    """A factory ``FILE.py:NAME``, a ``.pt2`` program or a Hugging Face model folder, as opposed to a zoo name."""
+    from lowbit.hf import is_hf_folder
+
+    return spec.endswith(".pt2") or is_factory(spec) or is_hf_folder(spec)
 
 
-def load_factory(spec: str) -> nn.Module:
-    """``FILE.py:NAME`` -> ``NAME()`` from that file, which must be an ``nn.Module``."""
+def call_factory(spec: str, option: str = "--model", returns: str = "the nn.Module") -> object:
+    """``FILE.py:NAME`` -> ``NAME()`` from that file (the user's own code: it runs)."""
     path_text, _, name = spec.rpartition(":")
     path = Path(path_text)
     if not path.is_file():
-        raise ConfigError(f"--model {spec}: no file {path}; pass FILE.py:FUNCTION with a function that returns the "
-                          "nn.Module")
+        raise ConfigError(f"{option} {spec}: no file {path}; pass FILE.py:FUNCTION with a function that returns "
+                          f"{returns}")
     module_spec = importlib.util.spec_from_file_location(f"lowbit_user_{path.stem}", path)
     if module_spec is None or module_spec.loader is None:
-        raise ConfigError(f"--model {spec}: {path} cannot be imported as Python")
+        raise ConfigError(f"{option} {spec}: {path} cannot be imported as Python")
     module = importlib.util.module_from_spec(module_spec)
     try:
         module_spec.loader.exec_module(module)
     except Exception as exc:  # noqa: BLE001 - the user's file: any error of theirs, named with its place
-        raise ConfigError(f"--model {spec}: importing {path} failed: {type(exc).__name__}: {exc}") from None
+        raise ConfigError(f"{option} {spec}: importing {path} failed: {type(exc).__name__}: {exc}") from None
     factory = getattr(module, name, None)
     if not callable(factory):
         found = sorted(n for n in vars(module) if callable(vars(module)[n]) and not n.startswith("_"))
-        raise ConfigError(f"--model {spec}: {path} has no function {name!r} (callables there: "
+        raise ConfigError(f"{option} {spec}: {path} has no function {name!r} (callables there: "
                           f"{', '.join(found[:10]) or 'none'})")
-    model = factory()
+    try:
+        return factory()
+    except Exception as exc:  # noqa: BLE001 - the user's function: its error, named with its place
+        raise ConfigError(f"{option} {spec}: {name}() failed: {type(exc).__name__}: {exc}") from None
+
+
+def load_factory(spec: str) -> nn.Module:
+    """``FILE.py:NAME`` -> ``NAME()`` from that file, which must be an ``nn.Module``."""
+    name = spec.rpartition(":")[2]
+    model = call_factory(spec)
     if not isinstance(model, nn.Module):
         raise ConfigError(f"--model {spec}: {name}() returned a {type(model).__name__}, not a torch.nn.Module")
     return model
@@ -127,6 +148,12 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
 
 def load_model(spec: str, weights: str | None = None) -> nn.Module:
     """The user's model from ``--model`` (and ``--weights``), in eval mode."""
+    from lowbit.hf import is_hf_folder, load_hf
+
+    if is_hf_folder(spec):
+        if weights is not None:
+            raise ConfigError("--weights does not apply to a Hugging Face model folder: its weights are inside it")
+        return load_hf(spec)
     if spec.endswith(".pt2"):
         if weights is not None:
             raise ConfigError("--weights does not apply to a .pt2 program: its weights are inside it")
@@ -202,8 +229,32 @@ def _read(path: Path, option: str) -> dict[str, np.ndarray]:
         raise DataError(str(_unreadable(option, path, f"{path.suffix} samples", exc))) from None
 
 
+def _factory_arrays(spec: str, option: str) -> dict[str, np.ndarray]:
+    """The arrays of a data factory's result: a tensor or array, a dict with ``x``, or a list of either."""
+    data = call_factory(spec, option, "samples: a tensor, a dict with 'x' (and 'y'), or a list of them")
+    batches = data if isinstance(data, list) else [data]
+    parts = []
+    for b in batches:
+        if isinstance(b, tuple):
+            raise DataError(f"{option} {spec}: a batch is a tuple; lowbit does not guess which item holds labels: "
+                            "return a dict {'x': inputs, 'y': labels, other keyword inputs by name}")
+        if isinstance(b, (torch.Tensor, np.ndarray)):
+            b = {"x": b}
+        if not isinstance(b, dict) or "x" not in b:
+            raise DataError(f"{option} {spec}: a batch is a {type(b).__name__}"
+                            + (f" with keys {sorted(b)}" if isinstance(b, dict) else "")
+                            + "; return a tensor of samples, a dict with 'x' (and 'y'), or a list of them")
+        parts.append({k: (v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v))
+                      for k, v in b.items()})
+    if not parts or any(set(p) != set(parts[0]) for p in parts):
+        raise DataError(f"{option} {spec}: returned no batches, or batches with different keys")
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
 def load_samples(path: str | Path, option: str) -> Samples:
-    """``.npy``/``.npz`` file or folder of them (see the module docstring)."""
+    """``.npy``/``.npz`` file or folder of them, or a ``FILE.py:FUNCTION`` data factory (module docstring)."""
+    if is_factory(str(path)):
+        return _samples(_factory_arrays(str(path), option), option, str(path))
     path = Path(path)
     files = sorted(p for p in path.iterdir() if p.suffix in DATA_SUFFIXES) if path.is_dir() else [path]
     if not path.exists():
@@ -214,7 +265,11 @@ def load_samples(path: str | Path, option: str) -> Samples:
     keys = set(parts[0])
     if any(set(p) != keys for p in parts):
         raise DataError(f"{option} {path}: the files hold different arrays ({[sorted(p) for p in parts][:3]})")
-    arrays = {k: np.concatenate([p[k] for p in parts]) for k in keys}
+    return _samples({k: np.concatenate([p[k] for p in parts]) for k in keys}, option, str(path))
+
+
+def _samples(arrays: dict[str, np.ndarray], option: str, path: str) -> Samples:
+    """Arrays ``x`` (``y``, keyword inputs) checked (same number of samples, numbers, finite) as Samples."""
     n = arrays["x"].shape[0] if arrays["x"].ndim else 0
     for k, a in arrays.items():
         if a.ndim == 0 or a.shape[0] != n or n == 0:

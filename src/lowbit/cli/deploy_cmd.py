@@ -15,11 +15,13 @@ ZOO_NAMES = ("mlp", "cnn", "resnet")
 def _ptq_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="cnn", type=model_arg, metavar="MODEL",
                    help="a zoo model (mlp, cnn, resnet; default cnn), your own as FILE.py:FUNCTION (weights from "
-                        "--weights) or a torch.export program saved as .pt2; your own models need --calib-data")
+                        "--weights), a torch.export program saved as .pt2 or a Hugging Face model folder "
+                        "(save_pretrained); your own models need --calib-data")
     p.add_argument("--weights", default=None, metavar="FILE",
                    help="state dict for FILE.py:FUNCTION models: .safetensors, .npz or .pt/.pth (no pickled code runs)")
     p.add_argument("--calib-data", default=None, metavar="PATH",
-                   help="your model's calibration samples: .npy, .npz with x [y], or a folder of them")
+                   help="your model's calibration samples: .npy, .npz with x [y], a folder of them, or "
+                        "FILE.py:FUNCTION returning them")
     p.add_argument("--test-data", default=None, metavar="PATH",
                    help="your model's samples to check and time on (default: the calibration samples)")
     p.add_argument("--weight-bits", type=int, default=8, help="weight bits, 2..8 (<= 4 is saved packed; default 8)")

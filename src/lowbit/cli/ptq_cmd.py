@@ -70,13 +70,14 @@ def act_spec(args: argparse.Namespace, percentile: float = 99.99):
 
 
 def model_arg(text: str) -> str:
-    """argparse type of ``--model``: a zoo name, ``FILE.py:FUNCTION`` or a ``.pt2`` program."""
+    """argparse type of ``--model``: a zoo name, ``FILE.py:FUNCTION``, a ``.pt2`` program or a Hugging Face
+    model folder."""
     from lowbit.user_model import is_user_model
 
     if text in ZOO_NAMES or is_user_model(text):
         return text
     raise argparse.ArgumentTypeError(f"{text!r} is not a zoo model ({', '.join(ZOO_NAMES)}), a FILE.py:FUNCTION "
-                                     "factory or a .pt2 program")
+                                     "factory, a .pt2 program or a Hugging Face model folder (config.json)")
 
 
 def add_parser(sub) -> None:
@@ -86,13 +87,15 @@ def add_parser(sub) -> None:
                     "calibrate on N training images, and report test accuracy against float.")
     p.add_argument("--model", default="cnn", type=model_arg, metavar="MODEL",
                    help="a zoo model (mlp, cnn, resnet; default cnn), your own as FILE.py:FUNCTION (FUNCTION() returns "
-                        "the nn.Module; weights from --weights), or a torch.export program saved as .pt2; your own "
-                        "models need --calib-data")
+                        "the nn.Module; weights from --weights), a torch.export program saved as .pt2, or a Hugging Face "
+                        "model folder (save_pretrained: config.json and .safetensors); your own models need "
+                        "--calib-data")
     p.add_argument("--weights", default=None, metavar="FILE",
                    help="state dict for FILE.py:FUNCTION models: .safetensors, .npz or .pt/.pth (read without "
                         "running pickled code)")
     p.add_argument("--calib-data", default=None, metavar="PATH",
-                   help="your model's calibration samples: .npy, .npz with x [y, keyword inputs], or a folder of them")
+                   help="your model's calibration samples: .npy, .npz with x [y, keyword inputs], a folder of them, "
+                        "or FILE.py:FUNCTION returning a tensor, a dict {x, [y], keyword inputs} or a list of them")
     p.add_argument("--test-data", default=None, metavar="PATH",
                    help="samples to compare float and quantized outputs on (same forms; labels y give accuracy); "
                         "default: the calibration samples")

@@ -23,11 +23,13 @@ def add_parser(sub) -> None:
                                    "agreeing with float32) and each version's output cosine against float32.")
     p.add_argument("--model", nargs="+", default=["cnn"], type=model_arg, metavar="MODEL",
                    help="zoo models (mlp, cnn, resnet; default cnn), or one model of yours as FILE.py:FUNCTION "
-                        "(weights from --weights) or a torch.export program saved as .pt2")
+                        "(weights from --weights), a torch.export program saved as .pt2 or a Hugging Face model "
+                        "folder (save_pretrained)")
     p.add_argument("--weights", default=None, metavar="FILE",
                    help="state dict for a FILE.py:FUNCTION model: .safetensors, .npz or .pt/.pth (no pickled code runs)")
     p.add_argument("--calib-data", default=None, metavar="PATH",
-                   help="your model's calibration samples: .npy, .npz with x [y], or a folder of them")
+                   help="your model's calibration samples: .npy, .npz with x [y], a folder of them, or "
+                        "FILE.py:FUNCTION returning them")
     p.add_argument("--test-data", default=None, metavar="PATH",
                    help="your model's samples to measure on; labels 'y' in an .npz give accuracy (default: the "
                         "calibration samples)")
