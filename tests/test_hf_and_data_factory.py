@@ -3,6 +3,7 @@
 import re
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 
@@ -110,3 +111,31 @@ def test_data_factories_give_samples_and_refuse_guessing_labels(tmp_path):
                              ("absent", ConfigError, "has no function 'absent'")):
         with pytest.raises(err, match=re.escape(words)):
             load_samples(f"{f}:{name}", "--calib-data")
+
+
+def test_an_image_folder_gives_scaled_images_and_class_labels(tmp_path):
+    """Class subfolders -> labels in sorted name order; pixels / 255 as (C, H, W); grey stays one channel."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    pixels = {}
+    for cls in ("b_dog", "a_cat"):
+        (tmp_path / "cls" / cls).mkdir(parents=True)
+        for i in range(2):
+            a = rng.integers(0, 256, (5, 7), dtype=np.uint8)
+            Image.fromarray(a, "L").save(tmp_path / "cls" / cls / f"{i}.png")
+            pixels[(cls, i)] = a
+    s = load_samples(tmp_path / "cls", "--calib-data")
+    assert s.x.shape == (4, 1, 5, 7) and s.y.tolist() == [0, 0, 1, 1]
+    assert torch.equal(s.x[0, 0], torch.from_numpy(pixels[("a_cat", 0)].astype(np.float32) / 255.0))
+    assert torch.equal(s.x[3, 0], torch.from_numpy(pixels[("b_dog", 1)].astype(np.float32) / 255.0))
+    (tmp_path / "flat").mkdir()
+    rgb = rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    Image.fromarray(rgb, "RGB").save(tmp_path / "flat" / "one.png")
+    Image.fromarray(rgb[..., 0], "L").save(tmp_path / "flat" / "two.png")
+    s = load_samples(tmp_path / "flat", "--calib-data")
+    assert s.x.shape == (2, 3, 5, 7) and s.y is None  # one colour image: all as RGB
+    assert torch.equal(s.x[0], torch.from_numpy(rgb.astype(np.float32).transpose(2, 0, 1) / 255.0))
+    Image.fromarray(rgb[:4], "RGB").save(tmp_path / "flat" / "three.png")
+    with pytest.raises(DataError, match="different sizes"):
+        load_samples(tmp_path / "flat", "--calib-data")

@@ -13,7 +13,8 @@ Models (``--model``):
 
 Data (``--calib-data``, ``--test-data``): a ``.npy`` file of samples (first axis: samples), a ``.npz``
 file with ``x`` (and optionally labels ``y``; any other arrays are keyword inputs of ``forward``,
-batched alike), or a folder of such files, concatenated in name order; or ``path/to/file.py:make_data``,
+batched alike), or a folder of such files, concatenated in name order; a folder of images (directly, or
+in one subfolder per class for labels; :mod:`lowbit.data.image_folder`); or ``path/to/file.py:make_data``,
 a function returning a tensor of samples, a dict of them (``x``, optional ``y`` and keyword inputs, as in
 an ``.npz``) or a list of such batches (concatenated). Labels are never guessed from a position: a tuple
 ``(x, y)`` is refused (return ``{"x": x, "y": y}``).
@@ -255,12 +256,17 @@ def load_samples(path: str | Path, option: str) -> Samples:
     """``.npy``/``.npz`` file or folder of them, or a ``FILE.py:FUNCTION`` data factory (module docstring)."""
     if is_factory(str(path)):
         return _samples(_factory_arrays(str(path), option), option, str(path))
+    from lowbit.data.image_folder import is_image_folder, read_image_folder
+
     path = Path(path)
     files = sorted(p for p in path.iterdir() if p.suffix in DATA_SUFFIXES) if path.is_dir() else [path]
     if not path.exists():
         raise DataError(f"{option} {path}: no such file or folder")
+    if not files and is_image_folder(path):
+        return _samples(read_image_folder(path, option), option, str(path))
     if not files or any(p.suffix not in DATA_SUFFIXES for p in files):
-        raise DataError(f"{option} {path}: needs .npy or .npz files of samples (first axis: samples)")
+        raise DataError(f"{option} {path}: needs .npy or .npz files of samples (first axis: samples), a folder "
+                        "of them, or a folder of images")
     parts = [_read(p, option) for p in files]
     keys = set(parts[0])
     if any(set(p) != keys for p in parts):
