@@ -147,6 +147,13 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     return model
 
 
+def model_name(spec: str) -> str:
+    """A file name for the user's model: ``my_make_model`` for ``path/my.py:make_model``, the stem of a ``.pt2``
+    program or the name of a model folder."""
+    path, _, function = spec.rpartition(":") if is_factory(spec) else (spec, "", "")
+    return Path(path).stem + (f"_{function}" if function else "")
+
+
 def load_model(spec: str, weights: str | None = None) -> nn.Module:
     """The user's model from ``--model`` (and ``--weights``), in eval mode."""
     from lowbit.hf import is_hf_folder, load_hf
@@ -344,4 +351,5 @@ def fidelity(reference: nn.Module, model: nn.Module, samples: Samples, batch: in
                     f_acc)
 
 
-__all__ = ["Fidelity", "Samples", "fidelity", "first_input", "is_user_model", "load_model", "load_samples", "load_weights"]
+__all__ = ["Fidelity", "Samples", "fidelity", "first_input", "is_user_model", "load_model", "load_samples", "load_weights",
+           "model_name"]

@@ -132,7 +132,7 @@ def _user_model(args):
     """The user's model, its calibration batches and test inputs (one input tensor: an integer model takes one),
     and a file name for it."""
     from lowbit.errors import ConfigError
-    from lowbit.user_model import load_model, load_samples
+    from lowbit.user_model import load_model, load_samples, model_name
 
     if args.calib_data is None:
         raise ConfigError(f"--model {args.model} needs --calib-data: a .npy/.npz of representative input samples")
@@ -143,7 +143,7 @@ def _user_model(args):
         raise ConfigError("the integer model takes one input tensor; these samples hold keyword inputs "
                           f"({', '.join(sorted(calib.extra or test.extra))}): lowbit ptq quantizes such models "
                           "(as a simulation), lowbit export cannot lower them yet")
-    name = Path(args.model.split(":")[0]).stem + (f"_{args.model.rsplit(':', 1)[1]}" if ":" in args.model else "")
+    name = model_name(args.model)
     return model.eval(), calib.batches(64, args.calib), test.x, name
 
 

@@ -83,12 +83,12 @@ def write_user_report(args: argparse.Namespace) -> Path:
     """The report of the user's model ``args.model`` into ``args.out/<name>``."""
     from lowbit.cost import report
     from lowbit.cost.user_report import user_model_report
-    from lowbit.user_model import load_model, load_samples
+    from lowbit.user_model import load_model, load_samples, model_name
 
     model = load_model(args.model, args.weights)
     calib = load_samples(args.calib_data, "--calib-data")
     test = load_samples(args.test_data, "--test-data") if args.test_data else calib
-    name = Path(args.model.split(":")[0]).stem + (f"_{args.model.rsplit(':', 1)[1]}" if ":" in args.model else "")
+    name = model_name(args.model)
     r = user_model_report(name, model, calib, test, latency_rounds=args.rounds,
                           table=_energy_table(args.energy_table))
     paths = report.write(r, Path(args.out) / name)
