@@ -7,23 +7,15 @@ import tempfile
 from pathlib import Path
 
 from lowbit.cli.args import at_most, data_dir, int_range, writable_dir
-from lowbit.cli.ptq_cmd import act_spec, add_weight_format_args, model_arg, weight_spec
+from lowbit.cli.ptq_cmd import MODEL_FORMS, act_spec, add_user_data_args, add_weight_format_args, model_arg, weight_spec
 
 ZOO_NAMES = ("mlp", "cnn", "resnet")
 
 
 def _ptq_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="cnn", type=model_arg, metavar="MODEL",
-                   help="a zoo model (mlp, cnn, resnet; default cnn), your own as FILE.py:FUNCTION (weights from "
-                        "--weights), a torch.export program saved as .pt2 or a Hugging Face model folder "
-                        "(save_pretrained); your own models need --calib-data")
-    p.add_argument("--weights", default=None, metavar="FILE",
-                   help="state dict for FILE.py:FUNCTION models: .safetensors, .npz or .pt/.pth (no pickled code runs)")
-    p.add_argument("--calib-data", default=None, metavar="PATH",
-                   help="your model's calibration samples: .npy, .npz with x [y], a folder of them, or "
-                        "FILE.py:FUNCTION returning them")
-    p.add_argument("--test-data", default=None, metavar="PATH",
-                   help="your model's samples to check and time on (default: the calibration samples)")
+                   help=f"a zoo model (mlp, cnn, resnet; default cnn), {MODEL_FORMS}; your own models need --calib-data")
+    add_user_data_args(p, "your model's samples to check and time on (default: the calibration samples)")
     p.add_argument("--weight-bits", type=int, default=8, help="weight bits, 2..8 (<= 4 is saved packed; default 8)")
     p.add_argument("--act-bits", type=int, default=8, help="activation bits, 2..8 (default 8)")
     p.add_argument("--pow2", action="store_true", help="power-of-two scales: requantization by shift only")

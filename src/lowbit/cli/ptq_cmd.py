@@ -80,25 +80,32 @@ def model_arg(text: str) -> str:
                                      "factory, a .pt2 program or a Hugging Face model folder (config.json)")
 
 
+MODEL_FORMS = ("your own as FILE.py:FUNCTION (FUNCTION() returns the nn.Module; weights from --weights), a "
+               "torch.export program saved as .pt2, or a Hugging Face model folder (save_pretrained: config.json "
+               "and .safetensors)")
+
+
+def add_user_data_args(p: argparse.ArgumentParser, test_help: str) -> None:
+    """``--weights``, ``--calib-data`` and ``--test-data`` of the user's own model (ptq, export, bench, report)."""
+    p.add_argument("--weights", default=None, metavar="FILE",
+                   help="state dict for FILE.py:FUNCTION models: .safetensors, .npz or .pt/.pth (read without "
+                        "running pickled code)")
+    p.add_argument("--calib-data", default=None, metavar="PATH",
+                   help="your model's calibration samples: .npy, .npz with x [y, keyword inputs], a folder of them "
+                        "or of images (class subfolders for labels), or FILE.py:FUNCTION returning a tensor, a "
+                        "dict {x, [y], keyword inputs} or a list of them")
+    p.add_argument("--test-data", default=None, metavar="PATH", help=test_help)
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "ptq", help="post-training quantization of a shipped model (accuracy, quant ops, diagnostics)",
         description="Quantize a shipped zoo model after training: fold BatchNorm, fuse into unified modules, "
                     "calibrate on N training images, and report test accuracy against float.")
     p.add_argument("--model", default="cnn", type=model_arg, metavar="MODEL",
-                   help="a zoo model (mlp, cnn, resnet; default cnn), your own as FILE.py:FUNCTION (FUNCTION() returns "
-                        "the nn.Module; weights from --weights), a torch.export program saved as .pt2, or a Hugging Face "
-                        "model folder (save_pretrained: config.json and .safetensors); your own models need "
-                        "--calib-data")
-    p.add_argument("--weights", default=None, metavar="FILE",
-                   help="state dict for FILE.py:FUNCTION models: .safetensors, .npz or .pt/.pth (read without "
-                        "running pickled code)")
-    p.add_argument("--calib-data", default=None, metavar="PATH",
-                   help="your model's calibration samples: .npy, .npz with x [y, keyword inputs], a folder of them, "
-                        "or FILE.py:FUNCTION returning a tensor, a dict {x, [y], keyword inputs} or a list of them")
-    p.add_argument("--test-data", default=None, metavar="PATH",
-                   help="samples to compare float and quantized outputs on (same forms; labels y give accuracy); "
-                        "default: the calibration samples")
+                   help=f"a zoo model (mlp, cnn, resnet; default cnn), {MODEL_FORMS}; your own models need --calib-data")
+    add_user_data_args(p, "samples to compare float and quantized outputs on (same forms; labels y give accuracy); "
+                          "default: the calibration samples")
     p.add_argument("--weight-bits", type=int, default=8, help="weight bit width, 2..16 (default 8)")
     p.add_argument("--act-bits", type=int, default=8, help="activation bit width, 2..16 (default 8)")
     add_weight_format_args(p)

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from lowbit.cli.args import data_dir, existing_file, int_range, writable_dir
-from lowbit.cli.ptq_cmd import model_arg
+from lowbit.cli.ptq_cmd import MODEL_FORMS, add_user_data_args, model_arg
 
 ZOO_NAMES = ("mlp", "cnn", "resnet")
 
@@ -22,17 +22,9 @@ def add_parser(sub) -> None:
                                    "versions and costs, its accuracy on labelled --test-data (else the decisions "
                                    "agreeing with float32) and each version's output cosine against float32.")
     p.add_argument("--model", nargs="+", default=["cnn"], type=model_arg, metavar="MODEL",
-                   help="zoo models (mlp, cnn, resnet; default cnn), or one model of yours as FILE.py:FUNCTION "
-                        "(weights from --weights), a torch.export program saved as .pt2 or a Hugging Face model "
-                        "folder (save_pretrained)")
-    p.add_argument("--weights", default=None, metavar="FILE",
-                   help="state dict for a FILE.py:FUNCTION model: .safetensors, .npz or .pt/.pth (no pickled code runs)")
-    p.add_argument("--calib-data", default=None, metavar="PATH",
-                   help="your model's calibration samples: .npy, .npz with x [y], a folder of them, or "
-                        "FILE.py:FUNCTION returning them")
-    p.add_argument("--test-data", default=None, metavar="PATH",
-                   help="your model's samples to measure on; labels 'y' in an .npz give accuracy (default: the "
-                        "calibration samples)")
+                   help=f"zoo models (mlp, cnn, resnet; default cnn), or one model of yours alone: {MODEL_FORMS}")
+    add_user_data_args(p, "your model's samples to measure on; labels 'y' give accuracy (default: the calibration "
+                          "samples)")
     p.add_argument("--out", default="report", help="output folder (default ./report; one subfolder per model)")
     p.add_argument("--energy-table", default=None, metavar="JSON", help="your own per-operation energy table")
     p.add_argument("--rounds", type=int_range(0), default=10, help="latency rounds (0: do not measure)")
