@@ -86,7 +86,7 @@ def test_pt_weights_load_the_same_model(user):
 @pytest.mark.parametrize("case,args,message", [
     ("no calibration data", ["--weights", "w.npz"], "needs --calib-data"),
     ("unknown function", ["--calib-data", "calib.npy"], "has no function 'missing'"),
-    ("not a module", ["--calib-data", "calib.npy"], "returned a int, not a torch.nn.Module"),
+    ("not a module", ["--calib-data", "calib.npy"], "returned a value of type int, not a torch.nn.Module"),
     ("weights of another model", ["--weights", "bad.npz", "--calib-data", "calib.npy"], "does not fit the model: missing"),
     ("samples without x", ["--calib-data", "nox.npz"], "needs an array 'x'"),
     ("zoo model with user data", ["--calib-data", "calib.npy"], "are for your own models"),

@@ -139,3 +139,13 @@ def test_an_image_folder_gives_scaled_images_and_class_labels(tmp_path):
     Image.fromarray(rgb[:4], "RGB").save(tmp_path / "flat" / "three.png")
     with pytest.raises(DataError, match="different sizes"):
         load_samples(tmp_path / "flat", "--calib-data")
+
+
+def test_a_file_that_is_not_an_exported_program_is_refused_quietly(tmp_path, capfd):
+    """Not a zip archive, or a zip archive without a program: one ConfigError, no torch traceback logged."""
+    (tmp_path / "junk.pt2").write_bytes(b"junk")
+    (tmp_path / "empty.pt2").write_bytes(b"PK\x05\x06" + bytes(18))  # an empty zip archive
+    for name, words in (("junk.pt2", "not a zip archive"), ("empty.pt2", "not a program saved by torch.export")):
+        with pytest.raises(ConfigError, match=words):
+            load_model(str(tmp_path / name))
+    assert "Traceback" not in capfd.readouterr().err

@@ -81,7 +81,8 @@ def load_factory(spec: str) -> nn.Module:
     name = spec.rpartition(":")[2]
     model = call_factory(spec)
     if not isinstance(model, nn.Module):
-        raise ConfigError(f"--model {spec}: {name}() returned a {type(model).__name__}, not a torch.nn.Module")
+        raise ConfigError(f"--model {spec}: {name}() returned a value of type {type(model).__name__}, not a "
+                          "torch.nn.Module")
     return model
 
 
@@ -169,15 +170,30 @@ def load_model(spec: str, weights: str | None = None) -> nn.Module:
             raise ConfigError(f"--model {spec}: no such file")
         from lowbit.graph.export_lift import lift_program
 
-        try:
-            program = torch.export.load(spec)
-        except Exception as exc:  # noqa: BLE001 - a file export did not write
-            raise ConfigError(f"--model {spec}: not a program saved by torch.export.save ({type(exc).__name__})") from None
+        program = _load_program(spec)
         return _dynamic_batch(spec, lift_program(program)).eval()
     model = load_factory(spec)
     if weights is not None:
         load_weights(model, weights)
     return model.eval()
+
+
+def _load_program(spec: str):
+    """``torch.export.load(spec)``; a file that is not one is a ConfigError (torch's own logged traceback on the
+    way, for a zip archive that is not a program, is kept off the user's terminal)."""
+    import logging
+
+    if not zipfile.is_zipfile(spec):
+        raise ConfigError(f"--model {spec}: not a program saved by torch.export.save (not a zip archive)")
+    log = logging.getLogger("torch.export")
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        return torch.export.load(spec)
+    except Exception as exc:  # noqa: BLE001 - a file export did not write
+        raise ConfigError(f"--model {spec}: not a program saved by torch.export.save ({type(exc).__name__})") from None
+    finally:
+        log.setLevel(level)
 
 
 def _dynamic_batch(spec: str, gm: nn.Module) -> nn.Module:
