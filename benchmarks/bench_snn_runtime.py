@@ -25,6 +25,7 @@ runtime speed-up over the dense simulation >= sparsity factor / 2.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import statistics
 import time
@@ -45,17 +46,24 @@ NEURONS = {
 
 
 def timed(paths: dict[str, object], images: torch.Tensor) -> dict[str, list[float]]:
-    """Seconds per call of each path, one image per round, paths in a rotating order (2 warm-up rounds)."""
+    """Seconds per call of each path, one image per round, paths in a rotating order (2 warm-up rounds). Python's
+    garbage collector is off during the timed rounds (as ``timeit`` does), for every path alike: a collection
+    then lands in no path's call."""
     names = list(paths)
     for x in images[:2]:
         for n in names:
             paths[n](x)
     samples: dict[str, list[float]] = {n: [] for n in names}
-    for r, x in enumerate(images):
-        for n in names[r % len(names):] + names[:r % len(names)]:
-            t0 = time.perf_counter()
-            paths[n](x)
-            samples[n].append(time.perf_counter() - t0)
+    gc.collect()
+    gc.disable()
+    try:
+        for r, x in enumerate(images):
+            for n in names[r % len(names):] + names[:r % len(names)]:
+                t0 = time.perf_counter()
+                paths[n](x)
+                samples[n].append(time.perf_counter() - t0)
+    finally:
+        gc.enable()
     return samples
 
 
@@ -156,8 +164,8 @@ def main() -> None:
                      "best_us": round(best[name], 1)})
     body = "\n".join([
         f"Model `{args.model}` (ANN MACs per inference: {macs:,}), first {len(x)} Fashion-MNIST test images, batch 1, "
-        "1 thread; one image per round, every path once per round in a rotating order; median (best) over the "
-        f"{len(x)} rounds; {load}. Thresholds from 1000 training images (`snn.convert`, Norm 99.9 percentile).",
+        "1 thread; one image per round, every path once per round in a rotating order, Python's garbage collector "
+        f"off during the timed rounds (as timeit does; all paths alike); median (best) over the {len(x)} rounds; {load}. Thresholds from 1000 training images (`snn.convert`, Norm 99.9 percentile).",
         "",
         "Paths: **event runtime** = `lowbit.snn.EventRuntime` (C, `csrc/events.c`, one call per inference); "
         "**dense simulation** = `lowbit.snn.events.DenseRunner`, the same lowered stages as a plain Python loop of "
