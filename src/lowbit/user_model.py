@@ -332,7 +332,8 @@ class Fidelity:
     float_accuracy: float | None = None
 
 
-def _flat_outputs(model: nn.Module, samples: Samples, batch: int) -> torch.Tensor:
+def flat_outputs(model: nn.Module, samples: Samples, batch: int = 256) -> torch.Tensor:
+    """``model``'s outputs on ``samples``, one float64 row per sample (what :func:`compare` compares)."""
     outs = []
     with torch.no_grad():
         for i in range(0, len(samples), batch):
@@ -353,19 +354,23 @@ def _flat_outputs(model: nn.Module, samples: Samples, batch: int) -> torch.Tenso
 def fidelity(reference: nn.Module, model: nn.Module, samples: Samples, batch: int = 256) -> Fidelity:
     """Cosine of the flattened outputs per sample (mean, min), SQNR over all, argmax agreement; accuracy of both
     when ``samples`` carry labels."""
+    return compare(flat_outputs(reference, samples, batch), flat_outputs(model, samples, batch), samples.y)
+
+
+def compare(ref: torch.Tensor, out: torch.Tensor, y: torch.Tensor | None = None) -> Fidelity:
+    """:func:`fidelity` of outputs already computed (:func:`flat_outputs`): ``out`` against ``ref``, labels ``y``."""
     from lowbit.diagnostics import sqnr_db
 
-    ref, out = _flat_outputs(reference, samples, batch), _flat_outputs(model, samples, batch)
     cos = torch.nn.functional.cosine_similarity(ref, out, dim=1, eps=1e-30)
     agree = float((ref.argmax(1) == out.argmax(1)).double().mean())
     acc = f_acc = None
-    if samples.y is not None:
-        acc = float((out.argmax(1) == samples.y).double().mean())
-        f_acc = float((ref.argmax(1) == samples.y).double().mean())
+    if y is not None:
+        acc = float((out.argmax(1) == y).double().mean())
+        f_acc = float((ref.argmax(1) == y).double().mean())
     sqnr = sqnr_db(ref, out)
     return Fidelity(float(cos.mean()), float(cos.min()), sqnr if math.isfinite(sqnr) else float("inf"), agree, acc,
                     f_acc)
 
 
-__all__ = ["Fidelity", "Samples", "fidelity", "first_input", "is_user_model", "load_model", "load_samples", "load_weights",
+__all__ = ["Fidelity", "Samples", "compare", "fidelity", "first_input", "flat_outputs", "is_user_model", "load_model", "load_samples", "load_weights",
            "model_name"]

@@ -7,7 +7,8 @@ import tempfile
 from pathlib import Path
 
 from lowbit.cli.args import at_most, data_dir, int_range, writable_dir
-from lowbit.cli.ptq_cmd import MODEL_FORMS, act_spec, add_user_data_args, add_weight_format_args, model_arg, weight_spec
+from lowbit.cli.ptq_cmd import (MODEL_FORMS, act_spec, add_user_data_args, add_weight_format_args, model_arg,
+                                user_options_given, weight_spec)
 
 ZOO_NAMES = ("mlp", "cnn", "resnet")
 
@@ -64,7 +65,7 @@ def _check(args) -> None:
 
     if args.calib < 1:
         raise ConfigError(f"--calib must be at least 1 image, got {args.calib}")
-    given = [f"--{n.replace('_', '-')}" for n in ("weights", "calib_data", "test_data") if getattr(args, n, None)]
+    given = user_options_given(args)
     if args.model in ZOO_NAMES and given:
         raise ConfigError(f"{', '.join(given)} belong to your own model (--model FILE.py:FUNCTION or a .pt2); the zoo "
                           f"model {args.model!r} has its weights and uses Fashion-MNIST: drop them")

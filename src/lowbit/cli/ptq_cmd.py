@@ -97,6 +97,11 @@ def add_user_data_args(p: argparse.ArgumentParser, test_help: str) -> None:
     p.add_argument("--test-data", default=None, metavar="PATH", help=test_help)
 
 
+def user_options_given(args: argparse.Namespace) -> list[str]:
+    """The user-model options (:func:`add_user_data_args`) given on the command line, as flags."""
+    return [f"--{n.replace('_', '-')}" for n in ("weights", "calib_data", "test_data") if getattr(args, n, None)]
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "ptq", help="post-training quantization of a shipped model (accuracy, quant ops, diagnostics)",
@@ -162,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.model not in ZOO_NAMES:
         return run_user_model(args, config)
-    if args.calib_data or args.test_data or args.weights:
+    if user_options_given(args):
         raise ConfigError(f"--weights, --calib-data and --test-data are for your own models; the zoo model "
                           f"{args.model} ships its weights and calibrates on Fashion-MNIST (--calib)")
     test = fashion_mnist("test", root=args.data_dir)

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from lowbit.cli.args import data_dir, existing_file, int_range, writable_dir
-from lowbit.cli.ptq_cmd import MODEL_FORMS, add_user_data_args, model_arg
+from lowbit.cli.ptq_cmd import MODEL_FORMS, add_user_data_args, model_arg, user_options_given
 
 ZOO_NAMES = ("mlp", "cnn", "resnet")
 
@@ -18,7 +18,7 @@ def add_parser(sub) -> None:
                                    "inference (45 nm table, or --energy-table), measured latency, the spiking "
                                    "versions' synaptic operations and energy against the int8 ANN; writes "
                                    "report.html (plots inline, works offline), report.md and report.json. "
-                                   "Your own model (FILE.py:FUNCTION or .pt2, with --calib-data) gets the same "
+                                   "Your own model (FILE.py:FUNCTION, .pt2 or a Hugging Face folder, with --calib-data) gets the same "
                                    "versions and costs, its accuracy on labelled --test-data (else the decisions "
                                    "agreeing with float32) and each version's output cosine against float32.")
     p.add_argument("--model", nargs="+", default=["cnn"], type=model_arg, metavar="MODEL",
@@ -96,10 +96,11 @@ def _check_models(args: argparse.Namespace) -> bool:
     from lowbit.errors import ConfigError
 
     user = [m for m in args.model if m not in ZOO_NAMES]
-    given = [f"--{n.replace('_', '-')}" for n in ("weights", "calib_data", "test_data") if getattr(args, n)]
+    given = user_options_given(args)
     if not user:
         if given:
-            raise ConfigError(f"{', '.join(given)} belong to your own model (--model FILE.py:FUNCTION or a .pt2); "
+            raise ConfigError(f"{', '.join(given)} belong to your own model (--model FILE.py:FUNCTION, a .pt2 or a "
+                              "Hugging Face folder); "
                               f"the zoo models have their weights and use Fashion-MNIST: drop them")
         return False
     if len(args.model) > 1:

@@ -53,10 +53,6 @@ class Report:
     metric: str = "accuracy"  # what Version.accuracy holds: test accuracy, or decisions agreeing with float32
 
 
-def _metric_head(r: Report) -> str:
-    return "accuracy" if r.metric == "accuracy" else r.metric
-
-
 def _slice_rows(r: Report) -> list[list[str]]:
     return [[s.layer, f"{s.weights:,}", *(f"{z:.3f}" for z in s.zero), f"{s.mean:.3f}"] for s in r.slices]
 
@@ -120,7 +116,7 @@ _HEAD = ["version", "accuracy", "weights", "MACs", "MACs quantized", "BOPs", "en
 
 def to_markdown(r: Report) -> str:
     lines = [f"# {r.title}", "", f"Machine: {r.machine}", ""]
-    head = [_metric_head(r) if h == "accuracy" else h for h in _HEAD]
+    head = [r.metric if h == "accuracy" else h for h in _HEAD]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(row) + " |" for row in _summary_rows(r)]
     for w in r.warnings:
@@ -251,8 +247,8 @@ def svg_line(title: str, xs: list[float], ys: list[float], xlabel: str, ylabel: 
 
 def to_html(r: Report) -> str:
     names = [v.name for v in r.versions]
-    metric = "Test accuracy" if r.metric == "accuracy" else r.metric[0].upper() + r.metric[1:]
-    figs = [svg_bars(f"{metric} (%)", names, [100 * v.accuracy for v in r.versions], "%"),
+    label = r.metric[0].upper() + r.metric[1:]  # "Accuracy", "Decisions agreeing with float32"
+    figs = [svg_bars(f"{'Test accuracy' if r.metric == 'accuracy' else label} (%)", names, [100 * v.accuracy for v in r.versions], "%"),
             svg_stacked("Energy per inference (uJ, 45 nm model)", names,
                         {"compute": [v.energy.compute / 1e6 for v in r.versions],
                          "weights": [v.energy.weights / 1e6 for v in r.versions],
@@ -266,8 +262,8 @@ def to_html(r: Report) -> str:
     bits = [(v.weight_bits, v.accuracy) for v in r.versions]
     if len(bits) > 1:
         bits.sort()
-        figs.append(svg_line(f"{'Accuracy' if r.metric == 'accuracy' else metric} against weight bits", [b for b, _ in bits], [100 * a for _, a in bits],
-                             "mean weight bits", f"{_metric_head(r)} %", logx=True, min_span=ACCURACY_SPAN, bounds=(0, 100)))
+        figs.append(svg_line(f"{label} against weight bits", [b for b, _ in bits], [100 * a for _, a in bits],
+                             "mean weight bits", f"{r.metric} %", logx=True, min_span=ACCURACY_SPAN, bounds=(0, 100)))
     if r.curve:
         figs.append(svg_line("Calibration curve (W8A8)", [n for n, _ in r.curve], [100 * a for _, a in r.curve],
                              "calibration images", "accuracy %", logx=True, min_span=ACCURACY_SPAN,
@@ -287,7 +283,7 @@ def to_html(r: Report) -> str:
                   f"{'/'.join(map(str, r.adc_bits))}</p>")
     if r.spiking:
         extra += _spiking_html(r)
-    head = "".join(f"<th>{html.escape(_metric_head(r) if h == 'accuracy' else h)}</th>" for h in _HEAD)
+    head = "".join(f"<th>{html.escape(r.metric if h == 'accuracy' else h)}</th>" for h in _HEAD)
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
              "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
              "td:first-child,th:first-child{text-align:left}.warn{color:#a33}.figs svg{margin:8px;font-size:12px}")

@@ -1,4 +1,4 @@
-"""The cost report for the user's own model (``lowbit report --model FILE.py:FUNCTION | .pt2``).
+"""The cost report for the user's own model (``lowbit report --model FILE.py:FUNCTION | .pt2 | folder``).
 
 The same versions as a shipped model's report (:data:`lowbit.cost.build.VERSIONS`: W8A8, W8A8 with
 power-of-two scales, W4A8; PTQ on the user's calibration samples), priced the same way (per-layer
@@ -28,14 +28,14 @@ from lowbit.cost.report import Report, Version
 from lowbit.cost.speed import warnings_for
 from lowbit.errors import LowbitError
 from lowbit.ptq import quantize
-from lowbit.user_model import Samples, fidelity, first_input
+from lowbit.user_model import Samples, compare, first_input, flat_outputs
 
 CALIB = 64  # calibration samples (at most)
 
 
-def _runner(sim: nn.Module, test: Samples) -> tuple[nn.Module, str]:
-    """The integer model of ``sim`` when it lowers and equals ``sim`` on the test samples, else ``sim``; and a
-    note saying which."""
+def _runner(sim: nn.Module, sim_out: torch.Tensor, test: Samples) -> tuple[nn.Module, str]:
+    """The integer model of ``sim`` when it lowers and gives ``sim``'s outputs ``sim_out`` on the test samples,
+    else ``sim``; and a note saying which."""
     from lowbit.integer import to_integer
 
     if test.extra:
@@ -46,9 +46,7 @@ def _runner(sim: nn.Module, test: Samples) -> tuple[nn.Module, str]:
             im = to_integer(sim, (test.x[:1],))
     except LowbitError as exc:
         return sim, f"simulation (no integer model: {str(exc).splitlines()[0][:200]})"
-    with torch.no_grad():
-        same = all(torch.equal(im(test.x[i:i + 256]), sim(test.x[i:i + 256])) for i in range(0, len(test), 256))
-    if not same:
+    if not torch.equal(flat_outputs(im, test), sim_out):
         return sim, "simulation (the integer model differs from it on these samples)"
     return im, "integer-only model (equal to its simulation on every test sample)"
 
@@ -65,15 +63,17 @@ def user_model_report(name: str, model: nn.Module, calib: Samples, test: Samples
     labelled = test.y is not None
     x1, kw1 = test.x[:1], {k: v[:1] for k, v in test.extra.items()}
     batches = calib.batches(CALIB, CALIB, first_input(model))
-    base = fidelity(model, model, test)
+    ref = flat_outputs(model, test)  # float32's outputs, once: every version is compared with them
+    base = compare(ref, ref, test.y)
     versions = [Version("float32", 32, _quality(base, labelled), profile(model, (x1,), example_kwargs=kw1), None)]
     runners, notes = {"float32": model}, []
     for label, config in VERSIONS.items():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             sim = quantize(model, batches, config)
-        runner, how = _runner(sim, test)
-        f = fidelity(model, runner, test)
+        sim_out = flat_outputs(sim, test)
+        runner, how = _runner(sim, sim_out, test)
+        f = compare(ref, sim_out, test.y)  # the runner's outputs: the simulation's (the integer model equals it)
         rows = profile(sim, (x1,), example_kwargs=kw1)
         bits = 8 * sum(r.weight_bytes for r in rows) / max(sum(r.params for r in rows), 1)
         versions.append(Version(label, round(bits, 2), _quality(f, labelled), rows, None))

@@ -454,7 +454,7 @@ def _avgpool2d(b: Builder, op: ops.AvgPool2d, x: Value) -> Value:
         sums = b.scratch(n * c, torch.int32)
         b.step(Kind.SUM_HW, [b.nhwc(x), sums], [n, h * w, c])
     else:
-        (kh, kw), (sh, sw) = a.kernel_size, a.stride or a.kernel_size
+        (kh, kw), (sh, sw) = a.kernel_size, a.stride
         ho, wo = (h - kh) // sh + 1, (w - kw) // sw + 1
         if ho < 1 or wo < 1:
             raise Unsupported("average pool window larger than its input")

@@ -427,6 +427,13 @@ static inline __attribute__((always_inline)) int64_t fire_row(float *restrict v,
     return total;
 }
 
+#if !defined(__AVX512F__) && defined(__AVX2__)
+/* a bit per lane of 8 int32 that is not zero */
+static inline unsigned lb_nonzero8(__m256i v) {
+    return ~(unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(v, _mm256_setzero_si256()))) & 0xffu;
+}
+#endif
+
 /* The non-zero counts coef[b..b+C) of a row that spiked, appended to the event list at n (in place: n <= b, the
  * list's end never passes the row being read); returns the new end. With AVX-512, 16 neurons at a time
  * compressed in a register and written by a masked store (a compressing store to memory is slow on some
@@ -452,7 +459,7 @@ static inline __attribute__((always_inline)) int64_t compact_row(events ev, int3
 #elif defined(__AVX2__)  /* 8 at a time: a group without spikes skipped on one test, the others by their bits */
     for (; i + 8 <= b + C; i += 8) {
         const __m256i sv = _mm256_loadu_si256((const __m256i *)(coef + i));
-        unsigned m = ~(unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(sv, _mm256_setzero_si256()))) & 0xffu;
+        unsigned m = lb_nonzero8(sv);
         if (!m) continue;
         int32_t vals[8];
         _mm256_storeu_si256((__m256i *)vals, sv);  /* read before the in-place writes (n <= i) */
@@ -631,7 +638,7 @@ static int64_t compact_list(events ev, const int32_t *s, const int32_t *idx, con
 #elif defined(__AVX2__)
     for (; i + 8 <= n; i += 8) {
         const __m256i sv = _mm256_loadu_si256((const __m256i *)(s + i));
-        unsigned k = ~(unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(sv, _mm256_setzero_si256()))) & 0xffu;
+        unsigned k = lb_nonzero8(sv);
         if (!k) continue;
         int32_t vals[8];
         _mm256_storeu_si256((__m256i *)vals, sv);
