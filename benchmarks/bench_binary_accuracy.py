@@ -38,7 +38,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-BITS = {"w1a1": (1, 1), "w1a2": (1, 2), "w2a2": (2, 2), "wta1": (1.58, 1)}  # wta1: ternary weights (log2 3 bits)
+BITS = {"w1a1": (1, 1), "w1a2": (1, 2), "w2a2": (2, 2), "wta1": (1.58, 1),  # wta1: ternary weights (log2 3 bits)
+        "w1a1s": (1, 1), "float": (32, 32)}  # w1a1s: stochastic binary weights in training (for ensembles)
 SHIP = {("cnn", "w1a1"): "binary-cnn-w1a1", ("mlp", "w1a1"): "binary-mlp-w1a1"}
 
 LOWBIT_DEFINITION = {
@@ -63,6 +64,8 @@ def qat_config(config: str, binary: str):
     bin_w = QuantSpec(Binary(), PerChannel(0), binary=binary)
     if config == "w1a1":
         return QATConfig(weight=bin_w, act=QuantSpec(Binary()))
+    if config == "w1a1s":  # BinaryConnect / BNN stochastic binarization of the weights while training
+        return QATConfig(weight=bin_w, act=QuantSpec(Binary()), stochastic_weights=True)
     if config == "w1a2":
         return QATConfig(weight=bin_w, act=QuantSpec(IntFormat(2, signed=False)))
     if config == "w2a2":  # BatchNorm trained unfolded for the whole run (as in the binary configs), folded at convert
@@ -89,27 +92,82 @@ def accuracy(fn, split, batch_size: int = 500) -> float:
     return 100.0 * correct / len(split)
 
 
-def run_lowbit(model: str, config: str, epochs: int, lr: float, seed: int, binary: str, channels: int,
-               train_limit: int | None, save: bool) -> dict:
+def train_state(model: str, config: str, epochs: int, lr: float, seed: int, binary: str, channels: int,
+                train_limit: int | None, device: str = "cpu"):
+    """Train one lowbit model on ``device``; returns ``(model on the CPU, its calibration batch, history, seconds)``.
+    ``config="float"`` trains the float twin (same network, no quantizers) with the same recipe."""
     from lowbit.data import load
-    from lowbit.qat import TrainConfig, convert_qat, prepare_qat, train
+    from lowbit.qat import TrainConfig, prepare_qat, train
+    from lowbit.training import Adam, Cosine, CrossEntropy, LoopConfig, Shuffled
+    from lowbit.training import train as train_loop
 
-    train_split, test = load("fashion-mnist", "train"), load("fashion-mnist", "test")
+    train_split = load("fashion-mnist", "train")
     if train_limit is not None:
         train_split = train_split.take(train_limit)
     torch.manual_seed(seed)
-    net = make_model(model, channels)
+    net = make_model(model, channels).to(device)
+    calib = train_split.x[:256]
     start = time.perf_counter()
-    gm = prepare_qat(net, qat_config(config, binary), train_split.x[:256])
-    history = train(gm, train_split, TrainConfig(epochs=epochs, optimizer="adam", lr=lr, augment=False, seed=seed),
-                    progress=False)
+    if config == "float":
+        gm = net
+        history = train_loop(gm, Shuffled(train_split, 128, seed, augment=False), LoopConfig(epochs, 128, seed),
+                             optimizer=Adam(lr), loss=CrossEntropy(), schedule=Cosine(), progress=False)
+    else:
+        gm = prepare_qat(net, qat_config(config, binary), calib.to(device))
+        history = train(gm, train_split, TrainConfig(epochs=epochs, optimizer="adam", lr=lr, augment=False, seed=seed),
+                        progress=False)
+    return gm.cpu(), calib, history, time.perf_counter() - start
+
+
+def state_path(folder: Path, model: str, config: str, channels: int, epochs: int, lr: float) -> Path:
+    return Path(folder) / f"{model}-c{channels}-{config}-e{epochs}-lr{lr:g}.safetensors"
+
+
+def save_state(folder: Path, gm: torch.nn.Module, model: str, config: str, channels: int, epochs: int, lr: float,
+               meta: dict) -> Path:
+    """The trained (unconverted) weights as safetensors, with the run's details in the metadata."""
+    from safetensors.torch import save_file
+
+    path = state_path(folder, model, config, channels, epochs, lr)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file({k: v.detach().cpu().contiguous().clone() for k, v in gm.state_dict().items()}, str(tmp),
+              metadata={"run": json.dumps(meta)})
+    tmp.replace(path)
+    return path
+
+
+def load_state(folder: Path, model: str, config: str, binary: str, channels: int, epochs: int, lr: float):
+    """``(model, calibration batch, history, train seconds, device)`` rebuilt from :func:`save_state`'s file: the
+    same network prepared on the CPU, the trained weights loaded (strict)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from lowbit.data import load
+    from lowbit.qat import prepare_qat
+
+    path = state_path(folder, model, config, channels, epochs, lr)
+    with safe_open(str(path), "pt") as f:
+        meta = json.loads(f.metadata()["run"])
+    calib = load("fashion-mnist", "train").x[:256]
+    net = make_model(model, channels)
+    gm = net if config == "float" else prepare_qat(net, qat_config(config, binary), calib)
+    gm.load_state_dict(load_file(str(path)), strict=True)
+    return gm, calib, meta["history"], meta["train_seconds"], meta["device"]
+
+
+def evaluate(gm: torch.nn.Module, config: str, calib: torch.Tensor) -> tuple[str, float, float, str | None]:
+    """Convert and evaluate on the test set: ``(evaluated on, accuracy, converted accuracy, integer error)``."""
+    from lowbit.data import load
+    from lowbit.qat import convert_qat
+
+    test = load("fashion-mnist", "test")
+    if config == "float":
+        gm.eval()
+        acc = accuracy(gm, test)
+        return "float", acc, acc, None
     convert_qat(gm)
     gm.eval()
-    train_seconds = time.perf_counter() - start
-    if train_limit is None:  # a local copy of the trained weights (torch format; not shipped)
-        keep = Path("/tmp/bin-acc-ckpt")
-        keep.mkdir(exist_ok=True)
-        torch.save(gm.state_dict(), keep / f"{model}-{config}-{binary}-lr{lr}-e{epochs}.pt")
     converted_acc = accuracy(gm, test)
     evaluated, acc, integer_error = "converted", converted_acc, None
     try:
@@ -120,24 +178,59 @@ def run_lowbit(model: str, config: str, epochs: int, lr: float, seed: int, binar
         evaluated = "integer"
     except Exception as exc:  # noqa: BLE001 - binary layers may not lower yet: report the converted model
         integer_error = f"{type(exc).__name__}: {str(exc)[:300]}"
+    return evaluated, acc, converted_acc, integer_error
+
+
+DEFINITIONS = {"w2a2": "LSQ 2-bit weights and activations",
+               "wta1": "exact ternary weights per channel (LSQ step), sign activations",
+               "float": "the float twin: the same network and recipe, no quantizers (Hardtanh activations)"}
+
+
+def run_lowbit(model: str, config: str, epochs: int, lr: float, seed: int, binary: str, channels: int,
+               train_limit: int | None, save: bool, device: str = "cpu", save_state_dir: str | None = None,
+               from_state: str | None = None, train_only: bool = False) -> dict:
+    start = time.perf_counter()
+    if from_state is not None:
+        gm, calib, history, train_seconds, trained_on = load_state(Path(from_state), model, config, binary, channels,
+                                                                   epochs, lr)
+    else:
+        gm, calib, history, train_seconds = train_state(model, config, epochs, lr, seed, binary, channels,
+                                                        train_limit, device)
+        trained_on = device_name(device)
+        if save_state_dir is not None:
+            save_state(Path(save_state_dir), gm, model, config, channels, epochs, lr,
+                       {"history": history, "train_seconds": train_seconds, "device": trained_on,
+                        "lr": lr, "seed": seed, "binary": binary, "train_limit": train_limit})
+    if train_only:
+        return {"model": model, "config": config, "channels": channels, "epochs": epochs, "history": history,
+                "train_seconds": train_seconds, "trained_on": trained_on}
+    evaluated, acc, converted_acc, integer_error = evaluate(gm, config, calib)
     seconds = time.perf_counter() - start
+    n_train = train_limit or 55000
     row = {"model": model, "weight_bits": BITS[config][0], "act_bits": BITS[config][1], "tool": "lowbit",
            "accuracy": acc, "epochs": epochs, "seconds": seconds, "train_seconds": train_seconds, "lr": lr,
-           "seed": seed, "binary_scale": binary if config in ("w1a1", "w1a2") else None, "channels": channels if model == "cnn" else None,
-           "train_samples": len(train_split), "evaluated": evaluated, "converted_accuracy": converted_acc,
-           "integer_error": integer_error, "history": history,
-           "definition": LOWBIT_DEFINITION[binary] if config in ("w1a1", "w1a2") else {
-               "w2a2": "LSQ 2-bit weights and activations",
-               "wta1": "exact ternary weights per channel (LSQ step), sign activations"}[config]}
+           "seed": seed, "binary_scale": binary if config in ("w1a1", "w1a2", "w1a1s") else None,
+           "channels": channels if model == "cnn" else None, "train_samples": n_train, "evaluated": evaluated,
+           "converted_accuracy": converted_acc, "integer_error": integer_error, "history": history,
+           "trained_on": trained_on, "config": config,
+           "definition": LOWBIT_DEFINITION[binary] if config in ("w1a1", "w1a2") else DEFINITIONS.get(config, config)}
     if save and (model, config) in SHIP and train_limit is None:
         from lowbit.zoo.binary_zoo import save_binary
 
+        test_n = 10000
         path = save_binary(SHIP[(model, config)], gm, {
-            "test_accuracy": round(acc * len(test) / 100) / len(test), "evaluated": evaluated, "epochs": epochs, "lr": lr, "seed": seed,
-            "binary_scale": binary, "channels": channels if model == "cnn" else None,
+            "test_accuracy": round(acc * test_n / 100) / test_n, "evaluated": evaluated, "epochs": epochs, "lr": lr,
+            "seed": seed, "binary_scale": binary, "channels": channels if model == "cnn" else None,
             "recipe": f"benchmarks/bench_binary_accuracy.py --models {model} --configs {config} --save"})
         row["saved"] = {"path": str(path.relative_to(ROOT)), "bytes": path.stat().st_size}
     return row
+
+
+def device_name(device: str) -> str:
+    """``cpu`` -> this CPU's model name; ``cuda`` -> the GPU's name."""
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    return machine()
 
 
 def run_brevitas(model: str, epochs: int, lr: float, seed: int, channels: int, train_limit: int | None) -> dict:
@@ -150,6 +243,7 @@ def run_brevitas(model: str, epochs: int, lr: float, seed: int, channels: int, t
     return row
 
 
+MERGED = ("w1a1", "w1a2", "w2a2", "wta1")
 PUBLIC = ("model", "weight_bits", "act_bits", "tool", "accuracy", "epochs")
 
 
@@ -229,6 +323,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--notes", default=None, help="a markdown file whose text goes under 'Notes' in the .md")
     p.add_argument("--report-only", action="store_true", help="rewrite the .md from the runs JSON, train nothing")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    p.add_argument("--device", default="cpu", help="train on this torch device (cpu, cuda); evaluation runs on the CPU")
+    p.add_argument("--save-state", default=None, metavar="DIR", help="save the trained weights (safetensors) in DIR")
+    p.add_argument("--from-state", default=None, metavar="DIR",
+                   help="train nothing: load the weights --save-state wrote in DIR, then convert and evaluate")
+    p.add_argument("--train-only", action="store_true", help="train (and --save-state), evaluate and merge nothing")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     notes = Path(args.notes).read_text() if args.notes else ""
@@ -245,14 +344,19 @@ def main(argv: list[str] | None = None) -> None:
                     continue
                 if tool == "lowbit":
                     row = run_lowbit(model, config, epochs, args.lr, args.seed, args.binary, args.channels,
-                                     args.train_limit, args.save)
+                                     args.train_limit, args.save, args.device, args.save_state, args.from_state,
+                                     args.train_only)
                 else:
                     row = run_brevitas(model, epochs, args.lr, args.seed, args.channels, args.train_limit)
+                if args.train_only:
+                    print(json.dumps(row), flush=True)
+                    continue
                 row["command"] = " ".join(["benchmarks/bench_binary_accuracy.py", *(argv if argv is not None else sys.argv[1:])])
                 row["machine"] = machine()
                 print(json.dumps({k: v for k, v in row.items() if k not in ("history", "definition")}), flush=True)
                 rows.append(row)
-    if args.train_limit is None:
+    rows = [r for r in rows if r.get("config", "w1a1") in MERGED]  # w1a1s / float runs feed bench_ensemble.py
+    if args.train_limit is None and rows:
         merge(Path(args.out), rows)
         write_md(Path(args.out), notes)
     else:

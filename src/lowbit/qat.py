@@ -42,6 +42,14 @@ it with 0, and :func:`train` replaces it at each epoch's start with one seeded f
 (:class:`SeedGradNoise`), so a resumed run draws what an uninterrupted one does. ``grad_bits`` is part of
 the config stored in the run record, so resume refuses a checkpoint trained with other gradient bits.
 
+Stochastic binary weights (BinaryConnect / BNN stochastic binarization, the training that stochastic ensembles
+of bitwise nets sample from: Vogel et al. 2016, :mod:`lowbit.nn.ensemble`): ``QATConfig(stochastic_weights=True)``
+draws each binary weight's sign in every training forward, ``+1`` with probability ``hard_sigmoid(w) =
+clip((w + 1) / 2, 0, 1)`` (so ``E[sign] = clip(w, -1, 1)``), times the live ``mean|w|`` scale; the gradient is
+the same hard-tanh straight-through one. Evaluation (``model.eval()``) and conversion use the deterministic
+``sign(w)``. The draws come from a generator seeded per epoch exactly as the gradient rounding's (a stream of
+its own), so resumed runs are reproducible.
+
 Bit widths, as the papers define them: ``b``-bit weights are two's complement
 ``-2^(b-1) .. 2^(b-1) - 1`` (2 bits: {-2, -1, 0, 1}); activations after ReLU are
 ``0 .. 2^b - 1``.
@@ -111,6 +119,7 @@ class QATConfig:
     init: Literal["lsq", "mse"] = "lsq"
     bn_freeze_steps: int | None = None
     grad_bits: int | None = None
+    stochastic_weights: bool = False
 
     def __post_init__(self) -> None:
         check_runs(self.weight, "weight", "QAT", max_bits=8)
@@ -129,6 +138,11 @@ class QATConfig:
                                            or not GRAD_BITS[0] <= self.grad_bits <= GRAD_BITS[1]):
             raise ConfigError(f"QATConfig.grad_bits must be None (float gradients) or an int in "
                               f"{GRAD_BITS[0]}..{GRAD_BITS[1]} (QNN quantizes gradients to 6 bits), got {self.grad_bits!r}")
+        if not isinstance(self.stochastic_weights, bool):
+            raise ConfigError(f"QATConfig.stochastic_weights must be True or False, got {self.stochastic_weights!r}")
+        if self.stochastic_weights and not isinstance(self.weight.format, Binary):
+            raise ConfigError(f"QATConfig.stochastic_weights draws binary signs (BinaryConnect / BNN stochastic "
+                              f"binarization) and applies to Binary() weights only, not {self.weight.format!r}")
         if self.init not in ("lsq", "mse"):
             raise ConfigError(f"QATConfig.init must be 'lsq' or 'mse', got {self.init!r}")
         if self.binary and not isinstance(self.weight.granularity, PerChannel):
@@ -227,6 +241,10 @@ def prepare_qat(model: nn.Module, config: QATConfig, calibration: torch.Tensor) 
         convert(gm, tables=False)  # fixed steps; the weights (and biases) train through straight-through rounding
     if config.grad_bits is not None:
         set_grad_bits(gm, config.grad_bits, torch.Generator().manual_seed(0))
+    if config.stochastic_weights:
+        for _, u in unified_modules(gm):
+            if u.weight_quant is not None and u.weight_quant.binary:
+                u.weight_quant.generator = torch.Generator(device=u.weight.device).manual_seed(0)
     attach(gm, replace(require_record(gm, "prepare_qat"), qat=config))
     return gm.train()
 
@@ -279,22 +297,30 @@ class ClipLatent:
 
 @dataclass(frozen=True)
 class SeedGradNoise:
-    """Epoch-start hook: a fresh gradient-rounding generator for the epoch, seeded from ``(seed, rank, step)``, on
-    the model's device. Seeding per epoch makes a resumed run (checkpoints are per epoch) draw what an
-    uninterrupted one draws; the rank keeps the processes' noise independent under torchrun."""
+    """Epoch-start hook: fresh generators for the epoch's random draws, seeded from ``(seed, rank, step)``, on the
+    model's device: the stochastic rounding of quantized gradients (``grad_bits``) and the stochastic signs of
+    binary weights (``stochastic_weights``), one generator each. Seeding per epoch makes a resumed run
+    (checkpoints are per epoch) draw what an uninterrupted one draws; the rank keeps the processes' noise
+    independent under torchrun."""
 
     seed: int
 
     def __call__(self, model: nn.Module, step: int) -> None:
-        layers = [u for _, u in unified_modules(model) if u.grad_bits is not None]
-        if not layers:
-            return
+        grads = [u for _, u in unified_modules(model) if u.grad_bits is not None]
+        signs = [u.weight_quant for _, u in unified_modules(model)
+                 if u.weight_quant is not None and u.weight_quant.generator is not None]
         rank, _ = world()
         device = next(model.parameters()).device
         seed = (self.seed * 1_000_003 + rank) * 1_000_000_007 + step
-        generator = torch.Generator(device=device).manual_seed(seed % (1 << 63))
-        for u in layers:
-            u.grad_generator = generator
+        for stream, slots in enumerate((grads, signs)):
+            if not slots:
+                continue
+            generator = torch.Generator(device=device).manual_seed((seed + stream * 7_919) % (1 << 63))
+            for slot in slots:
+                if stream == 0:
+                    slot.grad_generator = generator
+                else:
+                    slot.generator = generator
 
 
 @dataclass(frozen=True)
@@ -325,7 +351,7 @@ def train(model: nn.Module, data: Split, cfg: TrainConfig = TrainConfig(), out_d
     loss = Distill(teacher, cfg.distill, cfg.temperature) if teacher is not None and cfg.distill > 0 else CrossEntropy()
     freeze = (FreezeBN(qcfg.bn_freeze_steps),) if qcfg.bn_freeze_steps is not None else ()
     clip = (ClipLatent(),) if qcfg.binary else ()
-    noise = (SeedGradNoise(cfg.seed),) if qcfg.grad_bits is not None else ()
+    noise = (SeedGradNoise(cfg.seed),) if qcfg.grad_bits is not None or qcfg.stochastic_weights else ()
     optimizer = Adam(cfg.lr) if cfg.optimizer == "adam" else SGDNesterov(cfg.lr, cfg.momentum, cfg.weight_decay)
     options = {"qat": repr(qcfg), "train": asdict(cfg), "train_size": len(data), "teacher": teacher is not None}
     return train_loop(model, batches, LoopConfig(cfg.epochs, cfg.batch_size, cfg.seed),
@@ -387,8 +413,12 @@ def fold_trained_bn(model: nn.Module) -> list[str]:
 def convert_qat(model: nn.Module) -> nn.Module:
     """Freeze a trained QAT model: LSQ steps become scales; FAQ keeps its fixed scales. Returns it in eval mode.
 
-    BatchNorms kept unfolded for training (``bn_freeze_steps``) are folded first."""
+    BatchNorms kept unfolded for training (``bn_freeze_steps``) are folded first; stochastic binary weights
+    (``stochastic_weights``) become their deterministic ``sign(w)``."""
     fold_trained_bn(model)
+    for _, u in unified_modules(model):
+        if u.weight_quant is not None:
+            u.weight_quant.generator = None
     record = record_of(model)
     method = record.qat.method if record is not None and record.qat is not None else "lsq"
     if method == "lsq":

@@ -402,14 +402,21 @@ def fake_quant(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
     if isinstance(f, (IntFormat, Ternary, PowerOfTwo)):
         return frozen_fake_quant(x, spec, solve_weight(x, spec))
     if isinstance(f, Binary):  # live statistics, so the straight-through gradient reaches alpha too
-        if spec.binary == "sign":
-            return binarize(x)
-        return binarize(x, broadcast(rows(x, g).abs().mean(dim=1), g, x.shape))
+        return binarize(x, binary_scale(x, spec))
     if isinstance(f, Log2):
         return log2_quantize(x, f, granularity=g)
     if isinstance(f, DynamicFixedPoint):
         return dynamic_fixed_point(x, f, granularity=g)[0]
     raise ConfigError(f"no quantizer for format {f!r}")  # pragma: no cover - QuantSpec validates the format
+
+
+def binary_scale(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor | None:
+    """The live scale of binary weights in ``x``'s shape: ``mean|x|`` per block (XNOR-Net, differentiable), or None
+    for ``binary="sign"`` (BNN's +-1)."""
+    if spec.binary == "sign":
+        return None
+    g = spec.granularity
+    return broadcast(rows(x, g).abs().mean(dim=1), g, x.shape)
 
 
 def lsq_weight_format(spec: QuantSpec) -> QuantSpec:
@@ -462,6 +469,6 @@ def act_qparams(observer: obs.Observer, spec: QuantSpec) -> tuple[torch.Tensor, 
     return scale, zp
 
 
-__all__ = ["MSE", "OBSERVERS", "OBSERVER_NAMES", "ChannelPercentile", "MinMax", "MovingAverage", "Percentile",
+__all__ = ["MSE", "OBSERVERS", "OBSERVER_NAMES", "ChannelPercentile", "MinMax", "MovingAverage", "Percentile", "binary_scale",
            "QuantSpec", "WeightGrid", "act_qparams", "check_runs", "dequantize_codes", "fake_quant",
            "frozen_fake_quant", "lsq_fake_quant", "lsq_range", "lsq_weight_format", "make_observer", "observer_named", "solve_weight", "weight_codes"]

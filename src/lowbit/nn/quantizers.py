@@ -11,7 +11,8 @@ ternary, the least-squares power-of-two scale for ``PowerOfTwo``.
 Binary specs (BNN, XNOR-Net): a binary activation is ``sign(x)`` in every mode but ``"off"``, with the
 hard-tanh straight-through gradient (cancelled where ``|x| > 1``); its grid is the values themselves
 (scale 1, zero point 0, codes -1 and +1). A binary weight trains in ``"live"`` mode (``sign(w)`` times
-``mean|w|`` of the current weight, or ``+-1``) and freezes to those codes times a per-channel scale, which
+``mean|w|`` of the current weight, or ``+-1``; with ``QATConfig.stochastic_weights`` the signs are drawn,
+``+1`` with probability ``hard_sigmoid(w)``, while training) and freezes to those codes times a per-channel scale, which
 also carries ``gain``: the ``|gamma / sigma|`` of a BatchNorm folded into it after training
 (:func:`lowbit.qat.fold_trained_bn`).
 
@@ -31,9 +32,9 @@ from torch import nn
 from lowbit.errors import ConfigError
 from lowbit.formats import Binary, PowerOfTwo, Ternary
 from lowbit.functional.affine import fake_quant_affine
-from lowbit.functional.binary import binarize
+from lowbit.functional.binary import binarize, binarize_stochastic
 from lowbit.nn.qparams import QParams
-from lowbit.spec import (QuantSpec, WeightGrid, act_qparams, fake_quant, frozen_fake_quant, make_observer,
+from lowbit.spec import (QuantSpec, WeightGrid, act_qparams, binary_scale, fake_quant, frozen_fake_quant, make_observer,
                          solve_weight, weight_codes)
 
 Mode = Literal["observe", "quantize", "off", "live"]
@@ -105,6 +106,9 @@ class WeightQuantizer(nn.Module):
             self.register_buffer("code_neg", torch.ones(1))
         if self.binary:
             self.register_buffer("gain", torch.ones(1))
+        # set by lowbit.qat (QATConfig.stochastic_weights): in training, a binary weight's signs are drawn from
+        # this generator, +1 with probability hard_sigmoid(w) (BinaryConnect / BNN stochastic binarization)
+        self.generator: torch.Generator | None = None
 
     @property
     def ternary(self) -> bool:
@@ -147,6 +151,8 @@ class WeightQuantizer(nn.Module):
         return frozen_fake_quant(w, self.spec, self.grid())
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
+        if self.mode == "live" and self.generator is not None and self.training:
+            return binarize_stochastic(w, self.generator, binary_scale(w, self.spec))
         if self.mode == "live":  # training: the grid of the current weight (binary: sign(w) mean|w|; TNT)
             return fake_quant(w, self.spec)
         return self.fake(w) if self.mode == "quantize" else w
