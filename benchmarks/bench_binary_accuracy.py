@@ -93,7 +93,7 @@ def accuracy(fn, split, batch_size: int = 500) -> float:
 
 
 def train_state(model: str, config: str, epochs: int, lr: float, seed: int, binary: str, channels: int,
-                train_limit: int | None, device: str = "cpu"):
+                train_limit: int | None, device: str = "cpu", augment: bool = False):
     """Train one lowbit model on ``device``; returns ``(model on the CPU, its calibration batch, history, seconds)``.
     ``config="float"`` trains the float twin (same network, no quantizers) with the same recipe."""
     from lowbit.data import load
@@ -110,25 +110,26 @@ def train_state(model: str, config: str, epochs: int, lr: float, seed: int, bina
     start = time.perf_counter()
     if config == "float":
         gm = net
-        history = train_loop(gm, Shuffled(train_split, 128, seed, augment=False), LoopConfig(epochs, 128, seed),
+        history = train_loop(gm, Shuffled(train_split, 128, seed, augment=augment), LoopConfig(epochs, 128, seed),
                              optimizer=Adam(lr), loss=CrossEntropy(), schedule=Cosine(), progress=False)
     else:
         gm = prepare_qat(net, qat_config(config, binary), calib.to(device))
-        history = train(gm, train_split, TrainConfig(epochs=epochs, optimizer="adam", lr=lr, augment=False, seed=seed),
+        history = train(gm, train_split, TrainConfig(epochs=epochs, optimizer="adam", lr=lr, augment=augment, seed=seed),
                         progress=False)
     return gm.cpu(), calib, history, time.perf_counter() - start
 
 
-def state_path(folder: Path, model: str, config: str, channels: int, epochs: int, lr: float) -> Path:
-    return Path(folder) / f"{model}-c{channels}-{config}-e{epochs}-lr{lr:g}.safetensors"
+def state_path(folder: Path, model: str, config: str, channels: int, epochs: int, lr: float,
+               augment: bool = False) -> Path:
+    return Path(folder) / f"{model}-c{channels}-{config}-e{epochs}-lr{lr:g}{'-aug' if augment else ''}.safetensors"
 
 
 def save_state(folder: Path, gm: torch.nn.Module, model: str, config: str, channels: int, epochs: int, lr: float,
-               meta: dict) -> Path:
+               augment: bool, meta: dict) -> Path:
     """The trained (unconverted) weights as safetensors, with the run's details in the metadata."""
     from safetensors.torch import save_file
 
-    path = state_path(folder, model, config, channels, epochs, lr)
+    path = state_path(folder, model, config, channels, epochs, lr, augment)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     save_file({k: v.detach().cpu().contiguous().clone() for k, v in gm.state_dict().items()}, str(tmp),
@@ -137,7 +138,8 @@ def save_state(folder: Path, gm: torch.nn.Module, model: str, config: str, chann
     return path
 
 
-def load_state(folder: Path, model: str, config: str, binary: str, channels: int, epochs: int, lr: float):
+def load_state(folder: Path, model: str, config: str, binary: str, channels: int, epochs: int, lr: float,
+               augment: bool = False):
     """``(model, calibration batch, history, train seconds, device)`` rebuilt from :func:`save_state`'s file: the
     same network prepared on the CPU, the trained weights loaded (strict)."""
     from safetensors import safe_open
@@ -146,7 +148,7 @@ def load_state(folder: Path, model: str, config: str, binary: str, channels: int
     from lowbit.data import load
     from lowbit.qat import prepare_qat
 
-    path = state_path(folder, model, config, channels, epochs, lr)
+    path = state_path(folder, model, config, channels, epochs, lr, augment)
     with safe_open(str(path), "pt") as f:
         meta = json.loads(f.metadata()["run"])
     calib = load("fashion-mnist", "train").x[:256]
@@ -188,17 +190,17 @@ DEFINITIONS = {"w2a2": "LSQ 2-bit weights and activations",
 
 def run_lowbit(model: str, config: str, epochs: int, lr: float, seed: int, binary: str, channels: int,
                train_limit: int | None, save: bool, device: str = "cpu", save_state_dir: str | None = None,
-               from_state: str | None = None, train_only: bool = False) -> dict:
+               from_state: str | None = None, train_only: bool = False, augment: bool = False) -> dict:
     start = time.perf_counter()
     if from_state is not None:
         gm, calib, history, train_seconds, trained_on = load_state(Path(from_state), model, config, binary, channels,
-                                                                   epochs, lr)
+                                                                   epochs, lr, augment)
     else:
         gm, calib, history, train_seconds = train_state(model, config, epochs, lr, seed, binary, channels,
-                                                        train_limit, device)
+                                                        train_limit, device, augment)
         trained_on = device_name(device)
         if save_state_dir is not None:
-            save_state(Path(save_state_dir), gm, model, config, channels, epochs, lr,
+            save_state(Path(save_state_dir), gm, model, config, channels, epochs, lr, augment,
                        {"history": history, "train_seconds": train_seconds, "device": trained_on,
                         "lr": lr, "seed": seed, "binary": binary, "train_limit": train_limit})
     if train_only:
@@ -212,7 +214,7 @@ def run_lowbit(model: str, config: str, epochs: int, lr: float, seed: int, binar
            "seed": seed, "binary_scale": binary if config in ("w1a1", "w1a2", "w1a1s") else None,
            "channels": channels if model == "cnn" else None, "train_samples": n_train, "evaluated": evaluated,
            "converted_accuracy": converted_acc, "integer_error": integer_error, "history": history,
-           "trained_on": trained_on, "config": config,
+           "trained_on": trained_on, "config": config, "augment": augment,
            "definition": LOWBIT_DEFINITION[binary] if config in ("w1a1", "w1a2") else DEFINITIONS.get(config, config)}
     if save and (model, config) in SHIP and train_limit is None:
         from lowbit.zoo.binary_zoo import save_binary
@@ -327,6 +329,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--save-state", default=None, metavar="DIR", help="save the trained weights (safetensors) in DIR")
     p.add_argument("--from-state", default=None, metavar="DIR",
                    help="train nothing: load the weights --save-state wrote in DIR, then convert and evaluate")
+    p.add_argument("--augment", action="store_true", help="random shifts (2 px) and horizontal flips while training")
     p.add_argument("--train-only", action="store_true", help="train (and --save-state), evaluate and merge nothing")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -345,7 +348,7 @@ def main(argv: list[str] | None = None) -> None:
                 if tool == "lowbit":
                     row = run_lowbit(model, config, epochs, args.lr, args.seed, args.binary, args.channels,
                                      args.train_limit, args.save, args.device, args.save_state, args.from_state,
-                                     args.train_only)
+                                     args.train_only, args.augment)
                 else:
                     row = run_brevitas(model, epochs, args.lr, args.seed, args.channels, args.train_limit)
                 if args.train_only:

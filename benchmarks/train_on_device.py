@@ -6,11 +6,11 @@ jobs in parallel, each a command line of a benchmark script that accepts ``--dev
 ``--train-only``; the trained weights land in ``DIR`` as safetensors, and the benchmark's ``--from-state DIR``
 evaluates them on the CPU (integer / bitwise models, exactly as a CPU-trained run is evaluated).
 
-A probe first times one short run (``--probe``, a job line with a small ``--train-limit``), then each job's
-epochs are chosen so that all jobs, running side by side, end inside ``--budget`` seconds: ``{E}`` in a job line
-is replaced by that number, capped by ``--max-epochs``. Jobs still running at the budget are stopped.
+Every job trains ``--epochs`` epochs (``{E}`` in a job line); jobs still running after ``--budget`` seconds are
+stopped and reported. The states and logs are packed into one gzipped tar (``--tar``), the form in which a
+remote machine hands files back.
 
-    python3 benchmarks/train_on_device.py --budget 300 --out /tmp/states \\
+    python3 benchmarks/train_on_device.py --epochs 15 --budget 300 --out /tmp/states --tar /tmp/states.tgz \\
         --job "benchmarks/bench_binary_accuracy.py --models cnn --configs w1a2 --channels 64 --epochs-cnn {E}"
 """
 
@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -29,44 +30,33 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def launch(job: str, epochs: int, out: Path, log: Path, device: str) -> subprocess.Popen:
+def launch(job: str, epochs: int, out: Path, log: Path, device: str, threads: int) -> subprocess.Popen:
     cmd = [sys.executable, *shlex.split(job.replace("{E}", str(epochs))), "--device", device,
            "--save-state", str(out), "--train-only"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads)}
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--job", action="append", required=True, help="a benchmark command line; {E} = epochs")
-    p.add_argument("--probe", required=True, help="a short job line ({E} = 1) timed first")
-    p.add_argument("--probe-fraction", type=float, required=True,
-                   help="the probe's share of one epoch of a job (its --train-limit / the training set's size)")
-    p.add_argument("--budget", type=float, required=True, help="seconds for all jobs together, after the probe")
-    p.add_argument("--max-epochs", type=int, default=30)
-    p.add_argument("--slowdown", type=float, default=2.0, help="assumed slow-down of jobs that share the GPU")
+    p.add_argument("--epochs", type=int, required=True)
+    p.add_argument("--budget", type=float, required=True, help="seconds after which running jobs are stopped")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads per job")
+    p.add_argument("--tar", required=True, help="the .tgz that receives the states and logs")
     p.add_argument("--device", default="cuda")
     p.add_argument("--out", required=True, help="folder for the states; its tar and the logs go beside it")
     args = p.parse_args(argv)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
     logs = out.parent / "logs"
-    logs.mkdir(exist_ok=True)
-
-    start = time.perf_counter()
-    probe = launch(args.probe, 1, out.parent / "probe", logs / "probe.log", args.device)
-    probe.wait()
-    probe_s = time.perf_counter() - start
-    print(f"probe: rc {probe.returncode}, {probe_s:.1f} s", flush=True)
-    print((logs / "probe.log").read_text()[-3000:], flush=True)
-    if probe.returncode != 0:
-        raise SystemExit("the probe failed: see its log above")
-    epoch_s = max(probe_s - 8.0, 1.0) / args.probe_fraction * args.slowdown  # about 8 s of start-up per process
-    epochs = max(1, min(args.max_epochs, int(args.budget / epoch_s)))
-    print(f"about {epoch_s:.1f} s per epoch side by side: {epochs} epochs per job", flush=True)
-
-    procs = [(job, launch(job, epochs, out, logs / f"job{i}.log", args.device)) for i, job in enumerate(args.job)]
-    deadline = time.perf_counter() + args.budget * 1.3
+    shutil.rmtree(logs, ignore_errors=True)
+    logs.mkdir()
+    start, epochs = time.perf_counter(), args.epochs
+    procs = [(job, launch(job, epochs, out, logs / f"job{i}.log", args.device, args.threads)) for i, job in enumerate(args.job)]
+    deadline = time.perf_counter() + args.budget
     while any(pr.poll() is None for _, pr in procs) and time.perf_counter() < deadline:
         time.sleep(2.0)
     summary = []
@@ -74,14 +64,15 @@ def main(argv: list[str] | None = None) -> None:
         if pr.poll() is None:
             pr.kill()
         summary.append({"job": job.replace("{E}", str(epochs)), "rc": pr.wait(), "log": f"job{i}.log"})
-    (out.parent / "summary.json").write_text(json.dumps({"epochs": epochs, "probe_s": probe_s, "jobs": summary,
-                                                         "seconds": time.perf_counter() - start}, indent=2))
-    with tarfile.open(out.parent / "states.tar", "w") as tar:
+    (logs / "summary.json").write_text(json.dumps({"epochs": epochs, "jobs": summary,
+                                                   "seconds": time.perf_counter() - start}, indent=2))
+    with tarfile.open(args.tar, "w:gz") as tar:
         tar.add(out, arcname="states")
         tar.add(logs, arcname="logs")
+    print(f"{args.tar}: {Path(args.tar).stat().st_size / 2**20:.1f} MiB", flush=True)
     for s in summary:
         print(s, flush=True)
-        print((logs / s["log"]).read_text()[-600:], flush=True)
+        print((logs / s["log"]).read_text()[-300:], flush=True)
 
 
 if __name__ == "__main__":

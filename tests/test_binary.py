@@ -410,3 +410,50 @@ def test_ensemble_bad_sizes_are_clear_errors(mlp_w1a1, kw, match):
 
     with pytest.raises(ConfigError, match=match):
         StochasticEnsemble(mlp_w1a1, **kw)
+
+
+# ---------------------------------------------------------------- stochastic binary weights in training
+
+
+def test_stochastic_weights_draw_signs_with_hard_sigmoid_probability_while_training():
+    wq = WeightQuantizer(QuantSpec(Binary(), PerChannel(0), binary="sign"))
+    wq.mode, wq.generator = "live", torch.Generator().manual_seed(3)
+    w = torch.tensor([-1.5, -0.5, 0.0, 0.5, 1.5]).repeat(20000, 1).requires_grad_(True)
+    s = wq.train()(w)
+    assert set(s.unique().tolist()) == {-1.0, 1.0}
+    p_plus = (s == 1).float().mean(dim=0)
+    assert torch.allclose(p_plus, torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0]), atol=0.02)
+    s.sum().backward()  # hard-tanh straight-through: gradient 1 inside [-1, 1], cancelled outside
+    assert torch.equal(w.grad[0], torch.tensor([0.0, 1.0, 1.0, 1.0, 0.0]))
+    assert torch.equal(wq.eval()(w), torch.where(w >= 0, 1.0, -1.0))  # evaluation: the deterministic sign
+
+
+def test_stochastic_weights_training_is_reproducible_and_converts_to_deterministic_signs():
+    cfg = QATConfig(weight=QuantSpec(Binary(), PerChannel(0)), act=QuantSpec(Binary()), stochastic_weights=True)
+    data = _data(128)
+
+    def run():
+        torch.manual_seed(0)
+        gm = prepare_qat(BinaryMLP(hidden=32, depth=2), cfg, data.x[:64])
+        train(gm, data, TrainConfig(epochs=2, batch_size=32, optimizer="adam", lr=0.01, augment=False, seed=4),
+              progress=False)
+        return gm
+
+    a, b = run(), run()
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(pa, pb), name
+    x = data.x[:16]
+    with torch.no_grad():
+        assert not torch.equal(a.train()(x), a(x))  # training forwards draw new signs each time
+    convert_qat(a)
+    with torch.no_grad():
+        assert torch.equal(a(x), a(x))  # no draws left after conversion
+        assert torch.equal(to_integer(a, (x[:1],))(x), a(x))
+
+
+@pytest.mark.parametrize("kw, match", [({"stochastic_weights": 1}, "stochastic_weights must be True or False"),
+                                       ({"stochastic_weights": True, "weight": QuantSpec(IntFormat(2), PerChannel(0))},
+                                        "applies to Binary")])
+def test_stochastic_weights_bad_config_is_a_clear_error(kw, match):
+    with pytest.raises(ConfigError, match=match):
+        QATConfig(**{"act": QuantSpec(Binary()), "weight": QuantSpec(Binary(), PerChannel(0)), **kw})
