@@ -93,7 +93,7 @@ def accuracy(fn, split, batch_size: int = 500) -> float:
 
 
 def train_state(model: str, config: str, epochs: int, lr: float, seed: int, binary: str, channels: int,
-                train_limit: int | None, device: str = "cpu", augment: bool = False):
+                train_limit: int | None, device: str = "cpu", augment: bool = False, init_state: str | None = None):
     """Train one lowbit model on ``device``; returns ``(model on the CPU, its calibration batch, history, seconds)``.
     ``config="float"`` trains the float twin (same network, no quantizers) with the same recipe."""
     from lowbit.data import load
@@ -114,22 +114,27 @@ def train_state(model: str, config: str, epochs: int, lr: float, seed: int, bina
                              optimizer=Adam(lr), loss=CrossEntropy(), schedule=Cosine(), progress=False)
     else:
         gm = prepare_qat(net, qat_config(config, binary), calib.to(device))
+        if init_state is not None:  # fine-tune: start from the trained weights of another run (same network)
+            from safetensors.torch import load_file
+
+            gm.load_state_dict(load_file(init_state, device=str(device)), strict=True)
         history = train(gm, train_split, TrainConfig(epochs=epochs, optimizer="adam", lr=lr, augment=augment, seed=seed),
                         progress=False)
     return gm.cpu(), calib, history, time.perf_counter() - start
 
 
 def state_path(folder: Path, model: str, config: str, channels: int, epochs: int, lr: float,
-               augment: bool = False) -> Path:
-    return Path(folder) / f"{model}-c{channels}-{config}-e{epochs}-lr{lr:g}{'-aug' if augment else ''}.safetensors"
+               augment: bool = False, finetune: bool = False) -> Path:
+    tail = ("-aug" if augment else "") + ("-ft" if finetune else "")
+    return Path(folder) / f"{model}-c{channels}-{config}-e{epochs}-lr{lr:g}{tail}.safetensors"
 
 
 def save_state(folder: Path, gm: torch.nn.Module, model: str, config: str, channels: int, epochs: int, lr: float,
-               augment: bool, meta: dict) -> Path:
+               augment: bool, meta: dict, finetune: bool = False) -> Path:
     """The trained (unconverted) weights as safetensors, with the run's details in the metadata."""
     from safetensors.torch import save_file
 
-    path = state_path(folder, model, config, channels, epochs, lr, augment)
+    path = state_path(folder, model, config, channels, epochs, lr, augment, finetune)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     save_file({k: v.detach().cpu().contiguous().clone() for k, v in gm.state_dict().items()}, str(tmp),
@@ -139,7 +144,7 @@ def save_state(folder: Path, gm: torch.nn.Module, model: str, config: str, chann
 
 
 def load_state(folder: Path, model: str, config: str, binary: str, channels: int, epochs: int, lr: float,
-               augment: bool = False):
+               augment: bool = False, finetune: bool = False):
     """``(model, calibration batch, history, train seconds, device)`` rebuilt from :func:`save_state`'s file: the
     same network prepared on the CPU, the trained weights loaded (strict)."""
     from safetensors import safe_open
@@ -148,7 +153,7 @@ def load_state(folder: Path, model: str, config: str, binary: str, channels: int
     from lowbit.data import load
     from lowbit.qat import prepare_qat
 
-    path = state_path(folder, model, config, channels, epochs, lr, augment)
+    path = state_path(folder, model, config, channels, epochs, lr, augment, finetune)
     with safe_open(str(path), "pt") as f:
         meta = json.loads(f.metadata()["run"])
     calib = load("fashion-mnist", "train").x[:256]
@@ -190,19 +195,22 @@ DEFINITIONS = {"w2a2": "LSQ 2-bit weights and activations",
 
 def run_lowbit(model: str, config: str, epochs: int, lr: float, seed: int, binary: str, channels: int,
                train_limit: int | None, save: bool, device: str = "cpu", save_state_dir: str | None = None,
-               from_state: str | None = None, train_only: bool = False, augment: bool = False) -> dict:
+               from_state: str | None = None, train_only: bool = False, augment: bool = False,
+               init_state: str | None = None) -> dict:
     start = time.perf_counter()
     if from_state is not None:
         gm, calib, history, train_seconds, trained_on = load_state(Path(from_state), model, config, binary, channels,
-                                                                   epochs, lr, augment)
+                                                                   epochs, lr, augment, init_state is not None)
     else:
         gm, calib, history, train_seconds = train_state(model, config, epochs, lr, seed, binary, channels,
-                                                        train_limit, device, augment)
+                                                        train_limit, device, augment, init_state)
         trained_on = device_name(device)
         if save_state_dir is not None:
             save_state(Path(save_state_dir), gm, model, config, channels, epochs, lr, augment,
                        {"history": history, "train_seconds": train_seconds, "device": trained_on,
-                        "lr": lr, "seed": seed, "binary": binary, "train_limit": train_limit})
+                        "lr": lr, "seed": seed, "binary": binary, "train_limit": train_limit,
+                        "init_state": None if init_state is None else Path(init_state).name},
+                       init_state is not None)
     if train_only:
         return {"model": model, "config": config, "channels": channels, "epochs": epochs, "history": history,
                 "train_seconds": train_seconds, "trained_on": trained_on}
@@ -329,6 +337,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--save-state", default=None, metavar="DIR", help="save the trained weights (safetensors) in DIR")
     p.add_argument("--from-state", default=None, metavar="DIR",
                    help="train nothing: load the weights --save-state wrote in DIR, then convert and evaluate")
+    p.add_argument("--init-state", default=None, metavar="FILE",
+                   help="fine-tune: start from a --save-state file of the same network (its name gains -ft)")
     p.add_argument("--augment", action="store_true", help="random shifts (2 px) and horizontal flips while training")
     p.add_argument("--train-only", action="store_true", help="train (and --save-state), evaluate and merge nothing")
     args = p.parse_args(argv)
@@ -348,7 +358,7 @@ def main(argv: list[str] | None = None) -> None:
                 if tool == "lowbit":
                     row = run_lowbit(model, config, epochs, args.lr, args.seed, args.binary, args.channels,
                                      args.train_limit, args.save, args.device, args.save_state, args.from_state,
-                                     args.train_only, args.augment)
+                                     args.train_only, args.augment, args.init_state)
                 else:
                     row = run_brevitas(model, epochs, args.lr, args.seed, args.channels, args.train_limit)
                 if args.train_only:

@@ -81,12 +81,14 @@ def run(args) -> dict:
                                                                args.epochs, args.lr)
     _, float_acc, _, _ = evaluate(float_gm, "float", calib)
     result["float"] = {"accuracy": float_acc, "trained_on": trained_on, "train_seconds": seconds}
-    for config, lr in [("w1a1", args.lr), *(("w1a1s", v) for v in args.stochastic_lrs)]:
+    runs = [("w1a1", args.lr, False), *(("w1a1s", v, False) for v in args.stochastic_lrs),
+            *(("w1a1s", v, True) for v in args.finetuned_lrs)]
+    for config, lr, ft in runs:
         t0 = time.perf_counter()
         gm, calib, history, seconds, trained_on = load_state(state, "cnn", config, "xnor", args.channels,
-                                                             args.epochs, lr)
+                                                             args.epochs, lr, finetune=ft)
         evaluated, det_acc, converted_acc, error = evaluate(gm, config, calib)
-        entry = {"config": config, "lr": lr, "deterministic": det_acc, "evaluated": evaluated,
+        entry = {"config": config, "lr": lr, "finetuned": ft, "deterministic": det_acc, "evaluated": evaluated,
                  "trained_on": trained_on, "train_seconds": seconds, "train_accuracy": history[-1]["accuracy"]}
         for bits in (None, args.rng_bits):
             ens = StochasticEnsemble(gm, args.members, seed=args.seed, rng_bits=bits)
@@ -99,7 +101,7 @@ def run(args) -> dict:
         entry["cost_one_pass"] = one_member_cost(gm, x)
         entry["seconds"] = time.perf_counter() - t0
         print(json.dumps({k: v for k, v in entry.items() if not k.endswith("_members")}), flush=True)
-        result["models"][f"{config}-lr{lr:g}"] = entry
+        result["models"][f"{config}-lr{lr:g}{'-ft' if ft else ''}"] = entry
     return result
 
 
@@ -124,7 +126,9 @@ def markdown(result: dict) -> str:
              "|---|---:|" + "---:|" * len(best["float_uniform"])]
     for key, e in result["models"].items():
         for src in ("float_uniform", rb):
-            label = (f"{'stochastic' if e['config'] == 'w1a1s' else 'deterministic'}-trained W1A1, lr {e['lr']:g}, "
+            how = ("deterministic-trained" if e["config"] == "w1a1" else
+                   "deterministic, then stochastic fine-tune" if e.get("finetuned") else "stochastic-trained")
+            label = (f"{how} W1A1, lr {e['lr']:g}, "
                      f"draws: {'float uniform' if src == 'float_uniform' else str(result['rng_bits']) + '-bit comparator'}")
             lines.append(f"| {label} | {e['deterministic']:.2f} (sign) | "
                          + " | ".join(f"{v:.2f}" for v in e[src].values()) + " |")
@@ -151,6 +155,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--lr", type=float, default=0.005, help="learning rate of the deterministic and float runs")
     p.add_argument("--stochastic-lrs", type=float, nargs="+", default=[0.005, 0.02])
+    p.add_argument("--finetuned-lrs", type=float, nargs="*", default=[],
+                   help="stochastic-weight runs fine-tuned from the deterministic one (--init-state; files *-ft)")
     p.add_argument("--members", type=int, default=16)
     p.add_argument("--rng-bits", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)

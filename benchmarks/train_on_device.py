@@ -2,8 +2,8 @@
 
 The accuracy benchmarks train on the CPU by default, which takes minutes per epoch at the widths the targets
 need. When a GPU is at hand, this driver runs the same training code there (``--device cuda``) for several
-jobs in parallel, each a command line of a benchmark script that accepts ``--device``, ``--save-state DIR`` and
-``--train-only``; the trained weights land in ``DIR`` as safetensors, and the benchmark's ``--from-state DIR``
+jobs in parallel, each a command line of a benchmark script that accepts ``--device`` and ``--save-state DIR``
+(``bench_binary_accuracy.py`` lines add ``--train-only``, so that nothing is evaluated there); the trained weights land in ``DIR`` as safetensors, and the benchmark's ``--from-state DIR``
 evaluates them on the CPU (integer / bitwise models, exactly as a CPU-trained run is evaluated).
 
 Every job trains ``--epochs`` epochs (``{E}`` in a job line); jobs still running after ``--budget`` seconds are
@@ -11,7 +11,7 @@ stopped and reported. The states and logs are packed into one gzipped tar (``--t
 remote machine hands files back.
 
     python3 benchmarks/train_on_device.py --epochs 15 --budget 300 --out /tmp/states --tar /tmp/states.tgz \\
-        --job "benchmarks/bench_binary_accuracy.py --models cnn --configs w1a2 --channels 64 --epochs-cnn {E}"
+        --job "benchmarks/bench_binary_accuracy.py --models cnn --configs w1a2 --epochs-cnn {E} --train-only"
 """
 
 from __future__ import annotations
@@ -31,8 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def launch(job: str, epochs: int, out: Path, log: Path, device: str, threads: int) -> subprocess.Popen:
-    cmd = [sys.executable, *shlex.split(job.replace("{E}", str(epochs))), "--device", device,
-           "--save-state", str(out), "--train-only"]
+    cmd = [sys.executable, *shlex.split(job.replace("{E}", str(epochs))), "--device", device, "--save-state", str(out)]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads)}
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
 

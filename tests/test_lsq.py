@@ -101,3 +101,35 @@ def test_mse_init_step_is_the_least_squares_step_on_its_grid(bits, signed):
     assert err(best) <= min(err(float(s)) for s in fine) * 1.02
     assert err(best) <= err(lsq_init_step(v, q_p)) + 1e-6
     assert err(best) <= err(float(v.abs().max()) / q_p) + 1e-6
+
+
+@pytest.mark.parametrize("bits,signed", [(2, True), (4, True), (2, False)])
+def test_a_negative_step_quantizes_as_its_magnitude(bits, signed):
+    """An optimizer can carry a learned step through zero; the quantizer (and the frozen scale, |s|) must not
+    mirror the code range then: 2-bit weights stay {-2 .. 1} |s|, unsigned activations stay >= 0."""
+    qn, qp = lsq_bounds(IntFormat(bits, signed))
+    v = torch.linspace(-3.0, 3.0, 601, dtype=torch.float64)
+    s = torch.tensor(0.37, dtype=torch.float64, requires_grad=True)
+    neg = torch.tensor(-0.37, dtype=torch.float64, requires_grad=True)
+    out, out_neg = lsq_quantize(v, s, qn, qp), lsq_quantize(v, neg, qn, qp)
+    assert torch.equal(out_neg, paper_forward(v, 0.37, qn, qp))
+    assert torch.equal(out_neg, out)
+    assert float(out_neg.detach().min()) == pytest.approx(-qn * 0.37) and float(out_neg.detach().max()) == pytest.approx(qp * 0.37)
+    out.sum().backward()
+    out_neg.sum().backward()
+    assert float(neg.grad) == pytest.approx(-float(s.grad))  # d|s|/ds = sign(s)
+    assert torch.equal(lsq_quantize_int(v, neg.detach(), qn, qp), lsq_quantize_int(v, s.detach(), qn, qp))
+
+
+def test_lsq_weight_quantizer_with_a_negative_step_equals_its_frozen_form():
+    from lowbit.nn.lsq import LSQWeightQuantizer
+    from lowbit.granularity import PerChannel
+    from lowbit.spec import QuantSpec
+
+    w = torch.randn(6, 3, 3, 3, generator=torch.Generator().manual_seed(0))
+    wq = LSQWeightQuantizer(QuantSpec(IntFormat(2), PerChannel(0)), w)
+    with torch.no_grad():
+        wq.step[::2] *= -1  # steps carried through zero by training
+    trained = wq(w).detach()
+    wq.freeze(w)
+    assert torch.equal(wq.fake(w), trained)

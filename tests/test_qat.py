@@ -249,3 +249,28 @@ def test_shipped_qat_weights_reproduce_recorded_accuracy(key):
     test = fashion_mnist("test")
     im = to_integer(pretrained_qat(key), (test.x[:2],))
     assert evaluate(im, test) == pytest.approx(shipped_qat_accuracy(key), abs=1e-9)
+
+
+def test_folding_a_negative_batchnorm_scale_into_2bit_codes_warns_of_the_codes_it_saturates():
+    """g < 0 negates a channel's codes, and -2 has no +2 in two's complement 2 bits: never silently."""
+    from lowbit.qat import fold_trained_bn
+    from lowbit.zoo.binary import BinaryCNN
+
+    torch.manual_seed(0)
+    x = torch.randn(8, 1, 28, 28)
+    cfg = QATConfig(weight=QuantSpec(IntFormat(2), PerChannel(0)), act=QuantSpec(IntFormat(2, signed=False)),
+                    bn_freeze_steps=10**9)
+    gm = prepare_qat(BinaryCNN(channels=4), cfg, x)
+    layer = gm.get_submodule("features.4")
+    with torch.no_grad():
+        layer.bn.weight[1] = -0.5
+        layer.weight[1] = -layer.weight_quant.step[1] * 2  # every code of channel 1 is -2
+    with pytest.warns(UserWarning, match=r"features.4: folding its BatchNorm negates 1 channel\(s\), and 36 of"):
+        fold_trained_bn(gm)
+    gm2 = prepare_qat(BinaryCNN(channels=4), cfg, x)
+    with torch.no_grad():
+        gm2.get_submodule("features.4").bn.weight.abs_()
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fold_trained_bn(gm2)  # g >= 0: nothing saturates, nothing to say

@@ -58,6 +58,7 @@ Bit widths, as the papers define them: ``b``-bit weights are two's complement
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -369,13 +370,39 @@ def freeze_bn(model: nn.Module, freeze_steps: int | None, step: int) -> None:
             u.bn.eval()
 
 
+def _warn_saturated(name: str, u: nn.Module, g: torch.Tensor) -> None:
+    """Warn when negating the codes of channels with ``g < 0`` saturates two's complement codes -2^(b-1)."""
+    wq = u.weight_quant
+    if wq is None or not bool((g < 0).any()) or not isinstance(wq.spec.format, IntFormat):
+        return
+    fmt = wq.spec.format
+    if not fmt.signed:
+        return
+    with torch.no_grad():
+        codes = wq.codes(u.weight) if getattr(wq, "mode", None) == "quantize" else None
+        if codes is None and hasattr(wq, "step"):
+            step = wq.step.reshape(-1, *[1] * (u.weight.ndim - 1))
+            codes = torch.clamp(torch.round(u.weight / step), -(1 << (fmt.bits - 1)), (1 << (fmt.bits - 1)) - 1)
+        if codes is None:
+            return
+        lowest = codes == -(1 << (fmt.bits - 1))
+        hit = int((lowest & (g < 0).reshape(-1, *[1] * (u.weight.ndim - 1))).sum())
+    if hit:
+        warnings.warn(f"{name}: folding its BatchNorm negates {int((g < 0).sum())} channel(s), and {hit} of their "
+                      f"{fmt.bits}-bit weight codes (-{1 << (fmt.bits - 1)}) saturate at {(1 << (fmt.bits - 1)) - 1}: "
+                      "the converted model differs from the trained one. Keep the BatchNorm scales >= 0 while "
+                      "training (a step hook clamping bn.weight), or fold BatchNorm before training",
+                      stacklevel=3)
+
+
 @torch.no_grad()
 def fold_trained_bn(model: nn.Module) -> list[str]:
     """Fold every unfolded BatchNorm into its unified layer; returns the layers folded.
 
     ``w' = g w``, ``b' = g (b - mu) + beta`` with ``g = gamma / sqrt(var + eps)`` per channel, and the
     channel's weight step (or fixed scale) becomes ``|g| s``: the codes stay ``round(w / s)``, their
-    sign flipped where ``g < 0`` (a code of -2^(b-1) there saturates at 2^(b-1) - 1). A binary weight keeps
+    sign flipped where ``g < 0`` (a code of -2^(b-1) there saturates at 2^(b-1) - 1, with a warning that
+    counts them). A binary weight keeps
     its latent values up to sign, ``w' = sign(g) w``, and its quantizer's ``gain`` takes ``|g|``: its
     frozen scale is then ``alpha |g|`` whether ``alpha`` is ``mean|w|`` or 1.
     """
@@ -391,6 +418,7 @@ def fold_trained_bn(model: nn.Module) -> list[str]:
             wq.gain = wq.gain * g.abs()
             wq.freeze(u.weight)  # the gain lives in the frozen scale: freeze now (convert freezes the same again)
         else:
+            _warn_saturated(name, u, g)
             u.weight.mul_(g.reshape(shape))
         bias = u.bias if u.bias is not None else torch.zeros_like(g)
         u.bias = nn.Parameter(g * (bias - bn.running_mean) + bn.bias)

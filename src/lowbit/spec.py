@@ -63,7 +63,7 @@ from lowbit.errors import ConfigError
 from lowbit.formats import Binary, DynamicFixedPoint, Format, IntFormat, Log2, PowerOfTwo, Ternary
 from lowbit.functional.affine import fake_quant_affine, quantize_affine
 from lowbit.functional.binary import binarize
-from lowbit.functional.lsq import grad_scale, lsq_quantize
+from lowbit.functional.lsq import lsq_quantize, step_magnitude
 from lowbit.functional.pow2 import dynamic_fixed_point, log2_quantize, pow2_quantize, pow2_round, pow2_round_ste
 from lowbit.functional.rounding import ste
 from lowbit.functional.ternary import TernaryResult, ternarize, ternarize_twn, ternary_codes, tnt_integer_codes
@@ -449,7 +449,7 @@ def lsq_fake_quant(w: torch.Tensor, step: torch.Tensor, spec: QuantSpec, g: floa
     q_n, q_p = lsq_range(spec)
     f = spec.format
     if isinstance(f, PowerOfTwo) and f.bits > 2:
-        s = grad_scale(step, g)
+        s = step_magnitude(step, g)
         return pow2_round_ste(torch.clamp(w / s, -q_n, q_p), f.n_exponents) * s
     return lsq_quantize(w, step, q_n, q_p, g)
 

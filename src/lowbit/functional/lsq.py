@@ -13,6 +13,13 @@ Gradients (straight-through estimator through ``round``):
                   = -Q_N                 if v/s <= -Q_N
                   =  Q_P                 if v/s >=  Q_P
 
+The quantizer uses ``|s|``: an optimizer can carry a learned step through zero (Adam's first updates are about
+``lr`` in size, more than a small weight step), and the sign of a step means nothing, so the forward pass is a
+function of ``|s|`` (gradient ``sign(s)`` times the above), as the frozen scale is (``scale = |s|``). A
+trained model and its conversion then quantize alike: with a raw negative step, ``clamp(v / s, -Q_N, Q_P)``
+would mirror the code range (2-bit weights ``{-1 .. 2} |s|`` instead of ``{-2 .. 1} |s|``, unsigned activations
+clipped from the other side).
+
 The step's gradient is multiplied by ``g = 1 / sqrt(N * Q_P)`` (``N`` = number of
 weights of the layer, or of features of the activation; see
 :func:`lsq_grad_scale` for the convention), and the step is initialised as
@@ -57,6 +64,12 @@ def lsq_grad_scale(v: torch.Tensor, q_p: int, convention: Literal["numel", "feat
     per_sample = convention == "features" or (convention == "paper" and is_activation)
     n = v[0].numel() if (per_sample and v.ndim > 1) else v.numel()
     return 1.0 / math.sqrt(n * q_p)
+
+
+def step_magnitude(step: torch.Tensor, g: float = 1.0) -> torch.Tensor:
+    """``|s|`` (at least the smallest normal float32), the step's gradient scaled by ``g``: the step the
+    quantizer uses (see the module docstring)."""
+    return grad_scale(step, g).abs().clamp_min(torch.finfo(torch.float32).tiny)
 
 
 def lsq_init_step(v: torch.Tensor, q_p: int) -> torch.Tensor:
@@ -110,10 +123,10 @@ def lsq_quantize(v: torch.Tensor, step: torch.Tensor, q_n: int, q_p: int, g: flo
         if bool((step == 0).any()):
             raise DataError("LSQ step is 0: every value would quantize to 0; pass a step > 0, e.g. "
                             "lsq_init_step(v, q_p) (2 mean|v| / sqrt(Q_P))")
-    s = grad_scale(step, g)
+    s = step_magnitude(step, g)
     return round_ste(torch.clamp(v / s, -q_n, q_p)) * s
 
 
 def lsq_quantize_int(v: torch.Tensor, step: torch.Tensor, q_n: int, q_p: int) -> torch.Tensor:
     """The integer codes ``v_bar`` (int32), for the integer execution path."""
-    return torch.round(torch.clamp(v / step, -q_n, q_p)).to(torch.int32)
+    return torch.round(torch.clamp(v / step_magnitude(step.detach()), -q_n, q_p)).to(torch.int32)
