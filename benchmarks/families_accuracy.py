@@ -4,7 +4,8 @@ collected from the benchmarks that measured them (no training here).
 Rows ``{"family", "model", "config", "accuracy", "float_accuracy"}`` (percent, Fashion-MNIST test set, 10,000
 images), read from ``results/formats.json`` (``bench_formats.py``: TNT, exact/TWN ternary, LBW power-of-two,
 each on the shipped CNN, float 92.43%) and ``results/binary_accuracy.json`` (``bench_binary_accuracy.py``:
-binary CNN, which has no float twin: ``float_accuracy`` null). The families the issue lists that no benchmark has
+binary CNN, which has no float twin: ``float_accuracy`` null), ``results/ensemble.json`` (``bench_ensemble.py``),
+``results/bitsplit.json`` (``bench_bitsplit.py``) and ``results/truenorth.json`` (``bench_truenorth.py``). The families the issue lists that no benchmark has
 measured yet are named in the Markdown, not given rows. ``python benchmarks/families_accuracy.py``.
 """
 
@@ -52,6 +53,16 @@ def rows() -> list[dict]:
                         "config": ("ternary W, sign A" if ternary else f"W{r['weight_bits']}A{r['act_bits']}")
                         + f", {r['epochs']} epochs from random init",
                         "accuracy": r["accuracy"], "float_accuracy": None})
+    for name, family in (("ensemble.json", "stochastic ensemble"), ("bitsplit.json", "BitSplit-Net"),
+                         ("truenorth.json", "TrueNorth-style")):
+        path = RESULTS / name
+        if not path.exists():
+            continue
+        data = json.loads(path.read_text())
+        for r in data["rows"] if isinstance(data, dict) else data:
+            if {"family", "model", "config", "accuracy", "float_accuracy"} <= set(r):
+                out.append({k: r[k] for k in ("family", "model", "config", "accuracy", "float_accuracy")})
+        NOT_MEASURED[:] = [m for m in NOT_MEASURED if not m.lower().startswith(family.lower().split()[0])]
     return out
 
 

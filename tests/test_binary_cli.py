@@ -28,7 +28,7 @@ def test_qat_trains_binary_mlp_w1a1_from_random_init(tmp_path, capsys):
     layers run the XNOR-popcount kernel, and the flags in result.json. --weight-bits is ignored with a warning."""
     out = tmp_path / "bnn"
     argv = ["qat", "--model", "binary-mlp", "--weight-format", "binary", "--binary-scale", "sign",
-            "--act-format", "binary", "--weight-bits", "4", *SMALL, "--out", str(out)]
+            "--act-format", "binary", "--weight-bits", "4", "--stochastic-weights", *SMALL, "--out", str(out)]
     assert main(argv) == 0
     captured = capsys.readouterr()
     assert "binary-mlp LSQ W binary-sign A binary, 1 epochs" in captured.out and "random init" in captured.out
@@ -37,6 +37,7 @@ def test_qat_trains_binary_mlp_w1a1_from_random_init(tmp_path, capsys):
     result = json.loads((out / "result.json").read_text())
     assert (result["start"], result["weight"], result["act"]) == ("random init", "binary-sign", "binary")
     assert result["train"]["optimizer"] == "adam" and result["epochs"] == 1  # adam: the binary default
+    assert result["config"]["stochastic_weights"] is True
     assert 0.0 <= result["accuracy"] <= 1.0
     im = load_integer(out / "model.safetensors")
     layers = [n.op.ir for n in im.nodes if isinstance(n.op.ir, ir.LAYERS)]
@@ -56,6 +57,8 @@ def test_qat_trains_binary_mlp_w1a1_from_random_init(tmp_path, capsys):
     (["--model", "binary-mlp", "--weight-format", "binary", "--act-format", "int", "--act-bits", "1"],
      "act_bits=1 is out of range"),
     (["--model", "binary-mlp", "--optimizer", "rmsprop"], "invalid choice: 'rmsprop'"),
+    (["--model", "binary-mlp", "--stochastic-weights"], "--stochastic-weights draws binary signs: it needs "
+                                                         "--weight-format binary"),
     (["--model", "binary-mlp", "--act-format", "ternary"], "invalid choice: 'ternary'"),
 ])
 def test_wrong_binary_combinations_are_one_line_errors(argv, message, tmp_path, capsys):

@@ -46,6 +46,10 @@ def add_parser(sub) -> None:
     p.add_argument("--grad-bits", type=int_range(2, 16), default=None, metavar="K",
                    help="quantize the gradient of every quantized layer's output to K bits, 2..16, stochastic "
                         "rounding (QNN uses 6; default: float gradients)")
+    p.add_argument("--stochastic-weights", action="store_true",
+                   help="with --weight-format binary: draw each weight's sign in every training step, +1 with "
+                        "probability clip((w + 1) / 2, 0, 1) (BinaryConnect / BNN stochastic binarization; the "
+                        "training that stochastic ensembles sample from)")
     p.add_argument("--epochs", type=int_range(1), default=3, help="training epochs (default 3)")
     p.add_argument("--batch-size", type=int_range(1), default=128, help="global batch size (default 128)")
     p.add_argument("--optimizer", choices=("sgd", "adam"), default=None,
@@ -82,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
     rank, world = init_distributed()
     # LSQ trains two's complement weights (the paper's range); FAQ's fixed scales keep them narrow
     config = QATConfig(weight_spec(args, narrow=args.method == "faq"), act_spec(args), args.method, init=args.init,
-                       bn_freeze_steps=args.bn_freeze_steps, grad_bits=args.grad_bits)
+                       bn_freeze_steps=args.bn_freeze_steps, grad_bits=args.grad_bits,
+                       stochastic_weights=args.stochastic_weights)
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
                       distill=args.distill,
                       weight_decay=args.weight_decay, augment=not args.no_augment, seed=args.seed)
@@ -127,6 +132,8 @@ def binary_args(args: argparse.Namespace) -> list[str]:
         if value is not None and ignored:
             what = "weight" if flag == "--weight-bits" else "act"
             notes.append(f"{flag} {value} is ignored with --{what}-format binary (1 bit: -1 or +1)")
+    if args.stochastic_weights and not w_binary:
+        raise ConfigError("--stochastic-weights draws binary signs: it needs --weight-format binary")
     if args.binary_scale is not None and not w_binary:
         raise ConfigError(f"--binary-scale {args.binary_scale} sets the scale of binary weights: add "
                           f"--weight-format binary, or drop --binary-scale (--weight-format is {args.weight_format})")
