@@ -206,7 +206,7 @@ class EednNet(nn.Module):
         self.core = nn.Sequential()
         for name, b in blocks.items():
             self.core.add_module(name, b)
-        self.log_scale = nn.Parameter(torch.tensor(math.log(4.0 / math.sqrt(49 * spec.population))))
+        self.log_scale = nn.Parameter(torch.tensor(-0.5 * math.log(49 * spec.population)))  # 1 / sqrt(neurons per class)
 
     def counts(self, y: torch.Tensor) -> torch.Tensor:
         """(N, 10 P, H, W) output spikes -> (N, 10) population counts."""
@@ -217,10 +217,10 @@ class EednNet(nn.Module):
         if x.dim() != 4 or tuple(x.shape[1:]) != IMAGE:
             raise ShapeError(f"EednNet takes images (N, 1, 28, 28), got {tuple(x.shape)}")
         y = self.transduce(x)
-        spikes = y.flatten(1).sum(1)
+        spikes = y.detach().flatten(1).sum(1)
         for block in self.core:
             y = block(y)
-            spikes = spikes + y.flatten(1).sum(1)
+            spikes = spikes + y.detach().flatten(1).sum(1)
         return EednRun(self.counts(y), spikes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -292,10 +292,10 @@ class FoldedEedn(nn.Module):
         if x.dim() != 4 or tuple(x.shape[1:]) != IMAGE:
             raise ShapeError(f"FoldedEedn takes images (N, 1, 28, 28), got {tuple(x.shape)}")
         y = (self.transduce(x) >= 0).to(x.dtype)
-        spikes = y.flatten(1).sum(1)
+        spikes = y.detach().flatten(1).sum(1)
         for layer in self.layers:
             y = layer(y)
-            spikes = spikes + y.flatten(1).sum(1)
+            spikes = spikes + y.detach().flatten(1).sum(1)
         return EednRun(y.reshape(y.shape[0], CLASSES, -1).sum(2), spikes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
