@@ -51,6 +51,19 @@ their counts (:func:`ensemble_counts`), as Eedn's multi-chip ensembles average t
 
 ``EednSpec(kind="float")`` is the same architecture with real weights and ReLU (and a linear readout of the
 output layer's activations summed per class), the float reference.
+
+>>> import torch
+>>> from lowbit.snn.eedn import EednNet, EednSpec, cores, fold
+>>> net = EednNet(EednSpec(group_size=8, population=4))
+>>> cores(net)                                    # check_truenorth on the on-core layers
+3822
+>>> r = fold(net.eval()).run(torch.zeros(2, 1, 28, 28))   # integer thresholds, int8 synapses
+>>> r.counts.shape, r.spikes.shape                # population counts per class, spikes per image
+(torch.Size([2, 10]), torch.Size([2]))
+>>> EednSpec(group_size=16)
+Traceback (most recent call last):
+...
+lowbit.errors.ConfigError: EednSpec.group_size = 16 gives a 3x3 filter fan-in of 9 x 16 = 144 > 128: ... allowed: 1, 2, 4, 8
 """
 
 from __future__ import annotations
@@ -107,7 +120,7 @@ class EednSpec:
 
 def _grouped_inputs(transduction: int) -> list[int]:
     chans, inputs = transduction, []
-    for _, out, k, _, grouped in PLAN:
+    for _, out, _k, _, grouped in PLAN:
         if grouped:
             inputs.append(chans)
         chans = out
@@ -206,7 +219,8 @@ class EednNet(nn.Module):
         self.core = nn.Sequential()
         for name, b in blocks.items():
             self.core.add_module(name, b)
-        self.log_scale = nn.Parameter(torch.tensor(-0.5 * math.log(49 * spec.population)))  # 1 / sqrt(neurons per class)
+        # the readout's log-temperature, starting at 1 / sqrt(neurons per class)
+        self.log_scale = nn.Parameter(torch.tensor(-0.5 * math.log(49 * spec.population)))
 
     def counts(self, y: torch.Tensor) -> torch.Tensor:
         """(N, 10 P, H, W) output spikes -> (N, 10) population counts."""
