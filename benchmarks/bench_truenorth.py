@@ -129,10 +129,12 @@ def evaluate(models: list[tuple[EednNet, dict]], float_model: tuple[EednNet, dic
     float_line = "not trained (--no-float)" if float_model is None else \
         f"{float_acc:.2f}% (same architecture, real weights, ReLU; {float_model[1]['recipe']['epochs']} epochs)"
     limit = models[0][1]["recipe"]["train_images"]
+    smoke = " (**a smoke run** with `--train-limit`: these figures only show that the pipeline runs)" \
+        if limit < 55000 else ""
     body = f"""Eedn-style TrueNorth net (`lowbit.snn.eedn.EednNet`, {spec_dict(spec)}) on Fashion-MNIST: trinary
 weights {{-1, 0, +1}}, binary neurons (triangle surrogate), grouped 3x3 convolutions (group size
 {spec.group_size}: fan-in {9 * spec.group_size}) and 1x1 layers, 10 populations of {spec.population} x 49 output
-neurons. Trained on {limit} images; accuracy on the {len(test)} test images. `accuracy` is the folded net's
+neurons. Trained on {limit} images{smoke}; accuracy on the {len(test)} test images. `accuracy` is the folded net's
 (BatchNorm folded exactly into integer thresholds, int8 synapses); `BN net` is the trained net in eval mode;
 `same counts`: the fraction of test images whose 10 counts the two nets give identically. Cores: one per output
 patch and group (`lowbit.snn.truenorth.truenorth_report`) for the on-core layers; the transduction layer runs
