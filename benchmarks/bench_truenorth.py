@@ -16,6 +16,10 @@ no per-sample Python loop. ``--from-state`` evaluates on the CPU by default.
 
     # train on a GPU (4 copies x 15 epochs + the float reference), keep the weights:
     python benchmarks/bench_truenorth.py --device cuda --epochs 15 --copies 4 --save-state runs/truenorth
+    # or as two jobs side by side (their copies in one folder; only one trains the float reference):
+    python benchmarks/train_on_device.py --epochs 15 --budget 500 --out /tmp/tn --tar /tmp/tn.tgz \
+        --job "benchmarks/bench_truenorth.py --epochs {E} --copies 2" \
+        --job "benchmarks/bench_truenorth.py --epochs {E} --copies 2 --first-seed 2 --no-float"
     # re-evaluate the saved weights on the CPU, no training:
     python benchmarks/bench_truenorth.py --from-state runs/truenorth
     # smoke test on the CPU:
@@ -169,7 +173,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--epochs", type=int, default=15)
-    p.add_argument("--copies", type=int, default=4, help="ensemble size (independently trained copies, seeds 0..)")
+    p.add_argument("--copies", type=int, default=4,
+                   help="ensemble size (independently trained copies, seeds first-seed, first-seed + 1, ...)")
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="the first copy's seed (jobs run side by side train disjoint seeds into one --save-state)")
+    p.add_argument("--train-only", action="store_true",
+                   help="train and --save-state, evaluate nothing (for benchmarks/train_on_device.py)")
     p.add_argument("--train-limit", type=int, default=0, help="train on the first N images only (a smoke test)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--lr", type=float, default=1e-2, help="Adam peak learning rate of the TrueNorth copies")
@@ -188,6 +197,10 @@ def main() -> None:
         p.error("--device cuda: no CUDA device is available")
     if args.copies < 1:
         p.error(f"--copies = {args.copies}; allowed: an integer >= 1")
+    if args.first_seed < 0:
+        p.error(f"--first-seed = {args.first_seed}; allowed: an integer >= 0")
+    if args.train_only and (args.from_state or not args.save_state):
+        p.error("--train-only needs --save-state DIR (where the weights go) and no --from-state")
     test = load("fashion-mnist", "test", root=args.data_root)
     if args.from_state:
         folder = Path(args.from_state)
@@ -208,16 +221,18 @@ def main() -> None:
         if args.train_limit:
             data, val = data.take(args.train_limit), val.take(min(len(val), args.train_limit))
         models = []
-        for seed in range(args.copies):
+        for seed in range(args.first_seed, args.first_seed + args.copies):
             models.append(train_one(spec, seed, data, val, args))
             if args.save_state:
                 save(*models[-1], Path(args.save_state) / f"eedn-copy{seed}.npz")
         float_model = None
         if not args.no_float:
             float_model = train_one(EednSpec(group_size=args.group_size, population=args.population, kind="float"),
-                                    0, data, val, args)
+                                    args.first_seed, data, val, args)
             if args.save_state:
                 save(*float_model, Path(args.save_state) / "eedn-float.npz")
+        if args.train_only:
+            return
     rows, body = evaluate(models, float_model, test, args.device)
     write_result("truenorth", body)
     RESULTS.mkdir(exist_ok=True)
