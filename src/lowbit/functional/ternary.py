@@ -162,3 +162,20 @@ def tnt_integer_codes(alpha_pos: torch.Tensor, alpha_neg: torch.Tensor,
     m_pos = torch.where(empty | (a_pos >= a_neg), torch.full_like(big, float(top)), torch.round(top * a_pos / safe))
     m_neg = torch.where(empty | (a_neg >= a_pos), torch.full_like(big, float(top)), torch.round(top * a_neg / safe))
     return scale, m_pos, m_neg
+
+
+def eedn_trinary(h: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """Eedn's trinary weights (Esser et al., PNAS 2016) with a straight-through gradient to the hidden weight.
+
+    The hidden weights ``h`` live in ``[-1, 1]`` (clipped after every update, see
+    :func:`lowbit.snn.eedn.clip_hidden_`); the forward pass uses
+
+        w = sign(h) * 1[|h| >= threshold]          (threshold 0.5: the paper's rule)
+
+    in ``{-1, 0, +1}`` (same dtype as ``h``), and the backward pass passes ``dL/dw`` to ``h`` unchanged
+    (``dw/dh := 1``, the straight-through estimator). No scale: TrueNorth's synapses are exactly -1, 0, +1.
+    """
+    if not 0.0 < threshold <= 1.0:
+        raise ConfigError(f"eedn_trinary threshold = {threshold!r}; allowed: a number in (0, 1]")
+    w = torch.sign(h) * (h.abs() >= threshold).to(h.dtype)
+    return ste(h, w)
