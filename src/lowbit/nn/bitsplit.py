@@ -19,7 +19,7 @@ Each path has its own binary weights (``W^(k)``). Max pooling acts on the intege
 int8 weight codes, bits, +-1 weights: every sum is an integer below 2^24, exact in float32), and the classifier
 is ``(bits @ codes^T) * s + bias``. :func:`deploy` turns it into :class:`DeployedBitSplit`, which computes the
 same numbers with integer kernels: the first layer and the classifier as int8 GEMMs (``torch._int_mm``), each
-binary layer of each path as an XNOR-popcount GEMM (:func:`lowbit.bitwise.binary_conv2d`) of the signs
+binary layer of each path as an XNOR-popcount GEMM (:func:`lowbit.bitwise.binary_gemm`) of the signs
 ``s = 2 b - 1`` (a padded tap is the engine's -1, the bit 0), with
 
     sum_k w_k b_k = (G + V) / 2,    G = sum_k w_k s_k (XNOR-popcount),  V = sum_k w_k
@@ -31,12 +31,14 @@ and the folded BatchNorm and bitwise activation as a per-channel threshold set o
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lowbit.bitwise import PackedWeight, binary_conv2d, pack_signs, pack_weight
+from lowbit.bitwise import PackedWeight, binary_gemm, pack_signs, pack_weight
+from lowbit.bitwise.bitsplit import threshold_signs
 from lowbit.data.datasets import FASHION_MEAN, FASHION_STD
 from lowbit.errors import ConfigError, ShapeError
 from lowbit.functional import bitsplit as fb
@@ -128,75 +130,176 @@ class BitSplitCNN(nn.Module):
 
 @dataclass(frozen=True)
 class BinaryStage:
-    """One binary conv of one path: the packed +-1 weight, and the thresholds on G = XNOR-popcount (C, M)."""
+    """One binary conv of one path: the packed +-1 weight (rows in (kh, kw, C) order), the thresholds on
+    G = XNOR-popcount (C, M) and their inversion flags, and whether a 2x2 max pool comes first."""
 
     weight: PackedWeight
-    thr: torch.Tensor  # int32 (C, M): levels m 2^k, as thresholds on G
-    flip: torch.Tensor  # bool (C,)
+    thr: torch.Tensor  # int32 (O, M): the levels m 2^k, as thresholds on G
+    inv: torch.Tensor  # bool (O,)
     pool: bool
+
+    @cached_property
+    def thr_t(self) -> torch.Tensor:
+        """``thr`` transposed, (M, O) contiguous: the layout ``csrc/bitsplit.c`` reads."""
+        return self.thr.t().contiguous()
+
+
+def _sign_rows(signs: torch.Tensor) -> torch.Tensor:
+    """Packed rows (N H W, ceil(9 C / 64)) of the 3x3 patches (taps (kh, kw, C), padding -1) of int8 signs
+    (N, H, W, C): :func:`lowbit.native.cext.bits_im2col` (one C pass), or PyTorch where it is unavailable."""
+    from lowbit.native import cext
+
+    n, h, w, c = signs.shape
+    x = signs.permute(0, 3, 1, 2)  # a view of the channels-last bytes: no copy in cext.nhwc
+    if cext.library() is not None:
+        return cext.bits_im2col(x, (3, 3), (1, 1), (1, 1), (1, 1), (h, w))
+    padded = F.pad(x.to(torch.float32), (1, 1, 1, 1), value=-1.0)
+    cols = F.unfold(padded, 3).reshape(n, c, 9, h * w).permute(0, 3, 2, 1)  # (N, HW, taps, C)
+    return pack_signs(cols.reshape(n * h * w, 9 * c))
 
 
 @dataclass(frozen=True)
 class DeployedBitSplit:
-    """The integer / bitwise forward of an eval-mode :class:`BitSplitCNN` (made by :func:`deploy`). CPU only."""
+    """The integer / bitwise forward of an eval-mode :class:`BitSplitCNN` (made by :func:`deploy`). CPU only.
+
+    Activations travel channels-last as int8 signs (+1 for the bit 1); each binary layer of each path is
+    im2col of the signs into packed words, one XNOR-popcount GEMM (:func:`lowbit.bitwise.binary_gemm`) and the
+    threshold epilogue (:func:`lowbit.bitwise.bitsplit.threshold_signs`, 2x2 max pool included)."""
 
     bits: int
     channels: int
     w1: torch.Tensor  # int8 (c, 9)
     w1_zero: torch.Tensor  # int32 (c,): 128 sum w (the uint8 image codes are stored as p - 128)
     thr1: torch.Tensor  # int32 (c, L) on the first layer's accumulator
-    flip1: torch.Tensor  # bool (c,)
+    inv1: torch.Tensor  # bool (c,)
     stages: tuple[tuple[BinaryStage, BinaryStage], ...]  # per path
-    wc: torch.Tensor  # int8 (10, n 2c 49)
+    wc: torch.Tensor  # int8 (10, n 49 2c): the classifier's codes, columns in the (path, y, x, channel) order
+    wc_sum: torch.Tensor  # int32 (10,): sum of the codes
     sc: torch.Tensor  # float32 (10,)
     bias: torch.Tensor  # float32 (10,)
+    w1_packed: object = None  # lowbit.integer.vnni.PackedWeight of w1 where the C int8 GEMM exists
+    w1_add: torch.Tensor | None = None  # int32 (c,): its column term, correction + 128 sum w (= 0)
+    wc_packed: object = None  # the same for wc
+    wc_add: torch.Tensor | None = None  # int32 (10,): correction + sum w
 
     def first_layer(self, x: torch.Tensor) -> torch.Tensor:
-        """The level q (int32 (N, c, 14, 14)) of the first layer."""
-        from lowbit.integer.kernels import im2col, int_mm, max_pool2d
+        """Signs of the n bits of the first layer's level: int8 (n, N, 14, 14, c). The int8 GEMM is lowbit's
+        prepacked one (:mod:`lowbit.integer.vnni`) where the C library has it, else ``torch._int_mm``."""
+        p = (image_codes(x) - 128.0).to(torch.int8)  # (N, 1, 28, 28) uint8 codes stored as p - 128
+        n = p.shape[0]
+        if self.w1_packed is not None:
+            acc = _int8_gemm_fast(_im2col_fast(p, self.w1_packed.kp), self.w1_packed, self.w1_add)
+        else:
+            from lowbit.integer.kernels import im2col, int_mm
 
-        p = (image_codes(x) - 128.0).to(torch.int8)  # (N, 1, 28, 28)
-        cols, (n, ho, wo) = im2col(p, (3, 3), 1, 1, 1, pad_value=-128)  # (N 784, 9), a padded pixel is code 0
-        acc = int_mm(cols, self.w1) + self.w1_zero  # (N 784, c)
-        acc = acc.reshape(n, ho, wo, -1).permute(0, 3, 1, 2)
-        return fb.level_from_thresholds(max_pool2d(acc, 2, 2, 0), self.thr1, self.flip1)
+            cols, _ = im2col(p, (3, 3), 1, 1, 1, pad_value=-128)  # (N 784, 9)
+            acc = int_mm(cols, self.w1) + self.w1_zero  # sum s w + 128 sum w
+        return threshold_signs(acc.reshape(n, 28, 28, -1), self.thr1, self.inv1, self.bits, True)
+
+    def classifier(self, signs: torch.Tensor) -> torch.Tensor:
+        """float32 logits (N, 10) of int8 signs (N, n 49 2c): ``sum_i w_i b_i = (sum_i w_i s_i + sum_i w_i) / 2``
+        for the bits ``b = (s + 1) / 2``, then ``* scale + bias``."""
+        if self.wc_packed is not None and signs.shape[1] % 4 == 0:
+            acc = _int8_gemm_fast(signs.contiguous(), self.wc_packed, self.wc_add)  # int8 rows flipped in the kernel
+        else:
+            from lowbit.integer.kernels import int_mm
+
+            acc = int_mm(signs.contiguous(), self.wc) + self.wc_sum
+        return (acc >> 1).to(torch.float32) * self.sc + self.bias
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor) or x.dtype != torch.float32 or x.device.type != "cpu" \
                 or x.ndim != 4 or tuple(x.shape[1:]) != (1, 28, 28):
             got = f"{x.dtype} {tuple(x.shape)} on {x.device}" if isinstance(x, torch.Tensor) else type(x).__name__
             raise ShapeError(f"DeployedBitSplit takes float32 CPU images (N, 1, 28, 28), got {got}")
-        q = self.first_layer(x)
+        first = self.first_layer(x)
+        fast = _fast_libraries()
         feats = []
-        for k, (s2, s3) in enumerate(self.stages):
-            b = (q >> k) & 1  # bit k of the first layer's level
-            for st in (s2, s3):
-                # signs of the bits for the XNOR GEMM: b - 1/2 >= 0 where b = 1; the engine pads with -1 (bit 0)
-                g = binary_conv2d(b.to(torch.float32) - 0.5, st.weight, (3, 3), padding=1)
-                if st.pool:
-                    g = g.reshape(g.shape[0], g.shape[1], g.shape[2] // 2, 2, g.shape[3] // 2, 2).amax(dim=(3, 5))
-                b = fb.bit_from_thresholds(g, st.thr, st.flip).to(torch.int8)
-            feats.append(b.reshape(b.shape[0], -1))
-        acc = int_mm_rows(torch.cat(feats, dim=1), self.wc)  # (N, 10) int32
-        return acc.to(torch.float32) * self.sc + self.bias
+        for k, stages in enumerate(self.stages):
+            s = first[k]  # (N, 14, 14, c) signs of bit k
+            for st in stages:
+                s = _stage_fast(s, st, *fast) if fast is not None else _stage_checked(s, st)
+            feats.append(s.reshape(s.shape[0], -1))
+        return self.classifier(torch.cat(feats, dim=1))
 
 
-def int_mm_rows(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """int32 ``a @ w.T`` of int8 rows (torch._int_mm, via :func:`lowbit.integer.kernels.int_mm`)."""
-    from lowbit.integer.kernels import int_mm
+def _im2col_fast(p: torch.Tensor, kp: int) -> torch.Tensor:
+    """:func:`lowbit.integer.vnni.im2col` of the int8 image (N, 1, 28, 28) (3x3, padding 1 with the code 0, stored
+    -128) without its per-call checks: the shapes follow from the input checked in DeployedBitSplit.__call__."""
+    from lowbit.native import cext
 
-    return int_mm(a.contiguous(), w)
+    n = p.shape[0]
+    out = torch.empty((n * 784, kp), dtype=torch.uint8)
+    if cext.library().lowbit_im2col_u8(p.data_ptr(), n, 28, 28, 1, 3, 3, 1, 1, 1, 1, 1, 1, -128, 28, 28, kp,
+                                       out.data_ptr()):
+        raise MemoryError("im2col: no memory for a padded copy of the image")
+    return out
+
+
+def _int8_gemm_fast(a: torch.Tensor, w, col_add: torch.Tensor) -> torch.Tensor:
+    """:func:`lowbit.integer.vnni.gemm` (int32 out, no requantization) without its per-call checks; ``a`` is
+    uint8 (M, kp) rows, or int8 (M, K) with K % 4 == 0 (flipped in the kernel), made by DeployedBitSplit."""
+    from lowbit.integer.vnni import RAW_ARGS, _check_rc
+    from lowbit.native import cext
+
+    out = torch.empty((a.shape[0], w.n), dtype=torch.int32)
+    flip = int(a.dtype == torch.int8)
+    _check_rc(cext.library().lowbit_gemm_u8s8(a.data_ptr(), a.shape[0], w.kp, flip, w.panels.data_ptr(), w.n,
+                                              col_add.data_ptr(), *RAW_ARGS, out.data_ptr(), 1),
+              "lowbit_gemm_u8s8", a.shape[0] * w.kp)
+    return out
+
+
+def _stage_checked(s: torch.Tensor, st: BinaryStage) -> torch.Tensor:
+    """One binary layer through the checking wrappers: im2col of the signs ``s`` (N, H, W, C), the XNOR GEMM,
+    the threshold epilogue; int8 signs (N, H', W', O)."""
+    n, h, w, _ = s.shape
+    g = binary_gemm(_sign_rows(s), st.weight, st.weight.k)  # (N H W, O) XNOR-popcount sums
+    return threshold_signs(g.reshape(n, h, w, -1), st.thr, st.inv, 1, st.pool)[0]
+
+
+def _fast_libraries():
+    """(native library, bitwise library, XNOR isa number) when both C libraries are built, else None."""
+    from lowbit.bitwise import kernels
+    from lowbit.native import cext
+
+    nat, bit = cext.library(), kernels.library()
+    if nat is None or bit is None or kernels.backend() == kernels.REFERENCE:
+        return None
+    return nat, bit, kernels.ISAS.index(kernels.backend())
+
+
+def _stage_fast(s: torch.Tensor, st: BinaryStage, nat, bit, isa: int) -> torch.Tensor:
+    """:func:`_stage_checked` as three direct C calls. Validated at the boundary: every shape here follows from
+    the input checked in :meth:`DeployedBitSplit.__call__` and the stage built by :func:`deploy` (``s`` is a
+    contiguous int8 (N, H, W, C) made by the previous stage, C = K / 9), so the per-call checks of the wrappers
+    (whose overhead dominates at batch 1) are not repeated."""
+    n, h, w, c = s.shape
+    k, o = st.weight.k, st.weight.n
+    m, words = n * h * w, (k + 63) // 64
+    rows = torch.empty((m, words), dtype=torch.uint64)
+    nat.lowbit_bits_im2col_nhwc(s.data_ptr(), n, h, w, c, 3, 3, 1, 1, 1, 1, 1, 1, h, w, rows.data_ptr())
+    g = torch.empty((m, o), dtype=torch.int32)
+    if bit.lowbit_xnor_gemm(rows.data_ptr(), m, st.weight.panels.data_ptr(), o, words, k, isa, None, None,
+                            g.data_ptr(), 1):
+        raise RuntimeError("the XNOR kernel refused its arguments")
+    ho, wo = (h // 2, w // 2) if st.pool else (h, w)
+    out = torch.empty((n, ho, wo, o), dtype=torch.int8)
+    if bit.lowbit_bitsplit_threshold(g.data_ptr(), n, h, w, o, int(st.pool), st.thr_t.data_ptr(), st.thr.shape[1],
+                                     st.inv.data_ptr(), 1, out.data_ptr()):
+        raise MemoryError(f"the BitSplit threshold epilogue found no memory for two buffers of {o} int32")
+    return out
 
 
 def _stage(conv: nn.Conv2d, bn: nn.BatchNorm2d, n: int, k: int, pool: bool) -> BinaryStage:
     w = torch.where(conv.weight.detach().cpu() >= 0, 1.0, -1.0)  # binarize's forward: sign, sign(0) = +1
-    rows = w.reshape(w.shape[0], -1)
+    rows = w.permute(0, 2, 3, 1).reshape(w.shape[0], -1)  # taps in (kh, kw, C) order, as bits_im2col packs them
     kk = rows.shape[1]
     a, b = folded_bn(bn)
-    thr, flip = fb.level_thresholds(a.detach().cpu().float(), b.detach().cpu().float(), n, kk)
+    thr, inv = fb.level_thresholds(a.detach().cpu().float(), b.detach().cpu().float(), n, kk)
     v = rows.sum(dim=1).to(torch.int64)  # V = sum of the weights
-    thr_g = 2 * fb.path_thresholds(thr, n, k) - v[:, None]  # acc >= t  <=>  G >= 2 t - V
-    return BinaryStage(pack_weight(pack_signs(rows), kk), thr_g.clamp(-2**31, 2**31 - 1).to(torch.int32), flip, pool)
+    thr_g = 2 * fb.path_thresholds(thr, n, k) - v[:, None]  # acc >= t  <=>  G = 2 acc - V >= 2 t - V
+    return BinaryStage(pack_weight(pack_signs(rows), kk), thr_g.to(torch.int32).contiguous(), inv.contiguous(), pool)
 
 
 @torch.no_grad()
@@ -208,12 +311,24 @@ def deploy(model: BitSplitCNN) -> DeployedBitSplit:
     codes1, _ = int8_codes(model.conv1.weight.detach().cpu())
     w1 = codes1.reshape(c, 9).to(torch.int8)
     a1, b1 = folded_bn(model.bn1)
-    thr1, flip1 = fb.level_thresholds(a1.cpu().float(), b1.cpu().float(), n, 9 * 255 * 127)
+    thr1, inv1 = fb.level_thresholds(a1.cpu().float(), b1.cpu().float(), n, 9 * 255 * 127)
     stages = tuple((_stage(p.conv2, p.bn2, n, k, True), _stage(p.conv3, p.bn3, n, k, False))
                    for k, p in enumerate(model.paths))
     codes_c, sc = int8_codes(model.classifier.weight.detach().cpu())
-    return DeployedBitSplit(n, c, w1, (128 * w1.to(torch.int32).sum(dim=1)), thr1.to(torch.int32), flip1, stages,
-                            codes_c.to(torch.int8), sc.float(), model.classifier.bias.detach().cpu().float())
+    # the model flattens (path, channel, y, x); the engine's signs are (path, y, x, channel)
+    wc = codes_c.reshape(-1, n, 2 * c, 7, 7).permute(0, 1, 3, 4, 2).reshape(codes_c.shape[0], -1)
+    wc = wc.to(torch.int8).contiguous()
+    w1_zero = (128 * w1.to(torch.int32).sum(dim=1)).to(torch.int32)
+    wc_sum = wc.to(torch.int32).sum(dim=1).to(torch.int32)
+    packed = {}
+    from lowbit.integer import vnni
+
+    if vnni.available():
+        p1, pc = vnni.pack_weight(w1), vnni.pack_weight(wc)
+        packed = {"w1_packed": p1, "w1_add": (p1.correction + w1_zero).to(torch.int32),
+                  "wc_packed": pc, "wc_add": (pc.correction + wc_sum).to(torch.int32)}
+    return DeployedBitSplit(n, c, w1, w1_zero, thr1.to(torch.int32).contiguous(), inv1, stages, wc, wc_sum,
+                            sc.float(), model.classifier.bias.detach().cpu().float(), **packed)
 
 
 __all__ = ["BitPath", "BitSplitCNN", "DeployedBitSplit", "deploy", "folded_bn", "image_codes", "int8_codes"]
