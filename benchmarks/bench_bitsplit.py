@@ -199,7 +199,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu", help="training device: cpu or cuda (evaluation runs on the CPU)")
     p.add_argument("--epochs", type=int, default=8)
-    p.add_argument("--channels", type=int, default=64)
+    p.add_argument("--channels", type=int, default=None, help="BinaryCNN width c (default 64; with --from-state: "
+                   "the saved models')")
     p.add_argument("--bits", default="2,4", help="activation bits to compare, comma-separated (1..8)")
     p.add_argument("--lr", type=float, default=0.005)
     p.add_argument("--seed", type=int, default=0)
@@ -218,10 +219,31 @@ def main(argv: list[str] | None = None) -> None:
         raise ConfigError("--device cuda: torch sees no CUDA device here; use --device cpu")
     if args.save_state and args.from_state:
         raise ConfigError("--save-state and --from-state exclude each other")
+    trained = None
+    if args.from_state:  # the saved run's settings, not this command's defaults
+        meta_path = Path(args.from_state) / "run.json"
+        if not meta_path.is_file():
+            raise ConfigError(f"--from-state: {meta_path} is missing; train with --save-state {args.from_state} first")
+        trained = json.loads(meta_path.read_text())
+        if args.channels is not None and args.channels != trained["channels"]:
+            raise ConfigError(f"--from-state: the saved models have channels = {trained['channels']}, the command "
+                              f"asks --channels {args.channels}: drop --channels or pass {trained['channels']}")
+        args.channels, args.train_limit = trained["channels"], trained["train_limit"]
+    elif args.channels is None:
+        args.channels = 64
+    if isinstance(args.channels, bool) or not 1 <= args.channels <= 4096:
+        raise ConfigError(f"--channels {args.channels}; expected 1..4096")
     torch.set_num_threads(1)
     train, test = load("fashion-mnist", "train"), load("fashion-mnist", "test")
     if args.train_limit is not None:
         train = train.take(args.train_limit)
+    if args.save_state:
+        folder = Path(args.save_state)
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(folder / "run.json", json.dumps({
+            "channels": args.channels, "epochs": args.epochs, "lr": args.lr, "seed": args.seed,
+            "train_limit": args.train_limit, "train_images": len(train), "device": args.device,
+            "bits": bits}, indent=1) + "\n")
 
     results, fns = [], {}
     for n in bits:
@@ -257,8 +279,10 @@ def main(argv: list[str] | None = None) -> None:
 
     smoke = args.train_limit is not None
     command = " ".join(["benchmarks/bench_bitsplit.py", *(argv if argv is not None else sys.argv[1:])])
-    meta = {"command": command, "machine": machine(), "train_device": args.device, "epochs": args.epochs,
-            "channels": args.channels, "lr": args.lr, "seed": args.seed, "train_images": len(train),
+    src = trained if trained is not None else {"device": args.device, "epochs": args.epochs, "lr": args.lr,
+                                               "seed": args.seed, "train_images": len(train)}
+    meta = {"command": command, "machine": machine(), "train_device": src["device"], "epochs": src["epochs"],
+            "channels": args.channels, "lr": src["lr"], "seed": src["seed"], "train_images": src["train_images"],
             "from_state": args.from_state, "smoke": smoke, "rounds": args.rounds,
             "load_before_after": [load_before[0], load_after[0]]}
     out = Path(args.out)
@@ -321,4 +345,10 @@ def markdown(meta: dict, rows: list[dict], verdicts: list[dict]) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    from lowbit.errors import LowbitError
+
+    try:
+        main()
+    except LowbitError as exc:  # a user's mistake: one line, exit status 2 (as the lowbit CLI)
+        print(f"bench_bitsplit.py: error: {exc}", file=sys.stderr)
+        sys.exit(2)
