@@ -8,7 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lowbit.bitwise.bitsplit import threshold_signs, threshold_signs_reference
+from lowbit.bitwise.bitsplit import (im2col_words, im2col_words_reference, threshold_bits, threshold_bits_reference,
+                                     threshold_signs, threshold_signs_reference)
+from lowbit.bitwise.pack import pack_bits
 from lowbit.errors import ConfigError, ShapeError
 from lowbit.functional import bitsplit as fb
 from lowbit.nn import bitsplit as nb
@@ -99,10 +101,28 @@ def test_threshold_epilogue_c_equals_reference(pool):
         ref = threshold_signs_reference(acc, thr, inv, nbits, pool)
         assert ref.shape == (nbits, 2, 3 if pool else 6, 2 if pool else 4, o)
         assert torch.equal(threshold_signs(acc, thr, inv, nbits, pool), ref)
+        bits = threshold_bits(acc, thr, inv, nbits, pool)
+        assert torch.equal(bits, threshold_bits_reference(acc, thr, inv, nbits, pool))
+        assert torch.equal(bits, pack_bits(ref > 0))
     with pytest.raises(ShapeError, match="int32"):
         threshold_signs(acc.to(torch.int64), thr, inv, 1, pool)
     with pytest.raises(ConfigError, match="nb"):
         threshold_signs(acc, thr, inv, 9, pool)
+
+
+def test_im2col_words_c_equals_reference():
+    g = torch.Generator().manual_seed(3)
+    for wp in (1, 2, 3):
+        x = torch.randint(-2**62, 2**62, (2, 5, 4, wp), generator=g).view(torch.uint64)
+        rows = im2col_words(x)
+        assert torch.equal(rows, im2col_words_reference(x))
+        assert rows.shape == (40, 9 * wp)
+        # row (0, 0, 0): taps (1, 1), (1, 2), (2, 1), (2, 2) are pixels (0, 0), (0, 1), (1, 0), (1, 1); others zero
+        r = rows[0].reshape(9, wp).view(torch.int64)
+        assert torch.equal(r[4], x[0, 0, 0].view(torch.int64)) and torch.equal(r[8], x[0, 1, 1].view(torch.int64))
+        assert not bool(r[[0, 1, 2, 3, 6]].any())
+    with pytest.raises(ShapeError, match="uint64"):
+        im2col_words(x.view(torch.int64))
 
 
 def _random_model(n: int, c: int, seed: int) -> nb.BitSplitCNN:
@@ -154,24 +174,25 @@ def test_binary_stage_against_a_brute_force_oracle():
     a, b = nb.folded_bn(bn)
     with torch.no_grad():
         want_bit = fb.bits_of(fb.levels(acc.float() * a + b, n_bits), n_bits)[k]  # (N, H, W, O)
-    want = (2 * want_bit - 1).to(torch.int8)
+    words = pack_bits(bits.bool())  # (N, H, W, 1) packed pixels
+    fast = nb._fast_libraries()
     for pool in (False, True):
-        st = nb._stage(conv, bn, n_bits, k, pool)
-        signs = (2 * bits - 1).to(torch.int8).contiguous()
-        expect = want if not pool else (2 * fb.bits_of(fb.levels(
+        expect = want_bit if not pool else fb.bits_of(fb.levels(
             F.max_pool2d(acc.permute(0, 3, 1, 2).float(), 2).permute(0, 2, 3, 1) * a.detach() + b.detach(), n_bits),
-            n_bits)[k] - 1).to(torch.int8)
-        assert torch.equal(nb._stage_checked(signs, st), expect)
-        fast = nb._fast_libraries()
-        if fast is not None:
-            assert torch.equal(nb._stage_fast(signs, st, *fast), expect)
+            n_bits)[k]
+        for packed in (False, True):
+            st = nb._stage(conv, bn, n_bits, k, pool, packed)
+            want = pack_bits(expect.bool()) if packed else (2 * expect - 1).to(torch.int8)
+            assert torch.equal(nb._stage_checked(words, st), want), (pool, packed)
+            if fast is not None:
+                assert torch.equal(nb._stage_fast(words, st, *fast), want), (pool, packed)
 
 
-@pytest.mark.parametrize("n", [1, 2, 4])
-def test_deployed_forward_equals_the_eval_model_bit_for_bit(n):
+@pytest.mark.parametrize("n, c", [(1, 8), (2, 8), (4, 8), (2, 70)])  # 70: two words per pixel, 2c = 140 three
+def test_deployed_forward_equals_the_eval_model_bit_for_bit(n, c):
     from lowbit.data import load
 
-    m = _random_model(n, 8, n)
+    m = _random_model(n, c, n)
     x = load("fashion-mnist", "test").x[:300]
     with torch.no_grad():
         ref = m(x)

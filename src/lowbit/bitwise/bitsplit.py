@@ -1,11 +1,16 @@
-"""BitSplit-Net's threshold epilogue on the bitwise engine (``csrc/bitsplit.c``, in the XNOR library).
+"""BitSplit-Net's threshold epilogue and packed im2col on the bitwise engine (``csrc/bitsplit.c``, XNOR library).
 
 A layer's integer sums ``g`` (N, H, W, O) int32, channels-last, optionally 2x2 max-pooled, become per channel the
-count ``c`` of thresholds met, ``value = inv ? T - c : c``, and the signs (+1 for a set bit) of bits 0 .. nb-1 of
-``value`` (:mod:`lowbit.functional.bitsplit` derives why this is the bitwise activation function of a folded
-BatchNorm). The signs, int8 (nb, N, H', W', O), are what :func:`lowbit.native.cext.bits_im2col` packs for the
-next binary layer. :func:`threshold_signs_reference` is the same in PyTorch (the oracle, and the path without a
-C compiler).
+count ``c`` of thresholds met, ``value = inv ? T - c : c``, and bits 0 .. nb-1 of ``value``
+(:mod:`lowbit.functional.bitsplit` derives why this is the bitwise activation function of a folded BatchNorm):
+
+* :func:`threshold_signs`: as int8 signs (+1 for a set bit), (nb, N, H', W', O), the classifier's input;
+* :func:`threshold_bits`: packed channels-last, bit ``o % 64`` of word ``o // 64`` of each pixel,
+  (nb, N, H', W', ceil(O / 64)) uint64, bits past O clear: the next binary layer's input, whose 3x3 rows
+  :func:`im2col_words` copies word by word (taps (kh, kw), each tap's ceil(O / 64) words; zero words outside the
+  image, every channel then the bit 0, the sign -1).
+
+The ``*_reference`` functions are the same in PyTorch (the oracles, and the path without a C compiler).
 """
 
 from __future__ import annotations
@@ -69,4 +74,65 @@ def threshold_signs(g: torch.Tensor, thr: torch.Tensor, inv: torch.Tensor, nb: i
     return out
 
 
-__all__ = ["threshold_signs", "threshold_signs_reference"]
+def threshold_bits_reference(g: torch.Tensor, thr: torch.Tensor, inv: torch.Tensor, nb: int,
+                             pool: bool) -> torch.Tensor:
+    """The PyTorch form of :func:`threshold_bits`: :func:`threshold_signs_reference` packed along O."""
+    from lowbit.bitwise.pack import pack_bits
+
+    return pack_bits(threshold_signs_reference(g, thr, inv, nb, pool) > 0)
+
+
+def threshold_bits(g: torch.Tensor, thr: torch.Tensor, inv: torch.Tensor, nb: int, pool: bool) -> torch.Tensor:
+    """Packed bits (nb, N, H', W', ceil(O / 64)) uint64 of bits 0 .. nb-1 of ``value`` (module docstring); the
+    arguments as for :func:`threshold_signs`."""
+    from lowbit.bitwise.kernels import library
+
+    _check(g, thr, inv, nb, pool)
+    lib = library()
+    if lib is None:
+        return threshold_bits_reference(g, thr, inv, nb, pool)
+    n, h, w, o = g.shape
+    ho, wo = (h // 2, w // 2) if pool else (h, w)
+    g, thr_t, inv = g.contiguous(), thr.t().contiguous(), inv.contiguous()
+    out = torch.empty((nb, n, ho, wo, (o + 63) // 64), dtype=torch.uint64)
+    if lib.lowbit_bitsplit_threshold_bits(g.data_ptr(), n, h, w, o, int(pool), thr_t.data_ptr(), thr.shape[1],
+                                          inv.view(torch.uint8).data_ptr(), nb, out.data_ptr()):
+        raise MemoryError(f"threshold_bits: no memory for two buffers of {o} int32")
+    return out
+
+
+def _check_words(x: object) -> None:
+    if not isinstance(x, torch.Tensor) or x.dtype != torch.uint64 or x.ndim != 4 or x.device.type != "cpu" \
+            or min(x.shape) < 1:
+        got = f"{x.dtype} {tuple(x.shape)} on {x.device}" if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ShapeError(f"im2col_words: x must be packed pixels (N, H, W, WP) uint64 on the CPU, got {got}")
+
+
+def im2col_words_reference(x: torch.Tensor) -> torch.Tensor:
+    """The PyTorch form of :func:`im2col_words`."""
+    _check_words(x)
+    n, h, w, wp = x.shape
+    padded = torch.zeros((n, h + 2, w + 2, wp), dtype=torch.int64)
+    padded[:, 1:h + 1, 1:w + 1] = x.view(torch.int64)
+    taps = [padded[:, i:i + h, j:j + w] for i in range(3) for j in range(3)]  # (kh, kw) order
+    return torch.stack(taps, dim=3).reshape(n * h * w, 9 * wp).view(torch.uint64)
+
+
+def im2col_words(x: torch.Tensor) -> torch.Tensor:
+    """The rows (N H W, 9 WP) uint64 of a 3x3, padding-1 binary convolution of packed pixels ``x`` (N, H, W, WP):
+    tap (i, j) of row (n, y, x) holds pixel (y + i - 1, x + j - 1)'s words, zeros outside the image."""
+    from lowbit.bitwise.kernels import library
+
+    _check_words(x)
+    lib = library()
+    if lib is None:
+        return im2col_words_reference(x)
+    n, h, w, wp = x.shape
+    x = x.contiguous()
+    out = torch.empty((n * h * w, 9 * wp), dtype=torch.uint64)
+    lib.lowbit_bitsplit_im2col(x.data_ptr(), n, h, w, wp, out.data_ptr())
+    return out
+
+
+__all__ = ["im2col_words", "im2col_words_reference", "threshold_bits", "threshold_bits_reference", "threshold_signs",
+           "threshold_signs_reference"]

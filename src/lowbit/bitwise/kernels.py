@@ -62,6 +62,8 @@ ENTRY_POINTS: dict[str, str] = {
     "lowbit_ternary_gemm": "lowbit.bitwise.ternary.ternary_gemm",
     "lowbit_ternary_pack_codes": "lowbit.bitwise.ternary.pack_ternary",
     "lowbit_bitsplit_threshold": "lowbit.bitwise.bitsplit.threshold_signs",
+    "lowbit_bitsplit_threshold_bits": "lowbit.bitwise.bitsplit.threshold_bits",
+    "lowbit_bitsplit_im2col": "lowbit.bitwise.bitsplit.im2col_words",
 }
 
 
@@ -101,6 +103,10 @@ def library() -> ctypes.CDLL | None:
     lib.lowbit_ternary_pack_codes.restype = i64
     lib.lowbit_bitsplit_threshold.argtypes = [ptr, i64, i64, i64, i64, ctypes.c_int, ptr, i64, ptr, i64, ptr]
     lib.lowbit_bitsplit_threshold.restype = ctypes.c_int
+    lib.lowbit_bitsplit_threshold_bits.argtypes = [ptr, i64, i64, i64, i64, ctypes.c_int, ptr, i64, ptr, i64, ptr]
+    lib.lowbit_bitsplit_threshold_bits.restype = ctypes.c_int
+    lib.lowbit_bitsplit_im2col.argtypes = [ptr, i64, i64, i64, i64, ptr]
+    lib.lowbit_bitsplit_im2col.restype = None
     return lib
 
 

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lowbit.bitwise import PackedWeight, binary_gemm, pack_signs, pack_weight
-from lowbit.bitwise.bitsplit import threshold_signs
+from lowbit.bitwise.bitsplit import im2col_words, threshold_bits, threshold_signs
 from lowbit.data.datasets import FASHION_MEAN, FASHION_STD
 from lowbit.errors import ConfigError, ShapeError
 from lowbit.functional import bitsplit as fb
@@ -47,8 +47,9 @@ from lowbit.functional.rounding import round_ste
 
 
 def image_codes(x: torch.Tensor) -> torch.Tensor:
-    """The 8-bit pixel codes 0..255 (float) of Fashion-MNIST images normalised by :mod:`lowbit.data`."""
-    return torch.round((x * FASHION_STD + FASHION_MEAN) * 255.0).clamp(0.0, 255.0)
+    """The 8-bit pixel codes 0..255 (float) of Fashion-MNIST images normalised by :mod:`lowbit.data`:
+    ``round(x * 255 std + 255 mean)``, clamped (within 1e-4 of the integer pixel value for the loader's images)."""
+    return torch.round(x * (FASHION_STD * 255.0) + FASHION_MEAN * 255.0).clamp_(0.0, 255.0)
 
 
 def int8_codes(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,13 +131,15 @@ class BitSplitCNN(nn.Module):
 
 @dataclass(frozen=True)
 class BinaryStage:
-    """One binary conv of one path: the packed +-1 weight (rows in (kh, kw, C) order), the thresholds on
-    G = XNOR-popcount (C, M) and their inversion flags, and whether a 2x2 max pool comes first."""
+    """One binary conv of one path: the packed +-1 weight (rows in (kh, kw, C) order, C padded to whole words with
+    -1), the thresholds on the XNOR-popcount sums (O, M) and their inversion flags, whether a 2x2 max pool comes
+    first, and whether the output is packed bits (for the next binary layer) or int8 signs (for the classifier)."""
 
     weight: PackedWeight
-    thr: torch.Tensor  # int32 (O, M): the levels m 2^k, as thresholds on G
+    thr: torch.Tensor  # int32 (O, M): the levels m 2^k, as thresholds on the popcount sums
     inv: torch.Tensor  # bool (O,)
     pool: bool
+    packed: bool
 
     @cached_property
     def thr_t(self) -> torch.Tensor:
@@ -144,27 +147,15 @@ class BinaryStage:
         return self.thr.t().contiguous()
 
 
-def _sign_rows(signs: torch.Tensor) -> torch.Tensor:
-    """Packed rows (N H W, ceil(9 C / 64)) of the 3x3 patches (taps (kh, kw, C), padding -1) of int8 signs
-    (N, H, W, C): :func:`lowbit.native.cext.bits_im2col` (one C pass), or PyTorch where it is unavailable."""
-    from lowbit.native import cext
-
-    n, h, w, c = signs.shape
-    x = signs.permute(0, 3, 1, 2)  # a view of the channels-last bytes: no copy in cext.nhwc
-    if cext.library() is not None:
-        return cext.bits_im2col(x, (3, 3), (1, 1), (1, 1), (1, 1), (h, w))
-    padded = F.pad(x.to(torch.float32), (1, 1, 1, 1), value=-1.0)
-    cols = F.unfold(padded, 3).reshape(n, c, 9, h * w).permute(0, 3, 2, 1)  # (N, HW, taps, C)
-    return pack_signs(cols.reshape(n * h * w, 9 * c))
-
-
 @dataclass(frozen=True)
 class DeployedBitSplit:
     """The integer / bitwise forward of an eval-mode :class:`BitSplitCNN` (made by :func:`deploy`). CPU only.
 
-    Activations travel channels-last as int8 signs (+1 for the bit 1); each binary layer of each path is
-    im2col of the signs into packed words, one XNOR-popcount GEMM (:func:`lowbit.bitwise.binary_gemm`) and the
-    threshold epilogue (:func:`lowbit.bitwise.bitsplit.threshold_signs`, 2x2 max pool included)."""
+    Activations travel channels-last as packed bits (one uint64 per 64 channels of a pixel); each binary layer
+    of each path is a word-copy im2col (:func:`lowbit.bitwise.bitsplit.im2col_words`), one XNOR-popcount GEMM
+    (:func:`lowbit.bitwise.binary_gemm`) and the threshold epilogue (2x2 max pool included), which writes the next
+    layer's packed bits (:func:`lowbit.bitwise.bitsplit.threshold_bits`), or after the last binary layer the
+    int8 signs (:func:`lowbit.bitwise.bitsplit.threshold_signs`) the int8 classifier reads."""
 
     bits: int
     channels: int
@@ -182,19 +173,33 @@ class DeployedBitSplit:
     wc_packed: object = None  # the same for wc
     wc_add: torch.Tensor | None = None  # int32 (10,): correction + sum w
 
+    @cached_property
+    def thr1_t(self) -> torch.Tensor:
+        """``thr1`` transposed, (L, c) contiguous: the layout ``csrc/bitsplit.c`` reads."""
+        return self.thr1.t().contiguous()
+
     def first_layer(self, x: torch.Tensor) -> torch.Tensor:
-        """Signs of the n bits of the first layer's level: int8 (n, N, 14, 14, c). The int8 GEMM is lowbit's
-        prepacked one (:mod:`lowbit.integer.vnni`) where the C library has it, else ``torch._int_mm``."""
+        """The n bits of the first layer's level, packed: uint64 (n, N, 14, 14, ceil(c / 64)). The int8 GEMM is
+        lowbit's prepacked one (:mod:`lowbit.integer.vnni`) where the C library has it, else ``torch._int_mm``."""
         p = (image_codes(x) - 128.0).to(torch.int8)  # (N, 1, 28, 28) uint8 codes stored as p - 128
         n = p.shape[0]
         if self.w1_packed is not None:
             acc = _int8_gemm_fast(_im2col_fast(p, self.w1_packed.kp), self.w1_packed, self.w1_add)
+            fast = _fast_libraries()
+            if fast is not None:  # the epilogue as a direct call (shapes fixed by the checked input)
+                c = acc.shape[1]
+                out = torch.empty((self.bits, n, 14, 14, (c + 63) // 64), dtype=torch.uint64)
+                if fast[0].lowbit_bitsplit_threshold_bits(acc.data_ptr(), n, 28, 28, c, 1, self.thr1_t.data_ptr(),
+                                                          self.thr1.shape[1], self.inv1.data_ptr(), self.bits,
+                                                          out.data_ptr()):
+                    raise MemoryError(f"the BitSplit threshold epilogue found no memory for two buffers of {c} int32")
+                return out
         else:
             from lowbit.integer.kernels import im2col, int_mm
 
             cols, _ = im2col(p, (3, 3), 1, 1, 1, pad_value=-128)  # (N 784, 9)
             acc = int_mm(cols, self.w1) + self.w1_zero  # sum s w + 128 sum w
-        return threshold_signs(acc.reshape(n, 28, 28, -1), self.thr1, self.inv1, self.bits, True)
+        return threshold_bits(acc.reshape(n, 28, 28, -1), self.thr1, self.inv1, self.bits, True)
 
     def classifier(self, signs: torch.Tensor) -> torch.Tensor:
         """float32 logits (N, 10) of int8 signs (N, n 49 2c): ``sum_i w_i b_i = (sum_i w_i s_i + sum_i w_i) / 2``
@@ -216,8 +221,8 @@ class DeployedBitSplit:
         fast = _fast_libraries()
         feats = []
         for k, stages in enumerate(self.stages):
-            s = first[k]  # (N, 14, 14, c) signs of bit k
-            for st in stages:
+            s = first[k]  # (N, 14, 14, ceil(c / 64)) packed bit k
+            for st in stages:  # packed bits, then the last stage's int8 signs (N, 7, 7, 2c)
                 s = _stage_fast(s, st, *fast) if fast is not None else _stage_checked(s, st)
             feats.append(s.reshape(s.shape[0], -1))
         return self.classifier(torch.cat(feats, dim=1))
@@ -250,56 +255,66 @@ def _int8_gemm_fast(a: torch.Tensor, w, col_add: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _stage_checked(s: torch.Tensor, st: BinaryStage) -> torch.Tensor:
-    """One binary layer through the checking wrappers: im2col of the signs ``s`` (N, H, W, C), the XNOR GEMM,
-    the threshold epilogue; int8 signs (N, H', W', O)."""
-    n, h, w, _ = s.shape
-    g = binary_gemm(_sign_rows(s), st.weight, st.weight.k)  # (N H W, O) XNOR-popcount sums
-    return threshold_signs(g.reshape(n, h, w, -1), st.thr, st.inv, 1, st.pool)[0]
+def _stage_checked(x: torch.Tensor, st: BinaryStage) -> torch.Tensor:
+    """One binary layer through the checking wrappers: the packed pixels ``x`` (N, H, W, WP), their 3x3 rows,
+    the XNOR GEMM, the threshold epilogue; packed bits (N, H', W', ceil(O / 64)) or int8 signs (N, H', W', O)."""
+    n, h, w, _ = x.shape
+    g = binary_gemm(im2col_words(x), st.weight, st.weight.k).reshape(n, h, w, -1)  # XNOR-popcount sums
+    return (threshold_bits if st.packed else threshold_signs)(g, st.thr, st.inv, 1, st.pool)[0]
 
 
 def _fast_libraries():
-    """(native library, bitwise library, XNOR isa number) when both C libraries are built, else None."""
+    """(bitwise library, XNOR isa number) when the bitwise C library is built, else None."""
     from lowbit.bitwise import kernels
-    from lowbit.native import cext
 
-    nat, bit = cext.library(), kernels.library()
-    if nat is None or bit is None or kernels.backend() == kernels.REFERENCE:
+    bit = kernels.library()
+    if bit is None or kernels.backend() == kernels.REFERENCE:
         return None
-    return nat, bit, kernels.ISAS.index(kernels.backend())
+    return bit, kernels.ISAS.index(kernels.backend())
 
 
-def _stage_fast(s: torch.Tensor, st: BinaryStage, nat, bit, isa: int) -> torch.Tensor:
+def _stage_fast(x: torch.Tensor, st: BinaryStage, bit, isa: int) -> torch.Tensor:
     """:func:`_stage_checked` as three direct C calls. Validated at the boundary: every shape here follows from
-    the input checked in :meth:`DeployedBitSplit.__call__` and the stage built by :func:`deploy` (``s`` is a
-    contiguous int8 (N, H, W, C) made by the previous stage, C = K / 9), so the per-call checks of the wrappers
-    (whose overhead dominates at batch 1) are not repeated."""
-    n, h, w, c = s.shape
+    the input checked in :meth:`DeployedBitSplit.__call__` and the stage built by :func:`deploy` (``x`` is the
+    contiguous (N, H, W, WP) uint64 made by the previous stage, 9 WP words per row = the weight's), so the
+    per-call checks of the wrappers (whose overhead dominates at batch 1) are not repeated."""
+    n, h, w, wp = x.shape
     k, o = st.weight.k, st.weight.n
-    m, words = n * h * w, (k + 63) // 64
-    rows = torch.empty((m, words), dtype=torch.uint64)
-    nat.lowbit_bits_im2col_nhwc(s.data_ptr(), n, h, w, c, 3, 3, 1, 1, 1, 1, 1, 1, h, w, rows.data_ptr())
+    m = n * h * w
+    rows = torch.empty((m, 9 * wp), dtype=torch.uint64)
+    bit.lowbit_bitsplit_im2col(x.data_ptr(), n, h, w, wp, rows.data_ptr())
     g = torch.empty((m, o), dtype=torch.int32)
-    if bit.lowbit_xnor_gemm(rows.data_ptr(), m, st.weight.panels.data_ptr(), o, words, k, isa, None, None,
+    if bit.lowbit_xnor_gemm(rows.data_ptr(), m, st.weight.panels.data_ptr(), o, 9 * wp, k, isa, None, None,
                             g.data_ptr(), 1):
         raise RuntimeError("the XNOR kernel refused its arguments")
     ho, wo = (h // 2, w // 2) if st.pool else (h, w)
-    out = torch.empty((n, ho, wo, o), dtype=torch.int8)
-    if bit.lowbit_bitsplit_threshold(g.data_ptr(), n, h, w, o, int(st.pool), st.thr_t.data_ptr(), st.thr.shape[1],
-                                     st.inv.data_ptr(), 1, out.data_ptr()):
+    args = (g.data_ptr(), n, h, w, o, int(st.pool), st.thr_t.data_ptr(), st.thr.shape[1], st.inv.data_ptr(), 1)
+    if st.packed:
+        out = torch.empty((n, ho, wo, (o + 63) // 64), dtype=torch.uint64)
+        rc = bit.lowbit_bitsplit_threshold_bits(*args, out.data_ptr())
+    else:
+        out = torch.empty((n, ho, wo, o), dtype=torch.int8)
+        rc = bit.lowbit_bitsplit_threshold(*args, out.data_ptr())
+    if rc:
         raise MemoryError(f"the BitSplit threshold epilogue found no memory for two buffers of {o} int32")
     return out
 
 
-def _stage(conv: nn.Conv2d, bn: nn.BatchNorm2d, n: int, k: int, pool: bool) -> BinaryStage:
+def _stage(conv: nn.Conv2d, bn: nn.BatchNorm2d, n: int, k: int, pool: bool, packed: bool = True) -> BinaryStage:
+    """The :class:`BinaryStage` of a binary conv (3x3, padding 1) and its BatchNorm in path k of an n-bit split."""
     w = torch.where(conv.weight.detach().cpu() >= 0, 1.0, -1.0)  # binarize's forward: sign, sign(0) = +1
-    rows = w.permute(0, 2, 3, 1).reshape(w.shape[0], -1)  # taps in (kh, kw, C) order, as bits_im2col packs them
-    kk = rows.shape[1]
+    o, c = w.shape[:2]
+    cp = (c + 63) // 64 * 64  # the input's channels padded to whole words: the pad bits are 0 (-1) in x and in w
+    taps = F.pad(w.permute(0, 2, 3, 1), (0, cp - c), value=-1.0)  # (O, kh, kw, Cp), im2col_words' order
+    kk = 9 * cp
     a, b = folded_bn(bn)
-    thr, inv = fb.level_thresholds(a.detach().cpu().float(), b.detach().cpu().float(), n, kk)
-    v = rows.sum(dim=1).to(torch.int64)  # V = sum of the weights
-    thr_g = 2 * fb.path_thresholds(thr, n, k) - v[:, None]  # acc >= t  <=>  G = 2 acc - V >= 2 t - V
-    return BinaryStage(pack_weight(pack_signs(rows), kk), thr_g.to(torch.int32).contiguous(), inv.contiguous(), pool)
+    thr, inv = fb.level_thresholds(a.detach().cpu().float(), b.detach().cpu().float(), n, 9 * c)
+    v = w.sum(dim=(1, 2, 3)).to(torch.int64)  # V = sum of the weights
+    # acc = sum w b >= t  <=>  G = 2 acc - V >= 2 t - V, and the kernel's sum G' = G + 9 (Cp - C) adds the pad
+    # bits' products (-1 x -1)
+    thr_g = 2 * fb.path_thresholds(thr, n, k) - v[:, None] + 9 * (cp - c)
+    return BinaryStage(pack_weight(pack_signs(taps.reshape(o, kk)), kk), thr_g.to(torch.int32).contiguous(),
+                       inv.contiguous(), pool, packed)
 
 
 @torch.no_grad()
@@ -312,7 +327,7 @@ def deploy(model: BitSplitCNN) -> DeployedBitSplit:
     w1 = codes1.reshape(c, 9).to(torch.int8)
     a1, b1 = folded_bn(model.bn1)
     thr1, inv1 = fb.level_thresholds(a1.cpu().float(), b1.cpu().float(), n, 9 * 255 * 127)
-    stages = tuple((_stage(p.conv2, p.bn2, n, k, True), _stage(p.conv3, p.bn3, n, k, False))
+    stages = tuple((_stage(p.conv2, p.bn2, n, k, True), _stage(p.conv3, p.bn3, n, k, False, packed=False))
                    for k, p in enumerate(model.paths))
     codes_c, sc = int8_codes(model.classifier.weight.detach().cpu())
     # the model flattens (path, channel, y, x); the engine's signs are (path, y, x, channel)
