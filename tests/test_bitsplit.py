@@ -197,9 +197,13 @@ def test_deployed_forward_equals_the_eval_model_bit_for_bit(n, c):
     with torch.no_grad():
         ref = m(x)
     d = nb.deploy(m)
-    out = d(x)
+    out = d(x)  # the compiled plan where the C library is built
     assert torch.equal(out, ref)  # equal logits, so equal predictions
     assert torch.equal(d(x[:1]), ref[:1])  # batch 1
+    assert torch.equal(d.forward_layers(x), ref)  # layer by layer
+    wild = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(n)) * 12 - 6  # codes clamped both ends
+    with torch.no_grad():
+        assert torch.equal(d(wild), m(wild))
     with pytest.raises(ShapeError, match="28, 28"):
         d(x[:, :, :27])
     with pytest.raises(ShapeError, match="float32"):

@@ -64,6 +64,7 @@ ENTRY_POINTS: dict[str, str] = {
     "lowbit_bitsplit_threshold": "lowbit.bitwise.bitsplit.threshold_signs",
     "lowbit_bitsplit_threshold_bits": "lowbit.bitwise.bitsplit.threshold_bits",
     "lowbit_bitsplit_im2col": "lowbit.bitwise.bitsplit.im2col_words",
+    "lowbit_bitsplit_forward": "lowbit.nn.bitsplit.DeployedBitSplit",
 }
 
 
@@ -107,6 +108,9 @@ def library() -> ctypes.CDLL | None:
     lib.lowbit_bitsplit_threshold_bits.restype = ctypes.c_int
     lib.lowbit_bitsplit_im2col.argtypes = [ptr, i64, i64, i64, i64, ptr]
     lib.lowbit_bitsplit_im2col.restype = None
+    lib.lowbit_bitsplit_forward.argtypes = ([ptr, i64, ctypes.c_float, ctypes.c_float, i64, i64, ptr, ptr, i64, ptr]
+                                            + [ptr] * 8 + [i64, ptr, ptr, ptr, ptr, ctypes.c_int, ptr])
+    lib.lowbit_bitsplit_forward.restype = ctypes.c_int
     return lib
 
 

@@ -217,8 +217,47 @@ class DeployedBitSplit:
                 or x.ndim != 4 or tuple(x.shape[1:]) != (1, 28, 28):
             got = f"{x.dtype} {tuple(x.shape)} on {x.device}" if isinstance(x, torch.Tensor) else type(x).__name__
             raise ShapeError(f"DeployedBitSplit takes float32 CPU images (N, 1, 28, 28), got {got}")
-        first = self.first_layer(x)
         fast = _fast_libraries()
+        if fast is not None and self.w1_packed is not None:
+            return self._compiled(x, *fast)
+        return self.forward_layers(x)
+
+    @cached_property
+    def _plan(self) -> tuple:
+        """The arguments of ``lowbit_bitsplit_forward`` that do not depend on the input (ctypes arrays of the
+        per-path pointers; the tensors they point into are this object's, kept alive with it)."""
+        import ctypes
+
+        n, c = self.bits, self.channels
+        if self.w1.shape != (c, 9) or self.wc.shape[1] != n * 98 * c or len(self.stages) != n:
+            raise ShapeError("DeployedBitSplit: the weights do not match bits and channels; build it with deploy()")
+        ptrs = lambda ts: (ctypes.c_void_p * n)(*[t.data_ptr() for t in ts])  # noqa: E731
+        counts = lambda ts: (ctypes.c_int64 * n)(*[t.shape[1] for t in ts])  # noqa: E731
+        s2, s3 = [st[0] for st in self.stages], [st[1] for st in self.stages]
+        w1_t = self.w1.t().contiguous()  # (9, c): tap-major, the layout the C loop reads
+        self.__dict__["_keep"] = [w1_t] + [st.thr_t for st in s2 + s3]  # alive as long as the plan
+        return (float(FASHION_STD * 255.0), float(FASHION_MEAN * 255.0), c, n, w1_t.data_ptr(),
+                self.thr1_t.data_ptr(), self.thr1.shape[1], self.inv1.data_ptr(),
+                ptrs([st.weight.panels for st in s2]), ptrs([st.thr_t for st in s2]), counts([st.thr for st in s2]),
+                ptrs([st.inv for st in s2]), ptrs([st.weight.panels for st in s3]), ptrs([st.thr_t for st in s3]),
+                counts([st.thr for st in s3]), ptrs([st.inv for st in s3]), self.wc.shape[0], self.wc.data_ptr(),
+                self.wc_sum.data_ptr(), self.sc.data_ptr(), self.bias.data_ptr())
+
+    def _compiled(self, x: torch.Tensor, bit, isa: int) -> torch.Tensor:
+        """The whole forward in one C call (``lowbit_bitsplit_forward``: the same integers, image by image)."""
+        x = x.contiguous()
+        out = torch.empty((x.shape[0], self.wc.shape[0]), dtype=torch.float32)
+        rc = bit.lowbit_bitsplit_forward(x.data_ptr(), x.shape[0], *self._plan, isa, out.data_ptr())
+        if rc:
+            raise MemoryError("lowbit_bitsplit_forward: no memory for its buffers") if rc == -2 else \
+                RuntimeError(f"lowbit_bitsplit_forward failed ({rc})")
+        return out
+
+    def forward_layers(self, x: torch.Tensor) -> torch.Tensor:
+        """The forward layer by layer (one C call per layer and path; the path without the compiled plan, and
+        its oracle in the tests). ``x`` as for ``__call__``, unchecked."""
+        fast = _fast_libraries()
+        first = self.first_layer(x)
         feats = []
         for k, stages in enumerate(self.stages):
             s = first[k]  # (N, 14, 14, ceil(c / 64)) packed bit k

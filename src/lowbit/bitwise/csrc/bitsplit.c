@@ -103,3 +103,83 @@ void lowbit_bitsplit_im2col(const uint64_t *x, int64_t N, int64_t H, int64_t W, 
                     }
             }
 }
+
+int lowbit_xnor_gemm(const uint64_t *a, int64_t M, const uint64_t *panels, int64_t N, int64_t W, int64_t K, int isa,
+                     const int32_t *thr, const uint8_t *flip, void *out, int threads);
+
+/* The whole deployed BitSplitCNN (lowbit.nn.bitsplit.DeployedBitSplit) in one call, image by image:
+ *
+ *   codes p = clamp(rint(x a + b), 0, 255) of the normalised 28x28 image (float32, mul then add: no FMA);
+ *   first layer: acc = sum_{3x3} p w1 (int32, zero padding; w1 stored (9, C)), 2x2 max pool, the level's nbits
+ *                bits, packed;
+ *   path k: two binary layers (im2col of packed words, XNOR GEMM, threshold epilogue; 2x2 max pool after the
+ *           first), the second writing int8 signs into the features at k 49 2c;
+ *   classifier: acc_o = (sum_i wc[o, i] s_i + wc_sum[o]) >> 1, logits = (float)acc_o sc[o] + bias[o].
+ *
+ * The per-path arrays hold one pointer (or count) per path. Returns 0, -1 when the XNOR kernel refuses its
+ * arguments (it cannot: the wrapper checked them once when the model was built), -2 without memory. */
+int lowbit_bitsplit_forward(const float *x, int64_t N, float a, float b, int64_t C, int64_t nbits,
+                            const int8_t *w1, const int32_t *thr1, int64_t T1, const uint8_t *inv1,
+                            const uint64_t *const *panels2, const int32_t *const *thr2, const int64_t *T2,
+                            const uint8_t *const *inv2, const uint64_t *const *panels3, const int32_t *const *thr3,
+                            const int64_t *T3, const uint8_t *const *inv3, int64_t NC, const int8_t *wc,
+                            const int32_t *wc_sum, const float *sc, const float *bias, int isa, float *out) {
+    const int64_t C2 = 2 * C, WP1 = (C + 63) / 64, K2 = 9 * 64 * WP1, WP2 = WP1, KF = nbits * 49 * C2;
+    int32_t *p = malloc(30 * 30 * sizeof(int32_t));
+    int32_t *acc = malloc((size_t)(28 * 28 * (C2 > C ? C2 : C)) * sizeof(int32_t));
+    uint64_t *bits0 = malloc((size_t)(nbits * 196 * WP1) * sizeof(uint64_t));
+    uint64_t *rows = malloc((size_t)(196 * 9 * WP1) * sizeof(uint64_t));
+    uint64_t *bits1 = malloc((size_t)(49 * WP2) * sizeof(uint64_t));
+    int8_t *feats = malloc((size_t)KF);
+    int rc = 0;
+    if (!p || !acc || !bits0 || !rows || !bits1 || !feats) rc = -2;
+    for (int64_t n = 0; n < N && !rc; n++) {
+        const float *img = x + n * 784;
+        for (int64_t i = 0; i < 900; i++) p[i] = 0;  /* a padded pixel is the code 0 */
+        for (int64_t y = 0; y < 28; y++)
+            for (int64_t xx = 0; xx < 28; xx++) {
+                volatile float t = img[y * 28 + xx] * a;  /* no fused multiply-add: torch rounds twice */
+                volatile float v = t + b;
+                v = v > -1.0f ? v : -1.0f;  /* also NaN -> -1 (then 0) */
+                v = v < 256.0f ? v : 256.0f;
+                v = v + 12582912.0f;  /* 1.5 2^23: round to the nearest integer, ties to even, as torch.round */
+                v = v - 12582912.0f;
+                p[(y + 1) * 30 + xx + 1] = v < 0.0f ? 0 : (v > 255.0f ? 255 : (int32_t)v);
+            }
+        for (int64_t y = 0; y < 28; y++)
+            for (int64_t xx = 0; xx < 28; xx++) {
+                int32_t *dst = acc + (y * 28 + xx) * C;
+                for (int64_t o = 0; o < C; o++) dst[o] = 0;
+                for (int64_t i = 0; i < 3; i++)
+                    for (int64_t j = 0; j < 3; j++) {
+                        const int32_t pv = p[(y + i) * 30 + xx + j];
+                        const int8_t *w = w1 + (i * 3 + j) * C;  /* w1 stored (9, C): tap-major */
+                        for (int64_t o = 0; o < C; o++) dst[o] += pv * w[o];
+                    }
+            }
+        if ((rc = run(acc, 1, 28, 28, C, 1, thr1, T1, inv1, nbits, NULL, bits0))) break;
+        for (int64_t k = 0; k < nbits && !rc; k++) {
+            lowbit_bitsplit_im2col(bits0 + k * 196 * WP1, 1, 14, 14, WP1, rows);
+            if (lowbit_xnor_gemm(rows, 196, panels2[k], C, 9 * WP1, K2, isa, NULL, NULL, acc, 1)) { rc = -1; break; }
+            if ((rc = run(acc, 1, 14, 14, C, 1, thr2[k], T2[k], inv2[k], 1, NULL, bits1))) break;
+            lowbit_bitsplit_im2col(bits1, 1, 7, 7, WP2, rows);
+            if (lowbit_xnor_gemm(rows, 49, panels3[k], C2, 9 * WP2, K2, isa, NULL, NULL, acc, 1)) { rc = -1; break; }
+            rc = run(acc, 1, 7, 7, C2, 0, thr3[k], T3[k], inv3[k], 1, feats + k * 49 * C2, NULL);
+        }
+        if (rc) break;
+        for (int64_t o = 0; o < NC; o++) {
+            const int8_t *w = wc + o * KF;
+            int32_t s = 0;
+            for (int64_t i = 0; i < KF; i++) s += (int32_t)w[i] * feats[i];
+            volatile float t = (float)((s + wc_sum[o]) >> 1) * sc[o];
+            out[n * NC + o] = t + bias[o];
+        }
+    }
+    free(p);
+    free(acc);
+    free(bits0);
+    free(rows);
+    free(bits1);
+    free(feats);
+    return rc;
+}
