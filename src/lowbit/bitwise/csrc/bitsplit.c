@@ -22,8 +22,10 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+#define INLINE static inline __attribute__((always_inline))
+
 /* the counts value[o] of pixel p (see above) */
-static void counts(const int32_t *g, int64_t H, int64_t W, int64_t O, int pool, int64_t Ho, int64_t Wo, int64_t p,
+INLINE void counts(const int32_t *g, int64_t H, int64_t W, int64_t O, int pool, int64_t Ho, int64_t Wo, int64_t p,
                    const int32_t *thr, int64_t T, const uint8_t *inv, int32_t *v, int32_t *cnt) {
     const int64_t n = p / (Ho * Wo), r = p % (Ho * Wo), y = r / Wo, x = r % Wo;
     if (pool) {
@@ -44,7 +46,7 @@ static void counts(const int32_t *g, int64_t H, int64_t W, int64_t O, int pool, 
     for (int64_t o = 0; o < O; o++) cnt[o] = inv[o] ? (int32_t)T - cnt[o] : cnt[o];
 }
 
-static int run(const int32_t *g, int64_t N, int64_t H, int64_t W, int64_t O, int pool, const int32_t *thr, int64_t T,
+INLINE int run(const int32_t *g, int64_t N, int64_t H, int64_t W, int64_t O, int pool, const int32_t *thr, int64_t T,
                const uint8_t *inv, int64_t nb, int8_t *signs, uint64_t *words) {
     const int64_t Ho = pool ? H / 2 : H, Wo = pool ? W / 2 : W, P = N * Ho * Wo, WP = (O + 63) / 64;
     int32_t *v = malloc((size_t)O * sizeof(int32_t)), *cnt = malloc((size_t)O * sizeof(int32_t));
@@ -118,12 +120,18 @@ int lowbit_xnor_gemm(const uint64_t *a, int64_t M, const uint64_t *panels, int64
  *
  * The per-path arrays hold one pointer (or count) per path. Returns 0, -1 when the XNOR kernel refuses its
  * arguments (it cannot: the wrapper checked them once when the model was built), -2 without memory. */
-int lowbit_bitsplit_forward(const float *x, int64_t N, float a, float b, int64_t C, int64_t nbits,
-                            const int8_t *w1, const int32_t *thr1, int64_t T1, const uint8_t *inv1,
-                            const uint64_t *const *panels2, const int32_t *const *thr2, const int64_t *T2,
-                            const uint8_t *const *inv2, const uint64_t *const *panels3, const int32_t *const *thr3,
-                            const int64_t *T3, const uint8_t *const *inv3, int64_t NC, const int8_t *wc,
-                            const int32_t *wc_sum, const float *sc, const float *bias, int isa, float *out) {
+#define FORWARD_PARAMS                                                                                                \
+    const float *x, int64_t N, float a, float b, int64_t C, int64_t nbits, const int8_t *w1, const int32_t *thr1,    \
+        int64_t T1, const uint8_t *inv1, const uint64_t *const *panels2, const int32_t *const *thr2,                 \
+        const int64_t *T2, const uint8_t *const *inv2, const uint64_t *const *panels3, const int32_t *const *thr3,   \
+        const int64_t *T3, const uint8_t *const *inv3, int64_t NC, const int8_t *wc, const int32_t *wc_sum,          \
+        const float *sc, const float *bias, int isa, float *out
+#define FORWARD_ARGS                                                                                                  \
+    x, N, a, b, C, nbits, w1, thr1, T1, inv1, panels2, thr2, T2, inv2, panels3, thr3, T3, inv3, NC, wc, wc_sum, sc,   \
+        bias, isa, out
+
+/* the body, inlined into a plain and an AVX2 clone (the loops around the GEMMs vectorize with the wider ISA) */
+INLINE int forward(FORWARD_PARAMS) {
     const int64_t C2 = 2 * C, WP1 = (C + 63) / 64, K2 = 9 * 64 * WP1, WP2 = WP1, KF = nbits * 49 * C2;
     int32_t *p = malloc(30 * 30 * sizeof(int32_t));
     int32_t *acc = malloc((size_t)(28 * 28 * (C2 > C ? C2 : C)) * sizeof(int32_t));
@@ -182,4 +190,11 @@ int lowbit_bitsplit_forward(const float *x, int64_t N, float a, float b, int64_t
     free(bits1);
     free(feats);
     return rc;
+}
+
+__attribute__((target("avx2"))) static int forward_avx2(FORWARD_PARAMS) { return forward(FORWARD_ARGS); }
+static int forward_plain(FORWARD_PARAMS) { return forward(FORWARD_ARGS); }
+
+int lowbit_bitsplit_forward(FORWARD_PARAMS) {
+    return isa >= 1 ? forward_avx2(FORWARD_ARGS) : forward_plain(FORWARD_ARGS);  /* isa: 1 AVX2, 2 AVX-512 */
 }
