@@ -339,9 +339,9 @@ def markdown(meta: dict, rows: list[dict], verdicts: list[dict]) -> str:
               "around the GEMMs: QNN merges the n partial sums (shift-add) and requantizes to n bits in every "
               "layer; BitSplit's paths never meet before the classifier, each binary layer ending in a per-channel "
               "threshold set on the popcount. BitSplit holds n times QNN's hidden binary weights (one set per "
-              "path). BitSplit runs as one Python call per layer and path into C (`lowbit.nn.bitsplit.DeployedBitSplit`: "
-              "the image's int8 im2col and GEMM, then per binary layer a word-copy im2col of the packed bits, the XNOR "
-              "GEMM and the threshold epilogue, then the int8 classifier); QNN runs in lowbit's compiled integer plan.", ""]
+              "path). BitSplit runs as one C call (`lowbit.nn.bitsplit.DeployedBitSplit`, `lowbit_bitsplit_forward`: "
+              "image by image, the 3x3 first layer, then per path and binary layer a word-copy im2col of the packed "
+              "bits, the XNOR GEMM of `lowbit.bitwise` and the threshold epilogue, then the int8 classifier); QNN runs in lowbit's compiled integer plan.", ""]
     return "\n".join(lines) + "\n"
 
 

@@ -151,6 +151,9 @@ class BinaryStage:
 class DeployedBitSplit:
     """The integer / bitwise forward of an eval-mode :class:`BitSplitCNN` (made by :func:`deploy`). CPU only.
 
+    Where the bitwise C library is built, the whole forward is one C call (``lowbit_bitsplit_forward`` in
+    ``lowbit/bitwise/csrc/bitsplit.c``, image by image, the XNOR GEMM of :mod:`lowbit.bitwise.kernels` inside);
+    :meth:`forward_layers` runs the same integers layer by layer through the checked wrappers, as follows.
     Activations travel channels-last as packed bits (one uint64 per 64 channels of a pixel); each binary layer
     of each path is a word-copy im2col (:func:`lowbit.bitwise.bitsplit.im2col_words`), one XNOR-popcount GEMM
     (:func:`lowbit.bitwise.binary_gemm`) and the threshold epilogue (2x2 max pool included), which writes the next
