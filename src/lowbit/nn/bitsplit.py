@@ -18,9 +18,10 @@ Each path has its own binary weights (``W^(k)``). Max pooling acts on the intege
 ``A = gamma / sqrt(var + eps)``, ``B = beta - mean A``, float32), the convolutions see integers (image codes,
 int8 weight codes, bits, +-1 weights: every sum is an integer below 2^24, exact in float32), and the classifier
 is ``(bits @ codes^T) * s + bias``. :func:`deploy` turns it into :class:`DeployedBitSplit`, which computes the
-same numbers with integer kernels: the first layer and the classifier as int8 GEMMs (``torch._int_mm``), each
-binary layer of each path as an XNOR-popcount GEMM (:func:`lowbit.bitwise.binary_gemm`) of the signs
-``s = 2 b - 1`` (a padded tap is the engine's -1, the bit 0), with
+same numbers with integer kernels (one C call, ``csrc/bitsplit.c``; or layer by layer): the first layer and the
+classifier as int8 sums, each binary layer of each path as an XNOR-popcount GEMM (:func:`lowbit.bitwise.binary_gemm`)
+of the signs ``s = 2 b - 1`` (a padded tap is the engine's -1, the bit 0; the channels are padded to whole 64-bit
+words with -1 in both operands, whose +1 products the thresholds take off), with
 
     sum_k w_k b_k = (G + V) / 2,    G = sum_k w_k s_k (XNOR-popcount),  V = sum_k w_k
 
