@@ -131,6 +131,14 @@ def state_path(folder: Path, kind: str, n: int) -> Path:
     return folder / f"{kind}_w1a{n}.pt"
 
 
+def save_state(obj: dict, path: Path) -> None:
+    """torch.save to a temporary name, then rename: a killed run leaves no half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
 def load_state(path: Path, channels: int) -> dict:
     if not path.is_file():
         raise ConfigError(f"--from-state: {path} is missing; train with --save-state {path.parent} first")
@@ -161,11 +169,9 @@ def run_models(n: int, args, train, test) -> dict:
         history = train_bitsplit(model, train, args.epochs, args.lr, args.seed, args.device)
         train_s = time.perf_counter() - start
         if args.save_state:
-            folder = Path(args.save_state)
-            folder.mkdir(parents=True, exist_ok=True)
-            torch.save({"state": model.state_dict(), "bits": n, "channels": args.channels, "history": history,
+            save_state({"state": model.state_dict(), "bits": n, "channels": args.channels, "history": history,
                         "train_seconds": train_s, "epochs": args.epochs, "device": args.device},
-                       state_path(folder, "bitsplit", n))
+                       state_path(Path(args.save_state), "bitsplit", n))
     model.eval()
     deployed = deploy(model)
     parity = bitsplit_parity(model, deployed, test)
@@ -183,7 +189,7 @@ def run_models(n: int, args, train, test) -> dict:
         history = train_qnn(gm, train, args.epochs, args.lr, args.seed, args.device)
         train_s = time.perf_counter() - start
         if args.save_state:
-            torch.save({"state": gm.state_dict(), "bits": n, "channels": args.channels, "history": history,
+            save_state({"state": gm.state_dict(), "bits": n, "channels": args.channels, "history": history,
                         "train_seconds": train_s, "epochs": args.epochs, "device": args.device},
                        state_path(Path(args.save_state), "qnn", n))
     convert_qat(gm)
