@@ -39,8 +39,9 @@ from lowbit.bitwise.pack import clear_padding, pack_signs, words
 from lowbit.errors import ConfigError, DataError, ShapeError
 from lowbit.native import cext
 
-#: The C sources of the bitwise library: the binary GEMM and the ternary-weight GEMM (:mod:`lowbit.bitwise.ternary`)
-SOURCE = tuple(Path(__file__).with_name("csrc") / f for f in ("xnor.c", "ternary.c"))
+#: The C sources of the bitwise library: the binary GEMM, the ternary-weight GEMM (:mod:`lowbit.bitwise.ternary`) and
+#: BitSplit-Net's threshold epilogue (:mod:`lowbit.bitwise.bitsplit`)
+SOURCE = tuple(Path(__file__).with_name("csrc") / f for f in ("xnor.c", "ternary.c", "bitsplit.c"))
 # cext.FLAGS without -march=native: the instruction sets are chosen at run time, not at build time
 FLAGS = ["-O3", "-shared", "-fPIC", "-std=c11", "-fopenmp"]
 ISAS = ("scalar", "avx2", "avx512-vpopcntdq")  # index = the C code's ISA_* number
@@ -60,6 +61,10 @@ ENTRY_POINTS: dict[str, str] = {
     "lowbit_ternary_pack_b": "lowbit.bitwise.ternary.pack_ternary_weight_planes",
     "lowbit_ternary_gemm": "lowbit.bitwise.ternary.ternary_gemm",
     "lowbit_ternary_pack_codes": "lowbit.bitwise.ternary.pack_ternary",
+    "lowbit_bitsplit_threshold": "lowbit.bitwise.bitsplit.threshold_signs",
+    "lowbit_bitsplit_threshold_bits": "lowbit.bitwise.bitsplit.threshold_bits",
+    "lowbit_bitsplit_im2col": "lowbit.bitwise.bitsplit.im2col_words",
+    "lowbit_bitsplit_forward": "lowbit.nn.bitsplit.DeployedBitSplit",
 }
 
 
@@ -97,6 +102,15 @@ def library() -> ctypes.CDLL | None:
     lib.lowbit_ternary_gemm.restype = ctypes.c_int
     lib.lowbit_ternary_pack_codes.argtypes = [ptr, i64, i64, ptr, ptr, ctypes.c_int]
     lib.lowbit_ternary_pack_codes.restype = i64
+    lib.lowbit_bitsplit_threshold.argtypes = [ptr, i64, i64, i64, i64, ctypes.c_int, ptr, i64, ptr, i64, ptr]
+    lib.lowbit_bitsplit_threshold.restype = ctypes.c_int
+    lib.lowbit_bitsplit_threshold_bits.argtypes = [ptr, i64, i64, i64, i64, ctypes.c_int, ptr, i64, ptr, i64, ptr]
+    lib.lowbit_bitsplit_threshold_bits.restype = ctypes.c_int
+    lib.lowbit_bitsplit_im2col.argtypes = [ptr, i64, i64, i64, i64, ptr]
+    lib.lowbit_bitsplit_im2col.restype = None
+    lib.lowbit_bitsplit_forward.argtypes = ([ptr, i64, ctypes.c_float, ctypes.c_float, i64, i64, ptr, ptr, i64, ptr]
+                                            + [ptr] * 8 + [i64, ptr, ptr, ptr, ptr, ctypes.c_int, ptr])
+    lib.lowbit_bitsplit_forward.restype = ctypes.c_int
     return lib
 
 
