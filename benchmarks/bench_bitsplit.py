@@ -150,14 +150,21 @@ def load_state(path: Path, channels: int) -> dict:
 
 
 def run_models(n: int, args, train, test) -> dict:
-    """Train (or load) and deploy BitSplit W1An and QNN W1An; returns the deployed callables and their rows."""
-    from lowbit.integer import to_integer
-    from lowbit.nn.bitsplit import BitSplitCNN, deploy
-    from lowbit.qat import convert_qat
-
-    calib = train.x[:256]
+    """Train (or load) and deploy BitSplit W1An and QNN W1An (``--kinds``); returns the deployed callables and
+    their rows (nothing with ``--train-only``)."""
     out = {}
-    # BitSplit
+    kinds = args.kinds.split(",")
+    if "bitsplit" in kinds:
+        out.update(_run_bitsplit(n, args, train, test))
+    if "qnn" in kinds:
+        out.update(_run_qnn(n, args, train, test, train.x[:256]))
+    return out
+
+
+def _run_bitsplit(n: int, args, train, test) -> dict:
+    from lowbit.nn.bitsplit import BitSplitCNN, deploy
+
+    out = {}
     torch.manual_seed(args.seed)
     model = BitSplitCNN(bits=n, channels=args.channels)
     start = time.perf_counter()
@@ -172,13 +179,22 @@ def run_models(n: int, args, train, test) -> dict:
             save_state({"state": model.state_dict(), "bits": n, "channels": args.channels, "history": history,
                         "train_seconds": train_s, "epochs": args.epochs, "device": args.device},
                        state_path(Path(args.save_state), "bitsplit", n))
+    if args.train_only:
+        return {}
     model.eval()
     deployed = deploy(model)
     parity = bitsplit_parity(model, deployed, test)
     out["bitsplit"] = {"fn": deployed, "row": {
         "model": f"BitSplit W1A{n}", "bits": n, "accuracy": accuracy(deployed, test), "parity": parity,
         "train_seconds": train_s, "history": history}}
-    # QNN
+    return out
+
+
+def _run_qnn(n: int, args, train, test, calib) -> dict:
+    from lowbit.integer import to_integer
+    from lowbit.qat import convert_qat
+
+    out = {}
     gm = build_qnn(n, args.channels, calib, args.seed)
     start = time.perf_counter()
     if args.from_state:
@@ -192,6 +208,8 @@ def run_models(n: int, args, train, test) -> dict:
             save_state({"state": gm.state_dict(), "bits": n, "channels": args.channels, "history": history,
                         "train_seconds": train_s, "epochs": args.epochs, "device": args.device},
                        state_path(Path(args.save_state), "qnn", n))
+    if args.train_only:
+        return {}
     convert_qat(gm)
     gm.eval()
     im = to_integer(gm, (test.x[:1],))
@@ -212,6 +230,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-limit", type=int, default=None, help="first N training images (smoke runs)")
     p.add_argument("--rounds", type=int, default=100, help="latency rounds per batch size")
+    p.add_argument("--kinds", default="bitsplit,qnn", help="which nets to train: bitsplit, qnn or both")
+    p.add_argument("--train-only", action="store_true",
+                   help="train and --save-state, evaluate nothing (side-by-side jobs on an accelerator)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--save-state", default=None, help="folder to save the trained state_dicts in")
     p.add_argument("--from-state", default=None, help="folder of saved state_dicts: evaluate only, no training")
@@ -252,6 +273,10 @@ def main(argv: list[str] | None = None) -> None:
             "bits": bits}, indent=1) + "\n")
 
     results, fns = [], {}
+    if args.train_only:
+        for n in bits:
+            run_models(n, args, train, test)
+        return
     for n in bits:
         got = run_models(n, args, train, test)
         for kind in ("bitsplit", "qnn"):
