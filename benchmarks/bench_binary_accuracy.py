@@ -285,9 +285,10 @@ def write_md(out: Path, notes: str = "") -> None:
              "Written by `benchmarks/bench_binary_accuracy.py` (rows in `binary_accuracy.json`, details in "
              "`binary_accuracy_runs.json`). Test accuracy on the 10000 official test images, training on the "
              "55000-image train split, Adam with cosine decay to zero, batch 128, no augmentation, no distillation, "
-             "seed 0, one CPU thread.", "",
-             "| model | config | tool | epochs | lr | accuracy (%) | target | evaluated on | seconds |",
-             "|---|---|---|---:|---:|---:|---:|---|---:|"]
+             "seed 0; trained on one CPU thread unless the table names a GPU (`--device cuda`, the same code; "
+             "the weights evaluated here with `--from-state`).", "",
+             "| model | config | tool | epochs | lr | accuracy (%) | target | evaluated on | trained on | seconds |",
+             "|---|---|---|---:|---:|---:|---:|---|---|---:|"]
     for r in runs:
         target = TARGETS.get((r["model"], r["weight_bits"], r["act_bits"]))
         tool_target = f">= {target:.1f}" if r["tool"] == "lowbit" and target else "-"
@@ -295,9 +296,10 @@ def write_md(out: Path, notes: str = "") -> None:
         model = r["model"] + (f" (c={r['channels']})" if r.get("channels") else "")
         lines.append(f"| {model} | W{r['weight_bits']}A{r['act_bits']} | {r['tool']} | {r['epochs']} | {r['lr']} | "
                      f"{r['accuracy']:.2f} | {tool_target}{met} | {r.get('evaluated', 'brevitas eval mode')} | "
-                     f"{r['seconds']:.0f} |")
+                     f"{r.get('trained_on', r['machine'])} | {r.get('train_seconds', r['seconds']):.0f} |")
     machines = sorted({r["machine"] for r in runs})
-    lines += ["", f"Machine: {', '.join(machines)} (`lscpu | grep 'Model name'`), 1 thread (`OMP_NUM_THREADS=1`).", "",
+    lines += ["", "seconds: training time (CPU rows before training existed apart: training and evaluation).",
+              f"Evaluation machine: {', '.join(machines)} (`lscpu | grep 'Model name'`), 1 thread (`OMP_NUM_THREADS=1`).", "",
               "Commands (from the repository root, `PYTHONPATH=src OMP_NUM_THREADS=1 .venv/bin/python ...`):", ""]
     for cmd in dict.fromkeys(r["command"] for r in runs):
         lines.append(f"    {cmd}")

@@ -85,10 +85,11 @@ def run(args) -> dict:
             *(("w1a1s", v, True) for v in args.finetuned_lrs)]
     for config, lr, ft in runs:
         t0 = time.perf_counter()
+        epochs = args.finetune_epochs if ft and args.finetune_epochs else args.epochs
         gm, calib, history, seconds, trained_on = load_state(state, "cnn", config, "xnor", args.channels,
-                                                             args.epochs, lr, finetune=ft)
+                                                             epochs, lr, finetune=ft)
         evaluated, det_acc, converted_acc, error = evaluate(gm, config, calib)
-        entry = {"config": config, "lr": lr, "finetuned": ft, "deterministic": det_acc, "evaluated": evaluated,
+        entry = {"config": config, "lr": lr, "epochs": epochs, "finetuned": ft, "deterministic": det_acc, "evaluated": evaluated,
                  "trained_on": trained_on, "train_seconds": seconds, "train_accuracy": history[-1]["accuracy"]}
         for bits in (None, args.rng_bits):
             ens = StochasticEnsemble(gm, args.members, seed=args.seed, rng_bits=bits)
@@ -157,6 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--stochastic-lrs", type=float, nargs="+", default=[0.005, 0.02])
     p.add_argument("--finetuned-lrs", type=float, nargs="*", default=[],
                    help="stochastic-weight runs fine-tuned from the deterministic one (--init-state; files *-ft)")
+    p.add_argument("--finetune-epochs", type=int, default=None, help="epochs of the fine-tuned runs (default --epochs)")
     p.add_argument("--members", type=int, default=16)
     p.add_argument("--rng-bits", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
