@@ -149,6 +149,23 @@ def load_state(path: Path, channels: int) -> dict:
     return saved
 
 
+def train_or_load(model, kind: str, n: int, args, fit) -> tuple[list | None, float | None]:
+    """``(history, training seconds)``: ``model`` loaded from ``--from-state``, or trained by ``fit()`` (and saved
+    with ``--save-state``)."""
+    if args.from_state:
+        saved = load_state(state_path(Path(args.from_state), kind, n), args.channels)
+        model.load_state_dict(saved["state"])
+        return saved.get("history"), saved.get("train_seconds")
+    start = time.perf_counter()
+    history = fit()
+    train_s = time.perf_counter() - start
+    if args.save_state:
+        save_state({"state": model.state_dict(), "bits": n, "channels": args.channels, "history": history,
+                    "train_seconds": train_s, "epochs": args.epochs, "device": args.device},
+                   state_path(Path(args.save_state), kind, n))
+    return history, train_s
+
+
 def run_models(n: int, args, train, test) -> dict:
     """Train (or load) and deploy BitSplit W1An and QNN W1An (``--kinds``); returns the deployed callables and
     their rows (nothing with ``--train-only``)."""
@@ -167,18 +184,8 @@ def _run_bitsplit(n: int, args, train, test) -> dict:
     out = {}
     torch.manual_seed(args.seed)
     model = BitSplitCNN(bits=n, channels=args.channels)
-    start = time.perf_counter()
-    if args.from_state:
-        saved = load_state(state_path(Path(args.from_state), "bitsplit", n), args.channels)
-        model.load_state_dict(saved["state"])
-        history, train_s = saved.get("history"), saved.get("train_seconds")
-    else:
-        history = train_bitsplit(model, train, args.epochs, args.lr, args.seed, args.device)
-        train_s = time.perf_counter() - start
-        if args.save_state:
-            save_state({"state": model.state_dict(), "bits": n, "channels": args.channels, "history": history,
-                        "train_seconds": train_s, "epochs": args.epochs, "device": args.device},
-                       state_path(Path(args.save_state), "bitsplit", n))
+    history, train_s = train_or_load(model, "bitsplit", n, args, lambda: train_bitsplit(
+        model, train, args.epochs, args.lr, args.seed, args.device))
     if args.train_only:
         return {}
     model.eval()
@@ -196,18 +203,8 @@ def _run_qnn(n: int, args, train, test, calib) -> dict:
 
     out = {}
     gm = build_qnn(n, args.channels, calib, args.seed)
-    start = time.perf_counter()
-    if args.from_state:
-        saved = load_state(state_path(Path(args.from_state), "qnn", n), args.channels)
-        gm.load_state_dict(saved["state"])
-        history, train_s = saved.get("history"), saved.get("train_seconds")
-    else:
-        history = train_qnn(gm, train, args.epochs, args.lr, args.seed, args.device)
-        train_s = time.perf_counter() - start
-        if args.save_state:
-            save_state({"state": gm.state_dict(), "bits": n, "channels": args.channels, "history": history,
-                        "train_seconds": train_s, "epochs": args.epochs, "device": args.device},
-                       state_path(Path(args.save_state), "qnn", n))
+    history, train_s = train_or_load(gm, "qnn", n, args, lambda: train_qnn(
+        gm, train, args.epochs, args.lr, args.seed, args.device))
     if args.train_only:
         return {}
     convert_qat(gm)

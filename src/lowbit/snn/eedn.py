@@ -243,21 +243,21 @@ class EednNet(nn.Module):
 
 def core_rows(net: nn.Module) -> list[CoreRow]:
     """:func:`truenorth_report` of the on-core part (its input: the transduction layer's spikes at 28x28)."""
-    core, t = _core_and_channels(net)
-    was = core.training
-    try:
-        return truenorth_report(core, torch.zeros(1, t, 28, 28, device=_device(core)))
-    finally:
-        core.train(was)
+    return _on_core(net, truenorth_report)
 
 
 def cores(net: nn.Module) -> int:
     """The net's TrueNorth core count (:func:`check_truenorth` on the on-core part: raises if a layer's fan-in
     exceeds 128)."""
+    return _on_core(net, check_truenorth)
+
+
+def _on_core(net: nn.Module, measure):
+    """``measure(core, example)`` on the on-core part, its training mode restored afterwards."""
     core, t = _core_and_channels(net)
     was = core.training
     try:
-        return check_truenorth(core, torch.zeros(1, t, 28, 28, device=_device(core)))
+        return measure(core, torch.zeros(1, t, 28, 28, device=_device(core)))
     finally:
         core.train(was)
 
