@@ -2,9 +2,10 @@
 
     python benchmarks/bad_inputs.py [--category C] [--case SUBSTR] [--jobs N] [--out DIR] [--list]
 
-Over 300 cases in fourteen categories (configs, data, models, files, crafted integer-model
+Over 300 cases in seventeen categories (configs, data, models, files, crafted integer-model
 files, integer-model inputs, zoo weights, ONNX export, training and resume, torchrun,
-every CLI command, binary networks, low-precision training, spiking networks); each is classified as
+every CLI command, binary networks, low-precision training, spiking networks, delta networks, the user's own
+models, the bitwise method families); each is classified as
 
 * ``clear_error``: a bad input refused with a lowbit error (``LowbitError``; on the CLI: exit
   status 2 and exactly one non-empty stderr line, no traceback), or with the lowbit warning

@@ -54,7 +54,7 @@ REGISTRY: list[Case] = []
 # to a user who called quantize(), which does; per category, a case may give its own.
 MISLEADING = {"models": r"call lowbit\.ptq\.prepare first|has seen no data"}
 CATEGORIES = ("configs", "data", "models", "files", "crafted", "integer_inputs", "zoo", "onnx", "training",
-              "torchrun", "cli", "binary", "lowprec", "snn", "delta", "user")
+              "torchrun", "cli", "binary", "lowprec", "snn", "delta", "user", "families")
 
 
 class Wrong(Exception):
