@@ -120,7 +120,7 @@ def markdown(result: dict) -> str:
     rb = f"rng{result['rng_bits']}"
     lines = ["Stochastic ensembles of binary CNNs (Vogel et al. 2016), Fashion-MNIST.", "",
              f"- models: BinaryCNN c={result['channels']} (W1A1; first layer and classifier 8-bit), "
-             f"{result['epochs']} epochs, Adam, cosine, batch 128, no augmentation, seed 0, trained on "
+             "Adam, cosine, batch 128, no augmentation, seed 0 (epochs per row), trained on "
              f"{best['trained_on']} by `bench_binary_accuracy.py --device cuda --save-state`; evaluated here on the "
              "10,000 test images through each member's integer model", "",
              "| model | single network % | " + " | ".join(f"M={k}" for k in best["float_uniform"]) + " |",
@@ -129,11 +129,11 @@ def markdown(result: dict) -> str:
         for src in ("float_uniform", rb):
             how = ("deterministic-trained" if e["config"] == "w1a1" else
                    "deterministic, then stochastic fine-tune" if e.get("finetuned") else "stochastic-trained")
-            label = (f"{how} W1A1, lr {e['lr']:g}, "
+            label = (f"{how} W1A1, {e['epochs']} epochs, lr {e['lr']:g}, "
                      f"draws: {'float uniform' if src == 'float_uniform' else str(result['rng_bits']) + '-bit comparator'}")
             lines.append(f"| {label} | {e['deterministic']:.2f} (sign) | "
                          + " | ".join(f"{v:.2f}" for v in e[src].values()) + " |")
-    lines.append(f"| float twin (same network, no quantizers) | {fl:.2f} | " + " | ".join("" for _ in best["float_uniform"]) + " |")
+    lines.append(f"| float twin (same network and recipe, {result['epochs']} epochs, no quantizers) | {fl:.2f} | " + " | ".join("" for _ in best["float_uniform"]) + " |")
     cost = best["cost_one_pass"]
     lines += ["", "Targets (issue 18):", "",
               f"- {m}-member ensemble ({name}, float draws) {best['float_uniform'][m]:.2f}% against the deterministic "
@@ -151,7 +151,8 @@ def markdown(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--from-state", required=True, metavar="DIR", help="bench_binary_accuracy.py --save-state's folder")
+    p.add_argument("--from-state", metavar="DIR", help="bench_binary_accuracy.py --save-state's folder (required "
+                   "unless --report-only)")
     p.add_argument("--channels", type=int, default=64)
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--lr", type=float, default=0.005, help="learning rate of the deterministic and float runs")
@@ -163,13 +164,26 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rng-bits", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", default="ensemble")
+    p.add_argument("--report-only", action="store_true", help="rewrite the Markdown from results/<name>.json")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
+    if args.report_only:
+        saved = json.loads((RESULTS / f"{args.name}.json").read_text())
+        result = saved["runs"]
+        result["models"] = {k: {**v, **{src: {int(m): a for m, a in v[src].items()}
+                                        for src in v if src in ("float_uniform", f"rng{result['rng_bits']}")}}
+                            for k, v in result["models"].items()}
+        write_result(args.name, markdown(result) + f"\n\n{saved.get('notes', '')}")
+        return
+    if args.from_state is None:
+        p.error("--from-state DIR is required (the folder bench_binary_accuracy.py --save-state wrote)")
     result = run(args)
     name, best = _best(result)
     base = result["models"][next(k for k, v in result["models"].items() if v["config"] == "w1a1")]
     rows = [{"family": "stochastic ensemble (Vogel et al.)", "model": f"fmnist-binary-cnn c={args.channels}",
-             "config": f"{args.members} members drawn from stochastic-trained W1A1 ({name}), float draws",
+             "config": f"{args.members} members drawn from W1A1 latent weights ({name}: "
+                       f"{'deterministic, then stochastic fine-tune' if best.get('finetuned') else 'stochastic-trained'}"
+                       "), float draws",
              "accuracy": round(best["float_uniform"][args.members], 2), "float_accuracy": round(result["float"]["accuracy"], 2),
              "deterministic_binary_accuracy": round(base["deterministic"], 2)}]
     write_result(args.name, markdown(result))

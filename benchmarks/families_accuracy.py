@@ -60,6 +60,12 @@ def rows() -> list[dict]:
             continue
         data = json.loads(path.read_text())
         for r in data["rows"] if isinstance(data, dict) else data:
+            if "family" not in r and r.get("model", "").startswith(("BitSplit", "QNN")):  # bench_bitsplit's rows
+                epochs = data["meta"].get("epochs") if isinstance(data, dict) and "meta" in data else None
+                r = {"family": "BitSplit-Net" if r["model"].startswith("BitSplit") else "QNN (bit-serial), BitSplit's baseline",
+                     "model": f"fmnist-binary-cnn c={data['meta'].get('channels', 64)}",
+                     "config": f"{r['model']}" + (f", {epochs} epochs from random init" if epochs else ""),
+                     "accuracy": r["accuracy"], "float_accuracy": None}
             if {"family", "model", "config", "accuracy", "float_accuracy"} <= set(r):
                 out.append({k: r[k] for k in ("family", "model", "config", "accuracy", "float_accuracy")})
         NOT_MEASURED[:] = [m for m in NOT_MEASURED if not m.lower().startswith(family.lower().split()[0])]
@@ -78,7 +84,8 @@ def main() -> None:
     lines += [f"| {r['family']} | {r['model']} | {r['config']} | {r['accuracy']:.2f} | "
               f"{'-' if r['float_accuracy'] is None else format(r['float_accuracy'], '.2f')} |" for r in table]
     write_result("families_accuracy", __doc__.split("\n\n")[1].split("``python")[0].strip() + "\n\n"
-                 + "\n".join(lines) + "\n\nNot measured yet: " + "; ".join(NOT_MEASURED) + ".")
+                 + "\n".join(lines)
+                 + ("\n\nNot measured yet: " + "; ".join(NOT_MEASURED) + "." if NOT_MEASURED else ""))
 
 
 if __name__ == "__main__":
