@@ -58,20 +58,7 @@ def threshold_signs_reference(g: torch.Tensor, thr: torch.Tensor, inv: torch.Ten
 def threshold_signs(g: torch.Tensor, thr: torch.Tensor, inv: torch.Tensor, nb: int, pool: bool) -> torch.Tensor:
     """int8 signs (nb, N, H', W', O) of bits 0 .. nb-1 of ``value`` (module docstring) for int32 sums ``g``
     (N, H, W, O), thresholds ``thr`` (O, T) int32 and ``inv`` (O,) bool; ``pool``: 2x2 max pool first."""
-    from lowbit.bitwise.kernels import library
-
-    _check(g, thr, inv, nb, pool)
-    lib = library()
-    if lib is None:
-        return threshold_signs_reference(g, thr, inv, nb, pool)
-    n, h, w, o = g.shape
-    ho, wo = (h // 2, w // 2) if pool else (h, w)
-    g, thr_t, inv = g.contiguous(), thr.t().contiguous(), inv.contiguous()  # the kernel reads thr as (T, O)
-    out = torch.empty((nb, n, ho, wo, o), dtype=torch.int8)
-    if lib.lowbit_bitsplit_threshold(g.data_ptr(), n, h, w, o, int(pool), thr_t.data_ptr(), thr.shape[1],
-                                     inv.view(torch.uint8).data_ptr(), nb, out.data_ptr()):
-        raise MemoryError(f"threshold_signs: no memory for two buffers of {o} int32")
-    return out
+    return _threshold(g, thr, inv, nb, pool, packed=False)
 
 
 def threshold_bits_reference(g: torch.Tensor, thr: torch.Tensor, inv: torch.Tensor, nb: int,
@@ -85,19 +72,30 @@ def threshold_bits_reference(g: torch.Tensor, thr: torch.Tensor, inv: torch.Tens
 def threshold_bits(g: torch.Tensor, thr: torch.Tensor, inv: torch.Tensor, nb: int, pool: bool) -> torch.Tensor:
     """Packed bits (nb, N, H', W', ceil(O / 64)) uint64 of bits 0 .. nb-1 of ``value`` (module docstring); the
     arguments as for :func:`threshold_signs`."""
+    return _threshold(g, thr, inv, nb, pool, packed=True)
+
+
+def _threshold(g: torch.Tensor, thr: torch.Tensor, inv: torch.Tensor, nb: int, pool: bool,
+               packed: bool) -> torch.Tensor:
+    """The C epilogue (``lowbit_bitsplit_threshold[_bits]``), or its PyTorch form where the library is missing."""
     from lowbit.bitwise.kernels import library
 
     _check(g, thr, inv, nb, pool)
     lib = library()
     if lib is None:
-        return threshold_bits_reference(g, thr, inv, nb, pool)
+        return (threshold_bits_reference if packed else threshold_signs_reference)(g, thr, inv, nb, pool)
     n, h, w, o = g.shape
     ho, wo = (h // 2, w // 2) if pool else (h, w)
-    g, thr_t, inv = g.contiguous(), thr.t().contiguous(), inv.contiguous()
-    out = torch.empty((nb, n, ho, wo, (o + 63) // 64), dtype=torch.uint64)
-    if lib.lowbit_bitsplit_threshold_bits(g.data_ptr(), n, h, w, o, int(pool), thr_t.data_ptr(), thr.shape[1],
-                                          inv.view(torch.uint8).data_ptr(), nb, out.data_ptr()):
-        raise MemoryError(f"threshold_bits: no memory for two buffers of {o} int32")
+    g, thr_t, inv = g.contiguous(), thr.t().contiguous(), inv.contiguous()  # the kernel reads thr as (T, O)
+    if packed:
+        out, fn, name = (torch.empty((nb, n, ho, wo, (o + 63) // 64), dtype=torch.uint64),
+                         lib.lowbit_bitsplit_threshold_bits, "threshold_bits")
+    else:
+        out, fn, name = (torch.empty((nb, n, ho, wo, o), dtype=torch.int8), lib.lowbit_bitsplit_threshold,
+                         "threshold_signs")
+    if fn(g.data_ptr(), n, h, w, o, int(pool), thr_t.data_ptr(), thr.shape[1], inv.view(torch.uint8).data_ptr(),
+          nb, out.data_ptr()):
+        raise MemoryError(f"{name}: no memory for two buffers of {o} int32")
     return out
 
 
