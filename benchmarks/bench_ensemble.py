@@ -125,7 +125,7 @@ def markdown(result: dict) -> str:
              "10,000 test images through each member's integer model", "",
              "| model | single network % | " + " | ".join(f"M={k}" for k in best["float_uniform"]) + " |",
              "|---|---:|" + "---:|" * len(best["float_uniform"])]
-    for key, e in result["models"].items():
+    for e in result["models"].values():
         for src in ("float_uniform", rb):
             how = ("deterministic-trained" if e["config"] == "w1a1" else
                    "deterministic, then stochastic fine-tune" if e.get("finetuned") else "stochastic-trained")
