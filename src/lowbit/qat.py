@@ -70,13 +70,14 @@ from lowbit.data import Split
 from lowbit.errors import ConfigError, DataError
 from lowbit.formats import Binary, IntFormat, check_bits
 from lowbit.functional.grad_quant import GRAD_BITS
+from lowbit.functional.lsq import lsq_quantize_int
 from lowbit.granularity import PerChannel
 from lowbit.nn.lsq import LSQActQuantizer, LSQWeightQuantizer
 from lowbit.nn.quantizers import ActQuantizer
 from lowbit.nn.unified import unified_modules
 from lowbit.ptq import PTQConfig, calibrate, check_model, convert, prepare
 from lowbit.prepared import attach, record_of, require_record
-from lowbit.spec import Percentile, QuantSpec, check_runs
+from lowbit.spec import Percentile, QuantSpec, check_runs, lsq_range
 from lowbit.training import (
     Adam,
     Cosine,
@@ -313,15 +314,17 @@ class SeedGradNoise:
         rank, _ = world()
         device = next(model.parameters()).device
         seed = (self.seed * 1_000_003 + rank) * 1_000_000_007 + step
-        for stream, slots in enumerate((grads, signs)):
-            if not slots:
-                continue
-            generator = torch.Generator(device=device).manual_seed((seed + stream * 7_919) % (1 << 63))
-            for slot in slots:
-                if stream == 0:
-                    slot.grad_generator = generator
-                else:
-                    slot.generator = generator
+        def generator(stream: int) -> torch.Generator:  # stream 0: the gradients' draws, as before sign draws existed
+            return torch.Generator(device=device).manual_seed((seed + stream * 7_919) % (1 << 63))
+
+        if grads:
+            shared = generator(0)
+            for u in grads:
+                u.grad_generator = shared
+        if signs:
+            shared = generator(1)
+            for wq in signs:
+                wq.generator = shared
 
 
 @dataclass(frozen=True)
@@ -378,18 +381,18 @@ def _warn_saturated(name: str, u: nn.Module, g: torch.Tensor) -> None:
     fmt = wq.spec.format
     if not fmt.signed:
         return
-    with torch.no_grad():
-        codes = wq.codes(u.weight) if getattr(wq, "mode", None) == "quantize" else None
-        if codes is None and hasattr(wq, "step"):
-            step = wq.step.reshape(-1, *[1] * (u.weight.ndim - 1))
-            codes = torch.clamp(torch.round(u.weight / step), -(1 << (fmt.bits - 1)), (1 << (fmt.bits - 1)) - 1)
-        if codes is None:
-            return
-        lowest = codes == -(1 << (fmt.bits - 1))
-        hit = int((lowest & (g < 0).reshape(-1, *[1] * (u.weight.ndim - 1))).sum())
+    channel = (-1, *[1] * (u.weight.ndim - 1))
+    q_n, q_p = lsq_range(wq.spec)
+    if getattr(wq, "mode", None) == "quantize":
+        codes = wq.codes(u.weight)
+    elif hasattr(wq, "step"):  # LSQ, not frozen yet: the codes training saw
+        codes = lsq_quantize_int(u.weight, wq.step.reshape(channel), q_n, q_p)
+    else:
+        return
+    hit = int(((codes == -q_n) & (g < 0).reshape(channel)).sum())
     if hit:
         warnings.warn(f"{name}: folding its BatchNorm negates {int((g < 0).sum())} channel(s), and {hit} of their "
-                      f"{fmt.bits}-bit weight codes (-{1 << (fmt.bits - 1)}) saturate at {(1 << (fmt.bits - 1)) - 1}: "
+                      f"{fmt.bits}-bit weight codes (-{q_n}) saturate at {q_p}: "
                       "the converted model differs from the trained one. Keep the BatchNorm scales >= 0 while "
                       "training (a step hook clamping bn.weight), or fold BatchNorm before training",
                       stacklevel=3)
