@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 BITS = {"w1a1": (1, 1), "w1a2": (1, 2), "w2a2": (2, 2), "wta1": (1.58, 1),  # wta1: ternary weights (log2 3 bits)
         "w1a1s": (1, 1), "float": (32, 32)}  # w1a1s: stochastic binary weights in training (for ensembles)
+BINARY_SCALED = ("w1a1", "w1a2", "w1a1s")  # the configs whose weights take --binary's scale
 SHIP = {("cnn", "w1a1"): "binary-cnn-w1a1", ("mlp", "w1a1"): "binary-mlp-w1a1"}
 
 LOWBIT_DEFINITION = {
@@ -92,10 +93,21 @@ def accuracy(fn, split, batch_size: int = 500) -> float:
     return 100.0 * correct / len(split)
 
 
+def load_teacher(path: str, model: str, channels: int, device: str) -> torch.nn.Module:
+    """The float twin a ``--configs float --save-state`` run wrote (``path``), in eval mode on ``device``."""
+    from safetensors.torch import load_file
+
+    teacher = make_model(model, channels)
+    teacher.load_state_dict(load_file(path), strict=True)
+    return teacher.to(device).eval()
+
+
 def train_state(model: str, config: str, epochs: int, lr: float, seed: int, binary: str, channels: int,
-                train_limit: int | None, device: str = "cpu", augment: bool = False, init_state: str | None = None):
+                train_limit: int | None, device: str = "cpu", augment: bool = False, init_state: str | None = None,
+                distill: float = 0.0, teacher: str | None = None):
     """Train one lowbit model on ``device``; returns ``(model on the CPU, its calibration batch, history, seconds)``.
-    ``config="float"`` trains the float twin (same network, no quantizers) with the same recipe."""
+    ``config="float"`` trains the float twin (same network, no quantizers) with the same recipe; ``distill`` > 0
+    mixes KL divergence to the float twin saved in ``teacher`` into the loss (``lowbit.qat.TrainConfig.distill``)."""
     from lowbit.data import load
     from lowbit.qat import TrainConfig, prepare_qat, train
     from lowbit.training import Adam, Cosine, CrossEntropy, LoopConfig, Shuffled
@@ -118,23 +130,29 @@ def train_state(model: str, config: str, epochs: int, lr: float, seed: int, bina
             from safetensors.torch import load_file
 
             gm.load_state_dict(load_file(init_state, device=str(device)), strict=True)
-        history = train(gm, train_split, TrainConfig(epochs=epochs, optimizer="adam", lr=lr, augment=augment, seed=seed),
+        cfg = TrainConfig(epochs=epochs, optimizer="adam", lr=lr, augment=augment, seed=seed, distill=distill)
+        history = train(gm, train_split, cfg, teacher=load_teacher(teacher, model, channels, device) if distill else None,
                         progress=False)
     return gm.cpu(), calib, history, time.perf_counter() - start
 
 
-def state_path(folder: Path, model: str, config: str, channels: int, epochs: int, lr: float,
-               augment: bool = False, finetune: bool = False) -> Path:
-    tail = ("-aug" if augment else "") + ("-ft" if finetune else "")
+def variant(augment: bool = False, finetune: bool = False, binary: str = "xnor", seed: int = 0,
+            distill: float = 0.0) -> str:
+    """The file-name tail of a run that differs from the default recipe (empty for the default)."""
+    return (("-aug" if augment else "") + ("-ft" if finetune else "") + ("-sign" if binary == "sign" else "")
+            + (f"-s{seed}" if seed else "") + (f"-kd{distill:g}" if distill else ""))
+
+
+def state_path(folder: Path, model: str, config: str, channels: int, epochs: int, lr: float, tail: str = "") -> Path:
     return Path(folder) / f"{model}-c{channels}-{config}-e{epochs}-lr{lr:g}{tail}.safetensors"
 
 
 def save_state(folder: Path, gm: torch.nn.Module, model: str, config: str, channels: int, epochs: int, lr: float,
-               augment: bool, meta: dict, finetune: bool = False) -> Path:
+               tail: str, meta: dict) -> Path:
     """The trained (unconverted) weights as safetensors, with the run's details in the metadata."""
     from safetensors.torch import save_file
 
-    path = state_path(folder, model, config, channels, epochs, lr, augment, finetune)
+    path = state_path(folder, model, config, channels, epochs, lr, tail)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     save_file({k: v.detach().cpu().contiguous().clone() for k, v in gm.state_dict().items()}, str(tmp),
@@ -144,7 +162,7 @@ def save_state(folder: Path, gm: torch.nn.Module, model: str, config: str, chann
 
 
 def load_state(folder: Path, model: str, config: str, binary: str, channels: int, epochs: int, lr: float,
-               augment: bool = False, finetune: bool = False):
+               tail: str = ""):
     """``(model, calibration batch, history, train seconds, device)`` rebuilt from :func:`save_state`'s file: the
     same network prepared on the CPU, the trained weights loaded (strict)."""
     from safetensors import safe_open
@@ -153,7 +171,7 @@ def load_state(folder: Path, model: str, config: str, binary: str, channels: int
     from lowbit.data import load
     from lowbit.qat import prepare_qat
 
-    path = state_path(folder, model, config, channels, epochs, lr, augment, finetune)
+    path = state_path(folder, model, config, channels, epochs, lr, tail)
     with safe_open(str(path), "pt") as f:
         meta = json.loads(f.metadata()["run"])
     calib = load("fashion-mnist", "train").x[:256]
@@ -196,21 +214,22 @@ DEFINITIONS = {"w2a2": "LSQ 2-bit weights and activations",
 def run_lowbit(model: str, config: str, epochs: int, lr: float, seed: int, binary: str, channels: int,
                train_limit: int | None, save: bool, device: str = "cpu", save_state_dir: str | None = None,
                from_state: str | None = None, train_only: bool = False, augment: bool = False,
-               init_state: str | None = None) -> dict:
+               init_state: str | None = None, distill: float = 0.0, teacher: str | None = None) -> dict:
     start = time.perf_counter()
+    tail = variant(augment, init_state is not None, binary if config in BINARY_SCALED else "xnor", seed, distill)
     if from_state is not None:
         gm, calib, history, train_seconds, trained_on = load_state(Path(from_state), model, config, binary, channels,
-                                                                   epochs, lr, augment, init_state is not None)
+                                                                   epochs, lr, tail)
     else:
         gm, calib, history, train_seconds = train_state(model, config, epochs, lr, seed, binary, channels,
-                                                        train_limit, device, augment, init_state)
+                                                        train_limit, device, augment, init_state, distill, teacher)
         trained_on = device_name(device)
         if save_state_dir is not None:
-            save_state(Path(save_state_dir), gm, model, config, channels, epochs, lr, augment,
+            save_state(Path(save_state_dir), gm, model, config, channels, epochs, lr, tail,
                        {"history": history, "train_seconds": train_seconds, "device": trained_on,
-                        "lr": lr, "seed": seed, "binary": binary, "train_limit": train_limit,
-                        "init_state": None if init_state is None else Path(init_state).name},
-                       init_state is not None)
+                        "lr": lr, "seed": seed, "binary": binary, "train_limit": train_limit, "distill": distill,
+                        "init_state": None if init_state is None else Path(init_state).name,
+                        "teacher": None if not distill else Path(teacher).name})
     if train_only:
         return {"model": model, "config": config, "channels": channels, "epochs": epochs, "history": history,
                 "train_seconds": train_seconds, "trained_on": trained_on}
@@ -219,7 +238,7 @@ def run_lowbit(model: str, config: str, epochs: int, lr: float, seed: int, binar
     n_train = train_limit or 55000
     row = {"model": model, "weight_bits": BITS[config][0], "act_bits": BITS[config][1], "tool": "lowbit",
            "accuracy": acc, "epochs": epochs, "seconds": seconds, "train_seconds": train_seconds, "lr": lr,
-           "seed": seed, "binary_scale": binary if config in ("w1a1", "w1a2", "w1a1s") else None,
+           "seed": seed, "binary_scale": binary if config in BINARY_SCALED else None, "distill": distill,
            "channels": channels if model == "cnn" else None, "train_samples": n_train, "evaluated": evaluated,
            "converted_accuracy": converted_acc, "integer_error": integer_error, "history": history,
            "trained_on": trained_on, "config": config, "augment": augment,
@@ -343,7 +362,13 @@ def main(argv: list[str] | None = None) -> None:
                    help="fine-tune: start from a --save-state file of the same network (its name gains -ft)")
     p.add_argument("--augment", action="store_true", help="random shifts (2 px) and horizontal flips while training")
     p.add_argument("--train-only", action="store_true", help="train (and --save-state), evaluate and merge nothing")
+    p.add_argument("--distill", type=float, default=0.0,
+                   help="weight (0..1) of distillation from the float twin in --teacher (lowbit QAT only)")
+    p.add_argument("--teacher", default=None, metavar="FILE",
+                   help="the float twin's weights: a file that `--configs float --save-state DIR` wrote")
     args = p.parse_args(argv)
+    if args.distill and args.teacher is None and args.from_state is None:
+        p.error("--distill needs --teacher FILE (train one with --configs float --save-state DIR)")
     torch.set_num_threads(1)
     notes = Path(args.notes).read_text() if args.notes else ""
     if args.report_only:
@@ -360,7 +385,7 @@ def main(argv: list[str] | None = None) -> None:
                 if tool == "lowbit":
                     row = run_lowbit(model, config, epochs, args.lr, args.seed, args.binary, args.channels,
                                      args.train_limit, args.save, args.device, args.save_state, args.from_state,
-                                     args.train_only, args.augment, args.init_state)
+                                     args.train_only, args.augment, args.init_state, args.distill, args.teacher)
                 else:
                     row = run_brevitas(model, epochs, args.lr, args.seed, args.channels, args.train_limit)
                 if args.train_only:

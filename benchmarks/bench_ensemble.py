@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import RESULTS, write_result  # noqa: E402
-from bench_binary_accuracy import evaluate, load_state  # noqa: E402
+from bench_binary_accuracy import evaluate, load_state, variant  # noqa: E402
 
 
 def member_softmax(members: list, x: torch.Tensor, batch: int = 1000) -> torch.Tensor:
@@ -87,7 +87,7 @@ def run(args) -> dict:
         t0 = time.perf_counter()
         epochs = args.finetune_epochs if ft and args.finetune_epochs else args.epochs
         gm, calib, history, seconds, trained_on = load_state(state, "cnn", config, "xnor", args.channels,
-                                                             epochs, lr, finetune=ft)
+                                                             epochs, lr, variant(finetune=ft))
         evaluated, det_acc, converted_acc, error = evaluate(gm, config, calib)
         entry = {"config": config, "lr": lr, "epochs": epochs, "finetuned": ft, "deterministic": det_acc, "evaluated": evaluated,
                  "trained_on": trained_on, "train_seconds": seconds, "train_accuracy": history[-1]["accuracy"]}
