@@ -303,8 +303,8 @@ def write_md(out: Path, notes: str = "") -> None:
     lines = ["# Binary networks on Fashion-MNIST: deployed test accuracy, lowbit vs brevitas", "",
              "Written by `benchmarks/bench_binary_accuracy.py` (rows in `binary_accuracy.json`, details in "
              "`binary_accuracy_runs.json`). Test accuracy on the 10000 official test images, training on the "
-             "55000-image train split, Adam with cosine decay to zero, batch 128, no augmentation, no distillation, "
-             "seed 0; trained on one CPU thread unless the table names a GPU (`--device cuda`, the same code; "
+             "55000-image train split, Adam with cosine decay to zero, batch 128, no augmentation, seed 0, no "
+             "distillation unless the config says `distilled` (KL to the float twin, `--distill`); trained on one CPU thread unless the table names a GPU (`--device cuda`, the same code; "
              "the weights evaluated here with `--from-state`).", "",
              "| model | config | tool | epochs | lr | accuracy (%) | target | evaluated on | trained on | seconds |",
              "|---|---|---|---:|---:|---:|---:|---|---|---:|"]
@@ -313,7 +313,8 @@ def write_md(out: Path, notes: str = "") -> None:
         tool_target = f">= {target:.1f}" if r["tool"] == "lowbit" and target else "-"
         met = "" if tool_target == "-" else (" (met)" if r["accuracy"] >= target else " (**missed**)")
         model = r["model"] + (f" (c={r['channels']})" if r.get("channels") else "")
-        lines.append(f"| {model} | W{r['weight_bits']}A{r['act_bits']} | {r['tool']} | {r['epochs']} | {r['lr']} | "
+        kd = f" (distilled, {r['distill']:g})" if r.get("distill") else ""
+        lines.append(f"| {model} | W{r['weight_bits']}A{r['act_bits']}{kd} | {r['tool']} | {r['epochs']} | {r['lr']} | "
                      f"{r['accuracy']:.2f} | {tool_target}{met} | {r.get('evaluated', 'brevitas eval mode')} | "
                      f"{r.get('trained_on', r['machine'])} | {r.get('train_seconds', r['seconds']):.0f} |")
     machines = sorted({r["machine"] for r in runs})

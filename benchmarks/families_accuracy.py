@@ -3,7 +3,7 @@ collected from the benchmarks that measured them (no training here).
 
 Rows ``{"family", "model", "config", "accuracy", "float_accuracy"}`` (percent, Fashion-MNIST test set, 10,000
 images), read from ``results/formats.json`` (``bench_formats.py``: TNT, exact/TWN ternary, LBW power-of-two,
-each on the shipped CNN, float 92.43%) and ``results/binary_accuracy.json`` (``bench_binary_accuracy.py``:
+each on the shipped CNN, float 92.43%) and ``results/binary_accuracy_runs.json`` (``bench_binary_accuracy.py``:
 binary CNN, which has no float twin: ``float_accuracy`` null), ``results/ensemble.json`` (``bench_ensemble.py``),
 ``results/bitsplit.json`` (``bench_bitsplit.py``) and ``results/truenorth.json`` (``bench_truenorth.py``). The families the issue lists that no benchmark has
 measured yet are named in the Markdown, not given rows. ``python benchmarks/families_accuracy.py``.
@@ -43,7 +43,7 @@ def rows() -> list[dict]:
         if r is not None:
             out.append({"family": family, "model": "fmnist-cnn", "config": f"{config} ({r['method']})",
                         "accuracy": r["accuracy"], "float_accuracy": r["float_accuracy"]})
-    for r in json.loads((RESULTS / "binary_accuracy.json").read_text()):
+    for r in json.loads((RESULTS / "binary_accuracy_runs.json").read_text()):  # the public rows' details
         if r["tool"] == "lowbit":
             ternary = r["weight_bits"] == 1.58
             family = ("ternary weights, binary activations" if ternary
@@ -51,7 +51,8 @@ def rows() -> list[dict]:
             out.append({"family": family,
                         "model": f"fmnist-binary-{r['model']}",
                         "config": ("ternary W, sign A" if ternary else f"W{r['weight_bits']}A{r['act_bits']}")
-                        + f", {r['epochs']} epochs from random init",
+                        + f", {r['epochs']} epochs from random init"
+                        + (" (distilled from the float twin)" if r.get("distill") else ""),
                         "accuracy": r["accuracy"], "float_accuracy": None})
     for name, family in (("ensemble.json", "stochastic ensemble"), ("bitsplit.json", "BitSplit-Net"),
                          ("truenorth.json", "TrueNorth-style")):
