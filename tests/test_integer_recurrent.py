@@ -8,6 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from lowbit import ptq
 from lowbit.cost.integer import profile_integer
@@ -341,3 +342,30 @@ def test_c_kernel_is_built():
     from lowbit.integer import rnn
 
     assert rnn._c_layer() is cext.rnn_layer
+
+
+class _Ops(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls.append((str(func), [a.dtype for a in args if isinstance(a, torch.Tensor)]))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("kernels", [Kernels.VNNI, Kernels.REFERENCE])
+def test_recurrent_op_runs_no_float(kernels):
+    """The recurrent op never runs float arithmetic: its matmuls are int8 GEMMs (``_int_mm``) in the reference and
+    none at all in C; nothing in it touches a float tensor."""
+    torch.manual_seed(7)
+    net = _Net(nn.LSTM, 9, 16, 2, True, "output", False)
+    x = torch.randn(2, 5, 9)
+    im = to_integer(_quantized(net, x), (x[:1],))
+    node = next(n for n in im.nodes if n.kind == "recurrent")
+    codes = im.run(x)[node.inputs[0]]
+    with _Ops() as mode:
+        node.op(codes, kernels=kernels)
+    assert not [c for c in mode.calls if any(d.is_floating_point for d in c[1])]
+    heavy = [c[0] for c in mode.calls if any(k in c[0] for k in ("mm", "conv", "linear", "bmm"))]
+    assert all(c.startswith("aten._int_mm") for c in heavy) and (bool(heavy) == (kernels is Kernels.REFERENCE))

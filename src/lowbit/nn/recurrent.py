@@ -157,22 +157,26 @@ def _parts(acc: torch.Tensor, m: torch.Tensor, n: torch.Tensor, b: torch.Tensor)
     return requantize(acc, m, n, 0, -PART_MAX - 1, PART_MAX) + b.long()
 
 
-def _matmul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """Exact int64 ``x @ w.T`` of integer tensors, through float64 (every sum is far below 2^53)."""
-    return (x.double() @ w.double().t()).long()
+def _matmul(x: torch.Tensor, zero_point: int, w: torch.Tensor) -> torch.Tensor:
+    """int64 ``(x - zero_point) @ w.T`` for int8 codes ``x`` (..., K) and int8 ``w`` (O, K), as the integer
+    layers compute it: one int8 GEMM with int32 accumulators, ``x @ w.T - zero_point sum_k w``."""
+    from lowbit.integer.kernels import int_mm  # (imported here: lowbit.integer builds on this module)
+
+    acc = int_mm(x.reshape(-1, x.shape[-1]).to(torch.int8), w).reshape(*x.shape[:-1], w.shape[0])
+    return acc.long() - zero_point * w.long().sum(dim=1)
 
 
 def run_layer(q: RecurrentQ, lq: LayerQ, x: torch.Tensor, zero_point: int
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """One layer from a zero state on int8-domain codes ``x`` (T, B, I) -> (h codes (T, B, H), h_T, c_T) int64."""
     steps, batch = x.shape[:2]
-    px = _parts(_matmul(x.long() - zero_point, lq.w_ih), lq.m_ih, lq.n_ih, lq.b_ih)  # (T, B, G H)
+    px = _parts(_matmul(x, zero_point, lq.w_ih), lq.m_ih, lq.n_ih, lq.b_ih)  # (T, B, G H)
     hsize = lq.w_hh.shape[1]
     h = torch.zeros(batch, hsize, dtype=torch.long)
     c = torch.zeros(batch, hsize, dtype=torch.long) if q.cell == "lstm" else None
     ys = []
     for t in range(steps):
-        ph = _parts(_matmul(h, lq.w_hh), lq.m_hh, lq.n_hh, lq.b_hh)
+        ph = _parts(_matmul(h, 0, lq.w_hh), lq.m_hh, lq.n_hh, lq.b_hh)
         if q.cell == "lstm":
             h, c = lstm_step(px[t] + ph, c, q.sigmoid, q.tanh)
         else:

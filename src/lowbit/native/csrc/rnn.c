@@ -24,12 +24,12 @@ static inline int32_t clamp16(int64_t v) { return (int32_t)(v < -32768 ? -32768 
 /* part[r] = clamp(round_even(acc_r m[r] / 2^n[r]), int16) + b[r] for rows r < R of w (R, K) against v - zp */
 static void parts(const int8_t *restrict w, int64_t R, int64_t K, const int8_t *restrict v, int32_t zp,
                   const int64_t *restrict m, const int64_t *restrict n, const int32_t *restrict b,
-                  int32_t *restrict vc, int32_t *restrict part) {
-    for (int64_t k = 0; k < K; k++) vc[k] = (int32_t)v[k] - zp;
+                  int16_t *restrict vc, int32_t *restrict part) {
+    for (int64_t k = 0; k < K; k++) vc[k] = (int16_t)(v[k] - zp); /* |v - zp| <= 255: int16 products vectorize */
     for (int64_t r = 0; r < R; r++) {
         const int8_t *restrict row = w + r * K;
         int32_t acc = 0;
-        for (int64_t k = 0; k < K; k++) acc += (int32_t)row[k] * vc[k];
+        for (int64_t k = 0; k < K; k++) acc += (int16_t)row[k] * vc[k];
         const int64_t h = n[r] > 0 ? (int64_t)1 << (n[r] - 1) : 0;
         part[r] = clamp16(lb_rshift_even((int64_t)acc * m[r], n[r], h)) + b[r];
     }
@@ -68,7 +68,8 @@ void lowbit_rnn_layer(const int8_t *x, int64_t T, int64_t N, int64_t I, int64_t 
                       const int32_t *sig, const int32_t *tnh, int8_t *out, int32_t *c, int32_t *scratch,
                       int8_t *zeros) {
     const int64_t GH = G * H;
-    int32_t *px = scratch, *ph = scratch + GH, *vc = scratch + 2 * GH;
+    int32_t *px = scratch, *ph = scratch + GH;
+    int16_t *vc = (int16_t *)(scratch + 2 * GH); /* max(I, H) int16 in max(I, H) int32 */
     for (int64_t o = 0; o < H; o++) zeros[o] = 0;
     for (int64_t k = 0; k < N * H; k++) c[k] = 0;
     for (int64_t t = 0; t < T; t++) {
