@@ -162,6 +162,30 @@ def test_plan_falls_back_op_by_op():
     _check_exact(q, im, x)
 
 
+class _ConvGRU(nn.Module):
+    """A 1-D conv front end, channels moved last (transpose), a GRU, its last step, a linear head."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(1, 6, 5, stride=2)
+        self.gru = nn.GRU(6, 12, batch_first=True)
+        self.fc = nn.Linear(12, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x)).transpose(1, 2)
+        out, _ = self.gru(h)
+        return self.fc(out[:, -1])
+
+
+def test_conv_front_end_and_transpose():
+    torch.manual_seed(8)
+    x = torch.randn(4, 1, 50)
+    q = _quantized(_ConvGRU(), x)
+    im = to_integer(q, (x[:1],))
+    assert "permute" in [n.kind for n in im.nodes] and "recurrent" in [n.kind for n in im.nodes]
+    _check_exact(q, im, x)
+
+
 # ---------------------------------------------------------------- (c) property: C kernel == reference
 
 

@@ -159,6 +159,8 @@ class _Lowering:
             self.index(node)
         elif t is torch.permute or (node.op == "call_method" and t == "permute"):
             self.permute(node)
+        elif t is torch.transpose or (node.op == "call_method" and t == "transpose"):
+            self.transpose(node)
         elif t is torch.reshape or (node.op == "call_method" and t in ("view", "reshape")):
             self.reshape(node)
         elif t is torch.unsqueeze or (node.op == "call_method" and t == "unsqueeze"):
@@ -212,6 +214,18 @@ class _Lowering:
             self.unsupported.append(f"{node.name} (permute{dims} moves the batch dimension)")
             return
         self.simple(node, ir.Permute(dims))
+
+    def transpose(self, node: fx.Node) -> None:
+        """``x.transpose(a, b)`` as the permute that swaps the two (the batch dimension kept)."""
+        a, b = (node.args[1:3] if len(node.args) >= 3 else (node.kwargs.get("dim0"), node.kwargs.get("dim1")))
+        rank = self._rank(node)
+        a, b = (int(d) + rank if int(d) < 0 else int(d) for d in (a, b))
+        if 0 in (a, b):
+            self.unsupported.append(f"{node.name} (transpose({a}, {b}) moves the batch dimension)")
+            return
+        dims = list(range(rank))
+        dims[a], dims[b] = b, a
+        self.simple(node, ir.Permute(tuple(dims)))
 
     def reshape(self, node: fx.Node) -> None:
         if node.op == "call_method" and self._is_batch_flatten(node):

@@ -759,6 +759,7 @@ def ternary_gemm(a: Buf, amask: Buf | None, M, panels: Buf, pcm: Buf, N, W, isa,
 
 
 ENTRY_POINTS: dict[str, str] = {
+    "lowbit_rnn_layer": "lowbit.native.guard.rnn_layer",
     "lowbit_requant": "lowbit.native.guard.requant",
     "lowbit_requant_block": "called from C only (lowbit_gemm_u8s8, lowbit_conv_u8s8, lowbit_requant)",
     "lowbit_im2col_nhwc": "lowbit.native.guard.im2col_nhwc",
@@ -804,4 +805,4 @@ ENTRY_POINTS: dict[str, str] = {
 
 __all__ = ["ENTRY_POINTS", "Buf", "bits_im2col_nhwc", "bits_serial_gemm", "ternary_gemm", "bits_pack_i8", "bits_unpack_i8", "buf", "xnor_gemm", "conv_u8s8", "delta_gru_q", "delta_rnn_f32", "dyn_dequant", "dyn_rnn_seq", "depthwise_nhwc", "dequant_codes", "dequant_rows",
            "gemm_u8s8", "im2col_nhwc", "im2col_u8", "maxpool_nhwc", "nhwc_to_nchw", "out_size", "pack_a", "pack_w", "quantize_rows_u8",
-           "pad_flip_nhwc", "quantize_f32", "requant", "requant_values", "snn_run", "sum_hw", "sum_pool", "table", "vnni_peak"]
+           "pad_flip_nhwc", "quantize_f32", "requant", "requant_values", "rnn_layer", "snn_run", "sum_hw", "sum_pool", "table", "vnni_peak"]
