@@ -99,8 +99,10 @@ class _Net(nn.Module):
             y = h_n[0]
         elif self.read == "c_last":
             y = c_n[-1]
-        else:  # "output_last"
+        elif self.read == "output_last":
             y = out[:, -1] if self.batch_first else out[-1]
+        else:  # "output_last_full"
+            y = out[:, -1, :] if self.batch_first else out[-1, :]
         return self.head(y) if self.head is not None else y
 
 
@@ -120,7 +122,7 @@ def _check_exact(q, im, x):
 CASES = [(cls, layers, bf, steps, batch)
          for cls in (nn.LSTM, nn.GRU) for layers in (1, 2) for bf in (True, False) for steps in (1, 20)
          for batch in (1, 3)]
-READS = ["output", "h_last", "output_last", "h_first"]
+READS = ["output", "h_last", "output_last", "h_first", "output_last_full"]
 
 
 @pytest.mark.parametrize("cls,layers,batch_first,steps,batch", CASES)

@@ -94,7 +94,8 @@ def recurrent_part(gm: fx.GraphModule, node: fx.Node) -> Part | None:
     if src.what in ("h_n", "c_n") and isinstance(i, int) and -layers <= i < layers:
         return Part(src.node, m, src.what[0], i % layers)
     last = layers - 1
-    if src.what == "output" and (i == (slice(None), -1) if m.layer.batch_first else i == -1):
+    step = ((slice(None), -1), (slice(None), -1, slice(None))) if m.layer.batch_first else (-1, (-1, slice(None)))
+    if src.what == "output" and i in step:
         return Part(src.node, m, "h", last)  # output[:, -1] (output[-1]): the last layer's last h
     return None
 
