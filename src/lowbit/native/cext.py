@@ -430,8 +430,8 @@ def rnn_layer(q, lq, x: torch.Tensor, zero_point: int) -> tuple[torch.Tensor, to
     gates, h = lq.w_ih.shape[0] // lq.w_hh.shape[1], lq.w_hh.shape[1]
     out = torch.empty(steps, n, h, dtype=torch.int8)
     c = torch.empty(n, h, dtype=torch.int32)
-    scratch = torch.empty(2 * gates * h + max(i, h), dtype=torch.int32)
-    zeros = torch.empty(h, dtype=torch.int8)
+    scratch = torch.empty(n * (2 * gates * h + max(i, h)), dtype=torch.int32)
+    zeros = torch.empty(n * h, dtype=torch.int8)
     t = [lq.w_ih, lq.w_hh, lq.m_ih, lq.n_ih, lq.m_hh, lq.n_hh, lq.b_ih, lq.b_hh, q.sigmoid, q.tanh]
     t = [v.contiguous() for v in t]
     b = guard.buf

@@ -513,8 +513,8 @@ def rnn_layer(x: Buf, T, N, In, H, G, zp, w_ih: Buf, w_hh: Buf, m_ih: Buf, n_ih:
               b_ih: Buf, b_hh: Buf, sig: Buf, tnh: Buf, out: Buf, c: Buf, scratch: Buf, zeros: Buf) -> None:
     """``lowbit_rnn_layer``: one integer LSTM (``G`` 4) or GRU (3) layer over ``T`` steps of ``N`` sequences: int8
     ``x`` (T, N, I), int8 weights (G H, I) and (G H, H), int64 multipliers and shifts, int32 biases (G H), int32
-    tables of 4096 entries, int8 ``out`` (T, N, H), int32 ``c`` (N, H), int32 scratch of 2 G H + max(I, H), int8
-    zeros of H. The multiplier and shift *values* are the caller's (checked when the op is built or loaded:
+    tables of 4096 entries, int8 ``out`` (T, N, H), int32 ``c`` (N, H), int32 scratch of N (2 G H + max(I, H)),
+    int8 zeros of N H. The multiplier and shift *values* are the caller's (checked when the op is built or loaded:
     :mod:`lowbit.integer.validate`)."""
     k = "lowbit_rnn_layer"
     _int(k, "T", T, 1)
@@ -536,8 +536,8 @@ def rnn_layer(x: Buf, T, N, In, H, G, zp, w_ih: Buf, w_hh: Buf, m_ih: Buf, n_ih:
     _need(k, "tanh", tnh, (torch.int32,), 4096)
     _need(k, "out", out, (torch.int8,), T * N * H)
     _need(k, "c", c, (torch.int32,), N * H)
-    _need(k, "scratch", scratch, (torch.int32,), 2 * gh + max(In, H))
-    _need(k, "zeros", zeros, (torch.int8,), H)
+    _need(k, "scratch", scratch, (torch.int32,), N * (2 * gh + max(In, H)))
+    _need(k, "zeros", zeros, (torch.int8,), N * H)
 
 
 # ---------------------------------------------------------------- events.c

@@ -12,7 +12,7 @@
  * The int32 accumulators hold |acc_x| <= 128 * 255 * I and |acc_h| <= 128 * 127 * H (the guard bounds I and H);
  * every gate product is below 2^31; the multipliers' products are formed in int64.
  * out (T, N, H) int8: h at every step (its last step is the final h); c (N, H) int32: the final cell (LSTM);
- * scratch: int32 of 2 G H + max(I, H); zeros: int8 of H (the zero initial h). Arguments are checked by lowbit.native.guard.rnn_layer. */
+ * scratch: int32 of N (2 G H + max(I, H)); zeros: int8 of N H (the zero initial h). Arguments are checked by lowbit.native.guard.rnn_layer. */
 #include <stdint.h>
 
 #include "fixed.h"
@@ -21,17 +21,21 @@
 
 static inline int32_t clamp16(int64_t v) { return (int32_t)(v < -32768 ? -32768 : v > 32767 ? 32767 : v); }
 
-/* part[r] = clamp(round_even(acc_r m[r] / 2^n[r]), int16) + b[r] for rows r < R of w (R, K) against v - zp */
-static void parts(const int8_t *restrict w, int64_t R, int64_t K, const int8_t *restrict v, int32_t zp,
+/* part[s, r] = clamp(round_even(acc m[r] / 2^n[r]), int16) + b[r], acc = sum_k w[r, k] (v[s, k] - zp), for the
+ * rows r < R of w (R, K) and the N vectors s of v (N, K); a weight row is read once for all N */
+static void parts(const int8_t *restrict w, int64_t R, int64_t K, const int8_t *restrict v, int64_t N, int32_t zp,
                   const int64_t *restrict m, const int64_t *restrict n, const int32_t *restrict b,
                   int16_t *restrict vc, int32_t *restrict part) {
-    for (int64_t k = 0; k < K; k++) vc[k] = (int16_t)(v[k] - zp); /* |v - zp| <= 255: int16 products vectorize */
+    for (int64_t j = 0; j < N * K; j++) vc[j] = (int16_t)(v[j] - zp); /* |v - zp| <= 255: int16 products vectorize */
     for (int64_t r = 0; r < R; r++) {
         const int8_t *restrict row = w + r * K;
-        int32_t acc = 0;
-        for (int64_t k = 0; k < K; k++) acc += (int16_t)row[k] * vc[k];
         const int64_t h = n[r] > 0 ? (int64_t)1 << (n[r] - 1) : 0;
-        part[r] = clamp16(lb_rshift_even((int64_t)acc * m[r], n[r], h)) + b[r];
+        for (int64_t s = 0; s < N; s++) {
+            const int16_t *restrict vs = vc + s * K;
+            int32_t acc = 0;
+            for (int64_t k = 0; k < K; k++) acc += (int16_t)row[k] * vs[k];
+            part[s * R + r] = clamp16(lb_rshift_even((int64_t)acc * m[r], n[r], h)) + b[r];
+        }
     }
 }
 
@@ -68,20 +72,20 @@ void lowbit_rnn_layer(const int8_t *x, int64_t T, int64_t N, int64_t I, int64_t 
                       const int32_t *sig, const int32_t *tnh, int8_t *out, int32_t *c, int32_t *scratch,
                       int8_t *zeros) {
     const int64_t GH = G * H;
-    int32_t *px = scratch, *ph = scratch + GH;
-    int16_t *vc = (int16_t *)(scratch + 2 * GH); /* max(I, H) int16 in max(I, H) int32 */
-    for (int64_t o = 0; o < H; o++) zeros[o] = 0;
+    int32_t *px = scratch, *ph = scratch + N * GH;
+    int16_t *vc = (int16_t *)(scratch + 2 * N * GH); /* N max(I, H) int16 in N max(I, H) int32 */
+    for (int64_t k = 0; k < N * H; k++) zeros[k] = 0;
     for (int64_t k = 0; k < N * H; k++) c[k] = 0;
     for (int64_t t = 0; t < T; t++) {
-        for (int64_t b = 0; b < N; b++) {
-            const int8_t *h_prev = t ? out + ((t - 1) * N + b) * H : zeros;
-            int8_t *h = out + (t * N + b) * H;
-            parts(w_ih, GH, I, x + (t * N + b) * I, (int32_t)zp, m_ih, n_ih, b_ih, vc, px);
-            parts(w_hh, GH, H, h_prev, 0, m_hh, n_hh, b_hh, vc, ph);
+        const int8_t *h_prev = t ? out + (t - 1) * N * H : zeros;
+        parts(w_ih, GH, I, x + t * N * I, N, (int32_t)zp, m_ih, n_ih, b_ih, vc, px);
+        parts(w_hh, GH, H, h_prev, N, 0, m_hh, n_hh, b_hh, vc, ph);
+        for (int64_t s = 0; s < N; s++) {
+            int8_t *h = out + (t * N + s) * H;
             if (G == 4)
-                lstm_gates(px, ph, sig, tnh, H, c + b * H, h);
+                lstm_gates(px + s * GH, ph + s * GH, sig, tnh, H, c + s * H, h);
             else
-                gru_gates(px, ph, sig, tnh, H, h_prev, h);
+                gru_gates(px + s * GH, ph + s * GH, sig, tnh, H, h_prev + s * H, h);
         }
     }
 }
