@@ -8,7 +8,7 @@ in place of the layer (float while calibrating, the integer arithmetic once froz
 Per layer ``l`` (input ``x`` of ``I`` features on the grid ``(s_x, z_x)``: the input quantizer's for layer 0,
 the hidden grid ``2^-7`` after it), with ``G`` gates (LSTM 4, GRU 3) and rows ``r`` of ``G H``::
 
-    W_ih = q_ih s_ih[r],  W_hh = q_hh s_hh[r]     int8 codes, one symmetric scale per gate row (max|w| / 127)
+    W_ih = q_ih s_ih[r],  W_hh = q_hh s_hh[r]     int8 codes, one symmetric scale per gate row (WEIGHT_SPEC)
     acc_x = q_ih (x - z_x)   acc_h = q_hh h       int32 (|acc_x| <= 127 * 255 * I, |acc_h| <= 127^2 H)
     px = requantize(acc_x, m_ih, n_ih)            m_ih / 2^n_ih ~= s_ih s_x 2^P   (P = 8: Q.8, clamped to int16)
     ph = requantize(acc_h, m_hh, n_hh)            m_hh / 2^n_hh ~= s_hh 2^-7 2^P
@@ -32,13 +32,15 @@ from lowbit.formats import IntFormat
 from lowbit.functional.fixed_rnn import C_FRAC, H_FRAC, PART_MAX, PRE_FRAC, gate_tables, gru_step, lstm_step
 from lowbit.functional.requant import fixed_point, requantize
 from lowbit.nn.qparams import QParams, offset
-from lowbit.spec import QuantSpec
+from lowbit.granularity import PerChannel
+from lowbit.spec import QuantSpec, solve_weight, weight_codes
 
 RECURRENT = (nn.LSTM, nn.GRU)
 CELLS = {nn.LSTM: "lstm", nn.GRU: "gru"}
 GATES = {"lstm": 4, "gru": 3}
 H_QPARAMS = QParams(2.0 ** -H_FRAC, 0, IntFormat(8, signed=True, narrow=True))  # the hidden state's fixed grid
 MAX_M = (1 << 31) - 1
+WEIGHT_SPEC = QuantSpec(IntFormat(8, signed=True, narrow=True), PerChannel(0))  # symmetric int8, one scale per row
 
 
 class FixedGrid:
@@ -108,11 +110,9 @@ def check_recurrent(layer: nn.Module, name: str) -> None:
 
 
 def _weight_codes(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """int8 codes and float64 scales (one per row, ``max|w| / 127``; 1 for a zero row) of a weight matrix."""
-    w = w.detach().double()
-    peak = w.abs().amax(dim=1)
-    scale = torch.where(peak > 0, peak / 127.0, torch.ones_like(peak))
-    return torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8), scale
+    """int8 codes and float64 scales (one per gate row) of a weight matrix on :data:`WEIGHT_SPEC`."""
+    grid = solve_weight(w, WEIGHT_SPEC)
+    return weight_codes(w, WEIGHT_SPEC, grid).to(torch.int8), grid.scale.to(torch.float64)
 
 
 def _multiplier(scale: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
