@@ -53,7 +53,7 @@ def user(tmp_path):
     return tmp_path, spec, model
 
 
-def test_ptq_on_a_factory_with_weights_reports_fidelity_and_the_float_lstm(user, capsys):
+def test_ptq_on_a_factory_with_weights_reports_fidelity_and_the_integer_lstm(user, capsys):
     path, spec, model = user
     out_json = path / "r.json"
     rc = main(["ptq", "--model", spec, "--weights", str(path / "w.npz"), "--calib-data", str(path / "calib.npy"),
@@ -70,9 +70,10 @@ def test_ptq_on_a_factory_with_weights_reports_fidelity_and_the_float_lstm(user,
     assert result["cosine_mean"] == pytest.approx(want.cosine_mean) and result["agreement"] == want.agreement
     assert 0.95 < result["cosine_min"] <= result["cosine_mean"] <= 1.0
     assert result["accuracy"] is not None and result["float_accuracy"] == want.float_accuracy
-    assert result["quantized_mac_share"] < 0.1  # the LSTM is float, and the summary says so
-    assert "% of MACs quantized" in text and "lstm (rnn," in text
-    assert result["to_integer"] is False and "integer model: not available (cannot lower" in text  # the LSTM
+    assert result["quantized_mac_share"] > 0.99  # the LSTM is quantized too (lowbit.nn.recurrent)
+    assert "100.0% of MACs quantized" in text
+    # conv1d, transpose, LSTM, output[:, -1], linear: all lower, and the integer model equals the simulation
+    assert result["to_integer"] is True and "equal to the simulation on all 50 samples: True" in text
 
 
 def test_pt_weights_load_the_same_model(user):

@@ -13,7 +13,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from lowbit.cost.profile import coverage_warning, profile, quantized_share
-from lowbit.ptq import PTQConfig, quantize
+from lowbit.ptq import LayerRule, PTQConfig, quantize
 
 
 def torch_macs(model: nn.Module, *inputs) -> int:
@@ -105,7 +105,7 @@ def test_a_quantized_model_whose_compute_is_a_float_lstm_is_not_shown_as_covered
     x = torch.randn(8, 1, 400)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        sim = quantize(model, [x], PTQConfig())
+        sim = quantize(model, [x], PTQConfig(rules=(LayerRule("lstm", keep_float=True),)))
     rows = {r.name: r for r in profile(sim, (x[:1],))}
     assert rows["conv"].weight_bits == 8 and rows["fc"].weight_bits == 8
     assert rows["lstm"].weight_bits == 32
@@ -115,3 +115,19 @@ def test_a_quantized_model_whose_compute_is_a_float_lstm_is_not_shown_as_covered
     message = coverage_warning(list(rows.values()))
     assert message is not None and "lstm (rnn," in message and "below 90%" in message
     assert coverage_warning([rows["conv"], rows["fc"]]) is None  # a fully quantized part passes
+
+
+def test_a_quantized_lstm_counts_as_covered():
+    """PTQ quantizes the LSTM too (lowbit.nn.recurrent): its MACs are int8 x 8-bit ones, once, as the float LSTM's."""
+    torch.manual_seed(0)
+    model = ConvLSTM().eval()
+    x = torch.randn(8, 1, 400)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sim = quantize(model, [x], PTQConfig())
+    rows = {r.name: r for r in profile(sim, (x[:1],))}
+    float_rows = {r.name: r for r in profile(model, (x[:1],))}
+    assert (rows["lstm"].weight_bits, rows["lstm"].act_bits) == (8, 8)
+    assert rows["lstm"].macs == float_rows["lstm"].macs
+    assert not [n for n in rows if n.startswith("lstm.")]  # the float layer inside is not counted again
+    assert coverage_warning(list(rows.values())) is None

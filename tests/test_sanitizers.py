@@ -23,7 +23,7 @@ from lowbit.native import cext
 TESTS = ["tests/test_integer.py", "tests/test_plan.py", "tests/test_vnni.py", "tests/test_safety_integer.py",
          "tests/test_delta_runtime.py", "tests/test_bitwise.py", "tests/test_bitwise_ternary.py",
          "tests/test_binary.py", "tests/test_snn_runtime.py", "tests/test_dynamic.py", "tests/test_integer_1d.py",
-         "tests/test_integer_tables.py", "tests/test_bitsplit.py"]
+         "tests/test_integer_tables.py", "tests/test_bitsplit.py", "tests/test_integer_recurrent.py"]
 SANITIZE = "address,undefined"
 
 
@@ -73,8 +73,10 @@ def test_integer_tests_pass_with_the_kernels_under_asan_and_ubsan(tmp_path):
                              timeout=300, check=False)
     assert control.returncode != 0 and "heap-buffer-overflow" in control.stderr, control.stderr[-2000:]
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-m", "not slow",
-                          # (PyTorch's own quantize_dynamic aborts under the preloaded ASan runtime: not ours to check)
-                          "-k", "not worker_reports_a_crash and not pytorch_quantize_dynamic", *TESTS], env=env,
+                          # (PyTorch's own quantize_dynamic, and its fx tracing of pack_padded_sequence, abort under
+                          # the preloaded ASan runtime: not ours to check)
+                          "-k", "not worker_reports_a_crash and not pytorch_quantize_dynamic and not packed_sequence",
+                          *TESTS], env=env,
                           cwd=root, capture_output=True,
                          text=True, timeout=900, check=False)
     tail = (run.stdout + run.stderr)[-4000:]

@@ -249,7 +249,7 @@ def run_batch(model: nn.Module, args: tuple, kwargs: Mapping, i: int, first: Map
     try:
         return model(*args, **kwargs)
     except (RuntimeError, ValueError, IndexError) as exc:
-        if isinstance(exc, DataError):
+        if isinstance(exc, (DataError, ConfigError)):  # a layer's own refusal names the layer and the fix
             raise
         shapes = shapes_of(named_inputs(args, kwargs, arity))
         if len(shapes) == 1 and len(first) == 1:

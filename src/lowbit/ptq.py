@@ -54,8 +54,10 @@ from lowbit.graph.fx_passes import (
     widen_last_input,
 )
 from lowbit.graph.input_check import install as install_input_check
+from lowbit.graph.recurrent import swap_recurrent
 from lowbit.graph.nodes import COMPUTE
 from lowbit.nn.quantizers import ActQuantizer
+from lowbit.nn.recurrent import RECURRENT, QRecurrent
 from lowbit.nn.unified import UnifiedConv, UnifiedLinear, _Unified, unified_modules
 from lowbit.calibration import (
     Arity,
@@ -343,16 +345,20 @@ def _warn_unused(config: PTQConfig, order: list[str]) -> None:
 
 
 def _compute_order(gm: fx.GraphModule) -> list[str]:
+    """The quantized layers (conv, linear, LSTM, GRU) in call order."""
     return [str(n.target) for n in gm.graph.nodes
-            if n.op == "call_module" and isinstance(gm.get_submodule(n.target), COMPUTE)]
+            if n.op == "call_module" and isinstance(gm.get_submodule(n.target), (*COMPUTE, *RECURRENT))]
 
 
 def _eager_swap(model: nn.Module, specs: _Specs, plan: FusionPlan) -> nn.Module:
-    """Fallback for untraceable models: each conv/linear gets an input quantizer and weight quantizer."""
+    """Fallback for untraceable models: each conv/linear gets an input quantizer and weight quantizer, each LSTM/GRU
+    becomes a :class:`QRecurrent` with its own input quantizer."""
     for name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
             full = f"{name}.{child_name}" if name else child_name
-            if isinstance(child, COMPUTE):
+            if isinstance(child, RECURRENT) and specs.layer(full) != (None, None):
+                setattr(module, child_name, QRecurrent(child, full, ActQuantizer(specs.input_for(full))))
+            elif isinstance(child, COMPUTE):
                 w_spec, _ = specs.layer(full)
                 if w_spec is None:
                     continue
@@ -402,7 +408,7 @@ def prepare(model: nn.Module, config: PTQConfig = PTQConfig(), example_inputs: t
             warnings.warn(f"lowbit: {fx_exc}; {exc}; falling back to eager module swap (BatchNorm not "
                           "folded, one quantizer per layer input)", stacklevel=2)
     if gm is None:
-        order = [n for n, mod in m.named_modules() if isinstance(mod, COMPUTE)]
+        order = [n for n, mod in m.named_modules() if isinstance(mod, (*COMPUTE, *RECURRENT))]
         _no_layer(model, order)
         _all_kept_float(config, order)
         _warn_unused(config, order)
@@ -423,12 +429,13 @@ def prepare(model: nn.Module, config: PTQConfig = PTQConfig(), example_inputs: t
     if fold_bn:
         fold_batchnorm(gm, plan)
     fuse_unified(gm, specs.layer, plan)
+    recurrent = swap_recurrent(gm, lambda name: specs.layer(name) == (None, None))  # LSTM/GRU: int8 weights per row
     insert_input_quantizers(gm, specs.input_for, plan)
     if config.first_last_bits is not None and specs.last is not None and specs.layer(specs.last)[0] is not None:
         widen_last_input(gm, specs.last, specs.input_for(specs.last))
     check_binary_outputs(gm)
     mark_binary_inputs(gm)
-    if not plan.unified:
+    if not plan.unified and not recurrent:
         _no_layer(model, [])
     if plan.float_ops:
         warnings.warn(f"lowbit: {len(plan.float_ops)} operation(s) stay in float: "
@@ -472,7 +479,7 @@ def _no_layer(model: nn.Module, order: list[str]) -> None:
     kinds = sorted({type(m).__name__ for m in leaves} - {"Identity"})
     held = f" (it holds {', '.join(kinds[:8])}, which lowbit does not quantize yet)" if kinds else ""
     raise ConfigError(f"lowbit found no Conv or Linear layer it can quantize in {type(model).__name__}{held}: "
-                      "lowbit quantizes nn.Conv1d, nn.Conv2d and nn.Linear")
+                      "lowbit quantizes nn.Conv1d, nn.Conv2d, nn.Linear, nn.LSTM and nn.GRU")
 
 
 def _all_kept_float(config: PTQConfig, order: list[str]) -> None:
@@ -501,6 +508,8 @@ def convert(model: nn.Module, tables: bool = True) -> nn.Module:
     for m in model.modules():
         if isinstance(m, _Unified) and m.weight_quant is not None:
             m.weight_quant.freeze(m.weight)
+        if isinstance(m, QRecurrent) and m.input_quant is not None:  # (a traced model's get their grids below)
+            m.freeze(m.input_quant.qparams())
     if isinstance(model, fx.GraphModule):
         attach_input_qparams(model)
         if tables:
@@ -612,7 +621,7 @@ def quantize(model: nn.Module, calibration_data: Iterable, config: PTQConfig = P
         from lowbit.rounding import gptq_round
 
         gptq_round(prepared, data)
-    elif config.bias_correction:
+    elif config.bias_correction and _weight_layers(prepared):  # (a model of LSTM/GRU layers alone has none)
         correct_bias(prepared, means=means)
     return prepared
 

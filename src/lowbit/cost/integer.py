@@ -85,11 +85,22 @@ def _maxpool(node: Node, x: Shape, y: Shape) -> tuple[int, int, int]:
     return 0, math.prod(y) * kh * kw * ACT_BITS, 0  # comparisons, priced as bit-operations
 
 
+def _recurrent(node: Node, x: Shape, y: Shape) -> tuple[int, int, int]:
+    """Per leading index (a sequence, or a step when not ``batch_first``): every step of every layer multiplies
+    its input and its ``h`` by the gate rows, ``G H (I_k + H)`` int8 MACs, and requantizes both projections."""
+    t = node.op.tensors
+    rows = math.prod(x[:-1])  # steps of one sequence, or sequences of one step
+    macs = rows * sum(t[f"w_ih_{k}"].numel() + t[f"w_hh_{k}"].numel() for k in range(node.op.ir.num_layers))
+    requant = rows * sum(2 * t[f"w_ih_{k}"].shape[0] for k in range(node.op.ir.num_layers))
+    return macs, macs * ACT_BITS * ACT_BITS, requant
+
+
 # this backend's table: (MACs, BOPs, requantizations) per sample of each op type
 COSTS: dict[type, Callable[[Node, Shape, Shape], tuple[int, int, int]]] = {
     ir.Quantize: _edge, ir.Dequantize: _edge, ir.Linear: _layer, ir.Conv2d: _layer, ir.MaxPool2d: _maxpool,
     ir.AvgPool2d: _pool, ir.Flatten: _move, ir.Pad: _move, ir.Unsqueeze: _move, ir.Squeeze: _move,
     ir.Permute: _move, ir.Reshape: _move, ir.Concat: _move, ir.Table: _edge,  # a lookup per element, priced as a requantization
+    ir.Recurrent: _recurrent,
 }
 
 
@@ -109,7 +120,7 @@ def profile_integer(model: IntegerModel, input_shape: Shape | None = None) -> li
         macs, bops, requant = COSTS[type(node.op.ir)](node, x, y)
         binary_out = isinstance(getattr(node.op.ir, "out", None), ir.Binarized)
         out_bits = 32 if env[node.output].dtype.is_floating_point else 1 if binary_out else ACT_BITS
-        w_bytes = _weight_bytes(node) if isinstance(node.op.ir, ir.LAYERS) else 0.0
+        w_bytes = _weight_bytes(node) if isinstance(node.op.ir, (*ir.LAYERS, ir.Recurrent)) else 0.0
         rows.append(OpCost(node.output, node.kind, macs, bops, w_bytes, math.prod(y) * out_bits / 8, requant))
     return rows
 

@@ -188,10 +188,13 @@ def profile(model: nn.Module, example_inputs: tuple,
                         "(or example_kwargs for keyword inputs)")
     from lowbit.dynamic import DynamicGRU, DynamicLinear, DynamicLSTM
 
+    from lowbit.nn.recurrent import QRecurrent
+
     dynamic = (DynamicLinear, DynamicLSTM, DynamicGRU)
-    kinds = (_Unified, QAvgPool, *_CONVS, nn.Linear, nn.AvgPool2d, nn.AdaptiveAvgPool2d, *_RECURRENT, *dynamic)
-    inside_unified = {id(c) for m in model.modules() if isinstance(m, (_Unified, QAvgPool)) for c in m.modules()
-                      if c is not m}
+    kinds = (_Unified, QAvgPool, QRecurrent, *_CONVS, nn.Linear, nn.AvgPool2d, nn.AdaptiveAvgPool2d, *_RECURRENT,
+             *dynamic)
+    inside_unified = {id(c) for m in model.modules() if isinstance(m, (_Unified, QAvgPool, QRecurrent))
+                      for c in m.modules() if c is not m}
     rows: list[LayerCost] = []
     counter = FunctionalMacs()
 
@@ -206,6 +209,9 @@ def profile(model: nn.Module, example_inputs: tuple,
             return
         if isinstance(mod, dynamic):
             rows.append(_dynamic(name, mod, _first_input(args, kwargs), out))
+        elif isinstance(mod, QRecurrent):  # int8 weights per gate row on the input's grid, once frozen
+            bits = (8, mod.input_qparams.fmt.bits) if mod.q is not None else None
+            rows.append(_recurrent(name, mod.layer, args, kwargs, out, widths.get(name, bits)))
         elif isinstance(mod, _RECURRENT):
             rows.append(_recurrent(name, mod, args, kwargs, out, widths.get(name)))
         elif (row := _layer(name, mod, args[0], out, widths.get(name))) is not None:

@@ -37,10 +37,10 @@ from torch import nn
 from lowbit.delta.cells import DeltaGRU, DeltaLSTM, check_threshold
 from lowbit.delta.state import DeltaCounts
 from lowbit.errors import ConfigError, DataError, ShapeError
+from lowbit.functional.fixed_rnn import TABLE_RANGE, gate_tables, rshift_half_up, table_at
 from lowbit.native import cext, guard
 
 MAX_SIZE = 255  # I and H: keeps |b_q + W_q x_hat| < 2^31
-TABLE_RANGE = 8  # the gate tables cover pre-activations in [-8, 8)
 
 
 @dataclass(frozen=True)
@@ -108,25 +108,18 @@ class FixedRNN:
         if max(float(t.abs().max()) for t in b.values()) >= 2 ** 30:
             raise ConfigError(f"a bias of {max(b_ih.abs().max(), b_hh.abs().max()):.3g} does not fit the int32 "
                               f"accumulators at weight_frac_bits={weight_frac_bits}: pass a smaller weight_frac_bits")
-        half = TABLE_RANGE << frac_bits
-        grid = (torch.arange(2 * half, dtype=torch.float64) - half) / 2.0 ** frac_bits
+        sigmoid, tanh = gate_tables(frac_bits)
         return cls(q["w_ih"], q["w_hh"], b["b_ih"].to(torch.int32), b["b_hh"].to(torch.int32), frac_bits,
                    weight_frac_bits, math.floor(theta_x * 2 ** frac_bits) if theta_x < 2 ** 16 else 2 ** 31 - 1,
                    math.floor(theta_h * 2 ** frac_bits) if theta_h < 2 ** 16 else 2 ** 31 - 1,
-                   torch.round(torch.sigmoid(grid) * 2 ** 15).to(torch.int32),
-                   torch.round(torch.tanh(grid) * 2 ** 15).to(torch.int32), gates)
+                   sigmoid, tanh, gates)
 
 
 FixedGRU = FixedRNN  # the name it had when only the GRU was fixed point
 
 
-def _rshift_round(v: torch.Tensor, s: int) -> torch.Tensor:
-    return (v + (1 << (s - 1))) >> s if s else v
-
-
-def _table(t: torch.Tensor, p: torch.Tensor, L: int) -> torch.Tensor:
-    """Gate table ``t`` (``2 L`` entries) at pre-activations ``p``, the index clamped."""
-    return t.long()[(p + L).clamp(0, 2 * L - 1)]
+_rshift_round = rshift_half_up  # the shared fixed-point helpers (lowbit.functional.fixed_rnn)
+_table = table_at
 
 
 def _send(v: torch.Tensor, memory: torch.Tensor, theta: int) -> tuple[torch.Tensor, torch.Tensor, int]:

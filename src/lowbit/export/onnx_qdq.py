@@ -880,12 +880,22 @@ EXPORTERS: dict[type, Callable[[_Builder, Node], None]] = {
     ir.Flatten: _Builder.op_flatten, ir.Pad: _Builder.op_pad, ir.Unsqueeze: _Builder.op_unsqueeze,
     ir.Squeeze: _Builder.op_squeeze, ir.Permute: _Builder.op_permute, ir.Reshape: _Builder.op_reshape,
     ir.Table: _Builder.op_table, ir.Concat: _Builder.op_concat,
+    ir.Recurrent: lambda builder, node: _refuse_recurrent(node),  # _check_kinds refuses it before anything is built
 }
+
+
+def _refuse_recurrent(node: Node) -> None:
+    """The integer LSTM / GRU has no ONNX form here (out of scope): a ConfigError naming the node and what runs it."""
+    raise ConfigError(f"cannot export {node.output!r}: the integer {node.op.ir.cell.name} (op kind 'recurrent', from "
+                      f"{node.source or 'a recurrent layer'}) has no ONNX QDQ form yet; run it with lowbit's integer "
+                      "model (lowbit.integer.save_integer / load_integer keep it)")
 
 
 def _check_kinds(model: IntegerModel) -> None:
     supported = sorted(t.kind for t in EXPORTERS)
     for node in model.nodes:
+        if isinstance(node.op.ir, ir.Recurrent):
+            _refuse_recurrent(node)
         if type(node.op.ir) not in EXPORTERS:
             raise ConfigError(f"cannot export {node.output!r}: op kind {node.kind!r} has no ONNX QDQ form "
                               f"(supported: {', '.join(supported)})")

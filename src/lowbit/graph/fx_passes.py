@@ -25,7 +25,9 @@ from lowbit.graph.nodes import (
     is_passthrough,
     module_of,
 )
+from lowbit.graph.recurrent import recurrent_part
 from lowbit.graph.tables import will_tabulate
+from lowbit.nn.recurrent import H_GRID, QRecurrent
 from lowbit.nn.quantizers import ActQuantizer
 from lowbit.spec import QuantSpec
 from lowbit.nn.unified import QAvgPool, UnifiedConv, UnifiedLinear, _Unified
@@ -217,6 +219,9 @@ def fuse_unified(gm: fx.GraphModule, spec_for: SpecFor, plan: FusionPlan) -> Non
 
 
 def _is_quantized(gm: fx.GraphModule, node: fx.Node) -> bool:
+    part = recurrent_part(gm, node)
+    if part is not None:  # a recurrent layer's h is on its fixed grid; its cell state (16-bit) is not int8
+        return part.on_h_grid
     m = module_of(gm, node)
     if isinstance(m, _Unified):
         return m.quantized
@@ -234,7 +239,8 @@ def insert_input_quantizers(gm: fx.GraphModule, spec_for_input: Callable[[str], 
         m = module_of(gm, node)
         # a layer with quantized weights needs its input on a grid even when its own output is not
         # requantized (the network's output layer after a float op: LSTM, attention, a mean)
-        if not (isinstance(m, QAvgPool) or (isinstance(m, _Unified) and (m.quantized or m.weight_quant is not None))):
+        if not (isinstance(m, (QAvgPool, QRecurrent))
+                or (isinstance(m, _Unified) and (m.quantized or m.weight_quant is not None))):
             continue
         for arg in [a for a in node.args if isinstance(a, fx.Node)]:
             if _is_quantized(gm, arg):
@@ -249,7 +255,7 @@ def insert_input_quantizers(gm: fx.GraphModule, spec_for_input: Callable[[str], 
     plan.float_ops = [
         n.name for n in gm.graph.nodes
         if n.op in ("call_module", "call_function", "call_method")
-        and not isinstance(module_of(gm, n), (_Unified, QAvgPool, ActQuantizer)) and not is_passthrough(gm, n)
+        and not isinstance(module_of(gm, n), (_Unified, QAvgPool, ActQuantizer, QRecurrent)) and not is_passthrough(gm, n)
         and not will_tabulate(gm, n)  # convert makes it a lookup table (lowbit.graph.tables)
     ]
     gm.graph.lint()
@@ -278,6 +284,9 @@ def widen_last_input(gm: fx.GraphModule, last: str, spec: QuantSpec) -> str | No
 
 def _output_quantizer(gm: fx.GraphModule, node: fx.Node) -> ActQuantizer | None:
     """The quantizer whose grid ``node``'s tensor lies on (through pass-through ops), or None if it is float."""
+    part = recurrent_part(gm, node)
+    if part is not None:
+        return H_GRID if part.on_h_grid else None
     m = module_of(gm, node)
     if isinstance(m, ActQuantizer):
         return m
@@ -341,9 +350,12 @@ def producer_qparams(gm: fx.GraphModule, node: fx.Node):
 
 
 def attach_input_qparams(gm: fx.GraphModule) -> None:
-    """Tell each unified module and average pool the grids of its inputs (after the quantizers froze)."""
+    """Tell each unified module and average pool the grids of its inputs (after the quantizers froze); quantize
+    each recurrent layer for its input's grid."""
     for node in gm.graph.nodes:
         m = module_of(gm, node)
+        if isinstance(m, QRecurrent) and node.args:
+            m.freeze(producer_qparams(gm, node.args[0]))
         if isinstance(m, (_Unified, QAvgPool)):
             args = [a for a in node.args if isinstance(a, fx.Node)]
             m.input_qparams = producer_qparams(gm, args[0]) if args else None

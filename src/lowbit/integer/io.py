@@ -41,6 +41,8 @@ FORMAT, VERSION = "lowbit-integer", 3
 # 2: per-channel multipliers and shifts in the narrowest exact integer type; 3: a checksum and the input's shape
 READS = (1, 2, 3)
 _NARROW = {"m": torch.int32, "m2": torch.int32, "n": torch.int8}
+# a recurrent op's per-layer multipliers and shifts (m_ih_0, n_hh_2, ...) narrow as m and n do
+_NARROW.update({f"{mn}_{p}_{k}": _NARROW[mn] for mn in ("m", "n") for p in ("ih", "hh") for k in range(64)})
 
 
 def pack_int4(w: torch.Tensor) -> torch.Tensor:

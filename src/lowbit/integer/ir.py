@@ -310,10 +310,46 @@ class Concat:
     dim: int
 
 
+class Cell(enum.Enum):
+    """A recurrent layer's cell (PyTorch's gate order: LSTM ``i, f, g, o``, GRU ``r, z, n``)."""
+
+    LSTM = "lstm"
+    GRU = "gru"
+
+
+class Emit(enum.Enum):
+    """What a ``recurrent`` op gives: ``output`` (the last layer's ``h`` at every step, int8), ``h`` (one layer's
+    last ``h``, int8) or ``c`` (one LSTM layer's last cell state, float32: its grid is 16-bit)."""
+
+    OUTPUT = "output"
+    H = "h"
+    C = "c"
+
+
+@dataclass(frozen=True)
+class Recurrent:
+    """A stacked LSTM or GRU from a zero state (:mod:`lowbit.nn.recurrent` and :mod:`lowbit.functional.fixed_rnn`
+    give the arithmetic): per layer ``k`` int8 ``w_ih_k`` (G H, I), ``w_hh_k`` (G H, H), per-row multipliers and
+    shifts ``m_ih_k``, ``n_ih_k``, ``m_hh_k``, ``n_hh_k`` (int64) to the Q.8 pre-activations, int32 biases ``b_ih_k``,
+    ``b_hh_k`` in Q.8; int32 Q.15 gate tables ``sigmoid``, ``tanh`` (4096 entries over [-8, 8)). ``h`` lies on the
+    grid ``Grid(2^-7, 0, 8, signed=True)``, the LSTM's ``c`` is int16 in Q.11.
+
+    The input is int8 codes (``batch_first``: (N, T, I); else (T, N, I), whose leading dimension, the one the
+    model calls its batch, is then time). ``emit`` picks the op's output, of its last layer: the lowering keeps
+    the layers up to the one whose state is read (``h_n[0]`` of a 3-layer LSTM is a 1-layer op)."""
+
+    kind: ClassVar[str] = "recurrent"
+    cell: Cell
+    num_layers: int
+    batch_first: bool
+    input_zero_point: int
+    emit: Emit
+
+
 IROp = Union[Quantize, Dequantize, Linear, Conv2d, MaxPool2d, AvgPool2d, Flatten, Pad, Unsqueeze, Squeeze, Permute,
-             Reshape, Table, Concat]
+             Reshape, Table, Concat, Recurrent]
 OP_TYPES: tuple[type, ...] = (Quantize, Dequantize, Linear, Conv2d, MaxPool2d, AvgPool2d, Flatten, Pad, Unsqueeze,
-                              Squeeze, Permute, Reshape, Table, Concat)
+                              Squeeze, Permute, Reshape, Table, Concat, Recurrent)
 KINDS: dict[str, type] = {t.kind: t for t in OP_TYPES}
 LAYERS = (Linear, Conv2d)
 
@@ -360,7 +396,7 @@ def attrs_of(op: IROp) -> dict[str, Any]:
     d = {}
     for f in dataclasses.fields(op):
         v = getattr(op, f.name)
-        d[f.name] = list(v) if isinstance(v, tuple) else v
+        d[f.name] = list(v) if isinstance(v, tuple) else v.value if isinstance(v, enum.Enum) else v
     return d
 
 
@@ -413,9 +449,12 @@ def parse(kind: str, attrs: dict[str, Any], requantized: bool = True) -> IROp:
         return Reshape(tuple(int(v) for v in a["shape"]))
     if kind == "table":
         return Table(bool(a.get("float_output", False)))
+    if kind == "recurrent":
+        return Recurrent(Cell(a["cell"]), int(a["num_layers"]), bool(a["batch_first"]), int(a["input_zero_point"]),
+                         Emit(a["emit"]))
     raise KeyError(f"unknown integer op kind {kind!r}; known: {sorted(KINDS)}")
 
 
-__all__ = ["input_low", "OP_TYPES", "Act", "AvgPool2d", "Binarized", "Conv2d", "Dequantize", "Dequantized", "Flatten", "Grid", "IROp", "KINDS", "Squeeze", "Unsqueeze",
+__all__ = ["input_low", "OP_TYPES", "Act", "Cell", "Emit", "Recurrent", "AvgPool2d", "Binarized", "Conv2d", "Dequantize", "Dequantized", "Flatten", "Grid", "IROp", "KINDS", "Squeeze", "Unsqueeze",
            "LAYERS", "Concat", "Linear", "MaxPool2d", "OutputStage", "Pad", "Permute", "Reshape", "Table", "Quantize", "Requantized", "WeightCodes",
            "attrs_of", "parse"]

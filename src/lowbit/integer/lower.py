@@ -40,6 +40,8 @@ from lowbit.graph.input_check import check_input
 from lowbit.nn.exact import layer_params, pool_params
 from lowbit.functional.lookup import grid_values
 from lowbit.graph.nodes import is_passthrough
+from lowbit.graph.recurrent import Part, recurrent_part
+from lowbit.nn.recurrent import H_QPARAMS, QRecurrent
 from lowbit.graph.tables import tabulable
 from lowbit.nn.lookup import Lookup
 from lowbit.nn.qparams import QParams, offset, stored_zero_point
@@ -63,6 +65,7 @@ class _Lowering:
         self.names: dict[fx.Node, str] = {}
         self.unsupported: list[str] = []
         self.squeezed: dict[str, str] = {}  # output of a squeeze(2) we emitted -> its 4-D (height 1) source
+        self.recurrent_ops: dict[tuple, str] = {}  # (layer call, emit, layer) -> the recurrent op's output
 
     def emit(self, op: ir.IROp, inputs: list[str], out: str, tensors: dict | None, q: QParams | None,
              source: str) -> None:
@@ -125,6 +128,8 @@ class _Lowering:
             self.avgpool(node, m)
         elif isinstance(m, Lookup):
             self.table(node, m)
+        elif isinstance(m, QRecurrent):
+            self.recurrent_call(node, m)
         elif isinstance(m, _SKIP_MODULES):
             self.alias(node)
         elif isinstance(m, nn.Flatten):
@@ -148,10 +153,14 @@ class _Lowering:
             self.simple(node, ir.Flatten(start, end))
         elif node.op == "call_method" and t == "size" or t is operator.getitem and self._is_size(node.args[0]):
             pass  # shape arithmetic for a flatten; consumed by _is_batch_flatten
+        elif t is operator.getitem and (part := recurrent_part(self.gm, node)) is not None:
+            self.recurrent(node, part)
         elif t is operator.getitem and isinstance(node.args[0], fx.Node):
             self.index(node)
         elif t is torch.permute or (node.op == "call_method" and t == "permute"):
             self.permute(node)
+        elif t is torch.transpose or (node.op == "call_method" and t == "transpose"):
+            self.transpose(node)
         elif t is torch.reshape or (node.op == "call_method" and t in ("view", "reshape")):
             self.reshape(node)
         elif t is torch.unsqueeze or (node.op == "call_method" and t == "unsqueeze"):
@@ -205,6 +214,18 @@ class _Lowering:
             self.unsupported.append(f"{node.name} (permute{dims} moves the batch dimension)")
             return
         self.simple(node, ir.Permute(dims))
+
+    def transpose(self, node: fx.Node) -> None:
+        """``x.transpose(a, b)`` as the permute that swaps the two (the batch dimension kept)."""
+        a, b = (node.args[1:3] if len(node.args) >= 3 else (node.kwargs.get("dim0"), node.kwargs.get("dim1")))
+        rank = self._rank(node)
+        a, b = (int(d) + rank if int(d) < 0 else int(d) for d in (a, b))
+        if 0 in (a, b):
+            self.unsupported.append(f"{node.name} (transpose({a}, {b}) moves the batch dimension)")
+            return
+        dims = list(range(rank))
+        dims[a], dims[b] = b, a
+        self.simple(node, ir.Permute(tuple(dims)))
 
     def reshape(self, node: fx.Node) -> None:
         if node.op == "call_method" and self._is_batch_flatten(node):
@@ -373,6 +394,42 @@ class _Lowering:
             return
         self.emit(op, ins, node.name, tensors, p.output, str(node.target))
         self.names[node] = node.name
+
+    def recurrent_call(self, node: fx.Node, m: QRecurrent) -> None:
+        """An LSTM / GRU call: nothing is emitted until a ``getitem`` reads a tensor of its result
+        (:meth:`recurrent`); its input must lie on the grid the layer was quantized for."""
+        src = self.names.get(node.args[0]) if node.args else None
+        q = self.grids.get(src)
+        if m.q is None or q is None or grid(q) != grid(m.input_qparams):
+            self.unsupported.append(f"{node.target} (an LSTM/GRU not converted, or whose input is not on its grid)")
+        self.names[node] = node.name
+        self.grids[node.name] = None  # a tuple: no tensor of its own
+
+    def recurrent(self, node: fx.Node, part: Part) -> None:
+        """A tensor of a recurrent layer's result: ``output``, one layer's ``h_n[k]`` / ``c_n[k]``, ``output[:, -1]``
+        become a ``recurrent`` op (one per distinct tensor read); the tuple, ``(h_n, c_n)``, and the stacked states
+        (L, N, H), whose batch is not their first dimension, only pass the chain on to a later ``getitem``."""
+        self.names[node] = node.name
+        self.grids[node.name] = None
+        if not node.users:
+            return
+        what = {"output": ir.Emit.OUTPUT, "h": ir.Emit.H, "c": ir.Emit.C}.get(part.what)
+        if what is None:
+            if any(recurrent_part(self.gm, u) is None for u in node.users):
+                self.unsupported.append(f"{node.name} (the {part.what} of {part.node.target}: the integer model reads "
+                                        "output, one layer's state h_n[k] / c_n[k], or output[:, -1])")
+            return
+        m, key = part.module, (part.node, what, part.layer)
+        layer = m.layer.num_layers - 1 if part.layer is None else part.layer
+        if key not in self.recurrent_ops:
+            tensors = {name: t for k, lq in enumerate(m.q.layers) for name, t in lq.tensors(k).items()
+                       if int(name.rsplit("_", 1)[1]) <= layer}
+            tensors.update(sigmoid=m.q.sigmoid, tanh=m.q.tanh)
+            op = ir.Recurrent(ir.Cell(m.cell), layer + 1, m.q.batch_first, m.q.input_zero_point, what)
+            self.emit(op, [self.names[part.node.args[0]]], node.name, tensors,
+                      None if what is ir.Emit.C else H_QPARAMS, str(part.node.target))
+            self.recurrent_ops[key] = node.name
+        self.names[node] = self.recurrent_ops[key]
 
     def avgpool(self, node: fx.Node, m: QAvgPool) -> None:
         if not m.exact:

@@ -20,7 +20,7 @@ from lowbit.integer import ir
 from lowbit.integer.backend import Kernels
 from lowbit.native import cext
 from lowbit.integer import kernels as torch_kernels
-from lowbit.integer import vnni
+from lowbit.integer import rnn, vnni
 from lowbit.functional.lookup import lookup
 from lowbit.functional.requant import dequantize_acc, dequantize_codes, half_of
 from lowbit import bitwise
@@ -449,11 +449,24 @@ class Concat(Op):
         return torch.cat([x.contiguous() for x in xs], self.ir.dim)
 
 
+class Recurrent(Op):
+    """A stacked LSTM or GRU (:class:`lowbit.integer.ir.Recurrent`): :func:`lowbit.nn.recurrent.run_recurrent` on its
+    int8 input, each layer in C (``lowbit_rnn_layer``) or in PyTorch integer ops (the reference), the same codes."""
+
+    def __init__(self, op: ir.Recurrent, tensors: Tensors | None = None) -> None:
+        super().__init__(op, tensors)
+        self.q = rnn.recurrent_q(op, self.tensors)
+
+    def __call__(self, x: torch.Tensor, kernels: Kernels = Kernels.VNNI) -> torch.Tensor:
+        return rnn.run(self.ir, self.q, x, _c(kernels))
+
+
 # this backend's table: the runner of each op type
 RUNNERS: dict[type, type[Op]] = {ir.Quantize: Quantize, ir.Dequantize: Dequantize, ir.Linear: Linear,
                                  ir.Conv2d: Conv2d, ir.MaxPool2d: MaxPool2d, ir.AvgPool2d: AvgPool2d,
                                  ir.Flatten: Flatten, ir.Pad: Pad, ir.Unsqueeze: Unsqueeze, ir.Squeeze: Squeeze,
-                                 ir.Permute: Permute, ir.Reshape: Reshape, ir.Table: Table, ir.Concat: Concat}
+                                 ir.Permute: Permute, ir.Reshape: Reshape, ir.Table: Table, ir.Concat: Concat,
+                                 ir.Recurrent: Recurrent}
 
 
 def build(op: ir.IROp, tensors: Tensors | None = None) -> Op:

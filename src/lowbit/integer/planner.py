@@ -509,6 +509,8 @@ NO_PLAN: dict[type, str] = {
                 "logical order, which only flatten's step gives)",
     ir.Table: "a lookup table runs op by op (the plan has no table step)",
     ir.Concat: "a concat runs op by op (the plan's values have one producer each)",
+    ir.Recurrent: "an LSTM / GRU runs op by op (its steps are a loop the plan has no step for): the model "
+                  "falls back to op-by-op execution",
 }
 
 

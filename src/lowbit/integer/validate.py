@@ -602,6 +602,63 @@ def _concat_shape(a: dict, t: dict, ins: list[Spec]) -> Spec:
     return Spec((*first.shape[:d - 1], size, *first.shape[d:]), first.dtype)
 
 
+MAX_RNN_LAYERS = 64
+MAX_RNN_INPUT = 65536  # int32 input accumulators: 128 * 255 * I < 2^31
+MAX_RNN_HIDDEN = 65536  # and 128 * 127 * H < 2^31
+RNN_TABLE = 4096  # the gate tables: 2 * 8 * 2^8 entries (pre-activations in Q.8 over [-8, 8))
+RNN_PART = (-(1 << 15), (1 << 15) - 1)  # biases in Q.8, int16 range
+
+
+def _recurrent_attrs(a: dict, t: dict, n_in: int) -> None:
+    """A stacked LSTM/GRU: per layer ``k`` int8 ``w_ih_k`` (G H, I_k) and ``w_hh_k`` (G H, H) with ``I_k = H`` after
+    layer 0, per-row multipliers (``0..2^31-1``) and shifts (``0..62``), int16-range int32 biases; the Q.15 tables."""
+    _known(a, {"cell", "num_layers", "batch_first", "input_zero_point", "emit"})
+    if a.get("cell") not in ("lstm", "gru"):
+        raise Invalid(f"attribute 'cell' = {a.get('cell')!r:.40}; allowed: 'lstm', 'gru'")
+    if a.get("emit") not in ("output", "h", "c") or (a["emit"] == "c" and a["cell"] != "lstm"):
+        raise Invalid(f"attribute 'emit' = {a.get('emit')!r:.40}; allowed: 'output', 'h', and 'c' for an LSTM")
+    layers = _int(a, "num_layers", 1, MAX_RNN_LAYERS)
+    _bool(a, "batch_first")
+    _int(a, "input_zero_point", *INT8)
+    names = [f"{n}_{k}" for k in range(layers) for n in ("w_ih", "w_hh", "m_ih", "n_ih", "m_hh", "n_hh", "b_ih", "b_hh")]
+    _tensor_names(t, {*names, "sigmoid", "tanh"})
+    gates = 4 if a["cell"] == "lstm" else 3
+    w0 = _tensor(t, "w_hh_0", torch.int8, ndim=2)
+    h = w0.shape[1]
+    if not 1 <= h <= MAX_RNN_HIDDEN or w0.shape[0] != gates * h:
+        raise Invalid(f"tensor 'w_hh_0' has shape {tuple(w0.shape)}; allowed: ({gates} H, H), 1 <= H <= {MAX_RNN_HIDDEN}")
+    for k in range(layers):
+        w = _tensor(t, f"w_ih_{k}", torch.int8, ndim=2)
+        i = w.shape[1]
+        if w.shape[0] != gates * h or not 1 <= i <= MAX_RNN_INPUT or (k > 0 and i != h):
+            raise Invalid(f"tensor 'w_ih_{k}' has shape {tuple(w.shape)}; allowed: ({gates * h}, I) with 1 <= I <= "
+                          f"{MAX_RNN_INPUT}, I = {h} after layer 0")
+        _tensor(t, f"w_hh_{k}", torch.int8, (gates * h, h))
+        for part in ("ih", "hh"):
+            _tensor(t, f"m_{part}_{k}", torch.int64, (gates * h,))
+            _values(t, f"m_{part}_{k}", 0, MAX_M)
+            _tensor(t, f"n_{part}_{k}", torch.int64, (gates * h,))
+            _values(t, f"n_{part}_{k}", 0, MAX_SHIFT)
+            _tensor(t, f"b_{part}_{k}", torch.int32, (gates * h,))
+            _values(t, f"b_{part}_{k}", *RNN_PART)
+    _tensor(t, "sigmoid", torch.int32, (RNN_TABLE,))
+    _values(t, "sigmoid", 0, 1 << 15)
+    _tensor(t, "tanh", torch.int32, (RNN_TABLE,))
+    _values(t, "tanh", -(1 << 15), 1 << 15)
+
+
+def _recurrent_shape(a: dict, t: dict, ins: list[Spec]) -> Spec:
+    """Per sample (N, T, I) -> (T, H) / (H,) when ``batch_first``; else per step (T, N, I) -> (N, H) for ``output``
+    and (H,) for a last state (whose leading dimension is N)."""
+    x = _expect(ins, 0, (torch.int8,), 2)
+    i, h = t["w_ih_0"].shape[1], t["w_hh_0"].shape[1]
+    if x.shape[1] != i:
+        raise Invalid(f"the input has {x.shape[1]} features; tensor 'w_ih_0' takes {i}")
+    if a["emit"] == "output":
+        return Spec((x.shape[0], h), torch.int8)
+    return Spec((h,), torch.float32 if a["emit"] == "c" else torch.int8)
+
+
 # the safetensors I/O backend's table: what a file's node of each op type must satisfy before it is built
 CHECKS: dict[type, KindCheck] = {
     ir.Quantize: KindCheck(_quantize_attrs, _quantize_shape, (1, 1)),
@@ -618,6 +675,7 @@ CHECKS: dict[type, KindCheck] = {
     ir.Reshape: KindCheck(_reshape_attrs, _reshape_shape, (1, 1)),
     ir.Table: KindCheck(_table_attrs, _table_shape, (1, 1)),
     ir.Concat: KindCheck(_dim_attrs, _concat_shape, (2, 16)),
+    ir.Recurrent: KindCheck(_recurrent_attrs, _recurrent_shape, (1, 1)),
 }
 KNOWN_KINDS = sorted(t.kind for t in CHECKS)
 

@@ -1,6 +1,7 @@
 """The C kernels, compiled on first use: ``csrc/requant.c`` (requantization epilogue, NHWC im2col,
 depthwise conv), ``csrc/gemm.c`` (prepacked int8 GEMM on AVX-512 VNNI with the epilogue fused) and
-``csrc/plan.c`` (a whole model's kernels in one call, :mod:`lowbit.integer.plan`) and ``csrc/delta.c`` (the
+``csrc/plan.c`` (a whole model's kernels in one call, :mod:`lowbit.integer.plan`), ``csrc/rnn.c`` (a layer of
+the integer LSTM / GRU, :mod:`lowbit.nn.recurrent`) and ``csrc/delta.c`` (the
 streaming delta RNN step of :mod:`lowbit.delta.runtime`) and ``csrc/events.c`` (the event-driven spiking net of
 :mod:`lowbit.snn.events`).
 
@@ -38,7 +39,7 @@ from lowbit.native import guard
 from lowbit.functional.requant import half_of
 
 SOURCES = tuple(Path(__file__).with_name("csrc") / f for f in ("requant.c", "gemm.c", "plan.c", "delta.c",
-                                                                      "bits.c", "events.c", "dynrnn.c")) + (
+                                                                      "bits.c", "events.c", "dynrnn.c", "rnn.c")) + (
     Path(__file__).parent.parent / "bitwise" / "csrc" / "xnor.c",  # the XNOR and ternary GEMMs, for the plan's
     Path(__file__).parent.parent / "bitwise" / "csrc" / "ternary.c")  # bitwise layers
 FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-std=c11", "-fopenmp", "-fno-math-errno",
@@ -171,6 +172,8 @@ def library() -> ctypes.CDLL | None:
     lib.lowbit_delta_gru_q.restype = None
     lib.lowbit_delta_lstm_q.argtypes = lib.lowbit_delta_gru_q.argtypes
     lib.lowbit_delta_lstm_q.restype = None
+    lib.lowbit_rnn_layer.argtypes = [ptr] + [i64] * 7 + [ptr] * 13
+    lib.lowbit_rnn_layer.restype = None
     lib.lowbit_snn_run.argtypes = [ptr, ptr, ptr, i64, ptr, i64, ptr, ptr, ptr, i64]
     lib.lowbit_snn_run.restype = ctypes.c_int
     for f in (lib.lowbit_pack_a, lib.lowbit_pack_w, lib.lowbit_pad_flip_nhwc):
@@ -417,3 +420,24 @@ def requant(acc: torch.Tensor, bias: torch.Tensor | None, m: torch.Tensor, n: to
 
 __all__ = ["build", "table", "depthwise_nhwc", "dequant_rows", "flags", "flatten_channels_last", "im2col_nhwc", "library",
            "library_path", "maxpool_nhwc", "nhwc", "ptr", "quantize_f32", "requant"]
+
+
+def rnn_layer(q, lq, x: torch.Tensor, zero_point: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """One layer of the integer LSTM / GRU in C (``lowbit_rnn_layer``), with the results of
+    :func:`lowbit.nn.recurrent.run_layer`: int8 codes ``x`` (T, N, I) -> (h codes (T, N, H), h_T, c_T or None)."""
+    x = x.to(torch.int8).contiguous()
+    steps, n, i = x.shape
+    gates, h = lq.w_ih.shape[0] // lq.w_hh.shape[1], lq.w_hh.shape[1]
+    out = torch.empty(steps, n, h, dtype=torch.int8)
+    c = torch.empty(n, h, dtype=torch.int32)
+    scratch = torch.empty(n * (2 * gates * h + max(i, h)), dtype=torch.int32)
+    zeros = torch.empty(n * h, dtype=torch.int8)
+    t = [lq.w_ih, lq.w_hh, lq.m_ih, lq.n_ih, lq.m_hh, lq.n_hh, lq.b_ih, lq.b_hh, q.sigmoid, q.tanh]
+    t = [v.contiguous() for v in t]
+    b = guard.buf
+    k = "lowbit_rnn_layer"
+    guard.rnn_layer(b(x, k, "x"), steps, n, i, h, gates, zero_point, *(b(v, k) for v in t), b(out, k, "out"),
+                    b(c, k, "c"), b(scratch, k, "scratch"), b(zeros, k, "zeros"))
+    _lib().lowbit_rnn_layer(x.data_ptr(), steps, n, i, h, gates, zero_point, *(v.data_ptr() for v in t),
+                            out.data_ptr(), c.data_ptr(), scratch.data_ptr(), zeros.data_ptr())
+    return out, out[-1], (c if gates == 4 else None)

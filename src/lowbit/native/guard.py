@@ -503,6 +503,42 @@ def delta_gru_q(x: Buf, T, In, H, wx: Buf, wh: Buf, state: Buf, theta_x, theta_h
     _need(k, "dv", dv, (torch.int32,), In + H + 32)
 
 
+# ---------------------------------------------------------------- rnn.c
+
+RNN_MAX_INPUT = 65536  # 128 * 255 * I < 2^31: the input accumulators stay in int32
+RNN_MAX_HIDDEN = 65536  # 128 * 127 * H < 2^31
+
+
+def rnn_layer(x: Buf, T, N, In, H, G, zp, w_ih: Buf, w_hh: Buf, m_ih: Buf, n_ih: Buf, m_hh: Buf, n_hh: Buf,
+              b_ih: Buf, b_hh: Buf, sig: Buf, tnh: Buf, out: Buf, c: Buf, scratch: Buf, zeros: Buf) -> None:
+    """``lowbit_rnn_layer``: one integer LSTM (``G`` 4) or GRU (3) layer over ``T`` steps of ``N`` sequences: int8
+    ``x`` (T, N, I), int8 weights (G H, I) and (G H, H), int64 multipliers and shifts, int32 biases (G H), int32
+    tables of 4096 entries, int8 ``out`` (T, N, H), int32 ``c`` (N, H), int32 scratch of N (2 G H + max(I, H)),
+    int8 zeros of N H. The multiplier and shift *values* are the caller's (checked when the op is built or loaded:
+    :mod:`lowbit.integer.validate`)."""
+    k = "lowbit_rnn_layer"
+    _int(k, "T", T, 1)
+    _int(k, "N", N, 1)
+    _int(k, "I", In, 1, RNN_MAX_INPUT)
+    _int(k, "H", H, 1, RNN_MAX_HIDDEN)
+    if G not in (3, 4):
+        raise ConfigError(f"{k}: G = {G!r}; allowed: 3 (GRU), 4 (LSTM)")
+    _int(k, "zp", zp, *INT8)
+    gh = G * H
+    _need(k, "x", x, (torch.int8,), T * N * In)
+    _need(k, "w_ih", w_ih, (torch.int8,), gh * In)
+    _need(k, "w_hh", w_hh, (torch.int8,), gh * H)
+    for name, v in (("m_ih", m_ih), ("n_ih", n_ih), ("m_hh", m_hh), ("n_hh", n_hh)):
+        _need(k, name, v, (torch.int64,), gh)
+    _need(k, "b_ih", b_ih, (torch.int32,), gh)
+    _need(k, "b_hh", b_hh, (torch.int32,), gh)
+    _need(k, "sig", sig, (torch.int32,), 4096)
+    _need(k, "tanh", tnh, (torch.int32,), 4096)
+    _need(k, "out", out, (torch.int8,), T * N * H)
+    _need(k, "c", c, (torch.int32,), N * H)
+    _need(k, "scratch", scratch, (torch.int32,), N * (2 * gh + max(In, H)))
+    _need(k, "zeros", zeros, (torch.int8,), N * H)
+
 
 # ---------------------------------------------------------------- events.c
 
@@ -723,6 +759,7 @@ def ternary_gemm(a: Buf, amask: Buf | None, M, panels: Buf, pcm: Buf, N, W, isa,
 
 
 ENTRY_POINTS: dict[str, str] = {
+    "lowbit_rnn_layer": "lowbit.native.guard.rnn_layer",
     "lowbit_requant": "lowbit.native.guard.requant",
     "lowbit_requant_block": "called from C only (lowbit_gemm_u8s8, lowbit_conv_u8s8, lowbit_requant)",
     "lowbit_im2col_nhwc": "lowbit.native.guard.im2col_nhwc",
@@ -768,4 +805,4 @@ ENTRY_POINTS: dict[str, str] = {
 
 __all__ = ["ENTRY_POINTS", "Buf", "bits_im2col_nhwc", "bits_serial_gemm", "ternary_gemm", "bits_pack_i8", "bits_unpack_i8", "buf", "xnor_gemm", "conv_u8s8", "delta_gru_q", "delta_rnn_f32", "dyn_dequant", "dyn_rnn_seq", "depthwise_nhwc", "dequant_codes", "dequant_rows",
            "gemm_u8s8", "im2col_nhwc", "im2col_u8", "maxpool_nhwc", "nhwc_to_nchw", "out_size", "pack_a", "pack_w", "quantize_rows_u8",
-           "pad_flip_nhwc", "quantize_f32", "requant", "requant_values", "snn_run", "sum_hw", "sum_pool", "table", "vnni_peak"]
+           "pad_flip_nhwc", "quantize_f32", "requant", "requant_values", "rnn_layer", "snn_run", "sum_hw", "sum_pool", "table", "vnni_peak"]

@@ -27,6 +27,7 @@
 #endif
 
 #include "gates.h"
+#include "fixed.h"
 
 /* acc[0..n) += w[idx[k] * n ..] * dv[k] for k < count; four columns per pass, the fused multiply-adds
  * in column order (the rounding of one column at a time). */
@@ -154,14 +155,8 @@ int lowbit_delta_rnn_f32(const float *x, int64_t T, int64_t I, int64_t H, int64_
  * state (int32): x_hat[I], h_hat[H], h[H], acc_x[3H], acc_h[3H]; idx, dv: int32 scratch of I + H + 32.
  * Arguments are checked by lowbit.native.guard.delta_gru_q.
  */
-static inline int64_t rshift_round(int64_t v, int64_t s) { return s ? (v + ((int64_t)1 << (s - 1))) >> s : v; }
-
-static inline int32_t index_of(int64_t p, int64_t L) {  /* the table entry of pre-activation p, clamped */
-    int64_t k = p + L;
-    k = k < 0 ? 0 : k;
-    k = k > 2 * L - 1 ? 2 * L - 1 : k;
-    return (int32_t)k;
-}
+#define rshift_round lb_rshift_half_up /* fixed.h */
+#define index_of lb_table_index
 
 static int64_t deltas_q(const int32_t *restrict v, int32_t *restrict mem, int64_t n, int32_t theta,
                         int32_t *restrict idx, int32_t *restrict dv) {

@@ -8,13 +8,11 @@
  */
 #include <stdint.h>
 
+#include "fixed.h"
+
 static inline int8_t rq(int64_t v, int64_t n, int64_t h, int64_t zp, int64_t lo, int64_t hi) {
-    /* h = 2^(n-1) (0 for n = 0), passed in: gcc 12 does not vectorize 1 << n for a vector n.
-     * Round half to even of v / 2^n as one biased shift: with v = q 2^n + r, adding h - 1 + (q & 1)
-     * carries into q exactly when r > h, or r == h and q is odd. For n = 0 (h = 0) nothing is added.
-     * Branch-free, so that the loops below vectorize (AVX-512). */
-    int64_t pos = h > 0;
-    int64_t q = (v + (h - pos) + ((v >> n) & pos)) >> n;
+    /* h = 2^(n-1) (0 for n = 0): round half to even of v / 2^n (fixed.h), branch-free (AVX-512) */
+    int64_t q = lb_rshift_even(v, n, h);
     q += zp;
     q = q < lo ? lo : q;
     q = q > hi ? hi : q;

@@ -1,0 +1,263 @@
+"""Integer LSTM and GRU layers: the simulation of the ``recurrent`` op of :mod:`lowbit.integer`.
+
+:func:`quantize_recurrent` turns a float ``nn.LSTM`` / ``nn.GRU`` (unidirectional, no projection) and the grid
+of its input into :class:`RecurrentQ`; :func:`run_recurrent` is its arithmetic on int8 codes, in PyTorch
+integer ops (the oracle the integer model's kernel equals); :class:`QRecurrent` is the thin module PTQ puts
+in place of the layer (float while calibrating, the integer arithmetic once frozen).
+
+Per layer ``l`` (input ``x`` of ``I`` features on the grid ``(s_x, z_x)``: the input quantizer's for layer 0,
+the hidden grid ``2^-7`` after it), with ``G`` gates (LSTM 4, GRU 3) and rows ``r`` of ``G H``::
+
+    W_ih = q_ih s_ih[r],  W_hh = q_hh s_hh[r]     int8 codes, one symmetric scale per gate row (WEIGHT_SPEC)
+    acc_x = q_ih (x - z_x)   acc_h = q_hh h       int32 (|acc_x| <= 127 * 255 * I, |acc_h| <= 127^2 H)
+    px = requantize(acc_x, m_ih, n_ih)            m_ih / 2^n_ih ~= s_ih s_x 2^P   (P = 8: Q.8, clamped to int16)
+    ph = requantize(acc_h, m_hh, n_hh)            m_hh / 2^n_hh ~= s_hh 2^-7 2^P
+    bx = round(b_ih 2^P),  bh = round(b_hh 2^P)    int32, clamped to int16
+
+then the gates of :mod:`lowbit.functional.fixed_rnn` (tables in Q.15, ``c`` int16 in Q.11, ``h`` int8 codes on
+``2^-7``). The accumulators stay in int32 for ``I`` up to 66000 and ``H`` up to 133000; requantization forms the
+64-bit product of :func:`lowbit.functional.requant.requantize`, as every layer of the integer model does.
+The outputs are the float values of their grids: ``output`` and ``h_n`` ``code / 2^7``, ``c_n`` ``code / 2^11``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from lowbit.errors import ConfigError, DataError
+from lowbit.formats import IntFormat
+from lowbit.functional.fixed_rnn import C_FRAC, H_FRAC, PART_MAX, PRE_FRAC, gate_tables, gru_step, lstm_step
+from lowbit.functional.requant import fixed_point, requantize
+from lowbit.nn.qparams import QParams, offset
+from lowbit.granularity import PerChannel
+from lowbit.spec import QuantSpec, solve_weight, weight_codes
+
+RECURRENT = (nn.LSTM, nn.GRU)
+CELLS = {nn.LSTM: "lstm", nn.GRU: "gru"}
+GATES = {"lstm": 4, "gru": 3}
+H_QPARAMS = QParams(2.0 ** -H_FRAC, 0, IntFormat(8, signed=True, narrow=True))  # the hidden state's fixed grid
+MAX_M = (1 << 31) - 1
+WEIGHT_SPEC = QuantSpec(IntFormat(8, signed=True, narrow=True), PerChannel(0))  # symmetric int8, one scale per row
+
+
+class FixedGrid:
+    """The frozen quantizer-like view of the hidden state's grid (what the grid passes ask a tensor's producer:
+    ``mode``, ``spec``, ``qparams()``); it observes nothing: ``h`` is in (-1, 1) by construction."""
+
+    mode = "quantize"
+    spec = QuantSpec(H_QPARAMS.fmt)
+
+    def qparams(self) -> QParams:
+        return H_QPARAMS
+
+
+H_GRID = FixedGrid()
+
+
+@dataclass(frozen=True)
+class LayerQ:
+    """One integer layer: int8 codes ``w_ih`` (G H, I), ``w_hh`` (G H, H); per-row int64 multipliers and shifts;
+    int32 biases in Q.8."""
+
+    w_ih: torch.Tensor
+    w_hh: torch.Tensor
+    m_ih: torch.Tensor
+    n_ih: torch.Tensor
+    m_hh: torch.Tensor
+    n_hh: torch.Tensor
+    b_ih: torch.Tensor
+    b_hh: torch.Tensor
+
+    def tensors(self, k: int) -> dict[str, torch.Tensor]:
+        """The layer's tensors named as the integer op stores them (``w_ih_0``, ...)."""
+        return {f"{name}_{k}": getattr(self, name) for name in LAYER_TENSORS}
+
+
+LAYER_TENSORS = ("w_ih", "w_hh", "m_ih", "n_ih", "m_hh", "n_hh", "b_ih", "b_hh")
+
+
+@dataclass(frozen=True)
+class RecurrentQ:
+    """An integer LSTM or GRU (``cell``), its layers, the stored int8 zero point of its input, its layout, and the
+    Q.15 gate tables over ``[-8, 8)`` on the Q.8 grid."""
+
+    cell: str
+    layers: tuple[LayerQ, ...]
+    input_zero_point: int
+    batch_first: bool
+    sigmoid: torch.Tensor
+    tanh: torch.Tensor
+
+    @property
+    def hidden_size(self) -> int:
+        return self.layers[0].w_hh.shape[1]
+
+
+def check_recurrent(layer: nn.Module, name: str) -> None:
+    """Refuse (ConfigError naming ``name`` and the fix) a recurrent layer the integer layers do not run."""
+    kind = type(layer).__name__
+    if getattr(layer, "bidirectional", False):
+        raise ConfigError(f"{name} ({kind}, bidirectional=True): the integer {kind} runs one direction; use two "
+                          f"unidirectional {kind}s (one on the time-reversed input) or keep it float with "
+                          f"LayerRule({name!r}, keep_float=True)")
+    if getattr(layer, "proj_size", 0):
+        raise ConfigError(f"{name} (LSTM, proj_size={layer.proj_size}): the integer LSTM has no projection; fold "
+                          f"it into the next layer (proj_size=0) or keep it float with LayerRule({name!r}, "
+                          "keep_float=True)")
+
+
+def _weight_codes(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """int8 codes and float64 scales (one per gate row) of a weight matrix on :data:`WEIGHT_SPEC`."""
+    grid = solve_weight(w, WEIGHT_SPEC)
+    return weight_codes(w, WEIGHT_SPEC, grid).to(torch.int8), grid.scale.to(torch.float64)
+
+
+def _multiplier(scale: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    m, n = fixed_point(scale * 2.0 ** PRE_FRAC)
+    if bool((m > MAX_M).any() | (n < 0).any()):
+        raise ConfigError(f"{name}: a weight scale of {float(scale.max()):.3g} gives a multiplier beyond int32; "
+                          "the integer recurrent layer needs |w| s_x < 2^23")
+    return m, n
+
+
+def _bias(b: torch.Tensor | None, rows: int) -> torch.Tensor:
+    if b is None:
+        return torch.zeros(rows, dtype=torch.int32)
+    return torch.round(b.detach().double() * 2.0 ** PRE_FRAC).clamp(-PART_MAX - 1, PART_MAX).to(torch.int32)
+
+
+def quantize_recurrent(layer: nn.Module, input_qparams: QParams, name: str = "recurrent") -> RecurrentQ:
+    """The integer form of a float ``nn.LSTM`` / ``nn.GRU`` whose input lies on ``input_qparams`` (module docstring)."""
+    check_recurrent(layer, name)
+    cell = CELLS[type(layer)]
+    params = [p for p in layer.parameters()]
+    if not all(bool(torch.isfinite(p).all()) for p in params):
+        raise DataError(f"{name}: the layer's weights hold a NaN or an infinity")
+    layers, s_x = [], float(input_qparams.scale)
+    for k in range(layer.num_layers):
+        q_ih, s_ih = _weight_codes(getattr(layer, f"weight_ih_l{k}"))
+        q_hh, s_hh = _weight_codes(getattr(layer, f"weight_hh_l{k}"))
+        m_ih, n_ih = _multiplier(s_ih * s_x, name)
+        m_hh, n_hh = _multiplier(s_hh * 2.0 ** -H_FRAC, name)
+        rows = q_ih.shape[0]
+        b_ih = _bias(getattr(layer, f"bias_ih_l{k}", None) if layer.bias else None, rows)
+        b_hh = _bias(getattr(layer, f"bias_hh_l{k}", None) if layer.bias else None, rows)
+        layers.append(LayerQ(q_ih, q_hh, m_ih, n_ih, m_hh, n_hh, b_ih, b_hh))
+        s_x = 2.0 ** -H_FRAC  # the next layer reads h
+    sigmoid, tanh = gate_tables(PRE_FRAC)
+    zp = input_qparams.zero_point - offset(input_qparams)
+    return RecurrentQ(cell, tuple(layers), zp, bool(layer.batch_first), sigmoid, tanh)
+
+
+def _parts(acc: torch.Tensor, m: torch.Tensor, n: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``requantize(acc)`` (clamped to int16) plus the bias: a pre-activation part in Q.8 (int64)."""
+    return requantize(acc, m, n, 0, -PART_MAX - 1, PART_MAX) + b.long()
+
+
+def _matmul(x: torch.Tensor, zero_point: int, w: torch.Tensor) -> torch.Tensor:
+    """int64 ``(x - zero_point) @ w.T`` for int8 codes ``x`` (..., K) and int8 ``w`` (O, K), as the integer
+    layers compute it: one int8 GEMM with int32 accumulators, ``x @ w.T - zero_point sum_k w``."""
+    from lowbit.integer.kernels import int_mm  # (imported here: lowbit.integer builds on this module)
+
+    acc = int_mm(x.reshape(-1, x.shape[-1]).to(torch.int8), w).reshape(*x.shape[:-1], w.shape[0])
+    return acc.long() - zero_point * w.long().sum(dim=1)
+
+
+def run_layer(q: RecurrentQ, lq: LayerQ, x: torch.Tensor, zero_point: int
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """One layer from a zero state on int8-domain codes ``x`` (T, B, I) -> (h codes (T, B, H), h_T, c_T) int64."""
+    steps, batch = x.shape[:2]
+    px = _parts(_matmul(x, zero_point, lq.w_ih), lq.m_ih, lq.n_ih, lq.b_ih)  # (T, B, G H)
+    hsize = lq.w_hh.shape[1]
+    h = torch.zeros(batch, hsize, dtype=torch.long)
+    c = torch.zeros(batch, hsize, dtype=torch.long) if q.cell == "lstm" else None
+    ys = []
+    for t in range(steps):
+        ph = _parts(_matmul(h, 0, lq.w_hh), lq.m_hh, lq.n_hh, lq.b_hh)
+        if q.cell == "lstm":
+            h, c = lstm_step(px[t] + ph, c, q.sigmoid, q.tanh)
+        else:
+            h = gru_step(px[t], ph, h, q.sigmoid, q.tanh)
+        ys.append(h)
+    return torch.stack(ys), h, c
+
+
+def run_recurrent(q: RecurrentQ, x: torch.Tensor, layers: int | None = None, layer=run_layer
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The integer layer on stored int8 input codes ``x`` ((B, T, I) if ``batch_first`` else (T, B, I)) ->
+    ``(output, h_n, c_n)``: int64 codes of the last layer's ``h`` at every step (``x``'s layout), of each layer's
+    last ``h`` (L, B, H) on ``2^-7`` and, for the LSTM, of its last ``c`` (L, B, H) in Q.11 (else None).
+    ``layers``: run the first ones only (default all); ``layer``: the function that runs one (:func:`run_layer`,
+    or a kernel with its signature and results)."""
+    seq = x.transpose(0, 1) if q.batch_first else x
+    hs, cs, zp = [], [], q.input_zero_point
+    for lq in q.layers[:layers]:
+        seq, h, c = layer(q, lq, seq, zp)
+        hs.append(h)
+        cs.append(c)
+        zp = 0
+    out = seq.transpose(0, 1) if q.batch_first else seq
+    return out, torch.stack(hs), torch.stack(cs) if q.cell == "lstm" else None
+
+
+def h_values(codes: torch.Tensor) -> torch.Tensor:
+    """float32 values of hidden-state codes (exact: ``code / 2^7``)."""
+    return codes.to(torch.float32) * 2.0 ** -H_FRAC
+
+
+def c_values(codes: torch.Tensor) -> torch.Tensor:
+    """float32 values of LSTM cell-state codes (exact: ``code / 2^11``)."""
+    return codes.to(torch.float32) * 2.0 ** -C_FRAC
+
+
+class QRecurrent(nn.Module):
+    """An ``nn.LSTM`` / ``nn.GRU`` in a quantized model: its float layer until :meth:`freeze` gives it the input's
+    grid, then :func:`run_recurrent` on the input's codes, returning what the float layer returns (``output,
+    (h_n, c_n)`` or ``output, h_n``) as float values of their grids. No initial state, no PackedSequence."""
+
+    def __init__(self, layer: nn.Module, name: str = "recurrent", input_quant: nn.Module | None = None) -> None:
+        """``input_quant``: the input's quantizer, owned here where no graph pass puts one before the layer
+        (a model PTQ could not trace); :meth:`freeze` then reads its grid."""
+        super().__init__()
+        check_recurrent(layer, name)
+        self.layer, self.name, self.cell = layer, name, CELLS[type(layer)]
+        self.input_quant = input_quant
+        self.q: RecurrentQ | None = None
+        self.input_qparams: QParams | None = None
+
+    def freeze(self, input_qparams: QParams | None) -> None:
+        """Quantize the layer for inputs on ``input_qparams`` (ConfigError when the input is not on a grid)."""
+        if input_qparams is None:
+            raise ConfigError(f"{self.name}: the integer {self.cell.upper()} needs its input on an 8-bit grid")
+        self.input_qparams = input_qparams
+        self.q = quantize_recurrent(self.layer, input_qparams, self.name)
+
+    def forward(self, x: torch.Tensor, hx: object = None):
+        if hx is not None:
+            raise ConfigError(f"{self.name}: the quantized {self.cell.upper()} starts from a zero state; do not pass "
+                              "an initial state (hx)")
+        if not isinstance(x, torch.Tensor):
+            raise ConfigError(f"{self.name}: a PackedSequence input is not supported by the quantized "
+                              f"{self.cell.upper()} (got {type(x).__name__}); pass the padded batch tensor")
+        if self.input_quant is not None:
+            x = self.input_quant(x)
+        if self.q is None:
+            return self.layer(x)
+        if x.ndim != 3:
+            raise ConfigError(f"{self.name}: the quantized {self.cell.upper()} takes a batched 3-D input, got shape "
+                              f"{tuple(x.shape)}")
+        codes = self.input_qparams.codes(x) - offset(self.input_qparams)
+        out, h, c = run_recurrent(self.q, codes)
+        if self.cell == "lstm":
+            return h_values(out), (h_values(h), c_values(c))
+        return h_values(out), h_values(h)
+
+    def extra_repr(self) -> str:
+        return f"{self.cell}, frozen={self.q is not None}"
+
+
+__all__ = ["CELLS", "FixedGrid", "GATES", "H_GRID", "H_QPARAMS", "LAYER_TENSORS", "LayerQ", "QRecurrent", "RECURRENT", "RecurrentQ",
+           "c_values", "check_recurrent", "h_values", "quantize_recurrent", "run_layer", "run_recurrent"]
