@@ -331,3 +331,21 @@ def test_weight_error_shift_equals_the_mean_of_the_error_conv(n, groups, per_gro
     assert torch.allclose(m.weight_error_shift(x).double(), ref, rtol=1e-5, atol=1e-6)
     if not one_d:  # the conv-based mean patch ("same"/"valid" padding) agrees with the closed form
         assert torch.allclose(m._mean_patch_by_conv(x), m.mean_patch(x), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_quantized_model_runs_the_integer_arithmetic_without_an_explicit_eval(mode, data):
+    """quantize's result is the integer model's exact simulation as returned: before the fix its inserted layers
+    were left in training mode (float fake-quant), and its CNN logits differed from the integer model's by 0.065."""
+    from lowbit.integer import to_integer
+
+    calib, test = data
+    model = zoo.pretrained("cnn")
+    model.train(mode == "train")
+    q = quantize(model, [calib.x])
+    assert not any(m.training for m in q.modules())
+    x = test.x[:200]
+    with torch.no_grad():
+        before = q(x)  # before to_integer, which calls eval() itself
+    assert torch.equal(before, torch.as_tensor(to_integer(q, (x[:1],))(x)))
+    assert model.training == (mode == "train")  # the caller's model keeps its mode

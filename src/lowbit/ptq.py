@@ -414,7 +414,7 @@ def prepare(model: nn.Module, config: PTQConfig = PTQConfig(), example_inputs: t
         _warn_unused(config, order)
         out = _eager_swap(m, _Specs(config, order), plan)
         _guard_first_input(out, example_inputs, example_kwargs, order[0], arity.label(0) if arity.positional else None)
-        return attach(out, Prepared(config, plan, traced=False))
+        return attach(out.eval(), Prepared(config, plan, traced=False))
     shared = unshare_modules(gm)
     if shared:
         warnings.warn(f"lowbit: {len(shared)} repeated call(s) of a layer ({', '.join(sorted(set(shared.values()))[:6])}) "
@@ -444,7 +444,9 @@ def prepare(model: nn.Module, config: PTQConfig = PTQConfig(), example_inputs: t
         fused = count_fused_quant_points(gm, example_inputs, example_kwargs)
     placeholder = next((str(n.target) for n in gm.graph.nodes if n.op == "placeholder"), None)
     _guard_first_input(gm, example_inputs, example_kwargs, order[0], placeholder)
-    return attach(gm, Prepared(config, plan, traced=True, quant_ops=QuantOps(unfused, fused)))
+    # the modules inserted above start in training mode; a converted layer in training mode runs float fake-quant
+    # instead of the integer model's exact arithmetic, so the whole prepared model follows the copy's eval mode
+    return attach(gm.eval(), Prepared(config, plan, traced=True, quant_ops=QuantOps(unfused, fused)))
 
 
 def _guard_first_input(model: nn.Module, example_inputs: tuple, example_kwargs: dict, first_layer: str,
