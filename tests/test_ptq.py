@@ -102,6 +102,7 @@ def test_unified_output_equals_torch_fake_quant_oracle(data):
     y = F.relu(F.conv2d(x, wq, conv1.bias, padding=2))
     oq = conv1.output_quant
     ref = torch.fake_quantize_per_tensor_affine(y, float(oq.scale), int(oq.zero_point), 0, 255)
+    conv1.train()  # the float fake-quant path (eval mode runs the integer model's exact arithmetic instead)
     assert torch.equal(conv1(x), ref)
     assert conv1.weight_quant.spec.format.bits == 4 and len(conv1.weight_quant.scale) == 32
 
