@@ -15,14 +15,14 @@ the grid passes (:mod:`lowbit.graph.fx_passes`) know that ``output`` and ``h`` l
 from __future__ import annotations
 
 import operator
+import warnings
 from dataclasses import dataclass
 
 from torch import fx
 from torch.nn.utils import rnn as rnn_utils
 
-from lowbit.errors import ConfigError
 from lowbit.graph.nodes import module_of
-from lowbit.nn.recurrent import RECURRENT, QRecurrent, check_recurrent
+from lowbit.nn.recurrent import RECURRENT, QRecurrent, unsupported
 
 _PACKERS = (rnn_utils.pack_padded_sequence, rnn_utils.pack_sequence)
 
@@ -46,29 +46,35 @@ class Part:
 
 def swap_recurrent(gm: fx.GraphModule, keep_float) -> list[str]:
     """Put a :class:`QRecurrent` in place of every ``nn.LSTM`` / ``nn.GRU`` call (``keep_float(name)``: leave that
-    one float); refuse, naming the layer and the fix, a bidirectional or projected one, an initial state, a
-    PackedSequence. Returns the names swapped."""
+    one float). A layer the integer layers cannot run (bidirectional, projected, called with an initial state or
+    a PackedSequence) stays float with a warning that names it and the fix; ``to_integer`` then refuses the model
+    as it refuses any float layer. Returns the names swapped."""
     swapped = []
     for node in gm.graph.nodes:
         m = module_of(gm, node)
         if not isinstance(m, RECURRENT) or keep_float(str(node.target)):
             continue
         name = str(node.target)
-        check_recurrent(m, name)
-        if len(node.args) > 1 or node.kwargs.get("hx") is not None:
-            raise ConfigError(f"{name}: the quantized {type(m).__name__} starts from a zero state; an initial state "
-                              "(hx) is not supported: drop it, or keep the layer float with "
-                              f"LayerRule({name!r}, keep_float=True)")
-        src = node.args[0] if node.args else node.kwargs.get("input")
-        if isinstance(src, fx.Node) and src.op == "call_function" and src.target in _PACKERS:
-            raise ConfigError(f"{name}: a PackedSequence input is not supported by the quantized "
-                              f"{type(m).__name__}; pass the padded batch tensor (equal lengths)")
+        why = unsupported(m) or _call_problem(node)
+        if why is not None:
+            warnings.warn(f"lowbit: {name} ({type(m).__name__}) stays float: {why}", stacklevel=3)
+            continue
         parent, _, leaf = name.rpartition(".")
         setattr(gm.get_submodule(parent) if parent else gm, leaf, QRecurrent(m, name))
         swapped.append(name)
     if swapped:
         gm.recompile()
     return swapped
+
+
+def _call_problem(node: fx.Node) -> str | None:
+    """Why this call of a recurrent layer cannot run as the integer layer, or None."""
+    if len(node.args) > 1 or node.kwargs.get("hx") is not None:
+        return "it is called with an initial state (hx), and the integer layer starts from a zero state (drop hx)"
+    src = node.args[0] if node.args else node.kwargs.get("input")
+    if isinstance(src, fx.Node) and src.op == "call_function" and src.target in _PACKERS:
+        return "its input is a PackedSequence (pass the padded batch tensor, equal lengths)"
+    return None
 
 
 def _index(node: fx.Node) -> object:

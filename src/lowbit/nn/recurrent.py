@@ -22,6 +22,7 @@ The outputs are the float values of their grids: ``output`` and ``h_n`` ``code /
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -96,17 +97,23 @@ class RecurrentQ:
         return self.layers[0].w_hh.shape[1]
 
 
-def check_recurrent(layer: nn.Module, name: str) -> None:
-    """Refuse (ConfigError naming ``name`` and the fix) a recurrent layer the integer layers do not run."""
+def unsupported(layer: nn.Module) -> str | None:
+    """Why the integer layers cannot run ``layer`` (with the fix), or None."""
     kind = type(layer).__name__
     if getattr(layer, "bidirectional", False):
-        raise ConfigError(f"{name} ({kind}, bidirectional=True): the integer {kind} runs one direction; use two "
-                          f"unidirectional {kind}s (one on the time-reversed input) or keep it float with "
-                          f"LayerRule({name!r}, keep_float=True)")
+        return (f"bidirectional=True: the integer {kind} runs one direction (use two unidirectional {kind}s, one "
+                "on the time-reversed input)")
     if getattr(layer, "proj_size", 0):
-        raise ConfigError(f"{name} (LSTM, proj_size={layer.proj_size}): the integer LSTM has no projection; fold "
-                          f"it into the next layer (proj_size=0) or keep it float with LayerRule({name!r}, "
-                          "keep_float=True)")
+        return f"proj_size={layer.proj_size}: the integer LSTM has no projection (fold it into the next layer)"
+    return None
+
+
+def check_recurrent(layer: nn.Module, name: str) -> None:
+    """Refuse (ConfigError naming ``name`` and the fix) a recurrent layer the integer layers do not run."""
+    why = unsupported(layer)
+    if why is not None:
+        raise ConfigError(f"{name} ({type(layer).__name__}, {why}); or keep it float with "
+                          f"LayerRule({name!r}, keep_float=True)")
 
 
 def _weight_codes(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -227,21 +234,29 @@ class QRecurrent(nn.Module):
         self.input_quant = input_quant
         self.q: RecurrentQ | None = None
         self.input_qparams: QParams | None = None
+        self.float_only = False  # set when a call it cannot run (hx, a PackedSequence) reaches it while calibrating
 
     def freeze(self, input_qparams: QParams | None) -> None:
         """Quantize the layer for inputs on ``input_qparams`` (ConfigError when the input is not on a grid)."""
+        if self.float_only:  # it saw a call the integer layer cannot run: it stays the float layer
+            return
         if input_qparams is None:
             raise ConfigError(f"{self.name}: the integer {self.cell.upper()} needs its input on an 8-bit grid")
         self.input_qparams = input_qparams
         self.q = quantize_recurrent(self.layer, input_qparams, self.name)
 
     def forward(self, x: torch.Tensor, hx: object = None):
-        if hx is not None:
-            raise ConfigError(f"{self.name}: the quantized {self.cell.upper()} starts from a zero state; do not pass "
-                              "an initial state (hx)")
-        if not isinstance(x, torch.Tensor):
-            raise ConfigError(f"{self.name}: a PackedSequence input is not supported by the quantized "
-                              f"{self.cell.upper()} (got {type(x).__name__}); pass the padded batch tensor")
+        why = ("it is called with an initial state (hx), and the integer layer starts from a zero state (drop hx)"
+               if hx is not None else None if isinstance(x, torch.Tensor) else
+               f"its input is a {type(x).__name__} (pass the padded batch tensor, equal lengths)")
+        if why is not None and self.q is None:  # seen while calibrating (a model PTQ could not trace): stay float
+            if not self.float_only:
+                warnings.warn(f"lowbit: {self.name} ({type(self.layer).__name__}) stays float: {why}", stacklevel=2)
+            self.float_only, self.input_quant = True, None  # its input quantizer goes with it (no grid to calibrate)
+        if self.float_only:
+            return self.layer(x, hx)
+        if why is not None:
+            raise ConfigError(f"{self.name}: the quantized {self.cell.upper()} was calibrated without it, and {why}")
         if self.input_quant is not None:
             x = self.input_quant(x)
         if self.q is None:
@@ -260,4 +275,4 @@ class QRecurrent(nn.Module):
 
 
 __all__ = ["CELLS", "FixedGrid", "GATES", "H_GRID", "H_QPARAMS", "LAYER_TENSORS", "LayerQ", "QRecurrent", "RECURRENT", "RecurrentQ",
-           "c_values", "check_recurrent", "h_values", "quantize_recurrent", "run_layer", "run_recurrent"]
+           "c_values", "check_recurrent", "unsupported", "h_values", "quantize_recurrent", "run_layer", "run_recurrent"]
