@@ -305,32 +305,30 @@ def test_unsupported_layers_stay_float(kw, what):
     _stays_float(Net(), torch.randn(2, 5, 6), rf"enc .*stays float: {what}")
 
 
-def test_packed_sequence_stays_float():
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.enc = nn.GRU(6, 8, batch_first=True)
-            self.fc = nn.Linear(8, 3)
+class _GRUNet(nn.Module):
+    """A GRU read by ``fc``; ``call(gru, x)`` is how the model calls it."""
 
-        def forward(self, x):
-            packed = nn.utils.rnn.pack_padded_sequence(x, torch.tensor([x.shape[1]] * x.shape[0]), batch_first=True)
-            return self.fc(self.enc(packed)[1][-1])
+    def __init__(self, call):
+        super().__init__()
+        self.enc, self.fc, self.call = nn.GRU(6, 8, batch_first=True), nn.Linear(8, 3), call
 
-    # torch.fx cannot trace pack_padded_sequence: the eager fallback's layer learns it while calibrating
-    _stays_float(Net(), torch.randn(2, 5, 6), "enc.*stays float: .*PackedSequence", refusal="eager fallback")
+    def forward(self, x):
+        return self.fc(self.call(self.enc, x)[1][-1])
 
 
-def test_initial_state_stays_float():
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.enc = nn.GRU(6, 8, batch_first=True)
-            self.fc = nn.Linear(8, 3)
+def _packed(gru, x):
+    return gru(nn.utils.rnn.pack_padded_sequence(x, torch.tensor([x.shape[1]] * x.shape[0]), batch_first=True))
 
-        def forward(self, x):
-            return self.fc(self.enc(x, torch.zeros(1, x.shape[0], 8))[1][-1])
 
-    _stays_float(Net(), torch.randn(2, 5, 6), "enc.*stays float: .*initial state")
+def _with_hx(gru, x):
+    return gru(x, torch.zeros(1, x.shape[0], 8))
+
+
+# torch.fx cannot trace pack_padded_sequence: the eager fallback's layer learns it while calibrating
+@pytest.mark.parametrize("call,match,refusal", [(_packed, "enc.*stays float: .*PackedSequence", "eager fallback"),
+                                                (_with_hx, "enc.*stays float: .*initial state", "enc")])
+def test_calls_the_integer_layer_cannot_run_stay_float(call, match, refusal):
+    _stays_float(_GRUNet(call), torch.randn(2, 5, 6), match, refusal)
 
 
 def test_stacked_states_without_index_are_refused():
