@@ -58,12 +58,12 @@ ACC_MARGIN = 0.5  # the issue's target: BitSplit >= QNN - 0.5 points, at lower l
 
 
 def bops(n: int, c: int) -> dict[str, int]:
-    """BOPs (MACs x weight bits x input bits) of the W1An network of width c; the same for BitSplit and QNN:
-    QNN's hidden layers are n binary GEMMs each (bit-serial), BitSplit's n paths one binary GEMM each."""
-    first = 28 * 28 * 9 * c * 8 * 8  # 8-bit image, 8-bit weights
-    hidden = (14 * 14 * 9 * c * c + 7 * 7 * 9 * c * 2 * c) * 1 * 1 * n
-    classifier = 2 * c * 49 * 10 * 8 * n  # n-bit (QNN) or n one-bit (BitSplit) inputs, 8-bit weights
-    return {"first": first, "hidden": hidden, "classifier": classifier, "total": first + hidden + classifier}
+    """BOPs (MACs x weight bits x input bits) of the W1An network of width c (:func:`lowbit.nn.bitsplit.bops`); the
+    same for BitSplit and QNN: QNN's hidden layers are n binary GEMMs each (bit-serial), BitSplit's n paths one
+    binary GEMM each."""
+    from lowbit.nn.bitsplit import bops as bitsplit_bops
+
+    return bitsplit_bops(n, c)
 
 
 def qnn_config(n: int):

@@ -43,6 +43,8 @@ def test_main_job_table(capsys, tmp_path):
     assert "float32" in out and "W4 per-channel" in out and "recorded" in out
     assert "integer-only model" in out and "latency, 1 thread" in out and "PTQ W-ternary" in out
     assert "delta GRU, JapaneseVowels" in out and "to_delta theta_x=0.5 theta_h=0.3" in out
+    assert "BitSplit W1A2 c=64 (bitwise engine)" in out and "stochastic ensemble, M=16" in out
+    assert "Binary, BitSplit, Eedn and stochastic-ensemble networks" in (tmp_path / "mlp" / "report.md").read_text()
 
 
 def test_zoo_list_and_eval(capsys):

@@ -33,6 +33,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if binary.rows:
         print("\n" + binary.render())
         print(f"\n({time.perf_counter() - start:.1f} s)")
+    from lowbit.main_families import family_rows
+
+    start = time.perf_counter()
+    families = family_rows(data_root=args.data_dir)
+    if families.rows:
+        print("\n" + families.render())
+        print(f"\n({time.perf_counter() - start:.1f} s)")
     from lowbit.main_lowprec import lowprec_rows
 
     start = time.perf_counter()
@@ -129,7 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="the main job: shipped models, float vs quantized accuracy table",
                        description="Evaluate the shipped reference models on the Fashion-MNIST test set, "
-                                   "in float and with each lowbit method, and print one table.")
+                                   "in float and with each lowbit method, and print one table; then the tables of "
+                                   "the shipped delta GRU, binary (W1A1), BitSplit / Eedn / stochastic-ensemble, "
+                                   "low-precision and spiking networks, and write the cost reports.")
     p.add_argument("--models", nargs="+", default=list(ZOO_NAMES), choices=ZOO_NAMES, help="zoo models to evaluate")
     p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST idx files "
                    "(default /usr/share/datasets/fashion-mnist)")

@@ -51,6 +51,7 @@ class Report:
     spiking: list = field(default_factory=list)  # lowbit.cost.spiking.SpikingCost: converted SNNs vs the int8 ANN
     spiking_note: str = ""
     metric: str = "accuracy"  # what Version.accuracy holds: test accuracy, or decisions agreeing with float32
+    families: list = field(default_factory=list)  # lowbit.cost.families.FamilyCost: shipped binary-family networks
 
 
 def _slice_rows(r: Report) -> list[list[str]]:
@@ -77,6 +78,7 @@ def to_dict(r: Report) -> dict:
         "bit_slices": [{"layer": x.layer, "weights": x.weights, "zero": list(x.zero), "mean": x.mean} for x in r.slices],
         "adc_bits_128_rows": list(r.adc_bits), "lns16_compute_pJ": r.lns16_compute_pj,
         "spiking": [dict(vars(c), ratio=c.ratio) for c in r.spiking], "spiking_note": r.spiking_note,
+        "families": [f.to_dict() for f in r.families],
         "versions": [{
             "name": v.name, "weight_bits": v.weight_bits, "accuracy": v.accuracy, "latency_us": v.latency_us,
             "mac_area_um2": v.mac_area_um2, "quantized_mac_share": v.quantized_share,
@@ -138,6 +140,13 @@ def to_markdown(r: Report) -> str:
     if r.spiking:
         lines += ["", "## Spiking versions (ANN-to-SNN conversion, lowbit.snn) against the int8 ANN", "",
                   *spiking_markdown(r.spiking, "int8 weights"), "", r.spiking_note]
+    if r.families:
+        from lowbit.cost.families import HEAD, NOTE, cells
+
+        lines += ["", "## Binary, BitSplit, Eedn and stochastic-ensemble networks (shipped weights)", "",
+                  "| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
+        lines += ["| " + " | ".join(row) + " |" for row in cells(r.families)]
+        lines += ["", NOTE]
     for v in r.versions:
         lines += ["", f"## {v.name}: layers", "", "| layer | kind | W/A/out bits | MACs | BOPs | weight bytes | requant |",
                   "|---|---|---|---:|---:|---:|---|"]
@@ -283,6 +292,8 @@ def to_html(r: Report) -> str:
                   f"{'/'.join(map(str, r.adc_bits))}</p>")
     if r.spiking:
         extra += _spiking_html(r)
+    if r.families:
+        extra += _families_html(r)
     head = "".join(f"<th>{html.escape(r.metric if h == 'accuracy' else h)}</th>" for h in _HEAD)
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
              "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
@@ -301,6 +312,15 @@ def _spiking_html(r: Report) -> str:
                    + ["int8 ANN"], [c.snn_pj / 1e6 for c in r.spiking] + [r.spiking[0].ann_pj / 1e6], "uJ")
     return (f"<h2>Spiking versions against the int8 ANN</h2><table><thead><tr>{head}</tr></thead><tbody>{body}"
             f'</tbody></table><div class="figs">{fig}</div><p>{html.escape(r.spiking_note)}</p>')
+
+
+def _families_html(r: Report) -> str:
+    from lowbit.cost.families import HEAD, NOTE, cells
+
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in HEAD)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in cells(r.families))
+    return (f"<h2>Binary, BitSplit, Eedn and stochastic-ensemble networks (shipped weights)</h2><table><thead><tr>"
+            f"{head}</tr></thead><tbody>{body}</tbody></table><p>{html.escape(NOTE)}</p>")
 
 
 def write(r: Report, out_dir: str | Path) -> dict[str, Path]:

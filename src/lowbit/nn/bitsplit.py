@@ -127,6 +127,17 @@ class BitSplitCNN(nn.Module):
                 path.conv3.weight.clamp_(-1.0, 1.0)
 
 
+def bops(n: int, c: int) -> dict[str, int]:
+    """Bit operations (MACs x weight bits x input bits) of one inference of the W1An net of width c, by part:
+    the first layer (8-bit image, 8-bit weights), the hidden binary convs (n paths of 1 x 1 bits) and the
+    classifier (n 2c 49 one-bit features, 8-bit weights). The same as the QNN W1An of the same widths, whose
+    hidden layers are n bit-serial binary GEMMs each (``benchmarks/bench_bitsplit.py``)."""
+    first = 28 * 28 * 9 * c * 8 * 8
+    hidden = (14 * 14 * 9 * c * c + 7 * 7 * 9 * c * 2 * c) * 1 * 1 * n
+    classifier = 2 * c * 49 * 10 * 8 * n
+    return {"first": first, "hidden": hidden, "classifier": classifier, "total": first + hidden + classifier}
+
+
 # ---------------------------------------------------------------- the bitwise engine
 
 
@@ -389,4 +400,4 @@ def deploy(model: BitSplitCNN) -> DeployedBitSplit:
                             sc.float(), model.classifier.bias.detach().cpu().float(), **packed)
 
 
-__all__ = ["BitPath", "BitSplitCNN", "DeployedBitSplit", "deploy", "folded_bn", "image_codes", "int8_codes"]
+__all__ = ["BitPath", "BitSplitCNN", "DeployedBitSplit", "bops", "deploy", "folded_bn", "image_codes", "int8_codes"]

@@ -14,6 +14,11 @@ To keep the files small the weights are stored as their codes, which is all a co
   stored scale on loading (re-freezing gives the same codes).
 
 The archive is compressed (``np.savez_compressed``; ``np.load`` reads it as any npz).
+
+A model whose binary weights are sampled later (``LATENT``: the stochastic-trained CNN that
+:class:`lowbit.nn.ensemble.StochasticEnsemble` draws its members from, +1 with probability
+``hard_sigmoid(w)``) keeps its latent float32 weights in the binary layers and its ``gain`` as trained:
+re-freezing them gives the same ``mean|w| * gain`` scale, and the ensemble the same draws.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ from lowbit.errors import CheckpointError
 from lowbit.zoo.weights_io import load_weights, read_meta, save_state
 
 WEIGHTS = Path(__file__).parent / "weights"
-CONFIGS = {"binary-cnn-w1a1": "cnn", "binary-mlp-w1a1": "mlp"}
+CONFIGS = {"binary-cnn-w1a1": "cnn", "binary-mlp-w1a1": "mlp"}  # the main job's binary table
+LATENT = {"binary-cnn-w1a1s": "cnn"}  # binary layers stored as latent weights (stochastic ensembles sample them)
 
 
 def weights_path(key: str) -> Path:
@@ -48,8 +54,8 @@ def _channel_shape(w: torch.Tensor) -> tuple[int, ...]:
 
 
 def _check_key(key: str) -> None:
-    if key not in CONFIGS:
-        raise CheckpointError(f"no shipped binary model {key!r}; known: {sorted(CONFIGS)}")
+    if key not in CONFIGS and key not in LATENT:
+        raise CheckpointError(f"no shipped binary model {key!r}; known: {sorted(CONFIGS) + sorted(LATENT)}")
 
 
 def pretrained_binary(key: str) -> nn.Module:
@@ -60,7 +66,8 @@ def pretrained_binary(key: str) -> nn.Module:
 
     _check_key(key)
     meta = read_meta(weights_path(key))
-    net: nn.Module = BinaryCNN(channels=int(meta.get("channels") or 64)) if CONFIGS[key] == "cnn" else BinaryMLP()
+    kind = CONFIGS.get(key) or LATENT[key]
+    net: nn.Module = BinaryCNN(channels=int(meta.get("channels") or 64)) if kind == "cnn" else BinaryMLP()
     model = convert_qat(prepare_qat(net, _config(str(meta.get("binary_scale", "xnor"))), torch.zeros(4, 1, 28, 28)))
     load_weights(model, weights_path(key))  # the shapes of a converted model, then its values
     with torch.no_grad():
@@ -73,7 +80,8 @@ def pretrained_binary(key: str) -> nn.Module:
 
 @torch.no_grad()
 def save_binary(key: str, model: nn.Module, meta: dict) -> Path:
-    """Write a converted W1A1 model as the shipped weights ``key`` (codes, see the module docstring); returns the npz path."""
+    """Write a converted W1A1 model as the shipped weights ``key`` (codes, see the module docstring; the binary layers'
+    latent weights for a key in ``LATENT``); returns the npz path."""
     from lowbit.nn.unified import unified_modules
 
     _check_key(key)
@@ -83,13 +91,17 @@ def save_binary(key: str, model: nn.Module, meta: dict) -> Path:
         if wq is None:
             continue
         prefix = f"{name}." if name else ""
+        if wq.binary and key in LATENT:
+            continue  # latent float32 weights and the trained gain, as they are
         if wq.binary:
             state[prefix + "weight"] = torch.where(u.weight >= 0, 1, -1).to(torch.int8)
             state[prefix + "weight_quant.gain"] = wq.scale.detach().clone().reshape(state[prefix + "weight_quant.gain"].shape)
         else:
             s = wq.scale.reshape(_channel_shape(u.weight))
             state[prefix + "weight"] = torch.round(u.weight / s).clamp(-128, 127).to(torch.int8)
-    meta = {**meta, "stored": "binary weights as int8 sign codes (scale in gain), 8-bit weights as int8 codes"}
+    binary = ("binary layers' latent float32 weights and gain" if key in LATENT
+              else "binary weights as int8 sign codes (scale in gain)")
+    meta = {**meta, "stored": f"{binary}, 8-bit weights as int8 codes"}
     return save_state(state, weights_path(key), meta, compressed=True)
 
 
@@ -98,4 +110,4 @@ def shipped_binary_accuracy(key: str) -> float:
     return float(read_meta(weights_path(key))["test_accuracy"])
 
 
-__all__ = ["CONFIGS", "pretrained_binary", "save_binary", "shipped_binary_accuracy", "weights_path"]
+__all__ = ["CONFIGS", "LATENT", "pretrained_binary", "save_binary", "shipped_binary_accuracy", "weights_path"]

@@ -65,6 +65,14 @@ def read_meta(npz_path: str | Path) -> dict:
 
 def load_weights(model: nn.Module, npz_path: str | Path) -> nn.Module:
     """Load weights written by :func:`save_weights` into ``model`` (strict keys and shapes)."""
+    load_weights_and_extras(model, npz_path, {})
+    return model
+
+
+def load_weights_and_extras(model: nn.Module, npz_path: str | Path,
+                            extras: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
+    """As :func:`load_weights`, for an archive that also holds arrays the model has no slot for (``extras``: name ->
+    shape, e.g. a per-channel scale kept beside int8 codes); returns those arrays (float32), checked like the rest."""
     path = Path(npz_path)
     meta = read_meta(path)
     try:
@@ -81,23 +89,25 @@ def load_weights(model: nn.Module, npz_path: str | Path) -> nn.Module:
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
         raise CheckpointError(f"{path} is not a readable weights archive: {exc}") from exc
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(arrays))
-    unexpected = sorted(set(arrays) - set(expected))
+    wanted = {**{k: (tuple(v.shape), v.dtype) for k, v in expected.items()},
+              **{k: (tuple(shape), torch.float32) for k, shape in extras.items()}}
+    missing = sorted(set(wanted) - set(arrays))
+    unexpected = sorted(set(arrays) - set(wanted))
     if missing or unexpected:
         raise CheckpointError(
             f"{path} does not fit {type(model).__name__}: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
     state = {}
-    for key, ref in expected.items():
+    for key, (shape, dtype) in wanted.items():
         a = arrays[key]
-        if tuple(a.shape) != tuple(ref.shape):
-            raise CheckpointError(f"{path}: '{key}' has shape {a.shape}, the model needs {tuple(ref.shape)}")
+        if tuple(a.shape) != shape:
+            raise CheckpointError(f"{path}: '{key}' has shape {a.shape}, the model needs {shape}")
         if not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_) or np.issubdtype(a.dtype, np.complexfloating):
             raise CheckpointError(f"{path}: '{key}' holds {a.dtype} values, not numbers; the weights file was "
                                   "altered: re-create it with 'lowbit zoo train'")
         if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
             raise CheckpointError(f"{path}: '{key}' holds {int(np.isnan(a).sum())} NaN and {int(np.isinf(a).sum())} "
                                   "inf values; the weights are unusable: re-create them with 'lowbit zoo train'")
-        state[key] = torch.from_numpy(a).to(ref.dtype)
-    model.load_state_dict(state)
-    return model
+        state[key] = torch.from_numpy(a).to(dtype)
+    model.load_state_dict({k: state[k] for k in expected})
+    return {k: state[k] for k in extras}
