@@ -326,7 +326,8 @@ def _with_hx(gru, x):
 
 # torch.fx cannot trace pack_padded_sequence: the eager fallback's layer learns it while calibrating
 @pytest.mark.parametrize("call,match,refusal", [(_packed, "enc.*stays float: .*PackedSequence", "eager fallback"),
-                                                (_with_hx, "enc.*stays float: .*initial state", "enc")])
+                                                (_with_hx, "enc.*stays float: .*initial state", "enc")],
+                         ids=["packed_sequence", "initial_state"])  # (test_sanitizers leaves packed_sequence out)
 def test_calls_the_integer_layer_cannot_run_stay_float(call, match, refusal):
     _stays_float(_GRUNet(call), torch.randn(2, 5, 6), match, refusal)
 
