@@ -57,7 +57,7 @@ from lowbit.graph.input_check import install as install_input_check
 from lowbit.graph.recurrent import swap_recurrent
 from lowbit.graph.nodes import COMPUTE
 from lowbit.nn.quantizers import ActQuantizer
-from lowbit.nn.recurrent import RECURRENT, QRecurrent, unsupported
+from lowbit.nn.recurrent import RECURRENT, QRecurrent, stays_float, unsupported
 from lowbit.nn.unified import UnifiedConv, UnifiedLinear, _Unified, unified_modules
 from lowbit.calibration import (
     Arity,
@@ -356,7 +356,7 @@ def _eager_swap(model: nn.Module, specs: _Specs, plan: FusionPlan) -> nn.Module:
     for name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
             full = f"{name}.{child_name}" if name else child_name
-            if isinstance(child, RECURRENT) and specs.layer(full) != (None, None) and not _stays_float(child, full):
+            if isinstance(child, RECURRENT) and specs.layer(full) != (None, None) and not stays_float(child, full, unsupported(child)):
                 setattr(module, child_name, QRecurrent(child, full, ActQuantizer(specs.input_for(full))))
             elif isinstance(child, COMPUTE):
                 w_spec, _ = specs.layer(full)
@@ -447,14 +447,6 @@ def prepare(model: nn.Module, config: PTQConfig = PTQConfig(), example_inputs: t
     # the modules inserted above start in training mode; a converted layer in training mode runs float fake-quant
     # instead of the integer model's exact arithmetic, so the whole prepared model follows the copy's eval mode
     return attach(gm.eval(), Prepared(config, plan, traced=True, quant_ops=QuantOps(unfused, fused)))
-
-
-def _stays_float(layer: nn.Module, name: str) -> bool:
-    """True (with a warning naming it and the fix) for a recurrent layer the integer layers cannot run."""
-    why = unsupported(layer)
-    if why is not None:
-        warnings.warn(f"lowbit: {name} ({type(layer).__name__}) stays float: {why}", stacklevel=4)
-    return why is not None
 
 
 def _guard_first_input(model: nn.Module, example_inputs: tuple, example_kwargs: dict, first_layer: str,

@@ -15,14 +15,13 @@ the grid passes (:mod:`lowbit.graph.fx_passes`) know that ``output`` and ``h`` l
 from __future__ import annotations
 
 import operator
-import warnings
 from dataclasses import dataclass
 
 from torch import fx
 from torch.nn.utils import rnn as rnn_utils
 
 from lowbit.graph.nodes import module_of
-from lowbit.nn.recurrent import RECURRENT, QRecurrent, unsupported
+from lowbit.nn.recurrent import RECURRENT, QRecurrent, stays_float, unsupported
 
 _PACKERS = (rnn_utils.pack_padded_sequence, rnn_utils.pack_sequence)
 
@@ -55,9 +54,7 @@ def swap_recurrent(gm: fx.GraphModule, keep_float) -> list[str]:
         if not isinstance(m, RECURRENT) or keep_float(str(node.target)):
             continue
         name = str(node.target)
-        why = unsupported(m) or _call_problem(node)
-        if why is not None:
-            warnings.warn(f"lowbit: {name} ({type(m).__name__}) stays float: {why}", stacklevel=3)
+        if stays_float(m, name, unsupported(m) or _call_problem(node)):
             continue
         parent, _, leaf = name.rpartition(".")
         setattr(gm.get_submodule(parent) if parent else gm, leaf, QRecurrent(m, name))

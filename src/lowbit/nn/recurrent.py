@@ -108,6 +108,14 @@ def unsupported(layer: nn.Module) -> str | None:
     return None
 
 
+def stays_float(layer: nn.Module, name: str, why: str | None) -> bool:
+    """True, with a warning naming ``name`` and ``why`` (the reason and its fix), when ``why`` says the integer
+    layers cannot run ``layer``: PTQ then leaves it float, as it left every LSTM before the integer layers."""
+    if why is not None:
+        warnings.warn(f"lowbit: {name} ({type(layer).__name__}) stays float: {why}", stacklevel=3)
+    return why is not None
+
+
 def check_recurrent(layer: nn.Module, name: str) -> None:
     """Refuse (ConfigError naming ``name`` and the fix) a recurrent layer the integer layers do not run."""
     why = unsupported(layer)
@@ -251,7 +259,7 @@ class QRecurrent(nn.Module):
                f"its input is a {type(x).__name__} (pass the padded batch tensor, equal lengths)")
         if why is not None and self.q is None:  # seen while calibrating (a model PTQ could not trace): stay float
             if not self.float_only:
-                warnings.warn(f"lowbit: {self.name} ({type(self.layer).__name__}) stays float: {why}", stacklevel=2)
+                stays_float(self.layer, self.name, why)
             self.float_only, self.input_quant = True, None  # its input quantizer goes with it (no grid to calibrate)
         if self.float_only:
             return self.layer(x, hx)
@@ -275,4 +283,4 @@ class QRecurrent(nn.Module):
 
 
 __all__ = ["CELLS", "FixedGrid", "GATES", "H_GRID", "H_QPARAMS", "LAYER_TENSORS", "LayerQ", "QRecurrent", "RECURRENT", "RecurrentQ",
-           "c_values", "check_recurrent", "unsupported", "h_values", "quantize_recurrent", "run_layer", "run_recurrent"]
+           "c_values", "check_recurrent", "stays_float", "unsupported", "h_values", "quantize_recurrent", "run_layer", "run_recurrent"]
