@@ -307,6 +307,28 @@ def test_first_layer_bound_skips_only_neurons_that_cannot_fire(spec):
 
 
 @needs_c
+@pytest.mark.parametrize("spec", [SPECS["binary"], SMALL_SPECS[1]], ids=["binary", "ternary-leak"])
+@pytest.mark.parametrize("odd", [0.0, -1.0], ids=["zero", "negative"])
+def test_firing_with_a_threshold_not_finite_and_positive_divides_as_the_simulation(spec, odd):
+    """One channel's threshold at 0 or below turns the stage's division-free firing off (the comparison
+    ``v >= theta`` equals ``(v - theta) / theta >= 0`` only for finite positive thresholds): membranes at theta
+    up to a few ulps still give the dense loop's counts, and the other channels still spike."""
+    T = 4
+    prog = _boundary_program(spec, T)
+    neurons = prog.stages[1]
+    theta = neurons.threshold.clone()
+    theta[0] = odd
+    prog = dataclasses.replace(prog, stages=(prog.stages[0], dataclasses.replace(neurons, threshold=theta),
+                                             *prog.stages[2:]))
+    x = torch.rand(1, 3, 5)
+    c = EventRuntime(prog, Engine.C).run(x, [T])
+    d = EventRuntime(prog, Engine.TORCH).run(x, [T])
+    assert c.spikes[T] == d.spikes[T] and c.events[T] == d.events[T] and c.synops[T] == d.synops[T]
+    assert torch.allclose(c.outputs[T], d.outputs[T], atol=1e-5)
+    assert sum(c.spikes[T].values()) > 0
+
+
+@needs_c
 def test_readout_is_the_run_output_and_checks_its_time_steps():
     torch.manual_seed(12)
     net = snn.convert(_Small("avg").eval(), [torch.randn(64, 2, 11, 9)], neuron=SPECS["binary"])

@@ -383,7 +383,8 @@ static void analog(const geom *g, const float *w, const float *bias, const float
 static inline __attribute__((always_inline)) int64_t fire_row(float *restrict v, int32_t *restrict count,
                                                            int32_t *restrict s, const float *restrict th,
                                                            const float *restrict thn, int64_t C, float smax,
-                                                           const int kind, const int sgn, const int zero) {
+                                                           const int kind, const int sgn, const int zero,
+                                                           const int fast) {
     int64_t total = 0;  /* |s| summed over the row */
     for (int64_t c = 0; c < C; c++) {
         const float u = v[c], t = th[c];
@@ -393,8 +394,8 @@ static inline __attribute__((always_inline)) int64_t fire_row(float *restrict v,
             float g = f > 0.0f ? f : 0.0f;  /* NaN gives 0 */
             g = g < smax ? g : smax;
             r = (float)(int32_t)g;
-        } else {
-            const float d = (u - t) / t;  /* spike((v - theta) / theta) */
+        } else {  /* spike((v - theta) / theta); with theta finite and > 0 (fast) its sign is that of v - theta */
+            const float d = fast ? u - t : (u - t) / t;
             r = d >= 0.0f ? 1.0f : 0.0f;
         }
         float step = t;  /* what one spike takes off the membrane */
@@ -402,9 +403,12 @@ static inline __attribute__((always_inline)) int64_t fire_row(float *restrict v,
             const float tn = thn[c], k = (float)count[c], kp = k > 0.0f ? k : 0.0f;
             float sn;
             if (kind == LB_TERNARY) {
-                const float d = (-u - tn) / tn;
+                const float d = fast ? -u - tn : (-u - tn) / tn;
                 sn = d >= 0.0f ? 1.0f : 0.0f;
                 sn = sn < kp ? sn : kp;  /* count > 0 */
+            } else if (kind == LB_BINARY && fast) {  /* smax 1: trunc(clamp(-v / theta_n, 0, 1)) is -v >= theta_n */
+                sn = -u >= tn ? 1.0f : 0.0f;
+                sn = sn < kp ? sn : kp;
             } else {
                 const float f = -u / tn;
                 float g = f > 0.0f ? f : 0.0f;
@@ -483,6 +487,23 @@ static inline __attribute__((always_inline)) int64_t compact_row(events ev, int3
 
 /* BODY(K, G, Z) compiled for each of the 12 neuron combinations (spike kind, signed, reset to zero) and the one of
  * (kind, sgn, zero) run, so that each loop is branch free */
+/* Whether a neuron stage may fire without dividing by its thresholds: all of them (and the negative ones of
+ * signed neurons) finite and > 0, and a signed binary neuron's count capped at 1. Then, exactly, (v - theta) /
+ * theta >= 0 iff v - theta >= 0 (the quotient of a non-zero difference by a finite positive theta keeps its sign
+ * and cannot underflow to zero, v - theta is 0 only when v == theta, NaN compares false either way), and
+ * trunc(clamp(-v / theta_n, 0, 1)) = 1 iff -v >= theta_n (for -v < theta_n the quotient is at most the float
+ * below 1). Computed per step over the stage's C channels. */
+static int lb_fast(const int64_t *p, void *const *q) {
+    const int64_t C = p[2], sgn = p[6];
+    const float *th = q[0], *thn = q[1];
+    int ok = p[3] != LB_BINARY || !sgn || p[5] == 1;
+    for (int64_t c = 0; c < C; c++) {
+        ok &= (th[c] > 0.0f) & (th[c] <= 3.4e38f);
+        if (sgn) ok &= (thn[c] > 0.0f) & (thn[c] <= 3.4e38f);
+    }
+    return ok;
+}
+
 #define LB_NEURON_SWITCH(BODY, kind, sgn, zero)                                                        \
     switch ((kind) * 4 + (sgn) * 2 + (zero)) {                                                         \
         case 0: BODY(LB_BINARY, 0, 0); break;                                                          \
@@ -502,7 +523,7 @@ static inline __attribute__((always_inline)) int64_t compact_row(events ev, int3
 /* fire a row of C neurons; when any spiked, compact its non-zero counts into the event list */
 #define LB_FIRE(K, G, Z)                                                                               \
     for (int64_t b = b0, pos = b0 / C; b < b1; b += C, pos++) {                                        \
-        const int64_t row = fire_row(v + b, count + b, coef + b, th, thn, C, smax, K, G, Z);           \
+        const int64_t row = fire_row(v + b, count + b, coef + b, th, thn, C, smax, K, G, Z, fast);     \
         if (!row) continue;                                                                            \
         total += row;                                                                                  \
         n = compact_row(ev, coef, b, C, (int32_t)pos, n);                                              \
@@ -517,6 +538,7 @@ static int64_t fire(const int64_t *p, void *const *q, events ev, int64_t b0, int
     float *v = q[2];
     int32_t *count = q[3], *coef = ev.coef;
     int64_t total = 0;
+    const int fast = lb_fast(p, q);
     LB_NEURON_SWITCH(LB_FIRE, kind, sgn, zero);
     *spikes += total;
     return n;
@@ -661,11 +683,13 @@ static int64_t compact_list(events ev, const int32_t *s, const int32_t *idx, con
 
 /* one step of the active neurons: v = leak v + I, fire and reset (fire_row over the compact state, per-neuron
  * thresholds), the spikes into the event list in index order */
-#define LB_FIRE_ACTIVE(K, G, Z) total = fire_row(a.v, a.count, a.s, a.th, a.thn, na, smax, K, G, Z)
+#define LB_FIRE_ACTIVE(K, G, Z) total = fire_row(a.v, a.count, a.s, a.th, a.thn, na, smax, K, G, Z, fast)
 
-static int64_t fire_active(const int64_t *p, float leak, lb_active a, int64_t na, events ev, int64_t *spikes) {
+static int64_t fire_active(const int64_t *p, void *const *q, float leak, lb_active a, int64_t na, events ev,
+                           int64_t *spikes) {
     const int64_t kind = p[3], zero = p[4], sgn = p[6];
     const float smax = (float)p[5];
+    const int fast = lb_fast(p, q);
     int64_t total = 0;
     for (int64_t i = 0; i < na; i++) a.v[i] = leak * a.v[i] + a.cur[i];
     LB_NEURON_SWITCH(LB_FIRE_ACTIVE, kind, sgn, zero);
@@ -819,7 +843,7 @@ int lowbit_snn_run(const int64_t *prog, const float *fprog, void *const *ptrs, i
                         }
                     }
                     k++;  /* the neuron stage that follows (the guard checks it does) */
-                    n = fire_active(pn, leak, a, nactive, ev, &cnt[2 * k + 1]);
+                    n = fire_active(pn, q + LB_Q, leak, a, nactive, ev, &cnt[2 * k + 1]);
                     cnt[2 * k] += n;
                     continue;
                 } else if (!p[14]) {  /* a spike-driven synapse and its neurons, row by row: a row's membranes
