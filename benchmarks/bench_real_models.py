@@ -27,7 +27,8 @@ batch 1 and 16 on one thread, all paths interleaved in the same loop, best of N 
 for the mixed one, a ``lowbit.mixed`` that does not import) is recorded as that row's result.
 
 Run: ``OMP_NUM_THREADS=1 .venv-real/bin/python benchmarks/bench_real_models.py`` (about 10 minutes on the 2-core
-machine; ``--skip crepe-full`` saves most of it). Writes ``benchmarks/results/real_models.md``,
+machine; ``--skip crepe-full`` saves most of it, ``--models resemblyzer`` runs that one alone, ``--out DIR`` writes
+elsewhere). Writes ``benchmarks/results/real_models.md``,
 ``real_models.json`` (the issue's keys exactly) and ``real_models_extra.json`` (each row's details).
 """
 
@@ -78,6 +79,7 @@ SOURCES: dict[str, str] = {}
 DYN_NOTE = ("lowbit dynamic is not an integer-engine model (lowbit.integer.to_integer does not take dynamic layers; "
             "their outputs are float): to_integer and onnx are false by construction, not tried")
 COMMAND = "OMP_NUM_THREADS=1 .venv-real/bin/python benchmarks/bench_real_models.py"
+MODELS = ("crepe-full", "crepe-tiny", "resemblyzer", "silero-vad", "minilm")
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)  # torch.ao.quantization's deprecation notice
 warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*")
@@ -952,9 +954,13 @@ def _integer_targets(summaries: list[dict]) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=10, help="latency rounds (CREPE full uses at most 4)")
-    ap.add_argument("--skip", nargs="*", default=[], help="models to skip: crepe-full crepe-tiny resemblyzer "
-                                                          "silero-vad minilm")
+    ap.add_argument("--skip", nargs="*", default=[], choices=MODELS, help="models to skip")
+    ap.add_argument("--models", nargs="*", default=None, choices=MODELS, help="run only these models (default all)")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="folder of the results files (default "
+                                                              "benchmarks/results)")
     args = ap.parse_args()
+    if args.models is not None:
+        args.skip = [m for m in MODELS if m not in args.models or m in args.skip]
     torch.set_num_threads(1)
     torch.manual_seed(0)
     started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -984,9 +990,10 @@ def main() -> None:
     notes: list[str] = []
 
     # ---- CREPE
-    torchcrepe = import_torchcrepe()
+    crepe = [c for c in ("full", "tiny") if f"crepe-{c}" not in args.skip]
+    torchcrepe = import_torchcrepe() if crepe else None
     frames = {}
-    for split in ("calib", "test"):
+    for split in ("calib", "test") if crepe else ():
         fr = []
         for _, wav in clips[split]:
             fr.append(torch.cat(list(torchcrepe.preprocess(torch.tensor(wav)[None], SR, hop_length=160,
@@ -1000,10 +1007,8 @@ def main() -> None:
     crepe_inputs = ("1024-sample frames (torchcrepe.preprocess: 10 ms hop, each frame normalised) taken evenly from "
                     f"the speech clips ({speech_desc}) plus synthetic harmonic tones (60..900 Hz, 1..8 harmonics, "
                     "vibrato, 10..30 dB SNR); calibration 48 speech + 16 tone frames, held out 96 + 32")
-    for capacity in ("full", "tiny"):
+    for capacity in crepe:
         name = f"crepe-{capacity}"
-        if name in args.skip:
-            continue
         t0 = time.perf_counter()
         try:
             model, meta = load_crepe(capacity)
@@ -1161,21 +1166,21 @@ def main() -> None:
     ]
     timings["total_s"] = time.perf_counter() - t_start
     timings["load_end"] = os.getloadavg()[0]
-    RESULTS.mkdir(exist_ok=True)
-    write_rows(finite(rows))
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_rows(finite(rows), args.out)
     text = report(summaries, notes, timings, started)
-    (RESULTS / "real_models.md").write_text(text)
+    (args.out / "real_models.md").write_text(text)
     print(text)
     log(f"done in {timings['total_s']:.0f} s")
 
 
-def write_rows(rows: list[dict]) -> None:
+def write_rows(rows: list[dict], out: Path = RESULTS) -> None:
     """``real_models.json``: one row per model, method and batch with exactly the issue's keys;
     ``real_models_extra.json``: each row's details (package, SQNR, warnings, errors, ...) under the same
     model, method and batch."""
-    (RESULTS / "real_models.json").write_text(
+    (out / "real_models.json").write_text(
         json.dumps([{k: v for k, v in r.items() if k != "extra"} for r in rows], indent=2, allow_nan=False) + "\n")
-    (RESULTS / "real_models_extra.json").write_text(json.dumps(
+    (out / "real_models_extra.json").write_text(json.dumps(
         [{"model": r["model"], "method": r["method"], "batch": r["batch"], "extra": r["extra"]} for r in rows],
         indent=2, allow_nan=False) + "\n")
 

@@ -54,6 +54,7 @@ from lowbit.graph.fx_passes import (
     widen_last_input,
 )
 from lowbit.graph.input_check import install as install_input_check
+from lowbit.graph.l2norm import swap_l2normalize
 from lowbit.graph.recurrent import swap_recurrent
 from lowbit.graph.nodes import COMPUTE
 from lowbit.nn.quantizers import ActQuantizer
@@ -430,6 +431,7 @@ def prepare(model: nn.Module, config: PTQConfig = PTQConfig(), example_inputs: t
         fold_batchnorm(gm, plan)
     fuse_unified(gm, specs.layer, plan)
     recurrent = swap_recurrent(gm, lambda name: specs.layer(name) == (None, None))  # LSTM/GRU: int8 weights per row
+    swap_l2normalize(gm)  # x / x.norm(dim=d, keepdim=True), F.normalize: the integer L2 normalisation
     insert_input_quantizers(gm, specs.input_for, plan)
     if config.first_last_bits is not None and specs.last is not None and specs.layer(specs.last)[0] is not None:
         widen_last_input(gm, specs.last, specs.input_for(specs.last))

@@ -95,12 +95,19 @@ def _recurrent(node: Node, x: Shape, y: Shape) -> tuple[int, int, int]:
     return macs, macs * ACT_BITS * ACT_BITS, requant
 
 
+def _l2normalize(node: Node, x: Shape, y: Shape) -> tuple[int, int, int]:
+    """A square per element summed along ``dim`` (8-bit x 8-bit MACs), then per element one integer division and
+    a 9-step integer square root, priced as one requantization."""
+    e = math.prod(y)
+    return e, e * ACT_BITS * ACT_BITS, e
+
+
 # this backend's table: (MACs, BOPs, requantizations) per sample of each op type
 COSTS: dict[type, Callable[[Node, Shape, Shape], tuple[int, int, int]]] = {
     ir.Quantize: _edge, ir.Dequantize: _edge, ir.Linear: _layer, ir.Conv2d: _layer, ir.MaxPool2d: _maxpool,
     ir.AvgPool2d: _pool, ir.Flatten: _move, ir.Pad: _move, ir.Unsqueeze: _move, ir.Squeeze: _move,
     ir.Permute: _move, ir.Reshape: _move, ir.Concat: _move, ir.Table: _edge,  # a lookup per element, priced as a requantization
-    ir.Recurrent: _recurrent,
+    ir.Recurrent: _recurrent, ir.L2Normalize: _l2normalize,
 }
 
 

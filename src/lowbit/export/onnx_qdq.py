@@ -881,6 +881,7 @@ EXPORTERS: dict[type, Callable[[_Builder, Node], None]] = {
     ir.Squeeze: _Builder.op_squeeze, ir.Permute: _Builder.op_permute, ir.Reshape: _Builder.op_reshape,
     ir.Table: _Builder.op_table, ir.Concat: _Builder.op_concat,
     ir.Recurrent: lambda builder, node: _refuse_recurrent(node),  # _check_kinds refuses it before anything is built
+    ir.L2Normalize: lambda builder, node: _refuse_l2normalize(node),  # (likewise)
 }
 
 
@@ -891,11 +892,21 @@ def _refuse_recurrent(node: Node) -> None:
                       "model (lowbit.integer.save_integer / load_integer keep it)")
 
 
+def _refuse_l2normalize(node: Node) -> None:
+    """The integer L2 normalisation has no exact ONNX QDQ form here (its integer square root and per-element integer
+    division would be a chain of int64 ops, not QDQ): a ConfigError naming the node and what runs it."""
+    raise ConfigError(f"cannot export {node.output!r}: the integer L2 normalisation (op kind 'l2normalize', from "
+                      f"{node.source or 'an L2 normalisation'}) has no exact ONNX QDQ form yet; run it with lowbit's "
+                      "integer model (lowbit.integer.save_integer / load_integer keep it)")
+
+
 def _check_kinds(model: IntegerModel) -> None:
     supported = sorted(t.kind for t in EXPORTERS)
     for node in model.nodes:
         if isinstance(node.op.ir, ir.Recurrent):
             _refuse_recurrent(node)
+        if isinstance(node.op.ir, ir.L2Normalize):
+            _refuse_l2normalize(node)
         if type(node.op.ir) not in EXPORTERS:
             raise ConfigError(f"cannot export {node.output!r}: op kind {node.kind!r} has no ONNX QDQ form "
                               f"(supported: {', '.join(supported)})")

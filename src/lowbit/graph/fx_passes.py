@@ -27,6 +27,7 @@ from lowbit.graph.nodes import (
 )
 from lowbit.graph.recurrent import recurrent_part
 from lowbit.graph.tables import will_tabulate
+from lowbit.nn.l2norm import UNIT_GRID, QL2Normalize
 from lowbit.nn.recurrent import H_GRID, QRecurrent
 from lowbit.nn.quantizers import ActQuantizer
 from lowbit.spec import QuantSpec
@@ -225,7 +226,7 @@ def _is_quantized(gm: fx.GraphModule, node: fx.Node) -> bool:
     m = module_of(gm, node)
     if isinstance(m, _Unified):
         return m.quantized
-    if isinstance(m, (QAvgPool, ActQuantizer)):
+    if isinstance(m, (QAvgPool, ActQuantizer, QL2Normalize)):  # (an L2 normalisation's output: the grid 2^-7)
         return True
     if is_passthrough(gm, node) and node.args and isinstance(node.args[0], fx.Node):
         return _is_quantized(gm, node.args[0])
@@ -239,7 +240,7 @@ def insert_input_quantizers(gm: fx.GraphModule, spec_for_input: Callable[[str], 
         m = module_of(gm, node)
         # a layer with quantized weights needs its input on a grid even when its own output is not
         # requantized (the network's output layer after a float op: LSTM, attention, a mean)
-        if not (isinstance(m, (QAvgPool, QRecurrent))
+        if not (isinstance(m, (QAvgPool, QRecurrent, QL2Normalize))
                 or (isinstance(m, _Unified) and (m.quantized or m.weight_quant is not None))):
             continue
         for arg in [a for a in node.args if isinstance(a, fx.Node)]:
@@ -255,7 +256,8 @@ def insert_input_quantizers(gm: fx.GraphModule, spec_for_input: Callable[[str], 
     plan.float_ops = [
         n.name for n in gm.graph.nodes
         if n.op in ("call_module", "call_function", "call_method")
-        and not isinstance(module_of(gm, n), (_Unified, QAvgPool, ActQuantizer, QRecurrent)) and not is_passthrough(gm, n)
+        and not isinstance(module_of(gm, n), (_Unified, QAvgPool, ActQuantizer, QRecurrent, QL2Normalize))
+        and not is_passthrough(gm, n)
         and not will_tabulate(gm, n)  # convert makes it a lookup table (lowbit.graph.tables)
     ]
     gm.graph.lint()
@@ -290,6 +292,8 @@ def _output_quantizer(gm: fx.GraphModule, node: fx.Node) -> ActQuantizer | None:
     m = module_of(gm, node)
     if isinstance(m, ActQuantizer):
         return m
+    if isinstance(m, QL2Normalize):
+        return UNIT_GRID
     if isinstance(m, (_Unified, QAvgPool)):
         return m.output_quant
     if is_passthrough(gm, node) and node.args and isinstance(node.args[0], fx.Node):
@@ -351,10 +355,10 @@ def producer_qparams(gm: fx.GraphModule, node: fx.Node):
 
 def attach_input_qparams(gm: fx.GraphModule) -> None:
     """Tell each unified module and average pool the grids of its inputs (after the quantizers froze); quantize
-    each recurrent layer for its input's grid."""
+    each recurrent layer and L2 normalisation for its input's grid."""
     for node in gm.graph.nodes:
         m = module_of(gm, node)
-        if isinstance(m, QRecurrent) and node.args:
+        if isinstance(m, (QRecurrent, QL2Normalize)) and node.args:
             m.freeze(producer_qparams(gm, node.args[0]))
         if isinstance(m, (_Unified, QAvgPool)):
             args = [a for a in node.args if isinstance(a, fx.Node)]

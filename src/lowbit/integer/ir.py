@@ -346,10 +346,24 @@ class Recurrent:
     emit: Emit
 
 
+@dataclass(frozen=True)
+class L2Normalize:
+    """``x / ||x||_2`` along ``dim`` (counted with the batch, >= 1) of int8 codes, in integers only
+    (:mod:`lowbit.functional.l2norm` gives the arithmetic and its proof): with the centred codes
+    ``x = q - input_zero_point`` and ``S = sum_dim x^2`` (int64), ``y = sign(x) min(127, (isqrt(floor(2^16 x^2 / S))
+    + 1) >> 1)``, the correctly rounded (half away from zero) ``128 x / sqrt(S)``; ``y = 0`` where ``S = 0``.
+    The output lies on the fixed grid ``Grid(2^-7, 0, 8, signed=True)`` (codes -127..127): the input's scale
+    cancels, so only its zero point is an attribute."""
+
+    kind: ClassVar[str] = "l2normalize"
+    dim: int
+    input_zero_point: int
+
+
 IROp = Union[Quantize, Dequantize, Linear, Conv2d, MaxPool2d, AvgPool2d, Flatten, Pad, Unsqueeze, Squeeze, Permute,
-             Reshape, Table, Concat, Recurrent]
+             Reshape, Table, Concat, Recurrent, L2Normalize]
 OP_TYPES: tuple[type, ...] = (Quantize, Dequantize, Linear, Conv2d, MaxPool2d, AvgPool2d, Flatten, Pad, Unsqueeze,
-                              Squeeze, Permute, Reshape, Table, Concat, Recurrent)
+                              Squeeze, Permute, Reshape, Table, Concat, Recurrent, L2Normalize)
 KINDS: dict[str, type] = {t.kind: t for t in OP_TYPES}
 LAYERS = (Linear, Conv2d)
 
@@ -452,9 +466,11 @@ def parse(kind: str, attrs: dict[str, Any], requantized: bool = True) -> IROp:
     if kind == "recurrent":
         return Recurrent(Cell(a["cell"]), int(a["num_layers"]), bool(a["batch_first"]), int(a["input_zero_point"]),
                          Emit(a["emit"]))
+    if kind == "l2normalize":
+        return L2Normalize(int(a["dim"]), int(a["input_zero_point"]))
     raise KeyError(f"unknown integer op kind {kind!r}; known: {sorted(KINDS)}")
 
 
-__all__ = ["input_low", "OP_TYPES", "Act", "Cell", "Emit", "Recurrent", "AvgPool2d", "Binarized", "Conv2d", "Dequantize", "Dequantized", "Flatten", "Grid", "IROp", "KINDS", "Squeeze", "Unsqueeze",
+__all__ = ["input_low", "OP_TYPES", "Act", "Cell", "Emit", "L2Normalize", "Recurrent", "AvgPool2d", "Binarized", "Conv2d", "Dequantize", "Dequantized", "Flatten", "Grid", "IROp", "KINDS", "Squeeze", "Unsqueeze",
            "LAYERS", "Concat", "Linear", "MaxPool2d", "OutputStage", "Pad", "Permute", "Reshape", "Table", "Quantize", "Requantized", "WeightCodes",
            "attrs_of", "parse"]

@@ -15,8 +15,9 @@ kernel then runs them), a ``Binarized`` output stage where their output is a sig
 simulation tabulated: sigmoid, GELU, a BatchNorm after an activation, ...) lowers to a ``table`` of the next
 quantizer's codes, which it reaches through max pools, zero pads and layout ops (they commute with the monotone
 rounding; that quantizer then has nothing left to do), or of float32 values at the network output; ``permute``,
-``reshape`` (batch kept) and indexing with new axes are layout ops. Anything else is refused with the list of
-offending nodes.
+``reshape`` (batch kept) and indexing with new axes are layout ops. An L2 normalisation PTQ swapped
+(:class:`~lowbit.nn.l2norm.QL2Normalize`) lowers to ``l2normalize``, its output on the fixed grid ``2^-7``. Anything
+else is refused with the list of offending nodes (a norm PTQ left float with why, :func:`lowbit.graph.l2norm.refusal`).
 """
 
 from __future__ import annotations
@@ -40,9 +41,11 @@ from lowbit.graph.input_check import check_input
 from lowbit.nn.exact import layer_params, pool_params
 from lowbit.functional.lookup import grid_values
 from lowbit.graph.nodes import is_passthrough
+from lowbit.graph.l2norm import refusal as l2_refusal
 from lowbit.graph.recurrent import Part, recurrent_part
 from lowbit.nn.recurrent import H_QPARAMS, QRecurrent
 from lowbit.graph.tables import tabulable
+from lowbit.nn.l2norm import UNIT_QPARAMS, QL2Normalize
 from lowbit.nn.lookup import Lookup
 from lowbit.nn.qparams import QParams, offset, stored_zero_point
 from lowbit.nn.quantizers import ActQuantizer
@@ -130,6 +133,8 @@ class _Lowering:
             self.table(node, m)
         elif isinstance(m, QRecurrent):
             self.recurrent_call(node, m)
+        elif isinstance(m, QL2Normalize):
+            self.l2normalize(node, m)
         elif isinstance(m, _SKIP_MODULES):
             self.alias(node)
         elif isinstance(m, nn.Flatten):
@@ -174,7 +179,7 @@ class _Lowering:
         elif t is F.pad:
             self.pad(node, list(node.args[1] if len(node.args) > 1 else node.kwargs["pad"]))
         else:
-            self.unsupported.append(f"{node.name} ({getattr(t, '__name__', t)})")
+            self.unsupported.append(l2_refusal(node) or f"{node.name} ({getattr(t, '__name__', t)})")
 
     def _rank(self, node: fx.Node) -> int:
         meta = node.meta.get("lowbit_shape")
@@ -430,6 +435,22 @@ class _Lowering:
                       None if what is ir.Emit.C else H_QPARAMS, str(part.node.target))
             self.recurrent_ops[key] = node.name
         self.names[node] = self.recurrent_ops[key]
+
+    def l2normalize(self, node: fx.Node, m: QL2Normalize) -> None:
+        """An L2 normalisation on the 8-bit grid it was frozen for: an ``l2normalize`` op, output on ``2^-7``."""
+        src = self.arg(node)
+        q = self.grids[src]
+        rank = self._rank(node)
+        d = m.dim + rank if m.dim < 0 else m.dim
+        if q is None or not m.frozen or q.fmt.bits > 8 or grid(q) != grid(m.input_qparams):
+            self.unsupported.append(f"{node.target} (the L2 normalisation {m.source}: its input is not on the 8-bit "
+                                    "grid it was frozen for)")
+        elif not 1 <= d < rank:
+            self.unsupported.append(f"{node.target} (the L2 normalisation {m.source} is over dimension {m.dim} of a "
+                                    f"{rank}-D tensor: the integer op normalises along one dimension after the batch)")
+        else:
+            self.emit(ir.L2Normalize(d, stored_zero_point(q)), [src], node.name, None, UNIT_QPARAMS, m.source)
+            self.names[node] = node.name
 
     def avgpool(self, node: fx.Node, m: QAvgPool) -> None:
         if not m.exact:

@@ -21,6 +21,7 @@ from lowbit.integer.backend import Kernels
 from lowbit.native import cext
 from lowbit.integer import kernels as torch_kernels
 from lowbit.integer import rnn, vnni
+from lowbit.functional.l2norm import l2_normalize_codes
 from lowbit.functional.lookup import lookup
 from lowbit.functional.requant import dequantize_acc, dequantize_codes, half_of
 from lowbit import bitwise
@@ -461,12 +462,22 @@ class Recurrent(Op):
         return rnn.run(self.ir, self.q, x, _c(kernels))
 
 
+class L2Normalize(Op):
+    """``x / ||x||_2`` along ``dim`` on int8 codes (:class:`lowbit.integer.ir.L2Normalize`): int64 sums of squares,
+    one integer division and a 9-bit integer square root per element (:func:`lowbit.functional.l2norm.
+    l2_normalize_codes`, the simulation's own function), int8 codes on ``2^-7``. Every kernel choice runs it."""
+
+    def __call__(self, x: torch.Tensor, kernels: Kernels = Kernels.VNNI) -> torch.Tensor:
+        centred = x.to(torch.int64) - self.ir.input_zero_point
+        return l2_normalize_codes(centred, self.ir.dim).to(torch.int8)
+
+
 # this backend's table: the runner of each op type
 RUNNERS: dict[type, type[Op]] = {ir.Quantize: Quantize, ir.Dequantize: Dequantize, ir.Linear: Linear,
                                  ir.Conv2d: Conv2d, ir.MaxPool2d: MaxPool2d, ir.AvgPool2d: AvgPool2d,
                                  ir.Flatten: Flatten, ir.Pad: Pad, ir.Unsqueeze: Unsqueeze, ir.Squeeze: Squeeze,
                                  ir.Permute: Permute, ir.Reshape: Reshape, ir.Table: Table, ir.Concat: Concat,
-                                 ir.Recurrent: Recurrent}
+                                 ir.Recurrent: Recurrent, ir.L2Normalize: L2Normalize}
 
 
 def build(op: ir.IROp, tensors: Tensors | None = None) -> Op:

@@ -511,6 +511,8 @@ NO_PLAN: dict[type, str] = {
     ir.Concat: "a concat runs op by op (the plan's values have one producer each)",
     ir.Recurrent: "an LSTM / GRU runs op by op (its steps are a loop the plan has no step for): the model "
                   "falls back to op-by-op execution",
+    ir.L2Normalize: "an L2 normalisation runs op by op (the plan has no reduction step): the model falls back to "
+                    "op-by-op execution",
 }
 
 

@@ -659,6 +659,23 @@ def _recurrent_shape(a: dict, t: dict, ins: list[Spec]) -> Spec:
     return Spec((h,), torch.float32 if a["emit"] == "c" else torch.int8)
 
 
+def _l2normalize_attrs(a: dict, t: dict, n_in: int) -> None:
+    """L2 normalisation: a dimension after the batch, the input's int8 zero point, no tensors."""
+    _known(a, {"dim", "input_zero_point"})
+    _tensor_names(t, set())
+    _int(a, "dim", 1, 8)
+    _int(a, "input_zero_point", *INT8)
+
+
+def _l2normalize_shape(a: dict, t: dict, ins: list[Spec]) -> Spec:
+    """int8 codes in, int8 codes of the same shape out (the grid 2^-7); ``dim`` must exist."""
+    x = _expect(ins, 0, (torch.int8,))
+    if a["dim"] > len(x.shape):
+        raise Invalid(f"attribute 'dim' = {a['dim']} on a {len(x.shape) + 1}-D input (batch included); allowed: "
+                      f"1..{len(x.shape)}")
+    return Spec(x.shape, torch.int8)
+
+
 # the safetensors I/O backend's table: what a file's node of each op type must satisfy before it is built
 CHECKS: dict[type, KindCheck] = {
     ir.Quantize: KindCheck(_quantize_attrs, _quantize_shape, (1, 1)),
@@ -676,6 +693,7 @@ CHECKS: dict[type, KindCheck] = {
     ir.Table: KindCheck(_table_attrs, _table_shape, (1, 1)),
     ir.Concat: KindCheck(_dim_attrs, _concat_shape, (2, 16)),
     ir.Recurrent: KindCheck(_recurrent_attrs, _recurrent_shape, (1, 1)),
+    ir.L2Normalize: KindCheck(_l2normalize_attrs, _l2normalize_shape, (1, 1)),
 }
 KNOWN_KINDS = sorted(t.kind for t in CHECKS)
 

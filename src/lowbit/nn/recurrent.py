@@ -45,17 +45,20 @@ WEIGHT_SPEC = QuantSpec(IntFormat(8, signed=True, narrow=True), PerChannel(0))  
 
 
 class FixedGrid:
-    """The frozen quantizer-like view of the hidden state's grid (what the grid passes ask a tensor's producer:
-    ``mode``, ``spec``, ``qparams()``); it observes nothing: ``h`` is in (-1, 1) by construction."""
+    """The frozen quantizer-like view of a fixed grid (what the grid passes ask a tensor's producer: ``mode``,
+    ``spec``, ``qparams()``); it observes nothing: the tensor lies in the grid's range by construction (the hidden
+    state ``h`` in (-1, 1), an L2-normalised vector in [-1, 1])."""
 
     mode = "quantize"
-    spec = QuantSpec(H_QPARAMS.fmt)
+
+    def __init__(self, q: QParams) -> None:
+        self.q, self.spec = q, QuantSpec(q.fmt)
 
     def qparams(self) -> QParams:
-        return H_QPARAMS
+        return self.q
 
 
-H_GRID = FixedGrid()
+H_GRID = FixedGrid(H_QPARAMS)
 
 
 @dataclass(frozen=True)
