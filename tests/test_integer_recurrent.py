@@ -221,6 +221,27 @@ def test_property_kernels_agree(cell, i, h, layers, steps, batch, batch_first, b
         assert torch.equal(op(x, kernels=k), want), k
 
 
+@pytest.mark.parametrize("cell", [nn.LSTM, nn.GRU])
+@pytest.mark.parametrize("i, steps, batch", [(40, 70, 5), (13, 300, 1)], ids=["chunks-of-51-steps", "i-not-4k"])
+def test_kernels_agree_over_many_steps(cell, i, steps, batch):
+    """Long sequences: the C layer projects the input of many steps in one GEMM, in chunks (256 rows: 51 steps of
+    5, or 256 of 1, the last chunk shorter); the codes equal the reference's at every step."""
+    g = torch.Generator().manual_seed(3)
+    layer = cell(i, 36, num_layers=2)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.7)
+    q = quantize_recurrent(layer, QParams(0.03, 101, IntFormat(8, signed=False)))
+    x = torch.randint(-128, 128, (steps, batch, i), generator=g, dtype=torch.int8)
+    tensors = {n: t for k, lq in enumerate(q.layers) for n, t in lq.tensors(k).items()}
+    op = build(ir.Recurrent(ir.Cell(q.cell), 2, False, q.input_zero_point, ir.Emit.OUTPUT),
+               {**tensors, "sigmoid": q.sigmoid, "tanh": q.tanh})
+    want = run_recurrent(q, x)[0].to(torch.int8)
+    assert torch.equal(op(x, kernels=Kernels.VNNI), want)
+    assert torch.equal(op(x, kernels=Kernels.REFERENCE), want)
+    assert int(want.abs().max()) > 30  # the layer is not saturated at zero
+
+
 # ---------------------------------------------------------------- (d) a Resemblyzer-shaped model
 
 

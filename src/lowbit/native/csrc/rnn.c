@@ -12,10 +12,22 @@
  * The int32 accumulators hold |acc_x| <= 128 * 255 * I and |acc_h| <= 128 * 127 * H (the guard bounds I and H);
  * every gate product is below 2^31; the multipliers' products are formed in int64.
  * out (T, N, H) int8: h at every step (its last step is the final h); c (N, H) int32: the final cell (LSTM);
- * scratch: int32 of N (2 G H + max(I, H)); zeros: int8 of N H (the zero initial h). Arguments are checked by lowbit.native.guard.rnn_layer. */
+ * scratch: int32 of N (2 G H + max(I, H)); zeros: int8 of N H (the zero initial h). Arguments are checked by lowbit.native.guard.rnn_layer.
+ * Where the int8 GEMM of gemm.c is built (AVX-512 VNNI or AVX2), both projections run on it (the input one for
+ * many steps at once), with the same integer sums; otherwise, or when memory is short, the plain loops below. */
 #include <stdint.h>
+#include <stdlib.h>
 
 #include "fixed.h"
+
+/* gemm.c: the int8 GEMM (AVX-512 VNNI, or AVX2 vpmaddwd; none: lowbit_gemm_isa() == 0) on packed weights */
+int lowbit_gemm_isa(void);
+void lowbit_pack_w(const int8_t *w, int64_t N, int64_t K, int64_t Kp, int8_t *out);
+void lowbit_pack_a(const int8_t *x, int64_t M, int64_t K, int64_t Kp, uint8_t *out);
+int lowbit_gemm_u8s8(const uint8_t *a, int64_t M, int64_t Kp, int flip, const int8_t *wp, int64_t N,
+                      const int32_t *col_add, int requant, const int64_t *m, const int64_t *n, const int64_t *h,
+                      const int8_t *res, int64_t res_zp, const int64_t *m2, int64_t zp, int64_t lo, int64_t hi,
+                      void *out, int threads);
 
 #define RNN_L 2048 /* the tables' half length: 8 * 2^8 */
 
@@ -66,6 +78,102 @@ static void gru_gates(const int32_t *restrict px, const int32_t *restrict ph, co
     }
 }
 
+/* One projection on the GEMM: W (R, K) packed once, its sums acc = sum_k w[r, k] (v[s, k] - zp) for rows of v
+ * int8 codes, as the GEMM's int32 output A W^T + col_add with A the codes flipped to unsigned (v + 128) and
+ * col_add = -(128 + zp) rowsum(W); then each part rounded as in parts(). Exact integer sums: the same parts. */
+typedef struct {
+    int8_t *wp;       /* packed W (lowbit_pack_w) */
+    int32_t *col_add; /* -(128 + zp) rowsum(W), R */
+    uint8_t *a;       /* room for M_max rows of Kp unsigned codes (K % 4 != 0), else NULL */
+    int32_t *acc;     /* M_max R int32 */
+    int64_t *half;    /* 2^(n[r] - 1), 0 for n[r] = 0: the rounding's half */
+    int64_t R, K, Kp;
+} proj;
+
+static void proj_free(proj *p) {
+    free(p->wp);
+    free(p->col_add);
+    free(p->a);
+    free(p->acc);
+    free(p->half);
+}
+
+static int proj_init(proj *p, const int8_t *w, int64_t R, int64_t K, int32_t zp, int64_t rows, const int64_t *n) {
+    p->R = R, p->K = K, p->Kp = (K + 3) / 4 * 4;
+    p->wp = malloc((size_t)((R + 15) / 16 * p->Kp * 16));
+    p->col_add = malloc((size_t)R * sizeof(int32_t));
+    p->a = K % 4 ? malloc((size_t)(rows * p->Kp)) : NULL;
+    p->acc = malloc((size_t)(rows * R) * sizeof(int32_t));
+    p->half = malloc((size_t)R * sizeof(int64_t));
+    if (!p->wp || !p->col_add || !p->acc || !p->half || (K % 4 && !p->a)) return 0;
+    for (int64_t r = 0; r < R; r++) p->half[r] = n[r] > 0 ? (int64_t)1 << (n[r] - 1) : 0;
+    lowbit_pack_w(w, R, K, p->Kp, p->wp);
+    for (int64_t r = 0; r < R; r++) {
+        int64_t sum = 0;
+        for (int64_t k = 0; k < K; k++) sum += w[r * K + k];
+        p->col_add[r] = (int32_t)(-(128 + (int64_t)zp) * sum); /* |.| <= 255 * 128 K < 2^31 (the guard bounds I, H by 2^16) */
+    }
+    return 1;
+}
+
+/* part[s, r] of the M rows v (M, K) int8, as parts() gives them */
+static void proj_run(const proj *p, const int8_t *v, int64_t M, const int64_t *restrict m, const int64_t *restrict n,
+                     const int32_t *restrict b, int32_t *restrict part) {
+    const uint8_t *a = (const uint8_t *)v;
+    if (p->a) {
+        lowbit_pack_a(v, M, p->K, p->Kp, p->a);
+        a = p->a;
+    }
+    lowbit_gemm_u8s8(a, M, p->Kp, p->a ? 0 : 1, p->wp, p->R, p->col_add, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, p->acc, 1);
+    for (int64_t s = 0; s < M; s++) { /* row by row, contiguous: the rounding vectorizes */
+        const int32_t *restrict acc = p->acc + s * p->R;
+        int32_t *restrict out = part + s * p->R;
+        for (int64_t r = 0; r < p->R; r++) out[r] = clamp16(lb_rshift_even((int64_t)acc[r] * m[r], n[r], p->half[r])) + b[r];
+    }
+}
+
+#define RNN_CHUNK 256 /* input rows (steps x batch) projected by one GEMM */
+
+static void gates_step(int64_t G, int64_t H, int64_t N, const int32_t *px, const int32_t *ph, const int32_t *sig,
+                       const int32_t *tnh, int32_t *c, const int8_t *h_prev, int8_t *out_t) {
+    const int64_t GH = G * H;
+    for (int64_t s = 0; s < N; s++) {
+        int8_t *h = out_t + s * H;
+        if (G == 4)
+            lstm_gates(px + s * GH, ph + s * GH, sig, tnh, H, c + s * H, h);
+        else
+            gru_gates(px + s * GH, ph + s * GH, sig, tnh, H, h_prev + s * H, h);
+    }
+}
+
+/* The layer on the GEMM: the input projection of up to RNN_CHUNK rows (whole steps) at once, the recurrent one
+ * step by step; returns 0 when memory is short (the caller then runs the loop below). */
+static int layer_gemm(const int8_t *x, int64_t T, int64_t N, int64_t I, int64_t H, int64_t G, int64_t zp,
+                      const int8_t *w_ih, const int8_t *w_hh, const int64_t *m_ih, const int64_t *n_ih,
+                      const int64_t *m_hh, const int64_t *n_hh, const int32_t *b_ih, const int32_t *b_hh,
+                      const int32_t *sig, const int32_t *tnh, int8_t *out, int32_t *c, int32_t *ph,
+                      const int8_t *zeros) {
+    const int64_t GH = G * H, steps = N < RNN_CHUNK ? RNN_CHUNK / N : 1;
+    proj pi = {0}, phh = {0};
+    int32_t *px = malloc((size_t)(steps * N * GH) * sizeof(int32_t));
+    int ok = px && proj_init(&pi, w_ih, GH, I, (int32_t)zp, steps * N, n_ih) &&
+             proj_init(&phh, w_hh, GH, H, 0, N, n_hh);
+    if (ok)
+        for (int64_t t0 = 0; t0 < T; t0 += steps) {
+            const int64_t nt = T - t0 < steps ? T - t0 : steps;
+            proj_run(&pi, x + t0 * N * I, nt * N, m_ih, n_ih, b_ih, px);
+            for (int64_t t = t0; t < t0 + nt; t++) {
+                const int8_t *h_prev = t ? out + (t - 1) * N * H : zeros;
+                proj_run(&phh, h_prev, N, m_hh, n_hh, b_hh, ph);
+                gates_step(G, H, N, px + (t - t0) * N * GH, ph, sig, tnh, c, h_prev, out + t * N * H);
+            }
+        }
+    free(px);
+    proj_free(&pi);
+    proj_free(&phh);
+    return ok;
+}
+
 void lowbit_rnn_layer(const int8_t *x, int64_t T, int64_t N, int64_t I, int64_t H, int64_t G, int64_t zp,
                       const int8_t *w_ih, const int8_t *w_hh, const int64_t *m_ih, const int64_t *n_ih,
                       const int64_t *m_hh, const int64_t *n_hh, const int32_t *b_ih, const int32_t *b_hh,
@@ -76,16 +184,14 @@ void lowbit_rnn_layer(const int8_t *x, int64_t T, int64_t N, int64_t I, int64_t 
     int16_t *vc = (int16_t *)(scratch + 2 * N * GH); /* N max(I, H) int16 in N max(I, H) int32 */
     for (int64_t k = 0; k < N * H; k++) zeros[k] = 0;
     for (int64_t k = 0; k < N * H; k++) c[k] = 0;
+    if (lowbit_gemm_isa() > 0 && layer_gemm(x, T, N, I, H, G, zp, w_ih, w_hh, m_ih, n_ih, m_hh, n_hh, b_ih, b_hh,
+                                            sig, tnh, out, c, ph, zeros))
+        return;
+    for (int64_t k = 0; k < N * H; k++) c[k] = 0; /* (a layer_gemm that ran short of memory may have begun) */
     for (int64_t t = 0; t < T; t++) {
         const int8_t *h_prev = t ? out + (t - 1) * N * H : zeros;
         parts(w_ih, GH, I, x + t * N * I, N, (int32_t)zp, m_ih, n_ih, b_ih, vc, px);
         parts(w_hh, GH, H, h_prev, N, 0, m_hh, n_hh, b_hh, vc, ph);
-        for (int64_t s = 0; s < N; s++) {
-            int8_t *h = out + (t * N + s) * H;
-            if (G == 4)
-                lstm_gates(px + s * GH, ph + s * GH, sig, tnh, H, c + s * H, h);
-            else
-                gru_gates(px + s * GH, ph + s * GH, sig, tnh, H, h_prev + s * H, h);
-        }
+        gates_step(G, H, N, px, ph, sig, tnh, c, h_prev, out + t * N * H);
     }
 }
