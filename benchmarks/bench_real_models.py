@@ -67,7 +67,7 @@ from lowbit.ptq import PTQConfig, quantize  # noqa: E402
 
 SR = 16000
 BATCHES = (1, 16)
-DYNAMIC_SET = {nn.Linear, nn.LSTM, nn.GRU}
+DYNAMIC_SET = {nn.Linear, nn.LSTM, nn.GRU, nn.LSTMCell, nn.GRUCell}
 LOWBIT = "lowbit static W8A8"
 MIXED = "lowbit static W8A8 mixed (auto)"
 DYN = "lowbit dynamic"
@@ -761,9 +761,11 @@ def report(summaries: list[dict], extra_notes: list[str], timings: dict, started
         " the same static W8A8 with the activations of the layers it picks promoted to 16 bits (`LayerRule`s), BOPs"
         " at most (1 + budget) x those of the plain W8A8 model; its simulation is run.",
         f"- `{DYN}`: `lowbit.dynamic.quantize_dynamic(model)`: int8 weights (one scale per output channel) of"
-        " nn.Linear / nn.LSTM / nn.GRU, their inputs quantized per row at run time; everything else float. Not an"
+        " nn.Linear / nn.LSTM / nn.GRU / nn.LSTMCell / nn.GRUCell, their inputs quantized per row at run time;"
+        " everything else float. Not an"
         " integer-engine model (to_integer / onnx: no, by construction).",
-        f"- `{PEER}` (peer): `torch.ao.quantization.quantize_dynamic(model, {{nn.Linear, nn.LSTM, nn.GRU}},"
+        f"- `{PEER}` (peer): `torch.ao.quantization.quantize_dynamic(model, {{nn.Linear, nn.LSTM, nn.GRU, nn.LSTMCell,"
+        " nn.GRUCell}},"
         " dtype=torch.qint8)` (int8 per-tensor weights of those layers only, activations quantized per call;"
         " everything else float).",
         "",

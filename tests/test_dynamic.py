@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from lowbit.dynamic import DynamicGRU, DynamicLinear, DynamicLSTM, quantize_dynamic
+from lowbit.dynamic import DynamicGRU, DynamicGRUCell, DynamicLinear, DynamicLSTM, DynamicLSTMCell, quantize_dynamic
 from lowbit.errors import ConfigError, ShapeError
 from lowbit.functional.dynamic import quantize_rows
 
@@ -90,6 +90,64 @@ def test_dynamic_recurrent_layers_follow_pytorch(rnn, shape):
         assert torch.allclose(second, tail, atol=1e-6)
 
 
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_a_dynamic_cell_stepped_over_a_sequence_is_the_dynamic_layer(kind, bias):
+    """A cell stepped by hand (state carried between calls, batched and unbatched) gives the one-layer dynamic
+    layer with the same weights: the same integer products, its float32 gates (the layer's in C: within
+    1e-5), and follows PyTorch's cell."""
+    torch.manual_seed(4)
+    cell = (nn.LSTMCell if kind == "lstm" else nn.GRUCell)(10, 24, bias=bias).eval()
+    layer = (nn.LSTM if kind == "lstm" else nn.GRU)(10, 24, bias=bias).eval()
+    with torch.no_grad():
+        for name in ("weight_ih", "weight_hh") + (("bias_ih", "bias_hh") if bias else ()):
+            getattr(layer, f"{name}_l0").copy_(getattr(cell, name))
+    dcell, dlayer = quantize_dynamic(cell), quantize_dynamic(layer)
+    assert isinstance(dcell, DynamicLSTMCell if kind == "lstm" else DynamicGRUCell)
+    x = torch.randn(30, 3, 10)
+    with torch.no_grad():
+        want, _ = dlayer(x)
+        ref, _ = layer(x)
+        state, rows, state1, rows1 = None, [], None, []
+        for t in range(x.shape[0]):
+            state = dcell(x[t], state)
+            state1 = dcell(x[t, 1], state1)  # unbatched: one sequence
+            rows.append(state[0] if kind == "lstm" else state)
+            rows1.append(state1[0] if kind == "lstm" else state1)
+    got = torch.stack(rows)
+    assert (got - want).abs().max() < 1e-5
+    # rows are quantized one by one: a batch changes no code (the float32 gates may round a last bit apart)
+    assert (torch.stack(rows1) - got[:, 1]).abs().max() < 1e-6
+    assert sqnr_db(ref, got) > 30
+
+
+def test_a_model_stepping_an_lstm_cell_is_converted_and_profiled():
+    from lowbit.cost.profile import profile, quantized_share
+
+    class Stream(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.cell, self.head = nn.LSTMCell(16, 32), nn.Linear(32, 1)
+
+        def forward(self, x, state=None):
+            h, c = self.cell(x, state)
+            return torch.sigmoid(self.head(h)), (h, c)
+
+    torch.manual_seed(5)
+    model = Stream().eval()
+    d = quantize_dynamic(model)
+    assert isinstance(d.cell, DynamicLSTMCell) and isinstance(d.head, DynamicLinear)
+    x = torch.randn(4, 16)
+    rows = {r.name: r for r in profile(d, (x,))}
+    floats = {r.name: r for r in profile(model, (x,))}
+    assert rows["cell"].macs == floats["cell"].macs == 4 * 32 * (16 + 32)
+    assert rows["cell"].params == floats["cell"].params and quantized_share(list(rows.values())) == 1
+    with pytest.raises(ShapeError, match=r"state of shape \(3, 32\), expected \(4, 32\)"):
+        d.cell(x, (torch.zeros(3, 32), torch.zeros(3, 32)))
+    with pytest.raises(ShapeError, match=r"input of shape \(4, 15\), expected \(N, 16\) or \(16,\)"):
+        d.cell(torch.randn(4, 15))
+
+
 def test_the_c_recurrence_matches_the_python_one():
     torch.manual_seed(2)
     for rnn in (nn.LSTM(16, 48, 2), nn.GRU(16, 48, 2, bidirectional=True)):
@@ -136,7 +194,7 @@ def test_lowbit_dynamic_does_not_lose_to_pytorch_quantize_dynamic():
 def test_bad_input_is_named():
     with pytest.raises(ConfigError, match="bits = 9; allowed: an integer in 2..8"):
         quantize_dynamic(_linear(), bits=9)
-    with pytest.raises(ConfigError, match="found no Linear/LSTM/GRU layer"):
+    with pytest.raises(ConfigError, match="found no Linear/LSTM/GRU/LSTMCell/GRUCell layer"):
         quantize_dynamic(nn.Sequential(nn.ReLU()))
     with pytest.raises(ConfigError, match="proj_size=4"):
         quantize_dynamic(nn.LSTM(8, 16, proj_size=4))

@@ -106,7 +106,7 @@ def _first_input(args: tuple, kwargs: dict):
 def _dynamic(name: str, m: nn.Module, x: torch.Tensor, out) -> LayerCost:
     """A layer of :mod:`lowbit.dynamic`: ``bits x bits`` MACs (weights per channel, inputs per row at run time)
     and a float32 output, one dequantizing multiply per output element."""
-    from lowbit.dynamic import DynamicLinear
+    from lowbit.dynamic import DynamicGRUCell, DynamicLinear, DynamicLSTMCell
 
     b = m.bits
     y = out[0] if isinstance(out, tuple) else out
@@ -114,6 +114,10 @@ def _dynamic(name: str, m: nn.Module, x: torch.Tensor, out) -> LayerCost:
         samples = x.shape[0] if x.ndim > 1 else 1
         macs, kind = y.numel() // samples * m.in_features, "linear"
         params = m.in_features * m.out_features + (m.out_features if m.bias is not None else 0)
+    elif isinstance(m, (DynamicLSTMCell, DynamicGRUCell)):  # one step: G H (I + H) MACs a sample
+        samples = x.shape[0] if x.ndim > 1 else 1
+        macs, kind = m.w_ih.codes.numel() + m.w_hh.codes.numel(), "rnn"
+        params = macs + (2 * m.b_ih.numel() if m.bias else 0)
     else:
         samples = 1 if x.ndim == 2 else x.shape[0 if m.batch_first else 1]
         macs, kind = rnn_macs(m, x), "rnn"
@@ -186,11 +190,9 @@ def profile(model: nn.Module, example_inputs: tuple,
     if not isinstance(example_inputs, tuple) or not (example_inputs or example_kwargs):
         raise DataError("profile needs example_inputs as a tuple of tensors, e.g. (torch.randn(1, 1, 28, 28),) "
                         "(or example_kwargs for keyword inputs)")
-    from lowbit.dynamic import DynamicGRU, DynamicLinear, DynamicLSTM
-
+    from lowbit.dynamic import DYNAMIC as dynamic
     from lowbit.nn.recurrent import QRecurrent
 
-    dynamic = (DynamicLinear, DynamicLSTM, DynamicGRU)
     kinds = (_Unified, QAvgPool, QRecurrent, *_CONVS, nn.Linear, nn.AvgPool2d, nn.AdaptiveAvgPool2d, *_RECURRENT,
              *dynamic)
     inside_unified = {id(c) for m in model.modules() if isinstance(m, (_Unified, QAvgPool, QRecurrent))
