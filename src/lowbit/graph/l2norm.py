@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
+from lowbit.graph.nodes import free_name
 from lowbit.nn.l2norm import QL2Normalize
 
 # the arguments after the input of each norm, in order, with their defaults
@@ -136,13 +137,6 @@ def refusal(node: fx.Node) -> str | None:
     return f"{node.name} (a norm that is not part of an L2 normalisation; {SUPPORTED})"
 
 
-def _free_name(gm: fx.GraphModule, base: str) -> str:
-    name, i = base, 1
-    while hasattr(gm, name):
-        name, i = f"{base}_{i}", i + 1
-    return name
-
-
 def swap_l2normalize(gm: fx.GraphModule) -> list[str]:
     """Put a :class:`QL2Normalize` in place of every L2 normalisation (module docstring); one that has no integer
     form stays float with a warning naming it and what is supported. Returns the modules added."""
@@ -154,7 +148,7 @@ def swap_l2normalize(gm: fx.GraphModule) -> list[str]:
             continue
         if found is None:
             continue
-        name = _free_name(gm, f"{node.name}_l2normalize")
+        name = free_name(gm, f"{node.name}_l2normalize")
         gm.add_submodule(name, QL2Normalize(found.dim, node.name, found.eps))
         with gm.graph.inserting_after(node):
             new = gm.graph.call_module(name, (found.x,))

@@ -24,6 +24,14 @@ def module_of(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
     return gm.get_submodule(node.target) if node.op == "call_module" else None
 
 
+def free_name(gm: fx.GraphModule, base: str) -> str:
+    """``base``, or ``base_1``, ``base_2`` ...: the first that names no attribute of ``gm`` (for a new module)."""
+    name, i = base, 1
+    while hasattr(gm, name):
+        name, i = f"{base}_{i}", i + 1
+    return name
+
+
 def is_compute(gm: fx.GraphModule, node: fx.Node) -> bool:
     m = module_of(gm, node)
     return isinstance(m, COMPUTE) and not getattr(m, "padding_mode", "zeros") != "zeros"

@@ -17,7 +17,7 @@ from torch import fx, nn
 
 from lowbit.formats import IntFormat
 from lowbit.functional.lookup import apply, tabulate
-from lowbit.graph.nodes import module_of
+from lowbit.graph.nodes import free_name, module_of
 from lowbit.nn.lookup import Lookup
 from lowbit.nn.qparams import QParams
 from lowbit.nn.quantizers import ActQuantizer
@@ -99,13 +99,6 @@ def _describe(gm: fx.GraphModule, node: fx.Node) -> str:
     return f"{node.target} ({type(m).__name__})" if m is not None else getattr(node.target, "__name__", str(node.target))
 
 
-def _free_name(gm: fx.GraphModule, base: str) -> str:
-    name, i = base, 1
-    while hasattr(gm, name):
-        name, i = f"{base}_{i}", i + 1
-    return name
-
-
 def tabulate_elementwise(gm: fx.GraphModule) -> list[str]:
     """Replace each elementwise float op on a quantized tensor by a :class:`Lookup`; returns what was replaced."""
     done: list[str] = []
@@ -124,7 +117,7 @@ def tabulate_elementwise(gm: fx.GraphModule) -> list[str]:
                 q = _grid(gm, src)
                 if q is None:
                     continue
-                name = _free_name(gm, f"{node.name}_lookup")
+                name = free_name(gm, f"{node.name}_lookup")
                 gm.add_submodule(name, Lookup(q, tabulate(fn, q, channels, ndim), _describe(gm, node)))
                 with gm.graph.inserting_after(node):
                     src = gm.graph.call_module(name, (src,))
