@@ -1,6 +1,6 @@
 """The integer LSTM / GRU on a 16-bit input grid (int16 codes into layer 0): the integer model equals the PTQ
 simulation bit for bit (C kernel and PyTorch reference), the int32 accumulator's bound, the default staying int8,
-the refusal of other widths and the cost of the wider projection."""
+the refusal of other widths, the cost of the wider projection and auto_mixed choosing it."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from lowbit.integer import ir, to_integer
 from lowbit.integer.backend import Kernels
 from lowbit.integer.io import load_integer, save_integer
 from lowbit.integer.ops import build
+from lowbit.mixed import auto_mixed
 from lowbit.native import cext
 from lowbit.nn.qparams import QParams
 from lowbit.nn.recurrent import _matmul, quantize_recurrent, run_recurrent
@@ -234,3 +235,23 @@ def test_cost_counts_16x8_for_the_input_projection():
     assert rows[0].bops == 64 * macs and rows[1].bops == 64 * macs + extra
     sim = [next(r for r in profile(q, (x,)) if r.name == "rnn") for q in (q8, q16)]
     assert sim[0].bops == 64 * macs and sim[1].bops == 64 * macs + extra and sim[1].act_bits == 16
+
+
+# ---------------------------------------------------------------- auto_mixed
+
+
+def test_auto_mixed_promotes_the_recurrent_input():
+    """On linear-power inputs the 8-bit input grid is the recurrent layer's main error: auto_mixed measures it by
+    quantizing again with the 16-bit input and promotes it within the budget; the result lowers to int16 codes."""
+    torch.manual_seed(15)
+    net = _Encoder(nn.LSTM, i=12, h=16, layers=2).eval()
+    calib = [_power(4, 20, 12, seed=s) for s in range(2)]
+    res = auto_mixed(net, calib, budget=0.5)
+    assert "rnn" in {r.pattern for r in res.rules}
+    row = next(s for s in res.sensitivities if s.name == "rnn")
+    assert row.gain > 0 and row.extra_bops == 20 * 4 * 16 * 12 * 8 * 8
+    assert res.error_after < res.error_before and res.bops_ratio <= 1.5
+    im = to_integer(res.model, (calib[0][:1],))
+    assert _node(im, "recurrent").op.ir.input_bits == 16
+    _check_exact(res.model, im, calib[1])
+    assert not auto_mixed(net, calib, budget=0.0).rules  # no budget, no promotion
