@@ -23,7 +23,8 @@ from lowbit.native import cext
 TESTS = ["tests/test_integer.py", "tests/test_plan.py", "tests/test_vnni.py", "tests/test_safety_integer.py",
          "tests/test_delta_runtime.py", "tests/test_bitwise.py", "tests/test_bitwise_ternary.py",
          "tests/test_binary.py", "tests/test_snn_runtime.py", "tests/test_dynamic.py", "tests/test_integer_1d.py",
-         "tests/test_integer_tables.py", "tests/test_bitsplit.py", "tests/test_integer_recurrent.py"]
+         "tests/test_integer_tables.py", "tests/test_bitsplit.py", "tests/test_integer_recurrent.py",
+         "tests/test_integer_recurrent16.py"]
 SANITIZE = "address,undefined"
 
 

@@ -8,7 +8,11 @@ holds). :func:`auto_mixed` finds them and pays only for them:
 2. sensitivity by leaving one layer out: for each quantized layer ``L``, the output error with ``L``'s
    quantizers (its weights, its output and the input quantizer in front of it) turned off, everything
    else quantized; the error is ``1 - cos`` between the float model's and the quantized model's outputs,
-   per sample, averaged;
+   per sample, averaged. An integer LSTM / GRU (:class:`~lowbit.nn.recurrent.QRecurrent`) cannot be left float
+   that way (its arithmetic needs its input on a grid) and its only activation grid a rule changes is its input:
+   when ``high`` is 16 bits, its error is measured by quantizing again with its input on the 16-bit grid (a
+   ``LayerRule(name, act=high)``, the int16 input of :mod:`lowbit.nn.recurrent`), and its extra BOPs are those of
+   layer 0's input projection at 8 x 16 bits;
 3. promote layers to ``high`` activations (default 16 bits: a :class:`~lowbit.ptq.LayerRule` whose ``act``
    is the layer's input and output grid), the largest error drop first, while the estimated extra
    bit-operations stay within ``budget`` of the uniform model's (a layer's input at 16 bits doubles its
@@ -33,10 +37,12 @@ import torch
 from torch import fx, nn
 
 from lowbit.calibration import first_samples, model_calls
-from lowbit.cost.profile import profile
+from lowbit.cost.profile import profile, recurrent_input_macs
 from lowbit.errors import ConfigError, DataError
 from lowbit.graph.nodes import module_of
+from lowbit.formats import IntFormat
 from lowbit.nn.quantizers import ActQuantizer, WeightQuantizer
+from lowbit.nn.recurrent import QRecurrent
 from lowbit.nn.unified import _Unified, unified_modules
 from lowbit.ptq import LayerRule, PTQConfig, quantize, uint_act
 from lowbit.spec import QuantSpec
@@ -121,6 +127,27 @@ def _off(modules: Iterable[nn.Module]) -> Iterator[None]:
             q.mode = mode
 
 
+def _recurrent_rows(model: nn.Module, data: list, config: PTQConfig, high: QuantSpec, q: nn.Module,
+                    ref: torch.Tensor, calls: list, err_all: float, costs: dict) -> list[LayerSensitivity]:
+    """The sensitivity of each integer LSTM / GRU of ``q`` whose 8-bit input grid could be 16 bits (module
+    docstring, step 2): the error of the model quantized again with ``LayerRule(name, act=high)``. None unless
+    ``high`` is a 16-bit integer spec; a layer whose input grid is another layer's output (which the rule does not
+    change) gains nothing and is left out."""
+    if not (isinstance(high.format, IntFormat) and high.format.bits == 16):
+        return []
+    rows = []
+    for name, m in q.named_modules():
+        if not isinstance(m, QRecurrent) or m.q is None or m.q.input_bits != 8:
+            continue
+        trial = quantize(model, data, dataclasses.replace(config, rules=(LayerRule(name, act=high), *config.rules)))
+        tm = trial.get_submodule(name)
+        if not isinstance(tm, QRecurrent) or tm.q is None or tm.q.input_bits != 16:
+            continue
+        extra = recurrent_input_macs(m.layer, costs.get(name, (0, 8))[0]) * 8 * (16 - 8)
+        rows.append(LayerSensitivity(name, err_all, output_error(ref, _outputs(trial, calls)), extra))
+    return rows
+
+
 def auto_mixed(model: nn.Module, calibration_data: Iterable, config: PTQConfig = PTQConfig(), budget: float = 0.05,
                high: QuantSpec | None = None, eval_data: Iterable | None = None) -> MixedResult:
     """Quantize ``model`` with ``config``, then keep the layers whose quantization costs the most output
@@ -151,6 +178,7 @@ def auto_mixed(model: nn.Module, calibration_data: Iterable, config: PTQConfig =
         macs, w_bits = costs.get(name, (0, 8))
         extra = int(macs * w_bits * (high.format.bits - config.act.format.bits))
         rows.append(LayerSensitivity(name, err_all, err, max(extra, 0)))
+    rows += _recurrent_rows(model, data, config, high, q, ref, calls, err_all, costs)
     chosen, spent = [], 0
     for s in sorted(rows, key=lambda s: -s.gain):
         if s.gain <= 0 or spent + s.extra_bops > budget * total:

@@ -305,10 +305,13 @@ class _Specs:
         return f"{name!r} ({role} layer) stays at first_last_bits={self.config.first_last_bits}"
 
     def input_for(self, consumer: str) -> QuantSpec:
-        specs = self._specs(consumer)
+        """The spec of ``consumer``'s input quantizer: its act spec; the first layer's at ``first_last_bits``,
+        unless a rule for it asks for more bits (``LayerRule('lstm', act=uint_act(16))``: a 16-bit input grid)."""
+        specs, rule = self._specs(consumer), self._rule(consumer)
         a = specs[1] if specs else self.config.act
         if consumer == self.first and self.config.first_last_bits is not None:
-            a = _act_bits(a, self.config.first_last_bits)
+            wider = rule is not None and rule.act is not None and rule.act.format.bits > self.config.first_last_bits
+            a = a if wider else _act_bits(a, self.config.first_last_bits)
         return a
 
 

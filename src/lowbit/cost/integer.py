@@ -20,10 +20,12 @@ import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
+import torch
+
 from lowbit.integer import ir, validate
 from lowbit.integer.model import IntegerModel, Node
 
-ACT_BITS = 8  # every tensor between the ops is int8
+ACT_BITS = 8  # every tensor between the ops is int8 (but the int16 input codes of a recurrent op)
 
 
 @dataclass(frozen=True)
@@ -87,12 +89,14 @@ def _maxpool(node: Node, x: Shape, y: Shape) -> tuple[int, int, int]:
 
 def _recurrent(node: Node, x: Shape, y: Shape) -> tuple[int, int, int]:
     """Per leading index (a sequence, or a step when not ``batch_first``): every step of every layer multiplies
-    its input and its ``h`` by the gate rows, ``G H (I_k + H)`` int8 MACs, and requantizes both projections."""
+    its input and its ``h`` by the gate rows, ``G H (I_k + H)`` MACs, and requantizes both projections. The BOPs are
+    8 x 8 per MAC, but 8 x 16 for layer 0's input projection on int16 codes (``input_bits`` 16)."""
     t = node.op.tensors
     rows = math.prod(x[:-1])  # steps of one sequence, or sequences of one step
     macs = rows * sum(t[f"w_ih_{k}"].numel() + t[f"w_hh_{k}"].numel() for k in range(node.op.ir.num_layers))
     requant = rows * sum(2 * t[f"w_ih_{k}"].shape[0] for k in range(node.op.ir.num_layers))
-    return macs, macs * ACT_BITS * ACT_BITS, requant
+    wide = rows * t["w_ih_0"].numel() * ACT_BITS * (node.op.ir.input_bits - ACT_BITS)  # the extra input bits
+    return macs, macs * ACT_BITS * ACT_BITS + wide, requant
 
 
 def _l2normalize(node: Node, x: Shape, y: Shape) -> tuple[int, int, int]:
@@ -126,7 +130,8 @@ def profile_integer(model: IntegerModel, input_shape: Shape | None = None) -> li
         x, y = env[node.inputs[0]].shape, env[node.output].shape
         macs, bops, requant = COSTS[type(node.op.ir)](node, x, y)
         binary_out = isinstance(getattr(node.op.ir, "out", None), ir.Binarized)
-        out_bits = 32 if env[node.output].dtype.is_floating_point else 1 if binary_out else ACT_BITS
+        dtype = env[node.output].dtype
+        out_bits = 32 if dtype.is_floating_point else 1 if binary_out else 16 if dtype == torch.int16 else ACT_BITS
         w_bytes = _weight_bytes(node) if isinstance(node.op.ir, (*ir.LAYERS, ir.Recurrent)) else 0.0
         rows.append(OpCost(node.output, node.kind, macs, bops, w_bytes, math.prod(y) * out_bits / 8, requant))
     return rows

@@ -27,7 +27,7 @@ much of the compute a quantized model really runs in low precision.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
@@ -97,6 +97,27 @@ def _recurrent(name: str, m: nn.Module, args: tuple, kwargs: dict, out, widths) 
     events = float((data != 0).float().mean()) if data.numel() else 0.0
     return LayerCost(name, kind, params, w_bits, a_bits, a_bits, macs, int(macs * w_bits * a_bits), params * w_bits / 8,
                      _out_per_sample(m, x, y) * a_bits / 8, 0, "none", events)
+
+
+def _qrecurrent(name: str, mod, args: tuple, kwargs: dict, out, widths) -> LayerCost:
+    """A :class:`~lowbit.nn.recurrent.QRecurrent`: float until frozen, then int8 weights times int8 codes (8 x 8
+    BOPs per MAC), but for layer 0's input projection on a 16-bit input grid (int16 codes: 8 x 16)."""
+    if widths is not None or mod.q is None:
+        return _recurrent(name, mod.layer, args, kwargs, out, widths)
+    bits = mod.input_qparams.fmt.bits
+    row = _recurrent(name, mod.layer, args, kwargs, out, (8, min(bits, 8)))
+    if mod.q.input_bits == 8:
+        return row
+    extra = recurrent_input_macs(mod.layer, row.macs) * 8 * (mod.q.input_bits - 8)
+    return replace(row, act_bits=bits, bops=row.bops + extra)
+
+
+def recurrent_input_macs(m: nn.Module, macs: int) -> int:
+    """The share of an ``nn.LSTM`` / ``nn.GRU``'s ``macs`` (unidirectional, no projection) spent on layer 0's input
+    projection: ``T G H I`` of ``T G H sum_k (I_k + H)``."""
+    rows = (4 if isinstance(m, nn.LSTM) else 3) * m.hidden_size  # G H gate rows
+    per_step = rows * (m.input_size + m.hidden_size + (m.num_layers - 1) * 2 * m.hidden_size)
+    return macs // per_step * rows * m.input_size
 
 
 def _first_input(args: tuple, kwargs: dict):
@@ -212,8 +233,7 @@ def profile(model: nn.Module, example_inputs: tuple,
         if isinstance(mod, dynamic):
             rows.append(_dynamic(name, mod, _first_input(args, kwargs), out))
         elif isinstance(mod, QRecurrent):  # int8 weights per gate row on the input's grid, once frozen
-            bits = (8, mod.input_qparams.fmt.bits) if mod.q is not None else None
-            rows.append(_recurrent(name, mod.layer, args, kwargs, out, widths.get(name, bits)))
+            rows.append(_qrecurrent(name, mod, args, kwargs, out, widths.get(name)))
         elif isinstance(mod, _RECURRENT):
             rows.append(_recurrent(name, mod, args, kwargs, out, widths.get(name)))
         elif (row := _layer(name, mod, args[0], out, widths.get(name))) is not None:
@@ -310,4 +330,5 @@ def render(rows: list[LayerCost]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["COVERAGE_FLOOR", "LayerCost", "Totals", "coverage_warning", "profile", "quantized_share", "render", "totals"]
+__all__ = ["COVERAGE_FLOOR", "LayerCost", "Totals", "coverage_warning", "profile", "quantized_share", "recurrent_input_macs",
+           "render", "totals"]

@@ -40,6 +40,21 @@ H_FRAC = 7  # the hidden state's int8 grid: h = code / 2^7
 H_MAX = 127  # |h code| (symmetric)
 PART_MAX = (1 << 15) - 1  # each pre-activation part is clamped to int16
 GATE_ONE = 1 << 15  # 1.0 in the tables' Q.15
+ACC_MAX = (1 << 31) - 1  # the input projection's int32 accumulator
+W_MAX = 127  # |int8 weight code| (narrow weights)
+
+
+def max_input_delta(zero_point: int, width: int) -> int:
+    """``D = max |x - zero_point|`` over all stored int``width`` codes ``x`` (``zero_point`` in that domain)."""
+    lo, hi = -(1 << (width - 1)), (1 << (width - 1)) - 1
+    return max(zero_point - lo, hi - zero_point)
+
+
+def max_input16_features(zero_point: int) -> int:
+    """The most input features ``I`` of an int16 input (stored ``zero_point``) whose projection on narrow int8
+    weights stays exact in an int32 accumulator whatever the codes: ``I * 127 * D <= 2^31 - 1`` with ``D`` of
+    :func:`max_input_delta` (258 for ``D = 65535``, 516 for ``D = 32768``; :mod:`lowbit.nn.recurrent`)."""
+    return ACC_MAX // (W_MAX * max_input_delta(zero_point, 16))
 
 
 def rshift_half_up(v: torch.Tensor, s: int) -> torch.Tensor:
@@ -89,5 +104,6 @@ def gru_step(px: torch.Tensor, ph: torch.Tensor, h: torch.Tensor, sigmoid: torch
     return rshift_half_up(h15, 15 - H_FRAC).clamp(-H_MAX, H_MAX)
 
 
-__all__ = ["C_FRAC", "GATE_ONE", "H_FRAC", "H_MAX", "PART_MAX", "PRE_FRAC", "TABLE_RANGE", "gate_tables", "gru_step",
-           "lstm_step", "rshift_half_up", "table_at"]
+__all__ = ["ACC_MAX", "C_FRAC", "GATE_ONE", "H_FRAC", "H_MAX", "PART_MAX", "PRE_FRAC", "TABLE_RANGE", "W_MAX",
+           "gate_tables", "gru_step", "lstm_step", "max_input16_features", "max_input_delta", "rshift_half_up",
+           "table_at"]

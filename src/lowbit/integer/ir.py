@@ -51,8 +51,9 @@ class WeightCodes(enum.Enum):
 
 @dataclass(frozen=True)
 class Grid:
-    """The grid of an int8 tensor: real value ``(stored - zero_point) * scale``; ``bits`` and ``signed``
-    of the codes (unsigned codes are stored minus 128, so ``zero_point`` is in the stored domain)."""
+    """The grid of an int8 tensor (int16 when ``bits`` > 8): real value ``(stored - zero_point) * scale``; ``bits``
+    and ``signed`` of the codes (unsigned codes are stored minus 128, minus 32768 in int16, so ``zero_point`` is in
+    the stored domain)."""
 
     scale: float
     zero_point: int
@@ -61,8 +62,8 @@ class Grid:
 
     @property
     def offset(self) -> int:
-        """What the stored value adds to a code: 0 for signed codes, -128 for unsigned ones."""
-        return 0 if self.signed else -128
+        """What the stored value adds to a code: 0 for signed codes, -128 (-32768 in int16) for unsigned ones."""
+        return 0 if self.signed else -128 if self.bits <= 8 else -(1 << 15)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -77,13 +78,15 @@ class Grid:
 
 @dataclass(frozen=True)
 class Quantize:
-    """float -> int8: ``clamp(round(x / scale) + zero_point, lo, hi)``."""
+    """float -> int8: ``clamp(round(x / scale) + zero_point, lo, hi)``; with ``bits`` 16, int16 codes (zero point
+    and bounds in int16: a 16-bit grid, unsigned codes stored minus 32768), which only a ``recurrent`` op reads."""
 
     kind: ClassVar[str] = "quantize"
     scale: float
     zero_point: int
     lo: int
     hi: int
+    bits: int = 8  # the stored codes' width: 8 or 16 (QUANTIZE_BITS)
 
 
 @dataclass(frozen=True)
@@ -335,7 +338,8 @@ class Recurrent:
     grid ``Grid(2^-7, 0, 8, signed=True)``, the LSTM's ``c`` is int16 in Q.11.
 
     The input is int8 codes (``batch_first``: (N, T, I); else (T, N, I), whose leading dimension, the one the
-    model calls its batch, is then time). ``emit`` picks the op's output, of its last layer: the lowering keeps
+    model calls its batch, is then time), or int16 codes when ``input_bits`` is 16 (a 16-bit input grid; its zero
+    point is then in int16, and layer 0's input projection is int16 x int8 in an int32 accumulator). ``emit`` picks the op's output, of its last layer: the lowering keeps
     the layers up to the one whose state is read (``h_n[0]`` of a 3-layer LSTM is a 1-layer op)."""
 
     kind: ClassVar[str] = "recurrent"
@@ -344,6 +348,7 @@ class Recurrent:
     batch_first: bool
     input_zero_point: int
     emit: Emit
+    input_bits: int = 8  # the stored width of the input codes: 8 or 16
 
 
 @dataclass(frozen=True)
@@ -360,6 +365,7 @@ class L2Normalize:
     input_zero_point: int
 
 
+QUANTIZE_BITS = (8, 16)  # the widths of quantize's codes and of the recurrent op's input
 IROp = Union[Quantize, Dequantize, Linear, Conv2d, MaxPool2d, AvgPool2d, Flatten, Pad, Unsqueeze, Squeeze, Permute,
              Reshape, Table, Concat, Recurrent, L2Normalize]
 OP_TYPES: tuple[type, ...] = (Quantize, Dequantize, Linear, Conv2d, MaxPool2d, AvgPool2d, Flatten, Pad, Unsqueeze,
@@ -411,6 +417,10 @@ def attrs_of(op: IROp) -> dict[str, Any]:
     for f in dataclasses.fields(op):
         v = getattr(op, f.name)
         d[f.name] = list(v) if isinstance(v, tuple) else v.value if isinstance(v, enum.Enum) else v
+    if isinstance(op, (Quantize, Recurrent)):  # 8-bit codes: written as before the 16-bit ones existed
+        name = "bits" if isinstance(op, Quantize) else "input_bits"
+        if d[name] == 8:
+            del d[name]
     return d
 
 
@@ -442,7 +452,7 @@ def parse(kind: str, attrs: dict[str, Any], requantized: bool = True) -> IROp:
         return Conv2d(**common, stride=_pair(a["stride"]), padding=_pair(a["padding"]),
                       dilation=_pair(a["dilation"]), groups=int(a["groups"]), pad_value=None if pad is None else int(pad))
     if kind == "quantize":
-        return Quantize(float(a["scale"]), int(a["zero_point"]), int(a["lo"]), int(a["hi"]))
+        return Quantize(float(a["scale"]), int(a["zero_point"]), int(a["lo"]), int(a["hi"]), int(a.get("bits", 8)))
     if kind == "dequantize":
         return Dequantize(float(a["scale"]), int(a["zero_point"]))
     if kind == "maxpool2d":
@@ -465,12 +475,12 @@ def parse(kind: str, attrs: dict[str, Any], requantized: bool = True) -> IROp:
         return Table(bool(a.get("float_output", False)))
     if kind == "recurrent":
         return Recurrent(Cell(a["cell"]), int(a["num_layers"]), bool(a["batch_first"]), int(a["input_zero_point"]),
-                         Emit(a["emit"]))
+                         Emit(a["emit"]), int(a.get("input_bits", 8)))
     if kind == "l2normalize":
         return L2Normalize(int(a["dim"]), int(a["input_zero_point"]))
     raise KeyError(f"unknown integer op kind {kind!r}; known: {sorted(KINDS)}")
 
 
 __all__ = ["input_low", "OP_TYPES", "Act", "Cell", "Emit", "L2Normalize", "Recurrent", "AvgPool2d", "Binarized", "Conv2d", "Dequantize", "Dequantized", "Flatten", "Grid", "IROp", "KINDS", "Squeeze", "Unsqueeze",
-           "LAYERS", "Concat", "Linear", "MaxPool2d", "OutputStage", "Pad", "Permute", "Reshape", "Table", "Quantize", "Requantized", "WeightCodes",
+           "LAYERS", "Concat", "Linear", "MaxPool2d", "OutputStage", "Pad", "Permute", "QUANTIZE_BITS", "Reshape", "Table", "Quantize", "Requantized", "WeightCodes",
            "attrs_of", "parse"]

@@ -40,10 +40,10 @@ from lowbit.prepared import record_of
 from lowbit.graph.input_check import check_input
 from lowbit.nn.exact import layer_params, pool_params
 from lowbit.functional.lookup import grid_values
-from lowbit.graph.nodes import is_passthrough
 from lowbit.graph.l2norm import refusal as l2_refusal
+from lowbit.graph.nodes import is_passthrough, module_of
 from lowbit.graph.recurrent import Part, recurrent_part
-from lowbit.nn.recurrent import H_QPARAMS, QRecurrent
+from lowbit.nn.recurrent import H_QPARAMS, QRecurrent, input_width
 from lowbit.graph.tables import tabulable
 from lowbit.nn.l2norm import UNIT_QPARAMS, QL2Normalize
 from lowbit.nn.lookup import Lookup
@@ -56,8 +56,9 @@ _SKIP_METHODS = ("contiguous",)
 
 
 def grid(q: QParams) -> ir.Grid:
-    """The integer model's grid of a simulation's (frozen) quantization parameters."""
-    return ir.Grid(float(q.scale), stored_zero_point(q), q.fmt.bits, q.fmt.signed)
+    """The integer model's grid of a simulation's (frozen) quantization parameters (a grid of over 8 bits is
+    stored in int16: the input of a recurrent layer)."""
+    return ir.Grid(float(q.scale), stored_zero_point(q, 8 if q.fmt.bits <= 8 else 16), q.fmt.bits, q.fmt.signed)
 
 
 class _Lowering:
@@ -330,10 +331,19 @@ class _Lowering:
         if self.grids[src] is not None:
             self.unsupported.append(f"{node.target} re-quantizes an integer tensor")
             return
-        off = offset(q)
-        op = ir.Quantize(float(q.scale), stored_zero_point(q), q.fmt.qmin - off, q.fmt.qmax - off)
+        width = self.quantize_width(node, q)
+        off = offset(q, width)
+        op = ir.Quantize(float(q.scale), stored_zero_point(q, width), q.fmt.qmin - off, q.fmt.qmax - off, width)
         self.emit(op, [src], node.name, None, q, node.name)
         self.names[node] = node.name
+
+    def quantize_width(self, node: fx.Node, q: QParams) -> int:
+        """8 (int8 codes), or 16 for a 16-bit grid read only by recurrent layers (their int16 input,
+        :mod:`lowbit.nn.recurrent`); any other grid over 8 bits raises :func:`offset`'s ConfigError."""
+        users = [module_of(self.gm, u) for u in node.users]
+        if q.fmt.bits > 8 and users and all(isinstance(m, QRecurrent) and m.q is not None for m in users):
+            return input_width(q, str(node.target))  # 16 (QRecurrent.freeze refused the others)
+        return 8
 
     def layer(self, node: fx.Node, m: _Unified) -> None:
         if not m.exact:
@@ -430,7 +440,7 @@ class _Lowering:
             tensors = {name: t for k, lq in enumerate(m.q.layers) for name, t in lq.tensors(k).items()
                        if int(name.rsplit("_", 1)[1]) <= layer}
             tensors.update(sigmoid=m.q.sigmoid, tanh=m.q.tanh)
-            op = ir.Recurrent(ir.Cell(m.cell), layer + 1, m.q.batch_first, m.q.input_zero_point, what)
+            op = ir.Recurrent(ir.Cell(m.cell), layer + 1, m.q.batch_first, m.q.input_zero_point, what, m.q.input_bits)
             self.emit(op, [self.names[part.node.args[0]]], node.name, tensors,
                       None if what is ir.Emit.C else H_QPARAMS, str(part.node.target))
             self.recurrent_ops[key] = node.name

@@ -55,7 +55,8 @@ def _c(kernels: Kernels) -> bool:
 
 
 class Quantize(Op):
-    """float -> int8: ``clamp(round(x * (1/s)) + z, lo, hi)`` (PyTorch's fake-quant arithmetic)."""
+    """float -> int8 (int16 with ``bits`` 16): ``clamp(round(x * (1/s)) + z, lo, hi)`` (PyTorch's fake-quant
+    arithmetic; the C pass writes int8 only, so int16 codes come from PyTorch)."""
 
     def __init__(self, op: ir.Quantize, tensors: Tensors | None = None) -> None:
         super().__init__(op, tensors)
@@ -65,12 +66,12 @@ class Quantize(Op):
         """A NaN or an infinity raises the DataError the simulation's quantizer raises."""
         a = self.ir
         inv = self.inv
-        if x.dtype == torch.float32 and _c(kernels):
+        if x.dtype == torch.float32 and a.bits == 8 and _c(kernels):
             q = cext.quantize_f32(x, inv, a.zero_point, a.lo, a.hi)  # one pass, same float32 ops
             if q is not None:
                 return q
         check_tensor(x, "input")
-        return (torch.round(x * inv) + a.zero_point).clamp_(a.lo, a.hi).to(torch.int8)
+        return (torch.round(x * inv) + a.zero_point).clamp_(a.lo, a.hi).to(torch.int16 if a.bits == 16 else torch.int8)
 
 
 class Dequantize(Op):

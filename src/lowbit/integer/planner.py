@@ -151,6 +151,8 @@ def _quantize(b: Builder, op: ops.Quantize, x: Value) -> Value:
     """float32 -> int8 codes, as the op's C path (lowbit_quantize_f32) computes them."""
     if x.dtype != torch.float32:
         raise Unsupported(f"quantize of {x.dtype}")
+    if op.ir.bits != 8:  # int16 codes feed a recurrent op only, which runs op by op anyway
+        raise Unsupported(f"quantize to int{op.ir.bits} codes")
     a, out = op.ir, b.value(x.shape, torch.int8)
     b.step(Kind.QUANTIZE, [b.rows(x), out.slot], [x.numel, a.zero_point, a.lo, a.hi], real=float(op.inv))
     return out

@@ -32,7 +32,8 @@ from typing import Any
 import torch
 
 from lowbit.integer import ir
-from lowbit.native.guard import INT8, MAX_M, MAX_M2, MAX_SHIFT, out_size
+from lowbit.functional.fixed_rnn import W_MAX, max_input16_features, max_input_delta
+from lowbit.native.guard import INT8, INT16, MAX_M, MAX_M2, MAX_SHIFT, out_size
 
 MAX_SAMPLE = 1 << 28  # elements of any tensor or kernel workspace, per sample
 MAX_GEOM = 1 << 16  # kernel sizes, strides, paddings, dilations
@@ -124,10 +125,10 @@ def _bool(a: dict, name: str) -> bool:
     return v
 
 
-def _bounds(a: dict, prefix: str = "") -> None:
-    """An int8 zero point and clamping bounds ``lo <= hi``."""
-    _int(a, prefix + "zero_point", *INT8)
-    lo, hi = _int(a, "lo", *INT8), _int(a, "hi", *INT8)
+def _bounds(a: dict, prefix: str = "", codes: tuple[int, int] = INT8) -> None:
+    """A zero point and clamping bounds ``lo <= hi`` in the range ``codes`` (int8 unless told)."""
+    _int(a, prefix + "zero_point", *codes)
+    lo, hi = _int(a, "lo", *codes), _int(a, "hi", *codes)
     if lo > hi:
         raise Invalid(f"attributes 'lo' = {lo} > 'hi' = {hi}; allowed: lo <= hi")
 
@@ -205,17 +206,26 @@ def _expect(ins: Sequence[Spec], i: int, dtypes: tuple[torch.dtype, ...], ndim: 
 # ---------------------------------------------------------------- quantize / dequantize
 
 
+def _code_bits(a: dict, name: str) -> int:
+    """The optional width attribute ``name`` of int codes: 8 (absent) or 16."""
+    v = a.get(name, 8)
+    if not _is_int(v) or v not in ir.QUANTIZE_BITS:
+        raise Invalid(f"attribute {name!r} = {v!r:.40}; allowed: {', '.join(map(str, ir.QUANTIZE_BITS))}")
+    return int(v)
+
+
 def _quantize_attrs(a: dict, t: dict, n_in: int) -> None:
-    """float -> int8: a positive scale whose float32 reciprocal is finite, int8 zero point and bounds."""
-    _known(a, {"scale", "zero_point", "lo", "hi"})
+    """float -> int8 (or int16 with ``bits`` 16): a positive scale whose float32 reciprocal is finite, a zero point
+    and bounds in the codes' range."""
+    _known(a, {"scale", "zero_point", "lo", "hi", "bits"})
     _tensor_names(t, set())
     _scale(a, "scale")
-    _bounds(a)
+    _bounds(a, codes=INT16 if _code_bits(a, "bits") == 16 else INT8)
 
 
 def _quantize_shape(a: dict, t: dict, ins: list[Spec]) -> Spec:
     x = _expect(ins, 0, tuple(INPUT_DTYPES.values()))
-    return Spec(x.shape, torch.int8)
+    return Spec(x.shape, torch.int16 if a.get("bits", 8) == 16 else torch.int8)
 
 
 def _dequantize_attrs(a: dict, t: dict, n_in: int) -> None:
@@ -611,15 +621,18 @@ RNN_PART = (-(1 << 15), (1 << 15) - 1)  # biases in Q.8, int16 range
 
 def _recurrent_attrs(a: dict, t: dict, n_in: int) -> None:
     """A stacked LSTM/GRU: per layer ``k`` int8 ``w_ih_k`` (G H, I_k) and ``w_hh_k`` (G H, H) with ``I_k = H`` after
-    layer 0, per-row multipliers (``0..2^31-1``) and shifts (``0..62``), int16-range int32 biases; the Q.15 tables."""
-    _known(a, {"cell", "num_layers", "batch_first", "input_zero_point", "emit"})
+    layer 0, per-row multipliers (``0..2^31-1``) and shifts (``0..62``), int16-range int32 biases; the Q.15 tables.
+    With ``input_bits`` 16 (int16 input codes): an int16 zero point, ``w_ih_0`` in ``-127..127`` and ``I`` at most
+    :func:`~lowbit.functional.fixed_rnn.max_input16_features` (the int32 accumulator stays exact)."""
+    _known(a, {"cell", "num_layers", "batch_first", "input_zero_point", "emit", "input_bits"})
     if a.get("cell") not in ("lstm", "gru"):
         raise Invalid(f"attribute 'cell' = {a.get('cell')!r:.40}; allowed: 'lstm', 'gru'")
     if a.get("emit") not in ("output", "h", "c") or (a["emit"] == "c" and a["cell"] != "lstm"):
         raise Invalid(f"attribute 'emit' = {a.get('emit')!r:.40}; allowed: 'output', 'h', and 'c' for an LSTM")
     layers = _int(a, "num_layers", 1, MAX_RNN_LAYERS)
     _bool(a, "batch_first")
-    _int(a, "input_zero_point", *INT8)
+    wide = _code_bits(a, "input_bits") == 16
+    zp = _int(a, "input_zero_point", *(INT16 if wide else INT8))
     names = [f"{n}_{k}" for k in range(layers) for n in ("w_ih", "w_hh", "m_ih", "n_ih", "m_hh", "n_hh", "b_ih", "b_hh")]
     _tensor_names(t, {*names, "sigmoid", "tanh"})
     gates = 4 if a["cell"] == "lstm" else 3
@@ -641,6 +654,13 @@ def _recurrent_attrs(a: dict, t: dict, n_in: int) -> None:
             _values(t, f"n_{part}_{k}", 0, MAX_SHIFT)
             _tensor(t, f"b_{part}_{k}", torch.int32, (gates * h,))
             _values(t, f"b_{part}_{k}", *RNN_PART)
+    if wide:
+        i = t["w_ih_0"].shape[1]
+        if i > max_input16_features(zp):
+            raise Invalid(f"tensor 'w_ih_0' takes {i} features of int16 input codes; allowed: at most "
+                          f"{max_input16_features(zp)} for input_zero_point {zp} (I * {W_MAX} * "
+                          f"{max_input_delta(zp, 16)} < 2^31: the int32 accumulator stays exact)")
+        _values(t, "w_ih_0", -W_MAX, W_MAX)
     _tensor(t, "sigmoid", torch.int32, (RNN_TABLE,))
     _values(t, "sigmoid", 0, 1 << 15)
     _tensor(t, "tanh", torch.int32, (RNN_TABLE,))
@@ -650,7 +670,7 @@ def _recurrent_attrs(a: dict, t: dict, n_in: int) -> None:
 def _recurrent_shape(a: dict, t: dict, ins: list[Spec]) -> Spec:
     """Per sample (N, T, I) -> (T, H) / (H,) when ``batch_first``; else per step (T, N, I) -> (N, H) for ``output``
     and (H,) for a last state (whose leading dimension is N)."""
-    x = _expect(ins, 0, (torch.int8,), 2)
+    x = _expect(ins, 0, (torch.int16 if a.get("input_bits", 8) == 16 else torch.int8,), 2)
     i, h = t["w_ih_0"].shape[1], t["w_hh_0"].shape[1]
     if x.shape[1] != i:
         raise Invalid(f"the input has {x.shape[1]} features; tensor 'w_ih_0' takes {i}")

@@ -172,7 +172,7 @@ def library() -> ctypes.CDLL | None:
     lib.lowbit_delta_gru_q.restype = None
     lib.lowbit_delta_lstm_q.argtypes = lib.lowbit_delta_gru_q.argtypes
     lib.lowbit_delta_lstm_q.restype = None
-    lib.lowbit_rnn_layer.argtypes = [ptr] + [i64] * 7 + [ptr] * 13
+    lib.lowbit_rnn_layer.argtypes = [ptr] + [i64] * 8 + [ptr] * 13
     lib.lowbit_rnn_layer.restype = None
     lib.lowbit_snn_run.argtypes = [ptr, ptr, ptr, i64, ptr, i64, ptr, ptr, ptr, i64]
     lib.lowbit_snn_run.restype = ctypes.c_int
@@ -422,10 +422,11 @@ __all__ = ["build", "table", "depthwise_nhwc", "dequant_rows", "flags", "flatten
            "library_path", "maxpool_nhwc", "nhwc", "ptr", "quantize_f32", "requant"]
 
 
-def rnn_layer(q, lq, x: torch.Tensor, zero_point: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def rnn_layer(q, lq, x: torch.Tensor, zero_point: int, bits: int = 8
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """One layer of the integer LSTM / GRU in C (``lowbit_rnn_layer``), with the results of
-    :func:`lowbit.nn.recurrent.run_layer`: int8 codes ``x`` (T, N, I) -> (h codes (T, N, H), h_T, c_T or None)."""
-    x = x.to(torch.int8).contiguous()
+    :func:`lowbit.nn.recurrent.run_layer`: int``bits`` codes ``x`` (T, N, I) -> (h codes (T, N, H), h_T, c_T or None)."""
+    x = x.to(torch.int16 if bits == 16 else torch.int8).contiguous()
     steps, n, i = x.shape
     gates, h = lq.w_ih.shape[0] // lq.w_hh.shape[1], lq.w_hh.shape[1]
     out = torch.empty(steps, n, h, dtype=torch.int8)
@@ -436,8 +437,8 @@ def rnn_layer(q, lq, x: torch.Tensor, zero_point: int) -> tuple[torch.Tensor, to
     t = [v.contiguous() for v in t]
     b = guard.buf
     k = "lowbit_rnn_layer"
-    guard.rnn_layer(b(x, k, "x"), steps, n, i, h, gates, zero_point, *(b(v, k) for v in t), b(out, k, "out"),
+    guard.rnn_layer(b(x, k, "x"), bits, steps, n, i, h, gates, zero_point, *(b(v, k) for v in t), b(out, k, "out"),
                     b(c, k, "c"), b(scratch, k, "scratch"), b(zeros, k, "zeros"))
-    _lib().lowbit_rnn_layer(x.data_ptr(), steps, n, i, h, gates, zero_point, *(v.data_ptr() for v in t),
+    _lib().lowbit_rnn_layer(x.data_ptr(), bits, steps, n, i, h, gates, zero_point, *(v.data_ptr() for v in t),
                             out.data_ptr(), c.data_ptr(), scratch.data_ptr(), zeros.data_ptr())
     return out, out[-1], (c if gates == 4 else None)

@@ -29,6 +29,7 @@ import torch
 from lowbit.errors import ConfigError, ShapeError
 
 INT8 = (-128, 127)
+INT16 = (-(1 << 15), (1 << 15) - 1)
 MAX_SHIFT = 62  # lowbit.functional.requant.MAX_SHIFT: a shift of 64 or more is undefined in C
 MAX_M = (1 << 31) - 1  # |acc + bias| < 2^31, so (acc + bias) m < 2^62
 MAX_M2 = (1 << 53) - 1  # |r - z_r| <= 255 < 2^8, so (r - z_r) m2 < 2^61; with 2^(n-1) <= 2^61 the sum < 2^63
@@ -509,23 +510,29 @@ RNN_MAX_INPUT = 65536  # 128 * 255 * I < 2^31: the input accumulators stay in in
 RNN_MAX_HIDDEN = 65536  # 128 * 127 * H < 2^31
 
 
-def rnn_layer(x: Buf, T, N, In, H, G, zp, w_ih: Buf, w_hh: Buf, m_ih: Buf, n_ih: Buf, m_hh: Buf, n_hh: Buf,
+def rnn_layer(x: Buf, x_bits, T, N, In, H, G, zp, w_ih: Buf, w_hh: Buf, m_ih: Buf, n_ih: Buf, m_hh: Buf, n_hh: Buf,
               b_ih: Buf, b_hh: Buf, sig: Buf, tnh: Buf, out: Buf, c: Buf, scratch: Buf, zeros: Buf) -> None:
     """``lowbit_rnn_layer``: one integer LSTM (``G`` 4) or GRU (3) layer over ``T`` steps of ``N`` sequences: int8
-    ``x`` (T, N, I), int8 weights (G H, I) and (G H, H), int64 multipliers and shifts, int32 biases (G H), int32
+    ``x`` (T, N, I) (``x_bits`` 8) or int16 (16, then ``I`` at most
+    :func:`~lowbit.functional.fixed_rnn.max_input16_features` of ``zp``: the int32 accumulator of narrow int8
+    weights times ``x - zp`` stays exact; the weights' values are the caller's), int8 weights (G H, I) and (G H, H), int64 multipliers and shifts, int32 biases (G H), int32
     tables of 4096 entries, int8 ``out`` (T, N, H), int32 ``c`` (N, H), int32 scratch of N (2 G H + max(I, H)),
     int8 zeros of N H. The multiplier and shift *values* are the caller's (checked when the op is built or loaded:
     :mod:`lowbit.integer.validate`)."""
+    from lowbit.functional.fixed_rnn import max_input16_features
+
     k = "lowbit_rnn_layer"
+    if x_bits not in (8, 16):
+        raise ConfigError(f"{k}: x_bits = {x_bits!r}; allowed: 8 (int8 x), 16 (int16 x)")
     _int(k, "T", T, 1)
     _int(k, "N", N, 1)
-    _int(k, "I", In, 1, RNN_MAX_INPUT)
+    _int(k, "zp", zp, *(INT8 if x_bits == 8 else INT16))
+    _int(k, "I", In, 1, RNN_MAX_INPUT if x_bits == 8 else max_input16_features(zp))
     _int(k, "H", H, 1, RNN_MAX_HIDDEN)
     if G not in (3, 4):
         raise ConfigError(f"{k}: G = {G!r}; allowed: 3 (GRU), 4 (LSTM)")
-    _int(k, "zp", zp, *INT8)
     gh = G * H
-    _need(k, "x", x, (torch.int8,), T * N * In)
+    _need(k, "x", x, (torch.int8 if x_bits == 8 else torch.int16,), T * N * In)
     _need(k, "w_ih", w_ih, (torch.int8,), gh * In)
     _need(k, "w_hh", w_hh, (torch.int8,), gh * H)
     for name, v in (("m_ih", m_ih), ("n_ih", n_ih), ("m_hh", m_hh), ("n_hh", n_hh)):

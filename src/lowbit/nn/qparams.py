@@ -26,17 +26,18 @@ class QParams:
         return q.clamp_(self.fmt.qmin, self.fmt.qmax).to(torch.int32)
 
 
-def offset(q: QParams) -> int:
-    """Stored int8 = code - offset: unsigned codes are shifted down by 128."""
-    if q.fmt.bits > 8:
-        raise ConfigError(f"the integer model stores int8: {q.fmt.bits}-bit activations do not fit "
-                          "(use act_bits <= 8)")
-    return 0 if q.fmt.signed else 128
+def offset(q: QParams, width: int = 8) -> int:
+    """Stored int``width`` = code - offset: unsigned codes are shifted down by ``2^(width-1)`` (128 for int8,
+    32768 for the int16 input of an integer recurrent layer, :mod:`lowbit.nn.recurrent`)."""
+    if q.fmt.bits > width:
+        raise ConfigError(f"the integer model stores int{width}: {q.fmt.bits}-bit activations do not fit "
+                          f"(use act_bits <= {width})")
+    return 0 if q.fmt.signed else 1 << (width - 1)
 
 
-def stored_zero_point(q: QParams) -> int:
-    """The zero point in the stored int8 domain."""
-    return q.zero_point - offset(q)
+def stored_zero_point(q: QParams, width: int = 8) -> int:
+    """The zero point in the stored int``width`` domain."""
+    return q.zero_point - offset(q, width)
 
 
 __all__ = ["QParams", "offset", "stored_zero_point"]

@@ -1,7 +1,7 @@
 """Integer LSTM and GRU layers: the simulation of the ``recurrent`` op of :mod:`lowbit.integer`.
 
 :func:`quantize_recurrent` turns a float ``nn.LSTM`` / ``nn.GRU`` (unidirectional, no projection) and the grid
-of its input into :class:`RecurrentQ`; :func:`run_recurrent` is its arithmetic on int8 codes, in PyTorch
+of its input into :class:`RecurrentQ`; :func:`run_recurrent` is its arithmetic on integer codes, in PyTorch
 integer ops (the oracle the integer model's kernel equals); :class:`QRecurrent` is the thin module PTQ puts
 in place of the layer (float while calibrating, the integer arithmetic once frozen).
 
@@ -18,6 +18,21 @@ then the gates of :mod:`lowbit.functional.fixed_rnn` (tables in Q.15, ``c`` int1
 ``2^-7``). The accumulators stay in int32 for ``I`` up to 66000 and ``H`` up to 133000; requantization forms the
 64-bit product of :func:`lowbit.functional.requant.requantize`, as every layer of the integer model does.
 The outputs are the float values of their grids: ``output`` and ``h_n`` ``code / 2^7``, ``c_n`` ``code / 2^11``.
+
+**A 16-bit input grid** (layer 0 only; :data:`INPUT_WIDTHS`). An input grid of at most 8 bits is stored as int8
+(``x - 128`` when unsigned); a 16-bit grid (a ``LayerRule(name, act=uint_act(16))``: its input is the layer's only
+activation it does not fix itself) is stored as int16 (``x - 32768`` when unsigned), and the input projection is
+``acc_x = q_ih (x - z_x)`` on int16 codes times int8 weights::
+
+    |acc_x| <= I * 127 * D,   D = max|x - z_x| over int16 x = max(z_x + 2^15, 2^15 - 1 - z_x) <= 65535
+
+which stays in int32 (and the requantization's product ``acc_x m_ih`` in int64) when ``I * 127 * D < 2^31``:
+``I <= 258`` for a grid whose zero point lies at an end (an unsigned grid of a non-negative input, ``D = 65535``),
+``I <= 516`` for one centred. A wider layer is refused (:func:`max_input16_features`); nothing is blocked or widened
+to int64. ``px`` is then requantized to the same Q.8 pre-activations (``m_ih / 2^n_ih ~= s_ih s_x 2^8`` with the
+16-bit grid's finer ``s_x``) and the rest of the cell is unchanged. The PyTorch reference forms ``x @ q_ih.T`` as
+two int8 GEMMs on the bytes of ``x``: ``x = 256 hi + lo + 128`` with ``hi = x >> 8`` and ``lo = (x & 255) - 128``
+both int8, so ``x @ q_ih.T = 256 (hi @ q_ih.T) + lo @ q_ih.T + 128 sum_k q_ih`` (each GEMM exact in int32).
 """
 
 from __future__ import annotations
@@ -30,9 +45,10 @@ from torch import nn
 
 from lowbit.errors import ConfigError, DataError
 from lowbit.formats import IntFormat
-from lowbit.functional.fixed_rnn import C_FRAC, H_FRAC, PART_MAX, PRE_FRAC, gate_tables, gru_step, lstm_step
+from lowbit.functional.fixed_rnn import (C_FRAC, H_FRAC, PART_MAX, PRE_FRAC, gate_tables, gru_step, lstm_step,
+                                         max_input16_features, max_input_delta)
 from lowbit.functional.requant import fixed_point, requantize
-from lowbit.nn.qparams import QParams, offset
+from lowbit.nn.qparams import QParams, offset, stored_zero_point
 from lowbit.granularity import PerChannel
 from lowbit.spec import QuantSpec, solve_weight, weight_codes
 
@@ -41,6 +57,7 @@ CELLS = {nn.LSTM: "lstm", nn.GRU: "gru"}
 GATES = {"lstm": 4, "gru": 3}
 H_QPARAMS = QParams(2.0 ** -H_FRAC, 0, IntFormat(8, signed=True, narrow=True))  # the hidden state's fixed grid
 MAX_M = (1 << 31) - 1
+INPUT_WIDTHS = (8, 16)  # stored widths of layer 0's input codes: int8 (grids of <= 8 bits), int16 (16-bit grids)
 WEIGHT_SPEC = QuantSpec(IntFormat(8, signed=True, narrow=True), PerChannel(0))  # symmetric int8, one scale per row
 
 
@@ -85,8 +102,8 @@ LAYER_TENSORS = ("w_ih", "w_hh", "m_ih", "n_ih", "m_hh", "n_hh", "b_ih", "b_hh")
 
 @dataclass(frozen=True)
 class RecurrentQ:
-    """An integer LSTM or GRU (``cell``), its layers, the stored int8 zero point of its input, its layout, and the
-    Q.15 gate tables over ``[-8, 8)`` on the Q.8 grid."""
+    """An integer LSTM or GRU (``cell``), its layers, the stored zero point of its input (int8, or int16 when
+    ``input_bits`` is 16), its layout, and the Q.15 gate tables over ``[-8, 8)`` on the Q.8 grid."""
 
     cell: str
     layers: tuple[LayerQ, ...]
@@ -94,6 +111,7 @@ class RecurrentQ:
     batch_first: bool
     sigmoid: torch.Tensor
     tanh: torch.Tensor
+    input_bits: int = 8  # the stored width of layer 0's input codes (INPUT_WIDTHS); the zero point is in it
 
     @property
     def hidden_size(self) -> int:
@@ -127,6 +145,17 @@ def check_recurrent(layer: nn.Module, name: str) -> None:
                           f"LayerRule({name!r}, keep_float=True)")
 
 
+def input_width(q: QParams, name: str, cell: str = "recurrent layer") -> int:
+    """The stored width (:data:`INPUT_WIDTHS`) of layer 0's input codes on the grid ``q``: 8 for a grid of at most
+    8 bits, 16 for a 16-bit one; any other width raises a ConfigError naming the layer and the widths it takes."""
+    bits = q.fmt.bits
+    if bits <= 8 or bits == 16:
+        return 8 if bits <= 8 else 16
+    raise ConfigError(f"{name}: the integer {cell} takes its input on a grid of 2..8 bits (stored int8) or of 16 "
+                      f"bits (stored int16), and its input grid has {bits} bits: give it act=uint_act(8) or "
+                      f"act=uint_act(16) (LayerRule({name!r}, act=...))")
+
+
 def _weight_codes(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """int8 codes and float64 scales (one per gate row) of a weight matrix on :data:`WEIGHT_SPEC`."""
     grid = solve_weight(w, WEIGHT_SPEC)
@@ -154,6 +183,12 @@ def quantize_recurrent(layer: nn.Module, input_qparams: QParams, name: str = "re
     params = [p for p in layer.parameters()]
     if not all(bool(torch.isfinite(p).all()) for p in params):
         raise DataError(f"{name}: the layer's weights hold a NaN or an infinity")
+    width = input_width(input_qparams, name, cell.upper())
+    zp = stored_zero_point(input_qparams, width)
+    if width == 16 and layer.input_size > max_input16_features(zp):
+        raise ConfigError(f"{name}: a 16-bit input of {layer.input_size} features could overflow the int32 "
+                          f"accumulator of the input projection (I * 127 * {max_input_delta(zp, 16)} >= 2^31; at most "
+                          f"{max_input16_features(zp)} features for this grid): keep this layer's input at 8 bits")
     layers, s_x = [], float(input_qparams.scale)
     for k in range(layer.num_layers):
         q_ih, s_ih = _weight_codes(getattr(layer, f"weight_ih_l{k}"))
@@ -166,8 +201,7 @@ def quantize_recurrent(layer: nn.Module, input_qparams: QParams, name: str = "re
         layers.append(LayerQ(q_ih, q_hh, m_ih, n_ih, m_hh, n_hh, b_ih, b_hh))
         s_x = 2.0 ** -H_FRAC  # the next layer reads h
     sigmoid, tanh = gate_tables(PRE_FRAC)
-    zp = input_qparams.zero_point - offset(input_qparams)
-    return RecurrentQ(cell, tuple(layers), zp, bool(layer.batch_first), sigmoid, tanh)
+    return RecurrentQ(cell, tuple(layers), zp, bool(layer.batch_first), sigmoid, tanh, width)
 
 
 def _parts(acc: torch.Tensor, m: torch.Tensor, n: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -175,20 +209,28 @@ def _parts(acc: torch.Tensor, m: torch.Tensor, n: torch.Tensor, b: torch.Tensor)
     return requantize(acc, m, n, 0, -PART_MAX - 1, PART_MAX) + b.long()
 
 
-def _matmul(x: torch.Tensor, zero_point: int, w: torch.Tensor) -> torch.Tensor:
-    """int64 ``(x - zero_point) @ w.T`` for int8 codes ``x`` (..., K) and int8 ``w`` (O, K), as the integer
-    layers compute it: one int8 GEMM with int32 accumulators, ``x @ w.T - zero_point sum_k w``."""
+def _matmul(x: torch.Tensor, zero_point: int, w: torch.Tensor, bits: int = 8) -> torch.Tensor:
+    """int64 ``(x - zero_point) @ w.T`` for int``bits`` codes ``x`` (..., K) and int8 ``w`` (O, K), as the integer
+    layers compute it: one int8 GEMM with int32 accumulators, ``x @ w.T - zero_point sum_k w``; for int16 codes
+    two, on the bytes ``x = 256 hi + lo + 128`` (module docstring)."""
     from lowbit.integer.kernels import int_mm  # (imported here: lowbit.integer builds on this module)
 
-    acc = int_mm(x.reshape(-1, x.shape[-1]).to(torch.int8), w).reshape(*x.shape[:-1], w.shape[0])
-    return acc.long() - zero_point * w.long().sum(dim=1)
+    rows = x.reshape(-1, x.shape[-1])
+    if bits == 8:
+        acc = int_mm(rows.to(torch.int8), w).long()
+    else:
+        rows = rows.long()
+        hi, lo = (rows >> 8).to(torch.int8), ((rows & 255) - 128).to(torch.int8)
+        acc = 256 * int_mm(hi, w).long() + int_mm(lo, w).long() + 128 * w.long().sum(dim=1)
+    return acc.reshape(*x.shape[:-1], w.shape[0]) - zero_point * w.long().sum(dim=1)
 
 
-def run_layer(q: RecurrentQ, lq: LayerQ, x: torch.Tensor, zero_point: int
+def run_layer(q: RecurrentQ, lq: LayerQ, x: torch.Tensor, zero_point: int, bits: int = 8
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """One layer from a zero state on int8-domain codes ``x`` (T, B, I) -> (h codes (T, B, H), h_T, c_T) int64."""
+    """One layer from a zero state on int``bits``-domain codes ``x`` (T, B, I) -> (h codes (T, B, H), h_T, c_T)
+    int64."""
     steps, batch = x.shape[:2]
-    px = _parts(_matmul(x, zero_point, lq.w_ih), lq.m_ih, lq.n_ih, lq.b_ih)  # (T, B, G H)
+    px = _parts(_matmul(x, zero_point, lq.w_ih, bits), lq.m_ih, lq.n_ih, lq.b_ih)  # (T, B, G H)
     hsize = lq.w_hh.shape[1]
     h = torch.zeros(batch, hsize, dtype=torch.long)
     c = torch.zeros(batch, hsize, dtype=torch.long) if q.cell == "lstm" else None
@@ -205,18 +247,19 @@ def run_layer(q: RecurrentQ, lq: LayerQ, x: torch.Tensor, zero_point: int
 
 def run_recurrent(q: RecurrentQ, x: torch.Tensor, layers: int | None = None, layer=run_layer
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """The integer layer on stored int8 input codes ``x`` ((B, T, I) if ``batch_first`` else (T, B, I)) ->
+    """The integer layer on stored input codes ``x`` (int8-domain, int16 when ``q.input_bits`` is 16; (B, T, I) if
+    ``batch_first`` else (T, B, I)) ->
     ``(output, h_n, c_n)``: int64 codes of the last layer's ``h`` at every step (``x``'s layout), of each layer's
     last ``h`` (L, B, H) on ``2^-7`` and, for the LSTM, of its last ``c`` (L, B, H) in Q.11 (else None).
     ``layers``: run the first ones only (default all); ``layer``: the function that runs one (:func:`run_layer`,
     or a kernel with its signature and results)."""
     seq = x.transpose(0, 1) if q.batch_first else x
-    hs, cs, zp = [], [], q.input_zero_point
+    hs, cs, zp, bits = [], [], q.input_zero_point, q.input_bits
     for lq in q.layers[:layers]:
-        seq, h, c = layer(q, lq, seq, zp)
+        seq, h, c = layer(q, lq, seq, zp, bits)
         hs.append(h)
         cs.append(c)
-        zp = 0
+        zp, bits = 0, 8  # the next layer reads h (int8 codes on 2^-7)
     out = seq.transpose(0, 1) if q.batch_first else seq
     return out, torch.stack(hs), torch.stack(cs) if q.cell == "lstm" else None
 
@@ -252,7 +295,8 @@ class QRecurrent(nn.Module):
         if self.float_only:  # it saw a call the integer layer cannot run: it stays the float layer
             return
         if input_qparams is None:
-            raise ConfigError(f"{self.name}: the integer {self.cell.upper()} needs its input on an 8-bit grid")
+            raise ConfigError(f"{self.name}: the integer {self.cell.upper()} needs its input on a grid of at most 8 "
+                              "bits or of 16 bits")
         self.input_qparams = input_qparams
         self.q = quantize_recurrent(self.layer, input_qparams, self.name)
 
@@ -275,7 +319,7 @@ class QRecurrent(nn.Module):
         if x.ndim != 3:
             raise ConfigError(f"{self.name}: the quantized {self.cell.upper()} takes a batched 3-D input, got shape "
                               f"{tuple(x.shape)}")
-        codes = self.input_qparams.codes(x) - offset(self.input_qparams)
+        codes = self.input_qparams.codes(x) - offset(self.input_qparams, self.q.input_bits)
         out, h, c = run_recurrent(self.q, codes)
         if self.cell == "lstm":
             return h_values(out), (h_values(h), c_values(c))
@@ -285,5 +329,7 @@ class QRecurrent(nn.Module):
         return f"{self.cell}, frozen={self.q is not None}"
 
 
-__all__ = ["CELLS", "FixedGrid", "GATES", "H_GRID", "H_QPARAMS", "LAYER_TENSORS", "LayerQ", "QRecurrent", "RECURRENT", "RecurrentQ",
-           "c_values", "check_recurrent", "stays_float", "unsupported", "h_values", "quantize_recurrent", "run_layer", "run_recurrent"]
+__all__ = ["CELLS", "FixedGrid", "GATES", "H_GRID", "H_QPARAMS", "INPUT_WIDTHS", "LAYER_TENSORS", "LayerQ",
+           "QRecurrent", "RECURRENT", "RecurrentQ", "c_values", "check_recurrent", "h_values", "input_width",
+           "quantize_recurrent", "run_layer", "run_recurrent", "stays_float",
+           "unsupported"]

@@ -1,7 +1,8 @@
 /* One layer of the integer LSTM (G = 4) or GRU (G = 3) of lowbit.nn.recurrent, T steps of a batch of N from a zero
  * state; the same arithmetic as lowbit.nn.recurrent.run_layer and lowbit.functional.fixed_rnn, bit for bit.
  *
- * x (T, N, I) int8 codes, zero point zp; w_ih (G H, I), w_hh (G H, H) int8; per gate row r
+ * x (T, N, I) int8 codes (x_bits 8) or int16 codes (x_bits 16, lowbit.nn.recurrent's 16-bit input grid), zero point
+ * zp in x's domain; w_ih (G H, I), w_hh (G H, H) int8; per gate row r
  *   px[r] = clamp(round_even((sum_i w_ih[r, i] (x_i - zp)) m_ih[r] / 2^n_ih[r]), -2^15, 2^15 - 1) + b_ih[r]
  *   ph[r] = the same of w_hh h with m_hh, n_hh, plus b_hh[r]                          (Q.8 pre-activations)
  * then the gates from the Q.15 tables sig, tnh of 2L entries (L = 2048):
@@ -9,7 +10,8 @@
  *         h = clamp((o tnh[(c + 4) >> 3] + 2^22) >> 23, -127, 127)
  *   GRU   r, z = sig[px + ph];  n = tnh[px_n + ((r clamp(ph_n, int16) + 2^14) >> 15)]
  *         h = clamp((n + ((z (256 h - n) + 2^14) >> 15) + 2^7) >> 8, -127, 127)
- * The int32 accumulators hold |acc_x| <= 128 * 255 * I and |acc_h| <= 128 * 127 * H (the guard bounds I and H);
+ * The int32 accumulators hold |acc_x| <= 128 * 255 * I (int8 x), <= 127 * D * I (int16 x, D = max |x - zp| <= 65535,
+ * narrow weights) and |acc_h| <= 128 * 127 * H (the guard bounds I, zp and H);
  * every gate product is below 2^31; the multipliers' products are formed in int64.
  * out (T, N, H) int8: h at every step (its last step is the final h); c (N, H) int32: the final cell (LSTM);
  * scratch: int32 of N (2 G H + max(I, H)); zeros: int8 of N H (the zero initial h). Arguments are checked by lowbit.native.guard.rnn_layer.
@@ -46,6 +48,23 @@ static void parts(const int8_t *restrict w, int64_t R, int64_t K, const int8_t *
             const int16_t *restrict vs = vc + s * K;
             int32_t acc = 0;
             for (int64_t k = 0; k < K; k++) acc += (int16_t)row[k] * vs[k];
+            part[s * R + r] = clamp16(lb_rshift_even((int64_t)acc * m[r], n[r], h)) + b[r];
+        }
+    }
+}
+
+/* parts() for int16 codes v: x - zp needs 17 bits (|x - zp| <= 65535), so it is held in int32 */
+static void parts16(const int8_t *restrict w, int64_t R, int64_t K, const int16_t *restrict v, int64_t N, int32_t zp,
+                    const int64_t *restrict m, const int64_t *restrict n, const int32_t *restrict b,
+                    int32_t *restrict vc, int32_t *restrict part) {
+    for (int64_t j = 0; j < N * K; j++) vc[j] = (int32_t)v[j] - zp;
+    for (int64_t r = 0; r < R; r++) {
+        const int8_t *restrict row = w + r * K;
+        const int64_t h = n[r] > 0 ? (int64_t)1 << (n[r] - 1) : 0;
+        for (int64_t s = 0; s < N; s++) {
+            const int32_t *restrict vs = vc + s * K;
+            int32_t acc = 0;
+            for (int64_t k = 0; k < K; k++) acc += (int32_t)row[k] * vs[k];
             part[s * R + r] = clamp16(lb_rshift_even((int64_t)acc * m[r], n[r], h)) + b[r];
         }
     }
@@ -146,9 +165,10 @@ static void gates_step(int64_t G, int64_t H, int64_t N, const int32_t *px, const
     }
 }
 
-/* The layer on the GEMM: the input projection of up to RNN_CHUNK rows (whole steps) at once, the recurrent one
- * step by step; returns 0 when memory is short (the caller then runs the loop below). */
-static int layer_gemm(const int8_t *x, int64_t T, int64_t N, int64_t I, int64_t H, int64_t G, int64_t zp,
+/* The layer on the GEMM: the input projection of up to RNN_CHUNK rows (whole steps) at once (int16 x: by parts16,
+ * the GEMM being u8 x s8), the recurrent one step by step; returns 0 when memory is short (the caller then runs
+ * the loop below). */
+static int layer_gemm(const void *x, int64_t x_bits, int64_t T, int64_t N, int64_t I, int64_t H, int64_t G, int64_t zp,
                       const int8_t *w_ih, const int8_t *w_hh, const int64_t *m_ih, const int64_t *n_ih,
                       const int64_t *m_hh, const int64_t *n_hh, const int32_t *b_ih, const int32_t *b_hh,
                       const int32_t *sig, const int32_t *tnh, int8_t *out, int32_t *c, int32_t *ph,
@@ -156,12 +176,16 @@ static int layer_gemm(const int8_t *x, int64_t T, int64_t N, int64_t I, int64_t 
     const int64_t GH = G * H, steps = N < RNN_CHUNK ? RNN_CHUNK / N : 1;
     proj pi = {0}, phh = {0};
     int32_t *px = malloc((size_t)(steps * N * GH) * sizeof(int32_t));
-    int ok = px && proj_init(&pi, w_ih, GH, I, (int32_t)zp, steps * N, n_ih) &&
+    int32_t *vc32 = x_bits == 16 ? malloc((size_t)(steps * N * I) * sizeof(int32_t)) : NULL;
+    int ok = px && (x_bits == 16 ? vc32 != NULL : proj_init(&pi, w_ih, GH, I, (int32_t)zp, steps * N, n_ih)) &&
              proj_init(&phh, w_hh, GH, H, 0, N, n_hh);
     if (ok)
         for (int64_t t0 = 0; t0 < T; t0 += steps) {
             const int64_t nt = T - t0 < steps ? T - t0 : steps;
-            proj_run(&pi, x + t0 * N * I, nt * N, m_ih, n_ih, b_ih, px);
+            if (x_bits == 16)
+                parts16(w_ih, GH, I, (const int16_t *)x + t0 * N * I, nt * N, (int32_t)zp, m_ih, n_ih, b_ih, vc32, px);
+            else
+                proj_run(&pi, (const int8_t *)x + t0 * N * I, nt * N, m_ih, n_ih, b_ih, px);
             for (int64_t t = t0; t < t0 + nt; t++) {
                 const int8_t *h_prev = t ? out + (t - 1) * N * H : zeros;
                 proj_run(&phh, h_prev, N, m_hh, n_hh, b_hh, ph);
@@ -169,28 +193,33 @@ static int layer_gemm(const int8_t *x, int64_t T, int64_t N, int64_t I, int64_t 
             }
         }
     free(px);
+    free(vc32);
     proj_free(&pi);
     proj_free(&phh);
     return ok;
 }
 
-void lowbit_rnn_layer(const int8_t *x, int64_t T, int64_t N, int64_t I, int64_t H, int64_t G, int64_t zp,
+void lowbit_rnn_layer(const void *x, int64_t x_bits, int64_t T, int64_t N, int64_t I, int64_t H, int64_t G, int64_t zp,
                       const int8_t *w_ih, const int8_t *w_hh, const int64_t *m_ih, const int64_t *n_ih,
                       const int64_t *m_hh, const int64_t *n_hh, const int32_t *b_ih, const int32_t *b_hh,
                       const int32_t *sig, const int32_t *tnh, int8_t *out, int32_t *c, int32_t *scratch,
                       int8_t *zeros) {
     const int64_t GH = G * H;
     int32_t *px = scratch, *ph = scratch + N * GH;
-    int16_t *vc = (int16_t *)(scratch + 2 * N * GH); /* N max(I, H) int16 in N max(I, H) int32 */
+    int32_t *vc32 = scratch + 2 * N * GH; /* N max(I, H) int32: x - zp of int16 x */
+    int16_t *vc = (int16_t *)vc32;         /* or N max(I, H) int16 */
     for (int64_t k = 0; k < N * H; k++) zeros[k] = 0;
     for (int64_t k = 0; k < N * H; k++) c[k] = 0;
-    if (lowbit_gemm_isa() > 0 && layer_gemm(x, T, N, I, H, G, zp, w_ih, w_hh, m_ih, n_ih, m_hh, n_hh, b_ih, b_hh,
-                                            sig, tnh, out, c, ph, zeros))
+    if (lowbit_gemm_isa() > 0 && layer_gemm(x, x_bits, T, N, I, H, G, zp, w_ih, w_hh, m_ih, n_ih, m_hh, n_hh, b_ih,
+                                            b_hh, sig, tnh, out, c, ph, zeros))
         return;
     for (int64_t k = 0; k < N * H; k++) c[k] = 0; /* (a layer_gemm that ran short of memory may have begun) */
     for (int64_t t = 0; t < T; t++) {
         const int8_t *h_prev = t ? out + (t - 1) * N * H : zeros;
-        parts(w_ih, GH, I, x + t * N * I, N, (int32_t)zp, m_ih, n_ih, b_ih, vc, px);
+        if (x_bits == 16)
+            parts16(w_ih, GH, I, (const int16_t *)x + t * N * I, N, (int32_t)zp, m_ih, n_ih, b_ih, vc32, px);
+        else
+            parts(w_ih, GH, I, (const int8_t *)x + t * N * I, N, (int32_t)zp, m_ih, n_ih, b_ih, vc, px);
         parts(w_hh, GH, H, h_prev, N, 0, m_hh, n_hh, b_hh, vc, ph);
         gates_step(G, H, N, px, ph, sig, tnh, c, h_prev, out + t * N * H);
     }
