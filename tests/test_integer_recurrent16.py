@@ -255,3 +255,18 @@ def test_auto_mixed_promotes_the_recurrent_input():
     assert _node(im, "recurrent").op.ir.input_bits == 16
     _check_exact(res.model, im, calib[1])
     assert not auto_mixed(net, calib, budget=0.0).rules  # no budget, no promotion
+
+
+def test_auto_mixed_for_the_integer_model_promotes_only_what_lowers():
+    """integer=True weighs only the recurrent input (the int8 integer model's one 16-bit activation): with a
+    budget that would also buy the head's 16-bit activations, the choice is the recurrent input alone, and the
+    model lowers bit for bit."""
+    torch.manual_seed(15)
+    net = _Encoder(nn.LSTM, i=12, h=16, layers=2).eval()
+    calib = [_power(4, 20, 12, seed=s) for s in range(2)]
+    assert {r.pattern for r in auto_mixed(net, calib, budget=5.0).rules} == {"rnn", "fc"}
+    res = auto_mixed(net, calib, budget=5.0, integer=True)
+    assert {r.pattern for r in res.rules} == {"rnn"} and {s.name for s in res.sensitivities} == {"rnn"}
+    im = to_integer(res.model, (calib[0][:1],))
+    assert _node(im, "recurrent").op.ir.input_bits == 16
+    _check_exact(res.model, im, calib[1])

@@ -149,11 +149,13 @@ def _recurrent_rows(model: nn.Module, data: list, config: PTQConfig, high: Quant
 
 
 def auto_mixed(model: nn.Module, calibration_data: Iterable, config: PTQConfig = PTQConfig(), budget: float = 0.05,
-               high: QuantSpec | None = None, eval_data: Iterable | None = None) -> MixedResult:
+               high: QuantSpec | None = None, eval_data: Iterable | None = None, integer: bool = False) -> MixedResult:
     """Quantize ``model`` with ``config``, then keep the layers whose quantization costs the most output
     fidelity at ``high`` activation precision (default unsigned 16-bit), while the extra BOPs stay within
     ``budget`` (a fraction, e.g. 0.05 = 5%) of the uniform model's. ``eval_data`` (default: the calibration
-    batches) measures the output error. See the module docstring for the method."""
+    batches) measures the output error. ``integer``: only promotions :func:`lowbit.integer.to_integer` can run
+    (the int8 integer model's one 16-bit activation is a recurrent layer's input), so the result still lowers.
+    See the module docstring for the method."""
     if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not math.isfinite(budget) or budget < 0:
         raise ConfigError(f"auto_mixed budget = {budget!r}; allowed: a fraction >= 0 of the model's BOPs (0.05 = 5%)")
     high = high if high is not None else uint_act(16)
@@ -170,7 +172,7 @@ def auto_mixed(model: nn.Module, calibration_data: Iterable, config: PTQConfig =
     costs = {r.name: (r.macs, r.weight_bits) for r in layers}
     total = sum(r.bops for r in layers) or 1
     rows = []
-    for name, layer in unified_modules(q):
+    for name, layer in ([] if integer else unified_modules(q)):
         if layer.weight_quant is None:  # kept in float (the last layer, with weights, counts: its input is a grid)
             continue
         with _off([layer, *feeds.get(name, [])]):
