@@ -70,9 +70,10 @@ BATCHES = (1, 16)
 DYNAMIC_SET = {nn.Linear, nn.LSTM, nn.GRU, nn.LSTMCell, nn.GRUCell}
 LOWBIT = "lowbit static W8A8"
 MIXED = "lowbit static W8A8 mixed (auto)"
+MIXED_INT = "lowbit static W8A8 mixed (integer)"
 DYN = "lowbit dynamic"
 PEER = "quantize_dynamic"
-LOWBIT_METHODS = (LOWBIT, MIXED, DYN)
+LOWBIT_METHODS = (LOWBIT, MIXED, MIXED_INT, DYN)
 METHODS = LOWBIT_METHODS + (PEER,)
 MIXED_BUDGET = 0.35  # the six FFN output projections of all-MiniLM-L6-v2 at 16-bit inputs cost about 30%
 SOURCES: dict[str, str] = {}
@@ -461,10 +462,11 @@ def lowbit_quantize(model: nn.Module, calib: list, example: tuple, test: tuple |
     return q, info
 
 
-def lowbit_mixed(model: nn.Module, calib: list, example: tuple, test: tuple | None = None
+def lowbit_mixed(model: nn.Module, calib: list, example: tuple, test: tuple | None = None, integer: bool = False
                  ) -> tuple[nn.Module | None, dict]:
-    """lowbit.mixed.auto_mixed(model, calib, PTQConfig(), budget=MIXED_BUDGET): static W8A8 with some layers'
-    activations promoted to 16 bits within the BOPs budget. Its promoted layers and BOPs ratio go into the info."""
+    """lowbit.mixed.auto_mixed(model, calib, PTQConfig(), budget=MIXED_BUDGET, integer=integer): static W8A8 with
+    some layers' activations promoted to 16 bits within the BOPs budget (integer: only promotions to_integer runs,
+    a recurrent layer's input). Its promoted layers and BOPs ratio go into the info."""
     info = {**_new_info(), "promoted": None, "bops_ratio": None, "budget": MIXED_BUDGET}
     try:
         from lowbit.mixed import auto_mixed
@@ -479,7 +481,7 @@ def lowbit_mixed(model: nn.Module, calib: list, example: tuple, test: tuple | No
         src = Path(sys.modules["lowbit.mixed"].__file__)
         SOURCES["mixed"] = (f"lowbit/mixed.py sha1 {hashlib.sha1(src.read_bytes()).hexdigest()[:12]}, modified "
                             f"{datetime.datetime.fromtimestamp(src.stat().st_mtime, datetime.timezone.utc):%H:%M} UTC")
-    res = _captured(lambda: auto_mixed(model, calib, config=PTQConfig(), budget=MIXED_BUDGET), info)
+    res = _captured(lambda: auto_mixed(model, calib, config=PTQConfig(), budget=MIXED_BUDGET, integer=integer), info)
     if res is None:
         return None, info
     info["promoted"] = [r.pattern for r in res.rules]
@@ -509,7 +511,8 @@ def lowbit_dynamic(model: nn.Module, calib: list, example: tuple, test: tuple | 
     return d, info
 
 
-LOWBIT_QUANTIZERS = {LOWBIT: lowbit_quantize, MIXED: lowbit_mixed, DYN: lowbit_dynamic}
+LOWBIT_QUANTIZERS = {LOWBIT: lowbit_quantize, MIXED: lowbit_mixed,
+                     MIXED_INT: lambda *a, **k: lowbit_mixed(*a, **k, integer=True), DYN: lowbit_dynamic}
 
 
 def dynamic_quantize(model: nn.Module) -> tuple[nn.Module, dict]:
@@ -760,6 +763,8 @@ def report(summaries: list[dict], extra_notes: list[str], timings: dict, started
         f"- `{MIXED}`: `lowbit.mixed.auto_mixed(model, calib_batches, config=PTQConfig(), budget={MIXED_BUDGET})`:"
         " the same static W8A8 with the activations of the layers it picks promoted to 16 bits (`LayerRule`s), BOPs"
         " at most (1 + budget) x those of the plain W8A8 model; its simulation is run.",
+        f"- `{MIXED_INT}`: the same with `integer=True`: only promotions `to_integer` can run (a recurrent layer's"
+        " 16-bit input); its integer model is timed where it lowers.",
         f"- `{DYN}`: `lowbit.dynamic.quantize_dynamic(model)`: int8 weights (one scale per output channel) of"
         " nn.Linear / nn.LSTM / nn.GRU / nn.LSTMCell / nn.GRUCell, their inputs quantized per row at run time;"
         " everything else float. Not an"
@@ -829,7 +834,7 @@ def report(summaries: list[dict], extra_notes: list[str], timings: dict, started
             lines.append(f"| {s['name']} | {method} | {_method_cell(s, method)} | "
                          f"{fmt(r['sqnr_db'], 1) if r else '-'} | {fmt(r['agreement']) if r else '-'} | "
                          f"{fmt(info['quantized_share'])} | {fmt(info['to_integer'])} | "
-                         f"{_mixed_text(info) if method == MIXED else '-'} |")
+                         f"{_mixed_text(info) if method in (MIXED, MIXED_INT) else '-'} |")
     lines.append("")
     for s in summaries:
         m = s["meta"]
@@ -873,7 +878,7 @@ def report(summaries: list[dict], extra_notes: list[str], timings: dict, started
             lines += [f"- lowbit warned: `{short(w)}`" for w in li["warnings"]]
             if li["error"]:
                 lines += [f"- lowbit raised: `{short(li['error'])}`"]
-            if method == MIXED and li.get("promoted") is not None:
+            if method in (MIXED, MIXED_INT) and li.get("promoted") is not None:
                 lines += [f"- auto_mixed (budget {li['budget']}): activations at "
                           f"{'/'.join(str(b) for b in li.get('promoted_act_bits') or []) or '?'} bits for "
                           f"{len(li['promoted'])} layer(s): "
