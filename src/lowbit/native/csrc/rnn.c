@@ -106,6 +106,9 @@ typedef struct {
     uint8_t *a;       /* room for M_max rows of Kp unsigned codes (K % 4 != 0), else NULL */
     int32_t *acc;     /* M_max R int32 */
     int64_t *half;    /* 2^(n[r] - 1), 0 for n[r] = 0: the rounding's half */
+    uint8_t *lo;      /* int16 x: the low byte plane (a holds the high one), M_max Kp */
+    int32_t *acc_lo;  /* int16 x: the low plane's sums, M_max R */
+    int64_t *rowsum;  /* int16 x: rowsum(W), R */
     int64_t R, K, Kp;
 } proj;
 
@@ -115,6 +118,9 @@ static void proj_free(proj *p) {
     free(p->a);
     free(p->acc);
     free(p->half);
+    free(p->lo);
+    free(p->acc_lo);
+    free(p->rowsum);
 }
 
 static int proj_init(proj *p, const int8_t *w, int64_t R, int64_t K, int32_t zp, int64_t rows, const int64_t *n) {
@@ -135,6 +141,16 @@ static int proj_init(proj *p, const int8_t *w, int64_t R, int64_t K, int32_t zp,
     return 1;
 }
 
+/* part[s, r] = clamp16(round_even(acc[s, r] m[r] / 2^n[r])) + b[r], row by row (contiguous: it vectorizes) */
+static void round_parts(const proj *p, const int32_t *accs, int64_t M, const int64_t *restrict m,
+                        const int64_t *restrict n, const int32_t *restrict b, int32_t *restrict part) {
+    for (int64_t s = 0; s < M; s++) {
+        const int32_t *restrict acc = accs + s * p->R;
+        int32_t *restrict out = part + s * p->R;
+        for (int64_t r = 0; r < p->R; r++) out[r] = clamp16(lb_rshift_even((int64_t)acc[r] * m[r], n[r], p->half[r])) + b[r];
+    }
+}
+
 /* part[s, r] of the M rows v (M, K) int8, as parts() gives them */
 static void proj_run(const proj *p, const int8_t *v, int64_t M, const int64_t *restrict m, const int64_t *restrict n,
                      const int32_t *restrict b, int32_t *restrict part) {
@@ -144,12 +160,51 @@ static void proj_run(const proj *p, const int8_t *v, int64_t M, const int64_t *r
         a = p->a;
     }
     lowbit_gemm_u8s8(a, M, p->Kp, p->a ? 0 : 1, p->wp, p->R, p->col_add, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, p->acc, 1);
-    for (int64_t s = 0; s < M; s++) { /* row by row, contiguous: the rounding vectorizes */
-        const int32_t *restrict acc = p->acc + s * p->R;
-        int32_t *restrict out = part + s * p->R;
-        for (int64_t r = 0; r < p->R; r++) out[r] = clamp16(lb_rshift_even((int64_t)acc[r] * m[r], n[r], p->half[r])) + b[r];
-    }
+    round_parts(p, p->acc, M, m, n, b, part);
 }
+
+/* The int16 x form (x_bits 16): the column term col_add is 0 and rowsum(W) is kept */
+static int proj16_init(proj *p, const int8_t *w, int64_t R, int64_t K, int64_t rows, const int64_t *n) {
+    if (!proj_init(p, w, R, K, 0, rows, n)) return 0;
+    p->a = p->a ? p->a : malloc((size_t)(rows * p->Kp));
+    p->lo = malloc((size_t)(rows * p->Kp));
+    p->acc_lo = malloc((size_t)(rows * R) * sizeof(int32_t));
+    p->rowsum = malloc((size_t)R * sizeof(int64_t));
+    if (!p->a || !p->lo || !p->acc_lo || !p->rowsum) return 0;
+    for (int64_t r = 0; r < R; r++) {
+        int64_t sum = 0;
+        for (int64_t k = 0; k < K; k++) sum += w[r * K + k];
+        p->rowsum[r] = sum;
+        p->col_add[r] = 0;
+    }
+    return 1;
+}
+
+/* part[s, r] of the M rows v (M, K) of int16 codes with zero point zp: u = v + 32768 = 256 hi + lo (bytes), two
+ * GEMMs of the byte planes, acc = 256 acc_hi + acc_lo - (zp + 32768) rowsum(W) = sum_k w (v - zp): exact, and in
+ * int32 by the bound the guard checks; then rounded as parts16() does */
+static void proj16_run(const proj *p, const int16_t *v, int64_t M, int64_t zp, const int64_t *restrict m,
+                       const int64_t *restrict n, const int32_t *restrict b, int32_t *restrict part) {
+    for (int64_t s = 0; s < M; s++) {
+        uint8_t *restrict hi = p->a + s * p->Kp, *restrict lo = p->lo + s * p->Kp;
+        for (int64_t k = 0; k < p->K; k++) {
+            const uint16_t u = (uint16_t)((int32_t)v[s * p->K + k] + 32768);
+            hi[k] = (uint8_t)(u >> 8);
+            lo[k] = (uint8_t)(u & 255);
+        }
+        for (int64_t k = p->K; k < p->Kp; k++) hi[k] = lo[k] = 0;
+    }
+    lowbit_gemm_u8s8(p->a, M, p->Kp, 0, p->wp, p->R, p->col_add, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, p->acc, 1);
+    lowbit_gemm_u8s8(p->lo, M, p->Kp, 0, p->wp, p->R, p->col_add, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, p->acc_lo, 1);
+    const int64_t zu = zp + 32768;
+    for (int64_t s = 0; s < M; s++) { /* the combined sums, in place of the high plane's */
+        int32_t *restrict acc = p->acc + s * p->R;
+        const int32_t *restrict acc_lo = p->acc_lo + s * p->R;
+        for (int64_t r = 0; r < p->R; r++) acc[r] = (int32_t)(256 * (int64_t)acc[r] + acc_lo[r] - zu * p->rowsum[r]);
+    }
+    round_parts(p, p->acc, M, m, n, b, part);
+}
+
 
 #define RNN_CHUNK 256 /* input rows (steps x batch) projected by one GEMM */
 
@@ -165,9 +220,9 @@ static void gates_step(int64_t G, int64_t H, int64_t N, const int32_t *px, const
     }
 }
 
-/* The layer on the GEMM: the input projection of up to RNN_CHUNK rows (whole steps) at once (int16 x: by parts16,
- * the GEMM being u8 x s8), the recurrent one step by step; returns 0 when memory is short (the caller then runs
- * the loop below). */
+/* The layer on the GEMM: the input projection of up to RNN_CHUNK rows (whole steps) at once (int16 x: two GEMMs of
+ * its byte planes), the recurrent one step by step; returns 0 when memory is short (the caller then runs the loop
+ * below). */
 static int layer_gemm(const void *x, int64_t x_bits, int64_t T, int64_t N, int64_t I, int64_t H, int64_t G, int64_t zp,
                       const int8_t *w_ih, const int8_t *w_hh, const int64_t *m_ih, const int64_t *n_ih,
                       const int64_t *m_hh, const int64_t *n_hh, const int32_t *b_ih, const int32_t *b_hh,
@@ -176,14 +231,14 @@ static int layer_gemm(const void *x, int64_t x_bits, int64_t T, int64_t N, int64
     const int64_t GH = G * H, steps = N < RNN_CHUNK ? RNN_CHUNK / N : 1;
     proj pi = {0}, phh = {0};
     int32_t *px = malloc((size_t)(steps * N * GH) * sizeof(int32_t));
-    int32_t *vc32 = x_bits == 16 ? malloc((size_t)(steps * N * I) * sizeof(int32_t)) : NULL;
-    int ok = px && (x_bits == 16 ? vc32 != NULL : proj_init(&pi, w_ih, GH, I, (int32_t)zp, steps * N, n_ih)) &&
+    int ok = px && (x_bits == 16 ? proj16_init(&pi, w_ih, GH, I, steps * N, n_ih)
+                                 : proj_init(&pi, w_ih, GH, I, (int32_t)zp, steps * N, n_ih)) &&
              proj_init(&phh, w_hh, GH, H, 0, N, n_hh);
     if (ok)
         for (int64_t t0 = 0; t0 < T; t0 += steps) {
             const int64_t nt = T - t0 < steps ? T - t0 : steps;
             if (x_bits == 16)
-                parts16(w_ih, GH, I, (const int16_t *)x + t0 * N * I, nt * N, (int32_t)zp, m_ih, n_ih, b_ih, vc32, px);
+                proj16_run(&pi, (const int16_t *)x + t0 * N * I, nt * N, zp, m_ih, n_ih, b_ih, px);
             else
                 proj_run(&pi, (const int8_t *)x + t0 * N * I, nt * N, m_ih, n_ih, b_ih, px);
             for (int64_t t = t0; t < t0 + nt; t++) {
@@ -193,7 +248,6 @@ static int layer_gemm(const void *x, int64_t x_bits, int64_t T, int64_t N, int64
             }
         }
     free(px);
-    free(vc32);
     proj_free(&pi);
     proj_free(&phh);
     return ok;
