@@ -79,3 +79,12 @@ def test_the_cli_prints_the_choice(capsys):
     out = capsys.readouterr().out
     assert "error drop" in out and "output error 1-cos" in out and "quantized" in out
     assert main(["ptq", "--model", "mlp", "--auto-mixed", "-1"]) == 2
+    capsys.readouterr()
+    # --integer-only: the MLP has no recurrent input, so nothing the integer model runs is promoted
+    assert main(["ptq", "--model", "mlp", "--calib", "32", "--weight-bits", "4", "--auto-mixed", "0.5",
+                 "--integer-only"]) == 0
+    out = capsys.readouterr().out
+    table = out.split("output error")[0].splitlines()
+    assert table[-1].startswith("----") and "BOPs x1.000" in out  # no candidate row, nothing promoted
+    assert main(["ptq", "--model", "mlp", "--integer-only"]) == 2
+    assert "give --auto-mixed BUDGET too" in capsys.readouterr().err

@@ -134,9 +134,12 @@ def add_parser(sub) -> None:
                    help="automatic mixed precision (lowbit.mixed.auto_mixed): keep the layers whose quantization costs "
                         "the most output fidelity at 16-bit activations while the extra bit-operations stay within "
                         "BUDGET (a fraction of the model's, e.g. 0.3); prints the per-layer table")
+    p.add_argument("--integer-only", action="store_true",
+                   help="with --auto-mixed: only promotions lowbit's integer model runs (a recurrent layer's 16-bit "
+                        "input), so that the result still lowers to integers (lowbit export)")
     p.add_argument("--dynamic", action="store_true",
                    help="dynamic mode (lowbit.dynamic): int8 weights per channel and activations quantized per row at "
-                        "run time for nn.Linear/LSTM/GRU, instead of static W8A8 (--weight-bits and --act-bits do "
+                        "run time for nn.Linear/LSTM/GRU/LSTMCell/GRUCell, instead of static W8A8 (--weight-bits and --act-bits do "
                         "not apply)")
     p.add_argument("--diagnostics", action="store_true", help="per-layer SQNR, cosine and sensitivity table")
     p.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON")
@@ -178,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        q, mixed = _quantize(model, [calib.x], config, args.auto_mixed, args.dynamic)
+        q, mixed = _quantize(model, [calib.x], config, args.auto_mixed, args.dynamic, args.integer_only)
     seconds = time.perf_counter() - start
     for w in caught:
         print(f"warning: {w.message}")
@@ -246,12 +249,14 @@ def _print_lowering(q, x) -> bool:
     return True
 
 
-def _quantize(model, batches, config, budget: float | None, dynamic: bool = False):
-    """``lowbit.ptq.quantize``, with a ``budget`` :func:`lowbit.mixed.auto_mixed`, with ``dynamic``
-    :func:`lowbit.dynamic.quantize_dynamic`: ``(model, MixedResult | None)``."""
+def _quantize(model, batches, config, budget: float | None, dynamic: bool = False, integer: bool = False):
+    """``lowbit.ptq.quantize``, with a ``budget`` :func:`lowbit.mixed.auto_mixed` (``integer``: only what the
+    integer model runs), with ``dynamic`` :func:`lowbit.dynamic.quantize_dynamic`: ``(model, MixedResult | None)``."""
     from lowbit.errors import ConfigError
     from lowbit.ptq import quantize
 
+    if integer and budget is None:
+        raise ConfigError("--integer-only chooses among --auto-mixed's promotions: give --auto-mixed BUDGET too")
     if dynamic:
         if budget is not None:
             raise ConfigError("--dynamic and --auto-mixed exclude each other: the dynamic mode has no static grids "
@@ -263,7 +268,7 @@ def _quantize(model, batches, config, budget: float | None, dynamic: bool = Fals
         return quantize(model, batches, config), None
     from lowbit.mixed import auto_mixed
 
-    res = auto_mixed(model, batches, config, budget=budget)
+    res = auto_mixed(model, batches, config, budget=budget, integer=integer)
     return res.model, res
 
 
@@ -283,7 +288,7 @@ def run_user_model(args: argparse.Namespace, config) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         q, mixed = _quantize(model, calib.batches(64, args.calib, first_input(model)), config, args.auto_mixed,
-                             args.dynamic)
+                             args.dynamic, args.integer_only)
     seconds = time.perf_counter() - start
     for w in caught:
         print(f"warning: {w.message}")

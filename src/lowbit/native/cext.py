@@ -64,7 +64,8 @@ def cache_dir() -> Path:
 
 def cpu_key() -> str:
     try:
-        flags = next((ln for ln in open("/proc/cpuinfo") if ln.startswith("flags")), "")
+        with open("/proc/cpuinfo") as f:  # closed at once: a generator over an open file leaks it
+            flags = next((ln for ln in f if ln.startswith("flags")), "")
     except OSError:
         flags = ""
     return platform.machine() + flags
