@@ -333,15 +333,20 @@ static void analog_at(const geom *g, const float *w, const float *bias, const fl
 #define LB_AX 8 /* output positions along a row computed together by analog_row8 */
 
 /* The same sums at LB_AX neighbouring output positions of a row whose taps all lie inside the image along x,
- * LB_VL channels at a time: LB_AX independent accumulators share each weight load (the same terms in the same
- * order per position as analog_at). Needs Cout a multiple of LB_VL. */
-static void analog_row8(const geom *g, const float *w, const float *bias, const float *x, float *row, int64_t oy,
-                        int64_t ox) {
+ * NB blocks of LB_VL channels at a time: LB_AX independent accumulators per block share each weight load, and
+ * the NB blocks each input value (the same terms in the same order per position as analog_at). Needs Cout a
+ * multiple of NB LB_VL. */
+static inline __attribute__((always_inline)) void analog_blocks(const geom *g, const float *w, const float *bias,
+                                                                const float *x, float *row, int64_t oy, int64_t ox,
+                                                                const int NB) {
     const int64_t Cout = g->Cout, Cin = g->Cin, col = g->kh * g->kw * Cout;
-    for (int64_t c0 = 0; c0 < Cout; c0 += LB_VL) {
-        lb_vf acc[LB_AX], b;
-        memcpy(&b, bias + c0, sizeof b);
-        for (int j = 0; j < LB_AX; j++) acc[j] = b;
+    for (int64_t c0 = 0; c0 < Cout; c0 += NB * LB_VL) {
+        lb_vf acc[2][LB_AX];
+        for (int q = 0; q < NB; q++) {
+            lb_vf b;
+            memcpy(&b, bias + c0 + q * LB_VL, sizeof b);
+            for (int j = 0; j < LB_AX; j++) acc[q][j] = b;
+        }
         for (int64_t ky = 0; ky < g->kh; ky++) {
             const int64_t iy = oy * g->sh - g->ph + ky;
             if (iy < 0 || iy >= g->H) continue;
@@ -350,14 +355,30 @@ static void analog_row8(const geom *g, const float *w, const float *bias, const 
                 const float *wt = w + (ky * g->kw + kx) * Cout + c0;
                 const int64_t ix0 = ox * g->sw - g->pw + kx;
                 for (int64_t c = 0; c < Cin; c++) {
-                    lb_vf wv;
-                    memcpy(&wv, wt + c * col, sizeof wv);
-                    for (int j = 0; j < LB_AX; j++) acc[j] += xrow[(ix0 + j * g->sw) * Cin + c] * wv;
+                    lb_vf wv[2];
+                    for (int q = 0; q < NB; q++) memcpy(&wv[q], wt + c * col + q * LB_VL, sizeof wv[q]);
+                    for (int j = 0; j < LB_AX; j++) {
+                        const float xv = xrow[(ix0 + j * g->sw) * Cin + c];
+                        for (int q = 0; q < NB; q++) acc[q][j] += xv * wv[q];
+                    }
                 }
             }
         }
-        for (int j = 0; j < LB_AX; j++) memcpy(row + (ox + j) * Cout + c0, &acc[j], sizeof acc[j]);
+        for (int q = 0; q < NB; q++)
+            for (int j = 0; j < LB_AX; j++) memcpy(row + (ox + j) * Cout + c0 + q * LB_VL, &acc[q][j], sizeof acc[q][j]);
     }
+}
+
+/* two blocks at once where 2 LB_AX + 2 vectors fit the registers (AVX-512's 32) and Cout allows */
+static void analog_row8(const geom *g, const float *w, const float *bias, const float *x, float *row, int64_t oy,
+                        int64_t ox) {
+#if LB_VL == 16
+    if (g->Cout % (2 * LB_VL) == 0) {
+        analog_blocks(g, w, bias, x, row, oy, ox, 2);
+        return;
+    }
+#endif
+    analog_blocks(g, w, bias, x, row, oy, ox, 1);
 }
 
 /* I0 = b + W x for the analog input x (H, W, Cin), output row oy into row (Wo Cout floats): runs of LB_AX
