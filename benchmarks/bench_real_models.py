@@ -497,16 +497,16 @@ def lowbit_mixed(model: nn.Module, calib: list, example: tuple, test: tuple | No
 def lowbit_dynamic(model: nn.Module, calib: list, example: tuple, test: tuple | None = None
                    ) -> tuple[nn.Module | None, dict]:
     """lowbit.dynamic.quantize_dynamic(model): int8 per-output-channel weights, activations per row at run time,
-    for nn.Linear / nn.LSTM / nn.GRU. Not an integer-engine model: to_integer / onnx are not tried (False)."""
+    for nn.Linear / nn.LSTM / nn.GRU / nn.LSTMCell / nn.GRUCell. Not an integer-engine model: to_integer / onnx are not tried (False)."""
     from lowbit.dynamic import quantize_dynamic as lowbit_qd
 
     info = {**_new_info(), "note": DYN_NOTE}
     d = _captured(lambda: lowbit_qd(model), info)
     if d is None:
         return None, info
-    from lowbit.dynamic import DynamicGRU, DynamicLinear, DynamicLSTM
+    from lowbit.dynamic import DYNAMIC
 
-    info["converted_modules"] = sum(isinstance(m, (DynamicLinear, DynamicLSTM, DynamicGRU)) for m in d.modules())
+    info["converted_modules"] = sum(isinstance(m, DYNAMIC) for m in d.modules())
     _share(d, example, info)
     return d, info
 
