@@ -236,3 +236,57 @@ def test_resemblyzer_shaped_model_exports_exactly(wide, tmp_path):
     _check_exact(im, x, (1, 12, 10), tmp_path)
     with torch.no_grad():
         assert torch.equal(im(x), q(x))
+
+
+# ---------------------------------------------------------------- the building blocks against their oracles
+
+
+def _run_graph(build, inputs: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
+    """Run the nodes that ``build(b)`` adds to a fresh exporter builder on int64 ``inputs`` in onnxruntime (outputs
+    elementwise: the first input's shape)."""
+    from lowbit.export.onnx_qdq import _Builder
+
+    b = _Builder(onnx, {}, False)
+    outs = build(b)
+    h, tp = onnx.helper, onnx.TensorProto
+    graph = h.make_graph(b.nodes, "t", [h.make_tensor_value_info(n, tp.INT64, a.shape) for n, a in inputs.items()],
+                         [h.make_tensor_value_info(o, tp.INT64, next(iter(inputs.values())).shape) for o in outs],
+                         initializer=b.inits)
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model, full_check=True)
+    return session(model, threads=1).run(None, inputs)
+
+
+def test_rshift_even_and_floor_div_equal_the_integer_models():
+    """rshift_even against lowbit's rshift_round (ties to even) and floor_div against Python's //, on values of
+    both signs, exact ties, shifts 0..62 and products near 2^62."""
+    from lowbit.export.onnx_int import floor_div, rshift_even
+    from lowbit.functional.requant import rshift_round
+
+    rng = np.random.default_rng(0)
+    n = np.array([0, 1, 2, 3, 7, 15, 24, 31, 40, 62], np.int64)
+    v = rng.integers(-(2**62), 2**62, size=(50, len(n)), dtype=np.int64)
+    v[:10] = rng.integers(-300, 300, size=(10, len(n)))
+    v[10:20] = (rng.integers(-1000, 1000, size=(10, len(n))) * 2 + 1) * (np.int64(1) << np.maximum(n - 1, 0))  # ties
+    d = np.int64(1) << np.array(15, np.int64)
+
+    def build(b):
+        return [rshift_even(b, "v", n, "r"), floor_div(b, "v", b.const("d", d), "f")]
+
+    got_r, got_f = _run_graph(build, {"v": v}, ["r", "f"])
+    assert np.array_equal(got_r, rshift_round(torch.from_numpy(v), torch.from_numpy(n)).numpy())
+    assert np.array_equal(got_f, v // d)
+
+
+def test_isqrt_by_double_sqrt_is_exact_on_its_range():
+    """Floor(Sqrt(double(u))) in onnxruntime is isqrt(u) for every u in [0, 2^16] (the l2normalize argument)."""
+    import math
+
+    u = np.arange(2**16 + 1, dtype=np.int64)
+
+    def build(b):
+        root = b.add("Floor", [b.add("Sqrt", [b.add("Cast", ["u"], "uf", to=11)], "s")], "fl")
+        return [b.add("Cast", [root], "r", to=7)]
+
+    (got,) = _run_graph(build, {"u": u}, ["r"])
+    assert np.array_equal(got, np.array([math.isqrt(int(k)) for k in u]))
