@@ -325,17 +325,18 @@ def test_unsupported_normalisations(how, warned, refused):
         to_integer(q, (x[:1],))
 
 
-def test_export_table_entry_refuses(tmp_path):
-    from lowbit.export.onnx_qdq import EXPORTERS
+def test_exports_to_onnx_exactly(tmp_path):
+    """The l2normalize op has an exact ONNX form (more cases in tests/test_export_onnx_int.py): onnxruntime's
+    output equals the integer model's."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from lowbit.export.onnx_qdq import export_onnx
+    from lowbit.export.ort import session
 
     torch.manual_seed(6)
     x = torch.randn(16, 12)
     im = to_integer(_quantized(_Embed("F.normalize"), x), (x[:1],))
-    node = next(n for n in im.nodes if n.kind == "l2normalize")
-    with pytest.raises(ConfigError, match="l2normalize.*normalize.*no exact ONNX"):
-        EXPORTERS[ir.L2Normalize](None, node)
-    pytest.importorskip("onnx")
-    from lowbit.export.onnx_qdq import export_onnx
-
-    with pytest.raises(ConfigError, match="L2 normalisation"):
-        export_onnx(im, tmp_path / "m.onnx", (1, 12))
+    assert "l2normalize" in [n.kind for n in im.nodes]
+    path = export_onnx(im, tmp_path / "m.onnx", (1, 12))
+    got = session(path, threads=1).run(["output"], {"input": x.numpy()})[0]
+    assert torch.equal(torch.from_numpy(got), im(x))

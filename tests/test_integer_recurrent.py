@@ -368,27 +368,21 @@ def test_stacked_states_without_index_are_refused():
         to_integer(q, (x[:1],))
 
 
-def test_export_refuses_recurrent(tmp_path):
+@pytest.mark.parametrize("cls", [nn.LSTM, nn.GRU])
+def test_exports_to_onnx_exactly(cls, tmp_path):
+    """The recurrent op has an exact ONNX form (more cases in tests/test_export_onnx_int.py): onnxruntime's
+    output equals the integer model's."""
     pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
     from lowbit.export.onnx_qdq import export_onnx
+    from lowbit.export.ort import session
 
-    net = _Net(nn.LSTM, 5, 8, 1, True, "h_last", True)
+    net = _Net(cls, 5, 8, 2, True, "output", False)
     x = torch.randn(2, 4, 5)
     im = to_integer(_quantized(net, x), (x[:1],))
-    with pytest.raises(ConfigError, match="recurrent"):
-        export_onnx(im, tmp_path / "m.onnx", (1, 4, 5))
-
-
-def test_export_table_entry_refuses():
-    """Without onnx installed the exporter's table entry still refuses, naming the op."""
-    from lowbit.export.onnx_qdq import EXPORTERS
-
-    net = _Net(nn.LSTM, 5, 8, 1, True, "h_last", True)
-    x = torch.randn(2, 4, 5)
-    im = to_integer(_quantized(net, x), (x[:1],))
-    node = next(n for n in im.nodes if n.kind == "recurrent")
-    with pytest.raises(ConfigError, match="LSTM .*recurrent"):
-        EXPORTERS[ir.Recurrent](None, node)
+    path = export_onnx(im, tmp_path / "m.onnx", (1, 4, 5))
+    got = session(path, threads=1).run(["output"], {"input": x.numpy()})[0]
+    assert torch.equal(torch.from_numpy(got), im(x))
 
 
 def test_c_kernel_is_built():

@@ -77,6 +77,9 @@ of the integer model:
   ``QuantizeLinear`` on its output grid (onnxruntime's ``QLinearAveragePool``
   divides in float: it can round an exact tie of a multiplier with few
   significant bits the other way, which a calibrated scale does not produce);
+* ``l2normalize`` and the ``recurrent`` op (LSTM, GRU) have no QDQ form: :mod:`lowbit.export.onnx_int` writes them in
+  integer onnxruntime ops (int64 arithmetic, ``MatMulInteger``, ``Scan``), bit-exact; a 16-bit ``quantize`` (the
+  input of a recurrent op) is the integer model's float32 ``clamp(round(x * (1/s)) + z)`` cast to int32 codes;
 * the network input is quantized by ``QuantizeLinear`` (after a ``Clip`` when
   its bounds are narrower than 8 bits). ONNX divides by the scale where lowbit
   multiplies by its float32 reciprocal: one float input in about 500,000 lands
@@ -110,6 +113,7 @@ import numpy as np
 import torch
 
 from lowbit.errors import ConfigError
+from lowbit.export import onnx_int
 from lowbit.integer import ir
 from lowbit.utils.files import atomic_write
 
@@ -294,6 +298,7 @@ class _Builder:
         self.codes_outputs: list = []
         self.codes_map: dict[str, str] = {}
         self._qparams: dict[tuple, tuple[str, str]] = {}
+        self.wide: dict[str, str] = {}  # a 16-bit quantize's output -> its stored int16 codes (int32; onnx_int)
 
     def fresh(self, base: str) -> str:
         base = base or "t"
@@ -460,6 +465,9 @@ class _Builder:
             raise ConfigError(f"{node.output}: quantize reads the integer tensor {node.inputs[0]!r}")
         if node.grid is None:
             raise ConfigError(f"{node.output}: a quantize node needs its output grid")
+        if a.bits == 16:  # int16 codes, read only by a recurrent op
+            onnx_int.emit_quantize16(self, node)
+            return
         signed = node.grid.signed
         grid = _Grid(np.float32(a.scale), _Grid.code(a.zero_point, signed), signed)
         self.quantize(x.float_name, grid, node.output, _Grid.code(a.lo, signed), _Grid.code(a.hi, signed),
@@ -756,6 +764,18 @@ def _node_shape(node: Node, x: tuple[int, ...]) -> tuple[int, ...]:
             raise ConfigError(f"{node.output}: a table of shape {tuple(rows)} on a tensor of shape {x}: "
                               "(1, 256) or (channels, 256) with the channels on dimension 1")
         return x
+    if kind == "l2normalize":
+        if not 1 <= a.dim < len(x):
+            raise ConfigError(f"{node.output}: l2normalize along dim {a.dim} of a tensor of shape {x}")
+        return x
+    if kind == "recurrent":
+        isize = node.op.tensors["w_ih_0"].shape[1]
+        if len(x) != 3 or x[-1] != isize:
+            raise ConfigError(f"{node.output}: the recurrent op expects (N, T, {isize}) or (T, N, {isize}), not {x}")
+        hsize = node.op.tensors[f"w_hh_{a.num_layers - 1}"].shape[1]
+        if a.emit is ir.Emit.OUTPUT:
+            return (*x[:2], hsize)
+        return (x[0] if a.batch_first else x[1], hsize)
     if kind == "pad":
         pad, y = list(a.pad), list(x)
         if len(pad) % 2 or len(pad) // 2 > len(x):
@@ -880,33 +900,14 @@ EXPORTERS: dict[type, Callable[[_Builder, Node], None]] = {
     ir.Flatten: _Builder.op_flatten, ir.Pad: _Builder.op_pad, ir.Unsqueeze: _Builder.op_unsqueeze,
     ir.Squeeze: _Builder.op_squeeze, ir.Permute: _Builder.op_permute, ir.Reshape: _Builder.op_reshape,
     ir.Table: _Builder.op_table, ir.Concat: _Builder.op_concat,
-    ir.Recurrent: lambda builder, node: _refuse_recurrent(node),  # _check_kinds refuses it before anything is built
-    ir.L2Normalize: lambda builder, node: _refuse_l2normalize(node),  # (likewise)
+    ir.Recurrent: onnx_int.emit_recurrent,  # (exact int64 / MatMulInteger / Scan forms, not QDQ)
+    ir.L2Normalize: onnx_int.emit_l2normalize,
 }
-
-
-def _refuse_recurrent(node: Node) -> None:
-    """The integer LSTM / GRU has no ONNX form here (out of scope): a ConfigError naming the node and what runs it."""
-    raise ConfigError(f"cannot export {node.output!r}: the integer {node.op.ir.cell.name} (op kind 'recurrent', from "
-                      f"{node.source or 'a recurrent layer'}) has no ONNX QDQ form yet; run it with lowbit's integer "
-                      "model (lowbit.integer.save_integer / load_integer keep it)")
-
-
-def _refuse_l2normalize(node: Node) -> None:
-    """The integer L2 normalisation has no exact ONNX QDQ form here (its integer square root and per-element integer
-    division would be a chain of int64 ops, not QDQ): a ConfigError naming the node and what runs it."""
-    raise ConfigError(f"cannot export {node.output!r}: the integer L2 normalisation (op kind 'l2normalize', from "
-                      f"{node.source or 'an L2 normalisation'}) has no exact ONNX QDQ form yet; run it with lowbit's "
-                      "integer model (lowbit.integer.save_integer / load_integer keep it)")
 
 
 def _check_kinds(model: IntegerModel) -> None:
     supported = sorted(t.kind for t in EXPORTERS)
     for node in model.nodes:
-        if isinstance(node.op.ir, ir.Recurrent):
-            _refuse_recurrent(node)
-        if isinstance(node.op.ir, ir.L2Normalize):
-            _refuse_l2normalize(node)
         if type(node.op.ir) not in EXPORTERS:
             raise ConfigError(f"cannot export {node.output!r}: op kind {node.kind!r} has no ONNX QDQ form "
                               f"(supported: {', '.join(supported)})")
