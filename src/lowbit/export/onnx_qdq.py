@@ -83,7 +83,10 @@ of the integer model:
 * the network input is quantized by ``QuantizeLinear`` (after a ``Clip`` when
   its bounds are narrower than 8 bits). ONNX divides by the scale where lowbit
   multiplies by its float32 reciprocal: one float input in about 500,000 lands
-  on the other side of a half (none of the Fashion-MNIST or photo inputs do).
+  on the other side of a half (none of the Fashion-MNIST or photo inputs do). An input read only by ops written
+  in integers (``recurrent``, ``l2normalize``: no QDQ fusion to keep) is quantized by the integer model's own
+  float32 ops instead (``Mul`` by the reciprocal, ``Round``, ``Add``, ``Max``/``Min``, then an exact
+  ``QuantizeLinear`` on the unit grid): bit-exact.
 
 A bias that lowbit clipped to int32 (a channel whose weights quantize to about
 zero) would wrap around in onnxruntime's int32 accumulators; such a channel's
@@ -292,6 +295,7 @@ class _Builder:
         self.folds = folds or _PadFolds({}, frozenset())
         self.rows: dict[str, str] = {}  # tensor -> float name of its (N*H*W, C) rows (see to_rows)
         self.nodes: list = []
+        self.integer_read: set[str] = set()  # tensors read only by ops written in integer onnxruntime ops
         self.inits: list = []
         self.used: set[str] = {INPUT_NAME, OUTPUT_NAME}
         self.values: dict[str, _Value] = {}
@@ -468,10 +472,24 @@ class _Builder:
         if a.bits == 16:  # int16 codes, read only by a recurrent op
             onnx_int.emit_quantize16(self, node)
             return
-        signed = node.grid.signed
+        signed, name = node.grid.signed, node.output
         grid = _Grid(np.float32(a.scale), _Grid.code(a.zero_point, signed), signed)
-        self.quantize(x.float_name, grid, node.output, _Grid.code(a.lo, signed), _Grid.code(a.hi, signed),
-                      clamp_first=True)
+        lo, hi = _Grid.code(a.lo, signed), _Grid.code(a.hi, signed)
+        if name not in self.integer_read:
+            self.quantize(x.float_name, grid, name, lo, hi, clamp_first=True)
+            return
+        # read only by ops written in integers (recurrent, l2normalize): no QDQ fusion to keep, so the integer
+        # model's own float32 ops clamp(round(x * (1/s)) + z, lo, hi), then an exact QuantizeLinear of those
+        # integral values on the unit grid (QuantizeLinear on the real grid divides by s)
+        inv = float(torch.reciprocal(torch.tensor(a.scale, dtype=torch.float32)))
+        f32 = lambda base, v: self.const(base, np.array(v, np.float32))  # noqa: E731
+        v = self.add("Round", [self.add("Mul", [x.float_name, f32(f"{name}_inv", inv)], f"{name}_scaled")],
+                     f"{name}_round")
+        v = self.add("Add", [v, f32(f"{name}_zpf", grid.zero_point)], f"{name}_shifted")
+        v = self.add("Min", [self.add("Max", [v, f32(f"{name}_lof", lo)], f"{name}_max"), f32(f"{name}_hif", hi)],
+                     f"{name}_clamped")
+        one, zero = self.qparams(_Grid(np.float32(1.0), 0, signed), f"{name}_unit")
+        self.record(self.add("QuantizeLinear", [v, one, zero], name), grid, name)
 
     def op_dequantize(self, node: Node) -> None:
         a = node.op.ir
@@ -943,6 +961,7 @@ def to_onnx_model(model: IntegerModel, input_shape: tuple[int, ...], opset: int 
     _check_kinds(model)
     shapes = _shapes(model, tuple(input_shape))
     b = _Builder(onnx, shapes, expose_codes, opset, _foldable_pads(model, shapes), residual)
+    b.integer_read = _read_only_by(model, ("recurrent", "l2normalize"))
     b.values[model.input_name] = _Value(INPUT_NAME)
     for node in model.nodes:
         b.emit(node)
@@ -972,6 +991,15 @@ def to_onnx_model(model: IntegerModel, input_shape: tuple[int, ...], opset: int 
     if expose_codes:
         b.h.set_model_props(proto, {CODES_KEY: json.dumps(b.codes_map)})
     return proto
+
+
+def _read_only_by(model: IntegerModel, kinds: tuple[str, ...]) -> set[str]:
+    """The tensors of ``model`` that some node reads and that only nodes of ``kinds`` read."""
+    readers: dict[str, set[str]] = {}
+    for node in model.nodes:
+        for i in node.inputs:
+            readers.setdefault(i, set()).add(node.kind)
+    return {name for name, ks in readers.items() if ks <= set(kinds)}
 
 
 def export_onnx(model: IntegerModel, path: str | Path, input_shape: tuple[int, ...], opset: int = 17,
