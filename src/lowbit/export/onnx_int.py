@@ -88,6 +88,44 @@ def requantize_part(b: _Builder, acc: str, m, n, bias, base: str) -> str:
     return b.add("Add", [part, _c(b, f"{base}_bias", bias.numpy())], f"{base}_biased")
 
 
+# ---------------------------------------------------------------- linear (read only by integer-written ops)
+
+
+def linear_exact_ok(node: Node) -> bool:
+    """A plain requantized int8 linear (one input, 8-bit codes, int8 weights) that :func:`emit_linear` writes."""
+    a = node.op.ir
+    return (isinstance(a, ir.Linear) and a.weight_codes is ir.WeightCodes.INT and a.input_bits == 8
+            and isinstance(a.out, ir.Requantized) and len(node.inputs) == 1 and "m" in node.op.tensors)
+
+
+def emit_linear(b: _Builder, node: Node) -> None:
+    """A linear whose output only integer-written ops read (``l2normalize``, ``recurrent``): the integer model's
+    own arithmetic, ``clamp(z_y + round_even((acc + bias) m / 2^n), lo, hi)`` with ``acc`` from ``MatMulInteger``
+    (uint8 x uint8), exact, where the QDQ form requantizes in float32 (about one code in a million apart)."""
+    from lowbit.export.onnx_qdq import _Grid
+
+    a, name = node.op.ir, node.output
+    x = b.integer_input(node)
+    if _Grid.code(a.input_zero_point, x.grid.signed) != x.grid.zero_point:
+        raise ConfigError(f"{name}: input zero point {a.input_zero_point} differs from the grid of {node.inputs[0]!r}")
+    codes, zp = x.codes, x.grid.zero_point
+    if x.grid.signed:  # MatMulInteger on uint8 x uint8 (see _weights): the codes and their zero point + 128
+        codes = b.add("Cast", [b.add("Add", [b.add("Cast", [codes], f"{name}_x32", to=6),
+                                             b.const(f"{name}_x128", np.array(128, np.int32))], f"{name}_xu")],
+                      f"{name}_x8", to=2)  # 6: INT32, 2: UINT8
+        zp += 128
+    wt, w_zp = _weights(b, _t(node, "weight").numpy().astype(np.int8), f"{name}_w")
+    acc = b.add("Cast", [b.add("MatMulInteger", [codes, wt, b.const(f"{name}_x_zp", np.array(zp, np.uint8)), w_zp],
+                               f"{name}_mm")], f"{name}_acc", to=7)
+    acc = b.add("Add", [acc, _c(b, f"{name}_bias", _t(node, "bias").numpy().astype(I64))], f"{name}_biased")
+    v = b.add("Mul", [acc, _c(b, f"{name}_m", _t(node, "m").numpy())], f"{name}_prod")
+    grid = _Grid.of(node.grid)
+    q = b.add("Add", [rshift_even(b, v, _t(node, "n").numpy(), name), _c(b, f"{name}_zp", grid.zero_point)],
+              f"{name}_shifted")
+    q = clamp(b, q, _Grid.code(a.out.lo, grid.signed), _Grid.code(a.out.hi, grid.signed), name)
+    b.record(b.add("Cast", [q], f"{name}_codes", to=3 if grid.signed else 2), grid, name)  # 3: INT8, 2: UINT8
+
+
 # ---------------------------------------------------------------- l2normalize
 
 
@@ -319,4 +357,5 @@ def emit_quantize16(b: _Builder, node: Node) -> None:
     b.values[name] = type(x)(codes)  # (no float twin: only a recurrent op reads it, through b.wide)
 
 
-__all__ = ["emit_l2normalize", "emit_quantize16", "emit_recurrent", "floor_div", "rshift_even"]
+__all__ = ["emit_l2normalize", "emit_linear", "emit_quantize16", "emit_recurrent", "floor_div", "linear_exact_ok",
+           "rshift_even"]

@@ -499,6 +499,9 @@ class _Builder:
         self.values[node.output] = _Value(self.add("DequantizeLinear", [x.codes, s, z], node.output))
 
     def op_linear(self, node: Node) -> None:
+        if node.output in self.integer_read and onnx_int.linear_exact_ok(node):  # no QDQ fusion to keep: exact
+            onnx_int.emit_linear(self, node)
+            return
         self._layer(node, conv=False)
 
     def op_conv2d(self, node: Node) -> None:
