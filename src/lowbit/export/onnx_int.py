@@ -88,6 +88,30 @@ def requantize_part(b: _Builder, acc: str, m, n, bias, base: str) -> str:
     return b.add("Add", [part, _c(b, f"{base}_bias", bias.numpy())], f"{base}_biased")
 
 
+def unsigned_codes(b: _Builder, x, name: str) -> tuple[str, int]:
+    """An integer tensor's codes as ``MatMulInteger`` takes them here (uint8: int8 codes + 128, see
+    :func:`_weights`) and their zero point there."""
+    if not x.grid.signed:
+        return x.codes, x.grid.zero_point
+    u = b.add("Add", [b.add("Cast", [x.codes], f"{name}_x32", to=6), b.const(f"{name}_x128", np.array(128, np.int32))],
+              f"{name}_xu32")  # 6: INT32
+    return b.add("Cast", [u], f"{name}_xu8", to=2), x.grid.zero_point + 128  # 2: UINT8
+
+
+def quantized_values(b: _Builder, x: str, scale: float, zero_point: int, lo: int, hi: int, name: str) -> str:
+    """The integer model's quantization of float ``x`` in its own float32 ops, ``clamp(round(x * (1/s)) + z, lo,
+    hi)`` (``Round``: half to even, as ``torch.round``), as integral float32 values (``QuantizeLinear`` divides
+    by ``s`` instead, which lands on the other side of a half for about one input in 500,000)."""
+    import torch
+
+    inv = float(torch.reciprocal(torch.tensor(scale, dtype=torch.float32)))
+    f32 = lambda base, v: b.const(base, np.array(v, np.float32))  # noqa: E731
+    r = b.add("Round", [b.add("Mul", [x, f32(f"{name}_inv", inv)], f"{name}_scaled")], f"{name}_round")
+    v = b.add("Add", [r, f32(f"{name}_zpf", zero_point)], f"{name}_shifted")
+    return b.add("Min", [b.add("Max", [v, f32(f"{name}_lof", lo)], f"{name}_max"), f32(f"{name}_hif", hi)],
+                 f"{name}_clamped")
+
+
 # ---------------------------------------------------------------- linear (read only by integer-written ops)
 
 
@@ -108,12 +132,7 @@ def emit_linear(b: _Builder, node: Node) -> None:
     x = b.integer_input(node)
     if _Grid.code(a.input_zero_point, x.grid.signed) != x.grid.zero_point:
         raise ConfigError(f"{name}: input zero point {a.input_zero_point} differs from the grid of {node.inputs[0]!r}")
-    codes, zp = x.codes, x.grid.zero_point
-    if x.grid.signed:  # MatMulInteger on uint8 x uint8 (see _weights): the codes and their zero point + 128
-        codes = b.add("Cast", [b.add("Add", [b.add("Cast", [codes], f"{name}_x32", to=6),
-                                             b.const(f"{name}_x128", np.array(128, np.int32))], f"{name}_xu")],
-                      f"{name}_x8", to=2)  # 6: INT32, 2: UINT8
-        zp += 128
+    codes, zp = unsigned_codes(b, x, name)
     wt, w_zp = _weights(b, _t(node, "weight").numpy().astype(np.int8), f"{name}_w")
     acc = b.add("Cast", [b.add("MatMulInteger", [codes, wt, b.const(f"{name}_x_zp", np.array(zp, np.uint8)), w_zp],
                                f"{name}_mm")], f"{name}_acc", to=7)
@@ -300,11 +319,7 @@ def emit_recurrent(b: _Builder, node: Node) -> None:
         x = b.integer_input(node)
         if _Grid.code(a.input_zero_point, x.grid.signed) != x.grid.zero_point:
             raise ConfigError(f"{name}: input zero point {a.input_zero_point} differs from the grid of {src!r}")
-        seq, zp = x.codes, a.input_zero_point + 128  # uint8 codes: stored + 128
-        if x.grid.signed:
-            seq = b.add("Cast", [b.add("Add", [b.add("Cast", [seq], f"{name}_x32", to=6),
-                                               b.const(f"{name}_x128", np.array(128, np.int32))], f"{name}_xu32")],
-                        f"{name}_xu8", to=2)  # 6: INT32
+        seq, zp = unsigned_codes(b, x, name)  # zp: the stored zero point + 128
     if a.batch_first:  # (N, T, I) -> (T, N, I)
         seq = b.add("Transpose", [seq], f"{name}_tnc", perm=[1, 0, 2])
     for k in range(a.num_layers):
@@ -338,24 +353,15 @@ def emit_recurrent(b: _Builder, node: Node) -> None:
 
 
 def emit_quantize16(b: _Builder, node: Node) -> None:
-    """A 16-bit ``quantize`` (read only by a recurrent op): its stored int16 codes as int32, by the integer model's
-    own float32 ops ``clamp(round(x * (1/s)) + z, lo, hi)`` (``Round``: half to even, as ``torch.round``)."""
-    import torch
-
+    """A 16-bit ``quantize`` (read only by a recurrent op; ``op_quantize`` has checked its float input): its stored
+    int16 codes as int32, by the integer model's own float32 ops (:func:`quantized_values`)."""
     a, name = node.op.ir, node.output
     x = b.values[node.inputs[0]]
-    if x.grid is not None:
-        raise ConfigError(f"{name}: quantize reads the integer tensor {node.inputs[0]!r}")
-    inv = float(torch.reciprocal(torch.tensor(a.scale, dtype=torch.float32)))
-    f32 = lambda base, v: b.const(base, np.array(v, np.float32))  # noqa: E731
-    r = b.add("Round", [b.add("Mul", [x.float_name, f32(f"{name}_inv", inv)], f"{name}_scaled")], f"{name}_round")
-    v = b.add("Add", [r, f32(f"{name}_zpf", a.zero_point)], f"{name}_shifted")
-    v = b.add("Min", [b.add("Max", [v, f32(f"{name}_lof", a.lo)], f"{name}_max"), f32(f"{name}_hif", a.hi)],
-              f"{name}_clamped")
+    v = quantized_values(b, x.float_name, a.scale, a.zero_point, a.lo, a.hi, name)
     codes = b.add("Cast", [v], f"{name}_codes", to=6)  # 6: INT32 (stored int16 codes)
     b.wide[name] = codes
     b.values[name] = type(x)(codes)  # (no float twin: only a recurrent op reads it, through b.wide)
 
 
 __all__ = ["emit_l2normalize", "emit_linear", "emit_quantize16", "emit_recurrent", "floor_div", "linear_exact_ok",
-           "rshift_even"]
+           "quantized_values", "rshift_even", "unsigned_codes"]

@@ -479,15 +479,8 @@ class _Builder:
             self.quantize(x.float_name, grid, name, lo, hi, clamp_first=True)
             return
         # read only by ops written in integers (recurrent, l2normalize): no QDQ fusion to keep, so the integer
-        # model's own float32 ops clamp(round(x * (1/s)) + z, lo, hi), then an exact QuantizeLinear of those
-        # integral values on the unit grid (QuantizeLinear on the real grid divides by s)
-        inv = float(torch.reciprocal(torch.tensor(a.scale, dtype=torch.float32)))
-        f32 = lambda base, v: self.const(base, np.array(v, np.float32))  # noqa: E731
-        v = self.add("Round", [self.add("Mul", [x.float_name, f32(f"{name}_inv", inv)], f"{name}_scaled")],
-                     f"{name}_round")
-        v = self.add("Add", [v, f32(f"{name}_zpf", grid.zero_point)], f"{name}_shifted")
-        v = self.add("Min", [self.add("Max", [v, f32(f"{name}_lof", lo)], f"{name}_max"), f32(f"{name}_hif", hi)],
-                     f"{name}_clamped")
+        # model's own float32 ops, then an exact QuantizeLinear of those integral values on the unit grid
+        v = onnx_int.quantized_values(self, x.float_name, a.scale, grid.zero_point, lo, hi, name)
         one, zero = self.qparams(_Grid(np.float32(1.0), 0, signed), f"{name}_unit")
         self.record(self.add("QuantizeLinear", [v, one, zero], name), grid, name)
 
