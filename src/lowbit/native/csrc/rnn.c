@@ -19,6 +19,7 @@
  * many steps at once), with the same integer sums; otherwise, or when memory is short, the plain loops below. */
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "fixed.h"
 
@@ -108,7 +109,7 @@ typedef struct {
     int64_t *half;    /* 2^(n[r] - 1), 0 for n[r] = 0: the rounding's half */
     uint8_t *lo;      /* int16 x: the low byte plane (a holds the high one), M_max Kp */
     int32_t *acc_lo;  /* int16 x: the low plane's sums, M_max R */
-    int64_t *rowsum;  /* int16 x: rowsum(W), R */
+    int64_t *rowsum;  /* rowsum(W), R */
     int64_t R, K, Kp;
 } proj;
 
@@ -132,10 +133,13 @@ static int proj_init(proj *p, const int8_t *w, int64_t R, int64_t K, int32_t zp,
     p->half = malloc((size_t)R * sizeof(int64_t));
     if (!p->wp || !p->col_add || !p->acc || !p->half || (K % 4 && !p->a)) return 0;
     for (int64_t r = 0; r < R; r++) p->half[r] = n[r] > 0 ? (int64_t)1 << (n[r] - 1) : 0;
+    p->rowsum = malloc((size_t)R * sizeof(int64_t));
+    if (!p->rowsum) return 0;
     lowbit_pack_w(w, R, K, p->Kp, p->wp);
     for (int64_t r = 0; r < R; r++) {
         int64_t sum = 0;
         for (int64_t k = 0; k < K; k++) sum += w[r * K + k];
+        p->rowsum[r] = sum;
         p->col_add[r] = (int32_t)(-(128 + (int64_t)zp) * sum); /* |.| <= 255 * 128 K < 2^31 (the guard bounds I, H by 2^16) */
     }
     return 1;
@@ -163,20 +167,15 @@ static void proj_run(const proj *p, const int8_t *v, int64_t M, const int64_t *r
     round_parts(p, p->acc, M, m, n, b, part);
 }
 
-/* The int16 x form (x_bits 16): the column term col_add is 0 and rowsum(W) is kept */
+/* The int16 x form (x_bits 16): both byte planes' rooms, and no column term (proj16_run subtracts the zero
+ * point's share from rowsum(W) itself) */
 static int proj16_init(proj *p, const int8_t *w, int64_t R, int64_t K, int64_t rows, const int64_t *n) {
     if (!proj_init(p, w, R, K, 0, rows, n)) return 0;
     p->a = p->a ? p->a : malloc((size_t)(rows * p->Kp));
     p->lo = malloc((size_t)(rows * p->Kp));
     p->acc_lo = malloc((size_t)(rows * R) * sizeof(int32_t));
-    p->rowsum = malloc((size_t)R * sizeof(int64_t));
-    if (!p->a || !p->lo || !p->acc_lo || !p->rowsum) return 0;
-    for (int64_t r = 0; r < R; r++) {
-        int64_t sum = 0;
-        for (int64_t k = 0; k < K; k++) sum += w[r * K + k];
-        p->rowsum[r] = sum;
-        p->col_add[r] = 0;
-    }
+    if (!p->a || !p->lo || !p->acc_lo) return 0;
+    memset(p->col_add, 0, (size_t)R * sizeof(int32_t));
     return 1;
 }
 
@@ -204,7 +203,6 @@ static void proj16_run(const proj *p, const int16_t *v, int64_t M, int64_t zp, c
     }
     round_parts(p, p->acc, M, m, n, b, part);
 }
-
 
 #define RNN_CHUNK 256 /* input rows (steps x batch) projected by one GEMM */
 
