@@ -513,7 +513,7 @@ static inline __attribute__((always_inline)) int64_t compact_row(events ev, int3
  * theta >= 0 iff v - theta >= 0 (the quotient of a non-zero difference by a finite positive theta keeps its sign
  * and cannot underflow to zero, v - theta is 0 only when v == theta, NaN compares false either way), and
  * trunc(clamp(-v / theta_n, 0, 1)) = 1 iff -v >= theta_n (for -v < theta_n the quotient is at most the float
- * below 1). Computed per step over the stage's C channels. */
+ * below 1). Computed once per stage and step over its C channels (its rows then share it). */
 static int lb_fast(const int64_t *p, void *const *q) {
     const int64_t C = p[2], sgn = p[6];
     const float *th = q[0], *thn = q[1];
@@ -553,13 +553,12 @@ static int lb_fast(const int64_t *p, void *const *q) {
 /* fire and reset the neurons [b0, b1) (whole rows); their spikes appended to the event list at n (rows in
  * order: the list stays in index order); returns its length, adds |s| to *spikes */
 static int64_t fire(const int64_t *p, void *const *q, events ev, int64_t b0, int64_t b1, int64_t n,
-                    int64_t *spikes) {
+                    int64_t *spikes, const int fast) {
     const int64_t C = p[2], kind = p[3], zero = p[4], sgn = p[6];
     const float smax = (float)p[5], *th = q[0], *thn = q[1];
     float *v = q[2];
     int32_t *count = q[3], *coef = ev.coef;
     int64_t total = 0;
-    const int fast = lb_fast(p, q);
     LB_NEURON_SWITCH(LB_FIRE, kind, sgn, zero);
     *spikes += total;
     return n;
@@ -873,11 +872,12 @@ int lowbit_snn_run(const int64_t *prog, const float *fprog, void *const *ptrs, i
                     const int unit = bucket(&g, w, ev, n, room, lb_warm(&g, t));
                     const uint64_t *rows = row_masks(&g, room, masks);
                     const int64_t row = g.Wo * g.Cout, *pn = p + LB_P;
+                    const int fast = lb_fast(pn, q + LB_Q);
                     cnt[2 * k] += n;
                     n = 0;
                     for (int64_t oy = 0; oy < g.Ho; oy++) {
                         cnt[2 * k + 1] += gather_rows(&g, w, v, room, unit, oy, oy + 1, leak, b, rows);
-                        n = fire(pn, q + LB_Q, ev, oy * row, (oy + 1) * row, n, &cnt[2 * (k + 1) + 1]);
+                        n = fire(pn, q + LB_Q, ev, oy * row, (oy + 1) * row, n, &cnt[2 * (k + 1) + 1], fast);
                     }
                     k++;  /* the neuron stage that follows (the guard checks it does) */
                     cnt[2 * k] += n;
