@@ -215,14 +215,14 @@ def _matmul(x: torch.Tensor, zero_point: int, w: torch.Tensor, bits: int = 8) ->
     two, on the bytes ``x = 256 hi + lo + 128`` (module docstring)."""
     from lowbit.integer.kernels import int_mm  # (imported here: lowbit.integer builds on this module)
 
-    rows = x.reshape(-1, x.shape[-1])
+    rows, rowsum = x.reshape(-1, x.shape[-1]), w.long().sum(dim=1)
     if bits == 8:
         acc = int_mm(rows.to(torch.int8), w).long()
     else:
         rows = rows.long()
         hi, lo = (rows >> 8).to(torch.int8), ((rows & 255) - 128).to(torch.int8)
-        acc = 256 * int_mm(hi, w).long() + int_mm(lo, w).long() + 128 * w.long().sum(dim=1)
-    return acc.reshape(*x.shape[:-1], w.shape[0]) - zero_point * w.long().sum(dim=1)
+        acc = 256 * int_mm(hi, w).long() + int_mm(lo, w).long() + 128 * rowsum
+    return acc.reshape(*x.shape[:-1], w.shape[0]) - zero_point * rowsum
 
 
 def run_layer(q: RecurrentQ, lq: LayerQ, x: torch.Tensor, zero_point: int, bits: int = 8
