@@ -55,6 +55,7 @@ from lowbit.graph.fx_passes import (
 )
 from lowbit.graph.input_check import install as install_input_check
 from lowbit.graph.l2norm import swap_l2normalize
+from lowbit.graph.norm_inputs import per_feature_norm_inputs
 from lowbit.graph.recurrent import swap_recurrent
 from lowbit.graph.nodes import COMPUTE
 from lowbit.nn.quantizers import ActQuantizer
@@ -157,6 +158,9 @@ class PTQConfig:
     ``rounding="gptq"`` rounds integer weights with GPTQ error compensation on the calibration
     data (:mod:`lowbit.rounding`), which includes bias correction; ``"nearest"`` rounds each
     weight to its nearest grid point, then corrects the bias if ``bias_correction``.
+    ``ln_inputs_per_feature`` (default on) gives the output of a layer that only LayerNorms read (a
+    transformer's residual sum, whose few outlier features would take a per-tensor grid's range) one scale
+    and zero point per feature (:mod:`lowbit.graph.norm_inputs`; Bondarenko et al. 2021).
     """
 
     weight: QuantSpec = INT8_WEIGHT
@@ -167,6 +171,7 @@ class PTQConfig:
     equalize: bool = False
     equalize_alpha: float = 0.5
     rules: tuple[LayerRule, ...] = field(default_factory=tuple)
+    ln_inputs_per_feature: bool = True
 
     def __post_init__(self) -> None:
         check_runs(self.weight, "weight", "PTQ")
@@ -178,7 +183,7 @@ class PTQConfig:
         if isinstance(self.equalize_alpha, bool) or not isinstance(self.equalize_alpha, (int, float)) \
                 or not 0.0 <= self.equalize_alpha <= 1.0:
             raise ConfigError(f"PTQConfig.equalize_alpha must be in [0, 1], got {self.equalize_alpha}")
-        for name in ("bias_correction", "equalize"):
+        for name in ("bias_correction", "equalize", "ln_inputs_per_feature"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"PTQConfig.{name} must be True or False, got {getattr(self, name)!r}")
         if not isinstance(self.rules, (tuple, list)) or not all(isinstance(r, LayerRule) for r in self.rules):
@@ -433,6 +438,8 @@ def prepare(model: nn.Module, config: PTQConfig = PTQConfig(), example_inputs: t
     if fold_bn:
         fold_batchnorm(gm, plan)
     fuse_unified(gm, specs.layer, plan)
+    if config.ln_inputs_per_feature:  # a residual sum only LayerNorms read: one scale per feature (its outliers)
+        per_feature_norm_inputs(gm)
     recurrent = swap_recurrent(gm, lambda name: specs.layer(name) == (None, None))  # LSTM/GRU: int8 weights per row
     swap_l2normalize(gm)  # x / x.norm(dim=d, keepdim=True), F.normalize: the integer L2 normalisation
     insert_input_quantizers(gm, specs.input_for, plan)

@@ -348,9 +348,12 @@ def check_binary_outputs(gm: fx.GraphModule) -> None:
 
 
 def producer_qparams(gm: fx.GraphModule, node: fx.Node):
-    """The grid of the tensor ``node`` produces (through pass-through ops), or None if it is float or not frozen."""
+    """The grid of the tensor ``node`` produces (through pass-through ops), or None if it is float, not frozen
+    or has a scale per feature (:mod:`lowbit.graph.norm_inputs`: only a LayerNorm reads it)."""
     q = _output_quantizer(gm, node)
-    return q.qparams() if q is not None and q.mode == "quantize" else None
+    if q is None or q.mode != "quantize" or (isinstance(q, ActQuantizer) and q.scale.numel() != 1):
+        return None
+    return q.qparams()
 
 
 def attach_input_qparams(gm: fx.GraphModule) -> None:

@@ -41,6 +41,7 @@ from lowbit.graph.input_check import check_input
 from lowbit.nn.exact import layer_params, pool_params
 from lowbit.functional.lookup import grid_values
 from lowbit.graph.l2norm import refusal as l2_refusal
+from lowbit.graph.norm_inputs import per_feature
 from lowbit.graph.nodes import is_passthrough, module_of
 from lowbit.graph.recurrent import Part, recurrent_part
 from lowbit.nn.recurrent import H_QPARAMS, QRecurrent, input_width
@@ -346,6 +347,10 @@ class _Lowering:
         return 8
 
     def layer(self, node: fx.Node, m: _Unified) -> None:
+        if per_feature(m):
+            self.unsupported.append(f"{node.target} has one output scale per feature, for the LayerNorm that reads "
+                                    "it (PTQConfig.ln_inputs_per_feature; the integer engine has no LayerNorm)")
+            return
         if not m.exact:
             self.unsupported.append(f"{node.target} is not a converted quantized layer (kept float, or its "
                                     "input is not quantized)")

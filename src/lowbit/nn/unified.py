@@ -59,7 +59,8 @@ class _Unified(nn.Module):
         return (self.input_qparams is not None and not self.training and self.bn is None
                 and (self.residual_qparams is not None or not self.has_residual)
                 and self.weight_quant is not None and self.weight_quant.mode == "quantize"
-                and (self.output_quant is None or self.output_quant.mode == "quantize"))
+                and (self.output_quant is None or (self.output_quant.mode == "quantize"
+                                                   and self.output_quant.scale.numel() == 1)))
 
     @property
     def quantized(self) -> bool:
