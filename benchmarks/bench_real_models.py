@@ -436,17 +436,21 @@ def _integer_checks(q: nn.Module, example: tuple, info: dict, test: tuple | None
             from lowbit.export.ort import session
 
             with tempfile.TemporaryDirectory() as tmp:
-                path = export_onnx(im, Path(tmp) / "m.onnx", tuple(example[0].shape))
+                # exact_layers: the plain convs / linears in integer ops (bit for bit); the default QDQ form
+                # (onnxruntime's fused QLinearConv / QGemm, which round in float32) is checked beside it
+                path = export_onnx(im, Path(tmp) / "m.onnx", tuple(example[0].shape), exact_layers=True)
+                qdq = export_onnx(im, Path(tmp) / "qdq.onnx", tuple(example[0].shape))
                 info["onnx"] = True
                 if test is not None:
-                    sess = session(path, threads=1)
-                    got = torch.cat([torch.from_numpy(sess.run(["output"], {"input": test[0][i:i + 1].numpy()})[0])
-                                     for i in range(test[0].shape[0])])
                     with torch.no_grad():
                         ref = im(*test)
-                    info["onnx_bit_exact"] = bool(torch.equal(got, ref))
-                    info["onnx_equal_fraction"] = float((got == ref).float().mean())
-                    info["onnx_max_abs_diff"] = float((got - ref).abs().max())
+                    for key, file in (("onnx", path), ("onnx_qdq", qdq)):
+                        sess = session(file, threads=1)
+                        got = torch.cat([torch.from_numpy(sess.run(["output"], {"input": test[0][i:i + 1].numpy()})[0])
+                                         for i in range(test[0].shape[0])])
+                        info[f"{key}_bit_exact"] = bool(torch.equal(got, ref))
+                        info[f"{key}_equal_fraction"] = float((got == ref).float().mean())
+                        info[f"{key}_max_abs_diff"] = float((got - ref).abs().max())
         except Exception as exc:  # noqa: BLE001
             info["onnx_error"] = first_line(exc)
 
@@ -900,12 +904,19 @@ def report(summaries: list[dict], extra_notes: list[str], timings: dict, started
             if li.get("integer_bit_exact") is not None:
                 lines += [f"- integer model = simulation bit for bit on the held-out inputs: "
                           f"{fmt(li['integer_bit_exact'])}; onnxruntime = integer model bit for bit: "
-                          f"{fmt(li.get('onnx_bit_exact'))}"
+                          f"{fmt(li.get('onnx_bit_exact'))} (`export_onnx(..., exact_layers=True)`: plain convs "
+                          "and linears as ConvInteger / MatMulInteger with the integer requantization)"
                           + ("" if li.get("onnx_bit_exact") is not False else
                              f" (equal outputs {100 * li['onnx_equal_fraction']:.4f}%, largest difference "
-                             f"{li['onnx_max_abs_diff']:.3g}: onnxruntime requantizes in float32, which differs from "
-                             "the integer requantization within about 2^-24 of a rounding half, about one code in "
-                             "a million, and a code that differs travels on to the output)")]
+                             f"{li['onnx_max_abs_diff']:.3g})")
+                          + ("" if li.get("onnx_qdq_bit_exact") is None else
+                             f"; the default QDQ form (onnxruntime's QLinearConv / QGemm): "
+                             f"{fmt(li['onnx_qdq_bit_exact'])}"
+                             + ("" if li["onnx_qdq_bit_exact"] else
+                                f" (equal outputs {100 * li['onnx_qdq_equal_fraction']:.4f}%, largest difference "
+                                f"{li['onnx_qdq_max_abs_diff']:.3g}: onnxruntime requantizes in float32, which "
+                                "differs from the integer requantization within about 2^-24 of a rounding half, "
+                                "about one code in a million, and a code that differs travels on to the output)"))]
             if li.get("latency_of"):
                 lines += [f"- latency timed on: the {li['latency_of']}"]
             if li["quantize_s"] is not None:
@@ -929,7 +940,7 @@ def _integer_targets(summaries: list[dict]) -> list[str]:
     integer model's latency at batch 1 and 16 against float eager and quantize_dynamic (speed-ups quoted)."""
     lines = ["", "Integer path (`" + LOWBIT + "`): to_integer and ONNX bit-exact, integer latency at batch 1 and 16 "
              "no slower than float eager and than quantize_dynamic (x = their time / the integer model's):", "",
-             "| model | to_integer (= simulation) | ONNX (onnxruntime = integer) | b1 vs float / peer |"
+             "| model | to_integer (= simulation) | ONNX, exact_layers (onnxruntime = integer) | b1 vs float / peer |"
              " b16 vs float / peer | met |", "|---|---|---|---|---|---|"]
     n_met = 0
     for s in summaries:

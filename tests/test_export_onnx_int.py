@@ -313,3 +313,52 @@ def test_isqrt_by_double_sqrt_is_exact_on_its_range():
 
     (got,) = _run_graph(build, {"u": u}, ["r"])
     assert np.array_equal(got, np.array([math.isqrt(int(k)) for k in u]))
+
+
+# ---------------------------------------------------------------- exact_layers: convolutions and linears
+
+
+class _ConvNet(nn.Module):
+    def __init__(self, groups: int, dilation: int, stride: int, pad: int) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, stride=stride, padding=pad, dilation=dilation)
+        self.c2 = nn.Conv2d(8, 8, 3, padding=1, groups=groups)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, 16)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x):
+        x = torch.relu(self.c2(torch.relu(self.c1(x))))
+        return self.head(torch.relu(self.fc(torch.flatten(self.pool(x), 1))))
+
+
+@settings(max_examples=6, deadline=None)
+@given(seed=st.integers(0, 2**16), groups=st.sampled_from([1, 2, 8]), dilation=st.sampled_from([1, 2]),
+       stride=st.sampled_from([1, 2]), pad=st.sampled_from([0, 1, 3]))
+def test_exact_layers_give_the_integer_models_codes(seed, groups, dilation, stride, pad):
+    torch.manual_seed(seed)
+    model = _ConvNet(groups, dilation, stride, pad).eval()
+    data = [torch.randn(8, 3, 12, 12) * 3 for _ in range(4)]
+    im = to_integer(ptq.quantize(model, data, PTQConfig()), (data[0][:1],))
+    proto = to_onnx_model(im, (1, 3, 12, 12), expose_codes=True, exact_layers=True)
+    onnx.checker.check_model(proto, full_check=True)
+    kinds = {n.op_type for n in proto.graph.node}
+    assert "ConvInteger" in kinds and "MatMulInteger" in kinds and "Conv" not in kinds
+    names = json.loads({p.key: p.value for p in proto.metadata_props}[CODES_KEY])
+    x = torch.randn(16, 3, 12, 12) * 4  # beyond the calibration range too: the clamps are exercised
+    got = session(proto, threads=1).run(["output", *names], {"input": x.numpy()})
+    env = im.run(x)
+    grids = {n.output: n.grid for n in im.nodes}
+    for label, r in zip(names.values(), got[1:]):
+        q = r.astype(np.int32) - (0 if grids[label].signed else 128)
+        assert np.array_equal(q, env[label].numpy().astype(np.int32)), label
+    assert np.allclose(got[0], env[im.output_name].numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_exact_layers_is_checked(tmp_path):
+    from lowbit.errors import ConfigError
+
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)).eval()
+    im = to_integer(ptq.quantize(model, [torch.randn(8, 4)], PTQConfig()), (torch.randn(1, 4),))
+    with pytest.raises(ConfigError, match="exact_layers must be True or False"):
+        export_onnx(im, tmp_path / "m.onnx", (1, 4), exact_layers="yes")

@@ -145,6 +145,49 @@ def emit_linear(b: _Builder, node: Node) -> None:
     b.record(b.add("Cast", [q], f"{name}_codes", to=3 if grid.signed else 2), grid, name)  # 3: INT8, 2: UINT8
 
 
+def conv_exact_ok(node: Node) -> bool:
+    """A plain requantized int8 convolution (one input, 8-bit codes padded with their zero point, int8 weights)
+    that :func:`emit_conv` writes."""
+    a = node.op.ir
+    return (isinstance(a, ir.Conv2d) and a.weight_codes is ir.WeightCodes.INT and a.input_bits == 8
+            and a.pad_value is None and isinstance(a.out, ir.Requantized) and len(node.inputs) == 1
+            and "m" in node.op.tensors)
+
+
+def emit_conv(b: _Builder, node: Node) -> None:
+    """A convolution in the integer model's own arithmetic (``export_onnx(exact_layers=True)``): the uint8 codes
+    padded with their zero point (``Pad``), ``ConvInteger`` (uint8 x uint8, the weights ``w + 128`` with zero point
+    128), then per output channel ``clamp(z_y + round_even((acc + bias) m / 2^n), lo, hi)`` in int64. Exact where
+    the QDQ form's ``QLinearConv`` rounds ``acc * float32 multiplier`` in float32 (one code in about 10^5-10^6 lands
+    on the other side of a half)."""
+    from lowbit.export.onnx_qdq import _Grid
+
+    a, name = node.op.ir, node.output
+    x = b.integer_input(node)
+    if _Grid.code(a.input_zero_point, x.grid.signed) != x.grid.zero_point:
+        raise ConfigError(f"{name}: input zero point {a.input_zero_point} differs from the grid of {node.inputs[0]!r}")
+    codes, zp = unsigned_codes(b, x, name)
+    top, left, bottom, right = b._conv_pads(node)
+    if top or left or bottom or right:
+        codes = b.add("Pad", [codes, b.const(f"{name}_pads", np.array([0, 0, top, left, 0, 0, bottom, right], I64)),
+                              b.const(f"{name}_pad_code", np.array(zp, np.uint8))], f"{name}_padded", mode="constant")
+    w = _t(node, "weight").numpy().astype(np.int8)
+    wu = b.const(f"{name}_w", (w.astype(np.int16) + 128).astype(np.uint8))
+    acc = b.add("ConvInteger", [codes, wu, b.const(f"{name}_x_zp", np.array(zp, np.uint8)),
+                                b.const(f"{name}_w_zp", np.array(128, np.uint8))], f"{name}_conv",
+                kernel_shape=list(w.shape[2:]), strides=list(a.stride), dilations=list(a.dilation), group=a.groups)
+    per_channel = (-1, 1, 1)
+    acc = b.add("Add", [b.add("Cast", [acc], f"{name}_acc", to=7),
+                        _c(b, f"{name}_bias", _t(node, "bias").numpy().astype(I64).reshape(per_channel))],
+                f"{name}_biased")
+    v = b.add("Mul", [acc, _c(b, f"{name}_m", _t(node, "m").numpy().reshape(per_channel))], f"{name}_prod")
+    grid = _Grid.of(node.grid)
+    q = b.add("Add", [rshift_even(b, v, _t(node, "n").numpy().reshape(per_channel), name),
+                      _c(b, f"{name}_zp", grid.zero_point)], f"{name}_shifted")
+    q = clamp(b, q, _Grid.code(a.out.lo, grid.signed), _Grid.code(a.out.hi, grid.signed), name)
+    b.record(b.add("Cast", [q], f"{name}_codes", to=3 if grid.signed else 2), grid, name)  # 3: INT8, 2: UINT8
+
+
 # ---------------------------------------------------------------- l2normalize
 
 

@@ -303,6 +303,7 @@ class _Builder:
         self.codes_map: dict[str, str] = {}
         self._qparams: dict[tuple, tuple[str, str]] = {}
         self.wide: dict[str, str] = {}  # a 16-bit quantize's output -> its stored int16 codes (int32; onnx_int)
+        self.exact_layers = False  # plain convs / linears in integer ops (to_onnx_model(exact_layers=True))
 
     def fresh(self, base: str) -> str:
         base = base or "t"
@@ -475,7 +476,7 @@ class _Builder:
         signed, name = node.grid.signed, node.output
         grid = _Grid(np.float32(a.scale), _Grid.code(a.zero_point, signed), signed)
         lo, hi = _Grid.code(a.lo, signed), _Grid.code(a.hi, signed)
-        if name not in self.integer_read:
+        if name not in self.integer_read and not self.exact_layers:
             self.quantize(x.float_name, grid, name, lo, hi, clamp_first=True)
             return
         # read only by ops written in integers (recurrent, l2normalize): no QDQ fusion to keep, so the integer
@@ -492,12 +493,16 @@ class _Builder:
         self.values[node.output] = _Value(self.add("DequantizeLinear", [x.codes, s, z], node.output))
 
     def op_linear(self, node: Node) -> None:
-        if node.output in self.integer_read and onnx_int.linear_exact_ok(node):  # no QDQ fusion to keep: exact
+        exact = node.output in self.integer_read or self.exact_layers  # (no QDQ fusion to keep, or asked)
+        if exact and onnx_int.linear_exact_ok(node):
             onnx_int.emit_linear(self, node)
             return
         self._layer(node, conv=False)
 
     def op_conv2d(self, node: Node) -> None:
+        if self.exact_layers and onnx_int.conv_exact_ok(node):
+            onnx_int.emit_conv(self, node)
+            return
         self._layer(node, conv=True)
 
     def _layer(self, node: Node, conv: bool) -> None:
@@ -935,15 +940,21 @@ def _check_kinds(model: IntegerModel) -> None:
 
 
 def to_onnx_model(model: IntegerModel, input_shape: tuple[int, ...], opset: int = 17, expose_codes: bool = False,
-                  residual: Residual = Residual.EXACT):
+                  residual: Residual = Residual.EXACT, exact_layers: bool = False):
     """The QDQ ``onnx.ModelProto`` of ``model`` (see the module docstring); not checked, not saved.
 
     ``expose_codes`` also makes every int8 tensor's ``QuantizeLinear`` output a
     graph output (for parity checks against :meth:`IntegerModel.run`); the
     metadata entry ``lowbit.codes`` maps those outputs to the integer model's names.
-    ``residual``: how layers with a residual summand round (:class:`Residual`).
+    ``residual``: how layers with a residual summand round (:class:`Residual`). ``exact_layers``: every plain
+    requantized conv / linear (no residual summand, int8 weights) in the integer model's own arithmetic
+    (:func:`lowbit.export.onnx_int.emit_conv`, ``emit_linear``; ``ConvInteger`` / ``MatMulInteger`` and an int64
+    requantization) and each quantization of a float tensor as the integer model computes it: bit-exact where
+    ``QLinearConv`` / ``QGemm`` round in float32 (one code in about 10^5-10^6 apart on large layers), slower.
     """
     onnx = _import_onnx()
+    if not isinstance(exact_layers, bool):
+        raise ConfigError(f"exact_layers must be True or False, not {exact_layers!r}")
     if not isinstance(residual, Residual):
         raise ConfigError(f"residual must be a lowbit.export.onnx_qdq.Residual ({', '.join(r.name for r in Residual)})"
                           f", not {residual!r}")
@@ -957,6 +968,7 @@ def to_onnx_model(model: IntegerModel, input_shape: tuple[int, ...], opset: int 
     _check_kinds(model)
     shapes = _shapes(model, tuple(input_shape))
     b = _Builder(onnx, shapes, expose_codes, opset, _foldable_pads(model, shapes), residual)
+    b.exact_layers = exact_layers
     b.integer_read = _read_only_by(model, ("recurrent", "l2normalize"))
     b.values[model.input_name] = _Value(INPUT_NAME)
     for node in model.nodes:
@@ -999,18 +1011,20 @@ def _read_only_by(model: IntegerModel, kinds: tuple[str, ...]) -> set[str]:
 
 
 def export_onnx(model: IntegerModel, path: str | Path, input_shape: tuple[int, ...], opset: int = 17,
-                residual: Residual = Residual.EXACT) -> Path:
+                residual: Residual = Residual.EXACT, exact_layers: bool = False) -> Path:
     """Write ``model`` to ``path`` as a QDQ ONNX model (checked by ``onnx.checker``); returns the path.
 
     ``input_shape`` is the input's shape with the batch first (its size is
     ignored: the batch dimension is dynamic). ``residual``: ``Residual.EXACT``
     (bit-exact with ``model``) or ``Residual.REQUANTIZE`` (onnxruntime's fast
-    ``QLinearConv`` + ``QLinearAdd``, rounding twice). Needs the ``onnx`` package.
+    ``QLinearConv`` + ``QLinearAdd``, rounding twice). ``exact_layers=True`` writes the plain convs and linears
+    in integer ops (:func:`to_onnx_model`): bit for bit the integer model's codes, at some onnxruntime speed.
+    Needs the ``onnx`` package.
     The graph has one input, as every IntegerModel does: :func:`lowbit.integer.to_integer` refuses a
     multi-input model (a ConfigError naming its inputs), which runs as the PTQ simulation only.
     """
     onnx = _import_onnx()
-    proto = to_onnx_model(model, input_shape, opset, residual=residual)
+    proto = to_onnx_model(model, input_shape, opset, residual=residual, exact_layers=exact_layers)
     onnx.checker.check_model(proto, full_check=True)
     data = proto.SerializeToString()
     return atomic_write(path, lambda f: f.write(data))
