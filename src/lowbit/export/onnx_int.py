@@ -365,6 +365,9 @@ def emit_recurrent(b: _Builder, node: Node) -> None:
         seq, zp = unsigned_codes(b, x, name)  # zp: the stored zero point + 128
     if a.batch_first:  # (N, T, I) -> (T, N, I)
         seq = b.add("Transpose", [seq], f"{name}_tnc", perm=[1, 0, 2])
+    if a.step:  # a cell: (N, I) -> one step (1, N, I)
+        seq = b.add("Unsqueeze", [seq, _c(b, f"{name}_axis0", [0])], f"{name}_seq")
+    state = _initial_state(b, node)
     for k in range(a.num_layers):
         acc = _projection(b, node, seq, zp, wide and k == 0, k)
         px = requantize_part(b, acc, _t(node, f"m_ih_{k}"), _t(node, f"n_ih_{k}"), _t(node, f"b_ih_{k}"),
@@ -375,8 +378,9 @@ def emit_recurrent(b: _Builder, node: Node) -> None:
         dims = b.add("Concat", [batch, _c(b, f"{name}_l{k}_hsize", [hsize])], f"{name}_l{k}_dims", axis=0)
         zeros = b.add("ConstantOfShape", [dims], f"{name}_l{k}_zeros",
                       value=b.nh.from_array(np.zeros(1, I64)))
+        h0, c0 = (state + [zeros, zeros])[:2] if state else (zeros, zeros)
         outs = [b.fresh(f"{name}_l{k}_{s}") for s in (("h_n", "c_n", "hs") if lstm else ("h_n", "hs"))]
-        b.nodes.append(b.h.make_node("Scan", [zeros, zeros, px] if lstm else [zeros, px], outs,
+        b.nodes.append(b.h.make_node("Scan", [h0, c0, px] if lstm else [h0, px], outs,
                                      name=b.fresh(f"{name}_l{k}/Scan"), num_scan_inputs=1,
                                      body=(_lstm_body if lstm else _gru_body)(b, node, k)))
         h_n, hs, c_n = outs[0], outs[-1], outs[1] if lstm else None
@@ -393,6 +397,16 @@ def emit_recurrent(b: _Builder, node: Node) -> None:
     if a.emit is ir.Emit.OUTPUT and a.batch_first:
         y = b.add("Transpose", [y], f"{name}_ntc", perm=[1, 0, 2])
     b.record(b.add("Cast", [y], f"{name}_codes", to=3), _Grid.of(node.grid), name)
+
+
+def _initial_state(b: _Builder, node: Node) -> list[str]:
+    """A cell step's state inputs as int64: ``h`` from its int8 codes, an LSTM's ``c`` from its int16 codes (the
+    16-bit ``quantize`` keeps them in ``b.wide``); empty for an op from a zero state."""
+    out = []
+    for k, src in enumerate(node.inputs[1:]):
+        codes = b.wide[src] if k == 1 else b.integer_input(node, k + 1).codes
+        out.append(b.add("Cast", [codes], f"{node.output}_state{k}", to=7))  # 7: INT64
+    return out
 
 
 def emit_quantize16(b: _Builder, node: Node) -> None:

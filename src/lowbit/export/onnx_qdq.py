@@ -655,7 +655,13 @@ class _Builder:
         self._same_grid(node, self.add("Reshape", [x.float_name, shape], f"{node.output}_reshape"), x)
 
     def op_concat(self, node: Node) -> None:
-        """``Concat`` of the inputs' dequantized values (all on the output's grid) and that grid's Q/DQ: exact."""
+        """``Concat`` of the inputs' dequantized values (all on the output's grid) and that grid's Q/DQ: exact; of
+        float inputs (the network's output joined from dequantized parts), the float ``Concat``."""
+        if node.grid is None:
+            xs = [self.values[i] for i in node.inputs]
+            self.values[node.output] = _Value(self.add("Concat", [x.float_name for x in xs], f"{node.output}_concat",
+                                                       axis=int(node.op.ir.dim)))
+            return
         xs = [self.integer_input(node, i) for i in range(len(node.inputs))]
         y = self.add("Concat", [x.float_name for x in xs], f"{node.output}_concat", axis=int(node.op.ir.dim))
         self._same_grid(node, y, xs[0])
@@ -789,6 +795,8 @@ def _node_shape(node: Node, x: tuple[int, ...]) -> tuple[int, ...]:
         return x
     if kind == "recurrent":
         isize = node.op.tensors["w_ih_0"].shape[1]
+        if a.step and len(x) == 2 and x[-1] == isize:  # a cell's step: (N, I) -> (N, H)
+            return (x[0], node.op.tensors["w_hh_0"].shape[1])
         if len(x) != 3 or x[-1] != isize:
             raise ConfigError(f"{node.output}: the recurrent op expects (N, T, {isize}) or (T, N, {isize}), not {x}")
         hsize = node.op.tensors[f"w_hh_{a.num_layers - 1}"].shape[1]

@@ -5,6 +5,7 @@ A recurrent call returns a tuple, so a traced model reads it through ``getitem``
 
     out = lstm(x);  seq = out[0];  state = out[1];  h_n = state[0];  c_n = state[1];  h = h_n[-1]
     gru(x)[1] is h_n directly (GRU)
+    h1, c1 = lstm_cell(x, (h, c));  h1 = gru_cell(x, h)      (cells: one step, the state given; layer 0)
 
 :func:`recurrent_part` follows such a chain back to the layer and says which tensor it is (:class:`Part`), so
 the grid passes (:mod:`lowbit.graph.fx_passes`) know that ``output`` and ``h`` lie on the fixed hidden grid
@@ -21,7 +22,7 @@ from torch import fx
 from torch.nn.utils import rnn as rnn_utils
 
 from lowbit.graph.nodes import module_of
-from lowbit.nn.recurrent import RECURRENT, QRecurrent, stays_float, unsupported
+from lowbit.nn.recurrent import CELL_TYPES, RECURRENT, QRecurrent, stays_float, unsupported
 
 _PACKERS = (rnn_utils.pack_padded_sequence, rnn_utils.pack_sequence)
 
@@ -44,17 +45,17 @@ class Part:
 
 
 def swap_recurrent(gm: fx.GraphModule, keep_float) -> list[str]:
-    """Put a :class:`QRecurrent` in place of every ``nn.LSTM`` / ``nn.GRU`` call (``keep_float(name)``: leave that
+    """Put a :class:`QRecurrent` in place of every ``nn.LSTM`` / ``nn.GRU`` / ``nn.LSTMCell`` / ``nn.GRUCell`` call (``keep_float(name)``: leave that
     one float). A layer the integer layers cannot run (bidirectional, projected, called with an initial state or
     a PackedSequence) stays float with a warning that names it and the fix; ``to_integer`` then refuses the model
     as it refuses any float layer. Returns the names swapped."""
     swapped = []
     for node in gm.graph.nodes:
         m = module_of(gm, node)
-        if not isinstance(m, RECURRENT) or keep_float(str(node.target)):
+        if not isinstance(m, (*RECURRENT, *CELL_TYPES)) or keep_float(str(node.target)):
             continue
         name = str(node.target)
-        if stays_float(m, name, unsupported(m) or _call_problem(node)):
+        if stays_float(m, name, unsupported(m) or (None if isinstance(m, CELL_TYPES) else _call_problem(node))):
             continue
         parent, _, leaf = name.rpartition(".")
         setattr(gm.get_submodule(parent) if parent else gm, leaf, QRecurrent(m, name))
@@ -81,14 +82,16 @@ def _index(node: fx.Node) -> object:
 def recurrent_part(gm: fx.GraphModule, node: fx.Node) -> Part | None:
     """The :class:`Part` of a recurrent layer's result that ``node`` computes (a chain of ``getitem``), or None."""
     m = module_of(gm, node)
-    if isinstance(m, QRecurrent):
-        return Part(node, m, "tuple")
+    if isinstance(m, QRecurrent):  # an LSTMCell returns (h', c'), a GRUCell h' itself
+        return Part(node, m, "h", 0) if m.is_cell and m.cell == "gru" else Part(node, m, "tuple")
     if not (node.op == "call_function" and node.target is operator.getitem and isinstance(node.args[0], fx.Node)):
         return None
     src = recurrent_part(gm, node.args[0])
     if src is None:
         return None
     i, m = _index(node), src.module
+    if m.is_cell:
+        return Part(src.node, m, "h" if i == 0 else "c", 0) if src.what == "tuple" and i in (0, 1) else None
     layers = m.layer.num_layers
     if src.what == "tuple" and i in (0, 1):
         return Part(src.node, m, "output" if i == 0 else "state" if m.cell == "lstm" else "h_n")

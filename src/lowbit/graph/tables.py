@@ -21,13 +21,16 @@ from lowbit.graph.nodes import free_name, module_of
 from lowbit.nn.lookup import Lookup
 from lowbit.nn.qparams import QParams
 from lowbit.nn.quantizers import ActQuantizer
+from lowbit.graph.recurrent import recurrent_part
+from lowbit.nn.recurrent import H_GRID, FixedGrid
 from lowbit.nn.unified import QAvgPool, _Unified
 
 FUNCTIONS = (torch.sigmoid, torch.tanh, torch.exp, F.sigmoid, F.tanh, F.gelu, F.silu, F.mish, F.hardswish,
-             F.hardsigmoid, F.elu, F.selu, F.leaky_relu, F.softplus, F.logsigmoid, torch.nn.functional.relu6)
+             F.hardsigmoid, F.elu, F.selu, F.leaky_relu, F.softplus, F.logsigmoid, torch.nn.functional.relu6,
+             F.relu, torch.relu)  # (a ReLU after a layer is fused into it; one after a recurrent h is a table)
 METHODS = ("sigmoid", "tanh", "exp")
 MODULES = (nn.Sigmoid, nn.Tanh, nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish, nn.Hardsigmoid, nn.ELU, nn.SELU,
-           nn.LeakyReLU, nn.Softplus, nn.LogSigmoid, nn.ReLU6)
+           nn.LeakyReLU, nn.Softplus, nn.LogSigmoid, nn.ReLU6, nn.ReLU)
 _BN_RANK = {nn.BatchNorm1d: 3, nn.BatchNorm2d: 4, nn.BatchNorm3d: 5}
 
 Fn = Callable[[torch.Tensor], torch.Tensor]
@@ -69,9 +72,13 @@ def tabulable(q: ActQuantizer) -> bool:
     return isinstance(q.spec.format, IntFormat) and q.spec.format.bits <= 8
 
 
-def _quantizer(gm: fx.GraphModule, node: fx.Node) -> ActQuantizer | None:
+def _quantizer(gm: fx.GraphModule, node: fx.Node) -> ActQuantizer | FixedGrid | None:
     """The quantizer whose grid the tensor ``node`` gives lies on, when a quantizer or a quantized layer gives it
-    directly (no pass-through op between: a BatchNorm's channels must be the producer's)."""
+    directly (no pass-through op between: a BatchNorm's channels must be the producer's); an integer recurrent
+    layer's ``h`` lies on the fixed grid ``2^-7`` (:data:`~lowbit.nn.recurrent.H_GRID`)."""
+    part = recurrent_part(gm, node)
+    if part is not None:
+        return H_GRID if part.on_h_grid and part.module.q is not None else None
     m = module_of(gm, node)
     return m if isinstance(m, ActQuantizer) else m.output_quant if isinstance(m, (_Unified, QAvgPool)) else None
 

@@ -340,7 +340,11 @@ class Recurrent:
     The input is int8 codes (``batch_first``: (N, T, I); else (T, N, I), whose leading dimension, the one the
     model calls its batch, is then time), or int16 codes when ``input_bits`` is 16 (a 16-bit input grid; its zero
     point is then in int16, and layer 0's input projection is int16 x int8 in an int32 accumulator). ``emit`` picks the op's output, of its last layer: the lowering keeps
-    the layers up to the one whose state is read (``h_n[0]`` of a 3-layer LSTM is a 1-layer op)."""
+    the layers up to the one whose state is read (``h_n[0]`` of a 3-layer LSTM is a 1-layer op).
+
+    ``step`` (an ``nn.LSTMCell`` / ``nn.GRUCell`` call): one layer, one time step, the input (N, I) and, as further
+    inputs, the state it starts from: ``h`` (N, H) int8 codes on ``2^-7`` and, for the LSTM, ``c`` (N, H) int16 codes
+    in Q.11 (without them, zero); ``emit`` is ``h`` or ``c``."""
 
     kind: ClassVar[str] = "recurrent"
     cell: Cell
@@ -349,6 +353,7 @@ class Recurrent:
     input_zero_point: int
     emit: Emit
     input_bits: int = 8  # the stored width of the input codes: 8 or 16
+    step: bool = False  # one step of an LSTMCell / GRUCell: inputs x (N, I) [, h (N, H) int8 [, c (N, H) int16]]
 
 
 @dataclass(frozen=True)
@@ -421,6 +426,8 @@ def attrs_of(op: IROp) -> dict[str, Any]:
         name = "bits" if isinstance(op, Quantize) else "input_bits"
         if d[name] == 8:
             del d[name]
+    if isinstance(op, Recurrent) and not op.step:  # (files from before cells)
+        del d["step"]
     return d
 
 
@@ -475,7 +482,7 @@ def parse(kind: str, attrs: dict[str, Any], requantized: bool = True) -> IROp:
         return Table(bool(a.get("float_output", False)))
     if kind == "recurrent":
         return Recurrent(Cell(a["cell"]), int(a["num_layers"]), bool(a["batch_first"]), int(a["input_zero_point"]),
-                         Emit(a["emit"]), int(a.get("input_bits", 8)))
+                         Emit(a["emit"]), int(a.get("input_bits", 8)), bool(a.get("step", False)))
     if kind == "l2normalize":
         return L2Normalize(int(a["dim"]), int(a["input_zero_point"]))
     raise KeyError(f"unknown integer op kind {kind!r}; known: {sorted(KINDS)}")

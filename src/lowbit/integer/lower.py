@@ -44,7 +44,8 @@ from lowbit.graph.l2norm import refusal as l2_refusal
 from lowbit.graph.norm_inputs import per_feature
 from lowbit.graph.nodes import is_passthrough, module_of
 from lowbit.graph.recurrent import Part, recurrent_part
-from lowbit.nn.recurrent import H_QPARAMS, QRecurrent, input_width
+from lowbit.functional.fixed_rnn import H_MAX
+from lowbit.nn.recurrent import C_QPARAMS, H_QPARAMS, QRecurrent, input_width
 from lowbit.graph.tables import tabulable
 from lowbit.nn.l2norm import UNIT_QPARAMS, QL2Normalize
 from lowbit.nn.lookup import Lookup
@@ -172,6 +173,8 @@ class _Lowering:
             self.reshape(node)
         elif t is torch.unsqueeze or (node.op == "call_method" and t == "unsqueeze"):
             self.unsqueeze(node)
+        elif t is torch.squeeze or (node.op == "call_method" and t == "squeeze"):
+            self.squeeze(node)
         elif t in (torch.cat, torch.concat):
             self.concat(node)
         elif t is F.max_pool2d:
@@ -210,6 +213,18 @@ class _Lowering:
             self.unsupported.append(f"{node.name} (unsqueeze({d}) before the batch dimension)")
             return
         self.simple(node, ir.Unsqueeze(int(d)))
+
+    def squeeze(self, node: fx.Node) -> None:
+        """``x.squeeze(d)`` of a dimension after the batch (of size 1: the op refuses another size)."""
+        d = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        if not isinstance(d, int):
+            self.unsupported.append(f"{node.name} (squeeze without one dimension: give it, e.g. x.squeeze(-1))")
+            return
+        d = d + self._rank(node.args[0]) if d < 0 else d
+        if d < 1:
+            self.unsupported.append(f"{node.name} (squeeze({d}) of the batch dimension)")
+            return
+        self.simple(node, ir.Squeeze(int(d)))
 
     def permute(self, node: fx.Node) -> None:
         dims = node.args[1:] if node.op == "call_method" else node.args[1]
@@ -253,6 +268,11 @@ class _Lowering:
         d = d + self._rank(node) if d < 0 else d
         nxt = _next_quantizer(self.gm, node)
         names = [self.names[p] for p in parts]
+        if d >= 1 and nxt == "output":  # the network's output joined from parts: each dequantized, then joined
+            self.emit(ir.Concat(int(d)), [self.dequantized(n, node.name, i) for i, n in enumerate(names)], node.name,
+                      None, None, node.name)
+            self.names[node] = node.name
+            return
         if d < 1 or not isinstance(nxt, ActQuantizer) or any(self.grids[n] is None for n in names):
             self.unsupported.append(f"{node.name} (cat along dimension {d}: the integer concat joins quantized "
                                     "tensors along a dimension after the batch, with a quantizer after it)")
@@ -268,6 +288,15 @@ class _Lowering:
             ins.append(n)
         self.emit(ir.Concat(int(d)), ins, node.name, None, q2, node.name)
         self.names[node] = node.name
+
+    def dequantized(self, name: str, source: str, i: int) -> str:
+        """The float form of tensor ``name``: itself when float, else a ``dequantize`` of its codes."""
+        q = self.grids[name]
+        if q is None:
+            return name
+        out = f"{source}_dq{i}"
+        self.emit(ir.Dequantize(float(q.scale), stored_zero_point(q)), [name], out, None, None, source)
+        return out
 
     def table(self, node: fx.Node, m: Lookup) -> None:
         """A lookup table: int8 codes of the next quantizer's grid (which it reaches through max pools, zero pads
@@ -424,6 +453,30 @@ class _Lowering:
             self.unsupported.append(f"{node.target} (an LSTM/GRU not converted, or whose input is not on its grid)")
         self.names[node] = node.name
         self.grids[node.name] = None  # a tuple: no tensor of its own
+        if m.is_cell and m.cell == "gru":  # a GRUCell's result is h' itself
+            self.recurrent(node, Part(node, m, "h", 0))
+
+    def cell_state(self, call: fx.Node, m: QRecurrent) -> list[str]:
+        """The state inputs of a cell call (``h`` on ``2^-7`` as int8 codes, an LSTM's ``c`` in Q.11 as int16 codes):
+        a float state is quantized onto its fixed grid, as the simulation does (:func:`lowbit.nn.recurrent.h_codes`,
+        ``c_codes``); a state already on that grid is read as it is. Empty for a call without a state."""
+        hx = call.args[1] if len(call.args) > 1 else call.kwargs.get("hx")
+        if hx is None:
+            return []
+        parts = list(hx) if m.cell == "lstm" else [hx]
+        names = []
+        for part, q, lo, hi, bits in zip(parts, (H_QPARAMS, C_QPARAMS), (-H_MAX, -(1 << 15)), (H_MAX, (1 << 15) - 1),
+                                         (8, 16)):
+            name = self.names[part]
+            if self.grids[name] is None:
+                out = f"{call.name}_{'hc'[len(names)]}_codes"
+                if out not in self.grids:
+                    self.emit(ir.Quantize(float(q.scale), 0, lo, hi, bits), [name], out, None, q, str(call.target))
+                name = out
+            elif grid(self.grids[name]) != grid(q):
+                self.unsupported.append(f"{call.target} (its state {part.name} is on another grid than the cell's)")
+            names.append(name)
+        return names
 
     def recurrent(self, node: fx.Node, part: Part) -> None:
         """A tensor of a recurrent layer's result: ``output``, one layer's ``h_n[k]`` / ``c_n[k]``, ``output[:, -1]``
@@ -440,13 +493,17 @@ class _Lowering:
                                         "output, one layer's state h_n[k] / c_n[k], or output[:, -1])")
             return
         m, key = part.module, (part.node, what, part.layer)
-        layer = m.layer.num_layers - 1 if part.layer is None else part.layer
+        if m.q is None:  # not converted: recurrent_call has said so
+            return
+        layer = getattr(m.layer, "num_layers", 1) - 1 if part.layer is None else part.layer
         if key not in self.recurrent_ops:
             tensors = {name: t for k, lq in enumerate(m.q.layers) for name, t in lq.tensors(k).items()
                        if int(name.rsplit("_", 1)[1]) <= layer}
             tensors.update(sigmoid=m.q.sigmoid, tanh=m.q.tanh)
-            op = ir.Recurrent(ir.Cell(m.cell), layer + 1, m.q.batch_first, m.q.input_zero_point, what, m.q.input_bits)
-            self.emit(op, [self.names[part.node.args[0]]], node.name, tensors,
+            op = ir.Recurrent(ir.Cell(m.cell), layer + 1, m.q.batch_first, m.q.input_zero_point, what, m.q.input_bits,
+                              m.is_cell)
+            state = self.cell_state(part.node, m) if m.is_cell else []
+            self.emit(op, [self.names[part.node.args[0]], *state], node.name, tensors,
                       None if what is ir.Emit.C else H_QPARAMS, str(part.node.target))
             self.recurrent_ops[key] = node.name
         self.names[node] = self.recurrent_ops[key]
@@ -520,8 +577,8 @@ _LAYOUT_FUNCTIONS = (torch.permute, torch.unsqueeze, torch.squeeze)  # (their me
 
 def _next_quantizer(gm: fx.GraphModule, node: fx.Node) -> ActQuantizer | str | None:
     """The quantizer ``node``'s one chain of users reaches through ops that keep a grid (max pools, zero pads,
-    layout ops: :func:`lowbit.graph.nodes.is_passthrough`), ``"output"`` when the chain ends the network, else
-    None."""
+    layout ops: :func:`lowbit.graph.nodes.is_passthrough`, and a ``cat`` it is joined by), ``"output"`` when the
+    chain ends the network, else None."""
     while len(node.users) == 1:
         node = next(iter(node.users))
         if node.op == "output":
@@ -529,6 +586,8 @@ def _next_quantizer(gm: fx.GraphModule, node: fx.Node) -> ActQuantizer | str | N
         m = gm.get_submodule(node.target) if node.op == "call_module" else None
         if isinstance(m, ActQuantizer):
             return m if m.mode == "quantize" and tabulable(m) else None
+        if node.op == "call_function" and node.target in (torch.cat, torch.concat):  # the grid the join goes to
+            return _next_quantizer(gm, node)
         if not (is_passthrough(gm, node) or node.target in _LAYOUT_FUNCTIONS):
             return None
     return None

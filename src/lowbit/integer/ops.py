@@ -459,8 +459,8 @@ class Recurrent(Op):
         super().__init__(op, tensors)
         self.q = rnn.recurrent_q(op, self.tensors)
 
-    def __call__(self, x: torch.Tensor, kernels: Kernels = Kernels.VNNI) -> torch.Tensor:
-        return rnn.run(self.ir, self.q, x, _c(kernels))
+    def __call__(self, x: torch.Tensor, *state: torch.Tensor, kernels: Kernels = Kernels.VNNI) -> torch.Tensor:
+        return rnn.run(self.ir, self.q, x, _c(kernels), state)
 
 
 class L2Normalize(Op):

@@ -24,16 +24,38 @@ def _c_layer():
     return cext.rnn_layer if cext.library() is not None and hasattr(cext, "rnn_layer") else None
 
 
-def run(op: ir.Recurrent, q: RecurrentQ, x: torch.Tensor, use_c: bool) -> torch.Tensor:
+def _step_state(q: RecurrentQ, x: torch.Tensor, state: tuple[torch.Tensor, ...]):
+    """A cell step's initial state as one layer's (1, N, H) int64 codes (None: zero), each input checked."""
+    n, hsize = x.shape[0], q.hidden_size
+    if len(state) > (2 if q.cell == "lstm" else 1):
+        raise ShapeError(f"the recurrent step of a {q.cell.upper()} takes at most {2 if q.cell == 'lstm' else 1} state "
+                         f"inputs, got {len(state)}")
+    for s, dtype in zip(state, (torch.int8, torch.int16)):
+        if s.dtype != dtype or tuple(s.shape) != (n, hsize):
+            raise ShapeError(f"the recurrent step takes its state as {dtype} codes ({n}, {hsize}), got {s.dtype} "
+                             f"{tuple(s.shape)}")
+    if not state:
+        return None
+    c = state[1].long().unsqueeze(0) if len(state) > 1 else torch.zeros(1, n, hsize, dtype=torch.long)
+    return state[0].long().unsqueeze(0), c if q.cell == "lstm" else None
+
+
+def run(op: ir.Recurrent, q: RecurrentQ, x: torch.Tensor, use_c: bool, state: tuple[torch.Tensor, ...] = ()
+        ) -> torch.Tensor:
     """The op's output for int8 codes ``x`` (int16 when ``op.input_bits`` is 16): int8 ``h`` codes of its last
-    layer (every step, or the last one), or the float32 values of that LSTM layer's last ``c``."""
+    layer (every step, or the last one), or the float32 values of that LSTM layer's last ``c``. A ``step`` op (a
+    cell) takes ``x`` (N, I) and its initial ``state`` codes (``h`` int8, ``c`` int16; none: zero)."""
     i = q.layers[0].w_ih.shape[1]
     dtype = torch.int16 if op.input_bits == 16 else torch.int8
-    if x.dtype != dtype or x.ndim != 3 or x.shape[2] != i or 0 in x.shape:
-        raise ShapeError(f"the recurrent op takes {dtype} codes ({'N, T' if op.batch_first else 'T, N'}, {i}), got "
-                         f"{x.dtype} {tuple(x.shape)}")
-    layer = (_c_layer() if use_c else None) or run_layer
-    out, h, c = run_recurrent(q, x, op.num_layers, layer)
+    ndim = 2 if op.step else 3
+    if x.dtype != dtype or x.ndim != ndim or x.shape[-1] != i or 0 in x.shape:
+        layout = "N" if op.step else "N, T" if op.batch_first else "T, N"
+        raise ShapeError(f"the recurrent op takes {dtype} codes ({layout}, {i}), got {x.dtype} {tuple(x.shape)}")
+    if op.step:
+        out, h, c = run_recurrent(q, x.unsqueeze(0), 1, state=_step_state(q, x, state))
+    else:
+        layer = (_c_layer() if use_c else None) or run_layer
+        out, h, c = run_recurrent(q, x, op.num_layers, layer)
     if op.emit is ir.Emit.OUTPUT:
         return out.to(torch.int8)
     if op.emit is ir.Emit.H:

@@ -624,13 +624,22 @@ def _recurrent_attrs(a: dict, t: dict, n_in: int) -> None:
     layer 0, per-row multipliers (``0..2^31-1``) and shifts (``0..62``), int16-range int32 biases; the Q.15 tables.
     With ``input_bits`` 16 (int16 input codes): an int16 zero point, ``w_ih_0`` in ``-127..127`` and ``I`` at most
     :func:`~lowbit.functional.fixed_rnn.max_input16_features` (the int32 accumulator stays exact)."""
-    _known(a, {"cell", "num_layers", "batch_first", "input_zero_point", "emit", "input_bits"})
+    _known(a, {"cell", "num_layers", "batch_first", "input_zero_point", "emit", "input_bits", "step"})
     if a.get("cell") not in ("lstm", "gru"):
         raise Invalid(f"attribute 'cell' = {a.get('cell')!r:.40}; allowed: 'lstm', 'gru'")
     if a.get("emit") not in ("output", "h", "c") or (a["emit"] == "c" and a["cell"] != "lstm"):
         raise Invalid(f"attribute 'emit' = {a.get('emit')!r:.40}; allowed: 'output', 'h', and 'c' for an LSTM")
     layers = _int(a, "num_layers", 1, MAX_RNN_LAYERS)
     _bool(a, "batch_first")
+    if a.get("step", False):  # a cell: one layer, one step, its state as inputs 2 (h) and 3 (c, LSTM)
+        _bool(a, "step")
+        states = 2 if a["cell"] == "lstm" else 1
+        if layers != 1 or a["batch_first"] or a["emit"] == "output" or n_in > 1 + states:
+            raise Invalid(f"a recurrent step (a cell) has num_layers 1, batch_first false, emit 'h' or 'c' and at "
+                          f"most {1 + states} inputs; got num_layers {layers}, batch_first {a['batch_first']}, emit "
+                          f"{a['emit']!r}, {n_in} inputs")
+    elif n_in != 1:
+        raise Invalid(f"a recurrent op over a sequence takes 1 input, got {n_in}")
     wide = _code_bits(a, "input_bits") == 16
     zp = _int(a, "input_zero_point", *(INT16 if wide else INT8))
     names = [f"{n}_{k}" for k in range(layers) for n in ("w_ih", "w_hh", "m_ih", "n_ih", "m_hh", "n_hh", "b_ih", "b_hh")]
@@ -669,9 +678,19 @@ def _recurrent_attrs(a: dict, t: dict, n_in: int) -> None:
 
 def _recurrent_shape(a: dict, t: dict, ins: list[Spec]) -> Spec:
     """Per sample (N, T, I) -> (T, H) / (H,) when ``batch_first``; else per step (T, N, I) -> (N, H) for ``output``
-    and (H,) for a last state (whose leading dimension is N)."""
-    x = _expect(ins, 0, (torch.int16 if a.get("input_bits", 8) == 16 else torch.int8,), 2)
+    and (H,) for a last state (whose leading dimension is N); a ``step``: (I,) [, h (H,) int8 [, c (H,) int16]] ->
+    (H,)."""
+    step = a.get("step", False)
+    x = _expect(ins, 0, (torch.int16 if a.get("input_bits", 8) == 16 else torch.int8,), 1 if step else 2)
     i, h = t["w_ih_0"].shape[1], t["w_hh_0"].shape[1]
+    for k, (what, dtype) in enumerate((("h", torch.int8), ("c", torch.int16))[:len(ins) - 1] if step else ()):
+        s = _expect(ins, k + 1, (dtype,), 1, what=f"the state {what}")
+        if s.shape[0] != h:
+            raise Invalid(f"the state {what} has {s.shape[0]} features; tensor 'w_hh_0' has H = {h}")
+    if step:
+        if x.shape[0] != i:
+            raise Invalid(f"the input has {x.shape[0]} features; tensor 'w_ih_0' takes {i}")
+        return Spec((h,), torch.float32 if a["emit"] == "c" else torch.int8)
     if x.shape[1] != i:
         raise Invalid(f"the input has {x.shape[1]} features; tensor 'w_ih_0' takes {i}")
     if a["emit"] == "output":
@@ -712,7 +731,7 @@ CHECKS: dict[type, KindCheck] = {
     ir.Reshape: KindCheck(_reshape_attrs, _reshape_shape, (1, 1)),
     ir.Table: KindCheck(_table_attrs, _table_shape, (1, 1)),
     ir.Concat: KindCheck(_dim_attrs, _concat_shape, (2, 16)),
-    ir.Recurrent: KindCheck(_recurrent_attrs, _recurrent_shape, (1, 1)),
+    ir.Recurrent: KindCheck(_recurrent_attrs, _recurrent_shape, (1, 3)),
     ir.L2Normalize: KindCheck(_l2normalize_attrs, _l2normalize_shape, (1, 1)),
 }
 KNOWN_KINDS = sorted(t.kind for t in CHECKS)

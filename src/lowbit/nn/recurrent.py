@@ -45,7 +45,7 @@ from torch import nn
 
 from lowbit.errors import ConfigError, DataError
 from lowbit.formats import IntFormat
-from lowbit.functional.fixed_rnn import (C_FRAC, H_FRAC, PART_MAX, PRE_FRAC, gate_tables, gru_step, lstm_step,
+from lowbit.functional.fixed_rnn import (C_FRAC, H_FRAC, H_MAX, PART_MAX, PRE_FRAC, gate_tables, gru_step, lstm_step,
                                          max_input16_features, max_input_delta)
 from lowbit.functional.requant import fixed_point, requantize
 from lowbit.nn.qparams import QParams, offset, stored_zero_point
@@ -53,9 +53,11 @@ from lowbit.granularity import PerChannel
 from lowbit.spec import QuantSpec, solve_weight, weight_codes
 
 RECURRENT = (nn.LSTM, nn.GRU)
-CELLS = {nn.LSTM: "lstm", nn.GRU: "gru"}
+CELL_TYPES = (nn.LSTMCell, nn.GRUCell)  # one step, with the state as inputs: a 1-layer op of one time step
+CELLS = {nn.LSTM: "lstm", nn.GRU: "gru", nn.LSTMCell: "lstm", nn.GRUCell: "gru"}
 GATES = {"lstm": 4, "gru": 3}
 H_QPARAMS = QParams(2.0 ** -H_FRAC, 0, IntFormat(8, signed=True, narrow=True))  # the hidden state's fixed grid
+C_QPARAMS = QParams(2.0 ** -C_FRAC, 0, IntFormat(16, signed=True))  # the LSTM cell state's fixed grid (int16, Q.11)
 MAX_M = (1 << 31) - 1
 INPUT_WIDTHS = (8, 16)  # stored widths of layer 0's input codes: int8 (grids of <= 8 bits), int16 (16-bit grids)
 WEIGHT_SPEC = QuantSpec(IntFormat(8, signed=True, narrow=True), PerChannel(0))  # symmetric int8, one scale per row
@@ -176,6 +178,11 @@ def _bias(b: torch.Tensor | None, rows: int) -> torch.Tensor:
     return torch.round(b.detach().double() * 2.0 ** PRE_FRAC).clamp(-PART_MAX - 1, PART_MAX).to(torch.int32)
 
 
+def _param(layer: nn.Module, base: str, k: int) -> torch.Tensor | None:
+    """``weight_ih_l{k}`` of an LSTM / GRU, ``weight_ih`` of a cell (its only layer)."""
+    return getattr(layer, f"{base}_l{k}", None) if isinstance(layer, RECURRENT) else getattr(layer, base, None)
+
+
 def quantize_recurrent(layer: nn.Module, input_qparams: QParams, name: str = "recurrent") -> RecurrentQ:
     """The integer form of a float ``nn.LSTM`` / ``nn.GRU`` whose input lies on ``input_qparams`` (module docstring)."""
     check_recurrent(layer, name)
@@ -190,18 +197,18 @@ def quantize_recurrent(layer: nn.Module, input_qparams: QParams, name: str = "re
                           f"accumulator of the input projection (I * 127 * {max_input_delta(zp, 16)} >= 2^31; at most "
                           f"{max_input16_features(zp)} features for this grid): keep this layer's input at 8 bits")
     layers, s_x = [], float(input_qparams.scale)
-    for k in range(layer.num_layers):
-        q_ih, s_ih = _weight_codes(getattr(layer, f"weight_ih_l{k}"))
-        q_hh, s_hh = _weight_codes(getattr(layer, f"weight_hh_l{k}"))
+    for k in range(getattr(layer, "num_layers", 1)):
+        q_ih, s_ih = _weight_codes(_param(layer, "weight_ih", k))
+        q_hh, s_hh = _weight_codes(_param(layer, "weight_hh", k))
         m_ih, n_ih = _multiplier(s_ih * s_x, name)
         m_hh, n_hh = _multiplier(s_hh * 2.0 ** -H_FRAC, name)
         rows = q_ih.shape[0]
-        b_ih = _bias(getattr(layer, f"bias_ih_l{k}", None) if layer.bias else None, rows)
-        b_hh = _bias(getattr(layer, f"bias_hh_l{k}", None) if layer.bias else None, rows)
+        b_ih = _bias(_param(layer, "bias_ih", k) if layer.bias else None, rows)
+        b_hh = _bias(_param(layer, "bias_hh", k) if layer.bias else None, rows)
         layers.append(LayerQ(q_ih, q_hh, m_ih, n_ih, m_hh, n_hh, b_ih, b_hh))
         s_x = 2.0 ** -H_FRAC  # the next layer reads h
     sigmoid, tanh = gate_tables(PRE_FRAC)
-    return RecurrentQ(cell, tuple(layers), zp, bool(layer.batch_first), sigmoid, tanh, width)
+    return RecurrentQ(cell, tuple(layers), zp, bool(getattr(layer, "batch_first", False)), sigmoid, tanh, width)
 
 
 def _parts(acc: torch.Tensor, m: torch.Tensor, n: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -225,15 +232,19 @@ def _matmul(x: torch.Tensor, zero_point: int, w: torch.Tensor, bits: int = 8) ->
     return acc.reshape(*x.shape[:-1], w.shape[0]) - zero_point * rowsum
 
 
-def run_layer(q: RecurrentQ, lq: LayerQ, x: torch.Tensor, zero_point: int, bits: int = 8
+def run_layer(q: RecurrentQ, lq: LayerQ, x: torch.Tensor, zero_point: int, bits: int = 8,
+              state: tuple[torch.Tensor, torch.Tensor | None] | None = None
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """One layer from a zero state on int``bits``-domain codes ``x`` (T, B, I) -> (h codes (T, B, H), h_T, c_T)
-    int64."""
+    """One layer on int``bits``-domain codes ``x`` (T, B, I) -> (h codes (T, B, H), h_T, c_T) int64, from a zero
+    state or from ``state``: the codes of ``h`` (B, H) on ``2^-7`` and, for the LSTM, of ``c`` (B, H) in Q.11."""
     steps, batch = x.shape[:2]
     px = _parts(_matmul(x, zero_point, lq.w_ih, bits), lq.m_ih, lq.n_ih, lq.b_ih)  # (T, B, G H)
     hsize = lq.w_hh.shape[1]
-    h = torch.zeros(batch, hsize, dtype=torch.long)
-    c = torch.zeros(batch, hsize, dtype=torch.long) if q.cell == "lstm" else None
+    if state is None:
+        h = torch.zeros(batch, hsize, dtype=torch.long)
+        c = torch.zeros(batch, hsize, dtype=torch.long) if q.cell == "lstm" else None
+    else:
+        h, c = state[0].long(), state[1].long() if q.cell == "lstm" else None
     ys = []
     for t in range(steps):
         ph = _parts(_matmul(h, 0, lq.w_hh), lq.m_hh, lq.n_hh, lq.b_hh)
@@ -245,23 +256,39 @@ def run_layer(q: RecurrentQ, lq: LayerQ, x: torch.Tensor, zero_point: int, bits:
     return torch.stack(ys), h, c
 
 
-def run_recurrent(q: RecurrentQ, x: torch.Tensor, layers: int | None = None, layer=run_layer
+def run_recurrent(q: RecurrentQ, x: torch.Tensor, layers: int | None = None, layer=run_layer,
+                  state: tuple[torch.Tensor, torch.Tensor | None] | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """The integer layer on stored input codes ``x`` (int8-domain, int16 when ``q.input_bits`` is 16; (B, T, I) if
     ``batch_first`` else (T, B, I)) ->
     ``(output, h_n, c_n)``: int64 codes of the last layer's ``h`` at every step (``x``'s layout), of each layer's
     last ``h`` (L, B, H) on ``2^-7`` and, for the LSTM, of its last ``c`` (L, B, H) in Q.11 (else None).
     ``layers``: run the first ones only (default all); ``layer``: the function that runs one (:func:`run_layer`,
-    or a kernel with its signature and results)."""
+    or a kernel with its signature and results). ``state``: the initial ``(h, c)`` codes of every layer (L, B, H)
+    (``c`` None for a GRU), else zero; only :func:`run_layer` takes one."""
     seq = x.transpose(0, 1) if q.batch_first else x
     hs, cs, zp, bits = [], [], q.input_zero_point, q.input_bits
-    for lq in q.layers[:layers]:
-        seq, h, c = layer(q, lq, seq, zp, bits)
+    for k, lq in enumerate(q.layers[:layers]):
+        if state is None:
+            seq, h, c = layer(q, lq, seq, zp, bits)
+        else:
+            seq, h, c = run_layer(q, lq, seq, zp, bits, (state[0][k], None if state[1] is None else state[1][k]))
         hs.append(h)
         cs.append(c)
         zp, bits = 0, 8  # the next layer reads h (int8 codes on 2^-7)
     out = seq.transpose(0, 1) if q.batch_first else seq
     return out, torch.stack(hs), torch.stack(cs) if q.cell == "lstm" else None
+
+
+def h_codes(values: torch.Tensor) -> torch.Tensor:
+    """int64 codes of a float hidden state on ``2^-7``: ``clamp(round(v 2^7), -127, 127)`` (what the ``quantize``
+    op computes on that grid; exact powers of two)."""
+    return torch.round(values.to(torch.float32) * 2.0 ** H_FRAC).clamp(-H_MAX, H_MAX).long()
+
+
+def c_codes(values: torch.Tensor) -> torch.Tensor:
+    """int64 codes of a float LSTM cell state in Q.11: ``clamp(round(v 2^11), -2^15, 2^15 - 1)``."""
+    return torch.round(values.to(torch.float32) * 2.0 ** C_FRAC).clamp(-PART_MAX - 1, PART_MAX).long()
 
 
 def h_values(codes: torch.Tensor) -> torch.Tensor:
@@ -285,6 +312,7 @@ class QRecurrent(nn.Module):
         super().__init__()
         check_recurrent(layer, name)
         self.layer, self.name, self.cell = layer, name, CELLS[type(layer)]
+        self.is_cell = isinstance(layer, CELL_TYPES)
         self.input_quant = input_quant
         self.q: RecurrentQ | None = None
         self.input_qparams: QParams | None = None
@@ -301,6 +329,8 @@ class QRecurrent(nn.Module):
         self.q = quantize_recurrent(self.layer, input_qparams, self.name)
 
     def forward(self, x: torch.Tensor, hx: object = None):
+        if self.is_cell:
+            return self._cell(x, hx)
         why = ("it is called with an initial state (hx), and the integer layer starts from a zero state (drop hx)"
                if hx is not None else None if isinstance(x, torch.Tensor) else
                f"its input is a {type(x).__name__} (pass the padded batch tensor, equal lengths)")
@@ -325,11 +355,29 @@ class QRecurrent(nn.Module):
             return h_values(out), (h_values(h), c_values(c))
         return h_values(out), h_values(h)
 
+    def _cell(self, x: torch.Tensor, hx: object):
+        """An ``nn.LSTMCell`` / ``nn.GRUCell`` call: one step of the 1-layer op, from ``hx`` (``(h, c)`` / ``h``,
+        float, taken onto the fixed grids ``2^-7`` and Q.11 by :func:`h_codes` / :func:`c_codes`) or from zero."""
+        if self.input_quant is not None:
+            x = self.input_quant(x)
+        if self.q is None:
+            return self.layer(x, hx)
+        if x.ndim != 2:
+            raise ConfigError(f"{self.name}: the quantized {type(self.layer).__name__} takes a batched 2-D input "
+                              f"(N, {self.layer.input_size}), got shape {tuple(x.shape)}")
+        codes = (self.input_qparams.codes(x) - offset(self.input_qparams, self.q.input_bits)).unsqueeze(0)
+        state = None
+        if hx is not None:
+            h, c = hx if self.cell == "lstm" else (hx, None)
+            state = (h_codes(h).unsqueeze(0), None if c is None else c_codes(c).unsqueeze(0))
+        _, h, c = run_recurrent(self.q, codes, state=state)
+        return (h_values(h[0]), c_values(c[0])) if self.cell == "lstm" else h_values(h[0])
+
     def extra_repr(self) -> str:
         return f"{self.cell}, frozen={self.q is not None}"
 
 
-__all__ = ["CELLS", "FixedGrid", "GATES", "H_GRID", "H_QPARAMS", "INPUT_WIDTHS", "LAYER_TENSORS", "LayerQ",
-           "QRecurrent", "RECURRENT", "RecurrentQ", "c_values", "check_recurrent", "h_values", "input_width",
+__all__ = ["CELLS", "CELL_TYPES", "C_QPARAMS", "FixedGrid", "GATES", "H_GRID", "H_QPARAMS", "INPUT_WIDTHS", "LAYER_TENSORS", "LayerQ",
+           "QRecurrent", "RECURRENT", "RecurrentQ", "c_codes", "c_values", "h_codes", "check_recurrent", "h_values", "input_width",
            "quantize_recurrent", "run_layer", "run_recurrent", "stays_float",
            "unsupported"]
