@@ -66,7 +66,7 @@ def test_atomic_write_to_a_folder_or_an_unwritable_place(tmp_path):
     (lambda: __import__("lowbit.qat", fromlist=["x"]).QATConfig(act_bits=2), ["QATConfig has no field 'act_bits'", "uint_act"]),
     (lambda: __import__("lowbit.weight_only", fromlist=["x"]).WeightOnlyConfig(fmt=8), ["one QuantSpec now"]),
     (lambda: __import__("lowbit.spec", fromlist=["x"]).QuantSpec(bits=4), ["QuantSpec has no field 'bits'", "format"]),
-    (lambda: __import__("lowbit.ptq", fromlist=["x"]).PTQConfig(*range(9)), ["at most 8 positional arguments"]),
+    (lambda: __import__("lowbit.ptq", fromlist=["x"]).PTQConfig(*range(10)), ["at most 9 positional arguments"]),
 ])
 def test_config_classes_refuse_unknown_keywords_naming_the_fields(make, words):
     """A dataclass would raise a bare TypeError; lowbit names the field, the closest one and the new spelling."""
