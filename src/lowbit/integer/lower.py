@@ -240,6 +240,8 @@ class _Lowering:
             if d_in >= len(shape) or not all(v is None or (isinstance(v, int) and not isinstance(v, bool))
                                              for v in (i.start, i.stop, i.step)):
                 return None
+            if d_in == 0 and not (i.start in (None, 0) and i.stop is None and i.step in (None, 1)):
+                return None  # the batch (its recorded size is the example's, not every call's)
             start, stop, step = i.indices(shape[d_in])
             if (start, stop) != (0, shape[d_in]):
                 if step != 1 or d_in == 0 or start >= stop:
