@@ -447,3 +447,24 @@ def test_other_indexing_is_refused(index, match):
         q = ptq.quantize(Net().eval(), [x], example_inputs=(x[:1],)).eval()
     with pytest.raises(ConfigError, match=match):
         to_integer(q, (x[:1],))
+
+
+def test_reflection_and_replication_pad_modules():
+    """nn.ReflectionPad1d / nn.ReplicationPad1d on int8 codes between two convs: pads of the codes, exact."""
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c, self.c2 = nn.Conv1d(2, 4, 3), nn.Conv1d(4, 3, 3)
+            self.p, self.r = nn.ReflectionPad1d((2, 1)), nn.ReplicationPad1d(1)
+            self.fc = nn.Linear(3 * 13, 2)
+
+        def forward(self, x):
+            return self.fc(self.c2(self.r(self.p(torch.relu(self.c(x))))).flatten(1))
+
+    torch.manual_seed(5)
+    x = torch.randn(8, 2, 12)
+    q = _quantized(Net(), [x])
+    im = to_integer(q, (x[:1],))
+    pads = [n for n in im.nodes if n.kind == "pad"]
+    assert [p.op.ir.mode for p in pads] == ["reflect", "replicate"] and all(p.grid is not None for p in pads)
+    _check_exact(q, im, torch.randn(8, 2, 12))
