@@ -11,7 +11,7 @@ with ``K`` multiply-accumulates per output element and ``E`` output elements per
     at 2 bits; int32 bias and per-channel multipliers)
 
 Pools count window additions as accumulations of 1-bit weights; quantize, dequantize and
-requantizing layers one requantization per output element; flatten and pad move bytes only.
+requantizing layers one requantization per output element; flatten, pad and slice move bytes only.
 """
 
 from __future__ import annotations
@@ -106,12 +106,20 @@ def _l2normalize(node: Node, x: Shape, y: Shape) -> tuple[int, int, int]:
     return e, e * ACT_BITS * ACT_BITS, e
 
 
+def _magnitude(node: Node, x: Shape, y: Shape) -> tuple[int, int, int]:
+    """Per output element two squares of centred codes (9-bit x 9-bit MACs, ``x^2 + y^2``) and one multiply of the
+    17-bit sum by the 32-bit ``4 m^2``; the integer square root and the rounding shift priced as one
+    requantization."""
+    e = math.prod(y)
+    return 3 * e, e * (2 * 9 * 9 + 17 * 32), e
+
+
 # this backend's table: (MACs, BOPs, requantizations) per sample of each op type
 COSTS: dict[type, Callable[[Node, Shape, Shape], tuple[int, int, int]]] = {
     ir.Quantize: _edge, ir.Dequantize: _edge, ir.Linear: _layer, ir.Conv2d: _layer, ir.MaxPool2d: _maxpool,
     ir.AvgPool2d: _pool, ir.Flatten: _move, ir.Pad: _move, ir.Unsqueeze: _move, ir.Squeeze: _move,
     ir.Permute: _move, ir.Reshape: _move, ir.Concat: _move, ir.Table: _edge,  # a lookup per element, priced as a requantization
-    ir.Recurrent: _recurrent, ir.L2Normalize: _l2normalize,
+    ir.Recurrent: _recurrent, ir.L2Normalize: _l2normalize, ir.Slice: _move, ir.Magnitude: _magnitude,
 }
 
 

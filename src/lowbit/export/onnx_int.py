@@ -1,4 +1,4 @@
-"""Exact ONNX forms of the integer ops that have no QDQ form: ``l2normalize`` and the ``recurrent`` op.
+"""Exact ONNX forms of the integer ops that have no QDQ form: ``l2normalize``, ``magnitude`` and the ``recurrent`` op.
 
 Both are written with integer onnxruntime ops only (``Cast``, ``Add``/``Sub``/``Mul``/``Div``/``Mod`` on int64,
 ``ReduceSum``, ``MatMulInteger``, ``Gather``, ``Min``/``Max``, ``Scan``), so onnxruntime computes the integer
@@ -12,6 +12,10 @@ so the division is exact.
 **l2normalize** (:mod:`lowbit.functional.l2norm`): ``x = codes - z`` (int64), ``S = ReduceSum(x^2)``,
 ``u = (2^16 x^2) / max(S, 1)`` (non-negative: a floor), ``r = Floor(Sqrt(double(u)))``, ``k = min((r + 1) / 2,
 127)``, ``y = Sign(x) k``. ``S = 0`` only where every ``x = 0``, where ``Sign(x) = 0`` gives ``y = 0``.
+
+**magnitude** (:mod:`lowbit.functional.magnitude`): ``S = x^2 + y^2`` of the centred int64 codes, ``v = 4 S m^2``,
+the integer square root as ``Floor(Sqrt(double(v)))`` corrected by one either way (exact), the rounding shift as a
+division of a non-negative value, the output zero point and bounds (:func:`emit_magnitude`).
 
 **recurrent, LSTM and GRU** (:mod:`lowbit.nn.recurrent`, :mod:`lowbit.functional.fixed_rnn`): per layer, the
 input projection of all steps at once, ``MatMulInteger`` of the uint8 codes (their zero point as ``a_zero_point``)
@@ -219,6 +223,45 @@ def emit_l2normalize(b: _Builder, node: Node) -> None:
     b.record(b.add("Cast", [y], f"{name}_codes", to=3), grid, name)  # 3: INT8
 
 
+# ---------------------------------------------------------------- magnitude
+
+
+def emit_magnitude(b: _Builder, node: Node) -> None:
+    """``magnitude`` in int64 ops (:mod:`lowbit.functional.magnitude`): ``x, y = codes - z``, ``v = (x^2 + y^2)
+    (4 m^2)`` (``< 2^49``), ``r = Floor(Sqrt(double(v)))`` then the exact correction ``r - (r^2 > v)``,
+    ``r + ((r + 1)^2 <= v)`` (``v`` is exact in a double, the IEEE root correctly rounded: within one of the
+    floor, which the correction makes exact), ``k = (r + 2^n) / 2^(n+1)`` (non-negative: a floor), then the output
+    zero point and the bounds, cast to the output grid's codes."""
+    from lowbit.export.onnx_qdq import _Grid
+
+    a, name = node.op.ir, node.output
+    xs = [b.integer_input(node, i) for i in range(2)]
+    centred = []
+    for i, x in enumerate(xs):
+        if _Grid.code(a.input_zero_point, x.grid.signed) != x.grid.zero_point:
+            raise ConfigError(f"{name}: input zero point {a.input_zero_point} differs from the grid of "
+                              f"{node.inputs[i]!r}")
+        centred.append(b.add("Sub", [b.add("Cast", [x.codes], f"{name}_in{i}_i64", to=7),
+                                     _c(b, f"{name}_in{i}_zp", x.grid.zero_point)], f"{name}_in{i}_centred"))
+    s = b.add("Add", [b.add("Mul", [v, v], f"{name}_sq{i}") for i, v in enumerate(centred)], f"{name}_sum")
+    v = b.add("Mul", [s, _c(b, f"{name}_4m2", 4 * a.multiplier * a.multiplier)], f"{name}_v")
+    r = b.add("Cast", [b.add("Floor", [b.add("Sqrt", [b.add("Cast", [v], f"{name}_f64", to=11)], f"{name}_sqrt")],
+                             f"{name}_floor")], f"{name}_root", to=7)  # 11: DOUBLE, 7: INT64
+    over = b.add("Cast", [b.add("Greater", [b.add("Mul", [r, r], f"{name}_r2"), v], f"{name}_over")],
+                 f"{name}_over64", to=7)
+    r = b.add("Sub", [r, over], f"{name}_root_dn")
+    r1 = b.add("Add", [r, _c(b, f"{name}_one", 1)], f"{name}_r1")
+    under = b.add("Cast", [b.add("LessOrEqual", [b.add("Mul", [r1, r1], f"{name}_r1sq"), v], f"{name}_under")],
+                  f"{name}_under64", to=7)
+    r = b.add("Add", [r, under], f"{name}_isqrt")
+    k = b.add("Div", [b.add("Add", [r, _c(b, f"{name}_half", 1 << a.shift)], f"{name}_rounded"),
+                      _c(b, f"{name}_div", 1 << (a.shift + 1))], f"{name}_k")  # >= 0: a floor
+    grid = _Grid.of(node.grid)
+    q = clamp(b, b.add("Add", [k, _c(b, f"{name}_out_zp", grid.zero_point)], f"{name}_shifted"),
+              _Grid.code(a.lo, grid.signed), _Grid.code(a.hi, grid.signed), name)
+    b.record(b.add("Cast", [q], f"{name}_codes", to=3 if grid.signed else 2), grid, name)  # 3: INT8, 2: UINT8
+
+
 # ---------------------------------------------------------------- recurrent (LSTM)
 
 
@@ -420,5 +463,5 @@ def emit_quantize16(b: _Builder, node: Node) -> None:
     b.values[name] = type(x)(codes)  # (no float twin: only a recurrent op reads it, through b.wide)
 
 
-__all__ = ["emit_l2normalize", "emit_linear", "emit_quantize16", "emit_recurrent", "floor_div", "linear_exact_ok",
+__all__ = ["emit_l2normalize", "emit_magnitude", "emit_linear", "emit_quantize16", "emit_recurrent", "floor_div", "linear_exact_ok",
            "quantized_values", "rshift_even", "unsigned_codes"]

@@ -77,7 +77,9 @@ of the integer model:
   ``QuantizeLinear`` on its output grid (onnxruntime's ``QLinearAveragePool``
   divides in float: it can round an exact tie of a multiplier with few
   significant bits the other way, which a calibrated scale does not produce);
-* ``l2normalize`` and the ``recurrent`` op (LSTM, GRU) have no QDQ form: :mod:`lowbit.export.onnx_int` writes them in
+* ``pad`` in ``reflect`` / ``replicate`` mode is ``Pad(mode=reflect / edge)`` of the codes (or of the float
+  tensor before the input quantization), and ``slice`` is ``Slice`` of the codes (or floats): exact, codes move;
+* ``l2normalize``, ``magnitude`` and the ``recurrent`` op (LSTM, GRU) have no QDQ form: :mod:`lowbit.export.onnx_int` writes them in
   integer onnxruntime ops (int64 arithmetic, ``MatMulInteger``, ``Scan``), bit-exact; a 16-bit ``quantize`` (the
   input of a recurrent op) is the integer model's float32 ``clamp(round(x * (1/s)) + z)`` cast to int32 codes;
 * the network input is quantized by ``QuantizeLinear`` (after a ``Clip`` when
@@ -707,15 +709,33 @@ class _Builder:
         begins, ends = [0] * rank, [0] * rank
         for i in range(len(pad) // 2):
             begins[rank - 1 - i], ends[rank - 1 - i] = pad[2 * i], pad[2 * i + 1]
+        pads = self.const(f"{node.output}_pads", np.array(begins + ends, np.int64))
+        if a.mode != "constant":  # reflect / replicate ("edge") move elements: on the codes themselves, exact
+            mode = "edge" if a.mode == "replicate" else "reflect"
+            if x.grid is None:
+                self.values[node.output] = _Value(self.add("Pad", [x.float_name, pads], f"{node.output}_pad",
+                                                           mode=mode))
+            else:
+                self.record(self.add("Pad", [x.codes, pads], node.output, mode=mode), x.grid, node.output)
+            return
         value = np.float32(0.0)
         if x.grid is not None:
             value = x.grid.value(_Grid.code(a.value, x.grid.signed))
             if not x.grid.qmin <= _Grid.code(a.value, x.grid.signed) <= x.grid.qmax:
                 raise ConfigError(f"{node.output}: pad value {a.value} is outside the int8 range")
-        y = self.add("Pad", [x.float_name, self.const(f"{node.output}_pads", np.array(begins + ends, np.int64)),
-                             self.const(f"{node.output}_value", np.array(value, np.float32))],
+        y = self.add("Pad", [x.float_name, pads, self.const(f"{node.output}_value", np.array(value, np.float32))],
                      f"{node.output}_pad", mode="constant")
         self._same_grid(node, y, x)
+
+    def op_slice(self, node: Node) -> None:
+        """``Slice`` of the codes (step 1; exact: codes move), or of the float tensor."""
+        a, x = node.op.ir, self.values[node.inputs[0]]
+        consts = [self.const(f"{node.output}_{k}", np.array([v], np.int64))
+                  for k, v in (("starts", a.start), ("ends", a.stop), ("axes", a.dim))]
+        if x.grid is None:
+            self.values[node.output] = _Value(self.add("Slice", [x.float_name, *consts], f"{node.output}_slice"))
+        else:
+            self.record(self.add("Slice", [x.codes, *consts], node.output), x.grid, node.output)
 
     def op_avgpool2d(self, node: Node) -> None:
         a = node.op.ir
@@ -789,6 +809,12 @@ def _node_shape(node: Node, x: tuple[int, ...]) -> tuple[int, ...]:
             raise ConfigError(f"{node.output}: a table of shape {tuple(rows)} on a tensor of shape {x}: "
                               "(1, 256) or (channels, 256) with the channels on dimension 1")
         return x
+    if kind == "slice":
+        if not 1 <= a.dim < len(x) or not 0 <= a.start < a.stop <= x[a.dim]:
+            raise ConfigError(f"{node.output}: slice {a.start}:{a.stop} along dim {a.dim} of a tensor of shape {x}")
+        return (*x[:a.dim], a.stop - a.start, *x[a.dim + 1:])
+    if kind == "magnitude":
+        return x
     if kind == "l2normalize":
         if not 1 <= a.dim < len(x):
             raise ConfigError(f"{node.output}: l2normalize along dim {a.dim} of a tensor of shape {x}")
@@ -808,6 +834,8 @@ def _node_shape(node: Node, x: tuple[int, ...]) -> tuple[int, ...]:
         if len(pad) % 2 or len(pad) // 2 > len(x):
             raise ConfigError(f"{node.output}: bad padding {pad} for a rank-{len(x)} tensor")
         for i in range(len(pad) // 2):
+            if a.mode == "reflect" and max(pad[2 * i], pad[2 * i + 1]) >= x[len(x) - 1 - i]:
+                raise ConfigError(f"{node.output}: reflect padding {pad} of a tensor of shape {x}")
             y[len(x) - 1 - i] += pad[2 * i] + pad[2 * i + 1]
         return tuple(y)
     raise AssertionError(kind)  # pragma: no cover (kinds were checked by _check_kinds)
@@ -899,7 +927,7 @@ def _foldable_pads(model: IntegerModel, shapes: dict[str, tuple[int, ...]]) -> _
             readers.setdefault(name, []).append((node, i))
     conv_pads, skipped = {}, set()
     for node in model.nodes:
-        if node.kind != "pad" or node.output == model.output_name:
+        if node.kind != "pad" or node.op.ir.mode != "constant" or node.output == model.output_name:
             continue
         sides = _spatial_pad(node, len(shapes[node.inputs[0]]))
         target = None if sides is None else _padded_target(node, readers, model.output_name)
@@ -928,7 +956,8 @@ EXPORTERS: dict[type, Callable[[_Builder, Node], None]] = {
     ir.Squeeze: _Builder.op_squeeze, ir.Permute: _Builder.op_permute, ir.Reshape: _Builder.op_reshape,
     ir.Table: _Builder.op_table, ir.Concat: _Builder.op_concat,
     ir.Recurrent: onnx_int.emit_recurrent,  # (exact int64 / MatMulInteger / Scan forms, not QDQ)
-    ir.L2Normalize: onnx_int.emit_l2normalize,
+    ir.L2Normalize: onnx_int.emit_l2normalize, ir.Magnitude: onnx_int.emit_magnitude,
+    ir.Slice: _Builder.op_slice,
 }
 
 
@@ -977,7 +1006,7 @@ def to_onnx_model(model: IntegerModel, input_shape: tuple[int, ...], opset: int 
     shapes = _shapes(model, tuple(input_shape))
     b = _Builder(onnx, shapes, expose_codes, opset, _foldable_pads(model, shapes), residual)
     b.exact_layers = exact_layers
-    b.integer_read = _read_only_by(model, ("recurrent", "l2normalize"))
+    b.integer_read = _read_only_by(model, ("recurrent", "l2normalize", "magnitude"))
     b.values[model.input_name] = _Value(INPUT_NAME)
     for node in model.nodes:
         b.emit(node)

@@ -13,7 +13,8 @@ BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d)
 ACT_MODULES = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.Identity)
 ACT_FUNCTIONS = {F.relu: (0.0, None), torch.relu: (0.0, None), F.relu6: (0.0, 6.0)}
 ADD_FUNCTIONS = (operator.add, torch.add)
-POOL_PASSTHROUGH = (nn.MaxPool1d, nn.MaxPool2d, nn.Dropout, nn.Flatten, nn.Identity, nn.ZeroPad1d, nn.ZeroPad2d)
+POOL_PASSTHROUGH = (nn.MaxPool1d, nn.MaxPool2d, nn.Dropout, nn.Flatten, nn.Identity, nn.ZeroPad1d, nn.ZeroPad2d,
+                    nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReplicationPad1d, nn.ReplicationPad2d)
 AVG_POOLS = (nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
 FUNC_PASSTHROUGH = (torch.flatten, F.max_pool2d, F.max_pool1d, F.dropout, torch.reshape, operator.getitem)
 METHOD_PASSTHROUGH = ("view", "reshape", "flatten", "contiguous", "squeeze", "unsqueeze", "permute",
@@ -81,10 +82,10 @@ def is_passthrough(gm: fx.GraphModule, node: fx.Node) -> bool:
     if node.op == "call_module":
         return isinstance(module_of(gm, node), POOL_PASSTHROUGH)
     if node.op == "call_function":
-        if node.target is F.pad:  # zero padding keeps the grid (zero is exactly representable)
-            mode = node.args[2] if len(node.args) > 2 else node.kwargs.get("mode", "constant")
-            value = node.args[3] if len(node.args) > 3 else node.kwargs.get("value", None)
-            return mode == "constant" and not value
+        if node.target is F.pad:  # zero padding keeps the grid (zero is exactly representable); reflection and
+            mode = node.args[2] if len(node.args) > 2 else node.kwargs.get("mode", "constant")  # replication move
+            value = node.args[3] if len(node.args) > 3 else node.kwargs.get("value", None)  # elements only
+            return (mode == "constant" and not value) or mode in ("reflect", "replicate")
         return node.target in FUNC_PASSTHROUGH
     if node.op == "call_method":
         return node.target in METHOD_PASSTHROUGH

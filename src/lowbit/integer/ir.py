@@ -249,13 +249,31 @@ class Flatten:
     end_dim: int
 
 
+PAD_MODES = ("constant", "reflect", "replicate")
+
+
 @dataclass(frozen=True)
 class Pad:
-    """Constant padding (``torch.nn.functional.pad`` order) with ``value``, the code of 0.0."""
+    """Padding (``torch.nn.functional.pad`` order: (left, right) pairs from the last dimension). ``mode``
+    ``constant``: with ``value``, the code of 0.0 (0.0 on a float tensor); ``reflect`` / ``replicate``: the tensor's
+    own elements mirrored about (repeated at) each edge, as ``F.pad`` does (``value`` unused). Reflection and
+    replication move elements only, so they commute with elementwise quantization: on codes or on floats alike."""
 
     kind: ClassVar[str] = "pad"
     pad: tuple[int, ...]
     value: int
+    mode: str = "constant"  # PAD_MODES; a file written before the modes existed holds constant pads
+
+
+@dataclass(frozen=True)
+class Slice:
+    """``x[..., start:stop, ...]`` along ``dim`` (counted with the batch, >= 1), step 1, ``0 <= start < stop <=``
+    the dimension's size: codes keep their grid (or floats stay floats)."""
+
+    kind: ClassVar[str] = "slice"
+    dim: int
+    start: int
+    stop: int
 
 
 @dataclass(frozen=True)
@@ -370,11 +388,29 @@ class L2Normalize:
     input_zero_point: int
 
 
+@dataclass(frozen=True)
+class Magnitude:
+    """``sqrt(a^2 + b^2)`` of two int8 tensors of one shape on one grid (zero point ``input_zero_point``), to the
+    codes of the output grid (``zero_point``, bounds ``lo``/``hi``), in integers only (:mod:`lowbit.functional.
+    magnitude` gives the arithmetic and its proof): with ``x = a - input_zero_point``, ``y = b - input_zero_point``
+    (int64) and ``S = x^2 + y^2``, ``out = clamp(zero_point + ((isqrt(4 S m^2) + 2^n) >> (n + 1)), lo, hi)``, the
+    correctly rounded (half up) ``sqrt(S) m / 2^n``, where ``m / 2^n`` (``multiplier``, ``shift``) is the ratio of
+    the input scale to the output scale."""
+
+    kind: ClassVar[str] = "magnitude"
+    input_zero_point: int
+    zero_point: int
+    lo: int
+    hi: int
+    multiplier: int
+    shift: int
+
+
 QUANTIZE_BITS = (8, 16)  # the widths of quantize's codes and of the recurrent op's input
 IROp = Union[Quantize, Dequantize, Linear, Conv2d, MaxPool2d, AvgPool2d, Flatten, Pad, Unsqueeze, Squeeze, Permute,
-             Reshape, Table, Concat, Recurrent, L2Normalize]
+             Reshape, Table, Concat, Recurrent, L2Normalize, Slice, Magnitude]
 OP_TYPES: tuple[type, ...] = (Quantize, Dequantize, Linear, Conv2d, MaxPool2d, AvgPool2d, Flatten, Pad, Unsqueeze,
-                              Squeeze, Permute, Reshape, Table, Concat, Recurrent, L2Normalize)
+                              Squeeze, Permute, Reshape, Table, Concat, Recurrent, L2Normalize, Slice, Magnitude)
 KINDS: dict[str, type] = {t.kind: t for t in OP_TYPES}
 LAYERS = (Linear, Conv2d)
 
@@ -428,6 +464,8 @@ def attrs_of(op: IROp) -> dict[str, Any]:
             del d[name]
     if isinstance(op, Recurrent) and not op.step:  # (files from before cells)
         del d["step"]
+    if isinstance(op, Pad) and op.mode == "constant":  # written as before the modes existed
+        del d["mode"]
     return d
 
 
@@ -471,7 +509,11 @@ def parse(kind: str, attrs: dict[str, Any], requantized: bool = True) -> IROp:
     if kind == "flatten":
         return Flatten(int(a["start_dim"]), int(a["end_dim"]))
     if kind == "pad":
-        return Pad(tuple(int(v) for v in a["pad"]), int(a["value"]))
+        return Pad(tuple(int(v) for v in a["pad"]), int(a["value"]), str(a.get("mode", "constant")))
+    if kind == "slice":
+        return Slice(int(a["dim"]), int(a["start"]), int(a["stop"]))
+    if kind == "magnitude":
+        return Magnitude(*(int(a[k]) for k in ("input_zero_point", "zero_point", "lo", "hi", "multiplier", "shift")))
     if kind in ("unsqueeze", "squeeze", "concat"):
         return KINDS[kind](int(a["dim"]))
     if kind == "permute":
@@ -488,6 +530,6 @@ def parse(kind: str, attrs: dict[str, Any], requantized: bool = True) -> IROp:
     raise KeyError(f"unknown integer op kind {kind!r}; known: {sorted(KINDS)}")
 
 
-__all__ = ["input_low", "OP_TYPES", "Act", "Cell", "Emit", "L2Normalize", "Recurrent", "AvgPool2d", "Binarized", "Conv2d", "Dequantize", "Dequantized", "Flatten", "Grid", "IROp", "KINDS", "Squeeze", "Unsqueeze",
+__all__ = ["input_low", "OP_TYPES", "PAD_MODES", "Act", "Cell", "Emit", "L2Normalize", "Magnitude", "Slice", "Recurrent", "AvgPool2d", "Binarized", "Conv2d", "Dequantize", "Dequantized", "Flatten", "Grid", "IROp", "KINDS", "Squeeze", "Unsqueeze",
            "LAYERS", "Concat", "Linear", "MaxPool2d", "OutputStage", "Pad", "Permute", "QUANTIZE_BITS", "Reshape", "Table", "Quantize", "Requantized", "WeightCodes",
            "attrs_of", "parse"]

@@ -16,7 +16,9 @@ simulation tabulated: sigmoid, GELU, a BatchNorm after an activation, ...) lower
 quantizer's codes, which it reaches through max pools, zero pads and layout ops (they commute with the monotone
 rounding; that quantizer then has nothing left to do), or of float32 values at the network output; ``permute``,
 ``reshape`` (batch kept) and indexing with new axes are layout ops. An L2 normalisation PTQ swapped
-(:class:`~lowbit.nn.l2norm.QL2Normalize`) lowers to ``l2normalize``, its output on the fixed grid ``2^-7``. Anything
+(:class:`~lowbit.nn.l2norm.QL2Normalize`) lowers to ``l2normalize``, its output on the fixed grid ``2^-7``; a magnitude
+``sqrt(a^2 + b^2)`` (:class:`~lowbit.nn.magnitude.QMagnitude`) to ``magnitude``, its output on the grid of the
+quantizer that reads it; slices ``x[:, a:b]`` to ``slice`` and reflect / replicate pads to ``pad``. Anything
 else is refused with the list of offending nodes (a norm PTQ left float with why, :func:`lowbit.graph.l2norm.refusal`).
 """
 
@@ -49,11 +51,14 @@ from lowbit.nn.recurrent import C_QPARAMS, H_QPARAMS, QRecurrent, input_width
 from lowbit.graph.tables import tabulable
 from lowbit.nn.l2norm import UNIT_QPARAMS, QL2Normalize
 from lowbit.nn.lookup import Lookup
+from lowbit.nn.magnitude import QMagnitude
 from lowbit.nn.qparams import QParams, offset, stored_zero_point
 from lowbit.nn.quantizers import ActQuantizer
 from lowbit.nn.unified import QAvgPool, UnifiedConv, _Unified
 
 _SKIP_MODULES = (nn.Dropout, nn.Identity)
+_REFLECT_PADS = (nn.ReflectionPad1d, nn.ReflectionPad2d)
+_EDGE_PADS = (*_REFLECT_PADS, nn.ReplicationPad1d, nn.ReplicationPad2d)
 _SKIP_METHODS = ("contiguous",)
 
 
@@ -146,8 +151,12 @@ class _Lowering:
             self.maxpool(node, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode)
         elif isinstance(m, nn.MaxPool1d):
             self.maxpool1d(node, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode)
-        elif isinstance(m, nn.ZeroPad2d):
+        elif isinstance(m, QMagnitude):
+            self.magnitude(node, m)
+        elif isinstance(m, (nn.ZeroPad1d, nn.ZeroPad2d)):
             self.pad(node, list(m.padding))
+        elif isinstance(m, _EDGE_PADS):
+            self.pad(node, list(m.padding), "reflect" if isinstance(m, _REFLECT_PADS) else "replicate")
         else:
             self.unsupported.append(f"{node.target} ({type(m).__name__})")
 
@@ -182,7 +191,7 @@ class _Lowering:
         elif t is F.max_pool1d:
             self.maxpool1d(node, *_pool_args(node))
         elif t is F.pad:
-            self.pad(node, list(node.args[1] if len(node.args) > 1 else node.kwargs["pad"]))
+            self.functional_pad(node)
         else:
             self.unsupported.append(l2_refusal(node) or f"{node.name} ({getattr(t, '__name__', t)})")
 
@@ -193,18 +202,58 @@ class _Lowering:
         return len(meta)
 
     def index(self, node: fx.Node) -> None:
-        """``x[:, None, :, None]`` (full slices and new axes, the batch kept): unsqueezes."""
+        """``x[:, None, a:b, ..., None]`` (slices of step 1, new axes and one ``...``, the batch kept): unsqueezes
+        and slices (:meth:`_index_steps`)."""
         idx = node.args[1] if isinstance(node.args[1], tuple) else (node.args[1],)
-        if not idx or idx[0] != slice(None) or not all(i is None or i == slice(None) for i in idx):
-            self.unsupported.append(f"{node.name} (indexing {idx!r}: only full slices and None, the batch kept)")
+        steps = self._index_steps(node, idx)
+        if steps is None:
+            self.unsupported.append(f"{node.name} (indexing {idx!r}: only slices of step 1, None and ..., the batch "
+                                    "kept whole)")
             return
         name = self.arg(node)
-        for d, i in enumerate(idx):
-            if i is None:
-                out = f"{node.name}_{d}"
-                self.emit(ir.Unsqueeze(d), [name], out, None, self.grids[name], node.name)
-                name = out
+        for k, op in enumerate(steps):
+            out = f"{node.name}_{k}" if k < len(steps) - 1 else node.name
+            self.emit(op, [name], out, None, self.grids[name], node.name)
+            name = out
         self.names[node] = name
+
+    def _index_steps(self, node: fx.Node, idx: tuple) -> list[ir.IROp] | None:
+        """The unsqueezes and slices ``x[idx]`` is, in order (an empty list: ``x`` itself), or None when it is
+        something else (an integer index, a step, a tensor index, an empty slice, the batch indexed)."""
+        shape = node.args[0].meta.get("lowbit_shape") if isinstance(node.args[0], fx.Node) else None
+        if shape is None or sum(i is Ellipsis for i in idx) > 1:
+            return None
+        if not all(i is None or i is Ellipsis or isinstance(i, slice) for i in idx):
+            return None
+        if Ellipsis in idx:
+            k = idx.index(Ellipsis)
+            fill = len(shape) - sum(isinstance(i, slice) for i in idx)
+            if fill < 0:
+                return None
+            idx = (*idx[:k], *[slice(None)] * fill, *idx[k + 1:])
+        steps: list[ir.IROp] = []
+        d_in = d_out = 0
+        for i in idx:
+            if i is None:
+                if d_out == 0:
+                    return None  # a new axis before the batch
+                steps.append(ir.Unsqueeze(d_out))
+                d_out += 1
+                continue
+            if d_in >= len(shape) or not all(v is None or (isinstance(v, int) and not isinstance(v, bool))
+                                             for v in (i.start, i.stop, i.step)):
+                return None
+            if d_in == 0 and not (i.start in (None, 0) and i.stop is None and i.step in (None, 1)):
+                return None  # the batch (its recorded size is the example's, not every call's)
+            start, stop, step = i.indices(shape[d_in])
+            if (start, stop) != (0, shape[d_in]):
+                if step != 1 or d_in == 0 or start >= stop:
+                    return None
+                steps.append(ir.Slice(d_out, start, stop))
+            elif step != 1:
+                return None
+            d_in, d_out = d_in + 1, d_out + 1
+        return steps
 
     def unsqueeze(self, node: fx.Node) -> None:
         d = node.args[1] if len(node.args) > 1 else node.kwargs["dim"]
@@ -348,9 +397,24 @@ class _Lowering:
         self.emit(op, [src], f"{node.name}_2d", None, self.grids[src], node.name)
         self.from_2d(f"{node.name}_2d", node)
 
-    def pad(self, node: fx.Node, pad: list[int]) -> None:
+    def functional_pad(self, node: fx.Node) -> None:
+        """``F.pad(x, pad, mode, value)``: constant 0.0 (the zero point's code), reflect or replicate."""
+        a = list(node.args) + [None] * 3
+        pad = a[1] if a[1] is not None else node.kwargs["pad"]
+        mode = a[2] if a[2] is not None else node.kwargs.get("mode", "constant")
+        value = a[3] if a[3] is not None else node.kwargs.get("value", None)
+        if mode not in ir.PAD_MODES or (mode == "constant" and value):
+            self.unsupported.append(f"{node.name} (F.pad mode={mode!r}, value={value!r}: the integer pad is constant "
+                                    f"0.0, reflect or replicate)")
+            return
+        self.pad(node, list(pad), mode)
+
+    def pad(self, node: fx.Node, pad: list[int], mode: str = "constant") -> None:
         q = self.grids[self.arg(node)]
-        self.simple(node, ir.Pad(tuple(int(v) for v in pad), 0 if q is None else stored_zero_point(q)))
+        if any(int(v) < 0 for v in pad):
+            self.unsupported.append(f"{node.name} (padding {pad}: negative padding crops; the integer pad adds)")
+            return
+        self.simple(node, ir.Pad(tuple(int(v) for v in pad), 0 if q is None else stored_zero_point(q), mode))
 
     def quantize(self, node: fx.Node, m: ActQuantizer) -> None:
         src = self.arg(node)
@@ -523,6 +587,24 @@ class _Lowering:
         else:
             self.emit(ir.L2Normalize(d, stored_zero_point(q)), [src], node.name, None, UNIT_QPARAMS, m.source)
             self.names[node] = node.name
+
+    def magnitude(self, node: fx.Node, m: QMagnitude) -> None:
+        """``sqrt(a^2 + b^2)`` frozen for its inputs' grid and the grid of the quantizer that reads it: a
+        ``magnitude`` op whose int8 output lies on that grid (the quantizer then aliases it)."""
+        ins = [self.names[a] for a in node.args[:2]]
+        grids = [self.grids[i] for i in ins]
+        if not m.frozen:
+            self.unsupported.append(f"{node.target} (the magnitude {m.source} stays float: {m.why})")
+            return
+        q, o = m.input_qparams, m.output_qparams
+        if any(g is None or grid(g) != grid(q) for g in grids):
+            self.unsupported.append(f"{node.target} (the magnitude {m.source}: its inputs are not on the 8-bit grid it "
+                                    "was frozen for)")
+            return
+        off = offset(o)
+        op = ir.Magnitude(stored_zero_point(q), stored_zero_point(o), o.fmt.qmin - off, o.fmt.qmax - off, m.m, m.n)
+        self.emit(op, ins, node.name, None, o, m.source)
+        self.names[node] = node.name
 
     def avgpool(self, node: fx.Node, m: QAvgPool) -> None:
         if not m.exact:

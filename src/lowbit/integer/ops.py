@@ -22,6 +22,7 @@ from lowbit.native import cext
 from lowbit.integer import kernels as torch_kernels
 from lowbit.integer import rnn, vnni
 from lowbit.functional.l2norm import l2_normalize_codes
+from lowbit.functional.magnitude import magnitude_codes
 from lowbit.functional.lookup import lookup
 from lowbit.functional.requant import dequantize_acc, dequantize_codes, half_of
 from lowbit import bitwise
@@ -402,11 +403,38 @@ class Flatten(Op):
         return torch.flatten(x, a.start_dim, a.end_dim)
 
 
+def edge_index(size: int, left: int, right: int, mode: str) -> torch.Tensor:
+    """The source index of each of the ``left + size + right`` positions of a dimension padded by ``reflect``
+    (mirrored about the edge elements, which are not repeated: ``left, right < size``) or ``replicate`` (the
+    edge elements repeated), as ``F.pad`` pads."""
+    i = torch.arange(-left, size + right)
+    if mode == "replicate":
+        return i.clamp(0, size - 1)
+    i = i.abs()  # reflect: -k -> k, then size - 1 + k -> size - 1 - k
+    return torch.where(i > size - 1, 2 * (size - 1) - i, i)
+
+
 class Pad(Op):
-    """Constant padding with the zero point (the code of 0.0), or 0.0 on a float tensor."""
+    """Constant padding with the zero point (the code of 0.0), or 0.0 on a float tensor; reflect / replicate
+    padding moves the tensor's own elements (an index per padded dimension: any dtype, codes or floats)."""
 
     def __call__(self, x: torch.Tensor, kernels: Kernels = Kernels.VNNI) -> torch.Tensor:
-        return F.pad(x, list(self.ir.pad), value=self.ir.value if x.dtype == torch.int8 else 0.0)
+        a = self.ir
+        if a.mode == "constant":
+            return F.pad(x, list(a.pad), value=a.value if x.dtype == torch.int8 else 0.0)
+        for i in range(len(a.pad) // 2):
+            d, (left, right) = x.ndim - 1 - i, a.pad[2 * i:2 * i + 2]
+            if left or right:
+                x = x.index_select(d, edge_index(x.shape[d], left, right, a.mode))
+        return x
+
+
+class Slice(Op):
+    """``x[..., start:stop]`` along ``dim`` (a copy: the next kernels read contiguous tensors)."""
+
+    def __call__(self, x: torch.Tensor, kernels: Kernels = Kernels.VNNI) -> torch.Tensor:
+        a = self.ir
+        return x.narrow(a.dim, a.start, a.stop - a.start).contiguous()
 
 
 class Unsqueeze(Op):
@@ -473,12 +501,29 @@ class L2Normalize(Op):
         return l2_normalize_codes(centred, self.ir.dim).to(torch.int8)
 
 
+class Magnitude(Op):
+    """``sqrt(a^2 + b^2)`` of two int8 tensors on one grid (:class:`lowbit.integer.ir.Magnitude`): int64 squares,
+    an exact integer square root and a rounding shift (:func:`lowbit.functional.magnitude.magnitude_codes`, the
+    simulation's own function), int8 codes of the output grid. Every kernel choice runs it."""
+
+    def __call__(self, a: torch.Tensor, b: torch.Tensor, kernels: Kernels = Kernels.VNNI) -> torch.Tensor:
+        if a.dtype != torch.int8 or b.dtype != torch.int8 or a.shape != b.shape:
+            raise ShapeError(f"a magnitude reads two int8 tensors of one shape, got {a.dtype} {tuple(a.shape)} and "
+                             f"{b.dtype} {tuple(b.shape)}")
+        o = self.ir
+        z = o.input_zero_point
+        y = magnitude_codes(a.to(torch.int64) - z, b.to(torch.int64) - z, o.multiplier, o.shift, o.zero_point,
+                            o.lo, o.hi)
+        return y.to(torch.int8)
+
+
 # this backend's table: the runner of each op type
 RUNNERS: dict[type, type[Op]] = {ir.Quantize: Quantize, ir.Dequantize: Dequantize, ir.Linear: Linear,
                                  ir.Conv2d: Conv2d, ir.MaxPool2d: MaxPool2d, ir.AvgPool2d: AvgPool2d,
                                  ir.Flatten: Flatten, ir.Pad: Pad, ir.Unsqueeze: Unsqueeze, ir.Squeeze: Squeeze,
                                  ir.Permute: Permute, ir.Reshape: Reshape, ir.Table: Table, ir.Concat: Concat,
-                                 ir.Recurrent: Recurrent, ir.L2Normalize: L2Normalize}
+                                 ir.Recurrent: Recurrent, ir.L2Normalize: L2Normalize, ir.Slice: Slice,
+                                 ir.Magnitude: Magnitude}
 
 
 def build(op: ir.IROp, tensors: Tensors | None = None) -> Op:
@@ -490,4 +535,4 @@ def tensor_bytes(op: Op) -> int:
     return sum(t.numel() * t.element_size() for t in op.tensors.values())
 
 
-__all__ = ["RUNNERS", "Op", "build", "tensor_bytes"]
+__all__ = ["RUNNERS", "Op", "build", "edge_index", "tensor_bytes"]

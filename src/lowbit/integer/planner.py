@@ -515,6 +515,10 @@ NO_PLAN: dict[type, str] = {
                   "falls back to op-by-op execution",
     ir.L2Normalize: "an L2 normalisation runs op by op (the plan has no reduction step): the model falls back to "
                     "op-by-op execution",
+    ir.Slice: "a slice runs op by op (the plan keeps conv outputs channels-last and has no strided copy step): the "
+              "model falls back to op-by-op execution",
+    ir.Magnitude: "an integer magnitude runs op by op (the plan has no two-input elementwise step): the model falls "
+                  "back to op-by-op execution",
 }
 
 

@@ -501,8 +501,10 @@ def _flatten_shape(a: dict, t: dict, ins: list[Spec]) -> Spec:
 
 
 def _pad_attrs(a: dict, t: dict, n_in: int) -> None:
-    _known(a, {"pad", "value"})
+    _known(a, {"pad", "value", "mode"})
     _tensor_names(t, set())
+    if a.get("mode", "constant") not in ir.PAD_MODES:
+        raise Invalid(f"attribute 'mode' = {a.get('mode')!r:.40}; allowed: {', '.join(map(repr, ir.PAD_MODES))}")
     p = a.get("pad")
     if (not isinstance(p, (list, tuple)) or len(p) not in (2, 4, 6)
             or not all(_is_int(v) and 0 <= v <= MAX_GEOM for v in p)):
@@ -517,10 +519,31 @@ def _pad_shape(a: dict, t: dict, ins: list[Spec]) -> Spec:
         raise Invalid(f"attribute 'pad' = {list(p)} pads {len(p) // 2} dimensions of a per-sample input of "
                       f"{len(x.shape)}")
     shape = list(x.shape)
+    reflect = a.get("mode", "constant") == "reflect"
     for i in range(len(p) // 2):
+        if reflect and max(p[2 * i], p[2 * i + 1]) >= shape[-1 - i]:
+            raise Invalid(f"attribute 'pad' = {list(p)} reflects {max(p[2 * i], p[2 * i + 1])} elements at an edge of "
+                          f"a dimension of size {shape[-1 - i]}; allowed: fewer than the size (F.pad's rule)")
         shape[-1 - i] += p[2 * i] + p[2 * i + 1]
     _size("the padded output", math.prod(shape))
     return Spec(tuple(shape), x.dtype)
+
+
+def _slice_attrs(a: dict, t: dict, n_in: int) -> None:
+    """A slice ``start:stop`` (step 1) of a dimension after the batch, ``0 <= start < stop``, no tensors."""
+    _known(a, {"dim", "start", "stop"})
+    _tensor_names(t, set())
+    _int(a, "dim", 1, 8)
+    start = _int(a, "start", 0, MAX_SAMPLE - 1)
+    _int(a, "stop", start + 1, MAX_SAMPLE)
+
+
+def _slice_shape(a: dict, t: dict, ins: list[Spec]) -> Spec:
+    x, d = ins[0], a["dim"]
+    if d > len(x.shape) or a["stop"] > x.shape[d - 1]:
+        raise Invalid(f"attributes dim {d}, stop {a['stop']} on a per-sample input of shape {list(x.shape)}: the "
+                      "dimension (counted with the batch) must exist and hold stop elements")
+    return Spec((*x.shape[:d - 1], a["stop"] - a["start"], *x.shape[d:]), x.dtype)
 
 
 def _dim_attrs(a: dict, t: dict, n_in: int) -> None:
@@ -715,6 +738,28 @@ def _l2normalize_shape(a: dict, t: dict, ins: list[Spec]) -> Spec:
     return Spec(x.shape, torch.int8)
 
 
+def _magnitude_attrs(a: dict, t: dict, n_in: int) -> None:
+    """The integer magnitude: int8 zero points and bounds, a 15-bit multiplier and a shift of at most 48 (so
+    ``4 S m^2 < 2^49`` and ``isqrt + 2^n`` stay exact in int64 and in a double: :mod:`lowbit.functional.magnitude`)."""
+    from lowbit.functional.magnitude import MAX_SHIFT, MULT_BITS
+
+    _known(a, {"input_zero_point", "zero_point", "lo", "hi", "multiplier", "shift"})
+    _tensor_names(t, set())
+    _int(a, "input_zero_point", *INT8)
+    _bounds(a)
+    _int(a, "multiplier", 0, (1 << MULT_BITS) - 1)
+    _int(a, "shift", 0, MAX_SHIFT)
+
+
+def _magnitude_shape(a: dict, t: dict, ins: list[Spec]) -> Spec:
+    """Two int8 inputs of one shape, int8 codes of that shape out."""
+    x = _expect(ins, 0, (torch.int8,))
+    y = _expect(ins, 1, (torch.int8,), what="the second input")
+    if x.shape != y.shape:
+        raise Invalid(f"inputs of per-sample shapes {list(x.shape)} and {list(y.shape)}; allowed: one shape")
+    return Spec(x.shape, torch.int8)
+
+
 # the safetensors I/O backend's table: what a file's node of each op type must satisfy before it is built
 CHECKS: dict[type, KindCheck] = {
     ir.Quantize: KindCheck(_quantize_attrs, _quantize_shape, (1, 1)),
@@ -733,6 +778,8 @@ CHECKS: dict[type, KindCheck] = {
     ir.Concat: KindCheck(_dim_attrs, _concat_shape, (2, 16)),
     ir.Recurrent: KindCheck(_recurrent_attrs, _recurrent_shape, (1, 3)),
     ir.L2Normalize: KindCheck(_l2normalize_attrs, _l2normalize_shape, (1, 1)),
+    ir.Slice: KindCheck(_slice_attrs, _slice_shape, (1, 1)),
+    ir.Magnitude: KindCheck(_magnitude_attrs, _magnitude_shape, (2, 2)),
 }
 KNOWN_KINDS = sorted(t.kind for t in CHECKS)
 
