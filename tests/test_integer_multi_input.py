@@ -269,3 +269,14 @@ def test_the_single_input_form_is_unchanged(tmp_path):
         IntegerModel([], "x", inputs=[Input("x")])
     with pytest.raises(ConfigError, match="must be distinct"):
         IntegerModel([], inputs=[Input("x"), Input("x")])
+
+
+def test_a_model_pickled_before_inputs_existed_loads_as_one_input():
+    """Its state has the three single-input fields and no ``inputs``: ``__setstate__`` builds the one Input."""
+    state = dict(IntegerModel([], "x", "output", (3,)).__dict__)
+    del state["inputs"]
+    state.update(input_name="x", input_shape=(3,), input_dtype=torch.float32)
+    old = IntegerModel.__new__(IntegerModel)
+    old.__setstate__(state)
+    assert old.inputs == (Input("x", (3,), torch.float32),) and old.input_shape == (3,)
+    assert "input_name" not in old.__dict__
