@@ -314,9 +314,13 @@ def test_batches_that_give_other_inputs_than_batch_0_are_refused():
         calibrate(p, [data[0], {"x": data[1][0]}], progress=False)
 
 
-def test_integer_execution_of_a_two_input_model_is_refused_clearly():
+def test_a_two_input_model_lowers_to_integers_equal_to_the_simulation():
     data = _pairs()
     q = quantize(TwoInputs().eval(), data)
-    with pytest.raises(ConfigError, match=r"to_integer: the model takes 2 inputs \(x, z\), and integer execution of "
-                                          r"multi-input models is not supported yet.*simulation"):
-        to_integer(q, data[0])
+    im = to_integer(q, data[0])
+    assert im.input_names == ["x", "z"]
+    x, z = _pairs(1)[0]
+    with torch.no_grad():
+        assert torch.equal(im(x, z), q(x, z))
+    with pytest.raises(ConfigError, match=r"to_integer: the model takes 2 inputs \(x, z\); example_inputs must be"):
+        to_integer(q, data[0][:1])

@@ -239,7 +239,8 @@ def test_a_tuple_output_model_is_quantized_output_by_output():
 
 
 def test_a_multi_input_model_is_told_so():
-    """PTQ takes every input of a batch; a batch that gives too few inputs, QAT and integer execution say so."""
+    """PTQ and integer execution take every input of a batch; a batch or an example that gives too few inputs, and
+    QAT, say so."""
     from lowbit.integer import to_integer
 
     model, x, z = _TwoInputs().eval(), torch.randn(64, 8), torch.randn(64, 8)
@@ -253,9 +254,11 @@ def test_a_multi_input_model_is_told_so():
     with pytest.raises(ConfigError, match=r"_TwoInputs.forward takes 2 inputs \(x, z\).*multi-input models "
                                           "are not supported yet there"):
         prepare_qat(model, QATConfig(), torch.randn(4, 8))
-    with pytest.raises(ConfigError, match=r"to_integer: the model takes 2 inputs \(x, z\), and integer execution "
-                                          "of multi-input models is not supported yet"):
-        to_integer(q, (x[:2], z[:2]))
+    with pytest.raises(ConfigError, match=r"to_integer: the model takes 2 inputs \(x, z\); example_inputs must be a "
+                                          "tuple of as many tensors"):
+        to_integer(q, (x[:2],))
+    with torch.no_grad():
+        assert torch.equal(to_integer(q, (x[:2], z[:2]))(x, z), q(x, z))  # both inputs: integer execution
     with pytest.raises(DataError, match=r"example_inputs: 2 positional inputs, but _TupleOut.forward takes at most 1"):
         prepare(_TupleOut(), PTQConfig(), (torch.randn(1, 8), torch.randn(1, 8)))
 

@@ -17,7 +17,7 @@ requantizing layers one requantization per output element; flatten, pad and slic
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -123,16 +123,28 @@ COSTS: dict[type, Callable[[Node, Shape, Shape], tuple[int, int, int]]] = {
 }
 
 
-def profile_integer(model: IntegerModel, input_shape: Shape | None = None) -> list[OpCost]:
-    """Per-op costs for one sample of ``input_shape`` (default: the shape the model was built for)."""
-    shape = model.input_shape if input_shape is None else tuple(input_shape)
-    if shape is None:
-        from lowbit.errors import ConfigError
+def profile_integer(model: IntegerModel, input_shape: Shape | Sequence[Shape] | None = None) -> list[OpCost]:
+    """Per-op costs for one sample of ``input_shape`` (default: the shape the model was built for); for a model
+    of several inputs, a sequence of per-sample shapes, one per input in call order."""
+    from lowbit.errors import ConfigError
 
+    n = len(model.inputs)
+    if input_shape is None:
+        shapes = model.input_shapes
+    elif n == 1:
+        shapes = [tuple(input_shape)]
+    elif not isinstance(input_shape, (tuple, list)) or len(input_shape) != n \
+            or not all(isinstance(s, (tuple, list)) for s in input_shape):
+        raise ConfigError(f"profile_integer: the model takes {n} inputs ({', '.join(model.input_names)}); "
+                          f"input_shape must be a tuple of {n} per-sample shapes, got {input_shape!r:.80}")
+    else:
+        shapes = [tuple(s) for s in input_shape]
+    if any(s is None for s in shapes):
         raise ConfigError("profile_integer needs the input's per-sample shape: the model has none recorded, "
                           "pass input_shape=(C, H, W)")
-    spec = validate.Spec(tuple(shape), model.input_dtype or validate.INPUT_DTYPES["float32"])
-    env = validate.specs(validate.views(model.nodes), model.input_name, spec)
+    f32 = validate.INPUT_DTYPES["float32"]
+    specs = [validate.Spec(tuple(s), d or f32) for s, d in zip(shapes, model.input_dtypes)]
+    env = validate.specs(validate.views(model.nodes), model.input_names, specs)
     rows = []
     for node in model.nodes:
         x, y = env[node.inputs[0]].shape, env[node.output].shape

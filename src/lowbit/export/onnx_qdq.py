@@ -848,23 +848,56 @@ def _concat_shape(node: Node, xs: list[tuple[int, ...]]) -> tuple[int, ...]:
     return (*xs[0][:d], sum(x[d] for x in xs), *xs[0][d + 1:])
 
 
-def _shapes(model: IntegerModel, input_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+def _batch_first(shape: object, what: str) -> tuple[int, ...]:
+    """One input's shape, batch first (ConfigError otherwise)."""
+    if (not isinstance(shape, (tuple, list)) or len(shape) < 2
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)):
+        raise ConfigError(f"{what} must be the input's shape, batch first (e.g. (1, 1, 28, 28)), not {shape!r}")
+    return tuple(shape)
+
+
+def _input_shapes(model: IntegerModel, input_shape: object) -> list[tuple[int, ...]]:
+    """Each input's shape, batch first: ``input_shape`` itself for a model of one input, else a tuple of one
+    shape per input (a ConfigError naming the inputs when the count differs)."""
+    names = model.input_names
+    if len(names) == 1:
+        return [_batch_first(input_shape, "input_shape")]
+    if not isinstance(input_shape, (tuple, list)) or len(input_shape) != len(names) \
+            or not all(isinstance(s, (tuple, list)) for s in input_shape):
+        raise ConfigError(f"the model takes {len(names)} inputs ({', '.join(names)}): input_shape must be a tuple of "
+                          f"{len(names)} shapes, one per input in that order, batch first (e.g. ((1, 8), (1, 6))), "
+                          f"not {input_shape!r:.120}")
+    return [_batch_first(s, f"input_shape[{k}] (input {n!r})") for k, (n, s) in enumerate(zip(names, input_shape))]
+
+
+def _graph_inputs(model: IntegerModel) -> list[str]:
+    """The ONNX graph's input names: ``"input"`` for a model of one input, else the model's input names."""
+    names = model.input_names
+    if len(names) == 1:
+        return [INPUT_NAME]
+    if OUTPUT_NAME in names:
+        raise ConfigError(f"an input of the model is named {OUTPUT_NAME!r}, the ONNX graph's output: rename it")
+    return names
+
+
+def _shapes(model: IntegerModel, input_shapes: list[tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
     """Every tensor's shape for a batch of one (from the ops' attributes; nothing is run)."""
-    if (not isinstance(input_shape, (tuple, list)) or len(input_shape) < 2
-            or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in input_shape)):
-        raise ConfigError(f"input_shape must be the input's shape, batch first (e.g. (1, 1, 28, 28)), not "
-                          f"{input_shape!r}")
-    shapes = {model.input_name: (1, *input_shape[1:])}
+    shapes = {n: (1, *s[1:]) for n, s in zip(model.input_names, input_shapes)}
     for node in model.nodes:
         y = (_concat_shape(node, [shapes[i] for i in node.inputs]) if node.kind == "concat"
              else _node_shape(node, shapes[node.inputs[0]]))
         if any(d <= 0 for d in y):
-            raise ConfigError(f"input_shape {tuple(input_shape)} is too small for {node.output!r}: shape {y}")
+            raise ConfigError(f"input_shape {_shown(input_shapes)} is too small for {node.output!r}: shape {y}")
         if node.kind != "concat" and len(node.inputs) > 1 and shapes[node.inputs[1]] != y:
             raise ConfigError(f"{node.output}: residual {node.inputs[1]!r} has shape {shapes[node.inputs[1]]}, "
                               f"the output {y}")
         shapes[node.output] = y
     return shapes
+
+
+def _shown(input_shapes: list[tuple[int, ...]]) -> tuple:
+    """``input_shape`` as the caller gave it: one shape, or the tuple of them."""
+    return input_shapes[0] if len(input_shapes) == 1 else tuple(input_shapes)
 
 
 @dataclass(frozen=True)
@@ -1003,18 +1036,21 @@ def to_onnx_model(model: IntegerModel, input_shape: tuple[int, ...], opset: int 
 
     require_integer_model(model, "export")
     _check_kinds(model)
-    shapes = _shapes(model, tuple(input_shape))
+    input_shapes, graph_names = _input_shapes(model, input_shape), _graph_inputs(model)
+    shapes = _shapes(model, input_shapes)
     b = _Builder(onnx, shapes, expose_codes, opset, _foldable_pads(model, shapes), residual)
+    b.used.update(graph_names)
     b.exact_layers = exact_layers
     b.integer_read = _read_only_by(model, ("recurrent", "l2normalize", "magnitude"))
-    b.values[model.input_name] = _Value(INPUT_NAME)
+    for name, graph_name in zip(model.input_names, graph_names):
+        b.values[name] = _Value(graph_name)
     for node in model.nodes:
         b.emit(node)
     out = b.values[model.output_name]
     if out.grid is not None:  # an integer output: dequantize it
         out = _Value(out.float_name)
-    if out.float_name == INPUT_NAME:
-        b.nodes.append(b.h.make_node("Identity", [INPUT_NAME], [OUTPUT_NAME], name=b.fresh("output/Identity")))
+    if out.float_name in graph_names:
+        b.nodes.append(b.h.make_node("Identity", [out.float_name], [OUTPUT_NAME], name=b.fresh("output/Identity")))
     else:
         for n in b.nodes:  # the producer of the final float tensor writes "output"
             for i, o in enumerate(n.output):
@@ -1024,11 +1060,11 @@ def to_onnx_model(model: IntegerModel, input_shape: tuple[int, ...], opset: int 
                 if o == out.float_name:
                     n.input[i] = OUTPUT_NAME
     tp = onnx.TensorProto
-    graph_in = b.h.make_tensor_value_info(INPUT_NAME, tp.FLOAT, [BATCH, *input_shape[1:]])
+    graph_in = [b.h.make_tensor_value_info(n, tp.FLOAT, [BATCH, *s[1:]]) for n, s in zip(graph_names, input_shapes)]
     graph_out = b.h.make_tensor_value_info(OUTPUT_NAME, tp.FLOAT, [BATCH, *shapes[model.output_name][1:]])
     live = _live(b.nodes, {OUTPUT_NAME, *(v.name for v in b.codes_outputs)})
     used = {i for n in live for i in n.input}
-    graph = b.h.make_graph(live, "lowbit_integer_model", [graph_in], [graph_out, *b.codes_outputs],
+    graph = b.h.make_graph(live, "lowbit_integer_model", graph_in, [graph_out, *b.codes_outputs],
                            initializer=[i for i in b.inits if i.name in used])
     opsets = [b.h.make_opsetid("", opset)]
     proto = b.h.make_model(graph, opset_imports=opsets, producer_name="lowbit",
@@ -1057,8 +1093,9 @@ def export_onnx(model: IntegerModel, path: str | Path, input_shape: tuple[int, .
     ``QLinearConv`` + ``QLinearAdd``, rounding twice). ``exact_layers=True`` writes the plain convs and linears
     in integer ops (:func:`to_onnx_model`): bit for bit the integer model's codes, at some onnxruntime speed.
     Needs the ``onnx`` package.
-    The graph has one input, as every IntegerModel does: :func:`lowbit.integer.to_integer` refuses a
-    multi-input model (a ConfigError naming its inputs), which runs as the PTQ simulation only.
+    A model of one input gives a graph of one input named ``"input"``. A model of several inputs gives one graph
+    input per model input, named as the model's inputs (``model.input_names``, ``forward``'s parameter names, in
+    order; ``"output"`` is refused), and ``input_shape`` is then a tuple of their shapes, one per input in that order.
     """
     onnx = _import_onnx()
     proto = to_onnx_model(model, input_shape, opset, residual=residual, exact_layers=exact_layers)

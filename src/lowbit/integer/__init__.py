@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 
-_LAZY = {"to_integer": "lowbit.integer.lower", "IntegerModel": "lowbit.integer.model",
+_LAZY = {"to_integer": "lowbit.integer.lower", "IntegerModel": "lowbit.integer.model", "Input": "lowbit.integer.model",
          "save_integer": "lowbit.integer.io", "load_integer": "lowbit.integer.io",
          "Kernels": "lowbit.integer.backend"}
 

@@ -8,6 +8,14 @@ safetensors header's ``__metadata__``, a JSON description of the graph:
      "nodes": [{"kind", "inputs", "output", "attrs", "grid", "source", "tensors"}, ...]}
 
 and the SHA-256 of the whole content (:data:`lowbit.utils.tensorfile.CHECKSUM_KEY`).
+A model of several inputs is written as version 4, whose one field ``"inputs"``
+replaces ``input``, ``input_shape`` and ``input_dtype``:
+
+    {"format": "lowbit-integer", "version": 4, "inputs": [{"name": "x", "shape": [8], "dtype": "float32"},
+     {"name": "z", "shape": [6], "dtype": "float32"}], "output": ..., "nodes": [...]}
+
+(``shape`` and ``dtype`` both null where not recorded); a model of one input keeps the
+version-3 form, so its file is what it was and an older lowbit still reads it.
 Weights of 4 bits or fewer are packed two to a byte (low nibble first); ternary weights
 (``weight_codes: "ternary"``) 2 bits each and ``b``-bit power-of-two weights
 (``weight_codes: "pow2"``) ``b`` bits each (sign bit and exponent index, see
@@ -34,12 +42,14 @@ import torch
 
 from lowbit.errors import CheckpointError
 from lowbit.integer import ir, validate
-from lowbit.integer.model import IntegerModel, Node, make_op, require_integer_model
+from lowbit.integer.model import Input, IntegerModel, Node, make_op, require_integer_model
 from lowbit.utils.tensorfile import load_tensors, read_metadata, save_tensors
 
-FORMAT, VERSION = "lowbit-integer", 3
-# 2: per-channel multipliers and shifts in the narrowest exact integer type; 3: a checksum and the input's shape
-READS = (1, 2, 3)
+FORMAT, VERSION, MULTI_VERSION = "lowbit-integer", 3, 4
+# 2: per-channel multipliers and shifts in the narrowest exact integer type; 3: a checksum and the input's shape;
+# 4: several inputs (written only for such a model: one input is still written as version 3)
+READS = (1, 2, 3, 4)
+MAX_INPUTS = 64
 _NARROW = {"m": torch.int32, "m2": torch.int32, "n": torch.int8}
 # a recurrent op's per-layer multipliers and shifts (m_ih_0, n_hh_2, ...) narrow as m and n do
 _NARROW.update({f"{mn}_{p}_{k}": _NARROW[mn] for mn in ("m", "n") for p in ("ih", "hh") for k in range(64)})
@@ -174,10 +184,14 @@ def save_integer(model: IntegerModel, path: str | Path) -> Path:
             tensors[f"{i}.{name}"] = t
         nodes.append({"kind": node.kind, "inputs": node.inputs, "output": node.output, "attrs": attrs,
                       "grid": None if node.grid is None else node.grid.to_json(), "source": node.source, "tensors": sorted(node.op.tensors)})
-    shape, dtype = model.input_shape, model.input_dtype
-    meta = {"format": FORMAT, "version": VERSION, "input": model.input_name, "output": model.output_name,
-            "input_shape": None if shape is None else list(shape),
-            "input_dtype": None if dtype is None else validate.dtype_name(dtype), "nodes": nodes}
+    ins = [{"name": i.name, "shape": None if i.shape is None else list(i.shape),
+            "dtype": None if i.dtype is None else validate.dtype_name(i.dtype)} for i in model.inputs]
+    if len(ins) == 1:  # the version-3 form
+        meta = {"format": FORMAT, "version": VERSION, "input": ins[0]["name"], "output": model.output_name,
+                "input_shape": ins[0]["shape"], "input_dtype": ins[0]["dtype"], "nodes": nodes}
+    else:
+        meta = {"format": FORMAT, "version": MULTI_VERSION, "inputs": ins, "output": model.output_name,
+                "nodes": nodes}
     return save_tensors(path, tensors, {"lowbit": json.dumps(meta)}, checksum=True)
 
 
@@ -268,14 +282,36 @@ def _input_spec(path: Path, meta: dict) -> validate.Spec | None:
         warnings.warn(f"{path} is a lowbit integer model of format version {meta['version']}: it has no checksum "
                       "and no recorded input shape, so its integrity cannot be verified and each new input shape is "
                       "checked through its nodes; re-save it with lowbit.integer.save_integer", UserWarning,
-                      stacklevel=3)
+                      stacklevel=4)
         return None
-    if meta.get("input_shape") is None and meta.get("input_dtype") is None:
+    return _recorded(path, meta.get("input_shape"), meta.get("input_dtype"))
+
+
+def _recorded(path: Path, shape: object, dtype: object) -> validate.Spec | None:
+    """A recorded per-sample shape and dtype name, or None where both are null."""
+    if shape is None and dtype is None:
         return None
     try:
-        return validate.input_spec(meta.get("input_shape"), meta.get("input_dtype"))
+        return validate.input_spec(shape, dtype)
     except validate.Invalid as exc:
         raise _fail(path, str(exc)) from None
+
+
+def _inputs(path: Path, meta: dict) -> list[Input]:
+    """Every input the file records: version 4's ``inputs`` list, or the one input of the earlier versions."""
+    if meta["version"] < 4:
+        x = _input_spec(path, meta)
+        return [Input(meta.get("input"), None if x is None else x.shape, None if x is None else x.dtype)]
+    entries = meta.get("inputs")
+    if not isinstance(entries, list) or not 1 <= len(entries) <= MAX_INPUTS:
+        raise _fail(path, f"'inputs' = {entries!r:.80}; allowed: a list of 1 to {MAX_INPUTS} objects")
+    inputs = []
+    for k, e in enumerate(entries):
+        if not isinstance(e, dict) or set(e) != {"name", "shape", "dtype"}:
+            raise _fail(path, f"input {k} = {e!r:.80}; allowed: an object with name, shape and dtype")
+        x = _recorded(path, e["shape"], e["dtype"])
+        inputs.append(Input(e["name"], None if x is None else x.shape, None if x is None else x.dtype))
+    return inputs
 
 
 def load_integer(path: str | Path) -> IntegerModel:
@@ -285,14 +321,16 @@ def load_integer(path: str | Path) -> IntegerModel:
     version = _header(path, read_metadata(path))["version"]
     tensors, metadata = load_tensors(path, require_checksum=version >= 3)
     meta = _header(path, metadata)  # as verified
-    x = _input_spec(path, meta)
+    inputs = _inputs(path, meta)
     views = [_parse_node(path, i, spec, tensors) for i, spec in enumerate(meta["nodes"])]
     used = {f"{i}.{n}" for i, spec in enumerate(meta["nodes"]) for n in spec["tensors"]}
     unused = sorted(set(tensors) - used)
     if unused:
         raise _fail(path, f"tensors {unused[:5]} belong to no node")
+    names = [i.name for i in inputs]
+    specs = None if any(i.shape is None for i in inputs) else [validate.Spec(i.shape, i.dtype) for i in inputs]
     try:
-        validate.check_model(views, meta.get("input"), meta.get("output"), x)
+        validate.check_model(views, names[0] if meta["version"] < 4 else names, meta.get("output"), specs)
     except validate.Invalid as exc:
         raise _fail(path, str(exc)) from None
     nodes = []
@@ -302,8 +340,7 @@ def load_integer(path: str | Path) -> IntegerModel:
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             raise _fail(path, f"node {i} ({v.kind}) is inconsistent: {type(exc).__name__}: {exc}") from None
         nodes.append(Node(op, v.inputs, v.output, ir.Grid.from_json(v.grid), meta["nodes"][i].get("source", "")))
-    return IntegerModel(nodes, meta["input"], meta["output"], None if x is None else x.shape,
-                        None if x is None else x.dtype)
+    return IntegerModel(nodes, output_name=meta["output"], inputs=inputs)
 
 
 __all__ = ["load_integer", "pack_bits", "pack_int4", "pack_pow2", "pack_ternary", "save_integer", "unpack_bits",

@@ -36,7 +36,7 @@ from lowbit.errors import ConfigError
 from lowbit.integer import validate
 from lowbit.formats import Binary, IntFormat
 from lowbit.integer import ir
-from lowbit.integer.model import IntegerModel, Node
+from lowbit.integer.model import Input, IntegerModel, Node
 from lowbit.integer.ops import build
 from lowbit.prepared import record_of
 from lowbit.graph.input_check import check_input
@@ -86,15 +86,16 @@ class _Lowering:
     def arg(self, node: fx.Node, i: int = 0) -> str:
         return self.names[node.args[i]]
 
-    def run(self) -> IntegerModel:
-        inputs = [n for n in self.gm.graph.nodes if n.op == "placeholder"]
-        if len(inputs) != 1:
-            raise ConfigError(f"the integer model takes one input tensor; the model has {len(inputs)}")
+    def run(self, examples: tuple[torch.Tensor, ...]) -> IntegerModel:
+        """The integer model, one input per placeholder (in ``forward``'s order) with the shape and dtype of its
+        example: each float input is quantized by its own input quantizer(s); an input nothing reads stays one."""
+        placeholders = [n for n in self.gm.graph.nodes if n.op == "placeholder"]
         for node in self.gm.graph.nodes:
             self.visit(node)
         if self.unsupported:
             raise ConfigError("cannot lower to integers: " + "; ".join(self.unsupported))
-        return IntegerModel(_without_dead_squeezes(self.nodes, self.output), self.names[inputs[0]], self.output)
+        inputs = [Input(self.names[p], tuple(x.shape[1:]), x.dtype) for p, x in zip(placeholders, examples)]
+        return IntegerModel(_without_dead_squeezes(self.nodes, self.output), output_name=self.output, inputs=inputs)
 
     def as_2d(self, name: str, source: str) -> str:
         """The height-1 4-D form of the 3-D tensor ``name``: the source of a squeeze we emitted (the pair
@@ -707,7 +708,7 @@ def _float_act(act: nn.Module) -> tuple[ir.Act, float | None, float | None]:
     return ir.Act.NONE, None, None
 
 
-def _record_shapes(gm: fx.GraphModule, example: torch.Tensor) -> None:
+def _record_shapes(gm: fx.GraphModule, examples: tuple[torch.Tensor, ...]) -> None:
     class Shapes(fx.Interpreter):
         def run_node(self, n):
             out = super().run_node(n)
@@ -716,34 +717,40 @@ def _record_shapes(gm: fx.GraphModule, example: torch.Tensor) -> None:
             return out
 
     with torch.no_grad():
-        Shapes(gm).run(example)
+        Shapes(gm).run(*examples)
 
 
-def _one_input(gm: fx.GraphModule) -> None:
-    """Refuse a multi-input model: an IntegerModel (its kernels, file format and ONNX export) takes one tensor."""
+def _examples(gm: fx.GraphModule, example_inputs: object) -> tuple[torch.Tensor, ...]:
+    """One example tensor per input of the traced model (``forward``'s order); a ConfigError naming the inputs
+    when the count differs or an example is not a tensor."""
     names = [str(n.target) for n in gm.graph.nodes if n.op == "placeholder"]
-    if len(names) > 1:
-        raise ConfigError(f"to_integer: the model takes {len(names)} inputs ({', '.join(names)}), and integer execution "
-                          "of multi-input models is not supported yet (an integer model takes one input tensor); the "
-                          "simulation (the model lowbit.ptq.quantize returned) runs it: call that model instead")
+    examples = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    if len(examples) != len(names) or not all(isinstance(x, torch.Tensor) for x in examples):
+        got = ", ".join(type(x).__name__ for x in examples)
+        raise ConfigError(f"to_integer: the model takes {len(names)} input{'s' if len(names) != 1 else ''} "
+                          f"({', '.join(names)}); example_inputs must be a tuple of as many tensors, in that order, "
+                          f"got ({got})")
+    return examples
 
 
 def to_integer(model: nn.Module, example_inputs: tuple) -> IntegerModel:
-    """The integer-only form of a model returned by :func:`lowbit.ptq.convert` / :func:`lowbit.quantize`."""
+    """The integer-only form of a model returned by :func:`lowbit.ptq.convert` / :func:`lowbit.quantize`.
+
+    ``example_inputs``: one tensor per input of the model's ``forward``, in order (a tuple; a bare tensor for a
+    model of one input). The integer model takes the same inputs and records each one's per-sample shape and
+    dtype; an input the quantized graph does not read is kept (accepted, checked, ignored)."""
     record = record_of(model)
     if not isinstance(model, fx.GraphModule) or record is None or not record.traced:
         raise ConfigError("to_integer needs a model from lowbit.quantize / ptq.convert that torch.fx traced "
                           "(the eager fallback has no graph to lower)")
-    _one_input(model)
     model.eval()
-    example = example_inputs[0]
-    check_input(model, example)  # the shape the model was prepared for (ShapeError naming it)
-    _record_shapes(model, example)
-    im = _Lowering(model).run()
-    im.input_shape, im.input_dtype = tuple(example.shape[1:]), example.dtype  # what every call is checked against
+    examples = _examples(model, example_inputs)
+    check_input(model, examples[0])  # the shape the model was prepared for (ShapeError naming it)
+    _record_shapes(model, examples)
+    im = _Lowering(model).run(examples)
     try:  # the checks a loaded model file passes (lowbit.integer.validate), on what was lowered
-        validate.check_model(validate.views(im.nodes), im.input_name, im.output_name,
-                             validate.input_spec(list(im.input_shape), validate.dtype_name(example.dtype)))
+        specs = [validate.input_spec(list(i.shape), validate.dtype_name(i.dtype)) for i in im.inputs]
+        validate.check_model(validate.views(im.nodes), im.input_names, im.output_name, specs)
     except validate.Invalid as exc:
         raise ConfigError(f"cannot lower to integers: {exc}") from None
     return im

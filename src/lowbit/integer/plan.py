@@ -13,7 +13,8 @@ How each op becomes steps is :mod:`lowbit.integer.planner`. A plan covers the
 VNNI path and the binary layers' XNOR-popcount GEMM: input quantization of float32, dense convs
 (implicit GEMM and im2col), depthwise convs, max pooling, global average
 pooling, flatten, linear layers (requantizing, with a residual input, or
-dequantizing the output) and the output dequantization. A model with anything
+dequantizing the output) and the output dequantization, for a model of one input (a model of several
+inputs runs op by op: the steps have one input buffer, slot 0). A model with anything
 else keeps the op-by-op path (the planner raises :class:`~lowbit.integer.planner.Unsupported`,
 the only exception the cache turns into "no plan"; any other is a bug and propagates).
 Only ``Kernels.PLAN`` (:mod:`lowbit.integer.backend`) uses a plan. An input with a NaN
@@ -78,6 +79,8 @@ class Plan:
     @staticmethod
     def _build(model: IntegerModel, shape: tuple[int, ...], max_bytes: int) -> tuple[Builder, Value]:
         """Every node's steps, in order (:mod:`lowbit.integer.planner`), and the output value."""
+        if len(model.inputs) != 1:
+            raise Unsupported("several inputs (a plan has one input buffer: the model runs op by op)")
         b = Builder(max_bytes)
         env = {model.input_name: Value(INPUT, tuple(shape), torch.float32)}
         for node in model.nodes:

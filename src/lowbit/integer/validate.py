@@ -4,7 +4,8 @@ other and against the tensors that flow into it, before any kernel sees them.
 A model file is untrusted input. :func:`lowbit.integer.io.load_integer` runs :func:`check_model` on the nodes it
 read (before it builds a single op), :func:`lowbit.integer.to_integer` on what it lowered; a model
 whose input shape is not recorded (a file of format version 1 or 2) runs :func:`propagate` on the shape of
-each input it is called on. One pair of functions per op kind, in :data:`CHECKS`:
+each input it is called on. A model of several inputs passes the list of their names and one :class:`Spec` per
+input wherever a single-input model passes its input's name and spec. One pair of functions per op kind, in :data:`CHECKS`:
 
 * ``attrs(a, t, n_inputs)`` checks the attributes ``a`` (types, ranges, the attributes a kind has) and the
   tensors ``t`` (names, dtypes, shapes, value ranges) of one node against each other;
@@ -809,14 +810,41 @@ def _check_grid(grid: Any) -> None:
     _bool(grid, "signed")
 
 
+InputNames = str | Sequence[str]  # one input's tensor name, or every input's, in call order
+
+
+def _names(input_name: object) -> list[str]:
+    """The input tensor names: one string, or a non-empty list of distinct strings."""
+    names = [input_name] if isinstance(input_name, str) else input_name
+    if (not isinstance(names, (list, tuple)) or not names or not all(isinstance(n, str) for n in names)
+            or len(set(names)) != len(names)):
+        raise Invalid(f"input {input_name!r:.60} must be a tensor name (a string) or a list of distinct ones")
+    return list(names)
+
+
+def _input_env(input_name: InputNames, x: Spec | Sequence[Spec]) -> dict[str, Spec]:
+    """Each input's name with its spec (``x``: one :class:`Spec` for one name, else one per name)."""
+    names = _names(input_name)
+    xs = [x] if isinstance(x, Spec) else list(x)
+    if len(xs) != len(names):
+        raise Invalid(f"{len(xs)} input specs for the {len(names)} inputs {names}")
+    for n, spec in zip(names, xs):
+        if math.prod(spec.shape) > MAX_SAMPLE:
+            which = "the input" if len(names) == 1 else f"input {n!r}"
+            raise Invalid(f"{which} has {math.prod(spec.shape)} elements per sample; allowed: at most {MAX_SAMPLE}")
+    return dict(zip(names, xs))
+
+
 def check_structure(nodes: Sequence[NodeView], input_name: object, output_name: object) -> None:
     """Kinds, names and every node's attributes and tensors (no shapes): each node reads tensors defined
-    before it, defines a new one, and the output is one of them."""
-    if not isinstance(input_name, str) or not isinstance(output_name, str):
+    before it (or inputs: ``input_name`` is one name or the list of them; an input no node reads is allowed),
+    defines a new one, and the output is one of them."""
+    if not isinstance(output_name, str):
         raise Invalid(f"input {input_name!r:.40} and output {output_name!r:.40} must be tensor names (strings)")
+    names = _names(input_name)
     if not nodes:
         raise Invalid("the model has no nodes")
-    defined = {input_name}
+    defined = set(names)
     for i, node in enumerate(nodes):
         where = _where(i, node)
         check = check_of(node.kind)
@@ -839,16 +867,16 @@ def check_structure(nodes: Sequence[NodeView], input_name: object, output_name: 
             _check_grid(node.grid)
         except Invalid as exc:
             raise Invalid(f"{where}: {exc}") from None
-    if output_name not in defined or output_name == input_name:
+    if output_name not in defined or output_name in names:
         raise Invalid(f"the output {output_name!r} is not defined by any node")
 
 
-def specs(nodes: Sequence[NodeView], input_name: str, x: Spec, stop_at_unknown: bool = False) -> dict[str, Spec]:
-    """The per-sample :class:`Spec` of every tensor for an input of spec ``x``, every node's inputs checked on
-    the way; with ``stop_at_unknown``, those before the first node of a kind without checks (a test's own op)."""
-    if math.prod(x.shape) > MAX_SAMPLE:
-        raise Invalid(f"the input has {math.prod(x.shape)} elements per sample; allowed: at most {MAX_SAMPLE}")
-    env = {input_name: x}
+def specs(nodes: Sequence[NodeView], input_name: InputNames, x: Spec | Sequence[Spec],
+          stop_at_unknown: bool = False) -> dict[str, Spec]:
+    """The per-sample :class:`Spec` of every tensor for inputs of spec ``x`` (one :class:`Spec` for one input
+    name, else one per name of ``input_name``), every node's inputs checked on the way; with
+    ``stop_at_unknown``, those before the first node of a kind without checks (a test's own op)."""
+    env = _input_env(input_name, x)
     for i, node in enumerate(nodes):
         check = check_of(node.kind)
         if check is None:
@@ -863,9 +891,9 @@ def specs(nodes: Sequence[NodeView], input_name: str, x: Spec, stop_at_unknown: 
     return env
 
 
-def propagate(nodes: Sequence[NodeView], input_name: str, output_name: str, x: Spec,
+def propagate(nodes: Sequence[NodeView], input_name: InputNames, output_name: str, x: Spec | Sequence[Spec],
               stop_at_unknown: bool = False) -> Spec | None:
-    """The per-sample spec of the output for an input of spec ``x`` (:func:`specs`); None when
+    """The per-sample spec of the output for inputs of spec ``x`` (:func:`specs`); None when
     ``stop_at_unknown`` stopped before the output."""
     return specs(nodes, input_name, x, stop_at_unknown).get(output_name)
 
@@ -880,8 +908,9 @@ def input_spec(shape: object, dtype: object) -> Spec:
     return Spec(tuple(int(d) for d in shape), INPUT_DTYPES[dtype])
 
 
-def check_model(nodes: Sequence[NodeView], input_name: str, output_name: str, x: Spec | None) -> None:
-    """Everything: structure, attributes and tensors, then (when the input spec ``x`` is known) shapes."""
+def check_model(nodes: Sequence[NodeView], input_name: InputNames, output_name: str,
+                x: Spec | Sequence[Spec] | None) -> None:
+    """Everything: structure, attributes and tensors, then (when the input specs ``x`` are known) shapes."""
     check_structure(nodes, input_name, output_name)
     if x is not None:
         propagate(nodes, input_name, output_name, x)
@@ -899,4 +928,4 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 
 __all__ = ["CHECKS", "KNOWN_KINDS", "check_of", "MAX_SAMPLE", "Invalid", "KindCheck", "NodeView", "Spec", "check_model", "check_structure",
-           "dtype_name", "input_spec", "propagate", "specs", "views", "weight_range"]
+           "InputNames", "dtype_name", "input_spec", "propagate", "specs", "views", "weight_range"]
