@@ -103,3 +103,49 @@ def test_a_step_op_is_checked():
     bad = ir.Recurrent(ir.Cell.LSTM, 1, False, node.op.ir.input_zero_point, ir.Emit.OUTPUT, 8, True)
     with pytest.raises(Invalid, match="a recurrent step"):
         CHECKS[ir.Recurrent].attrs(ir.attrs_of(bad), node.op.tensors, 1)
+
+
+class Stream(nn.Module):
+    """Silero VAD's stream form: a cell step over chunks, the state carried as floats from step to step, taken
+    apart from the step's joined output ``[p, h, c]`` (zero at the start: ``x.new_zeros``)."""
+
+    def __init__(self, chunks: int = 3, width: int = 6, hidden: int = 8) -> None:
+        super().__init__()
+        self.chunks, self.width, self.hidden = chunks, width, hidden
+        self.fc, self.cell, self.head = nn.Linear(width, 16), nn.LSTMCell(16, hidden), nn.Linear(hidden, 1)
+
+    def step(self, x, h, c):
+        h, c = self.cell(torch.relu(self.fc(x)), (h, c))
+        return torch.cat([torch.sigmoid(self.head(torch.relu(h))), h, c], dim=1)
+
+    def forward(self, x):
+        h = c = x.new_zeros(x.shape[0], self.hidden)
+        probs = []
+        for i in range(self.chunks):
+            out = self.step(x[:, i * self.width:(i + 1) * self.width], h, c)
+            probs.append(out[:, :1])
+            h, c = out[:, 1:1 + self.hidden], out[:, 1 + self.hidden:]
+        return torch.cat(probs, dim=1)
+
+
+def test_a_stream_of_cell_steps_lowers_and_exports_exactly(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from lowbit.export.onnx_qdq import export_onnx
+    from lowbit.export.ort import session
+
+    torch.manual_seed(2)
+    model = Stream().eval()
+    data = [torch.randn(8, 18) for _ in range(4)]
+    q = quantize(model, data, PTQConfig())
+    im = to_integer(q, (data[0][:1],))
+    steps = [n for n in im.nodes if n.kind == "recurrent"]
+    assert len(steps) == 6 and [len(n.inputs) for n in steps[:2]] == [1, 1]  # the first step from the zero state
+    assert all(len(n.inputs) == 3 for n in steps[2:])
+    x = torch.randn(32, 18)
+    with torch.no_grad():
+        ref = q(x)
+        assert torch.equal(im(x), ref)
+        assert (ref - model(x)).abs().max() < 0.05
+    got = session(export_onnx(im, tmp_path / "s.onnx", (1, 18), exact_layers=True), threads=1).run(
+        ["output"], {"input": x.numpy()})[0]
+    assert np.array_equal(got, ref.numpy())

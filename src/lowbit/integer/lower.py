@@ -77,6 +77,7 @@ class _Lowering:
         self.unsupported: list[str] = []
         self.squeezed: dict[str, str] = {}  # output of a squeeze(2) we emitted -> its 4-D (height 1) source
         self.recurrent_ops: dict[tuple, str] = {}  # (layer call, emit, layer) -> the recurrent op's output
+        self.zeros: set[fx.Node] = set()  # zero tensors read only as a cell's initial state
 
     def emit(self, op: ir.IROp, inputs: list[str], out: str, tensors: dict | None, q: QParams | None,
              source: str) -> None:
@@ -169,7 +170,8 @@ class _Lowering:
             start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
             end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
             self.simple(node, ir.Flatten(start, end))
-        elif node.op == "call_method" and t == "size" or t is operator.getitem and self._is_size(node.args[0]):
+        elif (node.op == "call_method" and t == "size" or t is getattr and node.args[1:] == ("shape",)
+              or t is operator.getitem and self._is_size(node.args[0])):
             pass  # shape arithmetic for a flatten; consumed by _is_batch_flatten
         elif t is operator.getitem and (part := recurrent_part(self.gm, node)) is not None:
             self.recurrent(node, part)
@@ -185,6 +187,8 @@ class _Lowering:
             self.unsqueeze(node)
         elif t is torch.squeeze or (node.op == "call_method" and t == "squeeze"):
             self.squeeze(node)
+        elif node.op == "call_method" and t in ("new_zeros", "zero_") or t is torch.zeros:
+            self.zero_state(node)
         elif t in (torch.cat, torch.concat):
             self.concat(node)
         elif t is F.max_pool2d:
@@ -318,7 +322,8 @@ class _Lowering:
         d = d + self._rank(node) if d < 0 else d
         nxt = _next_quantizer(self.gm, node)
         names = [self.names[p] for p in parts]
-        if d >= 1 and nxt == "output":  # the network's output joined from parts: each dequantized, then joined
+        if d >= 1 and not isinstance(nxt, ActQuantizer):  # joined parts not quantized next (the network output, or
+            # slices of it, as a step's (p, h, c) a stream takes apart): each dequantized, then joined in float
             self.emit(ir.Concat(int(d)), [self.dequantized(n, node.name, i) for i, n in enumerate(names)], node.name,
                       None, None, node.name)
             self.names[node] = node.name
@@ -350,18 +355,20 @@ class _Lowering:
 
     def table(self, node: fx.Node, m: Lookup) -> None:
         """A lookup table: int8 codes of the next quantizer's grid (which it reaches through max pools, zero pads
-        and layout ops: the rounding is monotone, so they commute), or float32 values at the network output."""
+        and layout ops: the rounding is monotone, so they commute), or float32 values where no quantizer reads it
+        next (the network output, a float join: its readers must take floats, or they refuse)."""
         src = self.arg(node)
         q = self.grids[src]
         if q is None or grid(q) != grid(m.grid):
             self.unsupported.append(f"{node.target} (a lookup table whose input is not on its grid)")
             return
         nxt = _next_quantizer(self.gm, node)
-        if nxt is None:
+        if nxt is None and not all(_moves_floats(self.gm, u) for u in node.users):
             self.unsupported.append(f"{node.target} ({m.source}: its float output feeds an op other than a "
-                                    "quantizer, the network output, or max pools, zero pads and layout ops on the way)")
+                                    "quantizer, the network output, or max pools, zero pads, layout ops, slices and "
+                                    "joins on the way)")
             return
-        if nxt == "output":
+        if not isinstance(nxt, ActQuantizer):  # the float values (the network output, a float join, slices)
             self.emit(ir.Table(float_output=True), [src], node.name, {"table": m.table.clone()}, None, str(node.target))
         else:
             q2 = nxt.qparams()
@@ -370,7 +377,8 @@ class _Lowering:
         self.names[node] = node.name
 
     def _is_size(self, n) -> bool:
-        return isinstance(n, fx.Node) and n.op == "call_method" and n.target == "size"
+        return isinstance(n, fx.Node) and (n.op == "call_method" and n.target == "size"
+                                           or n.target is getattr and n.args[1:] == ("shape",))
 
     def _is_batch_flatten(self, node: fx.Node) -> bool:
         shape = node.args[1:]
@@ -521,6 +529,15 @@ class _Lowering:
         if m.is_cell and m.cell == "gru":  # a GRUCell's result is h' itself
             self.recurrent(node, Part(node, m, "h", 0))
 
+    def zero_state(self, node: fx.Node) -> None:
+        """``x.new_zeros(...)`` read only as a cell's initial state: the cell's zero state (no input), not a tensor."""
+        reads = [u for u in node.users if isinstance(module_of(self.gm, u), QRecurrent) and u.args[0] is not node]
+        if reads and len(reads) == len(node.users):
+            self.zeros.add(node)
+        else:
+            self.unsupported.append(f"{node.name} ({node.target}: the integer model takes a zero tensor only as a "
+                                    "cell's initial state)")
+
     def cell_state(self, call: fx.Node, m: QRecurrent) -> list[str]:
         """The state inputs of a cell call (``h`` on ``2^-7`` as int8 codes, an LSTM's ``c`` in Q.11 as int16 codes):
         a float state is quantized onto its fixed grid, as the simulation does (:func:`lowbit.nn.recurrent.h_codes`,
@@ -529,6 +546,8 @@ class _Lowering:
         if hx is None:
             return []
         parts = list(hx) if m.cell == "lstm" else [hx]
+        if all(p in self.zeros for p in parts):
+            return []  # the op's own zero state
         names = []
         for part, q, lo, hi, bits in zip(parts, (H_QPARAMS, C_QPARAMS), (-H_MAX, -(1 << 15)), (H_MAX, (1 << 15) - 1),
                                          (8, 16)):
@@ -656,6 +675,12 @@ class _Lowering:
 
 
 _LAYOUT_FUNCTIONS = (torch.permute, torch.unsqueeze, torch.squeeze)  # (their method forms are pass-through ops)
+
+
+def _moves_floats(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """``node`` only moves values (the output, a join, a slice, a layout op): it takes a float tensor as it is."""
+    return (node.op == "output" or node.target in (torch.cat, torch.concat, operator.getitem, *_LAYOUT_FUNCTIONS)
+            or is_passthrough(gm, node))
 
 
 def _next_quantizer(gm: fx.GraphModule, node: fx.Node) -> ActQuantizer | str | None:
