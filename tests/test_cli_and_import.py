@@ -105,3 +105,22 @@ def test_export_resnet_with_requantized_residuals(tmp_path, capsys):
     ops = [n.op_type for n in onnx.load(tmp_path / "resnet.onnx").graph.node]
     assert ops.count("Add") == 6 and "Concat" not in ops and "Gemm" in ops  # (the classifier's Gemm only)
     assert ops.count("Gemm") == 1
+
+
+def test_export_with_exact_layers_writes_integer_convolutions(tmp_path, capsys):
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    import numpy as np
+    import torch
+
+    from lowbit.export.ort import session
+    from lowbit.integer.io import load_integer
+
+    assert main(["export", "--model", "cnn", "--out", str(tmp_path), "--onnx", "--exact-layers"]) == 0
+    assert "equal to the simulation on all 10000: True" in capsys.readouterr().out
+    ops = {n.op_type for n in onnx.load(tmp_path / "cnn.onnx").graph.node}
+    assert "ConvInteger" in ops and "MatMulInteger" in ops and not {"Conv", "Gemm", "MatMul"} & ops
+    im = load_integer(tmp_path / "cnn.safetensors")
+    x = torch.rand(64, 1, 28, 28)
+    got = session(tmp_path / "cnn.onnx", threads=1).run(["output"], {"input": x.numpy()})[0]
+    assert np.array_equal(got, im(x).numpy())

@@ -44,6 +44,10 @@ def add_parsers(sub) -> None:
     e.add_argument("--opset", type=int_range(1), default=None,
                    help="ONNX opset with --onnx, 13 .. the installed onnx package's newest (default 17)")
     _residual_arg(e)
+    e.add_argument("--exact-layers", action="store_true",
+                   help="with --onnx: plain convs and linears as ConvInteger / MatMulInteger with the integer "
+                        "requantization, bit for bit the integer model (onnxruntime's QLinearConv rounds in float32: "
+                        "about one code in a million apart on large layers); slower in onnxruntime")
     e.set_defaults(func=run_export)
     b = sub.add_parser("bench", help="latency: float PyTorch vs lowbit integer vs its ONNX in onnxruntime",
                        description="Measure latency with the paths interleaved in one run (best and median of "
@@ -172,7 +176,7 @@ def run_export(args: argparse.Namespace) -> int:
         from lowbit.export.onnx_qdq import Residual, export_onnx
 
         onnx_path = export_onnx(im, out / f"{name}.onnx", (1, *x_test.shape[1:]), opset=args.opset or 17,
-                                residual=Residual(args.residual))
+                                residual=Residual(args.residual), exact_layers=args.exact_layers)
         print(f"  wrote {onnx_path}: {onnx_path.stat().st_size:,} bytes")
     return 0 if same else 1
 

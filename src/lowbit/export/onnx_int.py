@@ -123,7 +123,40 @@ def linear_exact_ok(node: Node) -> bool:
     """A plain requantized int8 linear (one input, 8-bit codes, int8 weights) that :func:`emit_linear` writes."""
     a = node.op.ir
     return (isinstance(a, ir.Linear) and a.weight_codes is ir.WeightCodes.INT and a.input_bits == 8
-            and isinstance(a.out, ir.Requantized) and len(node.inputs) == 1 and "m" in node.op.tensors)
+            and _plain_stage(node))
+
+
+def _plain_stage(node: Node) -> bool:
+    """A requantized or dequantizing output stage without a residual summand."""
+    out, t = node.op.ir.out, node.op.tensors
+    return len(node.inputs) == 1 and (isinstance(out, ir.Requantized) and "m" in t
+                                      or isinstance(out, ir.Dequantized) and "acc_scale" in t)
+
+
+def _finish(b: _Builder, node: Node, acc: str, shape: tuple[int, ...]) -> None:
+    """The output stage of an exact layer from its int64 accumulator ``acc`` (bias added), per-channel tensors
+    shaped ``shape``: int8 codes ``clamp(z_y + round_even(acc m / 2^n), lo, hi)``, or the float32 value
+    ``float32(float64(acc) acc_scale)`` then the activation, as the integer model computes them."""
+    from lowbit.export.onnx_qdq import _Grid, _Value
+
+    a, name = node.op.ir, node.output
+    if isinstance(a.out, ir.Dequantized):
+        scale = b.const(f"{name}_acc_scale", _t(node, "acc_scale").double().numpy().reshape(shape))
+        y = b.add("Cast", [b.add("Mul", [b.add("Cast", [acc], f"{name}_acc64f", to=11), scale], f"{name}_value64")],
+                  f"{name}_value", to=1)  # 11: DOUBLE, 1: FLOAT
+        if a.out.act is ir.Act.RELU:
+            y = b.add("Relu", [y], f"{name}_relu")
+        elif a.out.act is ir.Act.HARDTANH:
+            y = b.add("Clip", [y, b.const(f"{name}_lo", np.array(a.out.act_lo, np.float32)),
+                               b.const(f"{name}_hi", np.array(a.out.act_hi, np.float32))], f"{name}_clip")
+        b.values[name] = _Value(y)
+        return
+    v = b.add("Mul", [acc, _c(b, f"{name}_m", _t(node, "m").numpy().reshape(shape))], f"{name}_prod")
+    grid = _Grid.of(node.grid)
+    q = b.add("Add", [rshift_even(b, v, _t(node, "n").numpy().reshape(shape), name),
+                      _c(b, f"{name}_zp", grid.zero_point)], f"{name}_shifted")
+    q = clamp(b, q, _Grid.code(a.out.lo, grid.signed), _Grid.code(a.out.hi, grid.signed), name)
+    b.record(b.add("Cast", [q], f"{name}_codes", to=3 if grid.signed else 2), grid, name)  # 3: INT8, 2: UINT8
 
 
 def emit_linear(b: _Builder, node: Node) -> None:
@@ -141,12 +174,7 @@ def emit_linear(b: _Builder, node: Node) -> None:
     acc = b.add("Cast", [b.add("MatMulInteger", [codes, wt, b.const(f"{name}_x_zp", np.array(zp, np.uint8)), w_zp],
                                f"{name}_mm")], f"{name}_acc", to=7)
     acc = b.add("Add", [acc, _c(b, f"{name}_bias", _t(node, "bias").numpy().astype(I64))], f"{name}_biased")
-    v = b.add("Mul", [acc, _c(b, f"{name}_m", _t(node, "m").numpy())], f"{name}_prod")
-    grid = _Grid.of(node.grid)
-    q = b.add("Add", [rshift_even(b, v, _t(node, "n").numpy(), name), _c(b, f"{name}_zp", grid.zero_point)],
-              f"{name}_shifted")
-    q = clamp(b, q, _Grid.code(a.out.lo, grid.signed), _Grid.code(a.out.hi, grid.signed), name)
-    b.record(b.add("Cast", [q], f"{name}_codes", to=3 if grid.signed else 2), grid, name)  # 3: INT8, 2: UINT8
+    _finish(b, node, acc, (-1,))
 
 
 def conv_exact_ok(node: Node) -> bool:
@@ -154,8 +182,7 @@ def conv_exact_ok(node: Node) -> bool:
     that :func:`emit_conv` writes."""
     a = node.op.ir
     return (isinstance(a, ir.Conv2d) and a.weight_codes is ir.WeightCodes.INT and a.input_bits == 8
-            and a.pad_value is None and isinstance(a.out, ir.Requantized) and len(node.inputs) == 1
-            and "m" in node.op.tensors)
+            and a.pad_value is None and _plain_stage(node))
 
 
 def emit_conv(b: _Builder, node: Node) -> None:
@@ -184,12 +211,7 @@ def emit_conv(b: _Builder, node: Node) -> None:
     acc = b.add("Add", [b.add("Cast", [acc], f"{name}_acc", to=7),
                         _c(b, f"{name}_bias", _t(node, "bias").numpy().astype(I64).reshape(per_channel))],
                 f"{name}_biased")
-    v = b.add("Mul", [acc, _c(b, f"{name}_m", _t(node, "m").numpy().reshape(per_channel))], f"{name}_prod")
-    grid = _Grid.of(node.grid)
-    q = b.add("Add", [rshift_even(b, v, _t(node, "n").numpy().reshape(per_channel), name),
-                      _c(b, f"{name}_zp", grid.zero_point)], f"{name}_shifted")
-    q = clamp(b, q, _Grid.code(a.out.lo, grid.signed), _Grid.code(a.out.hi, grid.signed), name)
-    b.record(b.add("Cast", [q], f"{name}_codes", to=3 if grid.signed else 2), grid, name)  # 3: INT8, 2: UINT8
+    _finish(b, node, acc, per_channel)
 
 
 # ---------------------------------------------------------------- l2normalize
