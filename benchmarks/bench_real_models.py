@@ -438,15 +438,18 @@ def _integer_checks(q: nn.Module, example: tuple, info: dict, test: tuple | None
             with tempfile.TemporaryDirectory() as tmp:
                 # exact_layers: the plain convs / linears in integer ops (bit for bit); the default QDQ form
                 # (onnxruntime's fused QLinearConv / QGemm, which round in float32) is checked beside it
-                path = export_onnx(im, Path(tmp) / "m.onnx", tuple(example[0].shape), exact_layers=True)
-                qdq = export_onnx(im, Path(tmp) / "qdq.onnx", tuple(example[0].shape))
+                shape = tuple(example[0].shape) if len(example) == 1 else tuple(tuple(t.shape) for t in example)
+                path = export_onnx(im, Path(tmp) / "m.onnx", shape, exact_layers=True)
+                qdq = export_onnx(im, Path(tmp) / "qdq.onnx", shape)
                 info["onnx"] = True
                 if test is not None:
                     with torch.no_grad():
                         ref = im(*test)
                     for key, file in (("onnx", path), ("onnx_qdq", qdq)):
                         sess = session(file, threads=1)
-                        got = torch.cat([torch.from_numpy(sess.run(["output"], {"input": test[0][i:i + 1].numpy()})[0])
+                        names = [i.name for i in sess.get_inputs()]  # one per model input, in order
+                        got = torch.cat([torch.from_numpy(sess.run(["output"], {n: t[i:i + 1].numpy() for n, t in
+                                                                                 zip(names, test)})[0])
                                          for i in range(test[0].shape[0])])
                         info[f"{key}_bit_exact"] = bool(torch.equal(got, ref))
                         info[f"{key}_equal_fraction"] = float((got == ref).float().mean())
@@ -530,8 +533,10 @@ def evaluate(name: str, kind: str, meta: dict, model: nn.Module, calib: list, te
              notes: list[str], lowbit_target: tuple | None = None) -> tuple[list[dict], dict]:
     """Every method on one model: rows for the JSON file and a summary for the report.
 
-    ``lowbit_target`` = (module, calibration batches, example inputs, wrap): the lowbit methods quantize that
-    module (a part called by ``model``) and ``wrap(quantized part)`` is the model evaluated."""
+    ``lowbit_target`` = (module, calibration batches, example inputs, wrap, held-out inputs of the part): the lowbit
+    methods quantize that module (a part called by ``model``), check its integer model on the part's held-out
+    inputs, and ``wrap(quantized part)`` is the model evaluated (timed with the part's integer model where there
+    is one)."""
     log(f"{name}: float outputs on {test[0].shape[0]} held-out inputs")
     example = tuple(t[:1] for t in test)
     ref = run(model, test)
@@ -542,9 +547,11 @@ def evaluate(name: str, kind: str, meta: dict, model: nn.Module, calib: list, te
         if lowbit_target is None:
             q, info = fn(model, calib, example, test)
         else:
-            part, part_calib, part_example, wrap = lowbit_target
-            q, info = fn(part, part_calib, part_example)
+            part, part_calib, part_example, wrap, part_test = lowbit_target
+            q, info = fn(part, part_calib, part_example, part_test)
             q = None if q is None else wrap(q).eval()
+            if info.get("_integer") is not None:
+                info["_integer"] = wrap(info["_integer"]).eval()
         qs[method], infos[method] = q, info
         more = (f"; promoted {info['promoted']}, BOPs ratio {info['bops_ratio']}" if info.get("promoted") is not None
                 else "")
@@ -566,9 +573,7 @@ def evaluate(name: str, kind: str, meta: dict, model: nn.Module, calib: list, te
     results[PEER] = {**closeness(ref, out), **decide(out, qd, ref_decision)}
     # a method's integer model (to_integer) is what it deploys, so it is timed in place of its simulation
     runs = {m: infos[m].pop("_integer", None) or qs[m] for m in LOWBIT_METHODS}
-    if lowbit_target is not None:  # the integer model is of the part: the whole model runs its simulation
-        runs = dict(qs)
-    for m in LOWBIT_METHODS:
+    for m in LOWBIT_METHODS:  # (a part's integer model is timed inside the model that calls it)
         infos[m]["latency_of"] = ("integer model" if runs[m] is not qs[m] else
                                   "dynamic model (its int8 products at run time)" if m == DYN else "simulation")
     paths = {"float": model, **{m: runs[m] for m in LOWBIT_METHODS if runs[m] is not None}, PEER: qd}
@@ -1119,13 +1124,17 @@ def main() -> None:
             step_calib = [tuple(torch.cat([record[j][i] for j in range(k, min(k + 4, len(record)))])
                                 for i in range(3)) for k in range(0, len(record), 4)]  # 4 steps x 48 windows
             example = tuple(t[:1] for t in step_calib[0])
+            record_test: list = []
+            with torch.no_grad():
+                SileroVADStream(model.step, chunks, record_test)(data["test"][:24])
+            step_test = tuple(torch.cat([r[i] for r in record_test]) for i in range(3))  # 16 steps x 24 windows
             r, s = evaluate("silero-vad (step module)", kind + "; lowbit quantizes one step (x, h, c) -> (p, h', c'), "
                             "the caller carries the state", meta, model, calib, (data["test"],), decide, args.rounds,
                             [check, f"lowbit calibrates the step on the (chunk, h, c) inputs the float stream gives on "
                              f"the calibration windows: {len(record)} steps x {data['calib'].shape[0]} windows, "
                              f"{len(step_calib)} batches of {step_calib[0][0].shape[0]}"],
                             lowbit_target=(model.step, step_calib, example,
-                                           lambda q: SileroVADStream(q, chunks)))
+                                           lambda q: SileroVADStream(q, chunks), step_test))
             rows += r
             summaries.append(s)
         except Exception as exc:  # noqa: BLE001

@@ -113,10 +113,11 @@ def _qrecurrent(name: str, mod, args: tuple, kwargs: dict, out, widths) -> Layer
 
 
 def recurrent_input_macs(m: nn.Module, macs: int) -> int:
-    """The share of an ``nn.LSTM`` / ``nn.GRU``'s ``macs`` (unidirectional, no projection) spent on layer 0's input
+    """The share of an ``nn.LSTM`` / ``nn.GRU`` / cell's ``macs`` (unidirectional, no projection) spent on layer 0's input
     projection: ``T G H I`` of ``T G H sum_k (I_k + H)``."""
-    rows = (4 if isinstance(m, nn.LSTM) else 3) * m.hidden_size  # G H gate rows
-    per_step = rows * (m.input_size + m.hidden_size + (m.num_layers - 1) * 2 * m.hidden_size)
+    rows = (4 if isinstance(m, (nn.LSTM, nn.LSTMCell)) else 3) * m.hidden_size  # G H gate rows
+    layers = getattr(m, "num_layers", 1)  # (a cell: one layer, one step)
+    per_step = rows * (m.input_size + m.hidden_size + (layers - 1) * 2 * m.hidden_size)
     return macs // per_step * rows * m.input_size
 
 
