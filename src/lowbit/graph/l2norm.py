@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
-from lowbit.graph.nodes import free_name
+from lowbit.graph.nodes import swap_in
 from lowbit.nn.l2norm import QL2Normalize
 
 # the arguments after the input of each norm, in order, with their defaults
@@ -148,14 +148,8 @@ def swap_l2normalize(gm: fx.GraphModule) -> list[str]:
             continue
         if found is None:
             continue
-        name = free_name(gm, f"{node.name}_l2normalize")
-        gm.add_submodule(name, QL2Normalize(found.dim, node.name, found.eps))
-        with gm.graph.inserting_after(node):
-            new = gm.graph.call_module(name, (found.x,))
-        node.replace_all_uses_with(new)
-        for old in found.nodes:  # the division first: it reads the norm
-            gm.graph.erase_node(old)
-        added.append(name)
+        added.append(swap_in(gm, node, f"{node.name}_l2normalize", QL2Normalize(found.dim, node.name, found.eps),
+                             (found.x,), found.nodes))  # (found.nodes: the division first, it reads the norm)
     if added:
         gm.graph.lint()
         gm.recompile()

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import fx
 
-from lowbit.graph.nodes import add_operands, free_name, is_passthrough, module_of
+from lowbit.graph.nodes import add_operands, swap_in, is_passthrough, module_of
 from lowbit.nn.magnitude import QMagnitude
 from lowbit.nn.quantizers import ActQuantizer
 from lowbit.nn.qparams import QParams
@@ -99,14 +99,8 @@ def swap_magnitude(gm: fx.GraphModule) -> list[str]:
         found = find(node)
         if found is None:
             continue
-        name = free_name(gm, f"{node.name}_magnitude")
-        gm.add_submodule(name, QMagnitude(node.name, found.hypot))
-        with gm.graph.inserting_after(node):
-            new = gm.graph.call_module(name, (found.a, found.b))
-        node.replace_all_uses_with(new)
-        for old in found.nodes:  # readers first
-            gm.graph.erase_node(old)
-        added.append(name)
+        added.append(swap_in(gm, node, f"{node.name}_magnitude", QMagnitude(node.name, found.hypot),
+                             (found.a, found.b), found.nodes))  # (found.nodes: readers first)
     if added:
         gm.graph.lint()
         gm.recompile()

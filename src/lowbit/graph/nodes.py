@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import operator
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +31,21 @@ def free_name(gm: fx.GraphModule, base: str) -> str:
     name, i = base, 1
     while hasattr(gm, name):
         name, i = f"{base}_{i}", i + 1
+    return name
+
+
+def swap_in(gm: fx.GraphModule, node: fx.Node, base: str, module: nn.Module, args: tuple,
+            erase: Iterable[fx.Node]) -> str:
+    """Put ``module``, called on ``args``, in place of the pattern that ends at ``node``: its readers read the new
+    call, and the pattern's nodes ``erase`` (readers first) leave the graph; returns the new submodule's name (the
+    first free one from ``base``). The caller lints and recompiles once it has swapped every match."""
+    name = free_name(gm, base)
+    gm.add_submodule(name, module)
+    with gm.graph.inserting_after(node):
+        new = gm.graph.call_module(name, args)
+    node.replace_all_uses_with(new)
+    for old in erase:
+        gm.graph.erase_node(old)
     return name
 
 
