@@ -97,6 +97,11 @@ def swap_layernorm(gm: fx.GraphModule) -> list[str]:
         x, features, w, b, eps = form
         if not node.users or not _is_quantized(gm, x) or not all(_quantized_reader(gm, u) for u in node.users):
             continue
+        if node.op == "call_module":  # in place: the module keeps its name (LayerRule patterns, SmoothQuant groups)
+            parent, _, attr = str(node.target).rpartition(".")
+            setattr(gm.get_submodule(parent) if parent else gm, attr, QLayerNorm(features, w, b, eps, str(node.target)))
+            added.append(str(node.target))
+            continue
         name = free_name(gm, f"{node.name}_layernorm")
         gm.add_submodule(name, QLayerNorm(features, w, b, eps, node.name))
         with gm.graph.inserting_after(node):
