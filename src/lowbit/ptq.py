@@ -55,6 +55,7 @@ from lowbit.graph.fx_passes import (
 )
 from lowbit.graph.input_check import install as install_input_check
 from lowbit.graph.l2norm import swap_l2normalize
+from lowbit.graph.layernorm import swap_layernorm
 from lowbit.graph.magnitude import swap_magnitude
 from lowbit.graph.norm_inputs import per_feature_norm_inputs
 from lowbit.graph.recurrent import swap_recurrent
@@ -444,6 +445,7 @@ def prepare(model: nn.Module, config: PTQConfig = PTQConfig(), example_inputs: t
     recurrent = swap_recurrent(gm, lambda name: specs.layer(name) == (None, None))  # LSTM/GRU: int8 weights per row
     swap_l2normalize(gm)  # x / x.norm(dim=d, keepdim=True), F.normalize: the integer L2 normalisation
     swap_magnitude(gm)  # sqrt(a ** 2 + b ** 2), torch.hypot: the integer magnitude (an STFT's)
+    swap_layernorm(gm)  # a LayerNorm between a quantized producer and a quantizer: the integer LayerNorm
     insert_input_quantizers(gm, specs.input_for, plan)
     if config.first_last_bits is not None and specs.last is not None and specs.layer(specs.last)[0] is not None:
         widen_last_input(gm, specs.last, specs.input_for(specs.last))

@@ -114,12 +114,21 @@ def _magnitude(node: Node, x: Shape, y: Shape) -> tuple[int, int, int]:
     return 3 * e, e * (2 * 9 * 9 + 17 * 32), e
 
 
+def _layernorm(node: Node, x: Shape, y: Shape) -> tuple[int, int, int]:
+    """Per element three multiplies (9-bit codes by 16-bit multipliers, the 24-bit deviation squared, and by the
+    32-bit gamma, plus beta by the 27-bit root) and one rounding division, priced as one requantization; the
+    per-row integer square root is negligible beside ``C`` elements."""
+    e = math.prod(y)
+    return 4 * e, e * (9 * 16 + 24 * 24 + 24 * 32 + 27 * 32), e
+
+
 # this backend's table: (MACs, BOPs, requantizations) per sample of each op type
 COSTS: dict[type, Callable[[Node, Shape, Shape], tuple[int, int, int]]] = {
     ir.Quantize: _edge, ir.Dequantize: _edge, ir.Linear: _layer, ir.Conv2d: _layer, ir.MaxPool2d: _maxpool,
     ir.AvgPool2d: _pool, ir.Flatten: _move, ir.Pad: _move, ir.Unsqueeze: _move, ir.Squeeze: _move,
     ir.Permute: _move, ir.Reshape: _move, ir.Concat: _move, ir.Table: _edge,  # a lookup per element, priced as a requantization
     ir.Recurrent: _recurrent, ir.L2Normalize: _l2normalize, ir.Slice: _move, ir.Magnitude: _magnitude,
+    ir.LayerNorm: _layernorm,
 }
 
 

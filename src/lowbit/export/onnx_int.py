@@ -119,11 +119,17 @@ def quantized_values(b: _Builder, x: str, scale: float, zero_point: int, lo: int
 # ---------------------------------------------------------------- linear (read only by integer-written ops)
 
 
-def linear_exact_ok(node: Node) -> bool:
-    """A plain requantized int8 linear (one input, 8-bit codes, int8 weights) that :func:`emit_linear` writes."""
+def linear_exact_ok(node: Node, residual: bool = False) -> bool:
+    """A plain requantized int8 linear (one input, 8-bit codes, int8 weights) that :func:`emit_linear` writes; with
+    ``residual``, a requantized one with a residual summand too."""
     a = node.op.ir
     return (isinstance(a, ir.Linear) and a.weight_codes is ir.WeightCodes.INT and a.input_bits == 8
-            and _plain_stage(node))
+            and (_plain_stage(node) or residual and _residual_stage(node)))
+
+
+def _residual_stage(node: Node) -> bool:
+    """A requantized output stage with a residual summand (tensor ``m2``)."""
+    return len(node.inputs) == 2 and isinstance(node.op.ir.out, ir.Requantized) and "m2" in node.op.tensors
 
 
 def _plain_stage(node: Node) -> bool:
@@ -153,8 +159,20 @@ def _finish(b: _Builder, node: Node, acc: str, shape: tuple[int, ...]) -> None:
         return
     v = b.add("Mul", [acc, _c(b, f"{name}_m", _t(node, "m").numpy().reshape(shape))], f"{name}_prod")
     grid = _Grid.of(node.grid)
+    if len(node.inputs) == 2:  # the residual's centred codes times m2, on the accumulator's fixed point
+        r = b.integer_input(node, 1)
+        if _Grid.code(a.out.residual_zero_point, r.grid.signed) != r.grid.zero_point:
+            raise ConfigError(f"{name}: residual zero point {a.out.residual_zero_point} differs from the grid of "
+                              f"{node.inputs[1]!r}")
+        rc = b.add("Sub", [b.add("Cast", [r.codes], f"{name}_res64", to=7), _c(b, f"{name}_res_zp", r.grid.zero_point)],
+                   f"{name}_res_centred")
+        v = b.add("Add", [v, b.add("Mul", [rc, _c(b, f"{name}_m2", _t(node, "m2").numpy().reshape(shape))],
+                                   f"{name}_res_prod")], f"{name}_sum")
+    zp = grid.zero_point  # a zero point per channel (a LayerNorm's per-feature input grid): the tensor zp
+    if "zp" in node.op.tensors:
+        zp = _t(node, "zp").numpy().astype(I64).reshape(shape) + (0 if grid.signed else 128)
     q = b.add("Add", [rshift_even(b, v, _t(node, "n").numpy().reshape(shape), name),
-                      _c(b, f"{name}_zp", grid.zero_point)], f"{name}_shifted")
+                      _c(b, f"{name}_zp", zp)], f"{name}_shifted")
     q = clamp(b, q, _Grid.code(a.out.lo, grid.signed), _Grid.code(a.out.hi, grid.signed), name)
     b.record(b.add("Cast", [q], f"{name}_codes", to=3 if grid.signed else 2), grid, name)  # 3: INT8, 2: UINT8
 
@@ -243,6 +261,58 @@ def emit_l2normalize(b: _Builder, node: Node) -> None:
     y = b.add("Mul", [b.add("Sign", [v], f"{name}_sign"), k], f"{name}_y")  # S = 0: every x = 0, sign 0
     grid = _Grid.of(node.grid)
     b.record(b.add("Cast", [y], f"{name}_codes", to=3), grid, name)  # 3: INT8
+
+
+# ---------------------------------------------------------------- layernorm
+
+
+def emit_layernorm(b: _Builder, node: Node) -> None:
+    """``layernorm`` in int64 ops (:mod:`lowbit.functional.layernorm`): ``X = (codes - z_c) M_c``, ``mu`` by
+    :func:`floor_div` of ``2 ReduceSum(X) + C`` by ``2 C``, ``D = X - mu``, ``var = ReduceSum(D^2) / C + E``
+    (non-negative: a floor), ``sigma`` the exact integer root of ``var < 2^53`` as in :func:`emit_magnitude`, then
+    ``r = Sign(num) ((2 |num| + den) / (2 den))`` (non-negative division: a floor) with ``num = D A + B sigma``,
+    ``den = sigma 2^k`` (``sigma = 0``: ``D = 0``, ``sigma = 1``), the output zero point and bounds."""
+    from lowbit.export.onnx_qdq import _Grid
+
+    a, name, t = node.op.ir, node.output, node.op.tensors
+    x = b.integer_input(node)
+    c = int(t["multipliers"].numel())
+    zp = _t(node, "zero_points").numpy().astype(I64) + (0 if x.grid.signed else 128)  # ONNX codes
+    xc = b.add("Sub", [b.add("Cast", [x.codes], f"{name}_i64", to=7), _c(b, f"{name}_in_zp", zp)], f"{name}_centred")
+    big = b.add("Mul", [xc, _c(b, f"{name}_mult", _t(node, "multipliers").numpy())], f"{name}_fine")
+    axes = _c(b, f"{name}_axes", [-1])
+    total = b.add("ReduceSum", [big, axes], f"{name}_sum", keepdims=1)
+    twice = b.add("Add", [b.add("Mul", [total, _c(b, f"{name}_two", 2)], f"{name}_sum2"), _c(b, f"{name}_c", c)],
+                  f"{name}_sum2c")
+    mu = floor_div(b, twice, _c(b, f"{name}_2c", 2 * c), f"{name}_mean")
+    d = b.add("Sub", [big, mu], f"{name}_dev")
+    var = b.add("Div", [b.add("ReduceSum", [b.add("Mul", [d, d], f"{name}_sq"), axes], f"{name}_sqsum", keepdims=1),
+                        _c(b, f"{name}_count", c)], f"{name}_var0")  # >= 0: a floor
+    v = b.add("Add", [var, _c(b, f"{name}_eps", a.eps)], f"{name}_var")
+    r = b.add("Cast", [b.add("Floor", [b.add("Sqrt", [b.add("Cast", [v], f"{name}_f64", to=11)], f"{name}_sqrt")],
+                             f"{name}_floor")], f"{name}_root", to=7)  # 11: DOUBLE, 7: INT64
+    over = b.add("Cast", [b.add("Greater", [b.add("Mul", [r, r], f"{name}_r2"), v], f"{name}_over")],
+                 f"{name}_over64", to=7)
+    r = b.add("Sub", [r, over], f"{name}_root_dn")
+    r1 = b.add("Add", [r, _c(b, f"{name}_one", 1)], f"{name}_r1")
+    under = b.add("Cast", [b.add("LessOrEqual", [b.add("Mul", [r1, r1], f"{name}_r1sq"), v], f"{name}_under")],
+                  f"{name}_under64", to=7)
+    sigma = b.add("Add", [r, under], f"{name}_isqrt")
+    zero = b.add("Equal", [sigma, _c(b, f"{name}_zero", 0)], f"{name}_flat")
+    d = b.add("Where", [zero, _c(b, f"{name}_zeros", 0), d], f"{name}_dev0")
+    sigma = b.add("Max", [sigma, _c(b, f"{name}_one_s", 1)], f"{name}_sigma")
+    num = b.add("Add", [b.add("Mul", [d, _c(b, f"{name}_gamma", _t(node, "gamma").numpy())], f"{name}_dg"),
+                        b.add("Mul", [sigma, _c(b, f"{name}_beta", _t(node, "beta").numpy())], f"{name}_bs")],
+                f"{name}_num")
+    den = b.add("Mul", [sigma, _c(b, f"{name}_pow", 1 << a.shift)], f"{name}_den")
+    top = b.add("Add", [b.add("Mul", [b.add("Abs", [num], f"{name}_abs"), _c(b, f"{name}_two_n", 2)], f"{name}_abs2"),
+                        den], f"{name}_top")
+    k = b.add("Div", [top, b.add("Mul", [den, _c(b, f"{name}_two_d", 2)], f"{name}_den2")], f"{name}_k")  # a floor
+    k = b.add("Mul", [k, b.add("Sign", [num], f"{name}_sign")], f"{name}_round")
+    grid = _Grid.of(node.grid)
+    q = clamp(b, b.add("Add", [k, _c(b, f"{name}_out_zp", grid.zero_point)], f"{name}_shifted"),
+              _Grid.code(a.lo, grid.signed), _Grid.code(a.hi, grid.signed), name)
+    b.record(b.add("Cast", [q], f"{name}_codes", to=3 if grid.signed else 2), grid, name)  # 3: INT8, 2: UINT8
 
 
 # ---------------------------------------------------------------- magnitude
@@ -485,5 +555,5 @@ def emit_quantize16(b: _Builder, node: Node) -> None:
     b.values[name] = type(x)(codes)  # (no float twin: only a recurrent op reads it, through b.wide)
 
 
-__all__ = ["emit_l2normalize", "emit_magnitude", "emit_linear", "emit_quantize16", "emit_recurrent", "floor_div", "linear_exact_ok",
+__all__ = ["emit_l2normalize", "emit_layernorm", "emit_magnitude", "emit_linear", "emit_quantize16", "emit_recurrent", "floor_div", "linear_exact_ok",
            "quantized_values", "rshift_even", "unsigned_codes"]

@@ -496,7 +496,8 @@ class _Builder:
 
     def op_linear(self, node: Node) -> None:
         exact = node.output in self.integer_read or self.exact_layers  # (no QDQ fusion to keep, or asked)
-        if exact and onnx_int.linear_exact_ok(node):
+        # a residual layer read only by integer-written ops (a LayerNorm's input) is written in integers too
+        if exact and onnx_int.linear_exact_ok(node, residual=node.output in self.integer_read):
             onnx_int.emit_linear(self, node)
             return
         self._layer(node, conv=False)
@@ -510,6 +511,9 @@ class _Builder:
     def _layer(self, node: Node, conv: bool) -> None:
         op, name = node.op, node.output
         a, t = op.ir, op.tensors
+        if "zp" in t:
+            raise ConfigError(f"{name}: a zero point per output channel (a LayerNorm's per-feature input grid) is "
+                              "written only for a linear layer that integer LayerNorms alone read")
         x = self.integer_input(node)
         if _Grid.code(a.input_zero_point, x.grid.signed) != x.grid.zero_point:
             raise ConfigError(f"{name}: input zero point {a.input_zero_point} differs from the grid of "
@@ -813,7 +817,7 @@ def _node_shape(node: Node, x: tuple[int, ...]) -> tuple[int, ...]:
         if not 1 <= a.dim < len(x) or not 0 <= a.start < a.stop <= x[a.dim]:
             raise ConfigError(f"{node.output}: slice {a.start}:{a.stop} along dim {a.dim} of a tensor of shape {x}")
         return (*x[:a.dim], a.stop - a.start, *x[a.dim + 1:])
-    if kind == "magnitude":
+    if kind in ("magnitude", "layernorm"):
         return x
     if kind == "l2normalize":
         if not 1 <= a.dim < len(x):
@@ -990,6 +994,7 @@ EXPORTERS: dict[type, Callable[[_Builder, Node], None]] = {
     ir.Table: _Builder.op_table, ir.Concat: _Builder.op_concat,
     ir.Recurrent: onnx_int.emit_recurrent,  # (exact int64 / MatMulInteger / Scan forms, not QDQ)
     ir.L2Normalize: onnx_int.emit_l2normalize, ir.Magnitude: onnx_int.emit_magnitude,
+    ir.LayerNorm: onnx_int.emit_layernorm,
     ir.Slice: _Builder.op_slice,
 }
 
@@ -1041,7 +1046,7 @@ def to_onnx_model(model: IntegerModel, input_shape: tuple[int, ...], opset: int 
     b = _Builder(onnx, shapes, expose_codes, opset, _foldable_pads(model, shapes), residual)
     b.used.update(graph_names)
     b.exact_layers = exact_layers
-    b.integer_read = _read_only_by(model, ("recurrent", "l2normalize", "magnitude"))
+    b.integer_read = _read_only_by(model, ("recurrent", "l2normalize", "magnitude", "layernorm"))
     for name, graph_name in zip(model.input_names, graph_names):
         b.values[name] = _Value(graph_name)
     for node in model.nodes:

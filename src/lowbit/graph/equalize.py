@@ -49,6 +49,7 @@ from torch import fx, nn
 
 from lowbit.granularity import PerChannel
 from lowbit.graph.nodes import is_passthrough, module_of
+from lowbit.nn.layernorm import QLayerNorm
 from lowbit.nn.quantizers import ActQuantizer
 from lowbit.nn.unified import UnifiedConv, _Unified
 
@@ -213,11 +214,16 @@ def find_norm_groups(gm: fx.GraphModule) -> list[NormGroup]:
     groups = []
     for node in gm.graph.nodes:
         m = module_of(gm, node)
-        if not (isinstance(m, nn.LayerNorm) and m.weight is not None and m.bias is not None
-                and len(m.normalized_shape) == 1):
+        if isinstance(m, QLayerNorm):  # (the integer LayerNorm PTQ swapped in: its affine map is its own)
+            features = m.features
+        elif isinstance(m, nn.LayerNorm) and len(m.normalized_shape) == 1:
+            features = m.normalized_shape[0]
+        else:
+            continue
+        if m.weight is None or m.bias is None:
             continue
         readers = _linear_readers(gm, node)
-        if readers and all(module_of(gm, r).weight.shape[1] == m.normalized_shape[0] for r in readers):
+        if readers and all(module_of(gm, r).weight.shape[1] == features for r in readers):
             groups.append(NormGroup(str(node.target), tuple(str(r.target) for r in readers)))
     return groups
 

@@ -28,6 +28,7 @@ from lowbit.graph.nodes import (
 from lowbit.graph.recurrent import recurrent_part
 from lowbit.graph.tables import will_tabulate
 from lowbit.nn.l2norm import UNIT_GRID, QL2Normalize
+from lowbit.nn.layernorm import QLayerNorm
 from lowbit.nn.magnitude import QMagnitude
 from lowbit.nn.recurrent import H_GRID, QRecurrent
 from lowbit.nn.quantizers import ActQuantizer
@@ -257,7 +258,8 @@ def insert_input_quantizers(gm: fx.GraphModule, spec_for_input: Callable[[str], 
     plan.float_ops = [
         n.name for n in gm.graph.nodes
         if n.op in ("call_module", "call_function", "call_method")
-        and not isinstance(module_of(gm, n), (_Unified, QAvgPool, ActQuantizer, QRecurrent, QL2Normalize, QMagnitude))
+        and not isinstance(module_of(gm, n), (_Unified, QAvgPool, ActQuantizer, QRecurrent, QL2Normalize, QMagnitude,
+                                                    QLayerNorm))
         and not is_passthrough(gm, n)
         and not will_tabulate(gm, n)  # convert makes it a lookup table (lowbit.graph.tables)
     ]
@@ -360,7 +362,7 @@ def producer_qparams(gm: fx.GraphModule, node: fx.Node):
 def attach_input_qparams(gm: fx.GraphModule) -> None:
     """Tell each unified module and average pool the grids of its inputs (after the quantizers froze); quantize
     each recurrent layer and L2 normalisation for its input's grid, and each magnitude for its inputs' grid and the
-    grid of the quantizer that reads it."""
+    grid of the quantizer that reads it, and each LayerNorm for its input's grid and its reader's."""
     for node in gm.graph.nodes:
         m = module_of(gm, node)
         if isinstance(m, (QRecurrent, QL2Normalize)) and node.args:
@@ -370,6 +372,11 @@ def attach_input_qparams(gm: fx.GraphModule) -> None:
 
             m.freeze(*(producer_qparams(gm, a) if isinstance(a, fx.Node) else None for a in node.args[:2]),
                      output_qparams(gm, node))
+        if isinstance(m, QLayerNorm) and node.args:  # its input's grid (per feature or per tensor), its reader's
+            from lowbit.graph.layernorm import input_grid
+            from lowbit.graph.magnitude import output_qparams
+
+            m.freeze(input_grid(gm, node.args[0]), output_qparams(gm, node))
         if isinstance(m, (_Unified, QAvgPool)):
             args = [a for a in node.args if isinstance(a, fx.Node)]
             m.input_qparams = producer_qparams(gm, args[0]) if args else None

@@ -101,7 +101,10 @@ class Dequantize:
 @dataclass(frozen=True)
 class Requantized:
     """A layer's output stage that gives int8 codes: ``clamp(zero_point + (acc m) >> n, lo, hi)`` (tensors
-    ``m``, ``n``); with a residual input (tensor ``m2``), its codes minus ``residual_zero_point`` are added."""
+    ``m``, ``n``); with a residual input (tensor ``m2``), its codes minus ``residual_zero_point`` are added. An
+    optional int32 tensor ``zp`` gives a zero point per output channel instead (``zero_point`` is then 0): the
+    per-feature grid of a linear layer only integer LayerNorms read (:mod:`lowbit.graph.norm_inputs`); such a
+    tensor's node grid is nominal (the largest feature scale), the readers carry the real per-feature grid."""
 
     zero_point: int
     lo: int
@@ -406,11 +409,30 @@ class Magnitude:
     shift: int
 
 
+@dataclass(frozen=True)
+class LayerNorm:
+    """LayerNorm over the last dimension (``C`` features) of int8 codes, to the codes of the output grid
+    (``zero_point``, bounds ``lo``/``hi``), in integers only (:mod:`lowbit.functional.layernorm` gives the arithmetic,
+    its bounds and its proof). Tensors, each of shape (C,): ``zero_points`` (int32, the input's stored zero point per
+    feature), ``multipliers`` ``M`` (int64, ``0..2^15``: the feature scales on one fine grid), ``gamma`` ``A`` and
+    ``beta`` ``B`` (int64, ``|.| < 2^31``). With ``X = (q - zero_points) M``, ``mu = round(mean X)``, ``D = X - mu``,
+    ``sigma = isqrt(floor(mean D^2) + eps)``: ``out = clamp(zero_point + round((D A + B sigma) / (sigma 2^shift)),
+    lo, hi)`` (half away from zero; ``sigma = 0`` gives ``round(B / 2^shift)``)."""
+
+    kind: ClassVar[str] = "layernorm"
+    zero_point: int
+    lo: int
+    hi: int
+    shift: int
+    eps: int
+
+
 QUANTIZE_BITS = (8, 16)  # the widths of quantize's codes and of the recurrent op's input
 IROp = Union[Quantize, Dequantize, Linear, Conv2d, MaxPool2d, AvgPool2d, Flatten, Pad, Unsqueeze, Squeeze, Permute,
-             Reshape, Table, Concat, Recurrent, L2Normalize, Slice, Magnitude]
+             Reshape, Table, Concat, Recurrent, L2Normalize, Slice, Magnitude, LayerNorm]
 OP_TYPES: tuple[type, ...] = (Quantize, Dequantize, Linear, Conv2d, MaxPool2d, AvgPool2d, Flatten, Pad, Unsqueeze,
-                              Squeeze, Permute, Reshape, Table, Concat, Recurrent, L2Normalize, Slice, Magnitude)
+                              Squeeze, Permute, Reshape, Table, Concat, Recurrent, L2Normalize, Slice, Magnitude,
+                              LayerNorm)
 KINDS: dict[str, type] = {t.kind: t for t in OP_TYPES}
 LAYERS = (Linear, Conv2d)
 
@@ -514,6 +536,8 @@ def parse(kind: str, attrs: dict[str, Any], requantized: bool = True) -> IROp:
         return Slice(int(a["dim"]), int(a["start"]), int(a["stop"]))
     if kind == "magnitude":
         return Magnitude(*(int(a[k]) for k in ("input_zero_point", "zero_point", "lo", "hi", "multiplier", "shift")))
+    if kind == "layernorm":
+        return LayerNorm(*(int(a[k]) for k in ("zero_point", "lo", "hi", "shift", "eps")))
     if kind in ("unsqueeze", "squeeze", "concat"):
         return KINDS[kind](int(a["dim"]))
     if kind == "permute":
@@ -530,6 +554,6 @@ def parse(kind: str, attrs: dict[str, Any], requantized: bool = True) -> IROp:
     raise KeyError(f"unknown integer op kind {kind!r}; known: {sorted(KINDS)}")
 
 
-__all__ = ["input_low", "OP_TYPES", "PAD_MODES", "Act", "Cell", "Emit", "L2Normalize", "Magnitude", "Slice", "Recurrent", "AvgPool2d", "Binarized", "Conv2d", "Dequantize", "Dequantized", "Flatten", "Grid", "IROp", "KINDS", "Squeeze", "Unsqueeze",
+__all__ = ["input_low", "OP_TYPES", "PAD_MODES", "Act", "Cell", "Emit", "L2Normalize", "LayerNorm", "Magnitude", "Slice", "Recurrent", "AvgPool2d", "Binarized", "Conv2d", "Dequantize", "Dequantized", "Flatten", "Grid", "IROp", "KINDS", "Squeeze", "Unsqueeze",
            "LAYERS", "Concat", "Linear", "MaxPool2d", "OutputStage", "Pad", "Permute", "QUANTIZE_BITS", "Reshape", "Table", "Quantize", "Requantized", "WeightCodes",
            "attrs_of", "parse"]

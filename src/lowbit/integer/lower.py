@@ -40,7 +40,7 @@ from lowbit.integer.model import Input, IntegerModel, Node
 from lowbit.integer.ops import build
 from lowbit.prepared import record_of
 from lowbit.graph.input_check import check_input
-from lowbit.nn.exact import layer_params, pool_params
+from lowbit.nn.exact import channel_output, layer_params, pool_params
 from lowbit.functional.lookup import grid_values
 from lowbit.graph.l2norm import refusal as l2_refusal
 from lowbit.graph.norm_inputs import per_feature
@@ -50,9 +50,10 @@ from lowbit.functional.fixed_rnn import H_MAX
 from lowbit.nn.recurrent import C_QPARAMS, H_QPARAMS, QRecurrent, input_width
 from lowbit.graph.tables import tabulable
 from lowbit.nn.l2norm import UNIT_QPARAMS, QL2Normalize
+from lowbit.nn.layernorm import QLayerNorm
 from lowbit.nn.lookup import Lookup
 from lowbit.nn.magnitude import QMagnitude
-from lowbit.nn.qparams import QParams, offset, stored_zero_point
+from lowbit.nn.qparams import ChannelQParams, QParams, offset, stored_zero_point
 from lowbit.nn.quantizers import ActQuantizer
 from lowbit.nn.unified import QAvgPool, UnifiedConv, _Unified
 
@@ -78,6 +79,7 @@ class _Lowering:
         self.squeezed: dict[str, str] = {}  # output of a squeeze(2) we emitted -> its 4-D (height 1) source
         self.recurrent_ops: dict[tuple, str] = {}  # (layer call, emit, layer) -> the recurrent op's output
         self.zeros: set[fx.Node] = set()  # zero tensors read only as a cell's initial state
+        self.channel: dict[str, ChannelQParams] = {}  # IR tensor name -> its grid per feature (an LN's input)
 
     def emit(self, op: ir.IROp, inputs: list[str], out: str, tensors: dict | None, q: QParams | None,
              source: str) -> None:
@@ -155,6 +157,8 @@ class _Lowering:
             self.maxpool1d(node, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode)
         elif isinstance(m, QMagnitude):
             self.magnitude(node, m)
+        elif isinstance(m, QLayerNorm):
+            self.layernorm(node, m)
         elif isinstance(m, (nn.ZeroPad1d, nn.ZeroPad2d)):
             self.pad(node, list(m.padding))
         elif isinstance(m, _EDGE_PADS):
@@ -449,9 +453,9 @@ class _Lowering:
         return 8
 
     def layer(self, node: fx.Node, m: _Unified) -> None:
-        if per_feature(m):
+        if per_feature(m) and (why := self._per_feature_refusal(node, m)) is not None:
             self.unsupported.append(f"{node.target} has one output scale per feature, for the LayerNorm that reads "
-                                    "it (PTQConfig.ln_inputs_per_feature; the integer engine has no LayerNorm)")
+                                    f"it (PTQConfig.ln_inputs_per_feature; {why})")
             return
         if not m.exact:
             self.unsupported.append(f"{node.target} is not a converted quantized layer (kept float, or its "
@@ -478,7 +482,11 @@ class _Lowering:
             out = ir.Dequantized(act, lo, hi, None if p.residual is None else float(p.residual.scale), rz)
         else:
             off = offset(p.output)
-            out = ir.Requantized(stored_zero_point(p.output), p.lo - off, p.hi - off, rz)
+            if isinstance(p.output, ChannelQParams):  # a zero point per feature; the node's grid is nominal
+                out = ir.Requantized(0, p.lo - off, p.hi - off, rz)
+                tensors["zp"] = (p.output.zero_point - off).to(torch.int32)
+            else:
+                out = ir.Requantized(stored_zero_point(p.output), p.lo - off, p.hi - off, rz)
             tensors.update(m=p.m, n=p.n)
             if p.residual is not None:
                 tensors["m2"] = p.m2
@@ -514,7 +522,45 @@ class _Lowering:
                       str(node.target))
             self.from_2d(f"{node.name}_2d", node)
             return
-        self.emit(op, ins, node.name, tensors, p.output, str(node.target))
+        if isinstance(p.output, ChannelQParams):
+            self.emit(op, ins, node.name, tensors, _nominal(p.output), str(node.target))
+            self.channel[node.name] = p.output
+        else:
+            self.emit(op, ins, node.name, tensors, p.output, str(node.target))
+        self.names[node] = node.name
+
+    def _per_feature_refusal(self, node: fx.Node, m: _Unified) -> str | None:
+        """Why a layer with one output grid per feature cannot lower (None: it can): it must be a linear layer without
+        an activation whose every reader is an integer LayerNorm (frozen)."""
+        if not channel_output(m):
+            return "only a linear layer without an activation, on at most 8 bits, lowers with a grid per feature"
+        for u in node.users:
+            r = module_of(self.gm, u)
+            if not isinstance(r, QLayerNorm):
+                return f"{u.name} reads it, and only an integer LayerNorm reads a grid per feature"
+            if not r.frozen:
+                return f"the LayerNorm {r.source} that reads it stays float: {r.why}"
+        return None
+
+    def layernorm(self, node: fx.Node, m: QLayerNorm) -> None:
+        """A LayerNorm frozen for its input's grid (per feature or per tensor) and its reader's: a ``layernorm``
+        op whose int8 output lies on the reader's grid (the quantizer then aliases it)."""
+        if not m.frozen:
+            self.unsupported.append(f"{node.target} (the LayerNorm {m.source} stays float: {m.why})")
+            return
+        src = self.arg(node)
+        q = self.channel.get(src) or self.grids[src]
+        grid_in = None if q is None else ChannelQParams.of(q, m.features)
+        if grid_in is None or not grid_in.same(m.input_qparams):
+            self.unsupported.append(f"{node.target} (the LayerNorm {m.source}: its input is not on the 8-bit grid it "
+                                    "was frozen for)")
+            return
+        o, p = m.output_qparams, m.params
+        off, off_in = offset(o), offset(grid_in)
+        op = ir.LayerNorm(stored_zero_point(o), o.fmt.qmin - off, o.fmt.qmax - off, p.shift, p.eps)
+        tensors = {"zero_points": (grid_in.zero_point - off_in).to(torch.int32), "multipliers": p.multipliers,
+                   "gamma": p.gamma, "beta": p.beta}
+        self.emit(op, [src], node.name, tensors, o, m.source)
         self.names[node] = node.name
 
     def recurrent_call(self, node: fx.Node, m: QRecurrent) -> None:
@@ -699,6 +745,12 @@ def _next_quantizer(gm: fx.GraphModule, node: fx.Node) -> ActQuantizer | str | N
         if not (is_passthrough(gm, node) or node.target in _LAYOUT_FUNCTIONS):
             return None
     return None
+
+
+def _nominal(q: ChannelQParams) -> QParams:
+    """The node grid of a tensor on one grid per feature: the largest scale, stored zero point 0 (nominal: its
+    readers, integer LayerNorms, hold the real grid)."""
+    return QParams(float(q.scale.max()), offset(q), q.fmt)
 
 
 def _pool_args(node: fx.Node) -> tuple:

@@ -22,6 +22,7 @@ from lowbit.native import cext
 from lowbit.integer import kernels as torch_kernels
 from lowbit.integer import rnn, vnni
 from lowbit.functional.l2norm import l2_normalize_codes
+from lowbit.functional.layernorm import layernorm_codes
 from lowbit.functional.magnitude import magnitude_codes
 from lowbit.functional.lookup import lookup
 from lowbit.functional.requant import dequantize_acc, dequantize_codes, half_of
@@ -110,6 +111,7 @@ class _Layer(Op):
             (torch.full((o,), 2, dtype=torch.int64), torch.zeros(o, dtype=torch.int64), 1, -1, 1) if self.binarized
             else (t["m"], t["n"], op.out.zero_point, op.out.lo, op.out.hi))
         self.half = None if self.dequant else half_of(self.req[1])
+        self.zp = t.get("zp")  # a zero point per output channel: the PyTorch requantization runs it
         self._bitwise: dict[str, object] = {}  # the weight packed for the bitwise kernels, made on first use
         self._packed: tuple[vnni.PackedWeight, torch.Tensor] | None = None
         self.requant_spec: vnni.Requant | None = None  # the VNNI epilogue's arguments, set when packed
@@ -118,7 +120,7 @@ class _Layer(Op):
         """The VNNI-packed weight and the per-column term added to its accumulators (packed on first
         use); None where ``kernels`` do not use the VNNI GEMM or it is unavailable."""
         if not (kernels.vnni and _c(kernels) and vnni.available() and weight_mat.shape[1] <= vnni.MAX_K) \
-                or self.ir.xnor:
+                or self.ir.xnor or self.zp is not None:
             return None
         if self._packed is None:
             w = vnni.pack_weight(weight_mat)
@@ -223,7 +225,9 @@ class _Layer(Op):
         a, t = self.ir.out, self.tensors
         m, n, zero_point, lo, hi = self.req
         rz = getattr(a, "residual_zero_point", None) or 0
-        if _c(kernels):
+        if self.zp is not None:
+            zero_point = chan(self.zp.to(torch.int64))
+        elif _c(kernels):
             return cext.requant(acc, bias, m, n, zero_point, lo, hi, residual, rz, t.get("m2"), self.half)
         res = None if residual is None else residual.to(torch.int64) - rz
         m2 = chan(t["m2"]) if "m2" in t else None
@@ -517,13 +521,28 @@ class Magnitude(Op):
         return y.to(torch.int8)
 
 
+class LayerNorm(Op):
+    """LayerNorm over the last dimension of int8 codes (:class:`lowbit.integer.ir.LayerNorm`): int64 sums, one exact
+    integer square root per row and one rounding division per element (:func:`lowbit.functional.layernorm.
+    layernorm_codes`, the simulation's own function), int8 codes of the output grid. Every kernel choice runs it."""
+
+    def __call__(self, x: torch.Tensor, kernels: Kernels = Kernels.VNNI) -> torch.Tensor:
+        t, o = self.tensors, self.ir
+        if x.dtype != torch.int8 or x.ndim < 2 or x.shape[-1] != t["multipliers"].numel():
+            raise ShapeError(f"a layernorm reads int8 codes of {t['multipliers'].numel()} features (last dimension), "
+                             f"got {x.dtype} {tuple(x.shape)}")
+        centred = x.to(torch.int64) - t["zero_points"].to(torch.int64)
+        y = layernorm_codes(centred, t["multipliers"], t["gamma"], t["beta"], o.shift, o.eps, o.zero_point, o.lo, o.hi)
+        return y.to(torch.int8)
+
+
 # this backend's table: the runner of each op type
 RUNNERS: dict[type, type[Op]] = {ir.Quantize: Quantize, ir.Dequantize: Dequantize, ir.Linear: Linear,
                                  ir.Conv2d: Conv2d, ir.MaxPool2d: MaxPool2d, ir.AvgPool2d: AvgPool2d,
                                  ir.Flatten: Flatten, ir.Pad: Pad, ir.Unsqueeze: Unsqueeze, ir.Squeeze: Squeeze,
                                  ir.Permute: Permute, ir.Reshape: Reshape, ir.Table: Table, ir.Concat: Concat,
                                  ir.Recurrent: Recurrent, ir.L2Normalize: L2Normalize, ir.Slice: Slice,
-                                 ir.Magnitude: Magnitude}
+                                 ir.Magnitude: Magnitude, ir.LayerNorm: LayerNorm}
 
 
 def build(op: ir.IROp, tensors: Tensors | None = None) -> Op:

@@ -172,6 +172,8 @@ def _output_stage(b: Builder, op: ops._Layer, residual: int) -> tuple[list[int],
     implicit conv step: fused requantization, or raw int32 for a dequantizing layer."""
     if op.dequant:
         return [-1, -1, -1, -1, -1], [0, 0, 0, 0, 0]
+    if op.zp is not None:
+        raise Unsupported("a zero point per output channel (the plan's requantization step takes one)")
     r = op.requant_spec
     return ([b.const(r.m), b.const(r.n), b.const(r.half), residual, b.const(r.m2)],
             [1, r.res_zp, r.zp, r.lo, r.hi])
@@ -234,6 +236,8 @@ def _acc_out(b: Builder, op: ops._Layer, acc: int, rows: int, o: int, shape, cha
         _finish_dequant(b, op, acc, out, op.bias_folded, rows, o)
         return out
     m, shift, zero_point, lo, hi = op.req
+    if op.zp is not None:
+        raise Unsupported("a zero point per output channel (the plan's requantization step takes one)")
     out = b.value(shape, torch.int8, channels_last)
     b.step(Kind.REQUANT, [acc, b.const(op.bias_folded), b.const(m), b.const(shift), b.const(op.half), -1, -1,
                           out.slot], [rows, o, 0, zero_point, lo, hi])
@@ -421,6 +425,8 @@ def _depthwise(b: Builder, op: ops.Conv2d, x: Value, residual: Value | None) -> 
         out = _dequant_out(b, op, (n, c, ho, wo), True, residual)
         _finish_dequant(b, op, acc, out, bias, rows, c)
         return out
+    if op.zp is not None:
+        raise Unsupported("a zero point per output channel (the plan's requantization step takes one)")
     out = b.value((n, c, ho, wo), torch.int8, True)
     m, shift, zero_point, lo, hi = op.req  # the stage's requantization (a sign output's integer form too)
     b.step(Kind.REQUANT, [acc, b.const(bias), b.const(m), b.const(shift), b.const(op.half), res,
@@ -517,6 +523,8 @@ NO_PLAN: dict[type, str] = {
                     "op-by-op execution",
     ir.Slice: "a slice runs op by op (the plan keeps conv outputs channels-last and has no strided copy step): the "
               "model falls back to op-by-op execution",
+    ir.LayerNorm: "an integer LayerNorm runs op by op (the plan has no reduction step): the model falls back to "
+                  "op-by-op execution",
     ir.Magnitude: "an integer magnitude runs op by op (the plan has no two-input elementwise step): the model falls "
                   "back to op-by-op execution",
 }

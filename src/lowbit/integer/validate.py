@@ -280,12 +280,17 @@ def _output_stage(a: dict, t: dict, o: int, n_in: int) -> None:
         else:
             _absent(a, ("residual_scale", "residual_zero_point"), "without a residual input")
         return
-    _tensor_names(t, {"weight", "bias", "m", "n"}, {"m2"} if n_in == 2 else set())
+    _tensor_names(t, {"weight", "bias", "m", "n"}, ({"m2"} if n_in == 2 else set()) | {"zp"})
     _tensor(t, "m", torch.int64, (o,))
     _tensor(t, "n", torch.int64, (o,))
     _values(t, "m", 0, MAX_M)
     _values(t, "n", 0, MAX_SHIFT)
     _bounds(a)
+    if "zp" in t:  # a zero point per output channel (an integer LayerNorm's per-feature input grid)
+        _tensor(t, "zp", torch.int32, (o,))
+        _values(t, "zp", *INT8)
+        if a.get("zero_point") != 0:
+            raise Invalid(f"attribute 'zero_point' = {a.get('zero_point')!r:.40} beside tensor 'zp'; allowed: 0")
     _absent(a, ("act", "act_lo", "act_hi", "residual_scale"), "on a requantizing layer (the activation is in "
                                                               "'lo'/'hi')")
     if n_in == 2:
@@ -346,7 +351,7 @@ def _weight_codes(a: dict, w: torch.Tensor, bits: int) -> None:
 
 def _linear_attrs(a: dict, t: dict, n_in: int) -> None:
     _known(a, _LAYER_ATTRS)
-    _tensor_names(t, {"weight", "bias"}, {"acc_scale", "m", "n", "m2"})
+    _tensor_names(t, {"weight", "bias"}, {"acc_scale", "m", "n", "m2", "zp"})
     w = _weights(a, t, 2)
     _output_stage(a, t, w.shape[0], n_in)
 
@@ -377,7 +382,7 @@ def _conv2d_attrs(a: dict, t: dict, n_in: int) -> None:
     _known(a, _LAYER_ATTRS | {"stride", "padding", "dilation", "groups", "pad_value"})
     if "pad_value" in a:
         _int(a, "pad_value", *INT8)
-    _tensor_names(t, {"weight", "bias"}, {"acc_scale", "m", "n", "m2"})
+    _tensor_names(t, {"weight", "bias"}, {"acc_scale", "m", "n", "m2", "zp"})
     w = _weights(a, t, 4)
     _pair(a, "stride", 1, MAX_GEOM)
     _pair(a, "padding", 0, MAX_GEOM)
@@ -761,6 +766,38 @@ def _magnitude_shape(a: dict, t: dict, ins: list[Spec]) -> Spec:
     return Spec(x.shape, torch.int8)
 
 
+def _layernorm_attrs(a: dict, t: dict, n_in: int) -> None:
+    """The integer LayerNorm: int8 output zero point and bounds, a shift of at most 32, an integer eps below
+    ``2^52``, and per feature an int8 input zero point, a multiplier in ``0..2^15`` and ``|gamma|, |beta| < 2^31``
+    (the bounds under which :mod:`lowbit.functional.layernorm` proves that nothing overflows int64)."""
+    from lowbit.functional import layernorm as ln
+
+    _known(a, {"zero_point", "lo", "hi", "shift", "eps"})
+    _bounds(a)
+    _int(a, "shift", 0, ln.MAX_SHIFT)
+    _int(a, "eps", 0, ln.MAX_EPS)
+    _tensor_names(t, {"zero_points", "multipliers", "gamma", "beta"})
+    zp = _tensor(t, "zero_points", torch.int32, ndim=1)
+    c = zp.numel()
+    if not 1 <= c <= ln.MAX_FEATURES:
+        raise Invalid(f"tensor 'zero_points' has {c} features; allowed: 1..{ln.MAX_FEATURES}")
+    _values(t, "zero_points", *INT8)
+    for name in ("multipliers", "gamma", "beta"):
+        _tensor(t, name, torch.int64, (c,))
+    _values(t, "multipliers", 0, ln.MAX_MULT)
+    _values(t, "gamma", -ln.MAX_COEF, ln.MAX_COEF)
+    _values(t, "beta", -ln.MAX_COEF, ln.MAX_COEF)
+
+
+def _layernorm_shape(a: dict, t: dict, ins: list[Spec]) -> Spec:
+    """int8 codes whose last dimension has the op's features, int8 codes of that shape out."""
+    x = _expect(ins, 0, (torch.int8,))
+    c = t["zero_points"].numel()
+    if not x.shape or x.shape[-1] != c:
+        raise Invalid(f"input of per-sample shape {list(x.shape)}; allowed: a last dimension of {c} features")
+    return Spec(x.shape, torch.int8)
+
+
 # the safetensors I/O backend's table: what a file's node of each op type must satisfy before it is built
 CHECKS: dict[type, KindCheck] = {
     ir.Quantize: KindCheck(_quantize_attrs, _quantize_shape, (1, 1)),
@@ -781,6 +818,7 @@ CHECKS: dict[type, KindCheck] = {
     ir.L2Normalize: KindCheck(_l2normalize_attrs, _l2normalize_shape, (1, 1)),
     ir.Slice: KindCheck(_slice_attrs, _slice_shape, (1, 1)),
     ir.Magnitude: KindCheck(_magnitude_attrs, _magnitude_shape, (2, 2)),
+    ir.LayerNorm: KindCheck(_layernorm_attrs, _layernorm_shape, (1, 1)),
 }
 KNOWN_KINDS = sorted(t.kind for t in CHECKS)
 

@@ -26,7 +26,7 @@ import torch
 
 from lowbit.formats import Binary
 from lowbit.functional.requant import dequantize_acc, dequantize_codes, fixed_point, requantize
-from lowbit.nn.qparams import QParams, offset
+from lowbit.nn.qparams import ChannelQParams, QParams, offset
 
 # The bias is clipped to +-2^30 (not the int32 limits): a bias that large saturates its channel for
 # every input (|x w| sums stay far below 2^30), and the integer model's zero-point-folded bias
@@ -43,7 +43,8 @@ class LayerParams:
     acc_scale: torch.Tensor  # float64, s_x * s_w per channel
     input: QParams
     residual: QParams | None
-    output: QParams | None  # None: the accumulator is dequantized (network output)
+    output: QParams | ChannelQParams | None  # None: the accumulator is dequantized (network output); one grid per
+    # feature for a linear layer only LayerNorms read (lowbit.graph.norm_inputs: zero points per output channel)
     m: torch.Tensor | None = None
     n: torch.Tensor | None = None
     m2: torch.Tensor | None = None
@@ -68,13 +69,36 @@ def _act_bounds(act: torch.nn.Module, out: QParams) -> tuple[int, int]:
     raise TypeError(f"activation {type(act).__name__} cannot be folded into requantization")
 
 
+def channel_output(module) -> bool:
+    """A linear layer (no activation) whose output grid has one scale and zero point per output feature, of at most
+    8 bits (:mod:`lowbit.graph.norm_inputs`): its requantization takes a zero point per channel."""
+    from lowbit.formats import IntFormat
+    from lowbit.nn.unified import UnifiedLinear
+
+    q = getattr(module, "output_quant", None)
+    return (isinstance(module, UnifiedLinear) and isinstance(module.act, torch.nn.Identity) and q is not None
+            and q.scale.numel() == module.weight.shape[0] and q.scale.numel() > 1 and getattr(q.spec, "axis", None)
+            == -1 and isinstance(q.spec.format, IntFormat) and q.spec.format.bits <= 8)
+
+
+def output_grid(module) -> QParams | ChannelQParams | None:
+    """The frozen output grid of a unified module: per tensor, or per feature (:func:`channel_output`)."""
+    q = module.output_quant
+    if q is None:
+        return None
+    if channel_output(module):
+        return ChannelQParams(q.scale.detach().to(torch.float32).reshape(-1).clone(),
+                              q.zero_point.detach().to(torch.int64).reshape(-1).clone(), q.spec.format)
+    return module.output_qparams
+
+
 def layer_params(module) -> LayerParams:
     """Integer weights, bias, multipliers and bounds of a converted unified module."""
     wq, inp = module.weight_quant, module.input_qparams
     w_scale = wq.scale.to(torch.float64).reshape(-1).expand(module.weight.shape[0])
     weight = wq.codes(module.weight.detach()).to(torch.int32)  # the spec's own codes: integer, ternary, power of two
     acc_scale = inp.scale * w_scale
-    res, out = module.residual_qparams, module.output_qparams
+    res, out = module.residual_qparams, output_grid(module)
     binarized = out is not None and isinstance(out.fmt, Binary)
     bias = torch.zeros(weight.shape[0], dtype=torch.int64)
     if module.bias is not None:
@@ -88,11 +112,12 @@ def layer_params(module) -> LayerParams:
         if res is not None:
             raise TypeError("a binary (sign) output after a residual add has no integer form here")
         return LayerParams(weight, bias, acc_scale, inp, res, out, lo=-1, hi=1)
-    m, n = fixed_point(acc_scale / out.scale)
+    out_scale = out.scale.to(torch.float64) if isinstance(out, ChannelQParams) else out.scale
+    m, n = fixed_point(acc_scale / out_scale)
     m2 = None
     if res is not None:
-        m2 = torch.round(torch.ldexp(torch.full_like(acc_scale, res.scale / out.scale), n)).to(torch.int64)
-    lo, hi = _act_bounds(module.act, out)
+        m2 = torch.round(torch.ldexp(res.scale / (torch.ones_like(acc_scale) * out_scale), n)).to(torch.int64)
+    lo, hi = (out.fmt.qmin, out.fmt.qmax) if isinstance(out, ChannelQParams) else _act_bounds(module.act, out)
     return LayerParams(weight, bias, acc_scale, inp, res, out, m, n, m2, lo, hi)
 
 
@@ -134,7 +159,7 @@ def _requantize_c(p: LayerParams, acc: torch.Tensor, residual: torch.Tensor | No
     from lowbit.native import cext
 
     out, res = p.output, p.residual
-    if out.fmt.bits > 8 or (res is not None and res.fmt.bits > 8) or acc.ndim not in (2, 4) or acc.numel() == 0:
+    if isinstance(out, ChannelQParams) or out.fmt.bits > 8 or (res is not None and res.fmt.bits > 8) or acc.ndim not in (2, 4) or acc.numel() == 0:
         return None
     if cext.library() is None or (acc.dtype != torch.int32 and float(acc.abs().max()) >= 2**31):
         return None
@@ -167,8 +192,12 @@ def exact_forward(module, x: torch.Tensor, residual: torch.Tensor | None) -> tor
     res = None
     if residual is not None:
         res = p.residual.codes(residual).to(torch.int64) - p.residual.zero_point
-    q = requantize(acc, _channels(p.m, acc, axis), _channels(p.n, acc, axis), p.output.zero_point, p.lo, p.hi,
+    per_feature = isinstance(p.output, ChannelQParams)
+    zp = _channels(p.output.zero_point, acc, axis) if per_feature else p.output.zero_point
+    q = requantize(acc, _channels(p.m, acc, axis), _channels(p.n, acc, axis), zp, p.lo, p.hi,
                    res, None if p.m2 is None else _channels(p.m2, acc, axis))
+    if per_feature:
+        return p.output.values(q)
     return dequantize_codes(q, p.output.zero_point, p.output.scale)
 
 

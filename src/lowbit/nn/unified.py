@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lowbit.functional.grad_quant import grad_quantized
-from lowbit.nn.exact import exact_forward, pool_exact_forward
+from lowbit.nn.exact import channel_output, exact_forward, pool_exact_forward
 from lowbit.nn.qparams import QParams
 from lowbit.nn.quantizers import ActQuantizer, WeightQuantizer
 from lowbit.spec import QuantSpec
@@ -60,7 +60,8 @@ class _Unified(nn.Module):
                 and (self.residual_qparams is not None or not self.has_residual)
                 and self.weight_quant is not None and self.weight_quant.mode == "quantize"
                 and (self.output_quant is None or (self.output_quant.mode == "quantize"
-                                                   and self.output_quant.scale.numel() == 1)))
+                                                   and (self.output_quant.scale.numel() == 1
+                                                        or channel_output(self)))))
 
     @property
     def quantized(self) -> bool:
