@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 from lowbit.errors import ConfigError
-from lowbit.functional.layernorm import layernorm_codes, layernorm_params
+from lowbit.functional.layernorm import (MAX_COEF, MAX_EPS, MAX_MULT, MAX_SHIFT, VAR_SHIFT, layernorm_codes,
+                                         layernorm_params)
 from lowbit.integer import ir, to_integer, validate
 from lowbit.integer.io import load_integer, save_integer
 from lowbit.nn.layernorm import QLayerNorm
@@ -31,12 +32,12 @@ def _brute(row: list[int], mult: list[int], a: list[int], b: list[int], k: int, 
     big = [x * m for x, m in zip(row, mult)]
     mu = (2 * sum(big) + c) // (2 * c)
     d = [v - mu for v in big]
-    sigma = math.isqrt(sum(v * v for v in d) // c + eps)
+    sigma = math.isqrt(sum((v >> VAR_SHIFT) ** 2 for v in d) // c + eps)  # the variance on the grid 2^9 S
     if sigma == 0:
         d, sigma = [0] * c, 1
     out = []
     for dv, av, bv in zip(d, a, b):
-        num, den = dv * av + bv * sigma, sigma << k
+        num, den = dv * av + (bv * sigma << VAR_SHIFT), sigma << (k + VAR_SHIFT)
         r = (2 * abs(num) + den) // (2 * den)
         out.append(min(max(z + (r if num >= 0 else -r), lo), hi))
     return out
@@ -93,10 +94,10 @@ def test_the_worst_case_stays_within_int64():
     c = 4096
     row = [255 if i % 2 else -255 for i in range(c)]
     row[0] = 255
-    mult, a, b = [1 << 15] * c, [-(2**31 - 1)] * c, [2**31 - 1] * c
-    got = layernorm_codes(torch.tensor([row]), torch.tensor(mult), torch.tensor(a), torch.tensor(b), 32, 2**52,
-                          0, -10**9, 10**9)
-    assert got[0].tolist() == _brute(row, mult, a, b, 32, 2**52, 0, -10**9, 10**9)
+    mult, a, b = [MAX_MULT] * c, [-MAX_COEF] * c, [MAX_COEF] * c
+    got = layernorm_codes(torch.tensor([row]), torch.tensor(mult), torch.tensor(a), torch.tensor(b), MAX_SHIFT,
+                          MAX_EPS, 0, -10**9, 10**9)
+    assert got[0].tolist() == _brute(row, mult, a, b, MAX_SHIFT, MAX_EPS, 0, -10**9, 10**9)
 
 
 # ---------------------------------------------------------------- PTQ, the integer model, the file, ONNX
@@ -176,13 +177,13 @@ def test_a_corrupt_file_is_refused():
     views = validate.views(im.nodes)
     i = next(k for k, v in enumerate(views) if v.kind == "layernorm")
     spec = [validate.input_spec([5, 32], "float32")]
-    for change in ({"shift": 40}, {"eps": 1 << 53}, {"lo": 200}):
+    for change in ({"shift": MAX_SHIFT + 1}, {"eps": MAX_EPS + 1}, {"lo": 200}):
         bad = list(views)
         bad[i] = validate.NodeView(views[i].kind, {**views[i].attrs, **change}, views[i].tensors, views[i].inputs,
                                    views[i].output, views[i].grid)
         with pytest.raises(validate.Invalid):
             validate.check_model(bad, im.input_names, im.output_name, spec)
-    for name, value in (("multipliers", 1 << 16), ("gamma", 1 << 31)):
+    for name, value in (("multipliers", MAX_MULT + 1), ("gamma", MAX_COEF + 1)):
         t = dict(views[i].tensors)
         t[name] = t[name].clone()
         t[name][0] = value

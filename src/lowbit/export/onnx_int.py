@@ -37,6 +37,7 @@ import numpy as np
 from lowbit.errors import ConfigError
 from lowbit.functional.fixed_rnn import C_FRAC, H_FRAC, H_MAX, PART_MAX, PRE_FRAC, TABLE_RANGE
 from lowbit.functional.l2norm import OUT_FRAC, OUT_MAX
+from lowbit.functional.layernorm import VAR_SHIFT
 from lowbit.integer import ir
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -269,9 +270,9 @@ def emit_l2normalize(b: _Builder, node: Node) -> None:
 def emit_layernorm(b: _Builder, node: Node) -> None:
     """``layernorm`` in int64 ops (:mod:`lowbit.functional.layernorm`): ``X = (codes - z_c) M_c``, ``mu`` by
     :func:`floor_div` of ``2 ReduceSum(X) + C`` by ``2 C``, ``D = X - mu``, ``var = ReduceSum(D^2) / C + E``
-    (non-negative: a floor), ``sigma`` the exact integer root of ``var < 2^53`` as in :func:`emit_magnitude`, then
-    ``r = Sign(num) ((2 |num| + den) / (2 den))`` (non-negative division: a floor) with ``num = D A + B sigma``,
-    ``den = sigma 2^k`` (``sigma = 0``: ``D = 0``, ``sigma = 1``), the output zero point and bounds."""
+    (of ``D >> 9``; non-negative: a floor), ``sigma`` the exact integer root of ``var < 2^53`` as in :func:`emit_magnitude`, then
+    ``r = Sign(num) ((2 |num| + den) / (2 den))`` (non-negative division: a floor) with ``num = D A + B sigma 2^9``,
+    ``den = sigma 2^(k + 9)`` (``sigma = 0``: ``D = 0``, ``sigma = 1``), the output zero point and bounds."""
     from lowbit.export.onnx_qdq import _Grid
 
     a, name, t = node.op.ir, node.output, node.op.tensors
@@ -286,7 +287,8 @@ def emit_layernorm(b: _Builder, node: Node) -> None:
                   f"{name}_sum2c")
     mu = floor_div(b, twice, _c(b, f"{name}_2c", 2 * c), f"{name}_mean")
     d = b.add("Sub", [big, mu], f"{name}_dev")
-    var = b.add("Div", [b.add("ReduceSum", [b.add("Mul", [d, d], f"{name}_sq"), axes], f"{name}_sqsum", keepdims=1),
+    dv = floor_div(b, d, _c(b, f"{name}_vshift", 1 << VAR_SHIFT), f"{name}_dv")  # D >> 9
+    var = b.add("Div", [b.add("ReduceSum", [b.add("Mul", [dv, dv], f"{name}_sq"), axes], f"{name}_sqsum", keepdims=1),
                         _c(b, f"{name}_count", c)], f"{name}_var0")  # >= 0: a floor
     v = b.add("Add", [var, _c(b, f"{name}_eps", a.eps)], f"{name}_var")
     r = b.add("Cast", [b.add("Floor", [b.add("Sqrt", [b.add("Cast", [v], f"{name}_f64", to=11)], f"{name}_sqrt")],
@@ -302,9 +304,9 @@ def emit_layernorm(b: _Builder, node: Node) -> None:
     d = b.add("Where", [zero, _c(b, f"{name}_zeros", 0), d], f"{name}_dev0")
     sigma = b.add("Max", [sigma, _c(b, f"{name}_one_s", 1)], f"{name}_sigma")
     num = b.add("Add", [b.add("Mul", [d, _c(b, f"{name}_gamma", _t(node, "gamma").numpy())], f"{name}_dg"),
-                        b.add("Mul", [sigma, _c(b, f"{name}_beta", _t(node, "beta").numpy())], f"{name}_bs")],
-                f"{name}_num")
-    den = b.add("Mul", [sigma, _c(b, f"{name}_pow", 1 << a.shift)], f"{name}_den")
+                        b.add("Mul", [sigma, _c(b, f"{name}_beta", _t(node, "beta").numpy() << VAR_SHIFT)],
+                              f"{name}_bs")], f"{name}_num")
+    den = b.add("Mul", [sigma, _c(b, f"{name}_pow", 1 << (a.shift + VAR_SHIFT))], f"{name}_den")
     top = b.add("Add", [b.add("Mul", [b.add("Abs", [num], f"{name}_abs"), _c(b, f"{name}_two_n", 2)], f"{name}_abs2"),
                         den], f"{name}_top")
     k = b.add("Div", [top, b.add("Mul", [den, _c(b, f"{name}_two_d", 2)], f"{name}_den2")], f"{name}_k")  # a floor
