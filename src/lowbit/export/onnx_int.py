@@ -64,6 +64,21 @@ def clamp(b: _Builder, v: str, lo: int, hi: int, base: str) -> str:
                  f"{base}_clamp")
 
 
+def isqrt(b: _Builder, v: str, name: str) -> str:
+    """int64 ``floor(sqrt(v))`` of non-negative int64 ``v < 2^53``: the double root's floor ``r``, then ``r - 1``
+    where ``r^2 > v`` and ``r + 1`` where ``(r + 1)^2 <= v`` (the double root is within one of the exact one there:
+    :func:`lowbit.functional.magnitude.isqrt64`)."""
+    r = b.add("Cast", [b.add("Floor", [b.add("Sqrt", [b.add("Cast", [v], f"{name}_f64", to=11)], f"{name}_sqrt")],
+                             f"{name}_floor")], f"{name}_root", to=7)  # 11: DOUBLE, 7: INT64
+    over = b.add("Cast", [b.add("Greater", [b.add("Mul", [r, r], f"{name}_r2"), v], f"{name}_over")],
+                 f"{name}_over64", to=7)
+    r = b.add("Sub", [r, over], f"{name}_root_dn")
+    r1 = b.add("Add", [r, _c(b, f"{name}_one", 1)], f"{name}_r1")
+    under = b.add("Cast", [b.add("LessOrEqual", [b.add("Mul", [r1, r1], f"{name}_r1sq"), v], f"{name}_under")],
+                  f"{name}_under64", to=7)
+    return b.add("Add", [r, under], f"{name}_isqrt")
+
+
 def shift_half_up(b: _Builder, v: str, s: int, base: str) -> str:
     """``(v + 2^(s-1)) >> s`` (arithmetic): ``floor((v + 2^(s-1)) / 2^s)``."""
     return floor_div(b, b.add("Add", [v, _c(b, f"{base}_half", 1 << (s - 1))], f"{base}_add"),
@@ -291,15 +306,7 @@ def emit_layernorm(b: _Builder, node: Node) -> None:
     var = b.add("Div", [b.add("ReduceSum", [b.add("Mul", [dv, dv], f"{name}_sq"), axes], f"{name}_sqsum", keepdims=1),
                         _c(b, f"{name}_count", c)], f"{name}_var0")  # >= 0: a floor
     v = b.add("Add", [var, _c(b, f"{name}_eps", a.eps)], f"{name}_var")
-    r = b.add("Cast", [b.add("Floor", [b.add("Sqrt", [b.add("Cast", [v], f"{name}_f64", to=11)], f"{name}_sqrt")],
-                             f"{name}_floor")], f"{name}_root", to=7)  # 11: DOUBLE, 7: INT64
-    over = b.add("Cast", [b.add("Greater", [b.add("Mul", [r, r], f"{name}_r2"), v], f"{name}_over")],
-                 f"{name}_over64", to=7)
-    r = b.add("Sub", [r, over], f"{name}_root_dn")
-    r1 = b.add("Add", [r, _c(b, f"{name}_one", 1)], f"{name}_r1")
-    under = b.add("Cast", [b.add("LessOrEqual", [b.add("Mul", [r1, r1], f"{name}_r1sq"), v], f"{name}_under")],
-                  f"{name}_under64", to=7)
-    sigma = b.add("Add", [r, under], f"{name}_isqrt")
+    sigma = isqrt(b, v, name)
     zero = b.add("Equal", [sigma, _c(b, f"{name}_zero", 0)], f"{name}_flat")
     d = b.add("Where", [zero, _c(b, f"{name}_zeros", 0), d], f"{name}_dev0")
     sigma = b.add("Max", [sigma, _c(b, f"{name}_one_s", 1)], f"{name}_sigma")
@@ -339,15 +346,7 @@ def emit_magnitude(b: _Builder, node: Node) -> None:
                                      _c(b, f"{name}_in{i}_zp", x.grid.zero_point)], f"{name}_in{i}_centred"))
     s = b.add("Add", [b.add("Mul", [v, v], f"{name}_sq{i}") for i, v in enumerate(centred)], f"{name}_sum")
     v = b.add("Mul", [s, _c(b, f"{name}_4m2", 4 * a.multiplier * a.multiplier)], f"{name}_v")
-    r = b.add("Cast", [b.add("Floor", [b.add("Sqrt", [b.add("Cast", [v], f"{name}_f64", to=11)], f"{name}_sqrt")],
-                             f"{name}_floor")], f"{name}_root", to=7)  # 11: DOUBLE, 7: INT64
-    over = b.add("Cast", [b.add("Greater", [b.add("Mul", [r, r], f"{name}_r2"), v], f"{name}_over")],
-                 f"{name}_over64", to=7)
-    r = b.add("Sub", [r, over], f"{name}_root_dn")
-    r1 = b.add("Add", [r, _c(b, f"{name}_one", 1)], f"{name}_r1")
-    under = b.add("Cast", [b.add("LessOrEqual", [b.add("Mul", [r1, r1], f"{name}_r1sq"), v], f"{name}_under")],
-                  f"{name}_under64", to=7)
-    r = b.add("Add", [r, under], f"{name}_isqrt")
+    r = isqrt(b, v, name)
     k = b.add("Div", [b.add("Add", [r, _c(b, f"{name}_half", 1 << a.shift)], f"{name}_rounded"),
                       _c(b, f"{name}_div", 1 << (a.shift + 1))], f"{name}_k")  # >= 0: a floor
     grid = _Grid.of(node.grid)
