@@ -116,6 +116,8 @@ def test_export_with_exact_layers_writes_integer_convolutions(tmp_path, capsys):
     from lowbit.export.ort import session
     from lowbit.integer.io import load_integer
 
+    assert main(["export", "--model", "cnn", "--out", str(tmp_path), "--exact-layers"]) == 2
+    assert "--exact-layers chooses the ONNX form of the layers: add --onnx" in capsys.readouterr().err
     assert main(["export", "--model", "cnn", "--out", str(tmp_path), "--onnx", "--exact-layers"]) == 0
     assert "equal to the simulation on all 10000: True" in capsys.readouterr().out
     ops = {n.op_type for n in onnx.load(tmp_path / "cnn.onnx").graph.node}

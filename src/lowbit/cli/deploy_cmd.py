@@ -147,8 +147,11 @@ def _user_model(args):
 def run_export(args: argparse.Namespace) -> int:
     import torch
 
+    from lowbit.errors import ConfigError
     from lowbit.integer.io import save_integer
 
+    if args.exact_layers and not args.onnx:
+        raise ConfigError("--exact-layers chooses the ONNX form of the layers: add --onnx (or drop --exact-layers)")
     model, sim, im, x_test, name = _build(args)
     with torch.no_grad():
         same = all(torch.equal(sim(x_test[i:i + 2000]), im(x_test[i:i + 2000])) for i in range(0, len(x_test), 2000))
