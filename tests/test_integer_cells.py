@@ -149,3 +149,22 @@ def test_a_stream_of_cell_steps_lowers_and_exports_exactly(tmp_path):
     got = session(export_onnx(im, tmp_path / "s.onnx", (1, 18), exact_layers=True), threads=1).run(
         ["output"], {"input": x.numpy()})[0]
     assert np.array_equal(got, ref.numpy())
+
+
+def test_a_state_half_zero_is_refused_by_name():
+    class HalfZero(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc, self.cell = nn.Linear(6, 16), nn.LSTMCell(16, 8)
+
+        def forward(self, x, c):
+            h = x.new_zeros(x.shape[0], 8)
+            return self.cell(torch.relu(self.fc(x)), (h, c))[0]
+
+    from lowbit.errors import ConfigError
+
+    torch.manual_seed(3)
+    data = [(torch.randn(8, 6), torch.randn(8, 8)) for _ in range(2)]
+    q = quantize(HalfZero().eval(), data, PTQConfig())
+    with pytest.raises(ConfigError, match="cell .*one part of its state is a zero tensor"):
+        to_integer(q, (data[0][0][:1], data[0][1][:1]))

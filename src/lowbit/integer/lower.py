@@ -46,7 +46,7 @@ from lowbit.graph.l2norm import refusal as l2_refusal
 from lowbit.graph.norm_inputs import per_feature
 from lowbit.graph.nodes import is_passthrough, module_of
 from lowbit.graph.recurrent import Part, recurrent_part
-from lowbit.functional.fixed_rnn import H_MAX
+from lowbit.functional.fixed_rnn import H_MAX, PART_MAX
 from lowbit.nn.recurrent import C_QPARAMS, H_QPARAMS, QRecurrent, input_width
 from lowbit.graph.tables import tabulable
 from lowbit.nn.l2norm import UNIT_QPARAMS, QL2Normalize
@@ -592,16 +592,20 @@ class _Lowering:
         if hx is None:
             return []
         parts = list(hx) if m.cell == "lstm" else [hx]
-        if all(p in self.zeros for p in parts):
+        zeros = [p in self.zeros for p in parts]
+        if all(zeros):
             return []  # the op's own zero state
+        if any(zeros):
+            self.unsupported.append(f"{call.target} (one part of its state is a zero tensor and the other is not: give "
+                                    "both, or neither)")
+            return []
         names = []
-        for part, q, lo, hi, bits in zip(parts, (H_QPARAMS, C_QPARAMS), (-H_MAX, -(1 << 15)), (H_MAX, (1 << 15) - 1),
-                                         (8, 16)):
+        for part, (what, q, quantize) in zip(parts, _STATE_GRIDS):
             name = self.names[part]
             if self.grids[name] is None:
-                out = f"{call.name}_{'hc'[len(names)]}_codes"
+                out = f"{call.name}_{what}_codes"
                 if out not in self.grids:
-                    self.emit(ir.Quantize(float(q.scale), 0, lo, hi, bits), [name], out, None, q, str(call.target))
+                    self.emit(quantize, [name], out, None, q, str(call.target))
                 name = out
             elif grid(self.grids[name]) != grid(q):
                 self.unsupported.append(f"{call.target} (its state {part.name} is on another grid than the cell's)")
@@ -745,6 +749,11 @@ def _next_quantizer(gm: fx.GraphModule, node: fx.Node) -> ActQuantizer | str | N
         if not (is_passthrough(gm, node) or node.target in _LAYOUT_FUNCTIONS):
             return None
     return None
+
+
+# a cell's state: h as int8 codes on 2^-7, an LSTM's c as int16 codes in Q.11 (lowbit.nn.recurrent.h_codes, c_codes)
+_STATE_GRIDS = (("h", H_QPARAMS, ir.Quantize(float(H_QPARAMS.scale), 0, -H_MAX, H_MAX, 8)),
+                ("c", C_QPARAMS, ir.Quantize(float(C_QPARAMS.scale), 0, -PART_MAX - 1, PART_MAX, 16)))
 
 
 def _nominal(q: ChannelQParams) -> QParams:
