@@ -16,6 +16,7 @@ from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 from lowbit.errors import LowbitError
+from lowbit.granularity import PerChannel
 from lowbit.graph.nodes import (
     AVG_POOLS,
     activation_of,
@@ -30,6 +31,7 @@ from lowbit.graph.tables import will_tabulate
 from lowbit.nn.l2norm import UNIT_GRID, QL2Normalize
 from lowbit.nn.layernorm import QLayerNorm
 from lowbit.nn.magnitude import QMagnitude
+from lowbit.nn.qparams import ChannelQParams, QParams
 from lowbit.nn.recurrent import H_GRID, QRecurrent
 from lowbit.nn.quantizers import ActQuantizer
 from lowbit.spec import QuantSpec
@@ -350,13 +352,25 @@ def check_binary_outputs(gm: fx.GraphModule) -> None:
                               "binarize before the add, or keep this layer's activations multi-bit with a LayerRule")
 
 
-def producer_qparams(gm: fx.GraphModule, node: fx.Node):
-    """The grid of the tensor ``node`` produces (through pass-through ops), or None if it is float, not frozen
-    or has a scale per feature (:mod:`lowbit.graph.norm_inputs`: only a LayerNorm reads it)."""
+def producer_grid(gm: fx.GraphModule, node: fx.Node) -> QParams | ChannelQParams | None:
+    """The frozen grid of the tensor ``node`` produces (through pass-through ops): per tensor, or one scale and zero
+    point per feature (the last dimension, :mod:`lowbit.graph.norm_inputs`); None where it is float or not frozen."""
     q = _output_quantizer(gm, node)
-    if q is None or q.mode != "quantize" or (isinstance(q, ActQuantizer) and q.scale.numel() != 1):
+    if q is None or q.mode != "quantize":
         return None
-    return q.qparams()
+    if not isinstance(q, ActQuantizer) or q.scale.numel() == 1:
+        return q.qparams()
+    if not isinstance(q.spec.granularity, PerChannel) or q.spec.axis != -1:
+        return None
+    return ChannelQParams(q.scale.detach().to(torch.float32).reshape(-1).clone(),
+                          q.zero_point.detach().to(torch.int64).reshape(-1).clone(), q.spec.format)
+
+
+def producer_qparams(gm: fx.GraphModule, node: fx.Node) -> QParams | None:
+    """:func:`producer_grid` where it is one grid per tensor; None for a grid per feature (only a LayerNorm reads
+    one)."""
+    q = producer_grid(gm, node)
+    return q if isinstance(q, QParams) else None
 
 
 def attach_input_qparams(gm: fx.GraphModule) -> None:
@@ -373,10 +387,9 @@ def attach_input_qparams(gm: fx.GraphModule) -> None:
             m.freeze(*(producer_qparams(gm, a) if isinstance(a, fx.Node) else None for a in node.args[:2]),
                      output_qparams(gm, node))
         if isinstance(m, QLayerNorm) and node.args:  # its input's grid (per feature or per tensor), its reader's
-            from lowbit.graph.layernorm import input_grid
             from lowbit.graph.magnitude import output_qparams
 
-            m.freeze(input_grid(gm, node.args[0]), output_qparams(gm, node))
+            m.freeze(producer_grid(gm, node.args[0]), output_qparams(gm, node))
         if isinstance(m, (_Unified, QAvgPool)):
             args = [a for a in node.args if isinstance(a, fx.Node)]
             m.input_qparams = producer_qparams(gm, args[0]) if args else None

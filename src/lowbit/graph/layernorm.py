@@ -5,7 +5,7 @@ The forms found: an ``nn.LayerNorm`` module, ``F.layer_norm`` / ``torch.layer_no
 ``get_attr`` nodes. Each is swapped only when it normalises the last dimension alone, its input comes from a
 quantized producer (a quantized unified layer, a quantizer, through pass-through ops) and every reader of its output
 is a quantized layer (which gets an input quantizer) or a quantizer: that quantizer's grid is the integer op's output
-grid. Any other LayerNorm stays float, as before. :func:`input_grid` and
+grid. Any other LayerNorm stays float, as before. :func:`lowbit.graph.fx_passes.producer_grid` and
 :func:`lowbit.graph.magnitude.output_qparams` give the grids :func:`lowbit.ptq.convert` freezes it with
 (:func:`lowbit.graph.fx_passes.attach_input_qparams`).
 """
@@ -18,10 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from lowbit.granularity import PerChannel, PerTensor
+from lowbit.granularity import PerTensor
 from lowbit.graph.nodes import free_name, module_of
 from lowbit.nn.layernorm import QLayerNorm
-from lowbit.nn.qparams import ChannelQParams, QParams
 from lowbit.nn.quantizers import ActQuantizer
 
 _FUNCTIONS = (F.layer_norm, torch.layer_norm, torch.ops.aten.layer_norm.default)
@@ -123,20 +122,4 @@ def swap_layernorm(gm: fx.GraphModule) -> list[str]:
     return added
 
 
-def input_grid(gm: fx.GraphModule, node: fx.Node) -> QParams | ChannelQParams | None:
-    """The frozen grid of the tensor ``node`` produces: per tensor, or one scale and zero point per feature (the
-    last dimension, :mod:`lowbit.graph.norm_inputs`); None where it is float or not frozen."""
-    from lowbit.graph.fx_passes import _output_quantizer
-
-    q = _output_quantizer(gm, node)
-    if q is None or q.mode != "quantize":
-        return None
-    if not isinstance(q, ActQuantizer) or q.scale.numel() == 1:
-        return q.qparams()
-    if not isinstance(q.spec.granularity, PerChannel) or q.spec.axis != -1:
-        return None
-    return ChannelQParams(q.scale.detach().to(torch.float32).reshape(-1).clone(),
-                          q.zero_point.detach().to(torch.int64).reshape(-1).clone(), q.spec.format)
-
-
-__all__ = ["input_grid", "swap_layernorm"]
+__all__ = ["swap_layernorm"]

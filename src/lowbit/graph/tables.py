@@ -86,7 +86,7 @@ def _quantizer(gm: fx.GraphModule, node: fx.Node) -> ActQuantizer | FixedGrid | 
 def _grid(gm: fx.GraphModule, node: fx.Node) -> QParams | None:
     """The frozen grid of the tensor ``node`` gives (see :func:`_quantizer`), if a table can cover it."""
     q = _quantizer(gm, node)
-    return q.qparams() if q is not None and q.mode == "quantize" and tabulable(q) and getattr(q, "scale", torch.ones(1)).numel() == 1 else None
+    return q.qparams() if q is not None and q.mode == "quantize" and tabulable(q) else None
 
 
 def will_tabulate(gm: fx.GraphModule, node: fx.Node) -> bool:
