@@ -19,14 +19,13 @@ from dataclasses import dataclass
 import torch
 from torch import fx
 
-from lowbit.graph.nodes import add_operands, swap_in, is_passthrough, module_of
+from lowbit.graph.nodes import add_operands, chain_end, module_of, swap_in
 from lowbit.nn.magnitude import QMagnitude
 from lowbit.nn.quantizers import ActQuantizer
 from lowbit.nn.qparams import QParams
 
 _POW = (operator.pow, torch.pow)
 _MUL = (operator.mul, torch.mul)
-_LAYOUT = (torch.permute, torch.unsqueeze, torch.squeeze, torch.reshape, torch.flatten)
 
 
 @dataclass(frozen=True)
@@ -109,17 +108,12 @@ def swap_magnitude(gm: fx.GraphModule) -> list[str]:
 
 def output_qparams(gm: fx.GraphModule, node: fx.Node) -> QParams | None:
     """The frozen grid of the quantizer that ``node``'s one chain of readers reaches through ops that keep a grid
-    (pads, pools, layout ops), if it is per-tensor; else None."""
-    while len(node.users) == 1:
-        node = next(iter(node.users))
-        m = module_of(gm, node)
-        if isinstance(m, ActQuantizer):
-            if m.mode != "quantize" or getattr(m, "scale", torch.ones(1)).numel() != 1:
-                return None
-            return m.qparams()
-        if node.op == "output" or not (is_passthrough(gm, node) or node.target in _LAYOUT):
-            return None
-    return None
+    (pads, pools, layout ops: :func:`lowbit.graph.nodes.chain_end`), if it is per-tensor; else None."""
+    end = chain_end(gm, node)
+    m = None if end is None else module_of(gm, end)
+    if not isinstance(m, ActQuantizer) or m.mode != "quantize" or m.scale.numel() != 1:
+        return None
+    return m.qparams()
 
 
 __all__ = ["Found", "find", "output_qparams", "swap_magnitude"]

@@ -34,6 +34,20 @@ def free_name(gm: fx.GraphModule, base: str) -> str:
     return name
 
 
+LAYOUT_FUNCTIONS = (torch.permute, torch.unsqueeze, torch.squeeze)  # (method forms, reshape, flatten: pass-through)
+
+
+def chain_end(gm: fx.GraphModule, node: fx.Node) -> fx.Node | None:
+    """Where ``node``'s one chain of readers leaves the ops that keep a grid (max pools, zero pads, layout ops:
+    :func:`is_passthrough` and :data:`LAYOUT_FUNCTIONS`): the first other reader (a quantizer, a join, the output
+    node, ...); None where the chain branches."""
+    while len(node.users) == 1:
+        node = next(iter(node.users))
+        if node.op == "output" or not (is_passthrough(gm, node) or node.target in LAYOUT_FUNCTIONS):
+            return node
+    return None
+
+
 def swap_in(gm: fx.GraphModule, node: fx.Node, base: str, module: nn.Module, args: tuple,
             erase: Iterable[fx.Node]) -> str:
     """Put ``module``, called on ``args``, in place of the pattern that ends at ``node``: its readers read the new

@@ -44,7 +44,7 @@ from lowbit.nn.exact import channel_output, layer_params, pool_params
 from lowbit.functional.lookup import grid_values
 from lowbit.graph.l2norm import refusal as l2_refusal
 from lowbit.graph.norm_inputs import per_feature
-from lowbit.graph.nodes import is_passthrough, module_of
+from lowbit.graph.nodes import LAYOUT_FUNCTIONS, chain_end, is_passthrough, module_of
 from lowbit.graph.recurrent import Part, recurrent_part
 from lowbit.functional.fixed_rnn import H_MAX, PART_MAX
 from lowbit.nn.recurrent import C_QPARAMS, H_QPARAMS, QRecurrent, input_width
@@ -724,30 +724,28 @@ class _Lowering:
         self.output = name
 
 
-_LAYOUT_FUNCTIONS = (torch.permute, torch.unsqueeze, torch.squeeze)  # (their method forms are pass-through ops)
 
 
 def _moves_floats(gm: fx.GraphModule, node: fx.Node) -> bool:
     """``node`` only moves values (the output, a join, a slice, a layout op): it takes a float tensor as it is."""
-    return (node.op == "output" or node.target in (torch.cat, torch.concat, operator.getitem, *_LAYOUT_FUNCTIONS)
+    return (node.op == "output" or node.target in (torch.cat, torch.concat, operator.getitem, *LAYOUT_FUNCTIONS)
             or is_passthrough(gm, node))
 
 
 def _next_quantizer(gm: fx.GraphModule, node: fx.Node) -> ActQuantizer | str | None:
-    """The quantizer ``node``'s one chain of users reaches through ops that keep a grid (max pools, zero pads,
-    layout ops: :func:`lowbit.graph.nodes.is_passthrough`, and a ``cat`` it is joined by), ``"output"`` when the
-    chain ends the network, else None."""
-    while len(node.users) == 1:
-        node = next(iter(node.users))
-        if node.op == "output":
-            return "output"
-        m = gm.get_submodule(node.target) if node.op == "call_module" else None
-        if isinstance(m, ActQuantizer):
-            return m if m.mode == "quantize" and tabulable(m) else None
-        if node.op == "call_function" and node.target in (torch.cat, torch.concat):  # the grid the join goes to
-            return _next_quantizer(gm, node)
-        if not (is_passthrough(gm, node) or node.target in _LAYOUT_FUNCTIONS):
-            return None
+    """The quantizer ``node``'s one chain of users reaches through ops that keep a grid
+    (:func:`lowbit.graph.nodes.chain_end`, and a ``cat`` it is joined by), ``"output"`` when the chain ends the
+    network, else None."""
+    end = chain_end(gm, node)
+    if end is None:
+        return None
+    if end.op == "output":
+        return "output"
+    m = module_of(gm, end)
+    if isinstance(m, ActQuantizer):
+        return m if m.mode == "quantize" and tabulable(m) else None
+    if end.op == "call_function" and end.target in (torch.cat, torch.concat):  # the grid the join goes to
+        return _next_quantizer(gm, end)
     return None
 
 
