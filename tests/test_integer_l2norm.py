@@ -26,6 +26,7 @@ from lowbit.integer.io import load_integer, save_integer
 from lowbit.integer.ops import build
 from lowbit.nn.l2norm import QL2Normalize
 from lowbit.nn.qparams import QParams
+from tests._integer_checks import check_exact
 
 # ---------------------------------------------------------------- (a) the arithmetic
 
@@ -131,14 +132,6 @@ def _quantized(net, x, calib=None):
         return ptq.quantize(net.eval(), calib or [x], example_inputs=(x[:1],)).eval()
 
 
-def _check_exact(q, im, x):
-    with torch.no_grad():
-        ys = q(x)
-    for k in (Kernels.PLAN, Kernels.VNNI, Kernels.REFERENCE):
-        yi = im.with_kernels(k)(x)
-        assert yi.dtype == ys.dtype and torch.equal(yi, ys), k
-    return ys
-
 
 @pytest.mark.parametrize("form", ["torch.norm", "method", "vector_norm", "F.normalize"])
 def test_linear_relu_l2norm_equals_simulation(form):
@@ -150,7 +143,7 @@ def test_linear_relu_l2norm_equals_simulation(form):
     assert [n.kind for n in im.nodes] == ["quantize", "linear", "l2normalize", "dequantize"]
     assert im.nodes[2].grid == ir.Grid(2.0 ** -7, 0, 8, True)
     assert im.plans.run(im, x) is None  # the plan has no l2normalize step: op by op
-    ys = _check_exact(q, im, x)
+    ys = check_exact(q, im, x)
     assert bool(((ys * 128).round() == ys * 128).all())  # the values of the grid 2^-7
     with torch.no_grad():
         yf = net(x)
@@ -168,7 +161,7 @@ def test_other_dims_and_signed_inputs(dim, relu):
     im = to_integer(q, (x[:1],))
     node = next(n for n in im.nodes if n.kind == "l2normalize")
     assert node.op.ir.dim == (dim % 3)
-    ys = _check_exact(q, im, x)
+    ys = check_exact(q, im, x)
     with torch.no_grad():  # (after ReLU a whole time column can be 0: NaN in float, 0 here)
         assert float((ys - torch.nan_to_num(net(x))).abs().max()) < 0.05
 
@@ -193,7 +186,7 @@ def test_normalised_tensor_feeds_a_layer():
     im = to_integer(q, (x[:1],))
     assert [n.kind for n in im.nodes] == ["quantize", "linear", "l2normalize", "linear"]
     assert im.nodes[3].op.ir.input_zero_point == 0 and im.nodes[3].op.ir.input_signed
-    ys = _check_exact(q, im, x)
+    ys = check_exact(q, im, x)
     with torch.no_grad():
         assert float(F.cosine_similarity(ys, net(x)).min()) > 0.99
 
@@ -221,7 +214,7 @@ def test_resemblyzer_shaped(tmp_path):
     im = to_integer(q, (calib[0][:1],))
     assert [n.kind for n in im.nodes] == ["quantize", "recurrent", "linear", "l2normalize", "dequantize"]
     x = torch.rand(3, 30, 40)
-    ys = _check_exact(q, im, x)
+    ys = check_exact(q, im, x)
     with torch.no_grad():
         assert float(F.cosine_similarity(ys, net(x)).min()) > 0.98
     back = load_integer(save_integer(im, tmp_path / "encoder.safetensors"))

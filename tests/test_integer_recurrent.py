@@ -23,6 +23,7 @@ from lowbit.native import cext
 from lowbit.nn.qparams import QParams
 from lowbit.nn.recurrent import QRecurrent, quantize_recurrent, run_recurrent
 from lowbit.utils.tensorfile import load_tensors, save_tensors
+from tests._integer_checks import check_exact
 
 STEP = 2.0 ** -H_FRAC  # the hidden state's grid
 
@@ -110,14 +111,6 @@ def _quantized(net, x):
     return ptq.quantize(net.eval(), [x], example_inputs=(x[:1],)).eval()
 
 
-def _check_exact(q, im, x):
-    with torch.no_grad():
-        ys = q(x)
-    for k in (Kernels.PLAN, Kernels.VNNI, Kernels.REFERENCE):
-        yi = im.with_kernels(k)(x)
-        assert yi.dtype == ys.dtype and torch.equal(yi, ys), k
-    return ys
-
 
 CASES = [(cls, layers, bf, steps, batch)
          for cls in (nn.LSTM, nn.GRU) for layers in (1, 2) for bf in (True, False) for steps in (1, 20)
@@ -136,7 +129,7 @@ def test_integer_equals_simulation(cls, layers, batch_first, steps, batch):
     q = _quantized(net, torch.randn(*shape) * 1.5)
     im = to_integer(q, (x[:1],))
     assert any(n.kind == "recurrent" for n in im.nodes)
-    ys = _check_exact(q, im, x)
+    ys = check_exact(q, im, x)
     with torch.no_grad():
         yf = net(x)
     assert float(nn.functional.cosine_similarity(ys.flatten(), yf.flatten(), dim=0)) > 0.99
@@ -149,7 +142,7 @@ def test_lstm_cell_state_output():
     x = torch.randn(3, 9, 7)
     q = _quantized(net, x)
     im = to_integer(q, (x[:1],))
-    ys = _check_exact(q, im, x)
+    ys = check_exact(q, im, x)
     assert bool(((ys * 2 ** 11).round() == ys * 2 ** 11).all())
 
 
@@ -161,7 +154,7 @@ def test_plan_falls_back_op_by_op():
     q = _quantized(net, x)
     im = to_integer(q, (x[:1],))
     assert im.plans.run(im, x) is None
-    _check_exact(q, im, x)
+    check_exact(q, im, x)
 
 
 class _ConvGRU(nn.Module):
@@ -185,7 +178,7 @@ def test_conv_front_end_and_transpose():
     q = _quantized(_ConvGRU(), x)
     im = to_integer(q, (x[:1],))
     assert "permute" in [n.kind for n in im.nodes] and "recurrent" in [n.kind for n in im.nodes]
-    _check_exact(q, im, x)
+    check_exact(q, im, x)
 
 
 # ---------------------------------------------------------------- (c) property: C kernel == reference
@@ -267,7 +260,7 @@ def test_resemblyzer_shaped(tmp_path):
     im = to_integer(q, (calib[0][:1],))
     assert [n.kind for n in im.nodes] == ["quantize", "recurrent", "linear"]
     x = torch.rand(3, 30, 40)
-    ys = _check_exact(q, im, x)
+    ys = check_exact(q, im, x)
     with torch.no_grad():
         yf = net(x)
     assert float(nn.functional.cosine_similarity(ys.flatten(), yf.flatten(), dim=0)) > 0.99

@@ -26,6 +26,7 @@ from lowbit.nn.qparams import QParams
 from lowbit.nn.recurrent import _matmul, quantize_recurrent, run_recurrent
 from lowbit.ptq import LayerRule, PTQConfig, uint_act
 from lowbit.utils.tensorfile import load_tensors, save_tensors
+from tests._integer_checks import check_exact
 
 WIDE = PTQConfig(rules=(LayerRule("rnn", act=uint_act(16)),))  # the one line that asks for the 16-bit input
 
@@ -56,13 +57,6 @@ def _power(*shape, seed=0):
     return torch.where(torch.rand(*shape, generator=g) < 0.005, torch.full_like(x, 20.0), x)
 
 
-def _check_exact(q, im, x):
-    with torch.no_grad():
-        ys = q(x)
-    for k in (Kernels.PLAN, Kernels.VNNI, Kernels.REFERENCE):
-        assert torch.equal(im.with_kernels(k)(x), ys), k
-    return ys
-
 
 def _node(im, kind):
     return next(n for n in im.nodes if n.kind == kind)
@@ -83,7 +77,7 @@ def test_int16_input_equals_simulation(cls, layers, batch_first):
     quant, rec = _node(im, "quantize"), _node(im, "recurrent")
     assert quant.op.ir.bits == 16 and rec.op.ir.input_bits == 16
     assert im.run(x)[quant.output].dtype == torch.int16
-    ys = _check_exact(q, im, x)
+    ys = check_exact(q, im, x)
     with torch.no_grad():  # and the wider grid is what buys the fidelity on such inputs
         yf = net(x)
         y8 = ptq.quantize(net, [calib], example_inputs=(calib[:1],)).eval()(x)
@@ -99,7 +93,7 @@ def test_int16_file_round_trip_and_refusals(tmp_path):
     im = to_integer(q, (x[:1],))
     path = save_integer(im, tmp_path / "enc.safetensors")
     back = load_integer(path)
-    assert torch.equal(back(x), _check_exact(q, im, x))
+    assert torch.equal(back(x), check_exact(q, im, x))
     tensors, meta = load_tensors(path)
     i = next(k for k, n in enumerate(im.nodes) if n.kind == "recurrent")
     tensors[f"{i}.w_ih_0"][0, 0] = -128  # int16 inputs take narrow weights only (the accumulator's bound)
@@ -253,7 +247,7 @@ def test_auto_mixed_promotes_the_recurrent_input():
     assert res.error_after < res.error_before and res.bops_ratio <= 1.5
     im = to_integer(res.model, (calib[0][:1],))
     assert _node(im, "recurrent").op.ir.input_bits == 16
-    _check_exact(res.model, im, calib[1])
+    check_exact(res.model, im, calib[1])
     assert not auto_mixed(net, calib, budget=0.0).rules  # no budget, no promotion
 
 
@@ -269,4 +263,4 @@ def test_auto_mixed_for_the_integer_model_promotes_only_what_lowers():
     assert {r.pattern for r in res.rules} == {"rnn"} and {s.name for s in res.sensitivities} == {"rnn"}
     im = to_integer(res.model, (calib[0][:1],))
     assert _node(im, "recurrent").op.ir.input_bits == 16
-    _check_exact(res.model, im, calib[1])
+    check_exact(res.model, im, calib[1])

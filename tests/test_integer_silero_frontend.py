@@ -28,6 +28,7 @@ from lowbit.integer.io import load_integer, save_integer
 from lowbit.integer.ops import build
 from lowbit.nn.magnitude import QMagnitude
 from lowbit.nn.qparams import QParams
+from tests._integer_checks import check_exact
 
 # ---------------------------------------------------------------- (a) the arithmetic
 
@@ -249,13 +250,6 @@ def _quantized(net: nn.Module, calib: list[torch.Tensor]) -> nn.Module:
         return ptq.quantize(net.eval(), calib, example_inputs=(calib[0][:1],)).eval()
 
 
-def _check_exact(q, im, x):
-    with torch.no_grad():
-        ys = q(x)
-    for k in (Kernels.PLAN, Kernels.VNNI, Kernels.REFERENCE):
-        assert torch.equal(im.with_kernels(k)(x), ys), k
-    return ys
-
 
 KINDS = ["pad", "unsqueeze", "quantize", "unsqueeze", "conv2d", "squeeze", "slice", "slice", "magnitude",
          "unsqueeze", "conv2d", "squeeze", "flatten", "linear", "table"]
@@ -281,7 +275,7 @@ def test_front_end_lowers_and_equals_the_simulation(front, tmp_path):
     assert mag.op.ir.input_zero_point == conv.op.ir.out.zero_point and 1 << 14 <= mag.op.ir.multiplier < 1 << 15
     assert im.plans.run(im, _audio(2)) is None  # no plan step for slice / magnitude: op by op
     x = _audio(64, seed=9)  # held out
-    ys = _check_exact(q, im, x)
+    ys = check_exact(q, im, x)
     with torch.no_grad():
         assert float((ys - net(x)).abs().max()) < 0.05
     back = load_integer(save_integer(im, tmp_path / "front.safetensors"))
@@ -314,7 +308,7 @@ def test_other_forms(form, slices, pad_mode):
     im = to_integer(q, (calib[0][:1],))
     assert [n.kind for n in im.nodes] == KINDS
     assert im.nodes[0].op.ir.mode == pad_mode
-    ys = _check_exact(q, im, _audio(32, seed=7))
+    ys = check_exact(q, im, _audio(32, seed=7))
     with torch.no_grad():
         assert float((ys - net(_audio(32, seed=7))).abs().max()) < 0.05
 
@@ -371,7 +365,7 @@ def test_replicate_pad_and_slices_on_codes_in_onnx(tmp_path):
     assert [n.kind for n in im.nodes][3:7] == ["squeeze", "pad", "slice", "slice"]
     assert im.nodes[4].grid is not None  # on the codes
     xt = torch.randn(8, 2, 14)
-    ys = _check_exact(q, im, xt)
+    ys = check_exact(q, im, xt)
     got = session(export_onnx(im, tmp_path / "m.onnx", (1, 2, 14), exact_layers=True), threads=1).run(
         ["output"], {"input": xt.numpy()})[0]
     assert np.allclose(got, ys.numpy(), rtol=1e-6, atol=1e-6)  # (the dequantizing head: one float32 product)
@@ -467,4 +461,4 @@ def test_reflection_and_replication_pad_modules():
     im = to_integer(q, (x[:1],))
     pads = [n for n in im.nodes if n.kind == "pad"]
     assert [p.op.ir.mode for p in pads] == ["reflect", "replicate"] and all(p.grid is not None for p in pads)
-    _check_exact(q, im, torch.randn(8, 2, 12))
+    check_exact(q, im, torch.randn(8, 2, 12))
