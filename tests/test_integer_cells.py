@@ -168,3 +168,46 @@ def test_a_state_half_zero_is_refused_by_name():
     q = quantize(HalfZero().eval(), data, PTQConfig())
     with pytest.raises(ConfigError, match="cell .*one part of its state is a zero tensor"):
         to_integer(q, (data[0][0][:1], data[0][1][:1]))
+
+
+def test_a_non_finite_state_is_refused_by_the_simulation_and_the_integer_model():
+    from lowbit.errors import DataError
+
+    class StepModel(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc, self.cell = nn.Linear(6, 16), nn.LSTMCell(16, 8)
+
+        def forward(self, x, h, c):
+            h, c = self.cell(torch.relu(self.fc(x)), (h, c))
+            return torch.cat([h, c], dim=1)
+
+    torch.manual_seed(4)
+    data = [(torch.randn(8, 6), torch.rand(8, 8) - 0.5, torch.randn(8, 8)) for _ in range(2)]
+    q = quantize(StepModel().eval(), data, PTQConfig())
+    im = to_integer(q, tuple(t[:1] for t in data[0]))
+    x, h, c = data[0]
+    assert torch.equal(im(x, h, c), q(x, h, c))
+    bad = c.clone()
+    bad[0, 0] = float("nan")
+    for run in (q, im):
+        with pytest.raises(DataError, match="1 NaN"):
+            run(x, h, bad)
+
+
+def test_a_cat_of_a_whole_tuple_is_refused_by_name():
+    from lowbit.errors import ConfigError
+
+    class CatTuple(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc, self.cell = nn.Linear(6, 16), nn.LSTMCell(16, 8)
+
+        def forward(self, x):
+            return torch.cat(self.cell(torch.relu(self.fc(x))), dim=1)
+
+    torch.manual_seed(5)
+    data = [torch.randn(8, 6) for _ in range(2)]
+    q = quantize(CatTuple().eval(), data, PTQConfig())
+    with pytest.raises(ConfigError, match="a tuple the model does not take apart: join its parts by name"):
+        to_integer(q, (data[0][:1],))

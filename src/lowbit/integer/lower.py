@@ -322,6 +322,10 @@ class _Lowering:
         another grid is first mapped onto it by a table of 256 entries, ``Q(value of each code)``, which is what
         the simulation's quantizer computes element by element."""
         parts = node.args[0]
+        if not isinstance(parts, (list, tuple)):  # torch.cat(layer(x)): the tuple a layer returned, one graph node
+            self.unsupported.append(f"{node.name} (cat of {parts}, a tuple the model does not take apart: join its "
+                                    "parts by name, e.g. h, c = cell(x, hx); torch.cat([h, c], dim=1))")
+            return
         d = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
         d = d + self._rank(node) if d < 0 else d
         nxt = _next_quantizer(self.gm, node)

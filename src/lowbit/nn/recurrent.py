@@ -45,6 +45,7 @@ from torch import nn
 
 from lowbit.errors import ConfigError, DataError
 from lowbit.formats import IntFormat
+from lowbit.functional._checks import check_tensor
 from lowbit.functional.fixed_rnn import (C_FRAC, H_FRAC, H_MAX, PART_MAX, PRE_FRAC, gate_tables, gru_step, lstm_step,
                                          max_input16_features, max_input_delta)
 from lowbit.functional.requant import fixed_point, requantize
@@ -369,6 +370,9 @@ class QRecurrent(nn.Module):
         state = None
         if hx is not None:
             h, c = hx if self.cell == "lstm" else (hx, None)
+            check_tensor(h, f"{self.name}'s state h")  # (a NaN would become an arbitrary code, silently)
+            if c is not None:
+                check_tensor(c, f"{self.name}'s state c")
             state = (h_codes(h).unsqueeze(0), None if c is None else c_codes(c).unsqueeze(0))
         _, h, c = run_recurrent(self.q, codes, state=state)
         return (h_values(h[0]), c_values(c[0])) if self.cell == "lstm" else h_values(h[0])
